@@ -1,0 +1,342 @@
+//! The node admin API: `/healthz`, `/readyz`, `/config_dump`, `/status`
+//! (what `meshctl` reads) and `/metrics` (Prometheus text).
+
+use crate::agent::Shared;
+use crate::dataplane::Counters;
+use crate::snapshot::{backend_key, ServicePortView};
+use crate::status::{
+    BackendStatus, ConfigStatus, DataplaneStatus, ProgramStatus, ServiceStatus, StatusReport,
+};
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::CONTENT_TYPE;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("binding the admin address {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AdminError::Bind { addr, source })
+}
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                tracing::warn!(%error, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(&shared, request)) }
+            });
+            if let Err(error) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await
+            {
+                tracing::debug!(%error, "admin connection ended with an error");
+            }
+        });
+    }
+}
+
+fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> {
+    if request.method() != Method::GET {
+        return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
+    }
+    match request.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into()),
+        "/readyz" => {
+            if shared.published.borrow().ready {
+                text(StatusCode::OK, "ready\n".into())
+            } else {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the first configuration is not in the kernel maps yet\n".into(),
+                )
+            }
+        }
+        "/status" => json(&status_report(shared)),
+        "/config_dump" => json(&config_dump(shared)),
+        "/metrics" => {
+            let body = metrics(shared);
+            let mut response = text(StatusCode::OK, body);
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                    .parse()
+                    .expect("static header"),
+            );
+            response
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /healthz /readyz /status /config_dump /metrics\n".into(),
+        ),
+    }
+}
+
+fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().expect("static header"),
+    );
+    response
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {
+    match serde_json::to_vec_pretty(value) {
+        Ok(body) => {
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                "application/json".parse().expect("static header"),
+            );
+            response
+        }
+        Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
+    }
+}
+
+fn service_status(service: &ServicePortView, counters: &Counters) -> ServiceStatus {
+    let stats = counters
+        .clusters
+        .get(&service.cluster_id)
+        .copied()
+        .unwrap_or_default();
+    ServiceStatus {
+        namespace: service.namespace.clone(),
+        name: service.name.clone(),
+        port: service.port,
+        protocol: format!("{:?}", service.protocol).to_uppercase(),
+        frontends: service.frontends.iter().map(ToString::to_string).collect(),
+        load_balancer: service.load_balancer.clone(),
+        max_connections: service.max_connections,
+        live_connections: counters
+            .cluster_live
+            .get(&service.cluster_id)
+            .copied()
+            .unwrap_or(0),
+        connects: stats.connects,
+        overflows: stats.overflows,
+        no_backend: stats.no_backend,
+        udp_datagrams: stats.udp_datagrams,
+        backends: service
+            .backends
+            .iter()
+            .map(|b| BackendStatus {
+                address: b.address.to_string(),
+                target: b.target.clone(),
+                live_connections: counters
+                    .backend_live
+                    .get(&backend_key(b.address))
+                    .copied()
+                    .unwrap_or(0),
+            })
+            .collect(),
+    }
+}
+
+pub fn status_report(shared: &Shared) -> StatusReport {
+    let published = shared.published.borrow().clone();
+    let counters = shared.counters.read();
+    StatusReport {
+        version: shared.version.to_owned(),
+        uptime_seconds: shared.started.elapsed().as_secs(),
+        ready: published.ready,
+        dataplane: DataplaneStatus {
+            cgroup: shared.dataplane.cgroup.display().to_string(),
+            bpffs: shared.dataplane.bpffs.display().to_string(),
+            maps_taken_over: shared.dataplane.maps_taken_over,
+            programs: shared
+                .dataplane
+                .programs
+                .iter()
+                .map(|p| ProgramStatus {
+                    name: p.name.to_owned(),
+                    attach_type: p.attach_type.to_owned(),
+                })
+                .collect(),
+        },
+        config: ConfigStatus {
+            source: shared.source.clone(),
+            reloads: published.reloads,
+            last_reload: published.last_reload.clone(),
+            rejections: published
+                .snapshot
+                .rejections
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        },
+        kernel_counters: counters
+            .global
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), *v))
+            .collect(),
+        services: published
+            .snapshot
+            .services
+            .iter()
+            .map(|s| service_status(s, &counters))
+            .collect(),
+    }
+}
+
+fn config_dump(shared: &Shared) -> serde_json::Value {
+    let published = shared.published.borrow().clone();
+    let snapshot = &published.snapshot;
+    serde_json::json!({
+        "version": shared.version,
+        "source": shared.source,
+        "reloads": published.reloads,
+        "last_reload": published.last_reload,
+        "kernel_maps": {
+            "frontends": snapshot.frontends.len(),
+            "backend_slots": snapshot.slots.len(),
+            "maglev_entries": snapshot.maglev.len(),
+        },
+        "services": snapshot.services,
+        "rejected": snapshot.rejections.iter().map(|r| serde_json::json!({
+            "file": r.file,
+            "kind": r.kind,
+            "namespace": r.namespace,
+            "name": r.name,
+            "field": r.field,
+            "message": r.message,
+            "error": r.to_string(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+type Labels = Vec<(String, String)>;
+
+fn metrics(shared: &Shared) -> String {
+    let published = shared.published.borrow().clone();
+    let counters = shared.counters.read();
+    let mut registry = Registry::with_prefix("mesh");
+
+    let decisions = Family::<Labels, Counter>::default();
+    for (name, value) in &counters.global {
+        decisions
+            .get_or_create(&vec![("decision".into(), (*name).to_owned())])
+            .inc_by(*value);
+    }
+    registry.register(
+        "kernel_decisions",
+        "Kernel program decisions and drops, by reason",
+        decisions,
+    );
+
+    let connects = Family::<Labels, Counter>::default();
+    let overflows = Family::<Labels, Counter>::default();
+    let no_backend = Family::<Labels, Counter>::default();
+    let datagrams = Family::<Labels, Counter>::default();
+    let live = Family::<Labels, Gauge>::default();
+    let backend_live = Family::<Labels, Gauge>::default();
+    let backends_ready = Family::<Labels, Gauge>::default();
+    for service in published.snapshot.services.iter() {
+        let status = service_status(service, &counters);
+        let labels: Labels = vec![
+            ("namespace".into(), service.namespace.clone()),
+            ("service".into(), service.name.clone()),
+            ("port".into(), service.port.to_string()),
+            ("protocol".into(), status.protocol.clone()),
+        ];
+        connects.get_or_create(&labels).inc_by(status.connects);
+        overflows.get_or_create(&labels).inc_by(status.overflows);
+        no_backend.get_or_create(&labels).inc_by(status.no_backend);
+        datagrams
+            .get_or_create(&labels)
+            .inc_by(status.udp_datagrams);
+        live.get_or_create(&labels)
+            .set(status.live_connections as i64);
+        backends_ready
+            .get_or_create(&labels)
+            .set(status.backends.len() as i64);
+        for backend in &status.backends {
+            let mut with_backend = labels.clone();
+            with_backend.push(("backend".into(), backend.address.clone()));
+            backend_live
+                .get_or_create(&with_backend)
+                .set(backend.live_connections as i64);
+        }
+    }
+    registry.register(
+        "service_connects",
+        "Connects translated to a backend",
+        connects,
+    );
+    registry.register(
+        "service_connect_overflows",
+        "Connects refused at connectionPool.tcp.maxConnections",
+        overflows,
+    );
+    registry.register(
+        "service_no_backend",
+        "Connects or datagrams refused for lack of a ready backend",
+        no_backend,
+    );
+    registry.register(
+        "service_udp_datagrams",
+        "Unconnected UDP datagrams translated",
+        datagrams,
+    );
+    registry.register(
+        "service_live_connections",
+        "Live TCP connections per service port on this node",
+        live,
+    );
+    registry.register(
+        "service_ready_backends",
+        "Ready backends per service port",
+        backends_ready,
+    );
+    registry.register(
+        "backend_live_connections",
+        "Live TCP connections per backend on this node",
+        backend_live,
+    );
+
+    let rejected = Gauge::<i64>::default();
+    rejected.set(published.snapshot.rejections.len() as i64);
+    registry.register(
+        "config_rejected_objects",
+        "Objects or files not served as written",
+        rejected,
+    );
+    let reloads = Counter::<u64>::default();
+    reloads.inc_by(published.reloads);
+    registry.register("config_reloads", "Configuration reloads", reloads);
+
+    let mut body = String::new();
+    if let Err(error) = encode(&mut body, &registry) {
+        tracing::warn!(%error, "encoding metrics failed");
+    }
+    body
+}

@@ -1,0 +1,176 @@
+//! The data spine: source → validated model → compiled snapshot → map diff.
+//!
+//! One thread writes (the reload loop); readers (admin API) see whole
+//! snapshots through a watch channel and never a half-applied one.
+
+use crate::dataplane::{CounterReader, DataplaneInfo, MapWriter};
+use crate::model::Model;
+use crate::snapshot::{compile, Snapshot};
+use crate::source::FileSource;
+use crate::status::ReloadStatus;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// How often the config directory is checked: changes apply within a second.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What the readers see, replaced whole on every reload.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// What the kernel maps hold.
+    pub snapshot: Arc<Snapshot>,
+    /// The first snapshot is in the maps.
+    pub ready: bool,
+    pub reloads: u64,
+    pub last_reload: Option<ReloadStatus>,
+}
+
+/// Everything the admin API reads.
+pub struct Shared {
+    pub version: &'static str,
+    pub started: Instant,
+    pub source: String,
+    pub dataplane: DataplaneInfo,
+    pub counters: CounterReader,
+    pub published: watch::Receiver<Arc<Published>>,
+}
+
+pub struct ReloadLoop {
+    source: FileSource,
+    writer: MapWriter,
+    cluster_domain: String,
+    model: Model,
+    published: watch::Sender<Arc<Published>>,
+    /// A snapshot that compiled but could not be written yet: retried.
+    unapplied: Option<Snapshot>,
+}
+
+impl ReloadLoop {
+    pub fn new(
+        source: FileSource,
+        writer: MapWriter,
+        cluster_domain: String,
+    ) -> (Self, watch::Receiver<Arc<Published>>) {
+        let (published, receiver) = watch::channel(Arc::new(Published::default()));
+        let this = Self {
+            source,
+            writer,
+            cluster_domain,
+            model: Model::default(),
+            published,
+            unapplied: None,
+        };
+        (this, receiver)
+    }
+
+    /// Runs until `stop` is set.
+    pub fn run(mut self, stop: Arc<AtomicBool>) {
+        while !stop.load(Ordering::Relaxed) {
+            self.tick();
+            std::thread::sleep(POLL_INTERVAL);
+        }
+    }
+
+    fn tick(&mut self) {
+        let started = Instant::now();
+        let batch = match self.source.poll() {
+            Ok(Some(batch)) => batch,
+            Ok(None) => {
+                if let Some(snapshot) = self.unapplied.take() {
+                    self.apply(snapshot, started);
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(%error, "config source unreadable; the last good configuration keeps serving");
+                self.publish_failure(error.to_string(), started);
+                return;
+            }
+        };
+        let model = Model::build(
+            &batch.objects,
+            batch.rejections,
+            &self.model,
+            &self.cluster_domain,
+        );
+        for rejection in &model.rejections {
+            tracing::warn!(
+                file = rejection.file.as_deref().unwrap_or(""),
+                kind = %rejection.kind,
+                namespace = %rejection.namespace,
+                name = %rejection.name,
+                field = %rejection.field,
+                "rejected: {}", rejection.message
+            );
+        }
+        match compile(&model, &self.cluster_domain) {
+            Ok(snapshot) => {
+                self.model = model;
+                self.apply(snapshot, started);
+            }
+            Err(error) => {
+                tracing::error!(%error, "configuration does not fit the kernel maps; the last good configuration keeps serving");
+                self.publish_failure(error.to_string(), started);
+            }
+        }
+    }
+
+    fn apply(&mut self, snapshot: Snapshot, started: Instant) {
+        match self.writer.apply(&snapshot) {
+            Ok(stats) => {
+                let previous = self.published.borrow().clone();
+                tracing::info!(
+                    services = snapshot.services.len(),
+                    frontends = snapshot.frontends.len(),
+                    upserts = stats.upserts,
+                    deletes = stats.deletes,
+                    rejected = snapshot.rejections.len(),
+                    micros = started.elapsed().as_micros() as u64,
+                    "configuration applied"
+                );
+                let reload = reload_status(started, None, stats.upserts, stats.deletes);
+                self.published.send_replace(Arc::new(Published {
+                    snapshot: Arc::new(snapshot),
+                    ready: true,
+                    reloads: previous.reloads + 1,
+                    last_reload: Some(reload),
+                }));
+            }
+            Err(error) => {
+                tracing::error!(%error, "writing the kernel maps failed; retrying");
+                self.publish_failure(error.to_string(), started);
+                self.unapplied = Some(snapshot);
+            }
+        }
+    }
+
+    fn publish_failure(&self, error: String, started: Instant) {
+        let previous = self.published.borrow().clone();
+        self.published.send_replace(Arc::new(Published {
+            snapshot: previous.snapshot.clone(),
+            ready: previous.ready,
+            reloads: previous.reloads + 1,
+            last_reload: Some(reload_status(started, Some(error), 0, 0)),
+        }));
+    }
+}
+
+fn reload_status(
+    started: Instant,
+    error: Option<String>,
+    map_upserts: usize,
+    map_deletes: usize,
+) -> ReloadStatus {
+    ReloadStatus {
+        at_unix: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs(),
+        duration_micros: started.elapsed().as_micros() as u64,
+        error,
+        map_upserts,
+        map_deletes,
+    }
+}

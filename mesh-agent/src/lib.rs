@@ -1,0 +1,21 @@
+//! mesh-agent: the per-node half of a kernel-accelerated service mesh.
+//!
+//! Data spine: [`source`] (a directory of Kubernetes YAML) → [`model`]
+//! (validated, with last-good fallback) → [`snapshot`] (the exact kernel map
+//! contents) → [`dataplane`] (map writes by [`diff`]); [`admin`] serves what
+//! the kernel holds and counts.
+
+pub mod admin;
+pub mod agent;
+pub mod dataplane;
+pub mod diff;
+pub mod maglev;
+pub mod model;
+pub mod policy;
+pub mod resources;
+pub mod snapshot;
+pub mod source;
+pub mod status;
+
+/// Default admin address (Envoy's admin port).
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";

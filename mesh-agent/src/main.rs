@@ -1,0 +1,147 @@
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use mesh_agent::agent::{ReloadLoop, Shared};
+use mesh_agent::dataplane::{self, CounterReader, DataplaneOptions};
+use mesh_agent::source::FileSource;
+use mesh_agent::{admin, DEFAULT_ADMIN_ADDR};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(
+    name = "mesh-agent",
+    version,
+    about = "Per-node service-mesh agent: kernel L4 load balancing for Kubernetes services"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the kernel programs and serve a configuration.
+    Run(RunArgs),
+    /// Detach the programs and remove every pin under the bpffs directory.
+    Uninstall {
+        #[arg(long, default_value = "/sys/fs/bpf/mesh")]
+        bpffs: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Directory of Kubernetes YAML (Service, EndpointSlice, Pod, DestinationRule).
+    #[arg(long)]
+    config_dir: PathBuf,
+    /// cgroup v2 directory to attach to; defaults to the root of the cgroup v2 mount.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
+    /// Admin API address.
+    #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
+    admin: SocketAddr,
+    /// Per-instance pin directory on bpffs.
+    #[arg(long, default_value = "/sys/fs/bpf/mesh")]
+    bpffs: PathBuf,
+    /// Cluster DNS domain, for resolving DestinationRule hosts.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match Cli::parse().command {
+        Command::Run(args) => run(args),
+        Command::Uninstall { bpffs } => {
+            std::fs::remove_dir_all(&bpffs)
+                .with_context(|| format!("removing {}", bpffs.display()))?;
+            tracing::info!(bpffs = %bpffs.display(), "pins removed; programs detached");
+            Ok(())
+        }
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let cgroup = match args.cgroup {
+        Some(path) => path,
+        None => cgroup2_root().context("no cgroup v2 mount found; pass --cgroup")?,
+    };
+    if !args.config_dir.is_dir() {
+        anyhow::bail!(
+            "--config-dir {} is not a directory",
+            args.config_dir.display()
+        );
+    }
+    let options = DataplaneOptions {
+        cgroup,
+        bpffs: args.bpffs.clone(),
+    };
+    let (writer, info) = dataplane::start(&options).context("starting the kernel dataplane")?;
+    let counters = CounterReader::open(&args.bpffs).context("opening the counter maps")?;
+    let source = FileSource::new(&args.config_dir);
+    let source_name = format!("directory {}", args.config_dir.display());
+    let (reload, published) = ReloadLoop::new(source, writer, args.cluster_domain);
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload_thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new()
+            .name("reload".into())
+            .spawn(move || reload.run(stop))?
+    };
+    let shared = Arc::new(Shared {
+        version: env!("CARGO_PKG_VERSION"),
+        started: std::time::Instant::now(),
+        source: source_name,
+        dataplane: info,
+        counters,
+        published,
+    });
+
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let listener = admin::bind(args.admin).await?;
+        tracing::info!(admin = %args.admin, "admin API listening");
+        let server = tokio::spawn(admin::serve(listener, shared));
+        shutdown_signal().await?;
+        server.abort();
+        anyhow::Ok(())
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = reload_thread.join();
+    // Maps and links stay pinned: connections keep being balanced by the
+    // programs until the next agent takes them over.
+    tracing::info!("stopped; kernel programs stay attached with the last configuration");
+    Ok(())
+}
+
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM"),
+        _ = int.recv() => tracing::info!("SIGINT"),
+    }
+    Ok(())
+}
+
+/// The mount point of the cgroup v2 hierarchy, as /proc/self/mountinfo says.
+fn cgroup2_root() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+    })
+}

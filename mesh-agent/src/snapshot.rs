@@ -1,0 +1,450 @@
+//! Compiles the validated model into one immutable snapshot: the exact
+//! contents of the kernel maps plus a readable view for the admin API.
+
+use crate::maglev;
+use crate::model::{
+    EndpointSliceModel, Model, PortModel, Protocol, Rejection, ServiceModel, TargetPort,
+};
+use crate::policy::{HashKey, HashTable, LoadBalancer};
+use mesh_common::{
+    capacity, lb, Backend, Frontend, FrontendKey, SlotKey, FAMILY_V4, FAMILY_V6, PROTO_TCP,
+    PROTO_UDP,
+};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error("{what} needs {needed} entries but the kernel map holds {capacity}")]
+    Capacity {
+        what: &'static str,
+        needed: usize,
+        capacity: u32,
+    },
+}
+
+/// Everything the kernel should hold, and how it came about.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub frontends: BTreeMap<FrontendKey, Frontend>,
+    pub slots: BTreeMap<SlotKey, Backend>,
+    pub maglev: BTreeMap<SlotKey, Backend>,
+    pub services: Vec<ServicePortView>,
+    pub rejections: Vec<Rejection>,
+}
+
+/// One service port as the dataplane serves it (an Envoy "cluster").
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ServicePortView {
+    pub namespace: String,
+    pub name: String,
+    pub port_name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub cluster_id: u64,
+    pub frontends: Vec<SocketAddr>,
+    pub load_balancer: String,
+    /// Why the kernel algorithm differs from what the rule asked, if it does.
+    pub load_balancer_note: Option<String>,
+    pub maglev_table_size: Option<u32>,
+    /// 0: unlimited.
+    pub max_connections: u32,
+    pub destination_rule: Option<String>,
+    pub backends: Vec<BackendView>,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BackendView {
+    pub address: SocketAddr,
+    pub target: Option<String>,
+}
+
+pub fn ip_words(ip: IpAddr) -> [u32; 4] {
+    let mut words = [0u32; 4];
+    match ip {
+        IpAddr::V4(v4) => words[0] = u32::from_ne_bytes(v4.octets()),
+        IpAddr::V6(v6) => {
+            for (word, chunk) in words.iter_mut().zip(v6.octets().chunks_exact(4)) {
+                *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            }
+        }
+    }
+    words
+}
+
+pub fn words_ip(words: [u32; 4], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::from(words[0].to_ne_bytes())
+    } else {
+        let mut octets = [0u8; 16];
+        for (chunk, word) in octets.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        IpAddr::from(octets)
+    }
+}
+
+pub fn backend_key(address: SocketAddr) -> Backend {
+    Backend {
+        addr: ip_words(address.ip()),
+        port: address.port().to_be(),
+        family: family_of(address.ip()),
+        _pad: 0,
+    }
+}
+
+pub fn backend_addr(backend: &Backend) -> SocketAddr {
+    SocketAddr::new(
+        words_ip(backend.addr, backend.family),
+        u16::from_be(backend.port),
+    )
+}
+
+fn family_of(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        FAMILY_V4
+    } else {
+        FAMILY_V6
+    }
+}
+
+/// The cluster (service port, both families) and group (its backends of
+/// one family) ids: hashes of names, so a restarted agent derives the same
+/// ids and finds its own counters in the pinned maps.
+pub fn cluster_id(service: &ServiceModel, port: &PortModel) -> u64 {
+    maglev::stable_hash(
+        1,
+        format!(
+            "{}/{}/{}/{:?}",
+            service.namespace, service.name, port.port, port.protocol
+        )
+        .as_bytes(),
+    )
+}
+
+fn group_id(cluster: u64, family: u8) -> u64 {
+    maglev::stable_hash(2, &[cluster.to_le_bytes().as_slice(), &[family]].concat())
+}
+
+/// The kernel algorithm for a rule's load balancer, and a note when the
+/// kernel cannot do exactly what was asked at connect time.
+fn kernel_algorithm(load_balancer: &LoadBalancer) -> (u8, u32, Option<String>) {
+    match load_balancer {
+        LoadBalancer::LeastRequest => (lb::LEAST_REQUEST, 0, None),
+        LoadBalancer::RoundRobin => (lb::ROUND_ROBIN, 0, None),
+        LoadBalancer::Random => (lb::RANDOM, 0, None),
+        LoadBalancer::Passthrough => (lb::LEAST_REQUEST, 0, Some("PASSTHROUGH has no original destination to pass to for a cluster IP; balanced by LEAST_REQUEST".into())),
+        LoadBalancer::ConsistentHash { key: HashKey::UseSourceIp, table: HashTable::Maglev { table_size } } => {
+            (lb::MAGLEV_SOURCE_IP, *table_size, None)
+        }
+        LoadBalancer::ConsistentHash { key: HashKey::UseSourceIp, table: HashTable::RingHash { .. } } => (
+            lb::MAGLEV_SOURCE_IP,
+            crate::policy::DEFAULT_MAGLEV_TABLE_SIZE,
+            Some("ring hash is served by a Maglev table of the default size in the kernel".into()),
+        ),
+        LoadBalancer::ConsistentHash { .. } => (
+            lb::LEAST_REQUEST,
+            0,
+            Some("hashing on an HTTP header, cookie or query parameter needs the L7 proxy; balanced by LEAST_REQUEST at connect time".into()),
+        ),
+    }
+}
+
+fn algorithm_name(algorithm: u8) -> &'static str {
+    match algorithm {
+        lb::ROUND_ROBIN => "ROUND_ROBIN",
+        lb::RANDOM => "RANDOM",
+        lb::MAGLEV_SOURCE_IP => "MAGLEV(useSourceIp)",
+        _ => "LEAST_REQUEST",
+    }
+}
+
+/// EndpointSlices by the `(namespace, service)` they belong to.
+type SliceIndex<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSliceModel>>;
+
+fn index_slices(model: &Model) -> SliceIndex<'_> {
+    let mut index = SliceIndex::new();
+    for slice in model.endpoint_slices.values() {
+        index
+            .entry((slice.namespace.as_str(), slice.service.as_str()))
+            .or_default()
+            .push(slice);
+    }
+    index
+}
+
+/// The ready endpoints of one service port in one family.
+fn backends_of(
+    slices: &SliceIndex<'_>,
+    service: &ServiceModel,
+    port: &PortModel,
+    ipv6: bool,
+) -> Vec<BackendView> {
+    let mut backends = BTreeSet::new();
+    let slices = slices
+        .get(&(service.namespace.as_str(), service.name.as_str()))
+        .into_iter()
+        .flatten()
+        .filter(|s| s.ipv6 == ipv6);
+    for slice in slices {
+        // The EndpointSlice carries the resolved target port under the
+        // service port's name; a slice without ports falls back to a
+        // numeric targetPort.
+        let target = match slice
+            .ports
+            .iter()
+            .find(|p| p.name == port.name && p.protocol == port.protocol)
+        {
+            Some(p) => p.port,
+            None if slice.ports.is_empty() => match port.target_port {
+                TargetPort::Number(n) => n,
+                TargetPort::Name(_) => continue,
+            },
+            None => continue,
+        };
+        for endpoint in slice.endpoints.iter().filter(|e| e.ready) {
+            for address in &endpoint.addresses {
+                backends.insert(BackendView {
+                    address: SocketAddr::new(*address, target),
+                    target: endpoint.target.clone(),
+                });
+            }
+        }
+    }
+    backends.into_iter().collect()
+}
+
+pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileError> {
+    let mut snapshot = Snapshot {
+        rejections: model.rejections.clone(),
+        ..Default::default()
+    };
+    let slices = index_slices(model);
+    for service in model.services.values() {
+        let rule = model.rule_for_host(&service.fqdn(cluster_domain));
+        for port in &service.ports {
+            let policy = rule
+                .map(|r| r.effective(None, port.port))
+                .unwrap_or_default();
+            let (algorithm, maglev_size, note) = kernel_algorithm(&policy.load_balancer);
+            let cluster = cluster_id(service, port);
+            let proto = match port.protocol {
+                Protocol::Tcp => PROTO_TCP,
+                Protocol::Udp => PROTO_UDP,
+            };
+            let mut view_backends = Vec::new();
+            for ipv6 in [false, true] {
+                let family = if ipv6 { FAMILY_V6 } else { FAMILY_V4 };
+                let ips: Vec<IpAddr> = service
+                    .cluster_ips
+                    .iter()
+                    .copied()
+                    .filter(|ip| ip.is_ipv6() == ipv6)
+                    .collect();
+                if ips.is_empty() {
+                    continue;
+                }
+                let backends = backends_of(&slices, service, port, ipv6);
+                let group = group_id(cluster, family);
+                let keys: Vec<Backend> = backends.iter().map(|b| backend_key(b.address)).collect();
+                for (index, backend) in keys.iter().enumerate() {
+                    snapshot.slots.insert(
+                        SlotKey {
+                            group_id: group,
+                            index: index as u32,
+                            _pad: 0,
+                        },
+                        *backend,
+                    );
+                }
+                if algorithm == lb::MAGLEV_SOURCE_IP && !keys.is_empty() {
+                    let names: Vec<String> =
+                        backends.iter().map(|b| b.address.to_string()).collect();
+                    for (index, owner) in maglev::build_table(&names, maglev_size)
+                        .into_iter()
+                        .enumerate()
+                    {
+                        snapshot.maglev.insert(
+                            SlotKey {
+                                group_id: group,
+                                index: index as u32,
+                                _pad: 0,
+                            },
+                            keys[owner as usize],
+                        );
+                    }
+                }
+                let frontend = Frontend {
+                    group_id: group,
+                    cluster_id: cluster,
+                    backend_count: keys.len().min(capacity::MAX_BACKENDS_PER_GROUP as usize) as u32,
+                    max_connections: policy.tcp.max_connections,
+                    maglev_size: if algorithm == lb::MAGLEV_SOURCE_IP {
+                        maglev_size
+                    } else {
+                        0
+                    },
+                    algorithm,
+                    _pad: [0; 3],
+                };
+                for ip in ips {
+                    let key = FrontendKey {
+                        addr: ip_words(ip),
+                        port: port.port.to_be(),
+                        proto,
+                        family,
+                    };
+                    snapshot.frontends.insert(key, frontend);
+                }
+                view_backends.extend(backends);
+            }
+            if service.cluster_ips.is_empty() {
+                continue; // headless: nothing to translate
+            }
+            snapshot.services.push(ServicePortView {
+                namespace: service.namespace.clone(),
+                name: service.name.clone(),
+                port_name: port.name.clone(),
+                port: port.port,
+                protocol: port.protocol,
+                cluster_id: cluster,
+                frontends: service
+                    .cluster_ips
+                    .iter()
+                    .map(|ip| SocketAddr::new(*ip, port.port))
+                    .collect(),
+                load_balancer: algorithm_name(algorithm).to_owned(),
+                load_balancer_note: note,
+                maglev_table_size: (algorithm == lb::MAGLEV_SOURCE_IP).then_some(maglev_size),
+                max_connections: policy.tcp.max_connections,
+                destination_rule: rule.map(|r| format!("{}/{}", r.namespace, r.name)),
+                backends: view_backends,
+            });
+        }
+    }
+    check_capacity(
+        "service addresses",
+        snapshot.frontends.len(),
+        capacity::FRONTENDS,
+    )?;
+    check_capacity("backend slots", snapshot.slots.len(), capacity::SLOTS)?;
+    check_capacity("Maglev entries", snapshot.maglev.len(), capacity::MAGLEV)?;
+    Ok(snapshot)
+}
+
+fn check_capacity(what: &'static str, needed: usize, capacity: u32) -> Result<(), CompileError> {
+    if needed > capacity as usize {
+        return Err(CompileError::Capacity {
+            what,
+            needed,
+            capacity,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::parse_file;
+
+    fn compile_yaml(text: &str) -> Snapshot {
+        let objects = parse_file("t.yaml", text).unwrap();
+        let model = Model::build(&objects, vec![], &Model::default(), "cluster.local");
+        assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+        compile(&model, "cluster.local").unwrap()
+    }
+
+    const BASE: &str = concat!(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n",
+        "spec:\n  clusterIPs: [10.96.0.10, fd00:96::10]\n  ports:\n  - {name: http, port: 80, targetPort: http}\n",
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n",
+        "metadata: {name: web-v4, namespace: shop, labels: {kubernetes.io/service-name: web}}\n",
+        "addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints:\n",
+        "- addresses: [10.244.0.2]\n  targetRef: {kind: Pod, name: web-a}\n",
+        "- addresses: [10.244.0.3]\n",
+        "- addresses: [10.244.0.4]\n  conditions: {ready: false}\n",
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n",
+        "metadata: {name: web-v6, namespace: shop, labels: {kubernetes.io/service-name: web}}\n",
+        "addressType: IPv6\nports: [{name: http, port: 8080}]\nendpoints:\n- addresses: ['fd00:244::2']\n",
+    );
+
+    #[test]
+    fn frontends_per_family_with_ready_backends_only() {
+        let snap = compile_yaml(BASE);
+        assert_eq!(snap.frontends.len(), 2);
+        let v4 = snap
+            .frontends
+            .iter()
+            .find(|(k, _)| k.family == FAMILY_V4)
+            .unwrap();
+        let v6 = snap
+            .frontends
+            .iter()
+            .find(|(k, _)| k.family == FAMILY_V6)
+            .unwrap();
+        assert_eq!(v4.0.port, 80u16.to_be());
+        assert_eq!(v4.1.backend_count, 2, "the not-ready endpoint is left out");
+        assert_eq!(v6.1.backend_count, 1);
+        assert_eq!(
+            v4.1.cluster_id, v6.1.cluster_id,
+            "one cluster, one limit, both families"
+        );
+        assert_ne!(v4.1.group_id, v6.1.group_id);
+        assert_eq!(v4.1.algorithm, lb::LEAST_REQUEST);
+        let first = snap.slots[&SlotKey {
+            group_id: v4.1.group_id,
+            index: 0,
+            _pad: 0,
+        }];
+        assert_eq!(backend_addr(&first), "10.244.0.2:8080".parse().unwrap());
+        assert_eq!(snap.services[0].backends.len(), 3);
+    }
+
+    #[test]
+    fn destination_rule_sets_algorithm_limit_and_maglev_table() {
+        let rule = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web, namespace: shop}\nspec:\n  host: web\n  trafficPolicy:\n    connectionPool: {tcp: {maxConnections: 7}}\n    loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 251}}}\n";
+        let snap = compile_yaml(&format!("{BASE}{rule}"));
+        let fe = snap
+            .frontends
+            .values()
+            .find(|f| f.backend_count == 2)
+            .unwrap();
+        assert_eq!(
+            (fe.algorithm, fe.maglev_size, fe.max_connections),
+            (lb::MAGLEV_SOURCE_IP, 251, 7)
+        );
+        assert_eq!(snap.maglev.len(), 251 + 251, "one table per family");
+        assert_eq!(
+            snap.services[0].destination_rule.as_deref(),
+            Some("shop/web")
+        );
+    }
+
+    #[test]
+    fn no_ready_endpoint_compiles_to_an_empty_frontend() {
+        let snap = compile_yaml(&BASE.replace(
+            "ports: [{name: http, port: 8080}]\nendpoints:\n- addresses: ['fd00:244::2']",
+            "ports: [{name: http, port: 8080}]\nendpoints: []",
+        ));
+        let v6 = snap
+            .frontends
+            .iter()
+            .find(|(k, _)| k.family == FAMILY_V6)
+            .unwrap();
+        assert_eq!(v6.1.backend_count, 0);
+    }
+
+    #[test]
+    fn address_words_round_trip() {
+        for text in ["10.96.0.10", "fd00:96::10", "255.1.2.3"] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(words_ip(ip_words(ip), family_of(ip)), ip);
+        }
+        assert_eq!(
+            ip_words("10.0.0.1".parse().unwrap())[0].to_ne_bytes(),
+            [10, 0, 0, 1]
+        );
+    }
+}

@@ -1,0 +1,191 @@
+//! The node status report: served as JSON at `/status`, read by `meshctl`.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StatusReport {
+    pub version: String,
+    pub uptime_seconds: u64,
+    pub ready: bool,
+    pub dataplane: DataplaneStatus,
+    pub config: ConfigStatus,
+    /// Global kernel decision and drop counters, summed over CPUs.
+    pub kernel_counters: BTreeMap<String, u64>,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DataplaneStatus {
+    pub cgroup: String,
+    pub bpffs: String,
+    pub maps_taken_over: bool,
+    pub programs: Vec<ProgramStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProgramStatus {
+    pub name: String,
+    pub attach_type: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ConfigStatus {
+    pub source: String,
+    pub reloads: u64,
+    pub last_reload: Option<ReloadStatus>,
+    /// Every object or file not served as written, with the reason.
+    pub rejections: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ReloadStatus {
+    /// Seconds since the Unix epoch.
+    pub at_unix: u64,
+    pub duration_micros: u64,
+    /// Set when the reload could not be applied at all (the previous
+    /// snapshot keeps serving).
+    pub error: Option<String>,
+    pub map_upserts: usize,
+    pub map_deletes: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub namespace: String,
+    pub name: String,
+    pub port: u16,
+    pub protocol: String,
+    pub frontends: Vec<String>,
+    pub load_balancer: String,
+    pub max_connections: u32,
+    pub live_connections: u64,
+    pub connects: u64,
+    pub overflows: u64,
+    pub no_backend: u64,
+    pub udp_datagrams: u64,
+    pub backends: Vec<BackendStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackendStatus {
+    pub address: String,
+    pub target: Option<String>,
+    pub live_connections: u64,
+}
+
+impl StatusReport {
+    /// The human-readable form `meshctl status` prints.
+    pub fn render(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "mesh-agent {}  up {}s  {}",
+            self.version,
+            self.uptime_seconds,
+            if self.ready { "ready" } else { "NOT READY" }
+        );
+        let _ = writeln!(
+            out,
+            "kernel: {} programs attached to cgroup {} (pins {}{})",
+            self.dataplane.programs.len(),
+            self.dataplane.cgroup,
+            self.dataplane.bpffs,
+            if self.dataplane.maps_taken_over {
+                ", maps taken over from a previous agent"
+            } else {
+                ""
+            }
+        );
+        let names: Vec<&str> = self
+            .dataplane
+            .programs
+            .iter()
+            .map(|p| p.attach_type.as_str())
+            .collect();
+        let _ = writeln!(out, "  programs: {}", names.join(", "));
+        let _ = writeln!(
+            out,
+            "config: {}  reloads: {}",
+            self.config.source, self.config.reloads
+        );
+        if let Some(reload) = &self.config.last_reload {
+            let _ = writeln!(
+                out,
+                "  last reload: at {} (unix), {} µs, {} map writes, {} deletes{}",
+                reload.at_unix,
+                reload.duration_micros,
+                reload.map_upserts,
+                reload.map_deletes,
+                reload
+                    .error
+                    .as_ref()
+                    .map(|e| format!(", FAILED: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+        if self.config.rejections.is_empty() {
+            let _ = writeln!(out, "  rejected: none");
+        } else {
+            let _ = writeln!(out, "  rejected ({}):", self.config.rejections.len());
+            for rejection in &self.config.rejections {
+                let _ = writeln!(out, "    - {rejection}");
+            }
+        }
+        let counters: Vec<String> = self
+            .kernel_counters
+            .iter()
+            .filter(|(_, v)| **v > 0)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "kernel counters: {}",
+            if counters.is_empty() {
+                "all zero".into()
+            } else {
+                counters.join(" ")
+            }
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<32} {:<6} {:<20} {:>6} {:>6} {:>9} {:>9} {:>9}",
+            "SERVICE", "PROTO", "LB", "LIMIT", "LIVE", "CONNECTS", "OVERFLOW", "NO-BACKEND"
+        );
+        for s in &self.services {
+            let limit = if s.max_connections == 0 {
+                "-".to_owned()
+            } else {
+                s.max_connections.to_string()
+            };
+            let connects = s.connects + s.udp_datagrams;
+            let _ = writeln!(
+                out,
+                "{:<32} {:<6} {:<20} {:>6} {:>6} {:>9} {:>9} {:>9}",
+                format!("{}/{}:{}", s.namespace, s.name, s.port),
+                s.protocol,
+                s.load_balancer,
+                limit,
+                s.live_connections,
+                connects,
+                s.overflows,
+                s.no_backend
+            );
+            if s.backends.is_empty() {
+                let _ = writeln!(out, "    (no ready backend: connects fail at once)");
+            }
+            for b in &s.backends {
+                let _ = writeln!(
+                    out,
+                    "    -> {:<40} live {:>5}  {}",
+                    b.address,
+                    b.live_connections,
+                    b.target.as_deref().unwrap_or("")
+                );
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,235 @@
+//! The map ABI shared by the kernel programs (`mesh-ebpf`) and the agent.
+//!
+//! Every key and value is `#[repr(C)]` with explicit padding and a size
+//! assertion, so both sides agree byte for byte. Values hold no `bool`,
+//! `Option` or `enum`: flags and algorithms are plain integers.
+//!
+//! Addresses are kept as four 32-bit words in network byte order; an IPv4
+//! address uses word 0 and leaves the rest zero. Ports are in network byte
+//! order, as the kernel hands them to cgroup programs.
+#![no_std]
+
+/// Names of the maps, as the kernel object declares them and as they are
+/// pinned under the agent's bpffs directory.
+pub mod map_names {
+    pub const FRONTENDS: &str = "MESH_FRONTENDS";
+    pub const SLOTS: &str = "MESH_SLOTS";
+    pub const MAGLEV: &str = "MESH_MAGLEV";
+    pub const BACKEND_LIVE: &str = "MESH_BACKEND_LIVE";
+    pub const CLUSTER_LIVE: &str = "MESH_CLUSTER_LIVE";
+    pub const SOCKETS: &str = "MESH_SOCKETS";
+    pub const UDP_REVERSE: &str = "MESH_UDP_REVERSE";
+    pub const GLOBAL_STATS: &str = "MESH_GLOBAL_STATS";
+    pub const CLUSTER_STATS: &str = "MESH_CLUSTER_STATS";
+}
+
+/// Names of the programs in the kernel object.
+pub mod prog_names {
+    pub const CONNECT4: &str = "mesh_connect4";
+    pub const CONNECT6: &str = "mesh_connect6";
+    pub const SENDMSG4: &str = "mesh_sendmsg4";
+    pub const SENDMSG6: &str = "mesh_sendmsg6";
+    pub const RECVMSG4: &str = "mesh_recvmsg4";
+    pub const RECVMSG6: &str = "mesh_recvmsg6";
+    pub const GETPEERNAME4: &str = "mesh_getpeername4";
+    pub const GETPEERNAME6: &str = "mesh_getpeername6";
+    pub const SOCK_RELEASE: &str = "mesh_sock_release";
+}
+
+/// Map capacities. The agent refuses a snapshot that does not fit.
+pub mod capacity {
+    pub const FRONTENDS: u32 = 65_536;
+    pub const SLOTS: u32 = 1 << 20;
+    pub const MAGLEV: u32 = 1 << 21;
+    pub const BACKENDS: u32 = 1 << 18;
+    pub const CLUSTERS: u32 = 65_536;
+    pub const SOCKETS: u32 = 1 << 18;
+    pub const UDP_REVERSE: u32 = 1 << 16;
+    /// Upper bound on backends per load-balancing group the kernel samples.
+    pub const MAX_BACKENDS_PER_GROUP: u32 = 1 << 16;
+}
+
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Load-balancing algorithms, as stored in [`Frontend::algorithm`].
+pub mod lb {
+    pub const LEAST_REQUEST: u8 = 0;
+    pub const ROUND_ROBIN: u8 = 1;
+    pub const RANDOM: u8 = 2;
+    pub const MAGLEV_SOURCE_IP: u8 = 3;
+}
+
+/// A service address as the application dials it: `clusterIP:port/proto`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FrontendKey {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub proto: u8,
+    pub family: u8,
+}
+const _: () = assert!(core::mem::size_of::<FrontendKey>() == 20);
+
+/// What the kernel needs to pick a backend for one frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Frontend {
+    /// Identifies the backend set (service port and address family); keys
+    /// [`SlotKey`] for the slot and Maglev tables.
+    pub group_id: u64,
+    /// Identifies the Envoy-style cluster (service port, both families):
+    /// the unit that `maxConnections` and the per-service counters use.
+    pub cluster_id: u64,
+    /// Number of backends, stored in slots `0..backend_count`.
+    pub backend_count: u32,
+    /// Live-connection limit for the cluster on this node; 0 means none.
+    pub max_connections: u32,
+    /// Maglev table size (prime) when `algorithm` is Maglev, else 0.
+    pub maglev_size: u32,
+    /// One of [`lb`].
+    pub algorithm: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<Frontend>() == 32);
+
+/// Index into a backend group: slot `n` of the list, or entry `n` of the
+/// Maglev table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SlotKey {
+    pub group_id: u64,
+    pub index: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SlotKey>() == 16);
+
+/// A backend endpoint: `podIP:targetPort`. Doubles as the key of the
+/// live-connection counters, so no id has to survive an agent restart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Backend {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<Backend>() == 20);
+
+/// Per-cluster state the kernel writes: live TCP connections on this node
+/// and the round-robin cursor. Updated with atomic adds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterLive {
+    pub connections: u64,
+    pub round_robin: u64,
+}
+const _: () = assert!(core::mem::size_of::<ClusterLive>() == 16);
+
+/// What the kernel remembers about a translated socket, keyed by the socket
+/// cookie: the address the application dialled (for `getpeername` and UDP
+/// replies) and what to release when the socket closes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketEntry {
+    pub cluster_id: u64,
+    pub service_addr: [u32; 4],
+    pub backend: Backend,
+    /// Network byte order.
+    pub service_port: u16,
+    pub family: u8,
+    /// 1 when the connection holds a live-connection slot to release.
+    pub counted: u8,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<SocketEntry>() == 56);
+
+/// Key of the UDP reverse map: which service address a datagram from
+/// `backend` to socket `cookie` must appear to come from.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpReverseKey {
+    pub cookie: u64,
+    pub backend: Backend,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<UdpReverseKey>() == 32);
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct UdpReverseValue {
+    pub service_addr: [u32; 4],
+    /// Network byte order.
+    pub service_port: u16,
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(core::mem::size_of::<UdpReverseValue>() == 24);
+
+/// Per-cluster, per-CPU counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClusterStats {
+    /// TCP and connected-UDP connects translated to a backend.
+    pub connects: u64,
+    /// Connects refused at `maxConnections`.
+    pub overflows: u64,
+    /// Connects or datagrams refused because no backend is ready.
+    pub no_backend: u64,
+    /// Unconnected UDP datagrams translated.
+    pub udp_datagrams: u64,
+}
+const _: () = assert!(core::mem::size_of::<ClusterStats>() == 32);
+
+/// Indexes of the global per-CPU counters: every decision and every drop.
+pub mod global_stat {
+    pub const CONNECT_TRANSLATED: u32 = 0;
+    pub const CONNECT_PASSTHROUGH: u32 = 1;
+    pub const CONNECT_NO_BACKEND: u32 = 2;
+    pub const CONNECT_OVERFLOW: u32 = 3;
+    pub const SENDMSG_TRANSLATED: u32 = 4;
+    pub const SENDMSG_PASSTHROUGH: u32 = 5;
+    pub const SENDMSG_NO_BACKEND: u32 = 6;
+    pub const RECVMSG_REWRITTEN: u32 = 7;
+    pub const GETPEERNAME_REWRITTEN: u32 = 8;
+    pub const SOCKET_RELEASED: u32 = 9;
+    /// A slot or Maglev entry was missing (agent mid-update): refused.
+    pub const DROP_SLOT_MISSING: u32 = 10;
+    /// The socket table was full: translated but not tracked.
+    pub const DROP_SOCKET_TABLE_FULL: u32 = 11;
+    pub const COUNT: u32 = 12;
+
+    /// Label values for each index, in order.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "connect_translated",
+        "connect_passthrough",
+        "connect_no_backend",
+        "connect_overflow",
+        "sendmsg_translated",
+        "sendmsg_passthrough",
+        "sendmsg_no_backend",
+        "recvmsg_rewritten",
+        "getpeername_rewritten",
+        "socket_released",
+        "drop_slot_missing",
+        "drop_socket_table_full",
+    ];
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all types are repr(C), Copy, fully initialised with explicit padding.
+    unsafe impl aya::Pod for FrontendKey {}
+    unsafe impl aya::Pod for Frontend {}
+    unsafe impl aya::Pod for SlotKey {}
+    unsafe impl aya::Pod for Backend {}
+    unsafe impl aya::Pod for ClusterLive {}
+    unsafe impl aya::Pod for SocketEntry {}
+    unsafe impl aya::Pod for UdpReverseKey {}
+    unsafe impl aya::Pod for UdpReverseValue {}
+    unsafe impl aya::Pod for ClusterStats {}
+}

@@ -1,0 +1,528 @@
+//! Kernel half of the mesh dataplane: socket-level service load balancing.
+//!
+//! `connect4/6` translate a service address to a backend before the first
+//! packet exists, so no packet is ever NATed; `sendmsg/recvmsg` do the same
+//! per datagram for unconnected UDP; `getpeername` shows the service address
+//! back to the application; `sock_release` gives back the live-connection
+//! slot the connect took. Traffic to anything that is not a service passes
+//! through untouched, and every decision is counted per CPU.
+#![no_std]
+#![no_main]
+#![allow(internal_features)]
+#![feature(core_intrinsics)]
+
+use aya_ebpf::{
+    bindings::{bpf_sock, bpf_sock_addr, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::generated::{
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval,
+    },
+    macros::{cgroup_sock, cgroup_sock_addr, map},
+    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::{SockAddrContext, SockContext},
+    EbpfContext,
+};
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use mesh_common::{
+    capacity, global_stat, lb, Backend, ClusterLive, ClusterStats, Frontend, FrontendKey, SlotKey,
+    SocketEntry, UdpReverseKey, UdpReverseValue, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
+};
+
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+const SOCK_STREAM: u32 = 1;
+const SOCK_DGRAM: u32 = 2;
+/// `::ffff:0:0/96` in network byte order, word 2.
+const V4_MAPPED_WORD: u32 = 0xffff_u32.to_be();
+
+#[map(name = "MESH_FRONTENDS")]
+static FRONTENDS: HashMap<FrontendKey, Frontend> =
+    HashMap::pinned(capacity::FRONTENDS, BPF_F_NO_PREALLOC);
+#[map(name = "MESH_SLOTS")]
+static SLOTS: HashMap<SlotKey, Backend> = HashMap::pinned(capacity::SLOTS, BPF_F_NO_PREALLOC);
+#[map(name = "MESH_MAGLEV")]
+static MAGLEV: HashMap<SlotKey, Backend> = HashMap::pinned(capacity::MAGLEV, BPF_F_NO_PREALLOC);
+#[map(name = "MESH_BACKEND_LIVE")]
+static BACKEND_LIVE: HashMap<Backend, u64> =
+    HashMap::pinned(capacity::BACKENDS, BPF_F_NO_PREALLOC);
+#[map(name = "MESH_CLUSTER_LIVE")]
+static CLUSTER_LIVE: HashMap<u64, ClusterLive> =
+    HashMap::pinned(capacity::CLUSTERS, BPF_F_NO_PREALLOC);
+#[map(name = "MESH_SOCKETS")]
+static SOCKETS: HashMap<u64, SocketEntry> = HashMap::pinned(capacity::SOCKETS, BPF_F_NO_PREALLOC);
+#[map(name = "MESH_UDP_REVERSE")]
+static UDP_REVERSE: LruHashMap<UdpReverseKey, UdpReverseValue> =
+    LruHashMap::pinned(capacity::UDP_REVERSE, 0);
+#[map(name = "MESH_GLOBAL_STATS")]
+static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(global_stat::COUNT, 0);
+#[map(name = "MESH_CLUSTER_STATS")]
+static CLUSTER_STATS: PerCpuHashMap<u64, ClusterStats> =
+    PerCpuHashMap::pinned(capacity::CLUSTERS, 0);
+
+// ---------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------
+
+#[inline(always)]
+fn count(stat: u32) {
+    if let Some(counter) = GLOBAL_STATS.get_ptr_mut(stat) {
+        // Per-CPU slot: no other CPU writes it.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+fn count_cluster(cluster_id: u64, bump: impl Fn(&mut ClusterStats)) {
+    if CLUSTER_STATS.get_ptr_mut(&cluster_id).is_none() {
+        let _ = CLUSTER_STATS.insert(&cluster_id, &ClusterStats::default(), BPF_NOEXIST as u64);
+    }
+    if let Some(stats) = CLUSTER_STATS.get_ptr_mut(&cluster_id) {
+        bump(unsafe { &mut *stats });
+    }
+}
+
+#[inline(always)]
+fn fetch_add(counter: *mut u64, delta: u64) -> u64 {
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, delta) }
+}
+
+/// Cluster state shared by all CPUs, created on first use.
+#[inline(always)]
+fn cluster_live(cluster_id: u64) -> Option<*mut ClusterLive> {
+    if let Some(live) = CLUSTER_LIVE.get_ptr_mut(&cluster_id) {
+        return Some(live);
+    }
+    let _ = CLUSTER_LIVE.insert(&cluster_id, &ClusterLive::default(), BPF_NOEXIST as u64);
+    CLUSTER_LIVE.get_ptr_mut(&cluster_id)
+}
+
+#[inline(always)]
+fn backend_live(backend: &Backend) -> Option<*mut u64> {
+    if let Some(live) = BACKEND_LIVE.get_ptr_mut(backend) {
+        return Some(live);
+    }
+    let _ = BACKEND_LIVE.insert(backend, &0, BPF_NOEXIST as u64);
+    BACKEND_LIVE.get_ptr_mut(backend)
+}
+
+/// Decrements a live counter without wrapping below zero.
+#[inline(always)]
+fn release(counter: *mut u64) {
+    if unsafe { core::ptr::read_volatile(counter) } > 0 {
+        fetch_add(counter, u64::MAX);
+    }
+}
+
+#[inline(always)]
+fn mix64(mut x: u64) -> u64 {
+    // splitmix64 finaliser: a cheap, well-spread hash of the source identity.
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+// ---------------------------------------------------------------------------
+// The address the application passed, and where to write the translation
+// ---------------------------------------------------------------------------
+
+/// A sockaddr as a cgroup program sees it, normalised to four words. An
+/// IPv6 socket dialling a v4-mapped address is looked up as IPv4.
+struct Dial {
+    key: FrontendKey,
+    /// The socket is AF_INET6 but the address is `::ffff:a.b.c.d`.
+    v4_mapped: bool,
+}
+
+#[inline(always)]
+unsafe fn read_dial(sa: *const bpf_sock_addr, family: u8, proto: u8) -> Dial {
+    let mut key = FrontendKey {
+        port: (*sa).user_port as u16,
+        proto,
+        family,
+        ..Default::default()
+    };
+    let mut v4_mapped = false;
+    if family == FAMILY_V4 {
+        key.addr[0] = (*sa).user_ip4;
+    } else {
+        let w0 = (*sa).user_ip6[0];
+        let w1 = (*sa).user_ip6[1];
+        let w2 = (*sa).user_ip6[2];
+        let w3 = (*sa).user_ip6[3];
+        if w0 == 0 && w1 == 0 && w2 == V4_MAPPED_WORD {
+            key.addr[0] = w3;
+            key.family = FAMILY_V4;
+            v4_mapped = true;
+        } else {
+            key.addr = [w0, w1, w2, w3];
+        }
+    }
+    Dial { key, v4_mapped }
+}
+
+/// Writes `addr:port` (four words, family `family`) into the sockaddr the
+/// program runs on. The kernel only accepts 4-byte stores to `user_ip6`.
+#[inline(always)]
+unsafe fn write_addr(sa: *mut bpf_sock_addr, addr: &[u32; 4], port: u16, v4_mapped: bool, v6_ctx: bool) {
+    if !v6_ctx {
+        (*sa).user_ip4 = addr[0];
+    } else if v4_mapped {
+        (*sa).user_ip6[0] = 0;
+        (*sa).user_ip6[1] = 0;
+        (*sa).user_ip6[2] = V4_MAPPED_WORD;
+        (*sa).user_ip6[3] = addr[0];
+    } else {
+        (*sa).user_ip6[0] = addr[0];
+        (*sa).user_ip6[1] = addr[1];
+        (*sa).user_ip6[2] = addr[2];
+        (*sa).user_ip6[3] = addr[3];
+    }
+    (*sa).user_port = port as u32;
+}
+
+#[inline(always)]
+fn proto_of(sa: *const bpf_sock_addr) -> Option<u8> {
+    match unsafe { (*sa).type_ } {
+        SOCK_STREAM => Some(PROTO_TCP),
+        SOCK_DGRAM => Some(PROTO_UDP),
+        _ => None,
+    }
+}
+
+/// The client's identity for source-IP affinity: its bound address when it
+/// bound one, else its network namespace (one pod, one address).
+#[inline(always)]
+unsafe fn source_identity(ctx: &SockAddrContext, family: u8) -> u64 {
+    let sk: *mut bpf_sock = (*ctx.sock_addr).__bindgen_anon_1.sk;
+    if !sk.is_null() {
+        if family == FAMILY_V4 {
+            let src = (*sk).src_ip4;
+            if src != 0 {
+                return src as u64;
+            }
+        } else {
+            let a = (*sk).src_ip6[0] as u64;
+            let b = (*sk).src_ip6[1] as u64;
+            let c = (*sk).src_ip6[2] as u64;
+            let d = (*sk).src_ip6[3] as u64;
+            let folded = (a << 32 | b) ^ mix64(c << 32 | d);
+            if folded != 0 {
+                return folded;
+            }
+        }
+    }
+    bpf_get_netns_cookie(ctx.as_ptr())
+}
+
+// ---------------------------------------------------------------------------
+// Backend selection
+// ---------------------------------------------------------------------------
+
+#[inline(always)]
+fn slot(group_id: u64, index: u32) -> Option<Backend> {
+    let key = SlotKey { group_id, index, _pad: 0 };
+    unsafe { SLOTS.get(&key) }.copied()
+}
+
+#[inline(always)]
+fn live_of(backend: &Backend) -> u64 {
+    match unsafe { BACKEND_LIVE.get(backend) } {
+        Some(live) => unsafe { core::ptr::read_volatile(live) },
+        None => 0,
+    }
+}
+
+#[inline(always)]
+fn pick_backend(ctx: &SockAddrContext, fe: &Frontend, family: u8) -> Option<Backend> {
+    let n = fe.backend_count;
+    if n == 1 {
+        return slot(fe.group_id, 0);
+    }
+    match fe.algorithm {
+        lb::ROUND_ROBIN => {
+            let cursor = match cluster_live(fe.group_id) {
+                Some(state) => fetch_add(unsafe { &mut (*state).round_robin }, 1),
+                None => u64::from(unsafe { bpf_get_prandom_u32() }),
+            };
+            slot(fe.group_id, (cursor % n as u64) as u32)
+        }
+        lb::RANDOM => slot(fe.group_id, unsafe { bpf_get_prandom_u32() } % n),
+        lb::MAGLEV_SOURCE_IP => {
+            if fe.maglev_size == 0 {
+                return None;
+            }
+            let hash = mix64(unsafe { source_identity(ctx, family) });
+            let key = SlotKey {
+                group_id: fe.group_id,
+                index: (hash % fe.maglev_size as u64) as u32,
+                _pad: 0,
+            };
+            unsafe { MAGLEV.get(&key) }.copied()
+        }
+        _ => {
+            // LEAST_REQUEST: power of two choices over live connections.
+            let r = unsafe { bpf_get_prandom_u32() };
+            let first = r % n;
+            let mut second = (r >> 16) % n;
+            if second == first {
+                second = (first + 1) % n;
+            }
+            let a = slot(fe.group_id, first)?;
+            let b = match slot(fe.group_id, second) {
+                Some(b) => b,
+                None => return Some(a),
+            };
+            if live_of(&b) < live_of(&a) {
+                Some(b)
+            } else {
+                Some(a)
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn refuse_with(stat: u32) -> i32 {
+    count(stat);
+    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    REFUSE
+}
+
+// ---------------------------------------------------------------------------
+// connect4 / connect6
+// ---------------------------------------------------------------------------
+
+#[cgroup_sock_addr(connect4)]
+pub fn mesh_connect4(ctx: SockAddrContext) -> i32 {
+    try_connect(&ctx, false).unwrap_or(ALLOW)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
+    try_connect(&ctx, true).unwrap_or(ALLOW)
+}
+
+#[inline(always)]
+fn try_connect(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
+    let sa = ctx.sock_addr;
+    let proto = proto_of(sa).ok_or(())?;
+    let family = if v6_ctx { FAMILY_V6 } else { FAMILY_V4 };
+    let dial = unsafe { read_dial(sa, family, proto) };
+    let fe = match unsafe { FRONTENDS.get(&dial.key) } {
+        Some(fe) => *fe,
+        None => {
+            count(global_stat::CONNECT_PASSTHROUGH);
+            return Ok(ALLOW);
+        }
+    };
+    if fe.backend_count == 0 {
+        count_cluster(fe.cluster_id, |s| s.no_backend += 1);
+        return Ok(refuse_with(global_stat::CONNECT_NO_BACKEND));
+    }
+
+    // Take a live-connection slot first, so concurrent connects on other
+    // CPUs cannot both slip under the limit.
+    let tcp = proto == PROTO_TCP;
+    let mut cluster_state: Option<*mut ClusterLive> = None;
+    if tcp {
+        if let Some(state) = cluster_live(fe.cluster_id) {
+            let live = unsafe { &mut (*state).connections };
+            let before = fetch_add(live, 1);
+            if fe.max_connections != 0 && before >= fe.max_connections as u64 {
+                release(live);
+                count_cluster(fe.cluster_id, |s| s.overflows += 1);
+                return Ok(refuse_with(global_stat::CONNECT_OVERFLOW));
+            }
+            cluster_state = Some(state);
+        }
+    }
+
+    let backend = match pick_backend(ctx, &fe, dial.key.family).or_else(|| slot(fe.group_id, 0)) {
+        Some(b) => b,
+        None => {
+            if let Some(state) = cluster_state {
+                release(unsafe { &mut (*state).connections });
+            }
+            return Ok(refuse_with(global_stat::DROP_SLOT_MISSING));
+        }
+    };
+
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let entry = SocketEntry {
+        cluster_id: fe.cluster_id,
+        service_addr: dial.key.addr,
+        backend,
+        service_port: dial.key.port,
+        family: dial.key.family,
+        counted: cluster_state.is_some() as u8,
+        _pad: 0,
+    };
+    if SOCKETS.insert(&cookie, &entry, 0).is_err() {
+        // Untracked: the slot could never be released, so do not hold one.
+        count(global_stat::DROP_SOCKET_TABLE_FULL);
+        if let Some(state) = cluster_state {
+            release(unsafe { &mut (*state).connections });
+        }
+    } else if tcp {
+        if let Some(live) = backend_live(&backend) {
+            fetch_add(live, 1);
+        }
+    } else {
+        remember_udp_reverse(cookie, &backend, &dial.key);
+    }
+
+    unsafe { write_addr(sa, &backend.addr, backend.port, dial.v4_mapped, v6_ctx) };
+    count(global_stat::CONNECT_TRANSLATED);
+    count_cluster(fe.cluster_id, |s| s.connects += 1);
+    Ok(ALLOW)
+}
+
+#[inline(always)]
+fn remember_udp_reverse(cookie: u64, backend: &Backend, service: &FrontendKey) {
+    let key = UdpReverseKey { cookie, backend: *backend, _pad: 0 };
+    let value = UdpReverseValue {
+        service_addr: service.addr,
+        service_port: service.port,
+        _pad: [0; 6],
+    };
+    let _ = UDP_REVERSE.insert(&key, &value, 0);
+}
+
+// ---------------------------------------------------------------------------
+// sendmsg / recvmsg: unconnected UDP
+// ---------------------------------------------------------------------------
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn mesh_sendmsg4(ctx: SockAddrContext) -> i32 {
+    try_sendmsg(&ctx, false).unwrap_or(ALLOW)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn mesh_sendmsg6(ctx: SockAddrContext) -> i32 {
+    try_sendmsg(&ctx, true).unwrap_or(ALLOW)
+}
+
+#[inline(always)]
+fn try_sendmsg(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
+    let sa = ctx.sock_addr;
+    let family = if v6_ctx { FAMILY_V6 } else { FAMILY_V4 };
+    let dial = unsafe { read_dial(sa, family, PROTO_UDP) };
+    let fe = match unsafe { FRONTENDS.get(&dial.key) } {
+        Some(fe) => *fe,
+        None => {
+            count(global_stat::SENDMSG_PASSTHROUGH);
+            return Ok(ALLOW);
+        }
+    };
+    if fe.backend_count == 0 {
+        count_cluster(fe.cluster_id, |s| s.no_backend += 1);
+        return Ok(refuse_with(global_stat::SENDMSG_NO_BACKEND));
+    }
+    let backend = match pick_backend(ctx, &fe, dial.key.family).or_else(|| slot(fe.group_id, 0)) {
+        Some(b) => b,
+        None => return Ok(refuse_with(global_stat::DROP_SLOT_MISSING)),
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    remember_udp_reverse(cookie, &backend, &dial.key);
+    unsafe { write_addr(sa, &backend.addr, backend.port, dial.v4_mapped, v6_ctx) };
+    count(global_stat::SENDMSG_TRANSLATED);
+    count_cluster(fe.cluster_id, |s| s.udp_datagrams += 1);
+    Ok(ALLOW)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn mesh_recvmsg4(ctx: SockAddrContext) -> i32 {
+    try_recvmsg(&ctx, false).unwrap_or(ALLOW)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn mesh_recvmsg6(ctx: SockAddrContext) -> i32 {
+    try_recvmsg(&ctx, true).unwrap_or(ALLOW)
+}
+
+#[inline(always)]
+fn try_recvmsg(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
+    let sa = ctx.sock_addr;
+    let family = if v6_ctx { FAMILY_V6 } else { FAMILY_V4 };
+    let from = unsafe { read_dial(sa, family, PROTO_UDP) };
+    let key = UdpReverseKey {
+        cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
+        backend: Backend {
+            addr: from.key.addr,
+            port: from.key.port,
+            family: from.key.family,
+            _pad: 0,
+        },
+        _pad: 0,
+    };
+    // recvmsg programs must allow; a miss simply leaves the source as is.
+    let service = unsafe { UDP_REVERSE.get(&key) }.ok_or(())?;
+    unsafe { write_addr(sa, &service.service_addr, service.service_port, from.v4_mapped, v6_ctx) };
+    count(global_stat::RECVMSG_REWRITTEN);
+    Ok(ALLOW)
+}
+
+// ---------------------------------------------------------------------------
+// getpeername: the application sees the service it dialled
+// ---------------------------------------------------------------------------
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn mesh_getpeername4(ctx: SockAddrContext) -> i32 {
+    try_getpeername(&ctx, false).unwrap_or(ALLOW)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn mesh_getpeername6(ctx: SockAddrContext) -> i32 {
+    try_getpeername(&ctx, true).unwrap_or(ALLOW)
+}
+
+#[inline(always)]
+fn try_getpeername(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let entry = unsafe { SOCKETS.get(&cookie) }.ok_or(())?;
+    let v4_mapped = v6_ctx && entry.family == FAMILY_V4;
+    unsafe {
+        write_addr(ctx.sock_addr, &entry.service_addr, entry.service_port, v4_mapped, v6_ctx)
+    };
+    count(global_stat::GETPEERNAME_REWRITTEN);
+    Ok(ALLOW)
+}
+
+// ---------------------------------------------------------------------------
+// sock_release: give the live-connection slot back
+// ---------------------------------------------------------------------------
+
+#[cgroup_sock(sock_release)]
+pub fn mesh_sock_release(ctx: SockContext) -> i32 {
+    let _ = try_sock_release(&ctx);
+    ALLOW
+}
+
+#[inline(always)]
+fn try_sock_release(ctx: &SockContext) -> Result<(), ()> {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let entry = unsafe { SOCKETS.get(&cookie) }.copied().ok_or(())?;
+    if entry.counted != 0 {
+        if let Some(state) = CLUSTER_LIVE.get_ptr_mut(&entry.cluster_id) {
+            release(unsafe { &mut (*state).connections });
+        }
+        if let Some(live) = BACKEND_LIVE.get_ptr_mut(&entry.backend) {
+            release(live);
+        }
+    }
+    let _ = SOCKETS.remove(&cookie);
+    count(global_stat::SOCKET_RELEASED);
+    Ok(())
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,337 @@
+//! mesh-probe: the test client. Runs inside a test's cgroup and a pod's
+//! network namespace and prints one JSON object on stdout.
+//!
+//! ```text
+//! mesh-probe [--cgroup DIR] [--netns PATH] tcp  --target HOST:PORT [--count N] [--sources IP,..] [--requests-per-conn K]
+//! mesh-probe [--cgroup DIR] [--netns PATH] hold --target HOST:PORT [--count N]
+//! mesh-probe [--cgroup DIR] [--netns PATH] udp  --target HOST:PORT [--count N] [--connected]
+//! ```
+//!
+//! Errors are counted by errno name (`ECONNREFUSED`, `ENETUNREACH`, `EPERM`,
+//! ...); a receive timeout is `EAGAIN`, a connect timeout `ETIMEDOUT`, a peer
+//! that closes before replying `EOF`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use mesh_tests::sys;
+use serde_json::{json, Value};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const TCP_READ_TIMEOUT: Duration = Duration::from_secs(5);
+const UDP_RECV_TIMEOUT: Duration = Duration::from_secs(1);
+const REQUEST: &[u8] = b"hello\n";
+
+fn main() -> ExitCode {
+    match run(std::env::args().skip(1).collect()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("mesh-probe: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(args: Vec<String>) -> Result<()> {
+    let mut args = args.into_iter().peekable();
+    let (mut cgroup, mut netns) = (None, None);
+    while let Some(global) = args.next_if(|a| a == "--cgroup" || a == "--netns") {
+        let value = args
+            .next()
+            .ok_or_else(|| anyhow!("{global} needs a value"))?;
+        if global == "--cgroup" {
+            cgroup = Some(value)
+        } else {
+            netns = Some(value)
+        }
+    }
+    // Cgroup first, then namespace, both while single-threaded and before any
+    // socket exists: a socket takes its cgroup at creation. (setns into a
+    // network namespace leaves mounts alone, so the cgroup tree stays
+    // reachable either way; `ip netns exec` would hide it.)
+    if let Some(dir) = cgroup {
+        join_cgroup(&dir)?;
+    }
+    if let Some(path) = netns {
+        sys::setns_net(Path::new(&path)).with_context(|| format!("setns {path}"))?;
+    }
+    let command = args
+        .next()
+        .ok_or_else(|| anyhow!("missing subcommand (tcp, hold, udp)"))?;
+    let opts = Opts::parse(args)?;
+    match command.as_str() {
+        "tcp" => tcp(&opts),
+        "hold" => hold(&opts),
+        "udp" => udp(&opts),
+        other => bail!("unknown subcommand {other:?}"),
+    }
+}
+
+fn join_cgroup(dir: &str) -> Result<()> {
+    let procs = Path::new(dir).join("cgroup.procs");
+    std::fs::write(&procs, std::process::id().to_string())
+        .with_context(|| format!("joining {}", procs.display()))
+}
+
+/// `--name value` options and `--flag` switches after the subcommand.
+struct Opts {
+    values: HashMap<String, String>,
+    flags: Vec<String>,
+}
+
+impl Opts {
+    const FLAGS: &'static [&'static str] = &["--connected"];
+    const VALUES: &'static [&'static str] =
+        &["--target", "--count", "--sources", "--requests-per-conn"];
+
+    fn parse(mut args: impl Iterator<Item = String>) -> Result<Opts> {
+        let mut opts = Opts {
+            values: HashMap::new(),
+            flags: Vec::new(),
+        };
+        while let Some(arg) = args.next() {
+            if Self::FLAGS.contains(&arg.as_str()) {
+                opts.flags.push(arg);
+            } else if Self::VALUES.contains(&arg.as_str()) {
+                let value = args.next().ok_or_else(|| anyhow!("{arg} needs a value"))?;
+                opts.values.insert(arg, value);
+            } else {
+                bail!("unknown option {arg:?}");
+            }
+        }
+        Ok(opts)
+    }
+
+    fn target(&self) -> Result<SocketAddr> {
+        let target = self
+            .values
+            .get("--target")
+            .ok_or_else(|| anyhow!("--target HOST:PORT is required"))?;
+        target
+            .parse()
+            .with_context(|| format!("bad --target {target:?} (use 1.2.3.4:80 or [fd00::1]:80)"))
+    }
+
+    fn number(&self, name: &str, default: u64) -> Result<u64> {
+        match self.values.get(name) {
+            None => Ok(default),
+            Some(v) => v.parse().with_context(|| format!("bad {name} {v:?}")),
+        }
+    }
+
+    fn sources(&self) -> Result<Vec<IpAddr>> {
+        let Some(list) = self.values.get("--sources") else {
+            return Ok(Vec::new());
+        };
+        list.split(',')
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .with_context(|| format!("bad source {s:?}"))
+            })
+            .collect()
+    }
+
+    fn flag(&self, name: &str) -> bool {
+        self.flags.iter().any(|f| f == name)
+    }
+}
+
+/// Outcome counts shared by all subcommands.
+#[derive(Default)]
+struct Tally {
+    ok: u64,
+    errors: BTreeMap<String, u64>,
+    backends: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    fn success(&mut self, backend: &str) {
+        self.ok += 1;
+        *self.backends.entry(backend.to_string()).or_default() += 1;
+    }
+
+    fn error(&mut self, e: &io::Error) {
+        *self.errors.entry(sys::io_error_name(e)).or_default() += 1;
+    }
+}
+
+fn emit(value: &Value) -> Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{value}")?;
+    out.flush()?;
+    Ok(())
+}
+
+fn tcp(opts: &Opts) -> Result<()> {
+    let (target, count) = (opts.target()?, opts.number("--count", 1)?);
+    let requests = opts.number("--requests-per-conn", 1)?.max(1);
+    let sources = opts.sources()?;
+    // Optional pause between connections, to spread a run over time.
+    let pace = Duration::from_micros(opts.number("--pace-micros", 0)?);
+    let mut tally = Tally::default();
+    let mut per_source = BTreeMap::new();
+    let mut peer = None;
+    let started = Instant::now();
+    for i in 0..count as usize {
+        let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
+        let stream = match sys::tcp_connect(
+            target,
+            source.map(|ip| SocketAddr::new(ip, 0)),
+            CONNECT_TIMEOUT,
+        ) {
+            Ok(s) => s,
+            Err(e) => {
+                tally.error(&e);
+                continue;
+            }
+        };
+        if peer.is_none() {
+            peer = stream.peer_addr().ok().map(|a| a.to_string());
+        }
+        match converse(&stream, requests) {
+            Ok(backend) => {
+                tally.success(&backend);
+                if let Some(ip) = source {
+                    per_source.insert(ip.to_string(), backend);
+                }
+            }
+            Err(e) => tally.error(&e),
+        }
+        // RST on close: no TIME_WAIT, so large counts do not run out of ports.
+        let _ = sys::set_linger_zero(&stream);
+        drop(stream);
+        if !pace.is_zero() {
+            std::thread::sleep(pace);
+        }
+    }
+    let micros_per_conn = started.elapsed().as_secs_f64() * 1e6 / count.max(1) as f64;
+    emit(&json!({
+        "ok": tally.ok,
+        "errors": tally.errors,
+        "backends": tally.backends,
+        "per_source": per_source,
+        "peer": peer,
+        "micros_per_conn": micros_per_conn,
+    }))
+}
+
+/// `requests` request/reply rounds on one connection; returns the backend
+/// name. Replies naming different backends on one connection are an error.
+fn converse(stream: &TcpStream, requests: u64) -> io::Result<String> {
+    stream.set_read_timeout(Some(TCP_READ_TIMEOUT))?;
+    let mut reader = BufReader::with_capacity(256, stream);
+    let mut backend: Option<String> = None;
+    for _ in 0..requests {
+        let mut writer = stream;
+        writer.write_all(REQUEST)?;
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let name = line.trim_end().to_string();
+        match &backend {
+            Some(first) if *first != name => return Err(io::Error::other("MIXED_BACKENDS")),
+            Some(_) => {}
+            None => backend = Some(name),
+        }
+    }
+    Ok(backend.unwrap_or_default())
+}
+
+fn hold(opts: &Opts) -> Result<()> {
+    let (target, count) = (opts.target()?, opts.number("--count", 1)?);
+    let mut tally = Tally::default();
+    let mut held = Vec::new();
+    for _ in 0..count {
+        let opened =
+            sys::tcp_connect(target, None, CONNECT_TIMEOUT).and_then(|s| Ok((converse(&s, 1)?, s)));
+        match opened {
+            Ok((backend, stream)) => {
+                tally.success(&backend);
+                held.push(stream);
+            }
+            Err(e) => tally.error(&e),
+        }
+    }
+    emit(&json!({"held": held.len(), "backends": tally.backends, "errors": tally.errors}))?;
+    // Hold until the test closes our stdin (or dies, which closes it too).
+    // Each `ping` line sends one more request on every held connection and
+    // reports which backends answered: proof the connections still work.
+    for line in io::stdin().lock().lines() {
+        if line?.trim() != "ping" {
+            continue;
+        }
+        let mut pinged = Tally::default();
+        for stream in &held {
+            match converse(stream, 1) {
+                Ok(backend) => pinged.success(&backend),
+                Err(e) => pinged.error(&e),
+            }
+        }
+        emit(&json!({"ok": pinged.ok, "backends": pinged.backends, "errors": pinged.errors}))?;
+    }
+    drop(held);
+    Ok(())
+}
+
+fn udp(opts: &Opts) -> Result<()> {
+    let (target, count) = (opts.target()?, opts.number("--count", 1)?);
+    let connected = opts.flag("--connected");
+    let socket = UdpSocket::bind(sys::unspecified_like(&target)).context("binding UDP socket")?;
+    socket.set_read_timeout(Some(UDP_RECV_TIMEOUT))?;
+    let mut tally = Tally::default();
+    let mut reply_from = None;
+    if connected {
+        if let Err(e) = socket.connect(target) {
+            // Every exchange would fail the same way; count them all.
+            for _ in 0..count {
+                tally.error(&e);
+            }
+            return emit_udp(&tally, None);
+        }
+    }
+    let mut buf = [0u8; 2048];
+    for _ in 0..count {
+        match exchange(&socket, target, connected, &mut buf) {
+            Ok((len, from)) => {
+                tally.success(String::from_utf8_lossy(&buf[..len]).trim_end());
+                reply_from = reply_from.or(Some(from));
+            }
+            Err(e) => tally.error(&e),
+        }
+    }
+    emit_udp(&tally, reply_from)
+}
+
+/// One datagram out, one back: (reply length, address the reply came from
+/// as recvfrom saw it, or getpeername when connected).
+fn exchange(
+    socket: &UdpSocket,
+    target: SocketAddr,
+    connected: bool,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr)> {
+    if connected {
+        socket.send(REQUEST)?;
+        let len = socket.recv(buf)?;
+        Ok((len, socket.peer_addr()?))
+    } else {
+        socket.send_to(REQUEST, target)?;
+        socket.recv_from(buf)
+    }
+}
+
+fn emit_udp(tally: &Tally, reply_from: Option<SocketAddr>) -> Result<()> {
+    emit(&json!({
+        "ok": tally.ok,
+        "errors": tally.errors,
+        "backends": tally.backends,
+        "reply_from": reply_from.map(|a| a.to_string()),
+    }))
+}

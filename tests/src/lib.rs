@@ -1,0 +1,453 @@
+//! Integration-test harness for the mesh dataplane. Needs root.
+//!
+//! A [`TestEnv`] owns one isolated world: a child cgroup (the one the agent
+//! attaches to), a "node" network namespace, pods (namespaces wired to the
+//! node by veth pairs), a bpffs pin directory and a config directory. Tests
+//! in one binary run in parallel; environments share nothing, and all of it
+//! goes away when the `TestEnv` drops.
+//!
+//! Backends are threads of the test process ([`Pod::serve_tcp`] and friends).
+//! Clients are `mesh-probe` subprocesses ([`TestEnv::probe`]), because a
+//! socket takes its cgroup from the process that creates it: the probe joins
+//! the test cgroup first, then enters the pod's namespace.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! let env = mesh_tests::TestEnv::new("my_test")?;
+//! let a = env.add_pod("a", "10.244.1.2", "fd00:244::1:2");
+//! let b = env.add_pod("b", "10.244.2.2", "fd00:244::2:2");
+//! let _srv = b.serve_tcp(8080);
+//! env.write_config("svc.yaml", "...")?;
+//! env.start_agent(&[])?;
+//! let out = env.probe(&a, &["tcp", "--target", "10.96.0.10:80", "--count", "10"])?;
+//! assert_eq!(out["backends"]["b"], 10);
+//! # Ok(()) }
+//! ```
+//!
+//! The agent binary is not built by `cargo test -p mesh-tests`; build it
+//! first (`cargo build -p mesh-agent`) or point `MESH_AGENT_BIN` at it.
+
+mod agent;
+mod names;
+mod pod;
+mod server;
+mod system;
+
+#[doc(hidden)]
+pub mod sys;
+
+use std::fs;
+use std::io::Read;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+pub use agent::http_get;
+pub use pod::Pod;
+pub use server::Server;
+
+use agent::{Agent, AgentSpec};
+use names::Names;
+use pod::PodSpec;
+
+/// Grace period between SIGTERM and SIGKILL when stopping the agent.
+const AGENT_STOP_GRACE: Duration = Duration::from_secs(5);
+/// Lines of agent log printed when a test fails.
+const LOG_TAIL_LINES: usize = 80;
+
+/// One test's isolated cgroup, namespaces, pin dir, config dir and agent.
+pub struct TestEnv {
+    names: Names,
+    cgroup: PathBuf,
+    pin_dir: PathBuf,
+    tmp_dir: PathBuf,
+    config_dir: PathBuf,
+    node_netns: String,
+    /// Namespace names of the pods, in creation order (index = veth number).
+    pods: Mutex<Vec<String>>,
+    servers: Arc<server::Registry>,
+    agent: Mutex<Option<Agent>>,
+    admin: Mutex<Option<SocketAddr>>,
+}
+
+impl TestEnv {
+    /// Creates the environment, first clearing leftovers of crashed runs of
+    /// the same `test_name`. Fails if not root.
+    pub fn new(test_name: &str) -> Result<TestEnv> {
+        if unsafe { libc::geteuid() } != 0 {
+            bail!("mesh integration tests need root (cgroups, namespaces, bpffs)");
+        }
+        system::ensure_bpffs()?;
+        system::remove_leftovers(test_name);
+        let names = Names::new(test_name);
+        let tmp_dir = names.tmp_dir();
+        let env = TestEnv {
+            cgroup: names.cgroup(),
+            pin_dir: names.pin_dir(),
+            config_dir: tmp_dir.join("config"),
+            tmp_dir,
+            node_netns: names.node_netns(),
+            names,
+            pods: Mutex::new(Vec::new()),
+            servers: Arc::default(),
+            agent: Mutex::new(None),
+            admin: Mutex::new(None),
+        };
+        // Built before anything exists, so Drop cleans up a half-made env.
+        env.create()
+            .with_context(|| format!("creating test env {}", env.id()))?;
+        Ok(env)
+    }
+
+    fn create(&self) -> Result<()> {
+        system::create_cgroup(&self.cgroup)?;
+        fs::create_dir_all(&self.config_dir).context("creating config dir")?;
+        system::netns_add(&self.node_netns)?;
+        system::set_net_sysctls(
+            &self.node_netns,
+            &[
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv6.conf.all.forwarding", "1"),
+            ],
+        )
+    }
+
+    /// Short unique id embedded in every name this env uses.
+    pub fn id(&self) -> &str {
+        &self.names.id
+    }
+
+    /// The cgroup v2 directory probes join and the agent attaches to.
+    pub fn cgroup_path(&self) -> &Path {
+        &self.cgroup
+    }
+
+    /// The bpffs directory the agent pins under (created by the agent).
+    pub fn pin_dir(&self) -> &Path {
+        &self.pin_dir
+    }
+
+    /// The agent's `--config-dir`.
+    pub fn config_dir(&self) -> &Path {
+        &self.config_dir
+    }
+
+    /// The agent's stdout/stderr log (appended to across restarts).
+    pub fn agent_log_path(&self) -> PathBuf {
+        self.tmp_dir.join("agent.log")
+    }
+
+    /// The whole agent log so far ("" if the agent never ran).
+    pub fn agent_log(&self) -> String {
+        fs::read_to_string(self.agent_log_path()).unwrap_or_default()
+    }
+
+    /// Path of the node namespace (`/var/run/netns/<name>`).
+    pub fn node_netns_path(&self) -> PathBuf {
+        system::netns_path(&self.node_netns)
+    }
+
+    /// Adds a pod with `ipv4`/32 and `ipv6`/128 on its eth0, routed to the
+    /// other pods through the node namespace. Panics on bad addresses or if
+    /// the namespace cannot be set up.
+    pub fn add_pod(&self, name: &str, ipv4: &str, ipv6: &str) -> Pod {
+        self.try_add_pod(name, ipv4, ipv6)
+            .unwrap_or_else(|e| panic!("adding pod {name}: {e:#}"))
+    }
+
+    fn try_add_pod(&self, name: &str, ipv4: &str, ipv6: &str) -> Result<Pod> {
+        let ipv4: Ipv4Addr = ipv4.parse().with_context(|| format!("bad IPv4 {ipv4:?}"))?;
+        let ipv6: Ipv6Addr = ipv6.parse().with_context(|| format!("bad IPv6 {ipv6:?}"))?;
+        let mut pods = lock(&self.pods);
+        let index = pods.len();
+        let netns = self.names.pod_netns(index);
+        // Recorded first so Drop deletes it even if wiring fails half-way.
+        pods.push(netns.clone());
+        let spec = PodSpec {
+            name,
+            ipv4,
+            ipv6,
+            index,
+            netns,
+            node_netns: &self.node_netns,
+        };
+        Pod::create(spec, self.servers.clone())
+    }
+
+    /// Atomically (re)places `file_name` in the config dir: written beside
+    /// the config dir, then renamed in, so the agent never sees a partial
+    /// file nor a temp file.
+    pub fn write_config(&self, file_name: &str, yaml: &str) -> Result<()> {
+        let tmp = self.tmp_dir.join(format!(".{file_name}.tmp"));
+        fs::write(&tmp, yaml).with_context(|| format!("writing {}", tmp.display()))?;
+        let dest = self.config_dir.join(file_name);
+        fs::rename(&tmp, &dest).with_context(|| format!("renaming into {}", dest.display()))
+    }
+
+    /// Removes `file_name` from the config dir.
+    pub fn remove_config(&self, file_name: &str) -> Result<()> {
+        let path = self.config_dir.join(file_name);
+        fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+    }
+
+    /// Starts `mesh-agent run --config-dir .. --cgroup .. --admin 127.0.0.1:<free port>
+    /// --bpffs <pin dir> [extra_args]` and waits (20 s) until `/readyz` is 200.
+    pub fn start_agent(&self, extra_args: &[&str]) -> Result<()> {
+        let mut slot = lock(&self.agent);
+        if slot.is_some() {
+            bail!("agent already running");
+        }
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let log = self.agent_log_path();
+        let own_cgroup = self.names.agent_cgroup();
+        let spec = AgentSpec {
+            bin: agent_bin(),
+            config_dir: &self.config_dir,
+            cgroup: &self.cgroup,
+            own_cgroup: &own_cgroup,
+            pin_dir: &self.pin_dir,
+            admin,
+            log: &log,
+            extra: extra_args,
+        };
+        *lock(&self.admin) = Some(admin);
+        *slot = Some(Agent::start(&spec)?);
+        Ok(())
+    }
+
+    /// SIGTERM to the agent, SIGKILL after 5 s; returns its exit status.
+    pub fn stop_agent(&self) -> Result<ExitStatus> {
+        let agent = lock(&self.agent)
+            .take()
+            .ok_or_else(|| anyhow!("agent not running"))?;
+        agent.stop(AGENT_STOP_GRACE)
+    }
+
+    /// SIGKILL to the agent (a crash: pinned state stays behind).
+    pub fn kill_agent(&self) -> Result<()> {
+        let mut agent = lock(&self.agent)
+            .take()
+            .ok_or_else(|| anyhow!("agent not running"))?;
+        agent.kill();
+        Ok(())
+    }
+
+    /// Pid of the running agent, if any.
+    pub fn agent_pid(&self) -> Option<u32> {
+        lock(&self.agent).as_ref().map(Agent::pid)
+    }
+
+    /// Admin address of the current (or last) agent. Panics if none was started.
+    pub fn admin_addr(&self) -> SocketAddr {
+        lock(&self.admin).expect("admin_addr: the agent was never started")
+    }
+
+    /// `GET path` on the admin API: (status, body).
+    pub fn admin_get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.admin_addr(), path)
+    }
+
+    /// `GET path` on the admin API, parsed as JSON. Panics unless the answer
+    /// is 200 with a JSON body.
+    pub fn admin_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self
+            .admin_get(path)
+            .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
+        assert_eq!(status, 200, "GET {path} answered {status}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
+    }
+
+    /// Runs `mesh-probe --cgroup <cgroup> --netns <pod netns> args...` to
+    /// completion and parses its stdout as JSON; errors (with its stderr) if
+    /// it exits non-zero.
+    pub fn probe(&self, pod: &Pod, args: &[&str]) -> Result<serde_json::Value> {
+        let out = self
+            .probe_command(pod, args)
+            .stdin(Stdio::null())
+            .output()
+            .context("running mesh-probe")?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            bail!(
+                "mesh-probe {args:?} in pod {} failed ({}): {}",
+                pod.name(),
+                out.status,
+                stderr.trim()
+            );
+        }
+        serde_json::from_slice(&out.stdout).with_context(|| {
+            format!(
+                "mesh-probe {args:?}: stdout is not JSON: {}",
+                String::from_utf8_lossy(&out.stdout)
+            )
+        })
+    }
+
+    /// Spawns a long-lived probe (e.g. `hold`) with stdin and stdout piped:
+    /// read its JSON line with [`read_json_line`], close stdin to end it.
+    /// It is killed with the cgroup when the env drops.
+    pub fn spawn_probe(&self, pod: &Pod, args: &[&str]) -> Child {
+        self.probe_command(pod, args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", probe_bin().display()))
+    }
+
+    fn probe_command(&self, pod: &Pod, args: &[&str]) -> Command {
+        let mut cmd = Command::new(probe_bin());
+        cmd.arg("--cgroup")
+            .arg(&self.cgroup)
+            .arg("--netns")
+            .arg(pod.netns_path())
+            .args(args);
+        cmd
+    }
+
+    fn print_agent_log_tail(&self) {
+        let tail = agent::log_tail(&self.agent_log_path(), LOG_TAIL_LINES);
+        if !tail.is_empty() {
+            eprintln!(
+                "---- mesh-agent log tail ({}) ----\n{tail}\n----",
+                self.agent_log_path().display()
+            );
+        }
+    }
+
+    /// Teardown in dependency order; errors are reported, never panic.
+    fn teardown(&mut self) -> Vec<anyhow::Error> {
+        let mut errors = Vec::new();
+        if let Some(agent) = self
+            .agent
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            if let Err(e) = agent.stop(AGENT_STOP_GRACE) {
+                errors.push(e.context("stopping agent"));
+            }
+        }
+        // Server sockets would keep the pod namespaces alive.
+        self.servers.stop_all();
+        for cgroup in [self.cgroup.clone(), self.names.agent_cgroup()] {
+            errors.extend(system::remove_cgroup(&cgroup).err());
+        }
+        let pods = std::mem::take(self.pods.get_mut().unwrap_or_else(|e| e.into_inner()));
+        for netns in pods.iter().rev().chain([&self.node_netns]) {
+            errors.extend(system::netns_del(netns).err());
+        }
+        errors.extend(system::remove_pin_tree(&self.pin_dir).err());
+        if std::env::var_os("MESH_TEST_KEEP_TMP").is_none() {
+            errors.extend(system::remove_tmp_dir(&self.tmp_dir).err());
+        }
+        errors
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.print_agent_log_tail();
+        }
+        for e in self.teardown() {
+            eprintln!("mesh-tests: cleanup of {}: {e:#}", self.names.id);
+        }
+    }
+}
+
+/// Runs `f` on a fresh thread inside the network namespace at `netns` (the
+/// calling thread never changes namespace). Sockets made there keep it.
+pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<T> {
+            sys::setns_net(netns).with_context(|| format!("setns {}", netns.display()))?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Reads one line of JSON from a spawned probe's stdout (e.g. `hold`'s
+/// `{"held": ..}`), byte by byte so nothing after it is swallowed.
+pub fn read_json_line(child: &mut Child) -> Result<serde_json::Value> {
+    let stdout = child
+        .stdout
+        .as_mut()
+        .ok_or_else(|| anyhow!("probe stdout not piped"))?;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while stdout.read(&mut byte)? == 1 && byte[0] != b'\n' {
+        line.push(byte[0]);
+    }
+    serde_json::from_slice(&line).with_context(|| {
+        format!(
+            "probe line is not JSON: {:?}",
+            String::from_utf8_lossy(&line)
+        )
+    })
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
+}
+
+/// Polls `f` every 20 ms until it returns true or `timeout` passes; returns
+/// its last answer.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `mesh-probe` binary: `MESH_PROBE_BIN`, else next to the running test.
+pub fn probe_bin() -> PathBuf {
+    built_bin("MESH_PROBE_BIN", "mesh-probe")
+}
+
+/// The `mesh-agent` binary: `MESH_AGENT_BIN`, else next to the running test.
+pub fn agent_bin() -> PathBuf {
+    built_bin("MESH_AGENT_BIN", "mesh-agent")
+}
+
+/// `$var`, else the target dir of the running test binary (which honours
+/// CARGO_TARGET_DIR and the profile), else `<workspace>/target/debug`.
+fn built_bin(var: &str, name: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(var) {
+        return PathBuf::from(path);
+    }
+    let beside_test = std::env::current_exe().ok().and_then(|exe| {
+        let dir = exe.parent()?;
+        let dir = if dir.ends_with("deps") {
+            dir.parent()?
+        } else {
+            dir
+        };
+        Some(dir.join(name)).filter(|p| p.exists())
+    });
+    beside_test.unwrap_or_else(|| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../target/debug")
+            .join(name)
+    })
+}
+
+/// Locks, ignoring poison: a panicking test must still be cleaned up.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

@@ -1,0 +1,235 @@
+//! Developer commands: `cargo xtask <command>`.
+//!
+//! `setup` installs what the build needs and is missing (rust-src for
+//! nightly, bpf-linker 0.10.4, iproute2/iptables); every other command runs
+//! it first, so a fresh machine needs nothing by hand.
+
+mod bench;
+mod demo;
+#[allow(dead_code)] // shared with mesh-agent/build.rs, which uses part of it
+mod ebpf_build;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const BPF_LINKER_VERSION: &str = "0.10.4";
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Developer commands for the mesh workspace")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install missing build and test prerequisites.
+    Setup,
+    /// Build the kernel programs (bpfel, release, with BTF) into target/ebpf.
+    BuildEbpf,
+    /// Run every test: unit tests and the kernel integration tests (root).
+    Test {
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run the agent on a demo: pods in namespaces, traffic, the split, `meshctl status`.
+    Demo,
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        which: BenchKind,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchKind {
+    /// Connect cost through the kernel translation vs direct vs iptables DNAT.
+    L4 {
+        /// Connections per measurement round.
+        #[arg(long, default_value_t = 4000)]
+        connections: u32,
+        /// Rounds per variant (interleaved); the median is reported.
+        #[arg(long, default_value_t = 5)]
+        rounds: u32,
+        /// Service counts to measure.
+        #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
+        services: Vec<u32>,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().command {
+        Cmd::Setup => setup(),
+        Cmd::BuildEbpf => {
+            setup()?;
+            let root = workspace_root();
+            let object = ebpf_build::build_ebpf(&root, &root.join("target").join("ebpf"))
+                .map_err(anyhow::Error::msg)?;
+            println!("{}", object.display());
+            Ok(())
+        }
+        Cmd::Test { args } => test(&args),
+        Cmd::Demo => {
+            setup()?;
+            let bins = build_binaries(false)?;
+            demo::run(&bins)
+        }
+        Cmd::Bench {
+            which:
+                BenchKind::L4 {
+                    connections,
+                    rounds,
+                    services,
+                },
+        } => {
+            setup()?;
+            let bins = build_binaries(true)?;
+            bench::l4(&bins, connections, rounds, &services)
+        }
+    }
+}
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_owned()
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Installs whatever is missing; does nothing when all is there.
+fn setup() -> Result<()> {
+    let nightly_ok =
+        output(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])).is_some();
+    if !nightly_ok {
+        eprintln!("xtask: installing the nightly toolchain");
+        run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
+    }
+    let components = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .unwrap_or_default();
+    if !components.lines().any(|c| c.starts_with("rust-src")) {
+        eprintln!("xtask: adding rust-src to nightly");
+        run(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
+    }
+    let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
+    if !linker.contains(BPF_LINKER_VERSION) {
+        eprintln!(
+            "xtask: installing bpf-linker {BPF_LINKER_VERSION} (found: {:?})",
+            linker.trim()
+        );
+        run(Command::new("cargo").args([
+            "install",
+            &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+            "--locked",
+            "--force",
+        ]))?;
+    }
+    let missing: Vec<&str> = [("ip", "iproute2"), ("iptables-restore", "iptables")]
+        .into_iter()
+        .filter(|(tool, _)| {
+            output(Command::new("sh").args(["-c", &format!("command -v {tool}")])).is_none()
+        })
+        .map(|(_, package)| package)
+        .collect();
+    if !missing.is_empty() {
+        eprintln!("xtask: installing {missing:?}");
+        run(Command::new("apt-get").arg("update").arg("-q"))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-q"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    Ok(())
+}
+
+/// Paths of the binaries tests, the demo and benchmarks run.
+pub struct Binaries {
+    pub agent: PathBuf,
+    pub meshctl: PathBuf,
+    pub probe: PathBuf,
+}
+
+fn build_binaries(release: bool) -> Result<Binaries> {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root()).args([
+        "build",
+        "-p",
+        "mesh-agent",
+        "-p",
+        "mesh-tests",
+        "--bins",
+    ]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    let dir = workspace_root()
+        .join("target")
+        .join(if release { "release" } else { "debug" });
+    Ok(Binaries {
+        agent: dir.join("mesh-agent"),
+        meshctl: dir.join("meshctl"),
+        probe: dir.join("mesh-probe"),
+    })
+}
+
+fn test(args: &[String]) -> Result<()> {
+    setup()?;
+    if effective_uid() != 0 {
+        bail!("the kernel tests load BPF programs and make namespaces: run as root");
+    }
+    let root = workspace_root();
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["fmt", "--all", "--check"]))
+    .context("code is not formatted: run `cargo fmt --all`")?;
+    let bins = build_binaries(false)?;
+    run(Command::new("cargo")
+        .current_dir(&root)
+        .args(["test", "--workspace", "--"])
+        .args(args)
+        .env("MESH_AGENT_BIN", &bins.agent)
+        .env("MESHCTL_BIN", &bins.meshctl)
+        .env("MESH_PROBE_BIN", &bins.probe))
+}
+
+fn effective_uid() -> u32 {
+    output(Command::new("id").arg("-u"))
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(u32::MAX)
+}
