@@ -81,9 +81,12 @@ fn count_cluster(cluster_id: u64, bump: impl Fn(&mut ClusterStats)) {
     }
 }
 
+/// Atomic add returning the previous value. SeqCst on purpose: with
+/// Relaxed, LLVM 22's BPF backend emits the non-fetching `lock +=` and then
+/// reads the addend back as if it were the old value.
 #[inline(always)]
 fn fetch_add(counter: *mut u64, delta: u64) -> u64 {
-    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, delta) }
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::SeqCst }>(counter, delta) }
 }
 
 /// Cluster state shared by all CPUs, created on first use.

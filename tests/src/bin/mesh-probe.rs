@@ -86,8 +86,13 @@ struct Opts {
 
 impl Opts {
     const FLAGS: &'static [&'static str] = &["--connected"];
-    const VALUES: &'static [&'static str] =
-        &["--target", "--count", "--sources", "--requests-per-conn"];
+    const VALUES: &'static [&'static str] = &[
+        "--target",
+        "--count",
+        "--sources",
+        "--requests-per-conn",
+        "--pace-micros",
+    ];
 
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Opts> {
         let mut opts = Opts {
