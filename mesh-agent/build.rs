@@ -9,24 +9,11 @@ use std::path::PathBuf;
 
 fn main() {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
-    let manifest_dir = PathBuf::from(
-        std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"),
-    );
-    let workspace = manifest_dir
-        .parent()
-        .expect("mesh-agent lives in the workspace")
-        .to_owned();
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let workspace = manifest_dir.parent().expect("mesh-agent lives in the workspace").to_owned();
     println!("cargo:rerun-if-env-changed=MESH_EBPF_OBJECT");
-    for watched in [
-        "mesh-ebpf/src",
-        "mesh-ebpf/Cargo.toml",
-        "mesh-common/src",
-        "xtask/src/ebpf_build.rs",
-    ] {
-        println!(
-            "cargo:rerun-if-changed={}",
-            workspace.join(watched).display()
-        );
+    for watched in ["mesh-ebpf/src", "mesh-ebpf/Cargo.toml", "mesh-common/src", "xtask/src/ebpf_build.rs"] {
+        println!("cargo:rerun-if-changed={}", workspace.join(watched).display());
     }
     let object = match std::env::var_os("MESH_EBPF_OBJECT") {
         Some(prebuilt) => PathBuf::from(prebuilt),

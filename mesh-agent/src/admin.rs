@@ -4,9 +4,7 @@
 use crate::agent::Shared;
 use crate::dataplane::Counters;
 use crate::snapshot::{backend_key, ServicePortView};
-use crate::status::{
-    BackendStatus, ConfigStatus, DataplaneStatus, ProgramStatus, ServiceStatus, StatusReport,
-};
+use crate::status::{BackendStatus, ConfigStatus, DataplaneStatus, ProgramStatus, ServiceStatus, StatusReport};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -25,16 +23,11 @@ use tokio::net::TcpListener;
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("binding the admin address {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| AdminError::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|source| AdminError::Bind { addr, source })
 }
 
 pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
@@ -53,9 +46,8 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
                 let shared = shared.clone();
                 async move { Ok::<_, std::convert::Infallible>(handle(&shared, request)) }
             });
-            if let Err(error) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
+            if let Err(error) =
+                hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
             {
                 tracing::debug!(%error, "admin connection ended with an error");
             }
@@ -73,10 +65,7 @@ fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> 
             if shared.published.borrow().ready {
                 text(StatusCode::OK, "ready\n".into())
             } else {
-                text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the first configuration is not in the kernel maps yet\n".into(),
-                )
+                text(StatusCode::SERVICE_UNAVAILABLE, "the first configuration is not in the kernel maps yet\n".into())
             }
         }
         "/status" => json(&status_report(shared)),
@@ -86,26 +75,18 @@ fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> 
             let mut response = text(StatusCode::OK, body);
             response.headers_mut().insert(
                 CONTENT_TYPE,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8"
-                    .parse()
-                    .expect("static header"),
+                "application/openmetrics-text; version=1.0.0; charset=utf-8".parse().expect("static header"),
             );
             response
         }
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found; try /healthz /readyz /status /config_dump /metrics\n".into(),
-        ),
+        _ => text(StatusCode::NOT_FOUND, "not found; try /healthz /readyz /status /config_dump /metrics\n".into()),
     }
 }
 
 fn text(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        CONTENT_TYPE,
-        "text/plain; charset=utf-8".parse().expect("static header"),
-    );
+    response.headers_mut().insert(CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("static header"));
     response
 }
 
@@ -113,10 +94,7 @@ fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {
     match serde_json::to_vec_pretty(value) {
         Ok(body) => {
             let mut response = Response::new(Full::new(Bytes::from(body)));
-            response.headers_mut().insert(
-                CONTENT_TYPE,
-                "application/json".parse().expect("static header"),
-            );
+            response.headers_mut().insert(CONTENT_TYPE, "application/json".parse().expect("static header"));
             response
         }
         Err(error) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")),
@@ -124,11 +102,7 @@ fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {
 }
 
 fn service_status(service: &ServicePortView, counters: &Counters) -> ServiceStatus {
-    let stats = counters
-        .clusters
-        .get(&service.cluster_id)
-        .copied()
-        .unwrap_or_default();
+    let stats = counters.clusters.get(&service.cluster_id).copied().unwrap_or_default();
     ServiceStatus {
         namespace: service.namespace.clone(),
         name: service.name.clone(),
@@ -137,11 +111,7 @@ fn service_status(service: &ServicePortView, counters: &Counters) -> ServiceStat
         frontends: service.frontends.iter().map(ToString::to_string).collect(),
         load_balancer: service.load_balancer.clone(),
         max_connections: service.max_connections,
-        live_connections: counters
-            .cluster_live
-            .get(&service.cluster_id)
-            .copied()
-            .unwrap_or(0),
+        live_connections: counters.cluster_live.get(&service.cluster_id).copied().unwrap_or(0),
         connects: stats.connects,
         overflows: stats.overflows,
         no_backend: stats.no_backend,
@@ -152,11 +122,7 @@ fn service_status(service: &ServicePortView, counters: &Counters) -> ServiceStat
             .map(|b| BackendStatus {
                 address: b.address.to_string(),
                 target: b.target.clone(),
-                live_connections: counters
-                    .backend_live
-                    .get(&backend_key(b.address))
-                    .copied()
-                    .unwrap_or(0),
+                live_connections: counters.backend_live.get(&backend_key(b.address)).copied().unwrap_or(0),
             })
             .collect(),
     }
@@ -177,34 +143,17 @@ pub fn status_report(shared: &Shared) -> StatusReport {
                 .dataplane
                 .programs
                 .iter()
-                .map(|p| ProgramStatus {
-                    name: p.name.to_owned(),
-                    attach_type: p.attach_type.to_owned(),
-                })
+                .map(|p| ProgramStatus { name: p.name.to_owned(), attach_type: p.attach_type.to_owned() })
                 .collect(),
         },
         config: ConfigStatus {
             source: shared.source.clone(),
             reloads: published.reloads,
             last_reload: published.last_reload.clone(),
-            rejections: published
-                .snapshot
-                .rejections
-                .iter()
-                .map(ToString::to_string)
-                .collect(),
+            rejections: published.snapshot.rejections.iter().map(ToString::to_string).collect(),
         },
-        kernel_counters: counters
-            .global
-            .iter()
-            .map(|(k, v)| ((*k).to_owned(), *v))
-            .collect(),
-        services: published
-            .snapshot
-            .services
-            .iter()
-            .map(|s| service_status(s, &counters))
-            .collect(),
+        kernel_counters: counters.global.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        services: published.snapshot.services.iter().map(|s| service_status(s, &counters)).collect(),
     }
 }
 
@@ -243,15 +192,9 @@ fn metrics(shared: &Shared) -> String {
 
     let decisions = Family::<Labels, Counter>::default();
     for (name, value) in &counters.global {
-        decisions
-            .get_or_create(&vec![("decision".into(), (*name).to_owned())])
-            .inc_by(*value);
+        decisions.get_or_create(&vec![("decision".into(), (*name).to_owned())]).inc_by(*value);
     }
-    registry.register(
-        "kernel_decisions",
-        "Kernel program decisions and drops, by reason",
-        decisions,
-    );
+    registry.register("kernel_decisions", "Kernel program decisions and drops, by reason", decisions);
 
     let connects = Family::<Labels, Counter>::default();
     let overflows = Family::<Labels, Counter>::default();
@@ -271,65 +214,26 @@ fn metrics(shared: &Shared) -> String {
         connects.get_or_create(&labels).inc_by(status.connects);
         overflows.get_or_create(&labels).inc_by(status.overflows);
         no_backend.get_or_create(&labels).inc_by(status.no_backend);
-        datagrams
-            .get_or_create(&labels)
-            .inc_by(status.udp_datagrams);
-        live.get_or_create(&labels)
-            .set(status.live_connections as i64);
-        backends_ready
-            .get_or_create(&labels)
-            .set(status.backends.len() as i64);
+        datagrams.get_or_create(&labels).inc_by(status.udp_datagrams);
+        live.get_or_create(&labels).set(status.live_connections as i64);
+        backends_ready.get_or_create(&labels).set(status.backends.len() as i64);
         for backend in &status.backends {
             let mut with_backend = labels.clone();
             with_backend.push(("backend".into(), backend.address.clone()));
-            backend_live
-                .get_or_create(&with_backend)
-                .set(backend.live_connections as i64);
+            backend_live.get_or_create(&with_backend).set(backend.live_connections as i64);
         }
     }
-    registry.register(
-        "service_connects",
-        "Connects translated to a backend",
-        connects,
-    );
-    registry.register(
-        "service_connect_overflows",
-        "Connects refused at connectionPool.tcp.maxConnections",
-        overflows,
-    );
-    registry.register(
-        "service_no_backend",
-        "Connects or datagrams refused for lack of a ready backend",
-        no_backend,
-    );
-    registry.register(
-        "service_udp_datagrams",
-        "Unconnected UDP datagrams translated",
-        datagrams,
-    );
-    registry.register(
-        "service_live_connections",
-        "Live TCP connections per service port on this node",
-        live,
-    );
-    registry.register(
-        "service_ready_backends",
-        "Ready backends per service port",
-        backends_ready,
-    );
-    registry.register(
-        "backend_live_connections",
-        "Live TCP connections per backend on this node",
-        backend_live,
-    );
+    registry.register("service_connects", "Connects translated to a backend", connects);
+    registry.register("service_connect_overflows", "Connects refused at connectionPool.tcp.maxConnections", overflows);
+    registry.register("service_no_backend", "Connects or datagrams refused for lack of a ready backend", no_backend);
+    registry.register("service_udp_datagrams", "Unconnected UDP datagrams translated", datagrams);
+    registry.register("service_live_connections", "Live TCP connections per service port on this node", live);
+    registry.register("service_ready_backends", "Ready backends per service port", backends_ready);
+    registry.register("backend_live_connections", "Live TCP connections per backend on this node", backend_live);
 
     let rejected = Gauge::<i64>::default();
     rejected.set(published.snapshot.rejections.len() as i64);
-    registry.register(
-        "config_rejected_objects",
-        "Objects or files not served as written",
-        rejected,
-    );
+    registry.register("config_rejected_objects", "Objects or files not served as written", rejected);
     let reloads = Counter::<u64>::default();
     reloads.inc_by(published.reloads);
     registry.register("config_reloads", "Configuration reloads", reloads);

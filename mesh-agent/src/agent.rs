@@ -54,14 +54,7 @@ impl ReloadLoop {
         cluster_domain: String,
     ) -> (Self, watch::Receiver<Arc<Published>>) {
         let (published, receiver) = watch::channel(Arc::new(Published::default()));
-        let this = Self {
-            source,
-            writer,
-            cluster_domain,
-            model: Model::default(),
-            published,
-            unapplied: None,
-        };
+        let this = Self { source, writer, cluster_domain, model: Model::default(), published, unapplied: None };
         (this, receiver)
     }
 
@@ -89,12 +82,7 @@ impl ReloadLoop {
                 return;
             }
         };
-        let model = Model::build(
-            &batch.objects,
-            batch.rejections,
-            &self.model,
-            &self.cluster_domain,
-        );
+        let model = Model::build(&batch.objects, batch.rejections, &self.model, &self.cluster_domain);
         for rejection in &model.rejections {
             tracing::warn!(
                 file = rejection.file.as_deref().unwrap_or(""),
@@ -157,17 +145,9 @@ impl ReloadLoop {
     }
 }
 
-fn reload_status(
-    started: Instant,
-    error: Option<String>,
-    map_upserts: usize,
-    map_deletes: usize,
-) -> ReloadStatus {
+fn reload_status(started: Instant, error: Option<String>, map_upserts: usize, map_deletes: usize) -> ReloadStatus {
     ReloadStatus {
-        at_unix: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs(),
+        at_unix: SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs(),
         duration_micros: started.elapsed().as_micros() as u64,
         error,
         map_upserts,

@@ -9,7 +9,7 @@ use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError};
 use aya::{Ebpf, EbpfLoader, Pod};
 use mesh_common::{
-    global_stat, map_names, prog_names, Backend, ClusterLive, ClusterStats, Frontend, FrontendKey,
+    global_stat, map_names, prog_names, Backend, ClusterLive, ClusterStats, Frontend, FrontendKey, ServiceIpKey,
     SlotKey,
 };
 use serde::Serialize;
@@ -25,33 +25,17 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
     #[error("opening cgroup {path}: {source}")]
-    Cgroup {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Cgroup { path: PathBuf, source: std::io::Error },
     #[error("preparing bpffs at {path}: {source}")]
-    Bpffs {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Bpffs { path: PathBuf, source: std::io::Error },
     #[error("loading the kernel object: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("program {name}: {source}")]
-    Program {
-        name: &'static str,
-        source: ProgramError,
-    },
+    Program { name: &'static str, source: ProgramError },
     #[error("pinning link of {name} at {path}: {message}")]
-    PinLink {
-        name: &'static str,
-        path: PathBuf,
-        message: String,
-    },
+    PinLink { name: &'static str, path: PathBuf, message: String },
     #[error("map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: MapError,
-    },
+    Map { name: &'static str, source: MapError },
     #[error("map {0} is missing from the kernel object")]
     MissingMap(&'static str),
 }
@@ -96,6 +80,7 @@ const SOCK_ADDR_PROGRAMS: [(&str, &str); 8] = [
 /// Writes snapshots into the kernel maps. One writer: the reload loop.
 pub struct MapWriter {
     frontends: HashMap<MapData, FrontendKey, Frontend>,
+    service_ips: HashMap<MapData, ServiceIpKey, u32>,
     slots: HashMap<MapData, SlotKey, Backend>,
     maglev: HashMap<MapData, SlotKey, Backend>,
     backend_live: HashMap<MapData, Backend, u64>,
@@ -119,74 +104,45 @@ pub fn start(options: &DataplaneOptions) -> Result<(MapWriter, DataplaneInfo), D
     let links_dir = options.bpffs.join("links");
     let maps_taken_over = maps_dir.join(map_names::FRONTENDS).exists();
     for dir in [&maps_dir, &links_dir] {
-        std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Bpffs {
-            path: dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Bpffs { path: dir.clone(), source })?;
     }
-    let cgroup = File::open(&options.cgroup).map_err(|source| DataplaneError::Cgroup {
-        path: options.cgroup.clone(),
-        source,
-    })?;
-    let mut ebpf = EbpfLoader::new()
-        .default_map_pin_directory(&maps_dir)
-        .load(EBPF_OBJECT)?;
+    let cgroup = File::open(&options.cgroup)
+        .map_err(|source| DataplaneError::Cgroup { path: options.cgroup.clone(), source })?;
+    let mut ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(EBPF_OBJECT)?;
 
     // Attach the new links before removing the old ones, so that no connect
     // is ever made with nothing attached. While both are attached the second
     // program sees an already-translated address and lets it pass.
     let stale_links: Vec<PathBuf> = std::fs::read_dir(&links_dir)
-        .map_err(|source| DataplaneError::Bpffs {
-            path: links_dir.clone(),
-            source,
-        })?
+        .map_err(|source| DataplaneError::Bpffs { path: links_dir.clone(), source })?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .collect();
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let mut programs = Vec::new();
     // Link-based cgroup attachments (kernel >= 5.7) always coexist with other
     // links; the kernel refuses any flag, so "Single" (no flag) is right here.
     for (name, attach_type) in SOCK_ADDR_PROGRAMS {
         let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-        program
-            .load()
-            .map_err(|source| DataplaneError::Program { name, source })?;
+        program.load().map_err(|source| DataplaneError::Program { name, source })?;
         let id = program
             .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(|source| DataplaneError::Program { name, source })?;
-        let link = program
-            .take_link(id)
-            .map_err(|source| DataplaneError::Program { name, source })?;
+        let link = program.take_link(id).map_err(|source| DataplaneError::Program { name, source })?;
         let path = links_dir.join(format!("{name}_{stamp}"));
         pin_link(name, FdLink::try_from(link), &path)?;
-        programs.push(AttachedProgram {
-            name,
-            attach_type,
-            link_pin: path,
-        });
+        programs.push(AttachedProgram { name, attach_type, link_pin: path });
     }
     {
         let name = prog_names::SOCK_RELEASE;
         let program: &mut CgroupSock = program(&mut ebpf, name)?;
-        program
-            .load()
-            .map_err(|source| DataplaneError::Program { name, source })?;
+        program.load().map_err(|source| DataplaneError::Program { name, source })?;
         let id = program
             .attach(&cgroup, CgroupAttachMode::Single)
             .map_err(|source| DataplaneError::Program { name, source })?;
-        let link = program
-            .take_link(id)
-            .map_err(|source| DataplaneError::Program { name, source })?;
+        let link = program.take_link(id).map_err(|source| DataplaneError::Program { name, source })?;
         let path = links_dir.join(format!("{name}_{stamp}"));
         pin_link(name, FdLink::try_from(link), &path)?;
-        programs.push(AttachedProgram {
-            name,
-            attach_type: "sock_release",
-            link_pin: path,
-        });
+        programs.push(AttachedProgram { name, attach_type: "sock_release", link_pin: path });
     }
     for path in stale_links {
         // Unpinning the last reference detaches the old program.
@@ -199,6 +155,7 @@ pub fn start(options: &DataplaneOptions) -> Result<(MapWriter, DataplaneInfo), D
 
     let mut writer = MapWriter {
         frontends: take_map(&mut ebpf, map_names::FRONTENDS)?,
+        service_ips: take_map(&mut ebpf, map_names::SERVICE_IPS)?,
         slots: take_map(&mut ebpf, map_names::SLOTS)?,
         maglev: take_map(&mut ebpf, map_names::MAGLEV)?,
         backend_live: take_map(&mut ebpf, map_names::BACKEND_LIVE)?,
@@ -210,6 +167,7 @@ pub fn start(options: &DataplaneOptions) -> Result<(MapWriter, DataplaneInfo), D
     // Take over what a previous agent left: the first apply then writes only
     // what changed while it was away.
     writer.current.frontends = read_all(&writer.frontends, map_names::FRONTENDS)?;
+    writer.current.service_ips = read_all(&writer.service_ips, map_names::SERVICE_IPS)?;
     writer.current.slots = read_all(&writer.slots, map_names::SLOTS)?;
     writer.current.maglev = read_all(&writer.maglev, map_names::MAGLEV)?;
     tracing::info!(
@@ -219,12 +177,8 @@ pub fn start(options: &DataplaneOptions) -> Result<(MapWriter, DataplaneInfo), D
         frontends = writer.current.frontends.len(),
         "kernel programs attached"
     );
-    let info = DataplaneInfo {
-        cgroup: options.cgroup.clone(),
-        bpffs: options.bpffs.clone(),
-        programs,
-        maps_taken_over,
-    };
+    let info =
+        DataplaneInfo { cgroup: options.cgroup.clone(), bpffs: options.bpffs.clone(), programs, maps_taken_over };
     Ok((writer, info))
 }
 
@@ -232,13 +186,8 @@ fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, D
 where
     &'a mut T: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let program = ebpf.program_mut(name).ok_or(DataplaneError::Program {
-        name,
-        source: ProgramError::NotLoaded,
-    })?;
-    program
-        .try_into()
-        .map_err(|source| DataplaneError::Program { name, source })
+    let program = ebpf.program_mut(name).ok_or(DataplaneError::Program { name, source: ProgramError::NotLoaded })?;
+    program.try_into().map_err(|source| DataplaneError::Program { name, source })
 }
 
 fn pin_link<E: std::fmt::Display>(
@@ -246,33 +195,18 @@ fn pin_link<E: std::fmt::Display>(
     link: Result<FdLink, E>,
     path: &Path,
 ) -> Result<(), DataplaneError> {
-    let pin_error = |message: String| DataplaneError::PinLink {
-        name,
-        path: path.to_owned(),
-        message,
-    };
-    link.map_err(|e| pin_error(e.to_string()))?
-        .pin(path)
-        .map_err(|e| pin_error(e.to_string()))?;
+    let pin_error = |message: String| DataplaneError::PinLink { name, path: path.to_owned(), message };
+    link.map_err(|e| pin_error(e.to_string()))?.pin(path).map_err(|e| pin_error(e.to_string()))?;
     Ok(())
 }
 
-fn take_map<T: TryFrom<Map, Error = MapError>>(
-    ebpf: &mut Ebpf,
-    name: &'static str,
-) -> Result<T, DataplaneError> {
-    let map = ebpf
-        .take_map(name)
-        .ok_or(DataplaneError::MissingMap(name))?;
+fn take_map<T: TryFrom<Map, Error = MapError>>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, DataplaneError> {
+    let map = ebpf.take_map(name).ok_or(DataplaneError::MissingMap(name))?;
     T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
 }
 
-fn open_pinned<T: TryFrom<Map, Error = MapError>>(
-    maps_dir: &Path,
-    name: &'static str,
-) -> Result<T, DataplaneError> {
-    let data = MapData::from_pin(maps_dir.join(name))
-        .map_err(|source| DataplaneError::Map { name, source })?;
+fn open_pinned<T: TryFrom<Map, Error = MapError>>(maps_dir: &Path, name: &'static str) -> Result<T, DataplaneError> {
+    let data = MapData::from_pin(maps_dir.join(name)).map_err(|source| DataplaneError::Map { name, source })?;
     let map = Map::from_map_data(data).map_err(|source| DataplaneError::Map { name, source })?;
     T::try_from(map).map_err(|source| DataplaneError::Map { name, source })
 }
@@ -281,9 +215,7 @@ fn read_all<K: Pod + Ord, V: Pod>(
     map: &HashMap<MapData, K, V>,
     name: &'static str,
 ) -> Result<BTreeMap<K, V>, DataplaneError> {
-    map.iter()
-        .map(|entry| entry.map_err(|source| DataplaneError::Map { name, source }))
-        .collect()
+    map.iter().map(|entry| entry.map_err(|source| DataplaneError::Map { name, source })).collect()
 }
 
 fn write<K: Pod + Ord + Clone, V: Pod>(
@@ -292,8 +224,7 @@ fn write<K: Pod + Ord + Clone, V: Pod>(
     upserts: &[(K, V)],
 ) -> Result<(), DataplaneError> {
     for (key, value) in upserts {
-        map.insert(key, value, 0)
-            .map_err(|source| DataplaneError::Map { name, source })?;
+        map.insert(key, value, 0).map_err(|source| DataplaneError::Map { name, source })?;
     }
     Ok(())
 }
@@ -325,25 +256,23 @@ impl MapWriter {
         let slots = diff(&self.current.slots, &desired.slots);
         let maglev = diff(&self.current.maglev, &desired.maglev);
         let frontends = diff(&self.current.frontends, &desired.frontends);
+        let service_ips = diff(&self.current.service_ips, &desired.service_ips);
         let stats = ApplyStats {
-            upserts: slots.upserts.len() + maglev.upserts.len() + frontends.upserts.len(),
-            deletes: slots.deletes.len() + maglev.deletes.len() + frontends.deletes.len(),
+            upserts: slots.upserts.len() + maglev.upserts.len() + frontends.upserts.len() + service_ips.upserts.len(),
+            deletes: slots.deletes.len() + maglev.deletes.len() + frontends.deletes.len() + service_ips.deletes.len(),
         };
         write(&mut self.slots, map_names::SLOTS, &slots.upserts)?;
         write(&mut self.maglev, map_names::MAGLEV, &maglev.upserts)?;
-        write(
-            &mut self.frontends,
-            map_names::FRONTENDS,
-            &frontends.upserts,
-        )?;
-        remove(
-            &mut self.frontends,
-            map_names::FRONTENDS,
-            &frontends.deletes,
-        )?;
+        write(&mut self.service_ips, map_names::SERVICE_IPS, &service_ips.upserts)?;
+        write(&mut self.frontends, map_names::FRONTENDS, &frontends.upserts)?;
+        // Frontends go before their service IP: a port that vanishes is
+        // briefly "unknown port" (refused), never passed through untranslated.
+        remove(&mut self.frontends, map_names::FRONTENDS, &frontends.deletes)?;
+        remove(&mut self.service_ips, map_names::SERVICE_IPS, &service_ips.deletes)?;
         remove(&mut self.maglev, map_names::MAGLEV, &maglev.deletes)?;
         remove(&mut self.slots, map_names::SLOTS, &slots.deletes)?;
         self.current.frontends = desired.frontends.clone();
+        self.current.service_ips = desired.service_ips.clone();
         self.current.slots = desired.slots.clone();
         self.current.maglev = desired.maglev.clone();
         self.forget_idle_state(desired)?;
@@ -353,11 +282,7 @@ impl MapWriter {
     /// Drops live-state and counter entries of clusters and backends the
     /// snapshot no longer has, once no connection holds them.
     fn forget_idle_state(&mut self, desired: &Snapshot) -> Result<(), DataplaneError> {
-        let ids: BTreeSet<u64> = desired
-            .frontends
-            .values()
-            .flat_map(|f| [f.cluster_id, f.group_id])
-            .collect();
+        let ids: BTreeSet<u64> = desired.frontends.values().flat_map(|f| [f.cluster_id, f.group_id]).collect();
         let backends: BTreeSet<Backend> = desired.slots.values().copied().collect();
         let idle_clusters: Vec<u64> = self
             .cluster_live
@@ -366,24 +291,13 @@ impl MapWriter {
             .filter(|(id, live)| !ids.contains(id) && live.connections == 0)
             .map(|(id, _)| id)
             .collect();
-        remove(
-            &mut self.cluster_live,
-            map_names::CLUSTER_LIVE,
-            &idle_clusters,
-        )?;
-        let gone_stats: Vec<u64> = self
-            .cluster_stats
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|id| !ids.contains(id))
-            .collect();
+        remove(&mut self.cluster_live, map_names::CLUSTER_LIVE, &idle_clusters)?;
+        let gone_stats: Vec<u64> =
+            self.cluster_stats.keys().filter_map(Result::ok).filter(|id| !ids.contains(id)).collect();
         for id in gone_stats {
             if let Err(source) = self.cluster_stats.remove(&id) {
                 if !is_missing(&source) {
-                    return Err(DataplaneError::Map {
-                        name: map_names::CLUSTER_STATS,
-                        source,
-                    });
+                    return Err(DataplaneError::Map { name: map_names::CLUSTER_STATS, source });
                 }
             }
         }
@@ -394,11 +308,7 @@ impl MapWriter {
             .filter(|(b, live)| !backends.contains(b) && *live == 0)
             .map(|(b, _)| b)
             .collect();
-        remove(
-            &mut self.backend_live,
-            map_names::BACKEND_LIVE,
-            &idle_backends,
-        )
+        remove(&mut self.backend_live, map_names::BACKEND_LIVE, &idle_backends)
     }
 }
 
@@ -434,11 +344,7 @@ impl CounterReader {
     pub fn read(&self) -> Counters {
         let mut counters = Counters::default();
         for (index, name) in global_stat::NAMES.iter().enumerate() {
-            let total = self
-                .global
-                .get(&(index as u32), 0)
-                .map(|per_cpu| per_cpu.iter().sum())
-                .unwrap_or(0);
+            let total = self.global.get(&(index as u32), 0).map(|per_cpu| per_cpu.iter().sum()).unwrap_or(0);
             counters.global.insert(name, total);
         }
         for (id, per_cpu) in self.clusters.iter().filter_map(Result::ok) {
@@ -451,30 +357,21 @@ impl CounterReader {
             }
             counters.clusters.insert(id, sum);
         }
-        counters.cluster_live = self
-            .cluster_live
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(id, l)| (id, l.connections))
-            .collect();
+        counters.cluster_live =
+            self.cluster_live.iter().filter_map(Result::ok).map(|(id, l)| (id, l.connections)).collect();
         counters.backend_live = collect_ok(self.backend_live.iter());
         counters
     }
 }
 
-fn collect_ok<K: Ord + Hash, V>(
-    iter: impl Iterator<Item = Result<(K, V), MapError>>,
-) -> BTreeMap<K, V> {
+fn collect_ok<K: Ord + Hash, V>(iter: impl Iterator<Item = Result<(K, V), MapError>>) -> BTreeMap<K, V> {
     iter.filter_map(Result::ok).collect()
 }
 
 /// Mounts bpffs at the parent of `dir` when nothing is mounted there yet.
 fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
     let mount_point = dir.parent().unwrap_or(Path::new("/sys/fs/bpf"));
-    let bpffs_error = |source| DataplaneError::Bpffs {
-        path: mount_point.to_owned(),
-        source,
-    };
+    let bpffs_error = |source| DataplaneError::Bpffs { path: mount_point.to_owned(), source };
     std::fs::create_dir_all(mount_point).map_err(bpffs_error)?;
     let c_path = std::ffi::CString::new(mount_point.as_os_str().as_encoded_bytes())
         .map_err(|_| bpffs_error(std::io::ErrorKind::InvalidInput.into()))?;
@@ -488,15 +385,7 @@ fn ensure_bpffs(dir: &Path) -> Result<(), DataplaneError> {
     }
     tracing::info!(path = %mount_point.display(), "mounting bpffs");
     // SAFETY: static, NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            c_path.as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
+    let rc = unsafe { libc::mount(c"bpf".as_ptr(), c_path.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(bpffs_error(std::io::Error::last_os_error()));
     }

@@ -16,20 +16,10 @@ impl<K, V> MapDiff<K, V> {
     }
 }
 
-pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(
-    current: &BTreeMap<K, V>,
-    desired: &BTreeMap<K, V>,
-) -> MapDiff<K, V> {
-    let upserts = desired
-        .iter()
-        .filter(|(k, v)| current.get(*k) != Some(*v))
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    let deletes = current
-        .keys()
-        .filter(|k| !desired.contains_key(*k))
-        .cloned()
-        .collect();
+pub fn diff<K: Ord + Clone, V: PartialEq + Clone>(current: &BTreeMap<K, V>, desired: &BTreeMap<K, V>) -> MapDiff<K, V> {
+    let upserts =
+        desired.iter().filter(|(k, v)| current.get(*k) != Some(*v)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let deletes = current.keys().filter(|k| !desired.contains_key(*k)).cloned().collect();
     MapDiff { upserts, deletes }
 }
 

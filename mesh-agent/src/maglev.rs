@@ -20,10 +20,7 @@ pub fn stable_hash(seed: u64, bytes: &[u8]) -> u64 {
 /// backend that owns it. `backends` are stable names (e.g. `ip:port`);
 /// `size` must be prime and `backends` non-empty.
 pub fn build_table(backends: &[String], size: u32) -> Vec<u32> {
-    assert!(
-        !backends.is_empty(),
-        "a Maglev table needs at least one backend"
-    );
+    assert!(!backends.is_empty(), "a Maglev table needs at least one backend");
     let m = size as u64;
     let permutations: Vec<(u64, u64)> = backends
         .iter()

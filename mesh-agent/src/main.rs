@@ -52,17 +52,14 @@ struct RunArgs {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Run(args) => run(args),
         Command::Uninstall { bpffs } => {
-            std::fs::remove_dir_all(&bpffs)
-                .with_context(|| format!("removing {}", bpffs.display()))?;
+            std::fs::remove_dir_all(&bpffs).with_context(|| format!("removing {}", bpffs.display()))?;
             tracing::info!(bpffs = %bpffs.display(), "pins removed; programs detached");
             Ok(())
         }
@@ -75,15 +72,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         None => cgroup2_root().context("no cgroup v2 mount found; pass --cgroup")?,
     };
     if !args.config_dir.is_dir() {
-        anyhow::bail!(
-            "--config-dir {} is not a directory",
-            args.config_dir.display()
-        );
+        anyhow::bail!("--config-dir {} is not a directory", args.config_dir.display());
     }
-    let options = DataplaneOptions {
-        cgroup,
-        bpffs: args.bpffs.clone(),
-    };
+    let options = DataplaneOptions { cgroup, bpffs: args.bpffs.clone() };
     let (writer, info) = dataplane::start(&options).context("starting the kernel dataplane")?;
     let counters = CounterReader::open(&args.bpffs).context("opening the counter maps")?;
     let source = FileSource::new(&args.config_dir);
@@ -92,9 +83,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let stop = Arc::new(AtomicBool::new(false));
     let reload_thread = {
         let stop = stop.clone();
-        std::thread::Builder::new()
-            .name("reload".into())
-            .spawn(move || reload.run(stop))?
+        std::thread::Builder::new().name("reload".into()).spawn(move || reload.run(stop))?
     };
     let shared = Arc::new(Shared {
         version: env!("CARGO_PKG_VERSION"),
@@ -105,10 +94,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         published,
     });
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(async {
         let listener = admin::bind(args.admin).await?;
         tracing::info!(admin = %args.admin, "admin API listening");

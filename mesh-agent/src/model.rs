@@ -98,10 +98,7 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
+        Self { field: field.into(), message: message.into() }
     }
 }
 
@@ -227,15 +224,12 @@ impl Model {
                 Ok(accepted) => Some((object.clone(), accepted)),
                 Err(error) => {
                     let mut rejection = Rejection::object(object, error);
-                    let fallback = previous.accepted.get(&key).and_then(|last| {
-                        validate(last, cluster_domain)
-                            .ok()
-                            .map(|accepted| (last.clone(), accepted))
-                    });
+                    let fallback = previous
+                        .accepted
+                        .get(&key)
+                        .and_then(|last| validate(last, cluster_domain).ok().map(|accepted| (last.clone(), accepted)));
                     if fallback.is_some() {
-                        rejection
-                            .message
-                            .push_str(" (the last good version keeps serving)");
+                        rejection.message.push_str(" (the last good version keeps serving)");
                     }
                     rejections.push(rejection);
                     fallback
@@ -271,12 +265,7 @@ impl Model {
         let service_ports: BTreeMap<String, BTreeSet<u16>> = self
             .services
             .values()
-            .map(|s| {
-                (
-                    s.fqdn(cluster_domain),
-                    s.ports.iter().map(|p| p.port).collect(),
-                )
-            })
+            .map(|s| (s.fqdn(cluster_domain), s.ports.iter().map(|p| p.port).collect()))
             .collect();
         let check = |rule: &DestinationRuleModel| -> Result<(), FieldError> {
             match service_ports.get(&rule.host) {
@@ -290,11 +279,7 @@ impl Model {
                 Ok(()) => continue,
                 Err(error) => error,
             };
-            let key = ObjectKey {
-                kind: "DestinationRule".into(),
-                namespace: id.0.clone(),
-                name: id.1.clone(),
-            };
+            let key = ObjectKey { kind: "DestinationRule".into(), namespace: id.0.clone(), name: id.1.clone() };
             let raw = self.accepted[&key].clone();
             let mut rejection = Rejection::object(&raw, error);
             let fallback = previous
@@ -305,9 +290,7 @@ impl Model {
                 .map(|(last, last_raw)| (last.clone(), last_raw.clone()));
             match fallback {
                 Some((last, last_raw)) if last_raw != raw => {
-                    rejection
-                        .message
-                        .push_str(" (the last good version keeps serving)");
+                    rejection.message.push_str(" (the last good version keeps serving)");
                     self.destination_rules.insert(id, last);
                     self.accepted.insert(key, last_raw);
                 }
@@ -350,9 +333,7 @@ fn validate(object: &SourcedObject, cluster_domain: &str) -> Result<Accepted, Fi
         Resource::Service(s) => validate_service(s).map(Accepted::Service),
         Resource::EndpointSlice(s) => validate_slice(s).map(Accepted::Slice),
         Resource::Pod(p) => validate_pod(p).map(Accepted::Pod),
-        Resource::DestinationRule(r) => {
-            policy::validate_destination_rule(r, cluster_domain).map(Accepted::Rule)
-        }
+        Resource::DestinationRule(r) => policy::validate_destination_rule(r, cluster_domain).map(Accepted::Rule),
     }
 }
 
@@ -361,10 +342,7 @@ pub fn parse_protocol(field: &str, protocol: Option<&str>) -> Result<Option<Prot
         "TCP" => Ok(Some(Protocol::Tcp)),
         "UDP" => Ok(Some(Protocol::Udp)),
         "SCTP" => Ok(None), // valid in Kubernetes, not balanced by this dataplane
-        other => Err(FieldError::new(
-            field,
-            format!("unknown protocol {other:?}; expected TCP, UDP or SCTP"),
-        )),
+        other => Err(FieldError::new(field, format!("unknown protocol {other:?}; expected TCP, UDP or SCTP"))),
     }
 }
 
@@ -376,8 +354,7 @@ pub fn parse_port(field: &str, port: i64) -> Result<u16, FieldError> {
 }
 
 fn parse_ip(field: &str, text: &str) -> Result<IpAddr, FieldError> {
-    text.parse()
-        .map_err(|_| FieldError::new(field, format!("{text:?} is not an IP address")))
+    text.parse().map_err(|_| FieldError::new(field, format!("{text:?} is not an IP address")))
 }
 
 fn validate_service(service: &resources::Service) -> Result<ServiceModel, FieldError> {
@@ -388,11 +365,8 @@ fn validate_service(service: &resources::Service) -> Result<ServiceModel, FieldE
     }
     let mut cluster_ips = Vec::new();
     for (i, ip) in ips.iter().enumerate() {
-        let field = if spec.cluster_ips.is_empty() {
-            "spec.clusterIP".to_owned()
-        } else {
-            format!("spec.clusterIPs[{i}]")
-        };
+        let field =
+            if spec.cluster_ips.is_empty() { "spec.clusterIP".to_owned() } else { format!("spec.clusterIPs[{i}]") };
         if ip.is_empty() || ip == "None" {
             continue;
         }
@@ -400,10 +374,7 @@ fn validate_service(service: &resources::Service) -> Result<ServiceModel, FieldE
     }
     if let (Some(single), Some(first)) = (&spec.cluster_ip, spec.cluster_ips.first()) {
         if single != first {
-            return Err(FieldError::new(
-                "spec.clusterIPs[0]",
-                format!("must equal spec.clusterIP {single:?}"),
-            ));
+            return Err(FieldError::new("spec.clusterIPs[0]", format!("must equal spec.clusterIP {single:?}")));
         }
     }
     let mut ports = Vec::new();
@@ -415,27 +386,19 @@ fn validate_service(service: &resources::Service) -> Result<ServiceModel, FieldE
             continue;
         };
         if !seen.insert((number, protocol)) {
-            return Err(FieldError::new(
-                at("port"),
-                format!("{number}/{protocol:?} is listed twice"),
-            ));
+            return Err(FieldError::new(at("port"), format!("{number}/{protocol:?} is listed twice")));
         }
         let target_port = match &port.target_port {
             None => TargetPort::Number(number),
             Some(IntOrString::Int(n)) => TargetPort::Number(parse_port(&at("targetPort"), *n)?),
             Some(IntOrString::String(s)) => match s.parse::<i64>() {
                 Ok(n) => TargetPort::Number(parse_port(&at("targetPort"), n)?),
-                Err(_) if s.is_empty() => {
-                    return Err(FieldError::new(at("targetPort"), "empty port name"))
-                }
+                Err(_) if s.is_empty() => return Err(FieldError::new(at("targetPort"), "empty port name")),
                 Err(_) => TargetPort::Name(s.clone()),
             },
         };
         if spec.ports.len() > 1 && port.name.as_deref().unwrap_or("").is_empty() {
-            return Err(FieldError::new(
-                at("name"),
-                "required when a Service has more than one port",
-            ));
+            return Err(FieldError::new(at("name"), "required when a Service has more than one port"));
         }
         ports.push(PortModel {
             name: port.name.clone().unwrap_or_default(),
@@ -457,18 +420,8 @@ fn validate_slice(slice: &resources::EndpointSlice) -> Result<EndpointSliceModel
     let ipv6 = match slice.address_type.as_str() {
         "IPv4" => false,
         "IPv6" => true,
-        "FQDN" => {
-            return Err(FieldError::new(
-                "addressType",
-                "FQDN endpoints are not balanced by this dataplane",
-            ))
-        }
-        other => {
-            return Err(FieldError::new(
-                "addressType",
-                format!("{other:?} is not IPv4 or IPv6"),
-            ))
-        }
+        "FQDN" => return Err(FieldError::new("addressType", "FQDN endpoints are not balanced by this dataplane")),
+        other => return Err(FieldError::new("addressType", format!("{other:?} is not IPv4 or IPv6"))),
     };
     let service = slice
         .metadata
@@ -491,33 +444,21 @@ fn validate_slice(slice: &resources::EndpointSlice) -> Result<EndpointSliceModel
             if ip.is_ipv6() != ipv6 {
                 return Err(FieldError::new(
                     field,
-                    format!(
-                        "{address} does not match addressType {}",
-                        slice.address_type
-                    ),
+                    format!("{address} does not match addressType {}", slice.address_type),
                 ));
             }
             addresses.push(ip);
         }
-        let target = endpoint.target_ref.as_ref().and_then(|t| {
-            Some(format!(
-                "{}/{}",
-                t.kind.as_deref().unwrap_or("Pod"),
-                t.name.as_deref()?
-            ))
-        });
-        endpoints.push(EndpointModel {
-            addresses,
-            ready: endpoint.conditions.ready.unwrap_or(true),
-            target,
-        });
+        let target = endpoint
+            .target_ref
+            .as_ref()
+            .and_then(|t| Some(format!("{}/{}", t.kind.as_deref().unwrap_or("Pod"), t.name.as_deref()?)));
+        endpoints.push(EndpointModel { addresses, ready: endpoint.conditions.ready.unwrap_or(true), target });
     }
     let mut ports = Vec::new();
     for (i, port) in slice.ports.iter().enumerate() {
         let at = |f: &str| format!("ports[{i}].{f}");
-        let number = port
-            .port
-            .ok_or_else(|| FieldError::new(at("port"), "required"))?;
+        let number = port.port.ok_or_else(|| FieldError::new(at("port"), "required"))?;
         let Some(protocol) = parse_protocol(&at("protocol"), port.protocol.as_deref())? else {
             continue;
         };
@@ -587,15 +528,9 @@ mod tests {
         let next = Model::build(&objects(&broken), vec![], &good, DOMAIN);
         assert_eq!(next.rejections.len(), 1);
         let shown = next.rejections[0].to_string();
-        assert!(
-            shown.contains("Service shop/web: spec.ports[0].port: 70000 is not a port number"),
-            "{shown}"
-        );
+        assert!(shown.contains("Service shop/web: spec.ports[0].port: 70000 is not a port number"), "{shown}");
         assert!(shown.contains("last good version"), "{shown}");
-        assert_eq!(
-            next.services[&("shop".into(), "web".into())].ports[0].port,
-            80
-        );
+        assert_eq!(next.services[&("shop".into(), "web".into())].ports[0].port, 80);
     }
 
     #[test]
@@ -611,9 +546,8 @@ mod tests {
         let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nendpoints:\n- addresses: [fd00::1]\n";
         let model = Model::build(&objects(slice), vec![], &Model::default(), DOMAIN);
         assert_eq!(model.rejections[0].field, "endpoints[0].addresses[0]");
-        let unlabeled = slice
-            .replace("labels: {kubernetes.io/service-name: web}", "labels: {}")
-            .replace("fd00::1", "10.0.0.1");
+        let unlabeled =
+            slice.replace("labels: {kubernetes.io/service-name: web}", "labels: {}").replace("fd00::1", "10.0.0.1");
         let model = Model::build(&objects(&unlabeled), vec![], &Model::default(), DOMAIN);
         assert!(model.rejections[0].field.contains(SERVICE_NAME_LABEL));
     }
@@ -634,9 +568,7 @@ mod tests {
         assert!(model.destination_rules.is_empty());
         let shown = model.rejections[0].to_string();
         assert!(
-            shown.contains(
-                "DestinationRule shop/web: spec.trafficPolicy.portLevelSettings[0].port.number"
-            ),
+            shown.contains("DestinationRule shop/web: spec.trafficPolicy.portLevelSettings[0].port.number"),
             "{shown}"
         );
         // The fixed rule is accepted, and a later bad edit falls back to it.
@@ -653,20 +585,8 @@ mod tests {
         let rules = "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: all, namespace: shop}\nspec: {host: '*.shop.svc.cluster.local'}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: web, namespace: other}\nspec: {host: web.shop.svc.cluster.local}\n";
         let model = Model::build(&objects(rules), vec![], &Model::default(), DOMAIN);
         assert!(model.rejections.is_empty(), "{:?}", model.rejections);
-        assert_eq!(
-            model
-                .rule_for_host("web.shop.svc.cluster.local")
-                .unwrap()
-                .name,
-            "web"
-        );
-        assert_eq!(
-            model
-                .rule_for_host("db.shop.svc.cluster.local")
-                .unwrap()
-                .name,
-            "all"
-        );
+        assert_eq!(model.rule_for_host("web.shop.svc.cluster.local").unwrap().name, "web");
+        assert_eq!(model.rule_for_host("db.shop.svc.cluster.local").unwrap().name, "all");
         assert!(model.rule_for_host("db.else.svc.cluster.local").is_none());
     }
 }

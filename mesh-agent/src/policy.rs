@@ -25,11 +25,7 @@ pub enum LoadBalancer {
 pub enum HashKey {
     UseSourceIp,
     HttpHeaderName(String),
-    HttpCookie {
-        name: String,
-        path: Option<String>,
-        ttl: Option<String>,
-    },
+    HttpCookie { name: String, path: Option<String>, ttl: Option<String> },
     HttpQueryParameterName(String),
 }
 
@@ -88,10 +84,7 @@ pub struct EffectivePolicy {
 
 impl Default for EffectivePolicy {
     fn default() -> Self {
-        Self {
-            load_balancer: LoadBalancer::LeastRequest,
-            tcp: TcpPool::default(),
-        }
+        Self { load_balancer: LoadBalancer::LeastRequest, tcp: TcpPool::default() }
     }
 }
 
@@ -121,14 +114,9 @@ impl DestinationRuleModel {
     /// Istio's merge: the top-level policy (with its port-level settings for
     /// `port`), then the subset's policy (with its own) field by field.
     pub fn effective(&self, subset: Option<&str>, port: u16) -> EffectivePolicy {
-        let mut level = self
-            .policy
-            .as_ref()
-            .map(|p| p.at_port(port))
-            .unwrap_or_default();
-        if let Some(subset_policy) = subset
-            .and_then(|name| self.subsets.iter().find(|s| s.name == name))
-            .and_then(|s| s.policy.as_ref())
+        let mut level = self.policy.as_ref().map(|p| p.at_port(port)).unwrap_or_default();
+        if let Some(subset_policy) =
+            subset.and_then(|name| self.subsets.iter().find(|s| s.name == name)).and_then(|s| s.policy.as_ref())
         {
             level.overlay(&subset_policy.at_port(port));
         }
@@ -140,23 +128,19 @@ impl DestinationRuleModel {
 
     /// Every port named in `portLevelSettings` must be one the Service has.
     pub fn check_ports(&self, service_ports: &BTreeSet<u16>) -> Result<(), FieldError> {
-        let levels = std::iter::once(("spec.trafficPolicy".to_owned(), self.policy.as_ref()))
-            .chain(self.subsets.iter().enumerate().map(|(i, s)| {
-                (
-                    format!("spec.subsets[{i}].trafficPolicy"),
-                    s.policy.as_ref(),
-                )
-            }));
+        let levels = std::iter::once(("spec.trafficPolicy".to_owned(), self.policy.as_ref())).chain(
+            self.subsets
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (format!("spec.subsets[{i}].trafficPolicy"), s.policy.as_ref())),
+        );
         for (path, policy) in levels {
             let Some(policy) = policy else { continue };
             for (index, port) in policy.ports.keys().enumerate() {
                 if !service_ports.contains(port) {
                     return Err(FieldError::new(
                         format!("{path}.portLevelSettings[{index}].port.number"),
-                        format!(
-                            "port {port} names no port of Service {} (it has {:?})",
-                            self.host, service_ports
-                        ),
+                        format!("port {port} names no port of Service {} (it has {:?})", self.host, service_ports),
                     ));
                 }
             }
@@ -184,11 +168,7 @@ pub fn validate_destination_rule(
     if spec.host.is_empty() {
         return Err(FieldError::new("spec.host", "required"));
     }
-    let policy = spec
-        .traffic_policy
-        .as_ref()
-        .map(|p| validate_policy("spec.trafficPolicy", p))
-        .transpose()?;
+    let policy = spec.traffic_policy.as_ref().map(|p| validate_policy("spec.trafficPolicy", p)).transpose()?;
     let mut subsets = Vec::new();
     let mut names = BTreeSet::new();
     for (i, subset) in spec.subsets.iter().enumerate() {
@@ -197,30 +177,16 @@ pub fn validate_destination_rule(
             return Err(FieldError::new(at("name"), "required"));
         }
         if !names.insert(subset.name.as_str()) {
-            return Err(FieldError::new(
-                at("name"),
-                format!("subset {:?} is defined twice", subset.name),
-            ));
+            return Err(FieldError::new(at("name"), format!("subset {:?} is defined twice", subset.name)));
         }
         if subset.labels.is_empty() {
             return Err(FieldError::new(
                 at("labels"),
-                format!(
-                    "subset {:?} has no labels, so it selects no pods",
-                    subset.name
-                ),
+                format!("subset {:?} has no labels, so it selects no pods", subset.name),
             ));
         }
-        let policy = subset
-            .traffic_policy
-            .as_ref()
-            .map(|p| validate_policy(&at("trafficPolicy"), p))
-            .transpose()?;
-        subsets.push(SubsetModel {
-            name: subset.name.clone(),
-            labels: subset.labels.clone(),
-            policy,
-        });
+        let policy = subset.traffic_policy.as_ref().map(|p| validate_policy(&at("trafficPolicy"), p)).transpose()?;
+        subsets.push(SubsetModel { name: subset.name.clone(), labels: subset.labels.clone(), policy });
     }
     Ok(DestinationRuleModel {
         host: resolve_host(&spec.host, &namespace, cluster_domain),
@@ -232,30 +198,15 @@ pub fn validate_destination_rule(
 }
 
 fn validate_policy(path: &str, policy: &TrafficPolicy) -> Result<Policy, FieldError> {
-    let base = validate_level(
-        path,
-        policy.load_balancer.as_ref(),
-        policy.connection_pool.as_ref(),
-    )?;
+    let base = validate_level(path, policy.load_balancer.as_ref(), policy.connection_pool.as_ref())?;
     let mut ports = BTreeMap::new();
     for (i, port_policy) in policy.port_level_settings.iter().enumerate() {
         let at = format!("{path}.portLevelSettings[{i}]");
-        let number = port_policy
-            .port
-            .as_ref()
-            .ok_or_else(|| FieldError::new(format!("{at}.port"), "required"))?
-            .number;
+        let number = port_policy.port.as_ref().ok_or_else(|| FieldError::new(format!("{at}.port"), "required"))?.number;
         let number = parse_port(&format!("{at}.port.number"), number)?;
-        let level = validate_level(
-            &at,
-            port_policy.load_balancer.as_ref(),
-            port_policy.connection_pool.as_ref(),
-        )?;
+        let level = validate_level(&at, port_policy.load_balancer.as_ref(), port_policy.connection_pool.as_ref())?;
         if ports.insert(number, level).is_some() {
-            return Err(FieldError::new(
-                format!("{at}.port.number"),
-                format!("port {number} has settings twice"),
-            ));
+            return Err(FieldError::new(format!("{at}.port.number"), format!("port {number} has settings twice")));
         }
     }
     Ok(Policy { base, ports })
@@ -266,10 +217,8 @@ fn validate_level(
     load_balancer: Option<&LoadBalancerSettings>,
     pool: Option<&resources::ConnectionPoolSettings>,
 ) -> Result<PolicyLevel, FieldError> {
-    let load_balancer = load_balancer
-        .map(|lb| validate_load_balancer(&format!("{path}.loadBalancer"), lb))
-        .transpose()?
-        .flatten();
+    let load_balancer =
+        load_balancer.map(|lb| validate_load_balancer(&format!("{path}.loadBalancer"), lb)).transpose()?.flatten();
     let tcp = match pool.and_then(|p| p.tcp.as_ref()) {
         None => None,
         Some(tcp) => {
@@ -288,19 +237,13 @@ fn validate_level(
                 .as_deref()
                 .map(|d| parse_duration(&format!("{at}.connectTimeout"), d))
                 .transpose()?;
-            Some(TcpPool {
-                max_connections,
-                connect_timeout,
-            })
+            Some(TcpPool { max_connections, connect_timeout })
         }
     };
     Ok(PolicyLevel { load_balancer, tcp })
 }
 
-fn validate_load_balancer(
-    path: &str,
-    lb: &LoadBalancerSettings,
-) -> Result<Option<LoadBalancer>, FieldError> {
+fn validate_load_balancer(path: &str, lb: &LoadBalancerSettings) -> Result<Option<LoadBalancer>, FieldError> {
     match (&lb.simple, &lb.consistent_hash) {
         (Some(_), Some(_)) => Err(FieldError::new(path, "simple and consistentHash are mutually exclusive")),
         (Some(simple), None) => match simple.as_str() {
@@ -319,17 +262,11 @@ fn validate_load_balancer(
     }
 }
 
-fn validate_consistent_hash(
-    path: &str,
-    hash: &resources::ConsistentHashLb,
-) -> Result<LoadBalancer, FieldError> {
+fn validate_consistent_hash(path: &str, hash: &resources::ConsistentHashLb) -> Result<LoadBalancer, FieldError> {
     let mut keys = Vec::new();
     if let Some(header) = &hash.http_header_name {
         if header.is_empty() {
-            return Err(FieldError::new(
-                format!("{path}.httpHeaderName"),
-                "must not be empty",
-            ));
+            return Err(FieldError::new(format!("{path}.httpHeaderName"), "must not be empty"));
         }
         keys.push(HashKey::HttpHeaderName(header.to_ascii_lowercase()));
     }
@@ -341,43 +278,31 @@ fn validate_consistent_hash(
         if let Some(ttl) = field("ttl") {
             parse_duration(&format!("{path}.httpCookie.ttl"), &ttl)?;
         }
-        keys.push(HashKey::HttpCookie {
-            name,
-            path: field("path"),
-            ttl: field("ttl"),
-        });
+        keys.push(HashKey::HttpCookie { name, path: field("path"), ttl: field("ttl") });
     }
     if hash.use_source_ip == Some(true) {
         keys.push(HashKey::UseSourceIp);
     }
     if let Some(param) = &hash.http_query_parameter_name {
         if param.is_empty() {
-            return Err(FieldError::new(
-                format!("{path}.httpQueryParameterName"),
-                "must not be empty",
-            ));
+            return Err(FieldError::new(format!("{path}.httpQueryParameterName"), "must not be empty"));
         }
         keys.push(HashKey::HttpQueryParameterName(param.clone()));
     }
     let key = match keys.len() {
         1 => keys.remove(0),
-        0 => return Err(FieldError::new(
-            path,
-            "needs one hash key: httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName",
-        )),
+        0 => {
+            return Err(FieldError::new(
+                path,
+                "needs one hash key: httpHeaderName, httpCookie, useSourceIp or httpQueryParameterName",
+            ))
+        }
         _ => return Err(FieldError::new(path, "only one hash key may be set")),
     };
     let table = match (&hash.ring_hash, &hash.maglev) {
-        (Some(_), Some(_)) => {
-            return Err(FieldError::new(
-                path,
-                "ringHash and maglev are mutually exclusive",
-            ))
-        }
+        (Some(_), Some(_)) => return Err(FieldError::new(path, "ringHash and maglev are mutually exclusive")),
         (_, Some(maglev)) => {
-            let size = maglev
-                .table_size
-                .unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE as i64);
+            let size = maglev.table_size.unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE as i64);
             let at = format!("{path}.maglev.tableSize");
             let size = u32::try_from(size)
                 .ok()
@@ -387,24 +312,15 @@ fn validate_consistent_hash(
                 return Err(FieldError::new(at, format!("{size} is not a prime number")));
             }
             if size > MAX_MAGLEV_TABLE_SIZE {
-                return Err(FieldError::new(
-                    at,
-                    format!("{size} is larger than {MAX_MAGLEV_TABLE_SIZE}"),
-                ));
+                return Err(FieldError::new(at, format!("{size} is larger than {MAX_MAGLEV_TABLE_SIZE}")));
             }
             HashTable::Maglev { table_size: size }
         }
         (Some(ring), None) => HashTable::RingHash {
-            minimum_ring_size: ring_size(
-                &format!("{path}.ringHash.minimumRingSize"),
-                ring.minimum_ring_size,
-            )?,
+            minimum_ring_size: ring_size(&format!("{path}.ringHash.minimumRingSize"), ring.minimum_ring_size)?,
         },
         (None, None) => HashTable::RingHash {
-            minimum_ring_size: ring_size(
-                &format!("{path}.minimumRingSize"),
-                hash.minimum_ring_size,
-            )?,
+            minimum_ring_size: ring_size(&format!("{path}.minimumRingSize"), hash.minimum_ring_size)?,
         },
     };
     Ok(LoadBalancer::ConsistentHash { key, table })
@@ -437,26 +353,17 @@ pub fn is_prime(n: u64) -> bool {
 /// Parses a protobuf-JSON duration as Istio writes them: `10s`, `1.5s`,
 /// `100ms`, `2m`, `1h`, `1h30m`, `250us`.
 pub fn parse_duration(field: &str, text: &str) -> Result<Duration, FieldError> {
-    let invalid = || {
-        FieldError::new(
-            field,
-            format!("{text:?} is not a duration (e.g. 10s, 100ms, 1m)"),
-        )
-    };
+    let invalid = || FieldError::new(field, format!("{text:?} is not a duration (e.g. 10s, 100ms, 1m)"));
     let mut rest = text.trim();
     if rest.is_empty() {
         return Err(invalid());
     }
     let mut total = Duration::ZERO;
     while !rest.is_empty() {
-        let number_end = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .ok_or_else(invalid)?;
+        let number_end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).ok_or_else(invalid)?;
         let value: f64 = rest[..number_end].parse().map_err(|_| invalid())?;
-        let unit_end = rest[number_end..]
-            .find(|c: char| c.is_ascii_digit())
-            .map(|i| number_end + i)
-            .unwrap_or(rest.len());
+        let unit_end =
+            rest[number_end..].find(|c: char| c.is_ascii_digit()).map(|i| number_end + i).unwrap_or(rest.len());
         let seconds_per_unit = match &rest[number_end..unit_end] {
             "h" => 3600.0,
             "m" => 60.0,
@@ -481,9 +388,7 @@ mod tests {
     fn rule(spec: &str) -> Result<DestinationRuleModel, FieldError> {
         let text = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: shop}}\nspec:\n{spec}");
         let objects = parse_file("t.yaml", &text).unwrap();
-        let Resource::DestinationRule(dr) = &objects[0].resource else {
-            unreachable!()
-        };
+        let Resource::DestinationRule(dr) = &objects[0].resource else { unreachable!() };
         validate_destination_rule(dr, "cluster.local")
     }
 
@@ -516,10 +421,7 @@ mod tests {
         assert_eq!(top80.tcp.max_connections, 10);
         let top8080 = r.effective(None, 8080);
         assert_eq!(top8080.load_balancer, LoadBalancer::Random);
-        assert_eq!(
-            top8080.tcp.max_connections, 10,
-            "port level replaces only what it sets"
-        );
+        assert_eq!(top8080.tcp.max_connections, 10, "port level replaces only what it sets");
         let v2 = r.effective(Some("v2"), 8080);
         assert_eq!(v2.load_balancer, LoadBalancer::Random);
         assert_eq!(v2.tcp.max_connections, 3);
@@ -528,18 +430,12 @@ mod tests {
     #[test]
     fn maglev_table_size_must_be_prime() {
         let err = rule("  host: web\n  trafficPolicy:\n    loadBalancer:\n      consistentHash:\n        useSourceIp: true\n        maglev: {tableSize: 1000}\n").unwrap_err();
-        assert_eq!(
-            err.field,
-            "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize"
-        );
+        assert_eq!(err.field, "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize");
         assert!(err.message.contains("not a prime"));
         let ok = rule("  host: web\n  trafficPolicy:\n    loadBalancer:\n      consistentHash:\n        useSourceIp: true\n        maglev: {tableSize: 1009}\n").unwrap();
         assert_eq!(
             ok.effective(None, 1).load_balancer,
-            LoadBalancer::ConsistentHash {
-                key: HashKey::UseSourceIp,
-                table: HashTable::Maglev { table_size: 1009 }
-            }
+            LoadBalancer::ConsistentHash { key: HashKey::UseSourceIp, table: HashTable::Maglev { table_size: 1009 } }
         );
     }
 
@@ -566,18 +462,9 @@ mod tests {
     #[test]
     fn durations_parse_like_istio_writes_them() {
         assert_eq!(parse_duration("f", "10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(
-            parse_duration("f", "1.5s").unwrap(),
-            Duration::from_millis(1500)
-        );
-        assert_eq!(
-            parse_duration("f", "1h30m").unwrap(),
-            Duration::from_secs(5400)
-        );
-        assert_eq!(
-            parse_duration("f", "250ms").unwrap(),
-            Duration::from_millis(250)
-        );
+        assert_eq!(parse_duration("f", "1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("f", "1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("f", "250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("f", "10").is_err());
         assert!(parse_duration("f", "").is_err());
     }

@@ -23,10 +23,7 @@ pub struct ObjectMeta {
 
 impl ObjectMeta {
     pub fn namespace_or_default(&self) -> &str {
-        self.namespace
-            .as_deref()
-            .filter(|ns| !ns.is_empty())
-            .unwrap_or("default")
+        self.namespace.as_deref().filter(|ns| !ns.is_empty()).unwrap_or("default")
     }
 }
 

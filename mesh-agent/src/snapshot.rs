@@ -2,13 +2,10 @@
 //! contents of the kernel maps plus a readable view for the admin API.
 
 use crate::maglev;
-use crate::model::{
-    EndpointSliceModel, Model, PortModel, Protocol, Rejection, ServiceModel, TargetPort,
-};
+use crate::model::{EndpointSliceModel, Model, PortModel, Protocol, Rejection, ServiceModel, TargetPort};
 use crate::policy::{HashKey, HashTable, LoadBalancer};
 use mesh_common::{
-    capacity, lb, Backend, Frontend, FrontendKey, SlotKey, FAMILY_V4, FAMILY_V6, PROTO_TCP,
-    PROTO_UDP,
+    capacity, lb, Backend, Frontend, FrontendKey, ServiceIpKey, SlotKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,17 +14,15 @@ use std::net::{IpAddr, SocketAddr};
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
     #[error("{what} needs {needed} entries but the kernel map holds {capacity}")]
-    Capacity {
-        what: &'static str,
-        needed: usize,
-        capacity: u32,
-    },
+    Capacity { what: &'static str, needed: usize, capacity: u32 },
 }
 
 /// Everything the kernel should hold, and how it came about.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     pub frontends: BTreeMap<FrontendKey, Frontend>,
+    /// Every cluster IP, with its number of ports.
+    pub service_ips: BTreeMap<ServiceIpKey, u32>,
     pub slots: BTreeMap<SlotKey, Backend>,
     pub maglev: BTreeMap<SlotKey, Backend>,
     pub services: Vec<ServicePortView>,
@@ -86,19 +81,11 @@ pub fn words_ip(words: [u32; 4], family: u8) -> IpAddr {
 }
 
 pub fn backend_key(address: SocketAddr) -> Backend {
-    Backend {
-        addr: ip_words(address.ip()),
-        port: address.port().to_be(),
-        family: family_of(address.ip()),
-        _pad: 0,
-    }
+    Backend { addr: ip_words(address.ip()), port: address.port().to_be(), family: family_of(address.ip()), _pad: 0 }
 }
 
 pub fn backend_addr(backend: &Backend) -> SocketAddr {
-    SocketAddr::new(
-        words_ip(backend.addr, backend.family),
-        u16::from_be(backend.port),
-    )
+    SocketAddr::new(words_ip(backend.addr, backend.family), u16::from_be(backend.port))
 }
 
 fn family_of(ip: IpAddr) -> u8 {
@@ -115,11 +102,7 @@ fn family_of(ip: IpAddr) -> u8 {
 pub fn cluster_id(service: &ServiceModel, port: &PortModel) -> u64 {
     maglev::stable_hash(
         1,
-        format!(
-            "{}/{}/{}/{:?}",
-            service.namespace, service.name, port.port, port.protocol
-        )
-        .as_bytes(),
+        format!("{}/{}/{}/{:?}", service.namespace, service.name, port.port, port.protocol).as_bytes(),
     )
 }
 
@@ -166,21 +149,13 @@ type SliceIndex<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSliceModel>>;
 fn index_slices(model: &Model) -> SliceIndex<'_> {
     let mut index = SliceIndex::new();
     for slice in model.endpoint_slices.values() {
-        index
-            .entry((slice.namespace.as_str(), slice.service.as_str()))
-            .or_default()
-            .push(slice);
+        index.entry((slice.namespace.as_str(), slice.service.as_str())).or_default().push(slice);
     }
     index
 }
 
 /// The ready endpoints of one service port in one family.
-fn backends_of(
-    slices: &SliceIndex<'_>,
-    service: &ServiceModel,
-    port: &PortModel,
-    ipv6: bool,
-) -> Vec<BackendView> {
+fn backends_of(slices: &SliceIndex<'_>, service: &ServiceModel, port: &PortModel, ipv6: bool) -> Vec<BackendView> {
     let mut backends = BTreeSet::new();
     let slices = slices
         .get(&(service.namespace.as_str(), service.name.as_str()))
@@ -191,11 +166,7 @@ fn backends_of(
         // The EndpointSlice carries the resolved target port under the
         // service port's name; a slice without ports falls back to a
         // numeric targetPort.
-        let target = match slice
-            .ports
-            .iter()
-            .find(|p| p.name == port.name && p.protocol == port.protocol)
-        {
+        let target = match slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol) {
             Some(p) => p.port,
             None if slice.ports.is_empty() => match port.target_port {
                 TargetPort::Number(n) => n,
@@ -216,17 +187,12 @@ fn backends_of(
 }
 
 pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileError> {
-    let mut snapshot = Snapshot {
-        rejections: model.rejections.clone(),
-        ..Default::default()
-    };
+    let mut snapshot = Snapshot { rejections: model.rejections.clone(), ..Default::default() };
     let slices = index_slices(model);
     for service in model.services.values() {
         let rule = model.rule_for_host(&service.fqdn(cluster_domain));
         for port in &service.ports {
-            let policy = rule
-                .map(|r| r.effective(None, port.port))
-                .unwrap_or_default();
+            let policy = rule.map(|r| r.effective(None, port.port)).unwrap_or_default();
             let (algorithm, maglev_size, note) = kernel_algorithm(&policy.load_balancer);
             let cluster = cluster_id(service, port);
             let proto = match port.protocol {
@@ -236,12 +202,7 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
             let mut view_backends = Vec::new();
             for ipv6 in [false, true] {
                 let family = if ipv6 { FAMILY_V6 } else { FAMILY_V4 };
-                let ips: Vec<IpAddr> = service
-                    .cluster_ips
-                    .iter()
-                    .copied()
-                    .filter(|ip| ip.is_ipv6() == ipv6)
-                    .collect();
+                let ips: Vec<IpAddr> = service.cluster_ips.iter().copied().filter(|ip| ip.is_ipv6() == ipv6).collect();
                 if ips.is_empty() {
                     continue;
                 }
@@ -249,30 +210,14 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
                 let group = group_id(cluster, family);
                 let keys: Vec<Backend> = backends.iter().map(|b| backend_key(b.address)).collect();
                 for (index, backend) in keys.iter().enumerate() {
-                    snapshot.slots.insert(
-                        SlotKey {
-                            group_id: group,
-                            index: index as u32,
-                            _pad: 0,
-                        },
-                        *backend,
-                    );
+                    snapshot.slots.insert(SlotKey { group_id: group, index: index as u32, _pad: 0 }, *backend);
                 }
                 if algorithm == lb::MAGLEV_SOURCE_IP && !keys.is_empty() {
-                    let names: Vec<String> =
-                        backends.iter().map(|b| b.address.to_string()).collect();
-                    for (index, owner) in maglev::build_table(&names, maglev_size)
-                        .into_iter()
-                        .enumerate()
-                    {
-                        snapshot.maglev.insert(
-                            SlotKey {
-                                group_id: group,
-                                index: index as u32,
-                                _pad: 0,
-                            },
-                            keys[owner as usize],
-                        );
+                    let names: Vec<String> = backends.iter().map(|b| b.address.to_string()).collect();
+                    for (index, owner) in maglev::build_table(&names, maglev_size).into_iter().enumerate() {
+                        snapshot
+                            .maglev
+                            .insert(SlotKey { group_id: group, index: index as u32, _pad: 0 }, keys[owner as usize]);
                     }
                 }
                 let frontend = Frontend {
@@ -280,22 +225,15 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
                     cluster_id: cluster,
                     backend_count: keys.len().min(capacity::MAX_BACKENDS_PER_GROUP as usize) as u32,
                     max_connections: policy.tcp.max_connections,
-                    maglev_size: if algorithm == lb::MAGLEV_SOURCE_IP {
-                        maglev_size
-                    } else {
-                        0
-                    },
+                    maglev_size: if algorithm == lb::MAGLEV_SOURCE_IP { maglev_size } else { 0 },
                     algorithm,
                     _pad: [0; 3],
                 };
                 for ip in ips {
-                    let key = FrontendKey {
-                        addr: ip_words(ip),
-                        port: port.port.to_be(),
-                        proto,
-                        family,
-                    };
+                    let key = FrontendKey { addr: ip_words(ip), port: port.port.to_be(), proto, family };
                     snapshot.frontends.insert(key, frontend);
+                    *snapshot.service_ips.entry(ServiceIpKey { addr: key.addr, family, _pad: [0; 3] }).or_default() +=
+                        1;
                 }
                 view_backends.extend(backends);
             }
@@ -309,11 +247,7 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
                 port: port.port,
                 protocol: port.protocol,
                 cluster_id: cluster,
-                frontends: service
-                    .cluster_ips
-                    .iter()
-                    .map(|ip| SocketAddr::new(*ip, port.port))
-                    .collect(),
+                frontends: service.cluster_ips.iter().map(|ip| SocketAddr::new(*ip, port.port)).collect(),
                 load_balancer: algorithm_name(algorithm).to_owned(),
                 load_balancer_note: note,
                 maglev_table_size: (algorithm == lb::MAGLEV_SOURCE_IP).then_some(maglev_size),
@@ -323,11 +257,8 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
             });
         }
     }
-    check_capacity(
-        "service addresses",
-        snapshot.frontends.len(),
-        capacity::FRONTENDS,
-    )?;
+    check_capacity("service addresses", snapshot.frontends.len(), capacity::FRONTENDS)?;
+    check_capacity("service IPs", snapshot.service_ips.len(), capacity::SERVICE_IPS)?;
     check_capacity("backend slots", snapshot.slots.len(), capacity::SLOTS)?;
     check_capacity("Maglev entries", snapshot.maglev.len(), capacity::MAGLEV)?;
     Ok(snapshot)
@@ -335,11 +266,7 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
 
 fn check_capacity(what: &'static str, needed: usize, capacity: u32) -> Result<(), CompileError> {
     if needed > capacity as usize {
-        return Err(CompileError::Capacity {
-            what,
-            needed,
-            capacity,
-        });
+        return Err(CompileError::Capacity { what, needed, capacity });
     }
     Ok(())
 }
@@ -374,30 +301,15 @@ mod tests {
     fn frontends_per_family_with_ready_backends_only() {
         let snap = compile_yaml(BASE);
         assert_eq!(snap.frontends.len(), 2);
-        let v4 = snap
-            .frontends
-            .iter()
-            .find(|(k, _)| k.family == FAMILY_V4)
-            .unwrap();
-        let v6 = snap
-            .frontends
-            .iter()
-            .find(|(k, _)| k.family == FAMILY_V6)
-            .unwrap();
+        let v4 = snap.frontends.iter().find(|(k, _)| k.family == FAMILY_V4).unwrap();
+        let v6 = snap.frontends.iter().find(|(k, _)| k.family == FAMILY_V6).unwrap();
         assert_eq!(v4.0.port, 80u16.to_be());
         assert_eq!(v4.1.backend_count, 2, "the not-ready endpoint is left out");
         assert_eq!(v6.1.backend_count, 1);
-        assert_eq!(
-            v4.1.cluster_id, v6.1.cluster_id,
-            "one cluster, one limit, both families"
-        );
+        assert_eq!(v4.1.cluster_id, v6.1.cluster_id, "one cluster, one limit, both families");
         assert_ne!(v4.1.group_id, v6.1.group_id);
         assert_eq!(v4.1.algorithm, lb::LEAST_REQUEST);
-        let first = snap.slots[&SlotKey {
-            group_id: v4.1.group_id,
-            index: 0,
-            _pad: 0,
-        }];
+        let first = snap.slots[&SlotKey { group_id: v4.1.group_id, index: 0, _pad: 0 }];
         assert_eq!(backend_addr(&first), "10.244.0.2:8080".parse().unwrap());
         assert_eq!(snap.services[0].backends.len(), 3);
     }
@@ -406,20 +318,10 @@ mod tests {
     fn destination_rule_sets_algorithm_limit_and_maglev_table() {
         let rule = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web, namespace: shop}\nspec:\n  host: web\n  trafficPolicy:\n    connectionPool: {tcp: {maxConnections: 7}}\n    loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 251}}}\n";
         let snap = compile_yaml(&format!("{BASE}{rule}"));
-        let fe = snap
-            .frontends
-            .values()
-            .find(|f| f.backend_count == 2)
-            .unwrap();
-        assert_eq!(
-            (fe.algorithm, fe.maglev_size, fe.max_connections),
-            (lb::MAGLEV_SOURCE_IP, 251, 7)
-        );
+        let fe = snap.frontends.values().find(|f| f.backend_count == 2).unwrap();
+        assert_eq!((fe.algorithm, fe.maglev_size, fe.max_connections), (lb::MAGLEV_SOURCE_IP, 251, 7));
         assert_eq!(snap.maglev.len(), 251 + 251, "one table per family");
-        assert_eq!(
-            snap.services[0].destination_rule.as_deref(),
-            Some("shop/web")
-        );
+        assert_eq!(snap.services[0].destination_rule.as_deref(), Some("shop/web"));
     }
 
     #[test]
@@ -428,11 +330,7 @@ mod tests {
             "ports: [{name: http, port: 8080}]\nendpoints:\n- addresses: ['fd00:244::2']",
             "ports: [{name: http, port: 8080}]\nendpoints: []",
         ));
-        let v6 = snap
-            .frontends
-            .iter()
-            .find(|(k, _)| k.family == FAMILY_V6)
-            .unwrap();
+        let v6 = snap.frontends.iter().find(|(k, _)| k.family == FAMILY_V6).unwrap();
         assert_eq!(v6.1.backend_count, 0);
     }
 
@@ -442,9 +340,6 @@ mod tests {
             let ip: IpAddr = text.parse().unwrap();
             assert_eq!(words_ip(ip_words(ip), family_of(ip)), ip);
         }
-        assert_eq!(
-            ip_words("10.0.0.1".parse().unwrap())[0].to_ne_bytes(),
-            [10, 0, 0, 1]
-        );
+        assert_eq!(ip_words("10.0.0.1".parse().unwrap())[0].to_ne_bytes(), [10, 0, 0, 1]);
     }
 }

@@ -17,10 +17,7 @@ type Fingerprint = BTreeMap<PathBuf, (SystemTime, u64)>;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     #[error("reading config directory {dir}: {source}")]
-    ReadDir {
-        dir: PathBuf,
-        source: std::io::Error,
-    },
+    ReadDir { dir: PathBuf, source: std::io::Error },
 }
 
 /// The objects of one load, plus the problems met on the way.
@@ -39,11 +36,7 @@ pub struct FileSource {
 
 impl FileSource {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self {
-            dir: dir.into(),
-            fingerprint: None,
-            last_good: BTreeMap::new(),
-        }
+        Self { dir: dir.into(), fingerprint: None, last_good: BTreeMap::new() }
     }
 
     pub fn dir(&self) -> &Path {
@@ -63,34 +56,19 @@ impl FileSource {
     }
 
     fn scan(&self) -> Result<Fingerprint, SourceError> {
-        let read_dir_error = |source| SourceError::ReadDir {
-            dir: self.dir.clone(),
-            source,
-        };
+        let read_dir_error = |source| SourceError::ReadDir { dir: self.dir.clone(), source };
         let mut files = Fingerprint::new();
         for entry in std::fs::read_dir(&self.dir).map_err(read_dir_error)? {
             let path = entry.map_err(read_dir_error)?.path();
-            let is_yaml = matches!(
-                path.extension().and_then(|e| e.to_str()),
-                Some("yaml" | "yml")
-            );
-            let hidden = path
-                .file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with('.'));
+            let is_yaml = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"));
+            let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
             if !is_yaml || hidden {
                 continue;
             }
             // A file that vanished between listing and stat is simply gone.
             if let Ok(meta) = std::fs::metadata(&path) {
                 if meta.is_file() {
-                    files.insert(
-                        path,
-                        (
-                            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                            meta.len(),
-                        ),
-                    );
+                    files.insert(path, (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len()));
                 }
             }
         }
@@ -99,13 +77,9 @@ impl FileSource {
 
     fn load(&mut self, fingerprint: &Fingerprint) -> SourceBatch {
         let mut batch = SourceBatch::default();
-        self.last_good
-            .retain(|path, _| fingerprint.contains_key(path));
+        self.last_good.retain(|path, _| fingerprint.contains_key(path));
         for path in fingerprint.keys() {
-            let display = path
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
+            let display = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             let parsed = std::fs::read_to_string(path)
                 .map_err(|e| vec![Rejection::file(&display, format!("cannot read: {e}"))])
                 .and_then(|text| parse_file(&display, &text));
@@ -118,9 +92,9 @@ impl FileSource {
                     let kept = self.last_good.get(path).map(Vec::len).unwrap_or(0);
                     for mut problem in problems {
                         if kept > 0 {
-                            problem.message.push_str(&format!(
-                                " (the file's last good version, {kept} objects, keeps serving)"
-                            ));
+                            problem
+                                .message
+                                .push_str(&format!(" (the file's last good version, {kept} objects, keeps serving)"));
                         }
                         batch.rejections.push(problem);
                     }
@@ -143,10 +117,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<SourcedObject>, Vec<Reje
         let value = match serde_yaml::Value::deserialize(document) {
             Ok(value) => value,
             Err(e) => {
-                problems.push(Rejection::file(
-                    file,
-                    format!("document {}: YAML does not parse: {e}", index + 1),
-                ));
+                problems.push(Rejection::file(file, format!("document {}: YAML does not parse: {e}", index + 1)));
                 // serde_yaml cannot resume after a syntax error.
                 break;
             }
@@ -160,25 +131,12 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<SourcedObject>, Vec<Reje
     }
 }
 
-fn collect(
-    file: &str,
-    value: serde_yaml::Value,
-    objects: &mut Vec<SourcedObject>,
-    problems: &mut Vec<Rejection>,
-) {
+fn collect(file: &str, value: serde_yaml::Value, objects: &mut Vec<SourcedObject>, problems: &mut Vec<Rejection>) {
     if value.is_null() {
         return; // an empty document, e.g. a trailing `---`
     }
-    let api_version = value
-        .get("apiVersion")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_owned();
-    let kind = value
-        .get("kind")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default()
-        .to_owned();
+    let api_version = value.get("apiVersion").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
+    let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or_default().to_owned();
     if kind == "List" {
         if let Some(items) = value.get("items").and_then(|i| i.as_sequence()) {
             for item in items.clone() {
@@ -188,21 +146,13 @@ fn collect(
         return;
     }
     let name_of = |v: &serde_yaml::Value, field: &str| {
-        v.get("metadata")
-            .and_then(|m| m.get(field))
-            .and_then(|n| n.as_str())
-            .unwrap_or_default()
-            .to_owned()
+        v.get("metadata").and_then(|m| m.get(field)).and_then(|n| n.as_str()).unwrap_or_default().to_owned()
     };
     let (namespace, name) = (name_of(&value, "namespace"), name_of(&value, "name"));
     let reject = |field: &str, message: String| Rejection {
         file: Some(file.to_owned()),
         kind: kind.clone(),
-        namespace: if namespace.is_empty() {
-            "default".into()
-        } else {
-            namespace.clone()
-        },
+        namespace: if namespace.is_empty() { "default".into() } else { namespace.clone() },
         name: name.clone(),
         field: field.to_owned(),
         message,
@@ -214,11 +164,12 @@ fn collect(
         ("networking.istio.io", "DestinationRule") => {
             if !matches!(
                 api_version.as_str(),
-                "networking.istio.io/v1"
-                    | "networking.istio.io/v1beta1"
-                    | "networking.istio.io/v1alpha3"
+                "networking.istio.io/v1" | "networking.istio.io/v1beta1" | "networking.istio.io/v1alpha3"
             ) {
-                problems.push(reject("apiVersion", format!("{api_version} is not served; use networking.istio.io/v1, v1beta1 or v1alpha3")));
+                problems.push(reject(
+                    "apiVersion",
+                    format!("{api_version} is not served; use networking.istio.io/v1, v1beta1 or v1alpha3"),
+                ));
                 return;
             }
             decode(value).map(Resource::DestinationRule)
@@ -235,13 +186,8 @@ fn collect(
         }
     };
     match decoded {
-        Ok(resource) if resource.metadata().name.is_empty() => {
-            problems.push(reject("metadata.name", "missing".into()))
-        }
-        Ok(resource) => objects.push(SourcedObject {
-            file: file.to_owned(),
-            resource,
-        }),
+        Ok(resource) if resource.metadata().name.is_empty() => problems.push(reject("metadata.name", "missing".into())),
+        Ok(resource) => objects.push(SourcedObject { file: file.to_owned(), resource }),
         Err((field, message)) => problems.push(reject(&field, message)),
     }
 }
@@ -277,7 +223,8 @@ mod tests {
 
     #[test]
     fn a_bad_field_is_named_with_file_kind_and_object() {
-        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec:\n  ports:\n  - port: eighty\n";
+        let text =
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec:\n  ports:\n  - port: eighty\n";
         let problems = parse_file("svc.yaml", text).unwrap_err();
         let shown = problems[0].to_string();
         assert!(shown.contains("svc.yaml"), "{shown}");
@@ -295,20 +242,13 @@ mod tests {
         let first = source.poll().unwrap().unwrap();
         assert_eq!(first.objects.len(), 1);
         assert!(source.poll().unwrap().is_none(), "no change, no reload");
-        std::fs::write(
-            &file,
-            "apiVersion: v1\nkind: Pod\nmetadata: {name: p\n  broken: [\n",
-        )
-        .unwrap();
+        std::fs::write(&file, "apiVersion: v1\nkind: Pod\nmetadata: {name: p\n  broken: [\n").unwrap();
         let second = source.poll().unwrap().unwrap();
         assert_eq!(second.objects.len(), 1, "last good version keeps serving");
         assert_eq!(second.rejections.len(), 1);
         std::fs::remove_file(&file).unwrap();
         let third = source.poll().unwrap().unwrap();
-        assert!(
-            third.objects.is_empty(),
-            "a deleted file takes its objects along"
-        );
+        assert!(third.objects.is_empty(), "a deleted file takes its objects along");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -92,24 +92,11 @@ impl StatusReport {
             self.dataplane.programs.len(),
             self.dataplane.cgroup,
             self.dataplane.bpffs,
-            if self.dataplane.maps_taken_over {
-                ", maps taken over from a previous agent"
-            } else {
-                ""
-            }
+            if self.dataplane.maps_taken_over { ", maps taken over from a previous agent" } else { "" }
         );
-        let names: Vec<&str> = self
-            .dataplane
-            .programs
-            .iter()
-            .map(|p| p.attach_type.as_str())
-            .collect();
+        let names: Vec<&str> = self.dataplane.programs.iter().map(|p| p.attach_type.as_str()).collect();
         let _ = writeln!(out, "  programs: {}", names.join(", "));
-        let _ = writeln!(
-            out,
-            "config: {}  reloads: {}",
-            self.config.source, self.config.reloads
-        );
+        let _ = writeln!(out, "config: {}  reloads: {}", self.config.source, self.config.reloads);
         if let Some(reload) = &self.config.last_reload {
             let _ = writeln!(
                 out,
@@ -118,11 +105,7 @@ impl StatusReport {
                 reload.duration_micros,
                 reload.map_upserts,
                 reload.map_deletes,
-                reload
-                    .error
-                    .as_ref()
-                    .map(|e| format!(", FAILED: {e}"))
-                    .unwrap_or_default()
+                reload.error.as_ref().map(|e| format!(", FAILED: {e}")).unwrap_or_default()
             );
         }
         if self.config.rejections.is_empty() {
@@ -133,20 +116,12 @@ impl StatusReport {
                 let _ = writeln!(out, "    - {rejection}");
             }
         }
-        let counters: Vec<String> = self
-            .kernel_counters
-            .iter()
-            .filter(|(_, v)| **v > 0)
-            .map(|(k, v)| format!("{k}={v}"))
-            .collect();
+        let counters: Vec<String> =
+            self.kernel_counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();
         let _ = writeln!(
             out,
             "kernel counters: {}",
-            if counters.is_empty() {
-                "all zero".into()
-            } else {
-                counters.join(" ")
-            }
+            if counters.is_empty() { "all zero".into() } else { counters.join(" ") }
         );
         let _ = writeln!(out);
         let _ = writeln!(
@@ -155,11 +130,7 @@ impl StatusReport {
             "SERVICE", "PROTO", "LB", "LIMIT", "LIVE", "CONNECTS", "OVERFLOW", "NO-BACKEND"
         );
         for s in &self.services {
-            let limit = if s.max_connections == 0 {
-                "-".to_owned()
-            } else {
-                s.max_connections.to_string()
-            };
+            let limit = if s.max_connections == 0 { "-".to_owned() } else { s.max_connections.to_string() };
             let connects = s.connects + s.udp_datagrams;
             let _ = writeln!(
                 out,

@@ -13,6 +13,7 @@
 /// pinned under the agent's bpffs directory.
 pub mod map_names {
     pub const FRONTENDS: &str = "MESH_FRONTENDS";
+    pub const SERVICE_IPS: &str = "MESH_SERVICE_IPS";
     pub const SLOTS: &str = "MESH_SLOTS";
     pub const MAGLEV: &str = "MESH_MAGLEV";
     pub const BACKEND_LIVE: &str = "MESH_BACKEND_LIVE";
@@ -39,6 +40,7 @@ pub mod prog_names {
 /// Map capacities. The agent refuses a snapshot that does not fit.
 pub mod capacity {
     pub const FRONTENDS: u32 = 65_536;
+    pub const SERVICE_IPS: u32 = 65_536;
     pub const SLOTS: u32 = 1 << 20;
     pub const MAGLEV: u32 = 1 << 21;
     pub const BACKENDS: u32 = 1 << 18;
@@ -73,6 +75,17 @@ pub struct FrontendKey {
     pub family: u8,
 }
 const _: () = assert!(core::mem::size_of::<FrontendKey>() == 20);
+
+/// A cluster IP, whatever the port: a connect to a known service address on
+/// a port the Service does not define is refused, never sent out as is.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceIpKey {
+    pub addr: [u32; 4],
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<ServiceIpKey>() == 20);
 
 /// What the kernel needs to pick a backend for one frontend.
 #[repr(C)]
@@ -200,7 +213,10 @@ pub mod global_stat {
     pub const DROP_SLOT_MISSING: u32 = 10;
     /// The socket table was full: translated but not tracked.
     pub const DROP_SOCKET_TABLE_FULL: u32 = 11;
-    pub const COUNT: u32 = 12;
+    /// A service IP dialled on a port its Service does not define: refused.
+    pub const CONNECT_UNKNOWN_PORT: u32 = 12;
+    pub const SENDMSG_UNKNOWN_PORT: u32 = 13;
+    pub const COUNT: u32 = 14;
 
     /// Label values for each index, in order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -216,6 +232,8 @@ pub mod global_stat {
         "socket_released",
         "drop_slot_missing",
         "drop_socket_table_full",
+        "connect_unknown_port",
+        "sendmsg_unknown_port",
     ];
 }
 
@@ -224,6 +242,7 @@ mod pod {
     use super::*;
     // SAFETY: all types are repr(C), Copy, fully initialised with explicit padding.
     unsafe impl aya::Pod for FrontendKey {}
+    unsafe impl aya::Pod for ServiceIpKey {}
     unsafe impl aya::Pod for Frontend {}
     unsafe impl aya::Pod for SlotKey {}
     unsafe impl aya::Pod for Backend {}

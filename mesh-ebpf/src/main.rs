@@ -23,7 +23,7 @@ use aya_ebpf::{
 };
 use core::intrinsics::{atomic_xadd, AtomicOrdering};
 use mesh_common::{
-    capacity, global_stat, lb, Backend, ClusterLive, ClusterStats, Frontend, FrontendKey, SlotKey,
+    capacity, global_stat, lb, Backend, ClusterLive, ClusterStats, Frontend, FrontendKey, ServiceIpKey, SlotKey,
     SocketEntry, UdpReverseKey, UdpReverseValue, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
 };
 
@@ -38,6 +38,9 @@ const V4_MAPPED_WORD: u32 = 0xffff_u32.to_be();
 #[map(name = "MESH_FRONTENDS")]
 static FRONTENDS: HashMap<FrontendKey, Frontend> =
     HashMap::pinned(capacity::FRONTENDS, BPF_F_NO_PREALLOC);
+#[map(name = "MESH_SERVICE_IPS")]
+static SERVICE_IPS: HashMap<ServiceIpKey, u32> =
+    HashMap::pinned(capacity::SERVICE_IPS, BPF_F_NO_PREALLOC);
 #[map(name = "MESH_SLOTS")]
 static SLOTS: HashMap<SlotKey, Backend> = HashMap::pinned(capacity::SLOTS, BPF_F_NO_PREALLOC);
 #[map(name = "MESH_MAGLEV")]
@@ -286,6 +289,18 @@ fn pick_backend(ctx: &SockAddrContext, fe: &Frontend, family: u8) -> Option<Back
     }
 }
 
+/// On a frontend miss: refuse when the address is a service IP (only the
+/// port is unknown), so no connect to a service address leaves untranslated.
+#[inline(always)]
+fn miss(key: &FrontendKey, unknown_port: u32, passthrough: u32) -> i32 {
+    let ip = ServiceIpKey { addr: key.addr, family: key.family, _pad: [0; 3] };
+    if unsafe { SERVICE_IPS.get(&ip) }.is_some() {
+        return refuse_with(unknown_port);
+    }
+    count(passthrough);
+    ALLOW
+}
+
 #[inline(always)]
 fn refuse_with(stat: u32) -> i32 {
     count(stat);
@@ -315,10 +330,7 @@ fn try_connect(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
     let dial = unsafe { read_dial(sa, family, proto) };
     let fe = match unsafe { FRONTENDS.get(&dial.key) } {
         Some(fe) => *fe,
-        None => {
-            count(global_stat::CONNECT_PASSTHROUGH);
-            return Ok(ALLOW);
-        }
+        None => return Ok(miss(&dial.key, global_stat::CONNECT_UNKNOWN_PORT, global_stat::CONNECT_PASSTHROUGH)),
     };
     if fe.backend_count == 0 {
         count_cluster(fe.cluster_id, |s| s.no_backend += 1);
@@ -414,10 +426,7 @@ fn try_sendmsg(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
     let dial = unsafe { read_dial(sa, family, PROTO_UDP) };
     let fe = match unsafe { FRONTENDS.get(&dial.key) } {
         Some(fe) => *fe,
-        None => {
-            count(global_stat::SENDMSG_PASSTHROUGH);
-            return Ok(ALLOW);
-        }
+        None => return Ok(miss(&dial.key, global_stat::SENDMSG_UNKNOWN_PORT, global_stat::SENDMSG_PASSTHROUGH)),
     };
     if fe.backend_count == 0 {
         count_cluster(fe.cluster_id, |s| s.no_backend += 1);

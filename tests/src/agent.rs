@@ -39,11 +39,12 @@ impl Agent {
     /// Spawns the agent and waits until `GET /readyz` answers 200.
     pub fn start(spec: &AgentSpec<'_>) -> Result<Agent> {
         if !spec.bin.exists() {
-            bail!("agent binary {} not found (build it with `cargo build -p mesh-agent` or set MESH_AGENT_BIN)", spec.bin.display());
+            bail!(
+                "agent binary {} not found (build it with `cargo build -p mesh-agent` or set MESH_AGENT_BIN)",
+                spec.bin.display()
+            );
         }
-        let mut agent = Agent {
-            child: spawn(spec)?,
-        };
+        let mut agent = Agent { child: spawn(spec)? };
         match agent.wait_ready(spec.admin) {
             Ok(()) => Ok(agent),
             Err(e) => {
@@ -97,18 +98,9 @@ impl Agent {
 }
 
 fn spawn(spec: &AgentSpec<'_>) -> Result<Child> {
-    let mut log = OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(spec.log)
-        .context("opening agent log")?;
+    let mut log = OpenOptions::new().create(true).append(true).open(spec.log).context("opening agent log")?;
     let mut args: Vec<OsString> = vec!["run".into(), "--config-dir".into(), spec.config_dir.into()];
-    args.extend([
-        "--cgroup".into(),
-        spec.cgroup.into(),
-        "--admin".into(),
-        spec.admin.to_string().into(),
-    ]);
+    args.extend(["--cgroup".into(), spec.cgroup.into(), "--admin".into(), spec.admin.to_string().into()]);
     args.extend(["--bpffs".into(), spec.pin_dir.into()]);
     args.extend(spec.extra.iter().map(OsString::from));
     writeln!(log, "==== mesh-tests: {} {:?}", spec.bin.display(), args)?;
@@ -119,16 +111,11 @@ fn spawn(spec: &AgentSpec<'_>) -> Result<Child> {
     let procs = CString::new(spec.own_cgroup.join("cgroup.procs").as_os_str().as_bytes())?;
     let mut cmd = Command::new(&spec.bin);
     // Plain-text log: tracing-subscriber honours NO_COLOR.
-    cmd.args(&args)
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
+    cmd.args(&args).env("NO_COLOR", "1").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     // In its own cgroup before exec, so a crashed test's agent can be found
     // and killed with cgroup.kill by the next run.
     unsafe { cmd.pre_exec(move || system::join_cgroup_pre_exec(&procs)) };
-    cmd.spawn()
-        .with_context(|| format!("spawning {}", spec.bin.display()))
+    cmd.spawn().with_context(|| format!("spawning {}", spec.bin.display()))
 }
 
 /// The last `lines` lines of a log file ("" if there is none).
@@ -144,26 +131,19 @@ pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
 /// A one-shot `GET path` (HTTP/1.1, `Connection: close`); returns the status
 /// code and the body (chunked bodies are decoded).
 pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&addr, HTTP_TIMEOUT)
-        .with_context(|| format!("connecting to {addr}"))?;
+    let mut stream =
+        TcpStream::connect_timeout(&addr, HTTP_TIMEOUT).with_context(|| format!("connecting to {addr}"))?;
     stream.set_read_timeout(Some(HTTP_TIMEOUT))?;
     stream.set_write_timeout(Some(HTTP_TIMEOUT))?;
-    write!(
-        stream,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut raw = Vec::new();
-    stream
-        .read_to_end(&mut raw)
-        .with_context(|| format!("reading GET {path} from {addr}"))?;
+    stream.read_to_end(&mut raw).with_context(|| format!("reading GET {path} from {addr}"))?;
     parse_response(&raw).with_context(|| format!("GET {path} from {addr}"))
 }
 
 fn parse_response(raw: &[u8]) -> Result<(u16, String)> {
     let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| anyhow!("incomplete response: {text:?}"))?;
+    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("incomplete response: {text:?}"))?;
     let status = head
         .split_whitespace()
         .nth(1)
@@ -173,29 +153,21 @@ fn parse_response(raw: &[u8]) -> Result<(u16, String)> {
         let l = l.to_ascii_lowercase();
         l.starts_with("transfer-encoding:") && l.contains("chunked")
     });
-    let body = if chunked {
-        decode_chunked(body)?
-    } else {
-        body.to_string()
-    };
+    let body = if chunked { decode_chunked(body)? } else { body.to_string() };
     Ok((status, body))
 }
 
 fn decode_chunked(mut body: &str) -> Result<String> {
     let mut out = String::new();
     loop {
-        let (size, rest) = body
-            .split_once("\r\n")
-            .ok_or_else(|| anyhow!("bad chunk header"))?;
+        let (size, rest) = body.split_once("\r\n").ok_or_else(|| anyhow!("bad chunk header"))?;
         let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)?;
         if size == 0 {
             return Ok(out);
         }
         let chunk = rest.get(..size).ok_or_else(|| anyhow!("short chunk"))?;
         out.push_str(chunk);
-        body = rest[size..]
-            .strip_prefix("\r\n")
-            .ok_or_else(|| anyhow!("chunk without CRLF"))?;
+        body = rest[size..].strip_prefix("\r\n").ok_or_else(|| anyhow!("chunk without CRLF"))?;
     }
 }
 
@@ -208,9 +180,6 @@ mod tests {
         let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
         assert_eq!(parse_response(plain).unwrap(), (200, "ok".to_string()));
         let chunked = b"HTTP/1.1 503 Service Unavailable\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nnot\r\n6\r\n ready\r\n0\r\n\r\n";
-        assert_eq!(
-            parse_response(chunked).unwrap(),
-            (503, "not ready".to_string())
-        );
+        assert_eq!(parse_response(chunked).unwrap(), (503, "not ready".to_string()));
     }
 }

@@ -98,8 +98,7 @@ impl TestEnv {
             admin: Mutex::new(None),
         };
         // Built before anything exists, so Drop cleans up a half-made env.
-        env.create()
-            .with_context(|| format!("creating test env {}", env.id()))?;
+        env.create().with_context(|| format!("creating test env {}", env.id()))?;
         Ok(env)
     }
 
@@ -109,10 +108,7 @@ impl TestEnv {
         system::netns_add(&self.node_netns)?;
         system::set_net_sysctls(
             &self.node_netns,
-            &[
-                ("net.ipv4.ip_forward", "1"),
-                ("net.ipv6.conf.all.forwarding", "1"),
-            ],
+            &[("net.ipv4.ip_forward", "1"), ("net.ipv6.conf.all.forwarding", "1")],
         )
     }
 
@@ -155,8 +151,7 @@ impl TestEnv {
     /// other pods through the node namespace. Panics on bad addresses or if
     /// the namespace cannot be set up.
     pub fn add_pod(&self, name: &str, ipv4: &str, ipv6: &str) -> Pod {
-        self.try_add_pod(name, ipv4, ipv6)
-            .unwrap_or_else(|e| panic!("adding pod {name}: {e:#}"))
+        self.try_add_pod(name, ipv4, ipv6).unwrap_or_else(|e| panic!("adding pod {name}: {e:#}"))
     }
 
     fn try_add_pod(&self, name: &str, ipv4: &str, ipv6: &str) -> Result<Pod> {
@@ -167,14 +162,7 @@ impl TestEnv {
         let netns = self.names.pod_netns(index);
         // Recorded first so Drop deletes it even if wiring fails half-way.
         pods.push(netns.clone());
-        let spec = PodSpec {
-            name,
-            ipv4,
-            ipv6,
-            index,
-            netns,
-            node_netns: &self.node_netns,
-        };
+        let spec = PodSpec { name, ipv4, ipv6, index, netns, node_netns: &self.node_netns };
         Pod::create(spec, self.servers.clone())
     }
 
@@ -221,17 +209,13 @@ impl TestEnv {
 
     /// SIGTERM to the agent, SIGKILL after 5 s; returns its exit status.
     pub fn stop_agent(&self) -> Result<ExitStatus> {
-        let agent = lock(&self.agent)
-            .take()
-            .ok_or_else(|| anyhow!("agent not running"))?;
+        let agent = lock(&self.agent).take().ok_or_else(|| anyhow!("agent not running"))?;
         agent.stop(AGENT_STOP_GRACE)
     }
 
     /// SIGKILL to the agent (a crash: pinned state stays behind).
     pub fn kill_agent(&self) -> Result<()> {
-        let mut agent = lock(&self.agent)
-            .take()
-            .ok_or_else(|| anyhow!("agent not running"))?;
+        let mut agent = lock(&self.agent).take().ok_or_else(|| anyhow!("agent not running"))?;
         agent.kill();
         Ok(())
     }
@@ -254,9 +238,7 @@ impl TestEnv {
     /// `GET path` on the admin API, parsed as JSON. Panics unless the answer
     /// is 200 with a JSON body.
     pub fn admin_json(&self, path: &str) -> serde_json::Value {
-        let (status, body) = self
-            .admin_get(path)
-            .unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
+        let (status, body) = self.admin_get(path).unwrap_or_else(|e| panic!("GET {path}: {e:#}"));
         assert_eq!(status, 200, "GET {path} answered {status}: {body}");
         serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: not JSON ({e}): {body}"))
     }
@@ -265,25 +247,13 @@ impl TestEnv {
     /// completion and parses its stdout as JSON; errors (with its stderr) if
     /// it exits non-zero.
     pub fn probe(&self, pod: &Pod, args: &[&str]) -> Result<serde_json::Value> {
-        let out = self
-            .probe_command(pod, args)
-            .stdin(Stdio::null())
-            .output()
-            .context("running mesh-probe")?;
+        let out = self.probe_command(pod, args).stdin(Stdio::null()).output().context("running mesh-probe")?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
-            bail!(
-                "mesh-probe {args:?} in pod {} failed ({}): {}",
-                pod.name(),
-                out.status,
-                stderr.trim()
-            );
+            bail!("mesh-probe {args:?} in pod {} failed ({}): {}", pod.name(), out.status, stderr.trim());
         }
         serde_json::from_slice(&out.stdout).with_context(|| {
-            format!(
-                "mesh-probe {args:?}: stdout is not JSON: {}",
-                String::from_utf8_lossy(&out.stdout)
-            )
+            format!("mesh-probe {args:?}: stdout is not JSON: {}", String::from_utf8_lossy(&out.stdout))
         })
     }
 
@@ -300,33 +270,21 @@ impl TestEnv {
 
     fn probe_command(&self, pod: &Pod, args: &[&str]) -> Command {
         let mut cmd = Command::new(probe_bin());
-        cmd.arg("--cgroup")
-            .arg(&self.cgroup)
-            .arg("--netns")
-            .arg(pod.netns_path())
-            .args(args);
+        cmd.arg("--cgroup").arg(&self.cgroup).arg("--netns").arg(pod.netns_path()).args(args);
         cmd
     }
 
     fn print_agent_log_tail(&self) {
         let tail = agent::log_tail(&self.agent_log_path(), LOG_TAIL_LINES);
         if !tail.is_empty() {
-            eprintln!(
-                "---- mesh-agent log tail ({}) ----\n{tail}\n----",
-                self.agent_log_path().display()
-            );
+            eprintln!("---- mesh-agent log tail ({}) ----\n{tail}\n----", self.agent_log_path().display());
         }
     }
 
     /// Teardown in dependency order; errors are reported, never panic.
     fn teardown(&mut self) -> Vec<anyhow::Error> {
         let mut errors = Vec::new();
-        if let Some(agent) = self
-            .agent
-            .get_mut()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-        {
+        if let Some(agent) = self.agent.get_mut().unwrap_or_else(|e| e.into_inner()).take() {
             if let Err(e) = agent.stop(AGENT_STOP_GRACE) {
                 errors.push(e.context("stopping agent"));
             }
@@ -375,29 +333,19 @@ pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Result<T
 /// Reads one line of JSON from a spawned probe's stdout (e.g. `hold`'s
 /// `{"held": ..}`), byte by byte so nothing after it is swallowed.
 pub fn read_json_line(child: &mut Child) -> Result<serde_json::Value> {
-    let stdout = child
-        .stdout
-        .as_mut()
-        .ok_or_else(|| anyhow!("probe stdout not piped"))?;
+    let stdout = child.stdout.as_mut().ok_or_else(|| anyhow!("probe stdout not piped"))?;
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     while stdout.read(&mut byte)? == 1 && byte[0] != b'\n' {
         line.push(byte[0]);
     }
-    serde_json::from_slice(&line).with_context(|| {
-        format!(
-            "probe line is not JSON: {:?}",
-            String::from_utf8_lossy(&line)
-        )
-    })
+    serde_json::from_slice(&line)
+        .with_context(|| format!("probe line is not JSON: {:?}", String::from_utf8_lossy(&line)))
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("binding 127.0.0.1:0")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("binding 127.0.0.1:0")
 }
 
 /// Polls `f` every 20 ms until it returns true or `timeout` passes; returns
@@ -433,18 +381,10 @@ fn built_bin(var: &str, name: &str) -> PathBuf {
     }
     let beside_test = std::env::current_exe().ok().and_then(|exe| {
         let dir = exe.parent()?;
-        let dir = if dir.ends_with("deps") {
-            dir.parent()?
-        } else {
-            dir
-        };
+        let dir = if dir.ends_with("deps") { dir.parent()? } else { dir };
         Some(dir.join(name)).filter(|p| p.exists())
     });
-    beside_test.unwrap_or_else(|| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../target/debug")
-            .join(name)
-    })
+    beside_test.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug").join(name))
 }
 
 /// Locks, ignoring poison: a panicking test must still be cleaned up.

@@ -29,12 +29,7 @@ pub(crate) struct Names {
 impl Names {
     pub fn new(test_name: &str) -> Names {
         let counter = COUNTER.fetch_add(1, Ordering::Relaxed);
-        let id = format!(
-            "{}-{}-{}",
-            tag(test_name),
-            base36(std::process::id()),
-            base36(counter)
-        );
+        let id = format!("{}-{}-{}", tag(test_name), base36(std::process::id()), base36(counter));
         Names { id }
     }
 
@@ -71,22 +66,10 @@ pub(crate) struct LeftoverDir {
     prefix: &'static str,
 }
 
-pub(crate) const NETNS_LEFTOVERS: LeftoverDir = LeftoverDir {
-    dir: NETNS_DIR,
-    prefix: NETNS_PREFIX,
-};
-pub(crate) const CGROUP_LEFTOVERS: LeftoverDir = LeftoverDir {
-    dir: CGROUP_ROOT,
-    prefix: DIR_PREFIX,
-};
-pub(crate) const PIN_LEFTOVERS: LeftoverDir = LeftoverDir {
-    dir: BPFFS,
-    prefix: DIR_PREFIX,
-};
-pub(crate) const TMP_LEFTOVERS: LeftoverDir = LeftoverDir {
-    dir: TMP_ROOT,
-    prefix: DIR_PREFIX,
-};
+pub(crate) const NETNS_LEFTOVERS: LeftoverDir = LeftoverDir { dir: NETNS_DIR, prefix: NETNS_PREFIX };
+pub(crate) const CGROUP_LEFTOVERS: LeftoverDir = LeftoverDir { dir: CGROUP_ROOT, prefix: DIR_PREFIX };
+pub(crate) const PIN_LEFTOVERS: LeftoverDir = LeftoverDir { dir: BPFFS, prefix: DIR_PREFIX };
+pub(crate) const TMP_LEFTOVERS: LeftoverDir = LeftoverDir { dir: TMP_ROOT, prefix: DIR_PREFIX };
 
 impl LeftoverDir {
     /// Entries of this dir named for `test_name`, with the pid that made them.
@@ -134,9 +117,7 @@ mod tests {
 
     #[test]
     fn netns_names_fit_an_interface_name() {
-        let n = Names {
-            id: format!("{}-{}-{}", tag("x"), base36(4_194_304), base36(35)),
-        };
+        let n = Names { id: format!("{}-{}-{}", tag("x"), base36(4_194_304), base36(35)) };
         assert!(n.pod_netns(35).len() <= 15, "{}", n.pod_netns(35));
     }
 

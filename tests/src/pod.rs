@@ -73,21 +73,13 @@ impl Pod {
         let mut pod_cmds = Vec::new();
         let mut node_cmds = Vec::new();
         for address in addresses {
-            let ip: std::net::IpAddr = address
-                .parse()
-                .with_context(|| format!("bad address {address:?}"))?;
+            let ip: std::net::IpAddr = address.parse().with_context(|| format!("bad address {address:?}"))?;
             let prefix = if ip.is_ipv4() { 32 } else { 128 };
-            pod_cmds.push(format!(
-                "addr add {ip}/{prefix} dev eth0{}",
-                if ip.is_ipv6() { " nodad" } else { "" }
-            ));
-            node_cmds.push(format!(
-                "neigh add {ip} lladdr {mac} dev {veth} nud permanent"
-            ));
+            pod_cmds.push(format!("addr add {ip}/{prefix} dev eth0{}", if ip.is_ipv6() { " nodad" } else { "" }));
+            node_cmds.push(format!("neigh add {ip} lladdr {mac} dev {veth} nud permanent"));
             node_cmds.push(format!("route add {ip}/{prefix} dev {veth}"));
         }
-        system::ip_batch(&self.netns, &pod_cmds)
-            .with_context(|| format!("adding addresses to pod {}", self.name))?;
+        system::ip_batch(&self.netns, &pod_cmds).with_context(|| format!("adding addresses to pod {}", self.name))?;
         system::ip_batch(&self.node_netns, &node_cmds)
             .with_context(|| format!("routing pod {}'s new addresses", self.name))
     }
@@ -121,41 +113,23 @@ impl Pod {
 
     /// Answers every datagram with the pod name.
     pub fn serve_udp(&self, port: u16) -> Server {
-        server::start_udp(
-            &self.servers,
-            &self.netns_path(),
-            self.addrs(port),
-            &self.name,
-        )
-        .unwrap_or_else(|e| panic!("pod {}: UDP server on port {port}: {e:#}", self.name))
+        server::start_udp(&self.servers, &self.netns_path(), self.addrs(port), &self.name)
+            .unwrap_or_else(|e| panic!("pod {}: UDP server on port {port}: {e:#}", self.name))
     }
 
     fn start_tcp(&self, port: u16, proto: TcpProto) -> Server {
-        server::start_tcp(
-            &self.servers,
-            &self.netns_path(),
-            self.addrs(port),
-            &self.name,
-            proto,
-        )
-        .unwrap_or_else(|e| panic!("pod {}: TCP server on port {port}: {e:#}", self.name))
+        server::start_tcp(&self.servers, &self.netns_path(), self.addrs(port), &self.name, proto)
+            .unwrap_or_else(|e| panic!("pod {}: TCP server on port {port}: {e:#}", self.name))
     }
 
     fn addrs(&self, port: u16) -> Vec<SocketAddr> {
-        vec![
-            SocketAddr::from((self.ipv4, port)),
-            SocketAddr::from((self.ipv6, port)),
-        ]
+        vec![SocketAddr::from((self.ipv4, port)), SocketAddr::from((self.ipv6, port))]
     }
 }
 
 /// Locally administered MAC, unique per pod of one node.
 fn pod_mac(index: usize) -> String {
-    format!(
-        "02:00:00:00:{:02x}:{:02x}",
-        (index >> 8) & 0xff,
-        index & 0xff
-    )
+    format!("02:00:00:00:{:02x}:{:02x}", (index >> 8) & 0xff, index & 0xff)
 }
 
 /// Node side: the veth pair (peer moved into the pod as eth0), host routes

@@ -130,10 +130,7 @@ pub(crate) fn start_tcp(
     proto: TcpProto,
 ) -> Result<Server> {
     let listeners = crate::in_netns(netns, || -> io::Result<Vec<TcpListener>> {
-        addrs
-            .iter()
-            .map(|a| sys::tcp_listener(*a, BACKLOG))
-            .collect()
+        addrs.iter().map(|a| sys::tcp_listener(*a, BACKLOG)).collect()
     })?
     .with_context(|| format!("listening on {addrs:?}"))?;
     for l in &listeners {
@@ -149,16 +146,10 @@ pub(crate) fn start_tcp(
 }
 
 /// Starts a UDP server on `addrs`, sockets created inside `netns`.
-pub(crate) fn start_udp(
-    registry: &Registry,
-    netns: &Path,
-    addrs: Vec<SocketAddr>,
-    reply: &str,
-) -> Result<Server> {
-    let sockets = crate::in_netns(netns, || -> io::Result<Vec<UdpSocket>> {
-        addrs.iter().map(UdpSocket::bind).collect()
-    })?
-    .with_context(|| format!("binding UDP {addrs:?}"))?;
+pub(crate) fn start_udp(registry: &Registry, netns: &Path, addrs: Vec<SocketAddr>, reply: &str) -> Result<Server> {
+    let sockets =
+        crate::in_netns(netns, || -> io::Result<Vec<UdpSocket>> { addrs.iter().map(UdpSocket::bind).collect() })?
+            .with_context(|| format!("binding UDP {addrs:?}"))?;
     for s in &sockets {
         s.set_nonblocking(true)?;
     }
@@ -190,8 +181,7 @@ fn accept_loop(listeners: &[TcpListener], shared: &Arc<Shared>, reply: &Arc<str>
             // poll round per connection.
             while let Ok((stream, _)) = listeners[i].accept() {
                 next_id += 1;
-                if let Err(e) = start_conn(&workers, shared, next_id, stream, reply.clone(), proto)
-                {
+                if let Err(e) = start_conn(&workers, shared, next_id, stream, reply.clone(), proto) {
                     eprintln!("mesh-tests: server connection: {e}");
                 }
             }
@@ -244,39 +234,26 @@ struct Workers {
 impl Workers {
     fn new() -> Workers {
         let (jobs, queue) = mpsc::channel();
-        Workers {
-            idle: Arc::default(),
-            jobs,
-            queue: Arc::new(Mutex::new(queue)),
-        }
+        Workers { idle: Arc::default(), jobs, queue: Arc::new(Mutex::new(queue)) }
     }
 
     fn run(&self, job: Job) -> io::Result<()> {
         // Claiming an idle worker before sending means every queued job has
         // a waiting worker, so a job never waits behind held connections.
-        if self
-            .idle
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-            .is_ok()
-        {
-            self.jobs
-                .send(job)
-                .expect("the queue lives as long as Workers");
+        if self.idle.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok() {
+            self.jobs.send(job).expect("the queue lives as long as Workers");
             return Ok(());
         }
         let (idle, queue) = (self.idle.clone(), self.queue.clone());
-        thread::Builder::new()
-            .name("mesh-conn".into())
-            .stack_size(CONN_STACK)
-            .spawn(move || {
+        thread::Builder::new().name("mesh-conn".into()).stack_size(CONN_STACK).spawn(move || {
+            job();
+            loop {
+                idle.fetch_add(1, Ordering::SeqCst);
+                // Err once Workers (the only sender) is dropped.
+                let Ok(job) = lock(&queue).recv() else { return };
                 job();
-                loop {
-                    idle.fetch_add(1, Ordering::SeqCst);
-                    // Err once Workers (the only sender) is dropped.
-                    let Ok(job) = lock(&queue).recv() else { return };
-                    job();
-                }
-            })?;
+            }
+        })?;
         Ok(())
     }
 }
@@ -292,9 +269,7 @@ fn close_all(shared: &Shared) {
     for stream in lock(&shared.conns).values() {
         let _ = stream.shutdown(Shutdown::Both);
     }
-    crate::wait_until(Duration::from_secs(2), || {
-        shared.live.load(Ordering::SeqCst) == 0
-    });
+    crate::wait_until(Duration::from_secs(2), || shared.live.load(Ordering::SeqCst) == 0);
 }
 
 fn serve_lines(stream: TcpStream, name: &[u8]) -> io::Result<()> {
@@ -314,15 +289,8 @@ fn serve_lines(stream: TcpStream, name: &[u8]) -> io::Result<()> {
 fn serve_http(stream: TcpStream, body: &[u8]) -> io::Result<()> {
     let mut reader = BufReader::new(&stream);
     while let Some(request) = read_http_head(&mut reader)? {
-        io::copy(
-            &mut (&mut reader).take(request.content_length),
-            &mut io::sink(),
-        )?;
-        let connection = if request.close {
-            "Connection: close\r\n"
-        } else {
-            ""
-        };
+        io::copy(&mut (&mut reader).take(request.content_length), &mut io::sink())?;
+        let connection = if request.close { "Connection: close\r\n" } else { "" };
         let head = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{connection}\r\n",
             body.len()
@@ -342,20 +310,13 @@ struct HttpRequest {
 
 /// Reads a request head; `None` on a clean EOF between requests.
 fn read_http_head(reader: &mut impl BufRead) -> io::Result<Option<HttpRequest>> {
-    let mut request = HttpRequest {
-        content_length: 0,
-        close: false,
-    };
+    let mut request = HttpRequest { content_length: 0, close: false };
     let mut line = String::new();
     let mut first = true;
     loop {
         line.clear();
         if reader.read_line(&mut line)? == 0 {
-            return if first {
-                Ok(None)
-            } else {
-                Err(io::ErrorKind::UnexpectedEof.into())
-            };
+            return if first { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
         }
         let trimmed = line.trim_end();
         if first {

@@ -6,9 +6,7 @@
 use std::fs::File;
 use std::io;
 use std::mem;
-use std::net::{
-    Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream,
-};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::path::Path;
 use std::time::Duration;
@@ -75,9 +73,7 @@ pub fn sockaddr_from(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::sockle
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as libc::sa_family_t,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*a.ip()).to_be(),
-                },
+                sin_addr: libc::in_addr { s_addr: u32::from(*a.ip()).to_be() },
                 sin_zero: [0; 8],
             };
             unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in, sin) };
@@ -88,9 +84,7 @@ pub fn sockaddr_from(addr: &SocketAddr) -> (libc::sockaddr_storage, libc::sockle
                 sin6_family: libc::AF_INET6 as libc::sa_family_t,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
                 sin6_scope_id: a.scope_id(),
             };
             unsafe { std::ptr::write(&mut storage as *mut _ as *mut libc::sockaddr_in6, sin6) };
@@ -123,30 +117,16 @@ fn bind(fd: RawFd, addr: &SocketAddr) -> io::Result<()> {
     Ok(())
 }
 
-fn set_int_opt(
-    fd: RawFd,
-    level: libc::c_int,
-    opt: libc::c_int,
-    value: libc::c_int,
-) -> io::Result<()> {
+fn set_int_opt(fd: RawFd, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
     let len = mem::size_of::<libc::c_int>() as libc::socklen_t;
-    cvt(unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            &value as *const _ as *const libc::c_void,
-            len,
-        )
-    })?;
+    cvt(unsafe { libc::setsockopt(fd, level, opt, &value as *const _ as *const libc::c_void, len) })?;
     Ok(())
 }
 
 /// A TCP listener on `addr` with an explicit backlog: std uses 128, which
 /// drops SYNs under connect bursts and shows up as 1 s outliers.
 pub fn tcp_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
-    let fd =
-        cvt(unsafe { libc::socket(family(&addr), libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    let fd = cvt(unsafe { libc::socket(family(&addr), libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
     // Owned from here on, so every error path closes the fd.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
@@ -160,11 +140,7 @@ pub fn tcp_listener(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener> {
 
 /// Connects to `target` within `timeout`, optionally from `source` (port 0).
 /// The returned stream is blocking.
-pub fn tcp_connect(
-    target: SocketAddr,
-    source: Option<SocketAddr>,
-    timeout: Duration,
-) -> io::Result<TcpStream> {
+pub fn tcp_connect(target: SocketAddr, source: Option<SocketAddr>, timeout: Duration) -> io::Result<TcpStream> {
     let flags = libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK;
     let fd = cvt(unsafe { libc::socket(family(&target), flags, 0) })?;
     let stream = unsafe { TcpStream::from_raw_fd(fd) };
@@ -182,11 +158,7 @@ pub fn tcp_connect(
 }
 
 fn wait_connected(fd: RawFd, timeout: Duration) -> io::Result<()> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLOUT,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
     let ready = loop {
         match cvt(unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) }) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -199,13 +171,7 @@ fn wait_connected(fd: RawFd, timeout: Duration) -> io::Result<()> {
     let mut err: libc::c_int = 0;
     let mut len = mem::size_of::<libc::c_int>() as libc::socklen_t;
     cvt(unsafe {
-        libc::getsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            &mut err as *mut _ as *mut libc::c_void,
-            &mut len,
-        )
+        libc::getsockopt(fd, libc::SOL_SOCKET, libc::SO_ERROR, &mut err as *mut _ as *mut libc::c_void, &mut len)
     })?;
     match err {
         0 => Ok(()),
@@ -216,10 +182,7 @@ fn wait_connected(fd: RawFd, timeout: Duration) -> io::Result<()> {
 /// SO_LINGER 0: close sends RST instead of leaving the port in TIME_WAIT,
 /// so tens of thousands of connects do not run out of ports.
 pub fn set_linger_zero(stream: &TcpStream) -> io::Result<()> {
-    let linger = libc::linger {
-        l_onoff: 1,
-        l_linger: 0,
-    };
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     let len = mem::size_of::<libc::linger>() as libc::socklen_t;
     cvt(unsafe {
         libc::setsockopt(
@@ -236,33 +199,12 @@ pub fn set_linger_zero(stream: &TcpStream) -> io::Result<()> {
 /// Waits until one of `fds` is readable or `timeout` passes; returns the
 /// indexes of the readable ones (empty on timeout or EINTR).
 pub fn poll_readable(fds: &[RawFd], timeout: Duration) -> io::Result<Vec<usize>> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|&fd| libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    let ret = unsafe {
-        libc::poll(
-            pfds.as_mut_ptr(),
-            pfds.len() as libc::nfds_t,
-            timeout.as_millis() as libc::c_int,
-        )
-    };
+    let mut pfds: Vec<libc::pollfd> =
+        fds.iter().map(|&fd| libc::pollfd { fd, events: libc::POLLIN, revents: 0 }).collect();
+    let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout.as_millis() as libc::c_int) };
     if ret == -1 {
         let e = io::Error::last_os_error();
-        return if e.kind() == io::ErrorKind::Interrupted {
-            Ok(Vec::new())
-        } else {
-            Err(e)
-        };
+        return if e.kind() == io::ErrorKind::Interrupted { Ok(Vec::new()) } else { Err(e) };
     }
-    Ok(pfds
-        .iter()
-        .enumerate()
-        .filter(|(_, p)| p.revents != 0)
-        .map(|(i, _)| i)
-        .collect())
+    Ok(pfds.iter().enumerate().filter(|(_, p)| p.revents != 0).map(|(i, _)| i).collect())
 }

@@ -15,17 +15,9 @@ use crate::names::{self, LeftoverDir};
 
 /// `ip` with `args`; the error carries the command line and ip's stderr.
 pub(crate) fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .context("running ip")?;
+    let out = Command::new("ip").args(args).stdin(Stdio::null()).output().context("running ip")?;
     if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -45,11 +37,7 @@ pub(crate) fn ip_batch(netns: &str, commands: &[String]) -> Result<()> {
     drop(stdin);
     let out = child.wait_with_output()?;
     if !out.status.success() {
-        bail!(
-            "ip -n {netns} -batch: {}\n{}",
-            String::from_utf8_lossy(&out.stderr).trim(),
-            commands.join("\n")
-        );
+        bail!("ip -n {netns} -batch: {}\n{}", String::from_utf8_lossy(&out.stderr).trim(), commands.join("\n"));
     }
     Ok(())
 }
@@ -122,9 +110,7 @@ pub(crate) fn remove_cgroup(path: &Path) -> Result<()> {
 /// Moves the calling process into `cgroup` (writing "0" means "myself").
 /// Only async-signal-safe calls, so it can run between fork and exec.
 pub(crate) fn join_cgroup_pre_exec(procs_file: &CString) -> io::Result<()> {
-    let fd = crate::sys::cvt(unsafe {
-        libc::open(procs_file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC)
-    })?;
+    let fd = crate::sys::cvt(unsafe { libc::open(procs_file.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC) })?;
     let ret = unsafe { libc::write(fd, b"0".as_ptr() as *const libc::c_void, 1) };
     let err = io::Error::last_os_error();
     unsafe { libc::close(fd) };
@@ -143,23 +129,14 @@ pub(crate) fn ensure_bpffs() -> Result<()> {
     let _guard = BPFFS_MOUNT.lock().unwrap_or_else(|e| e.into_inner());
     let target = CString::new(names::BPFFS).expect("no nul");
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    crate::sys::cvt(unsafe { libc::statfs(target.as_ptr(), &mut st) })
-        .context("statfs /sys/fs/bpf")?;
+    crate::sys::cvt(unsafe { libc::statfs(target.as_ptr(), &mut st) }).context("statfs /sys/fs/bpf")?;
     if st.f_type as u32 == BPF_FS_MAGIC {
         return Ok(());
     }
     let source = CString::new("bpffs").expect("no nul");
     let fstype = CString::new("bpf").expect("no nul");
-    crate::sys::cvt(unsafe {
-        libc::mount(
-            source.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    })
-    .context("mounting bpffs at /sys/fs/bpf")?;
+    crate::sys::cvt(unsafe { libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) })
+        .context("mounting bpffs at /sys/fs/bpf")?;
     Ok(())
 }
 
@@ -183,9 +160,7 @@ pub(crate) fn remove_pin_tree(path: &Path) -> Result<()> {
 
 pub(crate) fn remove_tmp_dir(path: &Path) -> Result<()> {
     match fs::remove_dir_all(path) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            Err(e).with_context(|| format!("removing {}", path.display()))
-        }
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e).with_context(|| format!("removing {}", path.display())),
         _ => Ok(()),
     }
 }
@@ -203,16 +178,10 @@ fn pid_alive(pid: u32) -> bool {
 /// go is reported, not fatal, since it cannot clash with fresh names.
 pub(crate) fn remove_leftovers(test_name: &str) {
     let remove: [(&LeftoverDir, RemoveFn); 4] = [
-        (&names::CGROUP_LEFTOVERS, |n| {
-            remove_cgroup(&Path::new(names::CGROUP_ROOT).join(n))
-        }),
+        (&names::CGROUP_LEFTOVERS, |n| remove_cgroup(&Path::new(names::CGROUP_ROOT).join(n))),
         (&names::NETNS_LEFTOVERS, netns_del),
-        (&names::PIN_LEFTOVERS, |n| {
-            remove_pin_tree(&Path::new(names::BPFFS).join(n))
-        }),
-        (&names::TMP_LEFTOVERS, |n| {
-            remove_tmp_dir(&Path::new(names::TMP_ROOT).join(n))
-        }),
+        (&names::PIN_LEFTOVERS, |n| remove_pin_tree(&Path::new(names::BPFFS).join(n))),
+        (&names::TMP_LEFTOVERS, |n| remove_tmp_dir(&Path::new(names::TMP_ROOT).join(n))),
     ];
     for (dir, remove_one) in remove {
         for (name, pid) in dir.entries(test_name) {
@@ -220,10 +189,7 @@ pub(crate) fn remove_leftovers(test_name: &str) {
                 continue;
             }
             if let Err(e) = remove_one(&name) {
-                eprintln!(
-                    "mesh-tests: leftover {}/{name} of dead pid {pid}: {e:#}",
-                    dir.dir
-                );
+                eprintln!("mesh-tests: leftover {}/{name} of dead pid {pid}: {e:#}", dir.dir);
             }
         }
     }

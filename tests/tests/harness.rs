@@ -63,45 +63,17 @@ fn pods_reach_each_other_over_tcp_and_udp() {
     let udp = b.serve_udp(UDP_PORT);
 
     for target in [tcp_target(b.ipv4(), false), tcp_target(b.ipv6(), true)] {
-        let out = env
-            .probe(
-                &a,
-                &[
-                    "tcp",
-                    "--target",
-                    &target,
-                    "--count",
-                    "3",
-                    "--requests-per-conn",
-                    "2",
-                ],
-            )
-            .unwrap();
+        let out = env.probe(&a, &["tcp", "--target", &target, "--count", "3", "--requests-per-conn", "2"]).unwrap();
         assert_eq!(out["ok"], 3, "{out}");
         assert_eq!(out["backends"]["pod-b"], 3, "{out}");
         assert_eq!(out["peer"], target.as_str(), "{out}");
         assert!(out["micros_per_conn"].as_f64().unwrap() > 0.0, "{out}");
     }
     assert_eq!(tcp.accepted(), 6);
-    assert!(
-        wait_until(Duration::from_secs(2), || tcp.live() == 0),
-        "live {}",
-        tcp.live()
-    );
+    assert!(wait_until(Duration::from_secs(2), || tcp.live() == 0), "live {}", tcp.live());
 
     let from_a = format!("{},{}", a.ipv4(), "127.0.0.1");
-    let out = env.probe(
-        &a,
-        &[
-            "tcp",
-            "--target",
-            &tcp_target(b.ipv4(), false),
-            "--count",
-            "2",
-            "--sources",
-            &from_a,
-        ],
-    );
+    let out = env.probe(&a, &["tcp", "--target", &tcp_target(b.ipv4(), false), "--count", "2", "--sources", &from_a]);
     let out = out.unwrap();
     // 127.0.0.1 cannot reach another pod; the pod address can.
     assert_eq!(out["per_source"][a.ipv4().to_string()], "pod-b", "{out}");
@@ -133,20 +105,14 @@ fn untranslated_service_addresses_are_unreachable() {
     let env = TestEnv::new("untranslated_unreachable").expect("test env");
     let (a, _b) = two_pods(&env);
     for target in ["10.96.0.10:80", "[fd00:96::10]:80"] {
-        let out = env
-            .probe(&a, &["tcp", "--target", target, "--count", "2"])
-            .unwrap();
+        let out = env.probe(&a, &["tcp", "--target", target, "--count", "2"]).unwrap();
         assert_eq!(out["ok"], 0, "{out}");
         assert_eq!(out["errors"]["ENETUNREACH"], 2, "{out}");
         assert_eq!(out["peer"], Value::Null, "{out}");
-        let out = env
-            .probe(&a, &["udp", "--target", target, "--count", "1"])
-            .unwrap();
+        let out = env.probe(&a, &["udp", "--target", target, "--count", "1"]).unwrap();
         assert_eq!(out["errors"]["ENETUNREACH"], 1, "{out}");
     }
-    let out = env
-        .probe(&a, &["tcp", "--target", "10.244.2.2:9", "--count", "1"])
-        .unwrap();
+    let out = env.probe(&a, &["tcp", "--target", "10.244.2.2:9", "--count", "1"]).unwrap();
     assert_eq!(out["errors"]["ECONNREFUSED"], 1, "{out}");
 }
 
@@ -155,16 +121,7 @@ fn probe_runs_in_the_test_cgroup() {
     let env = TestEnv::new("probe_in_cgroup").expect("test env");
     let (a, b) = two_pods(&env);
     let tcp = b.serve_tcp(TCP_PORT);
-    let mut hold = env.spawn_probe(
-        &a,
-        &[
-            "hold",
-            "--target",
-            &tcp_target(b.ipv4(), false),
-            "--count",
-            "5",
-        ],
-    );
+    let mut hold = env.spawn_probe(&a, &["hold", "--target", &tcp_target(b.ipv4(), false), "--count", "5"]);
     let line = read_json_line(&mut hold).unwrap();
     assert_eq!(line["held"], 5, "{line}");
     assert_eq!(line["backends"]["pod-b"], 5, "{line}");
@@ -175,11 +132,7 @@ fn probe_runs_in_the_test_cgroup() {
 
     drop(hold.stdin.take());
     assert!(hold.wait().unwrap().success());
-    assert!(
-        wait_until(Duration::from_secs(2), || tcp.live() == 0),
-        "live {}",
-        tcp.live()
-    );
+    assert!(wait_until(Duration::from_secs(2), || tcp.live() == 0), "live {}", tcp.live());
     assert_eq!(tcp.accepted(), 5);
 }
 
@@ -224,9 +177,7 @@ fn read_http_body(reader: &mut impl BufRead) -> std::io::Result<String> {
 
 #[test]
 fn parallel_envs_with_the_same_addresses_are_independent() {
-    let envs: Vec<_> = (0..2)
-        .map(|_| TestEnv::new("parallel_envs").expect("test env"))
-        .collect();
+    let envs: Vec<_> = (0..2).map(|_| TestEnv::new("parallel_envs").expect("test env")).collect();
     let pods: Vec<_> = envs
         .iter()
         .enumerate()
@@ -236,17 +187,9 @@ fn parallel_envs_with_the_same_addresses_are_independent() {
             (client, server)
         })
         .collect();
-    let _servers: Vec<_> = pods
-        .iter()
-        .map(|(_, server)| server.serve_tcp(TCP_PORT))
-        .collect();
+    let _servers: Vec<_> = pods.iter().map(|(_, server)| server.serve_tcp(TCP_PORT)).collect();
     for (env, (client, server)) in envs.iter().zip(&pods) {
-        let out = env
-            .probe(
-                client,
-                &["tcp", "--target", &tcp_target(server.ipv4(), false)],
-            )
-            .unwrap();
+        let out = env.probe(client, &["tcp", "--target", &tcp_target(server.ipv4(), false)]).unwrap();
         assert_eq!(out["backends"][server.name()], 1, "{out}");
     }
 }

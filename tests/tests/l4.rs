@@ -18,23 +18,9 @@ fn service(name: &str, ips: &[&str], port: u16, protocol: &str) -> String {
     )
 }
 
-fn slice(
-    name: &str,
-    service: &str,
-    ipv6: bool,
-    port: u16,
-    protocol: &str,
-    addresses: &[&str],
-) -> String {
-    let endpoints: String = addresses
-        .iter()
-        .map(|a| format!("- addresses: [\"{a}\"]\n"))
-        .collect();
-    let endpoints = if endpoints.is_empty() {
-        "[]\n".to_owned()
-    } else {
-        format!("\n{endpoints}")
-    };
+fn slice(name: &str, service: &str, ipv6: bool, port: u16, protocol: &str, addresses: &[&str]) -> String {
+    let endpoints: String = addresses.iter().map(|a| format!("- addresses: [\"{a}\"]\n")).collect();
+    let endpoints = if endpoints.is_empty() { "[]\n".to_owned() } else { format!("\n{endpoints}") };
     format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: {NS}, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: {}\nports: [{{name: main, port: {port}, protocol: {protocol}}}]\nendpoints: {endpoints}---\n",
         if ipv6 { "IPv6" } else { "IPv4" }
@@ -56,11 +42,7 @@ fn errors(report: &Value, name: &str) -> u64 {
 fn backends_of(report: &Value) -> BTreeMap<String, u64> {
     report["backends"]
         .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
-                .collect()
-        })
+        .map(|m| m.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
         .unwrap_or_default()
 }
 
@@ -79,21 +61,12 @@ impl World {
         let mut backends = Vec::new();
         let mut servers = Vec::new();
         for i in 1..=n {
-            let pod = env.add_pod(
-                &format!("b{i}"),
-                &format!("10.244.{i}.2"),
-                &format!("fd00:244::{i}:2"),
-            );
+            let pod = env.add_pod(&format!("b{i}"), &format!("10.244.{i}.2"), &format!("fd00:244::{i}:2"));
             servers.push(pod.serve_tcp(8080));
             servers.push(pod.serve_udp(8080));
             backends.push(pod);
         }
-        World {
-            env,
-            client,
-            backends,
-            _servers: servers,
-        }
+        World { env, client, backends, _servers: servers }
     }
 
     fn v4(&self, i: usize) -> String {
@@ -105,9 +78,7 @@ impl World {
     }
 
     fn probe(&self, args: &[&str]) -> Value {
-        self.env
-            .probe(&self.client, args)
-            .unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", self.env.agent_log()))
+        self.env.probe(&self.client, args).unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", self.env.agent_log()))
     }
 
     fn tcp(&self, target: &str, n: u32) -> Value {
@@ -116,14 +87,8 @@ impl World {
 
     /// Waits until a probe to `target` reaches backend `name`.
     fn wait_for_backend(&self, target: &str, name: &str) {
-        let reached = wait_until(Duration::from_secs(5), || {
-            count(&self.tcp(target, 20), name) > 0
-        });
-        assert!(
-            reached,
-            "{target} never reached {name}\nagent log:\n{}",
-            self.env.agent_log()
-        );
+        let reached = wait_until(Duration::from_secs(5), || count(&self.tcp(target, 20), name) > 0);
+        assert!(reached, "{target} never reached {name}\nagent log:\n{}", self.env.agent_log());
     }
 }
 
@@ -144,43 +109,32 @@ fn two_backend_service(world: &World, extra: &str) -> String {
 #[test]
 fn tcp_is_translated_for_ipv4_and_ipv6_and_getpeername_shows_the_service() {
     let world = World::new("tcp_translate", 2);
-    world
-        .env
-        .write_config("web.yaml", &two_backend_service(&world, ""))
-        .unwrap();
+    world.env.write_config("web.yaml", &two_backend_service(&world, "")).unwrap();
     world.env.start_agent(&[]).unwrap();
 
-    for (target, peer) in [
-        ("10.96.0.10:80", "10.96.0.10:80"),
-        ("[fd00:96::10]:80", "[fd00:96::10]:80"),
-    ] {
+    for (target, peer) in [("10.96.0.10:80", "10.96.0.10:80"), ("[fd00:96::10]:80", "[fd00:96::10]:80")] {
         let report = world.tcp(target, 40);
         assert_eq!(report["ok"], 40, "{target}: {report}");
-        assert!(
-            count(&report, "b1") > 0 && count(&report, "b2") > 0,
-            "{target}: both backends used: {report}"
-        );
-        assert_eq!(
-            report["peer"], peer,
-            "getpeername must show the service address: {report}"
-        );
+        assert!(count(&report, "b1") > 0 && count(&report, "b2") > 0, "{target}: both backends used: {report}");
+        assert_eq!(report["peer"], peer, "getpeername must show the service address: {report}");
     }
     // Not a service: not translated, and the pod has no route out.
     let report = world.tcp("10.96.0.99:80", 1);
     assert_eq!(errors(&report, "ENETUNREACH"), 1, "{report}");
+    // A service IP on a port the Service lacks is refused, never sent out as is.
+    let report = world.tcp("10.96.0.10:81", 1);
+    assert_eq!(errors(&report, "ECONNREFUSED"), 1, "{report}");
 
     let status = world.env.admin_json("/status");
-    assert!(
-        status["kernel_counters"]["connect_translated"]
-            .as_u64()
-            .unwrap()
-            >= 80,
-        "{status}"
-    );
+    assert!(status["kernel_counters"]["connect_translated"].as_u64().unwrap() >= 80, "{status}");
+    assert_eq!(status["kernel_counters"]["connect_unknown_port"], 1, "{status}");
+    assert_eq!(status["kernel_counters"]["connect_passthrough"], 1, "{status}");
     let (code, metrics) = world.env.admin_get("/metrics").unwrap();
     assert_eq!(code, 200);
     assert!(
-        metrics.contains("mesh_service_connects_total{namespace=\"shop\",service=\"web\",port=\"80\",protocol=\"TCP\"} 80"),
+        metrics.contains(
+            "mesh_service_connects_total{namespace=\"shop\",service=\"web\",port=\"80\",protocol=\"TCP\"} 80"
+        ),
         "{metrics}"
     );
 }
@@ -191,40 +145,16 @@ fn udp_is_translated_and_replies_come_from_the_service() {
     let config = format!(
         "{}{}{}",
         service("dns", &["10.96.0.53", "fd00:96::53"], 53, "UDP"),
-        slice(
-            "dns-v4",
-            "dns",
-            false,
-            8080,
-            "UDP",
-            &[&world.v4(0), &world.v4(1)]
-        ),
-        slice(
-            "dns-v6",
-            "dns",
-            true,
-            8080,
-            "UDP",
-            &[&world.v6(0), &world.v6(1)]
-        ),
+        slice("dns-v4", "dns", false, 8080, "UDP", &[&world.v4(0), &world.v4(1)]),
+        slice("dns-v6", "dns", true, 8080, "UDP", &[&world.v6(0), &world.v6(1)]),
     );
     world.env.write_config("dns.yaml", &config).unwrap();
     world.env.start_agent(&[]).unwrap();
-    for (target, from) in [
-        ("10.96.0.53:53", "10.96.0.53:53"),
-        ("[fd00:96::53]:53", "[fd00:96::53]:53"),
-    ] {
+    for (target, from) in [("10.96.0.53:53", "10.96.0.53:53"), ("[fd00:96::53]:53", "[fd00:96::53]:53")] {
         let unconnected = world.probe(&["udp", "--target", target, "--count", "30"]);
         assert_eq!(unconnected["ok"], 30, "{unconnected}");
-        assert_eq!(
-            unconnected["reply_from"], from,
-            "recvfrom must show the service: {unconnected}"
-        );
-        assert_eq!(
-            backends_of(&unconnected).len(),
-            2,
-            "datagrams are balanced: {unconnected}"
-        );
+        assert_eq!(unconnected["reply_from"], from, "recvfrom must show the service: {unconnected}");
+        assert_eq!(backends_of(&unconnected).len(), 2, "datagrams are balanced: {unconnected}");
         let connected = world.probe(&["udp", "--target", target, "--count", "5", "--connected"]);
         assert_eq!(connected["ok"], 5, "{connected}");
         assert_eq!(connected["reply_from"], from, "{connected}");
@@ -235,10 +165,7 @@ fn udp_is_translated_and_replies_come_from_the_service() {
 fn round_robin_is_exact_and_random_spreads_within_tolerance() {
     let world = World::new("rr_random", 3);
     let rr = rule("web", "    loadBalancer: {simple: ROUND_ROBIN}\n");
-    world
-        .env
-        .write_config("web.yaml", &two_backend_service(&world, &rr))
-        .unwrap();
+    world.env.write_config("web.yaml", &two_backend_service(&world, &rr)).unwrap();
     world.env.start_agent(&[]).unwrap();
     let report = world.tcp("10.96.0.10:80", 300);
     for b in ["b1", "b2", "b3"] {
@@ -247,13 +174,8 @@ fn round_robin_is_exact_and_random_spreads_within_tolerance() {
     }
 
     let random = rule("web", "    loadBalancer: {simple: RANDOM}\n");
-    world
-        .env
-        .write_config("web.yaml", &two_backend_service(&world, &random))
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(3), || world
-        .env
-        .admin_json("/status")["services"][0]["load_balancer"]
+    world.env.write_config("web.yaml", &two_backend_service(&world, &random)).unwrap();
+    assert!(wait_until(Duration::from_secs(3), || world.env.admin_json("/status")["services"][0]["load_balancer"]
         == "RANDOM"));
     let report = world.tcp("10.96.0.10:80", 900);
     for b in ["b1", "b2", "b3"] {
@@ -274,10 +196,7 @@ fn least_request_avoids_a_backend_holding_many_connections() {
     );
     world.env.write_config("web.yaml", &only_b1).unwrap();
     world.env.start_agent(&[]).unwrap();
-    let mut holder = world.env.spawn_probe(
-        &world.client,
-        &["hold", "--target", "10.96.0.10:80", "--count", "20"],
-    );
+    let mut holder = world.env.spawn_probe(&world.client, &["hold", "--target", "10.96.0.10:80", "--count", "20"]);
     let held = read_json_line(&mut holder).unwrap();
     assert_eq!(count(&held, "b1"), 20, "{held}");
 
@@ -285,14 +204,7 @@ fn least_request_avoids_a_backend_holding_many_connections() {
     let all = format!(
         "{}{}",
         service("web", &["10.96.0.10"], 80, "TCP"),
-        slice(
-            "web-v4",
-            "web",
-            false,
-            8080,
-            "TCP",
-            &[&world.v4(0), &world.v4(1), &world.v4(2)]
-        )
+        slice("web-v4", "web", false, 8080, "TCP", &[&world.v4(0), &world.v4(1), &world.v4(2)])
     );
     world.env.write_config("web.yaml", &all).unwrap();
     world.wait_for_backend("10.96.0.10:80", "b2");
@@ -304,28 +216,17 @@ fn least_request_avoids_a_backend_holding_many_connections() {
         .find(|b| b["address"] == "10.244.1.2:8080")
         .unwrap()["live_connections"]
         .clone();
-    assert_eq!(
-        live_b1, 20,
-        "the kernel counts b1's live connections: {status}"
-    );
+    assert_eq!(live_b1, 20, "the kernel counts b1's live connections: {status}");
 
     let report = world.tcp("10.96.0.10:80", 200);
-    assert_eq!(
-        count(&report, "b1"),
-        0,
-        "power of two choices never picks the busy backend over an idle one: {report}"
-    );
-    assert!(
-        count(&report, "b2") > 50 && count(&report, "b3") > 50,
-        "{report}"
-    );
+    assert_eq!(count(&report, "b1"), 0, "power of two choices never picks the busy backend over an idle one: {report}");
+    assert!(count(&report, "b2") > 50 && count(&report, "b3") > 50, "{report}");
     drop(holder.stdin.take());
     holder.wait().unwrap();
     // Closing the held sockets releases their counts.
-    assert!(wait_until(Duration::from_secs(3), || world
-        .env
-        .admin_json("/status")["services"][0]["live_connections"]
-        == 0));
+    assert!(
+        wait_until(Duration::from_secs(3), || world.env.admin_json("/status")["services"][0]["live_connections"] == 0)
+    );
 }
 
 #[test]
@@ -334,7 +235,10 @@ fn maglev_keeps_sources_on_one_backend_and_moves_about_one_nth() {
     let sources: Vec<String> = (0..120).map(|i| format!("10.244.100.{}", i + 1)).collect();
     let source_refs: Vec<&str> = sources.iter().map(String::as_str).collect();
     world.client.add_addresses(&source_refs).unwrap();
-    let maglev = rule("web", "    loadBalancer:\n      consistentHash:\n        useSourceIp: true\n        maglev: {tableSize: 65537}\n");
+    let maglev = rule(
+        "web",
+        "    loadBalancer:\n      consistentHash:\n        useSourceIp: true\n        maglev: {tableSize: 65537}\n",
+    );
     let addresses: Vec<String> = (0..5).map(|i| world.v4(i)).collect();
     let config = |n: usize| {
         let refs: Vec<&str> = addresses[..n].iter().map(String::as_str).collect();
@@ -349,15 +253,7 @@ fn maglev_keeps_sources_on_one_backend_and_moves_about_one_nth() {
     world.env.start_agent(&[]).unwrap();
     let sources_arg = sources.join(",");
     let assignment = || -> BTreeMap<String, String> {
-        let report = world.probe(&[
-            "tcp",
-            "--target",
-            "10.96.0.10:80",
-            "--count",
-            "240",
-            "--sources",
-            &sources_arg,
-        ]);
+        let report = world.probe(&["tcp", "--target", "10.96.0.10:80", "--count", "240", "--sources", &sources_arg]);
         assert_eq!(report["ok"], 240, "{report}");
         serde_json::from_value(report["per_source"].clone()).unwrap()
     };
@@ -365,60 +261,35 @@ fn maglev_keeps_sources_on_one_backend_and_moves_about_one_nth() {
     assert_eq!(first.len(), 120);
     assert_eq!(assignment(), first, "every source stays on its backend");
     let used: std::collections::BTreeSet<&String> = first.values().collect();
-    assert_eq!(
-        used.len(),
-        5,
-        "120 sources spread over all 5 backends: {first:?}"
-    );
+    assert_eq!(used.len(), 5, "120 sources spread over all 5 backends: {first:?}");
 
     // b5 leaves: only its sources move.
     world.env.write_config("web.yaml", &config(4)).unwrap();
-    assert!(wait_until(Duration::from_secs(3), || world
-        .env
-        .admin_json("/status")["services"][0]["backends"]
+    assert!(wait_until(Duration::from_secs(3), || world.env.admin_json("/status")["services"][0]["backends"]
         .as_array()
         .map(Vec::len)
         == Some(4)));
     let second = assignment();
     let on_removed = first.values().filter(|b| *b == "b5").count();
-    let moved_elsewhere = first
-        .iter()
-        .filter(|(s, b)| *b != "b5" && second[*s] != **b)
-        .count();
+    let moved_elsewhere = first.iter().filter(|(s, b)| *b != "b5" && second[*s] != **b).count();
     let moved = first.iter().filter(|(s, b)| second[*s] != **b).count();
-    assert_eq!(
-        moved_elsewhere, 0,
-        "sources of the remaining backends stay put: {first:?} -> {second:?}"
-    );
+    assert_eq!(moved_elsewhere, 0, "sources of the remaining backends stay put: {first:?} -> {second:?}");
     assert_eq!(moved, on_removed);
-    assert!(
-        (8..=45).contains(&moved),
-        "about 1/5 of 120 sources move, got {moved}"
-    );
+    assert!((8..=45).contains(&moved), "about 1/5 of 120 sources move, got {moved}");
 }
 
 #[test]
 fn max_connections_refuses_the_extra_connect_and_admits_after_a_close() {
     let world = World::new("max_connections", 2);
     let limit = rule("web", "    connectionPool: {tcp: {maxConnections: 3}}\n");
-    world
-        .env
-        .write_config("web.yaml", &two_backend_service(&world, &limit))
-        .unwrap();
+    world.env.write_config("web.yaml", &two_backend_service(&world, &limit)).unwrap();
     world.env.start_agent(&[]).unwrap();
-    let mut holder = world.env.spawn_probe(
-        &world.client,
-        &["hold", "--target", "10.96.0.10:80", "--count", "3"],
-    );
+    let mut holder = world.env.spawn_probe(&world.client, &["hold", "--target", "10.96.0.10:80", "--count", "3"]);
     assert_eq!(read_json_line(&mut holder).unwrap()["held"], 3);
 
     let started = Instant::now();
     let refused = world.tcp("10.96.0.10:80", 1);
-    assert_eq!(
-        errors(&refused, "ECONNREFUSED"),
-        1,
-        "the fourth connect is refused: {refused}"
-    );
+    assert_eq!(errors(&refused, "ECONNREFUSED"), 1, "the fourth connect is refused: {refused}");
     assert!(started.elapsed() < Duration::from_secs(2));
     // The limit is per service, across both families.
     let refused6 = world.tcp("[fd00:96::10]:80", 1);
@@ -430,16 +301,11 @@ fn max_connections_refuses_the_extra_connect_and_admits_after_a_close() {
     drop(holder.stdin.take());
     holder.wait().unwrap();
     assert!(
-        wait_until(Duration::from_secs(3), || world.tcp("10.96.0.10:80", 1)
-            ["ok"]
-            == 1),
+        wait_until(Duration::from_secs(3), || world.tcp("10.96.0.10:80", 1)["ok"] == 1),
         "admitted again after the close"
     );
     let report = world.tcp("10.96.0.10:80", 50);
-    assert_eq!(
-        report["ok"], 50,
-        "sequential connects never hit the limit: released on close: {report}"
-    );
+    assert_eq!(report["ok"], 50, "sequential connects never hit the limit: released on close: {report}");
 }
 
 #[test]
@@ -459,16 +325,10 @@ fn a_service_with_no_ready_endpoint_fails_fast() {
     let started = Instant::now();
     let report = world.tcp("10.96.0.10:80", 5);
     assert_eq!(errors(&report, "ECONNREFUSED"), 5, "{report}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "refused at once, not after a timeout"
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "refused at once, not after a timeout");
     let status = world.env.admin_json("/status");
     assert_eq!(status["services"][0]["no_backend"], 5, "{status}");
-    assert_eq!(
-        status["kernel_counters"]["connect_no_backend"], 5,
-        "{status}"
-    );
+    assert_eq!(status["kernel_counters"]["connect_no_backend"], 5, "{status}");
 }
 
 #[test]
@@ -483,10 +343,7 @@ fn a_config_edit_applies_while_an_established_connection_keeps_working() {
     };
     world.env.write_config("web.yaml", &with(0)).unwrap();
     world.env.start_agent(&[]).unwrap();
-    let mut holder = world.env.spawn_probe(
-        &world.client,
-        &["hold", "--target", "10.96.0.10:80", "--count", "1"],
-    );
+    let mut holder = world.env.spawn_probe(&world.client, &["hold", "--target", "10.96.0.10:80", "--count", "1"]);
     assert_eq!(count(&read_json_line(&mut holder).unwrap(), "b1"), 1);
 
     let edited = Instant::now();
@@ -497,113 +354,59 @@ fn a_config_edit_applies_while_an_established_connection_keeps_working() {
         "applied within a second (plus probe time): {:?}",
         edited.elapsed()
     );
-    assert_eq!(
-        count(&world.tcp("10.96.0.10:80", 20), "b2"),
-        20,
-        "new connections go to the new backend"
-    );
+    assert_eq!(count(&world.tcp("10.96.0.10:80", 20), "b2"), 20, "new connections go to the new backend");
 
     // The connection made before the edit still talks to b1.
     let stdin = holder.stdin.as_mut().unwrap();
     writeln!(stdin, "ping").unwrap();
     stdin.flush().unwrap();
     let pinged = read_json_line(&mut holder).unwrap();
-    assert_eq!(
-        count(&pinged, "b1"),
-        1,
-        "established connection untouched: {pinged}"
-    );
+    assert_eq!(count(&pinged, "b1"), 1, "established connection untouched: {pinged}");
     drop(holder.stdin.take());
     holder.wait().unwrap();
 
     // Deleting the file removes the service from the kernel.
     world.env.remove_config("web.yaml").unwrap();
-    assert!(wait_until(Duration::from_secs(3), || errors(
-        &world.tcp("10.96.0.10:80", 1),
-        "ENETUNREACH"
-    ) == 1));
+    assert!(wait_until(Duration::from_secs(3), || errors(&world.tcp("10.96.0.10:80", 1), "ENETUNREACH") == 1));
 }
 
 #[test]
 fn a_broken_file_is_rejected_while_the_rest_keeps_serving() {
     let world = World::new("bad_input", 2);
-    world
-        .env
-        .write_config("web.yaml", &two_backend_service(&world, ""))
-        .unwrap();
-    world
-        .env
-        .write_config(
-            "broken.yaml",
-            "apiVersion: v1\nkind: Service\nmetadata: {name: x\n  ports: [\n",
-        )
-        .unwrap();
-    let bad_rule = rule(
-        "web",
-        "    loadBalancer:\n      consistentHash: {useSourceIp: true, maglev: {tableSize: 1000}}\n",
-    );
+    world.env.write_config("web.yaml", &two_backend_service(&world, "")).unwrap();
+    world.env.write_config("broken.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: x\n  ports: [\n").unwrap();
+    let bad_rule =
+        rule("web", "    loadBalancer:\n      consistentHash: {useSourceIp: true, maglev: {tableSize: 1000}}\n");
     world.env.write_config("rule.yaml", &bad_rule).unwrap();
     world.env.start_agent(&[]).unwrap();
-    assert_eq!(
-        world.tcp("10.96.0.10:80", 10)["ok"],
-        10,
-        "the good service serves"
-    );
+    assert_eq!(world.tcp("10.96.0.10:80", 10)["ok"], 10, "the good service serves");
 
     let dump = world.env.admin_json("/config_dump");
     let rejected = dump["rejected"].as_array().unwrap();
-    assert!(
-        rejected.iter().any(|r| r["file"] == "broken.yaml"),
-        "{dump}"
-    );
-    let rule_rejection = rejected
-        .iter()
-        .find(|r| r["kind"] == "DestinationRule")
-        .expect("rule rejected");
+    assert!(rejected.iter().any(|r| r["file"] == "broken.yaml"), "{dump}");
+    let rule_rejection = rejected.iter().find(|r| r["kind"] == "DestinationRule").expect("rule rejected");
     assert_eq!(rule_rejection["file"], "rule.yaml");
     assert_eq!(rule_rejection["namespace"], NS);
     assert_eq!(rule_rejection["name"], "web");
-    assert_eq!(
-        rule_rejection["field"],
-        "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize"
-    );
+    assert_eq!(rule_rejection["field"], "spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize");
 
     // A bad edit of a served object keeps its last good version.
-    world
-        .env
-        .write_config(
-            "web.yaml",
-            &two_backend_service(&world, "").replace("port: 80,", "port: 99999,"),
-        )
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(3), || world
-        .env
-        .admin_json("/config_dump")["rejected"]
+    world.env.write_config("web.yaml", &two_backend_service(&world, "").replace("port: 80,", "port: 99999,")).unwrap();
+    assert!(wait_until(Duration::from_secs(3), || world.env.admin_json("/config_dump")["rejected"]
         .as_array()
         .unwrap()
         .len()
         == 3));
-    assert_eq!(
-        world.tcp("10.96.0.10:80", 10)["ok"],
-        10,
-        "last good version of web keeps serving"
-    );
+    assert_eq!(world.tcp("10.96.0.10:80", 10)["ok"], 10, "last good version of web keeps serving");
 
     let meshctl = std::process::Command::new(meshctl_bin())
         .args(["status", "--admin", &world.env.admin_addr().to_string()])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&meshctl.stdout);
-    assert!(
-        meshctl.status.success(),
-        "{}",
-        String::from_utf8_lossy(&meshctl.stderr)
-    );
+    assert!(meshctl.status.success(), "{}", String::from_utf8_lossy(&meshctl.stderr));
     assert!(text.contains("rule.yaml: DestinationRule shop/web: spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: 1000 is not a prime number"), "{text}");
-    assert!(
-        text.contains("web.yaml: Service shop/web: spec.ports[0].port"),
-        "{text}"
-    );
+    assert!(text.contains("web.yaml: Service shop/web: spec.ports[0].port"), "{text}");
     assert!(text.contains("shop/web:80"), "{text}");
     assert!(text.contains("10.244.1.2:8080"), "{text}");
 }
@@ -611,53 +414,29 @@ fn a_broken_file_is_rejected_while_the_rest_keeps_serving() {
 #[test]
 fn an_agent_restart_loses_no_new_connection() {
     let world = World::new("restart", 2);
-    world
-        .env
-        .write_config("web.yaml", &two_backend_service(&world, ""))
-        .unwrap();
+    world.env.write_config("web.yaml", &two_backend_service(&world, "")).unwrap();
     world.env.start_agent(&[]).unwrap();
     assert_eq!(world.tcp("10.96.0.10:80", 10)["ok"], 10);
-    let before = world.env.admin_json("/status")["services"][0]["connects"]
-        .as_u64()
-        .unwrap();
+    let before = world.env.admin_json("/status")["services"][0]["connects"].as_u64().unwrap();
 
     // Connect continuously while the agent stops, stays away and restarts.
-    let mut client = world.env.spawn_probe(
-        &world.client,
-        &[
-            "tcp",
-            "--target",
-            "10.96.0.10:80",
-            "--count",
-            "4000",
-            "--pace-micros",
-            "1000",
-        ],
-    );
+    let mut client = world
+        .env
+        .spawn_probe(&world.client, &["tcp", "--target", "10.96.0.10:80", "--count", "4000", "--pace-micros", "1000"]);
     std::thread::sleep(Duration::from_millis(300));
     world.env.stop_agent().unwrap();
     std::thread::sleep(Duration::from_millis(700));
-    assert_eq!(
-        world.tcp("10.96.0.10:80", 20)["ok"],
-        20,
-        "translation goes on with no agent"
-    );
+    assert_eq!(world.tcp("10.96.0.10:80", 20)["ok"], 20, "translation goes on with no agent");
     world.env.start_agent(&[]).unwrap();
     let report = read_json_line(&mut client).unwrap();
     client.wait().unwrap();
-    assert_eq!(
-        report["ok"], 4000,
-        "no connection lost across the restart: {report}"
-    );
+    assert_eq!(report["ok"], 4000, "no connection lost across the restart: {report}");
     assert_eq!(report["errors"], serde_json::json!({}), "{report}");
 
     let status = world.env.admin_json("/status");
     assert_eq!(status["dataplane"]["maps_taken_over"], true, "{status}");
     let after = status["services"][0]["connects"].as_u64().unwrap();
-    assert!(
-        after >= before + 4020,
-        "counters carried over the restart: {before} -> {after}"
-    );
+    assert!(after >= before + 4020, "counters carried over the restart: {before} -> {after}");
     assert_eq!(
         status["config"]["last_reload"]["map_upserts"], 0,
         "the restarted agent found the maps already right: {status}"
@@ -667,7 +446,5 @@ fn an_agent_restart_loses_no_new_connection() {
 fn meshctl_bin() -> std::path::PathBuf {
     std::env::var_os("MESHCTL_BIN")
         .map(Into::into)
-        .unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/meshctl")
-        })
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/meshctl"))
 }

@@ -20,10 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-const BACKENDS: [(&str, &str, &str); 2] = [
-    ("b1", "10.244.1.2", "fd00:244::1:2"),
-    ("b2", "10.244.2.2", "fd00:244::2:2"),
-];
+const BACKENDS: [(&str, &str, &str); 2] =
+    [("b1", "10.244.1.2", "fd00:244::1:2"), ("b2", "10.244.2.2", "fd00:244::2:2")];
 
 /// The cluster IP of service `i`: 10.96.0.1 upwards, skipping .0 and .255.
 fn service_ip(i: u32) -> Ipv4Addr {
@@ -50,30 +48,16 @@ fn mesh_config(services: u32) -> String {
 fn iptables_rules(services: u32) -> String {
     let mut rules = String::from("*nat\n:KUBE-SERVICES - [0:0]\n");
     for i in 0..services {
-        let _ = writeln!(
-            rules,
-            ":KUBE-SVC-{i} - [0:0]\n:KUBE-SEP-{i}-A - [0:0]\n:KUBE-SEP-{i}-B - [0:0]"
-        );
+        let _ = writeln!(rules, ":KUBE-SVC-{i} - [0:0]\n:KUBE-SEP-{i}-A - [0:0]\n:KUBE-SEP-{i}-B - [0:0]");
     }
     rules.push_str("-A OUTPUT -j KUBE-SERVICES\n");
     for i in 0..services {
-        let _ = writeln!(
-            rules,
-            "-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-{i}",
-            service_ip(i)
-        );
-        let _ = writeln!(rules, "-A KUBE-SVC-{i} -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-{i}-A");
+        let _ = writeln!(rules, "-A KUBE-SERVICES -d {}/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-{i}", service_ip(i));
+        let _ =
+            writeln!(rules, "-A KUBE-SVC-{i} -m statistic --mode random --probability 0.50000000000 -j KUBE-SEP-{i}-A");
         let _ = writeln!(rules, "-A KUBE-SVC-{i} -j KUBE-SEP-{i}-B");
-        let _ = writeln!(
-            rules,
-            "-A KUBE-SEP-{i}-A -p tcp -m tcp -j DNAT --to-destination {}:8080",
-            BACKENDS[0].1
-        );
-        let _ = writeln!(
-            rules,
-            "-A KUBE-SEP-{i}-B -p tcp -m tcp -j DNAT --to-destination {}:8080",
-            BACKENDS[1].1
-        );
+        let _ = writeln!(rules, "-A KUBE-SEP-{i}-A -p tcp -m tcp -j DNAT --to-destination {}:8080", BACKENDS[0].1);
+        let _ = writeln!(rules, "-A KUBE-SEP-{i}-B -p tcp -m tcp -j DNAT --to-destination {}:8080", BACKENDS[1].1);
     }
     rules.push_str("COMMIT\n");
     rules
@@ -106,11 +90,7 @@ fn nsenter(pod: &Pod, args: &[&str], stdin: Option<&str>) -> Result<()> {
         .spawn()
         .with_context(|| format!("nsenter {args:?}"))?;
     if let Some(input) = stdin {
-        child
-            .stdin
-            .take()
-            .expect("piped")
-            .write_all(input.as_bytes())?;
+        child.stdin.take().expect("piped").write_all(input.as_bytes())?;
     }
     drop(child.stdin.take());
     let status = child.wait()?;
@@ -121,41 +101,24 @@ fn nsenter(pod: &Pod, args: &[&str], stdin: Option<&str>) -> Result<()> {
 }
 
 /// Runs the probe in `cgroup` inside `pod` and returns µs per connection.
-fn measure(
-    bins: &Binaries,
-    cgroup: &Path,
-    pod: &Pod,
-    target: &str,
-    connections: u32,
-) -> Result<f64> {
+fn measure(bins: &Binaries, cgroup: &Path, pod: &Pod, target: &str, connections: u32) -> Result<f64> {
     let out = Command::new(&bins.probe)
         .arg("--cgroup")
         .arg(cgroup)
         .arg("--netns")
         .arg(pod.netns_path())
-        .args([
-            "tcp",
-            "--target",
-            target,
-            "--count",
-            &connections.to_string(),
-        ])
+        .args(["tcp", "--target", target, "--count", &connections.to_string()])
         .output()
         .context("running mesh-probe")?;
     if !out.status.success() {
-        bail!(
-            "probe to {target} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        bail!("probe to {target} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let ok = report["ok"].as_u64().unwrap_or(0);
     if ok != connections as u64 {
         bail!("probe to {target}: {ok} of {connections} connections succeeded: {report}");
     }
-    report["micros_per_conn"]
-        .as_f64()
-        .context("probe reported no timing")
+    report["micros_per_conn"].as_f64().context("probe reported no timing")
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -169,15 +132,8 @@ pub fn l4(bins: &Binaries, connections: u32, rounds: u32, sizes: &[u32]) -> Resu
     let env = TestEnv::new("bench-l4")?;
     let mesh_client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
     let iptables_client = env.add_pod("ipt-client", "10.244.0.3", "fd00:244::3");
-    nsenter(
-        &iptables_client,
-        &["ip", "route", "add", "10.96.0.0/12", "dev", "eth0"],
-        None,
-    )?;
-    let _servers: Vec<_> = BACKENDS
-        .iter()
-        .map(|(name, v4, v6)| env.add_pod(name, v4, v6).serve_tcp(8080))
-        .collect();
+    nsenter(&iptables_client, &["ip", "route", "add", "10.96.0.0/12", "dev", "eth0"], None)?;
+    let _servers: Vec<_> = BACKENDS.iter().map(|(name, v4, v6)| env.add_pod(name, v4, v6).serve_tcp(8080)).collect();
     let plain = PlainCgroup::create(env.cgroup_path())?;
     env.start_agent(&[])?;
 
@@ -192,11 +148,7 @@ pub fn l4(bins: &Binaries, connections: u32, rounds: u32, sizes: &[u32]) -> Resu
             continue;
         }
         env.write_config("bench.yaml", &mesh_config(size))?;
-        nsenter(
-            &iptables_client,
-            &["iptables-restore"],
-            Some(&iptables_rules(size)),
-        )?;
+        nsenter(&iptables_client, &["iptables-restore"], Some(&iptables_rules(size)))?;
         let target_ip = service_ip(size - 1);
         let target = format!("{target_ip}:80");
         // Wait until the agent serves this size: the last service answers.
@@ -210,9 +162,7 @@ pub fn l4(bins: &Binaries, connections: u32, rounds: u32, sizes: &[u32]) -> Resu
         if !served {
             bail!("the agent did not serve {size} services within 120 s");
         }
-        let apply_micros = env.admin_json("/status")["config"]["last_reload"]["duration_micros"]
-            .as_u64()
-            .unwrap_or(0);
+        let apply_micros = env.admin_json("/status")["config"]["last_reload"]["duration_micros"].as_u64().unwrap_or(0);
         let backend = format!("{}:8080", BACKENDS[0].1);
         let (mut direct, mut iptables, mut mesh) = (Vec::new(), Vec::new(), Vec::new());
         // One warm-up round, not recorded.
@@ -227,18 +177,10 @@ pub fn l4(bins: &Binaries, connections: u32, rounds: u32, sizes: &[u32]) -> Resu
             }
         }
         let direct = median(&mut direct);
-        for (name, values) in [
-            ("direct", vec![direct]),
-            ("iptables", iptables),
-            ("mesh", mesh),
-        ] {
+        for (name, values) in [("direct", vec![direct]), ("iptables", iptables), ("mesh", mesh)] {
             let mut values = values;
             let micros = median(&mut values);
-            let apply = if name == "mesh" {
-                format!("{:.1} ms", apply_micros as f64 / 1000.0)
-            } else {
-                String::new()
-            };
+            let apply = if name == "mesh" { format!("{:.1} ms", apply_micros as f64 / 1000.0) } else { String::new() };
             println!(
                 "{size:>8}  {name:<10} {micros:>10.2} {:>12.0} {:>9.3}x  {apply:>12}",
                 1e6 / micros,

@@ -26,22 +26,14 @@ pub fn run(bins: &Binaries) -> Result<()> {
         servers.push(pod.serve_udp(5353));
     }
     let examples = workspace_root().join("deploy/examples/demo");
-    for entry in
-        std::fs::read_dir(&examples).with_context(|| format!("reading {}", examples.display()))?
-    {
+    for entry in std::fs::read_dir(&examples).with_context(|| format!("reading {}", examples.display()))? {
         let path = entry?.path();
         let text = std::fs::read_to_string(&path)?;
-        env.write_config(
-            &path.file_name().unwrap_or_default().to_string_lossy(),
-            &text,
-        )?;
+        env.write_config(&path.file_name().unwrap_or_default().to_string_lossy(), &text)?;
         println!("config: {}", path.display());
     }
     env.start_agent(&[])?;
-    println!(
-        "\nagent ready: kernel programs attached to {}\n",
-        env.cgroup_path().display()
-    );
+    println!("\nagent ready: kernel programs attached to {}\n", env.cgroup_path().display());
 
     let show = |title: &str, args: &[&str]| -> Result<()> {
         let out = env.probe(&client, args)?;
@@ -50,18 +42,13 @@ pub fn run(bins: &Binaries) -> Result<()> {
             "  ok {}  errors {}  peer {}",
             out["ok"],
             out["errors"],
-            out.get("peer")
-                .or(out.get("reply_from"))
-                .unwrap_or(&serde_json::Value::Null)
+            out.get("peer").or(out.get("reply_from")).unwrap_or(&serde_json::Value::Null)
         );
         if let Some(backends) = out["backends"].as_object() {
             let total: u64 = backends.values().filter_map(|v| v.as_u64()).sum();
             for (backend, count) in backends {
                 let count = count.as_u64().unwrap_or(0);
-                println!(
-                    "  {backend:<8} {count:>5}  {:>5.1}%",
-                    100.0 * count as f64 / total.max(1) as f64
-                );
+                println!("  {backend:<8} {count:>5}  {:>5.1}%", 100.0 * count as f64 / total.max(1) as f64);
             }
         }
         if let Some(micros) = out.get("micros_per_conn").and_then(|v| v.as_f64()) {
@@ -78,10 +65,7 @@ pub fn run(bins: &Binaries) -> Result<()> {
         "web over IPv6 ([fd00:96::10]:80), 300 TCP connections:",
         &["tcp", "--target", "[fd00:96::10]:80", "--count", "300"],
     )?;
-    show(
-        "dns (10.96.0.53:53/UDP, RANDOM), 200 datagrams:",
-        &["udp", "--target", "10.96.0.53:53", "--count", "200"],
-    )?;
+    show("dns (10.96.0.53:53/UDP, RANDOM), 200 datagrams:", &["udp", "--target", "10.96.0.53:53", "--count", "200"])?;
     show(
         "cache (10.96.0.20:6379, Maglev on source IP), 100 connections from one client:",
         &["tcp", "--target", "10.96.0.20:6379", "--count", "100"],
@@ -92,9 +76,7 @@ pub fn run(bins: &Binaries) -> Result<()> {
     )?;
 
     println!("$ meshctl status --admin {}", env.admin_addr());
-    let status = Command::new(&bins.meshctl)
-        .args(["status", "--admin", &env.admin_addr().to_string()])
-        .output()?;
+    let status = Command::new(&bins.meshctl).args(["status", "--admin", &env.admin_addr().to_string()]).output()?;
     print!("{}", String::from_utf8_lossy(&status.stdout));
     eprint!("{}", String::from_utf8_lossy(&status.stderr));
     env.stop_agent()?;

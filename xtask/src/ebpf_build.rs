@@ -23,21 +23,13 @@ pub fn build_ebpf(workspace_root: &Path, target_dir: &Path) -> Result<PathBuf, S
     ]
     .join("\x1f");
     let mut cmd = Command::new("rustup");
-    cmd.args([
-        "run",
-        "nightly",
-        "cargo",
-        "build",
-        "--release",
-        "-Z",
-        "build-std=core",
-    ])
-    .arg("--manifest-path")
-    .arg(&manifest)
-    .args(["--target", EBPF_TARGET])
-    .arg("--target-dir")
-    .arg(target_dir)
-    .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
+    cmd.args(["run", "nightly", "cargo", "build", "--release", "-Z", "build-std=core"])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .args(["--target", EBPF_TARGET])
+        .arg("--target-dir")
+        .arg(target_dir)
+        .env("CARGO_ENCODED_RUSTFLAGS", rustflags);
     // Inherited from an outer cargo (build.rs): they would point the inner
     // build at the host toolchain and its flags.
     for var in [
@@ -52,16 +44,11 @@ pub fn build_ebpf(workspace_root: &Path, target_dir: &Path) -> Result<PathBuf, S
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd
-        .status()
-        .map_err(|e| format!("running `rustup run nightly cargo build` for mesh-ebpf: {e}"))?;
+    let status = cmd.status().map_err(|e| format!("running `rustup run nightly cargo build` for mesh-ebpf: {e}"))?;
     if !status.success() {
         return Err(format!(
             "building mesh-ebpf failed ({status}); it needs the nightly toolchain with rust-src and bpf-linker 0.10.4 (`cargo xtask setup` installs them)"
         ));
     }
-    Ok(target_dir
-        .join(EBPF_TARGET)
-        .join("release")
-        .join(EBPF_BINARY))
+    Ok(target_dir.join(EBPF_TARGET).join("release").join(EBPF_BINARY))
 }

@@ -66,8 +66,8 @@ fn main() -> Result<()> {
         Cmd::BuildEbpf => {
             setup()?;
             let root = workspace_root();
-            let object = ebpf_build::build_ebpf(&root, &root.join("target").join("ebpf"))
-                .map_err(anyhow::Error::msg)?;
+            let object =
+                ebpf_build::build_ebpf(&root, &root.join("target").join("ebpf")).map_err(anyhow::Error::msg)?;
             println!("{}", object.display());
             Ok(())
         }
@@ -77,14 +77,7 @@ fn main() -> Result<()> {
             let bins = build_binaries(false)?;
             demo::run(&bins)
         }
-        Cmd::Bench {
-            which:
-                BenchKind::L4 {
-                    connections,
-                    rounds,
-                    services,
-                },
-        } => {
+        Cmd::Bench { which: BenchKind::L4 { connections, rounds, services } } => {
             setup()?;
             let bins = build_binaries(true)?;
             bench::l4(&bins, connections, rounds, &services)
@@ -93,10 +86,7 @@ fn main() -> Result<()> {
 }
 
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace")
-        .to_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
 }
 
 fn run(cmd: &mut Command) -> Result<()> {
@@ -109,49 +99,26 @@ fn run(cmd: &mut Command) -> Result<()> {
 
 fn output(cmd: &mut Command) -> Option<String> {
     let out = cmd.output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Installs whatever is missing; does nothing when all is there.
 fn setup() -> Result<()> {
-    let nightly_ok =
-        output(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])).is_some();
+    let nightly_ok = output(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])).is_some();
     if !nightly_ok {
         eprintln!("xtask: installing the nightly toolchain");
-        run(Command::new("rustup").args([
-            "toolchain",
-            "install",
-            "nightly",
-            "--profile",
-            "minimal",
-        ]))?;
+        run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
     }
-    let components = output(Command::new("rustup").args([
-        "component",
-        "list",
-        "--installed",
-        "--toolchain",
-        "nightly",
-    ]))
-    .unwrap_or_default();
+    let components =
+        output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
+            .unwrap_or_default();
     if !components.lines().any(|c| c.starts_with("rust-src")) {
         eprintln!("xtask: adding rust-src to nightly");
-        run(Command::new("rustup").args([
-            "component",
-            "add",
-            "rust-src",
-            "--toolchain",
-            "nightly",
-        ]))?;
+        run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
     }
     let linker = output(Command::new("bpf-linker").arg("--version")).unwrap_or_default();
     if !linker.contains(BPF_LINKER_VERSION) {
-        eprintln!(
-            "xtask: installing bpf-linker {BPF_LINKER_VERSION} (found: {:?})",
-            linker.trim()
-        );
+        eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (found: {:?})", linker.trim());
         run(Command::new("cargo").args([
             "install",
             &format!("bpf-linker@{BPF_LINKER_VERSION}"),
@@ -161,9 +128,7 @@ fn setup() -> Result<()> {
     }
     let missing: Vec<&str> = [("ip", "iproute2"), ("iptables-restore", "iptables")]
         .into_iter()
-        .filter(|(tool, _)| {
-            output(Command::new("sh").args(["-c", &format!("command -v {tool}")])).is_none()
-        })
+        .filter(|(tool, _)| output(Command::new("sh").args(["-c", &format!("command -v {tool}")])).is_none())
         .map(|(_, package)| package)
         .collect();
     if !missing.is_empty() {
@@ -186,26 +151,13 @@ pub struct Binaries {
 
 fn build_binaries(release: bool) -> Result<Binaries> {
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(workspace_root()).args([
-        "build",
-        "-p",
-        "mesh-agent",
-        "-p",
-        "mesh-tests",
-        "--bins",
-    ]);
+    cmd.current_dir(workspace_root()).args(["build", "-p", "mesh-agent", "-p", "mesh-tests", "--bins"]);
     if release {
         cmd.arg("--release");
     }
     run(&mut cmd)?;
-    let dir = workspace_root()
-        .join("target")
-        .join(if release { "release" } else { "debug" });
-    Ok(Binaries {
-        agent: dir.join("mesh-agent"),
-        meshctl: dir.join("meshctl"),
-        probe: dir.join("mesh-probe"),
-    })
+    let dir = workspace_root().join("target").join(if release { "release" } else { "debug" });
+    Ok(Binaries { agent: dir.join("mesh-agent"), meshctl: dir.join("meshctl"), probe: dir.join("mesh-probe") })
 }
 
 fn test(args: &[String]) -> Result<()> {
@@ -214,10 +166,8 @@ fn test(args: &[String]) -> Result<()> {
         bail!("the kernel tests load BPF programs and make namespaces: run as root");
     }
     let root = workspace_root();
-    run(Command::new("cargo")
-        .current_dir(&root)
-        .args(["fmt", "--all", "--check"]))
-    .context("code is not formatted: run `cargo fmt --all`")?;
+    run(Command::new("cargo").current_dir(&root).args(["fmt", "--all", "--check"]))
+        .context("code is not formatted: run `cargo fmt --all`")?;
     let bins = build_binaries(false)?;
     run(Command::new("cargo")
         .current_dir(&root)
@@ -229,7 +179,5 @@ fn test(args: &[String]) -> Result<()> {
 }
 
 fn effective_uid() -> u32 {
-    output(Command::new("id").arg("-u"))
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(u32::MAX)
+    output(Command::new("id").arg("-u")).and_then(|s| s.trim().parse().ok()).unwrap_or(u32::MAX)
 }

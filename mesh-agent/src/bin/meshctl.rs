@@ -9,11 +9,7 @@ use mesh_agent::status::StatusReport;
 use mesh_agent::DEFAULT_ADMIN_ADDR;
 
 #[derive(Parser)]
-#[command(
-    name = "meshctl",
-    version,
-    about = "Inspect the mesh agent on this node"
-)]
+#[command(name = "meshctl", version, about = "Inspect the mesh agent on this node")]
 struct Cli {
     /// The agent's admin address.
     #[arg(long, global = true, default_value = DEFAULT_ADMIN_ADDR)]
@@ -36,17 +32,14 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     match cli.command {
         Command::Status { json } => {
             let body = runtime.block_on(get(&cli.admin, "/status"))?;
             if json {
                 println!("{body}");
             } else {
-                let report: StatusReport =
-                    serde_json::from_str(&body).context("decoding the status report")?;
+                let report: StatusReport = serde_json::from_str(&body).context("decoding the status report")?;
                 print!("{}", report.render());
             }
         }
@@ -56,15 +49,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn get(admin: &str, path: &str) -> anyhow::Result<String> {
-    let stream = tokio::net::TcpStream::connect(admin)
-        .await
-        .with_context(|| format!("connecting to the agent's admin API at {admin} (is mesh-agent running? --admin sets the address)"))?;
-    let (mut sender, connection) =
-        hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    let stream = tokio::net::TcpStream::connect(admin).await.with_context(|| {
+        format!("connecting to the agent's admin API at {admin} (is mesh-agent running? --admin sets the address)")
+    })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     tokio::spawn(connection);
-    let request = hyper::Request::get(path)
-        .header("host", admin)
-        .body(Empty::<Bytes>::new())?;
+    let request = hyper::Request::get(path).header("host", admin).body(Empty::<Bytes>::new())?;
     let response = sender.send_request(request).await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();

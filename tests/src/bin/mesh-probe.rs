@@ -41,9 +41,7 @@ fn run(args: Vec<String>) -> Result<()> {
     let mut args = args.into_iter().peekable();
     let (mut cgroup, mut netns) = (None, None);
     while let Some(global) = args.next_if(|a| a == "--cgroup" || a == "--netns") {
-        let value = args
-            .next()
-            .ok_or_else(|| anyhow!("{global} needs a value"))?;
+        let value = args.next().ok_or_else(|| anyhow!("{global} needs a value"))?;
         if global == "--cgroup" {
             cgroup = Some(value)
         } else {
@@ -60,9 +58,7 @@ fn run(args: Vec<String>) -> Result<()> {
     if let Some(path) = netns {
         sys::setns_net(Path::new(&path)).with_context(|| format!("setns {path}"))?;
     }
-    let command = args
-        .next()
-        .ok_or_else(|| anyhow!("missing subcommand (tcp, hold, udp)"))?;
+    let command = args.next().ok_or_else(|| anyhow!("missing subcommand (tcp, hold, udp)"))?;
     let opts = Opts::parse(args)?;
     match command.as_str() {
         "tcp" => tcp(&opts),
@@ -74,8 +70,7 @@ fn run(args: Vec<String>) -> Result<()> {
 
 fn join_cgroup(dir: &str) -> Result<()> {
     let procs = Path::new(dir).join("cgroup.procs");
-    std::fs::write(&procs, std::process::id().to_string())
-        .with_context(|| format!("joining {}", procs.display()))
+    std::fs::write(&procs, std::process::id().to_string()).with_context(|| format!("joining {}", procs.display()))
 }
 
 /// `--name value` options and `--flag` switches after the subcommand.
@@ -86,19 +81,11 @@ struct Opts {
 
 impl Opts {
     const FLAGS: &'static [&'static str] = &["--connected"];
-    const VALUES: &'static [&'static str] = &[
-        "--target",
-        "--count",
-        "--sources",
-        "--requests-per-conn",
-        "--pace-micros",
-    ];
+    const VALUES: &'static [&'static str] =
+        &["--target", "--count", "--sources", "--requests-per-conn", "--pace-micros"];
 
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Opts> {
-        let mut opts = Opts {
-            values: HashMap::new(),
-            flags: Vec::new(),
-        };
+        let mut opts = Opts { values: HashMap::new(), flags: Vec::new() };
         while let Some(arg) = args.next() {
             if Self::FLAGS.contains(&arg.as_str()) {
                 opts.flags.push(arg);
@@ -113,13 +100,8 @@ impl Opts {
     }
 
     fn target(&self) -> Result<SocketAddr> {
-        let target = self
-            .values
-            .get("--target")
-            .ok_or_else(|| anyhow!("--target HOST:PORT is required"))?;
-        target
-            .parse()
-            .with_context(|| format!("bad --target {target:?} (use 1.2.3.4:80 or [fd00::1]:80)"))
+        let target = self.values.get("--target").ok_or_else(|| anyhow!("--target HOST:PORT is required"))?;
+        target.parse().with_context(|| format!("bad --target {target:?} (use 1.2.3.4:80 or [fd00::1]:80)"))
     }
 
     fn number(&self, name: &str, default: u64) -> Result<u64> {
@@ -133,13 +115,7 @@ impl Opts {
         let Some(list) = self.values.get("--sources") else {
             return Ok(Vec::new());
         };
-        list.split(',')
-            .map(|s| {
-                s.trim()
-                    .parse()
-                    .with_context(|| format!("bad source {s:?}"))
-            })
-            .collect()
+        list.split(',').map(|s| s.trim().parse().with_context(|| format!("bad source {s:?}"))).collect()
     }
 
     fn flag(&self, name: &str) -> bool {
@@ -185,11 +161,7 @@ fn tcp(opts: &Opts) -> Result<()> {
     let started = Instant::now();
     for i in 0..count as usize {
         let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
-        let stream = match sys::tcp_connect(
-            target,
-            source.map(|ip| SocketAddr::new(ip, 0)),
-            CONNECT_TIMEOUT,
-        ) {
+        let stream = match sys::tcp_connect(target, source.map(|ip| SocketAddr::new(ip, 0)), CONNECT_TIMEOUT) {
             Ok(s) => s,
             Err(e) => {
                 tally.error(&e);
@@ -254,8 +226,7 @@ fn hold(opts: &Opts) -> Result<()> {
     let mut tally = Tally::default();
     let mut held = Vec::new();
     for _ in 0..count {
-        let opened =
-            sys::tcp_connect(target, None, CONNECT_TIMEOUT).and_then(|s| Ok((converse(&s, 1)?, s)));
+        let opened = sys::tcp_connect(target, None, CONNECT_TIMEOUT).and_then(|s| Ok((converse(&s, 1)?, s)));
         match opened {
             Ok((backend, stream)) => {
                 tally.success(&backend);
