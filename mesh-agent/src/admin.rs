@@ -131,6 +131,7 @@ fn service_status(service: &ServicePortView, counters: &Counters) -> ServiceStat
 pub fn status_report(shared: &Shared) -> StatusReport {
     let published = shared.published.borrow().clone();
     let counters = shared.counters.read();
+    let program_stats = crate::dataplane::program_stats();
     StatusReport {
         version: shared.version.to_owned(),
         uptime_seconds: shared.started.elapsed().as_secs(),
@@ -143,7 +144,15 @@ pub fn status_report(shared: &Shared) -> StatusReport {
                 .dataplane
                 .programs
                 .iter()
-                .map(|p| ProgramStatus { name: p.name.to_owned(), attach_type: p.attach_type.to_owned() })
+                .map(|p| {
+                    let stats = program_stats.get(&p.id).filter(|(runs, _)| *runs > 0);
+                    ProgramStatus {
+                        name: p.name.to_owned(),
+                        attach_type: p.attach_type.to_owned(),
+                        run_count: stats.map(|(runs, _)| *runs),
+                        mean_run_ns: stats.map(|(runs, total)| *total as f64 / *runs as f64),
+                    }
+                })
                 .collect(),
         },
         config: ConfigStatus {

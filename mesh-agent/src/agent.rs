@@ -82,7 +82,9 @@ impl ReloadLoop {
                 return;
             }
         };
+        let read = started.elapsed();
         let model = Model::build(&batch.objects, batch.rejections, &self.model, &self.cluster_domain);
+        let validated = started.elapsed();
         for rejection in &model.rejections {
             tracing::warn!(
                 file = rejection.file.as_deref().unwrap_or(""),
@@ -93,7 +95,15 @@ impl ReloadLoop {
                 "rejected: {}", rejection.message
             );
         }
-        match compile(&model, &self.cluster_domain) {
+        let compiled = compile(&model, &self.cluster_domain);
+        tracing::debug!(
+            objects = batch.objects.len(),
+            read_micros = read.as_micros() as u64,
+            validate_micros = (validated - read).as_micros() as u64,
+            compile_micros = (started.elapsed() - validated).as_micros() as u64,
+            "configuration compiled"
+        );
+        match compiled {
             Ok(snapshot) => {
                 self.model = model;
                 self.apply(snapshot, started);

@@ -36,6 +36,8 @@ pub enum DataplaneError {
     PinLink { name: &'static str, path: PathBuf, message: String },
     #[error("map {name}: {source}")]
     Map { name: &'static str, source: MapError },
+    #[error("enabling program run statistics: {0}")]
+    Stats(std::io::Error),
     #[error("map {0} is missing from the kernel object")]
     MissingMap(&'static str),
 }
@@ -53,6 +55,8 @@ pub struct AttachedProgram {
     pub name: &'static str,
     pub attach_type: &'static str,
     pub link_pin: PathBuf,
+    /// The kernel's program id, to find its run statistics.
+    pub id: u32,
 }
 
 /// What was loaded and where, for status.
@@ -130,7 +134,8 @@ pub fn start(options: &DataplaneOptions) -> Result<(MapWriter, DataplaneInfo), D
         let link = program.take_link(id).map_err(|source| DataplaneError::Program { name, source })?;
         let path = links_dir.join(format!("{name}_{stamp}"));
         pin_link(name, FdLink::try_from(link), &path)?;
-        programs.push(AttachedProgram { name, attach_type, link_pin: path });
+        let id = program.info().map_err(|source| DataplaneError::Program { name, source })?.id();
+        programs.push(AttachedProgram { name, attach_type, link_pin: path, id });
     }
     {
         let name = prog_names::SOCK_RELEASE;
@@ -142,7 +147,8 @@ pub fn start(options: &DataplaneOptions) -> Result<(MapWriter, DataplaneInfo), D
         let link = program.take_link(id).map_err(|source| DataplaneError::Program { name, source })?;
         let path = links_dir.join(format!("{name}_{stamp}"));
         pin_link(name, FdLink::try_from(link), &path)?;
-        programs.push(AttachedProgram { name, attach_type: "sock_release", link_pin: path });
+        let id = program.info().map_err(|source| DataplaneError::Program { name, source })?.id();
+        programs.push(AttachedProgram { name, attach_type: "sock_release", link_pin: path, id });
     }
     for path in stale_links {
         // Unpinning the last reference detaches the old program.
@@ -362,6 +368,23 @@ impl CounterReader {
         counters.backend_live = collect_ok(self.backend_live.iter());
         counters
     }
+}
+
+/// How often a program ran and for how long in all, by program id. The
+/// kernel keeps these only while run statistics are enabled
+/// (`kernel.bpf_stats_enabled`, or [`enable_program_stats`]).
+pub fn program_stats() -> BTreeMap<u32, (u64, u64)> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .map(|info| (info.id(), (info.run_count(), info.run_time().as_nanos() as u64)))
+        .collect()
+}
+
+/// Turns on the kernel's per-program run statistics for as long as the
+/// returned descriptor lives. They cost a clock read per program run.
+pub fn enable_program_stats() -> Result<std::os::fd::OwnedFd, DataplaneError> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .map_err(|e| DataplaneError::Bpffs { path: PathBuf::from("BPF_ENABLE_STATS"), source: e.io_error })
 }
 
 fn collect_ok<K: Ord + Hash, V>(iter: impl Iterator<Item = Result<(K, V), MapError>>) -> BTreeMap<K, V> {

@@ -45,6 +45,10 @@ struct RunArgs {
     /// Per-instance pin directory on bpffs.
     #[arg(long, default_value = "/sys/fs/bpf/mesh")]
     bpffs: PathBuf,
+    /// Keep kernel run statistics (count, time) for the programs and show
+    /// them in status; costs a clock read per program run.
+    #[arg(long)]
+    program_stats: bool,
     /// Cluster DNS domain, for resolving DestinationRule hosts.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -74,6 +78,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if !args.config_dir.is_dir() {
         anyhow::bail!("--config-dir {} is not a directory", args.config_dir.display());
     }
+    let _stats_guard = if args.program_stats { Some(dataplane::enable_program_stats()?) } else { None };
     let options = DataplaneOptions { cgroup, bpffs: args.bpffs.clone() };
     let (writer, info) = dataplane::start(&options).context("starting the kernel dataplane")?;
     let counters = CounterReader::open(&args.bpffs).context("opening the counter maps")?;

@@ -28,6 +28,8 @@ impl ObjectMeta {
 }
 
 /// An object of a kind the agent understands, tagged by `kind`.
+// Built once per reload and moved rarely: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
     Service(Service),

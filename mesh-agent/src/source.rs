@@ -30,13 +30,12 @@ pub struct SourceBatch {
 pub struct FileSource {
     dir: PathBuf,
     fingerprint: Option<Fingerprint>,
-    /// The objects of each file as of its last successful parse.
-    last_good: BTreeMap<PathBuf, Vec<SourcedObject>>,
+    files: BTreeMap<PathBuf, FileState>,
 }
 
 impl FileSource {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), fingerprint: None, last_good: BTreeMap::new() }
+        Self { dir: dir.into(), fingerprint: None, files: BTreeMap::new() }
     }
 
     pub fn dir(&self) -> &Path {
@@ -77,34 +76,45 @@ impl FileSource {
 
     fn load(&mut self, fingerprint: &Fingerprint) -> SourceBatch {
         let mut batch = SourceBatch::default();
-        self.last_good.retain(|path, _| fingerprint.contains_key(path));
-        for path in fingerprint.keys() {
-            let display = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let parsed = std::fs::read_to_string(path)
-                .map_err(|e| vec![Rejection::file(&display, format!("cannot read: {e}"))])
-                .and_then(|text| parse_file(&display, &text));
-            match parsed {
-                Ok(objects) => {
-                    batch.objects.extend(objects.iter().cloned());
-                    self.last_good.insert(path.clone(), objects);
-                }
-                Err(problems) => {
-                    let kept = self.last_good.get(path).map(Vec::len).unwrap_or(0);
-                    for mut problem in problems {
-                        if kept > 0 {
-                            problem
-                                .message
-                                .push_str(&format!(" (the file's last good version, {kept} objects, keeps serving)"));
-                        }
-                        batch.rejections.push(problem);
-                    }
-                    if let Some(objects) = self.last_good.get(path) {
-                        batch.objects.extend(objects.iter().cloned());
-                    }
-                }
+        self.files.retain(|path, _| fingerprint.contains_key(path));
+        for (path, stamp) in fingerprint {
+            // Only files that changed are read and parsed again.
+            if self.files.get(path).is_none_or(|file| file.stamp != *stamp) {
+                let previous = self.files.remove(path);
+                self.files.insert(path.clone(), read_file(path, *stamp, previous));
             }
+            let file = &self.files[path];
+            batch.objects.extend(file.objects.iter().cloned());
+            batch.rejections.extend(file.problems.iter().cloned());
         }
         batch
+    }
+}
+
+/// What one file holds as of its last read.
+struct FileState {
+    stamp: (SystemTime, u64),
+    /// The objects of its last successful parse.
+    objects: Vec<SourcedObject>,
+    /// Why its current content is not served, if it is not.
+    problems: Vec<Rejection>,
+}
+
+fn read_file(path: &Path, stamp: (SystemTime, u64), previous: Option<FileState>) -> FileState {
+    let display = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let parsed = std::fs::read_to_string(path)
+        .map_err(|e| vec![Rejection::file(&display, format!("cannot read: {e}"))])
+        .and_then(|text| parse_file(&display, &text));
+    match parsed {
+        Ok(objects) => FileState { stamp, objects, problems: Vec::new() },
+        Err(mut problems) => {
+            let objects = previous.map(|p| p.objects).unwrap_or_default();
+            if !objects.is_empty() {
+                let note = format!(" (the file's last good version, {} objects, keeps serving)", objects.len());
+                problems.iter_mut().for_each(|p| p.message.push_str(&note));
+            }
+            FileState { stamp, objects, problems }
+        }
     }
 }
 

@@ -27,6 +27,9 @@ pub struct DataplaneStatus {
 pub struct ProgramStatus {
     pub name: String,
     pub attach_type: String,
+    /// Runs and mean run time, when the kernel keeps run statistics.
+    pub run_count: Option<u64>,
+    pub mean_run_ns: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -94,7 +97,15 @@ impl StatusReport {
             self.dataplane.bpffs,
             if self.dataplane.maps_taken_over { ", maps taken over from a previous agent" } else { "" }
         );
-        let names: Vec<&str> = self.dataplane.programs.iter().map(|p| p.attach_type.as_str()).collect();
+        let names: Vec<String> = self
+            .dataplane
+            .programs
+            .iter()
+            .map(|p| match (p.run_count, p.mean_run_ns) {
+                (Some(runs), Some(ns)) if runs > 0 => format!("{} ({runs} runs, {ns:.0} ns each)", p.attach_type),
+                _ => p.attach_type.clone(),
+            })
+            .collect();
         let _ = writeln!(out, "  programs: {}", names.join(", "));
         let _ = writeln!(out, "config: {}  reloads: {}", self.config.source, self.config.reloads);
         if let Some(reload) = &self.config.last_reload {

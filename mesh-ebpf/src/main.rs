@@ -13,9 +13,7 @@
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr, BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::generated::{
-        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval,
-    },
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
     macros::{cgroup_sock, cgroup_sock_addr, map},
     maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
     programs::{SockAddrContext, SockContext},
@@ -36,31 +34,25 @@ const SOCK_DGRAM: u32 = 2;
 const V4_MAPPED_WORD: u32 = 0xffff_u32.to_be();
 
 #[map(name = "MESH_FRONTENDS")]
-static FRONTENDS: HashMap<FrontendKey, Frontend> =
-    HashMap::pinned(capacity::FRONTENDS, BPF_F_NO_PREALLOC);
+static FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::pinned(capacity::FRONTENDS, BPF_F_NO_PREALLOC);
 #[map(name = "MESH_SERVICE_IPS")]
-static SERVICE_IPS: HashMap<ServiceIpKey, u32> =
-    HashMap::pinned(capacity::SERVICE_IPS, BPF_F_NO_PREALLOC);
+static SERVICE_IPS: HashMap<ServiceIpKey, u32> = HashMap::pinned(capacity::SERVICE_IPS, BPF_F_NO_PREALLOC);
 #[map(name = "MESH_SLOTS")]
 static SLOTS: HashMap<SlotKey, Backend> = HashMap::pinned(capacity::SLOTS, BPF_F_NO_PREALLOC);
 #[map(name = "MESH_MAGLEV")]
 static MAGLEV: HashMap<SlotKey, Backend> = HashMap::pinned(capacity::MAGLEV, BPF_F_NO_PREALLOC);
 #[map(name = "MESH_BACKEND_LIVE")]
-static BACKEND_LIVE: HashMap<Backend, u64> =
-    HashMap::pinned(capacity::BACKENDS, BPF_F_NO_PREALLOC);
+static BACKEND_LIVE: HashMap<Backend, u64> = HashMap::pinned(capacity::BACKENDS, BPF_F_NO_PREALLOC);
 #[map(name = "MESH_CLUSTER_LIVE")]
-static CLUSTER_LIVE: HashMap<u64, ClusterLive> =
-    HashMap::pinned(capacity::CLUSTERS, BPF_F_NO_PREALLOC);
+static CLUSTER_LIVE: HashMap<u64, ClusterLive> = HashMap::pinned(capacity::CLUSTERS, BPF_F_NO_PREALLOC);
 #[map(name = "MESH_SOCKETS")]
 static SOCKETS: HashMap<u64, SocketEntry> = HashMap::pinned(capacity::SOCKETS, BPF_F_NO_PREALLOC);
 #[map(name = "MESH_UDP_REVERSE")]
-static UDP_REVERSE: LruHashMap<UdpReverseKey, UdpReverseValue> =
-    LruHashMap::pinned(capacity::UDP_REVERSE, 0);
+static UDP_REVERSE: LruHashMap<UdpReverseKey, UdpReverseValue> = LruHashMap::pinned(capacity::UDP_REVERSE, 0);
 #[map(name = "MESH_GLOBAL_STATS")]
 static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(global_stat::COUNT, 0);
 #[map(name = "MESH_CLUSTER_STATS")]
-static CLUSTER_STATS: PerCpuHashMap<u64, ClusterStats> =
-    PerCpuHashMap::pinned(capacity::CLUSTERS, 0);
+static CLUSTER_STATS: PerCpuHashMap<u64, ClusterStats> = PerCpuHashMap::pinned(capacity::CLUSTERS, 0);
 
 // ---------------------------------------------------------------------------
 // Small helpers
@@ -143,12 +135,7 @@ struct Dial {
 
 #[inline(always)]
 unsafe fn read_dial(sa: *const bpf_sock_addr, family: u8, proto: u8) -> Dial {
-    let mut key = FrontendKey {
-        port: (*sa).user_port as u16,
-        proto,
-        family,
-        ..Default::default()
-    };
+    let mut key = FrontendKey { port: (*sa).user_port as u16, proto, family, ..Default::default() };
     let mut v4_mapped = false;
     if family == FAMILY_V4 {
         key.addr[0] = (*sa).user_ip4;
@@ -260,11 +247,7 @@ fn pick_backend(ctx: &SockAddrContext, fe: &Frontend, family: u8) -> Option<Back
                 return None;
             }
             let hash = mix64(unsafe { source_identity(ctx, family) });
-            let key = SlotKey {
-                group_id: fe.group_id,
-                index: (hash % fe.maglev_size as u64) as u32,
-                _pad: 0,
-            };
+            let key = SlotKey { group_id: fe.group_id, index: (hash % fe.maglev_size as u64) as u32, _pad: 0 };
             unsafe { MAGLEV.get(&key) }.copied()
         }
         _ => {
@@ -397,11 +380,7 @@ fn try_connect(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
 #[inline(always)]
 fn remember_udp_reverse(cookie: u64, backend: &Backend, service: &FrontendKey) {
     let key = UdpReverseKey { cookie, backend: *backend, _pad: 0 };
-    let value = UdpReverseValue {
-        service_addr: service.addr,
-        service_port: service.port,
-        _pad: [0; 6],
-    };
+    let value = UdpReverseValue { service_addr: service.addr, service_port: service.port, _pad: [0; 6] };
     let _ = UDP_REVERSE.insert(&key, &value, 0);
 }
 
@@ -461,12 +440,7 @@ fn try_recvmsg(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
     let from = unsafe { read_dial(sa, family, PROTO_UDP) };
     let key = UdpReverseKey {
         cookie: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
-        backend: Backend {
-            addr: from.key.addr,
-            port: from.key.port,
-            family: from.key.family,
-            _pad: 0,
-        },
+        backend: Backend { addr: from.key.addr, port: from.key.port, family: from.key.family, _pad: 0 },
         _pad: 0,
     };
     // recvmsg programs must allow; a miss simply leaves the source as is.
@@ -495,9 +469,7 @@ fn try_getpeername(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let entry = unsafe { SOCKETS.get(&cookie) }.ok_or(())?;
     let v4_mapped = v6_ctx && entry.family == FAMILY_V4;
-    unsafe {
-        write_addr(ctx.sock_addr, &entry.service_addr, entry.service_port, v4_mapped, v6_ctx)
-    };
+    unsafe { write_addr(ctx.sock_addr, &entry.service_addr, entry.service_port, v4_mapped, v6_ctx) };
     count(global_stat::GETPEERNAME_REWRITTEN);
     Ok(ALLOW)
 }

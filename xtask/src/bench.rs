@@ -63,6 +63,36 @@ fn iptables_rules(services: u32) -> String {
     rules
 }
 
+/// A backend for the benchmark: threads that each accept and serve one
+/// connection at a time (no hand-off between threads), so the server adds as
+/// little as possible to what is measured.
+fn serve_backend(pod: &Pod, port: u16) -> Result<()> {
+    let addr = std::net::SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port));
+    let listener = mesh_tests::in_netns(&pod.netns_path(), move || mesh_tests::sys::tcp_listener(addr, 4096))??;
+    for _ in 0..4 {
+        let listener = listener.try_clone()?;
+        std::thread::spawn(move || {
+            while let Ok((stream, _)) = listener.accept() {
+                let _ = answer(stream);
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Answers each request line with `ok\n` until the client closes.
+fn answer(stream: std::net::TcpStream) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut writer = stream;
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 0 {
+        writer.write_all(b"ok\n")?;
+        line.clear();
+    }
+    Ok(())
+}
+
 /// A sibling cgroup with nothing attached, for the direct and iptables runs.
 struct PlainCgroup(PathBuf);
 
@@ -102,7 +132,10 @@ fn nsenter(pod: &Pod, args: &[&str], stdin: Option<&str>) -> Result<()> {
 
 /// Runs the probe in `cgroup` inside `pod` and returns µs per connection.
 fn measure(bins: &Binaries, cgroup: &Path, pod: &Pod, target: &str, connections: u32) -> Result<f64> {
-    let out = Command::new(&bins.probe)
+    // The client on CPU 1, the backends (threads of this process) on CPU 0.
+    let out = Command::new("taskset")
+        .args(["-c", "1"])
+        .arg(&bins.probe)
         .arg("--cgroup")
         .arg(cgroup)
         .arg("--netns")
@@ -129,16 +162,23 @@ fn median(values: &mut [f64]) -> f64 {
 pub fn l4(bins: &Binaries, connections: u32, rounds: u32, sizes: &[u32]) -> Result<()> {
     std::env::set_var("MESH_AGENT_BIN", &bins.agent);
     std::env::set_var("MESH_PROBE_BIN", &bins.probe);
+    // Threads spawned from here on (the backends) inherit CPU 0.
+    let pinned = Command::new("taskset").args(["-p", "-c", "0", &std::process::id().to_string()]).output();
+    if !pinned.is_ok_and(|o| o.status.success()) {
+        eprintln!("bench: could not pin to CPU 0; figures will be noisier");
+    }
     let env = TestEnv::new("bench-l4")?;
     let mesh_client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
     let iptables_client = env.add_pod("ipt-client", "10.244.0.3", "fd00:244::3");
     nsenter(&iptables_client, &["ip", "route", "add", "10.96.0.0/12", "dev", "eth0"], None)?;
-    let _servers: Vec<_> = BACKENDS.iter().map(|(name, v4, v6)| env.add_pod(name, v4, v6).serve_tcp(8080)).collect();
+    for (name, v4, v6) in BACKENDS {
+        serve_backend(&env.add_pod(name, v4, v6), 8080)?;
+    }
     let plain = PlainCgroup::create(env.cgroup_path())?;
-    env.start_agent(&[])?;
+    env.start_agent(&["--program-stats"])?;
 
     println!("L4 connect cost: connect + 1 request/response (6 B each way) + close, one client, sequential.");
-    println!("{connections} connections per round, {rounds} rounds interleaved, median shown.\n");
+    println!("{connections} connections per round, {rounds} rounds interleaved; medians of µs and of the per-round ratio to direct.\n");
     println!(
         "{:>8}  {:<10} {:>10} {:>12} {:>10}  {:>12}",
         "services", "path", "µs/conn", "conns/s", "vs direct", "config apply"
@@ -164,27 +204,49 @@ pub fn l4(bins: &Binaries, connections: u32, rounds: u32, sizes: &[u32]) -> Resu
         }
         let apply_micros = env.admin_json("/status")["config"]["last_reload"]["duration_micros"].as_u64().unwrap_or(0);
         let backend = format!("{}:8080", BACKENDS[0].1);
-        let (mut direct, mut iptables, mut mesh) = (Vec::new(), Vec::new(), Vec::new());
+        // Per path: µs per connection in each round, and its ratio to direct
+        // in the same round (rounds drift by ±10% on a shared machine; the
+        // ratio within a round does not).
+        let mut micros: [Vec<f64>; 3] = Default::default();
+        let mut ratios: [Vec<f64>; 3] = Default::default();
         // One warm-up round, not recorded.
         for round in 0..=rounds {
-            let d = measure(bins, &plain.0, &iptables_client, &backend, connections)?;
+            // Direct from the pod without iptables rules: the nat table and
+            // conntrack of the iptables pod would tax direct connects too.
+            let d = measure(bins, &plain.0, &mesh_client, &backend, connections)?;
             let i = measure(bins, &plain.0, &iptables_client, &target, connections)?;
             let m = measure(bins, env.cgroup_path(), &mesh_client, &target, connections)?;
+            if std::env::var_os("MESH_BENCH_VERBOSE").is_some() {
+                eprintln!("  round {round}: direct {d:.1} iptables {i:.1} mesh {m:.1}");
+            }
             if round > 0 {
-                direct.push(d);
-                iptables.push(i);
-                mesh.push(m);
+                for (path, value) in [d, i, m].into_iter().enumerate() {
+                    micros[path].push(value);
+                    ratios[path].push(value / d);
+                }
             }
         }
-        let direct = median(&mut direct);
-        for (name, values) in [("direct", vec![direct]), ("iptables", iptables), ("mesh", mesh)] {
-            let mut values = values;
-            let micros = median(&mut values);
+        let direct_us = median(&mut micros[0].clone());
+        for (path, name) in ["direct", "iptables", "mesh"].into_iter().enumerate() {
+            let us = median(&mut micros[path]);
+            let ratio = median(&mut ratios[path]);
             let apply = if name == "mesh" { format!("{:.1} ms", apply_micros as f64 / 1000.0) } else { String::new() };
+            println!("{size:>8}  {name:<10} {us:>10.2} {:>12.0} {ratio:>9.3}x  {apply:>12}", 1e6 / us);
+        }
+        // The kernel's own accounting of the programs a connection runs: the
+        // translation's cost with no scheduling noise in it.
+        let status = env.admin_json("/status");
+        let mean_ns = |attach: &str| {
+            status["dataplane"]["programs"].as_array().and_then(|programs| {
+                programs.iter().find(|p| p["attach_type"] == attach).and_then(|p| p["mean_run_ns"].as_f64())
+            })
+        };
+        if let (Some(connect), Some(release)) = (mean_ns("connect4"), mean_ns("sock_release")) {
+            let total = connect + release;
             println!(
-                "{size:>8}  {name:<10} {micros:>10.2} {:>12.0} {:>9.3}x  {apply:>12}",
-                1e6 / micros,
-                micros / direct
+                "{:>8}  kernel programs per connection: connect4 {connect:.0} ns + sock_release {release:.0} ns = {:.2}% of a direct connection",
+                "",
+                total / 10.0 / direct_us
             );
         }
         println!();
