@@ -111,8 +111,11 @@ impl StatusReport {
         if let Some(reload) = &self.config.last_reload {
             let _ = writeln!(
                 out,
-                "  last reload: at {} (unix), {} µs, {} map writes, {} deletes{}",
-                reload.at_unix,
+                "  last reload: {}s ago, {} µs, {} map writes, {} deletes{}",
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|now| now.as_secs().saturating_sub(reload.at_unix))
+                    .unwrap_or(0),
                 reload.duration_micros,
                 reload.map_upserts,
                 reload.map_deletes,

@@ -38,21 +38,15 @@ pub fn run(bins: &Binaries) -> Result<()> {
     let show = |title: &str, args: &[&str]| -> Result<()> {
         let out = env.probe(&client, args)?;
         println!("{title}");
-        println!(
-            "  ok {}  errors {}  peer {}",
-            out["ok"],
-            out["errors"],
-            out.get("peer").or(out.get("reply_from")).unwrap_or(&serde_json::Value::Null)
-        );
+        let peer = out.get("peer").filter(|p| !p.is_null()).map(|p| format!("  getpeername {p}"));
+        let reply = out.get("reply_from").filter(|p| !p.is_null()).map(|p| format!("  replies from {p}"));
+        println!("  ok {}  errors {}{}", out["ok"], out["errors"], peer.or(reply).unwrap_or_default());
         if let Some(backends) = out["backends"].as_object() {
             let total: u64 = backends.values().filter_map(|v| v.as_u64()).sum();
             for (backend, count) in backends {
                 let count = count.as_u64().unwrap_or(0);
                 println!("  {backend:<8} {count:>5}  {:>5.1}%", 100.0 * count as f64 / total.max(1) as f64);
             }
-        }
-        if let Some(micros) = out.get("micros_per_conn").and_then(|v| v.as_f64()) {
-            println!("  {micros:.1} µs per connect + request/response");
         }
         println!();
         Ok(())
