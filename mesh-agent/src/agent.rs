@@ -3,7 +3,7 @@
 //! One thread writes (the reload loop); readers (admin API) see whole
 //! snapshots through a watch channel and never a half-applied one.
 
-use crate::dataplane::{CounterReader, DataplaneInfo, MapWriter};
+use crate::dataplane::{ApplyStats, CounterReader, DataplaneInfo, MapWriter};
 use crate::model::Model;
 use crate::snapshot::{compile, Snapshot};
 use crate::source::FileSource;
@@ -43,19 +43,49 @@ pub struct ReloadLoop {
     cluster_domain: String,
     model: Model,
     published: watch::Sender<Arc<Published>>,
-    /// A snapshot that compiled but could not be written yet: retried.
-    unapplied: Option<Snapshot>,
+    /// A snapshot that compiled but could not be written yet: retried with
+    /// backoff until it goes in or a newer configuration replaces it.
+    retry: Option<Retry>,
+    /// The maps came from an earlier agent and nothing has been fully applied
+    /// since: an incomplete first load must not delete what they serve.
+    taken_over: bool,
+    /// The source is failing: logged once, not on every poll.
+    source_failing: bool,
 }
+
+struct Retry {
+    snapshot: Snapshot,
+    at: Instant,
+    delay: Duration,
+}
+
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 
 impl ReloadLoop {
     pub fn new(
         source: FileSource,
         writer: MapWriter,
         cluster_domain: String,
+        maps_taken_over: bool,
     ) -> (Self, watch::Receiver<Arc<Published>>) {
         let (published, receiver) = watch::channel(Arc::new(Published::default()));
-        let this = Self { source, writer, cluster_domain, model: Model::default(), published, unapplied: None };
+        let this = Self {
+            source,
+            writer,
+            cluster_domain,
+            model: Model::default(),
+            published,
+            retry: None,
+            taken_over: maps_taken_over,
+            source_failing: false,
+        };
         (this, receiver)
+    }
+
+    /// Loads and applies the configuration once; the agent does this before
+    /// it attaches the programs, so they never run on unfilled maps.
+    pub fn first_load(&mut self) {
+        self.tick();
     }
 
     /// Runs until `stop` is set.
@@ -71,19 +101,27 @@ impl ReloadLoop {
         let batch = match self.source.poll() {
             Ok(Some(batch)) => batch,
             Ok(None) => {
-                if let Some(snapshot) = self.unapplied.take() {
-                    self.apply(snapshot, started);
+                if self.retry.as_ref().is_some_and(|r| r.at <= started) {
+                    let retry = self.retry.take().expect("checked above");
+                    self.apply(retry.snapshot, started, retry.delay);
                 }
                 return;
             }
             Err(error) => {
-                tracing::warn!(%error, "config source unreadable; the last good configuration keeps serving");
-                self.publish_failure(error.to_string(), started);
+                if !self.source_failing {
+                    tracing::warn!(%error, "config source unreadable; the last good configuration keeps serving");
+                    self.publish_failure(error.to_string(), started);
+                    self.source_failing = true;
+                }
                 return;
             }
         };
+        self.source_failing = false;
+        // A newer configuration supersedes one still waiting to be written.
+        self.retry = None;
+        let incomplete = batch.objects.is_empty() || batch.rejections.iter().any(|r| r.kind.is_empty());
         let read = started.elapsed();
-        let model = Model::build(&batch.objects, batch.rejections, &self.model, &self.cluster_domain);
+        let model = Model::from_batch(&batch, &self.model, &self.cluster_domain);
         let validated = started.elapsed();
         for rejection in &model.rejections {
             tracing::warn!(
@@ -106,7 +144,15 @@ impl ReloadLoop {
         match compiled {
             Ok(snapshot) => {
                 self.model = model;
-                self.apply(snapshot, started);
+                if self.taken_over && incomplete {
+                    // No last good version is known after a restart: keep
+                    // what the kernel serves rather than delete it on a
+                    // half-read directory.
+                    tracing::warn!("first load after takeover is incomplete; adding only, removing nothing");
+                    self.apply_additive(snapshot, started);
+                } else {
+                    self.apply(snapshot, started, Duration::ZERO);
+                }
             }
             Err(error) => {
                 tracing::error!(%error, "configuration does not fit the kernel maps; the last good configuration keeps serving");
@@ -115,33 +161,48 @@ impl ReloadLoop {
         }
     }
 
-    fn apply(&mut self, snapshot: Snapshot, started: Instant) {
-        match self.writer.apply(&snapshot) {
-            Ok(stats) => {
-                let previous = self.published.borrow().clone();
-                tracing::info!(
-                    services = snapshot.services.len(),
-                    frontends = snapshot.frontends.len(),
-                    upserts = stats.upserts,
-                    deletes = stats.deletes,
-                    rejected = snapshot.rejections.len(),
-                    micros = started.elapsed().as_micros() as u64,
-                    "configuration applied"
-                );
-                let reload = reload_status(started, None, stats.upserts, stats.deletes);
-                self.published.send_replace(Arc::new(Published {
-                    snapshot: Arc::new(snapshot),
-                    ready: true,
-                    reloads: previous.reloads + 1,
-                    last_reload: Some(reload),
-                }));
-            }
+    fn apply_additive(&mut self, snapshot: Snapshot, started: Instant) {
+        match self.writer.apply_additive(&snapshot) {
+            Ok(stats) => self.publish_applied(snapshot, started, stats),
             Err(error) => {
-                tracing::error!(%error, "writing the kernel maps failed; retrying");
+                tracing::error!(%error, "writing the kernel maps failed");
                 self.publish_failure(error.to_string(), started);
-                self.unapplied = Some(snapshot);
             }
         }
+    }
+
+    fn apply(&mut self, snapshot: Snapshot, started: Instant, last_delay: Duration) {
+        match self.writer.apply(&snapshot) {
+            Ok(stats) => {
+                self.taken_over = false;
+                self.publish_applied(snapshot, started, stats);
+            }
+            Err(error) => {
+                let delay = (last_delay * 2).clamp(POLL_INTERVAL, MAX_RETRY_DELAY);
+                tracing::error!(%error, retry_in_ms = delay.as_millis() as u64, "writing the kernel maps failed");
+                self.publish_failure(error.to_string(), started);
+                self.retry = Some(Retry { snapshot, at: Instant::now() + delay, delay });
+            }
+        }
+    }
+
+    fn publish_applied(&mut self, snapshot: Snapshot, started: Instant, stats: ApplyStats) {
+        let previous = self.published.borrow().clone();
+        tracing::info!(
+            services = snapshot.services.len(),
+            frontends = snapshot.frontends.len(),
+            upserts = stats.upserts,
+            deletes = stats.deletes,
+            rejected = snapshot.rejections.len(),
+            micros = started.elapsed().as_micros() as u64,
+            "configuration applied"
+        );
+        self.published.send_replace(Arc::new(Published {
+            snapshot: Arc::new(snapshot),
+            ready: true,
+            reloads: previous.reloads + 1,
+            last_reload: Some(reload_status(started, None, stats.upserts, stats.deletes)),
+        }));
     }
 
     fn publish_failure(&self, error: String, started: Instant) {

@@ -38,6 +38,8 @@ pub enum DataplaneError {
     Map { name: &'static str, source: MapError },
     #[error("enabling program run statistics: {0}")]
     Stats(std::io::Error),
+    #[error("another mesh-agent holds {path} (one agent per pin directory): {source}")]
+    Lock { path: PathBuf, source: std::io::Error },
     #[error("map {0} is missing from the kernel object")]
     MissingMap(&'static str),
 }
@@ -70,7 +72,8 @@ pub struct DataplaneInfo {
     pub maps_taken_over: bool,
 }
 
-const SOCK_ADDR_PROGRAMS: [(&str, &str); 8] = [
+/// Every program with its attach point, in attach order.
+const PROGRAMS: [(&str, &str); 9] = [
     (prog_names::CONNECT4, "connect4"),
     (prog_names::CONNECT6, "connect6"),
     (prog_names::SENDMSG4, "sendmsg4"),
@@ -79,6 +82,7 @@ const SOCK_ADDR_PROGRAMS: [(&str, &str); 8] = [
     (prog_names::RECVMSG6, "recvmsg6"),
     (prog_names::GETPEERNAME4, "getpeername4"),
     (prog_names::GETPEERNAME6, "getpeername6"),
+    (prog_names::SOCK_RELEASE, "sock_release"),
 ];
 
 /// Writes snapshots into the kernel maps. One writer: the reload loop.
@@ -92,7 +96,16 @@ pub struct MapWriter {
     cluster_stats: PerCpuHashMap<MapData, u64, ClusterStats>,
     /// What the kernel holds, as last read or written.
     current: Snapshot,
-    _ebpf: Ebpf,
+    /// Live-state entries found idle and unreferenced by the last apply:
+    /// removed only if they still are at the next one, so a connect that
+    /// raced the first look cannot lose its count.
+    idle_last_apply: BTreeSet<IdleEntry>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum IdleEntry {
+    Cluster(u64),
+    Backend(Backend),
 }
 
 /// Counts per kind of change written by one apply.
@@ -102,63 +115,31 @@ pub struct ApplyStats {
     pub deletes: usize,
 }
 
-pub fn start(options: &DataplaneOptions) -> Result<(MapWriter, DataplaneInfo), DataplaneError> {
+/// The maps of the pin directory, loaded (created or taken over) but with
+/// no program attached yet: the first snapshot goes in before traffic can
+/// see an empty map set.
+pub struct Loaded {
+    pub writer: MapWriter,
+    /// The object, whose programs `attach` loads and links.
+    pub ebpf: Ebpf,
+    /// The maps were already pinned (an earlier agent's).
+    pub maps_taken_over: bool,
+    /// Held while the agent runs: one agent per pin directory.
+    pub lock: File,
+}
+
+/// Where the maps of this ABI version are pinned under `bpffs`.
+pub fn maps_dir(bpffs: &Path) -> PathBuf {
+    bpffs.join("maps").join(format!("v{}", mesh_common::MAP_ABI_VERSION))
+}
+
+pub fn load(options: &DataplaneOptions) -> Result<Loaded, DataplaneError> {
+    let lock = lock_instance(&options.bpffs)?;
     ensure_bpffs(&options.bpffs)?;
-    let maps_dir = options.bpffs.join("maps");
-    let links_dir = options.bpffs.join("links");
+    let maps_dir = maps_dir(&options.bpffs);
     let maps_taken_over = maps_dir.join(map_names::FRONTENDS).exists();
-    for dir in [&maps_dir, &links_dir] {
-        std::fs::create_dir_all(dir).map_err(|source| DataplaneError::Bpffs { path: dir.clone(), source })?;
-    }
-    let cgroup = File::open(&options.cgroup)
-        .map_err(|source| DataplaneError::Cgroup { path: options.cgroup.clone(), source })?;
+    std::fs::create_dir_all(&maps_dir).map_err(|source| DataplaneError::Bpffs { path: maps_dir.clone(), source })?;
     let mut ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(EBPF_OBJECT)?;
-
-    // Attach the new links before removing the old ones, so that no connect
-    // is ever made with nothing attached. While both are attached the second
-    // program sees an already-translated address and lets it pass.
-    let stale_links: Vec<PathBuf> = std::fs::read_dir(&links_dir)
-        .map_err(|source| DataplaneError::Bpffs { path: links_dir.clone(), source })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
-    let mut programs = Vec::new();
-    // Link-based cgroup attachments (kernel >= 5.7) always coexist with other
-    // links; the kernel refuses any flag, so "Single" (no flag) is right here.
-    for (name, attach_type) in SOCK_ADDR_PROGRAMS {
-        let program: &mut CgroupSockAddr = program(&mut ebpf, name)?;
-        program.load().map_err(|source| DataplaneError::Program { name, source })?;
-        let id = program
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|source| DataplaneError::Program { name, source })?;
-        let link = program.take_link(id).map_err(|source| DataplaneError::Program { name, source })?;
-        let path = links_dir.join(format!("{name}_{stamp}"));
-        pin_link(name, FdLink::try_from(link), &path)?;
-        let id = program.info().map_err(|source| DataplaneError::Program { name, source })?.id();
-        programs.push(AttachedProgram { name, attach_type, link_pin: path, id });
-    }
-    {
-        let name = prog_names::SOCK_RELEASE;
-        let program: &mut CgroupSock = program(&mut ebpf, name)?;
-        program.load().map_err(|source| DataplaneError::Program { name, source })?;
-        let id = program
-            .attach(&cgroup, CgroupAttachMode::Single)
-            .map_err(|source| DataplaneError::Program { name, source })?;
-        let link = program.take_link(id).map_err(|source| DataplaneError::Program { name, source })?;
-        let path = links_dir.join(format!("{name}_{stamp}"));
-        pin_link(name, FdLink::try_from(link), &path)?;
-        let id = program.info().map_err(|source| DataplaneError::Program { name, source })?.id();
-        programs.push(AttachedProgram { name, attach_type: "sock_release", link_pin: path, id });
-    }
-    for path in stale_links {
-        // Unpinning the last reference detaches the old program.
-        if let Err(error) = std::fs::remove_file(&path) {
-            tracing::warn!(path = %path.display(), %error, "could not remove an old link pin");
-        } else {
-            tracing::info!(path = %path.display(), "detached the previous agent's program");
-        }
-    }
-
     let mut writer = MapWriter {
         frontends: take_map(&mut ebpf, map_names::FRONTENDS)?,
         service_ips: take_map(&mut ebpf, map_names::SERVICE_IPS)?,
@@ -168,24 +149,111 @@ pub fn start(options: &DataplaneOptions) -> Result<(MapWriter, DataplaneInfo), D
         cluster_live: take_map(&mut ebpf, map_names::CLUSTER_LIVE)?,
         cluster_stats: take_map(&mut ebpf, map_names::CLUSTER_STATS)?,
         current: Snapshot::default(),
-        _ebpf: ebpf,
+        idle_last_apply: BTreeSet::new(),
     };
     // Take over what a previous agent left: the first apply then writes only
     // what changed while it was away.
-    writer.current.frontends = read_all(&writer.frontends, map_names::FRONTENDS)?;
-    writer.current.service_ips = read_all(&writer.service_ips, map_names::SERVICE_IPS)?;
-    writer.current.slots = read_all(&writer.slots, map_names::SLOTS)?;
-    writer.current.maglev = read_all(&writer.maglev, map_names::MAGLEV)?;
+    writer.resync()?;
     tracing::info!(
-        cgroup = %options.cgroup.display(),
         bpffs = %options.bpffs.display(),
         maps_taken_over,
         frontends = writer.current.frontends.len(),
-        "kernel programs attached"
+        "kernel maps loaded"
     );
-    let info =
-        DataplaneInfo { cgroup: options.cgroup.clone(), bpffs: options.bpffs.clone(), programs, maps_taken_over };
-    Ok((writer, info))
+    Ok(Loaded { writer, ebpf, maps_taken_over, lock })
+}
+
+/// Loads the programs and attaches them to the cgroup with pinned links,
+/// then detaches the previous agent's. On any failure the links this call
+/// pinned are removed again and the previous ones stay.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    options: &DataplaneOptions,
+    maps_taken_over: bool,
+) -> Result<DataplaneInfo, DataplaneError> {
+    let links_dir = options.bpffs.join("links");
+    std::fs::create_dir_all(&links_dir).map_err(|source| DataplaneError::Bpffs { path: links_dir.clone(), source })?;
+    let cgroup = File::open(&options.cgroup)
+        .map_err(|source| DataplaneError::Cgroup { path: options.cgroup.clone(), source })?;
+    let previous_links: Vec<PathBuf> = std::fs::read_dir(&links_dir)
+        .map_err(|source| DataplaneError::Bpffs { path: links_dir.clone(), source })?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let mut programs = Vec::new();
+    let attached = (|| {
+        // New links go in before the old ones leave, so no connect is ever
+        // made with nothing attached. While both are attached, the second
+        // program sees an already-translated address and lets it pass.
+        for (name, attach_type) in PROGRAMS {
+            let path = links_dir.join(format!("{name}_{stamp}"));
+            let id = if attach_type == "sock_release" {
+                program::<CgroupSock>(ebpf, name)?.attach_pinned(name, &cgroup, &path)?
+            } else {
+                program::<CgroupSockAddr>(ebpf, name)?.attach_pinned(name, &cgroup, &path)?
+            };
+            programs.push(AttachedProgram { name, attach_type, link_pin: path, id });
+        }
+        Ok(())
+    })();
+    if let Err(error) = attached {
+        for program in &programs {
+            let _ = std::fs::remove_file(&program.link_pin);
+        }
+        return Err(error);
+    }
+    for path in previous_links {
+        // Unpinning the last reference detaches the old program.
+        match std::fs::remove_file(&path) {
+            Ok(()) => tracing::info!(path = %path.display(), "detached the previous agent's program"),
+            Err(error) => tracing::warn!(path = %path.display(), %error, "could not remove an old link pin"),
+        }
+    }
+    tracing::info!(cgroup = %options.cgroup.display(), programs = programs.len(), "kernel programs attached");
+    Ok(DataplaneInfo { cgroup: options.cgroup.clone(), bpffs: options.bpffs.clone(), programs, maps_taken_over })
+}
+
+/// Load, attach to the cgroup and pin a link, for both kinds of cgroup
+/// program the agent uses.
+trait AttachPinned {
+    /// Returns the kernel's id of the loaded program.
+    fn attach_pinned(&mut self, name: &'static str, cgroup: &File, path: &Path) -> Result<u32, DataplaneError>;
+}
+
+macro_rules! impl_attach_pinned {
+    ($($program:ty),*) => {$(
+        impl AttachPinned for $program {
+            fn attach_pinned(&mut self, name: &'static str, cgroup: &File, path: &Path) -> Result<u32, DataplaneError> {
+                let error = |source| DataplaneError::Program { name, source };
+                self.load().map_err(error)?;
+                // Link-based cgroup attachments (kernel >= 5.7) always coexist
+                // with other links; the kernel refuses any flag, hence Single.
+                let link_id = self.attach(cgroup, CgroupAttachMode::Single).map_err(error)?;
+                let link = self.take_link(link_id).map_err(error)?;
+                pin_link(name, FdLink::try_from(link), path)?;
+                Ok(self.info().map_err(error)?.id())
+            }
+        }
+    )*};
+}
+
+impl_attach_pinned!(CgroupSockAddr, CgroupSock);
+
+/// One agent per pin directory: a second one would write diffs against a
+/// view of the maps the first keeps changing.
+fn lock_instance(bpffs: &Path) -> Result<File, DataplaneError> {
+    let dir = Path::new("/run/mesh-agent");
+    let name: String =
+        bpffs.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let path = dir.join(format!("{name}.lock"));
+    let lock_error = |source| DataplaneError::Lock { path: path.clone(), source };
+    std::fs::create_dir_all(dir).map_err(lock_error)?;
+    let file = File::options().create(true).truncate(false).write(true).open(&path).map_err(lock_error)?;
+    // SAFETY: a valid open descriptor.
+    if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&file), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        return Err(lock_error(std::io::Error::last_os_error()));
+    }
+    Ok(file)
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut T, DataplaneError>
@@ -257,8 +325,32 @@ fn is_missing(error: &MapError) -> bool {
 impl MapWriter {
     /// Makes the kernel hold `desired`. Order keeps every frontend pointing
     /// at slots that exist: slots and tables first, then frontends; removals
-    /// in the reverse order.
+    /// in the reverse order. After a failed write, what the kernel holds is
+    /// read back, so the next apply diffs against the truth.
     pub fn apply(&mut self, desired: &Snapshot) -> Result<ApplyStats, DataplaneError> {
+        let result = self.write_diff(desired);
+        if result.is_err() {
+            if let Err(error) = self.resync() {
+                tracing::error!(%error, "could not read the kernel maps back after a failed write");
+            }
+        }
+        result
+    }
+
+    /// Like [`apply`](Self::apply), but removes nothing: what the kernel
+    /// holds and `desired` lacks stays. For a first load that may be
+    /// incomplete (a file that does not parse, an empty directory) after a
+    /// restart, when no last good version is known.
+    pub fn apply_additive(&mut self, desired: &Snapshot) -> Result<ApplyStats, DataplaneError> {
+        let mut merged = desired.clone();
+        merge_missing(&mut merged.frontends, &self.current.frontends);
+        merge_missing(&mut merged.service_ips, &self.current.service_ips);
+        merge_missing(&mut merged.slots, &self.current.slots);
+        merge_missing(&mut merged.maglev, &self.current.maglev);
+        self.apply(&merged)
+    }
+
+    fn write_diff(&mut self, desired: &Snapshot) -> Result<ApplyStats, DataplaneError> {
         let slots = diff(&self.current.slots, &desired.slots);
         let maglev = diff(&self.current.maglev, &desired.maglev);
         let frontends = diff(&self.current.frontends, &desired.frontends);
@@ -285,19 +377,43 @@ impl MapWriter {
         Ok(stats)
     }
 
+    /// Reads what the kernel maps hold into `current`.
+    fn resync(&mut self) -> Result<(), DataplaneError> {
+        self.current.frontends = read_all(&self.frontends, map_names::FRONTENDS)?;
+        self.current.service_ips = read_all(&self.service_ips, map_names::SERVICE_IPS)?;
+        self.current.slots = read_all(&self.slots, map_names::SLOTS)?;
+        self.current.maglev = read_all(&self.maglev, map_names::MAGLEV)?;
+        Ok(())
+    }
+
     /// Drops live-state and counter entries of clusters and backends the
-    /// snapshot no longer has, once no connection holds them.
+    /// snapshot no longer has, once no connection holds them and they were
+    /// already idle at the previous apply.
     fn forget_idle_state(&mut self, desired: &Snapshot) -> Result<(), DataplaneError> {
         let ids: BTreeSet<u64> = desired.frontends.values().flat_map(|f| [f.cluster_id, f.group_id]).collect();
         let backends: BTreeSet<Backend> = desired.slots.values().copied().collect();
-        let idle_clusters: Vec<u64> = self
+        let idle_now: BTreeSet<IdleEntry> = self
             .cluster_live
             .iter()
             .filter_map(Result::ok)
             .filter(|(id, live)| !ids.contains(id) && live.connections == 0)
-            .map(|(id, _)| id)
+            .map(|(id, _)| IdleEntry::Cluster(id))
+            .chain(
+                self.backend_live
+                    .iter()
+                    .filter_map(Result::ok)
+                    .filter(|(b, live)| !backends.contains(b) && *live == 0)
+                    .map(|(b, _)| IdleEntry::Backend(b)),
+            )
             .collect();
-        remove(&mut self.cluster_live, map_names::CLUSTER_LIVE, &idle_clusters)?;
+        for entry in idle_now.intersection(&self.idle_last_apply) {
+            match entry {
+                IdleEntry::Cluster(id) => remove(&mut self.cluster_live, map_names::CLUSTER_LIVE, &[*id])?,
+                IdleEntry::Backend(b) => remove(&mut self.backend_live, map_names::BACKEND_LIVE, &[*b])?,
+            }
+        }
+        self.idle_last_apply = idle_now;
+        // Per-CPU statistics of clusters that are gone: nothing counts on them.
         let gone_stats: Vec<u64> =
             self.cluster_stats.keys().filter_map(Result::ok).filter(|id| !ids.contains(id)).collect();
         for id in gone_stats {
@@ -307,14 +423,13 @@ impl MapWriter {
                 }
             }
         }
-        let idle_backends: Vec<Backend> = self
-            .backend_live
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(b, live)| !backends.contains(b) && *live == 0)
-            .map(|(b, _)| b)
-            .collect();
-        remove(&mut self.backend_live, map_names::BACKEND_LIVE, &idle_backends)
+        Ok(())
+    }
+}
+
+fn merge_missing<K: Ord + Clone, V: Clone>(into: &mut BTreeMap<K, V>, from: &BTreeMap<K, V>) {
+    for (key, value) in from {
+        into.entry(key.clone()).or_insert_with(|| value.clone());
     }
 }
 
@@ -338,7 +453,7 @@ pub struct Counters {
 
 impl CounterReader {
     pub fn open(bpffs: &Path) -> Result<Self, DataplaneError> {
-        let maps = bpffs.join("maps");
+        let maps = maps_dir(bpffs);
         Ok(Self {
             global: open_pinned(&maps, map_names::GLOBAL_STATS)?,
             clusters: open_pinned(&maps, map_names::CLUSTER_STATS)?,

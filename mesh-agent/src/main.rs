@@ -55,6 +55,13 @@ struct RunArgs {
 }
 
 fn main() -> anyhow::Result<()> {
+    // A panic anywhere (say in the reload thread) ends the process, so a
+    // supervisor restarts it; the pinned programs keep serving meanwhile.
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        std::process::abort();
+    }));
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -80,11 +87,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let _stats_guard = if args.program_stats { Some(dataplane::enable_program_stats()?) } else { None };
     let options = DataplaneOptions { cgroup, bpffs: args.bpffs.clone() };
-    let (writer, info) = dataplane::start(&options).context("starting the kernel dataplane")?;
+    let dataplane::Loaded { writer, mut ebpf, maps_taken_over, lock: _lock } =
+        dataplane::load(&options).context("loading the kernel maps")?;
     let counters = CounterReader::open(&args.bpffs).context("opening the counter maps")?;
     let source = FileSource::new(&args.config_dir);
     let source_name = format!("directory {}", args.config_dir.display());
-    let (reload, published) = ReloadLoop::new(source, writer, args.cluster_domain);
+    let (mut reload, published) = ReloadLoop::new(source, writer, args.cluster_domain, maps_taken_over);
+    // The first configuration goes into the maps before any program can
+    // read them.
+    reload.first_load();
+    let info = dataplane::attach(&mut ebpf, &options, maps_taken_over).context("attaching the kernel programs")?;
     let stop = Arc::new(AtomicBool::new(false));
     let reload_thread = {
         let stop = stop.clone();

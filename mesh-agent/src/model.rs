@@ -1,11 +1,13 @@
 //! The validated model: Kubernetes and Istio objects turned into domain types
 //! the dataplane can trust, with every rejection named by object and field.
 //!
-//! An object that fails validation is replaced by its last accepted version
-//! when there is one, so a bad edit never takes a working service down.
+//! An object that fails validation (or, from the file source, does not even
+//! decode) is replaced by its last accepted version when there is one, so a
+//! bad edit never takes a working service down.
 
 use crate::policy::{self, DestinationRuleModel};
 use crate::resources::{self, IntOrString, Resource};
+use crate::source::SourceBatch;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -163,6 +165,9 @@ pub struct EndpointSliceModel {
     pub service: String,
     pub ipv6: bool,
     pub endpoints: Vec<EndpointModel>,
+    /// Every entry has its number: one written without (`all ports`) is
+    /// filled in from the Service's numeric `targetPort` when the model is
+    /// built, and left out when the Service has none.
     pub ports: Vec<SlicePort>,
 }
 
@@ -179,6 +184,9 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 type NsName = (String, String);
 
+/// An EndpointSlice port entry with no number: (name, protocol).
+type UnnumberedPort = (String, Protocol);
+
 /// Everything accepted, by kind and `namespace/name`.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
@@ -189,13 +197,33 @@ pub struct Model {
     pub rejections: Vec<Rejection>,
     /// The raw objects accepted, kept as the "last good" versions.
     accepted: BTreeMap<ObjectKey, SourcedObject>,
+    /// Slice ports waiting for their Service's target port (during a build).
+    unnumbered: BTreeMap<NsName, Vec<UnnumberedPort>>,
 }
 
+// One at a time, while a build runs: boxing would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Accepted {
     Service(ServiceModel),
-    Slice(EndpointSliceModel),
+    Slice(EndpointSliceModel, Vec<UnnumberedPort>),
     Pod(PodModel),
     Rule(DestinationRuleModel),
+}
+
+/// One copy of an object in the input: decoded, or present but undecodable.
+#[derive(Clone, Copy)]
+enum Candidate<'a> {
+    Decoded(&'a SourcedObject),
+    Undecodable(&'a Rejection),
+}
+
+impl Candidate<'_> {
+    fn file(&self) -> Option<&str> {
+        match self {
+            Candidate::Decoded(object) => Some(&object.file),
+            Candidate::Undecodable(rejection) => rejection.file.as_deref(),
+        }
+    }
 }
 
 impl Model {
@@ -203,59 +231,113 @@ impl Model {
     /// `previous` when that one was accepted.
     pub fn build(
         objects: &[SourcedObject],
+        rejections: Vec<Rejection>,
+        previous: &Model,
+        cluster_domain: &str,
+    ) -> Model {
+        Self::build_all(objects, &[], rejections, previous, cluster_domain)
+    }
+
+    /// [`Model::build`] for one load of a source, whose objects that did not
+    /// decode fall back to their last accepted version too.
+    pub fn from_batch(batch: &SourceBatch, previous: &Model, cluster_domain: &str) -> Model {
+        Self::build_all(&batch.objects, &batch.undecodable, batch.rejections.clone(), previous, cluster_domain)
+    }
+
+    fn build_all(
+        objects: &[SourcedObject],
+        undecodable: &[(ObjectKey, Rejection)],
         mut rejections: Vec<Rejection>,
         previous: &Model,
         cluster_domain: &str,
     ) -> Model {
-        let mut model = Model::default();
-        for object in objects {
-            let key = ObjectKey::of(&object.resource);
-            if let Some(first) = model.accepted.get(&key) {
-                rejections.push(Rejection::object(
-                    object,
-                    FieldError::new(
-                        "metadata.name",
-                        format!("already defined in {}; this copy is ignored", first.file),
-                    ),
-                ));
-                continue;
+        // Every copy of each object: decoded ones first, in input order.
+        let mut copies: BTreeMap<ObjectKey, Vec<Candidate<'_>>> = BTreeMap::new();
+        let mut order = Vec::new();
+        let decoded = objects.iter().map(|o| (ObjectKey::of(&o.resource), Candidate::Decoded(o)));
+        let broken = undecodable.iter().map(|(key, rejection)| (key.clone(), Candidate::Undecodable(rejection)));
+        for (key, copy) in decoded.chain(broken) {
+            let entry = copies.entry(key.clone()).or_default();
+            if entry.is_empty() {
+                order.push(key);
             }
-            let outcome = match validate(object, cluster_domain) {
-                Ok(accepted) => Some((object.clone(), accepted)),
-                Err(error) => {
-                    let mut rejection = Rejection::object(object, error);
-                    let fallback = previous
-                        .accepted
-                        .get(&key)
-                        .and_then(|last| validate(last, cluster_domain).ok().map(|accepted| (last.clone(), accepted)));
-                    if fallback.is_some() {
-                        rejection.message.push_str(" (the last good version keeps serving)");
+            entry.push(copy);
+        }
+        let mut model = Model::default();
+        for key in order {
+            let copies = &copies[&key];
+            // The copy from the file that served last time, else the first.
+            let last_file = previous.accepted.get(&key).map(|last| last.file.as_str());
+            let chosen = copies.iter().position(|c| last_file.is_some() && c.file() == last_file).unwrap_or(0);
+            let chosen_file = copies[chosen].file().unwrap_or("another file").to_owned();
+            for (i, copy) in copies.iter().enumerate() {
+                match copy {
+                    _ if i == chosen => {}
+                    Candidate::Decoded(object) => rejections.push(Rejection::object(
+                        object,
+                        FieldError::new(
+                            "metadata.name",
+                            format!("already defined in {chosen_file}; this copy is ignored"),
+                        ),
+                    )),
+                    Candidate::Undecodable(rejection) => {
+                        let mut rejection = (*rejection).clone();
+                        rejection.message.push_str(&format!(" (also defined in {chosen_file}, which is used)"));
+                        rejections.push(rejection);
                     }
-                    rejections.push(rejection);
-                    fallback
                 }
+            }
+            let (mut rejection, outcome) = match copies[chosen] {
+                Candidate::Decoded(object) => match validate(object, cluster_domain) {
+                    Ok(accepted) => {
+                        model.insert(key, object.clone(), accepted);
+                        continue;
+                    }
+                    Err(error) => (Rejection::object(object, error), previous.last_good(&key, cluster_domain)),
+                },
+                Candidate::Undecodable(rejection) => (rejection.clone(), previous.last_good(&key, cluster_domain)),
             };
             if let Some((raw, accepted)) = outcome {
+                rejection.message.push_str(" (the last good version keeps serving)");
                 model.insert(key, raw, accepted);
             }
+            rejections.push(rejection);
         }
         model.check_rules_against_services(previous, cluster_domain, &mut rejections);
+        model.fill_unnumbered_slice_ports();
         model.rejections = rejections;
         model
+    }
+
+    /// The accepted version of `key`, validated again.
+    fn last_good(&self, key: &ObjectKey, cluster_domain: &str) -> Option<(SourcedObject, Accepted)> {
+        let last = self.accepted.get(key)?;
+        validate(last, cluster_domain).ok().map(|accepted| (last.clone(), accepted))
     }
 
     fn insert(&mut self, key: ObjectKey, raw: SourcedObject, accepted: Accepted) {
         let id = (key.namespace.clone(), key.name.clone());
         match accepted {
             Accepted::Service(s) => drop(self.services.insert(id, s)),
-            Accepted::Slice(s) => drop(self.endpoint_slices.insert(id, s)),
+            Accepted::Slice(s, unnumbered) => {
+                if unnumbered.is_empty() {
+                    self.unnumbered.remove(&id);
+                } else {
+                    self.unnumbered.insert(id.clone(), unnumbered);
+                }
+                self.endpoint_slices.insert(id, s);
+            }
             Accepted::Pod(p) => drop(self.pods.insert(id, p)),
             Accepted::Rule(r) => drop(self.destination_rules.insert(id, r)),
         }
         self.accepted.insert(key, raw);
     }
 
-    /// A DestinationRule's `portLevelSettings` must name ports its Service has.
+    /// A DestinationRule's `portLevelSettings` must name ports its Service
+    /// has. A rule with such an entry is never dropped whole: its last
+    /// accepted version serves if that one passes, else the rule serves
+    /// without the dangling entries. Each entry is reported by its index as
+    /// written.
     fn check_rules_against_services(
         &mut self,
         previous: &Model,
@@ -267,47 +349,79 @@ impl Model {
             .values()
             .map(|s| (s.fqdn(cluster_domain), s.ports.iter().map(|p| p.port).collect()))
             .collect();
-        let check = |rule: &DestinationRuleModel| -> Result<(), FieldError> {
-            match service_ports.get(&rule.host) {
-                Some(ports) => rule.check_ports(ports),
-                None => Ok(()), // a host with no Service here (yet): nothing to check against
-            }
+        // A host with no Service here (yet) has nothing to check against.
+        let errors_of = |rule: &DestinationRuleModel| -> Vec<FieldError> {
+            service_ports.get(&rule.host).map(|ports| rule.check_ports(ports)).unwrap_or_default()
         };
         let ids: Vec<NsName> = self.destination_rules.keys().cloned().collect();
         for id in ids {
-            let error = match check(&self.destination_rules[&id]) {
-                Ok(()) => continue,
-                Err(error) => error,
-            };
+            let errors = errors_of(&self.destination_rules[&id]);
+            if errors.is_empty() {
+                continue;
+            }
             let key = ObjectKey { kind: "DestinationRule".into(), namespace: id.0.clone(), name: id.1.clone() };
             let raw = self.accepted[&key].clone();
-            let mut rejection = Rejection::object(&raw, error);
-            let fallback = previous
-                .destination_rules
-                .get(&id)
-                .filter(|last| check(last).is_ok())
-                .zip(previous.accepted.get(&key))
-                .map(|(last, last_raw)| (last.clone(), last_raw.clone()));
+            let fallback = previous.last_good(&key, cluster_domain).filter(|(last_raw, _)| *last_raw != raw).and_then(
+                |(last_raw, accepted)| match accepted {
+                    Accepted::Rule(last) if errors_of(&last).is_empty() => Some((last_raw, last)),
+                    _ => None,
+                },
+            );
+            let note = if fallback.is_some() {
+                " (the last good version keeps serving)"
+            } else {
+                " (the rule serves without this entry)"
+            };
+            for error in errors {
+                let mut rejection = Rejection::object(&raw, error);
+                rejection.message.push_str(note);
+                rejections.push(rejection);
+            }
             match fallback {
-                Some((last, last_raw)) if last_raw != raw => {
-                    rejection.message.push_str(" (the last good version keeps serving)");
+                Some((last_raw, last)) => {
                     self.destination_rules.insert(id, last);
                     self.accepted.insert(key, last_raw);
                 }
-                _ => {
-                    self.destination_rules.remove(&id);
-                    self.accepted.remove(&key);
+                None => {
+                    let rule = self.destination_rules.get_mut(&id).expect("listed above");
+                    if let Some(ports) = service_ports.get(&rule.host) {
+                        rule.retain_ports(ports);
+                    }
                 }
             }
-            rejections.push(rejection);
         }
     }
 
-    /// The DestinationRule that applies to a service host: an exact host
-    /// wins over a wildcard, the longest wildcard over shorter ones, and
-    /// among equals the first by namespace/name.
-    pub fn rule_for_host(&self, fqdn: &str) -> Option<&DestinationRuleModel> {
-        let mut best: Option<(usize, &DestinationRuleModel)> = None;
+    /// An EndpointSlice port without a number means "all ports": the
+    /// Service's numeric `targetPort` is the backend port for the service
+    /// port of that name (for every service port when it has no name).
+    fn fill_unnumbered_slice_ports(&mut self) {
+        for (id, unnumbered) in std::mem::take(&mut self.unnumbered) {
+            let Some(slice) = self.endpoint_slices.get_mut(&id) else { continue };
+            let Some(service) = self.services.get(&(slice.namespace.clone(), slice.service.clone())) else {
+                continue;
+            };
+            for (name, protocol) in unnumbered {
+                for port in
+                    service.ports.iter().filter(|p| p.protocol == protocol && (name.is_empty() || p.name == name))
+                {
+                    let TargetPort::Number(target) = port.target_port else { continue };
+                    if !slice.ports.iter().any(|p| p.name == port.name && p.protocol == protocol) {
+                        slice.ports.push(SlicePort { name: port.name.clone(), port: target, protocol });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The DestinationRule that applies to a service: a rule in the
+    /// service's own namespace first, then one in the root namespace
+    /// (`istio-system`), then any other; rules from other namespaces only
+    /// when their `exportTo` lets them. Within a tier an exact host wins
+    /// over a wildcard, a longer wildcard over a shorter one, and among
+    /// equals the first by namespace/name.
+    pub fn rule_for_host(&self, fqdn: &str, namespace: &str) -> Option<&DestinationRuleModel> {
+        let mut best: Option<((u8, usize), &DestinationRuleModel)> = None;
         for rule in self.destination_rules.values() {
             let specificity = if rule.host == fqdn {
                 usize::MAX
@@ -320,8 +434,20 @@ impl Model {
             } else {
                 continue;
             };
-            if best.is_none_or(|(s, _)| specificity > s) {
-                best = Some((specificity, rule));
+            if !rule.visible_in(namespace) {
+                continue;
+            }
+            let tier = if rule.namespace == namespace {
+                0
+            } else if rule.namespace == policy::ROOT_NAMESPACE {
+                1
+            } else {
+                2
+            };
+            // Lower sorts first: the tier, then the most specific host.
+            let rank = (tier, usize::MAX - specificity);
+            if best.is_none_or(|(r, _)| rank < r) {
+                best = Some((rank, rule));
             }
         }
         best.map(|(_, rule)| rule)
@@ -331,7 +457,7 @@ impl Model {
 fn validate(object: &SourcedObject, cluster_domain: &str) -> Result<Accepted, FieldError> {
     match &object.resource {
         Resource::Service(s) => validate_service(s).map(Accepted::Service),
-        Resource::EndpointSlice(s) => validate_slice(s).map(Accepted::Slice),
+        Resource::EndpointSlice(s) => validate_slice(s).map(|(slice, unnumbered)| Accepted::Slice(slice, unnumbered)),
         Resource::Pod(p) => validate_pod(p).map(Accepted::Pod),
         Resource::DestinationRule(r) => policy::validate_destination_rule(r, cluster_domain).map(Accepted::Rule),
     }
@@ -379,8 +505,16 @@ fn validate_service(service: &resources::Service) -> Result<ServiceModel, FieldE
     }
     let mut ports = Vec::new();
     let mut seen = BTreeSet::new();
+    let mut names = BTreeSet::new();
     for (i, port) in spec.ports.iter().enumerate() {
         let at = |f: &str| format!("spec.ports[{i}].{f}");
+        let name = port.name.as_deref().unwrap_or("");
+        if spec.ports.len() > 1 && name.is_empty() {
+            return Err(FieldError::new(at("name"), "required when a Service has more than one port"));
+        }
+        if !name.is_empty() && !names.insert(name) {
+            return Err(FieldError::new(at("name"), format!("port name {name:?} is used twice")));
+        }
         let number = parse_port(&at("port"), port.port)?;
         let Some(protocol) = parse_protocol(&at("protocol"), port.protocol.as_deref())? else {
             continue;
@@ -391,17 +525,19 @@ fn validate_service(service: &resources::Service) -> Result<ServiceModel, FieldE
         let target_port = match &port.target_port {
             None => TargetPort::Number(number),
             Some(IntOrString::Int(n)) => TargetPort::Number(parse_port(&at("targetPort"), *n)?),
-            Some(IntOrString::String(s)) => match s.parse::<i64>() {
-                Ok(n) => TargetPort::Number(parse_port(&at("targetPort"), n)?),
-                Err(_) if s.is_empty() => return Err(FieldError::new(at("targetPort"), "empty port name")),
-                Err(_) => TargetPort::Name(s.clone()),
-            },
+            Some(IntOrString::String(s)) if s.is_empty() => {
+                return Err(FieldError::new(at("targetPort"), "empty port name"))
+            }
+            Some(IntOrString::String(s)) if s.bytes().all(|b| b.is_ascii_digit()) => {
+                return Err(FieldError::new(
+                    at("targetPort"),
+                    format!("{s:?} is not a port name: a port name must contain a letter (write a number unquoted)"),
+                ))
+            }
+            Some(IntOrString::String(s)) => TargetPort::Name(s.clone()),
         };
-        if spec.ports.len() > 1 && port.name.as_deref().unwrap_or("").is_empty() {
-            return Err(FieldError::new(at("name"), "required when a Service has more than one port"));
-        }
         ports.push(PortModel {
-            name: port.name.clone().unwrap_or_default(),
+            name: name.to_owned(),
             port: number,
             protocol,
             target_port,
@@ -416,7 +552,7 @@ fn validate_service(service: &resources::Service) -> Result<ServiceModel, FieldE
     })
 }
 
-fn validate_slice(slice: &resources::EndpointSlice) -> Result<EndpointSliceModel, FieldError> {
+fn validate_slice(slice: &resources::EndpointSlice) -> Result<(EndpointSliceModel, Vec<UnnumberedPort>), FieldError> {
     let ipv6 = match slice.address_type.as_str() {
         "IPv4" => false,
         "IPv6" => true,
@@ -456,26 +592,27 @@ fn validate_slice(slice: &resources::EndpointSlice) -> Result<EndpointSliceModel
         endpoints.push(EndpointModel { addresses, ready: endpoint.conditions.ready.unwrap_or(true), target });
     }
     let mut ports = Vec::new();
+    let mut unnumbered = Vec::new();
     for (i, port) in slice.ports.iter().enumerate() {
         let at = |f: &str| format!("ports[{i}].{f}");
-        let number = port.port.ok_or_else(|| FieldError::new(at("port"), "required"))?;
         let Some(protocol) = parse_protocol(&at("protocol"), port.protocol.as_deref())? else {
             continue;
         };
-        ports.push(SlicePort {
-            name: port.name.clone().unwrap_or_default(),
-            port: parse_port(&at("port"), number)?,
-            protocol,
-        });
+        let name = port.name.clone().unwrap_or_default();
+        match port.port {
+            None => unnumbered.push((name, protocol)),
+            Some(number) => ports.push(SlicePort { name, port: parse_port(&at("port"), number)?, protocol }),
+        }
     }
-    Ok(EndpointSliceModel {
+    let model = EndpointSliceModel {
         namespace: slice.metadata.namespace_or_default().to_owned(),
         name: slice.metadata.name.clone(),
         service,
         ipv6,
         endpoints,
         ports,
-    })
+    };
+    Ok((model, unnumbered))
 }
 
 fn validate_pod(pod: &resources::Pod) -> Result<PodModel, FieldError> {
@@ -501,12 +638,20 @@ fn validate_pod(pod: &resources::Pod) -> Result<PodModel, FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::parse_file;
+    use crate::source::{parse_documents, parse_file};
 
     pub const DOMAIN: &str = "cluster.local";
 
     fn objects(text: &str) -> Vec<SourcedObject> {
         parse_file("test.yaml", text).unwrap()
+    }
+
+    fn in_file(file: &str, text: &str) -> Vec<SourcedObject> {
+        parse_file(file, text).unwrap()
+    }
+
+    fn id(namespace: &str, name: &str) -> NsName {
+        (namespace.into(), name.into())
     }
 
     const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  clusterIPs: [10.96.0.10, fd00:96::10]\n  ports:\n  - {name: http, port: 80, targetPort: http}\n  - {name: dns, port: 53, protocol: UDP, targetPort: 5353}\n";
@@ -519,6 +664,25 @@ mod tests {
         assert_eq!(web.cluster_ips.len(), 2);
         assert_eq!(web.ports[0].target_port, TargetPort::Name("http".into()));
         assert_eq!(web.ports[1].protocol, Protocol::Udp);
+    }
+
+    #[test]
+    fn service_port_names_are_unique_and_contain_a_letter() {
+        let twice = SERVICE.replace("name: dns", "name: http");
+        let model = Model::build(&objects(&twice), vec![], &Model::default(), DOMAIN);
+        assert!(model.services.is_empty());
+        assert_eq!(model.rejections[0].field, "spec.ports[1].name");
+        assert!(model.rejections[0].message.contains("used twice"), "{}", model.rejections[0]);
+
+        let digits = SERVICE.replace("targetPort: 5353", "targetPort: '5353'");
+        let model = Model::build(&objects(&digits), vec![], &Model::default(), DOMAIN);
+        assert!(model.services.is_empty());
+        assert_eq!(model.rejections[0].field, "spec.ports[1].targetPort");
+        assert!(model.rejections[0].message.contains("a port name must contain a letter"));
+
+        let named = SERVICE.replace("targetPort: 5353", "targetPort: dns-5353");
+        let model = Model::build(&objects(&named), vec![], &Model::default(), DOMAIN);
+        assert!(model.rejections.is_empty(), "{:?}", model.rejections);
     }
 
     #[test]
@@ -541,6 +705,36 @@ mod tests {
         assert_eq!(model.rejections[0].field, "spec.clusterIPs[0]");
     }
 
+    fn batch(file: &str, text: &str) -> SourceBatch {
+        let parsed = parse_documents(file, text).unwrap();
+        SourceBatch { objects: parsed.objects, undecodable: parsed.undecodable, rejections: parsed.problems }
+    }
+
+    #[test]
+    fn an_undecodable_edit_keeps_the_last_good_version_of_that_object_only() {
+        let pod = "---\napiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: shop}\n";
+        let good = Model::from_batch(&batch("web.yaml", &format!("{SERVICE}{pod}")), &Model::default(), DOMAIN);
+        assert!(good.rejections.is_empty(), "{:?}", good.rejections);
+        let typo = SERVICE.replace("port: 80,", "port: eighty,");
+        let pod_v2 = pod.replace("name: p,", "name: p, labels: {v: '2'},");
+        let next = Model::from_batch(&batch("web.yaml", &format!("{typo}{pod_v2}")), &good, DOMAIN);
+        assert_eq!(next.rejections.len(), 1, "{:?}", next.rejections);
+        let shown = next.rejections[0].to_string();
+        assert!(shown.starts_with("web.yaml: Service shop/web: spec.ports[0].port: "), "{shown}");
+        assert!(shown.ends_with("(the last good version keeps serving)"), "{shown}");
+        assert_eq!(next.services[&id("shop", "web")].ports[0].port, 80, "the last good version serves");
+        assert_eq!(next.pods[&id("shop", "p")].labels["v"], "2", "the rest of the file applies");
+        // With no earlier version there is nothing to serve, only the report.
+        let fresh = Model::from_batch(&batch("web.yaml", &typo), &Model::default(), DOMAIN);
+        assert!(fresh.services.is_empty());
+        assert_eq!(fresh.rejections[0].field, "spec.ports[0].port");
+        // A kind typo falls back the same way.
+        let wrong_kind = SERVICE.replace("kind: Service", "kind: service");
+        let next = Model::from_batch(&batch("web.yaml", &wrong_kind), &good, DOMAIN);
+        assert!(next.services.contains_key(&id("shop", "web")));
+        assert_eq!(next.rejections[0].field, "kind");
+    }
+
     #[test]
     fn endpoint_slices_need_their_service_label_and_matching_family() {
         let slice = "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nendpoints:\n- addresses: [fd00::1]\n";
@@ -553,6 +747,27 @@ mod tests {
     }
 
     #[test]
+    fn a_slice_port_without_a_number_takes_the_numeric_target_port() {
+        let service = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  clusterIP: 10.96.0.10\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n  - {name: admin, port: 9000, targetPort: admin}\n  - {name: metrics, port: 9090}\n";
+        let slice = "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nendpoints:\n- addresses: [10.244.0.2]\nports:\n- {name: http}\n- {name: admin}\n- {name: metrics, port: 9191}\n";
+        let model = Model::build(&objects(&format!("{service}{slice}")), vec![], &Model::default(), DOMAIN);
+        assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+        let ports: Vec<(&str, u16)> =
+            model.endpoint_slices[&id("shop", "web-1")].ports.iter().map(|p| (p.name.as_str(), p.port)).collect();
+        assert_eq!(ports, [("metrics", 9191), ("http", 8080)], "a named targetPort cannot be filled in");
+        // An unnamed entry without a number stands for every port.
+        let all = slice.replace("- {name: http}\n- {name: admin}\n- {name: metrics, port: 9191}\n", "- {}\n");
+        let model = Model::build(&objects(&format!("{service}{all}")), vec![], &Model::default(), DOMAIN);
+        let ports: Vec<(&str, u16)> =
+            model.endpoint_slices[&id("shop", "web-1")].ports.iter().map(|p| (p.name.as_str(), p.port)).collect();
+        assert_eq!(ports, [("http", 8080), ("metrics", 9090)]);
+        // The backends follow.
+        let snapshot = crate::snapshot::compile(&model, DOMAIN).unwrap();
+        let http = snapshot.services.iter().find(|s| s.port == 80).unwrap();
+        assert_eq!(http.backends[0].address, "10.244.0.2:8080".parse().unwrap());
+    }
+
+    #[test]
     fn duplicate_objects_are_reported() {
         let twice = format!("{SERVICE}---\n{SERVICE}");
         let model = Model::build(&objects(&twice), vec![], &Model::default(), DOMAIN);
@@ -561,32 +776,152 @@ mod tests {
     }
 
     #[test]
+    fn a_duplicate_in_another_file_does_not_displace_the_served_copy() {
+        let other = SERVICE.replace("port: 80,", "port: 81,");
+        let served = Model::build(&in_file("b.yaml", SERVICE), vec![], &Model::default(), DOMAIN);
+        // a.yaml sorts first, but b.yaml served the object last time.
+        let both = [in_file("a.yaml", &other), in_file("b.yaml", SERVICE)].concat();
+        let model = Model::build(&both, vec![], &served, DOMAIN);
+        assert_eq!(model.services[&id("shop", "web")].ports[0].port, 80);
+        assert_eq!(model.rejections.len(), 1);
+        assert_eq!(model.rejections[0].file.as_deref(), Some("a.yaml"));
+        assert!(model.rejections[0].message.contains("already defined in b.yaml"), "{}", model.rejections[0]);
+        // With no history the first copy wins.
+        let model = Model::build(&both, vec![], &Model::default(), DOMAIN);
+        assert_eq!(model.services[&id("shop", "web")].ports[0].port, 81);
+        assert_eq!(model.rejections[0].file.as_deref(), Some("b.yaml"));
+    }
+
+    const RULE: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web, namespace: shop}\nspec:\n  host: web\n  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    portLevelSettings:\n    - port: {number: 8080}\n      loadBalancer: {simple: RANDOM}\n";
+
+    #[test]
     fn rule_port_must_name_a_service_port() {
-        let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web, namespace: shop}\nspec:\n  host: web\n  trafficPolicy:\n    portLevelSettings:\n    - port: {number: 8080}\n      loadBalancer: {simple: RANDOM}\n";
-        let text = format!("{SERVICE}---\n{rule}");
+        let text = format!("{SERVICE}---\n{RULE}");
         let model = Model::build(&objects(&text), vec![], &Model::default(), DOMAIN);
-        assert!(model.destination_rules.is_empty());
         let shown = model.rejections[0].to_string();
         assert!(
             shown.contains("DestinationRule shop/web: spec.trafficPolicy.portLevelSettings[0].port.number"),
             "{shown}"
         );
+        // Not dropped whole: the rule serves without the dangling entry.
+        assert!(shown.contains("serves without this entry"), "{shown}");
+        let rule = &model.destination_rules[&id("shop", "web")];
+        assert!(rule.policy.as_ref().unwrap().ports.is_empty());
+        assert_eq!(rule.effective(None, 80).load_balancer, policy::LoadBalancer::RoundRobin);
         // The fixed rule is accepted, and a later bad edit falls back to it.
         let fixed = text.replace("8080", "80");
         let good = Model::build(&objects(&fixed), vec![], &Model::default(), DOMAIN);
         assert_eq!(good.destination_rules.len(), 1);
+        assert!(good.rejections.is_empty());
         let again = Model::build(&objects(&text), vec![], &good, DOMAIN);
         assert_eq!(again.destination_rules.len(), 1);
         assert!(again.rejections[0].message.contains("last good version"));
+        assert_eq!(
+            again.destination_rules[&id("shop", "web")].effective(None, 80).load_balancer,
+            policy::LoadBalancer::Random
+        );
+    }
+
+    #[test]
+    fn dangling_rule_ports_are_named_by_their_written_index() {
+        // Port 9000 is written first; sorted, it would come second.
+        let rule = RULE.replace(
+            "    - port: {number: 8080}\n",
+            "    - port: {number: 9000}\n      loadBalancer: {simple: RANDOM}\n    - port: {number: 80}\n",
+        );
+        let model = Model::build(&objects(&format!("{SERVICE}---\n{rule}")), vec![], &Model::default(), DOMAIN);
+        let fields: Vec<&str> = model.rejections.iter().map(|r| r.field.as_str()).collect();
+        assert_eq!(fields, ["spec.trafficPolicy.portLevelSettings[0].port.number"]);
+        let rule = &model.destination_rules[&id("shop", "web")];
+        assert_eq!(rule.policy.as_ref().unwrap().ports[&80].index, 1);
+        assert_eq!(rule.effective(None, 80).load_balancer, policy::LoadBalancer::Random);
+    }
+
+    #[test]
+    fn a_last_good_rule_that_also_dangles_gives_way_to_the_trimmed_current_one() {
+        let service_8080 = SERVICE.replace("port: 80,", "port: 8080,");
+        let first = Model::build(&objects(&format!("{service_8080}---\n{RULE}")), vec![], &Model::default(), DOMAIN);
+        assert!(first.rejections.is_empty(), "{:?}", first.rejections);
+        // The Service loses port 8080 and the rule is edited at once: the old
+        // rule fails the check too, so the edited one serves, trimmed.
+        let edited = RULE.replace("ROUND_ROBIN", "LEAST_REQUEST");
+        let next = Model::build(&objects(&format!("{SERVICE}---\n{edited}")), vec![], &first, DOMAIN);
+        assert_eq!(next.rejections.len(), 1);
+        assert!(next.rejections[0].message.contains("serves without this entry"), "{}", next.rejections[0]);
+        let rule = &next.destination_rules[&id("shop", "web")];
+        assert_eq!(rule.effective(None, 80).load_balancer, policy::LoadBalancer::LeastRequest);
+        assert!(rule.policy.as_ref().unwrap().ports.is_empty());
+    }
+
+    fn rule_in(namespace: &str, name: &str, host: &str, extra: &str) -> String {
+        format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {{host: '{host}'{extra}}}\n")
     }
 
     #[test]
     fn most_specific_rule_wins() {
-        let rules = "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: all, namespace: shop}\nspec: {host: '*.shop.svc.cluster.local'}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: web, namespace: other}\nspec: {host: web.shop.svc.cluster.local}\n";
+        let rules = "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: all, namespace: shop}\nspec: {host: '*.shop.svc.cluster.local'}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: web, namespace: shop}\nspec: {host: web.shop.svc.cluster.local}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: svc, namespace: shop}\nspec: {host: '*.svc.cluster.local'}\n";
         let model = Model::build(&objects(rules), vec![], &Model::default(), DOMAIN);
         assert!(model.rejections.is_empty(), "{:?}", model.rejections);
-        assert_eq!(model.rule_for_host("web.shop.svc.cluster.local").unwrap().name, "web");
-        assert_eq!(model.rule_for_host("db.shop.svc.cluster.local").unwrap().name, "all");
-        assert!(model.rule_for_host("db.else.svc.cluster.local").is_none());
+        assert_eq!(model.rule_for_host("web.shop.svc.cluster.local", "shop").unwrap().name, "web");
+        assert_eq!(model.rule_for_host("db.shop.svc.cluster.local", "shop").unwrap().name, "all");
+        assert_eq!(model.rule_for_host("db.else.svc.cluster.local", "else").unwrap().name, "svc");
+        assert!(model.rule_for_host("db.else.example", "else").is_none());
+    }
+
+    #[test]
+    fn the_services_namespace_beats_the_root_namespace_which_beats_the_rest() {
+        let host = "web.shop.svc.cluster.local";
+        let text = [
+            rule_in("aaa", "exact", host, ""),
+            rule_in("istio-system", "root", "*.svc.cluster.local", ""),
+            rule_in("shop", "own", "*", ""),
+        ]
+        .concat();
+        let model = Model::build(&objects(&text), vec![], &Model::default(), DOMAIN);
+        assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+        assert_eq!(model.rule_for_host(host, "shop").unwrap().name, "own", "own namespace, even as a bare `*`");
+        let without_own: Vec<SourcedObject> =
+            objects(&text).into_iter().filter(|o| o.resource.metadata().name != "own").collect();
+        let model = Model::build(&without_own, vec![], &Model::default(), DOMAIN);
+        assert_eq!(model.rule_for_host(host, "shop").unwrap().name, "root", "root before an exact host elsewhere");
+        let only_others = [
+            rule_in("bbb", "b", host, ""),
+            rule_in("aaa", "a", host, ""),
+            rule_in("ccc", "c", "*.shop.svc.cluster.local", ""),
+        ]
+        .concat();
+        let model = Model::build(&objects(&only_others), vec![], &Model::default(), DOMAIN);
+        assert_eq!(model.rule_for_host(host, "shop").unwrap().name, "a", "exact, then namespace/name order");
+    }
+
+    #[test]
+    fn export_to_hides_rules_from_other_namespaces() {
+        let host = "web.shop.svc.cluster.local";
+        let text = [
+            rule_in("aaa", "private", host, ", exportTo: ['.']"),
+            rule_in("bbb", "elsewhere", host, ", exportTo: [other]"),
+            rule_in("ccc", "shared", host, ", exportTo: [shop]"),
+        ]
+        .concat();
+        let model = Model::build(&objects(&text), vec![], &Model::default(), DOMAIN);
+        assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+        assert_eq!(model.rule_for_host(host, "shop").unwrap().name, "shared");
+        let text = rule_in("shop", "own", host, ", exportTo: [other]");
+        let model = Model::build(&objects(&text), vec![], &Model::default(), DOMAIN);
+        assert_eq!(model.rule_for_host(host, "shop").unwrap().name, "own", "a rule always applies in its namespace");
+    }
+
+    #[test]
+    fn consistent_hash_without_a_key_is_served_as_random() {
+        let rule = RULE.replace(
+            "    loadBalancer: {simple: ROUND_ROBIN}\n    portLevelSettings:\n    - port: {number: 8080}\n      loadBalancer: {simple: RANDOM}\n",
+            "    loadBalancer: {consistentHash: {maglev: {tableSize: 251}}}\n",
+        );
+        let model = Model::build(&objects(&format!("{SERVICE}---\n{rule}")), vec![], &Model::default(), DOMAIN);
+        assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+        let snapshot = crate::snapshot::compile(&model, DOMAIN).unwrap();
+        let http = snapshot.services.iter().find(|s| s.port == 80).unwrap();
+        assert_eq!(http.load_balancer, "RANDOM");
+        assert_eq!(http.destination_rule.as_deref(), Some("shop/web"));
     }
 }

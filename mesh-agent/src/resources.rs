@@ -216,6 +216,9 @@ pub struct DestinationRuleSpec {
     pub traffic_policy: Option<TrafficPolicy>,
     #[serde(default)]
     pub subsets: Vec<Subset>,
+    /// Namespaces the rule applies to services of: `*`, `.` or names.
+    #[serde(default)]
+    pub export_to: Vec<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -242,6 +245,13 @@ pub struct TrafficPolicy {
     pub tls: Option<serde_yaml::Value>,
     #[serde(default)]
     pub port_level_settings: Vec<PortTrafficPolicy>,
+    // Not used at L4, but a policy that sets only these is not empty.
+    #[serde(default)]
+    pub tunnel: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub proxy_protocol: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub retry_budget: Option<serde_yaml::Value>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

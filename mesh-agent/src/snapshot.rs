@@ -126,6 +126,7 @@ fn kernel_algorithm(load_balancer: &LoadBalancer) -> (u8, u32, Option<String>) {
             crate::policy::DEFAULT_MAGLEV_TABLE_SIZE,
             Some("ring hash is served by a Maglev table of the default size in the kernel".into()),
         ),
+        LoadBalancer::ConsistentHash { key: HashKey::Unset, .. } => (lb::RANDOM, 0, None),
         LoadBalancer::ConsistentHash { .. } => (
             lb::LEAST_REQUEST,
             0,
@@ -190,7 +191,7 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
     let mut snapshot = Snapshot { rejections: model.rejections.clone(), ..Default::default() };
     let slices = index_slices(model);
     for service in model.services.values() {
-        let rule = model.rule_for_host(&service.fqdn(cluster_domain));
+        let rule = model.rule_for_host(&service.fqdn(cluster_domain), &service.namespace);
         for port in &service.ports {
             let policy = rule.map(|r| r.effective(None, port.port)).unwrap_or_default();
             let (algorithm, maglev_size, note) = kernel_algorithm(&policy.load_balancer);
@@ -259,6 +260,10 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
     }
     check_capacity("service addresses", snapshot.frontends.len(), capacity::FRONTENDS)?;
     check_capacity("service IPs", snapshot.service_ips.len(), capacity::SERVICE_IPS)?;
+    let states: BTreeSet<u64> = snapshot.frontends.values().flat_map(|f| [f.cluster_id, f.group_id]).collect();
+    check_capacity("cluster states", states.len(), capacity::CLUSTERS)?;
+    let backends: BTreeSet<&Backend> = snapshot.slots.values().collect();
+    check_capacity("backends", backends.len(), capacity::BACKENDS)?;
     check_capacity("backend slots", snapshot.slots.len(), capacity::SLOTS)?;
     check_capacity("Maglev entries", snapshot.maglev.len(), capacity::MAGLEV)?;
     Ok(snapshot)

@@ -1,18 +1,36 @@
 //! The local-file config source: a directory of Kubernetes YAML.
 //!
 //! Every `*.yaml`/`*.yml` file may hold several documents (or a `kind: List`).
-//! A file that fails to parse keeps serving the objects it held the last
-//! time it parsed, and the failure is reported as a [`Rejection`].
+//! A file is read only once its metadata has stayed the same for two polls
+//! in a row, so a file caught mid-write is not read. A file whose YAML does
+//! not parse keeps serving the objects it held the last time it parsed; an
+//! object that does not decode (a wrongly typed field, a wrong kind or
+//! apiVersion) is rejected alone, and the model serves its last good
+//! version. Every problem is reported as a [`Rejection`].
 
-use crate::model::{Rejection, SourcedObject};
+use crate::model::{ObjectKey, Rejection, SourcedObject};
 use crate::resources::Resource;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-/// What changes in a file's metadata: when any of it moves, reload.
-type Fingerprint = BTreeMap<PathBuf, (SystemTime, u64)>;
+/// What changes in a file's metadata when it is written or replaced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp {
+    modified: SystemTime,
+    len: u64,
+    device: u64,
+    inode: u64,
+    ctime: (i64, i64),
+}
+
+type Fingerprint = BTreeMap<PathBuf, Stamp>;
+
+/// On the very first poll there is no earlier look to compare with: the
+/// directory is looked at twice, this far apart, before files are read.
+const FIRST_LOOK_INTERVAL: Duration = crate::agent::POLL_INTERVAL;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
@@ -24,33 +42,68 @@ pub enum SourceError {
 #[derive(Debug, Default)]
 pub struct SourceBatch {
     pub objects: Vec<SourcedObject>,
+    /// Objects present but not decodable: the model keeps serving their
+    /// last accepted version and reports the rejection.
+    pub undecodable: Vec<(ObjectKey, Rejection)>,
+    /// Problems that belong to no servable object (a file whose YAML does
+    /// not parse, a document without kind or name).
     pub rejections: Vec<Rejection>,
 }
 
 pub struct FileSource {
     dir: PathBuf,
-    fingerprint: Option<Fingerprint>,
+    /// What the previous poll saw; `None` before the first poll.
+    seen: Option<Fingerprint>,
+    /// The files as last read.
     files: BTreeMap<PathBuf, FileState>,
 }
 
 impl FileSource {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into(), fingerprint: None, files: BTreeMap::new() }
+        Self { dir: dir.into(), seen: None, files: BTreeMap::new() }
     }
 
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    /// Loads the directory when it changed since the last call (always on the
-    /// first); `Ok(None)` when nothing changed.
+    /// Loads what changed since the last call; `Ok(None)` when nothing did.
+    /// A file is (re)read, or dropped when deleted, once two polls in a row
+    /// saw it the same; until then its previous content keeps serving. The
+    /// first call always returns a batch.
     pub fn poll(&mut self) -> Result<Option<SourceBatch>, SourceError> {
-        let fingerprint = self.scan()?;
-        if self.fingerprint.as_ref() == Some(&fingerprint) {
+        let first = self.seen.is_none();
+        let mut scan = self.scan()?;
+        if first && !scan.is_empty() {
+            std::thread::sleep(FIRST_LOOK_INTERVAL);
+            let again = self.scan()?;
+            self.seen = Some(std::mem::replace(&mut scan, again));
+        }
+        let seen = self.seen.take().unwrap_or_default();
+        let loaded = self.files.len();
+        // Gone now and at the previous poll: the file's objects go.
+        self.files.retain(|path, _| scan.contains_key(path) || seen.contains_key(path));
+        let mut changed = self.files.len() != loaded;
+        for (path, stamp) in &scan {
+            let current = self.files.get(path).is_some_and(|file| file.stamp == *stamp);
+            let settled = seen.get(path) == Some(stamp);
+            if current || !settled {
+                continue;
+            }
+            let previous = self.files.remove(path);
+            self.files.insert(path.clone(), read_file(path, *stamp, previous));
+            changed = true;
+        }
+        self.seen = Some(scan);
+        if !changed && !first {
             return Ok(None);
         }
-        let batch = self.load(&fingerprint);
-        self.fingerprint = Some(fingerprint);
+        let mut batch = SourceBatch::default();
+        for file in self.files.values() {
+            batch.objects.extend(file.parsed.objects.iter().cloned());
+            batch.undecodable.extend(file.parsed.undecodable.iter().cloned());
+            batch.rejections.extend(file.parsed.problems.iter().cloned());
+        }
         Ok(Some(batch))
     }
 
@@ -67,81 +120,110 @@ impl FileSource {
             // A file that vanished between listing and stat is simply gone.
             if let Ok(meta) = std::fs::metadata(&path) {
                 if meta.is_file() {
-                    files.insert(path, (meta.modified().unwrap_or(SystemTime::UNIX_EPOCH), meta.len()));
+                    let stamp = Stamp {
+                        modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                        len: meta.len(),
+                        device: meta.dev(),
+                        inode: meta.ino(),
+                        ctime: (meta.ctime(), meta.ctime_nsec()),
+                    };
+                    files.insert(path, stamp);
                 }
             }
         }
         Ok(files)
     }
-
-    fn load(&mut self, fingerprint: &Fingerprint) -> SourceBatch {
-        let mut batch = SourceBatch::default();
-        self.files.retain(|path, _| fingerprint.contains_key(path));
-        for (path, stamp) in fingerprint {
-            // Only files that changed are read and parsed again.
-            if self.files.get(path).is_none_or(|file| file.stamp != *stamp) {
-                let previous = self.files.remove(path);
-                self.files.insert(path.clone(), read_file(path, *stamp, previous));
-            }
-            let file = &self.files[path];
-            batch.objects.extend(file.objects.iter().cloned());
-            batch.rejections.extend(file.problems.iter().cloned());
-        }
-        batch
-    }
 }
 
 /// What one file holds as of its last read.
 struct FileState {
-    stamp: (SystemTime, u64),
-    /// The objects of its last successful parse.
-    objects: Vec<SourcedObject>,
-    /// Why its current content is not served, if it is not.
-    problems: Vec<Rejection>,
+    stamp: Stamp,
+    /// Its last parse whose YAML was readable, with the problems of the
+    /// current content when that one is not.
+    parsed: ParsedFile,
 }
 
-fn read_file(path: &Path, stamp: (SystemTime, u64), previous: Option<FileState>) -> FileState {
+fn read_file(path: &Path, stamp: Stamp, previous: Option<FileState>) -> FileState {
     let display = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let parsed = std::fs::read_to_string(path)
         .map_err(|e| vec![Rejection::file(&display, format!("cannot read: {e}"))])
-        .and_then(|text| parse_file(&display, &text));
+        .and_then(|text| parse_documents(&display, &text));
     match parsed {
-        Ok(objects) => FileState { stamp, objects, problems: Vec::new() },
+        Ok(parsed) => FileState { stamp, parsed },
         Err(mut problems) => {
-            let objects = previous.map(|p| p.objects).unwrap_or_default();
-            if !objects.is_empty() {
-                let note = format!(" (the file's last good version, {} objects, keeps serving)", objects.len());
+            let mut parsed = previous.map(|p| p.parsed).unwrap_or_default();
+            let count = parsed.objects.len() + parsed.undecodable.len();
+            if count > 0 {
+                let note = format!(" (the file's last good version, {count} objects, keeps serving)");
                 problems.iter_mut().for_each(|p| p.message.push_str(&note));
             }
-            FileState { stamp, objects, problems }
+            parsed.problems = problems;
+            FileState { stamp, parsed }
         }
     }
 }
 
-/// Parses every document of one file. Any problem fails the whole file, so
-/// a half-written file never replaces its last good version.
-pub fn parse_file(file: &str, text: &str) -> Result<Vec<SourcedObject>, Vec<Rejection>> {
-    let mut objects = Vec::new();
-    let mut problems = Vec::new();
+/// One file's documents, object by object.
+#[derive(Clone, Debug, Default)]
+pub struct ParsedFile {
+    pub objects: Vec<SourcedObject>,
+    /// Objects of a served kind, named, that do not decode.
+    pub undecodable: Vec<(ObjectKey, Rejection)>,
+    /// Documents that name no object the agent could serve.
+    pub problems: Vec<Rejection>,
+}
+
+/// Parses every document of one file. Only YAML that does not parse fails
+/// the whole file (serde_yaml cannot resume after it, and a half-written
+/// file must not replace its last good version); any other problem rejects
+/// just its object.
+pub fn parse_documents(file: &str, text: &str) -> Result<ParsedFile, Vec<Rejection>> {
+    let mut parsed = ParsedFile::default();
     for (index, document) in serde_yaml::Deserializer::from_str(text).enumerate() {
-        let value = match serde_yaml::Value::deserialize(document) {
-            Ok(value) => value,
+        match serde_yaml::Value::deserialize(document) {
+            Ok(value) => collect(file, value, &mut parsed),
             Err(e) => {
-                problems.push(Rejection::file(file, format!("document {}: YAML does not parse: {e}", index + 1)));
-                // serde_yaml cannot resume after a syntax error.
-                break;
+                let message = format!("document {}: YAML does not parse: {e}", index + 1);
+                return Err(vec![Rejection::file(file, message)]);
             }
-        };
-        collect(file, value, &mut objects, &mut problems);
+        }
     }
+    Ok(parsed)
+}
+
+/// [`parse_documents`], strictly: any problem at all is an error.
+pub fn parse_file(file: &str, text: &str) -> Result<Vec<SourcedObject>, Vec<Rejection>> {
+    let parsed = parse_documents(file, text)?;
+    let mut problems = parsed.problems;
+    problems.extend(parsed.undecodable.into_iter().map(|(_, rejection)| rejection));
     if problems.is_empty() {
-        Ok(objects)
+        Ok(parsed.objects)
     } else {
         Err(problems)
     }
 }
 
-fn collect(file: &str, value: serde_yaml::Value, objects: &mut Vec<SourcedObject>, problems: &mut Vec<Rejection>) {
+/// The kinds the agent reads: kind, API group (`""` is core) and versions.
+const SERVED_KINDS: [(&str, &str, &[&str]); 4] = [
+    ("Service", "", &["v1"]),
+    ("Pod", "", &["v1"]),
+    ("EndpointSlice", "discovery.k8s.io", &["v1"]),
+    ("DestinationRule", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
+];
+
+/// A group of some third party's API (e.g. Knative's `serving.knative.dev`,
+/// which has its own `Service`): its kinds are not ours, whatever their name.
+fn is_third_party_group(group: &str) -> bool {
+    group.contains('.') && !(group.ends_with(".k8s.io") || group.ends_with("istio.io"))
+}
+
+fn api_version_text(group: &str, versions: &[&str]) -> String {
+    let full: Vec<String> =
+        versions.iter().map(|v| if group.is_empty() { (*v).to_owned() } else { format!("{group}/{v}") }).collect();
+    full.join(", ")
+}
+
+fn collect(file: &str, value: serde_yaml::Value, parsed: &mut ParsedFile) {
     if value.is_null() {
         return; // an empty document, e.g. a trailing `---`
     }
@@ -150,7 +232,7 @@ fn collect(file: &str, value: serde_yaml::Value, objects: &mut Vec<SourcedObject
     if kind == "List" {
         if let Some(items) = value.get("items").and_then(|i| i.as_sequence()) {
             for item in items.clone() {
-                collect(file, item, objects, problems);
+                collect(file, item, parsed);
             }
         }
         return;
@@ -159,53 +241,72 @@ fn collect(file: &str, value: serde_yaml::Value, objects: &mut Vec<SourcedObject
         v.get("metadata").and_then(|m| m.get(field)).and_then(|n| n.as_str()).unwrap_or_default().to_owned()
     };
     let (namespace, name) = (name_of(&value, "namespace"), name_of(&value, "name"));
+    let namespace = if namespace.is_empty() { "default".to_owned() } else { namespace };
     let reject = |field: &str, message: String| Rejection {
         file: Some(file.to_owned()),
         kind: kind.clone(),
-        namespace: if namespace.is_empty() { "default".into() } else { namespace.clone() },
+        namespace: namespace.clone(),
         name: name.clone(),
         field: field.to_owned(),
         message,
     };
-    let decoded = match (group_of(&api_version), kind.as_str()) {
-        ("core", "Service") => decode(value).map(Resource::Service),
-        ("core", "Pod") => decode(value).map(Resource::Pod),
-        ("discovery.k8s.io", "EndpointSlice") => decode(value).map(Resource::EndpointSlice),
-        ("networking.istio.io", "DestinationRule") => {
-            if !matches!(
-                api_version.as_str(),
-                "networking.istio.io/v1" | "networking.istio.io/v1beta1" | "networking.istio.io/v1alpha3"
-            ) {
-                problems.push(reject(
-                    "apiVersion",
-                    format!("{api_version} is not served; use networking.istio.io/v1, v1beta1 or v1alpha3"),
-                ));
-                return;
-            }
-            decode(value).map(Resource::DestinationRule)
-        }
-        _ if kind.is_empty() => {
-            problems.push(reject("kind", "missing".into()));
-            return;
-        }
+    if kind.is_empty() {
+        parsed.problems.push(reject("kind", "missing".into()));
+        return;
+    }
+    let served = SERVED_KINDS
+        .iter()
+        .find(|(served, ..)| *served == kind)
+        .or_else(|| SERVED_KINDS.iter().find(|(served, ..)| served.eq_ignore_ascii_case(&kind)));
+    let Some(&(served_kind, served_group, versions)) = served else {
         // Kinds this agent does not serve (yet) are left alone, as the API
         // server would store them.
-        _ => {
-            tracing::debug!(file, %api_version, %kind, "ignoring object of a kind the agent does not use");
-            return;
+        tracing::debug!(file, %api_version, %kind, "ignoring object of a kind the agent does not use");
+        return;
+    };
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version.as_str()));
+    let served_version = group == served_group && versions.contains(&version);
+    if !served_version && is_third_party_group(group) {
+        tracing::debug!(file, %api_version, %kind, "ignoring object of another API group");
+        return;
+    }
+    // A served kind that cannot be read as written: its last good version
+    // keeps serving (when it is named, so that it can be found).
+    let mut undecodable = |field: &str, message: String| {
+        let rejection = reject(field, message);
+        if name.is_empty() {
+            parsed.problems.push(rejection);
+        } else {
+            let key = ObjectKey { kind: served_kind.to_owned(), namespace: namespace.clone(), name: name.clone() };
+            parsed.undecodable.push((key, rejection));
         }
     };
-    match decoded {
-        Ok(resource) if resource.metadata().name.is_empty() => problems.push(reject("metadata.name", "missing".into())),
-        Ok(resource) => objects.push(SourcedObject { file: file.to_owned(), resource }),
-        Err((field, message)) => problems.push(reject(&field, message)),
+    if kind != served_kind {
+        undecodable("kind", format!("{kind:?} is not a kind; kinds are case-sensitive: did you mean {served_kind}?"));
+        return;
     }
-}
-
-fn group_of(api_version: &str) -> &str {
-    match api_version.split_once('/') {
-        Some((group, _)) => group,
-        None => "core",
+    if !served_version {
+        let expected = api_version_text(served_group, versions);
+        let message = if api_version.is_empty() {
+            format!("missing; {kind} is served as {expected}")
+        } else {
+            format!("{kind} is not served as {api_version:?}; use {expected}")
+        };
+        undecodable("apiVersion", message);
+        return;
+    }
+    let decoded = match served_kind {
+        "Service" => decode(value).map(Resource::Service),
+        "Pod" => decode(value).map(Resource::Pod),
+        "EndpointSlice" => decode(value).map(Resource::EndpointSlice),
+        _ => decode(value).map(Resource::DestinationRule),
+    };
+    match decoded {
+        Ok(resource) if resource.metadata().name.is_empty() => {
+            parsed.problems.push(reject("metadata.name", "missing".into()))
+        }
+        Ok(resource) => parsed.objects.push(SourcedObject { file: file.to_owned(), resource }),
+        Err((field, message)) => undecodable(&field, message),
     }
 }
 
@@ -221,6 +322,8 @@ fn decode<T: serde::de::DeserializeOwned>(value: serde_yaml::Value) -> Result<T,
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::agent::POLL_INTERVAL;
+    use std::time::Instant;
 
     #[test]
     fn parses_several_documents_and_lists() {
@@ -243,22 +346,135 @@ mod tests {
     }
 
     #[test]
-    fn broken_yaml_keeps_the_last_good_version_of_the_file() {
-        let dir = std::env::temp_dir().join(format!("mesh-source-test-{}", std::process::id()));
+    fn a_wrongly_typed_field_rejects_only_its_object() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec:\n  ports:\n  - port: eighty\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\n";
+        let parsed = parse_documents("svc.yaml", text).unwrap();
+        assert_eq!(parsed.objects.len(), 1, "the pod is read");
+        assert!(parsed.problems.is_empty());
+        let (key, rejection) = &parsed.undecodable[0];
+        assert_eq!(key, &ObjectKey { kind: "Service".into(), namespace: "ns".into(), name: "a".into() });
+        assert_eq!(rejection.field, "spec.ports[0].port");
+        // A document that names no object is a problem of its own.
+        let parsed = parse_documents("x.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {}\n---\nfoo: bar\n").unwrap();
+        let fields: Vec<&str> = parsed.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["metadata.name", "kind"]);
+    }
+
+    #[test]
+    fn served_kinds_with_the_wrong_case_or_api_version_are_rejected() {
+        let cases = [
+            ("networking.istio.io/v1", "Destinationrule", "kind", "did you mean DestinationRule"),
+            ("v1", "service", "kind", "did you mean Service"),
+            ("v1", "DestinationRule", "apiVersion", "networking.istio.io/v1, networking.istio.io/v1beta1"),
+            ("networking.istio.io/v2", "DestinationRule", "apiVersion", "not served as \"networking.istio.io/v2\""),
+            ("security.istio.io/v1", "DestinationRule", "apiVersion", "use networking.istio.io/v1"),
+            ("", "DestinationRule", "apiVersion", "missing"),
+            ("v1", "EndpointSlice", "apiVersion", "use discovery.k8s.io/v1"),
+            ("discovery.k8s.io/v1beta1", "EndpointSlice", "apiVersion", "use discovery.k8s.io/v1"),
+            ("apps/v1", "Service", "apiVersion", "use v1"),
+            ("v2", "Pod", "apiVersion", "use v1"),
+        ];
+        for (api_version, kind, field, message) in cases {
+            let text = format!("apiVersion: '{api_version}'\nkind: {kind}\nmetadata: {{name: web, namespace: shop}}\n");
+            let parsed = parse_documents("k.yaml", &text).unwrap();
+            assert!(parsed.objects.is_empty(), "{text}");
+            let (key, rejection) = parsed.undecodable.first().unwrap_or_else(|| panic!("{text}: not rejected"));
+            assert_eq!(key.kind.to_ascii_lowercase(), kind.to_ascii_lowercase(), "keyed by the served kind");
+            assert_eq!(rejection.field, field, "{text}");
+            assert!(rejection.message.contains(message), "{text}: {}", rejection.message);
+            assert_eq!(rejection.kind, kind, "named as written");
+        }
+        // Another API's kind of the same name is not ours: skipped.
+        let knative = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: web}\n";
+        let parsed = parse_documents("k.yaml", knative).unwrap();
+        assert!(parsed.objects.is_empty() && parsed.undecodable.is_empty() && parsed.problems.is_empty());
+    }
+
+    fn test_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("mesh-source-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn broken_yaml_keeps_the_last_good_version_of_the_file() {
+        let dir = test_dir("broken");
         let file = dir.join("svc.yaml");
         std::fs::write(&file, "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n").unwrap();
         let mut source = FileSource::new(&dir);
-        let first = source.poll().unwrap().unwrap();
+        let first = source.poll().unwrap().expect("the first poll always loads");
         assert_eq!(first.objects.len(), 1);
         assert!(source.poll().unwrap().is_none(), "no change, no reload");
         std::fs::write(&file, "apiVersion: v1\nkind: Pod\nmetadata: {name: p\n  broken: [\n").unwrap();
-        let second = source.poll().unwrap().unwrap();
+        assert!(source.poll().unwrap().is_none(), "seen once: not read yet");
+        let second = source.poll().unwrap().expect("the same at two polls: read");
         assert_eq!(second.objects.len(), 1, "last good version keeps serving");
         assert_eq!(second.rejections.len(), 1);
         std::fs::remove_file(&file).unwrap();
+        assert_eq!(source.poll().unwrap().map(|b| b.objects.len()), None, "gone once: still serving");
         let third = source.poll().unwrap().unwrap();
         assert!(third.objects.is_empty(), "a deleted file takes its objects along");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_file_caught_mid_write_is_not_read() {
+        let dir = test_dir("midwrite");
+        let mut source = FileSource::new(&dir);
+        assert!(source.poll().unwrap().unwrap().objects.is_empty(), "an empty directory loads at once");
+        let file = dir.join("pod.yaml");
+        std::fs::write(&file, "apiVersion: v1\nkind: Pod\nmetadata: {name: p").unwrap();
+        assert!(source.poll().unwrap().is_none());
+        std::fs::write(&file, "apiVersion: v1\nkind: Pod\nmetadata: {name: p, namespace: ns}\n").unwrap();
+        assert!(source.poll().unwrap().is_none(), "still changing");
+        let batch = source.poll().unwrap().unwrap();
+        assert!(batch.rejections.is_empty(), "the half-written content was never parsed: {:?}", batch.rejections);
+        assert_eq!(batch.objects[0].resource.metadata().namespace.as_deref(), Some("ns"));
+        // A file replaced by rename (a new inode) is noticed too.
+        let staged = dir.join(".pod.yaml.tmp");
+        std::fs::write(&staged, "apiVersion: v1\nkind: Pod\nmetadata: {name: q, namespace: ns}\n").unwrap();
+        std::fs::rename(&staged, &file).unwrap();
+        assert!(source.poll().unwrap().is_none());
+        assert_eq!(source.poll().unwrap().unwrap().objects[0].resource.metadata().name, "q");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_edit_applies_well_within_a_second_at_the_poll_interval() {
+        let dir = test_dir("latency");
+        let file = dir.join("pod.yaml");
+        std::fs::write(&file, "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\n").unwrap();
+        let mut source = FileSource::new(&dir);
+        assert_eq!(source.poll().unwrap().unwrap().objects.len(), 1);
+        std::fs::write(&file, "apiVersion: v1\nkind: Pod\nmetadata: {name: renamed}\n").unwrap();
+        let edited = Instant::now();
+        let batch = loop {
+            std::thread::sleep(POLL_INTERVAL);
+            if let Some(batch) = source.poll().unwrap() {
+                break batch;
+            }
+            assert!(edited.elapsed() < Duration::from_secs(2), "never applied");
+        };
+        assert!(edited.elapsed() < Duration::from_millis(700), "took {:?}", edited.elapsed());
+        assert_eq!(batch.objects[0].resource.metadata().name, "renamed");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_undecodable_object_survives_a_yaml_error_in_its_file() {
+        let dir = test_dir("undecodable");
+        let file = dir.join("svc.yaml");
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: eighty}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\n";
+        std::fs::write(&file, text).unwrap();
+        let mut source = FileSource::new(&dir);
+        let batch = source.poll().unwrap().unwrap();
+        assert_eq!((batch.objects.len(), batch.undecodable.len(), batch.rejections.len()), (1, 1, 0));
+        std::fs::write(&file, "kind: [\n").unwrap();
+        assert!(source.poll().unwrap().is_none());
+        let batch = source.poll().unwrap().unwrap();
+        assert_eq!((batch.objects.len(), batch.undecodable.len()), (1, 1), "the file's last parse keeps serving");
+        assert!(batch.rejections[0].message.contains("2 objects, keeps serving"), "{:?}", batch.rejections);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

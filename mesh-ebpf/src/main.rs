@@ -19,7 +19,7 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockContext},
     EbpfContext,
 };
-use core::intrinsics::{atomic_xadd, AtomicOrdering};
+use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 use mesh_common::{
     capacity, global_stat, lb, Backend, ClusterLive, ClusterStats, Frontend, FrontendKey, ServiceIpKey, SlotKey,
     SocketEntry, UdpReverseKey, UdpReverseValue, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
@@ -28,8 +28,8 @@ use mesh_common::{
 const ALLOW: i32 = 1;
 const REFUSE: i32 = 0;
 const ECONNREFUSED: i32 = 111;
-const SOCK_STREAM: u32 = 1;
-const SOCK_DGRAM: u32 = 2;
+const IPPROTO_TCP: u32 = 6;
+const IPPROTO_UDP: u32 = 17;
 /// `::ffff:0:0/96` in network byte order, word 2.
 const V4_MAPPED_WORD: u32 = 0xffff_u32.to_be();
 
@@ -52,7 +52,7 @@ static UDP_REVERSE: LruHashMap<UdpReverseKey, UdpReverseValue> = LruHashMap::pin
 #[map(name = "MESH_GLOBAL_STATS")]
 static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(global_stat::COUNT, 0);
 #[map(name = "MESH_CLUSTER_STATS")]
-static CLUSTER_STATS: PerCpuHashMap<u64, ClusterStats> = PerCpuHashMap::pinned(capacity::CLUSTERS, 0);
+static CLUSTER_STATS: PerCpuHashMap<u64, ClusterStats> = PerCpuHashMap::pinned(capacity::CLUSTERS, BPF_F_NO_PREALLOC);
 
 // ---------------------------------------------------------------------------
 // Small helpers
@@ -103,11 +103,21 @@ fn backend_live(backend: &Backend) -> Option<*mut u64> {
     BACKEND_LIVE.get_ptr_mut(backend)
 }
 
-/// Decrements a live counter without wrapping below zero.
+/// Decrements a live counter, atomically and never below zero: a wrapped
+/// counter would refuse every connect at the limit.
 #[inline(always)]
 fn release(counter: *mut u64) {
-    if unsafe { core::ptr::read_volatile(counter) } > 0 {
-        fetch_add(counter, u64::MAX);
+    let mut current = unsafe { core::ptr::read_volatile(counter) };
+    let mut tries = 0;
+    while current > 0 && tries < 8 {
+        let (seen, swapped) = unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(counter, current, current - 1)
+        };
+        if swapped {
+            return;
+        }
+        current = seen;
+        tries += 1;
     }
 }
 
@@ -175,11 +185,13 @@ unsafe fn write_addr(sa: *mut bpf_sock_addr, addr: &[u32; 4], port: u16, v4_mapp
     (*sa).user_port = port as u32;
 }
 
+/// TCP or UDP by the socket's protocol (not its type: SCTP streams, ping
+/// and UDP-Lite sockets are left alone).
 #[inline(always)]
 fn proto_of(sa: *const bpf_sock_addr) -> Option<u8> {
-    match unsafe { (*sa).type_ } {
-        SOCK_STREAM => Some(PROTO_TCP),
-        SOCK_DGRAM => Some(PROTO_UDP),
+    match unsafe { (*sa).protocol } {
+        IPPROTO_TCP => Some(PROTO_TCP),
+        IPPROTO_UDP => Some(PROTO_UDP),
         _ => None,
     }
 }
@@ -309,6 +321,10 @@ pub fn mesh_connect6(ctx: SockAddrContext) -> i32 {
 fn try_connect(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
     let sa = ctx.sock_addr;
     let proto = proto_of(sa).ok_or(())?;
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // A socket may connect again (after a failed TCP connect, or a UDP
+    // socket re-pointed): whatever its last connect held is given back first.
+    forget_socket(cookie);
     let family = if v6_ctx { FAMILY_V6 } else { FAMILY_V4 };
     let dial = unsafe { read_dial(sa, family, proto) };
     let fe = match unsafe { FRONTENDS.get(&dial.key) } {
@@ -323,7 +339,9 @@ fn try_connect(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
     // Take a live-connection slot first, so concurrent connects on other
     // CPUs cannot both slip under the limit.
     let tcp = proto == PROTO_TCP;
-    let mut cluster_state: Option<*mut ClusterLive> = None;
+    // A plain pointer, null when no slot is held: an Option here leaves an
+    // undefined payload that LLVM may spill, which the verifier refuses.
+    let mut cluster_state: *mut ClusterLive = core::ptr::null_mut();
     if tcp {
         if let Some(state) = cluster_live(fe.cluster_id) {
             let live = unsafe { &mut (*state).connections };
@@ -333,35 +351,34 @@ fn try_connect(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
                 count_cluster(fe.cluster_id, |s| s.overflows += 1);
                 return Ok(refuse_with(global_stat::CONNECT_OVERFLOW));
             }
-            cluster_state = Some(state);
+            cluster_state = state;
         }
     }
 
     let backend = match pick_backend(ctx, &fe, dial.key.family).or_else(|| slot(fe.group_id, 0)) {
         Some(b) => b,
         None => {
-            if let Some(state) = cluster_state {
-                release(unsafe { &mut (*state).connections });
+            if !cluster_state.is_null() {
+                release(unsafe { &mut (*cluster_state).connections });
             }
             return Ok(refuse_with(global_stat::DROP_SLOT_MISSING));
         }
     };
 
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let entry = SocketEntry {
         cluster_id: fe.cluster_id,
         service_addr: dial.key.addr,
         backend,
         service_port: dial.key.port,
         family: dial.key.family,
-        counted: cluster_state.is_some() as u8,
+        counted: !cluster_state.is_null() as u8,
         _pad: 0,
     };
     if SOCKETS.insert(&cookie, &entry, 0).is_err() {
         // Untracked: the slot could never be released, so do not hold one.
         count(global_stat::DROP_SOCKET_TABLE_FULL);
-        if let Some(state) = cluster_state {
-            release(unsafe { &mut (*state).connections });
+        if !cluster_state.is_null() {
+            release(unsafe { &mut (*cluster_state).connections });
         }
     } else if tcp {
         if let Some(live) = backend_live(&backend) {
@@ -401,6 +418,9 @@ pub fn mesh_sendmsg6(ctx: SockAddrContext) -> i32 {
 #[inline(always)]
 fn try_sendmsg(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
     let sa = ctx.sock_addr;
+    if proto_of(sa) != Some(PROTO_UDP) {
+        return Err(());
+    }
     let family = if v6_ctx { FAMILY_V6 } else { FAMILY_V4 };
     let dial = unsafe { read_dial(sa, family, PROTO_UDP) };
     let fe = match unsafe { FRONTENDS.get(&dial.key) } {
@@ -443,9 +463,16 @@ fn try_recvmsg(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
         backend: Backend { addr: from.key.addr, port: from.key.port, family: from.key.family, _pad: 0 },
         _pad: 0,
     };
-    // recvmsg programs must allow; a miss simply leaves the source as is.
-    let service = unsafe { UDP_REVERSE.get(&key) }.ok_or(())?;
-    unsafe { write_addr(sa, &service.service_addr, service.service_port, from.v4_mapped, v6_ctx) };
+    // A connected socket knows its service for sure; the reverse map serves
+    // unconnected ones. recvmsg programs must allow: a miss leaves the source.
+    let (service_addr, service_port) = match unsafe { SOCKETS.get(&key.cookie) } {
+        Some(entry) if entry.backend == key.backend => (entry.service_addr, entry.service_port),
+        _ => {
+            let service = unsafe { UDP_REVERSE.get(&key) }.ok_or(())?;
+            (service.service_addr, service.service_port)
+        }
+    };
+    unsafe { write_addr(sa, &service_addr, service_port, from.v4_mapped, v6_ctx) };
     count(global_stat::RECVMSG_REWRITTEN);
     Ok(ALLOW)
 }
@@ -487,7 +514,20 @@ pub fn mesh_sock_release(ctx: SockContext) -> i32 {
 #[inline(always)]
 fn try_sock_release(ctx: &SockContext) -> Result<(), ()> {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let entry = unsafe { SOCKETS.get(&cookie) }.copied().ok_or(())?;
+    if forget_socket(cookie) {
+        count(global_stat::SOCKET_RELEASED);
+    }
+    Ok(())
+}
+
+/// Gives back what a socket's translated connect holds and forgets it;
+/// false when the socket holds nothing.
+#[inline(always)]
+fn forget_socket(cookie: u64) -> bool {
+    let entry = match unsafe { SOCKETS.get(&cookie) } {
+        Some(entry) => *entry,
+        None => return false,
+    };
     if entry.counted != 0 {
         if let Some(state) = CLUSTER_LIVE.get_ptr_mut(&entry.cluster_id) {
             release(unsafe { &mut (*state).connections });
@@ -497,8 +537,7 @@ fn try_sock_release(ctx: &SockContext) -> Result<(), ()> {
         }
     }
     let _ = SOCKETS.remove(&cookie);
-    count(global_stat::SOCKET_RELEASED);
-    Ok(())
+    true
 }
 
 #[cfg(not(test))]

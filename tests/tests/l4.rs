@@ -309,6 +309,28 @@ fn max_connections_refuses_the_extra_connect_and_admits_after_a_close() {
 }
 
 #[test]
+fn reconnecting_one_socket_after_refusals_holds_no_slot() {
+    let world = World::new("reconnect", 1);
+    // The endpoint is ready but nothing listens on 9999: the backend refuses.
+    let config = format!(
+        "{}{}{}",
+        service("web", &["10.96.0.10"], 80, "TCP"),
+        slice("web-v4", "web", false, 9999, "TCP", &[&world.v4(0)]),
+        rule("web", "    connectionPool: {tcp: {maxConnections: 2}}\n"),
+    );
+    world.env.write_config("web.yaml", &config).unwrap();
+    world.env.start_agent(&[]).unwrap();
+    let report = world.probe(&["reconnect", "--target", "10.96.0.10:80", "--count", "5"]);
+    // Each retry on the same socket gives back what the previous connect took:
+    // the backend refuses all five, the limit refuses none of them.
+    assert_eq!(errors(&report, "ECONNREFUSED"), 5, "{report}");
+    let status = world.env.admin_json("/status");
+    assert_eq!(status["services"][0]["overflows"], 0, "{status}");
+    assert_eq!(status["services"][0]["connects"], 5, "{status}");
+    assert_eq!(status["services"][0]["live_connections"], 0, "{status}");
+}
+
+#[test]
 fn a_service_with_no_ready_endpoint_fails_fast() {
     let world = World::new("no_endpoint", 1);
     let config = format!(
@@ -441,6 +463,49 @@ fn an_agent_restart_loses_no_new_connection() {
         status["config"]["last_reload"]["map_upserts"], 0,
         "the restarted agent found the maps already right: {status}"
     );
+}
+
+#[test]
+fn a_restart_onto_a_broken_config_keeps_what_the_kernel_serves() {
+    let world = World::new("restart_broken", 2);
+    world.env.write_config("web.yaml", &two_backend_service(&world, "")).unwrap();
+    world.env.start_agent(&[]).unwrap();
+    assert_eq!(world.tcp("10.96.0.10:80", 10)["ok"], 10);
+
+    // A second agent on the same pins is refused: one writer per map set.
+    let second = std::process::Command::new(mesh_tests::agent_bin())
+        .args(["run", "--config-dir"])
+        .arg(world.env.config_dir())
+        .arg("--cgroup")
+        .arg(world.env.cgroup_path())
+        .arg("--bpffs")
+        .arg(world.env.pin_dir())
+        .args(["--admin", &format!("127.0.0.1:{}", mesh_tests::free_port())])
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains("another mesh-agent holds"), "{stderr}");
+
+    // The agent goes away, the file breaks, the agent comes back: with no
+    // last good version known, it must not delete what the kernel serves.
+    world.env.stop_agent().unwrap();
+    world.env.write_config("web.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: web\n").unwrap();
+    world.env.start_agent(&[]).unwrap();
+    assert_eq!(world.tcp("10.96.0.10:80", 10)["ok"], 10, "still translated after the restart");
+    let status = world.env.admin_json("/status");
+    assert!(status["config"]["rejections"][0].as_str().unwrap().starts_with("web.yaml: "), "{status}");
+
+    // Fixed: the configuration applies in full again, deletions included.
+    let only_b2 = format!(
+        "{}{}",
+        service("web", &["10.96.0.10"], 80, "TCP"),
+        slice("web-v4", "web", false, 8080, "TCP", &[&world.v4(1)])
+    );
+    world.env.write_config("web.yaml", &only_b2).unwrap();
+    world.wait_for_backend("10.96.0.10:80", "b2");
+    assert!(wait_until(Duration::from_secs(3), || count(&world.tcp("10.96.0.10:80", 20), "b2") == 20));
+    assert!(wait_until(Duration::from_secs(3), || errors(&world.tcp("[fd00:96::10]:80", 1), "ENETUNREACH") == 1));
 }
 
 fn meshctl_bin() -> std::path::PathBuf {

@@ -64,6 +64,7 @@ fn run(args: Vec<String>) -> Result<()> {
         "tcp" => tcp(&opts),
         "hold" => hold(&opts),
         "udp" => udp(&opts),
+        "reconnect" => reconnect(&opts),
         other => bail!("unknown subcommand {other:?}"),
     }
 }
@@ -254,6 +255,24 @@ fn hold(opts: &Opts) -> Result<()> {
     }
     drop(held);
     Ok(())
+}
+
+/// `count` connect() calls on ONE TCP socket, as a client that retries a
+/// refused connect without a new socket does. Prints the outcomes.
+fn reconnect(opts: &Opts) -> Result<()> {
+    let (target, count) = (opts.target()?, opts.number("--count", 1)?);
+    let domain = if target.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+    let fd = sys::cvt(unsafe { libc::socket(domain, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
+    let (ss, len) = sys::sockaddr_from(&target);
+    let mut tally = Tally::default();
+    for _ in 0..count {
+        match sys::cvt(unsafe { libc::connect(fd, &ss as *const _ as *const libc::sockaddr, len) }) {
+            Ok(_) => tally.success("connected"),
+            Err(e) => tally.error(&e),
+        }
+    }
+    unsafe { libc::close(fd) };
+    emit(&json!({"ok": tally.ok, "errors": tally.errors}))
 }
 
 fn udp(opts: &Opts) -> Result<()> {
