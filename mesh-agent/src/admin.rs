@@ -70,6 +70,7 @@ fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> 
         }
         "/status" => json(&status_report(shared)),
         "/config_dump" => json(&config_dump(shared)),
+        "/routes" => json(&routes(shared)),
         "/metrics" => {
             let body = metrics(shared);
             let mut response = text(StatusCode::OK, body);
@@ -79,7 +80,10 @@ fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> 
             );
             response
         }
-        _ => text(StatusCode::NOT_FOUND, "not found; try /healthz /readyz /status /config_dump /metrics\n".into()),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found; try /healthz /readyz /status /config_dump /routes /metrics\n".into(),
+        ),
     }
 }
 
@@ -109,6 +113,7 @@ fn service_status(service: &ServicePortView, counters: &Counters) -> ServiceStat
         port: service.port,
         protocol: format!("{:?}", service.protocol).to_uppercase(),
         frontends: service.frontends.iter().map(ToString::to_string).collect(),
+        captured: service.captured,
         load_balancer: service.load_balancer.clone(),
         max_connections: service.max_connections,
         live_connections: counters.cluster_live.get(&service.cluster_id).copied().unwrap_or(0),
@@ -155,6 +160,7 @@ pub fn status_report(shared: &Shared) -> StatusReport {
                 })
                 .collect(),
         },
+        proxy_listeners: shared.proxy_listeners.iter().map(ToString::to_string).collect(),
         config: ConfigStatus {
             source: shared.source.clone(),
             reloads: published.reloads,
@@ -164,6 +170,20 @@ pub fn status_report(shared: &Shared) -> StatusReport {
         kernel_counters: counters.global.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
         services: published.snapshot.services.iter().map(|s| service_status(s, &counters)).collect(),
     }
+}
+
+/// The compiled route table per host, and which service ports the kernel
+/// sends to the proxy.
+fn routes(shared: &Shared) -> serde_json::Value {
+    let published = shared.published.borrow().clone();
+    let snapshot = &published.snapshot;
+    let captured: Vec<String> = snapshot
+        .services
+        .iter()
+        .filter(|s| s.captured)
+        .map(|s| format!("{}/{}:{}", s.namespace, s.name, s.port))
+        .collect();
+    serde_json::json!({ "captured": captured, "routes": &*snapshot.routes })
 }
 
 fn config_dump(shared: &Shared) -> serde_json::Value {

@@ -35,6 +35,8 @@ pub struct Shared {
     pub dataplane: DataplaneInfo,
     pub counters: CounterReader,
     pub published: watch::Receiver<Arc<Published>>,
+    /// Where the L7 proxy listens (empty: capture is off).
+    pub proxy_listeners: Vec<std::net::SocketAddr>,
 }
 
 pub struct ReloadLoop {

@@ -6,11 +6,11 @@ use crate::diff::diff;
 use crate::snapshot::Snapshot;
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError};
+use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SockOps};
 use aya::{Ebpf, EbpfLoader, Pod};
 use mesh_common::{
-    global_stat, map_names, prog_names, Backend, ClusterLive, ClusterStats, Frontend, FrontendKey, ServiceIpKey,
-    SlotKey,
+    global_stat, map_names, prog_names, Backend, ClusterLive, ClusterStats, ConnKey, Frontend, FrontendKey,
+    OriginalDst, ProxyTarget, ServiceIpKey, SlotKey,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -73,7 +73,7 @@ pub struct DataplaneInfo {
 }
 
 /// Every program with its attach point, in attach order.
-const PROGRAMS: [(&str, &str); 9] = [
+const PROGRAMS: [(&str, &str); 10] = [
     (prog_names::CONNECT4, "connect4"),
     (prog_names::CONNECT6, "connect6"),
     (prog_names::SENDMSG4, "sendmsg4"),
@@ -83,6 +83,7 @@ const PROGRAMS: [(&str, &str); 9] = [
     (prog_names::GETPEERNAME4, "getpeername4"),
     (prog_names::GETPEERNAME6, "getpeername6"),
     (prog_names::SOCK_RELEASE, "sock_release"),
+    (prog_names::SOCK_OPS, "sock_ops"),
 ];
 
 /// Writes snapshots into the kernel maps. One writer: the reload loop.
@@ -189,6 +190,8 @@ pub fn attach(
             let path = links_dir.join(format!("{name}_{stamp}"));
             let id = if attach_type == "sock_release" {
                 program::<CgroupSock>(ebpf, name)?.attach_pinned(name, &cgroup, &path)?
+            } else if attach_type == "sock_ops" {
+                program::<SockOps>(ebpf, name)?.attach_pinned(name, &cgroup, &path)?
             } else {
                 program::<CgroupSockAddr>(ebpf, name)?.attach_pinned(name, &cgroup, &path)?
             };
@@ -237,7 +240,59 @@ macro_rules! impl_attach_pinned {
     )*};
 }
 
-impl_attach_pinned!(CgroupSockAddr, CgroupSock);
+impl_attach_pinned!(CgroupSockAddr, CgroupSock, SockOps);
+
+/// Tells the kernel where captured connections go: the node proxy's
+/// address per family (none: that family is not captured) and port.
+pub fn set_proxy_target(
+    bpffs: &Path,
+    v4: Option<std::net::Ipv4Addr>,
+    v6: Option<std::net::Ipv6Addr>,
+    port: u16,
+) -> Result<(), DataplaneError> {
+    let mut map: aya::maps::Array<MapData, ProxyTarget> = open_pinned(&maps_dir(bpffs), map_names::PROXY)?;
+    let target = ProxyTarget {
+        addr4: v4.map(|ip| u32::from_ne_bytes(ip.octets())).unwrap_or(0),
+        addr6: v6.map(|ip| crate::snapshot::ip_words(ip.into())).unwrap_or_default(),
+        port: port.to_be(),
+        has_v4: v4.is_some() as u8,
+        has_v6: v6.is_some() as u8,
+    };
+    map.set(0, target, 0).map_err(|source| DataplaneError::Map { name: map_names::PROXY, source })
+}
+
+/// Finds where a captured connection was going, by the client address the
+/// proxy sees, and forgets the entry: each is read once, at accept.
+pub struct OriginalDstTable {
+    map: std::sync::Mutex<HashMap<MapData, ConnKey, OriginalDst>>,
+}
+
+impl OriginalDstTable {
+    pub fn open(bpffs: &Path) -> Result<Self, DataplaneError> {
+        Ok(Self { map: std::sync::Mutex::new(open_pinned(&maps_dir(bpffs), map_names::ORIGINAL_DST)?) })
+    }
+
+    pub fn take(&self, peer: std::net::SocketAddr) -> Option<std::net::SocketAddr> {
+        // A v4 client on a dual-stack listener shows as ::ffff:a.b.c.d.
+        let peer_ip = match peer.ip() {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(peer.ip()),
+            v4 => v4,
+        };
+        let key = ConnKey {
+            addr: crate::snapshot::ip_words(peer_ip),
+            port: peer.port().to_be(),
+            family: if peer_ip.is_ipv4() { mesh_common::FAMILY_V4 } else { mesh_common::FAMILY_V6 },
+            _pad: 0,
+        };
+        let mut map = self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let original = map.get(&key, 0).ok()?;
+        let _ = map.remove(&key);
+        Some(std::net::SocketAddr::new(
+            crate::snapshot::words_ip(original.addr, original.family),
+            u16::from_be(original.port),
+        ))
+    }
+}
 
 /// One agent per pin directory: a second one would write diffs against a
 /// view of the maps the first keeps changing.

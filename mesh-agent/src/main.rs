@@ -1,10 +1,11 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mesh_agent::agent::{ReloadLoop, Shared};
-use mesh_agent::dataplane::{self, CounterReader, DataplaneOptions};
+use mesh_agent::dataplane::{self, CounterReader, DataplaneOptions, OriginalDstTable};
+use mesh_agent::proxy::{self, Proxy};
 use mesh_agent::source::FileSource;
 use mesh_agent::{admin, DEFAULT_ADMIN_ADDR};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -49,6 +50,17 @@ struct RunArgs {
     /// them in status; costs a clock read per program run.
     #[arg(long)]
     program_stats: bool,
+    /// This node's address where pods reach the L7 proxy (in a cluster, the
+    /// downward API's status.hostIP); one per family. Without one, nothing
+    /// is captured and every service is balanced in the kernel.
+    #[arg(long = "node-ip")]
+    node_ips: Vec<IpAddr>,
+    /// Port of the L7 proxy on the node addresses.
+    #[arg(long, default_value_t = 15001)]
+    proxy_port: u16,
+    /// Print a JSON access-log line per proxied request on stdout.
+    #[arg(long)]
+    access_log: bool,
     /// Cluster DNS domain, for resolving DestinationRule hosts.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -90,6 +102,27 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let dataplane::Loaded { writer, mut ebpf, maps_taken_over, lock: _lock } =
         dataplane::load(&options).context("loading the kernel maps")?;
     let counters = CounterReader::open(&args.bpffs).context("opening the counter maps")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+
+    // The proxy listens before any connect can be captured to it.
+    let node_v4 = args.node_ips.iter().find_map(|ip| match ip {
+        IpAddr::V4(v4) => Some(*v4),
+        IpAddr::V6(_) => None,
+    });
+    let node_v6 = args.node_ips.iter().find_map(|ip| match ip {
+        IpAddr::V6(v6) => Some(*v6),
+        IpAddr::V4(_) => None,
+    });
+    let proxy_listeners = runtime.block_on(async {
+        let mut listeners = Vec::new();
+        for ip in node_v4.map(IpAddr::V4).into_iter().chain(node_v6.map(IpAddr::V6)) {
+            listeners.push(proxy::bind(SocketAddr::new(ip, args.proxy_port)).await?);
+        }
+        anyhow::Ok(listeners)
+    })?;
+    dataplane::set_proxy_target(&args.bpffs, node_v4, node_v6, args.proxy_port).context("setting the proxy address")?;
+    let original_dst = OriginalDstTable::open(&args.bpffs).context("opening the original-destination map")?;
+
     let source = FileSource::new(&args.config_dir);
     let source_name = format!("directory {}", args.config_dir.display());
     let (mut reload, published) = ReloadLoop::new(source, writer, args.cluster_domain, maps_taken_over);
@@ -102,6 +135,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let stop = stop.clone();
         std::thread::Builder::new().name("reload".into()).spawn(move || reload.run(stop))?
     };
+    let proxy = Arc::new(Proxy::new(published.clone(), original_dst, args.access_log));
+    let proxy_addrs = proxy_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     let shared = Arc::new(Shared {
         version: env!("CARGO_PKG_VERSION"),
         started: std::time::Instant::now(),
@@ -109,13 +144,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         dataplane: info,
         counters,
         published,
+        proxy_listeners: proxy_addrs,
     });
 
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
     runtime.block_on(async {
         let listener = admin::bind(args.admin).await?;
         tracing::info!(admin = %args.admin, "admin API listening");
         let server = tokio::spawn(admin::serve(listener, shared));
+        for listener in proxy_listeners {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "L7 proxy listening");
+            }
+            tokio::spawn(proxy::serve(listener, proxy.clone()));
+        }
         shutdown_signal().await?;
         server.abort();
         anyhow::Ok(())

@@ -7,6 +7,7 @@
 
 use crate::policy::{self, DestinationRuleModel};
 use crate::resources::{self, IntOrString, Resource};
+use crate::route::{self, VirtualServiceModel};
 use crate::source::SourceBatch;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -194,6 +195,7 @@ pub struct Model {
     pub endpoint_slices: BTreeMap<NsName, EndpointSliceModel>,
     pub pods: BTreeMap<NsName, PodModel>,
     pub destination_rules: BTreeMap<NsName, DestinationRuleModel>,
+    pub virtual_services: BTreeMap<NsName, VirtualServiceModel>,
     pub rejections: Vec<Rejection>,
     /// The raw objects accepted, kept as the "last good" versions.
     accepted: BTreeMap<ObjectKey, SourcedObject>,
@@ -208,6 +210,7 @@ enum Accepted {
     Slice(EndpointSliceModel, Vec<UnnumberedPort>),
     Pod(PodModel),
     Rule(DestinationRuleModel),
+    VirtualService(VirtualServiceModel),
 }
 
 /// One copy of an object in the input: decoded, or present but undecodable.
@@ -304,6 +307,8 @@ impl Model {
             rejections.push(rejection);
         }
         model.check_rules_against_services(previous, cluster_domain, &mut rejections);
+        model.check_virtual_services_against_rules(previous, cluster_domain, &mut rejections);
+        model.report_shadowed_hosts(&mut rejections);
         model.fill_unnumbered_slice_ports();
         model.rejections = rejections;
         model
@@ -329,6 +334,7 @@ impl Model {
             }
             Accepted::Pod(p) => drop(self.pods.insert(id, p)),
             Accepted::Rule(r) => drop(self.destination_rules.insert(id, r)),
+            Accepted::VirtualService(v) => drop(self.virtual_services.insert(id, v)),
         }
         self.accepted.insert(key, raw);
     }
@@ -389,6 +395,101 @@ impl Model {
                     }
                 }
             }
+        }
+    }
+
+    /// Every destination subset a VirtualService names must be defined by
+    /// the DestinationRule that applies to its host. A VirtualService that
+    /// names an unknown subset falls back to its last accepted version if
+    /// that one passes, else it is not served (its hosts keep the default
+    /// routing). Each reference is reported by its field.
+    fn check_virtual_services_against_rules(
+        &mut self,
+        previous: &Model,
+        cluster_domain: &str,
+        rejections: &mut Vec<Rejection>,
+    ) {
+        let ids: Vec<NsName> = self.virtual_services.keys().cloned().collect();
+        for id in ids {
+            let errors = self.unknown_subsets(&self.virtual_services[&id], cluster_domain);
+            if errors.is_empty() {
+                continue;
+            }
+            let key = ObjectKey { kind: "VirtualService".into(), namespace: id.0.clone(), name: id.1.clone() };
+            let raw = self.accepted[&key].clone();
+            let fallback = previous.last_good(&key, cluster_domain).filter(|(last_raw, _)| *last_raw != raw).and_then(
+                |(last_raw, accepted)| match accepted {
+                    Accepted::VirtualService(last) if self.unknown_subsets(&last, cluster_domain).is_empty() => {
+                        Some((last_raw, last))
+                    }
+                    _ => None,
+                },
+            );
+            let note = if fallback.is_some() {
+                " (the last good version keeps serving)"
+            } else {
+                " (the VirtualService is not served)"
+            };
+            for error in errors {
+                let mut rejection = Rejection::object(&raw, error);
+                rejection.message.push_str(note);
+                rejections.push(rejection);
+            }
+            match fallback {
+                Some((last_raw, last)) => {
+                    self.virtual_services.insert(id, last);
+                    self.accepted.insert(key, last_raw);
+                }
+                None => {
+                    self.virtual_services.remove(&id);
+                    self.accepted.remove(&key);
+                }
+            }
+        }
+    }
+
+    fn unknown_subsets(&self, virtual_service: &VirtualServiceModel, cluster_domain: &str) -> Vec<FieldError> {
+        let suffix = format!(".svc.{cluster_domain}");
+        virtual_service
+            .subset_refs
+            .iter()
+            .filter_map(|reference| {
+                // A service's rules are chosen from its own namespace first;
+                // other hosts (e.g. ServiceEntries) from the VirtualService's.
+                let namespace = (reference.host.strip_suffix(&suffix))
+                    .and_then(|name| name.split_once('.').map(|(_, namespace)| namespace))
+                    .unwrap_or(&virtual_service.namespace);
+                let rule = self.rule_for_host(&reference.host, namespace);
+                if rule.is_some_and(|r| r.subsets.iter().any(|s| s.name == reference.subset)) {
+                    return None;
+                }
+                let why = match rule {
+                    Some(rule) => format!("DestinationRule {}/{} does not define it", rule.namespace, rule.name),
+                    None => "no DestinationRule applies to that host".to_owned(),
+                };
+                Some(FieldError::new(
+                    &reference.field,
+                    format!("subset {:?} of {} is unknown: {why}", reference.subset, reference.host),
+                ))
+            })
+            .collect()
+    }
+
+    /// Sidecars apply one VirtualService per host; the others naming it
+    /// are reported (and still serve their other hosts).
+    fn report_shadowed_hosts(&self, rejections: &mut Vec<Rejection>) {
+        for shadowed in route::shadowed_hosts(&self.virtual_services) {
+            let (namespace, name) = shadowed.virtual_service;
+            let key = ObjectKey { kind: "VirtualService".into(), namespace, name };
+            let error = FieldError::new(
+                format!("spec.hosts[{}]", shadowed.index),
+                format!(
+                    "{} is already routed by VirtualService {} (the first by namespace/name); sidecars apply one \
+                     VirtualService per host, so this one is not used for it",
+                    shadowed.host, shadowed.routed_by
+                ),
+            );
+            rejections.push(Rejection::object(&self.accepted[&key], error));
         }
     }
 
@@ -460,6 +561,7 @@ fn validate(object: &SourcedObject, cluster_domain: &str) -> Result<Accepted, Fi
         Resource::EndpointSlice(s) => validate_slice(s).map(|(slice, unnumbered)| Accepted::Slice(slice, unnumbered)),
         Resource::Pod(p) => validate_pod(p).map(Accepted::Pod),
         Resource::DestinationRule(r) => policy::validate_destination_rule(r, cluster_domain).map(Accepted::Rule),
+        Resource::VirtualService(v) => route::validate_virtual_service(v, cluster_domain).map(Accepted::VirtualService),
     }
 }
 
@@ -638,6 +740,7 @@ fn validate_pod(pod: &resources::Pod) -> Result<PodModel, FieldError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::RouteAction;
     use crate::source::{parse_documents, parse_file};
 
     pub const DOMAIN: &str = "cluster.local";
@@ -909,6 +1012,80 @@ mod tests {
         let text = rule_in("shop", "own", host, ", exportTo: [other]");
         let model = Model::build(&objects(&text), vec![], &Model::default(), DOMAIN);
         assert_eq!(model.rule_for_host(host, "shop").unwrap().name, "own", "a rule always applies in its namespace");
+    }
+
+    const REVIEWS_RULE: &str = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}\nspec:\n  host: reviews\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n";
+
+    fn reviews_vs(second_subset: &str) -> String {
+        format!("---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: shop}}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - {{destination: {{host: reviews, subset: v1}}, weight: 90}}\n    - {{destination: {{host: reviews.shop.svc.cluster.local, subset: {second_subset}}}, weight: 10}}\n")
+    }
+
+    #[test]
+    fn virtual_services_are_validated_into_the_model() {
+        let model =
+            Model::build(&objects(&format!("{REVIEWS_RULE}{}", reviews_vs("v2"))), vec![], &Model::default(), DOMAIN);
+        assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+        let vs = &model.virtual_services[&id("shop", "reviews")];
+        assert_eq!(vs.hosts, ["reviews.shop.svc.cluster.local"]);
+        let snapshot = crate::snapshot::compile(&model, DOMAIN).unwrap();
+        assert!(snapshot.routes.has_http_routes("reviews.shop.svc.cluster.local"));
+        // A structural error rejects the object by field, as for any kind.
+        let broken = reviews_vs("v2").replace("weight: 10", "weight: -10");
+        let model = Model::build(&objects(&format!("{REVIEWS_RULE}{broken}")), vec![], &Model::default(), DOMAIN);
+        assert!(model.virtual_services.is_empty());
+        assert_eq!(
+            model.rejections[0].to_string(),
+            "test.yaml: VirtualService shop/reviews: spec.http[0].route[1].weight: -10 is negative or too large"
+        );
+    }
+
+    #[test]
+    fn an_unknown_subset_rejects_the_virtual_service_with_last_good_fallback() {
+        let text = format!("{REVIEWS_RULE}{}", reviews_vs("v3"));
+        let model = Model::build(&objects(&text), vec![], &Model::default(), DOMAIN);
+        assert!(model.virtual_services.is_empty(), "not served");
+        assert_eq!(model.rejections.len(), 1, "{:?}", model.rejections);
+        let shown = model.rejections[0].to_string();
+        assert!(
+            shown.contains("VirtualService shop/reviews: spec.http[0].route[1].destination.subset: subset \"v3\""),
+            "{shown}"
+        );
+        assert!(shown.contains("DestinationRule shop/reviews does not define it"), "{shown}");
+        assert!(shown.ends_with("(the VirtualService is not served)"), "{shown}");
+        // A good version first: a bad edit falls back to it.
+        let good =
+            Model::build(&objects(&format!("{REVIEWS_RULE}{}", reviews_vs("v2"))), vec![], &Model::default(), DOMAIN);
+        let next = Model::build(&objects(&text), vec![], &good, DOMAIN);
+        assert!(next.rejections[0].message.ends_with("(the last good version keeps serving)"), "{:?}", next.rejections);
+        let RouteAction::Forward(destinations) = &next.virtual_services[&id("shop", "reviews")].http[0].action else {
+            panic!()
+        };
+        assert_eq!(destinations[1].subset.as_deref(), Some("v2"));
+        // And again on the next reload, from the version that kept serving.
+        let again = Model::build(&objects(&text), vec![], &next, DOMAIN);
+        assert!(again.virtual_services.contains_key(&id("shop", "reviews")));
+        // Without the rule no subset exists: the last good version fails
+        // too, so nothing is served.
+        let without_rule = Model::build(&objects(&reviews_vs("v2")), vec![], &good, DOMAIN);
+        assert!(without_rule.virtual_services.is_empty());
+        let fields: Vec<&str> = without_rule.rejections.iter().map(|r| r.field.as_str()).collect();
+        assert_eq!(fields, ["spec.http[0].route[0].destination.subset", "spec.http[0].route[1].destination.subset"]);
+        assert!(
+            without_rule.rejections[0].message.contains("no DestinationRule applies"),
+            "{}",
+            without_rule.rejections[0]
+        );
+    }
+
+    #[test]
+    fn a_host_routed_by_an_earlier_virtual_service_is_reported() {
+        let second = reviews_vs("v2").replace("name: reviews, namespace", "name: reviews-b, namespace");
+        let text = format!("{REVIEWS_RULE}{}{second}", reviews_vs("v1"));
+        let model = Model::build(&objects(&text), vec![], &Model::default(), DOMAIN);
+        assert_eq!(model.virtual_services.len(), 2, "both valid");
+        assert_eq!(model.rejections.len(), 1, "{:?}", model.rejections);
+        let shown = model.rejections[0].to_string();
+        assert!(shown.contains("VirtualService shop/reviews-b: spec.hosts[0]: reviews.shop.svc.cluster.local is already routed by VirtualService shop/reviews"), "{shown}");
     }
 
     #[test]

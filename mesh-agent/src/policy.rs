@@ -115,13 +115,21 @@ pub struct DestinationRuleModel {
 pub struct EffectivePolicy {
     pub load_balancer: LoadBalancer,
     pub tcp: TcpPool,
+    /// `connectionPool.http`, for the L7 proxy.
+    pub http_pool: Option<serde_yaml::Value>,
     pub outlier_detection: Option<serde_yaml::Value>,
     pub tls: Option<serde_yaml::Value>,
 }
 
 impl Default for EffectivePolicy {
     fn default() -> Self {
-        Self { load_balancer: LoadBalancer::LeastRequest, tcp: TcpPool::default(), outlier_detection: None, tls: None }
+        Self {
+            load_balancer: LoadBalancer::LeastRequest,
+            tcp: TcpPool::default(),
+            http_pool: None,
+            outlier_detection: None,
+            tls: None,
+        }
     }
 }
 
@@ -187,7 +195,8 @@ impl DestinationRuleModel {
         }
         EffectivePolicy {
             load_balancer: level.load_balancer.unwrap_or(LoadBalancer::LeastRequest),
-            tcp: level.connection_pool.and_then(|pool| pool.tcp).unwrap_or_default(),
+            tcp: level.connection_pool.as_ref().and_then(|pool| pool.tcp.clone()).unwrap_or_default(),
+            http_pool: level.connection_pool.and_then(|pool| pool.http),
             outlier_detection: level.outlier_detection,
             tls: level.tls,
         }

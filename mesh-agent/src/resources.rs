@@ -36,6 +36,7 @@ pub enum Resource {
     EndpointSlice(EndpointSlice),
     Pod(Pod),
     DestinationRule(DestinationRule),
+    VirtualService(VirtualService),
 }
 
 impl Resource {
@@ -45,6 +46,7 @@ impl Resource {
             Resource::EndpointSlice(_) => "EndpointSlice",
             Resource::Pod(_) => "Pod",
             Resource::DestinationRule(_) => "DestinationRule",
+            Resource::VirtualService(_) => "VirtualService",
         }
     }
 
@@ -54,6 +56,7 @@ impl Resource {
             Resource::EndpointSlice(o) => &o.metadata,
             Resource::Pod(o) => &o.metadata,
             Resource::DestinationRule(o) => &o.metadata,
+            Resource::VirtualService(o) => &o.metadata,
         }
     }
 }
@@ -333,4 +336,349 @@ pub struct TcpSettings {
     pub max_connections: Option<i64>,
     #[serde(default)]
     pub connect_timeout: Option<String>,
+}
+
+// --- networking.istio.io VirtualService -------------------------------------
+//
+// One schema for v1, v1beta1 and v1alpha3. Integers that Istio declares
+// unsigned are read signed so that a negative value is reported by field
+// rather than as a decode error.
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualService {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default)]
+    pub spec: VirtualServiceSpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct VirtualServiceSpec {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Empty means the mesh (sidecars) only; `mesh` names the mesh.
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub export_to: Vec<String>,
+    #[serde(default)]
+    pub http: Vec<HttpRoute>,
+    #[serde(default)]
+    pub tcp: Vec<TcpRoute>,
+    #[serde(default)]
+    pub tls: Vec<TlsRoute>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRoute {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default, rename = "match")]
+    pub matches: Vec<HttpMatchRequest>,
+    #[serde(default)]
+    pub route: Vec<HttpRouteDestination>,
+    #[serde(default)]
+    pub redirect: Option<HttpRedirect>,
+    #[serde(default)]
+    pub direct_response: Option<HttpDirectResponse>,
+    #[serde(default)]
+    pub rewrite: Option<HttpRewrite>,
+    #[serde(default)]
+    pub timeout: Option<String>,
+    #[serde(default)]
+    pub retries: Option<HttpRetry>,
+    #[serde(default)]
+    pub fault: Option<HttpFaultInjection>,
+    #[serde(default)]
+    pub mirror: Option<Destination>,
+    #[serde(default)]
+    pub mirror_percentage: Option<Percent>,
+    /// Deprecated integer form of `mirrorPercentage`.
+    #[serde(default)]
+    pub mirror_percent: Option<i64>,
+    #[serde(default)]
+    pub mirrors: Vec<HttpMirrorPolicy>,
+    #[serde(default)]
+    pub cors_policy: Option<CorsPolicy>,
+    #[serde(default)]
+    pub headers: Option<Headers>,
+}
+
+/// `exact`, `prefix` or `regex` (one of them); none set is an empty match.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct StringMatch {
+    #[serde(default)]
+    pub exact: Option<String>,
+    #[serde(default)]
+    pub prefix: Option<String>,
+    #[serde(default)]
+    pub regex: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpMatchRequest {
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub uri: Option<StringMatch>,
+    #[serde(default)]
+    pub scheme: Option<StringMatch>,
+    #[serde(default)]
+    pub method: Option<StringMatch>,
+    #[serde(default)]
+    pub authority: Option<StringMatch>,
+    /// A `null` value is kept so that it can be reported by name.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Option<StringMatch>>,
+    #[serde(default)]
+    pub without_headers: BTreeMap<String, Option<StringMatch>>,
+    #[serde(default)]
+    pub query_params: BTreeMap<String, Option<StringMatch>>,
+    #[serde(default)]
+    pub port: Option<i64>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub source_namespace: Option<String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    #[serde(default)]
+    pub ignore_uri_case: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Destination {
+    #[serde(default)]
+    pub host: String,
+    #[serde(default)]
+    pub subset: Option<String>,
+    #[serde(default)]
+    pub port: Option<PortSelector>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct HttpRouteDestination {
+    #[serde(default)]
+    pub destination: Option<Destination>,
+    #[serde(default)]
+    pub weight: Option<i64>,
+    #[serde(default)]
+    pub headers: Option<Headers>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Headers {
+    #[serde(default)]
+    pub request: Option<HeaderOperations>,
+    #[serde(default)]
+    pub response: Option<HeaderOperations>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct HeaderOperations {
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRedirect {
+    #[serde(default)]
+    pub uri: Option<String>,
+    #[serde(default)]
+    pub authority: Option<String>,
+    #[serde(default)]
+    pub port: Option<i64>,
+    /// `FROM_PROTOCOL_DEFAULT` or `FROM_REQUEST_PORT`.
+    #[serde(default)]
+    pub derive_port: Option<String>,
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub redirect_code: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct HttpDirectResponse {
+    #[serde(default)]
+    pub status: i64,
+    #[serde(default)]
+    pub body: Option<HttpBody>,
+}
+
+/// `string`, or `bytes` as base64 (protobuf JSON).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct HttpBody {
+    #[serde(default)]
+    pub string: Option<String>,
+    #[serde(default)]
+    pub bytes: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRewrite {
+    #[serde(default)]
+    pub uri: Option<String>,
+    #[serde(default)]
+    pub authority: Option<String>,
+    #[serde(default)]
+    pub uri_regex_rewrite: Option<RegexRewrite>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct RegexRewrite {
+    #[serde(default, rename = "match")]
+    pub pattern: Option<String>,
+    #[serde(default)]
+    pub rewrite: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRetry {
+    #[serde(default)]
+    pub attempts: Option<i64>,
+    #[serde(default)]
+    pub per_try_timeout: Option<String>,
+    #[serde(default)]
+    pub retry_on: Option<String>,
+    #[serde(default)]
+    pub retry_remote_localities: Option<bool>,
+    #[serde(default)]
+    pub retry_ignore_previous_hosts: Option<bool>,
+    /// Base interval of the exponential backoff (Envoy's default: 25ms).
+    #[serde(default)]
+    pub backoff: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct HttpFaultInjection {
+    #[serde(default)]
+    pub delay: Option<FaultDelay>,
+    #[serde(default)]
+    pub abort: Option<FaultAbort>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultDelay {
+    #[serde(default)]
+    pub fixed_delay: Option<String>,
+    #[serde(default)]
+    pub exponential_delay: Option<String>,
+    #[serde(default)]
+    pub percentage: Option<Percent>,
+    /// Deprecated integer form of `percentage`.
+    #[serde(default)]
+    pub percent: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FaultAbort {
+    #[serde(default)]
+    pub http_status: Option<i64>,
+    /// A gRPC code name, e.g. `UNAVAILABLE`.
+    #[serde(default)]
+    pub grpc_status: Option<String>,
+    #[serde(default)]
+    pub http2_error: Option<String>,
+    #[serde(default)]
+    pub percentage: Option<Percent>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Percent {
+    #[serde(default)]
+    pub value: f64,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct HttpMirrorPolicy {
+    #[serde(default)]
+    pub destination: Option<Destination>,
+    #[serde(default)]
+    pub percentage: Option<Percent>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CorsPolicy {
+    #[serde(default)]
+    pub allow_origins: Vec<StringMatch>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub max_age: Option<String>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct TcpRoute {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<L4MatchAttributes>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct TlsRoute {
+    #[serde(default, rename = "match")]
+    pub matches: Vec<TlsMatchAttributes>,
+    #[serde(default)]
+    pub route: Vec<RouteDestination>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct L4MatchAttributes {
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    #[serde(default)]
+    pub port: Option<i64>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub source_namespace: Option<String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsMatchAttributes {
+    #[serde(default)]
+    pub sni_hosts: Vec<String>,
+    #[serde(default)]
+    pub destination_subnets: Vec<String>,
+    #[serde(default)]
+    pub port: Option<i64>,
+    #[serde(default)]
+    pub source_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub source_namespace: Option<String>,
+    #[serde(default)]
+    pub gateways: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct RouteDestination {
+    #[serde(default)]
+    pub destination: Option<Destination>,
+    #[serde(default)]
+    pub weight: Option<i64>,
 }

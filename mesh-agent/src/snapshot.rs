@@ -3,13 +3,17 @@
 
 use crate::maglev;
 use crate::model::{EndpointSliceModel, Model, PortModel, Protocol, Rejection, ServiceModel, TargetPort};
-use crate::policy::{HashKey, HashTable, LoadBalancer};
+use crate::policy::{DestinationRuleModel, EffectivePolicy, HashKey, HashTable, LoadBalancer};
+use crate::route::RouteTable;
 use mesh_common::{
-    capacity, lb, Backend, Frontend, FrontendKey, ServiceIpKey, SlotKey, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
+    capacity, lb, Backend, Frontend, FrontendKey, ServiceIpKey, SlotKey, FAMILY_V4, FAMILY_V6, FRONTEND_CAPTURE,
+    PROTO_TCP, PROTO_UDP,
 };
 use serde::Serialize;
+use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
@@ -27,6 +31,13 @@ pub struct Snapshot {
     pub maglev: BTreeMap<SlotKey, Backend>,
     pub services: Vec<ServicePortView>,
     pub rejections: Vec<Rejection>,
+    /// Index into `services` by service address, for the proxy.
+    pub by_frontend: HashMap<SocketAddr, usize>,
+    /// The model this was compiled from: the proxy asks it for subsets and
+    /// DestinationRule policy per request.
+    pub model: Arc<Model>,
+    /// The HTTP, TCP and TLS routes of every VirtualService.
+    pub routes: Arc<RouteTable>,
 }
 
 /// One service port as the dataplane serves it (an Envoy "cluster").
@@ -47,12 +58,22 @@ pub struct ServicePortView {
     pub max_connections: u32,
     pub destination_rule: Option<String>,
     pub backends: Vec<BackendView>,
+    /// `name.namespace.svc.<domain>`.
+    pub fqdn: String,
+    /// The port speaks HTTP (by name or appProtocol, as Istio decides).
+    pub http: bool,
+    /// Upstreams speak HTTP/2 with prior knowledge (http2, grpc, h2c).
+    pub http2: bool,
+    /// Connects go to the node proxy: the port is HTTP and has L7 rules.
+    pub captured: bool,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct BackendView {
     pub address: SocketAddr,
     pub target: Option<String>,
+    /// The labels of the pod behind the address, for subsets.
+    pub labels: BTreeMap<String, String>,
 }
 
 pub fn ip_words(ip: IpAddr) -> [u32; 4] {
@@ -156,7 +177,13 @@ fn index_slices(model: &Model) -> SliceIndex<'_> {
 }
 
 /// The ready endpoints of one service port in one family.
-fn backends_of(slices: &SliceIndex<'_>, service: &ServiceModel, port: &PortModel, ipv6: bool) -> Vec<BackendView> {
+fn backends_of(
+    slices: &SliceIndex<'_>,
+    pod_labels: &HashMap<IpAddr, &BTreeMap<String, String>>,
+    service: &ServiceModel,
+    port: &PortModel,
+    ipv6: bool,
+) -> Vec<BackendView> {
     let mut backends = BTreeSet::new();
     let slices = slices
         .get(&(service.namespace.as_str(), service.name.as_str()))
@@ -180,6 +207,7 @@ fn backends_of(slices: &SliceIndex<'_>, service: &ServiceModel, port: &PortModel
                 backends.insert(BackendView {
                     address: SocketAddr::new(*address, target),
                     target: endpoint.target.clone(),
+                    labels: pod_labels.get(address).map(|l| (*l).clone()).unwrap_or_default(),
                 });
             }
         }
@@ -188,12 +216,18 @@ fn backends_of(slices: &SliceIndex<'_>, service: &ServiceModel, port: &PortModel
 }
 
 pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileError> {
+    let routes = Arc::new(RouteTable::build(model, cluster_domain));
     let mut snapshot = Snapshot { rejections: model.rejections.clone(), ..Default::default() };
     let slices = index_slices(model);
+    let pod_labels: HashMap<IpAddr, &BTreeMap<String, String>> =
+        model.pods.values().flat_map(|pod| pod.ips.iter().map(move |ip| (*ip, &pod.labels))).collect();
     for service in model.services.values() {
-        let rule = model.rule_for_host(&service.fqdn(cluster_domain), &service.namespace);
+        let fqdn = service.fqdn(cluster_domain);
+        let rule = model.rule_for_host(&fqdn, &service.namespace);
         for port in &service.ports {
             let policy = rule.map(|r| r.effective(None, port.port)).unwrap_or_default();
+            let (http, http2) = http_protocol(port);
+            let captured = http && (routes.has_http_routes(&fqdn) || rule.is_some_and(|r| needs_l7(r, port.port)));
             let (algorithm, maglev_size, note) = kernel_algorithm(&policy.load_balancer);
             let cluster = cluster_id(service, port);
             let proto = match port.protocol {
@@ -207,7 +241,7 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
                 if ips.is_empty() {
                     continue;
                 }
-                let backends = backends_of(&slices, service, port, ipv6);
+                let backends = backends_of(&slices, &pod_labels, service, port, ipv6);
                 let group = group_id(cluster, family);
                 let keys: Vec<Backend> = backends.iter().map(|b| backend_key(b.address)).collect();
                 for (index, backend) in keys.iter().enumerate() {
@@ -228,7 +262,8 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
                     max_connections: policy.tcp.max_connections,
                     maglev_size: if algorithm == lb::MAGLEV_SOURCE_IP { maglev_size } else { 0 },
                     algorithm,
-                    _pad: [0; 3],
+                    flags: if captured { FRONTEND_CAPTURE } else { 0 },
+                    _pad: [0; 2],
                 };
                 for ip in ips {
                     let key = FrontendKey { addr: ip_words(ip), port: port.port.to_be(), proto, family };
@@ -255,9 +290,20 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
                 max_connections: policy.tcp.max_connections,
                 destination_rule: rule.map(|r| format!("{}/{}", r.namespace, r.name)),
                 backends: view_backends,
+                fqdn: fqdn.clone(),
+                http,
+                http2,
+                captured,
             });
         }
     }
+    for (index, service) in snapshot.services.iter().enumerate() {
+        for frontend in &service.frontends {
+            snapshot.by_frontend.insert(*frontend, index);
+        }
+    }
+    snapshot.model = Arc::new(model.clone());
+    snapshot.routes = routes;
     check_capacity("service addresses", snapshot.frontends.len(), capacity::FRONTENDS)?;
     check_capacity("service IPs", snapshot.service_ips.len(), capacity::SERVICE_IPS)?;
     let states: BTreeSet<u64> = snapshot.frontends.values().flat_map(|f| [f.cluster_id, f.group_id]).collect();
@@ -267,6 +313,97 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
     check_capacity("backend slots", snapshot.slots.len(), capacity::SLOTS)?;
     check_capacity("Maglev entries", snapshot.maglev.len(), capacity::MAGLEV)?;
     Ok(snapshot)
+}
+
+/// Whether a port speaks HTTP, and HTTP/2 in particular: `appProtocol`
+/// first, then the port name (`http`, `http2`, `grpc`, `grpc-web`, alone or
+/// followed by `-`), as Istio decides.
+pub fn http_protocol(port: &PortModel) -> (bool, bool) {
+    let by_name = |name: &str| {
+        let prefix = name.split('-').next().unwrap_or_default().to_ascii_lowercase();
+        match prefix.as_str() {
+            "http" => Some((true, false)),
+            "http2" | "grpc" => Some((true, true)),
+            _ if name.to_ascii_lowercase().starts_with("grpc-web") => Some((true, false)),
+            _ => None,
+        }
+    };
+    if let Some(app) = &port.app_protocol {
+        return match app.to_ascii_lowercase().as_str() {
+            "http" | "grpc-web" | "kubernetes.io/ws" => (true, false),
+            "http2" | "grpc" | "kubernetes.io/h2c" => (true, true),
+            _ => (false, false),
+        };
+    }
+    by_name(&port.name).unwrap_or((false, false))
+}
+
+/// A DestinationRule asks for something only the proxy can do on this port.
+fn needs_l7(rule: &DestinationRuleModel, port: u16) -> bool {
+    let levels = std::iter::once(rule.effective(None, port))
+        .chain(rule.subsets.iter().map(|subset| rule.effective(Some(&subset.name), port)));
+    levels.into_iter().any(|policy| {
+        policy.http_pool.is_some()
+            || policy.outlier_detection.is_some()
+            || policy.tls.is_some()
+            || matches!(
+                policy.load_balancer,
+                LoadBalancer::ConsistentHash {
+                    key: HashKey::HttpHeaderName(_) | HashKey::HttpCookie { .. } | HashKey::HttpQueryParameterName(_),
+                    ..
+                }
+            )
+    })
+}
+
+impl Snapshot {
+    /// The service port a captured connection was dialled at.
+    pub fn service_at(&self, address: SocketAddr) -> Option<&ServicePortView> {
+        let address = match address.ip() {
+            IpAddr::V6(v6) => {
+                v6.to_ipv4_mapped().map(|v4| SocketAddr::new(v4.into(), address.port())).unwrap_or(address)
+            }
+            _ => address,
+        };
+        self.by_frontend.get(&address).map(|&i| &self.services[i])
+    }
+
+    /// A destination host's service port: the port asked for, or the only
+    /// one the service has.
+    pub fn service_for_host(&self, fqdn: &str, port: u16) -> Option<&ServicePortView> {
+        let mut matching = self.services.iter().filter(|s| s.fqdn == fqdn);
+        let all: Vec<&ServicePortView> = matching.by_ref().collect();
+        all.iter().find(|s| s.port == port).copied().or(if all.len() == 1 { Some(all[0]) } else { None })
+    }
+
+    /// Endpoints of a service port, only those of `subset` when named.
+    pub fn endpoints(&self, service: &ServicePortView, subset: Option<&str>) -> Vec<SocketAddr> {
+        let labels = subset.and_then(|name| {
+            self.model
+                .rule_for_host(&service.fqdn, &service.namespace)
+                .and_then(|rule| rule.subsets.iter().find(|s| s.name == name))
+                .map(|s| &s.labels)
+        });
+        match (subset, labels) {
+            (None, _) => service.backends.iter().map(|b| b.address).collect(),
+            // A subset that no rule defines selects nothing.
+            (Some(_), None) => Vec::new(),
+            (Some(_), Some(labels)) => service
+                .backends
+                .iter()
+                .filter(|b| labels.iter().all(|(k, v)| b.labels.get(k) == Some(v)))
+                .map(|b| b.address)
+                .collect(),
+        }
+    }
+
+    /// The DestinationRule policy for a service port and subset.
+    pub fn policy_for(&self, service: &ServicePortView, subset: Option<&str>) -> EffectivePolicy {
+        self.model
+            .rule_for_host(&service.fqdn, &service.namespace)
+            .map(|rule| rule.effective(subset, service.port))
+            .unwrap_or_default()
+    }
 }
 
 fn check_capacity(what: &'static str, needed: usize, capacity: u32) -> Result<(), CompileError> {

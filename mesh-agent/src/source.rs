@@ -204,11 +204,12 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<SourcedObject>, Vec<Reje
 }
 
 /// The kinds the agent reads: kind, API group (`""` is core) and versions.
-const SERVED_KINDS: [(&str, &str, &[&str]); 4] = [
+const SERVED_KINDS: [(&str, &str, &[&str]); 5] = [
     ("Service", "", &["v1"]),
     ("Pod", "", &["v1"]),
     ("EndpointSlice", "discovery.k8s.io", &["v1"]),
     ("DestinationRule", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
+    ("VirtualService", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
 ];
 
 /// A group of some third party's API (e.g. Knative's `serving.knative.dev`,
@@ -299,6 +300,7 @@ fn collect(file: &str, value: serde_yaml::Value, parsed: &mut ParsedFile) {
         "Service" => decode(value).map(Resource::Service),
         "Pod" => decode(value).map(Resource::Pod),
         "EndpointSlice" => decode(value).map(Resource::EndpointSlice),
+        "VirtualService" => decode(value).map(Resource::VirtualService),
         _ => decode(value).map(Resource::DestinationRule),
     };
     match decoded {
@@ -373,6 +375,13 @@ mod tests {
             ("discovery.k8s.io/v1beta1", "EndpointSlice", "apiVersion", "use discovery.k8s.io/v1"),
             ("apps/v1", "Service", "apiVersion", "use v1"),
             ("v2", "Pod", "apiVersion", "use v1"),
+            ("networking.istio.io/v1", "Virtualservice", "kind", "did you mean VirtualService"),
+            (
+                "networking.istio.io/v2",
+                "VirtualService",
+                "apiVersion",
+                "use networking.istio.io/v1, networking.istio.io/v1beta1, networking.istio.io/v1alpha3",
+            ),
         ];
         for (api_version, kind, field, message) in cases {
             let text = format!("apiVersion: '{api_version}'\nkind: {kind}\nmetadata: {{name: web, namespace: shop}}\n");
@@ -388,6 +397,19 @@ mod tests {
         let knative = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: web}\n";
         let parsed = parse_documents("k.yaml", knative).unwrap();
         assert!(parsed.objects.is_empty() && parsed.undecodable.is_empty() && parsed.problems.is_empty());
+    }
+
+    #[test]
+    fn virtual_services_are_read_in_every_served_version() {
+        for version in ["v1", "v1beta1", "v1alpha3"] {
+            let text = format!("apiVersion: networking.istio.io/{version}\nkind: VirtualService\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hosts: [web]\n  http:\n  - route: [{{destination: {{host: web}}, weight: 100}}]\n    futureField: ignored\n");
+            let objects = parse_file("vs.yaml", &text).unwrap();
+            let Resource::VirtualService(vs) = &objects[0].resource else { panic!("{version}") };
+            assert_eq!(vs.spec.http[0].route[0].weight, Some(100), "{version}");
+        }
+        let typo = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  http:\n  - route: [{destination: {host: web}, weight: ten}]\n";
+        let parsed = parse_documents("vs.yaml", typo).unwrap();
+        assert_eq!(parsed.undecodable[0].1.field, "spec.http[0].route[0].weight");
     }
 
     fn test_dir(name: &str) -> PathBuf {

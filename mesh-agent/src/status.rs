@@ -9,6 +9,9 @@ pub struct StatusReport {
     pub uptime_seconds: u64,
     pub ready: bool,
     pub dataplane: DataplaneStatus,
+    /// Where the L7 proxy listens; empty when capture is off.
+    #[serde(default)]
+    pub proxy_listeners: Vec<String>,
     pub config: ConfigStatus,
     /// Global kernel decision and drop counters, summed over CPUs.
     pub kernel_counters: BTreeMap<String, u64>,
@@ -60,6 +63,9 @@ pub struct ServiceStatus {
     pub port: u16,
     pub protocol: String,
     pub frontends: Vec<String>,
+    /// Connects go to the node proxy (L7 rules).
+    #[serde(default)]
+    pub captured: bool,
     pub load_balancer: String,
     pub max_connections: u32,
     pub live_connections: u64,
@@ -107,6 +113,11 @@ impl StatusReport {
             })
             .collect();
         let _ = writeln!(out, "  programs: {}", names.join(", "));
+        if self.proxy_listeners.is_empty() {
+            let _ = writeln!(out, "proxy: off (no --node-ip): every service is balanced in the kernel");
+        } else {
+            let _ = writeln!(out, "proxy: listening on {}", self.proxy_listeners.join(", "));
+        }
         let _ = writeln!(out, "config: {}  reloads: {}", self.config.source, self.config.reloads);
         if let Some(reload) = &self.config.last_reload {
             let _ = writeln!(
@@ -151,7 +162,7 @@ impl StatusReport {
                 "{:<32} {:<6} {:<20} {:>6} {:>6} {:>9} {:>9} {:>9}",
                 format!("{}/{}:{}", s.namespace, s.name, s.port),
                 s.protocol,
-                s.load_balancer,
+                if s.captured { format!("L7 proxy ({})", s.load_balancer) } else { s.load_balancer.clone() },
                 limit,
                 s.live_connections,
                 connects,

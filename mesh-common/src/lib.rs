@@ -12,7 +12,7 @@
 /// Version of this ABI. Maps are pinned under `maps/v<N>`: an agent whose
 /// map layout differs starts on fresh maps instead of misreading old ones.
 /// Bump it with any change to a map's type, key, value or size.
-pub const MAP_ABI_VERSION: u32 = 1;
+pub const MAP_ABI_VERSION: u32 = 2;
 
 /// Names of the maps, as the kernel object declares them and as they are
 /// pinned under the agent's bpffs directory.
@@ -27,6 +27,8 @@ pub mod map_names {
     pub const UDP_REVERSE: &str = "MESH_UDP_REVERSE";
     pub const GLOBAL_STATS: &str = "MESH_GLOBAL_STATS";
     pub const CLUSTER_STATS: &str = "MESH_CLUSTER_STATS";
+    pub const PROXY: &str = "MESH_PROXY";
+    pub const ORIGINAL_DST: &str = "MESH_ORIGINAL_DST";
 }
 
 /// Names of the programs in the kernel object.
@@ -40,6 +42,7 @@ pub mod prog_names {
     pub const GETPEERNAME4: &str = "mesh_getpeername4";
     pub const GETPEERNAME6: &str = "mesh_getpeername6";
     pub const SOCK_RELEASE: &str = "mesh_sock_release";
+    pub const SOCK_OPS: &str = "mesh_sock_ops";
 }
 
 /// Map capacities. The agent refuses a snapshot that does not fit.
@@ -52,6 +55,7 @@ pub mod capacity {
     pub const CLUSTERS: u32 = 65_536;
     pub const SOCKETS: u32 = 1 << 18;
     pub const UDP_REVERSE: u32 = 1 << 16;
+    pub const ORIGINAL_DST: u32 = 1 << 16;
     /// Upper bound on backends per load-balancing group the kernel samples.
     pub const MAX_BACKENDS_PER_GROUP: u32 = 1 << 16;
 }
@@ -110,8 +114,14 @@ pub struct Frontend {
     pub maglev_size: u32,
     /// One of [`lb`].
     pub algorithm: u8,
-    pub _pad: [u8; 3],
+    /// [`FRONTEND_CAPTURE`] and friends.
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
+
+/// The service port has L7 rules: connects go to the node proxy, which
+/// learns the original destination from [`OriginalDst`].
+pub const FRONTEND_CAPTURE: u8 = 1;
 const _: () = assert!(core::mem::size_of::<Frontend>() == 32);
 
 /// Index into a backend group: slot `n` of the list, or entry `n` of the
@@ -162,7 +172,9 @@ pub struct SocketEntry {
     pub family: u8,
     /// 1 when the connection holds a live-connection slot to release.
     pub counted: u8,
-    pub _pad: u32,
+    /// 1 when the connection was sent to the node proxy.
+    pub captured: u8,
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(core::mem::size_of::<SocketEntry>() == 56);
 
@@ -186,6 +198,44 @@ pub struct UdpReverseValue {
     pub _pad: [u8; 6],
 }
 const _: () = assert!(core::mem::size_of::<UdpReverseValue>() == 24);
+
+/// Where captured connections go: the agent's proxy on this node. Entry 0
+/// of a one-element array; a family with no address is not captured.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProxyTarget {
+    pub addr4: u32,
+    pub addr6: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub has_v4: u8,
+    pub has_v6: u8,
+}
+const _: () = assert!(core::mem::size_of::<ProxyTarget>() == 24);
+
+/// A captured connection as the proxy sees it: the client's address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ConnKey {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<ConnKey>() == 20);
+
+/// The service address a captured connection dialled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OriginalDst {
+    pub addr: [u32; 4],
+    /// Network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+const _: () = assert!(core::mem::size_of::<OriginalDst>() == 20);
 
 /// Per-cluster, per-CPU counters.
 #[repr(C)]
@@ -221,7 +271,11 @@ pub mod global_stat {
     /// A service IP dialled on a port its Service does not define: refused.
     pub const CONNECT_UNKNOWN_PORT: u32 = 12;
     pub const SENDMSG_UNKNOWN_PORT: u32 = 13;
-    pub const COUNT: u32 = 14;
+    /// A connect to an L7 service port sent to the node proxy.
+    pub const CONNECT_CAPTURED: u32 = 14;
+    /// The proxy's original-destination entry written at TCP connect.
+    pub const ORIGINAL_DST_RECORDED: u32 = 15;
+    pub const COUNT: u32 = 16;
 
     /// Label values for each index, in order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -239,6 +293,8 @@ pub mod global_stat {
         "drop_socket_table_full",
         "connect_unknown_port",
         "sendmsg_unknown_port",
+        "connect_captured",
+        "original_dst_recorded",
     ];
 }
 
@@ -256,4 +312,7 @@ mod pod {
     unsafe impl aya::Pod for UdpReverseKey {}
     unsafe impl aya::Pod for UdpReverseValue {}
     unsafe impl aya::Pod for ClusterStats {}
+    unsafe impl aya::Pod for ProxyTarget {}
+    unsafe impl aya::Pod for ConnKey {}
+    unsafe impl aya::Pod for OriginalDst {}
 }

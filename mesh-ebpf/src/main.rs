@@ -14,15 +14,16 @@
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::generated::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
-    macros::{cgroup_sock, cgroup_sock_addr, map},
-    maps::{HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
-    programs::{SockAddrContext, SockContext},
+    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
+    programs::{SockAddrContext, SockContext, SockOpsContext},
     EbpfContext,
 };
 use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 use mesh_common::{
-    capacity, global_stat, lb, Backend, ClusterLive, ClusterStats, Frontend, FrontendKey, ServiceIpKey, SlotKey,
-    SocketEntry, UdpReverseKey, UdpReverseValue, FAMILY_V4, FAMILY_V6, PROTO_TCP, PROTO_UDP,
+    capacity, global_stat, lb, Backend, ClusterLive, ClusterStats, ConnKey, Frontend, FrontendKey, OriginalDst,
+    ProxyTarget, ServiceIpKey, SlotKey, SocketEntry, UdpReverseKey, UdpReverseValue, FAMILY_V4, FAMILY_V6,
+    FRONTEND_CAPTURE, PROTO_TCP, PROTO_UDP,
 };
 
 const ALLOW: i32 = 1;
@@ -49,6 +50,10 @@ static CLUSTER_LIVE: HashMap<u64, ClusterLive> = HashMap::pinned(capacity::CLUST
 static SOCKETS: HashMap<u64, SocketEntry> = HashMap::pinned(capacity::SOCKETS, BPF_F_NO_PREALLOC);
 #[map(name = "MESH_UDP_REVERSE")]
 static UDP_REVERSE: LruHashMap<UdpReverseKey, UdpReverseValue> = LruHashMap::pinned(capacity::UDP_REVERSE, 0);
+#[map(name = "MESH_PROXY")]
+static PROXY: Array<ProxyTarget> = Array::pinned(1, 0);
+#[map(name = "MESH_ORIGINAL_DST")]
+static ORIGINAL_DST: LruHashMap<ConnKey, OriginalDst> = LruHashMap::pinned(capacity::ORIGINAL_DST, 0);
 #[map(name = "MESH_GLOBAL_STATS")]
 static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(global_stat::COUNT, 0);
 #[map(name = "MESH_CLUSTER_STATS")]
@@ -331,6 +336,11 @@ fn try_connect(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
         Some(fe) => *fe,
         None => return Ok(miss(&dial.key, global_stat::CONNECT_UNKNOWN_PORT, global_stat::CONNECT_PASSTHROUGH)),
     };
+    if proto == PROTO_TCP && fe.flags & FRONTEND_CAPTURE != 0 {
+        if let Some(verdict) = capture(ctx, cookie, &fe, &dial, v6_ctx) {
+            return Ok(verdict);
+        }
+    }
     if fe.backend_count == 0 {
         count_cluster(fe.cluster_id, |s| s.no_backend += 1);
         return Ok(refuse_with(global_stat::CONNECT_NO_BACKEND));
@@ -372,7 +382,8 @@ fn try_connect(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
         service_port: dial.key.port,
         family: dial.key.family,
         counted: !cluster_state.is_null() as u8,
-        _pad: 0,
+        captured: 0,
+        _pad: [0; 3],
     };
     if SOCKETS.insert(&cookie, &entry, 0).is_err() {
         // Untracked: the slot could never be released, so do not hold one.
@@ -392,6 +403,40 @@ fn try_connect(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
     count(global_stat::CONNECT_TRANSLATED);
     count_cluster(fe.cluster_id, |s| s.connects += 1);
     Ok(ALLOW)
+}
+
+/// Sends the connect to the node proxy and remembers the service it was
+/// for; `None` when the proxy has no address of this family (then the
+/// connect is balanced in the kernel as usual).
+#[inline(always)]
+fn capture(ctx: &SockAddrContext, cookie: u64, fe: &Frontend, dial: &Dial, v6_ctx: bool) -> Option<i32> {
+    let proxy = PROXY.get(0)?;
+    let proxy_addr = if dial.key.family == FAMILY_V4 && proxy.has_v4 != 0 {
+        [proxy.addr4, 0, 0, 0]
+    } else if dial.key.family == FAMILY_V6 && proxy.has_v6 != 0 {
+        proxy.addr6
+    } else {
+        return None;
+    };
+    let entry = SocketEntry {
+        cluster_id: fe.cluster_id,
+        service_addr: dial.key.addr,
+        backend: Backend { addr: proxy_addr, port: proxy.port, family: dial.key.family, _pad: 0 },
+        service_port: dial.key.port,
+        family: dial.key.family,
+        counted: 0,
+        captured: 1,
+        _pad: [0; 3],
+    };
+    if SOCKETS.insert(&cookie, &entry, 0).is_err() {
+        // The proxy could not learn where this connection was going.
+        count(global_stat::DROP_SOCKET_TABLE_FULL);
+        return Some(refuse_with(global_stat::DROP_SOCKET_TABLE_FULL));
+    }
+    unsafe { write_addr(ctx.sock_addr, &proxy_addr, proxy.port, dial.v4_mapped, v6_ctx) };
+    count(global_stat::CONNECT_CAPTURED);
+    count_cluster(fe.cluster_id, |s| s.connects += 1);
+    Some(ALLOW)
 }
 
 #[inline(always)]
@@ -538,6 +583,47 @@ fn forget_socket(cookie: u64) -> bool {
     }
     let _ = SOCKETS.remove(&cookie);
     true
+}
+
+// ---------------------------------------------------------------------------
+// sock_ops: once a captured connection has its local port, record where it
+// was going under the address the proxy will see as its peer.
+// ---------------------------------------------------------------------------
+
+const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
+const AF_INET6: u32 = 10;
+
+#[sock_ops]
+pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
+    if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
+        let _ = try_record_original_dst(&ctx);
+    }
+    1
+}
+
+#[inline(always)]
+fn try_record_original_dst(ctx: &SockOpsContext) -> Result<(), ()> {
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops as *mut _) };
+    let entry = unsafe { SOCKETS.get(&cookie) }.ok_or(())?;
+    if entry.captured == 0 {
+        return Ok(());
+    }
+    // The local port comes in host byte order here.
+    let port = (ctx.local_port() as u16).to_be();
+    let key = if ctx.family() == AF_INET6 {
+        let ip6 = ctx.local_ip6();
+        if ip6[0] == 0 && ip6[1] == 0 && ip6[2] == V4_MAPPED_WORD {
+            ConnKey { addr: [ip6[3], 0, 0, 0], port, family: FAMILY_V4, _pad: 0 }
+        } else {
+            ConnKey { addr: ip6, port, family: FAMILY_V6, _pad: 0 }
+        }
+    } else {
+        ConnKey { addr: [ctx.local_ip4(), 0, 0, 0], port, family: FAMILY_V4, _pad: 0 }
+    };
+    let original = OriginalDst { addr: entry.service_addr, port: entry.service_port, family: entry.family, _pad: 0 };
+    ORIGINAL_DST.insert(&key, &original, 0).map_err(|_| ())?;
+    count(global_stat::ORIGINAL_DST_RECORDED);
+    Ok(())
 }
 
 #[cfg(not(test))]

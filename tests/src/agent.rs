@@ -33,6 +33,8 @@ pub(crate) struct AgentSpec<'a> {
     pub admin: SocketAddr,
     pub log: &'a Path,
     pub extra: &'a [&'a str],
+    /// Network namespace to run the agent in (the node); None: the caller's.
+    pub netns: Option<PathBuf>,
 }
 
 impl Agent {
@@ -45,7 +47,7 @@ impl Agent {
             );
         }
         let mut agent = Agent { child: spawn(spec)? };
-        match agent.wait_ready(spec.admin) {
+        match agent.wait_ready(spec.admin, spec.netns.as_deref()) {
             Ok(()) => Ok(agent),
             Err(e) => {
                 agent.kill();
@@ -58,14 +60,14 @@ impl Agent {
         self.child.id()
     }
 
-    fn wait_ready(&mut self, admin: SocketAddr) -> Result<()> {
+    fn wait_ready(&mut self, admin: SocketAddr, netns: Option<&Path>) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last = anyhow!("no answer yet");
         while Instant::now() < deadline {
             if let Some(status) = self.child.try_wait()? {
                 bail!("agent exited before becoming ready: {status}");
             }
-            match http_get(admin, "/readyz") {
+            match http_get_in(netns, admin, "/readyz") {
                 Ok((200, _)) => return Ok(()),
                 Ok((code, body)) => last = anyhow!("/readyz answered {code}: {body}"),
                 Err(e) => last = e,
@@ -114,7 +116,23 @@ fn spawn(spec: &AgentSpec<'_>) -> Result<Child> {
     cmd.args(&args).env("NO_COLOR", "1").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     // In its own cgroup before exec, so a crashed test's agent can be found
     // and killed with cgroup.kill by the next run.
-    unsafe { cmd.pre_exec(move || system::join_cgroup_pre_exec(&procs)) };
+    let netns = match &spec.netns {
+        Some(path) => Some(File::open(path).with_context(|| format!("opening {}", path.display()))?),
+        None => None,
+    };
+    unsafe {
+        cmd.pre_exec(move || {
+            system::join_cgroup_pre_exec(&procs)?;
+            // setns only: /sys and bpffs stay as they are (`ip netns exec`
+            // would remount /sys and hide both).
+            if let Some(netns) = &netns {
+                if libc::setns(std::os::fd::AsRawFd::as_raw_fd(netns), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        })
+    };
     cmd.spawn().with_context(|| format!("spawning {}", spec.bin.display()))
 }
 
@@ -126,6 +144,14 @@ pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
     }
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// [`http_get`] from inside network namespace `netns` (None: here).
+pub fn http_get_in(netns: Option<&Path>, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    match netns {
+        Some(netns) => crate::in_netns(netns, || http_get(addr, path))?,
+        None => http_get(addr, path),
+    }
 }
 
 /// A one-shot `GET path` (HTTP/1.1, `Connection: close`); returns the status

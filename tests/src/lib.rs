@@ -72,7 +72,15 @@ pub struct TestEnv {
     servers: Arc<server::Registry>,
     agent: Mutex<Option<Agent>>,
     admin: Mutex<Option<SocketAddr>>,
+    /// Set while the agent runs inside the node namespace.
+    agent_netns: Mutex<Option<PathBuf>>,
 }
+
+/// The node's own addresses (on its loopback), where the agent's proxy
+/// listens when it runs on the node: inside the pod ranges, so every pod
+/// already routes to them through the node.
+pub const NODE_IPV4: &str = "10.244.255.1";
+pub const NODE_IPV6: &str = "fd00:244::ffff:1";
 
 impl TestEnv {
     /// Creates the environment, first clearing leftovers of crashed runs of
@@ -96,6 +104,7 @@ impl TestEnv {
             servers: Arc::default(),
             agent: Mutex::new(None),
             admin: Mutex::new(None),
+            agent_netns: Mutex::new(None),
         };
         // Built before anything exists, so Drop cleans up a half-made env.
         env.create().with_context(|| format!("creating test env {}", env.id()))?;
@@ -185,6 +194,29 @@ impl TestEnv {
     /// Starts `mesh-agent run --config-dir .. --cgroup .. --admin 127.0.0.1:<free port>
     /// --bpffs <pin dir> [extra_args]` and waits (20 s) until `/readyz` is 200.
     pub fn start_agent(&self, extra_args: &[&str]) -> Result<()> {
+        self.start_agent_in(None, extra_args)
+    }
+
+    /// Starts the agent inside the node namespace with its proxy on the
+    /// node addresses ([`NODE_IPV4`], [`NODE_IPV6`]), as a DaemonSet pod on
+    /// the host network would run. Admin requests then go through the node
+    /// namespace too.
+    pub fn start_agent_on_node(&self, extra_args: &[&str]) -> Result<()> {
+        let node = self.node_netns_path();
+        system::ip_batch(
+            &self.node_netns,
+            &[
+                "link set lo up".to_string(),
+                format!("addr replace {NODE_IPV4}/32 dev lo"),
+                format!("addr replace {NODE_IPV6}/128 dev lo"),
+            ],
+        )?;
+        let mut args: Vec<&str> = vec!["--node-ip", NODE_IPV4, "--node-ip", NODE_IPV6];
+        args.extend_from_slice(extra_args);
+        self.start_agent_in(Some(node), &args)
+    }
+
+    fn start_agent_in(&self, netns: Option<PathBuf>, extra_args: &[&str]) -> Result<()> {
         let mut slot = lock(&self.agent);
         if slot.is_some() {
             bail!("agent already running");
@@ -201,8 +233,10 @@ impl TestEnv {
             admin,
             log: &log,
             extra: extra_args,
+            netns: netns.clone(),
         };
         *lock(&self.admin) = Some(admin);
+        *lock(&self.agent_netns) = netns;
         *slot = Some(Agent::start(&spec)?);
         Ok(())
     }
@@ -232,7 +266,13 @@ impl TestEnv {
 
     /// `GET path` on the admin API: (status, body).
     pub fn admin_get(&self, path: &str) -> Result<(u16, String)> {
-        http_get(self.admin_addr(), path)
+        let netns = lock(&self.agent_netns).clone();
+        agent::http_get_in(netns.as_deref(), self.admin_addr(), path)
+    }
+
+    /// The namespace the agent runs in, when not the test's own.
+    pub fn agent_netns(&self) -> Option<PathBuf> {
+        lock(&self.agent_netns).clone()
     }
 
     /// `GET path` on the admin API, parsed as JSON. Panics unless the answer

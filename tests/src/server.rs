@@ -43,6 +43,10 @@ struct Shared {
     stop: AtomicBool,
     accepted: AtomicU64,
     live: AtomicU64,
+    /// HTTP requests answered.
+    requests: AtomicU64,
+    /// Per `/fail-first/<n>/<key>` key: how many times it was asked.
+    failures: Mutex<HashMap<String, u64>>,
     /// Clones of the open connections, so stopping can shut them down and
     /// wake the threads blocked reading them.
     conns: Mutex<HashMap<u64, TcpStream>>,
@@ -53,6 +57,11 @@ impl Server {
     /// Connections accepted so far (TCP), or datagrams received (UDP).
     pub fn accepted(&self) -> u64 {
         self.shared.accepted.load(Ordering::SeqCst)
+    }
+
+    /// HTTP requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::SeqCst)
     }
 
     /// Connections open right now (always 0 for UDP).
@@ -84,6 +93,8 @@ impl Shared {
             stop: AtomicBool::new(false),
             accepted: AtomicU64::new(0),
             live: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            failures: Mutex::new(HashMap::new()),
             conns: Mutex::new(HashMap::new()),
             thread: Mutex::new(None),
         })
@@ -209,7 +220,7 @@ fn start_conn(
     let started = workers.run(Box::new(move || {
         let _ = match proto {
             TcpProto::Lines => serve_lines(stream, reply.as_bytes()),
-            TcpProto::Http => serve_http(stream, reply.as_bytes()),
+            TcpProto::Http => serve_http(stream, reply.as_bytes(), &conn_shared),
         };
         conn_done(&conn_shared, id);
     }));
@@ -286,15 +297,29 @@ fn serve_lines(stream: TcpStream, name: &[u8]) -> io::Result<()> {
     }
 }
 
-fn serve_http(stream: TcpStream, body: &[u8]) -> io::Result<()> {
+/// An HTTP/1.1 keep-alive backend whose body is the pod name. It echoes
+/// what the proxy sent (`x-seen-*` headers) and behaves by path:
+/// `/status/<code>` answers that code, `/delay/<ms>` answers after a pause,
+/// `/fail-first/<n>/<key>` answers 503 to the first n requests for a key,
+/// `/shadow-delay/<ms>` pauses mirrored requests only.
+fn serve_http(stream: TcpStream, body: &[u8], shared: &Shared) -> io::Result<()> {
     let mut reader = BufReader::new(&stream);
     while let Some(request) = read_http_head(&mut reader)? {
         io::copy(&mut (&mut reader).take(request.content_length), &mut io::sink())?;
+        let status = behave(&request, shared);
+        shared.requests.fetch_add(1, Ordering::SeqCst);
         let connection = if request.close { "Connection: close\r\n" } else { "" };
-        let head = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{connection}\r\n",
-            body.len()
+        let mut head = format!(
+            "HTTP/1.1 {status} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n{connection}x-backend: {}\r\nx-seen-path: {}\r\n",
+            if status == 200 { "OK" } else { "Status" },
+            body.len(),
+            String::from_utf8_lossy(body),
+            request.path,
         );
+        for (name, value) in &request.echo {
+            head.push_str(&format!("x-seen-{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
         (&stream).write_all(&[head.as_bytes(), body].concat())?;
         if request.close {
             break;
@@ -303,14 +328,50 @@ fn serve_http(stream: TcpStream, body: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// The status a path asks for (sleeping first for `/delay/<ms>`, and for
+/// `/shadow-delay/<ms>` only when the request is a mirror's: its Host ends
+/// in `-shadow`).
+fn behave(request: &HttpRequest, shared: &Shared) -> u16 {
+    let parts: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
+    let host = request.echo.iter().find(|(name, _)| name == "host").map(|(_, v)| v.as_str()).unwrap_or("");
+    match parts.as_slice() {
+        ["shadow-delay", ms, ..] => {
+            if host.split(':').next().unwrap_or("").ends_with("-shadow") {
+                thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+            }
+            200
+        }
+        ["status", code, ..] => code.parse().unwrap_or(200),
+        ["delay", ms, ..] => {
+            thread::sleep(Duration::from_millis(ms.parse().unwrap_or(0)));
+            200
+        }
+        ["fail-first", n, key, ..] => {
+            let mut failures = lock(&shared.failures);
+            let seen = failures.entry((*key).to_owned()).or_default();
+            *seen += 1;
+            if *seen <= n.parse().unwrap_or(0) {
+                503
+            } else {
+                200
+            }
+        }
+        _ => 200,
+    }
+}
+
 struct HttpRequest {
+    path: String,
     content_length: u64,
     close: bool,
+    /// Request headers echoed back: host, request id, attempt count and
+    /// every `x-test-*` header.
+    echo: Vec<(String, String)>,
 }
 
 /// Reads a request head; `None` on a clean EOF between requests.
 fn read_http_head(reader: &mut impl BufRead) -> io::Result<Option<HttpRequest>> {
-    let mut request = HttpRequest { content_length: 0, close: false };
+    let mut request = HttpRequest { path: String::new(), content_length: 0, close: false, echo: Vec::new() };
     let mut line = String::new();
     let mut first = true;
     loop {
@@ -323,6 +384,7 @@ fn read_http_head(reader: &mut impl BufRead) -> io::Result<Option<HttpRequest>> 
             // HTTP/1.0 closes after one response unless asked otherwise;
             // not worth tracking keep-alive for it.
             request.close = trimmed.ends_with("HTTP/1.0");
+            request.path = trimmed.split_whitespace().nth(1).unwrap_or("/").to_owned();
             first = false;
             continue;
         }
@@ -335,6 +397,10 @@ fn read_http_head(reader: &mut impl BufRead) -> io::Result<Option<HttpRequest>> 
                 request.content_length = value.parse().unwrap_or(0);
             } else if name == "connection" && value.eq_ignore_ascii_case("close") {
                 request.close = true;
+            }
+            if matches!(name.as_str(), "host" | "x-request-id" | "x-envoy-attempt-count") || name.starts_with("x-test-")
+            {
+                request.echo.push((name, value.to_owned()));
             }
         }
     }

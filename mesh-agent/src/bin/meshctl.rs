@@ -28,6 +28,9 @@ enum Command {
     },
     /// The agent's config dump (JSON).
     ConfigDump,
+    /// The compiled HTTP/TCP/TLS route table per host (JSON), and which
+    /// service ports go through the proxy.
+    Routes,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -44,6 +47,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::ConfigDump => println!("{}", runtime.block_on(get(&cli.admin, "/config_dump"))?),
+        Command::Routes => println!("{}", runtime.block_on(get(&cli.admin, "/routes"))?),
     }
     Ok(())
 }

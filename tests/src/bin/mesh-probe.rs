@@ -12,7 +12,7 @@
 //! that closes before replying `EOF`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::ExitCode;
@@ -65,6 +65,7 @@ fn run(args: Vec<String>) -> Result<()> {
         "hold" => hold(&opts),
         "udp" => udp(&opts),
         "reconnect" => reconnect(&opts),
+        "http" => http(&opts),
         other => bail!("unknown subcommand {other:?}"),
     }
 }
@@ -82,8 +83,17 @@ struct Opts {
 
 impl Opts {
     const FLAGS: &'static [&'static str] = &["--connected"];
-    const VALUES: &'static [&'static str] =
-        &["--target", "--count", "--sources", "--requests-per-conn", "--pace-micros"];
+    const VALUES: &'static [&'static str] = &[
+        "--target",
+        "--count",
+        "--sources",
+        "--requests-per-conn",
+        "--pace-micros",
+        "--path",
+        "--method",
+        "--headers",
+        "--parallel",
+    ];
 
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Opts> {
         let mut opts = Opts { values: HashMap::new(), flags: Vec::new() };
@@ -255,6 +265,158 @@ fn hold(opts: &Opts) -> Result<()> {
     }
     drop(held);
     Ok(())
+}
+
+/// `count` HTTP/1.1 requests over keep-alive connections (a new one when
+/// the server closes). `--headers "a: b, c: d"`. Reports statuses, the
+/// backend (`x-backend`) of each 2xx, and the whole first response.
+fn http(opts: &Opts) -> Result<()> {
+    let (target, count) = (opts.target()?, opts.number("--count", 1)?);
+    let path = opts.values.get("--path").cloned().unwrap_or_else(|| "/".into());
+    let method = opts.values.get("--method").cloned().unwrap_or_else(|| "GET".into());
+    let extra: String = opts
+        .values
+        .get("--headers")
+        .map(|h| h.split(',').map(|kv| format!("{}\r\n", kv.trim())).collect())
+        .unwrap_or_default();
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {target}\r\n{extra}Content-Length: 0\r\n\r\n");
+    // `--parallel N`: N clients at once, each on its own connection.
+    let parallel = opts.number("--parallel", 1)?.max(1);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..parallel)
+        .map(|i| {
+            let request = request.clone();
+            let share = count / parallel + u64::from(i < count % parallel);
+            std::thread::spawn(move || http_worker(target, share, &request))
+        })
+        .collect();
+    let mut tally = Tally::default();
+    let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
+    let mut first = Value::Null;
+    for worker in workers {
+        let (t, s, f) = worker.join().map_err(|_| anyhow!("http worker panicked"))??;
+        tally.ok += t.ok;
+        for (k, v) in t.errors {
+            *tally.errors.entry(k).or_default() += v;
+        }
+        for (k, v) in t.backends {
+            *tally.backends.entry(k).or_default() += v;
+        }
+        for (k, v) in s {
+            *statuses.entry(k).or_default() += v;
+        }
+        if first.is_null() {
+            first = f;
+        }
+    }
+    let micros = started.elapsed().as_secs_f64() * 1e6 / count.max(1) as f64;
+    emit(&json!({
+        "ok": tally.ok,
+        "errors": tally.errors,
+        "status": statuses,
+        "backends": tally.backends,
+        "first": first,
+        "micros_per_request": micros,
+    }))
+}
+
+type HttpTally = (Tally, BTreeMap<String, u64>, Value);
+
+fn http_worker(target: SocketAddr, count: u64, request: &str) -> Result<HttpTally> {
+    let mut tally = Tally::default();
+    let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
+    let mut first = Value::Null;
+    let mut conn: Option<BufReader<TcpStream>> = None;
+    for _ in 0..count {
+        if conn.is_none() {
+            match sys::tcp_connect(target, None, CONNECT_TIMEOUT) {
+                Ok(stream) => {
+                    stream.set_read_timeout(Some(TCP_READ_TIMEOUT))?;
+                    conn = Some(BufReader::new(stream));
+                }
+                Err(e) => {
+                    tally.error(&e);
+                    continue;
+                }
+            }
+        }
+        let reader = conn.as_mut().expect("connected above");
+        let exchanged = reader.get_mut().write_all(request.as_bytes()).and_then(|_| read_http_response(reader));
+        match exchanged {
+            Ok(response) => {
+                *statuses.entry(response.status.to_string()).or_default() += 1;
+                if response.headers.get("x-envoy-overloaded").is_some_and(|v| v == "true") {
+                    *statuses.entry("overloaded".into()).or_default() += 1;
+                }
+                if (200..300).contains(&response.status) {
+                    tally.success(response.headers.get("x-backend").map(String::as_str).unwrap_or("?"));
+                }
+                if first.is_null() {
+                    first = json!({"status": response.status, "headers": response.headers, "body": response.body});
+                }
+                if response.close {
+                    conn = None;
+                }
+            }
+            Err(e) => {
+                tally.error(&e);
+                conn = None;
+            }
+        }
+    }
+    Ok((tally, statuses, first))
+}
+
+struct HttpResponse {
+    status: u16,
+    headers: BTreeMap<String, String>,
+    body: String,
+    close: bool,
+}
+
+/// One response: status line, headers (lowercased), a Content-Length or
+/// chunked body.
+fn read_http_response(reader: &mut BufReader<TcpStream>) -> io::Result<HttpResponse> {
+    let mut line = String::new();
+    if reader.read_line(&mut line)? == 0 {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
+    let status = line.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or(io::ErrorKind::InvalidData)?;
+    let mut headers = BTreeMap::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = trimmed.split_once(':') {
+            headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+        }
+    }
+    let mut body = Vec::new();
+    if headers.get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            line.clear();
+            reader.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or("0"), 16)
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+            let mut chunk = vec![0u8; size + 2];
+            reader.read_exact(&mut chunk)?;
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else {
+        let length: usize = headers.get("content-length").and_then(|v| v.parse().ok()).unwrap_or(0);
+        body.resize(length, 0);
+        reader.read_exact(&mut body)?;
+    }
+    let close = headers.get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    Ok(HttpResponse { status, headers, body: String::from_utf8_lossy(&body).into_owned(), close })
 }
 
 /// `count` connect() calls on ONE TCP socket, as a client that retries a

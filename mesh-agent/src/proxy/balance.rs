@@ -1,0 +1,212 @@
+//! Upstream connection pools and L7 load balancing across endpoints.
+
+use super::ProxyBody;
+use crate::maglev::stable_hash;
+use crate::policy::LoadBalancer;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Idle upstream connections are kept this long for reuse.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+pub struct Upstreams {
+    http1: Client<HttpConnector, ProxyBody>,
+    http2: Client<HttpConnector, ProxyBody>,
+    /// Requests in flight per endpoint, for LEAST_REQUEST.
+    in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
+    /// Round-robin cursors per service port and subset.
+    cursors: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Requests under way per cluster, for the connection-pool limits.
+    active: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+}
+
+/// Counts one request against its endpoint until dropped.
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Upstreams {
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(10)));
+        let http1 = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT).build(connector.clone());
+        let http2 = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .http2_only(true)
+            .build(connector);
+        Self { http1, http2, in_flight: Mutex::default(), cursors: Mutex::default(), active: Mutex::default() }
+    }
+
+    /// Admits a request to `cluster` while fewer than `limit` are under way;
+    /// `None` is an overflow (503, `x-envoy-overloaded`).
+    pub fn admit(&self, cluster: &str, limit: Option<usize>) -> Option<InFlight> {
+        let counter = lock(&self.active).entry(cluster.to_owned()).or_default().clone();
+        let before = counter.fetch_add(1, Ordering::AcqRel);
+        let admitted = InFlight(counter);
+        match limit {
+            Some(limit) if before >= limit => None, // dropping `admitted` gives the slot back
+            _ => Some(admitted),
+        }
+    }
+
+    /// The pool for an endpoint speaking HTTP/2 (prior knowledge) or HTTP/1.1.
+    pub fn client(&self, http2: bool) -> &Client<HttpConnector, ProxyBody> {
+        if http2 {
+            &self.http2
+        } else {
+            &self.http1
+        }
+    }
+
+    pub fn start(&self, endpoint: SocketAddr) -> InFlight {
+        let counter = self.counter(endpoint);
+        counter.fetch_add(1, Ordering::Relaxed);
+        InFlight(counter)
+    }
+
+    fn counter(&self, endpoint: SocketAddr) -> Arc<AtomicUsize> {
+        lock(&self.in_flight).entry(endpoint).or_default().clone()
+    }
+
+    /// Picks an endpoint. Endpoints in `tried` are avoided while others
+    /// remain (a retry prefers a host not tried yet), except under
+    /// consistent hashing, where the hash decides.
+    pub fn pick(
+        &self,
+        key: &str,
+        endpoints: &[SocketAddr],
+        load_balancer: &LoadBalancer,
+        hash: Option<u64>,
+        tried: &[SocketAddr],
+    ) -> Option<SocketAddr> {
+        if endpoints.is_empty() {
+            return None;
+        }
+        if let (LoadBalancer::ConsistentHash { .. }, Some(hash)) = (load_balancer, hash) {
+            return rendezvous(endpoints, hash);
+        }
+        let fresh: Vec<SocketAddr> = endpoints.iter().copied().filter(|e| !tried.contains(e)).collect();
+        let candidates = if fresh.is_empty() { endpoints } else { &fresh };
+        let n = candidates.len();
+        let chosen = match load_balancer {
+            LoadBalancer::RoundRobin => {
+                let cursor = lock(&self.cursors).entry(key.to_owned()).or_default().clone();
+                candidates[cursor.fetch_add(1, Ordering::Relaxed) % n]
+            }
+            LoadBalancer::Random | LoadBalancer::ConsistentHash { .. } => candidates[random_u64() as usize % n],
+            LoadBalancer::LeastRequest | LoadBalancer::Passthrough => {
+                // Power of two choices over requests in flight, as Envoy.
+                let r = random_u64();
+                let a = candidates[r as usize % n];
+                let b = candidates[(r >> 32) as usize % n];
+                let load = |e: SocketAddr| self.counter(e).load(Ordering::Relaxed);
+                if load(b) < load(a) {
+                    b
+                } else {
+                    a
+                }
+            }
+        };
+        Some(chosen)
+    }
+}
+
+/// Highest-random-weight hashing: every key has a stable favourite among
+/// the endpoints, and an endpoint leaving moves only its own keys.
+fn rendezvous(endpoints: &[SocketAddr], hash: u64) -> Option<SocketAddr> {
+    endpoints.iter().copied().max_by_key(|e| stable_hash(hash, e.to_string().as_bytes()))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A fast per-thread xorshift generator: load balancing and fault
+/// percentages need spread, not secrecy.
+pub fn random_u64() -> u64 {
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let seed = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos() as u64;
+            stable_hash(seed, format!("{:?}", std::thread::current().id()).as_bytes()) | 1
+        });
+    }
+    STATE.with(|state| {
+        let mut x = state.get();
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        state.set(x);
+        x
+    })
+}
+
+/// A uniform value in [0, 1).
+pub fn random_unit() -> f64 {
+    (random_u64() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoints(n: u8) -> Vec<SocketAddr> {
+        (1..=n).map(|i| SocketAddr::from(([10, 244, i, 2], 8080))).collect()
+    }
+
+    #[test]
+    fn round_robin_cycles_and_retries_avoid_tried_hosts() {
+        let upstreams = Upstreams::new();
+        let e = endpoints(3);
+        let picks: Vec<_> =
+            (0..6).map(|_| upstreams.pick("k", &e, &LoadBalancer::RoundRobin, None, &[]).unwrap()).collect();
+        assert_eq!(&picks[..3], &picks[3..]);
+        for _ in 0..20 {
+            let p = upstreams.pick("k", &e, &LoadBalancer::Random, None, &[e[0], e[1]]).unwrap();
+            assert_eq!(p, e[2], "the only untried host");
+        }
+        let all_tried = upstreams.pick("k", &e, &LoadBalancer::Random, None, &e);
+        assert!(all_tried.is_some(), "with every host tried, any is fine");
+    }
+
+    #[test]
+    fn least_request_prefers_idle_endpoints() {
+        let upstreams = Upstreams::new();
+        let e = endpoints(2);
+        let _busy: Vec<_> = (0..5).map(|_| upstreams.start(e[0])).collect();
+        for _ in 0..50 {
+            let p = upstreams.pick("k", &e, &LoadBalancer::LeastRequest, None, &[]).unwrap();
+            // Both choices may land on the busy one; over two endpoints a
+            // different draw wins most of the time.
+            if p == e[1] {
+                return;
+            }
+        }
+        panic!("never picked the idle endpoint");
+    }
+
+    #[test]
+    fn consistent_hash_is_stable_and_moves_only_the_leavers_keys() {
+        let e = endpoints(5);
+        let before: Vec<_> = (0..1000u64).map(|k| rendezvous(&e, k).unwrap()).collect();
+        let after: Vec<_> = (0..1000u64).map(|k| rendezvous(&e[..4], k).unwrap()).collect();
+        for (b, a) in before.iter().zip(&after) {
+            if *b != e[4] {
+                assert_eq!(a, b);
+            }
+        }
+        let moved = before.iter().filter(|b| **b == e[4]).count();
+        assert!((120..=280).contains(&moved), "about a fifth: {moved}");
+    }
+}

@@ -1,0 +1,633 @@
+//! One request through the proxy: route, fault, pick a destination and an
+//! endpoint, forward with timeouts and retries, mirror, and log.
+
+use super::balance::{random_u64, random_unit};
+use super::{BoxError, Connection, Proxy, ProxyBody};
+use crate::policy::{EffectivePolicy, HashKey, LoadBalancer};
+use crate::route::{
+    first_match, pick_destination, shadow_authority, Abort, AttemptOutcome, HttpMatch, HttpRoute, RequestView,
+    RetryPolicy, RouteAction, RouteDestination,
+};
+use crate::snapshot::{ServicePortView, Snapshot};
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, TRANSFER_ENCODING};
+use http::request::Parts;
+use http::{Method, Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::LazyLock;
+use std::time::{Duration, Instant, SystemTime};
+
+/// Request bodies up to this size are kept for retries and mirrors; larger
+/// ones stream through once and are never retried.
+const REPLAY_BUFFER_LIMIT: usize = 64 * 1024;
+
+static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+static OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
+static DEFAULT_RETRY: LazyLock<RetryPolicy> = LazyLock::new(RetryPolicy::default);
+
+/// Envoy's response flags, as they appear in access logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum ResponseFlag {
+    /// Upstream connection failure.
+    UF,
+    /// No healthy upstream.
+    UH,
+    /// Upstream overflow (circuit breaking).
+    UO,
+    /// Upstream request timeout.
+    UT,
+    /// Upstream reset or broken response.
+    UR,
+    /// Upstream retry limit exceeded.
+    URX,
+    /// Fault injection: abort.
+    FI,
+    /// Fault injection: delay.
+    DI,
+    /// No route (the destination host is not known).
+    NR,
+}
+
+/// One access-log line, JSON.
+#[derive(Serialize)]
+struct AccessLogLine<'a> {
+    start_time: String,
+    method: &'a str,
+    path: &'a str,
+    authority: &'a str,
+    response_code: u16,
+    response_flags: String,
+    duration_ms: u128,
+    upstream_host: Option<SocketAddr>,
+    upstream_cluster: &'a str,
+    route_name: Option<&'a str>,
+    request_id: &'a str,
+    downstream_remote_address: SocketAddr,
+    attempts: u32,
+}
+
+/// What a forward produced, for the log.
+struct Outcome {
+    response: Response<ProxyBody>,
+    flags: Vec<ResponseFlag>,
+    upstream: Option<SocketAddr>,
+    cluster: String,
+    attempts: u32,
+}
+
+impl Outcome {
+    fn local(status: StatusCode, text: &str, flag: Option<ResponseFlag>, cluster: String) -> Self {
+        Outcome {
+            response: local_reply(status, text),
+            flags: flag.into_iter().collect(),
+            upstream: None,
+            cluster,
+            attempts: 0,
+        }
+    }
+}
+
+impl Proxy {
+    pub(super) async fn handle(&self, connection: &Connection, request: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let start_time = humantime_now();
+        let snapshot = self.published.borrow().snapshot.clone();
+        let (mut parts, body) = request.into_parts();
+        let request_id = ensure_request_id(&mut parts.headers);
+        let authority = authority_of(&parts);
+        let path = parts.uri.path().to_owned();
+        let method = parts.method.clone();
+
+        let outcome = match snapshot.service_at(connection.original) {
+            None => Outcome::local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream",
+                Some(ResponseFlag::UH),
+                String::new(),
+            ),
+            Some(service) => self.route(&snapshot, connection, service, parts, body, &authority).await,
+        };
+        let Outcome { mut response, flags, upstream, cluster, attempts } = outcome;
+        if let Ok(value) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().entry(REQUEST_ID.clone()).or_insert(value);
+        }
+        if self.access_log {
+            let flags: Vec<String> = flags.iter().map(|f| format!("{f:?}")).collect();
+            let line = AccessLogLine {
+                start_time,
+                method: method.as_str(),
+                path: &path,
+                authority: &authority,
+                response_code: response.status().as_u16(),
+                response_flags: if flags.is_empty() { "-".into() } else { flags.join(",") },
+                duration_ms: started.elapsed().as_millis(),
+                upstream_host: upstream,
+                upstream_cluster: &cluster,
+                route_name: None,
+                request_id: &request_id,
+                downstream_remote_address: connection.peer,
+                attempts,
+            };
+            if let Ok(json) = serde_json::to_string(&line) {
+                println!("{json}");
+            }
+        }
+        response
+    }
+
+    /// Finds the rule for the request and carries out its action.
+    async fn route(
+        &self,
+        snapshot: &Snapshot,
+        connection: &Connection,
+        service: &ServicePortView,
+        parts: Parts,
+        body: Incoming,
+        authority: &str,
+    ) -> Outcome {
+        let fqdn = &service.fqdn;
+        let routes = snapshot.routes.http_routes(fqdn);
+        let matched = {
+            let view = RequestView {
+                method: &parts.method,
+                scheme: "http",
+                authority,
+                path: parts.uri.path(),
+                query: parts.uri.query(),
+                headers: &parts.headers,
+                port: connection.original.port(),
+                source_labels: None,
+                source_namespace: None,
+            };
+            let matched = first_match(routes, &view);
+            if matched.is_none() && !routes.is_empty() {
+                // The host has rules and none matches: Envoy's "no route".
+                return Outcome::local(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NR), fqdn.clone());
+            }
+            // CORS preflights and redirects are answered from the rule alone.
+            if let Some((route, _)) = matched {
+                if let Some(preflight) = route.cors.as_ref().and_then(|c| c.preflight(&view)) {
+                    let mut response = local_reply(StatusCode::OK, "");
+                    response.headers_mut().extend(preflight);
+                    return Outcome { response, flags: vec![], upstream: None, cluster: fqdn.clone(), attempts: 0 };
+                }
+                match &route.action {
+                    RouteAction::Redirect(redirect) => {
+                        let (status, location) = redirect.response(&view);
+                        let mut response =
+                            local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY), "");
+                        if let Ok(value) = HeaderValue::from_str(&location) {
+                            response.headers_mut().insert(LOCATION, value);
+                        }
+                        return Outcome { response, flags: vec![], upstream: None, cluster: fqdn.clone(), attempts: 0 };
+                    }
+                    RouteAction::DirectResponse { status, body } => {
+                        let mut response = Response::new(full(body.clone()));
+                        *response.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+                        return Outcome { response, flags: vec![], upstream: None, cluster: fqdn.clone(), attempts: 0 };
+                    }
+                    RouteAction::Forward(_) => {}
+                }
+            }
+            matched
+        };
+        let cors_headers = matched.and_then(|(route, _)| route.cors.as_ref()).map(|cors| {
+            let view = RequestView {
+                method: &parts.method,
+                scheme: "http",
+                authority,
+                path: parts.uri.path(),
+                query: parts.uri.query(),
+                headers: &parts.headers,
+                port: connection.original.port(),
+                source_labels: None,
+                source_namespace: None,
+            };
+            cors.response_headers(&view)
+        });
+        let mut outcome = self.forward(snapshot, connection, service, matched, parts, body, authority).await;
+        if let Some(headers) = cors_headers {
+            outcome.response.headers_mut().extend(headers);
+        }
+        outcome
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        snapshot: &Snapshot,
+        connection: &Connection,
+        service: &ServicePortView,
+        matched: Option<(&HttpRoute, Option<&HttpMatch>)>,
+        mut parts: Parts,
+        body: Incoming,
+        authority: &str,
+    ) -> Outcome {
+        let route = matched.map(|(route, _)| route);
+        let mut flags = Vec::new();
+
+        // Faults act on the client side, before anything goes upstream.
+        if let Some(fault) = route.and_then(|r| r.fault.as_ref()) {
+            let decision = fault.decide(random_unit(), random_unit());
+            if let Some(delay) = decision.delay {
+                tokio::time::sleep(delay).await;
+                flags.push(ResponseFlag::DI);
+            }
+            if let Some(abort) = decision.abort {
+                flags.push(ResponseFlag::FI);
+                let response = match abort {
+                    Abort::Http(status) => local_reply(
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+                        "fault filter abort",
+                    ),
+                    Abort::Grpc(code) => grpc_status_reply(code, "fault filter abort"),
+                };
+                return Outcome { response, flags, upstream: None, cluster: service.fqdn.clone(), attempts: 0 };
+            }
+        }
+
+        // Which service (and subset) this request goes to.
+        let destination: Option<&RouteDestination> = match route.map(|r| &r.action) {
+            Some(RouteAction::Forward(destinations)) => pick_destination(destinations, random_u64()),
+            _ => None,
+        };
+        let target = match destination {
+            None => Some(service),
+            Some(d) => snapshot.service_for_host(&d.host, d.port.unwrap_or(service.port)),
+        };
+        let Some(target) = target else {
+            let host = destination.map(|d| d.host.clone()).unwrap_or_default();
+            return Outcome::local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream",
+                Some(ResponseFlag::NR),
+                host,
+            );
+        };
+        let subset = destination.and_then(|d| d.subset.as_deref());
+        let cluster = match subset {
+            Some(subset) => format!("outbound|{}|{subset}|{}", target.port, target.fqdn),
+            None => format!("outbound|{}||{}", target.port, target.fqdn),
+        };
+
+        // Rewrites and header rules, route first, then the destination's.
+        if let Some((route, matched_block)) = matched {
+            if let Some(rewrite) = &route.rewrite {
+                if let Some(path) = rewrite.path(parts.uri.path(), matched_block) {
+                    let path_and_query = match parts.uri.query() {
+                        Some(query) => format!("{path}?{query}"),
+                        None => path,
+                    };
+                    if let Ok(uri) = path_and_query.parse::<Uri>() {
+                        parts.uri = uri;
+                    }
+                }
+                if let Some(new_authority) = rewrite.authority() {
+                    set_authority(&mut parts, new_authority);
+                }
+            }
+        }
+        // Envoy's order: the destination's rules, then the route's, so the
+        // route's `set` wins.
+        if let Some(destination) = destination {
+            destination.headers.request.apply(&mut parts.headers);
+        }
+        if let Some(route) = route {
+            route.headers.request.apply(&mut parts.headers);
+        }
+        if parts.headers.get(HOST).is_none() {
+            set_authority(&mut parts, authority);
+        }
+        strip_hop_by_hop(&mut parts.headers);
+
+        let endpoints = snapshot.endpoints(target, subset);
+        let policy = snapshot.policy_for(target, subset);
+        let hash = request_hash(&policy.load_balancer, &parts, connection.peer);
+        let retry = route.map(|r| &r.retries).unwrap_or(&DEFAULT_RETRY);
+
+        // A body is replayed on retry and copied to mirrors only when it is
+        // small enough to keep; otherwise it streams through once.
+        let mirrors = route.map(|r| r.mirrors.as_slice()).unwrap_or_default();
+        let body = if retry.attempts > 0 || !mirrors.is_empty() {
+            match buffer_if_small(&parts, body).await {
+                Ok(body) => body,
+                Err(error) => {
+                    tracing::debug!(%error, "client body failed");
+                    return Outcome::local(StatusCode::BAD_REQUEST, "bad request body", None, cluster);
+                }
+            }
+        } else {
+            RequestBody::Streaming(body)
+        };
+        for mirror in mirrors {
+            if random_unit() * 100.0 < mirror.percentage {
+                if let RequestBody::Buffered(bytes) = &body {
+                    self.mirror(snapshot, &mirror.destination, &parts, bytes.clone(), target.port);
+                }
+            }
+        }
+
+        // Circuit breaking: requests under way per cluster, as Envoy bounds
+        // them (HTTP/1: connections plus pending; HTTP/2: requests).
+        let Some(_admitted) = self.upstreams.admit(&cluster, request_limit(&policy, target.http2)) else {
+            flags.push(ResponseFlag::UO);
+            let mut response = local_reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "upstream connect error or disconnect/reset before headers. reset reason: overflow",
+            );
+            response.headers_mut().insert(OVERLOADED.clone(), HeaderValue::from_static("true"));
+            return Outcome { response, flags, upstream: None, cluster, attempts: 0 };
+        };
+        let deadline = route.and_then(|r| r.timeout).map(|t| Instant::now() + t);
+        let attempts_allowed = if body.replayable() { retry.attempts + 1 } else { 1 };
+        let mut body = Some(body);
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let Some(endpoint) = self.upstreams.pick(&cluster, &endpoints, &policy.load_balancer, hash, &tried) else {
+                flags.push(ResponseFlag::UH);
+                return Outcome {
+                    response: local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
+                    flags,
+                    upstream: None,
+                    cluster,
+                    attempts: attempt - 1,
+                };
+            };
+            tried.push(endpoint);
+            let this_body = match body.as_ref() {
+                Some(RequestBody::Buffered(bytes)) => full(bytes.clone()),
+                _ => match body.take() {
+                    Some(RequestBody::Streaming(incoming)) => incoming.map_err(|e| Box::new(e) as BoxError).boxed(),
+                    _ => full(Bytes::new()),
+                },
+            };
+            let mut request = Request::from_parts(parts.clone(), this_body);
+            *request.uri_mut() = upstream_uri(endpoint, &parts.uri);
+            *request.version_mut() = upstream_version(target.http2);
+            request.headers_mut().insert(ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+            let per_try = retry.per_try_timeout.map(|t| Instant::now() + t);
+            let try_deadline = match (deadline, per_try) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let _in_flight = self.upstreams.start(endpoint);
+            let sent = self.upstreams.client(target.http2).request(request);
+            let result = match try_deadline {
+                Some(at) => tokio::time::timeout_at(at.into(), sent).await.map_err(|_| ()),
+                None => Ok(sent.await),
+            };
+            let outcome = match &result {
+                Err(()) => AttemptOutcome::Timeout,
+                Ok(Ok(response)) => AttemptOutcome::Status {
+                    status: response.status().as_u16(),
+                    grpc_status: response
+                        .headers()
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok()),
+                },
+                Ok(Err(error)) if error.is_connect() => AttemptOutcome::ConnectFailure,
+                Ok(Err(_)) => AttemptOutcome::Reset,
+            };
+            let route_timed_out = deadline.is_some_and(|d| Instant::now() >= d);
+            let may_retry = attempt < attempts_allowed && !route_timed_out && retry.should_retry(&outcome);
+            if may_retry {
+                tokio::time::sleep(retry.backoff(attempt, random_u64())).await;
+                if deadline.is_none_or(|d| Instant::now() < d) {
+                    continue;
+                }
+            }
+            if attempt > 1 && may_retry {
+                flags.push(ResponseFlag::URX);
+            }
+            let response = match result {
+                Ok(Ok(response)) => {
+                    let (mut head, upstream_body) = response.into_parts();
+                    strip_hop_by_hop(&mut head.headers);
+                    let mut response =
+                        Response::from_parts(head, upstream_body.map_err(|e| Box::new(e) as BoxError).boxed());
+                    if let Some(destination) = destination {
+                        destination.headers.response.apply(response.headers_mut());
+                    }
+                    if let Some(route) = route {
+                        route.headers.response.apply(response.headers_mut());
+                    }
+                    response
+                }
+                Err(()) => {
+                    flags.push(ResponseFlag::UT);
+                    local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+                }
+                Ok(Err(error)) if error.is_connect() => {
+                    flags.push(ResponseFlag::UF);
+                    local_reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
+                    )
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, %endpoint, "upstream failed");
+                    flags.push(ResponseFlag::UR);
+                    local_reply(StatusCode::BAD_GATEWAY, "upstream connect error or disconnect/reset before headers")
+                }
+            };
+            return Outcome { response, flags, upstream: Some(endpoint), cluster, attempts: attempt };
+        }
+    }
+
+    /// Fire and forget: a copy to the mirror, its answer dropped, never
+    /// delaying the caller.
+    fn mirror(
+        &self,
+        snapshot: &Snapshot,
+        destination: &RouteDestination,
+        parts: &Parts,
+        body: Bytes,
+        default_port: u16,
+    ) {
+        let Some(target) = snapshot.service_for_host(&destination.host, destination.port.unwrap_or(default_port))
+        else {
+            return;
+        };
+        let endpoints = snapshot.endpoints(target, destination.subset.as_deref());
+        let policy = snapshot.policy_for(target, destination.subset.as_deref());
+        let key = format!("mirror|{}", target.fqdn);
+        let Some(endpoint) = self.upstreams.pick(&key, &endpoints, &policy.load_balancer, None, &[]) else { return };
+        let mut parts = parts.clone();
+        let authority = parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
+        set_authority(&mut parts, &shadow_authority(&authority));
+        let mut request = Request::from_parts(parts, full(body));
+        *request.uri_mut() = upstream_uri(endpoint, request.uri());
+        *request.version_mut() = upstream_version(target.http2);
+        let sent = self.upstreams.client(target.http2).request(request);
+        tokio::spawn(async move {
+            if let Ok(response) = sent.await {
+                // Drain so the connection returns to the pool.
+                let _ = response.into_body().collect().await;
+            }
+        });
+    }
+}
+
+enum RequestBody {
+    Buffered(Bytes),
+    Streaming(Incoming),
+}
+
+impl RequestBody {
+    fn replayable(&self) -> bool {
+        matches!(self, RequestBody::Buffered(_))
+    }
+}
+
+/// Buffers a body known to be small (or empty); streams anything else.
+async fn buffer_if_small(parts: &Parts, body: Incoming) -> Result<RequestBody, BoxError> {
+    let declared: Option<usize> =
+        parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    let chunked = parts.headers.contains_key(TRANSFER_ENCODING);
+    let no_body = declared == Some(0)
+        || (declared.is_none()
+            && !chunked
+            && matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS));
+    if no_body {
+        return Ok(RequestBody::Buffered(Bytes::new()));
+    }
+    if declared.is_some_and(|n| n <= REPLAY_BUFFER_LIMIT) {
+        let collected = Limited::new(body, REPLAY_BUFFER_LIMIT).collect().await?;
+        return Ok(RequestBody::Buffered(collected.to_bytes()));
+    }
+    Ok(RequestBody::Streaming(body))
+}
+
+fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+fn local_reply(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(full(Bytes::copy_from_slice(text.as_bytes())));
+    *response.status_mut() = status;
+    if !text.is_empty() {
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    }
+    response
+}
+
+/// A gRPC error as trailers-only: HTTP 200 with grpc-status in the headers.
+fn grpc_status_reply(code: u32, message: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(full(Bytes::new()));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(code));
+    if let Ok(value) = HeaderValue::from_str(message) {
+        headers.insert("grpc-message", value);
+    }
+    response
+}
+
+fn authority_of(parts: &Parts) -> String {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn set_authority(parts: &mut Parts, authority: &str) {
+    if let Ok(value) = HeaderValue::from_str(authority) {
+        parts.headers.insert(HOST, value);
+    }
+}
+
+/// The upstream request line: the endpoint's address, the client's path.
+fn upstream_uri(endpoint: SocketAddr, uri: &Uri) -> Uri {
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    format!("http://{endpoint}{path}").parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// The upstream speaks what its port says, whatever the client spoke.
+fn upstream_version(http2: bool) -> http::Version {
+    if http2 {
+        http::Version::HTTP_2
+    } else {
+        http::Version::HTTP_11
+    }
+}
+
+/// Connection-scoped headers are not forwarded (RFC 9110 §7.6.1).
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    for name in ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"] {
+        headers.remove(name);
+    }
+}
+
+/// Keeps the client's request id, or makes one (128 random bits, UUID form).
+fn ensure_request_id(headers: &mut http::HeaderMap) -> String {
+    if let Some(id) = headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()) {
+        return id.to_owned();
+    }
+    let (a, b) = (random_u64(), random_u64());
+    let id = format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        (b >> 48) & 0x3fff | 0x8000,
+        b & 0xffff_ffff_ffff
+    );
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        headers.insert(REQUEST_ID.clone(), value);
+    }
+    id
+}
+
+/// How many requests may be under way to one cluster, from
+/// `connectionPool`: for HTTP/1.1, `tcp.maxConnections` (one request per
+/// connection) plus `http.http1MaxPendingRequests`; for HTTP/2,
+/// `http.http2MaxRequests`. Unset limits are unlimited, as in Istio.
+fn request_limit(policy: &EffectivePolicy, http2: bool) -> Option<usize> {
+    let field = |name: &str| -> Option<usize> { policy.http_pool.as_ref()?.get(name)?.as_u64().map(|n| n as usize) };
+    if http2 {
+        return field("http2MaxRequests");
+    }
+    let connections = (policy.tcp.max_connections > 0).then_some(policy.tcp.max_connections as usize);
+    match (connections, field("http1MaxPendingRequests")) {
+        (Some(c), Some(p)) => Some(c + p),
+        _ => None,
+    }
+}
+
+/// The consistent-hash key of a request, when the policy hashes.
+fn request_hash(load_balancer: &LoadBalancer, parts: &Parts, peer: SocketAddr) -> Option<u64> {
+    let LoadBalancer::ConsistentHash { key, .. } = load_balancer else { return None };
+    let material: Option<String> = match key {
+        HashKey::HttpHeaderName(name) => {
+            parts.headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(str::to_owned)
+        }
+        HashKey::HttpCookie { name, .. } => cookie(&parts.headers, name),
+        HashKey::HttpQueryParameterName(name) => parts.uri.query().and_then(|q| {
+            q.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| k == name).map(|(_, v)| v.to_owned()))
+        }),
+        HashKey::UseSourceIp => Some(peer.ip().to_string()),
+        HashKey::Unset => None,
+    };
+    material.map(|m| crate::maglev::stable_hash(7, m.as_bytes()))
+}
+
+fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers.get_all(http::header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|line| {
+        line.split(';')
+            .find_map(|pair| pair.trim().split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.to_owned()))
+    })
+}
+
+fn humantime_now() -> String {
+    let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO);
+    format!("{}.{:03}", since.as_secs(), since.subsec_millis())
+}

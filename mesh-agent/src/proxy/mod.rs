@@ -1,0 +1,107 @@
+//! The node proxy: connections to service ports with L7 rules are sent here
+//! by the kernel (connect4/6 rewrite them to the node address), and the
+//! kernel records where each one was going (sock_ops, keyed by the client's
+//! address). The proxy speaks HTTP/1.1 and HTTP/2 to the client, routes each
+//! request with the pure decisions of [`crate::route`], and forwards it to
+//! an endpoint directly (its own connects are never captured).
+
+mod balance;
+mod forward;
+
+use crate::agent::Published;
+use crate::dataplane::OriginalDstTable;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+pub use forward::ResponseFlag;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Bodies in both directions: streamed from a peer or built here.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
+
+/// A client that sends its headers slower than this is cut off.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request header block limit (bytes): larger gets 431.
+const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("binding the proxy listener {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+pub struct Proxy {
+    published: watch::Receiver<Arc<Published>>,
+    original_dst: OriginalDstTable,
+    upstreams: balance::Upstreams,
+    access_log: bool,
+}
+
+impl Proxy {
+    pub fn new(published: watch::Receiver<Arc<Published>>, original_dst: OriginalDstTable, access_log: bool) -> Self {
+        Self { published, original_dst, upstreams: balance::Upstreams::new(), access_log }
+    }
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+        .map_err(|source| ProxyError::Bind { addr, source })?;
+    socket.set_reuseaddr(true).map_err(|source| ProxyError::Bind { addr, source })?;
+    socket.bind(addr).map_err(|source| ProxyError::Bind { addr, source })?;
+    socket.listen(4096).map_err(|source| ProxyError::Bind { addr, source })
+}
+
+pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                tracing::warn!(%error, "proxy accept failed");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                continue;
+            }
+        };
+        let proxy = proxy.clone();
+        tokio::spawn(async move { proxy.serve_connection(stream, peer).await });
+    }
+}
+
+/// What every request of one captured connection shares.
+pub struct Connection {
+    pub peer: SocketAddr,
+    /// The service address the client dialled.
+    pub original: SocketAddr,
+}
+
+impl Proxy {
+    async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        let Some(original) = self.original_dst.take(peer) else {
+            // Not a captured connection (or its entry was lost): nothing to route by.
+            tracing::debug!(%peer, "connection with no recorded original destination; closing");
+            return;
+        };
+        let _ = stream.set_nodelay(true);
+        let connection = Arc::new(Connection { peer, original });
+        let proxy = self.clone();
+        let service = hyper::service::service_fn(move |request| {
+            let (proxy, connection) = (proxy.clone(), connection.clone());
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle(&connection, request).await) }
+        });
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .max_buf_size(MAX_HEADER_BYTES);
+        builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
+        if let Err(error) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
+            tracing::debug!(%peer, %error, "client connection ended with an error");
+        }
+    }
+}

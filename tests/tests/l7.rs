@@ -1,0 +1,269 @@
+//! L7 traffic management through the node proxy, end to end: the kernel
+//! captures connects to HTTP service ports that have rules and sends them
+//! to the agent's proxy in the node namespace; the proxy routes by
+//! VirtualService and DestinationRule and forwards to real HTTP servers in
+//! pod namespaces.
+
+use mesh_tests::{wait_until, Pod, TestEnv};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const NS: &str = "shop";
+
+/// A client pod and backends `b1..bn` serving HTTP on 8080, with pods that
+/// carry `version: v<i>` labels (b1 is v1, b2 is v2, ...).
+struct World {
+    env: TestEnv,
+    client: Pod,
+    backends: Vec<Pod>,
+    servers: Vec<mesh_tests::Server>,
+}
+
+impl World {
+    fn new(test: &str, n: usize) -> World {
+        let env = TestEnv::new(test).expect("test env");
+        let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+        let mut backends = Vec::new();
+        let mut servers = Vec::new();
+        for i in 1..=n {
+            let pod = env.add_pod(&format!("b{i}"), &format!("10.244.{i}.2"), &format!("fd00:244::{i}:2"));
+            servers.push(pod.serve_http(8080));
+            backends.push(pod);
+        }
+        World { env, client, backends, servers }
+    }
+
+    /// Service `reviews` (http port 9080 → 8080) over every backend, plus
+    /// their Pods with version labels, plus `extra` YAML.
+    fn config(&self, extra: &str) -> String {
+        let mut yaml = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: reviews, namespace: {NS}}}\nspec:\n  clusterIPs: [10.96.0.20, \"fd00:96::20\"]\n  ports:\n  - {{name: http, port: 9080, targetPort: 8080}}\n---\n"
+        );
+        for (ipv6, name) in [(false, "reviews-v4"), (true, "reviews-v6")] {
+            let endpoints: String = self
+                .backends
+                .iter()
+                .map(|b| {
+                    let ip = if ipv6 { b.ipv6().to_string() } else { b.ipv4().to_string() };
+                    format!("- addresses: [\"{ip}\"]\n  targetRef: {{kind: Pod, name: {}}}\n", b.name())
+                })
+                .collect();
+            yaml.push_str(&format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: {NS}, labels: {{kubernetes.io/service-name: reviews}}}}\naddressType: {}\nports: [{{name: http, port: 8080}}]\nendpoints:\n{endpoints}---\n",
+                if ipv6 { "IPv6" } else { "IPv4" }
+            ));
+        }
+        for (i, b) in self.backends.iter().enumerate() {
+            yaml.push_str(&format!(
+                "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {NS}, labels: {{app: reviews, version: v{}}}}}\nstatus: {{podIP: {}, podIPs: [{{ip: {}}}, {{ip: \"{}\"}}]}}\n---\n",
+                b.name(),
+                i + 1,
+                b.ipv4(),
+                b.ipv4(),
+                b.ipv6()
+            ));
+        }
+        yaml.push_str(extra);
+        yaml
+    }
+
+    fn start(&self, extra: &str) {
+        self.env.write_config("reviews.yaml", &self.config(extra)).unwrap();
+        self.env.start_agent_on_node(&["--access-log"]).unwrap();
+    }
+
+    fn http(&self, args: &[&str]) -> Value {
+        let mut all = vec!["http", "--target", "10.96.0.20:9080"];
+        all.extend_from_slice(args);
+        self.env.probe(&self.client, &all).unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", self.env.agent_log()))
+    }
+}
+
+const SUBSETS: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}\nspec:\n  host: reviews\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n---\n";
+
+fn count(report: &Value, backend: &str) -> u64 {
+    report["backends"][backend].as_u64().unwrap_or(0)
+}
+
+fn status(report: &Value, code: &str) -> u64 {
+    report["status"][code].as_u64().unwrap_or(0)
+}
+
+#[test]
+fn a_90_10_canary_splits_2000_requests_within_tolerance() {
+    let world = World::new("l7_canary", 2);
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v1}\n      weight: 90\n    - destination: {host: reviews, subset: v2}\n      weight: 10\n";
+    world.start(&format!("{SUBSETS}{vs}"));
+    let report = world.http(&["--count", "2000"]);
+    assert_eq!(report["ok"], 2000, "{report}");
+    let v2 = count(&report, "b2");
+    // Expected 200; σ ≈ 13.4, so ±60 is beyond 4σ.
+    assert!((140..=260).contains(&v2), "v2 got {v2} of 2000: {report}");
+    assert_eq!(count(&report, "b1") + v2, 2000);
+
+    // The kernel captured the connection; the client still sees the service.
+    let status = world.env.admin_json("/status");
+    assert!(status["kernel_counters"]["connect_captured"].as_u64().unwrap() >= 1, "{status}");
+    assert!(status["kernel_counters"]["original_dst_recorded"].as_u64().unwrap() >= 1, "{status}");
+    let first = &report["first"]["headers"];
+    assert!(first["x-seen-x-request-id"].as_str().is_some_and(|id| id.len() == 36), "request id generated: {first}");
+    assert_eq!(first["x-seen-x-envoy-attempt-count"], "1");
+    assert_eq!(first["x-seen-host"], "10.96.0.20:9080", "the client's authority is kept: {first}");
+}
+
+#[test]
+fn header_match_sends_jason_to_v2_and_uri_rules_route_by_prefix_and_regex() {
+    let world = World::new("l7_match", 3);
+    let vs = concat!(
+        "apiVersion: networking.istio.io/v1beta1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews.shop.svc.cluster.local]\n  http:\n",
+        "  - match:\n    - headers: {end-user: {exact: jason}}\n    route:\n    - destination: {host: reviews, subset: v2}\n",
+        "  - match:\n    - uri: {prefix: /v3/}\n    rewrite: {uri: /}\n    route:\n    - destination: {host: reviews.shop.svc.cluster.local, subset: v3}\n",
+        "  - match:\n    - uri: {regex: '/items/[0-9]+'}\n    route:\n    - destination: {host: reviews, subset: v3}\n",
+        "  - route:\n    - destination: {host: reviews, subset: v1}\n",
+    );
+    let subsets = SUBSETS.replace(
+        "  - {name: v2, labels: {version: v2}}\n",
+        "  - {name: v2, labels: {version: v2}}\n  - {name: v3, labels: {version: v3}}\n",
+    );
+    world.start(&format!("{subsets}{vs}"));
+
+    let jason = world.http(&["--count", "50", "--headers", "end-user: jason"]);
+    assert_eq!(count(&jason, "b2"), 50, "{jason}");
+    let others = world.http(&["--count", "50", "--headers", "end-user: maria"]);
+    assert_eq!(count(&others, "b1"), 50, "{others}");
+    let prefixed = world.http(&["--count", "5", "--path", "/v3/ratings"]);
+    assert_eq!(count(&prefixed, "b3"), 5, "{prefixed}");
+    assert_eq!(prefixed["first"]["headers"]["x-seen-path"], "/ratings", "prefix rewritten: {prefixed}");
+    let regex = world.http(&["--count", "5", "--path", "/items/42"]);
+    assert_eq!(count(&regex, "b3"), 5, "{regex}");
+    let not_whole = world.http(&["--count", "5", "--path", "/items/42x"]);
+    assert_eq!(count(&not_whole, "b1"), 5, "a regex must match the whole path: {not_whole}");
+}
+
+#[test]
+fn redirect_and_direct_response_are_answered_by_the_proxy() {
+    let world = World::new("l7_redirect", 1);
+    let vs = concat!(
+        "apiVersion: networking.istio.io/v1alpha3\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n",
+        "  - match:\n    - uri: {exact: /old}\n    redirect: {uri: /new, authority: example.org}\n",
+        "  - match:\n    - uri: {exact: /teapot}\n    directResponse: {status: 418, body: {string: short and stout}}\n",
+        "  - route:\n    - destination: {host: reviews}\n",
+    );
+    world.start(vs);
+    let redirected = world.http(&["--path", "/old"]);
+    assert_eq!(redirected["first"]["status"], 301, "{redirected}");
+    assert_eq!(redirected["first"]["headers"]["location"], "http://example.org/new", "{redirected}");
+    let direct = world.http(&["--path", "/teapot"]);
+    assert_eq!(direct["first"]["status"], 418, "{direct}");
+    assert_eq!(direct["first"]["body"], "short and stout");
+    assert_eq!(world.servers[0].requests(), 0, "neither reached the backend");
+}
+
+#[test]
+fn fault_abort_at_50_percent_and_a_fixed_delay() {
+    let world = World::new("l7_fault", 1);
+    let vs = concat!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n",
+        "  - match:\n    - uri: {prefix: /slow}\n    fault:\n      delay: {fixedDelay: 300ms, percentage: {value: 100}}\n    route:\n    - destination: {host: reviews}\n",
+        "  - fault:\n      abort: {httpStatus: 418, percentage: {value: 50}}\n    route:\n    - destination: {host: reviews}\n",
+    );
+    world.start(vs);
+    let report = world.http(&["--count", "1000"]);
+    let aborted = status(&report, "418");
+    // Expected 500, σ ≈ 15.8: ±80 is beyond 5σ.
+    assert!((420..=580).contains(&aborted), "aborted {aborted} of 1000: {report}");
+    assert_eq!(aborted + status(&report, "200"), 1000, "{report}");
+    assert_eq!(world.servers[0].requests(), 1000 - aborted, "aborts never reach the backend");
+
+    let started = Instant::now();
+    let slow = world.http(&["--count", "3", "--path", "/slow"]);
+    let elapsed = started.elapsed();
+    assert_eq!(status(&slow, "200"), 3, "{slow}");
+    assert!(elapsed >= Duration::from_millis(900), "three requests delayed 300 ms each: {elapsed:?}");
+    assert!(slow["micros_per_request"].as_f64().unwrap() >= 300_000.0, "{slow}");
+}
+
+#[test]
+fn retries_hide_a_failing_first_try_and_a_non_retriable_failure_is_not_retried() {
+    let world = World::new("l7_retry", 1);
+    let vs = concat!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n",
+        "  - route:\n    - destination: {host: reviews}\n    retries: {attempts: 3, retryOn: 5xx}\n",
+    );
+    world.start(vs);
+    // The backend answers 503 to the first two tries of each key.
+    let report = world.http(&["--path", "/fail-first/2/a"]);
+    assert_eq!(report["first"]["status"], 200, "{report}");
+    assert_eq!(report["first"]["headers"]["x-seen-x-envoy-attempt-count"], "3", "{report}");
+    assert_eq!(world.servers[0].requests(), 3);
+
+    // 404 is not in retryOn 5xx: one try only.
+    let not_found = world.http(&["--path", "/status/404"]);
+    assert_eq!(not_found["first"]["status"], 404);
+    assert_eq!(world.servers[0].requests(), 4, "not retried");
+}
+
+#[test]
+fn a_route_timeout_answers_504() {
+    let world = World::new("l7_timeout", 1);
+    let vs = concat!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n",
+        "  - route:\n    - destination: {host: reviews}\n    timeout: 200ms\n",
+    );
+    world.start(vs);
+    let started = Instant::now();
+    let report = world.http(&["--path", "/delay/2000"]);
+    assert_eq!(report["first"]["status"], 504, "{report}");
+    assert_eq!(report["first"]["body"], "upstream request timeout");
+    assert!(started.elapsed() < Duration::from_millis(1500), "cut at the timeout: {:?}", started.elapsed());
+    let fast = world.http(&["--path", "/delay/10"]);
+    assert_eq!(fast["first"]["status"], 200);
+}
+
+#[test]
+fn mirror_traffic_reaches_the_shadow_without_slowing_the_caller() {
+    let world = World::new("l7_mirror", 2);
+    let vs = concat!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n",
+        "  - route:\n    - destination: {host: reviews, subset: v1}\n    mirror: {host: reviews, subset: v2}\n    mirrorPercentage: {value: 100}\n",
+    );
+    world.start(&format!("{SUBSETS}{vs}"));
+    let report = world.http(&["--count", "20"]);
+    assert_eq!(count(&report, "b1"), 20, "{report}");
+    assert!(
+        wait_until(Duration::from_secs(3), || world.servers[1].requests() == 20),
+        "shadow got {}",
+        world.servers[1].requests()
+    );
+    // A slow shadow does not slow the caller.
+    let started = Instant::now();
+    let slow_shadow = world.http(&["--count", "3", "--path", "/shadow-delay/1000"]);
+    assert_eq!(count(&slow_shadow, "b1"), 3);
+    assert!(started.elapsed() < Duration::from_millis(1500), "mirrors never wait: {:?}", started.elapsed());
+    assert!(wait_until(Duration::from_secs(5), || world.servers[1].requests() == 23));
+}
+
+#[test]
+fn overflowing_the_connection_pool_answers_503_overloaded() {
+    let world = World::new("l7_overflow", 1);
+    let rule = concat!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}\nspec:\n  host: reviews\n",
+        "  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 1}\n      http: {http1MaxPendingRequests: 1}\n---\n",
+    );
+    world.start(rule);
+    // Eight at once, each held 500 ms by the backend: two fit, six overflow.
+    let report = world.http(&["--count", "8", "--parallel", "8", "--path", "/delay/500"]);
+    assert_eq!(status(&report, "200"), 2, "{report}");
+    assert_eq!(status(&report, "503"), 6, "{report}");
+    assert_eq!(status(&report, "overloaded"), 6, "every overflow says x-envoy-overloaded: {report}");
+}
+
+#[test]
+fn ports_without_rules_stay_on_the_kernel_path() {
+    let world = World::new("l7_no_rules", 2);
+    world.start("");
+    let report = world.http(&["--count", "20"]);
+    assert_eq!(report["ok"], 20, "{report}");
+    let status = world.env.admin_json("/status");
+    assert_eq!(status["kernel_counters"]["connect_captured"], 0, "nothing captured without L7 rules: {status}");
+}
