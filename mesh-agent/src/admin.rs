@@ -4,7 +4,9 @@
 use crate::agent::Shared;
 use crate::dataplane::Counters;
 use crate::snapshot::{backend_key, ServicePortView};
-use crate::status::{BackendStatus, ConfigStatus, DataplaneStatus, ProgramStatus, ServiceStatus, StatusReport};
+use crate::status::{
+    BackendStatus, ConfigStatus, DataplaneStatus, EjectedHost, ProgramStatus, ServiceStatus, StatusReport,
+};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -161,6 +163,17 @@ pub fn status_report(shared: &Shared) -> StatusReport {
                 .collect(),
         },
         proxy_listeners: shared.proxy_listeners.iter().map(ToString::to_string).collect(),
+        ejected_hosts: shared
+            .proxy
+            .ejections()
+            .into_iter()
+            .map(|(cluster, e)| EjectedHost {
+                cluster,
+                host: e.host.to_string(),
+                times_ejected: e.times_ejected,
+                remaining_ms: e.remaining_ms,
+            })
+            .collect(),
         config: ConfigStatus {
             source: shared.source.clone(),
             reloads: published.reloads,
@@ -259,6 +272,13 @@ fn metrics(shared: &Shared) -> String {
     registry.register("service_live_connections", "Live TCP connections per service port on this node", live);
     registry.register("service_ready_backends", "Ready backends per service port", backends_ready);
     registry.register("backend_live_connections", "Live TCP connections per backend on this node", backend_live);
+
+    shared.proxy.metrics.register(&mut registry);
+    let ejected = Family::<Labels, Gauge>::default();
+    for (cluster, _) in shared.proxy.ejections() {
+        ejected.get_or_create(&vec![("cluster".into(), cluster)]).inc();
+    }
+    registry.register("outlier_ejected_hosts", "Hosts ejected by outlier detection right now", ejected);
 
     let rejected = Gauge::<i64>::default();
     rejected.set(published.snapshot.rejections.len() as i64);

@@ -37,6 +37,8 @@ pub struct Shared {
     pub published: watch::Receiver<Arc<Published>>,
     /// Where the L7 proxy listens (empty: capture is off).
     pub proxy_listeners: Vec<std::net::SocketAddr>,
+    /// The proxy, for its metrics and outlier state.
+    pub proxy: Arc<crate::proxy::Proxy>,
 }
 
 pub struct ReloadLoop {

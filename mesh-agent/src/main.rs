@@ -145,6 +145,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         counters,
         published,
         proxy_listeners: proxy_addrs,
+        proxy: proxy.clone(),
     });
 
     runtime.block_on(async {

@@ -376,8 +376,20 @@ impl Snapshot {
         all.iter().find(|s| s.port == port).copied().or(if all.len() == 1 { Some(all[0]) } else { None })
     }
 
-    /// Endpoints of a service port, only those of `subset` when named.
-    pub fn endpoints(&self, service: &ServicePortView, subset: Option<&str>) -> Vec<SocketAddr> {
+    /// Endpoints of a service port in one address family (the other when
+    /// the service has none of that one), only those of `subset` when named:
+    /// a dual-stack pod is one endpoint, not two.
+    pub fn endpoints(&self, service: &ServicePortView, subset: Option<&str>, ipv6: bool) -> Vec<SocketAddr> {
+        let all = self.endpoints_any_family(service, subset);
+        let (same, other): (Vec<SocketAddr>, Vec<SocketAddr>) = all.into_iter().partition(|e| e.is_ipv6() == ipv6);
+        if same.is_empty() {
+            other
+        } else {
+            same
+        }
+    }
+
+    fn endpoints_any_family(&self, service: &ServicePortView, subset: Option<&str>) -> Vec<SocketAddr> {
         let labels = subset.and_then(|name| {
             self.model
                 .rule_for_host(&service.fqdn, &service.namespace)

@@ -12,6 +12,9 @@ pub struct StatusReport {
     /// Where the L7 proxy listens; empty when capture is off.
     #[serde(default)]
     pub proxy_listeners: Vec<String>,
+    /// Hosts ejected by outlier detection right now.
+    #[serde(default)]
+    pub ejected_hosts: Vec<EjectedHost>,
     pub config: ConfigStatus,
     /// Global kernel decision and drop counters, summed over CPUs.
     pub kernel_counters: BTreeMap<String, u64>,
@@ -54,6 +57,14 @@ pub struct ReloadStatus {
     pub error: Option<String>,
     pub map_upserts: usize,
     pub map_deletes: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EjectedHost {
+    pub cluster: String,
+    pub host: String,
+    pub times_ejected: u32,
+    pub remaining_ms: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -117,6 +128,13 @@ impl StatusReport {
             let _ = writeln!(out, "proxy: off (no --node-ip): every service is balanced in the kernel");
         } else {
             let _ = writeln!(out, "proxy: listening on {}", self.proxy_listeners.join(", "));
+        }
+        for e in &self.ejected_hosts {
+            let _ = writeln!(
+                out,
+                "  ejected: {} in {} ({} times; back in {} ms)",
+                e.host, e.cluster, e.times_ejected, e.remaining_ms
+            );
         }
         let _ = writeln!(out, "config: {}  reloads: {}", self.config.source, self.config.reloads);
         if let Some(reload) = &self.config.last_reload {

@@ -301,12 +301,13 @@ fn serve_lines(stream: TcpStream, name: &[u8]) -> io::Result<()> {
 /// what the proxy sent (`x-seen-*` headers) and behaves by path:
 /// `/status/<code>` answers that code, `/delay/<ms>` answers after a pause,
 /// `/fail-first/<n>/<key>` answers 503 to the first n requests for a key,
-/// `/shadow-delay/<ms>` pauses mirrored requests only.
+/// `/shadow-delay/<ms>` pauses mirrored requests only; a request with
+/// `x-test-fail-pod: <this pod>` gets 503.
 fn serve_http(stream: TcpStream, body: &[u8], shared: &Shared) -> io::Result<()> {
     let mut reader = BufReader::new(&stream);
     while let Some(request) = read_http_head(&mut reader)? {
         io::copy(&mut (&mut reader).take(request.content_length), &mut io::sink())?;
-        let status = behave(&request, shared);
+        let status = behave(&request, &String::from_utf8_lossy(body), shared);
         shared.requests.fetch_add(1, Ordering::SeqCst);
         let connection = if request.close { "Connection: close\r\n" } else { "" };
         let mut head = format!(
@@ -331,9 +332,14 @@ fn serve_http(stream: TcpStream, body: &[u8], shared: &Shared) -> io::Result<()>
 /// The status a path asks for (sleeping first for `/delay/<ms>`, and for
 /// `/shadow-delay/<ms>` only when the request is a mirror's: its Host ends
 /// in `-shadow`).
-fn behave(request: &HttpRequest, shared: &Shared) -> u16 {
+fn behave(request: &HttpRequest, pod: &str, shared: &Shared) -> u16 {
     let parts: Vec<&str> = request.path.trim_start_matches('/').split('/').collect();
-    let host = request.echo.iter().find(|(name, _)| name == "host").map(|(_, v)| v.as_str()).unwrap_or("");
+    let header = |wanted: &str| request.echo.iter().find(|(name, _)| name == wanted).map(|(_, v)| v.as_str());
+    let host = header("host").unwrap_or("");
+    // `x-test-fail-pod: <name>`: that pod answers 503, the others serve.
+    if header("x-test-fail-pod") == Some(pod) {
+        return 503;
+    }
     match parts.as_slice() {
         ["shadow-delay", ms, ..] => {
             if host.split(':').next().unwrap_or("").ends_with("-shadow") {

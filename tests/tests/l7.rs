@@ -259,6 +259,63 @@ fn overflowing_the_connection_pool_answers_503_overloaded() {
 }
 
 #[test]
+fn an_erroring_pod_is_ejected_avoided_and_returns_after_the_ejection_time() {
+    let world = World::new("l7_outlier", 3);
+    let rule = concat!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}\nspec:\n  host: reviews\n",
+        "  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n",
+        "    outlierDetection: {consecutive5xxErrors: 2, interval: 1s, baseEjectionTime: 2s, maxEjectionPercent: 100}\n---\n",
+    );
+    world.start(rule);
+    // b3 fails every request that names it; round robin reaches it every third.
+    let report = world.http(&["--count", "60", "--headers", "x-test-fail-pod: b3"]);
+    assert!(status(&report, "503") <= 2, "two failures in a row eject it: {report}");
+    assert_eq!(count(&report, "b3"), 0);
+    assert!(count(&report, "b1") >= 28 && count(&report, "b2") >= 28, "{report}");
+    let status_report = world.env.admin_json("/status");
+    let ejected = &status_report["ejected_hosts"];
+    assert_eq!(ejected.as_array().map(Vec::len), Some(1), "{status_report}");
+    assert_eq!(ejected[0]["host"], "10.244.3.2:8080");
+    let (_, metrics) = world.env.admin_get("/metrics").unwrap();
+    assert!(
+        metrics.contains("mesh_outlier_ejected_hosts{cluster=\"reviews.shop.svc.cluster.local:9080\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("mesh_outlier_ejections_total{cluster=\"reviews.shop.svc.cluster.local:9080\"} 1"),
+        "{metrics}"
+    );
+
+    // Still ejected: no traffic for b3 even though it would now succeed.
+    let healthy = world.http(&["--count", "30"]);
+    assert_eq!(count(&healthy, "b3"), 0, "{healthy}");
+    // After the ejection time it takes traffic again.
+    std::thread::sleep(Duration::from_millis(2200));
+    let back = world.http(&["--count", "30"]);
+    assert!(count(&back, "b3") >= 8, "b3 returns after 2 s: {back}");
+    let (_, metrics) = world.env.admin_get("/metrics").unwrap();
+    assert!(metrics.contains("mesh_requests_total{source_workload=\"unknown\""), "{metrics}");
+}
+
+#[test]
+fn consistent_hash_by_header_keeps_each_user_on_one_pod() {
+    let world = World::new("l7_hash", 3);
+    let rule = concat!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}\nspec:\n  host: reviews\n",
+        "  trafficPolicy:\n    loadBalancer:\n      consistentHash: {httpHeaderName: x-user}\n---\n",
+    );
+    world.start(rule);
+    let mut pods = std::collections::BTreeSet::new();
+    for user in ["ann", "bob", "cyd", "dee", "eve", "fay", "gus", "hal"] {
+        let report = world.http(&["--count", "20", "--headers", &format!("x-user: {user}")]);
+        let backends = report["backends"].as_object().unwrap();
+        assert_eq!(backends.len(), 1, "{user} stays on one pod: {report}");
+        pods.insert(backends.keys().next().unwrap().clone());
+    }
+    assert!(pods.len() >= 2, "users spread over pods: {pods:?}");
+}
+
+#[test]
 fn ports_without_rules_stay_on_the_kernel_path() {
     let world = World::new("l7_no_rules", 2);
     world.start("");

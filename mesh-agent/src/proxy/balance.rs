@@ -1,5 +1,6 @@
 //! Upstream connection pools and L7 load balancing across endpoints.
 
+use super::outlier::{Ejected, Observation, OutlierConfig, OutlierState};
 use super::ProxyBody;
 use crate::maglev::stable_hash;
 use crate::policy::LoadBalancer;
@@ -11,7 +12,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Idle upstream connections are kept this long for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -25,6 +26,8 @@ pub struct Upstreams {
     cursors: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     /// Requests under way per cluster, for the connection-pool limits.
     active: Mutex<HashMap<String, Arc<AtomicUsize>>>,
+    /// Host health per cluster, for outlier detection.
+    outliers: Mutex<HashMap<String, OutlierState>>,
 }
 
 /// Counts one request against its endpoint until dropped.
@@ -46,7 +49,48 @@ impl Upstreams {
             .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .http2_only(true)
             .build(connector);
-        Self { http1, http2, in_flight: Mutex::default(), cursors: Mutex::default(), active: Mutex::default() }
+        Self {
+            http1,
+            http2,
+            in_flight: Mutex::default(),
+            cursors: Mutex::default(),
+            active: Mutex::default(),
+            outliers: Mutex::default(),
+        }
+    }
+
+    /// The endpoints of `cluster` that outlier detection has not ejected.
+    pub fn healthy(&self, cluster: &str, endpoints: &[SocketAddr], config: &OutlierConfig) -> Vec<SocketAddr> {
+        match lock(&self.outliers).get(cluster) {
+            Some(state) => state.available(endpoints, Instant::now(), config),
+            None => endpoints.to_vec(),
+        }
+    }
+
+    /// Records the outcome of a try; true when it ejected the host.
+    pub fn observe(
+        &self,
+        cluster: &str,
+        host: SocketAddr,
+        observation: Observation,
+        config: &OutlierConfig,
+        cluster_size: usize,
+    ) -> bool {
+        let mut outliers = lock(&self.outliers);
+        let state = outliers.entry(cluster.to_owned()).or_default();
+        state.record(host, observation, Instant::now(), config, cluster_size)
+    }
+
+    /// Hosts ejected right now, by cluster.
+    pub fn ejections(&self) -> Vec<(String, Ejected)> {
+        let now = Instant::now();
+        let outliers = lock(&self.outliers);
+        let mut out: Vec<(String, Ejected)> = outliers
+            .iter()
+            .flat_map(|(cluster, state)| state.ejected(now).into_iter().map(move |e| (cluster.clone(), e)))
+            .collect();
+        out.sort_by(|a, b| (&a.0, a.1.host).cmp(&(&b.0, b.1.host)));
+        out
     }
 
     /// Admits a request to `cluster` while fewer than `limit` are under way;

@@ -2,6 +2,8 @@
 //! endpoint, forward with timeouts and retries, mirror, and log.
 
 use super::balance::{random_u64, random_unit};
+use super::metrics::Labels;
+use super::outlier::{Observation, OutlierConfig};
 use super::{BoxError, Connection, Proxy, ProxyBody};
 use crate::policy::{EffectivePolicy, HashKey, LoadBalancer};
 use crate::route::{
@@ -98,6 +100,7 @@ impl Proxy {
         let snapshot = self.published.borrow().snapshot.clone();
         let (mut parts, body) = request.into_parts();
         let request_id = ensure_request_id(&mut parts.headers);
+        let request_bytes = declared_length(&parts.headers);
         let authority = authority_of(&parts);
         let path = parts.uri.path().to_owned();
         let method = parts.method.clone();
@@ -112,6 +115,7 @@ impl Proxy {
             Some(service) => self.route(&snapshot, connection, service, parts, body, &authority).await,
         };
         let Outcome { mut response, flags, upstream, cluster, attempts } = outcome;
+        self.record_metrics(connection, request_bytes, &response, &flags, &cluster, attempts, started);
         if let Ok(value) = HeaderValue::from_str(&request_id) {
             response.headers_mut().entry(REQUEST_ID.clone()).or_insert(value);
         }
@@ -304,8 +308,15 @@ impl Proxy {
         }
         strip_hop_by_hop(&mut parts.headers);
 
-        let endpoints = snapshot.endpoints(target, subset);
         let policy = snapshot.policy_for(target, subset);
+        // Outlier detection keeps host health per service port (all subsets).
+        let outliers = policy.outlier_detection.as_ref().map(OutlierConfig::from_policy);
+        let health_key = format!("{}:{}", target.fqdn, target.port);
+        let all_endpoints = snapshot.endpoints(target, subset, connection.original.is_ipv6());
+        let endpoints = match &outliers {
+            Some(config) => self.upstreams.healthy(&health_key, &all_endpoints, config),
+            None => all_endpoints.clone(),
+        };
         let hash = request_hash(&policy.load_balancer, &parts, connection.peer);
         let retry = route.map(|r| &r.retries).unwrap_or(&DEFAULT_RETRY);
 
@@ -395,6 +406,16 @@ impl Proxy {
                 Ok(Err(error)) if error.is_connect() => AttemptOutcome::ConnectFailure,
                 Ok(Err(_)) => AttemptOutcome::Reset,
             };
+            if let Some(config) = &outliers {
+                let observation = match outcome {
+                    AttemptOutcome::Status { status, .. } => Observation::Status(status),
+                    _ => Observation::LocalFailure,
+                };
+                if self.upstreams.observe(&health_key, endpoint, observation, config, all_endpoints.len()) {
+                    tracing::info!(cluster = %health_key, host = %endpoint, "outlier ejected");
+                    self.metrics.ejections.get_or_create(&vec![("cluster".into(), health_key.clone())]).inc();
+                }
+            }
             let route_timed_out = deadline.is_some_and(|d| Instant::now() >= d);
             let may_retry = attempt < attempts_allowed && !route_timed_out && retry.should_retry(&outcome);
             if may_retry {
@@ -441,6 +462,42 @@ impl Proxy {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
+    fn record_metrics(
+        &self,
+        connection: &Connection,
+        request_bytes: u64,
+        response: &Response<ProxyBody>,
+        flags: &[ResponseFlag],
+        cluster: &str,
+        attempts: u32,
+        started: Instant,
+    ) {
+        // `outbound|port|subset|host`, or a bare host for local answers.
+        let mut fields = cluster.split('|');
+        let (destination, subset) = match (fields.next(), fields.next(), fields.next(), fields.next()) {
+            (Some("outbound"), Some(_), Some(subset), Some(host)) => (host, subset),
+            _ => (cluster, ""),
+        };
+        let flags: Vec<String> = flags.iter().map(|f| format!("{f:?}")).collect();
+        let service_labels: Labels = vec![
+            ("source_workload".into(), connection.source_workload.clone()),
+            ("source_namespace".into(), connection.source_namespace.clone()),
+            ("destination_service".into(), destination.to_owned()),
+            ("destination_subset".into(), subset.to_owned()),
+        ];
+        let mut labels = service_labels.clone();
+        labels.push(("response_code".into(), response.status().as_u16().to_string()));
+        labels.push(("response_flags".into(), if flags.is_empty() { "-".into() } else { flags.join(",") }));
+        self.metrics.requests.get_or_create(&labels).inc();
+        self.metrics.duration.get_or_create(&service_labels).observe(started.elapsed().as_secs_f64());
+        self.metrics.request_bytes.get_or_create(&service_labels).inc_by(request_bytes);
+        self.metrics.response_bytes.get_or_create(&service_labels).inc_by(declared_length(response.headers()));
+        if attempts > 1 {
+            self.metrics.retries.get_or_create(&service_labels).inc_by(u64::from(attempts - 1));
+        }
+    }
+
     /// Fire and forget: a copy to the mirror, its answer dropped, never
     /// delaying the caller.
     fn mirror(
@@ -455,7 +512,7 @@ impl Proxy {
         else {
             return;
         };
-        let endpoints = snapshot.endpoints(target, destination.subset.as_deref());
+        let endpoints = snapshot.endpoints(target, destination.subset.as_deref(), false);
         let policy = snapshot.policy_for(target, destination.subset.as_deref());
         let key = format!("mirror|{}", target.fqdn);
         let Some(endpoint) = self.upstreams.pick(&key, &endpoints, &policy.load_balancer, None, &[]) else { return };
@@ -503,6 +560,11 @@ async fn buffer_if_small(parts: &Parts, body: Incoming) -> Result<RequestBody, B
         return Ok(RequestBody::Buffered(collected.to_bytes()));
     }
     Ok(RequestBody::Streaming(body))
+}
+
+/// A body's size as its Content-Length declares it (0 when streamed).
+fn declared_length(headers: &http::HeaderMap) -> u64 {
+    headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
 }
 
 fn full(bytes: Bytes) -> ProxyBody {

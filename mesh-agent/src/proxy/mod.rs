@@ -7,6 +7,8 @@
 
 mod balance;
 mod forward;
+mod metrics;
+pub mod outlier;
 
 use crate::agent::Published;
 use crate::dataplane::OriginalDstTable;
@@ -41,11 +43,23 @@ pub struct Proxy {
     original_dst: OriginalDstTable,
     upstreams: balance::Upstreams,
     access_log: bool,
+    pub metrics: metrics::ProxyMetrics,
 }
 
 impl Proxy {
     pub fn new(published: watch::Receiver<Arc<Published>>, original_dst: OriginalDstTable, access_log: bool) -> Self {
-        Self { published, original_dst, upstreams: balance::Upstreams::new(), access_log }
+        Self {
+            published,
+            original_dst,
+            upstreams: balance::Upstreams::new(),
+            access_log,
+            metrics: metrics::ProxyMetrics::default(),
+        }
+    }
+
+    /// Hosts ejected by outlier detection right now, by cluster.
+    pub fn ejections(&self) -> Vec<(String, outlier::Ejected)> {
+        self.upstreams.ejections()
     }
 }
 
@@ -77,6 +91,9 @@ pub struct Connection {
     pub peer: SocketAddr,
     /// The service address the client dialled.
     pub original: SocketAddr,
+    /// The client pod, when the model knows its address ("unknown" else).
+    pub source_workload: String,
+    pub source_namespace: String,
 }
 
 impl Proxy {
@@ -87,7 +104,21 @@ impl Proxy {
             return;
         };
         let _ = stream.set_nodelay(true);
-        let connection = Arc::new(Connection { peer, original });
+        let (source_workload, source_namespace) = {
+            let snapshot = self.published.borrow().snapshot.clone();
+            let peer_ip = match peer.ip() {
+                std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(peer.ip()),
+                ip => ip,
+            };
+            snapshot
+                .model
+                .pods
+                .values()
+                .find(|pod| pod.ips.contains(&peer_ip))
+                .map(|pod| (pod.name.clone(), pod.namespace.clone()))
+                .unwrap_or_else(|| ("unknown".into(), "unknown".into()))
+        };
+        let connection = Arc::new(Connection { peer, original, source_workload, source_namespace });
         let proxy = self.clone();
         let service = hyper::service::service_fn(move |request| {
             let (proxy, connection) = (proxy.clone(), connection.clone());
