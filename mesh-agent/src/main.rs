@@ -61,6 +61,10 @@ struct RunArgs {
     /// Print a JSON access-log line per proxied request on stdout.
     #[arg(long)]
     access_log: bool,
+    /// Cut off a proxy client that has not sent its request headers in this
+    /// many milliseconds.
+    #[arg(long, default_value_t = proxy::DEFAULT_HEADER_TIMEOUT.as_millis() as u64)]
+    header_timeout_ms: u64,
     /// Cluster DNS domain, for resolving DestinationRule hosts.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -135,7 +139,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         let stop = stop.clone();
         std::thread::Builder::new().name("reload".into()).spawn(move || reload.run(stop))?
     };
-    let proxy = Arc::new(Proxy::new(published.clone(), original_dst, args.access_log));
+    let header_timeout = std::time::Duration::from_millis(args.header_timeout_ms);
+    let proxy = Arc::new(Proxy::new(published.clone(), original_dst, args.access_log, header_timeout));
     let proxy_addrs = proxy_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     let shared = Arc::new(Shared {
         version: env!("CARGO_PKG_VERSION"),

@@ -68,8 +68,14 @@ impl World {
     }
 
     fn start(&self, extra: &str) {
+        self.start_with(extra, &[]);
+    }
+
+    fn start_with(&self, extra: &str, args: &[&str]) {
         self.env.write_config("reviews.yaml", &self.config(extra)).unwrap();
-        self.env.start_agent_on_node(&["--access-log"]).unwrap();
+        let mut all = vec!["--access-log"];
+        all.extend_from_slice(args);
+        self.env.start_agent_on_node(&all).unwrap();
     }
 
     fn http(&self, args: &[&str]) -> Value {
@@ -313,6 +319,79 @@ fn consistent_hash_by_header_keeps_each_user_on_one_pod() {
         pods.insert(backends.keys().next().unwrap().clone());
     }
     assert!(pods.len() >= 2, "users spread over pods: {pods:?}");
+}
+
+#[test]
+fn bad_clients_get_400_431_or_are_cut_off_and_the_proxy_keeps_serving() {
+    let world = World::new("l7_bad_clients", 1);
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n";
+    world.start_with(vs, &["--header-timeout-ms", "1000"]);
+    let raw = |send: &str, pause: &str| {
+        world
+            .env
+            .probe(&world.client, &["raw", "--target", "10.96.0.20:9080", "--send", send, "--pause-ms", pause])
+            .unwrap()
+    };
+    let garbage = raw("NOT HTTP AT ALL\\n\\n", "0");
+    assert!(garbage["response"].as_str().unwrap().starts_with("HTTP/1.1 400"), "{garbage}");
+    let huge = format!("GET / HTTP/1.1\\nHost: reviews\\nx-big: {}\\n\\n", "a".repeat(100_000));
+    let too_large = raw(&huge, "0");
+    assert!(too_large["response"].as_str().unwrap().starts_with("HTTP/1.1 431"), "{too_large}");
+    // Half a request, then nothing: cut off at the header timeout (1 s here).
+    let slow = raw("GET / HTTP/1.1\\nHost: rev", "0");
+    assert_eq!(slow["closed_by_server"], true, "{slow}");
+    let waited = slow["millis"].as_u64().unwrap();
+    assert!((900..4000).contains(&waited), "cut after about a second: {slow}");
+    // Other clients were never affected.
+    let report = world.http(&["--count", "20"]);
+    assert_eq!(report["ok"], 20, "{report}");
+}
+
+#[test]
+fn an_invalid_virtual_service_is_rejected_with_its_field_and_the_rest_serves() {
+    let world = World::new("l7_bad_vs", 2);
+    let good = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v2}\n";
+    world.start(&format!("{SUBSETS}{good}"));
+    assert_eq!(count(&world.http(&["--count", "10"]), "b2"), 10);
+    // An edit with a broken regex: rejected, the last good version serves.
+    let broken = good.replace("  - route:", "  - match:\n    - uri: {regex: '/(unclosed'}\n    route:");
+    world.env.write_config("vs.yaml", &broken).unwrap();
+    world.env.write_config("reviews.yaml", &world.config(SUBSETS)).unwrap();
+    assert!(wait_until(Duration::from_secs(3), || {
+        world.env.admin_json("/config_dump")["rejected"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|r| r["kind"] == "VirtualService"))
+    }));
+    let dump = world.env.admin_json("/config_dump");
+    let rejection =
+        dump["rejected"].as_array().unwrap().iter().find(|r| r["kind"] == "VirtualService").unwrap().clone();
+    assert_eq!(rejection["field"], "spec.http[0].match[0].uri.regex", "{rejection}");
+    assert_eq!(count(&world.http(&["--count", "10"]), "b2"), 10, "last good VirtualService keeps routing");
+}
+
+#[test]
+fn cors_preflight_is_answered_by_the_proxy() {
+    let world = World::new("l7_cors", 1);
+    let vs = concat!(
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n",
+        "  - route:\n    - destination: {host: reviews}\n",
+        "    corsPolicy:\n      allowOrigins: [{exact: 'https://shop.example'}]\n      allowMethods: [GET, POST]\n      maxAge: 24h\n",
+    );
+    world.start(vs);
+    let preflight = world.http(&[
+        "--method",
+        "OPTIONS",
+        "--headers",
+        "Origin: https://shop.example, Access-Control-Request-Method: POST",
+    ]);
+    let headers = &preflight["first"]["headers"];
+    assert_eq!(preflight["first"]["status"], 200, "{preflight}");
+    assert_eq!(headers["access-control-allow-origin"], "https://shop.example", "{preflight}");
+    assert!(headers["access-control-allow-methods"].as_str().unwrap().contains("POST"), "{preflight}");
+    assert_eq!(headers["access-control-max-age"], "86400", "{preflight}");
+    assert_eq!(world.servers[0].requests(), 0, "the preflight never reached the backend");
+    let simple = world.http(&["--headers", "Origin: https://shop.example"]);
+    assert_eq!(simple["first"]["headers"]["access-control-allow-origin"], "https://shop.example", "{simple}");
 }
 
 #[test]

@@ -27,8 +27,8 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Bodies in both directions: streamed from a peer or built here.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
-/// A client that sends its headers slower than this is cut off.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that sends its headers slower than this is cut off (default).
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Request header block limit (bytes): larger gets 431.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
@@ -43,14 +43,21 @@ pub struct Proxy {
     original_dst: OriginalDstTable,
     upstreams: balance::Upstreams,
     access_log: bool,
+    header_timeout: Duration,
     pub metrics: metrics::ProxyMetrics,
 }
 
 impl Proxy {
-    pub fn new(published: watch::Receiver<Arc<Published>>, original_dst: OriginalDstTable, access_log: bool) -> Self {
+    pub fn new(
+        published: watch::Receiver<Arc<Published>>,
+        original_dst: OriginalDstTable,
+        access_log: bool,
+        header_timeout: Duration,
+    ) -> Self {
         Self {
             published,
             original_dst,
+            header_timeout,
             upstreams: balance::Upstreams::new(),
             access_log,
             metrics: metrics::ProxyMetrics::default(),
@@ -128,7 +135,7 @@ impl Proxy {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .header_read_timeout(self.header_timeout)
             .max_buf_size(MAX_HEADER_BYTES);
         builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
         if let Err(error) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {

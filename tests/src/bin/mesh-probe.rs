@@ -66,6 +66,7 @@ fn run(args: Vec<String>) -> Result<()> {
         "udp" => udp(&opts),
         "reconnect" => reconnect(&opts),
         "http" => http(&opts),
+        "raw" => raw(&opts),
         other => bail!("unknown subcommand {other:?}"),
     }
 }
@@ -93,6 +94,8 @@ impl Opts {
         "--method",
         "--headers",
         "--parallel",
+        "--send",
+        "--pause-ms",
     ];
 
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Opts> {
@@ -417,6 +420,34 @@ fn read_http_response(reader: &mut BufReader<TcpStream>) -> io::Result<HttpRespo
     }
     let close = headers.get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
     Ok(HttpResponse { status, headers, body: String::from_utf8_lossy(&body).into_owned(), close })
+}
+
+/// Sends `--send` on one connection (the two characters `\n` in it become
+/// CRLF), optionally pausing `--pause-ms` after it, and reports what came
+/// back until the server closed or 5 s passed: for malformed or slow clients.
+fn raw(opts: &Opts) -> Result<()> {
+    let target = opts.target()?;
+    let payload = opts.values.get("--send").cloned().unwrap_or_default().replace("\\n", "\r\n");
+    let pause = Duration::from_millis(opts.number("--pause-ms", 0)?);
+    let mut stream = sys::tcp_connect(target, None, CONNECT_TIMEOUT)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let started = Instant::now();
+    stream.write_all(payload.as_bytes())?;
+    if !pause.is_zero() {
+        std::thread::sleep(pause);
+    }
+    let mut response = Vec::new();
+    let closed = match io::Read::read_to_end(&mut stream, &mut response) {
+        Ok(_) => true,
+        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => false,
+        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => true,
+        Err(e) => return Err(e.into()),
+    };
+    emit(&json!({
+        "response": String::from_utf8_lossy(&response),
+        "closed_by_server": closed,
+        "millis": started.elapsed().as_millis() as u64,
+    }))
 }
 
 /// `count` connect() calls on ONE TCP socket, as a client that retries a
