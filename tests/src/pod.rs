@@ -111,6 +111,13 @@ impl Pod {
         self.start_tcp(port, TcpProto::Http)
     }
 
+    /// HTTP/2 (prior knowledge) server on the pod's IPv4 address; gRPC
+    /// requests get a message and `grpc-status: 0` trailers.
+    pub fn serve_h2(&self, port: u16) -> crate::h2::H2Server {
+        crate::h2::start(&self.netns_path(), SocketAddr::new(self.ipv4.into(), port), &self.name)
+            .unwrap_or_else(|e| panic!("pod {}: HTTP/2 server on port {port}: {e:#}", self.name))
+    }
+
     /// Answers every datagram with the pod name.
     pub fn serve_udp(&self, port: u16) -> Server {
         server::start_udp(&self.servers, &self.netns_path(), self.addrs(port), &self.name)

@@ -395,6 +395,38 @@ fn cors_preflight_is_answered_by_the_proxy() {
 }
 
 #[test]
+fn http2_and_grpc_with_trailers_go_through_the_proxy() {
+    let env = TestEnv::new("l7_h2").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let pods: Vec<Pod> =
+        (1..=2).map(|i| env.add_pod(&format!("g{i}"), &format!("10.244.{i}.2"), &format!("fd00:244::{i}:2"))).collect();
+    let _servers: Vec<_> = pods.iter().map(|p| p.serve_h2(9090)).collect();
+    let endpoints: String = pods.iter().map(|p| format!("- addresses: [\"{}\"]\n", p.ipv4())).collect();
+    let config = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: ratings, namespace: {NS}}}\nspec:\n  clusterIP: 10.96.0.30\n  ports:\n  - {{name: grpc, port: 9090, targetPort: 9090}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: ratings, namespace: {NS}, labels: {{kubernetes.io/service-name: ratings}}}}\naddressType: IPv4\nports: [{{name: grpc, port: 9090}}]\nendpoints:\n{endpoints}---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ratings, namespace: {NS}}}\nspec:\n  hosts: [ratings]\n  http:\n  - route:\n    - destination: {{host: ratings}}\n    retries: {{attempts: 2, retryOn: unavailable}}\n"
+    );
+    env.write_config("ratings.yaml", &config).unwrap();
+    env.start_agent_on_node(&["--access-log"]).unwrap();
+    let probe = |args: &[&str]| env.probe(&client, args).unwrap_or_else(|e| panic!("{e:#}\n{}", env.agent_log()));
+
+    // An HTTP/2 client (prior knowledge), HTTP/2 upstreams.
+    let h2 = probe(&["h2", "--target", "10.96.0.30:9090", "--count", "20"]);
+    assert_eq!(h2["ok"], 20, "{h2}");
+    assert_eq!(h2["backends"].as_object().map(|b| b.len()), Some(2), "balanced per request: {h2}");
+    assert_eq!(h2["first"]["headers"]["x-seen-version"], "HTTP/2.0", "{h2}");
+    // gRPC: the grpc-status trailer arrives through the proxy.
+    let grpc = probe(&["h2", "--target", "10.96.0.30:9090", "--count", "10", "--grpc"]);
+    assert_eq!(grpc["grpc_status"]["0"], 10, "{grpc}");
+    assert_eq!(grpc["first"]["headers"]["content-type"], "application/grpc", "{grpc}");
+    // An HTTP/1.1 client to the same port: the proxy speaks HTTP/2 upstream.
+    let h1 = probe(&["http", "--target", "10.96.0.30:9090", "--count", "5"]);
+    assert_eq!(h1["ok"], 5, "{h1}");
+    assert_eq!(h1["first"]["headers"]["x-seen-version"], "HTTP/2.0", "{h1}");
+}
+
+#[test]
 fn ports_without_rules_stay_on_the_kernel_path() {
     let world = World::new("l7_no_rules", 2);
     world.start("");

@@ -67,6 +67,7 @@ fn run(args: Vec<String>) -> Result<()> {
         "reconnect" => reconnect(&opts),
         "http" => http(&opts),
         "raw" => raw(&opts),
+        "h2" => h2(&opts),
         other => bail!("unknown subcommand {other:?}"),
     }
 }
@@ -83,7 +84,7 @@ struct Opts {
 }
 
 impl Opts {
-    const FLAGS: &'static [&'static str] = &["--connected"];
+    const FLAGS: &'static [&'static str] = &["--connected", "--grpc"];
     const VALUES: &'static [&'static str] = &[
         "--target",
         "--count",
@@ -420,6 +421,83 @@ fn read_http_response(reader: &mut BufReader<TcpStream>) -> io::Result<HttpRespo
     }
     let close = headers.get("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
     Ok(HttpResponse { status, headers, body: String::from_utf8_lossy(&body).into_owned(), close })
+}
+
+/// `count` requests over one HTTP/2 connection (prior knowledge). With
+/// `--grpc`, each is a unary gRPC call (a length-prefixed message,
+/// `content-type: application/grpc`) and the `grpc-status` trailer is
+/// reported.
+fn h2(opts: &Opts) -> Result<()> {
+    use http_body_util::BodyExt;
+    let (target, count) = (opts.target()?, opts.number("--count", 1)?);
+    let grpc = opts.flag("--grpc");
+    let path =
+        opts.values
+            .get("--path")
+            .cloned()
+            .unwrap_or_else(|| if grpc { "/shop.Reviews/Get".into() } else { "/".into() });
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let stream = tokio::net::TcpStream::connect(target).await?;
+        let (mut sender, connection) = hyper::client::conn::http2::handshake(
+            hyper_util::rt::TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(stream),
+        )
+        .await?;
+        tokio::spawn(connection);
+        let mut tally = Tally::default();
+        let mut statuses: BTreeMap<String, u64> = BTreeMap::new();
+        let mut grpc_statuses: BTreeMap<String, u64> = BTreeMap::new();
+        let mut first = Value::Null;
+        for _ in 0..count {
+            let body = if grpc { mesh_tests::h2::grpc_frame(b"hello") } else { bytes::Bytes::new() };
+            let mut request = hyper::Request::builder()
+                .method(if grpc { "POST" } else { "GET" })
+                .uri(format!("http://{target}{path}"));
+            if grpc {
+                request = request.header("content-type", "application/grpc").header("te", "trailers");
+            }
+            let request = request.body(mesh_tests::h2::OneShotBody::new(body, None))?;
+            let response = match sender.send_request(request).await {
+                Ok(response) => response,
+                Err(e) => {
+                    tally.error(&io::Error::other(e.to_string()));
+                    continue;
+                }
+            };
+            let status = response.status().as_u16();
+            let backend = response.headers().get("x-backend").and_then(|v| v.to_str().ok()).unwrap_or("?").to_owned();
+            let headers: BTreeMap<String, String> = response
+                .headers()
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+                .collect();
+            let collected = response.into_body().collect().await?;
+            let grpc_status = collected
+                .trailers()
+                .and_then(|t| t.get("grpc-status"))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            *statuses.entry(status.to_string()).or_default() += 1;
+            if let Some(code) = &grpc_status {
+                *grpc_statuses.entry(code.clone()).or_default() += 1;
+            }
+            if (200..300).contains(&status) {
+                tally.success(&backend);
+            }
+            if first.is_null() {
+                first = json!({"status": status, "headers": headers, "grpc_status": grpc_status});
+            }
+        }
+        emit(&json!({
+            "ok": tally.ok,
+            "errors": tally.errors,
+            "status": statuses,
+            "grpc_status": grpc_statuses,
+            "backends": tally.backends,
+            "first": first,
+        }))
+    })
 }
 
 /// Sends `--send` on one connection (the two characters `\n` in it become
