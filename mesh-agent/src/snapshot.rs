@@ -64,7 +64,8 @@ pub struct ServicePortView {
     pub http: bool,
     /// Upstreams speak HTTP/2 with prior knowledge (http2, grpc, h2c).
     pub http2: bool,
-    /// Connects go to the node proxy: the port is HTTP and has L7 rules.
+    /// Connects go to the node proxy: an HTTP port with L7 rules (routed
+    /// per request), or a TCP port with `tcp` routes (per connection).
     pub captured: bool,
 }
 
@@ -227,7 +228,12 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
         for port in &service.ports {
             let policy = rule.map(|r| r.effective(None, port.port)).unwrap_or_default();
             let (http, http2) = http_protocol(port);
-            let captured = http && (routes.has_http_routes(&fqdn) || rule.is_some_and(|r| needs_l7(r, port.port)));
+            // HTTP ports with L7 rules, and plain TCP ports with `tcp` routes.
+            let captured = if http {
+                routes.has_http_routes(&fqdn) || rule.is_some_and(|r| needs_l7(r, port.port))
+            } else {
+                port.protocol == Protocol::Tcp && !routes.tcp_routes(&fqdn).is_empty()
+            };
             let (algorithm, maglev_size, note) = kernel_algorithm(&policy.load_balancer);
             let cluster = cluster_id(service, port);
             let proto = match port.protocol {

@@ -427,6 +427,45 @@ fn http2_and_grpc_with_trailers_go_through_the_proxy() {
 }
 
 #[test]
+fn tcp_routes_split_connections_by_weight() {
+    let env = TestEnv::new("l7_tcp").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let pods: Vec<Pod> =
+        (1..=2).map(|i| env.add_pod(&format!("d{i}"), &format!("10.244.{i}.2"), &format!("fd00:244::{i}:2"))).collect();
+    let _servers: Vec<_> = pods.iter().map(|p| p.serve_tcp(5432)).collect();
+    let mut config = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: {NS}}}\nspec:\n  clusterIP: 10.96.0.40\n  ports:\n  - {{name: tcp-postgres, port: 5432, targetPort: 5432}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: db, namespace: {NS}, labels: {{kubernetes.io/service-name: db}}}}\naddressType: IPv4\nports: [{{name: tcp-postgres, port: 5432}}]\nendpoints:\n- addresses: [\"{}\"]\n- addresses: [\"{}\"]\n---\n",
+        pods[0].ipv4(),
+        pods[1].ipv4()
+    );
+    for (i, pod) in pods.iter().enumerate() {
+        config.push_str(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {NS}, labels: {{app: db, role: r{}}}}}\nstatus: {{podIP: {}}}\n---\n",
+            pod.name(),
+            i + 1,
+            pod.ipv4()
+        ));
+    }
+    config.push_str(concat!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: db, namespace: shop}\nspec:\n  host: db\n  subsets:\n  - {name: primary, labels: {role: r1}}\n  - {name: replica, labels: {role: r2}}\n---\n",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db, namespace: shop}\nspec:\n  hosts: [db]\n  tcp:\n  - match:\n    - port: 5432\n    route:\n    - destination: {host: db, subset: primary}\n      weight: 75\n    - destination: {host: db, subset: replica}\n      weight: 25\n",
+    ));
+    env.write_config("db.yaml", &config).unwrap();
+    env.start_agent_on_node(&[]).unwrap();
+    let report = env
+        .probe(&client, &["tcp", "--target", "10.96.0.40:5432", "--count", "800", "--requests-per-conn", "3"])
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", env.agent_log()));
+    assert_eq!(report["ok"], 800, "each connection stays on one backend for all its requests: {report}");
+    let replica = report["backends"]["d2"].as_u64().unwrap_or(0);
+    // Expected 200, σ ≈ 12.2: ±60 is beyond 4σ.
+    assert!((140..=260).contains(&replica), "replica got {replica} of 800: {report}");
+    assert_eq!(report["peer"], "10.96.0.40:5432", "{report}");
+    let status = env.admin_json("/status");
+    assert!(status["kernel_counters"]["connect_captured"].as_u64().unwrap() >= 800, "{status}");
+}
+
+#[test]
 fn ports_without_rules_stay_on_the_kernel_path() {
     let world = World::new("l7_no_rules", 2);
     world.start("");

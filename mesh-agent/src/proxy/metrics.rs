@@ -25,6 +25,7 @@ pub struct ProxyMetrics {
     pub response_bytes: Family<Labels, Counter>,
     pub retries: Family<Labels, Counter>,
     pub ejections: Family<Labels, Counter>,
+    pub tcp_connections: Family<Labels, Counter>,
 }
 
 impl Default for ProxyMetrics {
@@ -36,6 +37,7 @@ impl Default for ProxyMetrics {
             response_bytes: Family::default(),
             retries: Family::default(),
             ejections: Family::default(),
+            tcp_connections: Family::default(),
         }
     }
 }
@@ -48,5 +50,6 @@ impl ProxyMetrics {
         registry.register("response_bytes", "Response body bytes (as declared)", self.response_bytes.clone());
         registry.register("request_retries", "Retries made by the proxy", self.retries.clone());
         registry.register("outlier_ejections", "Hosts ejected by outlier detection", self.ejections.clone());
+        registry.register("tcp_connections", "Connections relayed by tcp routes", self.tcp_connections.clone());
     }
 }

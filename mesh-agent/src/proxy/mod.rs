@@ -7,6 +7,7 @@
 
 mod balance;
 mod forward;
+mod tcp;
 mod metrics;
 pub mod outlier;
 
@@ -111,6 +112,11 @@ impl Proxy {
             return;
         };
         let _ = stream.set_nodelay(true);
+        let snapshot = self.published.borrow().snapshot.clone();
+        if snapshot.service_at(original).is_some_and(|service| !service.http) {
+            self.relay_tcp(stream, peer, original, &snapshot).await;
+            return;
+        }
         let (source_workload, source_namespace) = {
             let snapshot = self.published.borrow().snapshot.clone();
             let peer_ip = match peer.ip() {
