@@ -169,7 +169,7 @@ impl StatusReport {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "{:<32} {:<6} {:<20} {:>6} {:>6} {:>9} {:>9} {:>9}",
+            "{:<32} {:<6} {:<26} {:>6} {:>6} {:>9} {:>9} {:>9}",
             "SERVICE", "PROTO", "LB", "LIMIT", "LIVE", "CONNECTS", "OVERFLOW", "NO-BACKEND"
         );
         for s in &self.services {
@@ -177,7 +177,7 @@ impl StatusReport {
             let connects = s.connects + s.udp_datagrams;
             let _ = writeln!(
                 out,
-                "{:<32} {:<6} {:<20} {:>6} {:>6} {:>9} {:>9} {:>9}",
+                "{:<32} {:<6} {:<26} {:>6} {:>6} {:>9} {:>9} {:>9}",
                 format!("{}/{}:{}", s.namespace, s.name, s.port),
                 s.protocol,
                 if s.captured { format!("L7 proxy ({})", s.load_balancer) } else { s.load_balancer.clone() },

@@ -24,6 +24,7 @@ pub fn run(bins: &Binaries) -> Result<()> {
         let pod = env.add_pod(name, v4, v6);
         servers.push(pod.serve_tcp(8080));
         servers.push(pod.serve_udp(5353));
+        servers.push(pod.serve_http(9080));
     }
     let examples = workspace_root().join("deploy/examples/demo");
     for entry in std::fs::read_dir(&examples).with_context(|| format!("reading {}", examples.display()))? {
@@ -32,8 +33,13 @@ pub fn run(bins: &Binaries) -> Result<()> {
         env.write_config(&path.file_name().unwrap_or_default().to_string_lossy(), &text)?;
         println!("config: {}", path.display());
     }
-    env.start_agent(&[])?;
-    println!("\nagent ready: kernel programs attached to {}\n", env.cgroup_path().display());
+    // On the node, with the L7 proxy on the node address.
+    env.start_agent_on_node(&[])?;
+    println!(
+        "\nagent ready: kernel programs attached to {}, L7 proxy on {}:15001\n",
+        env.cgroup_path().display(),
+        mesh_tests::NODE_IPV4
+    );
 
     let show = |title: &str, args: &[&str]| -> Result<()> {
         let out = env.probe(&client, args)?;
@@ -69,8 +75,23 @@ pub fn run(bins: &Binaries) -> Result<()> {
         &["tcp", "--target", "10.96.0.99:80", "--count", "1"],
     )?;
 
+    show(
+        "reviews (10.96.0.30:9080, HTTP through the node proxy): 500 requests, 80/20 canary v1/v2:",
+        &["http", "--target", "10.96.0.30:9080", "--count", "500"],
+    )?;
+    show(
+        "reviews with end-user: jason (routed to v2 = web-3), 50 requests:",
+        &["http", "--target", "10.96.0.30:9080", "--count", "50", "--headers", "end-user: jason"],
+    )?;
+
+    // The agent runs in the node namespace: so does meshctl.
+    let node = env.agent_netns().context("the agent runs on the node")?;
     println!("$ meshctl status --admin {}", env.admin_addr());
-    let status = Command::new(&bins.meshctl).args(["status", "--admin", &env.admin_addr().to_string()]).output()?;
+    let status = Command::new("nsenter")
+        .arg(format!("--net={}", node.display()))
+        .arg(&bins.meshctl)
+        .args(["status", "--admin", &env.admin_addr().to_string()])
+        .output()?;
     print!("{}", String::from_utf8_lossy(&status.stdout));
     eprint!("{}", String::from_utf8_lossy(&status.stderr));
     env.stop_agent()?;
