@@ -1,21 +1,23 @@
 //! The kernel side as the agent drives it: load the programs, pin maps and
-//! links under bpffs so translation survives the agent, attach to a cgroup,
-//! write snapshots by diff, and read the counters back.
+//! links under bpffs so translation survives the agent, attach to a cgroup
+//! (and the short-circuit's `sk_msg` to its sock hash), write snapshots by
+//! diff, and read the counters back.
 
 use crate::diff::diff;
 use crate::snapshot::Snapshot;
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap};
+use aya::maps::{HashMap, Map, MapData, MapError, PerCpuArray, PerCpuHashMap, SockHash};
 use aya::programs::links::FdLink;
-use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SockOps};
+use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader, Pod};
 use mesh_common::{
     global_stat, map_names, prog_names, Backend, ClusterLive, ClusterStats, ConnKey, Frontend, FrontendKey,
-    OriginalDst, ProxyTarget, ServiceIpKey, SlotKey,
+    OriginalDst, ProxyTarget, ServiceIpKey, SlotKey, SockKey,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::hash::Hash;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/mesh"));
@@ -42,6 +44,8 @@ pub enum DataplaneError {
     Lock { path: PathBuf, source: std::io::Error },
     #[error("map {0} is missing from the kernel object")]
     MissingMap(&'static str),
+    #[error("attaching {name} to its sock hash ({step}): {source}")]
+    SockMapLink { name: &'static str, step: &'static str, source: std::io::Error },
 }
 
 /// Where the agent attaches and pins.
@@ -72,7 +76,10 @@ pub struct DataplaneInfo {
     pub maps_taken_over: bool,
 }
 
-/// Every program with its attach point, in attach order.
+/// Every cgroup program with its attach point, in attach order. The
+/// `sk_msg` program, attached to the sock hash rather than to the cgroup,
+/// goes in before all of them: a socket takes the sock hash's `sk_msg`
+/// program when it is added, so none may be added before it is there.
 const PROGRAMS: [(&str, &str); 10] = [
     (prog_names::CONNECT4, "connect4"),
     (prog_names::CONNECT6, "connect6"),
@@ -183,6 +190,10 @@ pub fn attach(
     let stamp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
     let mut programs = Vec::new();
     let attached = (|| {
+        let name = prog_names::SK_MSG;
+        let path = links_dir.join(format!("{name}_{stamp}"));
+        let id = attach_sk_msg(ebpf, &path, &previous_links)?;
+        programs.push(AttachedProgram { name, attach_type: "sk_msg", link_pin: path, id });
         // New links go in before the old ones leave, so no connect is ever
         // made with nothing attached. While both are attached, the second
         // program sees an already-translated address and lets it pass.
@@ -241,6 +252,177 @@ macro_rules! impl_attach_pinned {
 }
 
 impl_attach_pinned!(CgroupSockAddr, CgroupSock, SockOps);
+
+/// Loads the `sk_msg` program and attaches it to the pinned sock hash with
+/// a link pinned at `path`; returns the kernel's id of the program.
+///
+/// aya 0.14 attaches `sk_msg` with the legacy `BPF_PROG_ATTACH`, which
+/// cannot be pinned and is detached when the agent's handle drops, so the
+/// link (kernel 6.10+) is made here with plain bpf(2) calls. A sock hash
+/// takes one such link. When an earlier agent's link already holds it
+/// (a restart onto the same pinned maps), that link is switched to the new
+/// program in one step (`BPF_LINK_UPDATE`) and pinned again at `path`, so
+/// removing the old pin afterwards leaves it attached: there is no moment
+/// without a program. Either way, sockets already in the sock hash keep the
+/// program they were added with until they close.
+///
+/// Kernels before 6.10 have no sock map links: there the program is
+/// attached the legacy way and the attachment is left on the map (nothing
+/// is pinned under `links/`). It lives as long as the pinned map, and the
+/// next agent's attach replaces the program in one step just the same.
+fn attach_sk_msg(ebpf: &mut Ebpf, path: &Path, previous_links: &[PathBuf]) -> Result<u32, DataplaneError> {
+    let name = prog_names::SK_MSG;
+    let link_error = |step, source| DataplaneError::SockMapLink { name, step, source };
+    let map_error = |source| DataplaneError::Map { name: map_names::SOCK_HASH, source };
+    let (map_fd, map_id) = {
+        let map = ebpf.map(map_names::SOCK_HASH).ok_or(DataplaneError::MissingMap(map_names::SOCK_HASH))?;
+        let sock_hash = SockHash::<&MapData, SockKey>::try_from(map).map_err(map_error)?;
+        let fd = sock_hash.fd().try_clone().map_err(|e| link_error("dup", e))?;
+        let id = match map {
+            Map::SockHash(data) => data.info().map_err(map_error)?.id(),
+            _ => return Err(DataplaneError::MissingMap(map_names::SOCK_HASH)),
+        };
+        (fd, id)
+    };
+    let program = program::<SkMsg>(ebpf, name)?;
+    let error = |source| DataplaneError::Program { name, source };
+    program.load().map_err(error)?;
+    let created = sockmap_link::create(program.fd().map_err(error)?.as_fd(), map_fd.as_fd());
+    let link = match created {
+        Ok(link) => link,
+        Err(busy) if busy.raw_os_error() == Some(libc::EBUSY) => {
+            let held_by = previous_links
+                .iter()
+                .filter(|p| p.file_name().is_some_and(|f| f.to_string_lossy().starts_with(name)))
+                .filter_map(|p| sockmap_link::open(p).ok())
+                .find(|link| sockmap_link::map_id(link.as_fd()).ok() == Some(map_id));
+            let link = held_by.ok_or_else(|| link_error("another link holds the sock hash", busy))?;
+            sockmap_link::update(link.as_fd(), program.fd().map_err(error)?.as_fd())
+                .map_err(|e| link_error("BPF_LINK_UPDATE", e))?;
+            tracing::info!(map = map_names::SOCK_HASH, "switched the previous agent's sk_msg link to the new program");
+            link
+        }
+        Err(unsupported) if unsupported.raw_os_error() == Some(libc::EINVAL) => {
+            let link_id = program.attach(&map_fd).map_err(error)?;
+            // Forgotten, not dropped: dropping would detach the program.
+            std::mem::forget(program.take_link(link_id).map_err(error)?);
+            tracing::warn!(
+                map = map_names::SOCK_HASH,
+                "no sock map links in this kernel (before 6.10): sk_msg attached to the map without a link pin"
+            );
+            return Ok(program.info().map_err(error)?.id());
+        }
+        Err(e) => return Err(link_error("BPF_LINK_CREATE", e)),
+    };
+    sockmap_link::pin(link.as_fd(), path).map_err(|e| DataplaneError::PinLink {
+        name,
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    Ok(program.info().map_err(error)?.id())
+}
+
+/// The few bpf(2) commands a pinnable `sk_msg` link needs and aya 0.14
+/// does not offer. Layouts are those of `union bpf_attr` and
+/// `struct bpf_link_info` in the kernel's uapi `linux/bpf.h`.
+mod sockmap_link {
+    use std::ffi::CString;
+    use std::io;
+    use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+    use std::os::unix::ffi::OsStrExt;
+    use std::path::Path;
+
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_LINK_UPDATE: libc::c_long = 29;
+    const BPF_SK_MSG_VERDICT: u32 = 7;
+    const BPF_LINK_TYPE_SOCKMAP: u32 = 14;
+
+    /// The leading 64 bytes of `union bpf_attr`, as 32-bit words; the
+    /// kernel zero-fills the rest.
+    #[repr(C, align(8))]
+    #[derive(Default)]
+    struct Attr([u32; 16]);
+
+    impl Attr {
+        fn set_u64(&mut self, word: usize, value: u64) {
+            self.0[word] = value as u32;
+            self.0[word + 1] = (value >> 32) as u32;
+        }
+    }
+
+    fn bpf(cmd: libc::c_long, attr: &mut Attr) -> io::Result<libc::c_long> {
+        // SAFETY: attr is a valid, initialised buffer of the size passed.
+        let ret = unsafe {
+            libc::syscall(libc::SYS_bpf, cmd, attr as *mut Attr, std::mem::size_of::<Attr>() as libc::c_uint)
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(ret)
+    }
+
+    fn owned(fd: libc::c_long) -> OwnedFd {
+        // SAFETY: the kernel just returned this new descriptor to us.
+        unsafe { OwnedFd::from_raw_fd(fd as i32) }
+    }
+
+    fn c_path(path: &Path) -> io::Result<CString> {
+        CString::new(path.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput.into())
+    }
+
+    /// `BPF_LINK_CREATE`: attaches `prog` to the sock map `map` as its
+    /// `sk_msg` verdict program; EBUSY if a link already holds that slot.
+    pub fn create(prog: BorrowedFd<'_>, map: BorrowedFd<'_>) -> io::Result<OwnedFd> {
+        let mut attr = Attr::default();
+        attr.0[0] = prog.as_raw_fd() as u32;
+        attr.0[1] = map.as_raw_fd() as u32;
+        attr.0[2] = BPF_SK_MSG_VERDICT;
+        bpf(BPF_LINK_CREATE, &mut attr).map(owned)
+    }
+
+    /// `BPF_LINK_UPDATE`: the link runs `prog` from now on.
+    pub fn update(link: BorrowedFd<'_>, prog: BorrowedFd<'_>) -> io::Result<()> {
+        let mut attr = Attr::default();
+        attr.0[0] = link.as_raw_fd() as u32;
+        attr.0[1] = prog.as_raw_fd() as u32;
+        bpf(BPF_LINK_UPDATE, &mut attr).map(drop)
+    }
+
+    /// `BPF_OBJ_PIN` at `path` (on bpffs).
+    pub fn pin(fd: BorrowedFd<'_>, path: &Path) -> io::Result<()> {
+        let path = c_path(path)?;
+        let mut attr = Attr::default();
+        attr.set_u64(0, path.as_ptr() as u64);
+        attr.0[2] = fd.as_raw_fd() as u32;
+        bpf(BPF_OBJ_PIN, &mut attr).map(drop)
+    }
+
+    /// `BPF_OBJ_GET`: opens the object pinned at `path`.
+    pub fn open(path: &Path) -> io::Result<OwnedFd> {
+        let path = c_path(path)?;
+        let mut attr = Attr::default();
+        attr.set_u64(0, path.as_ptr() as u64);
+        bpf(BPF_OBJ_GET, &mut attr).map(owned)
+    }
+
+    /// The id of the sock map a sockmap link is attached to.
+    pub fn map_id(link: BorrowedFd<'_>) -> io::Result<u32> {
+        // type, id, prog_id, then the union (8-aligned): sockmap.map_id.
+        let mut info = [0u32; 16];
+        let mut attr = Attr::default();
+        attr.0[0] = link.as_raw_fd() as u32;
+        attr.0[1] = std::mem::size_of_val(&info) as u32;
+        attr.set_u64(2, info.as_mut_ptr() as u64);
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        if info[0] != BPF_LINK_TYPE_SOCKMAP {
+            return Err(io::ErrorKind::InvalidInput.into());
+        }
+        Ok(info[4])
+    }
+}
 
 /// Tells the kernel where captured connections go: the node proxy's
 /// address per family (none: that family is not captured) and port.

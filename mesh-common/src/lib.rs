@@ -12,7 +12,7 @@
 /// Version of this ABI. Maps are pinned under `maps/v<N>`: an agent whose
 /// map layout differs starts on fresh maps instead of misreading old ones.
 /// Bump it with any change to a map's type, key, value or size.
-pub const MAP_ABI_VERSION: u32 = 2;
+pub const MAP_ABI_VERSION: u32 = 3;
 
 /// Names of the maps, as the kernel object declares them and as they are
 /// pinned under the agent's bpffs directory.
@@ -29,6 +29,9 @@ pub mod map_names {
     pub const CLUSTER_STATS: &str = "MESH_CLUSTER_STATS";
     pub const PROXY: &str = "MESH_PROXY";
     pub const ORIGINAL_DST: &str = "MESH_ORIGINAL_DST";
+    pub const SOCK_HASH: &str = "MESH_SOCK_HASH";
+    pub const SOCK_PEERS: &str = "MESH_SOCK_PEERS";
+    pub const HANDSHAKES: &str = "MESH_HANDSHAKES";
 }
 
 /// Names of the programs in the kernel object.
@@ -43,6 +46,7 @@ pub mod prog_names {
     pub const GETPEERNAME6: &str = "mesh_getpeername6";
     pub const SOCK_RELEASE: &str = "mesh_sock_release";
     pub const SOCK_OPS: &str = "mesh_sock_ops";
+    pub const SK_MSG: &str = "mesh_sk_msg";
 }
 
 /// Map capacities. The agent refuses a snapshot that does not fit.
@@ -56,6 +60,12 @@ pub mod capacity {
     pub const SOCKETS: u32 = 1 << 18;
     pub const UDP_REVERSE: u32 = 1 << 16;
     pub const ORIGINAL_DST: u32 = 1 << 16;
+    /// Established sockets in the short-circuit sock hash.
+    pub const SOCK_HASH: u32 = 1 << 16;
+    /// Socket → peer pairs: two entries per short-circuited hop.
+    pub const SOCK_PEERS: u32 = 1 << 17;
+    /// Connects waiting for their passive end to show up.
+    pub const HANDSHAKES: u32 = 1 << 16;
     /// Upper bound on backends per load-balancing group the kernel samples.
     pub const MAX_BACKENDS_PER_GROUP: u32 = 1 << 16;
 }
@@ -237,6 +247,48 @@ pub struct OriginalDst {
 }
 const _: () = assert!(core::mem::size_of::<OriginalDst>() == 20);
 
+/// An established TCP socket as the same-node short-circuit keys it: its
+/// own address and its peer's as the socket sees them, and its network
+/// namespace, so equal addresses in two namespaces never share a key. An
+/// IPv4 peer of a dual-stack socket is kept as IPv4, as the other end sees
+/// it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SockKey {
+    pub local_addr: [u32; 4],
+    pub remote_addr: [u32; 4],
+    /// The kernel's cookie of the socket's network namespace.
+    pub netns: u64,
+    /// Host byte order.
+    pub local_port: u16,
+    /// Host byte order.
+    pub remote_port: u16,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<SockKey>() == 48);
+
+/// A TCP handshake as both of its ends can name it once it completes: the
+/// addresses, and the next sequence number of each side (initial sequence
+/// number plus one). The connecting side files itself under this key; the
+/// accepting side finds it there only when both ends are on this node and
+/// in the attached cgroup, and the sequence numbers make the match exact.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HandshakeKey {
+    pub client_addr: [u32; 4],
+    pub server_addr: [u32; 4],
+    pub client_seq: u32,
+    pub server_seq: u32,
+    /// Host byte order.
+    pub client_port: u16,
+    /// Host byte order.
+    pub server_port: u16,
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<HandshakeKey>() == 48);
+
 /// Per-cluster, per-CPU counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -275,7 +327,18 @@ pub mod global_stat {
     pub const CONNECT_CAPTURED: u32 = 14;
     /// The proxy's original-destination entry written at TCP connect.
     pub const ORIGINAL_DST_RECORDED: u32 = 15;
-    pub const COUNT: u32 = 16;
+    /// An established socket added to the short-circuit sock hash.
+    pub const SOCKMAP_INSERTED: u32 = 16;
+    /// A sock hash insert failed (map full): that socket stays on TCP.
+    pub const SOCKMAP_INSERT_FAILED: u32 = 17;
+    /// An accepted connection whose connecting end is local: a hop that
+    /// can be short-circuited from now on.
+    pub const SOCKMAP_PAIRED: u32 = 18;
+    /// A send delivered straight into the peer socket's receive queue.
+    pub const MSG_REDIRECTED: u32 = 19;
+    /// A send on a socket in the sock hash with no local peer: sent by TCP.
+    pub const MSG_PASSED: u32 = 20;
+    pub const COUNT: u32 = 21;
 
     /// Label values for each index, in order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -295,6 +358,11 @@ pub mod global_stat {
         "sendmsg_unknown_port",
         "connect_captured",
         "original_dst_recorded",
+        "sockmap_inserted",
+        "sockmap_insert_failed",
+        "sockmap_paired",
+        "msg_redirected",
+        "msg_passed",
     ];
 }
 
@@ -315,4 +383,6 @@ mod pod {
     unsafe impl aya::Pod for ProxyTarget {}
     unsafe impl aya::Pod for ConnKey {}
     unsafe impl aya::Pod for OriginalDst {}
+    unsafe impl aya::Pod for SockKey {}
+    unsafe impl aya::Pod for HandshakeKey {}
 }

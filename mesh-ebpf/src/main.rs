@@ -5,25 +5,28 @@
 //! per datagram for unconnected UDP; `getpeername` shows the service address
 //! back to the application; `sock_release` gives back the live-connection
 //! slot the connect took. Traffic to anything that is not a service passes
-//! through untouched, and every decision is counted per CPU.
+//! through untouched, and every decision is counted per CPU. Same-node hops
+//! between two sockets of the attached cgroup skip TCP: `sock_ops` files
+//! established sockets in a sock hash and pairs both ends of a local
+//! connection, and `sk_msg` hands each send straight to the peer socket.
 #![no_std]
 #![no_main]
 #![allow(internal_features)]
 #![feature(core_intrinsics)]
 
 use aya_ebpf::{
-    bindings::{bpf_sock, bpf_sock_addr, BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    bindings::{bpf_sock, bpf_sock_addr, sk_action, BPF_F_INGRESS, BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::generated::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
-    macros::{cgroup_sock, cgroup_sock_addr, map, sock_ops},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap},
-    programs::{SockAddrContext, SockContext, SockOpsContext},
+    macros::{cgroup_sock, cgroup_sock_addr, map, sk_msg, sock_ops},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
+    programs::{SkMsgContext, SockAddrContext, SockContext, SockOpsContext},
     EbpfContext,
 };
 use core::intrinsics::{atomic_cxchg, atomic_xadd, AtomicOrdering};
 use mesh_common::{
-    capacity, global_stat, lb, Backend, ClusterLive, ClusterStats, ConnKey, Frontend, FrontendKey, OriginalDst,
-    ProxyTarget, ServiceIpKey, SlotKey, SocketEntry, UdpReverseKey, UdpReverseValue, FAMILY_V4, FAMILY_V6,
-    FRONTEND_CAPTURE, PROTO_TCP, PROTO_UDP,
+    capacity, global_stat, lb, Backend, ClusterLive, ClusterStats, ConnKey, Frontend, FrontendKey, HandshakeKey,
+    OriginalDst, ProxyTarget, ServiceIpKey, SlotKey, SockKey, SocketEntry, UdpReverseKey, UdpReverseValue, FAMILY_V4,
+    FAMILY_V6, FRONTEND_CAPTURE, PROTO_TCP, PROTO_UDP,
 };
 
 const ALLOW: i32 = 1;
@@ -58,6 +61,15 @@ static ORIGINAL_DST: LruHashMap<ConnKey, OriginalDst> = LruHashMap::pinned(capac
 static GLOBAL_STATS: PerCpuArray<u64> = PerCpuArray::pinned(global_stat::COUNT, 0);
 #[map(name = "MESH_CLUSTER_STATS")]
 static CLUSTER_STATS: PerCpuHashMap<u64, ClusterStats> = PerCpuHashMap::pinned(capacity::CLUSTERS, BPF_F_NO_PREALLOC);
+/// Established sockets of the cgroup; an entry goes when its socket closes.
+#[map(name = "MESH_SOCK_HASH")]
+static SOCK_HASH: SockHash<SockKey> = SockHash::pinned(capacity::SOCK_HASH, 0);
+/// Both ends of each short-circuited hop, each pointing at the other.
+#[map(name = "MESH_SOCK_PEERS")]
+static SOCK_PEERS: LruHashMap<SockKey, SockKey> = LruHashMap::pinned(capacity::SOCK_PEERS, 0);
+/// Connecting sockets by their handshake, until the accepting end pairs.
+#[map(name = "MESH_HANDSHAKES")]
+static HANDSHAKES: LruHashMap<HandshakeKey, SockKey> = LruHashMap::pinned(capacity::HANDSHAKES, 0);
 
 // ---------------------------------------------------------------------------
 // Small helpers
@@ -587,16 +599,29 @@ fn forget_socket(cookie: u64) -> bool {
 
 // ---------------------------------------------------------------------------
 // sock_ops: once a captured connection has its local port, record where it
-// was going under the address the proxy will see as its peer.
+// was going under the address the proxy will see as its peer. Once a
+// connection is established, file it for the same-node short-circuit.
 // ---------------------------------------------------------------------------
 
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
+const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
+const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
+const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 
 #[sock_ops]
 pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        let _ = try_record_original_dst(&ctx);
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => {
+            let _ = try_record_original_dst(&ctx);
+        }
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
+            let _ = try_file_connecting_end(&ctx);
+        }
+        BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
+            let _ = try_pair_accepting_end(&ctx);
+        }
+        _ => {}
     }
     1
 }
@@ -624,6 +649,188 @@ fn try_record_original_dst(ctx: &SockOpsContext) -> Result<(), ()> {
     ORIGINAL_DST.insert(&key, &original, 0).map_err(|_| ())?;
     count(global_stat::ORIGINAL_DST_RECORDED);
     Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Same-node short-circuit
+//
+// Every established socket of the cgroup that connected goes into
+// SOCK_HASH, and files itself under its handshake (addresses and both
+// initial sequence numbers). When the accepting end of that very handshake
+// is established in the cgroup too, both ends are on this node: it finds
+// the connecting end there, joins SOCK_HASH and records the pair both ways
+// in SOCK_PEERS. From then on `sk_msg` moves each send straight into the
+// peer's receive queue. An accepting socket whose peer is elsewhere never
+// enters the sock hash; a connecting one does, and its sends pass to TCP.
+// ---------------------------------------------------------------------------
+
+/// The two ends of a socket in one family, as sock_ops or sk_msg see them.
+struct Ends {
+    local: [u32; 4],
+    remote: [u32; 4],
+    family: u8,
+}
+
+/// Reads both addresses with 4-byte loads (the only size the kernel allows
+/// for these context fields); an IPv4 peer of a dual-stack socket becomes
+/// IPv4, as the other end sees it.
+#[inline(always)]
+unsafe fn read_ends(
+    family: u32,
+    local4: *const u32,
+    remote4: *const u32,
+    local6: *const u32,
+    remote6: *const u32,
+) -> Option<Ends> {
+    use core::ptr::read_volatile as rd;
+    if family == AF_INET {
+        return Some(Ends { local: [rd(local4), 0, 0, 0], remote: [rd(remote4), 0, 0, 0], family: FAMILY_V4 });
+    }
+    if family != AF_INET6 {
+        return None;
+    }
+    let remote = [rd(remote6), rd(remote6.add(1)), rd(remote6.add(2)), rd(remote6.add(3))];
+    if remote[0] == 0 && remote[1] == 0 && remote[2] == V4_MAPPED_WORD {
+        let local = rd(local6.add(3));
+        return Some(Ends { local: [local, 0, 0, 0], remote: [remote[3], 0, 0, 0], family: FAMILY_V4 });
+    }
+    let local = [rd(local6), rd(local6.add(1)), rd(local6.add(2)), rd(local6.add(3))];
+    Some(Ends { local, remote, family: FAMILY_V6 })
+}
+
+/// This socket's key and the next sequence numbers (ours, the peer's).
+#[inline(always)]
+fn sock_ops_key(ctx: &SockOpsContext) -> Option<(SockKey, u32, u32)> {
+    let ops = ctx.ops;
+    let ends = unsafe {
+        read_ends(
+            (*ops).family,
+            &(*ops).local_ip4,
+            &(*ops).remote_ip4,
+            (*ops).local_ip6.as_ptr(),
+            (*ops).remote_ip6.as_ptr(),
+        )
+    }?;
+    let key = SockKey {
+        local_addr: ends.local,
+        remote_addr: ends.remote,
+        netns: unsafe { bpf_get_netns_cookie(ops as *mut _) },
+        // local_port in host order, remote_port in network order (as a u32).
+        local_port: unsafe { core::ptr::read_volatile(&(*ops).local_port) } as u16,
+        remote_port: u32::from_be(unsafe { core::ptr::read_volatile(&(*ops).remote_port) }) as u16,
+        family: ends.family,
+        _pad: [0; 3],
+    };
+    let (snd_nxt, rcv_nxt) =
+        unsafe { (core::ptr::read_volatile(&(*ops).snd_nxt), core::ptr::read_volatile(&(*ops).rcv_nxt)) };
+    Some((key, snd_nxt, rcv_nxt))
+}
+
+#[inline(always)]
+fn add_to_sock_hash(ctx: &SockOpsContext, key: &SockKey) -> Result<(), ()> {
+    let mut key = *key;
+    match SOCK_HASH.update(&mut key, unsafe { &mut *ctx.ops }, 0) {
+        Ok(()) => {
+            count(global_stat::SOCKMAP_INSERTED);
+            Ok(())
+        }
+        Err(_) => {
+            count(global_stat::SOCKMAP_INSERT_FAILED);
+            Err(())
+        }
+    }
+}
+
+/// ACTIVE_ESTABLISHED: the SYN-ACK is in, and the ACK that establishes the
+/// accepting end has not been sent yet, so the accepting end always finds
+/// this entry when it is local.
+#[inline(always)]
+fn try_file_connecting_end(ctx: &SockOpsContext) -> Result<(), ()> {
+    let (key, snd_nxt, rcv_nxt) = sock_ops_key(ctx).ok_or(())?;
+    // A pairing left by an earlier socket with these addresses is not ours.
+    let _ = SOCK_PEERS.remove(&key);
+    add_to_sock_hash(ctx, &key)?;
+    let handshake = HandshakeKey {
+        client_addr: key.local_addr,
+        server_addr: key.remote_addr,
+        client_seq: snd_nxt,
+        server_seq: rcv_nxt,
+        client_port: key.local_port,
+        server_port: key.remote_port,
+        family: key.family,
+        _pad: [0; 3],
+    };
+    HANDSHAKES.insert(&handshake, &key, 0).map_err(|_| ())
+}
+
+/// PASSIVE_ESTABLISHED: pair with the connecting end of the same handshake
+/// if it is one of ours; otherwise stay out of the sock hash.
+#[inline(always)]
+fn try_pair_accepting_end(ctx: &SockOpsContext) -> Result<(), ()> {
+    let (key, snd_nxt, rcv_nxt) = sock_ops_key(ctx).ok_or(())?;
+    let _ = SOCK_PEERS.remove(&key);
+    let handshake = HandshakeKey {
+        client_addr: key.remote_addr,
+        server_addr: key.local_addr,
+        client_seq: rcv_nxt,
+        server_seq: snd_nxt,
+        client_port: key.remote_port,
+        server_port: key.local_port,
+        family: key.family,
+        _pad: [0; 3],
+    };
+    let peer = *unsafe { HANDSHAKES.get(&handshake) }.ok_or(())?;
+    let _ = HANDSHAKES.remove(&handshake);
+    add_to_sock_hash(ctx, &key)?;
+    SOCK_PEERS.insert(&key, &peer, 0).map_err(|_| ())?;
+    SOCK_PEERS.insert(&peer, &key, 0).map_err(|_| ())?;
+    count(global_stat::SOCKMAP_PAIRED);
+    Ok(())
+}
+
+/// Runs on every send of a socket in SOCK_HASH.
+#[sk_msg]
+pub fn mesh_sk_msg(ctx: SkMsgContext) -> u32 {
+    if try_redirect(&ctx).is_some() {
+        count(global_stat::MSG_REDIRECTED);
+    } else {
+        count(global_stat::MSG_PASSED);
+    }
+    sk_action::SK_PASS
+}
+
+/// Redirects the message into the peer's receive queue when this socket
+/// and its peer are a pair recorded both ways (an entry left by a closed
+/// socket cannot match a live one) and the peer is still in the sock hash.
+#[inline(always)]
+fn try_redirect(ctx: &SkMsgContext) -> Option<()> {
+    let msg = ctx.msg;
+    let ends = unsafe {
+        read_ends(
+            (*msg).family,
+            &(*msg).local_ip4,
+            &(*msg).remote_ip4,
+            (*msg).local_ip6.as_ptr(),
+            (*msg).remote_ip6.as_ptr(),
+        )
+    }?;
+    let own = SockKey {
+        local_addr: ends.local,
+        remote_addr: ends.remote,
+        netns: unsafe { bpf_get_netns_cookie(msg as *mut _) },
+        local_port: unsafe { core::ptr::read_volatile(&(*msg).local_port) } as u16,
+        remote_port: u32::from_be(unsafe { core::ptr::read_volatile(&(*msg).remote_port) }) as u16,
+        family: ends.family,
+        _pad: [0; 3],
+    };
+    let mut peer = *unsafe { SOCK_PEERS.get(&own) }?;
+    let back = unsafe { SOCK_PEERS.get(&peer) }?;
+    if *back != own {
+        return None;
+    }
+    // SK_PASS with the redirect set; SK_DROP (nothing set) when the peer
+    // has left the sock hash: then the message goes out by TCP.
+    (SOCK_HASH.redirect_msg(ctx, &mut peer, BPF_F_INGRESS as u64) == sk_action::SK_PASS as i64).then_some(())
 }
 
 #[cfg(not(test))]

@@ -332,7 +332,8 @@ impl TestEnv {
         }
         // Server sockets would keep the pod namespaces alive.
         self.servers.stop_all();
-        for cgroup in [self.cgroup.clone(), self.names.agent_cgroup()] {
+        // The agent's cgroup is a child of the test cgroup: it goes first.
+        for cgroup in [self.names.agent_cgroup(), self.cgroup.clone()] {
             errors.extend(system::remove_cgroup(&cgroup).err());
         }
         let pods = std::mem::take(self.pods.get_mut().unwrap_or_else(|e| e.into_inner()));

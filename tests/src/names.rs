@@ -37,10 +37,13 @@ impl Names {
         Path::new(CGROUP_ROOT).join(format!("{DIR_PREFIX}{}", self.id))
     }
 
-    /// The agent gets a sibling cgroup: outside the one it attaches to (its
-    /// own sockets must not be translated), yet killable as a group.
+    /// The agent runs in a child of the test cgroup, as a node agent runs
+    /// inside the cgroup it attaches to: the short-circuit only pairs
+    /// sockets that are both in that cgroup (pods and the agent's proxy).
+    /// Its own connects go to pod addresses, which pass through untouched.
+    /// `cgroup.kill` of the test cgroup kills it along with the probes.
     pub fn agent_cgroup(&self) -> PathBuf {
-        Path::new(CGROUP_ROOT).join(format!("{DIR_PREFIX}{}-agent", self.id))
+        self.cgroup().join("agent")
     }
 
     pub fn pin_dir(&self) -> PathBuf {

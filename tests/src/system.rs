@@ -84,14 +84,22 @@ pub(crate) fn create_cgroup(path: &Path) -> Result<()> {
     fs::create_dir(path).with_context(|| format!("creating cgroup {}", path.display()))
 }
 
-/// Kills everything in the cgroup (`cgroup.kill`) and removes it. rmdir
-/// fails with EBUSY until the killed processes have exited.
+/// Kills everything in the cgroup and its descendants (`cgroup.kill`) and
+/// removes them, children first. rmdir fails with EBUSY until the killed
+/// processes have exited.
 pub(crate) fn remove_cgroup(path: &Path) -> Result<()> {
     if !path.exists() {
         return Ok(());
     }
     // Missing on kernels before 5.14; then only an empty cgroup can go.
     let _ = fs::write(path.join("cgroup.kill"), "1");
+    if let Ok(entries) = fs::read_dir(path) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cgroup(&entry.path())?;
+            }
+        }
+    }
     let mut last = None;
     let removed = crate::wait_until(Duration::from_secs(5), || match fs::remove_dir(path) {
         Ok(()) => true,

@@ -7,9 +7,9 @@
 
 mod balance;
 mod forward;
-mod tcp;
 mod metrics;
 pub mod outlier;
+mod tcp;
 
 use crate::agent::Published;
 use crate::dataplane::OriginalDstTable;

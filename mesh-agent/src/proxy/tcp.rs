@@ -15,7 +15,13 @@ use tokio::net::TcpStream;
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Proxy {
-    pub(super) async fn relay_tcp(&self, mut client: TcpStream, peer: SocketAddr, original: SocketAddr, snapshot: &Snapshot) {
+    pub(super) async fn relay_tcp(
+        &self,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        original: SocketAddr,
+        snapshot: &Snapshot,
+    ) {
         let Some(service) = snapshot.service_at(original) else { return };
         let route = first_tcp_match(snapshot.routes.tcp_routes(&service.fqdn), original.port());
         let destination = route.and_then(|r| pick_destination(&r.destinations, random_u64()));
