@@ -108,9 +108,14 @@ impl StatusReport {
         );
         let _ = writeln!(
             out,
-            "kernel: {} programs attached to cgroup {} (pins {}{})",
-            self.dataplane.programs.len(),
+            "kernel: {} programs attached to cgroup {}{} (pins {}{})",
+            self.dataplane.programs.iter().filter(|p| p.attach_type != "sk_msg").count(),
             self.dataplane.cgroup,
+            if self.dataplane.programs.iter().any(|p| p.attach_type == "sk_msg") {
+                ", sk_msg on the sock hash"
+            } else {
+                ""
+            },
             self.dataplane.bpffs,
             if self.dataplane.maps_taken_over { ", maps taken over from a previous agent" } else { "" }
         );
