@@ -284,11 +284,11 @@ fn an_erroring_pod_is_ejected_avoided_and_returns_after_the_ejection_time() {
     assert_eq!(ejected[0]["host"], "10.244.3.2:8080");
     let (_, metrics) = world.env.admin_get("/metrics").unwrap();
     assert!(
-        metrics.contains("mesh_outlier_ejected_hosts{cluster=\"reviews.shop.svc.cluster.local:9080\"} 1"),
+        metrics.contains("mesh_outlier_ejected_hosts{cluster=\"outbound|9080||reviews.shop.svc.cluster.local\"} 1"),
         "{metrics}"
     );
     assert!(
-        metrics.contains("mesh_outlier_ejections_total{cluster=\"reviews.shop.svc.cluster.local:9080\"} 1"),
+        metrics.contains("mesh_outlier_ejections_total{cluster=\"outbound|9080||reviews.shop.svc.cluster.local\"} 1"),
         "{metrics}"
     );
 

@@ -1,7 +1,9 @@
 //! One request through the proxy: route, fault, pick a destination and an
 //! endpoint, forward with timeouts and retries, mirror, and log.
 
+use super::balance::InFlight;
 use super::balance::{random_u64, random_unit};
+use super::body::{GuardedBody, PrefixedBody, RequestBody};
 use super::metrics::Labels;
 use super::outlier::{Observation, OutlierConfig};
 use super::{BoxError, Connection, Proxy, ProxyBody};
@@ -12,13 +14,14 @@ use crate::route::{
 };
 use crate::snapshot::{ServicePortView, Snapshot};
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, TRANSFER_ENCODING};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION};
 use http::request::Parts;
-use http::{Method, Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full, Limited};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde::Serialize;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::LazyLock;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -30,6 +33,12 @@ static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
 static OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static DEFAULT_RETRY: LazyLock<RetryPolicy> = LazyLock::new(RetryPolicy::default);
+
+/// Mirrored requests under way; past the cap, copies are dropped rather
+/// than piling up behind a slow shadow.
+static MIRRORS_IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+const MAX_MIRRORS_IN_FLIGHT: usize = 1024;
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Envoy's response flags, as they appear in access logs and metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -309,9 +318,10 @@ impl Proxy {
         strip_hop_by_hop(&mut parts.headers);
 
         let policy = snapshot.policy_for(target, subset);
-        // Outlier detection keeps host health per service port (all subsets).
+        // Outlier detection keeps host health per cluster (service port and
+        // subset), as Istio makes one Envoy cluster of each.
         let outliers = policy.outlier_detection.as_ref().map(OutlierConfig::from_policy);
-        let health_key = format!("{}:{}", target.fqdn, target.port);
+        let health_key = cluster.clone();
         let all_endpoints = snapshot.endpoints(target, subset, connection.original.is_ipv6());
         let endpoints = match &outliers {
             Some(config) => self.upstreams.healthy(&health_key, &all_endpoints, config),
@@ -320,11 +330,12 @@ impl Proxy {
         let hash = request_hash(&policy.load_balancer, &parts, connection.peer);
         let retry = route.map(|r| &r.retries).unwrap_or(&DEFAULT_RETRY);
 
-        // A body is replayed on retry and copied to mirrors only when it is
-        // small enough to keep; otherwise it streams through once.
+        // A body that ends within the first 64 KiB is kept: it can be sent
+        // again on retry and copied to mirrors. Anything longer streams
+        // through once and is never retried.
         let mirrors = route.map(|r| r.mirrors.as_slice()).unwrap_or_default();
         let body = if retry.attempts > 0 || !mirrors.is_empty() {
-            match buffer_if_small(&parts, body).await {
+            match RequestBody::read_ahead(body, REPLAY_BUFFER_LIMIT).await {
                 Ok(body) => body,
                 Err(error) => {
                     tracing::debug!(%error, "client body failed");
@@ -332,11 +343,11 @@ impl Proxy {
                 }
             }
         } else {
-            RequestBody::Streaming(body)
+            RequestBody::Partial(Default::default(), body)
         };
         for mirror in mirrors {
             if random_unit() * 100.0 < mirror.percentage {
-                if let RequestBody::Buffered(bytes) = &body {
+                if let RequestBody::Complete(bytes) = &body {
                     self.mirror(snapshot, &mirror.destination, &parts, bytes.clone(), target.port);
                 }
             }
@@ -344,7 +355,7 @@ impl Proxy {
 
         // Circuit breaking: requests under way per cluster, as Envoy bounds
         // them (HTTP/1: connections plus pending; HTTP/2: requests).
-        let Some(_admitted) = self.upstreams.admit(&cluster, request_limit(&policy, target.http2)) else {
+        let Some(admitted) = self.upstreams.admit(&cluster, request_limit(&policy, target.http2)) else {
             flags.push(ResponseFlag::UO);
             let mut response = local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -372,9 +383,9 @@ impl Proxy {
             };
             tried.push(endpoint);
             let this_body = match body.as_ref() {
-                Some(RequestBody::Buffered(bytes)) => full(bytes.clone()),
+                Some(RequestBody::Complete(bytes)) => full(bytes.clone()),
                 _ => match body.take() {
-                    Some(RequestBody::Streaming(incoming)) => incoming.map_err(|e| Box::new(e) as BoxError).boxed(),
+                    Some(RequestBody::Partial(prefix, rest)) => PrefixedBody::new(prefix, rest).boxed(),
                     _ => full(Bytes::new()),
                 },
             };
@@ -387,7 +398,7 @@ impl Proxy {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let _in_flight = self.upstreams.start(endpoint);
+            let in_flight = self.upstreams.start(endpoint);
             let sent = self.upstreams.client(target.http2).request(request);
             let result = match try_deadline {
                 Some(at) => tokio::time::timeout_at(at.into(), sent).await.map_err(|_| ()),
@@ -416,23 +427,58 @@ impl Proxy {
                     self.metrics.ejections.get_or_create(&vec![("cluster".into(), health_key.clone())]).inc();
                 }
             }
+            let retriable = retry.should_retry(&outcome);
             let route_timed_out = deadline.is_some_and(|d| Instant::now() >= d);
-            let may_retry = attempt < attempts_allowed && !route_timed_out && retry.should_retry(&outcome);
-            if may_retry {
-                tokio::time::sleep(retry.backoff(attempt, random_u64())).await;
+            if retriable && attempt < attempts_allowed && !route_timed_out {
+                drop(in_flight);
+                // The backoff never outlasts the route timeout: past it, 504.
+                let wake = Instant::now() + retry.backoff(attempt, random_u64());
+                tokio::time::sleep_until(deadline.map_or(wake, |d| d.min(wake)).into()).await;
                 if deadline.is_none_or(|d| Instant::now() < d) {
                     continue;
                 }
+                return self.finish(Err(()), flags, endpoint, cluster, attempt, destination, route, deadline, None);
             }
-            if attempt > 1 && may_retry {
+            if retriable && attempts_allowed > 1 && attempt >= attempts_allowed {
                 flags.push(ResponseFlag::URX);
             }
+            return self.finish(
+                result,
+                flags,
+                endpoint,
+                cluster,
+                attempt,
+                destination,
+                route,
+                deadline,
+                Some((in_flight, admitted)),
+            );
+        }
+    }
+
+    /// The answer for the last try: the upstream's response (holding the
+    /// request's accounting until its body ends, and cut at the route
+    /// deadline) or a local error with its flag.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        result: Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, ()>,
+        mut flags: Vec<ResponseFlag>,
+        endpoint: SocketAddr,
+        cluster: String,
+        attempt: u32,
+        destination: Option<&RouteDestination>,
+        route: Option<&HttpRoute>,
+        deadline: Option<Instant>,
+        guards: Option<(InFlight, InFlight)>,
+    ) -> Outcome {
+        {
             let response = match result {
                 Ok(Ok(response)) => {
                     let (mut head, upstream_body) = response.into_parts();
                     strip_hop_by_hop(&mut head.headers);
-                    let mut response =
-                        Response::from_parts(head, upstream_body.map_err(|e| Box::new(e) as BoxError).boxed());
+                    let upstream_body = upstream_body.map_err(|e| Box::new(e) as BoxError).boxed();
+                    let mut response = Response::from_parts(head, GuardedBody::wrap(upstream_body, deadline, guards));
                     if let Some(destination) = destination {
                         destination.headers.response.apply(response.headers_mut());
                     }
@@ -458,7 +504,7 @@ impl Proxy {
                     local_reply(StatusCode::BAD_GATEWAY, "upstream connect error or disconnect/reset before headers")
                 }
             };
-            return Outcome { response, flags, upstream: Some(endpoint), cluster, attempts: attempt };
+            Outcome { response, flags, upstream: Some(endpoint), cluster, attempts: attempt }
         }
     }
 
@@ -522,44 +568,22 @@ impl Proxy {
         let mut request = Request::from_parts(parts, full(body));
         *request.uri_mut() = upstream_uri(endpoint, request.uri());
         *request.version_mut() = upstream_version(target.http2);
+        if MIRRORS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= MAX_MIRRORS_IN_FLIGHT {
+            MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
         let sent = self.upstreams.client(target.http2).request(request);
         tokio::spawn(async move {
-            if let Ok(response) = sent.await {
-                // Drain so the connection returns to the pool.
-                let _ = response.into_body().collect().await;
-            }
+            let _ = tokio::time::timeout(MIRROR_TIMEOUT, async {
+                if let Ok(response) = sent.await {
+                    // Drain so the connection returns to the pool.
+                    let _ = response.into_body().collect().await;
+                }
+            })
+            .await;
+            MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
         });
     }
-}
-
-enum RequestBody {
-    Buffered(Bytes),
-    Streaming(Incoming),
-}
-
-impl RequestBody {
-    fn replayable(&self) -> bool {
-        matches!(self, RequestBody::Buffered(_))
-    }
-}
-
-/// Buffers a body known to be small (or empty); streams anything else.
-async fn buffer_if_small(parts: &Parts, body: Incoming) -> Result<RequestBody, BoxError> {
-    let declared: Option<usize> =
-        parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-    let chunked = parts.headers.contains_key(TRANSFER_ENCODING);
-    let no_body = declared == Some(0)
-        || (declared.is_none()
-            && !chunked
-            && matches!(parts.method, Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS));
-    if no_body {
-        return Ok(RequestBody::Buffered(Bytes::new()));
-    }
-    if declared.is_some_and(|n| n <= REPLAY_BUFFER_LIMIT) {
-        let collected = Limited::new(body, REPLAY_BUFFER_LIMIT).collect().await?;
-        return Ok(RequestBody::Buffered(collected.to_bytes()));
-    }
-    Ok(RequestBody::Streaming(body))
 }
 
 /// A body's size as its Content-Length declares it (0 when streamed).
@@ -622,10 +646,25 @@ fn upstream_version(http2: bool) -> http::Version {
     }
 }
 
-/// Connection-scoped headers are not forwarded (RFC 9110 §7.6.1).
+/// Connection-scoped headers are not forwarded (RFC 9110 §7.6.1), nor
+/// those `Connection` names; `te: trailers` is end to end (gRPC needs it).
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all("connection")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let te_trailers = headers.get("te").is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     for name in ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade"] {
         headers.remove(name);
+    }
+    if te_trailers {
+        headers.insert("te", HeaderValue::from_static("trailers"));
     }
 }
 

@@ -6,6 +6,7 @@
 //! an endpoint directly (its own connects are never captured).
 
 mod balance;
+mod body;
 mod forward;
 mod metrics;
 pub mod outlier;
@@ -28,8 +29,10 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Bodies in both directions: streamed from a peer or built here.
 pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
-/// A client that sends its headers slower than this is cut off (default).
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that sends its headers slower than this is cut off (default,
+/// nginx's `client_header_timeout`). hyper also counts a keep-alive
+/// connection's idle time against it, so it doubles as the idle timeout.
+pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
 /// Request header block limit (bytes): larger gets 431.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
@@ -69,6 +72,15 @@ impl Proxy {
     pub fn ejections(&self) -> Vec<(String, outlier::Ejected)> {
         self.upstreams.ejections()
     }
+}
+
+/// A pod's workload name for metrics, as Istio derives its canonical name:
+/// bounded cardinality, unlike pod names.
+fn workload_name(pod: &crate::model::PodModel) -> String {
+    ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]
+        .iter()
+        .find_map(|label| pod.labels.get(*label).cloned())
+        .unwrap_or_else(|| pod.name.clone())
 }
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
@@ -128,7 +140,7 @@ impl Proxy {
                 .pods
                 .values()
                 .find(|pod| pod.ips.contains(&peer_ip))
-                .map(|pod| (pod.name.clone(), pod.namespace.clone()))
+                .map(|pod| (workload_name(pod), pod.namespace.clone()))
                 .unwrap_or_else(|| ("unknown".into(), "unknown".into()))
         };
         let connection = Arc::new(Connection { peer, original, source_workload, source_namespace });

@@ -9,6 +9,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+/// Envoy's default cap on one ejection's length.
+const MAX_EJECTION_TIME: Duration = Duration::from_secs(300);
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct OutlierConfig {
     /// 5xx responses and local failures in a row; None disables.
@@ -103,17 +106,16 @@ impl OutlierState {
         if !tripped || already {
             return false;
         }
-        // Envoy ejects at least one host whatever the percentage (if any).
-        let allowed = if config.max_ejection_percent == 0 {
-            0
-        } else {
-            (cluster_size * config.max_ejection_percent as usize / 100).max(1)
-        };
+        // As Envoy: a share of the hosts, rounded down (10% of 5 hosts
+        // ejects none; set maxEjectionPercent: 100 to eject freely).
+        let allowed = cluster_size * config.max_ejection_percent as usize / 100;
         if ejected_now >= allowed {
             return false;
         }
         state.times_ejected += 1;
-        state.ejected_until = Some(now + config.base_ejection * state.times_ejected);
+        // Envoy's max_ejection_time (300 s by default) caps the growth.
+        let ejection = (config.base_ejection * state.times_ejected).min(MAX_EJECTION_TIME.max(config.base_ejection));
+        state.ejected_until = Some(now + ejection);
         state.consecutive_5xx = 0;
         state.consecutive_gateway = 0;
         true
@@ -124,7 +126,8 @@ impl OutlierState {
     }
 
     /// The endpoints to balance over: all but the ejected ones, or all of
-    /// them when fewer than `minHealthPercent` would remain (panic mode).
+    /// them when fewer than `minHealthPercent` would remain (panic mode;
+    /// off at 0, Istio's default, where an all-ejected cluster has none).
     pub fn available(&self, endpoints: &[SocketAddr], now: Instant, config: &OutlierConfig) -> Vec<SocketAddr> {
         let healthy: Vec<SocketAddr> = endpoints
             .iter()
@@ -132,7 +135,7 @@ impl OutlierState {
             .filter(|e| self.hosts.get(e).and_then(|h| h.ejected_until).is_none_or(|until| until <= now))
             .collect();
         let healthy_percent = if endpoints.is_empty() { 100 } else { healthy.len() * 100 / endpoints.len() };
-        if healthy.is_empty() || healthy_percent < config.min_health_percent as usize {
+        if config.min_health_percent > 0 && healthy_percent < config.min_health_percent as usize {
             return endpoints.to_vec();
         }
         healthy
@@ -212,13 +215,38 @@ mod tests {
     }
 
     #[test]
-    fn max_ejection_percent_caps_ejections_but_allows_one() {
-        let c = config("{consecutive5xxErrors: 1, maxEjectionPercent: 10}");
+    fn max_ejection_percent_caps_ejections_rounding_down() {
         let h = hosts(4);
+        let t0 = Instant::now();
+        let ten = config("{consecutive5xxErrors: 1, maxEjectionPercent: 10}");
+        let mut state = OutlierState::default();
+        assert!(!state.record(h[0], Observation::Status(500), t0, &ten, 4), "10% of 4 hosts is none");
+        let quarter = config("{consecutive5xxErrors: 1, maxEjectionPercent: 25}");
+        let mut state = OutlierState::default();
+        assert!(state.record(h[0], Observation::Status(500), t0, &quarter, 4));
+        assert!(!state.record(h[1], Observation::Status(500), t0, &quarter, 4), "25% of 4 is one");
+    }
+
+    #[test]
+    fn ejections_grow_but_stop_at_300_seconds() {
+        let c = config("{consecutive5xxErrors: 1, baseEjectionTime: 200s, maxEjectionPercent: 100}");
+        let h = hosts(2);
         let mut state = OutlierState::default();
         let t0 = Instant::now();
-        assert!(state.record(h[0], Observation::Status(500), t0, &c, 4), "at least one");
-        assert!(!state.record(h[1], Observation::Status(500), t0, &c, 4), "10% of 4 allows only that one");
+        assert!(state.record(h[0], Observation::Status(500), t0, &c, 2));
+        let later = t0 + Duration::from_secs(201);
+        assert!(state.record(h[0], Observation::Status(500), later, &c, 2));
+        assert_eq!(state.ejected(later)[0].remaining_ms, 300_000, "400 s capped at 300 s");
+    }
+
+    #[test]
+    fn with_every_host_ejected_and_no_panic_threshold_none_is_available() {
+        let c = config("{consecutive5xxErrors: 1, maxEjectionPercent: 100}");
+        let h = hosts(1);
+        let mut state = OutlierState::default();
+        let t0 = Instant::now();
+        assert!(state.record(h[0], Observation::Status(500), t0, &c, 1));
+        assert!(state.available(&h, t0, &c).is_empty(), "503 UH, as Envoy with panic mode off");
     }
 
     #[test]
