@@ -302,11 +302,22 @@ fn serve_lines(stream: TcpStream, name: &[u8]) -> io::Result<()> {
 /// `/status/<code>` answers that code, `/delay/<ms>` answers after a pause,
 /// `/fail-first/<n>/<key>` answers 503 to the first n requests for a key,
 /// `/shadow-delay/<ms>` pauses mirrored requests only; a request with
-/// `x-test-fail-pod: <this pod>` gets 503.
+/// `x-test-fail-pod: <this pod>` gets 503; `/upgrade` switches to an echo
+/// protocol (101).
 fn serve_http(stream: TcpStream, body: &[u8], shared: &Shared) -> io::Result<()> {
     let mut reader = BufReader::new(&stream);
     while let Some(request) = read_http_head(&mut reader)? {
         io::copy(&mut (&mut reader).take(request.content_length), &mut io::sink())?;
+        if request.path == "/upgrade" {
+            // Switch to an echo protocol: whatever comes next comes back.
+            let head = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\nx-backend: {}\r\n\r\n",
+                String::from_utf8_lossy(body)
+            );
+            (&stream).write_all(head.as_bytes())?;
+            shared.requests.fetch_add(1, Ordering::SeqCst);
+            return io::copy(&mut reader, &mut (&stream)).map(|_| ());
+        }
         let status = behave(&request, &String::from_utf8_lossy(body), shared);
         shared.requests.fetch_add(1, Ordering::SeqCst);
         let connection = if request.close { "Connection: close\r\n" } else { "" };

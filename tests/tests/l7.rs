@@ -466,6 +466,23 @@ fn tcp_routes_split_connections_by_weight() {
 }
 
 #[test]
+fn an_upgrade_is_relayed_both_ways() {
+    let world = World::new("l7_upgrade", 1);
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews}\n";
+    world.start(vs);
+    let send =
+        "GET /upgrade HTTP/1.1\\nHost: reviews\\nConnection: Upgrade\\nUpgrade: echo\\n\\nping-through-the-tunnel";
+    let report = world
+        .env
+        .probe(&world.client, &["raw", "--target", "10.96.0.20:9080", "--send", send, "--read-ms", "1500"])
+        .unwrap();
+    let response = report["response"].as_str().unwrap();
+    assert!(response.starts_with("HTTP/1.1 101"), "{report}");
+    assert!(response.to_ascii_lowercase().contains("upgrade: echo"), "{report}");
+    assert!(response.ends_with("ping-through-the-tunnel"), "bytes after the switch come back: {report}");
+}
+
+#[test]
 fn ports_without_rules_stay_on_the_kernel_path() {
     let world = World::new("l7_no_rules", 2);
     world.start("");

@@ -19,6 +19,7 @@ use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -315,7 +316,21 @@ impl Proxy {
         if parts.headers.get(HOST).is_none() {
             set_authority(&mut parts, authority);
         }
-        strip_hop_by_hop(&mut parts.headers);
+        // An Upgrade (WebSocket and the like) keeps its Connection/Upgrade
+        // headers and goes to the upstream over HTTP/1.1, once.
+        let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>().filter(|_| is_upgrade(&parts.headers));
+        if upgrade.is_some() {
+            let (connection_header, upgrade_header) =
+                (parts.headers.remove("connection"), parts.headers.remove("upgrade"));
+            strip_hop_by_hop(&mut parts.headers);
+            parts.headers.insert("connection", HeaderValue::from_static("upgrade"));
+            if let Some(value) = upgrade_header {
+                parts.headers.insert("upgrade", value);
+            }
+            drop(connection_header);
+        } else {
+            strip_hop_by_hop(&mut parts.headers);
+        }
 
         let policy = snapshot.policy_for(target, subset);
         // Outlier detection keeps host health per cluster (service port and
@@ -365,7 +380,8 @@ impl Proxy {
             return Outcome { response, flags, upstream: None, cluster, attempts: 0 };
         };
         let deadline = route.and_then(|r| r.timeout).map(|t| Instant::now() + t);
-        let attempts_allowed = if body.replayable() { retry.attempts + 1 } else { 1 };
+        let attempts_allowed = if body.replayable() && upgrade.is_none() { retry.attempts + 1 } else { 1 };
+        let mut upgrade = upgrade;
         let mut body = Some(body);
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempt = 0;
@@ -391,7 +407,7 @@ impl Proxy {
             };
             let mut request = Request::from_parts(parts.clone(), this_body);
             *request.uri_mut() = upstream_uri(endpoint, &parts.uri);
-            *request.version_mut() = upstream_version(target.http2);
+            *request.version_mut() = upstream_version(target.http2 && upgrade.is_none());
             request.headers_mut().insert(ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
             let per_try = retry.per_try_timeout.map(|t| Instant::now() + t);
             let try_deadline = match (deadline, per_try) {
@@ -399,7 +415,7 @@ impl Proxy {
                 (a, b) => a.or(b),
             };
             let in_flight = self.upstreams.start(endpoint);
-            let sent = self.upstreams.client(target.http2).request(request);
+            let sent = self.upstreams.client(target.http2 && upgrade.is_none()).request(request);
             let result = match try_deadline {
                 Some(at) => tokio::time::timeout_at(at.into(), sent).await.map_err(|_| ()),
                 None => Ok(sent.await),
@@ -441,6 +457,17 @@ impl Proxy {
             }
             if retriable && attempts_allowed > 1 && attempt >= attempts_allowed {
                 flags.push(ResponseFlag::URX);
+            }
+            let mut result = result;
+            if let (Some(client_side), Ok(Ok(response))) = (upgrade.take(), result.as_mut()) {
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let headers = response.headers().clone();
+                    tunnel(client_side, hyper::upgrade::on(&mut *response), (in_flight, admitted));
+                    let mut head = Response::new(full(Bytes::new()));
+                    *head.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    *head.headers_mut() = headers;
+                    return Outcome { response: head, flags, upstream: Some(endpoint), cluster, attempts: attempt };
+                }
             }
             return self.finish(
                 result,
@@ -635,6 +662,29 @@ fn set_authority(parts: &mut Parts, authority: &str) {
 fn upstream_uri(endpoint: SocketAddr, uri: &Uri) -> Uri {
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
     format!("http://{endpoint}{path}").parse().unwrap_or_else(|_| Uri::from_static("/"))
+}
+
+/// `Connection: upgrade` with an `Upgrade` protocol named.
+fn is_upgrade(headers: &http::HeaderMap) -> bool {
+    headers.contains_key("upgrade")
+        && headers
+            .get_all("connection")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+/// After a 101 on both sides, relays bytes between the client and the
+/// upstream until either closes; the request's accounting lasts as long.
+fn tunnel<G: Send + 'static>(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade, guards: G) {
+    tokio::spawn(async move {
+        let _guards = guards;
+        let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else { return };
+        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+        if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+            tracing::debug!(%error, "upgraded connection ended with an error");
+        }
+    });
 }
 
 /// The upstream speaks what its port says, whatever the client spoke.

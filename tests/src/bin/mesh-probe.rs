@@ -97,6 +97,7 @@ impl Opts {
         "--parallel",
         "--send",
         "--pause-ms",
+        "--read-ms",
     ];
 
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Opts> {
@@ -508,7 +509,7 @@ fn raw(opts: &Opts) -> Result<()> {
     let payload = opts.values.get("--send").cloned().unwrap_or_default().replace("\\n", "\r\n");
     let pause = Duration::from_millis(opts.number("--pause-ms", 0)?);
     let mut stream = sys::tcp_connect(target, None, CONNECT_TIMEOUT)?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    stream.set_read_timeout(Some(Duration::from_millis(opts.number("--read-ms", 5000)?)))?;
     let started = Instant::now();
     stream.write_all(payload.as_bytes())?;
     if !pause.is_zero() {
