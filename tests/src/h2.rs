@@ -138,6 +138,9 @@ fn answer(request: &Request<Incoming>, pod: &str) -> Response<OneShotBody> {
     if let Ok(value) = HeaderValue::from_str(&format!("{:?}", request.version())) {
         headers.insert("x-seen-version", value);
     }
+    if let Some(value) = request.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()) {
+        headers.insert("x-seen-authority", value);
+    }
     if grpc {
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
     }

@@ -416,6 +416,7 @@ fn http2_and_grpc_with_trailers_go_through_the_proxy() {
     assert_eq!(h2["ok"], 20, "{h2}");
     assert_eq!(h2["backends"].as_object().map(|b| b.len()), Some(2), "balanced per request: {h2}");
     assert_eq!(h2["first"]["headers"]["x-seen-version"], "HTTP/2.0", "{h2}");
+    assert_eq!(h2["first"]["headers"]["x-seen-authority"], "10.96.0.30:9090", ":authority is the service's: {h2}");
     // gRPC: the grpc-status trailer arrives through the proxy.
     let grpc = probe(&["h2", "--target", "10.96.0.30:9090", "--count", "10", "--grpc"]);
     assert_eq!(grpc["grpc_status"]["0"], 10, "{grpc}");
@@ -424,6 +425,7 @@ fn http2_and_grpc_with_trailers_go_through_the_proxy() {
     let h1 = probe(&["http", "--target", "10.96.0.30:9090", "--count", "5"]);
     assert_eq!(h1["ok"], 5, "{h1}");
     assert_eq!(h1["first"]["headers"]["x-seen-version"], "HTTP/2.0", "{h1}");
+    assert_eq!(h1["first"]["headers"]["x-seen-authority"], "10.96.0.30:9090", "Host became :authority: {h1}");
 }
 
 #[test]

@@ -4,9 +4,10 @@ use super::outlier::{Ejected, Observation, OutlierConfig, OutlierState};
 use super::ProxyBody;
 use crate::maglev::stable_hash;
 use crate::policy::LoadBalancer;
+use hyper::client::conn::http2;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -16,10 +17,11 @@ use std::time::{Duration, Instant};
 
 /// Idle upstream connections are kept this long for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Upstream connect timeout (Istio's mesh default).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Upstreams {
     http1: Client<HttpConnector, ProxyBody>,
-    http2: Client<HttpConnector, ProxyBody>,
     /// Requests in flight per endpoint, for LEAST_REQUEST.
     in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
     /// Round-robin cursors per service port and subset.
@@ -28,6 +30,33 @@ pub struct Upstreams {
     active: Mutex<HashMap<String, Arc<AtomicUsize>>>,
     /// Host health per cluster, for outlier detection.
     outliers: Mutex<HashMap<String, OutlierState>>,
+    /// One multiplexed HTTP/2 connection per endpoint, as Envoy keeps.
+    /// Ours rather than the pooled client's, so `:authority` can be the
+    /// service's name while the connection goes to the endpoint.
+    h2: Arc<Mutex<HashMap<SocketAddr, http2::SendRequest<ProxyBody>>>>,
+}
+
+/// A cheap, owned handle to the upstream connections, so a request can be
+/// sent from a spawned task (mirrors).
+#[derive(Clone)]
+pub struct Dialer {
+    http1: Client<HttpConnector, ProxyBody>,
+    h2: Arc<Mutex<HashMap<SocketAddr, http2::SendRequest<ProxyBody>>>>,
+}
+
+/// Why a try got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("connecting to the upstream: {0}")]
+    Connect(String),
+    #[error("upstream exchange failed: {0}")]
+    Failed(String),
+}
+
+impl UpstreamError {
+    pub fn is_connect(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
 }
 
 /// Counts one request against its endpoint until dropped.
@@ -43,22 +72,71 @@ impl Upstreams {
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(10)));
-        let http1 = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT).build(connector.clone());
-        let http2 = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .http2_only(true)
-            .build(connector);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let http1 = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT).build(connector);
         Self {
             http1,
-            http2,
             in_flight: Mutex::default(),
             cursors: Mutex::default(),
             active: Mutex::default(),
             outliers: Mutex::default(),
+            h2: Arc::default(),
         }
     }
 
+    pub fn dialer(&self) -> Dialer {
+        Dialer { http1: self.http1.clone(), h2: self.h2.clone() }
+    }
+}
+
+impl Dialer {
+    /// Sends a request to `endpoint`: HTTP/2 on our per-endpoint connection
+    /// (the request's URI carries the logical authority), HTTP/1.1 through
+    /// the pooled client (the URI names the endpoint; Host carries the name).
+    pub async fn send(
+        self,
+        endpoint: SocketAddr,
+        http2: bool,
+        request: http::Request<ProxyBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        if !http2 {
+            return self.http1.request(request).await.map_err(|e| {
+                if e.is_connect() {
+                    UpstreamError::Connect(e.to_string())
+                } else {
+                    UpstreamError::Failed(e.to_string())
+                }
+            });
+        }
+        let mut sender = self.h2_sender(endpoint).await?;
+        sender.ready().await.map_err(|e| UpstreamError::Failed(e.to_string()))?;
+        sender.send_request(request).await.map_err(|e| UpstreamError::Failed(e.to_string()))
+    }
+
+    async fn h2_sender(&self, endpoint: SocketAddr) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
+        if let Some(sender) = lock(&self.h2).get(&endpoint).filter(|s| !s.is_closed()) {
+            return Ok(sender.clone());
+        }
+        let connect = tokio::net::TcpStream::connect(endpoint);
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| UpstreamError::Connect("connect timeout".into()))?
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%endpoint, %error, "HTTP/2 upstream connection ended");
+            }
+        });
+        lock(&self.h2).insert(endpoint, sender.clone());
+        Ok(sender)
+    }
+}
+
+impl Upstreams {
     /// The endpoints of `cluster` that outlier detection has not ejected.
     pub fn healthy(&self, cluster: &str, endpoints: &[SocketAddr], config: &OutlierConfig) -> Vec<SocketAddr> {
         match lock(&self.outliers).get(cluster) {
@@ -102,15 +180,6 @@ impl Upstreams {
         match limit {
             Some(limit) if before >= limit => None, // dropping `admitted` gives the slot back
             _ => Some(admitted),
-        }
-    }
-
-    /// The pool for an endpoint speaking HTTP/2 (prior knowledge) or HTTP/1.1.
-    pub fn client(&self, http2: bool) -> &Client<HttpConnector, ProxyBody> {
-        if http2 {
-            &self.http2
-        } else {
-            &self.http1
         }
     }
 

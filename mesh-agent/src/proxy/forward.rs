@@ -1,8 +1,8 @@
 //! One request through the proxy: route, fault, pick a destination and an
 //! endpoint, forward with timeouts and retries, mirror, and log.
 
-use super::balance::InFlight;
 use super::balance::{random_u64, random_unit};
+use super::balance::{InFlight, UpstreamError};
 use super::body::{GuardedBody, PrefixedBody, RequestBody};
 use super::metrics::Labels;
 use super::outlier::{Observation, OutlierConfig};
@@ -405,9 +405,8 @@ impl Proxy {
                     _ => full(Bytes::new()),
                 },
             };
-            let mut request = Request::from_parts(parts.clone(), this_body);
-            *request.uri_mut() = upstream_uri(endpoint, &parts.uri);
-            *request.version_mut() = upstream_version(target.http2 && upgrade.is_none());
+            let http2 = target.http2 && upgrade.is_none();
+            let mut request = upstream_request(Request::from_parts(parts.clone(), this_body), endpoint, http2);
             request.headers_mut().insert(ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
             let per_try = retry.per_try_timeout.map(|t| Instant::now() + t);
             let try_deadline = match (deadline, per_try) {
@@ -415,7 +414,7 @@ impl Proxy {
                 (a, b) => a.or(b),
             };
             let in_flight = self.upstreams.start(endpoint);
-            let sent = self.upstreams.client(target.http2 && upgrade.is_none()).request(request);
+            let sent = self.upstreams.dialer().send(endpoint, http2, request);
             let result = match try_deadline {
                 Some(at) => tokio::time::timeout_at(at.into(), sent).await.map_err(|_| ()),
                 None => Ok(sent.await),
@@ -489,7 +488,7 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
-        result: Result<Result<Response<Incoming>, hyper_util::client::legacy::Error>, ()>,
+        result: Result<Result<Response<Incoming>, UpstreamError>, ()>,
         mut flags: Vec<ResponseFlag>,
         endpoint: SocketAddr,
         cluster: String,
@@ -592,14 +591,12 @@ impl Proxy {
         let mut parts = parts.clone();
         let authority = parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
         set_authority(&mut parts, &shadow_authority(&authority));
-        let mut request = Request::from_parts(parts, full(body));
-        *request.uri_mut() = upstream_uri(endpoint, request.uri());
-        *request.version_mut() = upstream_version(target.http2);
+        let request = upstream_request(Request::from_parts(parts, full(body)), endpoint, target.http2);
         if MIRRORS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= MAX_MIRRORS_IN_FLIGHT {
             MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        let sent = self.upstreams.client(target.http2).request(request);
+        let sent = self.upstreams.dialer().send(endpoint, target.http2, request);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(MIRROR_TIMEOUT, async {
                 if let Ok(response) = sent.await {
@@ -658,10 +655,27 @@ fn set_authority(parts: &mut Parts, authority: &str) {
     }
 }
 
-/// The upstream request line: the endpoint's address, the client's path.
-fn upstream_uri(endpoint: SocketAddr, uri: &Uri) -> Uri {
-    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    format!("http://{endpoint}{path}").parse().unwrap_or_else(|_| Uri::from_static("/"))
+/// The request as the upstream gets it. HTTP/1.1: the line names the
+/// endpoint (the pooled client connects by it) and Host keeps the service's
+/// name. HTTP/2: `:authority` is the service's name (from Host, which h2
+/// must not also carry) and the connection is already the endpoint's.
+fn upstream_request(mut request: Request<ProxyBody>, endpoint: SocketAddr, http2: bool) -> Request<ProxyBody> {
+    let path = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    let authority = if http2 {
+        request
+            .headers_mut()
+            .remove(HOST)
+            .and_then(|h| h.to_str().ok().map(str::to_owned))
+            .unwrap_or(endpoint.to_string())
+    } else {
+        endpoint.to_string()
+    };
+    *request.uri_mut() = format!("http://{authority}{path}")
+        .parse()
+        .or_else(|_| format!("http://{endpoint}{path}").parse())
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    *request.version_mut() = upstream_version(http2);
+    request
 }
 
 /// `Connection: upgrade` with an `Upgrade` protocol named.
