@@ -166,17 +166,7 @@ impl Proxy {
         let fqdn = &service.fqdn;
         let routes = snapshot.routes.http_routes(fqdn);
         let matched = {
-            let view = RequestView {
-                method: &parts.method,
-                scheme: "http",
-                authority,
-                path: parts.uri.path(),
-                query: parts.uri.query(),
-                headers: &parts.headers,
-                port: connection.original.port(),
-                source_labels: None,
-                source_namespace: None,
-            };
+            let view = request_view(&parts, authority, connection.original.port());
             let matched = first_match(routes, &view);
             if matched.is_none() && !routes.is_empty() {
                 // The host has rules and none matches: Envoy's "no route".
@@ -209,20 +199,9 @@ impl Proxy {
             }
             matched
         };
-        let cors_headers = matched.and_then(|(route, _)| route.cors.as_ref()).map(|cors| {
-            let view = RequestView {
-                method: &parts.method,
-                scheme: "http",
-                authority,
-                path: parts.uri.path(),
-                query: parts.uri.query(),
-                headers: &parts.headers,
-                port: connection.original.port(),
-                source_labels: None,
-                source_namespace: None,
-            };
-            cors.response_headers(&view)
-        });
+        let cors_headers = matched
+            .and_then(|(route, _)| route.cors.as_ref())
+            .map(|cors| cors.response_headers(&request_view(&parts, authority, connection.original.port())));
         let mut outcome = self.forward(snapshot, connection, service, matched, parts, body, authority).await;
         if let Some(headers) = cors_headers {
             outcome.response.headers_mut().extend(headers);
@@ -607,6 +586,21 @@ impl Proxy {
             .await;
             MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
         });
+    }
+}
+
+/// What routing looks at in a request.
+fn request_view<'a>(parts: &'a Parts, authority: &'a str, port: u16) -> RequestView<'a> {
+    RequestView {
+        method: &parts.method,
+        scheme: "http",
+        authority,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        port,
+        source_labels: None,
+        source_namespace: None,
     }
 }
 
