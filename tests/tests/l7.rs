@@ -485,6 +485,24 @@ fn an_upgrade_is_relayed_both_ways() {
 }
 
 #[test]
+fn a_hash_cookie_is_issued_when_absent_and_then_keeps_the_client_on_one_pod() {
+    let world = World::new("l7_cookie", 3);
+    let rule = concat!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}\nspec:\n  host: reviews\n",
+        "  trafficPolicy:\n    loadBalancer:\n      consistentHash:\n        httpCookie: {name: session, path: /, ttl: 3600s}\n---\n",
+    );
+    world.start(rule);
+    let first = world.http(&[]);
+    let set_cookie = first["first"]["headers"]["set-cookie"].as_str().unwrap_or_else(|| panic!("{first}")).to_owned();
+    assert!(set_cookie.starts_with("session=\""), "{set_cookie}");
+    assert!(set_cookie.contains("Path=/") && set_cookie.contains("Max-Age=3600"), "{set_cookie}");
+    let cookie = set_cookie.split(';').next().unwrap();
+    let again = world.http(&["--count", "30", "--headers", &format!("Cookie: {cookie}")]);
+    assert_eq!(again["backends"].as_object().map(|b| b.len()), Some(1), "one pod for the session: {again}");
+    assert!(again["first"]["headers"].get("set-cookie").is_none(), "no new cookie once sent: {again}");
+}
+
+#[test]
 fn ports_without_rules_stay_on_the_kernel_path() {
     let world = World::new("l7_no_rules", 2);
     world.start("");

@@ -60,8 +60,10 @@ pub enum ResponseFlag {
     FI,
     /// Fault injection: delay.
     DI,
-    /// No route (the destination host is not known).
+    /// No route matched.
     NR,
+    /// No cluster: a route's destination host is not known.
+    NC,
 }
 
 /// One access-log line, JSON.
@@ -257,7 +259,7 @@ impl Proxy {
             return Outcome::local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no healthy upstream",
-                Some(ResponseFlag::NR),
+                Some(ResponseFlag::NC),
                 host,
             );
         };
@@ -321,7 +323,11 @@ impl Proxy {
             Some(config) => self.upstreams.healthy(&health_key, &all_endpoints, config),
             None => all_endpoints.clone(),
         };
-        let hash = request_hash(&policy.load_balancer, &parts, connection.peer);
+        let (hash, issued_cookie) = request_hash(&policy.load_balancer, &parts, connection.peer);
+        // Retries under way per cluster are bounded by `http.maxRetries`.
+        let retry_key = format!("retry|{cluster}");
+        let max_retries = pool_field(&policy, "maxRetries");
+        let mut _retry_slot: Option<InFlight> = None;
         let retry = route.map(|r| &r.retries).unwrap_or(&DEFAULT_RETRY);
 
         // A body that ends within the first 64 KiB is kept: it can be sent
@@ -394,7 +400,7 @@ impl Proxy {
             };
             let in_flight = self.upstreams.start(endpoint);
             let sent = self.upstreams.dialer().send(endpoint, http2, request);
-            let result = match try_deadline {
+            let mut result = match try_deadline {
                 Some(at) => tokio::time::timeout_at(at.into(), sent).await.map_err(|_| ()),
                 None => Ok(sent.await),
             };
@@ -423,7 +429,13 @@ impl Proxy {
             }
             let retriable = retry.should_retry(&outcome);
             let route_timed_out = deadline.is_some_and(|d| Instant::now() >= d);
-            if retriable && attempt < attempts_allowed && !route_timed_out {
+            let retry_slot = if retriable && attempt < attempts_allowed && !route_timed_out {
+                self.upstreams.admit(&retry_key, max_retries)
+            } else {
+                None
+            };
+            if let Some(slot) = retry_slot {
+                _retry_slot = Some(slot);
                 drop(in_flight);
                 // The backoff never outlasts the route timeout: past it, 504.
                 let wake = Instant::now() + retry.backoff(attempt, random_u64());
@@ -436,7 +448,9 @@ impl Proxy {
             if retriable && attempts_allowed > 1 && attempt >= attempts_allowed {
                 flags.push(ResponseFlag::URX);
             }
-            let mut result = result;
+            if let (Some(cookie), Ok(Ok(response))) = (&issued_cookie, result.as_mut()) {
+                response.headers_mut().append(http::header::SET_COOKIE, cookie.clone());
+            }
             if let (Some(client_side), Ok(Ok(response))) = (upgrade.take(), result.as_mut()) {
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
                     let headers = response.headers().clone();
@@ -762,21 +776,42 @@ fn request_limit(policy: &EffectivePolicy, http2: bool) -> Option<usize> {
     }
 }
 
-/// The consistent-hash key of a request, when the policy hashes.
-fn request_hash(load_balancer: &LoadBalancer, parts: &Parts, peer: SocketAddr) -> Option<u64> {
-    let LoadBalancer::ConsistentHash { key, .. } = load_balancer else { return None };
+/// A `connectionPool.http` number, if set.
+fn pool_field(policy: &EffectivePolicy, name: &str) -> Option<usize> {
+    policy.http_pool.as_ref()?.get(name)?.as_u64().map(|n| n as usize)
+}
+
+/// The consistent-hash key of a request, when the policy hashes, and the
+/// `Set-Cookie` to issue when hashing on a cookie with a `ttl` that the
+/// request lacks (as Envoy: the new value decides the host from now on).
+fn request_hash(load_balancer: &LoadBalancer, parts: &Parts, peer: SocketAddr) -> (Option<u64>, Option<HeaderValue>) {
+    let LoadBalancer::ConsistentHash { key, .. } = load_balancer else { return (None, None) };
+    let mut issued = None;
     let material: Option<String> = match key {
         HashKey::HttpHeaderName(name) => {
             parts.headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(str::to_owned)
         }
-        HashKey::HttpCookie { name, .. } => cookie(&parts.headers, name),
+        HashKey::HttpCookie { name, path, ttl } => cookie(&parts.headers, name).or_else(|| {
+            let ttl = ttl.as_deref().and_then(|t| crate::policy::parse_duration("ttl", t).ok())?;
+            let value = format!("{:016x}", random_u64());
+            let mut header = format!("{name}=\"{value}\"");
+            if let Some(path) = path {
+                header.push_str(&format!("; Path={path}"));
+            }
+            if !ttl.is_zero() {
+                header.push_str(&format!("; Max-Age={}", ttl.as_secs()));
+            }
+            header.push_str("; HttpOnly");
+            issued = HeaderValue::from_str(&header).ok();
+            Some(format!("\"{value}\""))
+        }),
         HashKey::HttpQueryParameterName(name) => parts.uri.query().and_then(|q| {
             q.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| k == name).map(|(_, v)| v.to_owned()))
         }),
         HashKey::UseSourceIp => Some(peer.ip().to_string()),
         HashKey::Unset => None,
     };
-    material.map(|m| crate::maglev::stable_hash(7, m.as_bytes()))
+    (material.map(|m| crate::maglev::stable_hash(7, m.as_bytes())), issued)
 }
 
 fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
