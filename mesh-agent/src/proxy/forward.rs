@@ -108,7 +108,7 @@ impl Outcome {
 impl Proxy {
     pub(super) async fn handle(&self, connection: &Connection, request: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
-        let start_time = humantime_now();
+        let start_time = if self.access_log { humantime_now() } else { String::new() };
         let snapshot = self.published.borrow().snapshot.clone();
         let (mut parts, body) = request.into_parts();
         let request_id = ensure_request_id(&mut parts.headers);
