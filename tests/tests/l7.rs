@@ -503,6 +503,28 @@ fn a_hash_cookie_is_issued_when_absent_and_then_keeps_the_client_on_one_pod() {
 }
 
 #[test]
+fn source_labels_route_a_client_workload_to_its_own_version() {
+    let world = World::new("l7_source", 2);
+    let other = world.env.add_pod("other", "10.244.0.3", "fd00:244::3");
+    let clients = concat!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: frontend-abc, namespace: web, labels: {app: frontend}}\nstatus: {podIP: 10.244.0.2}\n---\n",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n",
+        "  - match:\n    - sourceLabels: {app: frontend}\n    route:\n    - destination: {host: reviews, subset: v2}\n",
+        "  - route:\n    - destination: {host: reviews, subset: v1}\n",
+    );
+    world.start(&format!("{SUBSETS}{clients}"));
+    let frontend = world.http(&["--count", "20"]);
+    assert_eq!(count(&frontend, "b2"), 20, "the frontend pod matches sourceLabels: {frontend}");
+    let report = world.env.probe(&other, &["http", "--target", "10.96.0.20:9080", "--count", "20"]).unwrap();
+    assert_eq!(count(&report, "b1"), 20, "an unlabelled client does not: {report}");
+    let (_, metrics) = world.env.admin_get("/metrics").unwrap();
+    assert!(
+        metrics.contains("source_workload=\"frontend\",source_namespace=\"web\""),
+        "workload name from the app label: {metrics}"
+    );
+}
+
+#[test]
 fn ports_without_rules_stay_on_the_kernel_path() {
     let world = World::new("l7_no_rules", 2);
     world.start("");

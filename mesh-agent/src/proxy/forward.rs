@@ -168,7 +168,7 @@ impl Proxy {
         let fqdn = &service.fqdn;
         let routes = snapshot.routes.http_routes(fqdn);
         let matched = {
-            let view = request_view(&parts, authority, connection.original.port());
+            let view = request_view(&parts, authority, connection);
             let matched = first_match(routes, &view);
             if matched.is_none() && !routes.is_empty() {
                 // The host has rules and none matches: Envoy's "no route".
@@ -203,7 +203,7 @@ impl Proxy {
         };
         let cors_headers = matched
             .and_then(|(route, _)| route.cors.as_ref())
-            .map(|cors| cors.response_headers(&request_view(&parts, authority, connection.original.port())));
+            .map(|cors| cors.response_headers(&request_view(&parts, authority, connection)));
         let mut outcome = self.forward(snapshot, connection, service, matched, parts, body, authority).await;
         if let Some(headers) = cors_headers {
             outcome.response.headers_mut().extend(headers);
@@ -603,8 +603,8 @@ impl Proxy {
     }
 }
 
-/// What routing looks at in a request.
-fn request_view<'a>(parts: &'a Parts, authority: &'a str, port: u16) -> RequestView<'a> {
+/// What routing looks at in a request, and who sent it.
+fn request_view<'a>(parts: &'a Parts, authority: &'a str, connection: &'a Connection) -> RequestView<'a> {
     RequestView {
         method: &parts.method,
         scheme: "http",
@@ -612,9 +612,9 @@ fn request_view<'a>(parts: &'a Parts, authority: &'a str, port: u16) -> RequestV
         path: parts.uri.path(),
         query: parts.uri.query(),
         headers: &parts.headers,
-        port,
-        source_labels: None,
-        source_namespace: None,
+        port: connection.original.port(),
+        source_labels: connection.source.as_ref().map(|(labels, _)| labels),
+        source_namespace: connection.source.as_ref().map(|(_, namespace)| namespace.as_str()),
     }
 }
 

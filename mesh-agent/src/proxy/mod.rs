@@ -114,6 +114,9 @@ pub struct Connection {
     /// The client pod, when the model knows its address ("unknown" else).
     pub source_workload: String,
     pub source_namespace: String,
+    /// The client pod's labels and namespace, for `sourceLabels` and
+    /// `sourceNamespace` matches (None: not a known pod).
+    pub source: Option<(std::collections::BTreeMap<String, String>, String)>,
 }
 
 impl Proxy {
@@ -129,21 +132,18 @@ impl Proxy {
             self.relay_tcp(stream, peer, original, &snapshot).await;
             return;
         }
-        let (source_workload, source_namespace) = {
-            let snapshot = self.published.borrow().snapshot.clone();
-            let peer_ip = match peer.ip() {
-                std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(peer.ip()),
-                ip => ip,
-            };
-            snapshot
-                .model
-                .pods
-                .values()
-                .find(|pod| pod.ips.contains(&peer_ip))
-                .map(|pod| (workload_name(pod), pod.namespace.clone()))
-                .unwrap_or_else(|| ("unknown".into(), "unknown".into()))
+        let peer_ip = match peer.ip() {
+            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(peer.ip()),
+            ip => ip,
         };
-        let connection = Arc::new(Connection { peer, original, source_workload, source_namespace });
+        let pod = snapshot.model.pods.values().find(|pod| pod.ips.contains(&peer_ip));
+        let connection = Arc::new(Connection {
+            peer,
+            original,
+            source_workload: pod.map(workload_name).unwrap_or_else(|| "unknown".into()),
+            source_namespace: pod.map(|p| p.namespace.clone()).unwrap_or_else(|| "unknown".into()),
+            source: pod.map(|p| (p.labels.clone(), p.namespace.clone())),
+        });
         let proxy = self.clone();
         let service = hyper::service::service_fn(move |request| {
             let (proxy, connection) = (proxy.clone(), connection.clone());
