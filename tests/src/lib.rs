@@ -33,6 +33,7 @@ mod names;
 mod pod;
 mod server;
 mod system;
+pub mod tls;
 
 #[doc(hidden)]
 pub mod sys;

@@ -118,6 +118,19 @@ impl Pod {
             .unwrap_or_else(|e| panic!("pod {}: HTTP/2 server on port {port}: {e:#}", self.name))
     }
 
+    /// HTTP/1.1 over TLS on the pod's IPv4 address with the certificate of
+    /// `pki`; with `require_client_cert`, only clients signed by its CA.
+    pub fn serve_tls(&self, port: u16, pki: &crate::tls::Pki, require_client_cert: bool) -> crate::tls::TlsServer {
+        crate::tls::start(
+            &self.netns_path(),
+            SocketAddr::new(self.ipv4.into(), port),
+            &self.name,
+            pki,
+            require_client_cert,
+        )
+        .unwrap_or_else(|e| panic!("pod {}: TLS server on port {port}: {e:#}", self.name))
+    }
+
     /// Answers every datagram with the pod name.
     pub fn serve_udp(&self, port: u16) -> Server {
         server::start_udp(&self.servers, &self.netns_path(), self.addrs(port), &self.name)

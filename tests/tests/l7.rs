@@ -525,6 +525,68 @@ fn source_labels_route_a_client_workload_to_its_own_version() {
 }
 
 #[test]
+fn tls_origination_simple_and_mutual_with_name_checks() {
+    let env = TestEnv::new("l7_tls").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let server = env.add_pod("s1", "10.244.1.2", "fd00:244::1:2");
+    let pki_dir = env.config_dir().parent().unwrap().join("pki");
+    let pki =
+        mesh_tests::tls::make_pki(&pki_dir, &["secure.shop.svc.cluster.local", "mtls.shop.svc.cluster.local"]).unwrap();
+    let _simple = server.serve_tls(8443, &pki, false);
+    let _mutual = server.serve_tls(9443, &pki, true);
+    let service = |name: &str, ip: &str, port: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  clusterIP: {ip}\n  ports:\n  - {{name: http, port: 80, targetPort: {port}}}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: {NS}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints:\n- addresses: [\"10.244.1.2\"]\n---\n"
+        )
+    };
+    let rule = |name: &str, tls: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  host: {name}\n  trafficPolicy:\n    tls: {{{tls}}}\n---\n")
+    };
+    let ca = pki.ca.display().to_string();
+    let config = [
+        service("secure", "10.96.0.50", 8443),
+        rule("secure", &format!("mode: SIMPLE, caCertificates: '{ca}'")),
+        service("mtls", "10.96.0.51", 9443),
+        rule(
+            "mtls",
+            &format!(
+                "mode: MUTUAL, caCertificates: '{ca}', clientCertificate: '{}', privateKey: '{}'",
+                pki.client_cert.display(),
+                pki.client_key.display()
+            ),
+        ),
+        service("nocert", "10.96.0.52", 9443),
+        rule("nocert", &format!("mode: SIMPLE, caCertificates: '{ca}', sni: mtls.shop.svc.cluster.local")),
+        service("wrongname", "10.96.0.53", 8443),
+        rule("wrongname", &format!("mode: SIMPLE, caCertificates: '{ca}', subjectAltNames: [other.example]")),
+    ]
+    .concat();
+    env.write_config("tls.yaml", &config).unwrap();
+    env.start_agent_on_node(&["--access-log"]).unwrap();
+    let get = |ip: &str| {
+        env.probe(&client, &["http", "--target", &format!("{ip}:80"), "--count", "3"])
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", env.agent_log()))
+    };
+
+    let simple = get("10.96.0.50");
+    assert_eq!(simple["ok"], 3, "{simple}");
+    let headers = &simple["first"]["headers"];
+    assert_eq!(headers["x-seen-tls"], "yes", "{simple}");
+    assert_eq!(headers["x-seen-sni"], "secure.shop.svc.cluster.local", "SNI defaults to the host: {simple}");
+    assert_eq!(headers["x-seen-client-cert"], "no");
+
+    let mutual = get("10.96.0.51");
+    assert_eq!(mutual["ok"], 3, "{mutual}");
+    assert_eq!(mutual["first"]["headers"]["x-seen-client-cert"], "yes", "{mutual}");
+
+    let refused = get("10.96.0.52");
+    assert_eq!(refused["status"]["503"], 3, "a server that wants a client certificate refuses SIMPLE: {refused}");
+    let wrong = get("10.96.0.53");
+    assert_eq!(wrong["status"]["503"], 3, "the certificate names none of subjectAltNames: {wrong}");
+}
+
+#[test]
 fn ports_without_rules_stay_on_the_kernel_path() {
     let world = World::new("l7_no_rules", 2);
     world.start("");

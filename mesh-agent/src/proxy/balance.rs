@@ -4,7 +4,7 @@ use super::outlier::{Ejected, Observation, OutlierConfig, OutlierState};
 use super::ProxyBody;
 use crate::maglev::stable_hash;
 use crate::policy::LoadBalancer;
-use hyper::client::conn::http2;
+use hyper::client::conn::{http1, http2};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -33,7 +33,9 @@ pub struct Upstreams {
     /// One multiplexed HTTP/2 connection per endpoint, as Envoy keeps.
     /// Ours rather than the pooled client's, so `:authority` can be the
     /// service's name while the connection goes to the endpoint.
-    h2: Arc<Mutex<HashMap<SocketAddr, http2::SendRequest<ProxyBody>>>>,
+    h2: H2Connections,
+    /// TLS client configurations, per DestinationRule `tls` settings.
+    pub tls: super::tls::TlsConfigs,
 }
 
 /// A cheap, owned handle to the upstream connections, so a request can be
@@ -41,21 +43,36 @@ pub struct Upstreams {
 #[derive(Clone)]
 pub struct Dialer {
     http1: Client<HttpConnector, ProxyBody>,
-    h2: Arc<Mutex<HashMap<SocketAddr, http2::SendRequest<ProxyBody>>>>,
+    h2: H2Connections,
 }
+
+/// HTTP/2 upstream connections by (endpoint, over TLS).
+type H2Connections = Arc<Mutex<HashMap<(SocketAddr, bool), http2::SendRequest<ProxyBody>>>>;
 
 /// Why a try got no response.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("connecting to the upstream: {0}")]
     Connect(String),
+    /// Reset or closed before a response (503, as Envoy).
     #[error("upstream exchange failed: {0}")]
     Failed(String),
+    /// The upstream answered something that is not HTTP (502).
+    #[error("upstream sent a malformed response: {0}")]
+    Protocol(String),
 }
 
 impl UpstreamError {
     pub fn is_connect(&self) -> bool {
         matches!(self, UpstreamError::Connect(_))
+    }
+
+    fn from_hyper(error: &hyper::Error) -> Self {
+        if error.is_parse() || error.is_parse_status() {
+            UpstreamError::Protocol(error.to_string())
+        } else {
+            UpstreamError::Failed(error.to_string())
+        }
     }
 }
 
@@ -81,6 +98,7 @@ impl Upstreams {
             active: Mutex::default(),
             outliers: Mutex::default(),
             h2: Arc::default(),
+            tls: Default::default(),
         }
     }
 
@@ -97,43 +115,96 @@ impl Dialer {
         self,
         endpoint: SocketAddr,
         http2: bool,
+        tls: Option<Tls>,
         request: http::Request<ProxyBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
-        if !http2 {
-            return self.http1.request(request).await.map_err(|e| {
-                if e.is_connect() {
-                    UpstreamError::Connect(e.to_string())
-                } else {
-                    UpstreamError::Failed(e.to_string())
+        let failed = |e: hyper::Error| UpstreamError::from_hyper(&e);
+        match (http2, tls) {
+            (false, None) => self.http1.request(request).await.map_err(|e| {
+                use std::error::Error;
+                match e.source().and_then(|s| s.downcast_ref::<hyper::Error>()) {
+                    _ if e.is_connect() => UpstreamError::Connect(e.to_string()),
+                    Some(inner) => UpstreamError::from_hyper(inner),
+                    None => UpstreamError::Failed(e.to_string()),
                 }
-            });
+            }),
+            (false, Some(tls)) => {
+                // TLS HTTP/1.1: one connection per request (not pooled yet).
+                let stream = tls_connect(endpoint, &tls).await?;
+                let (mut sender, connection) =
+                    http1::handshake(TokioIo::new(stream)).await.map_err(|e| UpstreamError::Connect(e.to_string()))?;
+                tokio::spawn(connection);
+                sender.send_request(request).await.map_err(failed)
+            }
+            (true, tls) => {
+                let mut sender = self.h2_sender(endpoint, tls).await?;
+                sender.ready().await.map_err(failed)?;
+                sender.send_request(request).await.map_err(failed)
+            }
         }
-        let mut sender = self.h2_sender(endpoint).await?;
-        sender.ready().await.map_err(|e| UpstreamError::Failed(e.to_string()))?;
-        sender.send_request(request).await.map_err(|e| UpstreamError::Failed(e.to_string()))
     }
 
-    async fn h2_sender(&self, endpoint: SocketAddr) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
-        if let Some(sender) = lock(&self.h2).get(&endpoint).filter(|s| !s.is_closed()) {
+    async fn h2_sender(
+        &self,
+        endpoint: SocketAddr,
+        tls: Option<Tls>,
+    ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
+        let key = (endpoint, tls.is_some());
+        if let Some(sender) = lock(&self.h2).get(&key).filter(|s| !s.is_closed()) {
             return Ok(sender.clone());
         }
-        let connect = tokio::net::TcpStream::connect(endpoint);
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| UpstreamError::Connect("connect timeout".into()))?
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
-        let _ = stream.set_nodelay(true);
-        let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+        let handshake = |e: hyper::Error| UpstreamError::Connect(e.to_string());
+        let (sender, connection): (_, std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>) =
+            match &tls {
+                Some(tls) => {
+                    let stream = tls_connect(endpoint, tls).await?;
+                    let (sender, connection) =
+                        http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.map_err(handshake)?;
+                    (sender, Box::pin(connection))
+                }
+                None => {
+                    let stream = tcp_connect(endpoint).await?;
+                    let (sender, connection) =
+                        http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.map_err(handshake)?;
+                    (sender, Box::pin(connection))
+                }
+            };
         tokio::spawn(async move {
             if let Err(error) = connection.await {
                 tracing::debug!(%endpoint, %error, "HTTP/2 upstream connection ended");
             }
         });
-        lock(&self.h2).insert(endpoint, sender.clone());
+        lock(&self.h2).insert(key, sender.clone());
         Ok(sender)
     }
+}
+
+/// TLS toward one upstream: the client configuration and the name to
+/// send as SNI (and check, unless `subjectAltNames` say otherwise).
+#[derive(Clone)]
+pub struct Tls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: rustls::pki_types::ServerName<'static>,
+}
+
+async fn tcp_connect(endpoint: SocketAddr) -> Result<tokio::net::TcpStream, UpstreamError> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(endpoint))
+        .await
+        .map_err(|_| UpstreamError::Connect("connect timeout".into()))?
+        .map_err(|e| UpstreamError::Connect(e.to_string()))?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+async fn tls_connect(
+    endpoint: SocketAddr,
+    tls: &Tls,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, UpstreamError> {
+    let stream = tcp_connect(endpoint).await?;
+    tokio_rustls::TlsConnector::from(tls.config.clone())
+        .connect(tls.server_name.clone(), stream)
+        .await
+        .map_err(|e| UpstreamError::Connect(format!("TLS handshake: {e}")))
 }
 
 impl Upstreams {

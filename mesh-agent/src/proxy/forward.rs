@@ -2,10 +2,11 @@
 //! endpoint, forward with timeouts and retries, mirror, and log.
 
 use super::balance::{random_u64, random_unit};
-use super::balance::{InFlight, UpstreamError};
+use super::balance::{InFlight, Tls, UpstreamError};
 use super::body::{GuardedBody, PrefixedBody, RequestBody};
 use super::metrics::Labels;
 use super::outlier::{Observation, OutlierConfig};
+use super::tls::{TlsError, TlsSettings};
 use super::{BoxError, Connection, Proxy, ProxyBody};
 use crate::policy::{EffectivePolicy, HashKey, LoadBalancer};
 use crate::route::{
@@ -52,8 +53,10 @@ pub enum ResponseFlag {
     UO,
     /// Upstream request timeout.
     UT,
-    /// Upstream reset or broken response.
+    /// Upstream reset before a response.
     UR,
+    /// Upstream protocol error (a malformed response).
+    UPE,
     /// Upstream retry limit exceeded.
     URX,
     /// Fault injection: abort.
@@ -364,6 +367,16 @@ impl Proxy {
             response.headers_mut().insert(OVERLOADED.clone(), HeaderValue::from_static("true"));
             return Outcome { response, flags, upstream: None, cluster, attempts: 0 };
         };
+        // TLS origination, when the DestinationRule asks for it.
+        let tls = match self.upstream_tls(&policy, target) {
+            Ok(tls) => tls,
+            Err(error) => {
+                tracing::warn!(%cluster, %error, "cannot originate TLS");
+                flags.push(ResponseFlag::UF);
+                let response = local_reply(StatusCode::SERVICE_UNAVAILABLE, &format!("upstream TLS: {error}"));
+                return Outcome { response, flags, upstream: None, cluster, attempts: 0 };
+            }
+        };
         let deadline = route.and_then(|r| r.timeout).map(|t| Instant::now() + t);
         let attempts_allowed = if body.replayable() && upgrade.is_none() { retry.attempts + 1 } else { 1 };
         let mut upgrade = upgrade;
@@ -399,7 +412,7 @@ impl Proxy {
                 (a, b) => a.or(b),
             };
             let in_flight = self.upstreams.start(endpoint);
-            let sent = self.upstreams.dialer().send(endpoint, http2, request);
+            let sent = self.upstreams.dialer().send(endpoint, http2, tls.clone(), request);
             let mut result = match try_deadline {
                 Some(at) => tokio::time::timeout_at(at.into(), sent).await.map_err(|_| ()),
                 None => Ok(sent.await),
@@ -517,14 +530,34 @@ impl Proxy {
                         "upstream connect error or disconnect/reset before headers. reset reason: connection failure",
                     )
                 }
+                Ok(Err(UpstreamError::Protocol(error))) => {
+                    tracing::debug!(%error, %endpoint, "upstream sent a malformed response");
+                    flags.push(ResponseFlag::UPE);
+                    local_reply(StatusCode::BAD_GATEWAY, "upstream sent a malformed response")
+                }
                 Ok(Err(error)) => {
                     tracing::debug!(%error, %endpoint, "upstream failed");
                     flags.push(ResponseFlag::UR);
-                    local_reply(StatusCode::BAD_GATEWAY, "upstream connect error or disconnect/reset before headers")
+                    local_reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "upstream connect error or disconnect/reset before headers. reset reason: remote reset",
+                    )
                 }
             };
             Outcome { response, flags, upstream: Some(endpoint), cluster, attempts: attempt }
         }
+    }
+
+    /// The TLS to originate toward `target`, from its policy's `tls` block.
+    fn upstream_tls(&self, policy: &EffectivePolicy, target: &ServicePortView) -> Result<Option<Tls>, TlsError> {
+        let Some(settings) = policy.tls.as_ref().and_then(TlsSettings::from_policy).transpose()? else {
+            return Ok(None);
+        };
+        let config = self.upstreams.tls.get(&settings, target.http2)?;
+        let name = settings.sni.clone().unwrap_or_else(|| target.fqdn.clone());
+        let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+            .map_err(|_| TlsError::Config(format!("{name:?} is not a valid server name")))?;
+        Ok(Some(Tls { config, server_name }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -589,7 +622,7 @@ impl Proxy {
             MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        let sent = self.upstreams.dialer().send(endpoint, target.http2, request);
+        let sent = self.upstreams.dialer().send(endpoint, target.http2, None, request);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(MIRROR_TIMEOUT, async {
                 if let Ok(response) = sent.await {

@@ -11,6 +11,7 @@ mod forward;
 mod metrics;
 pub mod outlier;
 mod tcp;
+pub mod tls;
 
 use crate::agent::Published;
 use crate::dataplane::OriginalDstTable;

@@ -1,0 +1,197 @@
+//! TLS origination to upstreams (DestinationRule `trafficPolicy.tls`):
+//! `SIMPLE` verifies the server against `caCertificates`; `MUTUAL` also
+//! presents `clientCertificate`/`privateKey`. The name checked is `sni`
+//! (or the destination's host), or any of `subjectAltNames` when given.
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// The parsed `tls` block of a policy.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TlsSettings {
+    pub mutual: bool,
+    pub ca_certificates: Option<PathBuf>,
+    pub client_certificate: Option<PathBuf>,
+    pub private_key: Option<PathBuf>,
+    pub sni: Option<String>,
+    pub subject_alt_names: Vec<String>,
+    pub insecure_skip_verify: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("tls mode {0} is not supported by this proxy (SIMPLE and MUTUAL are)")]
+    Mode(String),
+    #[error("reading {path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("tls: {0}")]
+    Config(String),
+}
+
+impl TlsSettings {
+    /// `None` when the policy has no `tls` or says `DISABLE`.
+    pub fn from_policy(block: &serde_yaml::Value) -> Option<Result<Self, TlsError>> {
+        let text = |name: &str| block.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+        let mutual = match text("mode").as_deref().unwrap_or("DISABLE") {
+            "DISABLE" => return None,
+            "SIMPLE" => false,
+            "MUTUAL" => true,
+            other => return Some(Err(TlsError::Mode(other.to_owned()))),
+        };
+        let subject_alt_names = block
+            .get("subjectAltNames")
+            .and_then(|v| v.as_sequence())
+            .map(|names| names.iter().filter_map(|n| n.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        Some(Ok(Self {
+            mutual,
+            ca_certificates: text("caCertificates").map(PathBuf::from),
+            client_certificate: text("clientCertificate").map(PathBuf::from),
+            private_key: text("privateKey").map(PathBuf::from),
+            sni: text("sni"),
+            subject_alt_names,
+            insecure_skip_verify: block.get("insecureSkipVerify").and_then(|v| v.as_bool()).unwrap_or(false),
+        }))
+    }
+}
+
+/// Client configurations, built once per settings and protocol.
+#[derive(Default)]
+pub struct TlsConfigs {
+    built: Mutex<HashMap<(TlsSettings, bool), Arc<ClientConfig>>>,
+}
+
+impl TlsConfigs {
+    pub fn get(&self, settings: &TlsSettings, http2: bool) -> Result<Arc<ClientConfig>, TlsError> {
+        let key = (settings.clone(), http2);
+        if let Some(config) = self.built.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(config.clone());
+        }
+        let config = Arc::new(build(settings, http2)?);
+        self.built.lock().unwrap_or_else(|p| p.into_inner()).insert(key, config.clone());
+        Ok(config)
+    }
+}
+
+fn read(path: &PathBuf) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::File { path: path.clone(), message: e.to_string() })
+}
+
+fn build(settings: &TlsSettings, http2: bool) -> Result<ClientConfig, TlsError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let verifier: Arc<dyn ServerCertVerifier> = {
+        let mut roots = RootCertStore::empty();
+        if let Some(path) = &settings.ca_certificates {
+            let pem = read(path)?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| TlsError::File { path: path.clone(), message: e.to_string() })?;
+                roots.add(cert).map_err(|e| TlsError::File { path: path.clone(), message: e.to_string() })?;
+            }
+        }
+        if roots.is_empty() && !settings.insecure_skip_verify {
+            return Err(TlsError::Config(
+                "caCertificates is required to verify the upstream (or set insecureSkipVerify)".into(),
+            ));
+        }
+        let webpki = if roots.is_empty() {
+            None
+        } else {
+            Some(
+                rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+                    .build()
+                    .map_err(|e| TlsError::Config(e.to_string()))?,
+            )
+        };
+        Arc::new(NameVerifier {
+            inner: webpki,
+            subject_alt_names: settings
+                .subject_alt_names
+                .iter()
+                .filter_map(|n| ServerName::try_from(n.clone()).ok())
+                .collect(),
+            provider,
+        })
+    };
+    let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
+    let mut config = if settings.mutual {
+        let (cert_path, key_path) = match (&settings.client_certificate, &settings.private_key) {
+            (Some(cert), Some(key)) => (cert, key),
+            _ => return Err(TlsError::Config("MUTUAL needs clientCertificate and privateKey".into())),
+        };
+        let cert_pem = read(cert_path)?;
+        let certs: Vec<CertificateDer<'static>> =
+            CertificateDer::pem_slice_iter(&cert_pem)
+                .collect::<Result<_, _>>()
+                .map_err(|e| TlsError::File { path: cert_path.clone(), message: e.to_string() })?;
+        let key = PrivateKeyDer::from_pem_slice(&read(key_path)?)
+            .map_err(|e| TlsError::File { path: key_path.clone(), message: e.to_string() })?;
+        builder.with_client_auth_cert(certs, key).map_err(|e| TlsError::Config(e.to_string()))?
+    } else {
+        builder.with_no_client_auth()
+    };
+    config.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    Ok(config)
+}
+
+/// Checks the chain with webpki, against the SNI name or, when
+/// `subjectAltNames` are set, against any one of them.
+#[derive(Debug)]
+struct NameVerifier {
+    inner: Option<Arc<rustls::client::WebPkiServerVerifier>>,
+    subject_alt_names: Vec<ServerName<'static>>,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl ServerCertVerifier for NameVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(inner) = &self.inner else { return Ok(ServerCertVerified::assertion()) };
+        if self.subject_alt_names.is_empty() {
+            return inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now);
+        }
+        let mut last = None;
+        for name in &self.subject_alt_names {
+            match inner.verify_server_cert(end_entity, intermediates, name, ocsp, now) {
+                Ok(verified) => return Ok(verified),
+                Err(error) => last = Some(error),
+            }
+        }
+        Err(last.unwrap_or(rustls::Error::General("no subjectAltNames matched".into())))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.provider.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider.signature_verification_algorithms.supported_schemes()
+    }
+}
