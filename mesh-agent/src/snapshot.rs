@@ -232,7 +232,8 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
             let captured = if http {
                 routes.has_http_routes(&fqdn) || rule.is_some_and(|r| needs_l7(r, port.port))
             } else {
-                port.protocol == Protocol::Tcp && !routes.tcp_routes(&fqdn).is_empty()
+                port.protocol == Protocol::Tcp
+                    && (!routes.tcp_routes(&fqdn).is_empty() || !routes.tls_routes(&fqdn).is_empty())
             };
             let (algorithm, maglev_size, note) = kernel_algorithm(&policy.load_balancer);
             let cluster = cluster_id(service, port);

@@ -587,6 +587,46 @@ fn tls_origination_simple_and_mutual_with_name_checks() {
 }
 
 #[test]
+fn tls_routes_pick_the_backend_by_server_name_without_terminating_tls() {
+    let env = TestEnv::new("l7_sni").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let pods: Vec<Pod> =
+        (1..=2).map(|i| env.add_pod(&format!("t{i}"), &format!("10.244.{i}.2"), &format!("fd00:244::{i}:2"))).collect();
+    let pki_dir = env.config_dir().parent().unwrap().join("pki");
+    let pki = mesh_tests::tls::make_pki(&pki_dir, &["a.example.com", "b.example.com"]).unwrap();
+    let _servers: Vec<_> = pods.iter().map(|p| p.serve_tls(8443, &pki, false)).collect();
+    let mut config = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: edge, namespace: {NS}}}\nspec:\n  clusterIP: 10.96.0.60\n  ports:\n  - {{name: tls, port: 443, targetPort: 8443}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: edge, namespace: {NS}, labels: {{kubernetes.io/service-name: edge}}}}\naddressType: IPv4\nports: [{{name: tls, port: 8443}}]\nendpoints:\n- addresses: [\"10.244.1.2\"]\n- addresses: [\"10.244.2.2\"]\n---\n"
+    );
+    for (i, pod) in pods.iter().enumerate() {
+        config.push_str(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {NS}, labels: {{site: s{}}}}}\nstatus: {{podIP: {}}}\n---\n",
+            pod.name(),
+            i + 1,
+            pod.ipv4()
+        ));
+    }
+    config.push_str(concat!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: edge, namespace: shop}\nspec:\n  host: edge\n  subsets:\n  - {name: a, labels: {site: s1}}\n  - {name: b, labels: {site: s2}}\n---\n",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: edge, namespace: shop}\nspec:\n  hosts: [edge, '*.example.com']\n  tls:\n",
+        "  - match:\n    - {port: 443, sniHosts: [a.example.com]}\n    route:\n    - destination: {host: edge, subset: a}\n",
+        "  - match:\n    - {port: 443, sniHosts: [b.example.com]}\n    route:\n    - destination: {host: edge, subset: b}\n",
+    ));
+    env.write_config("edge.yaml", &config).unwrap();
+    env.start_agent_on_node(&[]).unwrap();
+    let ca = pki.ca.display().to_string();
+    for (sni, backend) in [("a.example.com", "t1"), ("b.example.com", "t2")] {
+        let report = env
+            .probe(&client, &["tls", "--target", "10.96.0.60:443", "--sni", sni, "--ca", &ca, "--count", "10"])
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", env.agent_log()));
+        assert_eq!(report["backends"][backend], 10, "{sni} goes to {backend}, end to end TLS: {report}");
+    }
+    let status = env.admin_json("/status");
+    assert!(status["kernel_counters"]["connect_captured"].as_u64().unwrap() >= 20, "{status}");
+}
+
+#[test]
 fn ports_without_rules_stay_on_the_kernel_path() {
     let world = World::new("l7_no_rules", 2);
     world.start("");

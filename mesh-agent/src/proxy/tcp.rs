@@ -1,14 +1,78 @@
-//! `tcp` routes of a VirtualService: a captured connection to a plain TCP
-//! port goes to a destination picked by weight, once, and its bytes are
-//! relayed both ways until either side closes.
+//! `tls` and `tcp` routes of a VirtualService: a captured connection to a
+//! non-HTTP port goes to a destination picked once, by the server name of
+//! its TLS ClientHello (passthrough: the proxy never terminates TLS) or by
+//! port, then by weight; its bytes are relayed both ways until either side
+//! closes.
 
 use super::balance::random_u64;
 use super::Proxy;
-use crate::route::{first_tcp_match, pick_destination};
+use crate::route::{first_tcp_match, first_tls_match, pick_destination};
 use crate::snapshot::Snapshot;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+/// How long a TLS client may take to send its ClientHello.
+const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+/// A ClientHello larger than this is not parsed (it is still relayed).
+const MAX_CLIENT_HELLO: usize = 16 * 1024;
+
+/// Reads the first TLS record into `buffer` and returns its server name
+/// (None for anything that is not a ClientHello with SNI).
+async fn read_client_hello(client: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::Result<Option<String>> {
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(total) = record_length(buffer) {
+            if buffer.len() >= total || total > MAX_CLIENT_HELLO {
+                return Ok(server_name(buffer));
+            }
+        } else if buffer.len() >= 5 {
+            return Ok(None); // not a TLS handshake record
+        }
+        let n = client.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buffer.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Length of the first TLS handshake record, header included.
+fn record_length(buffer: &[u8]) -> Option<usize> {
+    (buffer.len() >= 5 && buffer[0] == 0x16).then(|| 5 + u16::from_be_bytes([buffer[3], buffer[4]]) as usize)
+}
+
+/// The `server_name` extension of a ClientHello (RFC 8446 §4.1.2, RFC 6066 §3).
+pub fn server_name(record: &[u8]) -> Option<String> {
+    let take = |data: &[u8], at: usize, n: usize| data.get(at..at + n).map(<[u8]>::to_vec);
+    let u16_at = |data: &[u8], at: usize| data.get(at..at + 2).map(|b| u16::from_be_bytes([b[0], b[1]]) as usize);
+    let body = record.get(5..)?;
+    if *body.first()? != 0x01 {
+        return None; // not a ClientHello
+    }
+    // handshake header 4, client_version 2, random 32
+    let mut at = 4 + 2 + 32;
+    at += 1 + *body.get(at)? as usize; // session id
+    at += 2 + u16_at(body, at)?; // cipher suites
+    at += 1 + *body.get(at)? as usize; // compression methods
+    let extensions_end = at + 2 + u16_at(body, at)?;
+    at += 2;
+    while at + 4 <= extensions_end {
+        let kind = u16_at(body, at)?;
+        let length = u16_at(body, at + 2)?;
+        let data = take(body, at + 4, length)?;
+        if kind == 0 {
+            // server_name_list: length 2, then entries of type (0: host), length 2, name
+            let name_length = u16_at(&data, 3)?;
+            if *data.get(2)? == 0 {
+                return String::from_utf8(take(&data, 5, name_length)?).ok();
+            }
+        }
+        at += 4 + length;
+    }
+    None
+}
 
 /// Connect timeout when `connectionPool.tcp.connectTimeout` is unset
 /// (Istio's mesh default).
@@ -23,8 +87,21 @@ impl Proxy {
         snapshot: &Snapshot,
     ) {
         let Some(service) = snapshot.service_at(original) else { return };
-        let route = first_tcp_match(snapshot.routes.tcp_routes(&service.fqdn), original.port());
-        let destination = route.and_then(|r| pick_destination(&r.destinations, random_u64()));
+        // TLS routes look at the ClientHello, which is read ahead and then
+        // sent on unchanged.
+        let tls_routes = snapshot.routes.tls_routes(&service.fqdn);
+        let mut hello = Vec::new();
+        let mut destination = None;
+        if !tls_routes.is_empty() {
+            let read = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, read_client_hello(&mut client, &mut hello)).await;
+            let sni = read.ok().and_then(Result::ok).flatten();
+            let route = sni.as_deref().and_then(|sni| first_tls_match(tls_routes, sni, original.port()));
+            destination = route.and_then(|r| pick_destination(&r.destinations, random_u64()));
+        }
+        if destination.is_none() {
+            let route = first_tcp_match(snapshot.routes.tcp_routes(&service.fqdn), original.port());
+            destination = route.and_then(|r| pick_destination(&r.destinations, random_u64()));
+        }
         let target = match destination {
             Some(d) => snapshot.service_for_host(&d.host, d.port.unwrap_or(service.port)),
             None => Some(service),
@@ -54,6 +131,9 @@ impl Proxy {
             }
         };
         let _ = upstream.set_nodelay(true);
+        if !hello.is_empty() && upstream.write_all(&hello).await.is_err() {
+            return;
+        }
         let _in_flight = self.upstreams.start(endpoint);
         self.metrics
             .tcp_connections
@@ -65,5 +145,72 @@ impl Proxy {
         if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
             tracing::debug!(%peer, %endpoint, %error, "tcp relay ended with an error");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal ClientHello with one SNI entry.
+    fn client_hello(sni: &str) -> Vec<u8> {
+        let name = sni.as_bytes();
+        let mut server_name_ext = vec![];
+        server_name_ext.extend_from_slice(&((name.len() + 3) as u16).to_be_bytes());
+        server_name_ext.push(0);
+        server_name_ext.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        server_name_ext.extend_from_slice(name);
+        let mut extensions = vec![0, 0];
+        extensions.extend_from_slice(&(server_name_ext.len() as u16).to_be_bytes());
+        extensions.extend_from_slice(&server_name_ext);
+        let mut hello = vec![3, 3];
+        hello.extend_from_slice(&[7; 32]);
+        hello.push(0); // session id
+        hello.extend_from_slice(&[0, 2, 0x13, 0x01]); // one cipher suite
+        hello.extend_from_slice(&[1, 0]); // null compression
+        hello.extend_from_slice(&(extensions.len() as u16).to_be_bytes());
+        hello.extend_from_slice(&extensions);
+        let mut handshake = vec![1];
+        handshake.extend_from_slice(&(hello.len() as u32).to_be_bytes()[1..]);
+        handshake.extend_from_slice(&hello);
+        let mut record = vec![0x16, 3, 1];
+        record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+        record.extend_from_slice(&handshake);
+        record
+    }
+
+    #[test]
+    fn the_server_name_is_read_from_a_client_hello() {
+        let record = client_hello("reviews.shop.svc.cluster.local");
+        assert_eq!(record_length(&record), Some(record.len()));
+        assert_eq!(server_name(&record).as_deref(), Some("reviews.shop.svc.cluster.local"));
+    }
+
+    #[test]
+    fn anything_else_has_no_server_name() {
+        assert_eq!(server_name(b"GET / HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(record_length(b"GET / HTTP/1.1"), None);
+        let mut truncated = client_hello("a.example");
+        truncated.truncate(60);
+        assert_eq!(server_name(&truncated), None, "a cut record never panics");
+    }
+}
+
+#[cfg(test)]
+mod rustls_hello {
+    #[test]
+    fn a_real_rustls_client_hello_yields_its_server_name() {
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("a.example.com").unwrap();
+        let mut connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+        let mut hello = Vec::new();
+        connection.write_tls(&mut hello).unwrap();
+        assert_eq!(super::record_length(&hello), Some(hello.len()));
+        assert_eq!(super::server_name(&hello).as_deref(), Some("a.example.com"));
     }
 }

@@ -68,6 +68,7 @@ fn run(args: Vec<String>) -> Result<()> {
         "http" => http(&opts),
         "raw" => raw(&opts),
         "h2" => h2(&opts),
+        "tls" => tls(&opts),
         other => bail!("unknown subcommand {other:?}"),
     }
 }
@@ -98,6 +99,8 @@ impl Opts {
         "--send",
         "--pause-ms",
         "--read-ms",
+        "--sni",
+        "--ca",
     ];
 
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Opts> {
@@ -499,6 +502,50 @@ fn h2(opts: &Opts) -> Result<()> {
             "first": first,
         }))
     })
+}
+
+/// `count` HTTPS requests with server name `--sni`, verified against the CA
+/// in `--ca`: one TLS connection each. Reports the backends that answered.
+fn tls(opts: &Opts) -> Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    let (target, count) = (opts.target()?, opts.number("--count", 1)?);
+    let sni = opts.values.get("--sni").cloned().ok_or_else(|| anyhow!("--sni is required"))?;
+    let ca = opts.values.get("--ca").cloned().ok_or_else(|| anyhow!("--ca is required"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&ca)? {
+        roots.add(cert?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    );
+    let mut tally = Tally::default();
+    for _ in 0..count {
+        let exchange = || -> Result<String> {
+            let name = rustls::pki_types::ServerName::try_from(sni.clone())?;
+            let connection = rustls::ClientConnection::new(config.clone(), name)?;
+            let stream = sys::tcp_connect(target, None, CONNECT_TIMEOUT)?;
+            stream.set_read_timeout(Some(TCP_READ_TIMEOUT))?;
+            let mut tls = rustls::StreamOwned::new(connection, stream);
+            write!(tls, "GET / HTTP/1.1\r\nHost: {sni}\r\nConnection: close\r\n\r\n")?;
+            let mut response = String::new();
+            // A peer that closes without close_notify still gave its answer.
+            let _ = io::Read::read_to_string(&mut tls, &mut response);
+            let backend = response
+                .lines()
+                .find_map(|l| l.strip_prefix("x-backend: "))
+                .ok_or_else(|| anyhow!("no x-backend in {response:?}"))?;
+            Ok(backend.trim().to_owned())
+        };
+        match exchange() {
+            Ok(backend) => tally.success(&backend),
+            Err(e) => tally.error(&io::Error::other(e.to_string())),
+        }
+    }
+    emit(&json!({"ok": tally.ok, "errors": tally.errors, "backends": tally.backends}))
 }
 
 /// Sends `--send` on one connection (the two characters `\n` in it become
