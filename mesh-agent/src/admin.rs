@@ -6,6 +6,7 @@ use crate::dataplane::Counters;
 use crate::snapshot::{backend_key, ServicePortView};
 use crate::status::{
     BackendStatus, ConfigStatus, DataplaneStatus, EjectedHost, ProgramStatus, ServiceStatus, StatusReport,
+    UpstreamPoolStatus,
 };
 use bytes::Bytes;
 use http_body_util::Full;
@@ -163,6 +164,16 @@ pub fn status_report(shared: &Shared) -> StatusReport {
                 .collect(),
         },
         proxy_listeners: shared.proxy_listeners.iter().map(ToString::to_string).collect(),
+        upstream_pools: shared
+            .proxy
+            .pools()
+            .into_iter()
+            .map(|p| UpstreamPoolStatus {
+                endpoint: p.endpoint.to_string(),
+                in_flight: p.in_flight,
+                http2_open: p.http2_open,
+            })
+            .collect(),
         ejected_hosts: shared
             .proxy
             .ejections()

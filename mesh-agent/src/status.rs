@@ -15,6 +15,9 @@ pub struct StatusReport {
     /// Hosts ejected by outlier detection right now.
     #[serde(default)]
     pub ejected_hosts: Vec<EjectedHost>,
+    /// Upstream endpoints the proxy talks to.
+    #[serde(default)]
+    pub upstream_pools: Vec<UpstreamPoolStatus>,
     pub config: ConfigStatus,
     /// Global kernel decision and drop counters, summed over CPUs.
     pub kernel_counters: BTreeMap<String, u64>,
@@ -57,6 +60,13 @@ pub struct ReloadStatus {
     pub error: Option<String>,
     pub map_upserts: usize,
     pub map_deletes: usize,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UpstreamPoolStatus {
+    pub endpoint: String,
+    pub in_flight: usize,
+    pub http2_open: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -133,6 +143,16 @@ impl StatusReport {
             let _ = writeln!(out, "proxy: off (no --node-ip): every service is balanced in the kernel");
         } else {
             let _ = writeln!(out, "proxy: listening on {}", self.proxy_listeners.join(", "));
+        }
+        if !self.upstream_pools.is_empty() {
+            let pools: Vec<String> = self
+                .upstream_pools
+                .iter()
+                .map(|p| {
+                    format!("{} ({} in flight{})", p.endpoint, p.in_flight, if p.http2_open { ", h2" } else { "" })
+                })
+                .collect();
+            let _ = writeln!(out, "  upstreams: {}", pools.join(", "));
         }
         for e in &self.ejected_hosts {
             let _ = writeln!(

@@ -111,6 +111,8 @@ fn a_90_10_canary_splits_2000_requests_within_tolerance() {
     let status = world.env.admin_json("/status");
     assert!(status["kernel_counters"]["connect_captured"].as_u64().unwrap() >= 1, "{status}");
     assert!(status["kernel_counters"]["original_dst_recorded"].as_u64().unwrap() >= 1, "{status}");
+    let pools = status["upstream_pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 2, "both endpoints in the upstream pools: {status}");
     let first = &report["first"]["headers"];
     assert!(first["x-seen-x-request-id"].as_str().is_some_and(|id| id.len() == 36), "request id generated: {first}");
     assert_eq!(first["x-seen-x-envoy-attempt-count"], "1");

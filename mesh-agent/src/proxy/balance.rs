@@ -76,6 +76,14 @@ impl UpstreamError {
     }
 }
 
+/// One upstream endpoint as the proxy sees it, for status.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UpstreamPool {
+    pub endpoint: SocketAddr,
+    pub in_flight: usize,
+    pub http2_open: bool,
+}
+
 /// Counts one request against its endpoint until dropped.
 pub struct InFlight(Arc<AtomicUsize>);
 
@@ -228,6 +236,22 @@ impl Upstreams {
         let mut outliers = lock(&self.outliers);
         let state = outliers.entry(cluster.to_owned()).or_default();
         state.record(host, observation, Instant::now(), config, cluster_size)
+    }
+
+    /// Upstream endpoints the proxy has talked to: requests in flight to
+    /// each, and whether a multiplexed HTTP/2 connection to it is open.
+    pub fn pools(&self) -> Vec<UpstreamPool> {
+        let h2 = lock(&self.h2);
+        let mut pools: Vec<UpstreamPool> = lock(&self.in_flight)
+            .iter()
+            .map(|(endpoint, count)| UpstreamPool {
+                endpoint: *endpoint,
+                in_flight: count.load(Ordering::Relaxed),
+                http2_open: h2.iter().any(|((e, _), sender)| e == endpoint && !sender.is_closed()),
+            })
+            .collect();
+        pools.sort_by_key(|p| p.endpoint);
+        pools
     }
 
     /// Hosts ejected right now, by cluster.

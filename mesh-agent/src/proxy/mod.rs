@@ -69,6 +69,11 @@ impl Proxy {
         }
     }
 
+    /// Upstream endpoints with their requests in flight and HTTP/2 state.
+    pub fn pools(&self) -> Vec<balance::UpstreamPool> {
+        self.upstreams.pools()
+    }
+
     /// Hosts ejected by outlier detection right now, by cluster.
     pub fn ejections(&self) -> Vec<(String, outlier::Ejected)> {
         self.upstreams.ejections()
