@@ -272,7 +272,7 @@ impl Proxy {
             None => format!("outbound|{}||{}", target.port, target.fqdn),
         };
 
-        // Rewrites and header rules, route first, then the destination's.
+        // The route's rewrite, then the header rules.
         if let Some((route, matched_block)) = matched {
             if let Some(rewrite) = &route.rewrite {
                 if let Some(path) = rewrite.path(parts.uri.path(), matched_block) {
@@ -304,14 +304,12 @@ impl Proxy {
         // headers and goes to the upstream over HTTP/1.1, once.
         let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>().filter(|_| is_upgrade(&parts.headers));
         if upgrade.is_some() {
-            let (connection_header, upgrade_header) =
-                (parts.headers.remove("connection"), parts.headers.remove("upgrade"));
+            let protocol = parts.headers.remove("upgrade");
             strip_hop_by_hop(&mut parts.headers);
             parts.headers.insert("connection", HeaderValue::from_static("upgrade"));
-            if let Some(value) = upgrade_header {
-                parts.headers.insert("upgrade", value);
+            if let Some(protocol) = protocol {
+                parts.headers.insert("upgrade", protocol);
             }
-            drop(connection_header);
         } else {
             strip_hop_by_hop(&mut parts.headers);
         }
@@ -320,10 +318,9 @@ impl Proxy {
         // Outlier detection keeps host health per cluster (service port and
         // subset), as Istio makes one Envoy cluster of each.
         let outliers = policy.outlier_detection.as_ref().map(OutlierConfig::from_policy);
-        let health_key = cluster.clone();
         let all_endpoints = snapshot.endpoints(target, subset, connection.original.is_ipv6());
         let endpoints = match &outliers {
-            Some(config) => self.upstreams.healthy(&health_key, &all_endpoints, config),
+            Some(config) => self.upstreams.healthy(&cluster, &all_endpoints, config),
             None => all_endpoints.clone(),
         };
         let (hash, issued_cookie) = request_hash(&policy.load_balancer, &parts, connection.peer);
@@ -435,9 +432,9 @@ impl Proxy {
                     AttemptOutcome::Status { status, .. } => Observation::Status(status),
                     _ => Observation::LocalFailure,
                 };
-                if self.upstreams.observe(&health_key, endpoint, observation, config, all_endpoints.len()) {
-                    tracing::info!(cluster = %health_key, host = %endpoint, "outlier ejected");
-                    self.metrics.ejections.get_or_create(&vec![("cluster".into(), health_key.clone())]).inc();
+                if self.upstreams.observe(&cluster, endpoint, observation, config, all_endpoints.len()) {
+                    tracing::info!(%cluster, host = %endpoint, "outlier ejected");
+                    self.metrics.ejections.get_or_create(&vec![("cluster".into(), cluster.clone())]).inc();
                 }
             }
             let retriable = retry.should_retry(&outcome);
