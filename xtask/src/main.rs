@@ -5,6 +5,7 @@
 //! it first, so a fresh machine needs nothing by hand.
 
 mod bench;
+mod bench_l7;
 mod demo;
 #[allow(dead_code)] // shared with mesh-agent/build.rs, which uses part of it
 mod ebpf_build;
@@ -58,6 +59,28 @@ enum BenchKind {
         #[arg(long, value_delimiter = ',', default_value = "10,1000,10000")]
         services: Vec<u32>,
     },
+    /// HTTP/1.1 through the agent's L7 proxy vs direct, nginx, HAProxy and Envoy.
+    L7 {
+        /// Paths to measure, in order (ratios are to `direct`).
+        #[arg(long, value_delimiter = ',', value_parser = bench_l7::PathKind::parse,
+              default_value = "direct,direct+bpf,mesh,nginx,haproxy,envoy")]
+        paths: Vec<bench_l7::PathKind>,
+        /// Fixed request rates (open loop, oha); a maximum-rate run (wrk) follows.
+        #[arg(long, value_delimiter = ',', default_value = "2000,20000")]
+        rates: Vec<u32>,
+        /// Keep-alive connections of the load generator.
+        #[arg(long, default_value_t = 64)]
+        connections: u32,
+        /// Length of each run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
+    /// The backend `bench l7` runs in its backend pod (1 KiB per response).
+    #[command(hide = true)]
+    L7Backend {
+        #[arg(long)]
+        port: u16,
+    },
 }
 
 fn main() -> Result<()> {
@@ -82,6 +105,11 @@ fn main() -> Result<()> {
             let bins = build_binaries(true)?;
             bench::l4(&bins, connections, rounds, &services)
         }
+        Cmd::Bench { which: BenchKind::L7 { paths, rates, connections, seconds } } => {
+            setup()?;
+            bench_l7::l7(&bench_l7::Options { paths, rates, connections, seconds })
+        }
+        Cmd::Bench { which: BenchKind::L7Backend { port } } => bench_l7::backend(port),
     }
 }
 
