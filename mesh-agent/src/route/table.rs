@@ -102,28 +102,26 @@ impl Serialize for RouteTable {
     }
 }
 
+/// The rules as the mesh sees them: match blocks bound to other gateways
+/// dropped, and a rule left with none of its blocks dropped too (a rule
+/// that had no blocks matches everything and stays).
+fn mesh_rules<R: Clone, M>(rules: &[R], matches: fn(&mut R) -> &mut Vec<M>, applies: fn(&M) -> bool) -> Vec<R> {
+    rules
+        .iter()
+        .filter_map(|rule| {
+            let mut rule = rule.clone();
+            let blocks = matches(&mut rule);
+            let had_blocks = !blocks.is_empty();
+            blocks.retain(applies);
+            (!had_blocks || !blocks.is_empty()).then_some(rule)
+        })
+        .collect()
+}
+
 impl HostRoutes {
     fn for_mesh(virtual_service: &VirtualServiceModel) -> HostRoutes {
-        let http = virtual_service
-            .http
-            .iter()
-            .filter_map(|rule| {
-                let mut rule = rule.clone();
-                let had_matches = !rule.matches.is_empty();
-                rule.matches.retain(|m| m.applies_to_mesh());
-                (!had_matches || !rule.matches.is_empty()).then_some(rule)
-            })
-            .collect();
-        let tcp = virtual_service
-            .tcp
-            .iter()
-            .filter_map(|rule| {
-                let mut rule = rule.clone();
-                let had_matches = !rule.matches.is_empty();
-                rule.matches.retain(|m| m.applies_to_mesh());
-                (!had_matches || !rule.matches.is_empty()).then_some(rule)
-            })
-            .collect();
+        let http = mesh_rules(&virtual_service.http, |r| &mut r.matches, |m| m.applies_to_mesh());
+        let tcp = mesh_rules(&virtual_service.tcp, |r| &mut r.matches, |m| m.applies_to_mesh());
         let tls = virtual_service
             .tls
             .iter()
