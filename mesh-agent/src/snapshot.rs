@@ -33,6 +33,8 @@ pub struct Snapshot {
     pub rejections: Vec<Rejection>,
     /// Index into `services` by service address, for the proxy.
     pub by_frontend: HashMap<SocketAddr, usize>,
+    /// Indexes into `services` by FQDN, for route destinations.
+    pub by_host: HashMap<String, Vec<usize>>,
     /// The model this was compiled from: the proxy asks it for subsets and
     /// DestinationRule policy per request.
     pub model: Arc<Model>,
@@ -178,9 +180,32 @@ fn index_slices(model: &Model) -> SliceIndex<'_> {
 }
 
 /// The ready endpoints of one service port in one family.
+/// Pod labels by address, and by `namespace/Pod/name` for endpoints whose
+/// pod is known by its metadata only (the API source watches remote pods'
+/// labels, not their addresses).
+struct PodLabels<'a> {
+    by_ip: HashMap<IpAddr, &'a BTreeMap<String, String>>,
+    by_target: HashMap<String, &'a BTreeMap<String, String>>,
+}
+
+impl<'a> PodLabels<'a> {
+    fn new(model: &'a Model) -> Self {
+        let pods = || model.pods.values();
+        Self {
+            by_ip: pods().flat_map(|pod| pod.ips.iter().map(move |ip| (*ip, &pod.labels))).collect(),
+            by_target: pods().map(|pod| (format!("{}/Pod/{}", pod.namespace, pod.name), &pod.labels)).collect(),
+        }
+    }
+
+    fn of(&self, address: &IpAddr, namespace: &str, target: Option<&str>) -> BTreeMap<String, String> {
+        let by_target = || self.by_target.get(&format!("{namespace}/{}", target?)).copied();
+        self.by_ip.get(address).copied().or_else(by_target).cloned().unwrap_or_default()
+    }
+}
+
 fn backends_of(
     slices: &SliceIndex<'_>,
-    pod_labels: &HashMap<IpAddr, &BTreeMap<String, String>>,
+    pod_labels: &PodLabels<'_>,
     service: &ServiceModel,
     port: &PortModel,
     ipv6: bool,
@@ -208,7 +233,7 @@ fn backends_of(
                 backends.insert(BackendView {
                     address: SocketAddr::new(*address, target),
                     target: endpoint.target.clone(),
-                    labels: pod_labels.get(address).map(|l| (*l).clone()).unwrap_or_default(),
+                    labels: pod_labels.of(address, &slice.namespace, endpoint.target.as_deref()),
                 });
             }
         }
@@ -220,8 +245,7 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
     let routes = Arc::new(RouteTable::build(model, cluster_domain));
     let mut snapshot = Snapshot { rejections: model.rejections.clone(), ..Default::default() };
     let slices = index_slices(model);
-    let pod_labels: HashMap<IpAddr, &BTreeMap<String, String>> =
-        model.pods.values().flat_map(|pod| pod.ips.iter().map(move |ip| (*ip, &pod.labels))).collect();
+    let pod_labels = PodLabels::new(model);
     for service in model.services.values() {
         let fqdn = service.fqdn(cluster_domain);
         let rule = model.rule_for_host(&fqdn, &service.namespace);
@@ -308,6 +332,7 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
         for frontend in &service.frontends {
             snapshot.by_frontend.insert(*frontend, index);
         }
+        snapshot.by_host.entry(service.fqdn.clone()).or_default().push(index);
     }
     snapshot.model = Arc::new(model.clone());
     snapshot.routes = routes;
@@ -366,21 +391,32 @@ fn needs_l7(rule: &DestinationRuleModel, port: u16) -> bool {
 impl Snapshot {
     /// The service port a captured connection was dialled at.
     pub fn service_at(&self, address: SocketAddr) -> Option<&ServicePortView> {
+        self.service_index_at(address).map(|i| &self.services[i])
+    }
+
+    /// The index in `services` of the service port at a service address.
+    pub fn service_index_at(&self, address: SocketAddr) -> Option<usize> {
         let address = match address.ip() {
             IpAddr::V6(v6) => {
                 v6.to_ipv4_mapped().map(|v4| SocketAddr::new(v4.into(), address.port())).unwrap_or(address)
             }
             _ => address,
         };
-        self.by_frontend.get(&address).map(|&i| &self.services[i])
+        self.by_frontend.get(&address).copied()
     }
 
     /// A destination host's service port: the port asked for, or the only
     /// one the service has.
     pub fn service_for_host(&self, fqdn: &str, port: u16) -> Option<&ServicePortView> {
-        let mut matching = self.services.iter().filter(|s| s.fqdn == fqdn);
-        let all: Vec<&ServicePortView> = matching.by_ref().collect();
-        all.iter().find(|s| s.port == port).copied().or(if all.len() == 1 { Some(all[0]) } else { None })
+        self.service_index_for_host(fqdn, port).map(|i| &self.services[i])
+    }
+
+    /// The index in `services` of [`Self::service_for_host`]'s answer.
+    pub fn service_index_for_host(&self, fqdn: &str, port: u16) -> Option<usize> {
+        match self.by_host.get(fqdn)?.as_slice() {
+            [only] => Some(*only),
+            all => all.iter().copied().find(|&i| self.services[i].port == port),
+        }
     }
 
     /// Endpoints of a service port in one address family (the other when
@@ -396,7 +432,7 @@ impl Snapshot {
         }
     }
 
-    fn endpoints_any_family(&self, service: &ServicePortView, subset: Option<&str>) -> Vec<SocketAddr> {
+    pub fn endpoints_any_family(&self, service: &ServicePortView, subset: Option<&str>) -> Vec<SocketAddr> {
         let labels = subset.and_then(|name| {
             self.model
                 .rule_for_host(&service.fqdn, &service.namespace)

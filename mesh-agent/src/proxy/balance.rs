@@ -1,6 +1,6 @@
 //! Upstream connection pools and L7 load balancing across endpoints.
 
-use super::outlier::{Ejected, Observation, OutlierConfig, OutlierState};
+use super::cluster::Endpoint;
 use super::ProxyBody;
 use crate::maglev::stable_hash;
 use crate::policy::LoadBalancer;
@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Idle upstream connections are kept this long for reuse.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -22,14 +22,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Upstreams {
     http1: Client<HttpConnector, ProxyBody>,
-    /// Requests in flight per endpoint, for LEAST_REQUEST.
-    in_flight: Mutex<HashMap<SocketAddr, Arc<AtomicUsize>>>,
-    /// Round-robin cursors per service port and subset.
-    cursors: Mutex<HashMap<String, Arc<AtomicUsize>>>,
-    /// Requests under way per cluster, for the connection-pool limits.
-    active: Mutex<HashMap<String, Arc<AtomicUsize>>>,
-    /// Host health per cluster, for outlier detection.
-    outliers: Mutex<HashMap<String, OutlierState>>,
     /// One multiplexed HTTP/2 connection per endpoint, as Envoy keeps.
     /// Ours rather than the pooled client's, so `:authority` can be the
     /// service's name while the connection goes to the endpoint.
@@ -84,30 +76,13 @@ pub struct UpstreamPool {
     pub http2_open: bool,
 }
 
-/// Counts one request against its endpoint until dropped.
-pub struct InFlight(Arc<AtomicUsize>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 impl Upstreams {
     pub fn new() -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let http1 = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT).build(connector);
-        Self {
-            http1,
-            in_flight: Mutex::default(),
-            cursors: Mutex::default(),
-            active: Mutex::default(),
-            outliers: Mutex::default(),
-            h2: Arc::default(),
-            tls: Default::default(),
-        }
+        Self { http1, h2: Arc::default(), tls: Default::default() }
     }
 
     pub fn dialer(&self) -> Dialer {
@@ -216,125 +191,84 @@ async fn tls_connect(
 }
 
 impl Upstreams {
-    /// The endpoints of `cluster` that outlier detection has not ejected.
-    pub fn healthy(&self, cluster: &str, endpoints: &[SocketAddr], config: &OutlierConfig) -> Vec<SocketAddr> {
-        match lock(&self.outliers).get(cluster) {
-            Some(state) => state.available(endpoints, Instant::now(), config),
-            None => endpoints.to_vec(),
-        }
-    }
-
-    /// Records the outcome of a try; true when it ejected the host.
-    pub fn observe(
-        &self,
-        cluster: &str,
-        host: SocketAddr,
-        observation: Observation,
-        config: &OutlierConfig,
-        cluster_size: usize,
-    ) -> bool {
-        let mut outliers = lock(&self.outliers);
-        let state = outliers.entry(cluster.to_owned()).or_default();
-        state.record(host, observation, Instant::now(), config, cluster_size)
-    }
-
-    /// Upstream endpoints the proxy has talked to: requests in flight to
-    /// each, and whether a multiplexed HTTP/2 connection to it is open.
-    pub fn pools(&self) -> Vec<UpstreamPool> {
+    /// Upstream endpoints the proxy has talked to, given their requests in
+    /// flight: and whether a multiplexed HTTP/2 connection to each is open.
+    pub fn pools(&self, in_flight: Vec<(SocketAddr, usize)>) -> Vec<UpstreamPool> {
         let h2 = lock(&self.h2);
-        let mut pools: Vec<UpstreamPool> = lock(&self.in_flight)
-            .iter()
-            .map(|(endpoint, count)| UpstreamPool {
-                endpoint: *endpoint,
-                in_flight: count.load(Ordering::Relaxed),
-                http2_open: h2.iter().any(|((e, _), sender)| e == endpoint && !sender.is_closed()),
+        let mut pools: Vec<UpstreamPool> = in_flight
+            .into_iter()
+            .map(|(endpoint, in_flight)| UpstreamPool {
+                endpoint,
+                in_flight,
+                http2_open: h2.iter().any(|((e, _), sender)| *e == endpoint && !sender.is_closed()),
             })
             .collect();
         pools.sort_by_key(|p| p.endpoint);
         pools
     }
+}
 
-    /// Hosts ejected right now, by cluster.
-    pub fn ejections(&self) -> Vec<(String, Ejected)> {
-        let now = Instant::now();
-        let outliers = lock(&self.outliers);
-        let mut out: Vec<(String, Ejected)> = outliers
-            .iter()
-            .flat_map(|(cluster, state)| state.ejected(now).into_iter().map(move |e| (cluster.clone(), e)))
-            .collect();
-        out.sort_by(|a, b| (&a.0, a.1.host).cmp(&(&b.0, b.1.host)));
-        out
+/// Picks an endpoint. Endpoints in `tried` are avoided while others remain
+/// (a retry prefers a host not tried yet), except under consistent
+/// hashing, where the hash decides. `cursor` is the cluster's round-robin
+/// position.
+pub fn pick<'a>(
+    cursor: &AtomicUsize,
+    endpoints: &'a [Endpoint],
+    load_balancer: &LoadBalancer,
+    hash: Option<u64>,
+    tried: &[SocketAddr],
+) -> Option<&'a Endpoint> {
+    if endpoints.is_empty() {
+        return None;
     }
-
-    /// Admits a request to `cluster` while fewer than `limit` are under way;
-    /// `None` is an overflow (503, `x-envoy-overloaded`).
-    pub fn admit(&self, cluster: &str, limit: Option<usize>) -> Option<InFlight> {
-        let counter = lock(&self.active).entry(cluster.to_owned()).or_default().clone();
-        let before = counter.fetch_add(1, Ordering::AcqRel);
-        let admitted = InFlight(counter);
-        match limit {
-            Some(limit) if before >= limit => None, // dropping `admitted` gives the slot back
-            _ => Some(admitted),
-        }
+    if let (LoadBalancer::ConsistentHash { .. }, Some(hash)) = (load_balancer, hash) {
+        return rendezvous(endpoints, hash);
     }
+    let fresh: Vec<&Endpoint> =
+        if tried.is_empty() { Vec::new() } else { endpoints.iter().filter(|e| !tried.contains(&e.address)).collect() };
+    Some(if fresh.is_empty() {
+        choose(endpoints.len(), |i| &endpoints[i], cursor, load_balancer)
+    } else {
+        choose(fresh.len(), |i| fresh[i], cursor, load_balancer)
+    })
+}
 
-    pub fn start(&self, endpoint: SocketAddr) -> InFlight {
-        let counter = self.counter(endpoint);
-        counter.fetch_add(1, Ordering::Relaxed);
-        InFlight(counter)
-    }
-
-    fn counter(&self, endpoint: SocketAddr) -> Arc<AtomicUsize> {
-        lock(&self.in_flight).entry(endpoint).or_default().clone()
-    }
-
-    /// Picks an endpoint. Endpoints in `tried` are avoided while others
-    /// remain (a retry prefers a host not tried yet), except under
-    /// consistent hashing, where the hash decides.
-    pub fn pick(
-        &self,
-        key: &str,
-        endpoints: &[SocketAddr],
-        load_balancer: &LoadBalancer,
-        hash: Option<u64>,
-        tried: &[SocketAddr],
-    ) -> Option<SocketAddr> {
-        if endpoints.is_empty() {
-            return None;
-        }
-        if let (LoadBalancer::ConsistentHash { .. }, Some(hash)) = (load_balancer, hash) {
-            return rendezvous(endpoints, hash);
-        }
-        let fresh: Vec<SocketAddr> = endpoints.iter().copied().filter(|e| !tried.contains(e)).collect();
-        let candidates = if fresh.is_empty() { endpoints } else { &fresh };
-        let n = candidates.len();
-        let chosen = match load_balancer {
-            LoadBalancer::RoundRobin => {
-                let cursor = lock(&self.cursors).entry(key.to_owned()).or_default().clone();
-                candidates[cursor.fetch_add(1, Ordering::Relaxed) % n]
+/// One of `n` candidates (`at` gives each), by the balancing algorithm.
+fn choose<'a>(
+    n: usize,
+    at: impl Fn(usize) -> &'a Endpoint,
+    cursor: &AtomicUsize,
+    load_balancer: &LoadBalancer,
+) -> &'a Endpoint {
+    match load_balancer {
+        LoadBalancer::RoundRobin => at(cursor.fetch_add(1, Ordering::Relaxed) % n),
+        LoadBalancer::Random | LoadBalancer::ConsistentHash { .. } => at(random_u64() as usize % n),
+        LoadBalancer::LeastRequest | LoadBalancer::Passthrough => {
+            // Power of two choices over requests in flight, as Envoy.
+            let r = random_u64();
+            let (a, b) = (at(r as usize % n), at((r >> 32) as usize % n));
+            if b.load() < a.load() {
+                b
+            } else {
+                a
             }
-            LoadBalancer::Random | LoadBalancer::ConsistentHash { .. } => candidates[random_u64() as usize % n],
-            LoadBalancer::LeastRequest | LoadBalancer::Passthrough => {
-                // Power of two choices over requests in flight, as Envoy.
-                let r = random_u64();
-                let a = candidates[r as usize % n];
-                let b = candidates[(r >> 32) as usize % n];
-                let load = |e: SocketAddr| self.counter(e).load(Ordering::Relaxed);
-                if load(b) < load(a) {
-                    b
-                } else {
-                    a
-                }
-            }
-        };
-        Some(chosen)
+        }
     }
 }
 
 /// Highest-random-weight hashing: every key has a stable favourite among
 /// the endpoints, and an endpoint leaving moves only its own keys.
-fn rendezvous(endpoints: &[SocketAddr], hash: u64) -> Option<SocketAddr> {
-    endpoints.iter().copied().max_by_key(|e| stable_hash(hash, e.to_string().as_bytes()))
+fn rendezvous(endpoints: &[Endpoint], hash: u64) -> Option<&Endpoint> {
+    endpoints.iter().max_by_key(|e| {
+        let mut key = [0u8; 18];
+        match e.address.ip() {
+            std::net::IpAddr::V4(v4) => key[..4].copy_from_slice(&v4.octets()),
+            std::net::IpAddr::V6(v6) => key[..16].copy_from_slice(&v6.octets()),
+        }
+        key[16..].copy_from_slice(&e.address.port().to_be_bytes());
+        stable_hash(hash, &key)
+    })
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -369,35 +303,42 @@ pub fn random_unit() -> f64 {
 mod tests {
     use super::*;
 
-    fn endpoints(n: u8) -> Vec<SocketAddr> {
-        (1..=n).map(|i| SocketAddr::from(([10, 244, i, 2], 8080))).collect()
+    fn endpoints(n: u8) -> Vec<Endpoint> {
+        (1..=n)
+            .map(|i| Endpoint { address: SocketAddr::from(([10, 244, i, 2], 8080)), in_flight: Default::default() })
+            .collect()
+    }
+
+    fn addresses(endpoints: &[Endpoint]) -> Vec<SocketAddr> {
+        endpoints.iter().map(|e| e.address).collect()
     }
 
     #[test]
     fn round_robin_cycles_and_retries_avoid_tried_hosts() {
-        let upstreams = Upstreams::new();
+        let cursor = AtomicUsize::new(0);
         let e = endpoints(3);
+        let a = addresses(&e);
         let picks: Vec<_> =
-            (0..6).map(|_| upstreams.pick("k", &e, &LoadBalancer::RoundRobin, None, &[]).unwrap()).collect();
+            (0..6).map(|_| pick(&cursor, &e, &LoadBalancer::RoundRobin, None, &[]).unwrap().address).collect();
         assert_eq!(&picks[..3], &picks[3..]);
         for _ in 0..20 {
-            let p = upstreams.pick("k", &e, &LoadBalancer::Random, None, &[e[0], e[1]]).unwrap();
-            assert_eq!(p, e[2], "the only untried host");
+            let p = pick(&cursor, &e, &LoadBalancer::Random, None, &[a[0], a[1]]).unwrap();
+            assert_eq!(p.address, a[2], "the only untried host");
         }
-        let all_tried = upstreams.pick("k", &e, &LoadBalancer::Random, None, &e);
+        let all_tried = pick(&cursor, &e, &LoadBalancer::Random, None, &a);
         assert!(all_tried.is_some(), "with every host tried, any is fine");
     }
 
     #[test]
     fn least_request_prefers_idle_endpoints() {
-        let upstreams = Upstreams::new();
+        let cursor = AtomicUsize::new(0);
         let e = endpoints(2);
-        let _busy: Vec<_> = (0..5).map(|_| upstreams.start(e[0])).collect();
+        let _busy: Vec<_> = (0..5).map(|_| e[0].start()).collect();
         for _ in 0..50 {
-            let p = upstreams.pick("k", &e, &LoadBalancer::LeastRequest, None, &[]).unwrap();
+            let p = pick(&cursor, &e, &LoadBalancer::LeastRequest, None, &[]).unwrap();
             // Both choices may land on the busy one; over two endpoints a
             // different draw wins most of the time.
-            if p == e[1] {
+            if p.address == e[1].address {
                 return;
             }
         }
@@ -407,14 +348,14 @@ mod tests {
     #[test]
     fn consistent_hash_is_stable_and_moves_only_the_leavers_keys() {
         let e = endpoints(5);
-        let before: Vec<_> = (0..1000u64).map(|k| rendezvous(&e, k).unwrap()).collect();
-        let after: Vec<_> = (0..1000u64).map(|k| rendezvous(&e[..4], k).unwrap()).collect();
+        let before: Vec<_> = (0..1000u64).map(|k| rendezvous(&e, k).unwrap().address).collect();
+        let after: Vec<_> = (0..1000u64).map(|k| rendezvous(&e[..4], k).unwrap().address).collect();
         for (b, a) in before.iter().zip(&after) {
-            if *b != e[4] {
+            if *b != e[4].address {
                 assert_eq!(a, b);
             }
         }
-        let moved = before.iter().filter(|b| **b == e[4]).count();
+        let moved = before.iter().filter(|b| **b == e[4].address).count();
         assert!((120..=280).contains(&moved), "about a fifth: {moved}");
     }
 }

@@ -1,19 +1,19 @@
 //! One request through the proxy: route, fault, pick a destination and an
 //! endpoint, forward with timeouts and retries, mirror, and log.
 
-use super::balance::{random_u64, random_unit};
-use super::balance::{InFlight, Tls, UpstreamError};
+use super::balance::{pick, random_u64, random_unit};
+use super::balance::{Tls, UpstreamError};
 use super::body::{GuardedBody, PrefixedBody, RequestBody};
-use super::metrics::Labels;
-use super::outlier::{Observation, OutlierConfig};
-use super::tls::{TlsError, TlsSettings};
+use super::cluster::{admit, ClusterPlan, InFlight};
+use super::outlier::Observation;
+use super::tls::TlsError;
 use super::{BoxError, Connection, Proxy, ProxyBody};
-use crate::policy::{EffectivePolicy, HashKey, LoadBalancer};
+use crate::policy::{HashKey, LoadBalancer};
 use crate::route::{
     first_match, pick_destination, shadow_authority, Abort, AttemptOutcome, HttpMatch, HttpRoute, RequestView,
     RetryPolicy, RouteAction, RouteDestination,
 };
-use crate::snapshot::{ServicePortView, Snapshot};
+use crate::snapshot::Snapshot;
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION};
 use http::request::Parts;
@@ -24,7 +24,7 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Request bodies up to this size are kept for retries and mirrors; larger
@@ -77,7 +77,7 @@ struct AccessLogLine<'a> {
     path: &'a str,
     authority: &'a str,
     response_code: u16,
-    response_flags: String,
+    response_flags: std::borrow::Cow<'static, str>,
     duration_ms: u128,
     upstream_host: Option<SocketAddr>,
     upstream_cluster: &'a str,
@@ -92,12 +92,12 @@ struct Outcome {
     response: Response<ProxyBody>,
     flags: Vec<ResponseFlag>,
     upstream: Option<SocketAddr>,
-    cluster: String,
+    cluster: Arc<str>,
     attempts: u32,
 }
 
 impl Outcome {
-    fn local(status: StatusCode, text: &str, flag: Option<ResponseFlag>, cluster: String) -> Self {
+    fn local(status: StatusCode, text: &str, flag: Option<ResponseFlag>, cluster: Arc<str>) -> Self {
         Outcome {
             response: local_reply(status, text),
             flags: flag.into_iter().collect(),
@@ -117,37 +117,37 @@ impl Proxy {
         let request_id = ensure_request_id(&mut parts.headers);
         let request_bytes = declared_length(&parts.headers);
         let authority = authority_of(&parts);
-        let path = parts.uri.path().to_owned();
-        let method = parts.method.clone();
+        // Kept for the access log only.
+        let (path, method) = match self.access_log {
+            true => (parts.uri.path().to_owned(), parts.method.clone()),
+            false => (String::new(), http::Method::GET),
+        };
 
-        let outcome = match snapshot.service_at(connection.original) {
+        let outcome = match snapshot.service_index_at(connection.original) {
             None => Outcome::local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no healthy upstream",
                 Some(ResponseFlag::UH),
-                String::new(),
+                Arc::from(""),
             ),
             Some(service) => self.route(&snapshot, connection, service, parts, body, &authority).await,
         };
         let Outcome { mut response, flags, upstream, cluster, attempts } = outcome;
         self.record_metrics(connection, request_bytes, &response, &flags, &cluster, attempts, started);
-        if let Ok(value) = HeaderValue::from_str(&request_id) {
-            response.headers_mut().entry(REQUEST_ID.clone()).or_insert(value);
-        }
+        response.headers_mut().entry(REQUEST_ID.clone()).or_insert_with(|| request_id.clone());
         if self.access_log {
-            let flags: Vec<String> = flags.iter().map(|f| format!("{f:?}")).collect();
             let line = AccessLogLine {
                 start_time,
                 method: method.as_str(),
                 path: &path,
                 authority: &authority,
                 response_code: response.status().as_u16(),
-                response_flags: if flags.is_empty() { "-".into() } else { flags.join(",") },
+                response_flags: flag_list(&flags),
                 duration_ms: started.elapsed().as_millis(),
                 upstream_host: upstream,
                 upstream_cluster: &cluster,
                 route_name: None,
-                request_id: &request_id,
+                request_id: request_id.to_str().unwrap_or_default(),
                 downstream_remote_address: connection.peer,
                 attempts,
             };
@@ -161,28 +161,29 @@ impl Proxy {
     /// Finds the rule for the request and carries out its action.
     async fn route(
         &self,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
         connection: &Connection,
-        service: &ServicePortView,
+        service_index: usize,
         parts: Parts,
         body: Incoming,
         authority: &str,
     ) -> Outcome {
-        let fqdn = &service.fqdn;
+        let fqdn = &snapshot.services[service_index].fqdn;
+        let cluster = || Arc::<str>::from(fqdn.as_str());
         let routes = snapshot.routes.http_routes(fqdn);
         let matched = {
             let view = request_view(&parts, authority, connection);
             let matched = first_match(routes, &view);
             if matched.is_none() && !routes.is_empty() {
                 // The host has rules and none matches: Envoy's "no route".
-                return Outcome::local(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NR), fqdn.clone());
+                return Outcome::local(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NR), cluster());
             }
             // CORS preflights and redirects are answered from the rule alone.
             if let Some((route, _)) = matched {
                 if let Some(preflight) = route.cors.as_ref().and_then(|c| c.preflight(&view)) {
                     let mut response = local_reply(StatusCode::OK, "");
                     response.headers_mut().extend(preflight);
-                    return Outcome { response, flags: vec![], upstream: None, cluster: fqdn.clone(), attempts: 0 };
+                    return Outcome { response, flags: vec![], upstream: None, cluster: cluster(), attempts: 0 };
                 }
                 match &route.action {
                     RouteAction::Redirect(redirect) => {
@@ -192,12 +193,12 @@ impl Proxy {
                         if let Ok(value) = HeaderValue::from_str(&location) {
                             response.headers_mut().insert(LOCATION, value);
                         }
-                        return Outcome { response, flags: vec![], upstream: None, cluster: fqdn.clone(), attempts: 0 };
+                        return Outcome { response, flags: vec![], upstream: None, cluster: cluster(), attempts: 0 };
                     }
                     RouteAction::DirectResponse { status, body } => {
                         let mut response = Response::new(full(body.clone()));
                         *response.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
-                        return Outcome { response, flags: vec![], upstream: None, cluster: fqdn.clone(), attempts: 0 };
+                        return Outcome { response, flags: vec![], upstream: None, cluster: cluster(), attempts: 0 };
                     }
                     RouteAction::Forward(_) => {}
                 }
@@ -207,7 +208,7 @@ impl Proxy {
         let cors_headers = matched
             .and_then(|(route, _)| route.cors.as_ref())
             .map(|cors| cors.response_headers(&request_view(&parts, authority, connection)));
-        let mut outcome = self.forward(snapshot, connection, service, matched, parts, body, authority).await;
+        let mut outcome = self.forward(snapshot, connection, service_index, matched, parts, body, authority).await;
         if let Some(headers) = cors_headers {
             outcome.response.headers_mut().extend(headers);
         }
@@ -217,15 +218,16 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
         connection: &Connection,
-        service: &ServicePortView,
+        service_index: usize,
         matched: Option<(&HttpRoute, Option<&HttpMatch>)>,
         mut parts: Parts,
         body: Incoming,
         authority: &str,
     ) -> Outcome {
         let route = matched.map(|(route, _)| route);
+        let service = &snapshot.services[service_index];
         let mut flags = Vec::new();
 
         // Faults act on the client side, before anything goes upstream.
@@ -244,7 +246,7 @@ impl Proxy {
                     ),
                     Abort::Grpc(code) => grpc_status_reply(code, "fault filter abort"),
                 };
-                return Outcome { response, flags, upstream: None, cluster: service.fqdn.clone(), attempts: 0 };
+                return Outcome { response, flags, upstream: None, cluster: service.fqdn.as_str().into(), attempts: 0 };
             }
         }
 
@@ -254,23 +256,20 @@ impl Proxy {
             _ => None,
         };
         let target = match destination {
-            None => Some(service),
-            Some(d) => snapshot.service_for_host(&d.host, d.port.unwrap_or(service.port)),
+            None => Some(service_index),
+            Some(d) => snapshot.service_index_for_host(&d.host, d.port.unwrap_or(service.port)),
         };
         let Some(target) = target else {
-            let host = destination.map(|d| d.host.clone()).unwrap_or_default();
+            let host = destination.map(|d| d.host.as_str()).unwrap_or_default();
             return Outcome::local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no healthy upstream",
                 Some(ResponseFlag::NC),
-                host,
+                host.into(),
             );
         };
-        let subset = destination.and_then(|d| d.subset.as_deref());
-        let cluster = match subset {
-            Some(subset) => format!("outbound|{}|{subset}|{}", target.port, target.fqdn),
-            None => format!("outbound|{}||{}", target.port, target.fqdn),
-        };
+        let plan = self.clusters.plan(snapshot, target, destination.and_then(|d| d.subset.as_deref()));
+        let cluster = plan.name.clone();
 
         // The route's rewrite, then the header rules.
         if let Some((route, matched_block)) = matched {
@@ -314,19 +313,20 @@ impl Proxy {
             strip_hop_by_hop(&mut parts.headers);
         }
 
-        let policy = snapshot.policy_for(target, subset);
+        let policy = &plan.policy;
         // Outlier detection keeps host health per cluster (service port and
         // subset), as Istio makes one Envoy cluster of each.
-        let outliers = policy.outlier_detection.as_ref().map(OutlierConfig::from_policy);
-        let all_endpoints = snapshot.endpoints(target, subset, connection.original.is_ipv6());
-        let endpoints = match &outliers {
-            Some(config) => self.upstreams.healthy(&cluster, &all_endpoints, config),
-            None => all_endpoints.clone(),
+        let outliers = plan.outlier.as_ref();
+        let all_endpoints = plan.endpoints(connection.original.is_ipv6());
+        let healthy;
+        let endpoints = match outliers {
+            Some(config) => {
+                healthy = plan.healthy(all_endpoints, config);
+                &healthy[..]
+            }
+            None => all_endpoints,
         };
         let (hash, issued_cookie) = request_hash(&policy.load_balancer, &parts, connection.peer);
-        // Retries under way per cluster are bounded by `http.maxRetries`.
-        let retry_key = format!("retry|{cluster}");
-        let max_retries = pool_field(&policy, "maxRetries");
         let mut _retry_slot: Option<InFlight> = None;
         let retry = route.map(|r| &r.retries).unwrap_or(&DEFAULT_RETRY);
 
@@ -348,14 +348,14 @@ impl Proxy {
         for mirror in mirrors {
             if random_unit() * 100.0 < mirror.percentage {
                 if let RequestBody::Complete(bytes) = &body {
-                    self.mirror(snapshot, &mirror.destination, &parts, bytes.clone(), target.port);
+                    self.mirror(snapshot, &mirror.destination, &parts, bytes.clone(), plan.port);
                 }
             }
         }
 
         // Circuit breaking: requests under way per cluster, as Envoy bounds
         // them (HTTP/1: connections plus pending; HTTP/2: requests).
-        let Some(admitted) = self.upstreams.admit(&cluster, request_limit(&policy, target.http2)) else {
+        let Some(admitted) = admit(&plan.state.active, plan.request_limit) else {
             flags.push(ResponseFlag::UO);
             let mut response = local_reply(
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -365,7 +365,7 @@ impl Proxy {
             return Outcome { response, flags, upstream: None, cluster, attempts: 0 };
         };
         // TLS origination, when the DestinationRule asks for it.
-        let tls = match self.upstream_tls(&policy, target) {
+        let tls = match self.upstream_tls(&plan) {
             Ok(tls) => tls,
             Err(error) => {
                 tracing::warn!(%cluster, %error, "cannot originate TLS");
@@ -377,12 +377,14 @@ impl Proxy {
         let deadline = route.and_then(|r| r.timeout).map(|t| Instant::now() + t);
         let attempts_allowed = if body.replayable() && upgrade.is_none() { retry.attempts + 1 } else { 1 };
         let mut upgrade = upgrade;
+        let mut parts = Some(parts);
         let mut body = Some(body);
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let Some(endpoint) = self.upstreams.pick(&cluster, &endpoints, &policy.load_balancer, hash, &tried) else {
+            let picked = pick(&plan.state.cursor, endpoints, &policy.load_balancer, hash, &tried);
+            let Some(picked) = picked else {
                 flags.push(ResponseFlag::UH);
                 return Outcome {
                     response: local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream"),
@@ -392,7 +394,7 @@ impl Proxy {
                     attempts: attempt - 1,
                 };
             };
-            tried.push(endpoint);
+            let endpoint = picked.address;
             let this_body = match body.as_ref() {
                 Some(RequestBody::Complete(bytes)) => full(bytes.clone()),
                 _ => match body.take() {
@@ -400,15 +402,21 @@ impl Proxy {
                     _ => full(Bytes::new()),
                 },
             };
-            let http2 = target.http2 && upgrade.is_none();
-            let mut request = upstream_request(Request::from_parts(parts.clone(), this_body), endpoint, http2);
+            let http2 = plan.http2 && upgrade.is_none();
+            // The last try may have the request head; earlier ones copy it.
+            let head = if attempt >= attempts_allowed { parts.take() } else { parts.clone() };
+            let mut request = upstream_request(
+                Request::from_parts(head.unwrap_or_else(|| Request::new(()).into_parts().0), this_body),
+                endpoint,
+                http2,
+            );
             request.headers_mut().insert(ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
             let per_try = retry.per_try_timeout.map(|t| Instant::now() + t);
             let try_deadline = match (deadline, per_try) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let in_flight = self.upstreams.start(endpoint);
+            let in_flight = picked.start();
             let sent = self.upstreams.dialer().send(endpoint, http2, tls.clone(), request);
             let mut result = match try_deadline {
                 Some(at) => tokio::time::timeout_at(at.into(), sent).await.map_err(|_| ()),
@@ -427,25 +435,27 @@ impl Proxy {
                 Ok(Err(error)) if error.is_connect() => AttemptOutcome::ConnectFailure,
                 Ok(Err(_)) => AttemptOutcome::Reset,
             };
-            if let Some(config) = &outliers {
+            if let Some(config) = outliers {
                 let observation = match outcome {
                     AttemptOutcome::Status { status, .. } => Observation::Status(status),
                     _ => Observation::LocalFailure,
                 };
-                if self.upstreams.observe(&cluster, endpoint, observation, config, all_endpoints.len()) {
+                if plan.observe(endpoint, observation, config, all_endpoints.len()) {
                     tracing::info!(%cluster, host = %endpoint, "outlier ejected");
-                    self.metrics.ejections.get_or_create(&vec![("cluster".into(), cluster.clone())]).inc();
+                    self.metrics.ejections.get_or_create(&vec![("cluster".into(), cluster.to_string())]).inc();
                 }
             }
             let retriable = retry.should_retry(&outcome);
             let route_timed_out = deadline.is_some_and(|d| Instant::now() >= d);
             let retry_slot = if retriable && attempt < attempts_allowed && !route_timed_out {
-                self.upstreams.admit(&retry_key, max_retries)
+                // Retries under way per cluster are bounded by `http.maxRetries`.
+                admit(&plan.state.retries, plan.max_retries)
             } else {
                 None
             };
             if let Some(slot) = retry_slot {
                 _retry_slot = Some(slot);
+                tried.push(endpoint);
                 drop(in_flight);
                 // The backoff never outlasts the route timeout: past it, 504.
                 let wake = Instant::now() + retry.backoff(attempt, random_u64());
@@ -494,7 +504,7 @@ impl Proxy {
         result: Result<Result<Response<Incoming>, UpstreamError>, ()>,
         mut flags: Vec<ResponseFlag>,
         endpoint: SocketAddr,
-        cluster: String,
+        cluster: Arc<str>,
         attempt: u32,
         destination: Option<&RouteDestination>,
         route: Option<&HttpRoute>,
@@ -546,12 +556,14 @@ impl Proxy {
     }
 
     /// The TLS to originate toward `target`, from its policy's `tls` block.
-    fn upstream_tls(&self, policy: &EffectivePolicy, target: &ServicePortView) -> Result<Option<Tls>, TlsError> {
-        let Some(settings) = policy.tls.as_ref().and_then(TlsSettings::from_policy).transpose()? else {
-            return Ok(None);
+    fn upstream_tls(&self, plan: &ClusterPlan) -> Result<Option<Tls>, TlsError> {
+        let settings = match &plan.tls {
+            None => return Ok(None),
+            Some(Err(error)) => return Err(error.clone()),
+            Some(Ok(settings)) => settings,
         };
-        let config = self.upstreams.tls.get(&settings, target.http2)?;
-        let name = settings.sni.clone().unwrap_or_else(|| target.fqdn.clone());
+        let config = self.upstreams.tls.get(settings, plan.http2)?;
+        let name = settings.sni.clone().unwrap_or_else(|| plan.service.to_string());
         let server_name = rustls::pki_types::ServerName::try_from(name.clone())
             .map_err(|_| TlsError::Config(format!("{name:?} is not a valid server name")))?;
         Ok(Some(Tls { config, server_name }))
@@ -564,32 +576,20 @@ impl Proxy {
         request_bytes: u64,
         response: &Response<ProxyBody>,
         flags: &[ResponseFlag],
-        cluster: &str,
+        cluster: &Arc<str>,
         attempts: u32,
         started: Instant,
     ) {
-        // `outbound|port|subset|host`, or a bare host for local answers.
-        let mut fields = cluster.split('|');
-        let (destination, subset) = match (fields.next(), fields.next(), fields.next(), fields.next()) {
-            (Some("outbound"), Some(_), Some(subset), Some(host)) => (host, subset),
-            _ => (cluster, ""),
-        };
-        let flags: Vec<String> = flags.iter().map(|f| format!("{f:?}")).collect();
-        let service_labels: Labels = vec![
-            ("source_workload".into(), connection.source_workload.clone()),
-            ("source_namespace".into(), connection.source_namespace.clone()),
-            ("destination_service".into(), destination.to_owned()),
-            ("destination_subset".into(), subset.to_owned()),
-        ];
-        let mut labels = service_labels.clone();
-        labels.push(("response_code".into(), response.status().as_u16().to_string()));
-        labels.push(("response_flags".into(), if flags.is_empty() { "-".into() } else { flags.join(",") }));
-        self.metrics.requests.get_or_create(&labels).inc();
-        self.metrics.duration.get_or_create(&service_labels).observe(started.elapsed().as_secs_f64());
-        self.metrics.request_bytes.get_or_create(&service_labels).inc_by(request_bytes);
-        self.metrics.response_bytes.get_or_create(&service_labels).inc_by(declared_length(response.headers()));
+        let flags = flag_list(flags);
+        let mut cached = connection.series.lock().unwrap_or_else(|p| p.into_inner());
+        let source = (connection.source_workload.as_str(), connection.source_namespace.as_str());
+        let series = self.metrics.series(&mut cached, source, cluster, response.status().as_u16(), &flags);
+        series.requests.inc();
+        series.duration.observe(started.elapsed().as_secs_f64());
+        series.request_bytes.inc_by(request_bytes);
+        series.response_bytes.inc_by(declared_length(response.headers()));
         if attempts > 1 {
-            self.metrics.retries.get_or_create(&service_labels).inc_by(u64::from(attempts - 1));
+            series.retries.inc_by(u64::from(attempts - 1));
         }
     }
 
@@ -597,29 +597,31 @@ impl Proxy {
     /// delaying the caller.
     fn mirror(
         &self,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
         destination: &RouteDestination,
         parts: &Parts,
         body: Bytes,
         default_port: u16,
     ) {
-        let Some(target) = snapshot.service_for_host(&destination.host, destination.port.unwrap_or(default_port))
+        let Some(target) = snapshot.service_index_for_host(&destination.host, destination.port.unwrap_or(default_port))
         else {
             return;
         };
-        let endpoints = snapshot.endpoints(target, destination.subset.as_deref(), false);
-        let policy = snapshot.policy_for(target, destination.subset.as_deref());
-        let key = format!("mirror|{}", target.fqdn);
-        let Some(endpoint) = self.upstreams.pick(&key, &endpoints, &policy.load_balancer, None, &[]) else { return };
+        let plan = self.clusters.plan(snapshot, target, destination.subset.as_deref());
+        let Some(endpoint) = pick(&plan.state.cursor, plan.endpoints(false), &plan.policy.load_balancer, None, &[])
+        else {
+            return;
+        };
+        let endpoint = endpoint.address;
         let mut parts = parts.clone();
         let authority = parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
         set_authority(&mut parts, &shadow_authority(&authority));
-        let request = upstream_request(Request::from_parts(parts, full(body)), endpoint, target.http2);
+        let request = upstream_request(Request::from_parts(parts, full(body)), endpoint, plan.http2);
         if MIRRORS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= MAX_MIRRORS_IN_FLIGHT {
             MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        let sent = self.upstreams.dialer().send(endpoint, target.http2, None, request);
+        let sent = self.upstreams.dialer().send(endpoint, plan.http2, None, request);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(MIRROR_TIMEOUT, async {
                 if let Ok(response) = sent.await {
@@ -631,6 +633,14 @@ impl Proxy {
             MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
         });
     }
+}
+
+/// Response flags as logs and metrics show them: `UF,URX`, or `-`.
+fn flag_list(flags: &[ResponseFlag]) -> std::borrow::Cow<'static, str> {
+    if flags.is_empty() {
+        return "-".into();
+    }
+    flags.iter().map(|f| format!("{f:?}")).collect::<Vec<_>>().join(",").into()
 }
 
 /// What routing looks at in a request, and who sent it.
@@ -771,9 +781,9 @@ fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
 }
 
 /// Keeps the client's request id, or makes one (128 random bits, UUID form).
-fn ensure_request_id(headers: &mut http::HeaderMap) -> String {
-    if let Some(id) = headers.get(&REQUEST_ID).and_then(|v| v.to_str().ok()) {
-        return id.to_owned();
+fn ensure_request_id(headers: &mut http::HeaderMap) -> HeaderValue {
+    if let Some(id) = headers.get(&REQUEST_ID) {
+        return id.clone();
     }
     let (a, b) = (random_u64(), random_u64());
     let id = format!(
@@ -784,31 +794,9 @@ fn ensure_request_id(headers: &mut http::HeaderMap) -> String {
         (b >> 48) & 0x3fff | 0x8000,
         b & 0xffff_ffff_ffff
     );
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        headers.insert(REQUEST_ID.clone(), value);
-    }
-    id
-}
-
-/// How many requests may be under way to one cluster, from
-/// `connectionPool`: for HTTP/1.1, `tcp.maxConnections` (one request per
-/// connection) plus `http.http1MaxPendingRequests`; for HTTP/2,
-/// `http.http2MaxRequests`. Unset limits are unlimited, as in Istio.
-fn request_limit(policy: &EffectivePolicy, http2: bool) -> Option<usize> {
-    let field = |name: &str| -> Option<usize> { policy.http_pool.as_ref()?.get(name)?.as_u64().map(|n| n as usize) };
-    if http2 {
-        return field("http2MaxRequests");
-    }
-    let connections = (policy.tcp.max_connections > 0).then_some(policy.tcp.max_connections as usize);
-    match (connections, field("http1MaxPendingRequests")) {
-        (Some(c), Some(p)) => Some(c + p),
-        _ => None,
-    }
-}
-
-/// A `connectionPool.http` number, if set.
-fn pool_field(policy: &EffectivePolicy, name: &str) -> Option<usize> {
-    policy.http_pool.as_ref()?.get(name)?.as_u64().map(|n| n as usize)
+    let value = HeaderValue::from_str(&id).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    headers.insert(REQUEST_ID.clone(), value.clone());
+    value
 }
 
 /// The consistent-hash key of a request, when the policy hashes, and the

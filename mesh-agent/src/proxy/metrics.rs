@@ -5,6 +5,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::Arc;
 
 pub type Labels = Vec<(String, String)>;
 
@@ -52,4 +53,73 @@ impl ProxyMetrics {
         registry.register("outlier_ejections", "Hosts ejected by outlier detection", self.ejections.clone());
         registry.register("tcp_connections", "Connections relayed by tcp routes", self.tcp_connections.clone());
     }
+}
+
+/// The series that the requests of one client connection to one cluster
+/// feed, kept on the connection so that a keep-alive connection finds them
+/// again without building and hashing label sets per request.
+pub struct RequestSeries {
+    cluster: Arc<str>,
+    code: u16,
+    flags: String,
+    labels: Labels,
+    pub requests: Counter,
+    pub duration: Histogram,
+    pub request_bytes: Counter,
+    pub response_bytes: Counter,
+    pub retries: Counter,
+}
+
+impl ProxyMetrics {
+    /// The series for a request from `source` (workload, namespace) to
+    /// `cluster` (`outbound|port|subset|host`, or a bare host for local
+    /// answers) that got `code` with `flags`, reusing `cached` when it fits.
+    pub fn series<'a>(
+        &self,
+        cached: &'a mut Option<RequestSeries>,
+        source: (&str, &str),
+        cluster: &Arc<str>,
+        code: u16,
+        flags: &str,
+    ) -> &'a RequestSeries {
+        let same_cluster = cached.as_ref().is_some_and(|c| Arc::ptr_eq(&c.cluster, cluster) || c.cluster == *cluster);
+        if !same_cluster {
+            let mut fields = cluster.split('|');
+            let (destination, subset) = match (fields.next(), fields.next(), fields.next(), fields.next()) {
+                (Some("outbound"), Some(_), Some(subset), Some(host)) => (host, subset),
+                _ => (&**cluster, ""),
+            };
+            let labels: Labels = vec![
+                ("source_workload".into(), source.0.to_owned()),
+                ("source_namespace".into(), source.1.to_owned()),
+                ("destination_service".into(), destination.to_owned()),
+                ("destination_subset".into(), subset.to_owned()),
+            ];
+            *cached = Some(RequestSeries {
+                cluster: cluster.clone(),
+                code,
+                flags: flags.to_owned(),
+                requests: self.requests.get_or_create(&with_outcome(&labels, code, flags)).clone(),
+                duration: self.duration.get_or_create(&labels).clone(),
+                request_bytes: self.request_bytes.get_or_create(&labels).clone(),
+                response_bytes: self.response_bytes.get_or_create(&labels).clone(),
+                retries: self.retries.get_or_create(&labels).clone(),
+                labels,
+            });
+        }
+        let series = cached.as_mut().expect("filled above");
+        if series.code != code || series.flags != flags {
+            series.requests = self.requests.get_or_create(&with_outcome(&series.labels, code, flags)).clone();
+            series.code = code;
+            series.flags = flags.to_owned();
+        }
+        series
+    }
+}
+
+fn with_outcome(labels: &Labels, code: u16, flags: &str) -> Labels {
+    let mut labels = labels.clone();
+    labels.push(("response_code".into(), code.to_string()));
+    labels.push(("response_flags".into(), flags.to_owned()));
+    labels
 }

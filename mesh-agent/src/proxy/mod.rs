@@ -7,6 +7,7 @@
 
 mod balance;
 mod body;
+pub mod cluster;
 mod forward;
 mod metrics;
 pub mod outlier;
@@ -47,6 +48,7 @@ pub struct Proxy {
     published: watch::Receiver<Arc<Published>>,
     original_dst: OriginalDstTable,
     upstreams: balance::Upstreams,
+    clusters: cluster::Clusters,
     access_log: bool,
     header_timeout: Duration,
     pub metrics: metrics::ProxyMetrics,
@@ -64,6 +66,7 @@ impl Proxy {
             original_dst,
             header_timeout,
             upstreams: balance::Upstreams::new(),
+            clusters: cluster::Clusters::default(),
             access_log,
             metrics: metrics::ProxyMetrics::default(),
         }
@@ -71,12 +74,12 @@ impl Proxy {
 
     /// Upstream endpoints with their requests in flight and HTTP/2 state.
     pub fn pools(&self) -> Vec<balance::UpstreamPool> {
-        self.upstreams.pools()
+        self.upstreams.pools(self.clusters.in_flight())
     }
 
     /// Hosts ejected by outlier detection right now, by cluster.
     pub fn ejections(&self) -> Vec<(String, outlier::Ejected)> {
-        self.upstreams.ejections()
+        self.clusters.ejections()
     }
 }
 
@@ -123,6 +126,8 @@ pub struct Connection {
     /// The client pod's labels and namespace, for `sourceLabels` and
     /// `sourceNamespace` matches (None: not a known pod).
     pub source: Option<(std::collections::BTreeMap<String, String>, String)>,
+    /// The metric series this connection's requests fed last.
+    series: std::sync::Mutex<Option<metrics::RequestSeries>>,
 }
 
 impl Proxy {
@@ -149,6 +154,7 @@ impl Proxy {
             source_workload: pod.map(workload_name).unwrap_or_else(|| "unknown".into()),
             source_namespace: pod.map(|p| p.namespace.clone()).unwrap_or_else(|| "unknown".into()),
             source: pod.map(|p| (p.labels.clone(), p.namespace.clone())),
+            series: Default::default(),
         });
         let proxy = self.clone();
         let service = hyper::service::service_fn(move |request| {

@@ -4,11 +4,12 @@
 //! port, then by weight; its bytes are relayed both ways until either side
 //! closes.
 
-use super::balance::random_u64;
+use super::balance::{pick, random_u64};
 use super::Proxy;
 use crate::route::{first_tcp_match, first_tls_match, pick_destination};
 use crate::snapshot::Snapshot;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -84,9 +85,10 @@ impl Proxy {
         mut client: TcpStream,
         peer: SocketAddr,
         original: SocketAddr,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
     ) {
-        let Some(service) = snapshot.service_at(original) else { return };
+        let Some(service_index) = snapshot.service_index_at(original) else { return };
+        let service = &snapshot.services[service_index];
         // TLS routes look at the ClientHello, which is read ahead and then
         // sent on unchanged.
         let tls_routes = snapshot.routes.tls_routes(&service.fqdn);
@@ -103,22 +105,21 @@ impl Proxy {
             destination = route.and_then(|r| pick_destination(&r.destinations, random_u64()));
         }
         let target = match destination {
-            Some(d) => snapshot.service_for_host(&d.host, d.port.unwrap_or(service.port)),
-            None => Some(service),
+            Some(d) => snapshot.service_index_for_host(&d.host, d.port.unwrap_or(service.port)),
+            None => Some(service_index),
         };
         let Some(target) = target else {
             tracing::debug!(%peer, %original, "tcp route to an unknown host; closing");
             return;
         };
-        let subset = destination.and_then(|d| d.subset.as_deref());
-        let endpoints = snapshot.endpoints(target, subset, original.is_ipv6());
-        let policy = snapshot.policy_for(target, subset);
-        let cluster = format!("outbound|{}|{}|{}", target.port, subset.unwrap_or_default(), target.fqdn);
-        let Some(endpoint) = self.upstreams.pick(&cluster, &endpoints, &policy.load_balancer, None, &[]) else {
-            tracing::debug!(%peer, %cluster, "no endpoint for a tcp route; closing");
+        let plan = self.clusters.plan(snapshot, target, destination.and_then(|d| d.subset.as_deref()));
+        let endpoints = plan.endpoints(original.is_ipv6());
+        let Some(picked) = pick(&plan.state.cursor, endpoints, &plan.policy.load_balancer, None, &[]) else {
+            tracing::debug!(%peer, cluster = %plan.name, "no endpoint for a tcp route; closing");
             return;
         };
-        let connect_timeout = policy.tcp.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let endpoint = picked.address;
+        let connect_timeout = plan.policy.tcp.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
         let mut upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(endpoint)).await {
             Ok(Ok(upstream)) => upstream,
             Ok(Err(error)) => {
@@ -134,12 +135,12 @@ impl Proxy {
         if !hello.is_empty() && upstream.write_all(&hello).await.is_err() {
             return;
         }
-        let _in_flight = self.upstreams.start(endpoint);
+        let _in_flight = picked.start();
         self.metrics
             .tcp_connections
             .get_or_create(&vec![
-                ("destination_service".into(), target.fqdn.clone()),
-                ("destination_subset".into(), subset.unwrap_or_default().to_owned()),
+                ("destination_service".into(), plan.service.to_string()),
+                ("destination_subset".into(), plan.subset.to_string()),
             ])
             .inc();
         if let Err(error) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await {

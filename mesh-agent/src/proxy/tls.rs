@@ -23,7 +23,7 @@ pub struct TlsSettings {
     pub insecure_skip_verify: bool,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("tls mode {0} is not supported by this proxy (SIMPLE and MUTUAL are)")]
     Mode(String),

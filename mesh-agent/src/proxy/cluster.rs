@@ -1,0 +1,247 @@
+//! Upstream clusters: a service port, or one subset of it, as Envoy names
+//! them (`outbound|port|subset|host`). What a request needs of its cluster
+//! (endpoints per family, the merged DestinationRule policy, the outlier and
+//! pool limits, TLS settings) is worked out once per snapshot and cluster,
+//! not per request. The runtime state (round-robin cursor, requests and
+//! retries under way, outlier health) lives on across snapshots by name.
+
+use super::outlier::{Ejected, Observation, OutlierConfig, OutlierState};
+use super::tls::{TlsError, TlsSettings};
+use crate::policy::EffectivePolicy;
+use crate::snapshot::Snapshot;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// One endpoint of a cluster, with its requests in flight (shared by every
+/// cluster that holds the address, for LEAST_REQUEST and status).
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    pub address: SocketAddr,
+    pub in_flight: Arc<AtomicUsize>,
+}
+
+impl Endpoint {
+    pub fn load(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Counts one request against the endpoint until the guard drops.
+    pub fn start(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.in_flight.clone())
+    }
+}
+
+/// Counts one request (against an endpoint or a cluster) until dropped.
+pub struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Takes a slot while fewer than `limit` are taken; `None` is an overflow.
+pub fn admit(counter: &Arc<AtomicUsize>, limit: Option<usize>) -> Option<InFlight> {
+    let before = counter.fetch_add(1, Ordering::AcqRel);
+    let slot = InFlight(counter.clone());
+    match limit {
+        Some(limit) if before >= limit => None, // dropping `slot` gives it back
+        _ => Some(slot),
+    }
+}
+
+/// What the proxy keeps about a cluster between requests and snapshots.
+#[derive(Default)]
+pub struct ClusterState {
+    /// Round-robin position.
+    pub cursor: AtomicUsize,
+    /// Requests under way, for the connection-pool limits.
+    pub active: Arc<AtomicUsize>,
+    /// Retries under way, for `http.maxRetries`.
+    pub retries: Arc<AtomicUsize>,
+    outliers: Mutex<OutlierState>,
+}
+
+/// A cluster as one snapshot serves it.
+pub struct ClusterPlan {
+    /// `outbound|port|subset|fqdn`.
+    pub name: Arc<str>,
+    pub service: Arc<str>,
+    /// Empty: the whole service.
+    pub subset: Arc<str>,
+    pub port: u16,
+    /// Upstreams speak HTTP/2 with prior knowledge.
+    pub http2: bool,
+    pub policy: EffectivePolicy,
+    pub outlier: Option<OutlierConfig>,
+    /// `connectionPool.http.maxRetries`.
+    pub max_retries: Option<usize>,
+    /// Requests that may be under way at once (see [`request_limit`]).
+    pub request_limit: Option<usize>,
+    /// The DestinationRule's `tls` block, when it originates TLS.
+    pub tls: Option<Result<TlsSettings, TlsError>>,
+    endpoints_v4: Vec<Endpoint>,
+    endpoints_v6: Vec<Endpoint>,
+    pub state: Arc<ClusterState>,
+}
+
+impl ClusterPlan {
+    /// Endpoints in the client's address family, or in the other one when
+    /// the service has none of it.
+    pub fn endpoints(&self, ipv6: bool) -> &[Endpoint] {
+        let (same, other) =
+            if ipv6 { (&self.endpoints_v6, &self.endpoints_v4) } else { (&self.endpoints_v4, &self.endpoints_v6) };
+        if same.is_empty() {
+            other
+        } else {
+            same
+        }
+    }
+
+    /// The endpoints outlier detection has not ejected.
+    pub fn healthy(&self, endpoints: &[Endpoint], config: &OutlierConfig) -> Vec<Endpoint> {
+        let addresses: Vec<SocketAddr> = endpoints.iter().map(|e| e.address).collect();
+        let available = lock(&self.state.outliers).available(&addresses, Instant::now(), config);
+        endpoints.iter().filter(|e| available.contains(&e.address)).cloned().collect()
+    }
+
+    /// Records the outcome of a try; true when it ejected the host.
+    pub fn observe(&self, host: SocketAddr, observation: Observation, config: &OutlierConfig, size: usize) -> bool {
+        lock(&self.state.outliers).record(host, observation, Instant::now(), config, size)
+    }
+}
+
+/// The plans of the snapshot in service, made on first use, and the state
+/// of every cluster.
+#[derive(Default)]
+pub struct Clusters {
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// The snapshot `plans` belong to.
+    snapshot: Option<Arc<Snapshot>>,
+    /// By service index, then subset.
+    plans: HashMap<usize, Vec<Arc<ClusterPlan>>>,
+    states: HashMap<Arc<str>, Arc<ClusterState>>,
+    in_flight: HashMap<SocketAddr, Arc<AtomicUsize>>,
+}
+
+impl Clusters {
+    /// The plan for `subset` (or the whole service) of `snapshot.services[index]`.
+    pub fn plan(&self, snapshot: &Arc<Snapshot>, index: usize, subset: Option<&str>) -> Arc<ClusterPlan> {
+        let mut inner = lock(&self.inner);
+        if !inner.snapshot.as_ref().is_some_and(|current| Arc::ptr_eq(current, snapshot)) {
+            inner.renew(snapshot);
+        }
+        let subset = subset.unwrap_or_default();
+        if let Some(plan) = inner.plans.get(&index).and_then(|plans| plans.iter().find(|p| &*p.subset == subset)) {
+            return plan.clone();
+        }
+        let plan = Arc::new(inner.compile(snapshot, index, subset));
+        inner.plans.entry(index).or_default().push(plan.clone());
+        plan
+    }
+
+    /// Hosts ejected right now, by cluster.
+    pub fn ejections(&self) -> Vec<(String, Ejected)> {
+        let now = Instant::now();
+        let inner = lock(&self.inner);
+        let mut out: Vec<(String, Ejected)> = inner
+            .states
+            .iter()
+            .flat_map(|(name, state)| {
+                lock(&state.outliers).ejected(now).into_iter().map(move |e| (name.to_string(), e))
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.0, a.1.host).cmp(&(&b.0, b.1.host)));
+        out
+    }
+
+    /// Requests in flight per endpoint the proxy has sent to.
+    pub fn in_flight(&self) -> Vec<(SocketAddr, usize)> {
+        let inner = lock(&self.inner);
+        inner.in_flight.iter().map(|(address, count)| (*address, count.load(Ordering::Relaxed))).collect()
+    }
+}
+
+impl Inner {
+    /// A new snapshot: plans are made again; the state of clusters that
+    /// are gone, and counters of endpoints nobody uses, are dropped.
+    fn renew(&mut self, snapshot: &Arc<Snapshot>) {
+        self.plans.clear();
+        self.snapshot = Some(snapshot.clone());
+        self.states.retain(|name, state| {
+            let mut fields = name.split('|').skip(1);
+            let (port, host) = (fields.next(), fields.nth(1));
+            let exists = port.and_then(|p| p.parse().ok()).zip(host).is_some_and(|(port, host)| {
+                snapshot.service_index_for_host(host, port).is_some_and(|i| snapshot.services[i].port == port)
+            });
+            exists || Arc::strong_count(state) > 1
+        });
+        self.in_flight.retain(|_, count| Arc::strong_count(count) > 1 || count.load(Ordering::Relaxed) > 0);
+    }
+
+    fn compile(&mut self, snapshot: &Snapshot, index: usize, subset: &str) -> ClusterPlan {
+        let service = &snapshot.services[index];
+        let subset_name = (!subset.is_empty()).then_some(subset);
+        let name: Arc<str> = format!("outbound|{}|{subset}|{}", service.port, service.fqdn).into();
+        let policy = snapshot.policy_for(service, subset_name);
+        let state = self.states.entry(name.clone()).or_default().clone();
+        let mut endpoints_v4 = Vec::new();
+        let mut endpoints_v6 = Vec::new();
+        for address in snapshot.endpoints_any_family(service, subset_name) {
+            let in_flight = self.in_flight.entry(address).or_default().clone();
+            let endpoint = Endpoint { address, in_flight };
+            if address.is_ipv6() {
+                endpoints_v6.push(endpoint);
+            } else {
+                endpoints_v4.push(endpoint);
+            }
+        }
+        ClusterPlan {
+            service: service.fqdn.as_str().into(),
+            subset: subset.into(),
+            port: service.port,
+            http2: service.http2,
+            outlier: policy.outlier_detection.as_ref().map(OutlierConfig::from_policy),
+            max_retries: pool_field(&policy, "maxRetries"),
+            request_limit: request_limit(&policy, service.http2),
+            tls: policy.tls.as_ref().and_then(TlsSettings::from_policy),
+            policy,
+            endpoints_v4,
+            endpoints_v6,
+            state,
+            name,
+        }
+    }
+}
+
+/// How many requests may be under way to one cluster, from
+/// `connectionPool`: for HTTP/1.1, `tcp.maxConnections` (one request per
+/// connection) plus `http.http1MaxPendingRequests`; for HTTP/2,
+/// `http.http2MaxRequests`. Unset limits are unlimited, as in Istio.
+fn request_limit(policy: &EffectivePolicy, http2: bool) -> Option<usize> {
+    if http2 {
+        return pool_field(policy, "http2MaxRequests");
+    }
+    let connections = (policy.tcp.max_connections > 0).then_some(policy.tcp.max_connections as usize);
+    match (connections, pool_field(policy, "http1MaxPendingRequests")) {
+        (Some(c), Some(p)) => Some(c + p),
+        _ => None,
+    }
+}
+
+/// A `connectionPool.http` number, if set.
+pub fn pool_field(policy: &EffectivePolicy, name: &str) -> Option<usize> {
+    policy.http_pool.as_ref()?.get(name)?.as_u64().map(|n| n as usize)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
