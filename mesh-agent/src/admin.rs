@@ -20,6 +20,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 
@@ -33,7 +34,15 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, AdminError> {
     TcpListener::bind(addr).await.map_err(|source| AdminError::Bind { addr, source })
 }
 
-pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
+/// What a listener answers: everything, or only the probes (for an address
+/// that kubelet reaches, while the rest stays on loopback).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Endpoints {
+    All,
+    HealthOnly,
+}
+
+pub async fn serve(listener: TcpListener, shared: Arc<Shared>, endpoints: Endpoints) {
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -47,7 +56,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(&shared, request)) }
+                async move { Ok::<_, std::convert::Infallible>(handle(&shared, request, endpoints)) }
             });
             if let Err(error) =
                 hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service).await
@@ -58,11 +67,15 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn handle(shared: &Shared, request: Request<Incoming>) -> Response<Full<Bytes>> {
+fn handle(shared: &Shared, request: Request<Incoming>, endpoints: Endpoints) -> Response<Full<Bytes>> {
     if request.method() != Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n".into());
     }
-    match request.uri().path() {
+    let path = request.uri().path();
+    if endpoints == Endpoints::HealthOnly && !matches!(path, "/healthz" | "/readyz") {
+        return text(StatusCode::NOT_FOUND, "not found; this address serves /healthz and /readyz\n".into());
+    }
+    match path {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
             if shared.published.borrow().ready {
@@ -187,6 +200,8 @@ pub fn status_report(shared: &Shared) -> StatusReport {
             .collect(),
         config: ConfigStatus {
             source: shared.source.clone(),
+            watches: shared.watches.as_ref().map(|store| store.state()),
+            status_writer: shared.status_writer.as_ref().map(|leading| leading.load(Ordering::Relaxed)),
             reloads: published.reloads,
             last_reload: published.last_reload.clone(),
             rejections: published.snapshot.rejections.iter().map(ToString::to_string).collect(),

@@ -6,7 +6,7 @@
 use crate::dataplane::{ApplyStats, CounterReader, DataplaneInfo, MapWriter};
 use crate::model::Model;
 use crate::snapshot::{compile, Snapshot};
-use crate::source::FileSource;
+use crate::source::ConfigSource;
 use crate::status::ReloadStatus;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -32,6 +32,10 @@ pub struct Shared {
     pub version: &'static str,
     pub started: Instant,
     pub source: String,
+    /// The API-server source's store, for its watch states.
+    pub watches: Option<crate::k8s::KubeStore>,
+    /// Set while this agent holds the status Lease.
+    pub status_writer: Option<Arc<AtomicBool>>,
     pub dataplane: DataplaneInfo,
     pub counters: CounterReader,
     pub published: watch::Receiver<Arc<Published>>,
@@ -42,7 +46,7 @@ pub struct Shared {
 }
 
 pub struct ReloadLoop {
-    source: FileSource,
+    source: Box<dyn ConfigSource>,
     writer: MapWriter,
     cluster_domain: String,
     model: Model,
@@ -67,7 +71,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 
 impl ReloadLoop {
     pub fn new(
-        source: FileSource,
+        source: Box<dyn ConfigSource>,
         writer: MapWriter,
         cluster_domain: String,
         maps_taken_over: bool,
@@ -87,9 +91,20 @@ impl ReloadLoop {
     }
 
     /// Loads and applies the configuration once; the agent does this before
-    /// it attaches the programs, so they never run on unfilled maps.
-    pub fn first_load(&mut self) {
-        self.tick();
+    /// it attaches the programs, so they never run on unfilled maps. A
+    /// source that is still syncing is waited for up to `patience`: past
+    /// it the programs attach anyway (maps taken over keep serving what they
+    /// hold; unknown traffic passes through) and `/readyz` says not ready
+    /// until the first complete sync is applied.
+    pub fn first_load(&mut self, patience: Duration) {
+        let until = Instant::now() + patience;
+        loop {
+            self.tick();
+            if self.published.borrow().ready || Instant::now() >= until {
+                return;
+            }
+            std::thread::sleep(POLL_INTERVAL);
+        }
     }
 
     /// Runs until `stop` is set.

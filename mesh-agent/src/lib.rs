@@ -1,6 +1,7 @@
 //! mesh-agent: the per-node half of a kernel-accelerated service mesh.
 //!
-//! Data spine: [`source`] (a directory of Kubernetes YAML) → [`model`]
+//! Data spine: [`source`] (a directory of Kubernetes YAML, or the API server
+//! through [`k8s`]) → [`model`]
 //! (validated, with last-good fallback) → [`snapshot`] (the exact kernel map
 //! contents) → [`dataplane`] (map writes by [`diff`]); [`admin`] serves what
 //! the kernel holds and counts.
@@ -9,6 +10,7 @@ pub mod admin;
 pub mod agent;
 pub mod dataplane;
 pub mod diff;
+pub mod k8s;
 pub mod maglev;
 pub mod model;
 pub mod policy;

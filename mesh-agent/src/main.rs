@@ -2,13 +2,15 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mesh_agent::agent::{ReloadLoop, Shared};
 use mesh_agent::dataplane::{self, CounterReader, DataplaneOptions, OriginalDstTable};
+use mesh_agent::k8s::{self, KubeSource, LeaseTiming, StatusWriter};
 use mesh_agent::proxy::{self, Proxy};
-use mesh_agent::source::FileSource;
+use mesh_agent::source::{ConfigSource, FileSource};
 use mesh_agent::{admin, DEFAULT_ADMIN_ADDR};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -24,19 +26,59 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load and attach the kernel programs and serve a configuration.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Detach the programs and remove every pin under the bpffs directory.
     Uninstall {
         #[arg(long, default_value = "/sys/fs/bpf/mesh")]
         bpffs: PathBuf,
     },
+    /// Write the Istio CRD manifests generated from the agent's types
+    /// (`cargo xtask crds` writes them to deploy/crds).
+    Crds {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SourceKind {
+    /// A directory of YAML (`--config-dir`).
+    Files,
+    /// The Kubernetes API server: in-cluster service account, or KUBECONFIG.
+    Kubernetes,
 }
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Directory of Kubernetes YAML (Service, EndpointSlice, Pod, DestinationRule).
+    /// Where the configuration comes from.
+    #[arg(long, value_enum, default_value = "files")]
+    source: SourceKind,
+    /// Directory of Kubernetes YAML (Service, EndpointSlice, Pod,
+    /// DestinationRule, VirtualService), for `--source files`.
+    #[arg(long, required_if_eq("source", "files"))]
+    config_dir: Option<PathBuf>,
+    /// A kubeconfig for `--source kubernetes` (default: the in-cluster
+    /// service account, or KUBECONFIG / ~/.kube/config).
     #[arg(long)]
-    config_dir: PathBuf,
+    kubeconfig: Option<PathBuf>,
+    /// This node's name (downward API `spec.nodeName`): its pods are the
+    /// local ones, watched with their addresses.
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Namespace of the status Lease (the agents' own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "mesh-system")]
+    lease_namespace: String,
+    /// This agent's name as Lease holder (its pod name).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long to wait for the first complete sync before attaching the
+    /// programs anyway (unready until the sync is applied).
+    #[arg(long, default_value_t = 60)]
+    sync_timeout_secs: u64,
+    /// An address that serves only /healthz and /readyz (for kubelet
+    /// probes), beside the loopback admin API.
+    #[arg(long)]
+    health: Option<SocketAddr>,
     /// cgroup v2 directory to attach to; defaults to the root of the cgroup v2 mount.
     #[arg(long)]
     cgroup: Option<PathBuf>,
@@ -84,7 +126,16 @@ fn main() -> anyhow::Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => run(*args),
+        Command::Crds { out } => {
+            std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+            for (name, text) in k8s::crd::manifests() {
+                let path = out.join(name);
+                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+            Ok(())
+        }
         Command::Uninstall { bpffs } => {
             std::fs::remove_dir_all(&bpffs).with_context(|| format!("removing {}", bpffs.display()))?;
             tracing::info!(bpffs = %bpffs.display(), "pins removed; programs detached");
@@ -98,8 +149,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         Some(path) => path,
         None => cgroup2_root().context("no cgroup v2 mount found; pass --cgroup")?,
     };
-    if !args.config_dir.is_dir() {
-        anyhow::bail!("--config-dir {} is not a directory", args.config_dir.display());
+    if let Some(dir) = args.config_dir.as_ref().filter(|_| args.source == SourceKind::Files) {
+        if !dir.is_dir() {
+            anyhow::bail!("--config-dir {} is not a directory", dir.display());
+        }
     }
     let _stats_guard = if args.program_stats { Some(dataplane::enable_program_stats()?) } else { None };
     let options = DataplaneOptions { cgroup, bpffs: args.bpffs.clone() };
@@ -127,12 +180,28 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     dataplane::set_proxy_target(&args.bpffs, node_v4, node_v6, args.proxy_port).context("setting the proxy address")?;
     let original_dst = OriginalDstTable::open(&args.bpffs).context("opening the original-destination map")?;
 
-    let source = FileSource::new(&args.config_dir);
-    let source_name = format!("directory {}", args.config_dir.display());
+    let (source, source_name, kube): (Box<dyn ConfigSource>, String, Option<(kube::Client, k8s::KubeStore)>) =
+        match (args.source, &args.config_dir) {
+            (SourceKind::Kubernetes, _) => {
+                let client = runtime
+                    .block_on(k8s::client(args.kubeconfig.as_deref()))
+                    .context("connecting to the Kubernetes API")?;
+                let kinds = k8s::watched_kinds(args.node_name.as_deref());
+                let source = KubeSource::start(client.clone(), kinds, runtime.handle());
+                let store = source.store();
+                let name = format!("kubernetes (node {})", args.node_name.as_deref().unwrap_or("unknown"));
+                (Box::new(source), name, Some((client, store)))
+            }
+            (SourceKind::Files, Some(dir)) => {
+                (Box::new(FileSource::new(dir)), format!("directory {}", dir.display()), None)
+            }
+            (SourceKind::Files, None) => anyhow::bail!("--source files needs --config-dir"),
+        };
     let (mut reload, published) = ReloadLoop::new(source, writer, args.cluster_domain, maps_taken_over);
     // The first configuration goes into the maps before any program can
     // read them.
-    reload.first_load();
+    let patience = if kube.is_some() { Duration::from_secs(args.sync_timeout_secs) } else { Duration::ZERO };
+    reload.first_load(patience);
     let info = dataplane::attach(&mut ebpf, &options, maps_taken_over).context("attaching the kernel programs")?;
     let stop = Arc::new(AtomicBool::new(false));
     let reload_thread = {
@@ -142,10 +211,23 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let header_timeout = std::time::Duration::from_millis(args.header_timeout_ms);
     let proxy = Arc::new(Proxy::new(published.clone(), original_dst, args.access_log, header_timeout));
     let proxy_addrs = proxy_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
+    let status_writer = kube.as_ref().map(|(client, store)| {
+        let identity = args.identity.clone().unwrap_or_else(hostname);
+        StatusWriter::new(
+            client.clone(),
+            args.lease_namespace.clone(),
+            identity,
+            LeaseTiming::default(),
+            store.clone(),
+            published.clone(),
+        )
+    });
     let shared = Arc::new(Shared {
         version: env!("CARGO_PKG_VERSION"),
         started: std::time::Instant::now(),
         source: source_name,
+        watches: kube.as_ref().map(|(_, store)| store.clone()),
+        status_writer: status_writer.as_ref().map(StatusWriter::leading),
         dataplane: info,
         counters,
         published,
@@ -156,7 +238,15 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     runtime.block_on(async {
         let listener = admin::bind(args.admin).await?;
         tracing::info!(admin = %args.admin, "admin API listening");
-        let server = tokio::spawn(admin::serve(listener, shared));
+        let server = tokio::spawn(admin::serve(listener, shared.clone(), admin::Endpoints::All));
+        if let Some(addr) = args.health {
+            let listener = admin::bind(addr).await?;
+            tracing::info!(%addr, "health probes listening");
+            tokio::spawn(admin::serve(listener, shared, admin::Endpoints::HealthOnly));
+        }
+        if let Some(writer) = status_writer {
+            tokio::spawn(writer.run());
+        }
         for listener in proxy_listeners {
             if let Ok(addr) = listener.local_addr() {
                 tracing::info!(%addr, "L7 proxy listening");
@@ -184,6 +274,13 @@ async fn shutdown_signal() -> anyhow::Result<()> {
         _ = int.recv() => tracing::info!("SIGINT"),
     }
     Ok(())
+}
+
+/// This host's name, the Lease identity outside a pod.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "mesh-agent".into())
 }
 
 /// The mount point of the cgroup v2 hierarchy, as /proc/self/mountinfo says.

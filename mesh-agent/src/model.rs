@@ -66,7 +66,8 @@ impl Rejection {
     fn object(object: &SourcedObject, error: FieldError) -> Self {
         let key = ObjectKey::of(&object.resource);
         Self {
-            file: Some(object.file.clone()),
+            // Objects from the API server come from no file.
+            file: (!object.file.is_empty()).then(|| object.file.clone()),
             kind: key.kind,
             namespace: key.namespace,
             name: key.name,

@@ -1,4 +1,6 @@
-//! The local-file config source: a directory of Kubernetes YAML.
+//! Config sources, and the local-file one: a directory of Kubernetes YAML.
+//! (The API-server source is [`crate::k8s::KubeSource`]; both decode objects
+//! with [`decode_object`], so they feed the model identically.)
 //!
 //! Every `*.yaml`/`*.yml` file may hold several documents (or a `kind: List`).
 //! A file is read only once its metadata has stayed the same for two polls
@@ -48,6 +50,19 @@ pub struct SourceBatch {
     /// Problems that belong to no servable object (a file whose YAML does
     /// not parse, a document without kind or name).
     pub rejections: Vec<Rejection>,
+}
+
+/// Where the configuration comes from.
+pub trait ConfigSource: Send {
+    /// What changed since the last call, as a whole batch; `Ok(None)` when
+    /// nothing did, or before the source's first complete sync.
+    fn poll(&mut self) -> Result<Option<SourceBatch>, SourceError>;
+}
+
+impl ConfigSource for FileSource {
+    fn poll(&mut self) -> Result<Option<SourceBatch>, SourceError> {
+        FileSource::poll(self)
+    }
 }
 
 pub struct FileSource {
@@ -224,6 +239,14 @@ fn api_version_text(group: &str, versions: &[&str]) -> String {
     full.join(", ")
 }
 
+/// Decodes one object as both sources read it. `origin` is the file it came
+/// from, or empty for the API server. Kinds the agent does not serve are
+/// left out; a served kind that does not decode is reported in
+/// `undecodable` by field.
+pub fn decode_object(origin: &str, value: serde_yaml::Value, parsed: &mut ParsedFile) {
+    collect(origin, value, parsed)
+}
+
 fn collect(file: &str, value: serde_yaml::Value, parsed: &mut ParsedFile) {
     if value.is_null() {
         return; // an empty document, e.g. a trailing `---`
@@ -244,7 +267,7 @@ fn collect(file: &str, value: serde_yaml::Value, parsed: &mut ParsedFile) {
     let (namespace, name) = (name_of(&value, "namespace"), name_of(&value, "name"));
     let namespace = if namespace.is_empty() { "default".to_owned() } else { namespace };
     let reject = |field: &str, message: String| Rejection {
-        file: Some(file.to_owned()),
+        file: (!file.is_empty()).then(|| file.to_owned()),
         kind: kind.clone(),
         namespace: namespace.clone(),
         name: name.clone(),

@@ -44,6 +44,13 @@ pub struct ProgramStatus {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ConfigStatus {
     pub source: String,
+    /// The API-server source's watches (absent for a directory).
+    #[serde(default)]
+    pub watches: Option<crate::k8s::SourceState>,
+    /// Whether this agent holds the status Lease and writes conditions
+    /// (absent for a directory).
+    #[serde(default)]
+    pub status_writer: Option<bool>,
     pub reloads: u64,
     pub last_reload: Option<ReloadStatus>,
     /// Every object or file not served as written, with the reason.
@@ -162,6 +169,23 @@ impl StatusReport {
             );
         }
         let _ = writeln!(out, "config: {}  reloads: {}", self.config.source, self.config.reloads);
+        if let Some(watches) = &self.config.watches {
+            let _ = writeln!(out, "  watches: {}", if watches.synced { "synced" } else { "SYNCING" });
+            for kind in &watches.kinds {
+                let _ = writeln!(
+                    out,
+                    "    {:<18} {:>6} objects  {}{}",
+                    kind.name,
+                    kind.objects,
+                    if kind.synced { "listed" } else { "listing" },
+                    kind.error.as_ref().map(|e| format!("  FAILING: {e}")).unwrap_or_default()
+                );
+            }
+        }
+        if let Some(writer) = self.config.status_writer {
+            let role = if writer { "this agent (lease holder)" } else { "another agent" };
+            let _ = writeln!(out, "  status conditions written by: {role}");
+        }
         if let Some(reload) = &self.config.last_reload {
             let _ = writeln!(
                 out,

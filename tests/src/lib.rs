@@ -28,6 +28,7 @@
 //! first (`cargo build -p mesh-agent`) or point `MESH_AGENT_BIN` at it.
 
 mod agent;
+pub mod apiserver;
 pub mod h2;
 mod names;
 mod pod;

@@ -38,6 +38,9 @@ enum Cmd {
     },
     /// Run the agent on a demo: pods in namespaces, traffic, the split, `meshctl status`.
     Demo,
+    /// Regenerate deploy/crds/ from the agent's Istio CRD types (the test
+    /// suite fails when they drift).
+    Crds,
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -95,6 +98,15 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { args } => test(&args),
+        Cmd::Crds => {
+            setup()?;
+            let root = workspace_root();
+            run(Command::new("cargo")
+                .current_dir(&root)
+                .args(["run", "-q", "-p", "mesh-agent", "--bin", "mesh-agent"])
+                .args(["--", "crds", "--out"])
+                .arg(root.join("deploy").join("crds")))
+        }
         Cmd::Demo => {
             setup()?;
             let bins = build_binaries(false)?;

@@ -1,0 +1,55 @@
+//! The Kubernetes side of the agent: the Istio CRD types (and the manifests
+//! generated from them), the API-server config source, and the status
+//! conditions written back by the holder of a Lease.
+
+pub mod crd;
+pub mod source;
+pub mod status;
+
+pub use source::{watched_kinds, KubeSource, KubeStore, SourceState};
+pub use status::{LeaseTiming, StatusWriter};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("reading kubeconfig {path}: {source}")]
+    Kubeconfig { path: std::path::PathBuf, source: kube::config::KubeconfigError },
+    #[error("Kubernetes client configuration: {0}")]
+    Config(#[from] kube::config::InferConfigError),
+    #[error("Kubernetes client: {0}")]
+    Client(#[from] kube::Error),
+}
+
+/// A client from `kubeconfig` when given, else as kubectl finds one: the
+/// in-cluster service account, `KUBECONFIG`, or `~/.kube/config`.
+pub async fn client(kubeconfig: Option<&std::path::Path>) -> Result<kube::Client, ClientError> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let error = |source| ClientError::Kubeconfig { path: path.to_owned(), source };
+            let file = kube::config::Kubeconfig::read_from(path).map_err(error)?;
+            kube::Config::from_custom_kubeconfig(file, &Default::default()).await.map_err(error)?
+        }
+        None => kube::Config::infer().await?,
+    };
+    Ok(kube::Client::try_from(config)?)
+}
+
+/// Every (API group, resource, verb) the agent uses, cluster-wide, and in
+/// its own namespace: what `deploy/rbac.yaml` must grant, exactly.
+pub fn required_permissions() -> (Permissions, Permissions) {
+    let mut cluster = Permissions::new();
+    for kind in watched_kinds(Some("any")) {
+        for verb in ["get", "list", "watch"] {
+            cluster.insert((kind.group.into(), kind.plural.into(), verb.into()));
+        }
+    }
+    for kind in source::ISTIO_KINDS {
+        cluster.insert((kind.group.into(), format!("{}/status", kind.plural), "patch".into()));
+    }
+    let namespaced = ["get", "create", "update"]
+        .into_iter()
+        .map(|verb| ("coordination.k8s.io".into(), "leases".into(), verb.into()))
+        .collect();
+    (cluster, namespaced)
+}
+
+pub type Permissions = std::collections::BTreeSet<(String, String, String)>;

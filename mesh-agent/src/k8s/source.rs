@@ -1,0 +1,352 @@
+//! The API-server config source: one kube-rs watcher per kind (list, then
+//! watch from the list's resourceVersion, resumed after a broken stream,
+//! relisted after `410 Gone`, with backoff), each object decoded as the file
+//! source decodes it ([`decode_object`]) into a store by kind. The reload
+//! loop polls the store: a burst of events becomes one batch per poll
+//! interval, and nothing is served before every kind has listed once.
+
+use crate::model::ObjectKey;
+use crate::source::{decode_object, ConfigSource, ParsedFile, SourceBatch, SourceError};
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// One watch: what it lists and how its objects become YAML documents.
+#[derive(Clone, Debug)]
+pub struct WatchedKind {
+    /// Shown in status: the kind, or `Pod (this node)`.
+    pub name: &'static str,
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    /// Only the metadata (labels): `metadata_watcher`.
+    pub metadata_only: bool,
+    /// A field selector, e.g. the pods of this node.
+    pub field_selector: Option<String>,
+}
+
+impl WatchedKind {
+    const fn new(group: &'static str, version: &'static str, kind: &'static str, plural: &'static str) -> Self {
+        Self { name: kind, group, version, kind, plural, metadata_only: false, field_selector: None }
+    }
+
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    pub fn api_resource(&self) -> ApiResource {
+        ApiResource {
+            group: self.group.into(),
+            version: self.version.into(),
+            api_version: self.api_version(),
+            kind: self.kind.into(),
+            plural: self.plural.into(),
+        }
+    }
+}
+
+/// The Istio kinds, watched as `networking.istio.io/v1` (Istio 1.22+).
+pub const ISTIO_KINDS: [WatchedKind; 5] = [
+    WatchedKind::new("networking.istio.io", "v1", "VirtualService", "virtualservices"),
+    WatchedKind::new("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
+    WatchedKind::new("networking.istio.io", "v1", "Gateway", "gateways"),
+    WatchedKind::new("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
+    WatchedKind::new("networking.istio.io", "v1", "Sidecar", "sidecars"),
+];
+
+/// Everything the agent watches. Pods twice, and never whole pods of other
+/// nodes: every pod's labels (metadata only, for subsets, joined to
+/// endpoints by their `targetRef`), and this node's pods with their
+/// addresses (to know which client sent a request).
+pub fn watched_kinds(node_name: Option<&str>) -> Vec<WatchedKind> {
+    let mut kinds = vec![
+        WatchedKind::new("", "v1", "Service", "services"),
+        WatchedKind::new("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+        WatchedKind { name: "Pod (labels)", metadata_only: true, ..WatchedKind::new("", "v1", "Pod", "pods") },
+    ];
+    if let Some(node) = node_name {
+        kinds.push(WatchedKind {
+            name: "Pod (this node)",
+            field_selector: Some(format!("spec.nodeName={node}")),
+            ..WatchedKind::new("", "v1", "Pod", "pods")
+        });
+    }
+    kinds.extend(ISTIO_KINDS);
+    kinds
+}
+
+/// What `meshctl status` shows of the source.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct SourceState {
+    /// Every kind has listed once.
+    pub synced: bool,
+    pub kinds: Vec<KindState>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct KindState {
+    pub name: String,
+    pub objects: usize,
+    pub synced: bool,
+    /// The watch is failing (retried with backoff): the last error.
+    pub error: Option<String>,
+    /// Unix seconds of the last event or error.
+    pub last_event_unix: u64,
+}
+
+/// An object as decoded, with its generation (for status conditions).
+#[derive(Clone, Debug)]
+pub struct StoredObject {
+    pub parsed: ParsedFile,
+    pub generation: Option<i64>,
+}
+
+#[derive(Default)]
+struct KindStore {
+    objects: BTreeMap<(String, String), StoredObject>,
+    /// A list (or relist) under way: what it has brought so far. It
+    /// replaces `objects` whole when done, so objects deleted while the
+    /// watch was down go too.
+    relist: Option<BTreeMap<(String, String), StoredObject>>,
+    synced: bool,
+    error: Option<String>,
+    last_event_unix: u64,
+}
+
+#[derive(Default)]
+struct Store {
+    kinds: Vec<(WatchedKind, KindStore)>,
+    /// Something changed since the last poll.
+    dirty: bool,
+}
+
+/// The shared store the watchers write and the reload loop reads.
+#[derive(Clone, Default)]
+pub struct KubeStore(Arc<Mutex<Store>>);
+
+impl KubeStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn new(kinds: &[WatchedKind]) -> Self {
+        let store = Store { kinds: kinds.iter().map(|k| (k.clone(), KindStore::default())).collect(), dirty: false };
+        Self(Arc::new(Mutex::new(store)))
+    }
+
+    pub fn state(&self) -> SourceState {
+        let store = self.lock();
+        let kinds: Vec<KindState> = store
+            .kinds
+            .iter()
+            .map(|(kind, s)| KindState {
+                name: kind.name.into(),
+                objects: s.objects.len(),
+                synced: s.synced,
+                error: s.error.clone(),
+                last_event_unix: s.last_event_unix,
+            })
+            .collect();
+        SourceState { synced: kinds.iter().all(|k| k.synced), kinds }
+    }
+
+    /// The objects of one Istio kind: key and generation, for status.
+    pub fn istio_objects(&self, kind: &str) -> Vec<(ObjectKey, Option<i64>)> {
+        let store = self.lock();
+        let Some((_, s)) = store.kinds.iter().find(|(k, _)| k.group == "networking.istio.io" && k.kind == kind) else {
+            return Vec::new();
+        };
+        s.objects
+            .iter()
+            .map(|((namespace, name), o)| {
+                (ObjectKey { kind: kind.into(), namespace: namespace.clone(), name: name.clone() }, o.generation)
+            })
+            .collect()
+    }
+
+    /// Applies one watcher event of watch `index`.
+    fn event(&self, index: usize, event: Event<serde_json::Value>) {
+        let mut store = self.lock();
+        let (kind, s) = &mut store.kinds[index];
+        let kind = kind.clone();
+        s.last_event_unix = unix_now();
+        s.error = None;
+        let mut changed = true;
+        match event {
+            Event::Init => {
+                s.relist = Some(BTreeMap::new());
+                changed = false;
+            }
+            Event::InitApply(object) => {
+                let (key, stored) = decode(&kind, object);
+                s.relist.get_or_insert_with(BTreeMap::new).insert(key, stored);
+                changed = false;
+            }
+            Event::InitDone => {
+                s.objects = s.relist.take().unwrap_or_default();
+                s.synced = true;
+            }
+            Event::Apply(object) => {
+                let (key, stored) = decode(&kind, object);
+                s.objects.insert(key, stored);
+            }
+            Event::Delete(object) => {
+                let (key, _) = decode(&kind, object);
+                changed = s.objects.remove(&key).is_some();
+            }
+        }
+        store.dirty |= changed;
+    }
+
+    fn error(&self, index: usize, error: String) {
+        let mut store = self.lock();
+        let (kind, s) = &mut store.kinds[index];
+        if s.error.is_none() {
+            tracing::warn!(kind = kind.name, %error, "watch failing; retrying with backoff, the last good configuration keeps serving");
+        }
+        s.error = Some(error);
+        s.last_event_unix = unix_now();
+    }
+
+    /// The whole configuration, once every kind has listed, if it changed.
+    fn take_batch(&self) -> Option<SourceBatch> {
+        let mut store = self.lock();
+        if !store.dirty || !store.kinds.iter().all(|(_, s)| s.synced) {
+            return None;
+        }
+        store.dirty = false;
+        // This node's pods (with addresses) stand for their labels-only copies.
+        let local_pods: std::collections::BTreeSet<(String, String)> = store
+            .kinds
+            .iter()
+            .filter(|(k, _)| k.kind == "Pod" && !k.metadata_only)
+            .flat_map(|(_, s)| s.objects.keys().cloned())
+            .collect();
+        let mut batch = SourceBatch::default();
+        for (kind, s) in &store.kinds {
+            for (key, object) in &s.objects {
+                if kind.kind == "Pod" && kind.metadata_only && local_pods.contains(key) {
+                    continue;
+                }
+                batch.objects.extend(object.parsed.objects.iter().cloned());
+                batch.undecodable.extend(object.parsed.undecodable.iter().cloned());
+                batch.rejections.extend(object.parsed.problems.iter().cloned());
+            }
+        }
+        Some(batch)
+    }
+}
+
+/// An event's object as a store entry: its key and its decoding. Objects in
+/// list responses carry no apiVersion/kind, so the watch's are set.
+fn decode(kind: &WatchedKind, mut object: serde_json::Value) -> ((String, String), StoredObject) {
+    let metadata = object.get("metadata");
+    let text = |field: &str| metadata.and_then(|m| m.get(field)).and_then(|v| v.as_str()).unwrap_or_default();
+    let key = (text("namespace").to_owned(), text("name").to_owned());
+    let generation = metadata.and_then(|m| m.get("generation")).and_then(|g| g.as_i64());
+    if let Some(map) = object.as_object_mut() {
+        map.insert("apiVersion".into(), kind.api_version().into());
+        map.insert("kind".into(), kind.kind.into());
+    }
+    let mut parsed = ParsedFile::default();
+    match serde_json::from_value::<serde_yaml::Value>(object) {
+        Ok(value) => decode_object("", value, &mut parsed),
+        Err(error) => tracing::warn!(kind = kind.name, name = %key.1, %error, "object not representable; ignored"),
+    }
+    (key, StoredObject { parsed, generation })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// Watches the API server into a [`KubeStore`].
+pub struct KubeSource {
+    store: KubeStore,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl KubeSource {
+    /// Starts one watcher task per kind on `runtime`.
+    pub fn start(client: kube::Client, kinds: Vec<WatchedKind>, runtime: &tokio::runtime::Handle) -> Self {
+        let store = KubeStore::new(&kinds);
+        let tasks = kinds
+            .into_iter()
+            .enumerate()
+            .map(|(index, kind)| runtime.spawn(watch(client.clone(), kind, index, store.clone())))
+            .collect();
+        Self { store, tasks }
+    }
+
+    pub fn store(&self) -> KubeStore {
+        self.store.clone()
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(|task| task.abort());
+    }
+}
+
+impl ConfigSource for KubeSource {
+    fn poll(&mut self) -> Result<Option<SourceBatch>, SourceError> {
+        Ok(self.store.take_batch())
+    }
+}
+
+/// One kind's watch loop. kube-rs's watcher lists, watches from the list's
+/// resourceVersion, resumes a broken stream where it stopped, and relists
+/// on `410 Gone`; errors come through as items and the backoff spaces the
+/// retries.
+async fn watch(client: kube::Client, kind: WatchedKind, index: usize, store: KubeStore) {
+    let resource = kind.api_resource();
+    let mut config = watcher::Config::default();
+    if let Some(selector) = &kind.field_selector {
+        config = config.fields(selector);
+    }
+    let mut events = if kind.metadata_only {
+        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &resource);
+        watcher(api, config)
+            .default_backoff()
+            .map(|event| event.map(|e| map_event(e, |meta| serde_json::json!({ "metadata": meta.metadata }))))
+            .boxed()
+    } else {
+        let api: Api<DynamicObject> = Api::all_with(client, &resource);
+        watcher(api, config)
+            .default_backoff()
+            .map(|event| event.map(|e| map_event(e, |object| serde_json::to_value(object).unwrap_or_default())))
+            .boxed()
+    };
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => store.event(index, event),
+            // 410 Gone: the history moved on; the watcher relists next.
+            // That is the protocol at work, not a failure.
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                tracing::debug!(kind = kind.name, "watch expired (410); relisting");
+            }
+            Err(error) => store.error(index, error.to_string()),
+        }
+    }
+}
+
+fn map_event<A, B>(event: Event<A>, f: impl FnOnce(A) -> B) -> Event<B> {
+    match event {
+        Event::Apply(object) => Event::Apply(f(object)),
+        Event::Delete(object) => Event::Delete(f(object)),
+        Event::Init => Event::Init,
+        Event::InitApply(object) => Event::InitApply(f(object)),
+        Event::InitDone => Event::InitDone,
+    }
+}

@@ -1,0 +1,313 @@
+//! The API-server source and the status writer against a fake API server
+//! that holds the HTTP conversation a real one has (list, watch events,
+//! bookmarks, 410 Gone, dropped streams), reached through kube-rs's
+//! mock-service client. No kernel needed: these check the model the agent
+//! builds and the status it writes; `kubernetes_kernel.rs` drives the maps.
+
+use mesh_agent::agent::Published;
+use mesh_agent::k8s::{watched_kinds, KubeSource, LeaseTiming, StatusWriter};
+use mesh_agent::model::Model;
+use mesh_agent::snapshot::compile;
+use mesh_agent::source::{ConfigSource, FileSource, SourceBatch};
+use mesh_tests::apiserver::FakeApiServer;
+use serde_json::{json, Value};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const DOMAIN: &str = "cluster.local";
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn service(name: &str, ip: &str, port: u16) -> Value {
+    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
+           "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": port, "targetPort": 8080}]}})
+}
+
+fn slice(service: &str, pods: &[(&str, &str)]) -> Value {
+    let endpoints: Vec<Value> = pods
+        .iter()
+        .map(|(pod, ip)| json!({"addresses": [ip], "targetRef": {"kind": "Pod", "name": pod, "namespace": "shop"}}))
+        .collect();
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+           "metadata": {"name": format!("{service}-1"), "namespace": "shop",
+                        "labels": {"kubernetes.io/service-name": service}},
+           "addressType": "IPv4", "ports": [{"name": "http", "port": 8080}], "endpoints": endpoints})
+}
+
+fn pod(name: &str, node: &str, ip: &str, version: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": name, "namespace": "shop", "labels": {"app": "web", "version": version}},
+           "spec": {"nodeName": node, "containers": [{"name": "app", "image": "web"}]},
+           "status": {"podIP": ip, "podIPs": [{"ip": ip}]}})
+}
+
+fn rule() -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+           "metadata": {"name": "web", "namespace": "shop"},
+           "spec": {"host": "web", "subsets": [{"name": "v1", "labels": {"version": "v1"}},
+                                                {"name": "v2", "labels": {"version": "v2"}}]}})
+}
+
+fn virtual_service(name: &str, subset: &str) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+           "metadata": {"name": name, "namespace": "shop"},
+           "spec": {"hosts": ["web"], "http": [{"route": [{"destination": {"host": "web", "subset": subset}}]}]}})
+}
+
+/// The objects most tests serve: one HTTP service over two pods, a rule
+/// with two subsets, a VirtualService, and one that names a subset that
+/// does not exist (rejected).
+fn objects(second_pod_node: &str) -> Vec<Value> {
+    vec![
+        service("web", "10.96.0.10", 80),
+        slice("web", &[("web-1", "10.244.1.2"), ("web-2", "10.244.2.2")]),
+        pod("web-1", "node-a", "10.244.1.2", "v1"),
+        pod("web-2", second_pod_node, "10.244.2.2", "v2"),
+        rule(),
+        virtual_service("web", "v2"),
+        virtual_service("broken", "v9"),
+    ]
+}
+
+/// Polls until the source has a batch (every kind listed, something new).
+fn next_batch(source: &mut dyn ConfigSource) -> SourceBatch {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(batch) = source.poll().unwrap() {
+            return batch;
+        }
+        assert!(Instant::now() < deadline, "no batch from the source within 10 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn model_of(batch: &SourceBatch) -> Model {
+    Model::from_batch(batch, &Model::default(), DOMAIN)
+}
+
+fn list_requests(server: &FakeApiServer, plural: &str) -> usize {
+    server
+        .requests()
+        .iter()
+        .filter(|(_, method, path)| {
+            method == "GET" && path.split('?').next().is_some_and(|p| p.ends_with(plural)) && !path.contains("watch=")
+        })
+        .count()
+}
+
+#[test]
+fn objects_appear_change_and_vanish_and_remote_pods_are_known_by_their_labels() {
+    let runtime = runtime();
+    let _context = runtime.enter();
+    let server = FakeApiServer::new();
+    for object in objects("node-b") {
+        server.apply(object);
+    }
+    let mut source = KubeSource::start(server.client("agent"), watched_kinds(Some("node-a")), runtime.handle());
+
+    let model = model_of(&next_batch(&mut source));
+    assert_eq!(model.services.len(), 1);
+    assert_eq!(model.virtual_services.len(), 1, "the broken one is rejected: {:?}", model.rejections);
+    let rejection = model.rejections.iter().find(|r| r.name == "broken").expect("broken is rejected");
+    assert!(rejection.field.contains("subset"), "{rejection}");
+    assert_eq!(rejection.file, None, "objects from the API server have no file");
+    // This node's pod comes with its address; the other node's with its
+    // labels only, and its endpoint still gets them through its targetRef.
+    let local = &model.pods[&("shop".into(), "web-1".into())];
+    let remote = &model.pods[&("shop".into(), "web-2".into())];
+    assert_eq!(local.ips.len(), 1);
+    assert!(remote.ips.is_empty(), "only labels are watched for other nodes' pods");
+    assert_eq!(remote.labels["version"], "v2");
+    let snapshot = compile(&model, DOMAIN).unwrap();
+    let versions: Vec<&str> =
+        snapshot.services[0].backends.iter().map(|b| b.labels.get("version").map_or("", |v| v.as_str())).collect();
+    assert_eq!(versions, ["v1", "v2"]);
+
+    // A change: the next batch has it.
+    server.apply(service("web", "10.96.0.10", 81));
+    let model = model_of(&next_batch(&mut source));
+    assert_eq!(model.services[&("shop".into(), "web".into())].ports[0].port, 81);
+
+    // Deletions: gone from the model and from what the maps would hold.
+    assert!(server.delete("networking.istio.io/v1", "VirtualService", Some("shop"), "web"));
+    assert!(server.delete("v1", "Service", Some("shop"), "web"));
+    std::thread::sleep(Duration::from_millis(300));
+    let model = model_of(&next_batch(&mut source));
+    assert!(model.services.is_empty() && model.virtual_services.is_empty());
+    let snapshot = compile(&model, DOMAIN).unwrap();
+    assert!(snapshot.frontends.is_empty() && snapshot.slots.is_empty(), "nothing stale stays");
+    assert_eq!(source.poll().unwrap().map(|b| b.objects.len()), None, "no batch without a change");
+}
+
+#[test]
+fn a_dropped_watch_resumes_and_a_410_relists_with_nothing_lost_or_left_over() {
+    let runtime = runtime();
+    let _context = runtime.enter();
+    let server = FakeApiServer::new();
+    for object in objects("node-a") {
+        server.apply(object);
+    }
+    let mut source = KubeSource::start(server.client("agent"), watched_kinds(Some("node-a")), runtime.handle());
+    next_batch(&mut source);
+    assert_eq!(list_requests(&server, "/services"), 1);
+
+    // A stream that breaks resumes from its last resourceVersion: the
+    // object made meanwhile arrives, and nothing is listed again.
+    server.drop_watches();
+    server.apply(service("late", "10.96.0.11", 80));
+    let model = model_of(&next_batch(&mut source));
+    assert!(model.services.contains_key(&("shop".into(), "late".into())));
+    assert_eq!(list_requests(&server, "/services"), 1, "resumed, not relisted");
+
+    // The API server goes away; meanwhile `late` is deleted, `later` made,
+    // and the history compacted: the watch gets 410 Gone and relists, and
+    // the relist replaces the kind whole.
+    server.set_unavailable(true);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(server.delete("v1", "Service", Some("shop"), "late"));
+    server.apply(service("later", "10.96.0.12", 80));
+    server.compact();
+    server.set_unavailable(false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let model = loop {
+        let model = model_of(&next_batch(&mut source));
+        if model.services.contains_key(&("shop".into(), "later".into())) || Instant::now() > deadline {
+            break model;
+        }
+    };
+    let names: Vec<&str> = model.services.keys().map(|(_, name)| name.as_str()).collect();
+    assert_eq!(names, ["later", "web"], "the deleted one is gone, the new one is there");
+    assert!(list_requests(&server, "/services") >= 2, "relisted after 410");
+    // The errors met while the server was away clear once each watch is back.
+    let healthy = || {
+        let state = source.store().state();
+        state.synced && state.kinds.iter().all(|k| k.error.is_none())
+    };
+    assert!(mesh_tests::wait_until(Duration::from_secs(10), healthy), "{:?}", source.store().state());
+}
+
+#[test]
+fn the_file_source_and_the_api_source_build_the_same_model() {
+    let runtime = runtime();
+    let _context = runtime.enter();
+    let server = FakeApiServer::new();
+    let dir = std::env::temp_dir().join(format!("mesh-same-model-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut yaml = String::new();
+    for object in objects("node-a") {
+        server.apply(object.clone());
+        yaml.push_str(&serde_yaml::to_string(&object).unwrap());
+        yaml.push_str("---\n");
+    }
+    std::fs::write(dir.join("objects.yaml"), yaml).unwrap();
+
+    let mut files = FileSource::new(&dir);
+    let from_files = model_of(&files.poll().unwrap().expect("a first batch"));
+    let mut api = KubeSource::start(server.client("agent"), watched_kinds(Some("node-a")), runtime.handle());
+    let from_api = model_of(&next_batch(&mut api));
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    assert_eq!(from_files.services, from_api.services);
+    assert_eq!(from_files.endpoint_slices, from_api.endpoint_slices);
+    assert_eq!(from_files.pods, from_api.pods);
+    assert_eq!(from_files.destination_rules, from_api.destination_rules);
+    assert_eq!(from_files.virtual_services, from_api.virtual_services);
+    let without_file = |model: &Model| {
+        model.rejections.iter().map(|r| (r.kind.clone(), r.name.clone(), r.field.clone())).collect::<Vec<_>>()
+    };
+    assert_eq!(without_file(&from_files), without_file(&from_api));
+    assert_eq!(from_files.rejections.len(), 1);
+    assert_eq!(from_files.services.len(), 1);
+    assert_eq!(compile(&from_files, DOMAIN).unwrap().services, compile(&from_api, DOMAIN).unwrap().services);
+}
+
+/// The condition a status patch carried.
+fn condition(body: &Value) -> (String, String, String) {
+    let c = &body["status"]["conditions"][0];
+    let text = |f: &str| c[f].as_str().unwrap_or_default().to_owned();
+    assert_eq!(c["type"], "Reconciled");
+    (text("status"), text("reason"), text("message"))
+}
+
+#[test]
+fn status_is_written_by_the_lease_holder_only_and_taken_over_when_it_dies() {
+    let runtime = runtime();
+    let _context = runtime.enter();
+    let server = FakeApiServer::new();
+    for object in objects("node-a") {
+        server.apply(object);
+    }
+    server.apply(json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
+                        "metadata": {"name": "default", "namespace": "shop"}, "spec": {}}));
+    let mut source = KubeSource::start(server.client("watch"), watched_kinds(Some("node-a")), runtime.handle());
+    let model = model_of(&next_batch(&mut source));
+    let snapshot = compile(&model, DOMAIN).unwrap();
+    let published = Arc::new(Published { snapshot: Arc::new(snapshot), ready: true, reloads: 1, last_reload: None });
+    let (_publisher, receiver) = tokio::sync::watch::channel(published);
+    let timing = LeaseTiming { duration: Duration::from_secs(1), renew_every: Duration::from_millis(200) };
+    let writer = |identity: &str| {
+        StatusWriter::new(
+            server.client(identity),
+            "mesh-system".into(),
+            identity.into(),
+            timing.clone(),
+            source.store(),
+            receiver.clone(),
+        )
+    };
+    let first = runtime.spawn(writer("agent-a").run());
+    std::thread::sleep(Duration::from_millis(100));
+    let second = runtime.spawn(writer("agent-b").run());
+
+    let patched = |name: &str| {
+        server
+            .status_patches()
+            .into_iter()
+            .filter(|(_, path, _)| path.contains(&format!("/{name}/status")))
+            .collect::<Vec<_>>()
+    };
+    let all_written = mesh_tests::wait_until(Duration::from_secs(10), || {
+        ["virtualservices/web", "virtualservices/broken", "destinationrules/web", "sidecars/default"]
+            .iter()
+            .all(|name| !patched(name).is_empty())
+    });
+    assert!(all_written, "patches: {:?}", server.status_patches());
+    let holder = |server: &FakeApiServer| {
+        let lease = server.get("coordination.k8s.io/v1", "Lease", Some("mesh-system"), "mesh-agent-status");
+        lease.and_then(|l| l["spec"]["holderIdentity"].as_str().map(str::to_owned)).expect("a lease holder")
+    };
+    let leader = holder(&server);
+    let writers: std::collections::BTreeSet<String> =
+        server.status_patches().into_iter().map(|(identity, ..)| identity).collect();
+    assert_eq!(writers, [leader.clone()].into(), "only the lease holder writes status");
+
+    let (_, _, body) = &patched("virtualservices/web")[0];
+    assert_eq!(condition(body).0, "True");
+    assert_eq!(body["status"]["observedGeneration"], 1);
+    let (status, reason, message) = condition(&patched("virtualservices/broken")[0].2);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Rejected"));
+    assert!(message.contains("subset") && message.contains("v9"), "{message}");
+    let (status, reason, _) = condition(&patched("sidecars/default")[0].2);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Unsupported"));
+    // Stored on the object, as kubectl shows it.
+    let stored = server.get("networking.istio.io/v1", "VirtualService", Some("shop"), "broken").unwrap();
+    assert_eq!(stored["status"]["conditions"][0]["reason"], "Rejected");
+
+    // Unchanged objects are not written again.
+    let count = server.status_patches().len();
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(server.status_patches().len(), count, "no rewrites without a change");
+
+    // The holder dies: the other agent takes the Lease over within its
+    // duration and writes the status of what comes next.
+    let (dead, survivor) = if leader == "agent-a" { (first, "agent-b") } else { (second, "agent-a") };
+    dead.abort();
+    server.apply(virtual_service("fresh", "v1"));
+    let taken_over = mesh_tests::wait_until(Duration::from_secs(10), || {
+        patched("virtualservices/fresh").iter().any(|(identity, ..)| identity == survivor)
+    });
+    assert!(taken_over, "patches: {:?}", server.status_patches());
+    assert_eq!(holder(&server), survivor);
+}
