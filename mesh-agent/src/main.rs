@@ -73,7 +73,7 @@ struct RunArgs {
     identity: Option<String>,
     /// How long to wait for the first complete sync before attaching the
     /// programs anyway (unready until the sync is applied).
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 30)]
     sync_timeout_secs: u64,
     /// An address that serves only /healthz and /readyz (for kubelet
     /// probes), beside the loopback admin API.

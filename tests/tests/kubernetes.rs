@@ -311,3 +311,47 @@ fn status_is_written_by_the_lease_holder_only_and_taken_over_when_it_dies() {
     assert!(taken_over, "patches: {:?}", server.status_patches());
     assert_eq!(holder(&server), survivor);
 }
+
+#[test]
+fn nothing_is_served_before_the_first_complete_sync_and_a_burst_is_coalesced() {
+    let runtime = runtime();
+    let _context = runtime.enter();
+    let server = FakeApiServer::new();
+    server.set_unavailable(true);
+    let mut source = KubeSource::start(server.client("agent"), watched_kinds(Some("node-a")), runtime.handle());
+    let unavailable_until = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < unavailable_until {
+        assert!(source.poll().unwrap().is_none(), "no batch before every kind has listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let state = source.store().state();
+    assert!(!state.synced && state.kinds.iter().any(|k| k.error.is_some()), "{state:?}");
+    server.set_unavailable(false);
+    let first = next_batch(&mut source);
+    assert!(first.objects.is_empty());
+
+    // 2,000 Services in a burst, polled as the reload loop polls (every
+    // 200 ms): a handful of batches, not one per event, and the last has all.
+    let burst = {
+        let server = server.clone();
+        std::thread::spawn(move || {
+            for i in 0..2000 {
+                server.apply(service(&format!("s{i}"), &format!("10.96.{}.{}", 1 + i / 250, 1 + i % 250), 80));
+            }
+        })
+    };
+    let started = Instant::now();
+    let mut batches = 0;
+    let mut last = 0;
+    while last < 2000 && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(mesh_agent::agent::POLL_INTERVAL);
+        if let Some(batch) = source.poll().unwrap() {
+            batches += 1;
+            last = batch.objects.len();
+        }
+    }
+    burst.join().unwrap();
+    assert_eq!(last, 2000);
+    let polls = started.elapsed().as_millis() / mesh_agent::agent::POLL_INTERVAL.as_millis() + 1;
+    assert!(batches as u128 <= polls && batches < 100, "{batches} batches for 2,000 events over {polls} polls");
+}
