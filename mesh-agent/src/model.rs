@@ -197,6 +197,8 @@ pub struct Model {
     pub pods: BTreeMap<NsName, PodModel>,
     pub destination_rules: BTreeMap<NsName, DestinationRuleModel>,
     pub virtual_services: BTreeMap<NsName, VirtualServiceModel>,
+    /// TLS credentials for DestinationRule `credentialName`.
+    pub secrets: BTreeMap<NsName, SecretModel>,
     pub rejections: Vec<Rejection>,
     /// The raw objects accepted, kept as the "last good" versions.
     accepted: BTreeMap<ObjectKey, SourcedObject>,
@@ -212,6 +214,7 @@ enum Accepted {
     Pod(PodModel),
     Rule(DestinationRuleModel),
     VirtualService(VirtualServiceModel),
+    Secret(SecretModel),
 }
 
 /// One copy of an object in the input: decoded, or present but undecodable.
@@ -336,6 +339,7 @@ impl Model {
             Accepted::Pod(p) => drop(self.pods.insert(id, p)),
             Accepted::Rule(r) => drop(self.destination_rules.insert(id, r)),
             Accepted::VirtualService(v) => drop(self.virtual_services.insert(id, v)),
+            Accepted::Secret(s) => drop(self.secrets.insert(id, s)),
         }
         self.accepted.insert(key, raw);
     }
@@ -563,6 +567,7 @@ fn validate(object: &SourcedObject, cluster_domain: &str) -> Result<Accepted, Fi
         Resource::Pod(p) => validate_pod(p).map(Accepted::Pod),
         Resource::DestinationRule(r) => policy::validate_destination_rule(r, cluster_domain).map(Accepted::Rule),
         Resource::VirtualService(v) => route::validate_virtual_service(v, cluster_domain).map(Accepted::VirtualService),
+        Resource::Secret(s) => validate_secret(s).map(Accepted::Secret),
     }
 }
 
@@ -716,6 +721,44 @@ fn validate_slice(slice: &resources::EndpointSlice) -> Result<(EndpointSliceMode
         ports,
     };
     Ok((model, unnumbered))
+}
+
+/// A Secret's data, decoded. Only its key names are ever shown.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretModel {
+    pub namespace: String,
+    pub name: String,
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+impl std::fmt::Debug for SecretModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&String> = self.data.keys().collect();
+        f.debug_struct("SecretModel")
+            .field("namespace", &self.namespace)
+            .field("name", &self.name)
+            .field("keys", &keys)
+            .finish()
+    }
+}
+
+fn validate_secret(secret: &resources::Secret) -> Result<SecretModel, FieldError> {
+    use base64::Engine;
+    let mut data = BTreeMap::new();
+    for (key, value) in &secret.data {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(value.trim())
+            .map_err(|e| FieldError::new(format!("data.{key}"), format!("not base64: {e}")))?;
+        data.insert(key.clone(), bytes);
+    }
+    for (key, value) in &secret.string_data {
+        data.insert(key.clone(), value.clone().into_bytes());
+    }
+    Ok(SecretModel {
+        namespace: secret.metadata.namespace_or_default().to_owned(),
+        name: secret.metadata.name.clone(),
+        data,
+    })
 }
 
 fn validate_pod(pod: &resources::Pod) -> Result<PodModel, FieldError> {

@@ -37,6 +37,7 @@ pub enum Resource {
     Pod(Pod),
     DestinationRule(DestinationRule),
     VirtualService(VirtualService),
+    Secret(Secret),
 }
 
 impl Resource {
@@ -47,6 +48,7 @@ impl Resource {
             Resource::Pod(_) => "Pod",
             Resource::DestinationRule(_) => "DestinationRule",
             Resource::VirtualService(_) => "VirtualService",
+            Resource::Secret(_) => "Secret",
         }
     }
 
@@ -57,6 +59,7 @@ impl Resource {
             Resource::Pod(o) => &o.metadata,
             Resource::DestinationRule(o) => &o.metadata,
             Resource::VirtualService(o) => &o.metadata,
+            Resource::Secret(o) => &o.metadata,
         }
     }
 }
@@ -199,6 +202,31 @@ pub struct PodIp {
     pub ip: String,
 }
 
+// --- core/v1 Secret (TLS credentials a DestinationRule names) ---------------
+
+#[derive(Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Secret {
+    #[serde(default)]
+    pub metadata: ObjectMeta,
+    #[serde(default, rename = "type")]
+    pub type_: Option<String>,
+    /// Base64, as the API server serves it.
+    #[serde(default)]
+    pub data: BTreeMap<String, String>,
+    /// Plain text (in files; the API server folds it into `data`).
+    #[serde(default)]
+    pub string_data: BTreeMap<String, String>,
+}
+
+/// Key names only: secret material never goes to a log.
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let keys: Vec<&String> = self.data.keys().chain(self.string_data.keys()).collect();
+        f.debug_struct("Secret").field("metadata", &self.metadata).field("keys", &keys).finish()
+    }
+}
+
 // --- networking.istio.io DestinationRule ------------------------------------
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -208,6 +236,29 @@ pub struct DestinationRule {
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: DestinationRuleSpec,
+}
+
+impl DestinationRule {
+    /// The Secrets its `tls` blocks name by `credentialName` (top level,
+    /// per port, per subset), in its own namespace.
+    pub fn credential_names(&self) -> Vec<String> {
+        let from_policy = |policy: &TrafficPolicy| -> Vec<String> {
+            std::iter::once(&policy.tls)
+                .chain(policy.port_level_settings.iter().map(|p| &p.tls))
+                .filter_map(|tls| tls.as_ref()?.get("credentialName")?.as_str().map(str::to_owned))
+                .collect()
+        };
+        let spec = &self.spec;
+        let mut names: Vec<String> = spec
+            .traffic_policy
+            .iter()
+            .chain(spec.subsets.iter().filter_map(|s| s.traffic_policy.as_ref()))
+            .flat_map(from_policy)
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

@@ -219,9 +219,10 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<SourcedObject>, Vec<Reje
 }
 
 /// The kinds the agent reads: kind, API group (`""` is core) and versions.
-const SERVED_KINDS: [(&str, &str, &[&str]); 5] = [
+const SERVED_KINDS: [(&str, &str, &[&str]); 6] = [
     ("Service", "", &["v1"]),
     ("Pod", "", &["v1"]),
+    ("Secret", "", &["v1"]),
     ("EndpointSlice", "discovery.k8s.io", &["v1"]),
     ("DestinationRule", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
     ("VirtualService", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
@@ -324,6 +325,7 @@ fn collect(file: &str, value: serde_yaml::Value, parsed: &mut ParsedFile) {
         "Pod" => decode(value).map(Resource::Pod),
         "EndpointSlice" => decode(value).map(Resource::EndpointSlice),
         "VirtualService" => decode(value).map(Resource::VirtualService),
+        "Secret" => decode(value).map(Resource::Secret),
         _ => decode(value).map(Resource::DestinationRule),
     };
     match decoded {

@@ -355,3 +355,61 @@ fn nothing_is_served_before_the_first_complete_sync_and_a_burst_is_coalesced() {
     let polls = started.elapsed().as_millis() / mesh_agent::agent::POLL_INTERVAL.as_millis() + 1;
     assert!(batches as u128 <= polls && batches < 100, "{batches} batches for 2,000 events over {polls} polls");
 }
+
+#[test]
+fn only_the_secrets_that_rules_name_are_watched() {
+    let runtime = runtime();
+    let _context = runtime.enter();
+    let server = FakeApiServer::new();
+    for object in objects("node-a") {
+        server.apply(object);
+    }
+    let secret = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": "shop"},
+               "type": "kubernetes.io/tls", "data": {"tls.crt": "Y2VydA==", "tls.key": "a2V5", "ca.crt": "Y2E="}})
+    };
+    server.apply(secret("web-client"));
+    server.apply(secret("unrelated"));
+    let mut source = KubeSource::start(server.client("agent"), watched_kinds(Some("node-a")), runtime.handle());
+    let model = model_of(&next_batch(&mut source));
+    assert!(model.secrets.is_empty(), "no rule names a secret yet");
+
+    let mut with_tls = rule();
+    with_tls["spec"]["trafficPolicy"] = json!({"tls": {"mode": "MUTUAL", "credentialName": "web-client"}});
+    server.apply(with_tls);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let model = loop {
+        let model = model_of(&next_batch(&mut source));
+        if !model.secrets.is_empty() || Instant::now() > deadline {
+            break model;
+        }
+    };
+    let names: Vec<&str> = model.secrets.keys().map(|(_, name)| name.as_str()).collect();
+    assert_eq!(names, ["web-client"]);
+    assert_eq!(model.secrets[&("shop".into(), "web-client".into())].data["tls.key"], b"key");
+    let secret_requests: Vec<String> =
+        server.requests().into_iter().map(|(_, _, path)| path).filter(|p| p.contains("secrets")).collect();
+    assert!(!secret_requests.is_empty());
+    for path in &secret_requests {
+        assert!(path.starts_with("/api/v1/namespaces/shop/secrets?"), "namespaced: {path}");
+        assert!(path.contains("fieldSelector=metadata.name%3Dweb-client"), "by name: {path}");
+    }
+    let state = source.store().state();
+    assert!(state.kinds.iter().any(|k| k.name == "Secret (1 named)" && k.objects == 1), "{state:?}");
+
+    // A rotation reaches the model; dropping the reference drops the secret.
+    let mut rotated = secret("web-client");
+    rotated["data"]["tls.key"] = json!("bmV3");
+    server.apply(rotated);
+    let model = model_of(&next_batch(&mut source));
+    assert_eq!(model.secrets[&("shop".into(), "web-client".into())].data["tls.key"], b"new");
+    server.apply(rule());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let model = model_of(&next_batch(&mut source));
+        if model.secrets.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the secret stayed after its rule let go");
+    }
+}

@@ -542,6 +542,16 @@ fn tls_origination_simple_and_mutual_with_name_checks() {
              apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: {NS}, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {port}}}]\nendpoints:\n- addresses: [\"10.244.1.2\"]\n---\n"
         )
     };
+    let secret = |name: &str, files: &[(&str, &std::path::PathBuf)]| {
+        let mut yaml = format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {NS}}}\ntype: kubernetes.io/tls\nstringData:\n");
+        for (key, path) in files {
+            yaml.push_str(&format!("  {key}: |\n"));
+            for line in std::fs::read_to_string(path).unwrap().lines() {
+                yaml.push_str(&format!("    {line}\n"));
+            }
+        }
+        yaml + "---\n"
+    };
     let rule = |name: &str, tls: &str| {
         format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  host: {name}\n  trafficPolicy:\n    tls: {{{tls}}}\n---\n")
     };
@@ -562,6 +572,12 @@ fn tls_origination_simple_and_mutual_with_name_checks() {
         rule("nocert", &format!("mode: SIMPLE, caCertificates: '{ca}', sni: mtls.shop.svc.cluster.local")),
         service("wrongname", "10.96.0.53", 8443),
         rule("wrongname", &format!("mode: SIMPLE, caCertificates: '{ca}', subjectAltNames: [other.example]")),
+        // The same MUTUAL origination with the material in a Secret.
+        service("vault", "10.96.0.54", 9443),
+        rule("vault", "mode: MUTUAL, credentialName: vault-client, sni: mtls.shop.svc.cluster.local"),
+        secret("vault-client", &[("tls.crt", &pki.client_cert), ("tls.key", &pki.client_key), ("ca.crt", &pki.ca)]),
+        service("nosecret", "10.96.0.55", 9443),
+        rule("nosecret", "mode: MUTUAL, credentialName: absent"),
     ]
     .concat();
     env.write_config("tls.yaml", &config).unwrap();
@@ -586,6 +602,13 @@ fn tls_origination_simple_and_mutual_with_name_checks() {
     assert_eq!(refused["status"]["503"], 3, "a server that wants a client certificate refuses SIMPLE: {refused}");
     let wrong = get("10.96.0.53");
     assert_eq!(wrong["status"]["503"], 3, "the certificate names none of subjectAltNames: {wrong}");
+
+    let from_secret = get("10.96.0.54");
+    assert_eq!(from_secret["ok"], 3, "{from_secret}");
+    assert_eq!(from_secret["first"]["headers"]["x-seen-client-cert"], "yes", "credentialName: {from_secret}");
+    let missing = get("10.96.0.55");
+    assert_eq!(missing["status"]["503"], 3, "a credentialName with no Secret: {missing}");
+    assert!(env.agent_log().contains("secret shop/absent (credentialName): not found"), "{}", env.agent_log());
 }
 
 #[test]

@@ -42,6 +42,11 @@ pub fn required_permissions() -> (Permissions, Permissions) {
             cluster.insert((kind.group.into(), kind.plural.into(), verb.into()));
         }
     }
+    // Secrets are watched one by one, by name (a field selector), but RBAC
+    // cannot scope list/watch to names not known in advance.
+    for verb in ["get", "list", "watch"] {
+        cluster.insert(("".into(), "secrets".into(), verb.into()));
+    }
     for kind in source::ISTIO_KINDS {
         cluster.insert((kind.group.into(), format!("{}/status", kind.plural), "patch".into()));
     }

@@ -126,27 +126,90 @@ struct KindStore {
 #[derive(Default)]
 struct Store {
     kinds: Vec<(WatchedKind, KindStore)>,
+    /// The Secrets DestinationRules name by `credentialName`, each watched
+    /// alone, by namespace and name: the agent never lists all Secrets.
+    secrets: BTreeMap<(String, String), KindStore>,
     /// Something changed since the last poll.
     dirty: bool,
 }
 
+/// The Secret kind, for the per-name watches.
+pub static SECRET: WatchedKind = WatchedKind::new("", "v1", "Secret", "secrets");
+
 /// The shared store the watchers write and the reload loop reads.
 #[derive(Clone, Default)]
-pub struct KubeStore(Arc<Mutex<Store>>);
+pub struct KubeStore {
+    store: Arc<Mutex<Store>>,
+    /// Woken when the set of referenced Secrets changes.
+    secrets_changed: Arc<tokio::sync::Notify>,
+}
 
 impl KubeStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     pub fn new(kinds: &[WatchedKind]) -> Self {
-        let store = Store { kinds: kinds.iter().map(|k| (k.clone(), KindStore::default())).collect(), dirty: false };
-        Self(Arc::new(Mutex::new(store)))
+        let store = Store {
+            kinds: kinds.iter().map(|k| (k.clone(), KindStore::default())).collect(),
+            secrets: BTreeMap::new(),
+            dirty: false,
+        };
+        Self { store: Arc::new(Mutex::new(store)), secrets_changed: Arc::default() }
+    }
+
+    /// The Secrets to watch now.
+    fn referenced_secrets(&self) -> Vec<(String, String)> {
+        self.lock().secrets.keys().cloned().collect()
+    }
+
+    /// Brings the set of watched Secrets in line with the DestinationRules:
+    /// a new name gets an (unlisted) entry, which holds the sync back until
+    /// its watch has listed; a name no rule uses any more goes.
+    fn track_secrets(store: &mut Store) -> bool {
+        let mut wanted = std::collections::BTreeSet::new();
+        for (kind, s) in &store.kinds {
+            if kind.kind != "DestinationRule" {
+                continue;
+            }
+            for object in s.objects.values().flat_map(|o| &o.parsed.objects) {
+                if let crate::resources::Resource::DestinationRule(rule) = &object.resource {
+                    let namespace = rule.metadata.namespace_or_default();
+                    wanted.extend(rule.credential_names().into_iter().map(|name| (namespace.to_owned(), name)));
+                }
+            }
+        }
+        let before = store.secrets.len();
+        store.secrets.retain(|key, _| wanted.contains(key));
+        let removed = store.secrets.len() != before;
+        let mut added = false;
+        for key in wanted {
+            if let std::collections::btree_map::Entry::Vacant(entry) = store.secrets.entry(key) {
+                entry.insert(KindStore::default());
+                added = true;
+            }
+        }
+        store.dirty |= removed;
+        removed || added
+    }
+
+    fn secret_event(&self, key: &(String, String), event: Event<serde_json::Value>) {
+        let mut store = self.lock();
+        let Some(s) = store.secrets.get_mut(key) else { return }; // no longer referenced
+        let changed = apply_event(&SECRET, s, event);
+        store.dirty |= changed;
+    }
+
+    fn secret_error(&self, key: &(String, String), error: String) {
+        if let Some(s) = self.lock().secrets.get_mut(key) {
+            s.error = Some(error);
+            s.last_event_unix = unix_now();
+        }
     }
 
     pub fn state(&self) -> SourceState {
         let store = self.lock();
-        let kinds: Vec<KindState> = store
+        let mut kinds: Vec<KindState> = store
             .kinds
             .iter()
             .map(|(kind, s)| KindState {
@@ -157,6 +220,16 @@ impl KubeStore {
                 last_event_unix: s.last_event_unix,
             })
             .collect();
+        if !store.secrets.is_empty() {
+            let secrets = store.secrets.values();
+            kinds.push(KindState {
+                name: format!("Secret ({} named)", store.secrets.len()),
+                objects: secrets.clone().map(|s| s.objects.len()).sum(),
+                synced: secrets.clone().all(|s| s.synced),
+                error: secrets.clone().find_map(|s| s.error.clone()),
+                last_event_unix: secrets.map(|s| s.last_event_unix).max().unwrap_or(0),
+            });
+        }
         SourceState { synced: kinds.iter().all(|k| k.synced), kinds }
     }
 
@@ -178,34 +251,12 @@ impl KubeStore {
     fn event(&self, index: usize, event: Event<serde_json::Value>) {
         let mut store = self.lock();
         let (kind, s) = &mut store.kinds[index];
-        let kind = kind.clone();
-        s.last_event_unix = unix_now();
-        s.error = None;
-        let mut changed = true;
-        match event {
-            Event::Init => {
-                s.relist = Some(BTreeMap::new());
-                changed = false;
-            }
-            Event::InitApply(object) => {
-                let (key, stored) = decode(&kind, object);
-                s.relist.get_or_insert_with(BTreeMap::new).insert(key, stored);
-                changed = false;
-            }
-            Event::InitDone => {
-                s.objects = s.relist.take().unwrap_or_default();
-                s.synced = true;
-            }
-            Event::Apply(object) => {
-                let (key, stored) = decode(&kind, object);
-                s.objects.insert(key, stored);
-            }
-            Event::Delete(object) => {
-                let (key, _) = decode(&kind, object);
-                changed = s.objects.remove(&key).is_some();
-            }
-        }
+        let is_rule = kind.kind == "DestinationRule";
+        let changed = apply_event(&kind.clone(), s, event);
         store.dirty |= changed;
+        if changed && is_rule && Self::track_secrets(&mut store) {
+            self.secrets_changed.notify_one();
+        }
     }
 
     fn error(&self, index: usize, error: String) {
@@ -221,7 +272,8 @@ impl KubeStore {
     /// The whole configuration, once every kind has listed, if it changed.
     fn take_batch(&self) -> Option<SourceBatch> {
         let mut store = self.lock();
-        if !store.dirty || !store.kinds.iter().all(|(_, s)| s.synced) {
+        let synced = store.kinds.iter().map(|(_, s)| s).chain(store.secrets.values()).all(|s| s.synced);
+        if !store.dirty || !synced {
             return None;
         }
         store.dirty = false;
@@ -233,7 +285,8 @@ impl KubeStore {
             .flat_map(|(_, s)| s.objects.keys().cloned())
             .collect();
         let mut batch = SourceBatch::default();
-        for (kind, s) in &store.kinds {
+        let all = store.kinds.iter().map(|(kind, s)| (kind, s)).chain(store.secrets.values().map(|s| (&SECRET, s)));
+        for (kind, s) in all {
             for (key, object) in &s.objects {
                 if kind.kind == "Pod" && kind.metadata_only && local_pods.contains(key) {
                     continue;
@@ -244,6 +297,38 @@ impl KubeStore {
             }
         }
         Some(batch)
+    }
+}
+
+/// Applies a watcher event to one kind's store; true when what it serves
+/// changed. A list (and a relist after 410) replaces the objects whole.
+fn apply_event(kind: &WatchedKind, s: &mut KindStore, event: Event<serde_json::Value>) -> bool {
+    s.last_event_unix = unix_now();
+    s.error = None;
+    match event {
+        Event::Init => {
+            s.relist = Some(BTreeMap::new());
+            false
+        }
+        Event::InitApply(object) => {
+            let (key, stored) = decode(kind, object);
+            s.relist.get_or_insert_with(BTreeMap::new).insert(key, stored);
+            false
+        }
+        Event::InitDone => {
+            s.objects = s.relist.take().unwrap_or_default();
+            s.synced = true;
+            true
+        }
+        Event::Apply(object) => {
+            let (key, stored) = decode(kind, object);
+            s.objects.insert(key, stored);
+            true
+        }
+        Event::Delete(object) => {
+            let (key, _) = decode(kind, object);
+            s.objects.remove(&key).is_some()
+        }
     }
 }
 
@@ -280,11 +365,12 @@ impl KubeSource {
     /// Starts one watcher task per kind on `runtime`.
     pub fn start(client: kube::Client, kinds: Vec<WatchedKind>, runtime: &tokio::runtime::Handle) -> Self {
         let store = KubeStore::new(&kinds);
-        let tasks = kinds
+        let mut tasks: Vec<_> = kinds
             .into_iter()
             .enumerate()
             .map(|(index, kind)| runtime.spawn(watch(client.clone(), kind, index, store.clone())))
             .collect();
+        tasks.push(runtime.spawn(watch_named_secrets(client, store.clone())));
         Self { store, tasks }
     }
 
@@ -348,5 +434,44 @@ fn map_event<A, B>(event: Event<A>, f: impl FnOnce(A) -> B) -> Event<B> {
         Event::Init => Event::Init,
         Event::InitApply(object) => Event::InitApply(f(object)),
         Event::InitDone => Event::InitDone,
+    }
+}
+
+/// Keeps one watch per Secret that a DestinationRule names, started and
+/// stopped as the rules change.
+async fn watch_named_secrets(client: kube::Client, store: KubeStore) {
+    let mut running: BTreeMap<(String, String), tokio::task::JoinHandle<()>> = BTreeMap::new();
+    loop {
+        let wanted = store.referenced_secrets();
+        running.retain(|key, task| {
+            let keep = wanted.contains(key);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for key in wanted {
+            if let std::collections::btree_map::Entry::Vacant(entry) = running.entry(key) {
+                let task = tokio::spawn(watch_secret(client.clone(), entry.key().clone(), store.clone()));
+                entry.insert(task);
+            }
+        }
+        store.secrets_changed.notified().await;
+    }
+}
+
+async fn watch_secret(client: kube::Client, key: (String, String), store: KubeStore) {
+    let api: Api<DynamicObject> = Api::namespaced_with(client, &key.0, &SECRET.api_resource());
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", key.1));
+    let mut events = watcher(api, config)
+        .default_backoff()
+        .map(|event| event.map(|e| map_event(e, |object| serde_json::to_value(object).unwrap_or_default())))
+        .boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => store.secret_event(&key, event),
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {}
+            Err(error) => store.secret_error(&key, error.to_string()),
+        }
     }
 }

@@ -26,8 +26,6 @@ pub struct Upstreams {
     /// Ours rather than the pooled client's, so `:authority` can be the
     /// service's name while the connection goes to the endpoint.
     h2: H2Connections,
-    /// TLS client configurations, per DestinationRule `tls` settings.
-    pub tls: super::tls::TlsConfigs,
 }
 
 /// A cheap, owned handle to the upstream connections, so a request can be
@@ -82,7 +80,7 @@ impl Upstreams {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
         let http1 = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT).build(connector);
-        Self { http1, h2: Arc::default(), tls: Default::default() }
+        Self { http1, h2: Arc::default() }
     }
 
     pub fn dialer(&self) -> Dialer {

@@ -5,8 +5,9 @@
 //! not per request. The runtime state (round-robin cursor, requests and
 //! retries under way, outlier health) lives on across snapshots by name.
 
+use super::balance::Tls;
 use super::outlier::{Ejected, Observation, OutlierConfig, OutlierState};
-use super::tls::{TlsError, TlsSettings};
+use super::tls::{client_config, TlsError, TlsSettings};
 use crate::policy::EffectivePolicy;
 use crate::snapshot::Snapshot;
 use std::collections::HashMap;
@@ -82,14 +83,25 @@ pub struct ClusterPlan {
     pub max_retries: Option<usize>,
     /// Requests that may be under way at once (see [`request_limit`]).
     pub request_limit: Option<usize>,
-    /// The DestinationRule's `tls` block, when it originates TLS.
-    pub tls: Option<Result<TlsSettings, TlsError>>,
+    /// TLS origination, when the DestinationRule's `tls` block asks for
+    /// it: client configurations for HTTP/1.1 and HTTP/2 upstreams.
+    pub tls: Option<Result<[Tls; 2], TlsError>>,
     endpoints_v4: Vec<Endpoint>,
     endpoints_v6: Vec<Endpoint>,
     pub state: Arc<ClusterState>,
 }
 
 impl ClusterPlan {
+    /// The TLS to originate (None: plaintext), for an HTTP/2 or HTTP/1.1
+    /// connection.
+    pub fn tls(&self, http2: bool) -> Result<Option<Tls>, TlsError> {
+        match &self.tls {
+            None => Ok(None),
+            Some(Ok(configs)) => Ok(Some(configs[usize::from(http2)].clone())),
+            Some(Err(error)) => Err(error.clone()),
+        }
+    }
+
     /// Endpoints in the client's address family, or in the other one when
     /// the service has none of it.
     pub fn endpoints(&self, ipv6: bool) -> &[Endpoint] {
@@ -212,7 +224,13 @@ impl Inner {
             outlier: policy.outlier_detection.as_ref().map(OutlierConfig::from_policy),
             max_retries: pool_field(&policy, "maxRetries"),
             request_limit: request_limit(&policy, service.http2),
-            tls: policy.tls.as_ref().and_then(TlsSettings::from_policy),
+            tls: policy.tls.as_ref().and_then(TlsSettings::from_policy).map(|settings| {
+                let namespace =
+                    snapshot.model.rule_for_host(&service.fqdn, &service.namespace).map(|r| r.namespace.as_str());
+                settings.and_then(|settings| {
+                    originate(&settings, namespace.unwrap_or(&service.namespace), snapshot, &service.fqdn)
+                })
+            }),
             policy,
             endpoints_v4,
             endpoints_v6,
@@ -220,6 +238,19 @@ impl Inner {
             name,
         }
     }
+}
+
+/// Client configurations for both protocols, and the name to send as SNI
+/// (and check, unless `subjectAltNames` say otherwise).
+fn originate(settings: &TlsSettings, namespace: &str, snapshot: &Snapshot, fqdn: &str) -> Result<[Tls; 2], TlsError> {
+    let material = settings.material(namespace, &snapshot.model.secrets)?;
+    let name = settings.sni.clone().unwrap_or_else(|| fqdn.to_owned());
+    let server_name = rustls::pki_types::ServerName::try_from(name.clone())
+        .map_err(|_| TlsError::Config(format!("{name:?} is not a valid server name")))?;
+    let tls = |http2| -> Result<Tls, TlsError> {
+        Ok(Tls { config: Arc::new(client_config(settings, &material, http2)?), server_name: server_name.clone() })
+    };
+    Ok([tls(false)?, tls(true)?])
 }
 
 /// How many requests may be under way to one cluster, from

@@ -1,12 +1,11 @@
 //! One request through the proxy: route, fault, pick a destination and an
 //! endpoint, forward with timeouts and retries, mirror, and log.
 
+use super::balance::UpstreamError;
 use super::balance::{pick, random_u64, random_unit};
-use super::balance::{Tls, UpstreamError};
 use super::body::{GuardedBody, PrefixedBody, RequestBody};
-use super::cluster::{admit, ClusterPlan, InFlight};
+use super::cluster::{admit, InFlight};
 use super::outlier::Observation;
-use super::tls::TlsError;
 use super::{BoxError, Connection, Proxy, ProxyBody};
 use crate::policy::{HashKey, LoadBalancer};
 use crate::route::{
@@ -365,7 +364,7 @@ impl Proxy {
             return Outcome { response, flags, upstream: None, cluster, attempts: 0 };
         };
         // TLS origination, when the DestinationRule asks for it.
-        let tls = match self.upstream_tls(&plan) {
+        let tls = match plan.tls(plan.http2 && upgrade.is_none()) {
             Ok(tls) => tls,
             Err(error) => {
                 tracing::warn!(%cluster, %error, "cannot originate TLS");
@@ -553,20 +552,6 @@ impl Proxy {
             };
             Outcome { response, flags, upstream: Some(endpoint), cluster, attempts: attempt }
         }
-    }
-
-    /// The TLS to originate toward `target`, from its policy's `tls` block.
-    fn upstream_tls(&self, plan: &ClusterPlan) -> Result<Option<Tls>, TlsError> {
-        let settings = match &plan.tls {
-            None => return Ok(None),
-            Some(Err(error)) => return Err(error.clone()),
-            Some(Ok(settings)) => settings,
-        };
-        let config = self.upstreams.tls.get(settings, plan.http2)?;
-        let name = settings.sni.clone().unwrap_or_else(|| plan.service.to_string());
-        let server_name = rustls::pki_types::ServerName::try_from(name.clone())
-            .map_err(|_| TlsError::Config(format!("{name:?} is not a valid server name")))?;
-        Ok(Some(Tls { config, server_name }))
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -1,15 +1,17 @@
 //! TLS origination to upstreams (DestinationRule `trafficPolicy.tls`):
 //! `SIMPLE` verifies the server against `caCertificates`; `MUTUAL` also
-//! presents `clientCertificate`/`privateKey`. The name checked is `sni`
+//! presents `clientCertificate`/`privateKey`. `credentialName` takes all
+//! three from a Secret instead. The name checked is `sni`
 //! (or the destination's host), or any of `subjectAltNames` when given.
 
+use crate::model::SecretModel;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// The parsed `tls` block of a policy.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -20,6 +22,8 @@ pub struct TlsSettings {
     pub private_key: Option<PathBuf>,
     pub sni: Option<String>,
     pub subject_alt_names: Vec<String>,
+    /// A Secret with the material, instead of the files.
+    pub credential_name: Option<String>,
     pub insecure_skip_verify: bool,
 }
 
@@ -31,6 +35,8 @@ pub enum TlsError {
     File { path: PathBuf, message: String },
     #[error("tls: {0}")]
     Config(String),
+    #[error("{origin}: {message}")]
+    Pem { origin: String, message: String },
 }
 
 impl TlsSettings {
@@ -55,26 +61,50 @@ impl TlsSettings {
             private_key: text("privateKey").map(PathBuf::from),
             sni: text("sni"),
             subject_alt_names,
+            credential_name: text("credentialName"),
             insecure_skip_verify: block.get("insecureSkipVerify").and_then(|v| v.as_bool()).unwrap_or(false),
         }))
     }
 }
 
-/// Client configurations, built once per settings and protocol.
-#[derive(Default)]
-pub struct TlsConfigs {
-    built: Mutex<HashMap<(TlsSettings, bool), Arc<ClientConfig>>>,
+/// The PEM material of one origination, and where it came from (for
+/// errors).
+pub struct TlsMaterial {
+    pub origin: String,
+    pub ca: Option<Vec<u8>>,
+    pub cert_chain: Option<Vec<u8>>,
+    pub key: Option<Vec<u8>>,
 }
 
-impl TlsConfigs {
-    pub fn get(&self, settings: &TlsSettings, http2: bool) -> Result<Arc<ClientConfig>, TlsError> {
-        let key = (settings.clone(), http2);
-        if let Some(config) = self.built.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-            return Ok(config.clone());
+impl TlsSettings {
+    /// The material: from the Secret `credentialName` names (in the
+    /// DestinationRule's namespace; keys `cert`/`key`/`cacert`, or
+    /// `tls.crt`/`tls.key`/`ca.crt`), else from the files.
+    pub fn material(
+        &self,
+        namespace: &str,
+        secrets: &BTreeMap<(String, String), SecretModel>,
+    ) -> Result<TlsMaterial, TlsError> {
+        if let Some(name) = &self.credential_name {
+            let origin = format!("secret {namespace}/{name} (credentialName)");
+            let secret = secrets
+                .get(&(namespace.to_owned(), name.clone()))
+                .ok_or_else(|| TlsError::Pem { origin: origin.clone(), message: "not found".into() })?;
+            let pick = |keys: [&str; 2]| keys.iter().find_map(|k| secret.data.get(*k).cloned());
+            return Ok(TlsMaterial {
+                ca: pick(["cacert", "ca.crt"]),
+                cert_chain: pick(["cert", "tls.crt"]),
+                key: pick(["key", "tls.key"]),
+                origin,
+            });
         }
-        let config = Arc::new(build(settings, http2)?);
-        self.built.lock().unwrap_or_else(|p| p.into_inner()).insert(key, config.clone());
-        Ok(config)
+        let read = |path: &Option<PathBuf>| path.as_ref().map(read).transpose();
+        Ok(TlsMaterial {
+            ca: read(&self.ca_certificates)?,
+            cert_chain: read(&self.client_certificate)?,
+            key: read(&self.private_key)?,
+            origin: "files".into(),
+        })
     }
 }
 
@@ -82,23 +112,25 @@ fn read(path: &PathBuf) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|e| TlsError::File { path: path.clone(), message: e.to_string() })
 }
 
-fn build(settings: &TlsSettings, http2: bool) -> Result<ClientConfig, TlsError> {
+/// A client configuration for `settings` with `material`, offering h2 or
+/// http/1.1 by ALPN.
+pub fn client_config(settings: &TlsSettings, material: &TlsMaterial, http2: bool) -> Result<ClientConfig, TlsError> {
+    let pem_error = |message: String| TlsError::Pem { origin: material.origin.clone(), message };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| TlsError::Config(e.to_string()))?;
     let verifier: Arc<dyn ServerCertVerifier> = {
         let mut roots = RootCertStore::empty();
-        if let Some(path) = &settings.ca_certificates {
-            let pem = read(path)?;
-            for cert in CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.map_err(|e| TlsError::File { path: path.clone(), message: e.to_string() })?;
-                roots.add(cert).map_err(|e| TlsError::File { path: path.clone(), message: e.to_string() })?;
+        if let Some(pem) = &material.ca {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| pem_error(format!("CA certificates: {e}")))?;
+                roots.add(cert).map_err(|e| pem_error(format!("CA certificates: {e}")))?;
             }
         }
         if roots.is_empty() && !settings.insecure_skip_verify {
             return Err(TlsError::Config(
-                "caCertificates is required to verify the upstream (or set insecureSkipVerify)".into(),
+                "CA certificates are required to verify the upstream (caCertificates, or cacert/ca.crt in the credentialName secret; or set insecureSkipVerify)".into(),
             ));
         }
         let webpki = if roots.is_empty() {
@@ -122,17 +154,15 @@ fn build(settings: &TlsSettings, http2: bool) -> Result<ClientConfig, TlsError> 
     };
     let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
     let mut config = if settings.mutual {
-        let (cert_path, key_path) = match (&settings.client_certificate, &settings.private_key) {
-            (Some(cert), Some(key)) => (cert, key),
-            _ => return Err(TlsError::Config("MUTUAL needs clientCertificate and privateKey".into())),
+        let (Some(cert_pem), Some(key_pem)) = (&material.cert_chain, &material.key) else {
+            return Err(TlsError::Config(
+                "MUTUAL needs a client certificate and key (clientCertificate/privateKey, or the credentialName secret)".into(),
+            ));
         };
-        let cert_pem = read(cert_path)?;
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_slice_iter(&cert_pem)
-                .collect::<Result<_, _>>()
-                .map_err(|e| TlsError::File { path: cert_path.clone(), message: e.to_string() })?;
-        let key = PrivateKeyDer::from_pem_slice(&read(key_path)?)
-            .map_err(|e| TlsError::File { path: key_path.clone(), message: e.to_string() })?;
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+            .collect::<Result<_, _>>()
+            .map_err(|e| pem_error(format!("client certificate: {e}")))?;
+        let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| pem_error(format!("private key: {e}")))?;
         builder.with_client_auth_cert(certs, key).map_err(|e| TlsError::Config(e.to_string()))?
     } else {
         builder.with_no_client_auth()
