@@ -184,6 +184,7 @@ pub fn status_report(shared: &Shared) -> StatusReport {
             .map(|p| UpstreamPoolStatus {
                 endpoint: p.endpoint.to_string(),
                 in_flight: p.in_flight,
+                http1_idle: p.http1_idle,
                 http2_open: p.http2_open,
             })
             .collect(),

@@ -73,6 +73,9 @@ pub struct ReloadStatus {
 pub struct UpstreamPoolStatus {
     pub endpoint: String,
     pub in_flight: usize,
+    /// Idle pooled HTTP/1.1 connections.
+    #[serde(default)]
+    pub http1_idle: usize,
     pub http2_open: bool,
 }
 
@@ -156,7 +159,13 @@ impl StatusReport {
                 .upstream_pools
                 .iter()
                 .map(|p| {
-                    format!("{} ({} in flight{})", p.endpoint, p.in_flight, if p.http2_open { ", h2" } else { "" })
+                    format!(
+                        "{} ({} in flight, {} idle{})",
+                        p.endpoint,
+                        p.in_flight,
+                        p.http1_idle,
+                        if p.http2_open { ", h2" } else { "" }
+                    )
                 })
                 .collect();
             let _ = writeln!(out, "  upstreams: {}", pools.join(", "));

@@ -660,3 +660,26 @@ fn ports_without_rules_stay_on_the_kernel_path() {
     let status = world.env.admin_json("/status");
     assert_eq!(status["kernel_counters"]["connect_captured"], 0, "nothing captured without L7 rules: {status}");
 }
+
+#[test]
+fn upstream_connections_are_pooled_within_the_clusters_limits() {
+    let world = World::new("l7_pool", 1);
+    let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}\nspec:\n  host: reviews\n  trafficPolicy:\n    connectionPool:\n      http: {maxRequestsPerConnection: 5, idleTimeout: 1s}\n---\n";
+    world.start(rule);
+    let backend = &world.servers[0];
+
+    // 20 requests one after another: a connection carries 5, then a new one.
+    let report = world.http(&["--count", "20"]);
+    assert_eq!(report["ok"], 20, "{report}");
+    assert_eq!(backend.accepted(), 4, "maxRequestsPerConnection: 5");
+    let status = world.env.admin_json("/status");
+    assert_eq!(status["upstream_pools"][0]["http1_idle"], 0, "the last one was closed after its 5th: {status}");
+
+    // Kept between requests while in use, closed once idle past idleTimeout.
+    world.http(&["--count", "2"]);
+    assert_eq!(backend.accepted(), 5);
+    assert!(wait_until(Duration::from_secs(1), || backend.live() == 1), "one pooled connection");
+    assert!(wait_until(Duration::from_secs(4), || backend.live() == 0), "closed after the 1 s idle timeout");
+    world.http(&["--count", "1"]);
+    assert_eq!(backend.accepted(), 6, "a new connection after the idle one was closed");
+}

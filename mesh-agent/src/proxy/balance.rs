@@ -1,12 +1,11 @@
 //! Upstream connection pools and L7 load balancing across endpoints.
 
 use super::cluster::Endpoint;
+use super::pool::{ConnectionLimits, Http1Pool};
 use super::ProxyBody;
 use crate::maglev::stable_hash;
 use crate::policy::LoadBalancer;
-use hyper::client::conn::{http1, http2};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -15,13 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// Idle upstream connections are kept this long for reuse.
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// Upstream connect timeout (Istio's mesh default).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 pub struct Upstreams {
-    http1: Client<HttpConnector, ProxyBody>,
+    http1: Arc<Http1Pool>,
     /// One multiplexed HTTP/2 connection per endpoint, as Envoy keeps.
     /// Ours rather than the pooled client's, so `:authority` can be the
     /// service's name while the connection goes to the endpoint.
@@ -32,12 +26,12 @@ pub struct Upstreams {
 /// sent from a spawned task (mirrors).
 #[derive(Clone)]
 pub struct Dialer {
-    http1: Client<HttpConnector, ProxyBody>,
+    http1: Arc<Http1Pool>,
     h2: H2Connections,
 }
 
 /// HTTP/2 upstream connections by (endpoint, over TLS).
-type H2Connections = Arc<Mutex<HashMap<(SocketAddr, bool), http2::SendRequest<ProxyBody>>>>;
+type H2Connections = Arc<Mutex<HashMap<(SocketAddr, u64), http2::SendRequest<ProxyBody>>>>;
 
 /// Why a try got no response.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +44,9 @@ pub enum UpstreamError {
     /// The upstream answered something that is not HTTP (502).
     #[error("upstream sent a malformed response: {0}")]
     Protocol(String),
+    /// HTTP/2 REFUSED_STREAM: the upstream did not process the request.
+    #[error("upstream refused the stream: {0}")]
+    RefusedStream(String),
 }
 
 impl UpstreamError {
@@ -57,8 +54,10 @@ impl UpstreamError {
         matches!(self, UpstreamError::Connect(_))
     }
 
-    fn from_hyper(error: &hyper::Error) -> Self {
-        if error.is_parse() || error.is_parse_status() {
+    pub(super) fn from_hyper(error: &hyper::Error) -> Self {
+        if is_refused_stream(error) {
+            UpstreamError::RefusedStream(error.to_string())
+        } else if error.is_parse() || error.is_parse_status() {
             UpstreamError::Protocol(error.to_string())
         } else {
             UpstreamError::Failed(error.to_string())
@@ -66,21 +65,30 @@ impl UpstreamError {
     }
 }
 
+/// An HTTP/2 stream reset with REFUSED_STREAM, anywhere in the chain.
+fn is_refused_stream(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(error);
+    while let Some(error) = next {
+        if let Some(h2) = error.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        next = error.source();
+    }
+    false
+}
+
 /// One upstream endpoint as the proxy sees it, for status.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct UpstreamPool {
     pub endpoint: SocketAddr,
     pub in_flight: usize,
+    pub http1_idle: usize,
     pub http2_open: bool,
 }
 
 impl Upstreams {
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let http1 = Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE_TIMEOUT).build(connector);
-        Self { http1, h2: Arc::default() }
+        Self { http1: Arc::default(), h2: Arc::default() }
     }
 
     pub fn dialer(&self) -> Dialer {
@@ -90,47 +98,32 @@ impl Upstreams {
 
 impl Dialer {
     /// Sends a request to `endpoint`: HTTP/2 on our per-endpoint connection
-    /// (the request's URI carries the logical authority), HTTP/1.1 through
-    /// the pooled client (the URI names the endpoint; Host carries the name).
+    /// (the request's URI carries the logical authority), HTTP/1.1 on a
+    /// pooled connection (origin-form URI; Host carries the name).
     pub async fn send(
         self,
         endpoint: SocketAddr,
         http2: bool,
         tls: Option<Tls>,
+        limits: ConnectionLimits,
         request: http::Request<ProxyBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
         let failed = |e: hyper::Error| UpstreamError::from_hyper(&e);
-        match (http2, tls) {
-            (false, None) => self.http1.request(request).await.map_err(|e| {
-                use std::error::Error;
-                match e.source().and_then(|s| s.downcast_ref::<hyper::Error>()) {
-                    _ if e.is_connect() => UpstreamError::Connect(e.to_string()),
-                    Some(inner) => UpstreamError::from_hyper(inner),
-                    None => UpstreamError::Failed(e.to_string()),
-                }
-            }),
-            (false, Some(tls)) => {
-                // TLS HTTP/1.1: one connection per request (not pooled yet).
-                let stream = tls_connect(endpoint, &tls).await?;
-                let (mut sender, connection) =
-                    http1::handshake(TokioIo::new(stream)).await.map_err(|e| UpstreamError::Connect(e.to_string()))?;
-                tokio::spawn(connection);
-                sender.send_request(request).await.map_err(failed)
-            }
-            (true, tls) => {
-                let mut sender = self.h2_sender(endpoint, tls).await?;
-                sender.ready().await.map_err(failed)?;
-                sender.send_request(request).await.map_err(failed)
-            }
+        if !http2 {
+            return self.http1.send(endpoint, tls, limits, request).await;
         }
+        let mut sender = self.h2_sender(endpoint, tls, limits.connect_timeout).await?;
+        sender.ready().await.map_err(failed)?;
+        sender.send_request(request).await.map_err(failed)
     }
 
     async fn h2_sender(
         &self,
         endpoint: SocketAddr,
         tls: Option<Tls>,
+        connect_timeout: Duration,
     ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
-        let key = (endpoint, tls.is_some());
+        let key = Tls::key(endpoint, tls.as_ref());
         if let Some(sender) = lock(&self.h2).get(&key).filter(|s| !s.is_closed()) {
             return Ok(sender.clone());
         }
@@ -138,13 +131,13 @@ impl Dialer {
         let (sender, connection): (_, std::pin::Pin<Box<dyn std::future::Future<Output = hyper::Result<()>> + Send>>) =
             match &tls {
                 Some(tls) => {
-                    let stream = tls_connect(endpoint, tls).await?;
+                    let stream = tls_connect(endpoint, tls, connect_timeout).await?;
                     let (sender, connection) =
                         http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.map_err(handshake)?;
                     (sender, Box::pin(connection))
                 }
                 None => {
-                    let stream = tcp_connect(endpoint).await?;
+                    let stream = tcp_connect(endpoint, connect_timeout).await?;
                     let (sender, connection) =
                         http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.map_err(handshake)?;
                     (sender, Box::pin(connection))
@@ -166,10 +159,24 @@ impl Dialer {
 pub struct Tls {
     pub config: Arc<rustls::ClientConfig>,
     pub server_name: rustls::pki_types::ServerName<'static>,
+    /// Same settings, material and name, same id: connections made with
+    /// one may be reused by the other, and never across different ones
+    /// (a pooled connection with a client certificate is not a SIMPLE one).
+    pub id: u64,
 }
 
-async fn tcp_connect(endpoint: SocketAddr) -> Result<tokio::net::TcpStream, UpstreamError> {
-    let stream = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(endpoint))
+impl Tls {
+    /// The connection-pool key of a connection to `endpoint` with `tls`.
+    pub fn key(endpoint: SocketAddr, tls: Option<&Tls>) -> (SocketAddr, u64) {
+        (endpoint, tls.map_or(0, |tls| tls.id))
+    }
+}
+
+pub(super) async fn tcp_connect(
+    endpoint: SocketAddr,
+    timeout: Duration,
+) -> Result<tokio::net::TcpStream, UpstreamError> {
+    let stream = tokio::time::timeout(timeout, tokio::net::TcpStream::connect(endpoint))
         .await
         .map_err(|_| UpstreamError::Connect("connect timeout".into()))?
         .map_err(|e| UpstreamError::Connect(e.to_string()))?;
@@ -177,11 +184,12 @@ async fn tcp_connect(endpoint: SocketAddr) -> Result<tokio::net::TcpStream, Upst
     Ok(stream)
 }
 
-async fn tls_connect(
+pub(super) async fn tls_connect(
     endpoint: SocketAddr,
     tls: &Tls,
+    timeout: Duration,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, UpstreamError> {
-    let stream = tcp_connect(endpoint).await?;
+    let stream = tcp_connect(endpoint, timeout).await?;
     tokio_rustls::TlsConnector::from(tls.config.clone())
         .connect(tls.server_name.clone(), stream)
         .await
@@ -193,11 +201,13 @@ impl Upstreams {
     /// flight: and whether a multiplexed HTTP/2 connection to each is open.
     pub fn pools(&self, in_flight: Vec<(SocketAddr, usize)>) -> Vec<UpstreamPool> {
         let h2 = lock(&self.h2);
+        let idle = self.http1.idle_counts();
         let mut pools: Vec<UpstreamPool> = in_flight
             .into_iter()
             .map(|(endpoint, in_flight)| UpstreamPool {
                 endpoint,
                 in_flight,
+                http1_idle: idle.get(&endpoint).copied().unwrap_or(0),
                 http2_open: h2.iter().any(|((e, _), sender)| *e == endpoint && !sender.is_closed()),
             })
             .collect();
@@ -303,12 +313,19 @@ mod tests {
 
     fn endpoints(n: u8) -> Vec<Endpoint> {
         (1..=n)
-            .map(|i| Endpoint { address: SocketAddr::from(([10, 244, i, 2], 8080)), in_flight: Default::default() })
+            .map(|i| Endpoint { address: SocketAddr::from(([10, 244, i, 2], 8080)), counters: Default::default() })
             .collect()
     }
 
     fn addresses(endpoints: &[Endpoint]) -> Vec<SocketAddr> {
         endpoints.iter().map(|e| e.address).collect()
+    }
+
+    #[test]
+    fn a_refused_stream_is_told_from_other_resets() {
+        assert!(is_refused_stream(&h2::Error::from(h2::Reason::REFUSED_STREAM)));
+        assert!(!is_refused_stream(&h2::Error::from(h2::Reason::CANCEL)));
+        assert!(!is_refused_stream(&std::io::Error::other("reset")));
     }
 
     #[test]

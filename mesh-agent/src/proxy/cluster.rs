@@ -7,6 +7,7 @@
 
 use super::balance::Tls;
 use super::outlier::{Ejected, Observation, OutlierConfig, OutlierState};
+use super::pool::{ConnectionLimits, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
 use super::tls::{client_config, TlsError, TlsSettings};
 use crate::policy::EffectivePolicy;
 use crate::snapshot::Snapshot;
@@ -21,18 +22,26 @@ use std::time::Instant;
 #[derive(Clone, Debug)]
 pub struct Endpoint {
     pub address: SocketAddr,
+    pub counters: Arc<EndpointCounters>,
+}
+
+#[derive(Debug, Default)]
+pub struct EndpointCounters {
     pub in_flight: Arc<AtomicUsize>,
+    /// A request has gone to it (status lists only those).
+    used: std::sync::atomic::AtomicBool,
 }
 
 impl Endpoint {
     pub fn load(&self) -> usize {
-        self.in_flight.load(Ordering::Relaxed)
+        self.counters.in_flight.load(Ordering::Relaxed)
     }
 
     /// Counts one request against the endpoint until the guard drops.
     pub fn start(&self) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.in_flight.clone())
+        self.counters.used.store(true, Ordering::Relaxed);
+        self.counters.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.counters.in_flight.clone())
     }
 }
 
@@ -83,6 +92,8 @@ pub struct ClusterPlan {
     pub max_retries: Option<usize>,
     /// Requests that may be under way at once (see [`request_limit`]).
     pub request_limit: Option<usize>,
+    /// Connect and idle timeouts, requests per connection.
+    pub limits: ConnectionLimits,
     /// TLS origination, when the DestinationRule's `tls` block asks for
     /// it: client configurations for HTTP/1.1 and HTTP/2 upstreams.
     pub tls: Option<Result<[Tls; 2], TlsError>>,
@@ -141,7 +152,7 @@ struct Inner {
     /// By service index, then subset.
     plans: HashMap<usize, Vec<Arc<ClusterPlan>>>,
     states: HashMap<Arc<str>, Arc<ClusterState>>,
-    in_flight: HashMap<SocketAddr, Arc<AtomicUsize>>,
+    endpoints: HashMap<SocketAddr, Arc<EndpointCounters>>,
 }
 
 impl Clusters {
@@ -178,7 +189,12 @@ impl Clusters {
     /// Requests in flight per endpoint the proxy has sent to.
     pub fn in_flight(&self) -> Vec<(SocketAddr, usize)> {
         let inner = lock(&self.inner);
-        inner.in_flight.iter().map(|(address, count)| (*address, count.load(Ordering::Relaxed))).collect()
+        inner
+            .endpoints
+            .iter()
+            .filter(|(_, counters)| counters.used.load(Ordering::Relaxed))
+            .map(|(address, counters)| (*address, counters.in_flight.load(Ordering::Relaxed)))
+            .collect()
     }
 }
 
@@ -196,7 +212,7 @@ impl Inner {
             });
             exists || Arc::strong_count(state) > 1
         });
-        self.in_flight.retain(|_, count| Arc::strong_count(count) > 1 || count.load(Ordering::Relaxed) > 0);
+        self.endpoints.retain(|_, c| Arc::strong_count(c) > 1 || c.in_flight.load(Ordering::Relaxed) > 0);
     }
 
     fn compile(&mut self, snapshot: &Snapshot, index: usize, subset: &str) -> ClusterPlan {
@@ -208,8 +224,8 @@ impl Inner {
         let mut endpoints_v4 = Vec::new();
         let mut endpoints_v6 = Vec::new();
         for address in snapshot.endpoints_any_family(service, subset_name) {
-            let in_flight = self.in_flight.entry(address).or_default().clone();
-            let endpoint = Endpoint { address, in_flight };
+            let counters = self.endpoints.entry(address).or_default().clone();
+            let endpoint = Endpoint { address, counters };
             if address.is_ipv6() {
                 endpoints_v6.push(endpoint);
             } else {
@@ -224,6 +240,7 @@ impl Inner {
             outlier: policy.outlier_detection.as_ref().map(OutlierConfig::from_policy),
             max_retries: pool_field(&policy, "maxRetries"),
             request_limit: request_limit(&policy, service.http2),
+            limits: connection_limits(&policy),
             tls: policy.tls.as_ref().and_then(TlsSettings::from_policy).map(|settings| {
                 let namespace =
                     snapshot.model.rule_for_host(&service.fqdn, &service.namespace).map(|r| r.namespace.as_str());
@@ -247,8 +264,15 @@ fn originate(settings: &TlsSettings, namespace: &str, snapshot: &Snapshot, fqdn:
     let name = settings.sni.clone().unwrap_or_else(|| fqdn.to_owned());
     let server_name = rustls::pki_types::ServerName::try_from(name.clone())
         .map_err(|_| TlsError::Config(format!("{name:?} is not a valid server name")))?;
-    let tls = |http2| -> Result<Tls, TlsError> {
-        Ok(Tls { config: Arc::new(client_config(settings, &material, http2)?), server_name: server_name.clone() })
+    let tls = |http2: bool| -> Result<Tls, TlsError> {
+        let config = Arc::new(client_config(settings, &material, http2)?);
+        let id = {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            (settings, &material.ca, &material.cert_chain, &material.key, &name, http2).hash(&mut hasher);
+            hasher.finish() | 1
+        };
+        Ok(Tls { config, server_name: server_name.clone(), id })
     };
     Ok([tls(false)?, tls(true)?])
 }
@@ -265,6 +289,24 @@ fn request_limit(policy: &EffectivePolicy, http2: bool) -> Option<usize> {
     match (connections, pool_field(policy, "http1MaxPendingRequests")) {
         (Some(c), Some(p)) => Some(c + p),
         _ => None,
+    }
+}
+
+/// `connectTimeout`, `idleTimeout` and `maxRequestsPerConnection` (0 is
+/// unlimited, as in Istio), with Istio's defaults.
+fn connection_limits(policy: &EffectivePolicy) -> ConnectionLimits {
+    let idle_timeout = policy
+        .http_pool
+        .as_ref()
+        .and_then(|pool| pool.get("idleTimeout")?.as_str().map(str::to_owned))
+        .and_then(|text| crate::policy::parse_duration("idleTimeout", &text).ok())
+        .filter(|d| !d.is_zero());
+    ConnectionLimits {
+        connect_timeout: policy.tcp.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        idle_timeout: idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        max_requests: pool_field(policy, "maxRequestsPerConnection")
+            .filter(|n| *n > 0)
+            .map(|n| n.min(u32::MAX as usize) as u32),
     }
 }
 

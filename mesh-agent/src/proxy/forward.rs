@@ -416,7 +416,7 @@ impl Proxy {
                 (a, b) => a.or(b),
             };
             let in_flight = picked.start();
-            let sent = self.upstreams.dialer().send(endpoint, http2, tls.clone(), request);
+            let sent = self.upstreams.dialer().send(endpoint, http2, tls.clone(), plan.limits, request);
             let mut result = match try_deadline {
                 Some(at) => tokio::time::timeout_at(at.into(), sent).await.map_err(|_| ()),
                 None => Ok(sent.await),
@@ -432,6 +432,7 @@ impl Proxy {
                         .and_then(|v| v.parse().ok()),
                 },
                 Ok(Err(error)) if error.is_connect() => AttemptOutcome::ConnectFailure,
+                Ok(Err(UpstreamError::RefusedStream(_))) => AttemptOutcome::RefusedStream,
                 Ok(Err(_)) => AttemptOutcome::Reset,
             };
             if let Some(config) = outliers {
@@ -606,7 +607,8 @@ impl Proxy {
             MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        let sent = self.upstreams.dialer().send(endpoint, plan.http2, None, request);
+        let Ok(tls) = plan.tls(plan.http2) else { return };
+        let sent = self.upstreams.dialer().send(endpoint, plan.http2, tls, plan.limits, request);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(MIRROR_TIMEOUT, async {
                 if let Ok(response) = sent.await {
@@ -688,25 +690,28 @@ fn set_authority(parts: &mut Parts, authority: &str) {
     }
 }
 
-/// The request as the upstream gets it. HTTP/1.1: the line names the
-/// endpoint (the pooled client connects by it) and Host keeps the service's
+/// The request as the upstream gets it, on a connection that is already
+/// the endpoint's. HTTP/1.1: the origin form, and Host keeps the service's
 /// name. HTTP/2: `:authority` is the service's name (from Host, which h2
-/// must not also carry) and the connection is already the endpoint's.
+/// must not also carry).
 fn upstream_request(mut request: Request<ProxyBody>, endpoint: SocketAddr, http2: bool) -> Request<ProxyBody> {
-    let path = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
-    let authority = if http2 {
-        request
+    if http2 {
+        let path = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+        let authority = request
             .headers_mut()
             .remove(HOST)
             .and_then(|h| h.to_str().ok().map(str::to_owned))
-            .unwrap_or(endpoint.to_string())
-    } else {
-        endpoint.to_string()
-    };
-    *request.uri_mut() = format!("http://{authority}{path}")
-        .parse()
-        .or_else(|_| format!("http://{endpoint}{path}").parse())
-        .unwrap_or_else(|_| Uri::from_static("/"));
+            .unwrap_or(endpoint.to_string());
+        *request.uri_mut() = format!("http://{authority}{path}")
+            .parse()
+            .or_else(|_| format!("http://{endpoint}{path}").parse())
+            .unwrap_or_else(|_| Uri::from_static("/"));
+    } else if request.uri().scheme().is_some() || request.uri().path_and_query().is_none() {
+        // An absolute-form request line from the client: send the origin form.
+        let origin =
+            request.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *request.uri_mut() = Uri::from(origin);
+    }
     *request.version_mut() = upstream_version(http2);
     request
 }

@@ -11,6 +11,7 @@ pub mod cluster;
 mod forward;
 mod metrics;
 pub mod outlier;
+mod pool;
 mod tcp;
 pub mod tls;
 

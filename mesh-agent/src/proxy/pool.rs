@@ -1,0 +1,193 @@
+//! HTTP/1.1 upstream connections, kept per endpoint (plaintext or TLS) for
+//! reuse, with the cluster's limits from `connectionPool`: the TCP connect
+//! timeout, the HTTP idle timeout, and the requests one connection may
+//! carry. A connection goes back to the pool only once its response has
+//! been read to the end, so a request never waits behind another one.
+
+use super::balance::{Tls, UpstreamError};
+use super::ProxyBody;
+use http::header::{HeaderValue, CONNECTION};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+/// Istio's defaults: 10 s to connect, idle connections closed after an hour.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+/// How often idle connections past their timeout are closed.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A cluster's limits on its upstream connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// `connectionPool.tcp.connectTimeout`.
+    pub connect_timeout: Duration,
+    /// `connectionPool.http.idleTimeout`.
+    pub idle_timeout: Duration,
+    /// `connectionPool.http.maxRequestsPerConnection` (None: unlimited).
+    pub max_requests: Option<u32>,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        Self { connect_timeout: DEFAULT_CONNECT_TIMEOUT, idle_timeout: DEFAULT_IDLE_TIMEOUT, max_requests: None }
+    }
+}
+
+/// (endpoint, TLS identity or 0 for plaintext).
+type Key = (SocketAddr, u64);
+
+struct Idle {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+    idle_timeout: Duration,
+    /// Requests the connection has carried.
+    served: u32,
+}
+
+#[derive(Default)]
+pub struct Http1Pool {
+    idle: Mutex<HashMap<Key, Vec<Idle>>>,
+    sweeping: std::sync::atomic::AtomicBool,
+}
+
+impl Http1Pool {
+    /// Sends `request` on an idle connection to `endpoint`, or a new one.
+    /// The request's URI is the origin form; Host names the service.
+    pub async fn send(
+        self: &Arc<Self>,
+        endpoint: SocketAddr,
+        tls: Option<Tls>,
+        limits: ConnectionLimits,
+        mut request: http::Request<ProxyBody>,
+    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        let key = Tls::key(endpoint, tls.as_ref());
+        loop {
+            let (mut sender, served, reused) = match self.checkout(key) {
+                Some(idle) => (idle.sender, idle.served, true),
+                None => (connect(endpoint, tls.as_ref(), limits.connect_timeout).await?, 0, false),
+            };
+            let served = served + 1;
+            // An upgrade keeps its `Connection: upgrade`; the switch ends
+            // the connection's HTTP life anyway.
+            let upgrade = request.headers().contains_key(http::header::UPGRADE);
+            let last = !upgrade && limits.max_requests.is_some_and(|max| served >= max);
+            if last {
+                // The upstream closes it after this response; so does hyper.
+                request.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    // One the upstream closes (`Connection: close`) never
+                    // becomes ready again, and is dropped.
+                    if !last {
+                        self.checkin_when_done(key, sender, served, limits.idle_timeout);
+                    }
+                    return Ok(response);
+                }
+                Err(mut error) => match error.take_message() {
+                    // A pooled connection the upstream had closed meanwhile:
+                    // the request never left, so it goes on a fresh one.
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(UpstreamError::from_hyper(error.error())),
+                },
+            }
+        }
+    }
+
+    /// The most recently used idle connection that is still open.
+    fn checkout(&self, key: Key) -> Option<Idle> {
+        let mut idle = lock(&self.idle);
+        let list = idle.get_mut(&key)?;
+        while let Some(candidate) = list.pop() {
+            if candidate.sender.is_ready() && candidate.since.elapsed() < candidate.idle_timeout {
+                return Some(candidate);
+            }
+        }
+        None
+    }
+
+    /// Returns the connection to the pool once the response has been read
+    /// (hyper says it is ready for another request), or drops it if it
+    /// closes first.
+    fn checkin_when_done(
+        self: &Arc<Self>,
+        key: Key,
+        mut sender: http1::SendRequest<ProxyBody>,
+        served: u32,
+        idle_timeout: Duration,
+    ) {
+        let pool = Arc::downgrade(self);
+        tokio::spawn(async move {
+            if sender.ready().await.is_err() {
+                return;
+            }
+            let Some(pool) = pool.upgrade() else { return };
+            lock(&pool.idle).entry(key).or_default().push(Idle { sender, since: Instant::now(), idle_timeout, served });
+            pool.start_sweeping();
+        });
+    }
+
+    /// Closes idle connections past their idle timeout, once a second.
+    fn start_sweeping(self: &Arc<Self>) {
+        if self.sweeping.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let pool: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_INTERVAL).await;
+                let Some(pool) = pool.upgrade() else { return };
+                lock(&pool.idle).retain(|_, list| {
+                    list.retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < idle.idle_timeout);
+                    !list.is_empty()
+                });
+            }
+        });
+    }
+
+    /// Idle connections per endpoint, for status.
+    pub fn idle_counts(&self) -> HashMap<SocketAddr, usize> {
+        let mut counts = HashMap::new();
+        for ((endpoint, _), list) in lock(&self.idle).iter() {
+            *counts.entry(*endpoint).or_default() += list.len();
+        }
+        counts
+    }
+}
+
+async fn connect(
+    endpoint: SocketAddr,
+    tls: Option<&Tls>,
+    timeout: Duration,
+) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
+    let handshake = |e: hyper::Error| UpstreamError::Connect(e.to_string());
+    let sender = match tls {
+        Some(tls) => {
+            let stream = super::balance::tls_connect(endpoint, tls, timeout).await?;
+            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(handshake)?;
+            tokio::spawn(drive(endpoint, connection.with_upgrades()));
+            sender
+        }
+        None => {
+            let stream = super::balance::tcp_connect(endpoint, timeout).await?;
+            let (sender, connection) = http1::handshake(TokioIo::new(stream)).await.map_err(handshake)?;
+            tokio::spawn(drive(endpoint, connection.with_upgrades()));
+            sender
+        }
+    };
+    Ok(sender)
+}
+
+async fn drive(endpoint: SocketAddr, connection: impl std::future::Future<Output = hyper::Result<()>>) {
+    if let Err(error) = connection.await {
+        tracing::debug!(%endpoint, %error, "HTTP/1.1 upstream connection ended");
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
