@@ -205,8 +205,9 @@ impl ReloadLoop {
         }
     }
 
-    fn publish_applied(&mut self, snapshot: Snapshot, started: Instant, stats: ApplyStats) {
+    fn publish_applied(&mut self, mut snapshot: Snapshot, started: Instant, stats: ApplyStats) {
         let previous = self.published.borrow().clone();
+        snapshot.serial = previous.reloads + 1;
         tracing::info!(
             services = snapshot.services.len(),
             frontends = snapshot.frontends.len(),

@@ -12,6 +12,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "mesh-agent",
@@ -159,7 +162,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let dataplane::Loaded { writer, mut ebpf, maps_taken_over, lock: _lock } =
         dataplane::load(&options).context("loading the kernel maps")?;
     let counters = CounterReader::open(&args.bpffs).context("opening the counter maps")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+    // One thread for the proxy, the admin API and the watches: a
+    // single-threaded scheduler has no cross-thread hand-offs per request.
+    // (Map writes run on the reload thread.)
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
 
     // The proxy listens before any connect can be captured to it.
     let node_v4 = args.node_ips.iter().find_map(|ip| match ip {
@@ -199,9 +205,16 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         };
     let (mut reload, published) = ReloadLoop::new(source, writer, args.cluster_domain, maps_taken_over);
     // The first configuration goes into the maps before any program can
-    // read them.
+    // read them. It waits off the runtime, which meanwhile drives the
+    // watches it waits for.
     let patience = if kube.is_some() { Duration::from_secs(args.sync_timeout_secs) } else { Duration::ZERO };
-    reload.first_load(patience);
+    let reload = runtime.block_on(async move {
+        tokio::task::spawn_blocking(move || {
+            reload.first_load(patience);
+            reload
+        })
+        .await
+    })?;
     let info = dataplane::attach(&mut ebpf, &options, maps_taken_over).context("attaching the kernel programs")?;
     let stop = Arc::new(AtomicBool::new(false));
     let reload_thread = {

@@ -318,6 +318,11 @@ impl Model {
         model
     }
 
+    /// The `metadata.generation` of the version of `key` that serves.
+    pub fn served_generation(&self, key: &ObjectKey) -> Option<i64> {
+        self.accepted.get(key).and_then(|object| object.resource.metadata().generation)
+    }
+
     /// The accepted version of `key`, validated again.
     fn last_good(&self, key: &ObjectKey, cluster_domain: &str) -> Option<(SourcedObject, Accepted)> {
         let last = self.accepted.get(key)?;
@@ -763,6 +768,7 @@ fn validate_secret(secret: &resources::Secret) -> Result<SecretModel, FieldError
 
 fn validate_pod(pod: &resources::Pod) -> Result<PodModel, FieldError> {
     let mut ips = Vec::new();
+    let done = matches!(pod.status.phase.as_deref(), Some("Succeeded" | "Failed"));
     if let Some(ip) = pod.status.pod_ip.as_deref().filter(|ip| !ip.is_empty()) {
         ips.push(parse_ip("status.podIP", ip)?);
     }
@@ -771,6 +777,9 @@ fn validate_pod(pod: &resources::Pod) -> Result<PodModel, FieldError> {
         if !ips.contains(&ip) {
             ips.push(ip);
         }
+    }
+    if done {
+        ips.clear(); // kept by name (labels), not by address
     }
     Ok(PodModel {
         namespace: pod.metadata.namespace_or_default().to_owned(),

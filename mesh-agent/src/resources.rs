@@ -190,6 +190,10 @@ pub struct PodSpec {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct PodStatus {
+    /// `Succeeded` and `Failed` pods are done: their addresses may already
+    /// belong to new pods.
+    #[serde(default)]
+    pub phase: Option<String>,
     #[serde(default, rename = "podIP")]
     pub pod_ip: Option<String>,
     #[serde(default, rename = "podIPs")]

@@ -40,6 +40,10 @@ pub struct Snapshot {
     pub model: Arc<Model>,
     /// The HTTP, TCP and TLS routes of every VirtualService.
     pub routes: Arc<RouteTable>,
+    /// Which published snapshot this is (increasing; 0 before publishing).
+    pub serial: u64,
+    /// The source pod of a captured connection, by address.
+    pub pods_by_ip: HashMap<IpAddr, (String, String)>,
 }
 
 /// One service port as the dataplane serves it (an Envoy "cluster").
@@ -334,6 +338,8 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
         }
         snapshot.by_host.entry(service.fqdn.clone()).or_default().push(index);
     }
+    snapshot.pods_by_ip =
+        model.pods.iter().flat_map(|(id, pod)| pod.ips.iter().map(move |ip| (*ip, id.clone()))).collect();
     snapshot.model = Arc::new(model.clone());
     snapshot.routes = routes;
     check_capacity("service addresses", snapshot.frontends.len(), capacity::FRONTENDS)?;

@@ -179,7 +179,7 @@ fn read_file(path: &Path, stamp: Stamp, previous: Option<FileState>) -> FileStat
 }
 
 /// One file's documents, object by object.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct ParsedFile {
     pub objects: Vec<SourcedObject>,
     /// Objects of a served kind, named, that do not decode.

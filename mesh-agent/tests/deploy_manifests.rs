@@ -36,7 +36,13 @@ fn of_kind<T: serde::de::DeserializeOwned>(docs: &[serde_json::Value], kind: &st
 fn all_documents() -> Vec<serde_json::Value> {
     let dir = deploy_dir();
     let kustomization = &documents(&dir.join("kustomization.yaml"))[0];
+    // The CRDs are their own kustomization, applied first when Istio's are
+    // not installed.
     let mut docs = Vec::new();
+    let crds = dir.join("crds");
+    for file in documents(&crds.join("kustomization.yaml"))[0]["resources"].as_array().unwrap() {
+        docs.extend(documents(&crds.join(file.as_str().unwrap())));
+    }
     for resource in kustomization["resources"].as_array().expect("resources") {
         let path = dir.join(resource.as_str().unwrap());
         if path.is_dir() {

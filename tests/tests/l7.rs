@@ -117,6 +117,14 @@ fn a_90_10_canary_splits_2000_requests_within_tolerance() {
     assert!(first["x-seen-x-request-id"].as_str().is_some_and(|id| id.len() == 36), "request id generated: {first}");
     assert_eq!(first["x-seen-x-envoy-attempt-count"], "1");
     assert_eq!(first["x-seen-host"], "10.96.0.20:9080", "the client's authority is kept: {first}");
+    // Bytes are counted as they stream: 2,000 bodies of two bytes ("b1", "b2").
+    let (_, metrics) = world.env.admin_get("/metrics").unwrap();
+    let sent: f64 = metrics
+        .lines()
+        .filter(|line| line.starts_with("mesh_response_bytes_total{"))
+        .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(sent, 4000.0, "{metrics}");
 }
 
 #[test]

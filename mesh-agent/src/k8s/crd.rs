@@ -20,11 +20,9 @@ pub const GROUP: &str = "networking.istio.io";
 /// The versions every kind is served as; the first is stored.
 pub const VERSIONS: [&str; 3] = ["v1", "v1beta1", "v1alpha3"];
 
-/// The status the agent writes back: Kubernetes-style conditions. Other
-/// fields (Istio's own `validationMessages`, say) are kept.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+/// The status the agent writes back: Kubernetes-style conditions.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[schemars(extend("x-kubernetes-preserve-unknown-fields" = true))]
 pub struct IstioStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub conditions: Vec<Condition>,
@@ -32,7 +30,24 @@ pub struct IstioStatus {
     pub observed_generation: Option<i64>,
 }
 
-#[derive(Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+/// In the schema, any object: istiod writes its own fields there too
+/// (`validationMessages`, and `observedGeneration` as a string, protobuf's
+/// JSON for int64), and a cluster may move between the two.
+impl JsonSchema for IstioStatus {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "IstioStatus".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "type": "object",
+            "description": "Reconciled conditions written by the mesh agent (and istiod's fields, kept).",
+            "x-kubernetes-preserve-unknown-fields": true,
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
     /// `Reconciled`.

@@ -29,11 +29,21 @@ pub struct WatchedKind {
     pub metadata_only: bool,
     /// A field selector, e.g. the pods of this node.
     pub field_selector: Option<String>,
+    /// The first configuration waits for this kind to list (kinds the
+    /// model does not use yet do not hold it back).
+    pub gates_sync: bool,
 }
 
 impl WatchedKind {
     const fn new(group: &'static str, version: &'static str, kind: &'static str, plural: &'static str) -> Self {
-        Self { name: kind, group, version, kind, plural, metadata_only: false, field_selector: None }
+        Self { name: kind, group, version, kind, plural, metadata_only: false, field_selector: None, gates_sync: true }
+    }
+
+    /// Watched for status only: the first configuration does not wait
+    /// for it.
+    const fn not_gating(mut self) -> Self {
+        self.gates_sync = false;
+        self
     }
 
     pub fn api_version(&self) -> String {
@@ -59,9 +69,9 @@ impl WatchedKind {
 pub const ISTIO_KINDS: [WatchedKind; 5] = [
     WatchedKind::new("networking.istio.io", "v1", "VirtualService", "virtualservices"),
     WatchedKind::new("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
-    WatchedKind::new("networking.istio.io", "v1", "Gateway", "gateways"),
-    WatchedKind::new("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
-    WatchedKind::new("networking.istio.io", "v1", "Sidecar", "sidecars"),
+    WatchedKind::new("networking.istio.io", "v1", "Gateway", "gateways").not_gating(),
+    WatchedKind::new("networking.istio.io", "v1", "ServiceEntry", "serviceentries").not_gating(),
+    WatchedKind::new("networking.istio.io", "v1", "Sidecar", "sidecars").not_gating(),
 ];
 
 /// Everything the agent watches. Pods twice, and never whole pods of other
@@ -113,6 +123,10 @@ pub struct StoredObject {
 
 #[derive(Default)]
 struct KindStore {
+    /// Which watch feeds it (for per-name Secret watches: a name dropped
+    /// and named again gets a new watch, and the old one's events are
+    /// ignored).
+    epoch: u64,
     objects: BTreeMap<(String, String), StoredObject>,
     /// A list (or relist) under way: what it has brought so far. It
     /// replaces `objects` whole when done, so objects deleted while the
@@ -131,6 +145,8 @@ struct Store {
     secrets: BTreeMap<(String, String), KindStore>,
     /// Something changed since the last poll.
     dirty: bool,
+    /// Hands out [`KindStore::epoch`]s.
+    next_epoch: u64,
 }
 
 /// The Secret kind, for the per-name watches.
@@ -154,13 +170,15 @@ impl KubeStore {
             kinds: kinds.iter().map(|k| (k.clone(), KindStore::default())).collect(),
             secrets: BTreeMap::new(),
             dirty: false,
+            next_epoch: 1,
         };
         Self { store: Arc::new(Mutex::new(store)), secrets_changed: Arc::default() }
     }
 
     /// The Secrets to watch now.
-    fn referenced_secrets(&self) -> Vec<(String, String)> {
-        self.lock().secrets.keys().cloned().collect()
+    /// The Secrets to watch now, with the epoch their watch must carry.
+    fn referenced_secrets(&self) -> Vec<((String, String), u64)> {
+        self.lock().secrets.iter().map(|(key, s)| (key.clone(), s.epoch)).collect()
     }
 
     /// Brings the set of watched Secrets in line with the DestinationRules:
@@ -184,8 +202,10 @@ impl KubeStore {
         let removed = store.secrets.len() != before;
         let mut added = false;
         for key in wanted {
-            if let std::collections::btree_map::Entry::Vacant(entry) = store.secrets.entry(key) {
-                entry.insert(KindStore::default());
+            if !store.secrets.contains_key(&key) {
+                let epoch = store.next_epoch;
+                store.next_epoch += 1;
+                store.secrets.insert(key, KindStore { epoch, ..KindStore::default() });
                 added = true;
             }
         }
@@ -193,15 +213,16 @@ impl KubeStore {
         removed || added
     }
 
-    fn secret_event(&self, key: &(String, String), event: Event<serde_json::Value>) {
+    fn secret_event(&self, key: &(String, String), epoch: u64, event: Event<serde_json::Value>) {
         let mut store = self.lock();
-        let Some(s) = store.secrets.get_mut(key) else { return }; // no longer referenced
+        // No longer referenced, or referenced again with a newer watch.
+        let Some(s) = store.secrets.get_mut(key).filter(|s| s.epoch == epoch) else { return };
         let changed = apply_event(&SECRET, s, event);
         store.dirty |= changed;
     }
 
-    fn secret_error(&self, key: &(String, String), error: String) {
-        if let Some(s) = self.lock().secrets.get_mut(key) {
+    fn secret_error(&self, key: &(String, String), epoch: u64, error: String) {
+        if let Some(s) = self.lock().secrets.get_mut(key).filter(|s| s.epoch == epoch) {
             s.error = Some(error);
             s.last_event_unix = unix_now();
         }
@@ -230,7 +251,8 @@ impl KubeStore {
                 last_event_unix: secrets.map(|s| s.last_event_unix).max().unwrap_or(0),
             });
         }
-        SourceState { synced: kinds.iter().all(|k| k.synced), kinds }
+        let synced = store.kinds.iter().all(|(kind, s)| s.synced || !kind.gates_sync);
+        SourceState { synced, kinds }
     }
 
     /// The objects of one Istio kind: key and generation, for status.
@@ -259,6 +281,21 @@ impl KubeStore {
         }
     }
 
+    fn not_served(&self, index: usize) {
+        let mut store = self.lock();
+        let (kind, s) = &mut store.kinds[index];
+        if s.error.is_none() {
+            tracing::warn!(kind = kind.name, api_version = %kind.api_version(), "not served by the API server; treated as empty");
+        }
+        s.error = Some(format!("{} is not served by the API server (404)", kind.api_version()));
+        s.last_event_unix = unix_now();
+        if !s.synced || !s.objects.is_empty() {
+            s.objects.clear();
+            s.synced = true;
+            store.dirty = true;
+        }
+    }
+
     fn error(&self, index: usize, error: String) {
         let mut store = self.lock();
         let (kind, s) = &mut store.kinds[index];
@@ -272,7 +309,9 @@ impl KubeStore {
     /// The whole configuration, once every kind has listed, if it changed.
     fn take_batch(&self) -> Option<SourceBatch> {
         let mut store = self.lock();
-        let synced = store.kinds.iter().map(|(_, s)| s).chain(store.secrets.values()).all(|s| s.synced);
+        // Secrets do not hold a batch back: one that has not arrived yet is
+        // a missing credential (503 for that cluster), not a frozen node.
+        let synced = store.kinds.iter().all(|(kind, s)| s.synced || !kind.gates_sync);
         if !store.dirty || !synced {
             return None;
         }
@@ -316,14 +355,21 @@ fn apply_event(kind: &WatchedKind, s: &mut KindStore, event: Event<serde_json::V
             false
         }
         Event::InitDone => {
-            s.objects = s.relist.take().unwrap_or_default();
+            let listed = s.relist.take().unwrap_or_default();
+            let same = listed.len() == s.objects.len()
+                && listed.iter().zip(&s.objects).all(|((k1, a), (k2, b))| k1 == k2 && a.parsed == b.parsed);
+            s.objects = listed;
+            let first = !s.synced;
             s.synced = true;
-            true
+            first || !same
         }
         Event::Apply(object) => {
+            // Most updates change nothing the agent keeps (a pod's status,
+            // managedFields): no new configuration for those.
             let (key, stored) = decode(kind, object);
+            let unchanged = s.objects.get(&key).is_some_and(|old| old.parsed == stored.parsed);
             s.objects.insert(key, stored);
-            true
+            !unchanged
         }
         Event::Delete(object) => {
             let (key, _) = decode(kind, object);
@@ -422,6 +468,11 @@ async fn watch(client: kube::Client, kind: WatchedKind, index: usize, store: Kub
             Err(watcher::Error::WatchError(status)) if status.code == 410 => {
                 tracing::debug!(kind = kind.name, "watch expired (410); relisting");
             }
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) if status.code == 404 => {
+                // The API server does not serve the kind (CRDs not installed,
+                // or an Istio without v1): as good as empty, and said so.
+                store.not_served(index);
+            }
             Err(error) => store.error(index, error.to_string()),
         }
     }
@@ -440,27 +491,39 @@ fn map_event<A, B>(event: Event<A>, f: impl FnOnce(A) -> B) -> Event<B> {
 /// Keeps one watch per Secret that a DestinationRule names, started and
 /// stopped as the rules change.
 async fn watch_named_secrets(client: kube::Client, store: KubeStore) {
-    let mut running: BTreeMap<(String, String), tokio::task::JoinHandle<()>> = BTreeMap::new();
+    let mut running: BTreeMap<(String, String), (u64, tokio::task::JoinHandle<()>)> = BTreeMap::new();
     loop {
-        let wanted = store.referenced_secrets();
-        running.retain(|key, task| {
-            let keep = wanted.contains(key);
+        let wanted: BTreeMap<(String, String), u64> = store.referenced_secrets().into_iter().collect();
+        running.retain(|key, (epoch, task)| {
+            let keep = wanted.get(key) == Some(epoch);
             if !keep {
                 task.abort();
             }
             keep
         });
-        for key in wanted {
+        for (key, epoch) in wanted {
             if let std::collections::btree_map::Entry::Vacant(entry) = running.entry(key) {
-                let task = tokio::spawn(watch_secret(client.clone(), entry.key().clone(), store.clone()));
-                entry.insert(task);
+                let task = tokio::spawn(watch_secret(client.clone(), entry.key().clone(), epoch, store.clone()));
+                entry.insert((epoch, task));
             }
         }
+        let _abort_on_drop = AbortAll(&mut running);
         store.secrets_changed.notified().await;
+        std::mem::forget(_abort_on_drop);
     }
 }
 
-async fn watch_secret(client: kube::Client, key: (String, String), store: KubeStore) {
+/// Aborts the per-Secret watches if the manager itself is aborted (its
+/// future dropped while waiting).
+struct AbortAll<'a>(&'a mut BTreeMap<(String, String), (u64, tokio::task::JoinHandle<()>)>);
+
+impl Drop for AbortAll<'_> {
+    fn drop(&mut self) {
+        self.0.values().for_each(|(_, task)| task.abort());
+    }
+}
+
+async fn watch_secret(client: kube::Client, key: (String, String), epoch: u64, store: KubeStore) {
     let api: Api<DynamicObject> = Api::namespaced_with(client, &key.0, &SECRET.api_resource());
     let config = watcher::Config::default().fields(&format!("metadata.name={}", key.1));
     let mut events = watcher(api, config)
@@ -469,9 +532,9 @@ async fn watch_secret(client: kube::Client, key: (String, String), store: KubeSt
         .boxed();
     while let Some(event) = events.next().await {
         match event {
-            Ok(event) => store.secret_event(&key, event),
+            Ok(event) => store.secret_event(&key, epoch, event),
             Err(watcher::Error::WatchError(status)) if status.code == 410 => {}
-            Err(error) => store.secret_error(&key, error.to_string()),
+            Err(error) => store.secret_error(&key, epoch, error.to_string()),
         }
     }
 }

@@ -85,8 +85,9 @@ pub struct StatusWriter {
     leading: Arc<AtomicBool>,
     /// The holder and renewal last seen, and when (on our clock).
     observed: Option<(Option<String>, Option<MicroTime>, Instant)>,
-    /// What this agent last wrote per object: generation and condition.
-    written: HashMap<ObjectKey, (Option<i64>, Reconciled)>,
+    /// What this agent last wrote per object: generation, condition, and
+    /// when the condition last flipped.
+    written: HashMap<ObjectKey, (Option<i64>, Reconciled, String)>,
 }
 
 impl StatusWriter {
@@ -205,13 +206,24 @@ impl StatusWriter {
         }
         for kind in &ISTIO_KINDS {
             let resource: ApiResource = kind.api_resource();
-            for (key, generation) in self.store.istio_objects(kind.kind) {
+            for (key, latest_generation) in self.store.istio_objects(kind.kind) {
                 let condition = condition_for(&key, &published);
-                let current = (generation, condition);
-                if self.written.get(&key) == Some(&current) {
+                // Accepted: the generation that serves (a newer one may not
+                // have compiled yet). Rejected: the one the reasons are about.
+                let generation = match condition.accepted {
+                    true => published.snapshot.model.served_generation(&key).or(latest_generation),
+                    false => latest_generation,
+                };
+                let previous = self.written.get(&key);
+                if previous.is_some_and(|(g, c, _)| (g, c) == (&generation, &condition)) {
                     continue;
                 }
-                let (generation, condition) = &current;
+                let flipped =
+                    previous.is_none_or(|(_, c, _)| (c.accepted, c.reason) != (condition.accepted, condition.reason));
+                let transition = match previous {
+                    Some((_, _, at)) if !flipped => at.clone(),
+                    _ => Timestamp::now().to_string(),
+                };
                 let body = serde_json::json!({
                     "status": {
                         "observedGeneration": generation,
@@ -220,14 +232,14 @@ impl StatusWriter {
                             "status": if condition.accepted { "True" } else { "False" },
                             "reason": condition.reason,
                             "message": condition.message,
-                            "lastTransitionTime": Timestamp::now().to_string(),
+                            "lastTransitionTime": transition,
                             "observedGeneration": generation,
                         }],
                     }
                 });
                 let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &key.namespace, &resource);
                 match api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&body)).await {
-                    Ok(_) => drop(self.written.insert(key, current)),
+                    Ok(_) => drop(self.written.insert(key, (generation, condition, transition))),
                     Err(error) => {
                         tracing::warn!(kind = %key.kind, namespace = %key.namespace, name = %key.name, %error, "status not written")
                     }

@@ -136,3 +136,41 @@ impl<G: Unpin> Body for GuardedBody<G> {
         self.inner.size_hint()
     }
 }
+
+/// A response body that adds the bytes of its data frames to a counter as
+/// they pass (a streamed body declares no length).
+pub struct CountingBody {
+    inner: ProxyBody,
+    counter: prometheus_client::metrics::counter::Counter,
+}
+
+impl CountingBody {
+    pub fn wrap(inner: ProxyBody, counter: prometheus_client::metrics::counter::Counter) -> ProxyBody {
+        use http_body_util::BodyExt;
+        CountingBody { inner, counter }.boxed()
+    }
+}
+
+impl Body for CountingBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.counter.inc_by(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

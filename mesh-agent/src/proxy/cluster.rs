@@ -128,7 +128,8 @@ impl ClusterPlan {
     /// The endpoints outlier detection has not ejected.
     pub fn healthy(&self, endpoints: &[Endpoint], config: &OutlierConfig) -> Vec<Endpoint> {
         let addresses: Vec<SocketAddr> = endpoints.iter().map(|e| e.address).collect();
-        let available = lock(&self.state.outliers).available(&addresses, Instant::now(), config);
+        let available: std::collections::HashSet<SocketAddr> =
+            lock(&self.state.outliers).available(&addresses, Instant::now(), config).into_iter().collect();
         endpoints.iter().filter(|e| available.contains(&e.address)).cloned().collect()
     }
 
@@ -159,6 +160,12 @@ impl Clusters {
     /// The plan for `subset` (or the whole service) of `snapshot.services[index]`.
     pub fn plan(&self, snapshot: &Arc<Snapshot>, index: usize, subset: Option<&str>) -> Arc<ClusterPlan> {
         let mut inner = lock(&self.inner);
+        // A request that started before a reload (held by a fault delay,
+        // say) gets a plan of its own snapshot, not cached: the cache
+        // only moves forward.
+        if inner.snapshot.as_ref().is_some_and(|current| current.serial > snapshot.serial) {
+            return Arc::new(inner.compile(snapshot, index, subset.unwrap_or_default()));
+        }
         if !inner.snapshot.as_ref().is_some_and(|current| Arc::ptr_eq(current, snapshot)) {
             inner.renew(snapshot);
         }

@@ -3,7 +3,7 @@
 
 use super::balance::UpstreamError;
 use super::balance::{pick, random_u64, random_unit};
-use super::body::{GuardedBody, PrefixedBody, RequestBody};
+use super::body::{CountingBody, GuardedBody, PrefixedBody, RequestBody};
 use super::cluster::{admit, InFlight};
 use super::outlier::Observation;
 use super::{BoxError, Connection, Proxy, ProxyBody};
@@ -131,8 +131,10 @@ impl Proxy {
             ),
             Some(service) => self.route(&snapshot, connection, service, parts, body, &authority).await,
         };
-        let Outcome { mut response, flags, upstream, cluster, attempts } = outcome;
-        self.record_metrics(connection, request_bytes, &response, &flags, &cluster, attempts, started);
+        let Outcome { response, flags, upstream, cluster, attempts } = outcome;
+        let response_bytes =
+            self.record_metrics(connection, request_bytes, &response, &flags, &cluster, attempts, started);
+        let mut response = response.map(|body| CountingBody::wrap(body, response_bytes));
         response.headers_mut().entry(REQUEST_ID.clone()).or_insert_with(|| request_id.clone());
         if self.access_log {
             let line = AccessLogLine {
@@ -169,7 +171,8 @@ impl Proxy {
     ) -> Outcome {
         let fqdn = &snapshot.services[service_index].fqdn;
         let cluster = || Arc::<str>::from(fqdn.as_str());
-        let routes = snapshot.routes.http_routes(fqdn);
+        let client_namespace = connection.source.as_ref().map(|(_, namespace)| namespace.as_str());
+        let routes = snapshot.routes.http_routes_for(fqdn, client_namespace);
         let matched = {
             let view = request_view(&parts, authority, connection);
             let matched = first_match(routes, &view);
@@ -565,7 +568,7 @@ impl Proxy {
         cluster: &Arc<str>,
         attempts: u32,
         started: Instant,
-    ) {
+    ) -> prometheus_client::metrics::counter::Counter {
         let flags = flag_list(flags);
         let mut cached = connection.series.lock().unwrap_or_else(|p| p.into_inner());
         let source = (connection.source_workload.as_str(), connection.source_namespace.as_str());
@@ -573,10 +576,11 @@ impl Proxy {
         series.requests.inc();
         series.duration.observe(started.elapsed().as_secs_f64());
         series.request_bytes.inc_by(request_bytes);
-        series.response_bytes.inc_by(declared_length(response.headers()));
         if attempts > 1 {
             series.retries.inc_by(u64::from(attempts - 1));
         }
+        // Response bytes are counted as the body streams.
+        series.response_bytes.clone()
     }
 
     /// Fire and forget: a copy to the mirror, its answer dropped, never
@@ -603,11 +607,11 @@ impl Proxy {
         let authority = parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
         set_authority(&mut parts, &shadow_authority(&authority));
         let request = upstream_request(Request::from_parts(parts, full(body)), endpoint, plan.http2);
+        let Ok(tls) = plan.tls(plan.http2) else { return };
         if MIRRORS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= MAX_MIRRORS_IN_FLIGHT {
             MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        let Ok(tls) = plan.tls(plan.http2) else { return };
         let sent = self.upstreams.dialer().send(endpoint, plan.http2, tls, plan.limits, request);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(MIRROR_TIMEOUT, async {

@@ -48,7 +48,7 @@ impl ProxyMetrics {
         registry.register("requests", "Requests through the L7 proxy", self.requests.clone());
         registry.register("request_duration_seconds", "Request duration through the L7 proxy", self.duration.clone());
         registry.register("request_bytes", "Request body bytes (as declared)", self.request_bytes.clone());
-        registry.register("response_bytes", "Response body bytes (as declared)", self.response_bytes.clone());
+        registry.register("response_bytes", "Response body bytes sent to clients", self.response_bytes.clone());
         registry.register("request_retries", "Retries made by the proxy", self.retries.clone());
         registry.register("outlier_ejections", "Hosts ejected by outlier detection", self.ejections.clone());
         registry.register("tcp_connections", "Connections relayed by tcp routes", self.tcp_connections.clone());

@@ -93,6 +93,15 @@ fn workload_name(pod: &crate::model::PodModel) -> String {
         .unwrap_or_else(|| pod.name.clone())
 }
 
+/// The pod a captured connection comes from, by its address.
+fn source_pod(snapshot: &crate::snapshot::Snapshot, peer: SocketAddr) -> Option<&crate::model::PodModel> {
+    let peer_ip = match peer.ip() {
+        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(peer.ip()),
+        ip => ip,
+    };
+    snapshot.pods_by_ip.get(&peer_ip).and_then(|id| snapshot.model.pods.get(id))
+}
+
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
         .map_err(|source| ProxyError::Bind { addr, source })?;
@@ -144,11 +153,7 @@ impl Proxy {
             self.relay_tcp(stream, peer, original, &snapshot).await;
             return;
         }
-        let peer_ip = match peer.ip() {
-            std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(peer.ip()),
-            ip => ip,
-        };
-        let pod = snapshot.model.pods.values().find(|pod| pod.ips.contains(&peer_ip));
+        let pod = source_pod(&snapshot, peer);
         let connection = Arc::new(Connection {
             peer,
             original,

@@ -91,7 +91,12 @@ impl Http1Pool {
                 Err(mut error) => match error.take_message() {
                     // A pooled connection the upstream had closed meanwhile:
                     // the request never left, so it goes on a fresh one.
-                    Some(unsent) if reused => request = unsent,
+                    Some(unsent) if reused => {
+                        request = unsent;
+                        if last {
+                            request.headers_mut().remove(CONNECTION);
+                        }
+                    }
                     _ => return Err(UpstreamError::from_hyper(error.error())),
                 },
             }

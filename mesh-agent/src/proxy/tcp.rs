@@ -91,7 +91,9 @@ impl Proxy {
         let service = &snapshot.services[service_index];
         // TLS routes look at the ClientHello, which is read ahead and then
         // sent on unchanged.
-        let tls_routes = snapshot.routes.tls_routes(&service.fqdn);
+        // Only the VirtualServices exported to the client's namespace.
+        let namespace = super::source_pod(snapshot, peer).map(|pod| pod.namespace.as_str());
+        let tls_routes = snapshot.routes.tls_routes_for(&service.fqdn, namespace);
         let mut hello = Vec::new();
         let mut destination = None;
         if !tls_routes.is_empty() {
@@ -101,7 +103,7 @@ impl Proxy {
             destination = route.and_then(|r| pick_destination(&r.destinations, random_u64()));
         }
         if destination.is_none() {
-            let route = first_tcp_match(snapshot.routes.tcp_routes(&service.fqdn), original.port());
+            let route = first_tcp_match(snapshot.routes.tcp_routes_for(&service.fqdn, namespace), original.port());
             destination = route.and_then(|r| pick_destination(&r.destinations, random_u64()));
         }
         let target = match destination {

@@ -2,11 +2,10 @@
 //! VirtualService that routes it for the mesh.
 //!
 //! Sidecars apply one VirtualService per host (Istio merges several only
-//! on gateways): the first by namespace/name wins, Istio's order among
-//! objects of equal age, and [`shadowed_hosts`] names the others so the
-//! model can report them. The table does not yet look at `exportTo` or the
-//! client's namespace: every VirtualService for the mesh is visible to
-//! every client.
+//! on gateways): of those a client can see (their `exportTo` against the
+//! client pod's namespace), the first by namespace/name wins, Istio's order
+//! among objects of equal age. [`shadowed_hosts`] names the ones no client
+//! can ever reach that way, so the model can report them.
 
 use super::l4::{TcpRoute, TlsRoute};
 use super::validate::VirtualServiceModel;
@@ -22,6 +21,11 @@ use std::collections::BTreeMap;
 pub struct HostRoutes {
     /// `namespace/name` of the VirtualService.
     pub virtual_service: String,
+    /// Where it is visible: `exportTo` as written (empty: everywhere).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub export_to: Vec<String>,
+    #[serde(skip)]
+    namespace: String,
     pub http: Vec<HttpRoute>,
     pub tcp: Vec<TcpRoute>,
     pub tls: Vec<TlsRoute>,
@@ -29,10 +33,31 @@ pub struct HostRoutes {
 
 #[derive(Clone, Debug, Default)]
 pub struct RouteTable {
-    exact: BTreeMap<String, HostRoutes>,
+    /// Per host, the VirtualServices that route it, in precedence order.
+    exact: BTreeMap<String, Vec<HostRoutes>>,
     /// `*.example.com` hosts as (`.example.com`, routes), longest first:
     /// Envoy picks the most specific domain.
-    wildcards: Vec<(String, HostRoutes)>,
+    wildcards: Vec<(String, Vec<HostRoutes>)>,
+}
+
+impl HostRoutes {
+    /// Visible to a client in `namespace` (None: not a known pod, which
+    /// sees only what is exported everywhere).
+    pub fn visible_to(&self, namespace: Option<&str>) -> bool {
+        exported_to(&self.export_to, &self.namespace, namespace)
+    }
+}
+
+/// Istio's `exportTo`: empty or `*` everywhere, `.` the object's own
+/// namespace, `~` nowhere, else the namespaces named.
+fn exported_to(export_to: &[String], own: &str, client: Option<&str>) -> bool {
+    export_to.is_empty()
+        || export_to.iter().any(|to| match to.as_str() {
+            "*" => true,
+            "~" => false,
+            "." => client == Some(own),
+            name => client == Some(name),
+        })
 }
 
 impl RouteTable {
@@ -43,32 +68,62 @@ impl RouteTable {
     /// needed again; it keeps the signature of `snapshot::compile`.
     pub fn build(model: &Model, _cluster_domain: &str) -> RouteTable {
         let mut table = RouteTable::default();
-        for (virtual_service, host) in owned_hosts(&model.virtual_services) {
-            let routes = || HostRoutes::for_mesh(virtual_service);
+        let mut wildcards: BTreeMap<&str, Vec<HostRoutes>> = BTreeMap::new();
+        for (host, virtual_services) in routing_hosts(&model.virtual_services) {
+            let routes: Vec<HostRoutes> = virtual_services.into_iter().map(HostRoutes::for_mesh).collect();
             if let Some(suffix) = host.strip_prefix('*') {
-                table.wildcards.push((suffix.to_owned(), routes()));
+                wildcards.insert(suffix, routes);
             } else {
-                table.exact.insert(host.to_owned(), routes());
+                table.exact.insert(host.to_owned(), routes);
             }
         }
+        table.wildcards = wildcards.into_iter().map(|(suffix, routes)| (suffix.to_owned(), routes)).collect();
         table.wildcards.sort_by_key(|(suffix, _)| std::cmp::Reverse(suffix.len()));
         table
     }
 
-    /// The rules for `host_fqdn`: its own, else those of the longest
-    /// wildcard host covering it.
+    /// Every VirtualService routing `host_fqdn`: its own, else those of
+    /// the longest wildcard host covering it.
+    fn candidates(&self, host_fqdn: &str) -> &[HostRoutes] {
+        self.exact
+            .get(host_fqdn)
+            .or_else(|| {
+                self.wildcards
+                    .iter()
+                    .find(|(suffix, _)| host_fqdn.len() > suffix.len() && host_fqdn.ends_with(suffix.as_str()))
+                    .map(|(_, routes)| routes)
+            })
+            .map_or(&[], Vec::as_slice)
+    }
+
+    /// The rules for `host_fqdn` as some client sees them (the first
+    /// VirtualService routing it): whether it is routed at all.
     pub fn routes(&self, host_fqdn: &str) -> Option<&HostRoutes> {
-        self.exact.get(host_fqdn).or_else(|| {
-            self.wildcards
-                .iter()
-                .find(|(suffix, _)| host_fqdn.len() > suffix.len() && host_fqdn.ends_with(suffix.as_str()))
-                .map(|(_, routes)| routes)
-        })
+        self.candidates(host_fqdn).first()
+    }
+
+    /// The rules for `host_fqdn` that a client in `namespace` sees.
+    pub fn routes_for(&self, host_fqdn: &str, namespace: Option<&str>) -> Option<&HostRoutes> {
+        self.candidates(host_fqdn).iter().find(|routes| routes.visible_to(namespace))
     }
 
     /// Empty when no VirtualService routes the host.
     pub fn http_routes(&self, host_fqdn: &str) -> &[HttpRoute] {
         self.routes(host_fqdn).map_or(&[], |r| &r.http)
+    }
+
+    /// The HTTP rules a client in `namespace` sees: empty when none of the
+    /// VirtualServices routing the host is exported to it.
+    pub fn http_routes_for(&self, host_fqdn: &str, namespace: Option<&str>) -> &[HttpRoute] {
+        self.routes_for(host_fqdn, namespace).map_or(&[], |r| &r.http)
+    }
+
+    pub fn tcp_routes_for(&self, host_fqdn: &str, namespace: Option<&str>) -> &[TcpRoute] {
+        self.routes_for(host_fqdn, namespace).map_or(&[], |r| &r.tcp)
+    }
+
+    pub fn tls_routes_for(&self, host_fqdn: &str, namespace: Option<&str>) -> &[TlsRoute] {
+        self.routes_for(host_fqdn, namespace).map_or(&[], |r| &r.tls)
     }
 
     pub fn has_http_routes(&self, host_fqdn: &str) -> bool {
@@ -92,11 +147,20 @@ impl RouteTable {
 impl Serialize for RouteTable {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.exact.len() + self.wildcards.len()))?;
+        // The first VirtualService per host (the one every client that can
+        // see it uses); others visible elsewhere come after as `alsoRoutedBy`.
+        let entry = |routes: &Vec<HostRoutes>| {
+            let mut value = serde_json::to_value(&routes[0]).unwrap_or_default();
+            if routes.len() > 1 {
+                value["alsoRoutedBy"] = routes[1..].iter().map(|r| r.virtual_service.clone()).collect();
+            }
+            value
+        };
         for (host, routes) in &self.exact {
-            map.serialize_entry(host, routes)?;
+            map.serialize_entry(host, &entry(routes))?;
         }
         for (suffix, routes) in &self.wildcards {
-            map.serialize_entry(&format!("*{suffix}"), routes)?;
+            map.serialize_entry(&format!("*{suffix}"), &entry(routes))?;
         }
         map.end()
     }
@@ -133,6 +197,8 @@ impl HostRoutes {
             .collect();
         HostRoutes {
             virtual_service: format!("{}/{}", virtual_service.namespace, virtual_service.name),
+            export_to: virtual_service.export_to.clone(),
+            namespace: virtual_service.namespace.clone(),
             http,
             tcp,
             tls,
@@ -142,16 +208,27 @@ impl HostRoutes {
 
 type NsName = (String, String);
 
-/// Each mesh host with the VirtualService that routes it: the first by
-/// namespace/name among those naming it.
-fn owned_hosts(virtual_services: &BTreeMap<NsName, VirtualServiceModel>) -> Vec<(&VirtualServiceModel, &str)> {
-    let mut owners: BTreeMap<&str, &VirtualServiceModel> = BTreeMap::new();
+/// Each mesh host with the VirtualServices that route it, by
+/// namespace/name; one exported everywhere ends the list, as nothing after
+/// it is ever chosen.
+fn routing_hosts(
+    virtual_services: &BTreeMap<NsName, VirtualServiceModel>,
+) -> BTreeMap<&str, Vec<&VirtualServiceModel>> {
+    let mut routing: BTreeMap<&str, Vec<&VirtualServiceModel>> = BTreeMap::new();
     for virtual_service in virtual_services.values().filter(|vs| vs.applies_to_mesh()) {
         for host in &virtual_service.hosts {
-            owners.entry(host.as_str()).or_insert(virtual_service);
+            let list = routing.entry(host.as_str()).or_default();
+            let closed = list.last().is_some_and(|last| exported_everywhere(last));
+            if !closed {
+                list.push(virtual_service);
+            }
         }
     }
-    owners.into_iter().map(|(host, vs)| (vs, host)).collect()
+    routing
+}
+
+fn exported_everywhere(virtual_service: &VirtualServiceModel) -> bool {
+    virtual_service.export_to.is_empty() || virtual_service.export_to.iter().any(|to| to == "*")
 }
 
 /// A host a VirtualService names but does not route, because an earlier
@@ -167,13 +244,17 @@ pub struct ShadowedHost {
 }
 
 pub fn shadowed_hosts(virtual_services: &BTreeMap<NsName, VirtualServiceModel>) -> Vec<ShadowedHost> {
-    let owners: BTreeMap<&str, &VirtualServiceModel> =
-        owned_hosts(virtual_services).into_iter().map(|(vs, host)| (host, vs)).collect();
+    let routing = routing_hosts(virtual_services);
     let mut shadowed = Vec::new();
     for (id, virtual_service) in virtual_services.iter().filter(|(_, vs)| vs.applies_to_mesh()) {
         for (index, host) in virtual_service.hosts.iter().enumerate() {
-            let owner = owners[host.as_str()];
-            if (&owner.namespace, &owner.name) != (&virtual_service.namespace, &virtual_service.name) {
+            let candidates = &routing[host.as_str()];
+            let routes = candidates
+                .iter()
+                .any(|c| (&c.namespace, &c.name) == (&virtual_service.namespace, &virtual_service.name));
+            // Left out only behind one that every client sees.
+            if !routes {
+                let owner = candidates.last().expect("a host in the table has a VirtualService");
                 shadowed.push(ShadowedHost {
                     virtual_service: id.clone(),
                     index,
@@ -237,6 +318,36 @@ mod tests {
         assert_eq!(shadowed.len(), 1);
         assert_eq!(shadowed[0].virtual_service, ("shop".to_owned(), "b".to_owned()));
         assert_eq!((shadowed[0].index, shadowed[0].routed_by.as_str()), (0, "shop/a"));
+    }
+
+    #[test]
+    fn each_client_namespace_sees_the_first_virtual_service_exported_to_it() {
+        let text = [
+            virtual_service("alpha", "private", "['web.shop.svc.cluster.local']", "  exportTo: ['.']\n"),
+            virtual_service("beta", "for-gamma", "['web.shop.svc.cluster.local']", "  exportTo: [gamma]\n"),
+            virtual_service("shop", "public", "[web]", ""),
+            virtual_service("zeta", "late", "['web.shop.svc.cluster.local']", ""),
+        ]
+        .concat();
+        let model = model(&text);
+        let table = RouteTable::build(&model, "cluster.local");
+        let host = "web.shop.svc.cluster.local";
+        let seen_by = |namespace: Option<&str>| table.routes_for(host, namespace).unwrap().virtual_service.clone();
+        assert_eq!(seen_by(Some("alpha")), "alpha/private");
+        assert_eq!(seen_by(Some("gamma")), "beta/for-gamma");
+        assert_eq!(seen_by(Some("shop")), "shop/public");
+        assert_eq!(seen_by(None), "shop/public", "a client that is not a known pod sees public ones only");
+        assert_eq!(table.http_routes_for(host, Some("gamma"))[0].name.as_deref(), Some("for-gamma"));
+        // Only the one behind a public VirtualService is never reachable.
+        let shadowed = shadowed_hosts(&model.virtual_services);
+        assert_eq!(shadowed.len(), 1);
+        assert_eq!((shadowed[0].virtual_service.1.as_str(), shadowed[0].routed_by.as_str()), ("late", "shop/public"));
+        let shown = serde_json::to_value(&table).unwrap();
+        assert_eq!(shown[host]["alsoRoutedBy"], serde_json::json!(["beta/for-gamma", "shop/public"]));
+
+        let hidden = virtual_service("shop", "hidden", "[web]", "  exportTo: ['~']\n");
+        let table = RouteTable::build(&self::model(&hidden), "cluster.local");
+        assert!(table.routes_for(host, Some("shop")).is_none(), "exported nowhere");
     }
 
     #[test]
