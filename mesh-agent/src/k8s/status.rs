@@ -201,12 +201,23 @@ impl StatusWriter {
     /// generation changed since this agent last wrote it.
     async fn write_conditions(&mut self) {
         let published = self.published.borrow().clone();
-        if !published.ready {
+        if !published.ready || !self.leading.load(Ordering::Relaxed) {
             return;
         }
+        let mut claimed = std::time::Instant::now();
         for kind in &ISTIO_KINDS {
             let resource: ApiResource = kind.api_resource();
             for (key, latest_generation) in self.store.istio_objects(kind.kind) {
+                // A long pass (thousands of objects) keeps renewing, and
+                // stops if the Lease went to another agent meanwhile.
+                if claimed.elapsed() >= self.timing.renew_every {
+                    claimed = std::time::Instant::now();
+                    if !self.claim().await.unwrap_or(false) {
+                        self.leading.store(false, Ordering::Relaxed);
+                        self.written.clear();
+                        return;
+                    }
+                }
                 let condition = condition_for(&key, &published);
                 // Accepted: the generation that serves (a newer one may not
                 // have compiled yet). Rejected: the one the reasons are about.
