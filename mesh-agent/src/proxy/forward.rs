@@ -6,6 +6,7 @@ use super::balance::{pick, random_u64, random_unit};
 use super::body::{CountingBody, GuardedBody, PrefixedBody, RequestBody};
 use super::cluster::{admit, InFlight};
 use super::outlier::Observation;
+use super::pool::CheckinSlot;
 use super::{BoxError, Connection, Proxy, ProxyBody};
 use crate::policy::{HashKey, LoadBalancer};
 use crate::route::{
@@ -519,7 +520,10 @@ impl Proxy {
                 Ok(Ok(response)) => {
                     let (mut head, upstream_body) = response.into_parts();
                     strip_hop_by_hop(&mut head.headers);
+                    // The upstream connection goes back to its pool with the body.
+                    let checkin = head.extensions.remove::<CheckinSlot>().and_then(|slot| slot.take());
                     let upstream_body = upstream_body.map_err(|e| Box::new(e) as BoxError).boxed();
+                    let guards = (guards, checkin);
                     let mut response = Response::from_parts(head, GuardedBody::wrap(upstream_body, deadline, guards));
                     if let Some(destination) = destination {
                         destination.headers.response.apply(response.headers_mut());

@@ -11,7 +11,7 @@ pub mod cluster;
 mod forward;
 mod metrics;
 pub mod outlier;
-mod pool;
+pub(crate) mod pool;
 mod tcp;
 pub mod tls;
 

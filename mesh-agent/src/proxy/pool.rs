@@ -1,8 +1,10 @@
 //! HTTP/1.1 upstream connections, kept per endpoint (plaintext or TLS) for
 //! reuse, with the cluster's limits from `connectionPool`: the TCP connect
 //! timeout, the HTTP idle timeout, and the requests one connection may
-//! carry. A connection goes back to the pool only once its response has
-//! been read to the end, so a request never waits behind another one.
+//! carry. A connection goes back to the pool when its response is done
+//! with (the [`Checkin`] the response carries is dropped with its body),
+//! and is taken out again only when hyper says it is ready for another
+//! request, so a request never waits behind another one.
 
 use super::balance::{Tls, UpstreamError};
 use super::ProxyBody;
@@ -80,11 +82,18 @@ impl Http1Pool {
                 request.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
             }
             match sender.try_send_request(request).await {
-                Ok(response) => {
+                Ok(mut response) => {
                     // One the upstream closes (`Connection: close`) never
-                    // becomes ready again, and is dropped.
+                    // becomes ready again, and is dropped at a checkout.
                     if !last {
-                        self.checkin_when_done(key, sender, served, limits.idle_timeout);
+                        let checkin = Checkin {
+                            pool: Arc::downgrade(self),
+                            key,
+                            sender: Some(sender),
+                            served,
+                            idle_timeout: limits.idle_timeout,
+                        };
+                        response.extensions_mut().insert(CheckinSlot(Arc::new(Mutex::new(Some(checkin)))));
                     }
                     return Ok(response);
                 }
@@ -103,37 +112,23 @@ impl Http1Pool {
         }
     }
 
-    /// The most recently used idle connection that is still open.
+    /// The most recently returned connection that is ready for a request.
+    /// Closed and expired ones go; one whose last response hyper has not
+    /// finished with yet stays for a later checkout.
     fn checkout(&self, key: Key) -> Option<Idle> {
         let mut idle = lock(&self.idle);
         let list = idle.get_mut(&key)?;
-        while let Some(candidate) = list.pop() {
-            if candidate.sender.is_ready() && candidate.since.elapsed() < candidate.idle_timeout {
-                return Some(candidate);
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            let candidate = &list[i];
+            if candidate.sender.is_closed() || candidate.since.elapsed() >= candidate.idle_timeout {
+                list.swap_remove(i);
+            } else if candidate.sender.is_ready() {
+                return Some(list.swap_remove(i));
             }
         }
         None
-    }
-
-    /// Returns the connection to the pool once the response has been read
-    /// (hyper says it is ready for another request), or drops it if it
-    /// closes first.
-    fn checkin_when_done(
-        self: &Arc<Self>,
-        key: Key,
-        mut sender: http1::SendRequest<ProxyBody>,
-        served: u32,
-        idle_timeout: Duration,
-    ) {
-        let pool = Arc::downgrade(self);
-        tokio::spawn(async move {
-            if sender.ready().await.is_err() {
-                return;
-            }
-            let Some(pool) = pool.upgrade() else { return };
-            lock(&pool.idle).entry(key).or_default().push(Idle { sender, since: Instant::now(), idle_timeout, served });
-            pool.start_sweeping();
-        });
     }
 
     /// Closes idle connections past their idle timeout, once a second.
@@ -190,6 +185,40 @@ async fn connect(
 async fn drive(endpoint: SocketAddr, connection: impl std::future::Future<Output = hyper::Result<()>>) {
     if let Err(error) = connection.await {
         tracing::debug!(%endpoint, %error, "HTTP/1.1 upstream connection ended");
+    }
+}
+
+/// Puts a connection back in its pool when dropped: kept with the
+/// response (in its extensions, then with its body) until the proxy is
+/// done with it.
+pub struct Checkin {
+    pool: Weak<Http1Pool>,
+    key: Key,
+    sender: Option<http1::SendRequest<ProxyBody>>,
+    served: u32,
+    idle_timeout: Duration,
+}
+
+impl Drop for Checkin {
+    fn drop(&mut self) {
+        let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) else { return };
+        if sender.is_closed() {
+            return;
+        }
+        let idle = Idle { sender, since: Instant::now(), idle_timeout: self.idle_timeout, served: self.served };
+        lock(&pool.idle).entry(self.key).or_default().push(idle);
+        pool.start_sweeping();
+    }
+}
+
+/// A response's [`Checkin`], in a form its extensions can hold (they must
+/// be `Clone`).
+#[derive(Clone)]
+pub struct CheckinSlot(Arc<Mutex<Option<Checkin>>>);
+
+impl CheckinSlot {
+    pub fn take(&self) -> Option<Checkin> {
+        lock(&self.0).take()
     }
 }
 
