@@ -135,7 +135,14 @@ impl Proxy {
         let Outcome { response, flags, upstream, cluster, attempts } = outcome;
         let response_bytes =
             self.record_metrics(connection, request_bytes, &response, &flags, &cluster, attempts, started);
-        let mut response = response.map(|body| CountingBody::wrap(body, response_bytes));
+        // A body of known length is counted now; a streamed one as it goes.
+        let mut response = match hyper::body::Body::size_hint(response.body()).exact() {
+            Some(length) => {
+                response_bytes.inc_by(length);
+                response
+            }
+            None => response.map(|body| CountingBody::wrap(body, response_bytes)),
+        };
         response.headers_mut().entry(REQUEST_ID.clone()).or_insert_with(|| request_id.clone());
         if self.access_log {
             let line = AccessLogLine {
