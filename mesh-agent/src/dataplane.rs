@@ -466,7 +466,7 @@ impl OriginalDstTable {
             family: if peer_ip.is_ipv4() { mesh_common::FAMILY_V4 } else { mesh_common::FAMILY_V6 },
             _pad: 0,
         };
-        let mut map = self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut map = crate::lock(&self.map);
         let original = map.get(&key, 0).ok()?;
         let _ = map.remove(&key);
         Some(std::net::SocketAddr::new(

@@ -21,5 +21,11 @@ pub mod snapshot;
 pub mod source;
 pub mod status;
 
+/// Locks a mutex whose holder may have panicked: the data is still the
+/// last consistent state the agent wrote (every writer keeps it so).
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// Default admin address (Envoy's admin port).
 pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";

@@ -411,13 +411,8 @@ impl Snapshot {
         self.by_frontend.get(&address).copied()
     }
 
-    /// A destination host's service port: the port asked for, or the only
-    /// one the service has.
-    pub fn service_for_host(&self, fqdn: &str, port: u16) -> Option<&ServicePortView> {
-        self.service_index_for_host(fqdn, port).map(|i| &self.services[i])
-    }
-
-    /// The index in `services` of [`Self::service_for_host`]'s answer.
+    /// The index in `services` of a destination host's service port: the
+    /// port asked for, or the only one the service has.
     pub fn service_index_for_host(&self, fqdn: &str, port: u16) -> Option<usize> {
         match self.by_host.get(fqdn)?.as_slice() {
             [only] => Some(*only),
@@ -425,19 +420,8 @@ impl Snapshot {
         }
     }
 
-    /// Endpoints of a service port in one address family (the other when
-    /// the service has none of that one), only those of `subset` when named:
-    /// a dual-stack pod is one endpoint, not two.
-    pub fn endpoints(&self, service: &ServicePortView, subset: Option<&str>, ipv6: bool) -> Vec<SocketAddr> {
-        let all = self.endpoints_any_family(service, subset);
-        let (same, other): (Vec<SocketAddr>, Vec<SocketAddr>) = all.into_iter().partition(|e| e.is_ipv6() == ipv6);
-        if same.is_empty() {
-            other
-        } else {
-            same
-        }
-    }
-
+    /// Endpoints of a service port (both families), only those of
+    /// `subset` when named: a dual-stack pod is one endpoint per family.
     pub fn endpoints_any_family(&self, service: &ServicePortView, subset: Option<&str>) -> Vec<SocketAddr> {
         let labels = subset.and_then(|name| {
             self.model

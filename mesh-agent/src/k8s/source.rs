@@ -149,6 +149,15 @@ struct Store {
     next_epoch: u64,
 }
 
+impl Store {
+    /// Every kind the model uses has listed once. Secrets do not count: one
+    /// that has not arrived yet is a missing credential (503 for that
+    /// cluster), not a frozen node.
+    fn synced(&self) -> bool {
+        self.kinds.iter().all(|(kind, s)| s.synced || !kind.gates_sync)
+    }
+}
+
 /// The Secret kind, for the per-name watches.
 pub static SECRET: WatchedKind = WatchedKind::new("", "v1", "Secret", "secrets");
 
@@ -162,7 +171,7 @@ pub struct KubeStore {
 
 impl KubeStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        crate::lock(&self.store)
     }
 
     pub fn new(kinds: &[WatchedKind]) -> Self {
@@ -251,8 +260,7 @@ impl KubeStore {
                 last_event_unix: secrets.map(|s| s.last_event_unix).max().unwrap_or(0),
             });
         }
-        let synced = store.kinds.iter().all(|(kind, s)| s.synced || !kind.gates_sync);
-        SourceState { synced, kinds }
+        SourceState { synced: store.synced(), kinds }
     }
 
     /// The objects of one Istio kind: key and generation, for status.
@@ -309,10 +317,7 @@ impl KubeStore {
     /// The whole configuration, once every kind has listed, if it changed.
     fn take_batch(&self) -> Option<SourceBatch> {
         let mut store = self.lock();
-        // Secrets do not hold a batch back: one that has not arrived yet is
-        // a missing credential (503 for that cluster), not a frozen node.
-        let synced = store.kinds.iter().all(|(kind, s)| s.synced || !kind.gates_sync);
-        if !store.dirty || !synced {
+        if !store.dirty || !store.synced() {
             return None;
         }
         store.dirty = false;
@@ -454,11 +459,7 @@ async fn watch(client: kube::Client, kind: WatchedKind, index: usize, store: Kub
             .map(|event| event.map(|e| map_event(e, |meta| serde_json::json!({ "metadata": meta.metadata }))))
             .boxed()
     } else {
-        let api: Api<DynamicObject> = Api::all_with(client, &resource);
-        watcher(api, config)
-            .default_backoff()
-            .map(|event| event.map(|e| map_event(e, |object| serde_json::to_value(object).unwrap_or_default())))
-            .boxed()
+        object_events(Api::all_with(client, &resource), config)
     };
     while let Some(event) = events.next().await {
         match event {
@@ -476,6 +477,17 @@ async fn watch(client: kube::Client, kind: WatchedKind, index: usize, store: Kub
             Err(error) => store.error(index, error.to_string()),
         }
     }
+}
+
+/// Whole objects of one watch, as JSON, retried with backoff.
+fn object_events(
+    api: Api<DynamicObject>,
+    config: watcher::Config,
+) -> futures::stream::BoxStream<'static, Result<Event<serde_json::Value>, watcher::Error>> {
+    watcher(api, config)
+        .default_backoff()
+        .map(|event| event.map(|e| map_event(e, |object| serde_json::to_value(object).unwrap_or_default())))
+        .boxed()
 }
 
 fn map_event<A, B>(event: Event<A>, f: impl FnOnce(A) -> B) -> Event<B> {
@@ -524,12 +536,9 @@ impl Drop for AbortAll<'_> {
 }
 
 async fn watch_secret(client: kube::Client, key: (String, String), epoch: u64, store: KubeStore) {
-    let api: Api<DynamicObject> = Api::namespaced_with(client, &key.0, &SECRET.api_resource());
+    let api = Api::namespaced_with(client, &key.0, &SECRET.api_resource());
     let config = watcher::Config::default().fields(&format!("metadata.name={}", key.1));
-    let mut events = watcher(api, config)
-        .default_backoff()
-        .map(|event| event.map(|e| map_event(e, |object| serde_json::to_value(object).unwrap_or_default())))
-        .boxed();
+    let mut events = object_events(api, config);
     while let Some(event) = events.next().await {
         match event {
             Ok(event) => store.secret_event(&key, epoch, event),

@@ -3,6 +3,7 @@
 use super::cluster::Endpoint;
 use super::pool::{ConnectionLimits, Http1Pool};
 use super::ProxyBody;
+use crate::lock;
 use crate::maglev::stable_hash;
 use crate::policy::LoadBalancer;
 use hyper::client::conn::http2;
@@ -277,10 +278,6 @@ fn rendezvous(endpoints: &[Endpoint], hash: u64) -> Option<&Endpoint> {
         key[16..].copy_from_slice(&e.address.port().to_be_bytes());
         stable_hash(hash, &key)
     })
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A fast per-thread xorshift generator: load balancing and fault

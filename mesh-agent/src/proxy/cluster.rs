@@ -9,6 +9,7 @@ use super::balance::Tls;
 use super::outlier::{Ejected, Observation, OutlierConfig, OutlierState};
 use super::pool::{ConnectionLimits, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
 use super::tls::{client_config, TlsError, TlsSettings};
+use crate::lock;
 use crate::policy::EffectivePolicy;
 use crate::snapshot::Snapshot;
 use std::collections::HashMap;
@@ -212,11 +213,11 @@ impl Inner {
         self.plans.clear();
         self.snapshot = Some(snapshot.clone());
         self.states.retain(|name, state| {
-            let mut fields = name.split('|').skip(1);
-            let (port, host) = (fields.next(), fields.nth(1));
-            let exists = port.and_then(|p| p.parse().ok()).zip(host).is_some_and(|(port, host)| {
-                snapshot.service_index_for_host(host, port).is_some_and(|i| snapshot.services[i].port == port)
-            });
+            let exists = name_fields(name).and_then(|(port, _, host)| Some((port.parse().ok()?, host))).is_some_and(
+                |(port, host)| {
+                    snapshot.service_index_for_host(host, port).is_some_and(|i| snapshot.services[i].port == port)
+                },
+            );
             exists || Arc::strong_count(state) > 1
         });
         self.endpoints.retain(|_, c| Arc::strong_count(c) > 1 || c.in_flight.load(Ordering::Relaxed) > 0);
@@ -261,6 +262,16 @@ impl Inner {
             state,
             name,
         }
+    }
+}
+
+/// The port, subset (empty: none) and host of an `outbound|port|subset|host`
+/// cluster name.
+pub fn name_fields(name: &str) -> Option<(&str, &str, &str)> {
+    let mut fields = name.split('|');
+    match (fields.next(), fields.next(), fields.next(), fields.next()) {
+        (Some("outbound"), Some(port), Some(subset), Some(host)) => Some((port, subset, host)),
+        _ => None,
     }
 }
 
@@ -320,8 +331,4 @@ fn connection_limits(policy: &EffectivePolicy) -> ConnectionLimits {
 /// A `connectionPool.http` number, if set.
 pub fn pool_field(policy: &EffectivePolicy, name: &str) -> Option<usize> {
     policy.http_pool.as_ref()?.get(name)?.as_u64().map(|n| n as usize)
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }

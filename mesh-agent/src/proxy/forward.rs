@@ -374,8 +374,10 @@ impl Proxy {
             response.headers_mut().insert(OVERLOADED.clone(), HeaderValue::from_static("true"));
             return Outcome { response, flags, upstream: None, cluster, attempts: 0 };
         };
+        // An upgrade goes over HTTP/1.1 whatever the port speaks.
+        let http2 = plan.http2 && upgrade.is_none();
         // TLS origination, when the DestinationRule asks for it.
-        let tls = match plan.tls(plan.http2 && upgrade.is_none()) {
+        let tls = match plan.tls(http2) {
             Ok(tls) => tls,
             Err(error) => {
                 tracing::warn!(%cluster, %error, "cannot originate TLS");
@@ -412,7 +414,6 @@ impl Proxy {
                     _ => full(Bytes::new()),
                 },
             };
-            let http2 = plan.http2 && upgrade.is_none();
             // The last try may have the request head; earlier ones copy it.
             let head = if attempt >= attempts_allowed { parts.take() } else { parts.clone() };
             let mut request = upstream_request(
@@ -581,7 +582,7 @@ impl Proxy {
         started: Instant,
     ) -> prometheus_client::metrics::counter::Counter {
         let flags = flag_list(flags);
-        let mut cached = connection.series.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cached = crate::lock(&connection.series);
         let source = (connection.source_workload.as_str(), connection.source_namespace.as_str());
         let series = self.metrics.series(&mut cached, source, cluster, response.status().as_u16(), &flags);
         series.requests.inc();

@@ -84,10 +84,9 @@ impl ProxyMetrics {
     ) -> &'a RequestSeries {
         let same_cluster = cached.as_ref().is_some_and(|c| Arc::ptr_eq(&c.cluster, cluster) || c.cluster == *cluster);
         if !same_cluster {
-            let mut fields = cluster.split('|');
-            let (destination, subset) = match (fields.next(), fields.next(), fields.next(), fields.next()) {
-                (Some("outbound"), Some(_), Some(subset), Some(host)) => (host, subset),
-                _ => (&**cluster, ""),
+            let (destination, subset) = match super::cluster::name_fields(cluster) {
+                Some((_, subset, host)) => (host, subset),
+                None => (&**cluster, ""),
             };
             let labels: Labels = vec![
                 ("source_workload".into(), source.0.to_owned()),

@@ -8,6 +8,7 @@
 
 use super::balance::{Tls, UpstreamError};
 use super::ProxyBody;
+use crate::lock;
 use http::header::{HeaderValue, CONNECTION};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -220,8 +221,4 @@ impl CheckinSlot {
     pub fn take(&self) -> Option<Checkin> {
         lock(&self.0).take()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
