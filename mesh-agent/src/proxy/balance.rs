@@ -1,21 +1,28 @@
 //! Upstream connection pools and L7 load balancing across endpoints.
 
 use super::cluster::Endpoint;
+use super::h1::{DirectBody, DirectPool};
 use super::pool::{ConnectionLimits, Http1Pool};
-use super::ProxyBody;
+use super::{BoxError, ProxyBody};
 use crate::lock;
 use crate::maglev::stable_hash;
 use crate::policy::LoadBalancer;
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 pub struct Upstreams {
+    direct: Arc<DirectPool>,
     http1: Arc<Http1Pool>,
     /// One multiplexed HTTP/2 connection per endpoint, as Envoy keeps.
     /// Ours rather than the pooled client's, so `:authority` can be the
@@ -27,8 +34,58 @@ pub struct Upstreams {
 /// sent from a spawned task (mirrors).
 #[derive(Clone)]
 pub struct Dialer {
+    direct: Arc<DirectPool>,
     http1: Arc<Http1Pool>,
     h2: H2Connections,
+}
+
+/// A request body as the upstream clients take it.
+pub enum Payload {
+    /// All of it, known before sending (it may be sent again).
+    Complete(Bytes),
+    /// Still arriving from the client.
+    Streamed(ProxyBody),
+}
+
+impl Payload {
+    fn into_body(self) -> ProxyBody {
+        match self {
+            Payload::Complete(bytes) => http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed(),
+            Payload::Streamed(body) => body,
+        }
+    }
+}
+
+/// A response body from either HTTP/1.1 client or HTTP/2.
+pub enum UpstreamBody {
+    Direct(DirectBody),
+    Hyper(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Direct(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Direct(body) => body.is_end_stream(),
+            UpstreamBody::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Direct(body) => body.size_hint(),
+            UpstreamBody::Hyper(body) => body.size_hint(),
+        }
+    }
 }
 
 /// HTTP/2 upstream connections by (endpoint, over TLS).
@@ -89,33 +146,46 @@ pub struct UpstreamPool {
 
 impl Upstreams {
     pub fn new() -> Self {
-        Self { http1: Arc::default(), h2: Arc::default() }
+        Self { direct: Arc::default(), http1: Arc::default(), h2: Arc::default() }
     }
 
     pub fn dialer(&self) -> Dialer {
-        Dialer { http1: self.http1.clone(), h2: self.h2.clone() }
+        Dialer { direct: self.direct.clone(), http1: self.http1.clone(), h2: self.h2.clone() }
     }
 }
 
 impl Dialer {
     /// Sends a request to `endpoint`: HTTP/2 on our per-endpoint connection
     /// (the request's URI carries the logical authority), HTTP/1.1 on a
-    /// pooled connection (origin-form URI; Host carries the name).
+    /// pooled connection (origin-form URI; Host carries the name): the
+    /// direct client's when the body is known and nothing asks to switch
+    /// protocols over plaintext, hyper's otherwise.
     pub async fn send(
         self,
         endpoint: SocketAddr,
         http2: bool,
         tls: Option<Tls>,
         limits: ConnectionLimits,
-        request: http::Request<ProxyBody>,
-    ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
+        request: http::Request<Payload>,
+    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         let failed = |e: hyper::Error| UpstreamError::from_hyper(&e);
         if !http2 {
-            return self.http1.send(endpoint, tls, limits, request).await;
+            let upgrade = request.headers().contains_key(http::header::UPGRADE);
+            let (head, payload) = request.into_parts();
+            return match payload {
+                Payload::Complete(body) if tls.is_none() && !upgrade => {
+                    Ok(self.direct.send(endpoint, limits, head, body).await?.map(UpstreamBody::Direct))
+                }
+                payload => {
+                    let request = http::Request::from_parts(head, payload.into_body());
+                    Ok(self.http1.send(endpoint, tls, limits, request).await?.map(UpstreamBody::Hyper))
+                }
+            };
         }
-        let mut sender = self.h2_sender(endpoint, tls, limits.connect_timeout).await?;
+        let mut sender = Box::pin(self.h2_sender(endpoint, tls, limits.connect_timeout)).await?;
         sender.ready().await.map_err(failed)?;
-        sender.send_request(request).await.map_err(failed)
+        let response = sender.send_request(request.map(Payload::into_body)).await.map_err(failed)?;
+        Ok(response.map(UpstreamBody::Hyper))
     }
 
     async fn h2_sender(
@@ -202,7 +272,9 @@ impl Upstreams {
     /// flight: and whether a multiplexed HTTP/2 connection to each is open.
     pub fn pools(&self, in_flight: Vec<(SocketAddr, usize)>) -> Vec<UpstreamPool> {
         let h2 = lock(&self.h2);
-        let idle = self.http1.idle_counts();
+        let mut idle = HashMap::new();
+        self.http1.count_idle(&mut idle);
+        self.direct.count_idle(&mut idle);
         let mut pools: Vec<UpstreamPool> = in_flight
             .into_iter()
             .map(|(endpoint, in_flight)| UpstreamPool {

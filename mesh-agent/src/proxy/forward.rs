@@ -1,13 +1,13 @@
 //! One request through the proxy: route, fault, pick a destination and an
 //! endpoint, forward with timeouts and retries, mirror, and log.
 
-use super::balance::UpstreamError;
 use super::balance::{pick, random_u64, random_unit};
+use super::balance::{Payload, UpstreamBody, UpstreamError};
 use super::body::{CountingBody, GuardedBody, PrefixedBody, RequestBody};
 use super::cluster::{admit, InFlight};
 use super::outlier::Observation;
 use super::pool::CheckinSlot;
-use super::{BoxError, Connection, Proxy, ProxyBody};
+use super::{Connection, Proxy, ProxyBody};
 use crate::policy::{HashKey, LoadBalancer};
 use crate::route::{
     first_match, pick_destination, shadow_authority, Abort, AttemptOutcome, HttpMatch, HttpRoute, RequestView,
@@ -408,10 +408,12 @@ impl Proxy {
             };
             let endpoint = picked.address;
             let this_body = match body.as_ref() {
-                Some(RequestBody::Complete(bytes)) => full(bytes.clone()),
+                Some(RequestBody::Complete(bytes)) => Payload::Complete(bytes.clone()),
                 _ => match body.take() {
-                    Some(RequestBody::Partial(prefix, rest)) => PrefixedBody::new(prefix, rest).boxed(),
-                    _ => full(Bytes::new()),
+                    Some(RequestBody::Partial(prefix, rest)) => {
+                        Payload::Streamed(PrefixedBody::new(prefix, rest).boxed())
+                    }
+                    _ => Payload::Complete(Bytes::new()),
                 },
             };
             // The last try may have the request head; earlier ones copy it.
@@ -513,7 +515,7 @@ impl Proxy {
     #[allow(clippy::too_many_arguments)]
     fn finish(
         &self,
-        result: Result<Result<Response<Incoming>, UpstreamError>, ()>,
+        result: Result<Result<Response<UpstreamBody>, UpstreamError>, ()>,
         mut flags: Vec<ResponseFlag>,
         endpoint: SocketAddr,
         cluster: Arc<str>,
@@ -530,7 +532,7 @@ impl Proxy {
                     strip_hop_by_hop(&mut head.headers);
                     // The upstream connection goes back to its pool with the body.
                     let checkin = head.extensions.remove::<CheckinSlot>().and_then(|slot| slot.take());
-                    let upstream_body = upstream_body.map_err(|e| Box::new(e) as BoxError).boxed();
+                    let upstream_body = upstream_body.boxed();
                     let guards = (guards, checkin);
                     let mut response = Response::from_parts(head, GuardedBody::wrap(upstream_body, deadline, guards));
                     if let Some(destination) = destination {
@@ -618,7 +620,7 @@ impl Proxy {
         let mut parts = parts.clone();
         let authority = parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
         set_authority(&mut parts, &shadow_authority(&authority));
-        let request = upstream_request(Request::from_parts(parts, full(body)), endpoint, plan.http2);
+        let request = upstream_request(Request::from_parts(parts, Payload::Complete(body)), endpoint, plan.http2);
         let Ok(tls) = plan.tls(plan.http2) else { return };
         if MIRRORS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= MAX_MIRRORS_IN_FLIGHT {
             MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
@@ -710,7 +712,7 @@ fn set_authority(parts: &mut Parts, authority: &str) {
 /// the endpoint's. HTTP/1.1: the origin form, and Host keeps the service's
 /// name. HTTP/2: `:authority` is the service's name (from Host, which h2
 /// must not also carry).
-fn upstream_request(mut request: Request<ProxyBody>, endpoint: SocketAddr, http2: bool) -> Request<ProxyBody> {
+fn upstream_request<B>(mut request: Request<B>, endpoint: SocketAddr, http2: bool) -> Request<B> {
     if http2 {
         let path = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
         let authority = request

@@ -9,6 +9,7 @@ mod balance;
 mod body;
 pub mod cluster;
 mod forward;
+mod h1;
 mod metrics;
 pub mod outlier;
 pub(crate) mod pool;

@@ -1,10 +1,14 @@
 //! HTTP/1.1 upstream connections, kept per endpoint (plaintext or TLS) for
 //! reuse, with the cluster's limits from `connectionPool`: the TCP connect
 //! timeout, the HTTP idle timeout, and the requests one connection may
-//! carry. A connection goes back to the pool when its response is done
-//! with (the [`Checkin`] the response carries is dropped with its body),
-//! and is taken out again only when hyper says it is ready for another
-//! request, so a request never waits behind another one.
+//! carry. A connection goes back to its pool when its response is done
+//! with, and is taken out again only when it is ready for another request,
+//! so a request never waits behind another one.
+//!
+//! Two clients share [`IdlePool`]: the direct one ([`super::h1`]) for
+//! requests whose body is known, and hyper's here for the rest (a
+//! [`Checkin`] in the response extensions, dropped with the body, returns
+//! hyper's connection).
 
 use super::balance::{Tls, UpstreamError};
 use super::ProxyBody;
@@ -41,21 +45,109 @@ impl Default for ConnectionLimits {
 }
 
 /// (endpoint, TLS identity or 0 for plaintext).
-type Key = (SocketAddr, u64);
+pub type Key = (SocketAddr, u64);
 
-struct Idle {
-    sender: http1::SendRequest<ProxyBody>,
+/// A connection that can wait in an [`IdlePool`].
+pub trait Reusable: Send + 'static {
+    /// The peer closed it, or it broke: it can never carry a request again.
+    fn is_closed(&self) -> bool;
+    /// It can carry a request now (not still finishing the last one).
+    fn is_ready(&self) -> bool;
+}
+
+struct Idle<C> {
+    connection: C,
     since: Instant,
     idle_timeout: Duration,
     /// Requests the connection has carried.
     served: u32,
 }
 
-#[derive(Default)]
-pub struct Http1Pool {
-    idle: Mutex<HashMap<Key, Vec<Idle>>>,
+/// Idle upstream connections by endpoint and TLS identity. The newest is
+/// taken first (its peer is the least likely to have closed it); those
+/// past their idle timeout are closed once a second.
+pub struct IdlePool<C> {
+    idle: Mutex<HashMap<Key, Vec<Idle<C>>>>,
     sweeping: std::sync::atomic::AtomicBool,
 }
+
+impl<C> Default for IdlePool<C> {
+    fn default() -> Self {
+        Self { idle: Mutex::default(), sweeping: Default::default() }
+    }
+}
+
+impl<C: Reusable> IdlePool<C> {
+    /// The most recently returned connection that is ready for a request,
+    /// with the requests it has carried. Closed and expired ones go; one
+    /// not ready yet stays for a later checkout.
+    pub fn checkout(&self, key: Key) -> Option<(C, u32)> {
+        let mut idle = lock(&self.idle);
+        let list = idle.get_mut(&key)?;
+        let mut i = list.len();
+        while i > 0 {
+            i -= 1;
+            let candidate = &list[i];
+            if candidate.connection.is_closed() || candidate.since.elapsed() >= candidate.idle_timeout {
+                list.swap_remove(i);
+            } else if candidate.connection.is_ready() {
+                let idle = list.swap_remove(i);
+                return Some((idle.connection, idle.served));
+            }
+        }
+        None
+    }
+
+    /// Puts a connection back, unless it is closed.
+    pub fn checkin(self: &Arc<Self>, key: Key, connection: C, served: u32, idle_timeout: Duration) {
+        if connection.is_closed() {
+            return;
+        }
+        let idle = Idle { connection, since: Instant::now(), idle_timeout, served };
+        lock(&self.idle).entry(key).or_default().push(idle);
+        self.start_sweeping();
+    }
+
+    /// Closes idle connections past their idle timeout, once a second.
+    fn start_sweeping(self: &Arc<Self>) {
+        if self.sweeping.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            return;
+        }
+        let pool: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(SWEEP_INTERVAL).await;
+                let Some(pool) = pool.upgrade() else { return };
+                lock(&pool.idle).retain(|_, list| {
+                    list.retain(|idle| !idle.connection.is_closed() && idle.since.elapsed() < idle.idle_timeout);
+                    !list.is_empty()
+                });
+            }
+        });
+    }
+
+    /// Idle connections per endpoint, added to `counts`, for status.
+    pub fn count_idle(&self, counts: &mut HashMap<SocketAddr, usize>) {
+        for ((endpoint, _), list) in lock(&self.idle).iter() {
+            *counts.entry(*endpoint).or_default() += list.len();
+        }
+    }
+}
+
+impl Reusable for http1::SendRequest<ProxyBody> {
+    fn is_closed(&self) -> bool {
+        http1::SendRequest::is_closed(self)
+    }
+
+    fn is_ready(&self) -> bool {
+        http1::SendRequest::is_ready(self)
+    }
+}
+
+/// HTTP/1.1 through hyper's client, for what the direct client
+/// ([`super::h1`]) leaves: request bodies that stream and protocol
+/// upgrades.
+pub type Http1Pool = IdlePool<http1::SendRequest<ProxyBody>>;
 
 impl Http1Pool {
     /// Sends `request` on an idle connection to `endpoint`, or a new one.
@@ -70,8 +162,8 @@ impl Http1Pool {
         let key = Tls::key(endpoint, tls.as_ref());
         loop {
             let (mut sender, served, reused) = match self.checkout(key) {
-                Some(idle) => (idle.sender, idle.served, true),
-                None => (connect(endpoint, tls.as_ref(), limits.connect_timeout).await?, 0, false),
+                Some((sender, served)) => (sender, served, true),
+                None => (Box::pin(connect(endpoint, tls.as_ref(), limits.connect_timeout)).await?, 0, false),
             };
             let served = served + 1;
             // An upgrade keeps its `Connection: upgrade`; the switch ends
@@ -111,52 +203,6 @@ impl Http1Pool {
                 },
             }
         }
-    }
-
-    /// The most recently returned connection that is ready for a request.
-    /// Closed and expired ones go; one whose last response hyper has not
-    /// finished with yet stays for a later checkout.
-    fn checkout(&self, key: Key) -> Option<Idle> {
-        let mut idle = lock(&self.idle);
-        let list = idle.get_mut(&key)?;
-        let mut i = list.len();
-        while i > 0 {
-            i -= 1;
-            let candidate = &list[i];
-            if candidate.sender.is_closed() || candidate.since.elapsed() >= candidate.idle_timeout {
-                list.swap_remove(i);
-            } else if candidate.sender.is_ready() {
-                return Some(list.swap_remove(i));
-            }
-        }
-        None
-    }
-
-    /// Closes idle connections past their idle timeout, once a second.
-    fn start_sweeping(self: &Arc<Self>) {
-        if self.sweeping.swap(true, std::sync::atomic::Ordering::Relaxed) {
-            return;
-        }
-        let pool: Weak<Self> = Arc::downgrade(self);
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(SWEEP_INTERVAL).await;
-                let Some(pool) = pool.upgrade() else { return };
-                lock(&pool.idle).retain(|_, list| {
-                    list.retain(|idle| !idle.sender.is_closed() && idle.since.elapsed() < idle.idle_timeout);
-                    !list.is_empty()
-                });
-            }
-        });
-    }
-
-    /// Idle connections per endpoint, for status.
-    pub fn idle_counts(&self) -> HashMap<SocketAddr, usize> {
-        let mut counts = HashMap::new();
-        for ((endpoint, _), list) in lock(&self.idle).iter() {
-            *counts.entry(*endpoint).or_default() += list.len();
-        }
-        counts
     }
 }
 
@@ -203,12 +249,7 @@ pub struct Checkin {
 impl Drop for Checkin {
     fn drop(&mut self) {
         let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) else { return };
-        if sender.is_closed() {
-            return;
-        }
-        let idle = Idle { sender, since: Instant::now(), idle_timeout: self.idle_timeout, served: self.served };
-        lock(&pool.idle).entry(self.key).or_default().push(idle);
-        pool.start_sweeping();
+        pool.checkin(self.key, sender, self.served, self.idle_timeout);
     }
 }
 
