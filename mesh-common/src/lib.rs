@@ -338,7 +338,11 @@ pub mod global_stat {
     pub const MSG_REDIRECTED: u32 = 19;
     /// A send on a socket in the sock hash with no local peer: sent by TCP.
     pub const MSG_PASSED: u32 = 20;
-    pub const COUNT: u32 = 21;
+    /// A connecting socket whose peer turned out not to be on this node
+    /// left the sock hash after its first acknowledged send, so its later
+    /// sends skip the sk_msg program.
+    pub const SOCKMAP_LEFT: u32 = 21;
+    pub const COUNT: u32 = 22;
 
     /// Label values for each index, in order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -363,6 +367,7 @@ pub mod global_stat {
         "sockmap_paired",
         "msg_redirected",
         "msg_passed",
+        "sockmap_left",
     ];
 }
 

@@ -16,7 +16,9 @@
 
 use aya_ebpf::{
     bindings::{bpf_sock, bpf_sock_addr, sk_action, BPF_F_INGRESS, BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::generated::{bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval},
+    helpers::generated::{
+        bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_map_delete_elem, bpf_set_retval,
+    },
     macros::{cgroup_sock, cgroup_sock_addr, map, sk_msg, sock_ops},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
     programs::{SkMsgContext, SockAddrContext, SockContext, SockOpsContext},
@@ -606,6 +608,8 @@ fn forget_socket(cookie: u64) -> bool {
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 const BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB: u32 = 4;
 const BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB: u32 = 5;
+const BPF_SOCK_OPS_RTT_CB: u32 = 12;
+const BPF_SOCK_OPS_RTT_CB_FLAG: i32 = 8;
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
 
@@ -620,6 +624,9 @@ pub fn mesh_sock_ops(ctx: SockOpsContext) -> u32 {
         }
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             let _ = try_pair_accepting_end(&ctx);
+        }
+        BPF_SOCK_OPS_RTT_CB => {
+            let _ = try_leave_if_unpaired(&ctx);
         }
         _ => {}
     }
@@ -661,7 +668,10 @@ fn try_record_original_dst(ctx: &SockOpsContext) -> Result<(), ()> {
 // the connecting end there, joins SOCK_HASH and records the pair both ways
 // in SOCK_PEERS. From then on `sk_msg` moves each send straight into the
 // peer's receive queue. An accepting socket whose peer is elsewhere never
-// enters the sock hash; a connecting one does, and its sends pass to TCP.
+// enters the sock hash; a connecting one does, and at its first RTT sample
+// (the first acknowledged send, long after a local peer would have paired)
+// it leaves the sock hash unless paired, so a hop to another node or to a
+// pod outside the cgroup pays for sk_msg once, not on every send.
 // ---------------------------------------------------------------------------
 
 /// The two ends of a socket in one family, as sock_ops or sk_msg see them.
@@ -750,6 +760,8 @@ fn try_file_connecting_end(ctx: &SockOpsContext) -> Result<(), ()> {
     // A pairing left by an earlier socket with these addresses is not ours.
     let _ = SOCK_PEERS.remove(&key);
     add_to_sock_hash(ctx, &key)?;
+    // Ask for the RTT callback, where an unpaired end leaves the sock hash.
+    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_RTT_CB_FLAG);
     let handshake = HandshakeKey {
         client_addr: key.local_addr,
         server_addr: key.remote_addr,
@@ -785,6 +797,24 @@ fn try_pair_accepting_end(ctx: &SockOpsContext) -> Result<(), ()> {
     SOCK_PEERS.insert(&key, &peer, 0).map_err(|_| ())?;
     SOCK_PEERS.insert(&peer, &key, 0).map_err(|_| ())?;
     count(global_stat::SOCKMAP_PAIRED);
+    Ok(())
+}
+
+/// RTT_CB, on a connecting end only: once is enough, so the callback is
+/// turned off. Deleting from a sock hash is allowed here (sock_ops), not in
+/// sk_msg.
+#[inline(always)]
+fn try_leave_if_unpaired(ctx: &SockOpsContext) -> Result<(), ()> {
+    let _ = ctx.set_cb_flags(0);
+    let (key, _, _) = sock_ops_key(ctx).ok_or(())?;
+    if unsafe { SOCK_PEERS.get(&key) }.is_some() {
+        return Ok(());
+    }
+    let map = core::ptr::addr_of!(SOCK_HASH) as *mut core::ffi::c_void;
+    let removed = unsafe { bpf_map_delete_elem(map, &key as *const SockKey as *const core::ffi::c_void) };
+    if removed == 0 {
+        count(global_stat::SOCKMAP_LEFT);
+    }
     Ok(())
 }
 

@@ -11,6 +11,14 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+/// A request body as the client side hands it over.
+pub enum ClientBody {
+    /// Read whole with the head (the plain HTTP/1.1 path).
+    Read(Bytes),
+    /// Still on hyper's connection.
+    Hyper(Incoming),
+}
+
 /// What the proxy could read of a request body before forwarding it.
 pub enum RequestBody {
     /// The whole body: it can be sent again (retries, mirrors).
@@ -22,7 +30,11 @@ pub enum RequestBody {
 
 impl RequestBody {
     /// Reads up to `limit` bytes; a body that ends within them is complete.
-    pub async fn read_ahead(mut body: Incoming, limit: usize) -> Result<Self, BoxError> {
+    pub async fn read_ahead(body: ClientBody, limit: usize) -> Result<Self, BoxError> {
+        let mut body = match body {
+            ClientBody::Read(bytes) => return Ok(RequestBody::Complete(bytes)),
+            ClientBody::Hyper(body) => body,
+        };
         let mut frames = VecDeque::new();
         let mut size = 0;
         loop {
@@ -54,6 +66,14 @@ impl RequestBody {
             }
         }
         Ok(RequestBody::Complete(Bytes::from(all)))
+    }
+
+    /// The body as it is, none of it read yet.
+    pub fn unread(body: ClientBody) -> Self {
+        match body {
+            ClientBody::Read(bytes) => RequestBody::Complete(bytes),
+            ClientBody::Hyper(body) => RequestBody::Partial(VecDeque::new(), body),
+        }
     }
 
     pub fn replayable(&self) -> bool {

@@ -3,7 +3,7 @@
 
 use super::balance::{pick, random_u64, random_unit};
 use super::balance::{Payload, UpstreamBody, UpstreamError};
-use super::body::{CountingBody, GuardedBody, PrefixedBody, RequestBody};
+use super::body::{ClientBody, CountingBody, GuardedBody, PrefixedBody, RequestBody};
 use super::cluster::{admit, InFlight};
 use super::outlier::Observation;
 use super::pool::CheckinSlot;
@@ -19,7 +19,6 @@ use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, 
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -109,7 +108,7 @@ impl Outcome {
 }
 
 impl Proxy {
-    pub(super) async fn handle(&self, connection: &Connection, request: Request<Incoming>) -> Response<ProxyBody> {
+    pub(super) async fn handle(&self, connection: &Connection, request: Request<ClientBody>) -> Response<ProxyBody> {
         let started = Instant::now();
         let start_time = if self.access_log { humantime_now() } else { String::new() };
         let snapshot = self.published.borrow().snapshot.clone();
@@ -174,7 +173,7 @@ impl Proxy {
         connection: &Connection,
         service_index: usize,
         parts: Parts,
-        body: Incoming,
+        body: ClientBody,
         authority: &str,
     ) -> Outcome {
         let fqdn = &snapshot.services[service_index].fqdn;
@@ -233,7 +232,7 @@ impl Proxy {
         service_index: usize,
         matched: Option<(&HttpRoute, Option<&HttpMatch>)>,
         mut parts: Parts,
-        body: Incoming,
+        body: ClientBody,
         authority: &str,
     ) -> Outcome {
         let route = matched.map(|(route, _)| route);
@@ -353,7 +352,7 @@ impl Proxy {
                 }
             }
         } else {
-            RequestBody::Partial(Default::default(), body)
+            RequestBody::unread(body)
         };
         for mirror in mirrors {
             if random_unit() * 100.0 < mirror.percentage {

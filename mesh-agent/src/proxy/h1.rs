@@ -224,21 +224,11 @@ impl Connection {
         }
         // Offsets of names and values, so the head can leave the buffer
         // as one shared `Bytes` the values are slices of.
-        let base = self.read.as_ptr() as usize;
-        let mut spans = Vec::with_capacity(response.headers.len());
-        for header in response.headers.iter() {
-            let name = HeaderName::from_bytes(header.name.as_bytes())
-                .map_err(|_| ExchangeError::Malformed("invalid response header name"))?;
-            let start = header.value.as_ptr() as usize - base;
-            spans.push((name, start..start + header.value.len()));
-        }
+        let spans = header_spans(response.headers, self.read.as_ptr() as usize)
+            .map_err(|_| ExchangeError::Malformed("invalid response header name"))?;
         let head = self.read.split_to(length).freeze();
-        let mut headers = HeaderMap::with_capacity(spans.len());
-        for (name, span) in spans {
-            let value = HeaderValue::from_maybe_shared(head.slice(span))
-                .map_err(|_| ExchangeError::Malformed("invalid response header value"))?;
-            headers.append(name, value);
-        }
+        let headers =
+            header_map(&head, spans).map_err(|_| ExchangeError::Malformed("invalid response header value"))?;
         let framing = framing(&headers, status, head_only)?;
         let keep_alive = match version {
             Version::HTTP_10 => has_token(&headers, CONNECTION, "keep-alive"),
@@ -246,6 +236,33 @@ impl Connection {
         };
         Ok(Some(ParsedHead { status, version, headers, framing, keep_alive }))
     }
+}
+
+/// Each parsed field's name and the span of its value in the buffer that
+/// starts at `base`, so the value can become a slice of the frozen head.
+pub(super) fn header_spans(
+    fields: &[httparse::Header<'_>],
+    base: usize,
+) -> Result<Vec<(HeaderName, std::ops::Range<usize>)>, http::header::InvalidHeaderName> {
+    let mut spans = Vec::with_capacity(fields.len());
+    for field in fields {
+        let name = HeaderName::from_bytes(field.name.as_bytes())?;
+        let start = field.value.as_ptr() as usize - base;
+        spans.push((name, start..start + field.value.len()));
+    }
+    Ok(spans)
+}
+
+/// The header map whose values share `head`'s memory.
+pub(super) fn header_map(
+    head: &Bytes,
+    spans: Vec<(HeaderName, std::ops::Range<usize>)>,
+) -> Result<HeaderMap, http::header::InvalidHeaderValue> {
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    for (name, span) in spans {
+        headers.append(name, HeaderValue::from_maybe_shared(head.slice(span))?);
+    }
+    Ok(headers)
 }
 
 /// How a response body ends (RFC 9112 §6.3).
@@ -306,7 +323,7 @@ fn framing(headers: &HeaderMap, status: StatusCode, head_only: bool) -> Result<F
     Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
-fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
+pub(super) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
         .iter()

@@ -13,6 +13,7 @@ mod h1;
 mod metrics;
 pub mod outlier;
 pub(crate) mod pool;
+mod server;
 mod tcp;
 pub mod tls;
 
@@ -163,9 +164,15 @@ impl Proxy {
             source: pod.map(|p| (p.labels.clone(), p.namespace.clone())),
             series: Default::default(),
         });
+        let stream = match server::serve(stream, self.header_timeout, |request| self.handle(&connection, request)).await
+        {
+            server::Served::Closed => return,
+            server::Served::HandOff(stream) => stream,
+        };
         let proxy = self.clone();
-        let service = hyper::service::service_fn(move |request| {
+        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let (proxy, connection) = (proxy.clone(), connection.clone());
+            let request = request.map(body::ClientBody::Hyper);
             async move { Ok::<_, std::convert::Infallible>(proxy.handle(&connection, request).await) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());

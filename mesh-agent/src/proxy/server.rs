@@ -1,0 +1,487 @@
+//! The client side of a captured HTTP connection. Plain HTTP/1.1 requests
+//! (a complete head, no body or a short one of declared length, nothing
+//! that switches protocols or waits for `100 Continue`) are served here on
+//! the connection's own task: the head is parsed out of one read buffer,
+//! header values share its memory, and the response goes out in one write
+//! when it is all at hand. The first request that is anything else (HTTP/2,
+//! HTTP/1.0, chunked or long bodies, upgrades, malformed or oversized heads)
+//! hands the connection, with the bytes already read, to hyper's server for
+//! the rest of its life, which answers 400 and 431 and serves the rest.
+
+use super::body::ClientBody;
+use super::h1::{has_token, header_map, header_spans};
+use super::{BoxError, ProxyBody};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper::body::Body;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+
+/// Request heads with more fields go to hyper (which answers 431).
+const MAX_FIELDS: usize = 100;
+/// Room made in the read buffer before each read.
+const READ_RESERVE: usize = 8 * 1024;
+/// A request body up to this size is read here; longer ones go to hyper.
+const MAX_BODY_BYTES: u64 = 64 * 1024;
+/// Response bytes gathered before a write.
+const WRITE_GATHER_BYTES: usize = 64 * 1024;
+
+/// How serving a connection here ended.
+pub enum Served {
+    /// The connection is done (closed by either side, or broken).
+    Closed,
+    /// The next request is not one for this path: hyper takes the
+    /// connection, with what was read of that request.
+    HandOff(Rewind),
+}
+
+/// A request head found at the front of the read buffer.
+enum Head {
+    /// A plain request, with the head's length and the body's.
+    Plain { head_length: usize, body_length: usize },
+    /// Not complete yet.
+    Partial,
+    /// Anything hyper must see.
+    Other,
+}
+
+/// Serves plain HTTP/1.1 requests with `handle` until the connection ends or
+/// a request is not plain. The header timeout runs from the moment a request
+/// is awaited (a keep-alive connection's idle time counts, as with hyper).
+pub async fn serve<H, F>(mut io: TcpStream, header_timeout: Duration, handle: H) -> Served
+where
+    H: Fn(Request<ClientBody>) -> F,
+    F: Future<Output = Response<ProxyBody>>,
+{
+    let mut read = BytesMut::with_capacity(READ_RESERVE);
+    let mut write = Vec::with_capacity(4 * 1024);
+    loop {
+        let deadline = tokio::time::Instant::now() + header_timeout;
+        let (head_length, body_length) = loop {
+            match plain_head(&read) {
+                Head::Plain { head_length, body_length } => break (head_length, body_length),
+                Head::Other => return Served::HandOff(Rewind { prefix: read.freeze(), io }),
+                Head::Partial => {}
+            }
+            read.reserve(READ_RESERVE);
+            match tokio::time::timeout_at(deadline, io.read_buf(&mut read)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Served::Closed,
+                Ok(Ok(_)) => {}
+            }
+        };
+        while read.len() < head_length + body_length {
+            read.reserve(head_length + body_length - read.len());
+            match io.read_buf(&mut read).await {
+                Ok(0) | Err(_) => return Served::Closed,
+                Ok(_) => {}
+            }
+        }
+        let head = read.split_to(head_length).freeze();
+        let body = read.split_to(body_length).freeze();
+        let Some(request) = build_request(head, body) else {
+            // httparse let through what `http` refuses: answered here, as
+            // hyper would, and the connection ends.
+            let _ = io.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
+            return Served::Closed;
+        };
+        let head_only = request.method() == Method::HEAD;
+        let close = has_token(request.headers(), CONNECTION, "close");
+        let response = handle(request).await;
+        if write_response(&mut io, &mut write, response, head_only, close).await.is_err() || close {
+            return Served::Closed;
+        }
+    }
+}
+
+/// Whether the buffer starts with a whole plain request head, and the
+/// lengths of head and body.
+fn plain_head(read: &[u8]) -> Head {
+    if read.is_empty() {
+        return Head::Partial;
+    }
+    let mut slots = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut request = httparse::Request::new(&mut slots);
+    let head_length = match request.parse(read) {
+        Ok(httparse::Status::Complete(length)) => length,
+        Ok(httparse::Status::Partial) if read.len() <= super::MAX_HEADER_BYTES => return Head::Partial,
+        _ => return Head::Other,
+    };
+    if head_length > super::MAX_HEADER_BYTES
+        || request.version != Some(1)
+        || request.method == Some("CONNECT")
+        || !request.path.is_some_and(|path| path.starts_with('/'))
+    {
+        return Head::Other;
+    }
+    let mut body_length = None;
+    for field in request.headers.iter() {
+        let name = field.name;
+        if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case("upgrade")
+            || name.eq_ignore_ascii_case("expect")
+        {
+            return Head::Other;
+        }
+        if name.eq_ignore_ascii_case("content-length") {
+            let length = std::str::from_utf8(field.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            match (body_length, length) {
+                (None, Some(length)) if length <= MAX_BODY_BYTES => body_length = Some(length),
+                // Repeated, invalid or long: hyper judges it.
+                _ => return Head::Other,
+            }
+        }
+    }
+    Head::Plain { head_length, body_length: body_length.unwrap_or(0) as usize }
+}
+
+/// The request from its head and body bytes (header values and the path
+/// are slices of the head). None when `http` refuses a part.
+fn build_request(head: Bytes, body: Bytes) -> Option<Request<ClientBody>> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_FIELDS];
+    let mut parsed = httparse::Request::new(&mut slots);
+    parsed.parse(&head).ok()?;
+    let method = Method::from_bytes(parsed.method?.as_bytes()).ok()?;
+    let base = head.as_ptr() as usize;
+    let path = parsed.path?;
+    let path_start = path.as_ptr() as usize - base;
+    let uri = Uri::from_maybe_shared(head.slice(path_start..path_start + path.len())).ok()?;
+    let spans = header_spans(parsed.headers, base).ok()?;
+    let headers = header_map(&head, spans).ok()?;
+    let mut request = Request::new(ClientBody::Read(body));
+    *request.method_mut() = method;
+    *request.uri_mut() = uri;
+    *request.version_mut() = Version::HTTP_11;
+    *request.headers_mut() = headers;
+    Some(request)
+}
+
+/// How the response body is delimited on the wire.
+enum Framing {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Writes the response: the head and as much body as is at hand go out
+/// together; a body that streams is written as it comes. An error means
+/// the connection cannot carry another response.
+async fn write_response(
+    io: &mut TcpStream,
+    write: &mut Vec<u8>,
+    response: Response<ProxyBody>,
+    head_only: bool,
+    close: bool,
+) -> Result<(), BoxError> {
+    let (mut parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let framing = if bodiless {
+        Framing::None
+    } else if head_only {
+        // HEAD keeps the length the upstream declared, and sends no body.
+        if let Some(length) = body.size_hint().exact().filter(|&n| n > 0 && !parts.headers.contains_key(CONTENT_LENGTH))
+        {
+            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        }
+        Framing::None
+    } else {
+        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        parts.headers.remove(CONTENT_LENGTH);
+        parts.headers.remove(TRANSFER_ENCODING);
+        match body.size_hint().exact().or(declared) {
+            Some(length) => {
+                parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+                Framing::Length(length)
+            }
+            None => {
+                parts.headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                Framing::Chunked
+            }
+        }
+    };
+    if close {
+        parts.headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    if !parts.headers.contains_key(DATE) {
+        parts.headers.insert(DATE, http_date());
+    }
+
+    write.clear();
+    write.extend_from_slice(b"HTTP/1.1 ");
+    write.extend_from_slice(status.as_str().as_bytes());
+    write.push(b' ');
+    write.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    write.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        write.extend_from_slice(name.as_str().as_bytes());
+        write.extend_from_slice(b": ");
+        write.extend_from_slice(value.as_bytes());
+        write.extend_from_slice(b"\r\n");
+    }
+    write.extend_from_slice(b"\r\n");
+    let mut left = match framing {
+        Framing::None => return Ok(io.write_all(write).await?),
+        Framing::Length(length) => length,
+        Framing::Chunked => u64::MAX,
+    };
+    let chunked = matches!(framing, Framing::Chunked);
+    loop {
+        // What is ready now joins the buffer; before waiting for more, the
+        // buffer goes out, so a streamed body is never held back.
+        let frame = match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                io.write_all(write).await?;
+                write.clear();
+                std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
+            }
+        };
+        let data = match frame {
+            None => break,
+            Some(frame) => match frame?.into_data() {
+                Ok(data) => data,
+                // HTTP/1.1 trailers would need the client to have asked.
+                Err(_) => continue,
+            },
+        };
+        if data.is_empty() {
+            continue;
+        }
+        if chunked {
+            write.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+        } else {
+            left = left.checked_sub(data.len() as u64).ok_or("response body longer than its content-length")?;
+        }
+        if write.len() + data.len() <= WRITE_GATHER_BYTES {
+            write.extend_from_slice(&data);
+        } else {
+            io.write_all(write).await?;
+            write.clear();
+            io.write_all(&data).await?;
+        }
+        if chunked {
+            write.extend_from_slice(b"\r\n");
+        }
+    }
+    if chunked {
+        write.extend_from_slice(b"0\r\n\r\n");
+    } else if left != 0 {
+        io.write_all(write).await?;
+        return Err("response body shorter than its content-length".into());
+    }
+    io.write_all(write).await?;
+    Ok(())
+}
+
+/// The Date header, formatted once a second per thread.
+fn http_date() -> HeaderValue {
+    use std::cell::RefCell;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHED: RefCell<(u64, Option<HeaderValue>)> = const { RefCell::new((0, None)) };
+    }
+    let now = SystemTime::now();
+    let second = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
+    CACHED.with(|cached| {
+        let mut cached = cached.borrow_mut();
+        match &cached.1 {
+            Some(value) if cached.0 == second => value.clone(),
+            _ => {
+                let value =
+                    HeaderValue::from_str(&httpdate::fmt_http_date(now)).unwrap_or(HeaderValue::from_static(""));
+                *cached = (second, Some(value.clone()));
+                value
+            }
+        }
+    })
+}
+
+/// A connection with bytes already read from it in front.
+pub struct Rewind {
+    prefix: Bytes,
+    io: TcpStream,
+}
+
+impl AsyncRead for Rewind {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Rewind {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[test]
+    fn plain_requests_are_told_from_the_rest() {
+        let plain = |text: &str| match plain_head(text.as_bytes()) {
+            Head::Plain { head_length, body_length } => Some((head_length, body_length)),
+            _ => None,
+        };
+        assert_eq!(plain("GET / HTTP/1.1\r\nhost: a\r\n\r\n"), Some((27, 0)));
+        assert_eq!(plain("POST /x HTTP/1.1\r\ncontent-length: 3\r\n\r\nab"), Some((39, 3)));
+        assert!(matches!(plain_head(b"GET / HTTP/1.1\r\nhost: a\r\n"), Head::Partial));
+        assert!(matches!(plain_head(b""), Head::Partial));
+        for other in [
+            "GET / HTTP/1.0\r\n\r\n",
+            "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+            "CONNECT a:443 HTTP/1.1\r\n\r\n",
+            "GET http://a/ HTTP/1.1\r\n\r\n",
+            "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+            "POST / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 9999999\r\n\r\n",
+            "GARBAGE\r\n\r\n",
+        ] {
+            assert!(matches!(plain_head(other.as_bytes()), Head::Other), "{other}");
+        }
+    }
+
+    #[test]
+    fn requests_are_built_on_the_head_bytes() {
+        let head = Bytes::from_static(b"PUT /a?b=1 HTTP/1.1\r\nHost: web\r\nx-a: 1\r\nx-a: 2\r\n\r\n");
+        let request = build_request(head, Bytes::from_static(b"xyz")).unwrap();
+        assert_eq!(request.method(), Method::PUT);
+        assert_eq!(request.uri().path_and_query().unwrap().as_str(), "/a?b=1");
+        assert_eq!(request.headers()["host"], "web");
+        assert_eq!(request.headers().get_all("x-a").iter().count(), 2);
+        assert!(matches!(request.body(), ClientBody::Read(body) if &body[..] == b"xyz"));
+    }
+
+    /// Runs `serve` on one accepted loopback connection with a handler that
+    /// answers `reply(request)`, and returns the client end.
+    async fn connection_served_by(
+        reply: fn(&Request<ClientBody>) -> Response<ProxyBody>,
+    ) -> (TcpStream, tokio::task::JoinHandle<Served>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let task = tokio::spawn(serve(server, Duration::from_secs(5), move |request| {
+            let response = reply(&request);
+            async move { response }
+        }));
+        (client, task)
+    }
+
+    async fn read_until(client: &mut TcpStream, end: &[u8]) -> String {
+        let mut seen = Vec::new();
+        let mut buffer = [0u8; 4096];
+        while !seen.windows(end.len()).any(|w| w == end) {
+            let n = client.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&seen));
+            seen.extend_from_slice(&buffer[..n]);
+        }
+        String::from_utf8(seen).unwrap()
+    }
+
+    #[tokio::test]
+    async fn pipelined_requests_get_framed_responses_in_order_and_close_is_honoured() {
+        let (mut client, task) = connection_served_by(|request| {
+            let text = format!("{} {}", request.method(), request.uri());
+            Response::new(http_body_util::Full::new(Bytes::from(text)).map_err(|e| match e {}).boxed())
+        })
+        .await;
+        client
+            .write_all(b"GET /one HTTP/1.1\r\nhost: a\r\n\r\nHEAD /two HTTP/1.1\r\nhost: a\r\n\r\nGET /three HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut all = String::new();
+        client.read_to_string(&mut all).await.unwrap();
+        let responses: Vec<&str> = all.split("HTTP/1.1 200 OK\r\n").skip(1).collect();
+        assert_eq!(responses.len(), 3, "{all}");
+        assert!(responses[0].contains("content-length: 8\r\n") && responses[0].ends_with("\r\n\r\nGET /one"), "{all}");
+        assert!(responses[1].contains("content-length: 9\r\n") && responses[1].ends_with("\r\n\r\n"), "HEAD: {all}");
+        assert!(responses[2].contains("connection: close\r\n") && responses[2].ends_with("GET /three"), "{all}");
+        assert!(responses[0].contains("date: "), "{all}");
+        assert!(matches!(task.await.unwrap(), Served::Closed));
+    }
+
+    /// A body of unknown length whose parts arrive over time.
+    struct Streamed(tokio::sync::mpsc::Receiver<Bytes>);
+
+    impl Body for Streamed {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+        ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, BoxError>>> {
+            self.0.poll_recv(cx).map(|part| part.map(|data| Ok(hyper::body::Frame::data(data))))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_body_is_chunked() {
+        let (mut client, _task) = connection_served_by(|_| {
+            let (sender, receiver) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(async move {
+                for part in ["ab", "cde"] {
+                    sender.send(Bytes::from_static(part.as_bytes())).await.unwrap();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            });
+            Response::new(Streamed(receiver).boxed())
+        })
+        .await;
+        client.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+        let text = read_until(&mut client, b"0\r\n\r\n").await;
+        assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
+        assert!(text.ends_with("\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn other_requests_are_handed_off_with_the_bytes_read() {
+        let (mut client, task) = connection_served_by(|_| unreachable!("not served here")).await;
+        client.write_all(b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n").await.unwrap();
+        let Served::HandOff(mut rewind) = task.await.unwrap() else { panic!("expected a hand-off") };
+        client.write_all(b"0\r\n\r\n").await.unwrap();
+        let mut seen = Vec::new();
+        while !seen.ends_with(b"0\r\n\r\n") {
+            let mut buffer = [0u8; 256];
+            let n = rewind.read(&mut buffer).await.unwrap();
+            seen.extend_from_slice(&buffer[..n]);
+        }
+        assert_eq!(seen, b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n");
+    }
+}
