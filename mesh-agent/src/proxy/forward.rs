@@ -15,7 +15,7 @@ use crate::route::{
 };
 use crate::snapshot::Snapshot;
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION};
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, HOST, LOCATION, TRANSFER_ENCODING};
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
@@ -768,6 +768,11 @@ fn upstream_version(http2: bool) -> http::Version {
 /// Connection-scoped headers are not forwarded (RFC 9110 §7.6.1), nor
 /// those `Connection` names; `te: trailers` is end to end (gRPC needs it).
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    if headers.contains_key(TRANSFER_ENCODING) {
+        // RFC 9112 §6.3: the coding framed the message, not the length, and
+        // the next hop frames it anew.
+        headers.remove(CONTENT_LENGTH);
+    }
     let named: Vec<HeaderName> = headers
         .get_all("connection")
         .iter()
@@ -849,4 +854,28 @@ fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
 fn humantime_now() -> String {
     let since = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or(Duration::ZERO);
     format!("{}.{:03}", since.as_secs(), since.subsec_millis())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_fields_go_and_a_coded_message_loses_its_length() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("connection", "close, x-private"),
+            ("x-private", "1"),
+            ("transfer-encoding", "chunked"),
+            ("content-length", "3"),
+            ("te", "trailers"),
+            ("x-kept", "1"),
+        ] {
+            headers.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        strip_hop_by_hop(&mut headers);
+        let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["te", "x-kept"]);
+    }
 }

@@ -32,6 +32,8 @@ const READ_RESERVE: usize = 16 * 1024;
 const COALESCE_BODY_BYTES: usize = 16 * 1024;
 /// A chunk-size line longer than this is not one.
 const MAX_CHUNK_LINE: usize = 1024;
+/// More 1xx responses than this before the final one is an abuse.
+const MAX_INTERIM_RESPONSES: usize = 16;
 
 /// One plaintext HTTP/1.1 connection to an endpoint.
 pub struct Connection {
@@ -143,6 +145,15 @@ fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE)
 }
 
+/// What the front of the read buffer holds.
+enum Parsed {
+    Final(ParsedHead),
+    /// A 1xx response, now skipped.
+    Interim,
+    /// Not a whole head yet.
+    Partial,
+}
+
 /// A parsed response head and how its body is framed.
 struct ParsedHead {
     status: StatusCode,
@@ -174,10 +185,18 @@ impl Connection {
         };
         written.map_err(ExchangeError::BeforeResponse)?;
         let mut received = false;
+        let mut interim = 0;
         loop {
             if !self.read.is_empty() {
-                if let Some(parsed) = self.parse_head(head_only)? {
-                    return Ok(parsed);
+                match self.parse_head(head_only)? {
+                    Parsed::Final(parsed) => return Ok(parsed),
+                    Parsed::Interim if interim < MAX_INTERIM_RESPONSES => {
+                        // The final response may already be behind it.
+                        interim += 1;
+                        continue;
+                    }
+                    Parsed::Interim => return Err(ExchangeError::Malformed("too many interim responses")),
+                    Parsed::Partial => {}
                 }
                 if self.read.len() > MAX_HEAD_BYTES {
                     return Err(ExchangeError::Malformed("response head too large"));
@@ -198,12 +217,12 @@ impl Connection {
 
     /// The response head at the front of the read buffer, taken out of it,
     /// when it is all there. Header values share the buffer's memory.
-    fn parse_head(&mut self, head_only: bool) -> Result<Option<ParsedHead>, ExchangeError> {
+    fn parse_head(&mut self, head_only: bool) -> Result<Parsed, ExchangeError> {
         let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut response = httparse::Response::new(&mut slots);
         let length = match response.parse(&self.read) {
             Ok(httparse::Status::Complete(length)) => length,
-            Ok(httparse::Status::Partial) => return Ok(None),
+            Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
             Err(httparse::Error::TooManyHeaders) => return Err(ExchangeError::Malformed("too many response headers")),
             Err(_) => return Err(ExchangeError::Malformed("malformed response head")),
         };
@@ -215,12 +234,8 @@ impl Connection {
                 // Only asked for through hyper's client.
                 return Err(ExchangeError::Malformed("protocol switch that was not asked for"));
             }
-            // The final response may already be behind it.
             self.read.advance(length);
-            return match self.read.is_empty() {
-                true => Ok(None),
-                false => self.parse_head(head_only),
-            };
+            return Ok(Parsed::Interim);
         }
         // Offsets of names and values, so the head can leave the buffer
         // as one shared `Bytes` the values are slices of.
@@ -234,7 +249,7 @@ impl Connection {
             Version::HTTP_10 => has_token(&headers, CONNECTION, "keep-alive"),
             _ => !has_token(&headers, CONNECTION, "close"),
         };
-        Ok(Some(ParsedHead { status, version, headers, framing, keep_alive }))
+        Ok(Parsed::Final(ParsedHead { status, version, headers, framing, keep_alive }))
     }
 }
 
@@ -311,9 +326,8 @@ fn framing(headers: &HeaderMap, status: StatusCode, head_only: bool) -> Result<F
     }
     let mut length = None;
     for value in headers.get_all(CONTENT_LENGTH) {
-        for item in value.to_str().unwrap_or_default().split(',') {
-            let item: u64 =
-                item.trim().parse().map_err(|_| ExchangeError::Malformed("invalid content-length in the response"))?;
+        for item in value.as_bytes().split(|&b| b == b',') {
+            let item = parse_decimal(item).ok_or(ExchangeError::Malformed("invalid content-length in the response"))?;
             if length.is_some_and(|known| known != item) {
                 return Err(ExchangeError::Malformed("conflicting content-length values in the response"));
             }
@@ -321,6 +335,16 @@ fn framing(headers: &HeaderMap, status: StatusCode, head_only: bool) -> Result<F
         }
     }
     Ok(length.map_or(Framing::UntilClose, Framing::Length))
+}
+
+/// A Content-Length value: ASCII digits only (no sign, no other spaces
+/// than the optional whitespace around it), as hyper takes it.
+pub(super) fn parse_decimal(value: &[u8]) -> Option<u64> {
+    let value = value.trim_ascii();
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    value.iter().try_fold(0u64, |n, &digit| n.checked_mul(10)?.checked_add(u64::from(digit - b'0')))
 }
 
 pub(super) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
@@ -434,7 +458,9 @@ fn decode_chunked(state: &mut Chunked, read: &mut BytesMut) -> Result<Option<Fra
                 let line = std::str::from_utf8(&read[..end]).map_err(|_| BodyError::Chunked("chunk-size line"))?;
                 // Chunk extensions (after `;`) carry nothing for a proxy.
                 let digits = line.split(';').next().unwrap_or_default().trim();
-                let size = u64::from_str_radix(digits, 16).map_err(|_| BodyError::Chunked("chunk size"))?;
+                let hex = !digits.is_empty() && digits.len() <= 16 && digits.bytes().all(|b| b.is_ascii_hexdigit());
+                let size =
+                    u64::from_str_radix(digits, 16).ok().filter(|_| hex).ok_or(BodyError::Chunked("chunk size"))?;
                 read.advance(end + 2);
                 *state = if size == 0 { Chunked::Trailers } else { Chunked::Data(size) };
             }
@@ -708,9 +734,21 @@ mod tests {
 
     #[tokio::test]
     async fn malformed_responses_are_protocol_errors() {
-        let address = upstream(vec![b"HTTP/1.1 2xx Nope\r\n\r\n"]).await;
-        let pool = Arc::new(DirectPool::default());
-        let error = get(&pool, address).await.unwrap_err();
-        assert!(matches!(error.downcast_ref::<UpstreamError>(), Some(UpstreamError::Protocol(_))), "{error}");
+        let flood: &'static [u8] = "HTTP/1.1 100 Continue\r\n\r\n".repeat(2000).leak().as_bytes();
+        for reply in [&b"HTTP/1.1 2xx Nope\r\n\r\n"[..], b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\nhello", flood] {
+            let address = upstream(vec![reply]).await;
+            let pool = Arc::new(DirectPool::default());
+            let error = get(&pool, address).await.unwrap_err();
+            assert!(matches!(error.downcast_ref::<UpstreamError>(), Some(UpstreamError::Protocol(_))), "{error}");
+        }
+    }
+
+    #[test]
+    fn decimal_lengths_and_hex_chunk_sizes_are_strict() {
+        assert_eq!(parse_decimal(b" 42\t"), Some(42));
+        for bad in [&b""[..], b"+1", b"-1", b"1 2", b"0x10", b"99999999999999999999"] {
+            assert_eq!(parse_decimal(bad), None, "{bad:?}");
+        }
+        assert!(drain_chunked(buffer(b"+5\r\nhello\r\n0\r\n\r\n")).is_err());
     }
 }

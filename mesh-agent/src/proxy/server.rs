@@ -9,7 +9,7 @@
 //! the rest of its life, which answers 400 and 431 and serves the rest.
 
 use super::body::ClientBody;
-use super::h1::{has_token, header_map, header_spans};
+use super::h1::{has_token, header_map, header_spans, parse_decimal};
 use super::{BoxError, ProxyBody};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
@@ -74,11 +74,12 @@ where
                 Ok(Ok(_)) => {}
             }
         };
+        // The body's bytes must keep coming, as nginx's client_body_timeout.
         while read.len() < head_length + body_length {
             read.reserve(head_length + body_length - read.len());
-            match io.read_buf(&mut read).await {
-                Ok(0) | Err(_) => return Served::Closed,
-                Ok(_) => {}
+            match tokio::time::timeout(header_timeout, io.read_buf(&mut read)).await {
+                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Served::Closed,
+                Ok(Ok(_)) => {}
             }
         }
         let head = read.split_to(head_length).freeze();
@@ -91,11 +92,41 @@ where
         };
         let head_only = request.method() == Method::HEAD;
         let close = has_token(request.headers(), CONNECTION, "close");
-        let response = handle(request).await;
+        let handling = handle(request);
+        let response = match read.is_empty() {
+            true => match until_client_leaves(&mut io, &mut read, handling).await {
+                Some(response) => response,
+                // The client is gone: the request is dropped, with its
+                // upstream exchange and its admission, as hyper does.
+                None => return Served::Closed,
+            },
+            // A pipelined request is next: the client is still there.
+            false => handling.await,
+        };
         if write_response(&mut io, &mut write, response, head_only, close).await.is_err() || close {
             return Served::Closed;
         }
     }
+}
+
+/// The handler's response, or None when the client closes the connection
+/// first. Bytes the client sends meanwhile (a pipelined request) are kept.
+async fn until_client_leaves<F: Future<Output = Response<ProxyBody>>>(
+    io: &mut TcpStream,
+    read: &mut BytesMut,
+    handling: F,
+) -> Option<Response<ProxyBody>> {
+    let mut handling = std::pin::pin!(handling);
+    read.reserve(READ_RESERVE);
+    tokio::select! {
+        biased;
+        response = &mut handling => return Some(response),
+        received = io.read_buf(read) => match received {
+            Ok(0) | Err(_) => return None,
+            Ok(_) => {}
+        },
+    }
+    Some(handling.await)
 }
 
 /// Whether the buffer starts with a whole plain request head, and the
@@ -128,7 +159,7 @@ fn plain_head(read: &[u8]) -> Head {
             return Head::Other;
         }
         if name.eq_ignore_ascii_case("content-length") {
-            let length = std::str::from_utf8(field.value).ok().and_then(|v| v.trim().parse::<u64>().ok());
+            let length = parse_decimal(field.value);
             match (body_length, length) {
                 (None, Some(length)) if length <= MAX_BODY_BYTES => body_length = Some(length),
                 // Repeated, invalid or long: hyper judges it.
@@ -181,6 +212,10 @@ async fn write_response(
     let status = parts.status;
     let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
     let framing = if bodiless {
+        // A 304 may carry the length of what it validates; the others none.
+        if status != StatusCode::NOT_MODIFIED {
+            parts.headers.remove(CONTENT_LENGTH);
+        }
         Framing::None
     } else if head_only {
         // HEAD keeps the length the upstream declared, and sends no body.
@@ -190,7 +225,7 @@ async fn write_response(
         }
         Framing::None
     } else {
-        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| parse_decimal(v.as_bytes()));
         parts.headers.remove(CONTENT_LENGTH);
         parts.headers.remove(TRANSFER_ENCODING);
         match body.size_hint().exact().or(declared) {
@@ -468,6 +503,36 @@ mod tests {
         let text = read_until(&mut client, b"0\r\n\r\n").await;
         assert!(text.contains("transfer-encoding: chunked\r\n"), "{text}");
         assert!(text.ends_with("\r\n\r\n2\r\nab\r\n3\r\ncde\r\n0\r\n\r\n"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_client_that_leaves_cancels_its_request() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
+        let dropped_tx = std::sync::Mutex::new(Some(dropped_tx));
+        let task = tokio::spawn(serve(server, Duration::from_secs(5), move |_| {
+            // Held by the handler's future: dropped with it.
+            let guard = dropped_tx.lock().unwrap().take();
+            async move {
+                let _guard = guard;
+                std::future::pending::<Response<ProxyBody>>().await
+            }
+        }));
+        client.write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        drop(client);
+        let served = tokio::time::timeout(Duration::from_secs(2), task).await.expect("serve ends").unwrap();
+        assert!(matches!(served, Served::Closed));
+        assert!(dropped_rx.await.is_err(), "the handler's future was dropped");
+    }
+
+    #[test]
+    fn content_lengths_are_digits_only() {
+        assert!(matches!(plain_head(b"POST / HTTP/1.1\r\ncontent-length: +5\r\n\r\n"), Head::Other));
+        assert!(matches!(plain_head(b"POST / HTTP/1.1\r\ncontent-length: 5\xc2\xa0\r\n\r\n"), Head::Other));
+        assert!(matches!(plain_head(b"POST / HTTP/1.1\r\ncontent-length:  5 \r\n\r\n"), Head::Plain { .. }));
     }
 
     #[tokio::test]
