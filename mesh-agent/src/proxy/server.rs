@@ -30,6 +30,8 @@ const READ_RESERVE: usize = 8 * 1024;
 const MAX_BODY_BYTES: u64 = 64 * 1024;
 /// Response bytes gathered before a write.
 const WRITE_GATHER_BYTES: usize = 64 * 1024;
+/// The write buffer a connection keeps between responses.
+const WRITE_KEPT_BYTES: usize = 4 * 1024;
 
 /// How serving a connection here ended.
 pub enum Served {
@@ -59,7 +61,7 @@ where
     F: Future<Output = Response<ProxyBody>>,
 {
     let mut read = BytesMut::with_capacity(READ_RESERVE);
-    let mut write = Vec::with_capacity(4 * 1024);
+    let mut write = Vec::with_capacity(WRITE_KEPT_BYTES);
     loop {
         let deadline = tokio::time::Instant::now() + header_timeout;
         let (head_length, body_length) = loop {
@@ -105,6 +107,11 @@ where
         };
         if write_response(&mut io, &mut write, response, head_only, close).await.is_err() || close {
             return Served::Closed;
+        }
+        // An idle keep-alive connection keeps a small buffer, whatever its
+        // last response was.
+        if write.capacity() > WRITE_KEPT_BYTES {
+            write = Vec::with_capacity(WRITE_KEPT_BYTES);
         }
     }
 }
