@@ -273,7 +273,9 @@ pub(super) fn header_map(
     head: &Bytes,
     spans: Vec<(HeaderName, std::ops::Range<usize>)>,
 ) -> Result<HeaderMap, http::header::InvalidHeaderValue> {
-    let mut headers = HeaderMap::with_capacity(spans.len());
+    // Room for the few fields the proxy adds (request id, attempt count,
+    // date, length), so the map does not grow and rehash for them.
+    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
     for (name, span) in spans {
         headers.append(name, HeaderValue::from_maybe_shared(head.slice(span))?);
     }
