@@ -12,7 +12,7 @@
 /// Version of this ABI. Maps are pinned under `maps/v<N>`: an agent whose
 /// map layout differs starts on fresh maps instead of misreading old ones.
 /// Bump it with any change to a map's type, key, value or size.
-pub const MAP_ABI_VERSION: u32 = 3;
+pub const MAP_ABI_VERSION: u32 = 4;
 
 /// Names of the maps, as the kernel object declares them and as they are
 /// pinned under the agent's bpffs directory.

@@ -760,8 +760,9 @@ fn try_file_connecting_end(ctx: &SockOpsContext) -> Result<(), ()> {
     // A pairing left by an earlier socket with these addresses is not ours.
     let _ = SOCK_PEERS.remove(&key);
     add_to_sock_hash(ctx, &key)?;
-    // Ask for the RTT callback, where an unpaired end leaves the sock hash.
-    let _ = ctx.set_cb_flags(BPF_SOCK_OPS_RTT_CB_FLAG);
+    // Ask for the RTT callback, where an unpaired end leaves the sock hash
+    // (added to the flags: other sock_ops programs may have set some).
+    let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 | BPF_SOCK_OPS_RTT_CB_FLAG);
     let handshake = HandshakeKey {
         client_addr: key.local_addr,
         server_addr: key.remote_addr,
@@ -805,7 +806,7 @@ fn try_pair_accepting_end(ctx: &SockOpsContext) -> Result<(), ()> {
 /// sk_msg.
 #[inline(always)]
 fn try_leave_if_unpaired(ctx: &SockOpsContext) -> Result<(), ()> {
-    let _ = ctx.set_cb_flags(0);
+    let _ = ctx.set_cb_flags(ctx.cb_flags() as i32 & !BPF_SOCK_OPS_RTT_CB_FLAG);
     let (key, _, _) = sock_ops_key(ctx).ok_or(())?;
     if unsafe { SOCK_PEERS.get(&key) }.is_some() {
         return Ok(());

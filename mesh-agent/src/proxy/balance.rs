@@ -177,6 +177,16 @@ impl Dialer {
                     Ok(self.direct.send(endpoint, limits, head, body).await?.map(UpstreamBody::Direct))
                 }
                 payload => {
+                    let mut head = head;
+                    if let Payload::Streamed(body) = &payload {
+                        // A body of unknown length needs its framing said:
+                        // hyper sends none for a GET that names no length.
+                        let unframed = !body.is_end_stream() && body.size_hint().exact().is_none();
+                        if unframed && !head.headers.contains_key(http::header::TRANSFER_ENCODING) {
+                            head.headers
+                                .insert(http::header::TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
+                        }
+                    }
                     let request = http::Request::from_parts(head, payload.into_body());
                     Ok(self.http1.send(endpoint, tls, limits, request).await?.map(UpstreamBody::Hyper))
                 }
@@ -395,6 +405,38 @@ mod tests {
         assert!(is_refused_stream(&h2::Error::from(h2::Reason::REFUSED_STREAM)));
         assert!(!is_refused_stream(&h2::Error::from(h2::Reason::CANCEL)));
         assert!(!is_refused_stream(&std::io::Error::other("reset")));
+    }
+
+    #[tokio::test]
+    async fn a_streamed_get_body_goes_out_chunked() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let upstream = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !seen.ends_with(b"0\r\n\r\n") {
+                let n = stream.read(&mut buffer).await.unwrap();
+                assert!(n > 0, "closed before the body's end: {}", String::from_utf8_lossy(&seen));
+                seen.extend_from_slice(&buffer[..n]);
+            }
+            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+            String::from_utf8(seen).unwrap()
+        });
+        let (parts, receiver) = tokio::sync::mpsc::channel(1);
+        parts.send(Bytes::from_static(b"hello")).await.unwrap();
+        drop(parts);
+        let body = super::super::server::tests::Streamed(receiver).boxed();
+        let request = http::Request::get("/").header("host", "web").body(Payload::Streamed(body)).unwrap();
+        let dialer = Upstreams::new().dialer();
+        let sent = dialer.send(address, false, None, ConnectionLimits::default(), request);
+        // Without framing the upstream never sees the body's end.
+        let response = tokio::time::timeout(Duration::from_secs(5), sent).await.expect("answered").unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let seen = upstream.await.unwrap();
+        assert!(seen.to_ascii_lowercase().contains("transfer-encoding: chunked\r\n"), "{seen}");
+        assert!(seen.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{seen}");
     }
 
     #[test]

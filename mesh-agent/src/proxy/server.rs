@@ -388,7 +388,7 @@ impl AsyncWrite for Rewind {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
@@ -479,7 +479,7 @@ mod tests {
     }
 
     /// A body of unknown length whose parts arrive over time.
-    struct Streamed(tokio::sync::mpsc::Receiver<Bytes>);
+    pub(in crate::proxy) struct Streamed(pub tokio::sync::mpsc::Receiver<Bytes>);
 
     impl Body for Streamed {
         type Data = Bytes;
