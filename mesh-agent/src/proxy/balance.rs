@@ -8,7 +8,6 @@ use crate::lock;
 use crate::maglev::stable_hash;
 use crate::policy::LoadBalancer;
 use bytes::Bytes;
-use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -50,7 +49,7 @@ pub enum Payload {
 impl Payload {
     fn into_body(self) -> ProxyBody {
         match self {
-            Payload::Complete(bytes) => http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed(),
+            Payload::Complete(bytes) => super::body::full(bytes),
             Payload::Streamed(body) => body,
         }
     }
@@ -177,16 +176,6 @@ impl Dialer {
                     Ok(self.direct.send(endpoint, limits, head, body).await?.map(UpstreamBody::Direct))
                 }
                 payload => {
-                    let mut head = head;
-                    if let Payload::Streamed(body) = &payload {
-                        // A body of unknown length needs its framing said:
-                        // hyper sends none for a GET that names no length.
-                        let unframed = !body.is_end_stream() && body.size_hint().exact().is_none();
-                        if unframed && !head.headers.contains_key(http::header::TRANSFER_ENCODING) {
-                            head.headers
-                                .insert(http::header::TRANSFER_ENCODING, http::HeaderValue::from_static("chunked"));
-                        }
-                    }
                     let request = http::Request::from_parts(head, payload.into_body());
                     Ok(self.http1.send(endpoint, tls, limits, request).await?.map(UpstreamBody::Hyper))
                 }
@@ -389,6 +378,7 @@ pub fn random_unit() -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body_util::BodyExt;
 
     fn endpoints(n: u8) -> Vec<Endpoint> {
         (1..=n)

@@ -11,6 +11,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+/// A body of bytes known in full.
+pub fn full(bytes: Bytes) -> ProxyBody {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
 /// A request body as the client side hands it over.
 pub enum ClientBody {
     /// Read whole with the head (the plain HTTP/1.1 path).

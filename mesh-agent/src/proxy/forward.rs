@@ -3,7 +3,7 @@
 
 use super::balance::{pick, random_u64, random_unit};
 use super::balance::{Payload, UpstreamBody, UpstreamError};
-use super::body::{ClientBody, CountingBody, GuardedBody, PrefixedBody, RequestBody};
+use super::body::{full, ClientBody, CountingBody, GuardedBody, PrefixedBody, RequestBody};
 use super::cluster::{admit, InFlight};
 use super::outlier::Observation;
 use super::pool::CheckinSlot;
@@ -20,7 +20,7 @@ use http::header::{
 };
 use http::request::Parts;
 use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Full};
+use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -667,10 +667,6 @@ fn request_view<'a>(parts: &'a Parts, authority: &'a str, connection: &'a Connec
 /// A body's size as its Content-Length declares it (0 when streamed).
 fn declared_length(headers: &http::HeaderMap) -> u64 {
     headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0)
-}
-
-fn full(bytes: Bytes) -> ProxyBody {
-    Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
 fn local_reply(status: StatusCode, text: &str) -> Response<ProxyBody> {

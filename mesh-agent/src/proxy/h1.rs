@@ -9,7 +9,7 @@
 //! client instead ([`super::pool::Http1Pool`]).
 
 use super::balance::{tcp_connect, UpstreamError};
-use super::pool::{ConnectionLimits, IdlePool, Key, Reusable};
+use super::pool::{ConnectionLimits, IdlePool, Key, ReturnTo, Reusable};
 use super::BoxError;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -17,7 +17,7 @@ use http::{Method, Response, StatusCode, Version};
 use hyper::body::{Body, Frame, SizeHint};
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -117,12 +117,7 @@ impl IdlePool<Connection> {
             match connection.exchange(&body, head_only).await {
                 Ok(parsed) => {
                     let reusable = !last && parsed.keep_alive && !matches!(parsed.framing, Framing::UntilClose);
-                    let return_to = reusable.then(|| Checkin {
-                        pool: Arc::downgrade(self),
-                        key,
-                        served,
-                        idle_timeout: limits.idle_timeout,
-                    });
+                    let return_to = reusable.then(|| ReturnTo::new(self, key, served, limits.idle_timeout));
                     let mut response =
                         Response::new(DirectBody { connection: Some(connection), framing: parsed.framing, return_to });
                     *response.status_mut() = parsed.status;
@@ -361,6 +356,7 @@ pub(super) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> b
 /// The request line, the headers, the body's length, and `Connection:
 /// close` on a connection's last request.
 fn encode_request(out: &mut Vec<u8>, head: &http::request::Parts, body: &[u8], close: bool) {
+    use std::io::Write;
     out.clear();
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
@@ -378,22 +374,12 @@ fn encode_request(out: &mut Vec<u8>, head: &http::request::Parts, body: &[u8], c
     let declares_length =
         head.headers.contains_key(CONTENT_LENGTH) || matches!(head.method, Method::POST | Method::PUT | Method::PATCH);
     if !body.is_empty() || declares_length {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(body.len().to_string().as_bytes());
-        out.extend_from_slice(b"\r\n");
+        let _ = write!(out, "content-length: {}\r\n", body.len());
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
     }
     out.extend_from_slice(b"\r\n");
-}
-
-/// Where a connection goes back to when its response is done.
-struct Checkin {
-    pool: Weak<DirectPool>,
-    key: Key,
-    served: u32,
-    idle_timeout: Duration,
 }
 
 /// A response body read straight from the upstream connection.
@@ -402,7 +388,7 @@ pub struct DirectBody {
     connection: Option<Connection>,
     framing: Framing,
     /// Set when the connection may carry another request.
-    return_to: Option<Checkin>,
+    return_to: Option<ReturnTo<Connection>>,
 }
 
 impl DirectBody {
@@ -417,10 +403,8 @@ impl DirectBody {
             return;
         }
         let Some(connection) = self.connection.take() else { return };
-        if let Some(Checkin { pool, key, served, idle_timeout }) = self.return_to.take() {
-            if let (Some(pool), true) = (pool.upgrade(), connection.read.is_empty()) {
-                pool.checkin(key, connection, served, idle_timeout);
-            }
+        if let (Some(to), true) = (self.return_to.take(), connection.read.is_empty()) {
+            to.give_back(connection);
         }
     }
 

@@ -13,7 +13,8 @@
 use super::balance::{Tls, UpstreamError};
 use super::ProxyBody;
 use crate::lock;
-use http::header::{HeaderValue, CONNECTION};
+use http::header::{HeaderValue, CONNECTION, TRANSFER_ENCODING};
+use hyper::body::Body;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use std::collections::HashMap;
@@ -134,6 +135,28 @@ impl<C: Reusable> IdlePool<C> {
     }
 }
 
+/// Where a connection goes back to when its response is done, and what it
+/// has carried so far.
+pub struct ReturnTo<C> {
+    pool: Weak<IdlePool<C>>,
+    key: Key,
+    served: u32,
+    idle_timeout: Duration,
+}
+
+impl<C: Reusable> ReturnTo<C> {
+    pub fn new(pool: &Arc<IdlePool<C>>, key: Key, served: u32, idle_timeout: Duration) -> Self {
+        Self { pool: Arc::downgrade(pool), key, served, idle_timeout }
+    }
+
+    /// Puts the connection back, unless the pool is gone.
+    pub fn give_back(self, connection: C) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.checkin(self.key, connection, self.served, self.idle_timeout);
+        }
+    }
+}
+
 impl Reusable for http1::SendRequest<ProxyBody> {
     fn is_closed(&self) -> bool {
         http1::SendRequest::is_closed(self)
@@ -160,6 +183,12 @@ impl Http1Pool {
         mut request: http::Request<ProxyBody>,
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
         let key = Tls::key(endpoint, tls.as_ref());
+        // A body of unknown length needs its framing said: hyper sends none
+        // for a GET that names no length.
+        let body = request.body();
+        if !body.is_end_stream() && body.size_hint().exact().is_none() {
+            request.headers_mut().entry(TRANSFER_ENCODING).or_insert(HeaderValue::from_static("chunked"));
+        }
         loop {
             let (mut sender, served, reused) = match self.checkout(key) {
                 Some((sender, served)) => (sender, served, true),
@@ -179,13 +208,8 @@ impl Http1Pool {
                     // One the upstream closes (`Connection: close`) never
                     // becomes ready again, and is dropped at a checkout.
                     if !last {
-                        let checkin = Checkin {
-                            pool: Arc::downgrade(self),
-                            key,
-                            sender: Some(sender),
-                            served,
-                            idle_timeout: limits.idle_timeout,
-                        };
+                        let to = ReturnTo::new(self, key, served, limits.idle_timeout);
+                        let checkin = Checkin { sender: Some(sender), to: Some(to) };
                         response.extensions_mut().insert(CheckinSlot(Arc::new(Mutex::new(Some(checkin)))));
                     }
                     return Ok(response);
@@ -239,17 +263,15 @@ async fn drive(endpoint: SocketAddr, connection: impl std::future::Future<Output
 /// response (in its extensions, then with its body) until the proxy is
 /// done with it.
 pub struct Checkin {
-    pool: Weak<Http1Pool>,
-    key: Key,
     sender: Option<http1::SendRequest<ProxyBody>>,
-    served: u32,
-    idle_timeout: Duration,
+    to: Option<ReturnTo<http1::SendRequest<ProxyBody>>>,
 }
 
 impl Drop for Checkin {
     fn drop(&mut self) {
-        let (Some(sender), Some(pool)) = (self.sender.take(), self.pool.upgrade()) else { return };
-        pool.checkin(self.key, sender, self.served, self.idle_timeout);
+        if let (Some(sender), Some(to)) = (self.sender.take(), self.to.take()) {
+            to.give_back(sender);
+        }
     }
 }
 

@@ -295,7 +295,8 @@ async fn write_response(
             continue;
         }
         if chunked {
-            write.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+            use std::io::Write;
+            let _ = write!(write, "{:x}\r\n", data.len());
         } else {
             left = left.checked_sub(data.len() as u64).ok_or("response body longer than its content-length")?;
         }
