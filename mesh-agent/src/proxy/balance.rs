@@ -8,6 +8,7 @@ use crate::lock;
 use crate::maglev::stable_hash;
 use crate::policy::LoadBalancer;
 use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, HOST, UPGRADE};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -20,21 +21,22 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+/// The proxy's own `x-envoy-attempt-count`, on every try but a mirror's.
+pub(super) static ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+
 pub struct Upstreams {
+    dialer: Dialer,
+}
+
+/// The upstream connections; a cheap, owned handle to them (clone it to
+/// send from a spawned task, as mirrors do).
+#[derive(Clone)]
+pub struct Dialer {
     direct: Arc<DirectPool>,
     http1: Arc<Http1Pool>,
     /// One multiplexed HTTP/2 connection per endpoint, as Envoy keeps.
     /// Ours rather than the pooled client's, so `:authority` can be the
     /// service's name while the connection goes to the endpoint.
-    h2: H2Connections,
-}
-
-/// A cheap, owned handle to the upstream connections, so a request can be
-/// sent from a spawned task (mirrors).
-#[derive(Clone)]
-pub struct Dialer {
-    direct: Arc<DirectPool>,
-    http1: Arc<Http1Pool>,
     h2: H2Connections,
 }
 
@@ -145,45 +147,65 @@ pub struct UpstreamPool {
 
 impl Upstreams {
     pub fn new() -> Self {
-        Self { direct: Arc::default(), http1: Arc::default(), h2: Arc::default() }
+        Self { dialer: Dialer { direct: Arc::default(), http1: Arc::default(), h2: Arc::default() } }
     }
 
-    pub fn dialer(&self) -> Dialer {
-        Dialer { direct: self.direct.clone(), http1: self.http1.clone(), h2: self.h2.clone() }
+    pub fn dialer(&self) -> &Dialer {
+        &self.dialer
     }
 }
 
 impl Dialer {
-    /// Sends a request to `endpoint`: HTTP/2 on our per-endpoint connection
-    /// (the request's URI carries the logical authority), HTTP/1.1 on a
-    /// pooled connection (origin-form URI; Host carries the name): the
-    /// direct client's when the body is known and nothing asks to switch
-    /// protocols over plaintext, hyper's otherwise.
+    /// Sends one try of a request to `endpoint`, with `attempt` as its
+    /// attempt count: HTTP/2 on our per-endpoint connection (the request's
+    /// URI carries the logical authority), HTTP/1.1 on a pooled connection
+    /// (origin form; Host carries the name). Plaintext HTTP/1.1 with a
+    /// known body, nothing asking to switch protocols, goes through the
+    /// direct client, which encodes the borrowed head as it is; the rest
+    /// through hyper, with a copy of it.
+    #[allow(clippy::too_many_arguments)]
     pub async fn send(
-        self,
+        &self,
         endpoint: SocketAddr,
         http2: bool,
-        tls: Option<Tls>,
+        tls: Option<&Tls>,
         limits: ConnectionLimits,
-        request: http::Request<Payload>,
+        head: &http::request::Parts,
+        attempt: Option<u32>,
+        payload: Payload,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
-        let failed = |e: hyper::Error| UpstreamError::from_hyper(&e);
-        if !http2 {
-            let upgrade = request.headers().contains_key(http::header::UPGRADE);
-            let (head, payload) = request.into_parts();
-            return match payload {
-                Payload::Complete(body) if tls.is_none() && !upgrade => {
-                    Ok(self.direct.send(endpoint, limits, head, body).await?.map(UpstreamBody::Direct))
-                }
-                payload => {
-                    let request = http::Request::from_parts(head, payload.into_body());
-                    Ok(self.http1.send(endpoint, tls, limits, request).await?.map(UpstreamBody::Hyper))
-                }
-            };
+        match payload {
+            Payload::Complete(body) if !http2 && tls.is_none() && !head.headers.contains_key(UPGRADE) => {
+                Ok(self.direct.send(endpoint, limits, head, attempt, body).await?.map(UpstreamBody::Direct))
+            }
+            // Boxed: the common path's future stays small.
+            payload => Box::pin(self.send_with_hyper(endpoint, http2, tls, limits, head, attempt, payload)).await,
         }
-        let mut sender = Box::pin(self.h2_sender(endpoint, tls, limits.connect_timeout)).await?;
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn send_with_hyper(
+        &self,
+        endpoint: SocketAddr,
+        http2: bool,
+        tls: Option<&Tls>,
+        limits: ConnectionLimits,
+        head: &http::request::Parts,
+        attempt: Option<u32>,
+        payload: Payload,
+    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
+        let mut request = http::Request::from_parts(head.clone(), payload.into_body());
+        if let Some(attempt) = attempt {
+            request.headers_mut().insert(ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+        }
+        let request = upstream_request(request, endpoint, http2);
+        if !http2 {
+            return Ok(self.http1.send(endpoint, tls.cloned(), limits, request).await?.map(UpstreamBody::Hyper));
+        }
+        let failed = |e: hyper::Error| UpstreamError::from_hyper(&e);
+        let mut sender = Box::pin(self.h2_sender(endpoint, tls.cloned(), limits.connect_timeout)).await?;
         sender.ready().await.map_err(failed)?;
-        let response = sender.send_request(request.map(Payload::into_body)).await.map_err(failed)?;
+        let response = sender.send_request(request).await.map_err(failed)?;
         Ok(response.map(UpstreamBody::Hyper))
     }
 
@@ -266,14 +288,46 @@ pub(super) async fn tls_connect(
         .map_err(|e| UpstreamError::Connect(format!("TLS handshake: {e}")))
 }
 
+/// The request as the upstream gets it, on a connection that is already
+/// the endpoint's. HTTP/1.1: the origin form, and Host keeps the service's
+/// name. HTTP/2: `:authority` is the service's name (from Host, which h2
+/// must not also carry).
+fn upstream_request<B>(mut request: http::Request<B>, endpoint: SocketAddr, http2: bool) -> http::Request<B> {
+    use http::Uri;
+    if http2 {
+        let path = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+        let authority = request
+            .headers_mut()
+            .remove(HOST)
+            .and_then(|h| h.to_str().ok().map(str::to_owned))
+            .unwrap_or(endpoint.to_string());
+        *request.uri_mut() = format!("http://{authority}{path}")
+            .parse()
+            .or_else(|_| format!("http://{endpoint}{path}").parse())
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        *request.version_mut() = http::Version::HTTP_2;
+    } else {
+        if request.uri().scheme().is_some() || request.uri().path_and_query().is_none() {
+            // An absolute-form request line from the client: send the origin form.
+            let origin =
+                request.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            *request.uri_mut() = Uri::from(origin);
+        }
+        // The upstream speaks what its port says, whatever the client spoke.
+        *request.version_mut() = http::Version::HTTP_11;
+    }
+    request
+}
+
 impl Upstreams {
     /// Upstream endpoints the proxy has talked to, given their requests in
     /// flight: and whether a multiplexed HTTP/2 connection to each is open.
     pub fn pools(&self, in_flight: Vec<(SocketAddr, usize)>) -> Vec<UpstreamPool> {
-        let h2 = lock(&self.h2);
+        let dialer = &self.dialer;
+        let h2 = lock(&dialer.h2);
         let mut idle = HashMap::new();
-        self.http1.count_idle(&mut idle);
-        self.direct.count_idle(&mut idle);
+        dialer.http1.count_idle(&mut idle);
+        dialer.direct.count_idle(&mut idle);
         let mut pools: Vec<UpstreamPool> = in_flight
             .into_iter()
             .map(|(endpoint, in_flight)| UpstreamPool {
@@ -418,9 +472,10 @@ mod tests {
         parts.send(Bytes::from_static(b"hello")).await.unwrap();
         drop(parts);
         let body = super::super::server::tests::Streamed(receiver).boxed();
-        let request = http::Request::get("/").header("host", "web").body(Payload::Streamed(body)).unwrap();
-        let dialer = Upstreams::new().dialer();
-        let sent = dialer.send(address, false, None, ConnectionLimits::default(), request);
+        let (head, ()) = http::Request::get("/").header("host", "web").body(()).unwrap().into_parts();
+        let upstreams = Upstreams::new();
+        let payload = Payload::Streamed(body);
+        let sent = upstreams.dialer().send(address, false, None, ConnectionLimits::default(), &head, None, payload);
         // Without framing the upstream never sees the body's end.
         let response = tokio::time::timeout(Duration::from_secs(5), sent).await.expect("answered").unwrap();
         assert_eq!(response.status(), http::StatusCode::OK);

@@ -118,14 +118,19 @@ impl Body for PrefixedBody {
 
 /// A response body that keeps `guards` (in-flight and admission counts)
 /// alive until it ends, and fails with a timeout at `deadline`.
-pub struct GuardedBody<G> {
-    inner: ProxyBody,
+pub struct GuardedBody<B, G> {
+    inner: B,
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     _guards: G,
 }
 
-impl<G: Send + Sync + Unpin + 'static> GuardedBody<G> {
-    pub fn wrap(inner: ProxyBody, deadline: Option<Instant>, guards: G) -> ProxyBody {
+impl<B, G> GuardedBody<B, G>
+where
+    B: Body<Data = Bytes, Error = BoxError> + Send + Sync + Unpin + 'static,
+    G: Send + Sync + Unpin + 'static,
+{
+    /// The guarded body, boxed once (the inner body is not boxed first).
+    pub fn wrap(inner: B, deadline: Option<Instant>, guards: G) -> ProxyBody {
         use http_body_util::BodyExt;
         GuardedBody {
             inner,
@@ -140,7 +145,7 @@ impl<G: Send + Sync + Unpin + 'static> GuardedBody<G> {
 #[error("upstream request timeout while the response was streaming")]
 pub struct StreamTimeout;
 
-impl<G: Unpin> Body for GuardedBody<G> {
+impl<B: Body<Data = Bytes, Error = BoxError> + Unpin, G: Unpin> Body for GuardedBody<B, G> {
     type Data = Bytes;
     type Error = BoxError;
 

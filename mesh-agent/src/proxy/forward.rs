@@ -23,9 +23,12 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant, SystemTime};
 
 /// Request bodies up to this size are kept for retries and mirrors; larger
@@ -33,7 +36,10 @@ use std::time::{Duration, Instant, SystemTime};
 const REPLAY_BUFFER_LIMIT: usize = 64 * 1024;
 
 static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-static ATTEMPT_COUNT: HeaderName = HeaderName::from_static("x-envoy-attempt-count");
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+// Names as constants: a string would be parsed on every request.
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 static OVERLOADED: HeaderName = HeaderName::from_static("x-envoy-overloaded");
 static DEFAULT_RETRY: LazyLock<RetryPolicy> = LazyLock::new(RetryPolicy::default);
 
@@ -118,6 +124,7 @@ impl Proxy {
         let request_id = ensure_request_id(&mut parts.headers);
         let request_bytes = declared_length(&parts.headers);
         let authority = authority_of(&parts);
+        let authority = authority.to_str().unwrap_or_default();
         // Kept for the access log only.
         let (path, method) = match self.access_log {
             true => (parts.uri.path().to_owned(), parts.method.clone()),
@@ -131,7 +138,7 @@ impl Proxy {
                 Some(ResponseFlag::UH),
                 Arc::from(""),
             ),
-            Some(service) => self.route(&snapshot, connection, service, parts, body, &authority).await,
+            Some(service) => self.route(&snapshot, connection, service, parts, body, authority).await,
         };
         let Outcome { response, flags, upstream, cluster, attempts } = outcome;
         let response_bytes =
@@ -150,7 +157,7 @@ impl Proxy {
                 start_time,
                 method: method.as_str(),
                 path: &path,
-                authority: &authority,
+                authority,
                 response_code: response.status().as_u16(),
                 response_flags: flag_list(&flags),
                 duration_ms: started.elapsed().as_millis(),
@@ -314,11 +321,11 @@ impl Proxy {
         // headers and goes to the upstream over HTTP/1.1, once.
         let upgrade = parts.extensions.remove::<hyper::upgrade::OnUpgrade>().filter(|_| is_upgrade(&parts.headers));
         if upgrade.is_some() {
-            let protocol = parts.headers.remove("upgrade");
+            let protocol = parts.headers.remove(UPGRADE);
             strip_hop_by_hop(&mut parts.headers);
-            parts.headers.insert("connection", HeaderValue::from_static("upgrade"));
+            parts.headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
             if let Some(protocol) = protocol {
-                parts.headers.insert("upgrade", protocol);
+                parts.headers.insert(UPGRADE, protocol);
             }
         } else {
             strip_hop_by_hop(&mut parts.headers);
@@ -390,7 +397,6 @@ impl Proxy {
         let deadline = route.and_then(|r| r.timeout).map(|t| Instant::now() + t);
         let attempts_allowed = if body.replayable() && upgrade.is_none() { retry.attempts + 1 } else { 1 };
         let mut upgrade = upgrade;
-        let mut parts = Some(parts);
         let mut body = Some(body);
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempt = 0;
@@ -417,32 +423,35 @@ impl Proxy {
                     _ => Payload::Complete(Bytes::new()),
                 },
             };
-            // The last try may have the request head; earlier ones copy it.
-            let head = if attempt >= attempts_allowed { parts.take() } else { parts.clone() };
-            let mut request = upstream_request(
-                Request::from_parts(head.unwrap_or_else(|| Request::new(()).into_parts().0), this_body),
-                endpoint,
-                http2,
-            );
-            request.headers_mut().insert(ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
             let per_try = retry.per_try_timeout.map(|t| Instant::now() + t);
             let try_deadline = match (deadline, per_try) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
             let in_flight = picked.start();
-            let sent = self.upstreams.dialer().send(endpoint, http2, tls.clone(), plan.limits, request);
-            let mut result = match try_deadline {
-                Some(at) => tokio::time::timeout_at(at.into(), sent).await.map_err(|_| ()),
-                None => Ok(sent.await),
-            };
+            // Every try sends the same head; the future is made in place
+            // (a future held in a local and then wrapped would take its
+            // room twice in this one).
+            let mut result = Within::new(
+                try_deadline,
+                self.upstreams.dialer().send(
+                    endpoint,
+                    http2,
+                    tls.as_ref(),
+                    plan.limits,
+                    &parts,
+                    Some(attempt),
+                    this_body,
+                ),
+            )
+            .await;
             let outcome = match &result {
                 Err(()) => AttemptOutcome::Timeout,
                 Ok(Ok(response)) => AttemptOutcome::Status {
                     status: response.status().as_u16(),
                     grpc_status: response
                         .headers()
-                        .get("grpc-status")
+                        .get(&GRPC_STATUS)
                         .and_then(|v| v.to_str().ok())
                         .and_then(|v| v.parse().ok()),
                 },
@@ -533,7 +542,6 @@ impl Proxy {
                     strip_hop_by_hop(&mut head.headers);
                     // The upstream connection goes back to its pool with the body.
                     let checkin = head.extensions.remove::<CheckinSlot>().and_then(|slot| slot.take());
-                    let upstream_body = upstream_body.boxed();
                     let guards = (guards, checkin);
                     let mut response = Response::from_parts(head, GuardedBody::wrap(upstream_body, deadline, guards));
                     if let Some(destination) = destination {
@@ -621,15 +629,16 @@ impl Proxy {
         let mut parts = parts.clone();
         let authority = parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
         set_authority(&mut parts, &shadow_authority(&authority));
-        let request = upstream_request(Request::from_parts(parts, Payload::Complete(body)), endpoint, plan.http2);
         let Ok(tls) = plan.tls(plan.http2) else { return };
         if MIRRORS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= MAX_MIRRORS_IN_FLIGHT {
             MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
             return;
         }
-        let sent = self.upstreams.dialer().send(endpoint, plan.http2, tls, plan.limits, request);
+        let dialer = self.upstreams.dialer().clone();
+        let (http2, limits) = (plan.http2, plan.limits);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(MIRROR_TIMEOUT, async {
+                let sent = dialer.send(endpoint, http2, tls.as_ref(), limits, &parts, None, Payload::Complete(body));
                 if let Ok(response) = sent.await {
                     // Drain so the connection returns to the pool.
                     let _ = response.into_body().collect().await;
@@ -690,13 +699,13 @@ fn grpc_status_reply(code: u32, message: &str) -> Response<ProxyBody> {
     response
 }
 
-fn authority_of(parts: &Parts) -> String {
-    parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| parts.headers.get(HOST).and_then(|h| h.to_str().ok()).map(str::to_owned))
-        .unwrap_or_default()
+/// The request's authority: the URI's (HTTP/2, absolute form) or Host's,
+/// a copy that shares the request's memory when it is Host's.
+fn authority_of(parts: &Parts) -> HeaderValue {
+    match parts.uri.authority() {
+        Some(authority) => HeaderValue::from_str(authority.as_str()).unwrap_or(HeaderValue::from_static("")),
+        None => parts.headers.get(HOST).cloned().unwrap_or(HeaderValue::from_static("")),
+    }
 }
 
 fn set_authority(parts: &mut Parts, authority: &str) {
@@ -705,37 +714,11 @@ fn set_authority(parts: &mut Parts, authority: &str) {
     }
 }
 
-/// The request as the upstream gets it, on a connection that is already
-/// the endpoint's. HTTP/1.1: the origin form, and Host keeps the service's
-/// name. HTTP/2: `:authority` is the service's name (from Host, which h2
-/// must not also carry).
-fn upstream_request<B>(mut request: Request<B>, endpoint: SocketAddr, http2: bool) -> Request<B> {
-    if http2 {
-        let path = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
-        let authority = request
-            .headers_mut()
-            .remove(HOST)
-            .and_then(|h| h.to_str().ok().map(str::to_owned))
-            .unwrap_or(endpoint.to_string());
-        *request.uri_mut() = format!("http://{authority}{path}")
-            .parse()
-            .or_else(|_| format!("http://{endpoint}{path}").parse())
-            .unwrap_or_else(|_| Uri::from_static("/"));
-    } else if request.uri().scheme().is_some() || request.uri().path_and_query().is_none() {
-        // An absolute-form request line from the client: send the origin form.
-        let origin =
-            request.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
-        *request.uri_mut() = Uri::from(origin);
-    }
-    *request.version_mut() = upstream_version(http2);
-    request
-}
-
 /// `Connection: upgrade` with an `Upgrade` protocol named.
 fn is_upgrade(headers: &http::HeaderMap) -> bool {
-    headers.contains_key("upgrade")
+    headers.contains_key(UPGRADE)
         && headers
-            .get_all("connection")
+            .get_all(CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
@@ -754,26 +737,20 @@ fn tunnel<G: Send + 'static>(client: hyper::upgrade::OnUpgrade, upstream: hyper:
     });
 }
 
-/// The upstream speaks what its port says, whatever the client spoke.
-fn upstream_version(http2: bool) -> http::Version {
-    if http2 {
-        http::Version::HTTP_2
-    } else {
-        http::Version::HTTP_11
-    }
-}
-
 /// Connection-scoped headers are not forwarded (RFC 9110 §7.6.1), nor
 /// those `Connection` names; `te: trailers` is end to end (gRPC needs it).
 fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    // Most messages have none: one pass over the names (standard ones
+    // compare as numbers) spares the lookups below.
+    let hop_by_hop = [&CONNECTION, &TE, &TRANSFER_ENCODING, &UPGRADE, &KEEP_ALIVE, &PROXY_CONNECTION];
+    if !headers.keys().any(|name| hop_by_hop.contains(&name)) {
+        return;
+    }
     if headers.contains_key(TRANSFER_ENCODING) {
         // RFC 9112 §6.3: the coding framed the message, not the length, and
         // the next hop frames it anew.
         headers.remove(CONTENT_LENGTH);
     }
-    // Names as constants: a string would be parsed on every request.
-    static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-    static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
     if headers.contains_key(CONNECTION) {
         let named: Vec<HeaderName> = headers
             .get_all(CONNECTION)
@@ -817,9 +794,28 @@ fn ensure_request_id(headers: &mut http::HeaderMap) -> HeaderValue {
             *slot = HEX[(bytes >> (nibble * 4)) as usize & 0xf];
         }
     }
-    let value = HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"));
+    let value = HeaderValue::from_maybe_shared(id_bytes(&id)).unwrap_or_else(|_| HeaderValue::from_static("-"));
     headers.insert(REQUEST_ID.clone(), value.clone());
     value
+}
+
+/// A request id's bytes, cut from a per-thread block shared by many ids:
+/// no allocation per id, and copies of it (request, response, log) only
+/// count references.
+fn id_bytes(id: &[u8; 36]) -> Bytes {
+    use std::cell::RefCell;
+    const BLOCK: usize = 36 * 512;
+    thread_local! {
+        static BLOCK_LEFT: RefCell<bytes::BytesMut> = RefCell::new(bytes::BytesMut::new());
+    }
+    BLOCK_LEFT.with(|left| {
+        let mut left = left.borrow_mut();
+        if left.capacity() < id.len() {
+            *left = bytes::BytesMut::with_capacity(BLOCK);
+        }
+        left.extend_from_slice(id);
+        left.split().freeze()
+    })
 }
 
 /// The consistent-hash key of a request, when the policy hashes, and the
@@ -860,6 +856,38 @@ fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
         line.split(';')
             .find_map(|pair| pair.trim().split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.to_owned()))
     })
+}
+
+pin_project_lite::pin_project! {
+    /// A future cut at an optional deadline (`Err(())` past it). Unlike
+    /// `tokio::time::timeout`, no timer is made without a deadline, and
+    /// one that is made is boxed: the wrapped future is nearly all of it.
+    struct Within<F> {
+        #[pin]
+        future: F,
+        timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    }
+}
+
+impl<F: Future> Within<F> {
+    fn new(deadline: Option<Instant>, future: F) -> Self {
+        Within { future, timer: deadline.map(|at| Box::pin(tokio::time::sleep_until(at.into()))) }
+    }
+}
+
+impl<F: Future> Future for Within<F> {
+    type Output = Result<F::Output, ()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready(Ok(output));
+        }
+        match this.timer.as_mut().map(|timer| timer.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Poll::Ready(Err(())),
+            _ => Poll::Pending,
+        }
+    }
 }
 
 fn humantime_now() -> String {

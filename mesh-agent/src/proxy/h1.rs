@@ -8,7 +8,7 @@
 //! Request bodies that stream, and protocol upgrades, go through hyper's
 //! client instead ([`super::pool::Http1Pool`]).
 
-use super::balance::{tcp_connect, UpstreamError};
+use super::balance::{tcp_connect, UpstreamError, ATTEMPT_COUNT};
 use super::pool::{ConnectionLimits, IdlePool, Key, ReturnTo, Reusable};
 use super::BoxError;
 use bytes::{Buf, Bytes, BytesMut};
@@ -96,12 +96,14 @@ pub enum BodyError {
 
 impl IdlePool<Connection> {
     /// Sends a request with a known body to `endpoint` on an idle
-    /// connection or a new one. The head is the origin form with Host.
+    /// connection or a new one, with `attempt` as its attempt count. The
+    /// head is borrowed: every try of a request encodes the same one.
     pub async fn send(
         self: &Arc<Self>,
         endpoint: SocketAddr,
         limits: ConnectionLimits,
-        head: http::request::Parts,
+        head: &http::request::Parts,
+        attempt: Option<u32>,
         body: Bytes,
     ) -> Result<Response<DirectBody>, UpstreamError> {
         let key: Key = (endpoint, 0);
@@ -113,7 +115,7 @@ impl IdlePool<Connection> {
             };
             let served = served + 1;
             let last = limits.max_requests.is_some_and(|max| served >= max);
-            encode_request(&mut connection.write, &head, &body, last);
+            encode_request(&mut connection.write, head, attempt, &body, last);
             match connection.exchange(&body, head_only).await {
                 Ok(parsed) => {
                     let reusable = !last && parsed.keep_alive && !matches!(parsed.framing, Framing::UntilClose);
@@ -234,11 +236,10 @@ impl Connection {
         }
         // Offsets of names and values, so the head can leave the buffer
         // as one shared `Bytes` the values are slices of.
-        let spans = header_spans(response.headers, self.read.as_ptr() as usize)
-            .map_err(|_| ExchangeError::Malformed("invalid response header name"))?;
+        let mut spans = FieldSpans::new();
+        spans.record(response.headers, self.read.as_ptr() as usize);
         let head = self.read.split_to(length).freeze();
-        let headers =
-            header_map(&head, spans).map_err(|_| ExchangeError::Malformed("invalid response header value"))?;
+        let headers = spans.header_map(&head).map_err(|_| ExchangeError::Malformed("invalid response header field"))?;
         let framing = framing(&headers, status, head_only)?;
         let keep_alive = match version {
             Version::HTTP_10 => has_token(&headers, CONNECTION, "keep-alive"),
@@ -248,33 +249,44 @@ impl Connection {
     }
 }
 
-/// Each parsed field's name and the span of its value in the buffer that
-/// starts at `base`, so the value can become a slice of the frozen head.
-pub(super) fn header_spans(
-    fields: &[httparse::Header<'_>],
-    base: usize,
-) -> Result<Vec<(HeaderName, std::ops::Range<usize>)>, http::header::InvalidHeaderName> {
-    let mut spans = Vec::with_capacity(fields.len());
-    for field in fields {
-        let name = HeaderName::from_bytes(field.name.as_bytes())?;
-        let start = field.value.as_ptr() as usize - base;
-        spans.push((name, start..start + field.value.len()));
-    }
-    Ok(spans)
+/// Where each parsed field's name and value sit in a head, as offsets
+/// from its start: kept on the stack (no allocation per message) while
+/// the head leaves its read buffer, so the values can be slices of it.
+pub(super) struct FieldSpans {
+    /// Name start and length, value start and length.
+    spans: [[u32; 4]; MAX_HEADERS],
+    len: usize,
 }
 
-/// The header map whose values share `head`'s memory.
-pub(super) fn header_map(
-    head: &Bytes,
-    spans: Vec<(HeaderName, std::ops::Range<usize>)>,
-) -> Result<HeaderMap, http::header::InvalidHeaderValue> {
-    // Room for the few fields the proxy adds (request id, attempt count,
-    // date, length), so the map does not grow and rehash for them.
-    let mut headers = HeaderMap::with_capacity(spans.len() + 4);
-    for (name, span) in spans {
-        headers.append(name, HeaderValue::from_maybe_shared(head.slice(span))?);
+impl FieldSpans {
+    pub(super) fn new() -> Self {
+        FieldSpans { spans: [[0; 4]; MAX_HEADERS], len: 0 }
     }
-    Ok(headers)
+
+    /// The fields httparse found in the buffer that starts at `base`
+    /// (heads are far below 4 GiB).
+    pub(super) fn record(&mut self, fields: &[httparse::Header<'_>], base: usize) {
+        self.len = fields.len().min(MAX_HEADERS);
+        for (slot, field) in self.spans.iter_mut().zip(fields) {
+            let name = field.name.as_ptr() as usize - base;
+            let value = field.value.as_ptr() as usize - base;
+            *slot = [name as u32, field.name.len() as u32, value as u32, field.value.len() as u32];
+        }
+    }
+
+    /// The header map of `head` (the bytes the spans were recorded in,
+    /// frozen), whose values share its memory.
+    pub(super) fn header_map(&self, head: &Bytes) -> Result<HeaderMap, http::Error> {
+        // Room for the few fields the proxy adds (request id, attempt
+        // count), so the map does not grow and rehash for them.
+        let mut headers = HeaderMap::with_capacity(self.len + 2);
+        for &[name, name_length, value, value_length] in &self.spans[..self.len] {
+            let name = HeaderName::from_bytes(&head[name as usize..(name + name_length) as usize])?;
+            let value = head.slice(value as usize..(value + value_length) as usize);
+            headers.append(name, HeaderValue::from_maybe_shared(value)?);
+        }
+        Ok(headers)
+    }
 }
 
 /// How a response body ends (RFC 9112 §6.3).
@@ -353,9 +365,9 @@ pub(super) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> b
         .any(|t| t.trim().eq_ignore_ascii_case(token))
 }
 
-/// The request line, the headers, the body's length, and `Connection:
-/// close` on a connection's last request.
-fn encode_request(out: &mut Vec<u8>, head: &http::request::Parts, body: &[u8], close: bool) {
+/// The request line (origin form), the headers, the attempt count, the
+/// body's length, and `Connection: close` on a connection's last request.
+fn encode_request(out: &mut Vec<u8>, head: &http::request::Parts, attempt: Option<u32>, body: &[u8], close: bool) {
     use std::io::Write;
     out.clear();
     out.extend_from_slice(head.method.as_str().as_bytes());
@@ -364,6 +376,9 @@ fn encode_request(out: &mut Vec<u8>, head: &http::request::Parts, body: &[u8], c
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in &head.headers {
         if name == CONTENT_LENGTH || name == CONNECTION || name == TRANSFER_ENCODING {
+            continue;
+        }
+        if attempt.is_some() && name == ATTEMPT_COUNT {
             continue;
         }
         out.extend_from_slice(name.as_str().as_bytes());
@@ -375,6 +390,9 @@ fn encode_request(out: &mut Vec<u8>, head: &http::request::Parts, body: &[u8], c
         head.headers.contains_key(CONTENT_LENGTH) || matches!(head.method, Method::POST | Method::PUT | Method::PATCH);
     if !body.is_empty() || declares_length {
         let _ = write!(out, "content-length: {}\r\n", body.len());
+    }
+    if let Some(attempt) = attempt {
+        let _ = write!(out, "{ATTEMPT_COUNT}: {attempt}\r\n");
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -636,15 +654,22 @@ mod tests {
             .unwrap()
             .into_parts();
         let mut out = Vec::new();
-        encode_request(&mut out, &head, b"abc", true);
+        encode_request(&mut out, &head, None, b"abc", true);
         let text = String::from_utf8(out.clone()).unwrap();
         assert_eq!(
             text,
             "POST /submit?x=1 HTTP/1.1\r\nhost: reviews\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 3\r\nconnection: close\r\n\r\n"
         );
+        // The attempt count is the proxy's: one the client sent is replaced.
+        head.headers.insert(ATTEMPT_COUNT.clone(), HeaderValue::from_static("7"));
+        encode_request(&mut out, &head, Some(2), b"abc", false);
+        assert!(String::from_utf8(out.clone())
+            .unwrap()
+            .ends_with("content-length: 3\r\nx-envoy-attempt-count: 2\r\n\r\n"));
+        head.headers.remove(&ATTEMPT_COUNT);
         head.method = Method::GET;
         head.headers.remove(CONTENT_LENGTH);
-        encode_request(&mut out, &head, b"", false);
+        encode_request(&mut out, &head, None, b"", false);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             "GET /submit?x=1 HTTP/1.1\r\nhost: reviews\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
@@ -677,7 +702,7 @@ mod tests {
     async fn get(pool: &Arc<DirectPool>, address: SocketAddr) -> Result<(StatusCode, HeaderMap, Vec<u8>), BoxError> {
         use http_body_util::BodyExt;
         let (head, ()) = http::Request::get("/").header("host", "web").body(()).unwrap().into_parts();
-        let response = pool.send(address, ConnectionLimits::default(), head, Bytes::new()).await?;
+        let response = pool.send(address, ConnectionLimits::default(), &head, None, Bytes::new()).await?;
         let (parts, body) = response.into_parts();
         Ok((parts.status, parts.headers, body.collect().await?.to_bytes().to_vec()))
     }

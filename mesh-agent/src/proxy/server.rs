@@ -9,18 +9,20 @@
 //! the rest of its life, which answers 400 and 431 and serves the rest.
 
 use super::body::ClientBody;
-use super::h1::{has_token, header_map, header_spans, parse_decimal};
+use super::h1::{parse_decimal, FieldSpans};
 use super::{BoxError, ProxyBody};
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper::body::Body;
 use std::future::Future;
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 /// Request heads with more fields go to hyper (which answers 431).
 const MAX_FIELDS: usize = 100;
@@ -44,12 +46,22 @@ pub enum Served {
 
 /// A request head found at the front of the read buffer.
 enum Head {
-    /// A plain request, with the head's length and the body's.
-    Plain { head_length: usize, body_length: usize },
+    /// A plain request; its fields' spans are recorded beside it.
+    Plain(PlainHead),
     /// Not complete yet.
     Partial,
     /// Anything hyper must see.
     Other,
+}
+
+/// Where a plain request's parts lie at the front of the read buffer.
+struct PlainHead {
+    head_length: usize,
+    body_length: usize,
+    method: Range<usize>,
+    path: Range<usize>,
+    /// `Connection: close`: the response is the connection's last.
+    close: bool,
 }
 
 /// Serves plain HTTP/1.1 requests with `handle` until the connection ends or
@@ -62,41 +74,58 @@ where
 {
     let mut read = BytesMut::with_capacity(READ_RESERVE);
     let mut write = Vec::with_capacity(WRITE_KEPT_BYTES);
+    let mut fields = FieldSpans::new();
+    // One timer for the connection's life, moved on only when it fires: a
+    // timer set and cleared for every request costs more than its parsing.
+    let mut waiting_since = Instant::now();
+    let mut idle = std::pin::pin!(tokio::time::sleep_until(waiting_since + header_timeout));
     loop {
-        let deadline = tokio::time::Instant::now() + header_timeout;
-        let (head_length, body_length) = loop {
-            match plain_head(&read) {
-                Head::Plain { head_length, body_length } => break (head_length, body_length),
+        waiting_since = Instant::now();
+        let plain = loop {
+            match plain_head(&read, &mut fields) {
+                Head::Plain(plain) => break plain,
                 Head::Other => return Served::HandOff(Rewind { prefix: read.freeze(), io }),
                 Head::Partial => {}
             }
             read.reserve(READ_RESERVE);
-            match tokio::time::timeout_at(deadline, io.read_buf(&mut read)).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Served::Closed,
-                Ok(Ok(_)) => {}
+            tokio::select! {
+                biased;
+                received = io.read_buf(&mut read) => match received {
+                    Ok(0) | Err(_) => return Served::Closed,
+                    Ok(_) => {}
+                },
+                () = idle.as_mut() => {
+                    let deadline = waiting_since + header_timeout;
+                    if Instant::now() >= deadline {
+                        return Served::Closed;
+                    }
+                    idle.as_mut().reset(deadline);
+                }
             }
         };
         // The body's bytes must keep coming, as nginx's client_body_timeout.
-        while read.len() < head_length + body_length {
-            read.reserve(head_length + body_length - read.len());
+        let whole = plain.head_length + plain.body_length;
+        while read.len() < whole {
+            read.reserve(whole - read.len());
             match tokio::time::timeout(header_timeout, io.read_buf(&mut read)).await {
                 Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return Served::Closed,
                 Ok(Ok(_)) => {}
             }
         }
-        let head = read.split_to(head_length).freeze();
-        let body = read.split_to(body_length).freeze();
-        let Some(request) = build_request(head, body) else {
+        let head = read.split_to(plain.head_length).freeze();
+        let body = read.split_to(plain.body_length).freeze();
+        let Some(request) = build_request(&plain, &fields, head, body) else {
             // httparse let through what `http` refuses: answered here, as
             // hyper would, and the connection ends.
             let _ = io.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n").await;
             return Served::Closed;
         };
         let head_only = request.method() == Method::HEAD;
-        let close = has_token(request.headers(), CONNECTION, "close");
-        let handling = handle(request);
+        // Pinned where it is made: the handler's future is large, and is
+        // never moved.
+        let handling = std::pin::pin!(handle(request));
         let response = match read.is_empty() {
-            true => match until_client_leaves(&mut io, &mut read, handling).await {
+            true => match until_client_leaves(&io, &mut read, handling).await {
                 Some(response) => response,
                 // The client is gone: the request is dropped, with its
                 // upstream exchange and its admission, as hyper does.
@@ -105,7 +134,7 @@ where
             // A pipelined request is next: the client is still there.
             false => handling.await,
         };
-        if write_response(&mut io, &mut write, response, head_only, close).await.is_err() || close {
+        if write_response(&mut io, &mut write, response, head_only, plain.close).await.is_err() || plain.close {
             return Served::Closed;
         }
         // An idle keep-alive connection keeps a small buffer, whatever its
@@ -116,29 +145,47 @@ where
     }
 }
 
-/// The handler's response, or None when the client closes the connection
-/// first. Bytes the client sends meanwhile (a pipelined request) are kept.
-async fn until_client_leaves<F: Future<Output = Response<ProxyBody>>>(
-    io: &mut TcpStream,
-    read: &mut BytesMut,
-    handling: F,
-) -> Option<Response<ProxyBody>> {
-    let mut handling = std::pin::pin!(handling);
-    read.reserve(READ_RESERVE);
-    tokio::select! {
-        biased;
-        response = &mut handling => return Some(response),
-        received = io.read_buf(read) => match received {
-            Ok(0) | Err(_) => return None,
-            Ok(_) => {}
-        },
-    }
-    Some(handling.await)
+/// What woke a connection whose request is being handled.
+enum InFlight {
+    Answered(Response<ProxyBody>),
+    /// The client sent something, or closed.
+    Readable(std::io::Result<()>),
 }
 
-/// Whether the buffer starts with a whole plain request head, and the
-/// lengths of head and body.
-fn plain_head(read: &[u8]) -> Head {
+/// The handler's response, or None when the client closes the connection
+/// first. Bytes the client sends meanwhile (a pipelined request) are kept.
+/// Only readiness is watched: nothing is read, and no room made in the
+/// buffer (whose front the request still holds), unless the client sends.
+async fn until_client_leaves<F: Future<Output = Response<ProxyBody>>>(
+    io: &TcpStream,
+    read: &mut BytesMut,
+    mut handling: Pin<&mut F>,
+) -> Option<Response<ProxyBody>> {
+    loop {
+        let woken = std::future::poll_fn(|cx| match handling.as_mut().poll(cx) {
+            Poll::Ready(response) => Poll::Ready(InFlight::Answered(response)),
+            Poll::Pending => io.poll_read_ready(cx).map(InFlight::Readable),
+        })
+        .await;
+        match woken {
+            InFlight::Answered(response) => return Some(response),
+            InFlight::Readable(Err(_)) => return None,
+            InFlight::Readable(Ok(())) => {
+                read.reserve(READ_RESERVE);
+                match io.try_read_buf(read) {
+                    Ok(0) => return None,
+                    Ok(_) => return Some(handling.await),
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(_) => return None,
+                }
+            }
+        }
+    }
+}
+
+/// Whether the buffer starts with a whole plain request head, where its
+/// parts are and the length of its body; its fields go into `fields`.
+fn plain_head(read: &[u8], fields: &mut FieldSpans) -> Head {
     if read.is_empty() {
         return Head::Partial;
     }
@@ -149,14 +196,16 @@ fn plain_head(read: &[u8]) -> Head {
         Ok(httparse::Status::Partial) if read.len() <= super::MAX_HEADER_BYTES => return Head::Partial,
         _ => return Head::Other,
     };
+    let (Some(method), Some(path)) = (request.method, request.path) else { return Head::Other };
     if head_length > super::MAX_HEADER_BYTES
         || request.version != Some(1)
-        || request.method == Some("CONNECT")
-        || !request.path.is_some_and(|path| path.starts_with('/'))
+        || method == "CONNECT"
+        || !path.starts_with('/')
     {
         return Head::Other;
     }
     let mut body_length = None;
+    let mut close = false;
     for field in request.headers.iter() {
         let name = field.name;
         if name.eq_ignore_ascii_case("transfer-encoding")
@@ -173,23 +222,31 @@ fn plain_head(read: &[u8]) -> Head {
                 _ => return Head::Other,
             }
         }
+        if name.eq_ignore_ascii_case("connection") {
+            close |= field.value.split(|&b| b == b',').any(|token| token.trim_ascii().eq_ignore_ascii_case(b"close"));
+        }
     }
-    Head::Plain { head_length, body_length: body_length.unwrap_or(0) as usize }
+    let base = read.as_ptr() as usize;
+    fields.record(request.headers, base);
+    let span = |part: &str| {
+        let start = part.as_ptr() as usize - base;
+        start..start + part.len()
+    };
+    Head::Plain(PlainHead {
+        head_length,
+        body_length: body_length.unwrap_or(0) as usize,
+        method: span(method),
+        path: span(path),
+        close,
+    })
 }
 
 /// The request from its head and body bytes (header values and the path
 /// are slices of the head). None when `http` refuses a part.
-fn build_request(head: Bytes, body: Bytes) -> Option<Request<ClientBody>> {
-    let mut slots = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut parsed = httparse::Request::new(&mut slots);
-    parsed.parse(&head).ok()?;
-    let method = Method::from_bytes(parsed.method?.as_bytes()).ok()?;
-    let base = head.as_ptr() as usize;
-    let path = parsed.path?;
-    let path_start = path.as_ptr() as usize - base;
-    let uri = Uri::from_maybe_shared(head.slice(path_start..path_start + path.len())).ok()?;
-    let spans = header_spans(parsed.headers, base).ok()?;
-    let headers = header_map(&head, spans).ok()?;
+fn build_request(plain: &PlainHead, fields: &FieldSpans, head: Bytes, body: Bytes) -> Option<Request<ClientBody>> {
+    let method = Method::from_bytes(&head[plain.method.clone()]).ok()?;
+    let uri = Uri::from_maybe_shared(head.slice(plain.path.clone())).ok()?;
+    let headers = fields.header_map(&head).ok()?;
     let mut request = Request::new(ClientBody::Read(body));
     *request.method_mut() = method;
     *request.uri_mut() = uri;
@@ -206,8 +263,9 @@ enum Framing {
 }
 
 /// Writes the response: the head and as much body as is at hand go out
-/// together; a body that streams is written as it comes. An error means
-/// the connection cannot carry another response.
+/// together; a body that streams is written as it comes. The framing
+/// fields are the proxy's own, written with the head (the map is not
+/// touched). An error means the connection cannot carry another response.
 async fn write_response(
     io: &mut TcpStream,
     write: &mut Vec<u8>,
@@ -215,43 +273,25 @@ async fn write_response(
     head_only: bool,
     close: bool,
 ) -> Result<(), BoxError> {
-    let (mut parts, mut body) = response.into_parts();
+    let (parts, mut body) = response.into_parts();
     let status = parts.status;
     let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
-    let framing = if bodiless {
+    // Whether the map's Content-Length is sent as it is, and the framing.
+    let (keep_length, framing) = if bodiless {
         // A 304 may carry the length of what it validates; the others none.
-        if status != StatusCode::NOT_MODIFIED {
-            parts.headers.remove(CONTENT_LENGTH);
-        }
-        Framing::None
+        (status == StatusCode::NOT_MODIFIED, Framing::None)
     } else if head_only {
-        // HEAD keeps the length the upstream declared, and sends no body.
-        if let Some(length) = body.size_hint().exact().filter(|&n| n > 0 && !parts.headers.contains_key(CONTENT_LENGTH))
-        {
-            parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
-        }
-        Framing::None
+        // HEAD keeps the length the upstream declared, and sends no body;
+        // a local answer says the length its body would have.
+        let length = body.size_hint().exact().filter(|&n| n > 0 && !parts.headers.contains_key(CONTENT_LENGTH));
+        (true, length.map_or(Framing::None, Framing::Length))
     } else {
-        let declared = parts.headers.get(CONTENT_LENGTH).and_then(|v| parse_decimal(v.as_bytes()));
-        parts.headers.remove(CONTENT_LENGTH);
-        parts.headers.remove(TRANSFER_ENCODING);
-        match body.size_hint().exact().or(declared) {
-            Some(length) => {
-                parts.headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
-                Framing::Length(length)
-            }
-            None => {
-                parts.headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-                Framing::Chunked
-            }
-        }
+        let length = body
+            .size_hint()
+            .exact()
+            .or_else(|| parts.headers.get(CONTENT_LENGTH).and_then(|value| parse_decimal(value.as_bytes())));
+        (false, length.map_or(Framing::Chunked, Framing::Length))
     };
-    if close {
-        parts.headers.insert(CONNECTION, HeaderValue::from_static("close"));
-    }
-    if !parts.headers.contains_key(DATE) {
-        parts.headers.insert(DATE, http_date());
-    }
 
     write.clear();
     write.extend_from_slice(b"HTTP/1.1 ");
@@ -259,17 +299,41 @@ async fn write_response(
     write.push(b' ');
     write.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
     write.extend_from_slice(b"\r\n");
+    let mut has_date = false;
     for (name, value) in &parts.headers {
+        if name == TRANSFER_ENCODING || (name == CONTENT_LENGTH && !keep_length) || (close && name == CONNECTION) {
+            continue;
+        }
+        has_date |= name == DATE;
         write.extend_from_slice(name.as_str().as_bytes());
         write.extend_from_slice(b": ");
         write.extend_from_slice(value.as_bytes());
         write.extend_from_slice(b"\r\n");
     }
+    {
+        use std::io::Write;
+        match framing {
+            Framing::Length(length) => {
+                let _ = write!(write, "content-length: {length}\r\n");
+            }
+            Framing::Chunked => write.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+            Framing::None => {}
+        }
+    }
+    if close {
+        write.extend_from_slice(b"connection: close\r\n");
+    }
+    if !has_date {
+        write.extend_from_slice(b"date: ");
+        write_http_date(write);
+        write.extend_from_slice(b"\r\n");
+    }
     write.extend_from_slice(b"\r\n");
     let mut left = match framing {
-        Framing::None => return Ok(io.write_all(write).await?),
-        Framing::Length(length) => length,
+        Framing::Length(length) if !head_only => length,
         Framing::Chunked => u64::MAX,
+        // No body follows (a HEAD's length is said all the same).
+        _ => return Ok(io.write_all(write).await?),
     };
     let chunked = matches!(framing, Framing::Chunked);
     loop {
@@ -321,26 +385,21 @@ async fn write_response(
     Ok(())
 }
 
-/// The Date header, formatted once a second per thread.
-fn http_date() -> HeaderValue {
+/// The Date header's value, formatted once a second per thread.
+fn write_http_date(out: &mut Vec<u8>) {
     use std::cell::RefCell;
     use std::time::{SystemTime, UNIX_EPOCH};
     thread_local! {
-        static CACHED: RefCell<(u64, Option<HeaderValue>)> = const { RefCell::new((0, None)) };
+        static CACHED: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
     }
     let now = SystemTime::now();
     let second = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default();
     CACHED.with(|cached| {
         let mut cached = cached.borrow_mut();
-        match &cached.1 {
-            Some(value) if cached.0 == second => value.clone(),
-            _ => {
-                let value =
-                    HeaderValue::from_str(&httpdate::fmt_http_date(now)).unwrap_or(HeaderValue::from_static(""));
-                *cached = (second, Some(value.clone()));
-                value
-            }
+        if cached.0 != second {
+            *cached = (second, httpdate::fmt_http_date(now));
         }
+        out.extend_from_slice(cached.1.as_bytes());
     })
 }
 
@@ -393,16 +452,21 @@ pub(super) mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
+    /// What `plain_head` makes of a buffer.
+    fn head_of(text: &[u8]) -> Head {
+        plain_head(text, &mut FieldSpans::new())
+    }
+
     #[test]
     fn plain_requests_are_told_from_the_rest() {
-        let plain = |text: &str| match plain_head(text.as_bytes()) {
-            Head::Plain { head_length, body_length } => Some((head_length, body_length)),
+        let plain = |text: &str| match head_of(text.as_bytes()) {
+            Head::Plain(plain) => Some((plain.head_length, plain.body_length)),
             _ => None,
         };
         assert_eq!(plain("GET / HTTP/1.1\r\nhost: a\r\n\r\n"), Some((27, 0)));
         assert_eq!(plain("POST /x HTTP/1.1\r\ncontent-length: 3\r\n\r\nab"), Some((39, 3)));
-        assert!(matches!(plain_head(b"GET / HTTP/1.1\r\nhost: a\r\n"), Head::Partial));
-        assert!(matches!(plain_head(b""), Head::Partial));
+        assert!(matches!(head_of(b"GET / HTTP/1.1\r\nhost: a\r\n"), Head::Partial));
+        assert!(matches!(head_of(b""), Head::Partial));
         for other in [
             "GET / HTTP/1.0\r\n\r\n",
             "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
@@ -416,18 +480,22 @@ pub(super) mod tests {
             "POST / HTTP/1.1\r\ncontent-length: 9999999\r\n\r\n",
             "GARBAGE\r\n\r\n",
         ] {
-            assert!(matches!(plain_head(other.as_bytes()), Head::Other), "{other}");
+            assert!(matches!(head_of(other.as_bytes()), Head::Other), "{other}");
         }
     }
 
     #[test]
     fn requests_are_built_on_the_head_bytes() {
-        let head = Bytes::from_static(b"PUT /a?b=1 HTTP/1.1\r\nHost: web\r\nx-a: 1\r\nx-a: 2\r\n\r\n");
-        let request = build_request(head, Bytes::from_static(b"xyz")).unwrap();
+        let head = Bytes::from_static(b"PUT /a?b=1 HTTP/1.1\r\nHost: web\r\nx-a: 1\r\nConnection: a, Close\r\n\r\n");
+        let mut fields = FieldSpans::new();
+        let Head::Plain(plain) = plain_head(&head, &mut fields) else { panic!("a plain head") };
+        assert!(plain.close, "Connection: close is seen among other tokens");
+        let request = build_request(&plain, &fields, head, Bytes::from_static(b"xyz")).unwrap();
         assert_eq!(request.method(), Method::PUT);
         assert_eq!(request.uri().path_and_query().unwrap().as_str(), "/a?b=1");
         assert_eq!(request.headers()["host"], "web");
-        assert_eq!(request.headers().get_all("x-a").iter().count(), 2);
+        assert_eq!(request.headers()["x-a"], "1");
+        assert_eq!(request.headers().len(), 3);
         assert!(matches!(request.body(), ClientBody::Read(body) if &body[..] == b"xyz"));
     }
 
@@ -436,10 +504,18 @@ pub(super) mod tests {
     async fn connection_served_by(
         reply: fn(&Request<ClientBody>) -> Response<ProxyBody>,
     ) -> (TcpStream, tokio::task::JoinHandle<Served>) {
+        connection_served_within(Duration::from_secs(5), reply).await
+    }
+
+    /// The same, with `header_timeout`.
+    async fn connection_served_within(
+        header_timeout: Duration,
+        reply: fn(&Request<ClientBody>) -> Response<ProxyBody>,
+    ) -> (TcpStream, tokio::task::JoinHandle<Served>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let task = tokio::spawn(serve(server, Duration::from_secs(5), move |request| {
+        let task = tokio::spawn(serve(server, header_timeout, move |request| {
             let response = reply(&request);
             async move { response }
         }));
@@ -477,6 +553,26 @@ pub(super) mod tests {
         assert!(responses[2].contains("connection: close\r\n") && responses[2].ends_with("GET /three"), "{all}");
         assert!(responses[0].contains("date: "), "{all}");
         assert!(matches!(task.await.unwrap(), Served::Closed));
+    }
+
+    #[tokio::test]
+    async fn the_header_timeout_counts_from_each_wait_for_a_request() {
+        let (mut client, task) = connection_served_within(Duration::from_millis(300), |_| {
+            Response::new(crate::proxy::body::full(Bytes::new()))
+        })
+        .await;
+        // Three requests 200 ms apart: each within the timeout of its own
+        // wait, all together past the connection's first deadline.
+        for _ in 0..3 {
+            client.write_all(b"GET / HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
+            read_until(&mut client, b"content-length: 0\r\n").await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Then idle past it: the connection is closed.
+        let served = tokio::time::timeout(Duration::from_secs(2), task).await.expect("cut after the timeout").unwrap();
+        assert!(matches!(served, Served::Closed));
+        let mut rest = Vec::new();
+        assert_eq!(client.read_to_end(&mut rest).await.unwrap(), 0);
     }
 
     /// A body of unknown length whose parts arrive over time.
@@ -538,9 +634,9 @@ pub(super) mod tests {
 
     #[test]
     fn content_lengths_are_digits_only() {
-        assert!(matches!(plain_head(b"POST / HTTP/1.1\r\ncontent-length: +5\r\n\r\n"), Head::Other));
-        assert!(matches!(plain_head(b"POST / HTTP/1.1\r\ncontent-length: 5\xc2\xa0\r\n\r\n"), Head::Other));
-        assert!(matches!(plain_head(b"POST / HTTP/1.1\r\ncontent-length:  5 \r\n\r\n"), Head::Plain { .. }));
+        assert!(matches!(head_of(b"POST / HTTP/1.1\r\ncontent-length: +5\r\n\r\n"), Head::Other));
+        assert!(matches!(head_of(b"POST / HTTP/1.1\r\ncontent-length: 5\xc2\xa0\r\n\r\n"), Head::Other));
+        assert!(matches!(head_of(b"POST / HTTP/1.1\r\ncontent-length:  5 \r\n\r\n"), Head::Plain(_)));
     }
 
     #[tokio::test]
