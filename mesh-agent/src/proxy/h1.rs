@@ -215,9 +215,13 @@ impl Connection {
     /// The response head at the front of the read buffer, taken out of it,
     /// when it is all there. Header values share the buffer's memory.
     fn parse_head(&mut self, head_only: bool) -> Result<Parsed, ExchangeError> {
-        let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut response = httparse::Response::new(&mut slots);
-        let length = match response.parse(&self.read) {
+        // Slots left uninitialised: filling 128 of them would cost more
+        // than parsing a short head.
+        let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let parsed =
+            httparse::ParserConfig::default().parse_response_with_uninit_headers(&mut response, &self.read, &mut slots);
+        let length = match parsed {
             Ok(httparse::Status::Complete(length)) => length,
             Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
             Err(httparse::Error::TooManyHeaders) => return Err(ExchangeError::Malformed("too many response headers")),
@@ -356,6 +360,21 @@ pub(super) fn parse_decimal(value: &[u8]) -> Option<u64> {
     value.iter().try_fold(0u64, |n, &digit| n.checked_mul(10)?.checked_add(u64::from(digit - b'0')))
 }
 
+/// `n` in decimal, without the formatting machinery.
+pub(super) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[start..]);
+}
+
 pub(super) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> bool {
     headers
         .get_all(name)
@@ -368,7 +387,6 @@ pub(super) fn has_token(headers: &HeaderMap, name: HeaderName, token: &str) -> b
 /// The request line (origin form), the headers, the attempt count, the
 /// body's length, and `Connection: close` on a connection's last request.
 fn encode_request(out: &mut Vec<u8>, head: &http::request::Parts, attempt: Option<u32>, body: &[u8], close: bool) {
-    use std::io::Write;
     out.clear();
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
@@ -389,10 +407,15 @@ fn encode_request(out: &mut Vec<u8>, head: &http::request::Parts, attempt: Optio
     let declares_length =
         head.headers.contains_key(CONTENT_LENGTH) || matches!(head.method, Method::POST | Method::PUT | Method::PATCH);
     if !body.is_empty() || declares_length {
-        let _ = write!(out, "content-length: {}\r\n", body.len());
+        out.extend_from_slice(b"content-length: ");
+        push_decimal(out, body.len() as u64);
+        out.extend_from_slice(b"\r\n");
     }
     if let Some(attempt) = attempt {
-        let _ = write!(out, "{ATTEMPT_COUNT}: {attempt}\r\n");
+        out.extend_from_slice(ATTEMPT_COUNT.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        push_decimal(out, u64::from(attempt));
+        out.extend_from_slice(b"\r\n");
     }
     if close {
         out.extend_from_slice(b"connection: close\r\n");
@@ -751,6 +774,16 @@ mod tests {
             let pool = Arc::new(DirectPool::default());
             let error = get(&pool, address).await.unwrap_err();
             assert!(matches!(error.downcast_ref::<UpstreamError>(), Some(UpstreamError::Protocol(_))), "{error}");
+        }
+    }
+
+    #[test]
+    fn decimals_are_written_and_read_back() {
+        for n in [0, 7, 10, 1024, 99_999, u64::MAX] {
+            let mut out = b"x".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x{n}").into_bytes());
+            assert_eq!(parse_decimal(&out[1..]), Some(n));
         }
     }
 

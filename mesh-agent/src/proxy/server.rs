@@ -9,7 +9,7 @@
 //! the rest of its life, which answers 400 and 431 and serves the rest.
 
 use super::body::ClientBody;
-use super::h1::{parse_decimal, FieldSpans};
+use super::h1::{parse_decimal, push_decimal, FieldSpans};
 use super::{BoxError, ProxyBody};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
@@ -189,9 +189,10 @@ fn plain_head(read: &[u8], fields: &mut FieldSpans) -> Head {
     if read.is_empty() {
         return Head::Partial;
     }
-    let mut slots = [httparse::EMPTY_HEADER; MAX_FIELDS];
-    let mut request = httparse::Request::new(&mut slots);
-    let head_length = match request.parse(read) {
+    // Slots left uninitialised: filling them would cost more than parsing.
+    let mut slots = [const { std::mem::MaybeUninit::uninit() }; MAX_FIELDS];
+    let mut request = httparse::Request::new(&mut []);
+    let head_length = match request.parse_with_uninit_headers(read, &mut slots) {
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) if read.len() <= super::MAX_HEADER_BYTES => return Head::Partial,
         _ => return Head::Other,
@@ -310,15 +311,14 @@ async fn write_response(
         write.extend_from_slice(value.as_bytes());
         write.extend_from_slice(b"\r\n");
     }
-    {
-        use std::io::Write;
-        match framing {
-            Framing::Length(length) => {
-                let _ = write!(write, "content-length: {length}\r\n");
-            }
-            Framing::Chunked => write.extend_from_slice(b"transfer-encoding: chunked\r\n"),
-            Framing::None => {}
+    match framing {
+        Framing::Length(length) => {
+            write.extend_from_slice(b"content-length: ");
+            push_decimal(write, length);
+            write.extend_from_slice(b"\r\n");
         }
+        Framing::Chunked => write.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        Framing::None => {}
     }
     if close {
         write.extend_from_slice(b"connection: close\r\n");
