@@ -65,6 +65,7 @@ pub struct Options {
     pub rates: Vec<u32>,
     pub connections: u32,
     pub seconds: u32,
+    pub rounds: u32,
 }
 
 /// The tiny backend every path ends at: one thread, tokio + hyper, HTTP/1.1
@@ -1056,8 +1057,8 @@ pub fn l7(opts: &Options) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark installs packages, loads BPF programs and makes namespaces: run as root");
     }
-    if opts.seconds == 0 || opts.connections == 0 {
-        bail!("--seconds and --connections must be positive");
+    if opts.seconds == 0 || opts.connections == 0 || opts.rounds == 0 {
+        bail!("--seconds, --connections and --rounds must be positive");
     }
     let built = build()?;
     let tools = ensure_tools();
@@ -1099,23 +1100,16 @@ pub fn l7(opts: &Options) -> Result<()> {
 
     let plain_cgroup = cgroups.child("client")?;
     let bench = Bench { env: &env, client: &client, tools: &tools, opts, backend_cgroup, plain_cgroup };
-    let mut results: Vec<(PathKind, PathResult)> = Vec::new();
-    for &kind in &opts.paths {
-        eprintln!("bench: {}", kind.name());
-        let measured = match kind {
-            PathKind::Direct | PathKind::DirectBpf => Ok(bench.path(kind, &[])),
-            PathKind::Mesh => Ok(bench.path(kind, &[agent_pid])),
-            _ => match start_peer(kind, &tools, &env, &cgroups, &peers_dir) {
-                Ok(peer) => {
-                    let pids = cgroup_pids(&peer.cgroup);
-                    let runs = bench.path(kind, &pids);
-                    peer.stop();
-                    Ok(runs)
-                }
-                Err(reason) => Err(reason),
-            },
-        };
-        results.push((kind, measured));
+    // Paths take turns within a round, so a slow spell of the machine
+    // (hypervisor steal) spreads over all of them rather than one.
+    let mut rounds: Vec<Vec<(PathKind, PathResult)>> = Vec::new();
+    for round in 1..=opts.rounds {
+        let mut results = Vec::new();
+        for &kind in &opts.paths {
+            eprintln!("bench: {} (round {round} of {})", kind.name(), opts.rounds);
+            results.push((kind, bench.path_measured(kind, agent_pid, &cgroups, &peers_dir)));
+        }
+        rounds.push(results);
     }
     let agent_log = env.agent_log();
     env.stop_agent()?;
@@ -1124,7 +1118,8 @@ pub fn l7(opts: &Options) -> Result<()> {
     drop(cgroups);
     drop(env);
 
-    print!("{}", render(opts, &tools, &results));
+    print!("{}", render(opts, &tools, &median_of_rounds(&rounds)));
+    print!("{}", render_rounds(opts, &rounds));
     if agent_log.contains(" ERROR ") {
         eprintln!(
             "bench: the agent logged errors:\n{}",
@@ -1132,6 +1127,130 @@ pub fn l7(opts: &Options) -> Result<()> {
         );
     }
     Ok(())
+}
+
+impl Bench<'_> {
+    /// One path's runs at every load: the peer it needs started for them
+    /// and stopped after.
+    fn path_measured(&self, kind: PathKind, agent_pid: u32, cgroups: &Cgroups, peers_dir: &Path) -> PathResult {
+        let (env, tools) = (self.env, self.tools);
+        match kind {
+            PathKind::Direct | PathKind::DirectBpf => Ok(self.path(kind, &[])),
+            PathKind::Mesh => Ok(self.path(kind, &[agent_pid])),
+            _ => match start_peer(kind, tools, env, cgroups, peers_dir) {
+                Ok(peer) => {
+                    let pids = cgroup_pids(&peer.cgroup);
+                    let runs = self.path(kind, &pids);
+                    peer.stop();
+                    Ok(runs)
+                }
+                Err(reason) => Err(reason),
+            },
+        }
+    }
+}
+
+/// Each path's runs with every figure the median of the rounds' (a load
+/// that failed in every round keeps its first failure).
+fn median_of_rounds(rounds: &[Vec<(PathKind, PathResult)>]) -> Vec<(PathKind, PathResult)> {
+    let Some(first) = rounds.first() else { return Vec::new() };
+    first
+        .iter()
+        .enumerate()
+        .map(|(path, (kind, first_result))| {
+            let measured: Vec<&Vec<(Load, Result<Run>)>> =
+                rounds.iter().filter_map(|round| round.get(path)?.1.as_ref().ok()).collect();
+            let Some(shape) = measured.first() else {
+                // The path could not run in any round: its first reason.
+                return (*kind, Err(first_result.as_ref().err().cloned().unwrap_or_default()));
+            };
+            let runs = shape
+                .iter()
+                .enumerate()
+                .map(|(index, (load, _))| {
+                    let ok: Vec<&Run> = measured.iter().filter_map(|runs| runs.get(index)?.1.as_ref().ok()).collect();
+                    let run = match ok.is_empty() {
+                        true => Err(anyhow!(
+                            "{}",
+                            measured
+                                .iter()
+                                .find_map(|runs| runs.get(index)?.1.as_ref().err())
+                                .map(|e| format!("{e:#}"))
+                                .unwrap_or_default()
+                        )),
+                        false => Ok(Run::median_of(&ok)),
+                    };
+                    (*load, run)
+                })
+                .collect();
+            (*kind, Ok(runs))
+        })
+        .collect()
+}
+
+/// The figures the medians come from: proxy µs/req and p99 of every
+/// round, so the spread is in view.
+fn render_rounds(opts: &Options, rounds: &[Vec<(PathKind, PathResult)>]) -> String {
+    let mut out = String::new();
+    if rounds.len() < 2 {
+        return out;
+    }
+    let _ = writeln!(out, "Each round (µs/req; p99 ms):");
+    let loads: Vec<Load> = opts.rates.iter().map(|&r| Load::Rate(r)).chain([Load::Max]).collect();
+    for (index, load) in loads.iter().enumerate() {
+        for (path, kind) in opts.paths.iter().enumerate() {
+            let figures: Vec<String> = rounds
+                .iter()
+                .map(|round| match round.get(path).and_then(|(_, r)| r.as_ref().ok()?.get(index)) {
+                    Some((_, Ok(run))) => format!(
+                        "{}; {:.3}",
+                        run.proxy_micros_per_request.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()),
+                        run.p99
+                    ),
+                    _ => "failed".into(),
+                })
+                .collect();
+            let _ = writeln!(out, "  {:<9} {:<10} {}", load_name(*load), kind.name(), figures.join("  |  "));
+        }
+    }
+    out
+}
+
+/// The middle of the values (the mean of the middle two for an even count).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut values: Vec<f64> = values.collect();
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+impl Run {
+    /// Each figure the median of the runs'; counts summed, disturbances
+    /// and memory the largest, noisy only when every run was.
+    fn median_of(runs: &[&Run]) -> Run {
+        let optional = |figure: fn(&Run) -> Option<f64>| -> Option<f64> {
+            let values: Option<Vec<f64>> = runs.iter().map(|run| figure(run)).collect();
+            values.map(|values| median(values.into_iter()))
+        };
+        Run {
+            rps: median(runs.iter().map(|r| r.rps)),
+            p50: median(runs.iter().map(|r| r.p50)),
+            p90: median(runs.iter().map(|r| r.p90)),
+            p99: median(runs.iter().map(|r| r.p99)),
+            ok: runs.iter().map(|r| r.ok).sum(),
+            errors: runs.iter().map(|r| r.errors).sum(),
+            proxy_micros_per_request: optional(|r| r.proxy_micros_per_request),
+            cpu1_micros_per_request: optional(|r| r.cpu1_micros_per_request),
+            foreign_micros: runs.iter().map(|r| r.foreign_micros).max().unwrap_or_default(),
+            steal_micros: runs.iter().map(|r| r.steal_micros).max().unwrap_or_default(),
+            noisy: runs.iter().all(|r| r.noisy),
+            backend_micros_per_request: median(runs.iter().map(|r| r.backend_micros_per_request)),
+            rss_kib: runs.iter().filter_map(|r| r.rss_kib).max(),
+        }
+    }
 }
 
 /// One path's runs per load, or why the path could not run.
@@ -1152,6 +1271,11 @@ fn render(opts: &Options, tools: &Tools, results: &Results) -> String {
         out,
         "L7: HTTP/1.1 keep-alive GET, {BODY_BYTES} B responses, {} connections, {} s per run; client and backend on CPU {CLIENT_CPU}, proxy alone on CPU {PROXY_CPU}.",
         opts.connections, opts.seconds
+    );
+    let _ = writeln!(
+        out,
+        "Figures: the median of {} round(s), each running every path in turn (errors: the sum).",
+        opts.rounds
     );
     let _ =
         writeln!(out, "Fixed rate: {oha}, -q RATE --latency-correction (open loop). Max: {wrk}, -t1 (closed loop).");
@@ -1223,8 +1347,32 @@ fn render(opts: &Options, tools: &Tools, results: &Results) -> String {
     if noisy {
         let _ = writeln!(
             out,
-            "* other processes or the hypervisor (steal) took over 5% of a CPU during all {ATTEMPTS} attempts of this run"
+            "* other processes or the hypervisor (steal) took over 5% of a CPU during all {ATTEMPTS} attempts of this run, in every round"
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_median_takes_each_figure_on_its_own() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 2.0, 3.0].into_iter()), 2.5);
+        let run = |p99: f64, micros: Option<f64>, errors: u64| Run {
+            p99,
+            proxy_micros_per_request: micros,
+            errors,
+            rss_kib: Some(errors),
+            ..Run::default()
+        };
+        let runs = [run(9.0, Some(20.0), 1), run(4.0, Some(25.0), 0), run(5.0, Some(22.0), 2)];
+        let median = Run::median_of(&runs.iter().collect::<Vec<_>>());
+        assert_eq!((median.p99, median.proxy_micros_per_request), (5.0, Some(22.0)));
+        assert_eq!((median.errors, median.rss_kib), (3, Some(2)));
+        let without_cpu = [run(1.0, None, 0), run(2.0, Some(1.0), 0)];
+        assert_eq!(Run::median_of(&without_cpu.iter().collect::<Vec<_>>()).proxy_micros_per_request, None);
+    }
 }

@@ -77,6 +77,10 @@ enum BenchKind {
         /// Length of each run.
         #[arg(long, default_value_t = 10)]
         seconds: u32,
+        /// Rounds, each running every path in turn; the table shows each
+        /// figure's median over them.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
     },
     /// The backend `bench l7` runs in its backend pod (1 KiB per response).
     #[command(hide = true)]
@@ -117,9 +121,9 @@ fn main() -> Result<()> {
             let bins = build_binaries(true)?;
             bench::l4(&bins, connections, rounds, &services)
         }
-        Cmd::Bench { which: BenchKind::L7 { paths, rates, connections, seconds } } => {
+        Cmd::Bench { which: BenchKind::L7 { paths, rates, connections, seconds, rounds } } => {
             setup()?;
-            bench_l7::l7(&bench_l7::Options { paths, rates, connections, seconds })
+            bench_l7::l7(&bench_l7::Options { paths, rates, connections, seconds, rounds })
         }
         Cmd::Bench { which: BenchKind::L7Backend { port } } => bench_l7::backend(port),
     }
