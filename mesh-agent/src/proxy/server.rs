@@ -146,7 +146,7 @@ where
 }
 
 /// What woke a connection whose request is being handled.
-enum InFlight {
+enum Woken {
     Answered(Response<ProxyBody>),
     /// The client sent something, or closed.
     Readable(std::io::Result<()>),
@@ -163,14 +163,14 @@ async fn until_client_leaves<F: Future<Output = Response<ProxyBody>>>(
 ) -> Option<Response<ProxyBody>> {
     loop {
         let woken = std::future::poll_fn(|cx| match handling.as_mut().poll(cx) {
-            Poll::Ready(response) => Poll::Ready(InFlight::Answered(response)),
-            Poll::Pending => io.poll_read_ready(cx).map(InFlight::Readable),
+            Poll::Ready(response) => Poll::Ready(Woken::Answered(response)),
+            Poll::Pending => io.poll_read_ready(cx).map(Woken::Readable),
         })
         .await;
         match woken {
-            InFlight::Answered(response) => return Some(response),
-            InFlight::Readable(Err(_)) => return None,
-            InFlight::Readable(Ok(())) => {
+            Woken::Answered(response) => return Some(response),
+            Woken::Readable(Err(_)) => return None,
+            Woken::Readable(Ok(())) => {
                 read.reserve(READ_RESERVE);
                 match io.try_read_buf(read) {
                     Ok(0) => return None,
