@@ -40,6 +40,20 @@ pub struct Dialer {
     h2: H2Connections,
 }
 
+/// Where and how one try of a request goes.
+#[derive(Clone, Copy)]
+pub struct Try<'a> {
+    pub endpoint: SocketAddr,
+    /// The endpoint's port speaks HTTP/2.
+    pub http2: bool,
+    pub tls: Option<&'a Tls>,
+    pub limits: ConnectionLimits,
+    /// The request head, the same for every try.
+    pub head: &'a http::request::Parts,
+    /// The `x-envoy-attempt-count` to send (none for a mirror).
+    pub attempt: Option<u32>,
+}
+
 /// A request body as the upstream clients take it.
 pub enum Payload {
     /// All of it, known before sending (it may be sent again).
@@ -163,37 +177,23 @@ impl Dialer {
     /// known body, nothing asking to switch protocols, goes through the
     /// direct client, which encodes the borrowed head as it is; the rest
     /// through hyper, with a copy of it.
-    #[allow(clippy::too_many_arguments)]
-    pub async fn send(
-        &self,
-        endpoint: SocketAddr,
-        http2: bool,
-        tls: Option<&Tls>,
-        limits: ConnectionLimits,
-        head: &http::request::Parts,
-        attempt: Option<u32>,
-        payload: Payload,
-    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
+    pub async fn send(&self, to: Try<'_>, payload: Payload) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         match payload {
-            Payload::Complete(body) if !http2 && tls.is_none() && !head.headers.contains_key(UPGRADE) => {
-                Ok(self.direct.send(endpoint, limits, head, attempt, body).await?.map(UpstreamBody::Direct))
+            Payload::Complete(body) if !to.http2 && to.tls.is_none() && !to.head.headers.contains_key(UPGRADE) => {
+                let response = self.direct.send(to.endpoint, to.limits, to.head, to.attempt, body).await?;
+                Ok(response.map(UpstreamBody::Direct))
             }
             // Boxed: the common path's future stays small.
-            payload => Box::pin(self.send_with_hyper(endpoint, http2, tls, limits, head, attempt, payload)).await,
+            payload => Box::pin(self.send_with_hyper(to, payload)).await,
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
     async fn send_with_hyper(
         &self,
-        endpoint: SocketAddr,
-        http2: bool,
-        tls: Option<&Tls>,
-        limits: ConnectionLimits,
-        head: &http::request::Parts,
-        attempt: Option<u32>,
+        to: Try<'_>,
         payload: Payload,
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
+        let Try { endpoint, http2, tls, limits, head, attempt } = to;
         let mut request = http::Request::from_parts(head.clone(), payload.into_body());
         if let Some(attempt) = attempt {
             request.headers_mut().insert(ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
@@ -474,8 +474,15 @@ mod tests {
         let body = super::super::server::tests::Streamed(receiver).boxed();
         let (head, ()) = http::Request::get("/").header("host", "web").body(()).unwrap().into_parts();
         let upstreams = Upstreams::new();
-        let payload = Payload::Streamed(body);
-        let sent = upstreams.dialer().send(address, false, None, ConnectionLimits::default(), &head, None, payload);
+        let to = Try {
+            endpoint: address,
+            http2: false,
+            tls: None,
+            limits: ConnectionLimits::default(),
+            head: &head,
+            attempt: None,
+        };
+        let sent = upstreams.dialer().send(to, Payload::Streamed(body));
         // Without framing the upstream never sees the body's end.
         let response = tokio::time::timeout(Duration::from_secs(5), sent).await.expect("answered").unwrap();
         assert_eq!(response.status(), http::StatusCode::OK);

@@ -2,7 +2,7 @@
 //! endpoint, forward with timeouts and retries, mirror, and log.
 
 use super::balance::{pick, random_u64, random_unit};
-use super::balance::{Payload, UpstreamBody, UpstreamError};
+use super::balance::{Payload, Try, UpstreamBody, UpstreamError};
 use super::body::{full, ClientBody, CountingBody, GuardedBody, PrefixedBody, RequestBody};
 use super::cluster::{admit, InFlight};
 use super::outlier::Observation;
@@ -432,19 +432,9 @@ impl Proxy {
             // Every try sends the same head; the future is made in place
             // (a future held in a local and then wrapped would take its
             // room twice in this one).
-            let mut result = Within::new(
-                try_deadline,
-                self.upstreams.dialer().send(
-                    endpoint,
-                    http2,
-                    tls.as_ref(),
-                    plan.limits,
-                    &parts,
-                    Some(attempt),
-                    this_body,
-                ),
-            )
-            .await;
+            let to =
+                Try { endpoint, http2, tls: tls.as_ref(), limits: plan.limits, head: &parts, attempt: Some(attempt) };
+            let mut result = Within::new(try_deadline, self.upstreams.dialer().send(to, this_body)).await;
             let outcome = match &result {
                 Err(()) => AttemptOutcome::Timeout,
                 Ok(Ok(response)) => AttemptOutcome::Status {
@@ -638,8 +628,8 @@ impl Proxy {
         let (http2, limits) = (plan.http2, plan.limits);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(MIRROR_TIMEOUT, async {
-                let sent = dialer.send(endpoint, http2, tls.as_ref(), limits, &parts, None, Payload::Complete(body));
-                if let Ok(response) = sent.await {
+                let to = Try { endpoint, http2, tls: tls.as_ref(), limits, head: &parts, attempt: None };
+                if let Ok(response) = dialer.send(to, Payload::Complete(body)).await {
                     // Drain so the connection returns to the pool.
                     let _ = response.into_body().collect().await;
                 }
