@@ -68,6 +68,18 @@ pub struct Options {
     pub rounds: u32,
 }
 
+impl Options {
+    /// The loads each path runs, in order: the fixed rates, then the maximum.
+    fn loads(&self) -> Vec<Load> {
+        self.rates.iter().map(|&r| Load::Rate(r)).chain([Load::Max]).collect()
+    }
+}
+
+/// A CPU figure per request as the tables print it (`-` when not measured).
+fn micros(value: Option<f64>) -> String {
+    value.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into())
+}
+
 /// The tiny backend every path ends at: one thread, tokio + hyper, HTTP/1.1
 /// keep-alive, 1 KiB of `x` per response. Runs until killed (`cargo xtask
 /// bench l7-backend`, started by the bench in the backend pod).
@@ -794,8 +806,8 @@ impl Bench<'_> {
                 run.rps,
                 client_micros as f64 / run.ok as f64,
                 run.backend_micros_per_request,
-                run.proxy_micros_per_request.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()),
-                run.cpu1_micros_per_request.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()),
+                micros(run.proxy_micros_per_request),
+                micros(run.cpu1_micros_per_request),
                 run.foreign_micros / 1000,
                 run.steal_micros / 1000,
             );
@@ -866,7 +878,7 @@ impl Bench<'_> {
             let idle = (cpu_micros(proxy_pids) - before) as f64 / 3e3;
             eprintln!("bench: {} idle: {idle:.1} ms CPU per second", kind.name());
         }
-        let loads: Vec<Load> = self.opts.rates.iter().map(|&r| Load::Rate(r)).chain([Load::Max]).collect();
+        let loads = self.opts.loads();
         loads
             .into_iter()
             .map(|load| {
@@ -1196,17 +1208,13 @@ fn render_rounds(opts: &Options, rounds: &[Vec<(PathKind, PathResult)>]) -> Stri
         return out;
     }
     let _ = writeln!(out, "Each round (µs/req; p99 ms):");
-    let loads: Vec<Load> = opts.rates.iter().map(|&r| Load::Rate(r)).chain([Load::Max]).collect();
+    let loads = opts.loads();
     for (index, load) in loads.iter().enumerate() {
         for (path, kind) in opts.paths.iter().enumerate() {
             let figures: Vec<String> = rounds
                 .iter()
                 .map(|round| match round.get(path).and_then(|(_, r)| r.as_ref().ok()?.get(index)) {
-                    Some((_, Ok(run))) => format!(
-                        "{}; {:.3}",
-                        run.proxy_micros_per_request.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()),
-                        run.p99
-                    ),
+                    Some((_, Ok(run))) => format!("{}; {:.3}", micros(run.proxy_micros_per_request), run.p99),
                     _ => "failed".into(),
                 })
                 .collect();
@@ -1298,7 +1306,7 @@ fn render(opts: &Options, tools: &Tools, results: &Results) -> String {
         "load", "path", "rps", "x dir", "p50 ms", "p90 ms", "p99 ms", "x dir", "µs/req", "RSS MB", "errors"
     );
     let mut noisy = false;
-    let loads: Vec<Load> = opts.rates.iter().map(|&r| Load::Rate(r)).chain([Load::Max]).collect();
+    let loads = opts.loads();
     let direct: Option<&Vec<(Load, Result<Run>)>> =
         results.iter().find(|(k, _)| *k == PathKind::Direct).and_then(|(_, r)| r.as_ref().ok());
     for (index, load) in loads.iter().enumerate() {
@@ -1324,7 +1332,7 @@ fn render(opts: &Options, tools: &Tools, results: &Results) -> String {
                             run.p90,
                             run.p99,
                             ratio(run.p99, direct_run.map(|d| d.p99)),
-                            run.proxy_micros_per_request.map(|m| format!("{m:.1}")).unwrap_or_else(|| "-".into()),
+                            micros(run.proxy_micros_per_request),
                             run.rss_kib.map(|k| format!("{:.1}", k as f64 / 1024.0)).unwrap_or_else(|| "-".into()),
                             run.errors,
                             if run.noisy { " *" } else { "" },

@@ -281,8 +281,8 @@ impl FieldSpans {
     /// The header map of `head` (the bytes the spans were recorded in,
     /// frozen), whose values share its memory.
     pub(super) fn header_map(&self, head: &Bytes) -> Result<HeaderMap, http::Error> {
-        // Room for the few fields the proxy adds (request id, attempt
-        // count), so the map does not grow and rehash for them.
+        // Room for the few fields the proxy may add (the request id, Host
+        // or Set-Cookie), so the map does not grow and rehash for them.
         let mut headers = HeaderMap::with_capacity(self.len + 2);
         for &[name, name_length, value, value_length] in &self.spans[..self.len] {
             let name = HeaderName::from_bytes(&head[name as usize..(name + name_length) as usize])?;
