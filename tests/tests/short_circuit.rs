@@ -7,13 +7,15 @@
 //!
 //! A pod and the agent's proxy are both in the attached cgroup (the agent
 //! runs in a child of the test cgroup), so the client ↔ proxy hop is
-//! short-circuited. Backends are threads of the test process, outside the
-//! cgroup: hops to them must stay on TCP. Each test fails if the programs
-//! are not attached, since each expects the programs to have run.
+//! short-circuited. Most backends are threads of the test process, outside
+//! the cgroup: hops to them must stay on TCP. A meshed backend pod is a
+//! `mesh-probe serve-http` process inside the cgroup, and the proxy ↔
+//! backend hop to it is short-circuited too. Each test fails if the
+//! programs are not attached, since each expects the programs to have run.
 
 use std::path::Path;
 
-use mesh_tests::{in_netns, Pod, TestEnv};
+use mesh_tests::{in_netns, read_json_line, Pod, TestEnv};
 use serde_json::Value;
 
 const REQUESTS: u64 = 200;
@@ -58,6 +60,11 @@ fn eth0_tx_bytes(pod: &Pod) -> u64 {
     let line = dev.lines().find_map(|l| l.trim_start().strip_prefix("eth0:")).expect("eth0 in /proc/net/dev");
     // Eight receive fields, then transmit bytes.
     line.split_whitespace().nth(8).and_then(|v| v.parse().ok()).expect("tx bytes")
+}
+
+/// Bytes sent on eth0 by each of `pods`.
+fn eth0_tx_bytes_of(pods: &[&Pod]) -> Vec<u64> {
+    pods.iter().map(|pod| eth0_tx_bytes(pod)).collect()
 }
 
 /// Pins of `sk_msg` links in the agent's link directory.
@@ -129,6 +136,41 @@ fn the_pod_to_proxy_hop_is_short_circuited_for_ipv4_and_ipv6() {
     assert_short_circuited(&env, &client, SERVICE_V4);
     assert_short_circuited(&env, &client, SERVICE_V6);
     assert_eq!(server.requests(), 2 * REQUESTS, "every request reached the backend");
+}
+
+#[test]
+fn the_proxy_to_a_meshed_local_backend_hop_is_short_circuited_too() {
+    let env = TestEnv::new("sc_meshed_backend").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let backend = env.add_pod("b1", "10.244.1.2", "fd00:244::1:2");
+    // The backend is a process of the test cgroup: a meshed pod on this node.
+    let listen = format!("{}:8080", backend.ipv4());
+    let mut server = env.spawn_probe(&backend, &["serve-http", "--listen", &listen, "--name", "b1"]);
+    let ready = read_json_line(&mut server).expect("serve-http says it listens");
+    assert_eq!(ready["listening"], listen.as_str(), "{ready}");
+    env.write_config("reviews.yaml", &captured_service(&backend)).unwrap();
+    env.start_agent_on_node(&[]).unwrap();
+
+    let before = counters(&env);
+    let tx_before = eth0_tx_bytes_of(&[&client, &backend]);
+    requests(&env, &client, SERVICE_V4);
+    let tx: Vec<u64> = eth0_tx_bytes_of(&[&client, &backend]).iter().zip(&tx_before).map(|(a, b)| a - b).collect();
+    let after = counters(&env);
+    eprintln!("{after}; eth0 sent: client {} bytes, backend {} bytes", tx[0], tx[1]);
+
+    // Both hops were paired, and each request took four redirected sends:
+    // client → proxy, proxy → backend, backend → proxy, proxy → client.
+    assert!(grew(&before, &after, "sockmap_paired") >= 2, "both hops paired: {after}");
+    let redirected = grew(&before, &after, "msg_redirected");
+    assert!(redirected >= 4 * REQUESTS, "{redirected} sends redirected for {REQUESTS} requests: {after}");
+    assert_eq!(grew(&before, &after, "sockmap_left"), 0, "the proxy's upstream end stayed, paired: {after}");
+    assert_eq!(grew(&before, &after, "msg_passed"), 0, "no send fell back to TCP: {after}");
+    // Neither pod's requests or responses crossed its veth.
+    for (pod, sent) in ["client", "backend"].iter().zip(&tx) {
+        assert!(*sent < REQUESTS * 20, "the {pod} sent {sent} bytes on eth0 for {REQUESTS} requests");
+    }
+    drop(server.stdin.take());
+    let _ = server.wait();
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! mesh-probe [--cgroup DIR] [--netns PATH] tcp  --target HOST:PORT [--count N] [--sources IP,..] [--requests-per-conn K]
 //! mesh-probe [--cgroup DIR] [--netns PATH] hold --target HOST:PORT [--count N]
 //! mesh-probe [--cgroup DIR] [--netns PATH] udp  --target HOST:PORT [--count N] [--connected]
+//! mesh-probe [--cgroup DIR] [--netns PATH] serve-http --listen HOST:PORT --name NAME
 //! ```
 //!
 //! Errors are counted by errno name (`ECONNREFUSED`, `ENETUNREACH`, `EPERM`,
@@ -69,6 +70,7 @@ fn run(args: Vec<String>) -> Result<()> {
         "raw" => raw(&opts),
         "h2" => h2(&opts),
         "tls" => tls(&opts),
+        "serve-http" => serve_http(&opts),
         other => bail!("unknown subcommand {other:?}"),
     }
 }
@@ -101,6 +103,8 @@ impl Opts {
         "--read-ms",
         "--sni",
         "--ca",
+        "--listen",
+        "--name",
     ];
 
     fn parse(mut args: impl Iterator<Item = String>) -> Result<Opts> {
@@ -648,4 +652,54 @@ fn emit_udp(tally: &Tally, reply_from: Option<SocketAddr>) -> Result<()> {
         "backends": tally.backends,
         "reply_from": reply_from.map(|a| a.to_string()),
     }))
+}
+
+/// An HTTP/1.1 keep-alive server on `--listen` whose replies name it
+/// (`x-backend` and the body are `--name`): a backend pod's process inside
+/// the test's cgroup, i.e. a meshed pod, which the test process's own
+/// server threads cannot be. Prints `{"listening": ADDR}` once bound and
+/// serves until its stdin closes.
+fn serve_http(opts: &Opts) -> Result<()> {
+    let listen = opts.values.get("--listen").ok_or_else(|| anyhow!("--listen HOST:PORT is required"))?;
+    let listen: SocketAddr = listen.parse().with_context(|| format!("bad --listen {listen:?}"))?;
+    let name = opts.values.get("--name").cloned().unwrap_or_else(|| "probe".into());
+    let listener = std::net::TcpListener::bind(listen).with_context(|| format!("listening on {listen}"))?;
+    emit(&json!({"listening": listen.to_string()}))?;
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let name = name.clone();
+            std::thread::spawn(move || answer_http(&stream, &name));
+        }
+    });
+    io::copy(&mut io::stdin().lock(), &mut io::sink())?;
+    Ok(())
+}
+
+/// Answers each request on `stream` with 200 and `name`, until the client
+/// closes. Request bodies are read by Content-Length (the proxy's GETs
+/// have none).
+fn answer_http(stream: &TcpStream, name: &str) -> io::Result<()> {
+    let response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nx-backend: {name}\r\n\r\n{name}", name.len());
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut body_length = 0;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((field, value)) = line.split_once(':') {
+                if field.eq_ignore_ascii_case("content-length") {
+                    body_length = value.trim().parse().map_err(|_| io::Error::other("bad Content-Length"))?;
+                }
+            }
+        }
+        io::copy(&mut (&mut reader).take(body_length), &mut io::sink())?;
+        let mut writer = stream;
+        writer.write_all(response.as_bytes())?;
+    }
 }
