@@ -51,7 +51,7 @@ use anyhow::{anyhow, bail, Context, Result};
 
 pub use agent::http_get;
 pub use pod::Pod;
-pub use server::Server;
+pub use server::{read_http_head, HttpRequest, Server};
 
 use agent::{Agent, AgentSpec};
 use names::Names;

@@ -377,17 +377,19 @@ fn behave(request: &HttpRequest, pod: &str, shared: &Shared) -> u16 {
     }
 }
 
-struct HttpRequest {
-    path: String,
-    content_length: u64,
-    close: bool,
+/// A request head as the test servers read it.
+pub struct HttpRequest {
+    pub path: String,
+    pub content_length: u64,
+    /// The client asked to close after this response (or speaks HTTP/1.0).
+    pub close: bool,
     /// Request headers echoed back: host, request id, attempt count and
     /// every `x-test-*` header.
-    echo: Vec<(String, String)>,
+    pub echo: Vec<(String, String)>,
 }
 
 /// Reads a request head; `None` on a clean EOF between requests.
-fn read_http_head(reader: &mut impl BufRead) -> io::Result<Option<HttpRequest>> {
+pub fn read_http_head(reader: &mut impl BufRead) -> io::Result<Option<HttpRequest>> {
     let mut request = HttpRequest { path: String::new(), content_length: 0, close: false, echo: Vec::new() };
     let mut line = String::new();
     let mut first = true;

@@ -676,30 +676,17 @@ fn serve_http(opts: &Opts) -> Result<()> {
 }
 
 /// Answers each request on `stream` with 200 and `name`, until the client
-/// closes. Request bodies are read by Content-Length (the proxy's GETs
-/// have none).
+/// closes or asks to.
 fn answer_http(stream: &TcpStream, name: &str) -> io::Result<()> {
     let response = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nx-backend: {name}\r\n\r\n{name}", name.len());
     let mut reader = BufReader::new(stream);
-    loop {
-        let mut body_length = 0;
-        loop {
-            let mut line = String::new();
-            if reader.read_line(&mut line)? == 0 {
-                return Ok(());
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            if let Some((field, value)) = line.split_once(':') {
-                if field.eq_ignore_ascii_case("content-length") {
-                    body_length = value.trim().parse().map_err(|_| io::Error::other("bad Content-Length"))?;
-                }
-            }
-        }
-        io::copy(&mut (&mut reader).take(body_length), &mut io::sink())?;
+    while let Some(request) = mesh_tests::read_http_head(&mut reader)? {
+        io::copy(&mut (&mut reader).take(request.content_length), &mut io::sink())?;
         let mut writer = stream;
         writer.write_all(response.as_bytes())?;
+        if request.close {
+            break;
+        }
     }
+    Ok(())
 }
