@@ -1,5 +1,5 @@
 //! Compiles the kernel programs (mesh-ebpf) for bpfel-unknown-none and puts
-//! the object in OUT_DIR, where `dataplane.rs` embeds it. `MESH_EBPF_OBJECT`
+//! the object in OUT_DIR, where `dataplane/load.rs` embeds it. `MESH_EBPF_OBJECT`
 //! names a prebuilt object instead (e.g. from `cargo xtask build-ebpf`).
 
 #[path = "../xtask/src/ebpf_build.rs"]

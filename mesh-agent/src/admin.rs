@@ -1,10 +1,8 @@
 //! The node admin API: `/healthz`, `/readyz`, `/config_dump`, `/status`
 //! (what `meshctl` reads) and `/metrics` (Prometheus text).
 
-use crate::agent::Shared;
-use crate::dataplane::Counters;
-use crate::snapshot::{backend_key, ServicePortView};
-use crate::status::{
+use crate::dataplane::{CounterReader, Counters, DataplaneInfo};
+use crate::report::{
     BackendStatus, ConfigStatus, DataplaneStatus, EjectedHost, ProgramStatus, ServiceStatus, StatusReport,
     UpstreamPoolStatus,
 };
@@ -14,15 +12,40 @@ use hyper::body::Incoming;
 use hyper::header::CONTENT_TYPE;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
+use mesh_core::published::Published;
+use mesh_core::snapshot::{backend_key, ServicePortView};
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Default admin address (Envoy's admin port).
+pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
+
+/// Everything the admin API reads.
+pub struct Shared {
+    pub version: &'static str,
+    pub started: Instant,
+    pub source: String,
+    /// The API-server source's store, for its watch states.
+    pub watches: Option<crate::k8s::KubeStore>,
+    /// Set while this agent holds the status Lease.
+    pub status_writer: Option<Arc<AtomicBool>>,
+    pub dataplane: DataplaneInfo,
+    pub counters: CounterReader,
+    pub published: watch::Receiver<Arc<Published>>,
+    /// Where the L7 proxy listens (empty: capture is off).
+    pub proxy_listeners: Vec<std::net::SocketAddr>,
+    /// The proxy, for its metrics and outlier state.
+    pub proxy: Arc<crate::proxy::Proxy>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {

@@ -3,47 +3,15 @@
 //! One thread writes (the reload loop); readers (admin API) see whole
 //! snapshots through a watch channel and never a half-applied one.
 
-use crate::dataplane::{ApplyStats, CounterReader, DataplaneInfo, MapWriter};
-use crate::model::Model;
-use crate::snapshot::{compile, Snapshot};
-use crate::source::ConfigSource;
-use crate::status::ReloadStatus;
+use crate::dataplane::{ApplyStats, MapWriter};
+use crate::source::{ConfigSource, POLL_INTERVAL};
+use mesh_core::model::Model;
+use mesh_core::published::{Published, ReloadStatus};
+use mesh_core::snapshot::{compile, Snapshot};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
-
-/// How often the config directory is checked: changes apply within a second.
-pub const POLL_INTERVAL: Duration = Duration::from_millis(200);
-
-/// What the readers see, replaced whole on every reload.
-#[derive(Debug, Default)]
-pub struct Published {
-    /// What the kernel maps hold.
-    pub snapshot: Arc<Snapshot>,
-    /// The first snapshot is in the maps.
-    pub ready: bool,
-    pub reloads: u64,
-    pub last_reload: Option<ReloadStatus>,
-}
-
-/// Everything the admin API reads.
-pub struct Shared {
-    pub version: &'static str,
-    pub started: Instant,
-    pub source: String,
-    /// The API-server source's store, for its watch states.
-    pub watches: Option<crate::k8s::KubeStore>,
-    /// Set while this agent holds the status Lease.
-    pub status_writer: Option<Arc<AtomicBool>>,
-    pub dataplane: DataplaneInfo,
-    pub counters: CounterReader,
-    pub published: watch::Receiver<Arc<Published>>,
-    /// Where the L7 proxy listens (empty: capture is off).
-    pub proxy_listeners: Vec<std::net::SocketAddr>,
-    /// The proxy, for its metrics and outlier state.
-    pub proxy: Arc<crate::proxy::Proxy>,
-}
 
 pub struct ReloadLoop {
     source: Box<dyn ConfigSource>,

@@ -1,31 +1,24 @@
 //! mesh-agent: the per-node half of a kernel-accelerated service mesh.
 //!
-//! Data spine: [`source`] (a directory of Kubernetes YAML, or the API server
-//! through [`k8s`]) → [`model`]
-//! (validated, with last-good fallback) → [`snapshot`] (the exact kernel map
-//! contents) → [`dataplane`] (map writes by [`diff`]); [`admin`] serves what
-//! the kernel holds and counts.
+//! Data spine: a source ([`source`]: a directory of YAML, or the API server
+//! through [`k8s`]) → the validated model and the compiled snapshot (the
+//! `mesh-core` crate: pure, no IO) → the kernel maps, written by diff
+//! ([`dataplane`]) and the L7 [`proxy`]; [`agent`] runs the reload loop
+//! that joins them, and [`admin`] serves what the kernel holds and counts.
+//!
+//! Layers, each importing only from itself and the ones below (checked by
+//! `cargo xtask layers`, part of `cargo xtask test`):
+//!
+//! 0. `mesh-core` (its own crate), and [`sync`];
+//! 1. [`source`], [`k8s`], [`dataplane`], [`proxy`];
+//! 2. [`agent`];
+//! 3. [`report`], [`admin`]; then the binaries.
 
 pub mod admin;
 pub mod agent;
 pub mod dataplane;
-pub mod diff;
 pub mod k8s;
-pub mod maglev;
-pub mod model;
-pub mod policy;
 pub mod proxy;
-pub mod resources;
-pub mod route;
-pub mod snapshot;
+pub mod report;
 pub mod source;
-pub mod status;
-
-/// Locks a mutex whose holder may have panicked: the data is still the
-/// last consistent state the agent wrote (every writer keeps it so).
-pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// Default admin address (Envoy's admin port).
-pub const DEFAULT_ADMIN_ADDR: &str = "127.0.0.1:15000";
+pub mod sync;

@@ -1,11 +1,12 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mesh_agent::agent::{ReloadLoop, Shared};
+use mesh_agent::admin::Shared;
+use mesh_agent::admin::{self, DEFAULT_ADMIN_ADDR};
+use mesh_agent::agent::ReloadLoop;
 use mesh_agent::dataplane::{self, CounterReader, DataplaneOptions, OriginalDstTable};
 use mesh_agent::k8s::{self, KubeSource, LeaseTiming, StatusWriter};
 use mesh_agent::proxy::{self, Proxy};
 use mesh_agent::source::{ConfigSource, FileSource};
-use mesh_agent::{admin, DEFAULT_ADMIN_ADDR};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};

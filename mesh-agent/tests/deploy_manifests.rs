@@ -8,7 +8,6 @@ use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use mesh_agent::k8s::{required_permissions, Permissions};
-use serde::Deserialize;
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
@@ -19,11 +18,7 @@ fn deploy_dir() -> PathBuf {
 /// Every document of a file, as JSON.
 fn documents(path: &Path) -> Vec<serde_json::Value> {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    serde_yaml::Deserializer::from_str(&text)
-        .map(|d| serde_yaml::Value::deserialize(d).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
-        .filter(|v| !v.is_null())
-        .map(|v| serde_json::to_value(v).unwrap())
-        .collect()
+    mesh_core::decode::yaml_documents(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 fn of_kind<T: serde::de::DeserializeOwned>(docs: &[serde_json::Value], kind: &str) -> Vec<T> {
@@ -195,8 +190,8 @@ fn example_istio_yaml_is_accepted_by_the_agent() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        let objects = mesh_agent::source::parse_file(&name, &text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
-        let model = mesh_agent::model::Model::build(&objects, vec![], &Default::default(), "cluster.local");
+        let objects = mesh_core::decode::parse_file(&name, &text).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        let model = mesh_core::model::Model::build(&objects, vec![], &Default::default(), "cluster.local");
         assert!(model.rejections.is_empty(), "{name}: {:?}", model.rejections);
         seen += 1;
     }

@@ -4,11 +4,12 @@
 //! mock-service client. No kernel needed: these check the model the agent
 //! builds and the status it writes; `kubernetes_kernel.rs` drives the maps.
 
-use mesh_agent::agent::Published;
 use mesh_agent::k8s::{watched_kinds, KubeSource, LeaseTiming, StatusWriter};
-use mesh_agent::model::Model;
-use mesh_agent::snapshot::compile;
-use mesh_agent::source::{ConfigSource, FileSource, SourceBatch};
+use mesh_agent::source::{ConfigSource, FileSource, POLL_INTERVAL};
+use mesh_core::model::Model;
+use mesh_core::object::SourceBatch;
+use mesh_core::published::Published;
+use mesh_core::snapshot::compile;
 use mesh_tests::apiserver::FakeApiServer;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -87,6 +88,18 @@ fn model_of(batch: &SourceBatch) -> Model {
     Model::from_batch(batch, &Model::default(), DOMAIN)
 }
 
+/// The model of the first batch (within 10 s) for which `wanted` holds.
+fn model_when(source: &mut dyn ConfigSource, wanted: impl Fn(&Model) -> bool) -> Model {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let model = model_of(&next_batch(source));
+        if wanted(&model) {
+            return model;
+        }
+        assert!(Instant::now() < deadline, "no such model within 10 s; the last: {:?}", model.services.keys());
+    }
+}
+
 fn list_requests(server: &FakeApiServer, plural: &str) -> usize {
     server
         .requests()
@@ -133,9 +146,7 @@ fn objects_appear_change_and_vanish_and_remote_pods_are_known_by_their_labels() 
     // Deletions: gone from the model and from what the maps would hold.
     assert!(server.delete("networking.istio.io/v1", "VirtualService", Some("shop"), "web"));
     assert!(server.delete("v1", "Service", Some("shop"), "web"));
-    std::thread::sleep(Duration::from_millis(300));
-    let model = model_of(&next_batch(&mut source));
-    assert!(model.services.is_empty() && model.virtual_services.is_empty());
+    let model = model_when(&mut source, |m| m.services.is_empty() && m.virtual_services.is_empty());
     let snapshot = compile(&model, DOMAIN).unwrap();
     assert!(snapshot.frontends.is_empty() && snapshot.slots.is_empty(), "nothing stale stays");
     assert_eq!(source.poll().unwrap().map(|b| b.objects.len()), None, "no batch without a change");
@@ -165,18 +176,13 @@ fn a_dropped_watch_resumes_and_a_410_relists_with_nothing_lost_or_left_over() {
     // and the history compacted: the watch gets 410 Gone and relists, and
     // the relist replaces the kind whole.
     server.set_unavailable(true);
-    std::thread::sleep(Duration::from_millis(300));
+    let failing = || source.store().state().kinds.iter().any(|k| k.error.is_some());
+    assert!(mesh_tests::wait_until(Duration::from_secs(10), failing), "the watches never noticed");
     assert!(server.delete("v1", "Service", Some("shop"), "late"));
     server.apply(service("later", "10.96.0.12", 80));
     server.compact();
     server.set_unavailable(false);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let model = loop {
-        let model = model_of(&next_batch(&mut source));
-        if model.services.contains_key(&("shop".into(), "later".into())) || Instant::now() > deadline {
-            break model;
-        }
-    };
+    let model = model_when(&mut source, |m| m.services.contains_key(&("shop".into(), "later".into())));
     let names: Vec<&str> = model.services.keys().map(|(_, name)| name.as_str()).collect();
     assert_eq!(names, ["later", "web"], "the deleted one is gone, the new one is there");
     assert!(list_requests(&server, "/services") >= 2, "relisted after 410");
@@ -198,7 +204,7 @@ fn the_file_source_and_the_api_source_build_the_same_model() {
     let mut yaml = String::new();
     for object in objects("node-a") {
         server.apply(object.clone());
-        yaml.push_str(&serde_yaml::to_string(&object).unwrap());
+        yaml.push_str(&serde_saphyr::to_string(&object).unwrap());
         yaml.push_str("---\n");
     }
     std::fs::write(dir.join("objects.yaml"), yaml).unwrap();
@@ -257,8 +263,9 @@ fn status_is_written_by_the_lease_holder_only_and_taken_over_when_it_dies() {
             receiver.clone(),
         )
     };
+    let lease = || server.get("coordination.k8s.io/v1", "Lease", Some("mesh-system"), "mesh-agent-status");
     let first = runtime.spawn(writer("agent-a").run());
-    std::thread::sleep(Duration::from_millis(100));
+    assert!(mesh_tests::wait_until(Duration::from_secs(10), || lease().is_some()), "agent-a made no lease");
     let second = runtime.spawn(writer("agent-b").run());
 
     let patched = |name: &str| {
@@ -295,9 +302,21 @@ fn status_is_written_by_the_lease_holder_only_and_taken_over_when_it_dies() {
     let stored = server.get("networking.istio.io/v1", "VirtualService", Some("shop"), "broken").unwrap();
     assert_eq!(stored["status"]["conditions"][0]["reason"], "Rejected");
 
-    // Unchanged objects are not written again.
+    // Unchanged objects are not written again: the holder renews (and
+    // reconciles) twice more, and writes nothing.
     let count = server.status_patches().len();
-    std::thread::sleep(Duration::from_millis(800));
+    let renewed = || lease().map(|l| l["spec"]["renewTime"].clone());
+    let mut renewals = 0;
+    let mut last = renewed();
+    let twice = mesh_tests::wait_until(Duration::from_secs(10), || {
+        let now = renewed();
+        if now != last {
+            renewals += 1;
+            last = now;
+        }
+        renewals >= 2
+    });
+    assert!(twice, "the lease was not renewed");
     assert_eq!(server.status_patches().len(), count, "no rewrites without a change");
 
     // The holder dies: the other agent takes the Lease over within its
@@ -319,11 +338,10 @@ fn nothing_is_served_before_the_first_complete_sync_and_a_burst_is_coalesced() {
     let server = FakeApiServer::new();
     server.set_unavailable(true);
     let mut source = KubeSource::start(server.client("agent"), watched_kinds(Some("node-a")), runtime.handle());
-    let unavailable_until = Instant::now() + Duration::from_secs(1);
-    while Instant::now() < unavailable_until {
-        assert!(source.poll().unwrap().is_none(), "no batch before every kind has listed");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    // Every watch has tried and failed: still nothing is served.
+    let all_failed = || source.store().state().kinds.iter().filter(|k| !k.synced).all(|k| k.error.is_some());
+    assert!(mesh_tests::wait_until(Duration::from_secs(10), all_failed), "{:?}", source.store().state());
+    assert!(source.poll().unwrap().is_none(), "no batch before every kind has listed");
     let state = source.store().state();
     assert!(!state.synced && state.kinds.iter().any(|k| k.error.is_some()), "{state:?}");
     server.set_unavailable(false);
@@ -344,7 +362,7 @@ fn nothing_is_served_before_the_first_complete_sync_and_a_burst_is_coalesced() {
     let mut batches = 0;
     let mut last = 0;
     while last < 2000 && started.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(mesh_agent::agent::POLL_INTERVAL);
+        std::thread::sleep(POLL_INTERVAL);
         if let Some(batch) = source.poll().unwrap() {
             batches += 1;
             last = batch.objects.len();
@@ -352,7 +370,7 @@ fn nothing_is_served_before_the_first_complete_sync_and_a_burst_is_coalesced() {
     }
     burst.join().unwrap();
     assert_eq!(last, 2000);
-    let polls = started.elapsed().as_millis() / mesh_agent::agent::POLL_INTERVAL.as_millis() + 1;
+    let polls = started.elapsed().as_millis() / POLL_INTERVAL.as_millis() + 1;
     assert!(batches as u128 <= polls && batches < 100, "{batches} batches for 2,000 events over {polls} polls");
 }
 
@@ -377,13 +395,7 @@ fn only_the_secrets_that_rules_name_are_watched() {
     let mut with_tls = rule();
     with_tls["spec"]["trafficPolicy"] = json!({"tls": {"mode": "MUTUAL", "credentialName": "web-client"}});
     server.apply(with_tls);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let model = loop {
-        let model = model_of(&next_batch(&mut source));
-        if !model.secrets.is_empty() || Instant::now() > deadline {
-            break model;
-        }
-    };
+    let model = model_when(&mut source, |m| !m.secrets.is_empty());
     let names: Vec<&str> = model.secrets.keys().map(|(_, name)| name.as_str()).collect();
     assert_eq!(names, ["web-client"]);
     assert_eq!(model.secrets[&("shop".into(), "web-client".into())].data["tls.key"], b"key");
@@ -404,12 +416,5 @@ fn only_the_secrets_that_rules_name_are_watched() {
     let model = model_of(&next_batch(&mut source));
     assert_eq!(model.secrets[&("shop".into(), "web-client".into())].data["tls.key"], b"new");
     server.apply(rule());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let model = model_of(&next_batch(&mut source));
-        if model.secrets.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "the secret stayed after its rule let go");
-    }
+    model_when(&mut source, |m| m.secrets.is_empty());
 }

@@ -441,16 +441,26 @@ fn an_agent_restart_loses_no_new_connection() {
     assert_eq!(world.tcp("10.96.0.10:80", 10)["ok"], 10);
     let before = world.env.admin_json("/status")["services"][0]["connects"].as_u64().unwrap();
 
-    // Connect continuously while the agent stops, stays away and restarts.
-    let mut client = world
-        .env
-        .spawn_probe(&world.client, &["tcp", "--target", "10.96.0.10:80", "--count", "4000", "--pace-micros", "1000"]);
-    std::thread::sleep(Duration::from_millis(300));
+    // Connect continuously while the agent stops, stays away and restarts:
+    // the probe says how far it got every 100 connections.
+    let mut client = world.env.spawn_probe(
+        &world.client,
+        &["tcp", "--target", "10.96.0.10:80", "--count", "4000", "--pace-micros", "1000", "--progress-every", "100"],
+    );
+    let mut progress = || read_json_line(&mut client).unwrap()["progress"].as_u64().expect("a progress line");
+    while progress() < 300 {}
     world.env.stop_agent().unwrap();
-    std::thread::sleep(Duration::from_millis(700));
+    // Hundreds of connects are made while no agent runs.
+    let stopped_at = progress();
+    while progress() < stopped_at + 700 {}
     assert_eq!(world.tcp("10.96.0.10:80", 20)["ok"], 20, "translation goes on with no agent");
     world.env.start_agent(&[]).unwrap();
-    let report = read_json_line(&mut client).unwrap();
+    let report = loop {
+        let line = read_json_line(&mut client).unwrap();
+        if line.get("progress").is_none() {
+            break line;
+        }
+    };
     client.wait().unwrap();
     assert_eq!(report["ok"], 4000, "no connection lost across the restart: {report}");
     assert_eq!(report["errors"], serde_json::json!({}), "{report}");

@@ -305,8 +305,11 @@ fn an_erroring_pod_is_ejected_avoided_and_returns_after_the_ejection_time() {
     // Still ejected: no traffic for b3 even though it would now succeed.
     let healthy = world.http(&["--count", "30"]);
     assert_eq!(count(&healthy, "b3"), 0, "{healthy}");
-    // After the ejection time it takes traffic again.
-    std::thread::sleep(Duration::from_millis(2200));
+    // Status counts the ejection down; once it is over, b3 takes traffic again.
+    let remaining = ejected[0]["remaining_ms"].as_u64().unwrap();
+    assert!(remaining > 0 && remaining <= 2000, "ejected for baseEjectionTime: {status_report}");
+    let over = || world.env.admin_json("/status")["ejected_hosts"].as_array().is_some_and(Vec::is_empty);
+    assert!(wait_until(Duration::from_secs(5), over), "still ejected after 5 s");
     let back = world.http(&["--count", "30"]);
     assert!(count(&back, "b3") >= 8, "b3 returns after 2 s: {back}");
     let (_, metrics) = world.env.admin_get("/metrics").unwrap();

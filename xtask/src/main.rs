@@ -9,6 +9,7 @@ mod bench_l7;
 mod demo;
 #[allow(dead_code)] // shared with mesh-agent/build.rs, which uses part of it
 mod ebpf_build;
+mod layers;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -41,6 +42,9 @@ enum Cmd {
     /// Regenerate deploy/crds/ from the agent's Istio CRD types (the test
     /// suite fails when they drift).
     Crds,
+    /// Check that no crate has an import cycle and that the agent's
+    /// modules import only from their layer or below (part of `test`).
+    Layers,
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -102,6 +106,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         Cmd::Test { args } => test(&args),
+        Cmd::Layers => layers(),
         Cmd::Crds => {
             setup()?;
             let root = workspace_root();
@@ -204,6 +209,19 @@ fn build_binaries(release: bool) -> Result<Binaries> {
     Ok(Binaries { agent: dir.join("mesh-agent"), meshctl: dir.join("meshctl"), probe: dir.join("mesh-probe") })
 }
 
+/// Fails with every import cycle and layer violation found.
+fn layers() -> Result<()> {
+    let problems = layers::check(&workspace_root()).map_err(anyhow::Error::msg)?;
+    for problem in &problems {
+        eprintln!("layers: {}", problem.0);
+    }
+    if !problems.is_empty() {
+        bail!("{} import problems: see above, and the layering in mesh-agent/src/lib.rs", problems.len());
+    }
+    println!("layers: no import cycles; every agent module imports from its layer or below");
+    Ok(())
+}
+
 fn test(args: &[String]) -> Result<()> {
     setup()?;
     if effective_uid() != 0 {
@@ -215,6 +233,7 @@ fn test(args: &[String]) -> Result<()> {
     // The kernel crate is outside the workspace: check it by hand.
     run(Command::new("rustfmt").current_dir(&root).args(["--check", "--edition", "2021", "mesh-ebpf/src/main.rs"]))
         .context("mesh-ebpf is not formatted: run `rustfmt --edition 2021 mesh-ebpf/src/main.rs`")?;
+    layers()?;
     run(Command::new("cargo").current_dir(&root).args([
         "clippy",
         "--workspace",

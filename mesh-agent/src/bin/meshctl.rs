@@ -5,8 +5,8 @@ use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use mesh_agent::status::StatusReport;
-use mesh_agent::DEFAULT_ADMIN_ADDR;
+use mesh_agent::admin::DEFAULT_ADMIN_ADDR;
+use mesh_agent::report::StatusReport;
 
 #[derive(Parser)]
 #[command(name = "meshctl", version, about = "Inspect the mesh agent on this node")]

@@ -2,12 +2,12 @@
 //! generated from them), the API-server config source, and the status
 //! conditions written back by the holder of a Lease.
 
+pub mod conditions;
 pub mod crd;
-pub mod source;
-pub mod status;
+pub mod watch;
 
-pub use source::{watched_kinds, KubeSource, KubeStore, SourceState};
-pub use status::{LeaseTiming, StatusWriter};
+pub use conditions::{LeaseTiming, StatusWriter};
+pub use watch::{watched_kinds, KubeSource, KubeStore, SourceState};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -47,7 +47,7 @@ pub fn required_permissions() -> (Permissions, Permissions) {
     for verb in ["get", "list", "watch"] {
         cluster.insert(("".into(), "secrets".into(), verb.into()));
     }
-    for kind in source::ISTIO_KINDS {
+    for kind in watch::ISTIO_KINDS {
         cluster.insert((kind.group.into(), format!("{}/status", kind.plural), "patch".into()));
     }
     let namespaced = ["get", "create", "update"]

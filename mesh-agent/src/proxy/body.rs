@@ -1,15 +1,20 @@
-//! Body wrappers: a request body read ahead for replay, and a response body
-//! that holds the request's accounting until its last byte and enforces
-//! the route timeout on the whole exchange, as Envoy does.
+//! Bodies in both directions: the boxed type they all travel as, a request
+//! body read ahead for replay, and response bodies that hold the request's
+//! accounting until their last byte, enforce the route timeout on the
+//! whole exchange (as Envoy does) and count the bytes they carry.
 
-use super::{BoxError, ProxyBody};
 use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Instant;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Bodies in both directions: streamed from a peer or built here.
+pub type ProxyBody = BoxBody<Bytes, BoxError>;
 
 /// A body of bytes known in full.
 pub fn full(bytes: Bytes) -> ProxyBody {

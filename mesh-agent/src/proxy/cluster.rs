@@ -5,18 +5,17 @@
 //! not per request. The runtime state (round-robin cursor, requests and
 //! retries under way, outlier health) lives on across snapshots by name.
 
-use super::balance::Tls;
-use super::outlier::{Ejected, Observation, OutlierConfig, OutlierState};
-use super::pool::{ConnectionLimits, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
-use super::tls::{client_config, TlsError, TlsSettings};
-use crate::lock;
-use crate::policy::EffectivePolicy;
-use crate::snapshot::Snapshot;
+use super::outlier::{Clock, Ejected, Observation, OutlierConfig, OutlierState};
+use super::upstream::connect::Tls;
+use super::upstream::pool::{ConnectionLimits, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
+use super::upstream::tls::{client_config, TlsError, TlsSettings};
+use crate::sync::lock;
+use mesh_core::destination_rule::EffectivePolicy;
+use mesh_core::snapshot::Snapshot;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 /// One endpoint of a cluster, with its requests in flight (shared by every
 /// cluster that holds the address, for LEAST_REQUEST and status).
@@ -101,6 +100,7 @@ pub struct ClusterPlan {
     endpoints_v4: Vec<Endpoint>,
     endpoints_v6: Vec<Endpoint>,
     pub state: Arc<ClusterState>,
+    clock: Clock,
 }
 
 impl ClusterPlan {
@@ -130,13 +130,13 @@ impl ClusterPlan {
     pub fn healthy(&self, endpoints: &[Endpoint], config: &OutlierConfig) -> Vec<Endpoint> {
         let addresses: Vec<SocketAddr> = endpoints.iter().map(|e| e.address).collect();
         let available: std::collections::HashSet<SocketAddr> =
-            lock(&self.state.outliers).available(&addresses, Instant::now(), config).into_iter().collect();
+            lock(&self.state.outliers).available(&addresses, self.clock.now(), config).into_iter().collect();
         endpoints.iter().filter(|e| available.contains(&e.address)).cloned().collect()
     }
 
     /// Records the outcome of a try; true when it ejected the host.
     pub fn observe(&self, host: SocketAddr, observation: Observation, config: &OutlierConfig, size: usize) -> bool {
-        lock(&self.state.outliers).record(host, observation, Instant::now(), config, size)
+        lock(&self.state.outliers).record(host, observation, self.clock.now(), config, size)
     }
 }
 
@@ -145,6 +145,7 @@ impl ClusterPlan {
 #[derive(Default)]
 pub struct Clusters {
     inner: Mutex<Inner>,
+    clock: Clock,
 }
 
 #[derive(Default)]
@@ -158,6 +159,11 @@ struct Inner {
 }
 
 impl Clusters {
+    /// Clusters whose outlier detection reads `clock`.
+    pub fn with_clock(clock: Clock) -> Self {
+        Clusters { inner: Mutex::default(), clock }
+    }
+
     /// The plan for `subset` (or the whole service) of `snapshot.services[index]`.
     pub fn plan(&self, snapshot: &Arc<Snapshot>, index: usize, subset: Option<&str>) -> Arc<ClusterPlan> {
         let mut inner = lock(&self.inner);
@@ -165,7 +171,7 @@ impl Clusters {
         // say) gets a plan of its own snapshot, not cached: the cache
         // only moves forward.
         if inner.snapshot.as_ref().is_some_and(|current| current.serial > snapshot.serial) {
-            return Arc::new(inner.compile(snapshot, index, subset.unwrap_or_default()));
+            return Arc::new(inner.compile(snapshot, index, subset.unwrap_or_default(), &self.clock));
         }
         if !inner.snapshot.as_ref().is_some_and(|current| Arc::ptr_eq(current, snapshot)) {
             inner.renew(snapshot);
@@ -174,14 +180,14 @@ impl Clusters {
         if let Some(plan) = inner.plans.get(&index).and_then(|plans| plans.iter().find(|p| &*p.subset == subset)) {
             return plan.clone();
         }
-        let plan = Arc::new(inner.compile(snapshot, index, subset));
+        let plan = Arc::new(inner.compile(snapshot, index, subset, &self.clock));
         inner.plans.entry(index).or_default().push(plan.clone());
         plan
     }
 
     /// Hosts ejected right now, by cluster.
     pub fn ejections(&self) -> Vec<(String, Ejected)> {
-        let now = Instant::now();
+        let now = self.clock.now();
         let inner = lock(&self.inner);
         let mut out: Vec<(String, Ejected)> = inner
             .states
@@ -223,7 +229,7 @@ impl Inner {
         self.endpoints.retain(|_, c| Arc::strong_count(c) > 1 || c.in_flight.load(Ordering::Relaxed) > 0);
     }
 
-    fn compile(&mut self, snapshot: &Snapshot, index: usize, subset: &str) -> ClusterPlan {
+    fn compile(&mut self, snapshot: &Snapshot, index: usize, subset: &str, clock: &Clock) -> ClusterPlan {
         let service = &snapshot.services[index];
         let subset_name = (!subset.is_empty()).then_some(subset);
         let name: Arc<str> = format!("outbound|{}|{subset}|{}", service.port, service.fqdn).into();
@@ -246,7 +252,7 @@ impl Inner {
             port: service.port,
             http2: service.http2,
             outlier: policy.outlier_detection.as_ref().map(OutlierConfig::from_policy),
-            max_retries: pool_field(&policy, "maxRetries"),
+            max_retries: policy.http_pool.as_ref().and_then(|pool| pool.max_retries).map(|n| n as usize),
             request_limit: request_limit(&policy, service.http2),
             limits: connection_limits(&policy),
             tls: policy.tls.as_ref().and_then(TlsSettings::from_policy).map(|settings| {
@@ -261,6 +267,7 @@ impl Inner {
             endpoints_v6,
             state,
             name,
+            clock: clock.clone(),
         }
     }
 }
@@ -300,12 +307,13 @@ fn originate(settings: &TlsSettings, namespace: &str, snapshot: &Snapshot, fqdn:
 /// connection) plus `http.http1MaxPendingRequests`; for HTTP/2,
 /// `http.http2MaxRequests`. Unset limits are unlimited, as in Istio.
 fn request_limit(policy: &EffectivePolicy, http2: bool) -> Option<usize> {
+    let http = policy.http_pool.as_ref();
     if http2 {
-        return pool_field(policy, "http2MaxRequests");
+        return http.and_then(|pool| pool.http2_max_requests).map(|n| n as usize);
     }
     let connections = (policy.tcp.max_connections > 0).then_some(policy.tcp.max_connections as usize);
-    match (connections, pool_field(policy, "http1MaxPendingRequests")) {
-        (Some(c), Some(p)) => Some(c + p),
+    match (connections, http.and_then(|pool| pool.http1_max_pending_requests)) {
+        (Some(c), Some(p)) => Some(c + p as usize),
         _ => None,
     }
 }
@@ -313,22 +321,63 @@ fn request_limit(policy: &EffectivePolicy, http2: bool) -> Option<usize> {
 /// `connectTimeout`, `idleTimeout` and `maxRequestsPerConnection` (0 is
 /// unlimited, as in Istio), with Istio's defaults.
 fn connection_limits(policy: &EffectivePolicy) -> ConnectionLimits {
-    let idle_timeout = policy
-        .http_pool
-        .as_ref()
-        .and_then(|pool| pool.get("idleTimeout")?.as_str().map(str::to_owned))
-        .and_then(|text| crate::policy::parse_duration("idleTimeout", &text).ok())
-        .filter(|d| !d.is_zero());
+    let http = policy.http_pool.as_ref();
     ConnectionLimits {
         connect_timeout: policy.tcp.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
-        idle_timeout: idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
-        max_requests: pool_field(policy, "maxRequestsPerConnection")
-            .filter(|n| *n > 0)
-            .map(|n| n.min(u32::MAX as usize) as u32),
+        idle_timeout: http.and_then(|pool| pool.idle_timeout).unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        max_requests: http.and_then(|pool| pool.max_requests_per_connection).filter(|n| *n > 0),
     }
 }
 
-/// A `connectionPool.http` number, if set.
-pub fn pool_field(policy: &EffectivePolicy, name: &str) -> Option<usize> {
-    policy.http_pool.as_ref()?.get(name)?.as_u64().map(|n| n as usize)
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    /// `web` in `shop` on port 80, two endpoints, and outlier detection that
+    /// ejects at the first 5xx for 30 s.
+    fn snapshot() -> Arc<Snapshot> {
+        let text = concat!(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n",
+            "spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}\n",
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n",
+            "metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\n",
+            "addressType: IPv4\nports: [{name: http, port: 8080}]\n",
+            "endpoints: [{addresses: [10.244.0.2]}, {addresses: [10.244.0.3]}]\n",
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web, namespace: shop}\n",
+            "spec: {host: web, trafficPolicy: {outlierDetection: ",
+            "{consecutive5xxErrors: 1, baseEjectionTime: 30s, maxEjectionPercent: 100}}}\n",
+        );
+        let objects = mesh_core::decode::parse_file("t.yaml", text).unwrap();
+        let model = mesh_core::model::Model::build(&objects, vec![], &Default::default(), "cluster.local");
+        assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+        Arc::new(mesh_core::snapshot::compile(&model, "cluster.local").unwrap())
+    }
+
+    #[test]
+    fn an_ejection_ends_when_the_clock_passes_it() {
+        let now = Arc::new(Mutex::new(Instant::now()));
+        let clock = {
+            let now = now.clone();
+            Clock::from_fn(move || *lock(&now))
+        };
+        let clusters = Clusters::with_clock(clock);
+        let snapshot = snapshot();
+        let plan = clusters.plan(&snapshot, 0, None);
+        let config = plan.outlier.clone().expect("outlier detection is on");
+        let endpoints = plan.endpoints(false).to_vec();
+        assert_eq!(endpoints.len(), 2);
+        assert!(plan.observe(endpoints[0].address, Observation::Status(503), &config, 2), "the first 5xx ejects");
+        let healthy: Vec<SocketAddr> = plan.healthy(&endpoints, &config).iter().map(|e| e.address).collect();
+        assert_eq!(healthy, [endpoints[1].address]);
+        let ejections = clusters.ejections();
+        assert_eq!((ejections[0].1.host, ejections[0].1.remaining_ms), (endpoints[0].address, 30_000));
+        assert_eq!(ejections[0].0, "outbound|80||web.shop.svc.cluster.local");
+
+        *lock(&now) += Duration::from_secs(29);
+        assert_eq!(plan.healthy(&endpoints, &config).len(), 1, "still out at 29 s");
+        *lock(&now) += Duration::from_secs(1);
+        assert_eq!(plan.healthy(&endpoints, &config).len(), 2, "back at 30 s");
+        assert!(clusters.ejections().is_empty());
+    }
 }

@@ -116,6 +116,34 @@ impl ProxyMetrics {
     }
 }
 
+impl ProxyMetrics {
+    /// Counts one finished request from `source` (workload, namespace) to
+    /// `cluster`, in the series `cached` for its connection; returns the
+    /// response-bytes counter, which a streamed body feeds as it goes.
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_request(
+        &self,
+        cached: &std::sync::Mutex<Option<RequestSeries>>,
+        source: (&str, &str),
+        cluster: &Arc<str>,
+        code: u16,
+        flags: &str,
+        request_bytes: u64,
+        attempts: u32,
+        started: std::time::Instant,
+    ) -> Counter {
+        let mut cached = crate::sync::lock(cached);
+        let series = self.series(&mut cached, source, cluster, code, flags);
+        series.requests.inc();
+        series.duration.observe(started.elapsed().as_secs_f64());
+        series.request_bytes.inc_by(request_bytes);
+        if attempts > 1 {
+            series.retries.inc_by(u64::from(attempts - 1));
+        }
+        series.response_bytes.clone()
+    }
+}
+
 fn with_outcome(labels: &Labels, code: u16, flags: &str) -> Labels {
     let mut labels = labels.clone();
     labels.push(("response_code".into(), code.to_string()));

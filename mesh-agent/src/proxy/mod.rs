@@ -1,189 +1,25 @@
 //! The node proxy: connections to service ports with L7 rules are sent here
-//! by the kernel (connect4/6 rewrite them to the node address), and the
-//! kernel records where each one was going (sock_ops, keyed by the client's
-//! address). The proxy speaks HTTP/1.1 and HTTP/2 to the client, routes each
-//! request with the pure decisions of [`crate::route`], and forwards it to
-//! an endpoint directly (its own connects are never captured).
+//! by the kernel, and each request is routed with the pure decisions of
+//! `mesh_core::route` and forwarded to an endpoint directly (the proxy's
+//! own connects are never captured).
+//!
+//! Rooms, lowest first: [`header_names`], [`body`]; our HTTP/1.1
+//! ([`http1`]); [`upstream`] connections, pools and the dialer;
+//! [`outlier`] detection, L7 [`balance`]ing and the per-snapshot
+//! [`cluster`] plans; [`metrics`]; the [`listener`] that accepts captured
+//! connections; then what it serves them with: the request pipeline
+//! ([`forward`]) and the `tcp`/`tls` route relay ([`tcp`]).
 
-mod balance;
-mod body;
+pub mod balance;
+pub mod body;
 pub mod cluster;
-mod forward;
-mod h1;
-mod metrics;
+pub mod forward;
+pub mod header_names;
+pub mod http1;
+pub mod listener;
+pub mod metrics;
 pub mod outlier;
-pub(crate) mod pool;
-mod server;
-mod tcp;
-pub mod tls;
+pub mod tcp;
+pub mod upstream;
 
-use crate::agent::Published;
-use crate::dataplane::OriginalDstTable;
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-
-pub use forward::ResponseFlag;
-
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// Bodies in both directions: streamed from a peer or built here.
-pub type ProxyBody = BoxBody<Bytes, BoxError>;
-
-/// A client that sends its headers slower than this is cut off (default,
-/// nginx's `client_header_timeout`). hyper also counts a keep-alive
-/// connection's idle time against it, so it doubles as the idle timeout.
-pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(60);
-/// Request header block limit (bytes): larger gets 431.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum ProxyError {
-    #[error("binding the proxy listener {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
-}
-
-pub struct Proxy {
-    published: watch::Receiver<Arc<Published>>,
-    original_dst: OriginalDstTable,
-    upstreams: balance::Upstreams,
-    clusters: cluster::Clusters,
-    access_log: bool,
-    header_timeout: Duration,
-    pub metrics: metrics::ProxyMetrics,
-}
-
-impl Proxy {
-    pub fn new(
-        published: watch::Receiver<Arc<Published>>,
-        original_dst: OriginalDstTable,
-        access_log: bool,
-        header_timeout: Duration,
-    ) -> Self {
-        Self {
-            published,
-            original_dst,
-            header_timeout,
-            upstreams: balance::Upstreams::new(),
-            clusters: cluster::Clusters::default(),
-            access_log,
-            metrics: metrics::ProxyMetrics::default(),
-        }
-    }
-
-    /// Upstream endpoints with their requests in flight and HTTP/2 state.
-    pub fn pools(&self) -> Vec<balance::UpstreamPool> {
-        self.upstreams.pools(self.clusters.in_flight())
-    }
-
-    /// Hosts ejected by outlier detection right now, by cluster.
-    pub fn ejections(&self) -> Vec<(String, outlier::Ejected)> {
-        self.clusters.ejections()
-    }
-}
-
-/// A pod's workload name for metrics, as Istio derives its canonical name:
-/// bounded cardinality, unlike pod names.
-fn workload_name(pod: &crate::model::PodModel) -> String {
-    ["service.istio.io/canonical-name", "app.kubernetes.io/name", "app"]
-        .iter()
-        .find_map(|label| pod.labels.get(*label).cloned())
-        .unwrap_or_else(|| pod.name.clone())
-}
-
-/// The pod a captured connection comes from, by its address.
-fn source_pod(snapshot: &crate::snapshot::Snapshot, peer: SocketAddr) -> Option<&crate::model::PodModel> {
-    let peer_ip = match peer.ip() {
-        std::net::IpAddr::V6(v6) => v6.to_ipv4_mapped().map(std::net::IpAddr::V4).unwrap_or(peer.ip()),
-        ip => ip,
-    };
-    snapshot.pods_by_ip.get(&peer_ip).and_then(|id| snapshot.model.pods.get(id))
-}
-
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
-        .map_err(|source| ProxyError::Bind { addr, source })?;
-    socket.set_reuseaddr(true).map_err(|source| ProxyError::Bind { addr, source })?;
-    socket.bind(addr).map_err(|source| ProxyError::Bind { addr, source })?;
-    socket.listen(4096).map_err(|source| ProxyError::Bind { addr, source })
-}
-
-pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "proxy accept failed");
-                tokio::time::sleep(Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let proxy = proxy.clone();
-        tokio::spawn(async move { proxy.serve_connection(stream, peer).await });
-    }
-}
-
-/// What every request of one captured connection shares.
-pub struct Connection {
-    pub peer: SocketAddr,
-    /// The service address the client dialled.
-    pub original: SocketAddr,
-    /// The client pod, when the model knows its address ("unknown" else).
-    pub source_workload: String,
-    pub source_namespace: String,
-    /// The client pod's labels and namespace, for `sourceLabels` and
-    /// `sourceNamespace` matches (None: not a known pod).
-    pub source: Option<(std::collections::BTreeMap<String, String>, String)>,
-    /// The metric series this connection's requests fed last.
-    series: std::sync::Mutex<Option<metrics::RequestSeries>>,
-}
-
-impl Proxy {
-    async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let Some(original) = self.original_dst.take(peer) else {
-            // Not a captured connection (or its entry was lost): nothing to route by.
-            tracing::debug!(%peer, "connection with no recorded original destination; closing");
-            return;
-        };
-        let _ = stream.set_nodelay(true);
-        let snapshot = self.published.borrow().snapshot.clone();
-        if snapshot.service_at(original).is_some_and(|service| !service.http) {
-            self.relay_tcp(stream, peer, original, &snapshot).await;
-            return;
-        }
-        let pod = source_pod(&snapshot, peer);
-        let connection = Arc::new(Connection {
-            peer,
-            original,
-            source_workload: pod.map(workload_name).unwrap_or_else(|| "unknown".into()),
-            source_namespace: pod.map(|p| p.namespace.clone()).unwrap_or_else(|| "unknown".into()),
-            source: pod.map(|p| (p.labels.clone(), p.namespace.clone())),
-            series: Default::default(),
-        });
-        let stream = match server::serve(stream, self.header_timeout, |request| self.handle(&connection, request)).await
-        {
-            server::Served::Closed => return,
-            server::Served::HandOff(stream) => stream,
-        };
-        let proxy = self.clone();
-        let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            let (proxy, connection) = (proxy.clone(), connection.clone());
-            let request = request.map(body::ClientBody::Hyper);
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(&connection, request).await) }
-        });
-        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(self.header_timeout)
-            .max_buf_size(MAX_HEADER_BYTES);
-        builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
-        if let Err(error) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
-            tracing::debug!(%peer, %error, "client connection ended with an error");
-        }
-    }
-}
+pub use listener::{bind, serve, Proxy, ProxyError, DEFAULT_HEADER_TIMEOUT};

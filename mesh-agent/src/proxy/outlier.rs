@@ -4,9 +4,11 @@
 //! too few healthy hosts remain (`minHealthPercent`: then all are used).
 //! Pure arithmetic over explicit time, so it is tested without sockets.
 
+use mesh_core::destination_rule::OutlierDetection;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Envoy's default cap on one ejection's length.
@@ -26,29 +28,43 @@ pub struct OutlierConfig {
 impl OutlierConfig {
     /// From the DestinationRule's `outlierDetection` block, with Istio's
     /// defaults for what it leaves out.
-    pub fn from_policy(block: &serde_yaml::Value) -> Self {
-        let number = |name: &str| block.get(name).and_then(|v| v.as_u64()).map(|n| n.min(u32::MAX as u64) as u32);
-        let duration = |name: &str, default: Duration| {
-            block
-                .get(name)
-                .and_then(|v| v.as_str())
-                .and_then(|text| crate::policy::parse_duration(name, text).ok())
-                .unwrap_or(default)
-        };
+    pub fn from_policy(block: &OutlierDetection) -> Self {
         // `consecutiveErrors` is the deprecated name of the gateway counter.
-        let consecutive_5xx = match number("consecutive5xxErrors") {
+        let consecutive_5xx = match block.consecutive_5xx_errors {
             Some(0) => None,
             Some(n) => Some(n),
             None => Some(5),
         };
-        let consecutive_gateway = number("consecutiveGatewayErrors").or(number("consecutiveErrors")).filter(|n| *n > 0);
+        let consecutive_gateway = block.consecutive_gateway_errors.or(block.consecutive_errors).filter(|n| *n > 0);
         Self {
             consecutive_5xx,
             consecutive_gateway,
-            base_ejection: duration("baseEjectionTime", Duration::from_secs(30)),
-            max_ejection_percent: number("maxEjectionPercent").unwrap_or(10).min(100),
-            min_health_percent: number("minHealthPercent").unwrap_or(0).min(100),
+            base_ejection: block.base_ejection_time.unwrap_or(Duration::from_secs(30)),
+            max_ejection_percent: block.max_ejection_percent.unwrap_or(10),
+            min_health_percent: block.min_health_percent.unwrap_or(0),
         }
+    }
+}
+
+/// Where outlier detection reads the time: the monotonic clock, or in
+/// tests a clock moved by hand, so that ejections expire without sleeping.
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> Instant + Send + Sync>);
+
+impl Clock {
+    pub fn now(&self) -> Instant {
+        (self.0)()
+    }
+
+    /// A clock that reads `now` from `source`.
+    pub fn from_fn(source: impl Fn() -> Instant + Send + Sync + 'static) -> Self {
+        Clock(Arc::new(source))
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::from_fn(Instant::now)
     }
 }
 
@@ -163,8 +179,14 @@ impl OutlierState {
 mod tests {
     use super::*;
 
+    /// The config of an `outlierDetection` block written in YAML, validated
+    /// as a DestinationRule's would be.
     fn config(yaml: &str) -> OutlierConfig {
-        OutlierConfig::from_policy(&serde_yaml::from_str(yaml).unwrap())
+        let text = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec: {{host: web, trafficPolicy: {{outlierDetection: {yaml}}}}}\n");
+        let objects = mesh_core::decode::parse_file("t.yaml", &text).unwrap();
+        let mesh_core::api::Resource::DestinationRule(rule) = &objects[0].resource else { unreachable!() };
+        let rule = mesh_core::destination_rule::validate_destination_rule(rule, "cluster.local").unwrap();
+        OutlierConfig::from_policy(&rule.effective(None, 80).outlier_detection.unwrap())
     }
 
     fn hosts(n: u8) -> Vec<SocketAddr> {

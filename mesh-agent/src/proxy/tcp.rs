@@ -4,10 +4,10 @@
 //! port, then by weight; its bytes are relayed both ways until either side
 //! closes.
 
-use super::balance::{pick, random_u64};
-use super::Proxy;
-use crate::route::{first_tcp_match, first_tls_match, pick_destination};
-use crate::snapshot::Snapshot;
+use super::balance::pick;
+use super::listener::{source_pod, Proxy};
+use mesh_core::route::{first_tcp_match, first_tls_match, pick_destination};
+use mesh_core::snapshot::Snapshot;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -75,10 +75,6 @@ pub fn server_name(record: &[u8]) -> Option<String> {
     None
 }
 
-/// Connect timeout when `connectionPool.tcp.connectTimeout` is unset
-/// (Istio's mesh default).
-const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
 impl Proxy {
     pub(super) async fn relay_tcp(
         &self,
@@ -92,7 +88,7 @@ impl Proxy {
         // TLS routes look at the ClientHello, which is read ahead and then
         // sent on unchanged.
         // Only the VirtualServices exported to the client's namespace.
-        let namespace = super::source_pod(snapshot, peer).map(|pod| pod.namespace.as_str());
+        let namespace = source_pod(snapshot, peer).map(|pod| pod.namespace.as_str());
         let tls_routes = snapshot.routes.tls_routes_for(&service.fqdn, namespace);
         let mut hello = Vec::new();
         let mut destination = None;
@@ -100,11 +96,11 @@ impl Proxy {
             let read = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, read_client_hello(&mut client, &mut hello)).await;
             let sni = read.ok().and_then(Result::ok).flatten();
             let route = sni.as_deref().and_then(|sni| first_tls_match(tls_routes, sni, original.port()));
-            destination = route.and_then(|r| pick_destination(&r.destinations, random_u64()));
+            destination = route.and_then(|r| pick_destination(&r.destinations, fastrand::u64(..)));
         }
         if destination.is_none() {
             let route = first_tcp_match(snapshot.routes.tcp_routes_for(&service.fqdn, namespace), original.port());
-            destination = route.and_then(|r| pick_destination(&r.destinations, random_u64()));
+            destination = route.and_then(|r| pick_destination(&r.destinations, fastrand::u64(..)));
         }
         let target = match destination {
             Some(d) => snapshot.service_index_for_host(&d.host, d.port.unwrap_or(service.port)),
@@ -121,7 +117,7 @@ impl Proxy {
             return;
         };
         let endpoint = picked.address;
-        let connect_timeout = plan.policy.tcp.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+        let connect_timeout = plan.limits.connect_timeout;
         let mut upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(endpoint)).await {
             Ok(Ok(upstream)) => upstream,
             Ok(Err(error)) => {

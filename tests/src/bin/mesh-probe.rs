@@ -2,7 +2,7 @@
 //! network namespace and prints one JSON object on stdout.
 //!
 //! ```text
-//! mesh-probe [--cgroup DIR] [--netns PATH] tcp  --target HOST:PORT [--count N] [--sources IP,..] [--requests-per-conn K]
+//! mesh-probe [--cgroup DIR] [--netns PATH] tcp  --target HOST:PORT [--count N] [--sources IP,..] [--requests-per-conn K] [--pace-micros U] [--progress-every N]
 //! mesh-probe [--cgroup DIR] [--netns PATH] hold --target HOST:PORT [--count N]
 //! mesh-probe [--cgroup DIR] [--netns PATH] udp  --target HOST:PORT [--count N] [--connected]
 //! mesh-probe [--cgroup DIR] [--netns PATH] serve-http --listen HOST:PORT --name NAME
@@ -94,6 +94,7 @@ impl Opts {
         "--sources",
         "--requests-per-conn",
         "--pace-micros",
+        "--progress-every",
         "--path",
         "--method",
         "--headers",
@@ -178,34 +179,37 @@ fn tcp(opts: &Opts) -> Result<()> {
     let sources = opts.sources()?;
     // Optional pause between connections, to spread a run over time.
     let pace = Duration::from_micros(opts.number("--pace-micros", 0)?);
+    // A `{"progress": N}` line every this many connections (0: none), so a
+    // test can act at a point of a long run rather than after a time.
+    let progress_every = opts.number("--progress-every", 0)?;
     let mut tally = Tally::default();
     let mut per_source = BTreeMap::new();
     let mut peer = None;
     let started = Instant::now();
     for i in 0..count as usize {
         let source = (!sources.is_empty()).then(|| sources[i % sources.len()]);
-        let stream = match sys::tcp_connect(target, source.map(|ip| SocketAddr::new(ip, 0)), CONNECT_TIMEOUT) {
-            Ok(s) => s,
-            Err(e) => {
-                tally.error(&e);
-                continue;
-            }
-        };
-        if peer.is_none() {
-            peer = stream.peer_addr().ok().map(|a| a.to_string());
-        }
-        match converse(&stream, requests) {
-            Ok(backend) => {
-                tally.success(&backend);
-                if let Some(ip) = source {
-                    per_source.insert(ip.to_string(), backend);
+        match sys::tcp_connect(target, source.map(|ip| SocketAddr::new(ip, 0)), CONNECT_TIMEOUT) {
+            Ok(stream) => {
+                if peer.is_none() {
+                    peer = stream.peer_addr().ok().map(|a| a.to_string());
                 }
+                match converse(&stream, requests) {
+                    Ok(backend) => {
+                        tally.success(&backend);
+                        if let Some(ip) = source {
+                            per_source.insert(ip.to_string(), backend);
+                        }
+                    }
+                    Err(e) => tally.error(&e),
+                }
+                // RST on close: no TIME_WAIT, so large counts do not run out of ports.
+                let _ = sys::set_linger_zero(&stream);
             }
             Err(e) => tally.error(&e),
         }
-        // RST on close: no TIME_WAIT, so large counts do not run out of ports.
-        let _ = sys::set_linger_zero(&stream);
-        drop(stream);
+        if progress_every > 0 && (i as u64 + 1).is_multiple_of(progress_every) {
+            emit(&json!({ "progress": i + 1 }))?;
+        }
         if !pace.is_zero() {
             std::thread::sleep(pace);
         }

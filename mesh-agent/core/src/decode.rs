@@ -1,0 +1,293 @@
+//! Objects decoded from what the sources read: YAML files (several
+//! documents each, or a `kind: List`) and the API server's JSON. Both go
+//! through [`decode_object`], so they feed the model identically. Kinds
+//! the agent does not serve are left out; a served kind that does not
+//! decode is reported by field, keyed so that its last good version can
+//! keep serving.
+
+use crate::api::Resource;
+use crate::object::{ObjectKey, Rejection, SourcedObject};
+use serde_json::Value;
+
+/// One file's documents (or one API object), object by object.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ParsedFile {
+    pub objects: Vec<SourcedObject>,
+    /// Objects of a served kind, named, that do not decode.
+    pub undecodable: Vec<(ObjectKey, Rejection)>,
+    /// Documents that name no object the agent could serve.
+    pub problems: Vec<Rejection>,
+    /// Objects of kinds the agent does not serve (yet), as `apiVersion`
+    /// and `kind`: left alone, as the API server would store them.
+    pub ignored: Vec<(String, String)>,
+}
+
+/// Parses every document of one file. Only YAML that does not parse fails
+/// the whole file (a half-written file must not replace its last good
+/// version); any other problem rejects just its object.
+pub fn parse_documents(file: &str, text: &str) -> Result<ParsedFile, Vec<Rejection>> {
+    let documents =
+        yaml_documents(text).map_err(|e| vec![Rejection::file(file, format!("YAML does not parse: {e}"))])?;
+    let mut parsed = ParsedFile::default();
+    for document in documents {
+        decode_object(file, document, &mut parsed);
+    }
+    Ok(parsed)
+}
+
+/// The documents of a YAML text, as JSON values (empty ones left out).
+/// YAML 1.2's core schema, as serde_yaml and the Kubernetes tools read it:
+/// `n`, `no` and `on` are text, not booleans, and so are `0755` and
+/// `1_000`. Errors are plain, one line: they end up in logs and status.
+pub fn yaml_documents(text: &str) -> Result<Vec<Value>, serde_saphyr::Error> {
+    let options = serde_saphyr::options! {
+        strict_booleans: true,
+        leading_zero_numbers_as_strings: true,
+        underscored_numbers_as_strings: true,
+        with_snippet: false,
+    };
+    serde_saphyr::from_multiple_with_options(text, options)
+}
+
+/// [`parse_documents`], strictly: any problem at all is an error.
+pub fn parse_file(file: &str, text: &str) -> Result<Vec<SourcedObject>, Vec<Rejection>> {
+    let parsed = parse_documents(file, text)?;
+    let mut problems = parsed.problems;
+    problems.extend(parsed.undecodable.into_iter().map(|(_, rejection)| rejection));
+    if problems.is_empty() {
+        Ok(parsed.objects)
+    } else {
+        Err(problems)
+    }
+}
+
+/// The kinds the agent reads: kind, API group (`""` is core) and versions.
+const SERVED_KINDS: [(&str, &str, &[&str]); 6] = [
+    ("Service", "", &["v1"]),
+    ("Pod", "", &["v1"]),
+    ("Secret", "", &["v1"]),
+    ("EndpointSlice", "discovery.k8s.io", &["v1"]),
+    ("DestinationRule", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
+    ("VirtualService", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
+];
+
+/// A group of some third party's API (e.g. Knative's `serving.knative.dev`,
+/// which has its own `Service`): its kinds are not ours, whatever their name.
+fn is_third_party_group(group: &str) -> bool {
+    group.contains('.') && !(group.ends_with(".k8s.io") || group.ends_with("istio.io"))
+}
+
+fn api_version_text(group: &str, versions: &[&str]) -> String {
+    let full: Vec<String> =
+        versions.iter().map(|v| if group.is_empty() { (*v).to_owned() } else { format!("{group}/{v}") }).collect();
+    full.join(", ")
+}
+
+/// Decodes one object into `parsed`. `origin` is the file it came from, or
+/// empty for the API server.
+pub fn decode_object(origin: &str, value: Value, parsed: &mut ParsedFile) {
+    if value.is_null() {
+        return; // an empty document, e.g. a trailing `---`
+    }
+    let text = |v: &Value, field: &str| v.get(field).and_then(Value::as_str).unwrap_or_default().to_owned();
+    let api_version = text(&value, "apiVersion");
+    let kind = text(&value, "kind");
+    if kind == "List" {
+        if let Some(Value::Array(items)) = value.get("items") {
+            for item in items.clone() {
+                decode_object(origin, item, parsed);
+            }
+        }
+        return;
+    }
+    let metadata = value.get("metadata").cloned().unwrap_or(Value::Null);
+    let (namespace, name) = (text(&metadata, "namespace"), text(&metadata, "name"));
+    let namespace = if namespace.is_empty() { "default".to_owned() } else { namespace };
+    let reject = |field: &str, message: String| Rejection {
+        file: (!origin.is_empty()).then(|| origin.to_owned()),
+        kind: kind.clone(),
+        namespace: namespace.clone(),
+        name: name.clone(),
+        field: field.to_owned(),
+        message,
+    };
+    if kind.is_empty() {
+        parsed.problems.push(reject("kind", "missing".into()));
+        return;
+    }
+    let served = SERVED_KINDS
+        .iter()
+        .find(|(served, ..)| *served == kind)
+        .or_else(|| SERVED_KINDS.iter().find(|(served, ..)| served.eq_ignore_ascii_case(&kind)));
+    let Some(&(served_kind, served_group, versions)) = served else {
+        parsed.ignored.push((api_version, kind));
+        return;
+    };
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version.as_str()));
+    let served_version = group == served_group && versions.contains(&version);
+    // Another API group's kind of the same name.
+    if !served_version && is_third_party_group(group) {
+        parsed.ignored.push((api_version, kind));
+        return;
+    }
+    // A served kind that cannot be read as written: its last good version
+    // keeps serving (when it is named, so that it can be found).
+    let mut undecodable = |field: &str, message: String| {
+        let rejection = reject(field, message);
+        if name.is_empty() {
+            parsed.problems.push(rejection);
+        } else {
+            let key = ObjectKey { kind: served_kind.to_owned(), namespace: namespace.clone(), name: name.clone() };
+            parsed.undecodable.push((key, rejection));
+        }
+    };
+    if kind != served_kind {
+        undecodable("kind", format!("{kind:?} is not a kind; kinds are case-sensitive: did you mean {served_kind}?"));
+        return;
+    }
+    if !served_version {
+        let expected = api_version_text(served_group, versions);
+        let message = if api_version.is_empty() {
+            format!("missing; {kind} is served as {expected}")
+        } else {
+            format!("{kind} is not served as {api_version:?}; use {expected}")
+        };
+        undecodable("apiVersion", message);
+        return;
+    }
+    let decoded = match served_kind {
+        "Service" => decode(value).map(Resource::Service),
+        "Pod" => decode(value).map(Resource::Pod),
+        "EndpointSlice" => decode(value).map(Resource::EndpointSlice),
+        "VirtualService" => decode(value).map(Resource::VirtualService),
+        "Secret" => decode(value).map(Resource::Secret),
+        _ => decode(value).map(Resource::DestinationRule),
+    };
+    match decoded {
+        Ok(resource) if resource.metadata().name.is_empty() => {
+            parsed.problems.push(reject("metadata.name", "missing".into()))
+        }
+        Ok(resource) => parsed.objects.push(SourcedObject { file: origin.to_owned(), resource }),
+        Err((field, message)) => undecodable(&field, message),
+    }
+}
+
+/// Decodes into `T`, naming the field that does not fit.
+fn decode<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, (String, String)> {
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let field = e.path().to_string();
+        let message = e.into_inner().to_string();
+        (if field == "." { String::new() } else { field }, message)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_several_documents_and_lists() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 80}]}\n---\n---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p}\n  status: {podIP: 10.244.0.5}\n- apiVersion: apps/v1\n  kind: Deployment\n  metadata: {name: ignored}\n";
+        let objects = parse_file("f.yaml", text).unwrap();
+        assert_eq!(objects.len(), 2);
+        assert_eq!(objects[0].resource.kind(), "Service");
+        assert_eq!(objects[1].resource.metadata().name, "p");
+    }
+
+    #[test]
+    fn yaml_that_does_not_parse_fails_the_file_with_its_place() {
+        let problems = parse_documents("x.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {name: p\n  broken: [\n")
+            .expect_err("not YAML");
+        let shown = problems[0].to_string();
+        assert!(shown.starts_with("x.yaml: YAML does not parse: "), "{shown}");
+        assert!(shown.contains("line"), "says where: {shown}");
+        assert!(!shown.contains('\n'), "one line: {shown}");
+    }
+
+    #[test]
+    fn plain_scalars_read_as_yaml_1_2_core() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\n  labels: {country: no, flag: n, mode: on, perm: 0755, n: 1_000}\n";
+        let objects = parse_file("p.yaml", text).unwrap();
+        let labels = &objects[0].resource.metadata().labels;
+        let shown: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(shown, [("country", "no"), ("flag", "n"), ("mode", "on"), ("n", "1_000"), ("perm", "0755")]);
+    }
+
+    #[test]
+    fn a_bad_field_is_named_with_file_kind_and_object() {
+        let text =
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec:\n  ports:\n  - port: eighty\n";
+        let problems = parse_file("svc.yaml", text).unwrap_err();
+        let shown = problems[0].to_string();
+        assert!(shown.contains("svc.yaml"), "{shown}");
+        assert!(shown.contains("Service ns/a"), "{shown}");
+        assert!(shown.contains("spec.ports[0].port"), "{shown}");
+        assert!(shown.contains("invalid type: string \"eighty\", expected i64"), "{shown}");
+    }
+
+    #[test]
+    fn a_wrongly_typed_field_rejects_only_its_object() {
+        let text = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: ns}\nspec:\n  ports:\n  - port: eighty\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p}\n";
+        let parsed = parse_documents("svc.yaml", text).unwrap();
+        assert_eq!(parsed.objects.len(), 1, "the pod is read");
+        assert!(parsed.problems.is_empty());
+        let (key, rejection) = &parsed.undecodable[0];
+        assert_eq!(key, &ObjectKey { kind: "Service".into(), namespace: "ns".into(), name: "a".into() });
+        assert_eq!(rejection.field, "spec.ports[0].port");
+        // A document that names no object is a problem of its own.
+        let parsed = parse_documents("x.yaml", "apiVersion: v1\nkind: Pod\nmetadata: {}\n---\nfoo: bar\n").unwrap();
+        let fields: Vec<&str> = parsed.problems.iter().map(|p| p.field.as_str()).collect();
+        assert_eq!(fields, ["metadata.name", "kind"]);
+    }
+
+    #[test]
+    fn served_kinds_with_the_wrong_case_or_api_version_are_rejected() {
+        let cases = [
+            ("networking.istio.io/v1", "Destinationrule", "kind", "did you mean DestinationRule"),
+            ("v1", "service", "kind", "did you mean Service"),
+            ("v1", "DestinationRule", "apiVersion", "networking.istio.io/v1, networking.istio.io/v1beta1"),
+            ("networking.istio.io/v2", "DestinationRule", "apiVersion", "not served as \"networking.istio.io/v2\""),
+            ("security.istio.io/v1", "DestinationRule", "apiVersion", "use networking.istio.io/v1"),
+            ("", "DestinationRule", "apiVersion", "missing"),
+            ("v1", "EndpointSlice", "apiVersion", "use discovery.k8s.io/v1"),
+            ("discovery.k8s.io/v1beta1", "EndpointSlice", "apiVersion", "use discovery.k8s.io/v1"),
+            ("apps/v1", "Service", "apiVersion", "use v1"),
+            ("v2", "Pod", "apiVersion", "use v1"),
+            ("networking.istio.io/v1", "Virtualservice", "kind", "did you mean VirtualService"),
+            (
+                "networking.istio.io/v2",
+                "VirtualService",
+                "apiVersion",
+                "use networking.istio.io/v1, networking.istio.io/v1beta1, networking.istio.io/v1alpha3",
+            ),
+        ];
+        for (api_version, kind, field, message) in cases {
+            let text = format!("apiVersion: '{api_version}'\nkind: {kind}\nmetadata: {{name: web, namespace: shop}}\n");
+            let parsed = parse_documents("k.yaml", &text).unwrap();
+            assert!(parsed.objects.is_empty(), "{text}");
+            let (key, rejection) = parsed.undecodable.first().unwrap_or_else(|| panic!("{text}: not rejected"));
+            assert_eq!(key.kind.to_ascii_lowercase(), kind.to_ascii_lowercase(), "keyed by the served kind");
+            assert_eq!(rejection.field, field, "{text}");
+            assert!(rejection.message.contains(message), "{text}: {}", rejection.message);
+            assert_eq!(rejection.kind, kind, "named as written");
+        }
+        // Another API's kind of the same name is not ours: skipped.
+        let knative = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: web}\n";
+        let parsed = parse_documents("k.yaml", knative).unwrap();
+        assert!(parsed.objects.is_empty() && parsed.undecodable.is_empty() && parsed.problems.is_empty());
+        assert_eq!(parsed.ignored, [("serving.knative.dev/v1".to_owned(), "Service".to_owned())]);
+    }
+
+    #[test]
+    fn virtual_services_are_read_in_every_served_version() {
+        for version in ["v1", "v1beta1", "v1alpha3"] {
+            let text = format!("apiVersion: networking.istio.io/{version}\nkind: VirtualService\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hosts: [web]\n  http:\n  - route: [{{destination: {{host: web}}, weight: 100}}]\n    futureField: ignored\n");
+            let objects = parse_file("vs.yaml", &text).unwrap();
+            let Resource::VirtualService(vs) = &objects[0].resource else { panic!("{version}") };
+            assert_eq!(vs.spec.http[0].route[0].weight, Some(100), "{version}");
+        }
+        let typo = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  http:\n  - route: [{destination: {host: web}, weight: ten}]\n";
+        let parsed = parse_documents("vs.yaml", typo).unwrap();
+        assert_eq!(parsed.undecodable[0].1.field, "spec.http[0].route[0].weight");
+    }
+}

@@ -1,0 +1,97 @@
+//! `tls`: TLS origination towards the destination, validated as Istio's
+//! `ValidateTLS` does. The proxy reads the files or the Secret named here
+//! when it builds the client configuration.
+
+use crate::api;
+use crate::field::{FieldError, Path};
+use serde::Serialize;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TlsMode {
+    /// Plain text (the default).
+    #[default]
+    Disable,
+    /// Verify the server.
+    Simple,
+    /// Verify the server and present a client certificate.
+    Mutual,
+    /// The mesh's own certificates (Istio's workload identity).
+    IstioMutual,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTls {
+    pub mode: TlsMode,
+    pub client_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    /// A Secret with the material, instead of the files.
+    pub credential_name: Option<String>,
+    pub subject_alt_names: Vec<String>,
+    pub sni: Option<String>,
+    pub insecure_skip_verify: bool,
+    pub ca_crl: Option<String>,
+}
+
+pub fn validate_tls(at: &Path, tls: &api::ClientTlsSettings) -> Result<ClientTls, FieldError> {
+    let mode = match tls.mode.as_deref() {
+        None | Some("DISABLE") => TlsMode::Disable,
+        Some("SIMPLE") => TlsMode::Simple,
+        Some("MUTUAL") => TlsMode::Mutual,
+        Some("ISTIO_MUTUAL") => TlsMode::IstioMutual,
+        Some(other) => {
+            return Err(FieldError::new(
+                at.field("mode"),
+                format!("unknown mode {other:?}; expected DISABLE, SIMPLE, MUTUAL or ISTIO_MUTUAL"),
+            ))
+        }
+    };
+    let set = |value: &Option<String>| value.clone().filter(|v| !v.is_empty());
+    let settings = ClientTls {
+        mode,
+        client_certificate: set(&tls.client_certificate),
+        private_key: set(&tls.private_key),
+        ca_certificates: set(&tls.ca_certificates),
+        credential_name: set(&tls.credential_name),
+        subject_alt_names: tls.subject_alt_names.clone(),
+        sni: set(&tls.sni),
+        insecure_skip_verify: tls.insecure_skip_verify.unwrap_or(false),
+        ca_crl: set(&tls.ca_crl),
+    };
+    if settings.insecure_skip_verify && matches!(mode, TlsMode::Disable | TlsMode::IstioMutual) {
+        return Err(FieldError::new(
+            at.field("insecureSkipVerify"),
+            format!("cannot be true with mode {}", mode_name(mode)),
+        ));
+    }
+    let from_files = [
+        ("clientCertificate", &settings.client_certificate),
+        ("privateKey", &settings.private_key),
+        ("caCertificates", &settings.ca_certificates),
+        ("caCrl", &settings.ca_crl),
+    ];
+    if matches!(mode, TlsMode::Simple | TlsMode::Mutual) && settings.credential_name.is_some() {
+        // The Secret holds the material: files beside it would be ignored.
+        if let Some((field, _)) = from_files.iter().find(|(_, value)| value.is_some()) {
+            return Err(FieldError::new(at.field(field), "cannot be set together with credentialName"));
+        }
+    } else if mode == TlsMode::Mutual {
+        for field in ["clientCertificate", "privateKey"] {
+            if from_files.iter().any(|(name, value)| *name == field && value.is_none()) {
+                return Err(FieldError::new(at.field(field), "required for MUTUAL (or set credentialName)"));
+            }
+        }
+    }
+    Ok(settings)
+}
+
+fn mode_name(mode: TlsMode) -> &'static str {
+    match mode {
+        TlsMode::Disable => "DISABLE",
+        TlsMode::Simple => "SIMPLE",
+        TlsMode::Mutual => "MUTUAL",
+        TlsMode::IstioMutual => "ISTIO_MUTUAL",
+    }
+}

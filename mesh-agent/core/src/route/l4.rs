@@ -1,0 +1,260 @@
+//! `tcp` and `tls` rules: by port, and for TLS by SNI, weighted like HTTP.
+
+use super::destination::RouteDestination;
+use crate::api::{L4MatchAttributes, TlsMatchAttributes};
+use crate::field::Path;
+use crate::field::{parse_port, FieldError};
+use crate::host::is_dns1123_label;
+use crate::host::validate_gateways;
+use serde::{Serialize, Serializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpRoute {
+    /// Empty: every connection.
+    pub matches: Vec<TcpMatch>,
+    pub destinations: Vec<RouteDestination>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsRoute {
+    /// At least one (Istio requires it).
+    pub matches: Vec<TlsMatch>,
+    pub destinations: Vec<RouteDestination>,
+}
+
+/// Conditions a connection's attributes must all meet. Source conditions
+/// cannot be checked from a port (and SNI) alone, so a block that has any
+/// never matches through [`first_tcp_match`] / [`first_tls_match`].
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpMatch {
+    pub port: Option<u16>,
+    /// The connection's original destination must be in one of these.
+    pub destination_subnets: Vec<Subnet>,
+    pub source_labels: BTreeMap<String, String>,
+    pub source_namespace: Option<String>,
+    pub gateways: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsMatch {
+    /// Lowercase; `*.example.com` matches any name below `example.com`.
+    pub sni_hosts: Vec<String>,
+    #[serde(flatten)]
+    pub l4: TcpMatch,
+}
+
+impl TcpMatch {
+    /// Whether a connection to `port` (and, if known, to address
+    /// `destination`) meets every condition of the block.
+    pub fn matches(&self, port: u16, destination: Option<IpAddr>) -> bool {
+        let subnet_holds = self.destination_subnets.is_empty()
+            || destination.is_some_and(|ip| self.destination_subnets.iter().any(|s| s.contains(ip)));
+        self.port.is_none_or(|p| p == port)
+            && subnet_holds
+            && self.source_labels.is_empty()
+            && self.source_namespace.is_none()
+    }
+
+    pub fn applies_to_mesh(&self) -> bool {
+        crate::host::applies_to_mesh(&self.gateways)
+    }
+}
+
+impl TlsMatch {
+    pub fn matches(&self, sni: &str, port: u16, destination: Option<IpAddr>) -> bool {
+        self.l4.matches(port, destination) && self.sni_hosts.iter().any(|host| sni_matches(host, sni))
+    }
+}
+
+/// Envoy's server-name rule: exact (case-insensitive), or `*.suffix` for
+/// any longer name ending in `.suffix`.
+fn sni_matches(host: &str, sni: &str) -> bool {
+    match host.strip_prefix('*') {
+        Some(suffix) => sni.len() > suffix.len() && sni.to_ascii_lowercase().ends_with(suffix),
+        None => sni.eq_ignore_ascii_case(host),
+    }
+}
+
+/// The first rule matching a connection to `port`.
+pub fn first_tcp_match(routes: &[TcpRoute], port: u16) -> Option<&TcpRoute> {
+    routes.iter().find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(port, None)))
+}
+
+/// The first rule matching a TLS connection with server name `sni` to `port`.
+pub fn first_tls_match<'a>(routes: &'a [TlsRoute], sni: &str, port: u16) -> Option<&'a TlsRoute> {
+    routes.iter().find(|r| r.matches.iter().any(|m| m.matches(sni, port, None)))
+}
+
+/// An address block, `10.0.0.0/8` or a single address.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Subnet {
+    pub address: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl Subnet {
+    pub fn parse(text: &str) -> Option<Subnet> {
+        let (address, prefix_len) = match text.split_once('/') {
+            Some((address, len)) => (address.parse::<IpAddr>().ok()?, Some(len.parse::<u8>().ok()?)),
+            None => (text.parse::<IpAddr>().ok()?, None),
+        };
+        let max = if address.is_ipv4() { 32 } else { 128 };
+        let prefix_len = prefix_len.unwrap_or(max);
+        (prefix_len <= max).then_some(Subnet { address, prefix_len })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |ip: IpAddr| match ip {
+            IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, true),
+            IpAddr::V6(v6) => (u128::from(v6), false),
+        };
+        let ((net, net_v4), (addr, addr_v4)) = (bits(self.address), bits(ip));
+        if net_v4 != addr_v4 {
+            return false;
+        }
+        // An IPv4 address sits in the top 32 bits, so its prefix counts from the top too.
+        let width = u32::from(self.prefix_len);
+        let mask = if width == 0 { 0 } else { u128::MAX << (128 - width) };
+        net & mask == addr & mask
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.address, self.prefix_len)
+    }
+}
+
+impl Serialize for Subnet {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+fn compile_l4(
+    at: &Path,
+    subnets: &[String],
+    port: Option<i64>,
+    source_labels: &BTreeMap<String, String>,
+    source_namespace: &Option<String>,
+    gateways: &[String],
+) -> Result<TcpMatch, FieldError> {
+    let destination_subnets = subnets
+        .iter()
+        .enumerate()
+        .map(|(i, text)| {
+            Subnet::parse(text).ok_or_else(|| {
+                FieldError::new(at.field(&format!("destinationSubnets[{i}]")), format!("{text:?} is not an IP or CIDR"))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if let Some(namespace) = source_namespace.as_deref().filter(|ns| !is_dns1123_label(ns)) {
+        return Err(FieldError::new(at.field("sourceNamespace"), format!("{namespace:?} is not a namespace name")));
+    }
+    validate_gateways(&at.field("gateways"), gateways)?;
+    Ok(TcpMatch {
+        port: port.filter(|p| *p != 0).map(|p| parse_port(&at.field("port"), p)).transpose()?,
+        destination_subnets,
+        source_labels: source_labels.clone(),
+        source_namespace: source_namespace.clone(),
+        gateways: gateways.to_vec(),
+    })
+}
+
+pub(crate) fn compile_tcp_match(at: &Path, spec: &L4MatchAttributes) -> Result<TcpMatch, FieldError> {
+    compile_l4(at, &spec.destination_subnets, spec.port, &spec.source_labels, &spec.source_namespace, &spec.gateways)
+}
+
+/// `hosts` are the VirtualService's hosts as written and resolved: each
+/// SNI host must fall under one of them, as Istio checks.
+pub(crate) fn compile_tls_match(at: &Path, spec: &TlsMatchAttributes, hosts: &[&str]) -> Result<TlsMatch, FieldError> {
+    if spec.sni_hosts.is_empty() {
+        return Err(FieldError::new(at.field("sniHosts"), "required: at least one SNI host"));
+    }
+    let mut sni_hosts = Vec::new();
+    for (i, sni) in spec.sni_hosts.iter().enumerate() {
+        let field = at.field(&format!("sniHosts[{i}]"));
+        crate::host::validate_host_name(&field, sni)?;
+        let sni = sni.to_ascii_lowercase();
+        let covered = hosts.iter().any(|host| *host == "*" || *host == sni || sni_matches(host, &sni));
+        if !covered {
+            return Err(FieldError::new(field, format!("{sni:?} is not one of the hosts or under a wildcard host")));
+        }
+        sni_hosts.push(sni);
+    }
+    let l4 = compile_l4(
+        at,
+        &spec.destination_subnets,
+        spec.port,
+        &spec.source_labels,
+        &spec.source_namespace,
+        &spec.gateways,
+    )?;
+    Ok(TlsMatch { sni_hosts, l4 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::route::test_support::vs;
+
+    #[test]
+    fn tcp_rules_match_by_port_in_order() {
+        let model = vs("  hosts: [db]\n  tcp:\n  - match: [{port: 5432}]\n    route: [{destination: {host: pg-primary}}]\n  - match: [{port: 6432}, {port: 7432}]\n    route: [{destination: {host: pg-pool}}]\n  - route: [{destination: {host: pg-other}}]\n").unwrap();
+        let host = |port| first_tcp_match(&model.tcp, port).unwrap().destinations[0].host.clone();
+        assert_eq!(host(5432), "pg-primary.shop.svc.cluster.local");
+        assert_eq!(host(7432), "pg-pool.shop.svc.cluster.local");
+        assert_eq!(host(1), "pg-other.shop.svc.cluster.local");
+        assert!(first_tcp_match(&model.tcp[..1], 1).is_none());
+    }
+
+    #[test]
+    fn tls_rules_match_by_sni_and_port() {
+        let model = vs("  hosts: ['*.example.com', web]\n  tls:\n  - match: [{sniHosts: [login.example.com], port: 443}]\n    route: [{destination: {host: login}}]\n  - match: [{sniHosts: ['*.example.com']}]\n    route: [{destination: {host: rest, port: {number: 8443}}, weight: 1}]\n").unwrap();
+        let route = |sni: &str, port| first_tls_match(&model.tls, sni, port).map(|r| r.destinations[0].host.clone());
+        assert_eq!(route("LOGIN.example.com", 443).as_deref(), Some("login.shop.svc.cluster.local"));
+        assert_eq!(route("login.example.com", 8443).as_deref(), Some("rest.shop.svc.cluster.local"));
+        assert_eq!(route("a.b.example.com", 1).as_deref(), Some("rest.shop.svc.cluster.local"));
+        assert_eq!(route("example.com", 443), None, "a wildcard needs a label before the suffix");
+    }
+
+    #[test]
+    fn subnets_and_source_conditions() {
+        let subnet = Subnet::parse("10.96.0.0/12").unwrap();
+        assert!(subnet.contains("10.100.1.2".parse().unwrap()) && !subnet.contains("10.112.0.1".parse().unwrap()));
+        assert!(!subnet.contains("::ffff:10.96.0.1".parse().unwrap()), "families do not mix");
+        assert!(Subnet::parse("fd00::/8").unwrap().contains("fd12::1".parse().unwrap()));
+        assert!(Subnet::parse("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
+        assert_eq!(Subnet::parse("10.0.0.1").unwrap().to_string(), "10.0.0.1/32");
+        assert!(Subnet::parse("10.0.0.0/33").is_none() && Subnet::parse("x/8").is_none());
+        let by_subnet = TcpMatch { destination_subnets: vec![subnet], ..Default::default() };
+        assert!(!by_subnet.matches(80, None), "unknown destination");
+        assert!(by_subnet.matches(80, Some("10.96.0.10".parse().unwrap())));
+        let by_source = TcpMatch { source_namespace: Some("shop".into()), ..Default::default() };
+        assert!(!by_source.matches(80, None));
+    }
+
+    #[test]
+    fn invalid_l4_rules_are_named() {
+        let cases = [
+            ("  tcp:\n  - match: [{port: 5432}]\n", "spec.tcp[0].route"),
+            ("  tcp:\n  - match: [{destinationSubnets: [10.0.0.0/40]}]\n    route: [{destination: {host: a}}]\n", "spec.tcp[0].match[0].destinationSubnets[0]"),
+            ("  tcp:\n  - route: [{destination: {host: a}, weight: -1}, {destination: {host: b}}]\n", "spec.tcp[0].route[0].weight"),
+            ("  tls:\n  - route: [{destination: {host: a}}]\n", "spec.tls[0].match"),
+            ("  tls:\n  - match: [{port: 443}]\n    route: [{destination: {host: a}}]\n", "spec.tls[0].match[0].sniHosts"),
+            ("  tls:\n  - match: [{sniHosts: [other.example]}]\n    route: [{destination: {host: a}}]\n", "spec.tls[0].match[0].sniHosts[0]"),
+            ("  tls:\n  - match: [{sniHosts: [db]}]\n    route: [{destination: {host: a}, weight: 0}, {destination: {host: b}}]\n", "spec.tls[0].route"),
+        ];
+        for (rules, field) in cases {
+            let error = vs(&format!("  hosts: [db]\n{rules}")).unwrap_err();
+            assert_eq!(error.field, field, "{rules}: {error}");
+        }
+    }
+}

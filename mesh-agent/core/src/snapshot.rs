@@ -1,0 +1,533 @@
+//! Compiles the validated model into one immutable snapshot: the exact
+//! contents of the kernel maps plus a readable view for the admin API.
+
+use crate::destination_rule::{DestinationRuleModel, EffectivePolicy, HashKey, HashTable, LoadBalancer};
+use crate::maglev;
+use crate::model::{EndpointSliceModel, Model, PortModel, Protocol, ServiceModel, TargetPort};
+use crate::object::Rejection;
+use crate::route::RouteTable;
+use mesh_common::{
+    capacity, lb, Backend, Frontend, FrontendKey, ServiceIpKey, SlotKey, FAMILY_V4, FAMILY_V6, FRONTEND_CAPTURE,
+    PROTO_TCP, PROTO_UDP,
+};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CompileError {
+    #[error("{what} needs {needed} entries but the kernel map holds {capacity}")]
+    Capacity { what: &'static str, needed: usize, capacity: u32 },
+}
+
+/// Everything the kernel should hold, and how it came about.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub frontends: BTreeMap<FrontendKey, Frontend>,
+    /// Every cluster IP, with its number of ports.
+    pub service_ips: BTreeMap<ServiceIpKey, u32>,
+    pub slots: BTreeMap<SlotKey, Backend>,
+    pub maglev: BTreeMap<SlotKey, Backend>,
+    pub services: Vec<ServicePortView>,
+    pub rejections: Vec<Rejection>,
+    /// Index into `services` by service address, for the proxy.
+    pub by_frontend: HashMap<SocketAddr, usize>,
+    /// Indexes into `services` by FQDN, for route destinations.
+    pub by_host: HashMap<String, Vec<usize>>,
+    /// The model this was compiled from: the proxy asks it for subsets and
+    /// DestinationRule policy per request.
+    pub model: Arc<Model>,
+    /// The HTTP, TCP and TLS routes of every VirtualService.
+    pub routes: Arc<RouteTable>,
+    /// Which published snapshot this is (increasing; 0 before publishing).
+    pub serial: u64,
+    /// The source pod of a captured connection, by address.
+    pub pods_by_ip: HashMap<IpAddr, (String, String)>,
+}
+
+/// One service port as the dataplane serves it (an Envoy "cluster").
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct ServicePortView {
+    pub namespace: String,
+    pub name: String,
+    pub port_name: String,
+    pub port: u16,
+    pub protocol: Protocol,
+    pub cluster_id: u64,
+    pub frontends: Vec<SocketAddr>,
+    pub load_balancer: String,
+    /// Why the kernel algorithm differs from what the rule asked, if it does.
+    pub load_balancer_note: Option<String>,
+    pub maglev_table_size: Option<u32>,
+    /// 0: unlimited.
+    pub max_connections: u32,
+    pub destination_rule: Option<String>,
+    pub backends: Vec<BackendView>,
+    /// `name.namespace.svc.<domain>`.
+    pub fqdn: String,
+    /// The port speaks HTTP (by name or appProtocol, as Istio decides).
+    pub http: bool,
+    /// Upstreams speak HTTP/2 with prior knowledge (http2, grpc, h2c).
+    pub http2: bool,
+    /// Connects go to the node proxy: an HTTP port with L7 rules (routed
+    /// per request), or a TCP port with `tcp` routes (per connection).
+    pub captured: bool,
+}
+
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BackendView {
+    pub address: SocketAddr,
+    pub target: Option<String>,
+    /// The labels of the pod behind the address, for subsets.
+    pub labels: BTreeMap<String, String>,
+}
+
+pub fn ip_words(ip: IpAddr) -> [u32; 4] {
+    let mut words = [0u32; 4];
+    match ip {
+        IpAddr::V4(v4) => words[0] = u32::from_ne_bytes(v4.octets()),
+        IpAddr::V6(v6) => {
+            for (word, chunk) in words.iter_mut().zip(v6.octets().chunks_exact(4)) {
+                *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            }
+        }
+    }
+    words
+}
+
+pub fn words_ip(words: [u32; 4], family: u8) -> IpAddr {
+    if family == FAMILY_V4 {
+        IpAddr::from(words[0].to_ne_bytes())
+    } else {
+        let mut octets = [0u8; 16];
+        for (chunk, word) in octets.chunks_exact_mut(4).zip(words) {
+            chunk.copy_from_slice(&word.to_ne_bytes());
+        }
+        IpAddr::from(octets)
+    }
+}
+
+pub fn backend_key(address: SocketAddr) -> Backend {
+    Backend { addr: ip_words(address.ip()), port: address.port().to_be(), family: family_of(address.ip()), _pad: 0 }
+}
+
+pub fn backend_addr(backend: &Backend) -> SocketAddr {
+    SocketAddr::new(words_ip(backend.addr, backend.family), u16::from_be(backend.port))
+}
+
+fn family_of(ip: IpAddr) -> u8 {
+    if ip.is_ipv4() {
+        FAMILY_V4
+    } else {
+        FAMILY_V6
+    }
+}
+
+/// The cluster (service port, both families) and group (its backends of
+/// one family) ids: hashes of names, so a restarted agent derives the same
+/// ids and finds its own counters in the pinned maps.
+pub fn cluster_id(service: &ServiceModel, port: &PortModel) -> u64 {
+    maglev::stable_hash(
+        1,
+        format!("{}/{}/{}/{:?}", service.namespace, service.name, port.port, port.protocol).as_bytes(),
+    )
+}
+
+fn group_id(cluster: u64, family: u8) -> u64 {
+    maglev::stable_hash(2, &[cluster.to_le_bytes().as_slice(), &[family]].concat())
+}
+
+/// The kernel algorithm for a rule's load balancer, and a note when the
+/// kernel cannot do exactly what was asked at connect time.
+fn kernel_algorithm(load_balancer: &LoadBalancer) -> (u8, u32, Option<String>) {
+    match load_balancer {
+        LoadBalancer::LeastRequest => (lb::LEAST_REQUEST, 0, None),
+        LoadBalancer::RoundRobin => (lb::ROUND_ROBIN, 0, None),
+        LoadBalancer::Random => (lb::RANDOM, 0, None),
+        LoadBalancer::Passthrough => (lb::LEAST_REQUEST, 0, Some("PASSTHROUGH has no original destination to pass to for a cluster IP; balanced by LEAST_REQUEST".into())),
+        LoadBalancer::ConsistentHash { key: HashKey::UseSourceIp, table: HashTable::Maglev { table_size } } => {
+            (lb::MAGLEV_SOURCE_IP, *table_size, None)
+        }
+        LoadBalancer::ConsistentHash { key: HashKey::UseSourceIp, table: HashTable::RingHash { .. } } => (
+            lb::MAGLEV_SOURCE_IP,
+            crate::destination_rule::DEFAULT_MAGLEV_TABLE_SIZE,
+            Some("ring hash is served by a Maglev table of the default size in the kernel".into()),
+        ),
+        LoadBalancer::ConsistentHash { key: HashKey::Unset, .. } => (lb::RANDOM, 0, None),
+        LoadBalancer::ConsistentHash { .. } => (
+            lb::LEAST_REQUEST,
+            0,
+            Some("hashing on an HTTP header, cookie or query parameter needs the L7 proxy; balanced by LEAST_REQUEST at connect time".into()),
+        ),
+    }
+}
+
+fn algorithm_name(algorithm: u8) -> &'static str {
+    match algorithm {
+        lb::ROUND_ROBIN => "ROUND_ROBIN",
+        lb::RANDOM => "RANDOM",
+        lb::MAGLEV_SOURCE_IP => "MAGLEV(useSourceIp)",
+        _ => "LEAST_REQUEST",
+    }
+}
+
+/// EndpointSlices by the `(namespace, service)` they belong to.
+type SliceIndex<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSliceModel>>;
+
+fn index_slices(model: &Model) -> SliceIndex<'_> {
+    let mut index = SliceIndex::new();
+    for slice in model.endpoint_slices.values() {
+        index.entry((slice.namespace.as_str(), slice.service.as_str())).or_default().push(slice);
+    }
+    index
+}
+
+/// The ready endpoints of one service port in one family.
+/// Pod labels by address, and by `namespace/Pod/name` for endpoints whose
+/// pod is known by its metadata only (the API source watches remote pods'
+/// labels, not their addresses).
+struct PodLabels<'a> {
+    by_ip: HashMap<IpAddr, &'a BTreeMap<String, String>>,
+    by_target: HashMap<String, &'a BTreeMap<String, String>>,
+}
+
+impl<'a> PodLabels<'a> {
+    fn new(model: &'a Model) -> Self {
+        let pods = || model.pods.values();
+        Self {
+            by_ip: pods().flat_map(|pod| pod.ips.iter().map(move |ip| (*ip, &pod.labels))).collect(),
+            by_target: pods().map(|pod| (format!("{}/Pod/{}", pod.namespace, pod.name), &pod.labels)).collect(),
+        }
+    }
+
+    fn of(&self, address: &IpAddr, namespace: &str, target: Option<&str>) -> BTreeMap<String, String> {
+        let by_target = || self.by_target.get(&format!("{namespace}/{}", target?)).copied();
+        self.by_ip.get(address).copied().or_else(by_target).cloned().unwrap_or_default()
+    }
+}
+
+fn backends_of(
+    slices: &SliceIndex<'_>,
+    pod_labels: &PodLabels<'_>,
+    service: &ServiceModel,
+    port: &PortModel,
+    ipv6: bool,
+) -> Vec<BackendView> {
+    let mut backends = BTreeSet::new();
+    let slices = slices
+        .get(&(service.namespace.as_str(), service.name.as_str()))
+        .into_iter()
+        .flatten()
+        .filter(|s| s.ipv6 == ipv6);
+    for slice in slices {
+        // The EndpointSlice carries the resolved target port under the
+        // service port's name; a slice without ports falls back to a
+        // numeric targetPort.
+        let target = match slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol) {
+            Some(p) => p.port,
+            None if slice.ports.is_empty() => match port.target_port {
+                TargetPort::Number(n) => n,
+                TargetPort::Name(_) => continue,
+            },
+            None => continue,
+        };
+        for endpoint in slice.endpoints.iter().filter(|e| e.ready) {
+            for address in &endpoint.addresses {
+                backends.insert(BackendView {
+                    address: SocketAddr::new(*address, target),
+                    target: endpoint.target.clone(),
+                    labels: pod_labels.of(address, &slice.namespace, endpoint.target.as_deref()),
+                });
+            }
+        }
+    }
+    backends.into_iter().collect()
+}
+
+pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileError> {
+    let routes = Arc::new(RouteTable::build(&model.virtual_services));
+    let mut snapshot = Snapshot { rejections: model.rejections.clone(), ..Default::default() };
+    let slices = index_slices(model);
+    let pod_labels = PodLabels::new(model);
+    for service in model.services.values() {
+        let fqdn = service.fqdn(cluster_domain);
+        let rule = model.rule_for_host(&fqdn, &service.namespace);
+        for port in &service.ports {
+            let policy = rule.map(|r| r.effective(None, port.port)).unwrap_or_default();
+            let (http, http2) = http_protocol(port);
+            // HTTP ports with L7 rules, and plain TCP ports with `tcp` routes.
+            let captured = if http {
+                routes.has_http_routes(&fqdn) || rule.is_some_and(|r| needs_l7(r, port.port))
+            } else {
+                port.protocol == Protocol::Tcp
+                    && (!routes.tcp_routes(&fqdn).is_empty() || !routes.tls_routes(&fqdn).is_empty())
+            };
+            let (algorithm, maglev_size, note) = kernel_algorithm(&policy.load_balancer);
+            let cluster = cluster_id(service, port);
+            let proto = match port.protocol {
+                Protocol::Tcp => PROTO_TCP,
+                Protocol::Udp => PROTO_UDP,
+            };
+            let mut view_backends = Vec::new();
+            for ipv6 in [false, true] {
+                let family = if ipv6 { FAMILY_V6 } else { FAMILY_V4 };
+                let ips: Vec<IpAddr> = service.cluster_ips.iter().copied().filter(|ip| ip.is_ipv6() == ipv6).collect();
+                if ips.is_empty() {
+                    continue;
+                }
+                let backends = backends_of(&slices, &pod_labels, service, port, ipv6);
+                let group = group_id(cluster, family);
+                let keys: Vec<Backend> = backends.iter().map(|b| backend_key(b.address)).collect();
+                for (index, backend) in keys.iter().enumerate() {
+                    snapshot.slots.insert(SlotKey { group_id: group, index: index as u32, _pad: 0 }, *backend);
+                }
+                if algorithm == lb::MAGLEV_SOURCE_IP && !keys.is_empty() {
+                    let names: Vec<String> = backends.iter().map(|b| b.address.to_string()).collect();
+                    for (index, owner) in maglev::build_table(&names, maglev_size).into_iter().enumerate() {
+                        snapshot
+                            .maglev
+                            .insert(SlotKey { group_id: group, index: index as u32, _pad: 0 }, keys[owner as usize]);
+                    }
+                }
+                let frontend = Frontend {
+                    group_id: group,
+                    cluster_id: cluster,
+                    backend_count: keys.len().min(capacity::MAX_BACKENDS_PER_GROUP as usize) as u32,
+                    max_connections: policy.tcp.max_connections,
+                    maglev_size: if algorithm == lb::MAGLEV_SOURCE_IP { maglev_size } else { 0 },
+                    algorithm,
+                    flags: if captured { FRONTEND_CAPTURE } else { 0 },
+                    _pad: [0; 2],
+                };
+                for ip in ips {
+                    let key = FrontendKey { addr: ip_words(ip), port: port.port.to_be(), proto, family };
+                    snapshot.frontends.insert(key, frontend);
+                    *snapshot.service_ips.entry(ServiceIpKey { addr: key.addr, family, _pad: [0; 3] }).or_default() +=
+                        1;
+                }
+                view_backends.extend(backends);
+            }
+            if service.cluster_ips.is_empty() {
+                continue; // headless: nothing to translate
+            }
+            snapshot.services.push(ServicePortView {
+                namespace: service.namespace.clone(),
+                name: service.name.clone(),
+                port_name: port.name.clone(),
+                port: port.port,
+                protocol: port.protocol,
+                cluster_id: cluster,
+                frontends: service.cluster_ips.iter().map(|ip| SocketAddr::new(*ip, port.port)).collect(),
+                load_balancer: algorithm_name(algorithm).to_owned(),
+                load_balancer_note: note,
+                maglev_table_size: (algorithm == lb::MAGLEV_SOURCE_IP).then_some(maglev_size),
+                max_connections: policy.tcp.max_connections,
+                destination_rule: rule.map(|r| format!("{}/{}", r.namespace, r.name)),
+                backends: view_backends,
+                fqdn: fqdn.clone(),
+                http,
+                http2,
+                captured,
+            });
+        }
+    }
+    for (index, service) in snapshot.services.iter().enumerate() {
+        for frontend in &service.frontends {
+            snapshot.by_frontend.insert(*frontend, index);
+        }
+        snapshot.by_host.entry(service.fqdn.clone()).or_default().push(index);
+    }
+    snapshot.pods_by_ip =
+        model.pods.iter().flat_map(|(id, pod)| pod.ips.iter().map(move |ip| (*ip, id.clone()))).collect();
+    snapshot.model = Arc::new(model.clone());
+    snapshot.routes = routes;
+    check_capacity("service addresses", snapshot.frontends.len(), capacity::FRONTENDS)?;
+    check_capacity("service IPs", snapshot.service_ips.len(), capacity::SERVICE_IPS)?;
+    let states: BTreeSet<u64> = snapshot.frontends.values().flat_map(|f| [f.cluster_id, f.group_id]).collect();
+    check_capacity("cluster states", states.len(), capacity::CLUSTERS)?;
+    let backends: BTreeSet<&Backend> = snapshot.slots.values().collect();
+    check_capacity("backends", backends.len(), capacity::BACKENDS)?;
+    check_capacity("backend slots", snapshot.slots.len(), capacity::SLOTS)?;
+    check_capacity("Maglev entries", snapshot.maglev.len(), capacity::MAGLEV)?;
+    Ok(snapshot)
+}
+
+/// Whether a port speaks HTTP, and HTTP/2 in particular: `appProtocol`
+/// first, then the port name (`http`, `http2`, `grpc`, `grpc-web`, alone or
+/// followed by `-`), as Istio decides.
+pub fn http_protocol(port: &PortModel) -> (bool, bool) {
+    let by_name = |name: &str| {
+        let prefix = name.split('-').next().unwrap_or_default().to_ascii_lowercase();
+        match prefix.as_str() {
+            "http" => Some((true, false)),
+            "http2" | "grpc" => Some((true, true)),
+            _ if name.to_ascii_lowercase().starts_with("grpc-web") => Some((true, false)),
+            _ => None,
+        }
+    };
+    if let Some(app) = &port.app_protocol {
+        return match app.to_ascii_lowercase().as_str() {
+            "http" | "grpc-web" | "kubernetes.io/ws" => (true, false),
+            "http2" | "grpc" | "kubernetes.io/h2c" => (true, true),
+            _ => (false, false),
+        };
+    }
+    by_name(&port.name).unwrap_or((false, false))
+}
+
+/// A DestinationRule asks for something only the proxy can do on this port.
+fn needs_l7(rule: &DestinationRuleModel, port: u16) -> bool {
+    let levels = std::iter::once(rule.effective(None, port))
+        .chain(rule.subsets.iter().map(|subset| rule.effective(Some(&subset.name), port)));
+    levels.into_iter().any(|policy| {
+        policy.http_pool.is_some()
+            || policy.outlier_detection.is_some()
+            || policy.tls.is_some()
+            || matches!(
+                policy.load_balancer,
+                LoadBalancer::ConsistentHash {
+                    key: HashKey::HttpHeaderName(_) | HashKey::HttpCookie(_) | HashKey::HttpQueryParameterName(_),
+                    ..
+                }
+            )
+    })
+}
+
+impl Snapshot {
+    /// The service port a captured connection was dialled at.
+    pub fn service_at(&self, address: SocketAddr) -> Option<&ServicePortView> {
+        self.service_index_at(address).map(|i| &self.services[i])
+    }
+
+    /// The index in `services` of the service port at a service address.
+    pub fn service_index_at(&self, address: SocketAddr) -> Option<usize> {
+        let address = match address.ip() {
+            IpAddr::V6(v6) => {
+                v6.to_ipv4_mapped().map(|v4| SocketAddr::new(v4.into(), address.port())).unwrap_or(address)
+            }
+            _ => address,
+        };
+        self.by_frontend.get(&address).copied()
+    }
+
+    /// The index in `services` of a destination host's service port: the
+    /// port asked for, or the only one the service has.
+    pub fn service_index_for_host(&self, fqdn: &str, port: u16) -> Option<usize> {
+        match self.by_host.get(fqdn)?.as_slice() {
+            [only] => Some(*only),
+            all => all.iter().copied().find(|&i| self.services[i].port == port),
+        }
+    }
+
+    /// Endpoints of a service port (both families), only those of
+    /// `subset` when named: a dual-stack pod is one endpoint per family.
+    pub fn endpoints_any_family(&self, service: &ServicePortView, subset: Option<&str>) -> Vec<SocketAddr> {
+        let labels = subset.and_then(|name| {
+            self.model
+                .rule_for_host(&service.fqdn, &service.namespace)
+                .and_then(|rule| rule.subsets.iter().find(|s| s.name == name))
+                .map(|s| &s.labels)
+        });
+        match (subset, labels) {
+            (None, _) => service.backends.iter().map(|b| b.address).collect(),
+            // A subset that no rule defines selects nothing.
+            (Some(_), None) => Vec::new(),
+            (Some(_), Some(labels)) => service
+                .backends
+                .iter()
+                .filter(|b| labels.iter().all(|(k, v)| b.labels.get(k) == Some(v)))
+                .map(|b| b.address)
+                .collect(),
+        }
+    }
+
+    /// The DestinationRule policy for a service port and subset.
+    pub fn policy_for(&self, service: &ServicePortView, subset: Option<&str>) -> EffectivePolicy {
+        self.model
+            .rule_for_host(&service.fqdn, &service.namespace)
+            .map(|rule| rule.effective(subset, service.port))
+            .unwrap_or_default()
+    }
+}
+
+fn check_capacity(what: &'static str, needed: usize, capacity: u32) -> Result<(), CompileError> {
+    if needed > capacity as usize {
+        return Err(CompileError::Capacity { what, needed, capacity });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::parse_file;
+
+    fn compile_yaml(text: &str) -> Snapshot {
+        let objects = parse_file("t.yaml", text).unwrap();
+        let model = Model::build(&objects, vec![], &Model::default(), "cluster.local");
+        assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+        compile(&model, "cluster.local").unwrap()
+    }
+
+    const BASE: &str = concat!(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n",
+        "spec:\n  clusterIPs: [10.96.0.10, fd00:96::10]\n  ports:\n  - {name: http, port: 80, targetPort: http}\n",
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n",
+        "metadata: {name: web-v4, namespace: shop, labels: {kubernetes.io/service-name: web}}\n",
+        "addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints:\n",
+        "- addresses: [10.244.0.2]\n  targetRef: {kind: Pod, name: web-a}\n",
+        "- addresses: [10.244.0.3]\n",
+        "- addresses: [10.244.0.4]\n  conditions: {ready: false}\n",
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n",
+        "metadata: {name: web-v6, namespace: shop, labels: {kubernetes.io/service-name: web}}\n",
+        "addressType: IPv6\nports: [{name: http, port: 8080}]\nendpoints:\n- addresses: ['fd00:244::2']\n",
+    );
+
+    #[test]
+    fn frontends_per_family_with_ready_backends_only() {
+        let snap = compile_yaml(BASE);
+        assert_eq!(snap.frontends.len(), 2);
+        let v4 = snap.frontends.iter().find(|(k, _)| k.family == FAMILY_V4).unwrap();
+        let v6 = snap.frontends.iter().find(|(k, _)| k.family == FAMILY_V6).unwrap();
+        assert_eq!(v4.0.port, 80u16.to_be());
+        assert_eq!(v4.1.backend_count, 2, "the not-ready endpoint is left out");
+        assert_eq!(v6.1.backend_count, 1);
+        assert_eq!(v4.1.cluster_id, v6.1.cluster_id, "one cluster, one limit, both families");
+        assert_ne!(v4.1.group_id, v6.1.group_id);
+        assert_eq!(v4.1.algorithm, lb::LEAST_REQUEST);
+        let first = snap.slots[&SlotKey { group_id: v4.1.group_id, index: 0, _pad: 0 }];
+        assert_eq!(backend_addr(&first), "10.244.0.2:8080".parse().unwrap());
+        assert_eq!(snap.services[0].backends.len(), 3);
+    }
+
+    #[test]
+    fn destination_rule_sets_algorithm_limit_and_maglev_table() {
+        let rule = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web, namespace: shop}\nspec:\n  host: web\n  trafficPolicy:\n    connectionPool: {tcp: {maxConnections: 7}}\n    loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 251}}}\n";
+        let snap = compile_yaml(&format!("{BASE}{rule}"));
+        let fe = snap.frontends.values().find(|f| f.backend_count == 2).unwrap();
+        assert_eq!((fe.algorithm, fe.maglev_size, fe.max_connections), (lb::MAGLEV_SOURCE_IP, 251, 7));
+        assert_eq!(snap.maglev.len(), 251 + 251, "one table per family");
+        assert_eq!(snap.services[0].destination_rule.as_deref(), Some("shop/web"));
+    }
+
+    #[test]
+    fn no_ready_endpoint_compiles_to_an_empty_frontend() {
+        let snap = compile_yaml(&BASE.replace(
+            "ports: [{name: http, port: 8080}]\nendpoints:\n- addresses: ['fd00:244::2']",
+            "ports: [{name: http, port: 8080}]\nendpoints: []",
+        ));
+        let v6 = snap.frontends.iter().find(|(k, _)| k.family == FAMILY_V6).unwrap();
+        assert_eq!(v6.1.backend_count, 0);
+    }
+
+    #[test]
+    fn address_words_round_trip() {
+        for text in ["10.96.0.10", "fd00:96::10", "255.1.2.3"] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(words_ip(ip_words(ip), family_of(ip)), ip);
+        }
+        assert_eq!(ip_words("10.0.0.1".parse().unwrap())[0].to_ne_bytes(), [10, 0, 0, 1]);
+    }
+}

@@ -1,0 +1,658 @@
+//! Writes snapshots into the kernel maps by diff, in an order that keeps
+//! every frontend pointing at slots that exist, and prunes the live state
+//! and counters of clusters and backends that are gone.
+//!
+//! The writer reaches the maps through [`KernelMap`] and [`KernelKeys`]:
+//! aya's maps in the agent, in-memory maps in the tests below.
+
+use super::error::DataplaneError;
+use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap};
+use aya::Pod;
+use mesh_common::{map_names, Backend, ClusterLive, Frontend, FrontendKey, ServiceIpKey, SlotKey};
+use mesh_core::diff::diff;
+use mesh_core::snapshot::Snapshot;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// A map's keys as the kernel yields them: one it could not read is an
+/// error in its place.
+pub(super) type Keys<'a, K> = Box<dyn Iterator<Item = Result<K, MapError>> + 'a>;
+/// A map's entries as the kernel yields them, likewise.
+pub(super) type Entries<'a, K, V> = Box<dyn Iterator<Item = Result<(K, V), MapError>> + 'a>;
+
+/// A kernel map the writer lists and removes from.
+pub(super) trait KernelKeys<K> {
+    fn keys(&self) -> Keys<'_, K>;
+    /// Removing a key the map does not hold is an error (ENOENT), as in
+    /// the kernel.
+    fn remove(&mut self, key: &K) -> Result<(), MapError>;
+}
+
+/// A kernel map the writer also reads and fills.
+pub(super) trait KernelMap<K, V>: KernelKeys<K> {
+    fn entries(&self) -> Entries<'_, K, V>;
+    fn upsert(&mut self, key: &K, value: &V) -> Result<(), MapError>;
+}
+
+impl<K: Pod, V: Pod> KernelKeys<K> for HashMap<MapData, K, V> {
+    fn keys(&self) -> Keys<'_, K> {
+        Box::new(HashMap::keys(self))
+    }
+
+    fn remove(&mut self, key: &K) -> Result<(), MapError> {
+        HashMap::remove(self, key)
+    }
+}
+
+impl<K: Pod, V: Pod> KernelMap<K, V> for HashMap<MapData, K, V> {
+    fn entries(&self) -> Entries<'_, K, V> {
+        Box::new(self.iter())
+    }
+
+    fn upsert(&mut self, key: &K, value: &V) -> Result<(), MapError> {
+        self.insert(key, value, 0)
+    }
+}
+
+impl<K: Pod, V: Pod> KernelKeys<K> for PerCpuHashMap<MapData, K, V> {
+    fn keys(&self) -> Keys<'_, K> {
+        Box::new(PerCpuHashMap::keys(self))
+    }
+
+    fn remove(&mut self, key: &K) -> Result<(), MapError> {
+        PerCpuHashMap::remove(self, key)
+    }
+}
+
+type Held<K, V> = Box<dyn KernelMap<K, V> + Send>;
+
+/// The maps a [`MapWriter`] writes or prunes.
+pub(super) struct WriterMaps {
+    pub(super) frontends: Held<FrontendKey, Frontend>,
+    pub(super) service_ips: Held<ServiceIpKey, u32>,
+    pub(super) slots: Held<SlotKey, Backend>,
+    pub(super) maglev: Held<SlotKey, Backend>,
+    pub(super) backend_live: Held<Backend, u64>,
+    pub(super) cluster_live: Held<u64, ClusterLive>,
+    /// Per-CPU [`mesh_common::ClusterStats`] by cluster id: only pruned.
+    pub(super) cluster_stats: Box<dyn KernelKeys<u64> + Send>,
+}
+
+/// Writes snapshots into the kernel maps. One writer: the reload loop.
+pub struct MapWriter {
+    maps: WriterMaps,
+    /// What the kernel holds, as last read or written.
+    current: Snapshot,
+    /// Live-state entries found idle and unreferenced by the last apply:
+    /// removed only if they still are at the next one, so a connect that
+    /// raced the first look cannot lose its count.
+    idle_last_apply: BTreeSet<IdleEntry>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum IdleEntry {
+    Cluster(u64),
+    Backend(Backend),
+}
+
+/// Counts per kind of change written by one apply.
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub upserts: usize,
+    pub deletes: usize,
+}
+
+impl MapWriter {
+    /// A writer of `maps` that starts from what they hold: after a restart
+    /// the first apply writes only what changed while no agent was there.
+    pub(super) fn take_over(maps: WriterMaps) -> Result<Self, DataplaneError> {
+        let mut writer = Self { maps, current: Snapshot::default(), idle_last_apply: BTreeSet::new() };
+        writer.resync()?;
+        Ok(writer)
+    }
+
+    /// What the kernel holds, as last read or written.
+    pub(super) fn held(&self) -> &Snapshot {
+        &self.current
+    }
+
+    /// Makes the kernel hold `desired`. Order keeps every frontend pointing
+    /// at slots that exist: slots and tables first, then frontends; removals
+    /// in the reverse order. After a failed write, what the kernel holds is
+    /// read back, so the next apply diffs against the truth.
+    pub fn apply(&mut self, desired: &Snapshot) -> Result<ApplyStats, DataplaneError> {
+        let result = self.write_diff(desired);
+        if result.is_err() {
+            if let Err(error) = self.resync() {
+                tracing::error!(%error, "could not read the kernel maps back after a failed write");
+            }
+        }
+        result
+    }
+
+    /// Like [`apply`](Self::apply), but removes nothing: what the kernel
+    /// holds and `desired` lacks stays. For a first load that may be
+    /// incomplete (a file that does not parse, an empty directory) after a
+    /// restart, when no last good version is known.
+    pub fn apply_additive(&mut self, desired: &Snapshot) -> Result<ApplyStats, DataplaneError> {
+        let mut merged = desired.clone();
+        merge_missing(&mut merged.frontends, &self.current.frontends);
+        merge_missing(&mut merged.service_ips, &self.current.service_ips);
+        merge_missing(&mut merged.slots, &self.current.slots);
+        merge_missing(&mut merged.maglev, &self.current.maglev);
+        self.apply(&merged)
+    }
+
+    fn write_diff(&mut self, desired: &Snapshot) -> Result<ApplyStats, DataplaneError> {
+        let slots = diff(&self.current.slots, &desired.slots);
+        let maglev = diff(&self.current.maglev, &desired.maglev);
+        let frontends = diff(&self.current.frontends, &desired.frontends);
+        let service_ips = diff(&self.current.service_ips, &desired.service_ips);
+        let stats = ApplyStats {
+            upserts: slots.upserts.len() + maglev.upserts.len() + frontends.upserts.len() + service_ips.upserts.len(),
+            deletes: slots.deletes.len() + maglev.deletes.len() + frontends.deletes.len() + service_ips.deletes.len(),
+        };
+        let maps = &mut self.maps;
+        write(&mut *maps.slots, map_names::SLOTS, &slots.upserts)?;
+        write(&mut *maps.maglev, map_names::MAGLEV, &maglev.upserts)?;
+        write(&mut *maps.service_ips, map_names::SERVICE_IPS, &service_ips.upserts)?;
+        write(&mut *maps.frontends, map_names::FRONTENDS, &frontends.upserts)?;
+        // Frontends go before their service IP: a port that vanishes is
+        // briefly "unknown port" (refused), never passed through untranslated.
+        remove(&mut *maps.frontends, map_names::FRONTENDS, &frontends.deletes)?;
+        remove(&mut *maps.service_ips, map_names::SERVICE_IPS, &service_ips.deletes)?;
+        remove(&mut *maps.maglev, map_names::MAGLEV, &maglev.deletes)?;
+        remove(&mut *maps.slots, map_names::SLOTS, &slots.deletes)?;
+        self.current.frontends = desired.frontends.clone();
+        self.current.service_ips = desired.service_ips.clone();
+        self.current.slots = desired.slots.clone();
+        self.current.maglev = desired.maglev.clone();
+        self.forget_idle_state(desired)?;
+        Ok(stats)
+    }
+
+    /// Reads what the kernel maps hold into `current`.
+    fn resync(&mut self) -> Result<(), DataplaneError> {
+        self.current.frontends = read_all(&*self.maps.frontends, map_names::FRONTENDS)?;
+        self.current.service_ips = read_all(&*self.maps.service_ips, map_names::SERVICE_IPS)?;
+        self.current.slots = read_all(&*self.maps.slots, map_names::SLOTS)?;
+        self.current.maglev = read_all(&*self.maps.maglev, map_names::MAGLEV)?;
+        Ok(())
+    }
+
+    /// Drops live-state and counter entries of clusters and backends the
+    /// snapshot no longer has, once no connection holds them and they were
+    /// already idle at the previous apply.
+    fn forget_idle_state(&mut self, desired: &Snapshot) -> Result<(), DataplaneError> {
+        let ids: BTreeSet<u64> = desired.frontends.values().flat_map(|f| [f.cluster_id, f.group_id]).collect();
+        let backends: BTreeSet<Backend> = desired.slots.values().copied().collect();
+        let maps = &mut self.maps;
+        let idle_now: BTreeSet<IdleEntry> = maps
+            .cluster_live
+            .entries()
+            .filter_map(Result::ok)
+            .filter(|(id, live)| !ids.contains(id) && live.connections == 0)
+            .map(|(id, _)| IdleEntry::Cluster(id))
+            .chain(
+                maps.backend_live
+                    .entries()
+                    .filter_map(Result::ok)
+                    .filter(|(b, live)| !backends.contains(b) && *live == 0)
+                    .map(|(b, _)| IdleEntry::Backend(b)),
+            )
+            .collect();
+        for entry in idle_now.intersection(&self.idle_last_apply) {
+            match entry {
+                IdleEntry::Cluster(id) => remove(&mut *maps.cluster_live, map_names::CLUSTER_LIVE, &[*id])?,
+                IdleEntry::Backend(b) => remove(&mut *maps.backend_live, map_names::BACKEND_LIVE, &[*b])?,
+            }
+        }
+        self.idle_last_apply = idle_now;
+        // Per-CPU statistics of clusters that are gone: nothing counts on them.
+        let gone_stats: Vec<u64> =
+            maps.cluster_stats.keys().filter_map(Result::ok).filter(|id| !ids.contains(id)).collect();
+        remove(&mut *maps.cluster_stats, map_names::CLUSTER_STATS, &gone_stats)
+    }
+}
+
+fn read_all<K: Ord, V>(map: &dyn KernelMap<K, V>, name: &'static str) -> Result<BTreeMap<K, V>, DataplaneError> {
+    map.entries().map(|entry| entry.map_err(|source| DataplaneError::Map { name, source })).collect()
+}
+
+fn write<K, V>(map: &mut dyn KernelMap<K, V>, name: &'static str, upserts: &[(K, V)]) -> Result<(), DataplaneError> {
+    for (key, value) in upserts {
+        map.upsert(key, value).map_err(|source| DataplaneError::Map { name, source })?;
+    }
+    Ok(())
+}
+
+/// Removes `keys`; one already gone (aya reports ENOENT from the syscall)
+/// is no error: removing it was the point.
+fn remove<K>(map: &mut dyn KernelKeys<K>, name: &'static str, keys: &[K]) -> Result<(), DataplaneError> {
+    for key in keys {
+        match map.remove(key) {
+            Err(source) if !is_missing(&source) => return Err(DataplaneError::Map { name, source }),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn is_missing(error: &MapError) -> bool {
+    matches!(error, MapError::KeyNotFound)
+        || matches!(error, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT))
+}
+
+fn merge_missing<K: Ord + Clone, V: Clone>(into: &mut BTreeMap<K, V>, from: &BTreeMap<K, V>) {
+    for (key, value) in from {
+        into.entry(key.clone()).or_insert_with(|| value.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aya::sys::SyscallError;
+    use mesh_common::ClusterStats;
+    use std::fmt::Debug;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    /// One write the writer made: (map, "upsert" or "remove", key).
+    type Write = (&'static str, &'static str, String);
+
+    /// An in-memory stand-in for one kernel map. Clones share the entries,
+    /// so the test keeps a handle on what the writer holds; all maps of one
+    /// [`Kernel`] share one log of writes, in the order made.
+    struct MemMap<K, V> {
+        name: &'static str,
+        entries: Arc<Mutex<BTreeMap<K, V>>>,
+        fail_writes: Arc<AtomicBool>,
+        log: Arc<Mutex<Vec<Write>>>,
+    }
+
+    impl<K, V> Clone for MemMap<K, V> {
+        fn clone(&self) -> Self {
+            Self {
+                name: self.name,
+                entries: self.entries.clone(),
+                fail_writes: self.fail_writes.clone(),
+                log: self.log.clone(),
+            }
+        }
+    }
+
+    fn syscall_error(call: &'static str, errno: i32) -> MapError {
+        MapError::SyscallError(SyscallError { call, io_error: std::io::Error::from_raw_os_error(errno) })
+    }
+
+    impl<K: Ord + Copy + Debug, V: Copy> MemMap<K, V> {
+        fn new(name: &'static str, log: &Arc<Mutex<Vec<Write>>>) -> Self {
+            Self { name, entries: Arc::default(), fail_writes: Arc::default(), log: log.clone() }
+        }
+
+        /// From now on every upsert and remove fails (E2BIG) and changes nothing.
+        fn fail_writes(&self, fail: bool) {
+            self.fail_writes.store(fail, Ordering::SeqCst);
+        }
+
+        fn contents(&self) -> BTreeMap<K, V> {
+            self.entries.lock().unwrap().clone()
+        }
+
+        /// Sets an entry behind the writer's back, as the kernel programs do.
+        fn set(&self, key: K, value: V) {
+            self.entries.lock().unwrap().insert(key, value);
+        }
+
+        fn written(&self, kind: &'static str, key: &K, call: &'static str) -> Result<(), MapError> {
+            if self.fail_writes.load(Ordering::SeqCst) {
+                return Err(syscall_error(call, libc::E2BIG));
+            }
+            self.log.lock().unwrap().push((self.name, kind, format!("{key:?}")));
+            Ok(())
+        }
+    }
+
+    impl<K: Ord + Copy + Debug + 'static, V: Copy> KernelKeys<K> for MemMap<K, V> {
+        fn keys(&self) -> Keys<'_, K> {
+            Box::new(self.contents().into_keys().map(Ok))
+        }
+
+        fn remove(&mut self, key: &K) -> Result<(), MapError> {
+            self.written("remove", key, "bpf_map_delete_elem")?;
+            match self.entries.lock().unwrap().remove(key) {
+                Some(_) => Ok(()),
+                None => Err(syscall_error("bpf_map_delete_elem", libc::ENOENT)),
+            }
+        }
+    }
+
+    impl<K: Ord + Copy + Debug + 'static, V: Copy + 'static> KernelMap<K, V> for MemMap<K, V> {
+        fn entries(&self) -> Entries<'_, K, V> {
+            Box::new(self.contents().into_iter().map(Ok))
+        }
+
+        fn upsert(&mut self, key: &K, value: &V) -> Result<(), MapError> {
+            self.written("upsert", key, "bpf_map_update_elem")?;
+            self.entries.lock().unwrap().insert(*key, *value);
+            Ok(())
+        }
+    }
+
+    /// The maps a writer is given, with the test's handles on them.
+    struct Kernel {
+        frontends: MemMap<FrontendKey, Frontend>,
+        service_ips: MemMap<ServiceIpKey, u32>,
+        slots: MemMap<SlotKey, Backend>,
+        maglev: MemMap<SlotKey, Backend>,
+        backend_live: MemMap<Backend, u64>,
+        cluster_live: MemMap<u64, ClusterLive>,
+        cluster_stats: MemMap<u64, ClusterStats>,
+        log: Arc<Mutex<Vec<Write>>>,
+    }
+
+    impl Kernel {
+        fn new() -> Self {
+            let log = Arc::default();
+            Self {
+                frontends: MemMap::new(map_names::FRONTENDS, &log),
+                service_ips: MemMap::new(map_names::SERVICE_IPS, &log),
+                slots: MemMap::new(map_names::SLOTS, &log),
+                maglev: MemMap::new(map_names::MAGLEV, &log),
+                backend_live: MemMap::new(map_names::BACKEND_LIVE, &log),
+                cluster_live: MemMap::new(map_names::CLUSTER_LIVE, &log),
+                cluster_stats: MemMap::new(map_names::CLUSTER_STATS, &log),
+                log,
+            }
+        }
+
+        /// A kernel whose maps already hold `snapshot` (an earlier agent's).
+        fn holding(snapshot: &Snapshot) -> Self {
+            let kernel = Self::new();
+            *kernel.frontends.entries.lock().unwrap() = snapshot.frontends.clone();
+            *kernel.service_ips.entries.lock().unwrap() = snapshot.service_ips.clone();
+            *kernel.slots.entries.lock().unwrap() = snapshot.slots.clone();
+            *kernel.maglev.entries.lock().unwrap() = snapshot.maglev.clone();
+            kernel
+        }
+
+        fn writer(&self) -> MapWriter {
+            MapWriter::take_over(WriterMaps {
+                frontends: Box::new(self.frontends.clone()),
+                service_ips: Box::new(self.service_ips.clone()),
+                slots: Box::new(self.slots.clone()),
+                maglev: Box::new(self.maglev.clone()),
+                backend_live: Box::new(self.backend_live.clone()),
+                cluster_live: Box::new(self.cluster_live.clone()),
+                cluster_stats: Box::new(self.cluster_stats.clone()),
+            })
+            .expect("in-memory maps read")
+        }
+
+        /// The writes made since the last call.
+        fn take_log(&self) -> Vec<Write> {
+            std::mem::take(&mut *self.log.lock().unwrap())
+        }
+
+        /// Asserts that the written maps hold `snapshot`'s four maps.
+        fn assert_holds(&self, snapshot: &Snapshot) {
+            assert_eq!(self.frontends.contents(), snapshot.frontends, "frontends");
+            assert_eq!(self.service_ips.contents(), snapshot.service_ips, "service IPs");
+            assert_eq!(self.slots.contents(), snapshot.slots, "slots");
+            assert_eq!(self.maglev.contents(), snapshot.maglev, "maglev");
+        }
+    }
+
+    fn ip(last: u32) -> [u32; 4] {
+        [u32::from_be_bytes([10, 96, 0, last as u8]), 0, 0, 0]
+    }
+
+    fn backend(last: u8) -> Backend {
+        Backend { addr: [u32::from_be_bytes([10, 0, 0, last]), 0, 0, 0], port: 8080u16.to_be(), family: 4, _pad: 0 }
+    }
+
+    fn frontend_key(service: u32, port: u16) -> FrontendKey {
+        FrontendKey { addr: ip(service), port: port.to_be(), proto: 6, family: 4 }
+    }
+
+    fn service_ip(service: u32) -> ServiceIpKey {
+        ServiceIpKey { addr: ip(service), family: 4, _pad: [0; 3] }
+    }
+
+    fn slot(group_id: u64, index: u32) -> SlotKey {
+        SlotKey { group_id, index, _pad: 0 }
+    }
+
+    /// A snapshot with one frontend per `(service, port, cluster, backends)`:
+    /// cluster `c` uses group `c`, its backends in slots and one Maglev entry
+    /// per backend.
+    fn snapshot(services: &[(u32, u16, u64, &[u8])]) -> Snapshot {
+        let mut s = Snapshot::default();
+        for &(service, port, cluster, backends) in services {
+            let frontend = Frontend {
+                group_id: cluster,
+                cluster_id: cluster,
+                backend_count: backends.len() as u32,
+                maglev_size: backends.len() as u32,
+                ..Default::default()
+            };
+            s.frontends.insert(frontend_key(service, port), frontend);
+            *s.service_ips.entry(service_ip(service)).or_insert(0) += 1;
+            for (index, &b) in backends.iter().enumerate() {
+                s.slots.insert(slot(cluster, index as u32), backend(b));
+                s.maglev.insert(slot(cluster, index as u32), backend(b));
+            }
+        }
+        s
+    }
+
+    fn upsert(map: &'static str, key: impl Debug) -> Write {
+        (map, "upsert", format!("{key:?}"))
+    }
+
+    fn remove(map: &'static str, key: impl Debug) -> Write {
+        (map, "remove", format!("{key:?}"))
+    }
+
+    /// The maps of the writes, in order, with runs of one map folded.
+    fn map_order(log: &[Write]) -> Vec<(&'static str, &'static str)> {
+        let mut order: Vec<(&str, &str)> = log.iter().map(|(map, kind, _)| (*map, *kind)).collect();
+        order.dedup();
+        order
+    }
+
+    #[test]
+    fn only_the_diff_is_written() {
+        let before = snapshot(&[(1, 80, 1, &[1, 2]), (2, 80, 2, &[3])]);
+        let kernel = Kernel::holding(&before);
+        let mut writer = kernel.writer();
+        assert!(kernel.take_log().is_empty(), "taking over reads, it writes nothing");
+
+        // Service 1's second backend changes; service 2 gets a second port.
+        let after = snapshot(&[(1, 80, 1, &[1, 4]), (2, 80, 2, &[3]), (2, 443, 2, &[3])]);
+        let stats = writer.apply(&after).unwrap();
+
+        assert_eq!(
+            kernel.take_log(),
+            vec![
+                upsert(map_names::SLOTS, slot(1, 1)),
+                upsert(map_names::MAGLEV, slot(1, 1)),
+                upsert(map_names::SERVICE_IPS, service_ip(2)),
+                upsert(map_names::FRONTENDS, frontend_key(2, 443)),
+            ]
+        );
+        assert_eq!(stats, ApplyStats { upserts: 4, deletes: 0 });
+        kernel.assert_holds(&after);
+
+        assert_eq!(writer.apply(&after).unwrap(), ApplyStats::default());
+        assert!(kernel.take_log().is_empty(), "the same snapshot again writes nothing");
+    }
+
+    #[test]
+    fn slots_and_maglev_go_in_before_frontends_and_frontends_leave_before_their_service_ip() {
+        let kernel = Kernel::new();
+        let mut writer = kernel.writer();
+        let one = snapshot(&[(1, 80, 1, &[1, 2])]);
+
+        writer.apply(&one).unwrap();
+        assert_eq!(
+            map_order(&kernel.take_log()),
+            vec![
+                (map_names::SLOTS, "upsert"),
+                (map_names::MAGLEV, "upsert"),
+                (map_names::SERVICE_IPS, "upsert"),
+                (map_names::FRONTENDS, "upsert"),
+            ]
+        );
+
+        let stats = writer.apply(&Snapshot::default()).unwrap();
+        assert_eq!(
+            map_order(&kernel.take_log()),
+            vec![
+                (map_names::FRONTENDS, "remove"),
+                (map_names::SERVICE_IPS, "remove"),
+                (map_names::MAGLEV, "remove"),
+                (map_names::SLOTS, "remove"),
+            ]
+        );
+        assert_eq!(stats, ApplyStats { upserts: 0, deletes: 6 });
+        kernel.assert_holds(&Snapshot::default());
+    }
+
+    #[test]
+    fn after_a_failed_write_the_next_apply_diffs_against_what_the_kernel_holds() {
+        let kernel = Kernel::new();
+        let mut writer = kernel.writer();
+        let desired = snapshot(&[(1, 80, 1, &[1, 2]), (2, 80, 2, &[3])]);
+
+        // Slots, Maglev and service IPs go in; the first frontend fails.
+        kernel.frontends.fail_writes(true);
+        let error = writer.apply(&desired).unwrap_err();
+        assert!(matches!(error, DataplaneError::Map { name: map_names::FRONTENDS, .. }), "{error}");
+        let partial = Snapshot { frontends: BTreeMap::new(), ..desired.clone() };
+        kernel.assert_holds(&partial);
+        assert_eq!(writer.held().frontends, partial.frontends, "the writer read the maps back");
+        assert_eq!(writer.held().slots, partial.slots);
+        assert_eq!(writer.held().maglev, partial.maglev);
+        assert_eq!(writer.held().service_ips, partial.service_ips);
+        kernel.take_log();
+
+        // The retry writes only what is missing: the frontends.
+        kernel.frontends.fail_writes(false);
+        let stats = writer.apply(&desired).unwrap();
+        assert_eq!(
+            kernel.take_log(),
+            vec![upsert(map_names::FRONTENDS, frontend_key(1, 80)), upsert(map_names::FRONTENDS, frontend_key(2, 80))]
+        );
+        assert_eq!(stats, ApplyStats { upserts: 2, deletes: 0 });
+        kernel.assert_holds(&desired);
+    }
+
+    #[test]
+    fn a_failed_removal_is_read_back_too() {
+        let before = snapshot(&[(1, 80, 1, &[1]), (2, 80, 2, &[2])]);
+        let kernel = Kernel::holding(&before);
+        let mut writer = kernel.writer();
+        let after = snapshot(&[(1, 80, 1, &[1])]);
+
+        // Service 2's frontend and service IP leave; its Maglev entry
+        // cannot, so its slot, removed after, stays too.
+        kernel.maglev.fail_writes(true);
+        assert!(writer.apply(&after).is_err());
+        assert_eq!(writer.held().frontends, after.frontends);
+        assert_eq!(writer.held().service_ips, after.service_ips);
+        assert_eq!(writer.held().maglev, before.maglev, "the entries the kernel still holds are known");
+        assert_eq!(writer.held().slots, before.slots);
+        kernel.take_log();
+
+        kernel.maglev.fail_writes(false);
+        assert_eq!(writer.apply(&after).unwrap(), ApplyStats { upserts: 0, deletes: 2 });
+        assert_eq!(
+            kernel.take_log(),
+            vec![remove(map_names::MAGLEV, slot(2, 0)), remove(map_names::SLOTS, slot(2, 0))]
+        );
+        kernel.assert_holds(&after);
+    }
+
+    #[test]
+    fn apply_additive_removes_nothing() {
+        let before = snapshot(&[(1, 80, 1, &[1, 2]), (2, 80, 2, &[3])]);
+        let kernel = Kernel::holding(&before);
+        let mut writer = kernel.writer();
+
+        // An incomplete first load: only service 1, with another backend.
+        let partial = snapshot(&[(1, 80, 1, &[1, 4])]);
+        let stats = writer.apply_additive(&partial).unwrap();
+
+        let log = kernel.take_log();
+        assert!(log.iter().all(|(_, kind, _)| *kind == "upsert"), "{log:?}");
+        assert_eq!(log, vec![upsert(map_names::SLOTS, slot(1, 1)), upsert(map_names::MAGLEV, slot(1, 1))]);
+        assert_eq!(stats, ApplyStats { upserts: 2, deletes: 0 });
+        let mut expected = before.clone();
+        expected.slots.extend(partial.slots.clone());
+        expected.maglev.extend(partial.maglev.clone());
+        kernel.assert_holds(&expected);
+
+        // A later full apply removes what is gone.
+        let stats = writer.apply(&partial).unwrap();
+        assert_eq!(stats, ApplyStats { upserts: 0, deletes: 4 });
+        kernel.assert_holds(&partial);
+    }
+
+    #[test]
+    fn idle_live_state_goes_only_when_idle_at_two_applies_in_a_row() {
+        let desired = snapshot(&[(1, 80, 1, &[1])]);
+        let kernel = Kernel::holding(&desired);
+        let live = |connections| ClusterLive { connections, ..Default::default() };
+        // Cluster 1 and backend 1 are in the snapshot: kept, even when idle.
+        kernel.cluster_live.set(1, live(0));
+        kernel.backend_live.set(backend(1), 0);
+        // Gone from the snapshot: cluster 7 and backend 7 idle, cluster 8
+        // and backend 8 still holding connections.
+        kernel.cluster_live.set(7, live(0));
+        kernel.backend_live.set(backend(7), 0);
+        kernel.cluster_live.set(8, live(2));
+        kernel.backend_live.set(backend(8), 1);
+        let mut writer = kernel.writer();
+
+        // First look: 7 is idle, but a connect may have raced it.
+        writer.apply(&desired).unwrap();
+        assert!(kernel.take_log().is_empty());
+        assert_eq!(kernel.cluster_live.contents().len(), 3);
+        assert_eq!(kernel.backend_live.contents().len(), 3);
+
+        // 8's connections close; a connect through 7 races in.
+        kernel.cluster_live.set(8, live(0));
+        kernel.backend_live.set(backend(8), 0);
+        kernel.cluster_live.set(7, live(1));
+        writer.apply(&desired).unwrap();
+        assert_eq!(kernel.take_log(), vec![remove(map_names::BACKEND_LIVE, backend(7))]);
+
+        // 7's connection closes: idle now, but not at the last apply.
+        kernel.cluster_live.set(7, live(0));
+        writer.apply(&desired).unwrap();
+        assert_eq!(
+            kernel.take_log(),
+            vec![remove(map_names::CLUSTER_LIVE, 8u64), remove(map_names::BACKEND_LIVE, backend(8))]
+        );
+
+        writer.apply(&desired).unwrap();
+        assert_eq!(kernel.take_log(), vec![remove(map_names::CLUSTER_LIVE, 7u64)]);
+        assert_eq!(kernel.cluster_live.contents().into_keys().collect::<Vec<_>>(), vec![1]);
+        assert_eq!(kernel.backend_live.contents().into_keys().collect::<Vec<_>>(), vec![backend(1)]);
+    }
+
+    #[test]
+    fn statistics_of_gone_clusters_go_at_the_first_apply() {
+        let desired = snapshot(&[(1, 80, 1, &[1])]);
+        let kernel = Kernel::holding(&desired);
+        kernel.cluster_stats.set(1, ClusterStats::default());
+        kernel.cluster_stats.set(9, ClusterStats { connects: 5, ..Default::default() });
+        let mut writer = kernel.writer();
+
+        writer.apply(&desired).unwrap();
+        assert_eq!(kernel.take_log(), vec![remove(map_names::CLUSTER_STATS, 9u64)]);
+        assert_eq!(kernel.cluster_stats.contents().into_keys().collect::<Vec<_>>(), vec![1]);
+    }
+}

@@ -1,0 +1,277 @@
+//! Validation results written back to each Istio object's
+//! `status.conditions` (type `Reconciled`), by one agent of the cluster: the
+//! holder of the `coordination.k8s.io` Lease `mesh-agent-status` in the
+//! agents' namespace. Every agent competes for it; the holder renews it, and
+//! another takes it over once it has seen no renewal for a lease duration
+//! (measured on its own clock, as client-go does, so clock skew between
+//! nodes does not matter).
+
+use super::watch::{KubeStore, ISTIO_KINDS};
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
+use mesh_core::object::ObjectKey;
+use mesh_core::published::Published;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+pub const LEASE_NAME: &str = "mesh-agent-status";
+
+#[derive(Clone, Debug)]
+pub struct LeaseTiming {
+    /// How long a holder's claim lasts without renewal.
+    pub duration: Duration,
+    /// How often the holder renews and the others look.
+    pub renew_every: Duration,
+}
+
+impl Default for LeaseTiming {
+    fn default() -> Self {
+        Self { duration: Duration::from_secs(15), renew_every: Duration::from_secs(5) }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StatusError {
+    #[error("lease {namespace}/{LEASE_NAME}: {source}")]
+    Lease { namespace: String, source: kube::Error },
+}
+
+/// The condition an object gets.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Reconciled {
+    pub accepted: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The condition for one Istio object, from the snapshot's rejections.
+pub fn condition_for(key: &ObjectKey, published: &Published) -> Reconciled {
+    if !matches!(key.kind.as_str(), "VirtualService" | "DestinationRule") {
+        return Reconciled {
+            accepted: false,
+            reason: "Unsupported",
+            message: format!("mesh-agent does not implement {} yet; this object has no effect", key.kind),
+        };
+    }
+    let problems: Vec<String> = published
+        .snapshot
+        .rejections
+        .iter()
+        .filter(|r| r.kind == key.kind && r.namespace == key.namespace && r.name == key.name)
+        .map(|r| if r.field.is_empty() { r.message.clone() } else { format!("{}: {}", r.field, r.message) })
+        .collect();
+    if problems.is_empty() {
+        Reconciled { accepted: true, reason: "Accepted", message: "applied to the dataplane".into() }
+    } else {
+        Reconciled { accepted: false, reason: "Rejected", message: problems.join("; ") }
+    }
+}
+
+/// Competes for the Lease and, while holding it, keeps the conditions of
+/// every Istio object in the store up to date.
+pub struct StatusWriter {
+    client: kube::Client,
+    namespace: String,
+    identity: String,
+    timing: LeaseTiming,
+    store: KubeStore,
+    published: watch::Receiver<Arc<Published>>,
+    leading: Arc<AtomicBool>,
+    /// The holder and renewal last seen, and when (on our clock).
+    observed: Option<(Option<String>, Option<MicroTime>, Instant)>,
+    /// What this agent last wrote per object: generation, condition, and
+    /// when the condition last flipped.
+    written: HashMap<ObjectKey, (Option<i64>, Reconciled, String)>,
+}
+
+impl StatusWriter {
+    pub fn new(
+        client: kube::Client,
+        namespace: String,
+        identity: String,
+        timing: LeaseTiming,
+        store: KubeStore,
+        published: watch::Receiver<Arc<Published>>,
+    ) -> Self {
+        Self {
+            client,
+            namespace,
+            identity,
+            timing,
+            store,
+            published,
+            leading: Arc::default(),
+            observed: None,
+            written: HashMap::new(),
+        }
+    }
+
+    /// True while this agent holds the Lease (for status).
+    pub fn leading(&self) -> Arc<AtomicBool> {
+        self.leading.clone()
+    }
+
+    pub async fn run(mut self) {
+        loop {
+            let leading = match self.claim().await {
+                Ok(leading) => leading,
+                Err(error) => {
+                    tracing::warn!(%error, "status lease unavailable");
+                    false
+                }
+            };
+            if leading != self.leading.swap(leading, Ordering::Relaxed) {
+                tracing::info!(identity = %self.identity, leading, "status writer lease changed hands");
+                // A new holder cannot know what the last one wrote.
+                self.written.clear();
+            }
+            if leading {
+                self.write_conditions().await;
+            }
+            // Renew on schedule; while leading, also write on a new snapshot.
+            let next = tokio::time::sleep(self.timing.renew_every);
+            tokio::pin!(next);
+            loop {
+                tokio::select! {
+                    _ = &mut next => break,
+                    changed = self.published.changed(), if leading => {
+                        if changed.is_err() { return; }
+                        self.write_conditions().await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Takes or renews the Lease; true when this agent holds it.
+    async fn claim(&mut self) -> Result<bool, StatusError> {
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.namespace);
+        let lease_error = |source| StatusError::Lease { namespace: self.namespace.clone(), source };
+        let now = MicroTime(Timestamp::now());
+        let Some(mut lease) = api.get_opt(LEASE_NAME).await.map_err(lease_error)? else {
+            let lease = Lease {
+                metadata: ObjectMeta { name: Some(LEASE_NAME.into()), ..Default::default() },
+                spec: Some(self.spec(now.clone(), now, 0)),
+            };
+            return conflict_is_false(api.create(&PostParams::default(), &lease).await).map_err(lease_error);
+        };
+        let spec = lease.spec.clone().unwrap_or_default();
+        let observed = (spec.holder_identity.clone(), spec.renew_time.clone());
+        let unchanged_since = match &self.observed {
+            Some((holder, renew, at)) if (holder, renew) == (&observed.0, &observed.1) => *at,
+            _ => Instant::now(),
+        };
+        self.observed = Some((observed.0.clone(), observed.1.clone(), unchanged_since));
+        let held_by_me = spec.holder_identity.as_deref() == Some(self.identity.as_str());
+        let duration =
+            spec.lease_duration_seconds.map(|s| Duration::from_secs(s.max(1) as u64)).unwrap_or(self.timing.duration);
+        let expired =
+            spec.holder_identity.as_deref().is_none_or(str::is_empty) || unchanged_since.elapsed() >= duration;
+        if !held_by_me && !expired {
+            return Ok(false);
+        }
+        let (acquired, transitions) = match held_by_me {
+            true => (spec.acquire_time.clone().unwrap_or(now.clone()), spec.lease_transitions.unwrap_or(0)),
+            false => (now.clone(), spec.lease_transitions.unwrap_or(0) + 1),
+        };
+        lease.spec = Some(self.spec(acquired, now, transitions));
+        // The resourceVersion makes this a compare-and-swap: of two agents
+        // taking over at once, one gets 409.
+        conflict_is_false(api.replace(LEASE_NAME, &PostParams::default(), &lease).await).map_err(lease_error)
+    }
+
+    fn spec(&self, acquired: MicroTime, renewed: MicroTime, transitions: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: Some(self.identity.clone()),
+            lease_duration_seconds: Some(self.timing.duration.as_secs().max(1) as i32),
+            acquire_time: Some(acquired),
+            renew_time: Some(renewed),
+            lease_transitions: Some(transitions),
+            ..Default::default()
+        }
+    }
+
+    /// Patches the status of every Istio object whose condition or
+    /// generation changed since this agent last wrote it.
+    async fn write_conditions(&mut self) {
+        let published = self.published.borrow().clone();
+        if !published.ready || !self.leading.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut claimed = std::time::Instant::now();
+        for kind in &ISTIO_KINDS {
+            let resource: ApiResource = kind.api_resource();
+            for (key, latest_generation) in self.store.istio_objects(kind.kind) {
+                // A long pass (thousands of objects) keeps renewing, and
+                // stops if the Lease went to another agent meanwhile.
+                if claimed.elapsed() >= self.timing.renew_every {
+                    claimed = std::time::Instant::now();
+                    if !self.claim().await.unwrap_or(false) {
+                        self.leading.store(false, Ordering::Relaxed);
+                        self.written.clear();
+                        return;
+                    }
+                }
+                let condition = condition_for(&key, &published);
+                // Accepted: the generation that serves (a newer one may not
+                // have compiled yet). Rejected: the one the reasons are about.
+                let generation = match condition.accepted {
+                    true => published.snapshot.model.served_generation(&key).or(latest_generation),
+                    false => latest_generation,
+                };
+                let previous = self.written.get(&key);
+                if previous.is_some_and(|(g, c, _)| (g, c) == (&generation, &condition)) {
+                    continue;
+                }
+                let flipped =
+                    previous.is_none_or(|(_, c, _)| (c.accepted, c.reason) != (condition.accepted, condition.reason));
+                let transition = match previous {
+                    Some((_, _, at)) if !flipped => at.clone(),
+                    _ => Timestamp::now().to_string(),
+                };
+                let body = serde_json::json!({
+                    "status": {
+                        "observedGeneration": generation,
+                        "conditions": [{
+                            "type": "Reconciled",
+                            "status": if condition.accepted { "True" } else { "False" },
+                            "reason": condition.reason,
+                            "message": condition.message,
+                            "lastTransitionTime": transition,
+                            "observedGeneration": generation,
+                        }],
+                    }
+                });
+                let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &key.namespace, &resource);
+                match api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&body)).await {
+                    Ok(_) => drop(self.written.insert(key, (generation, condition, transition))),
+                    Err(error) => {
+                        tracing::warn!(kind = %key.kind, namespace = %key.namespace, name = %key.name, %error, "status not written")
+                    }
+                }
+            }
+        }
+        // Objects that are gone need nothing more.
+        let present: std::collections::HashSet<ObjectKey> = ISTIO_KINDS
+            .iter()
+            .flat_map(|kind| self.store.istio_objects(kind.kind).into_iter().map(|(key, _)| key))
+            .collect();
+        self.written.retain(|key, _| present.contains(key));
+    }
+}
+
+/// A write that lost a race (409 Conflict / AlreadyExists) means another
+/// agent holds the Lease.
+fn conflict_is_false<T>(result: Result<T, kube::Error>) -> Result<bool, kube::Error> {
+    match result {
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
+        Err(error) => Err(error),
+    }
+}

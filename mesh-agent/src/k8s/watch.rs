@@ -1,0 +1,547 @@
+//! The API-server config source: one kube-rs watcher per kind (list, then
+//! watch from the list's resourceVersion, resumed after a broken stream,
+//! relisted after `410 Gone`, with backoff), each object decoded as the file
+//! source decodes it ([`decode_object`]) into a store by kind. The reload
+//! loop polls the store: a burst of events becomes one batch per poll
+//! interval, and nothing is served before every kind has listed once.
+
+use crate::source::{ConfigSource, SourceError};
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
+use kube::runtime::watcher::{self, watcher, Event};
+use kube::runtime::WatchStreamExt;
+use mesh_core::decode::{decode_object, ParsedFile};
+use mesh_core::object::{ObjectKey, SourceBatch};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// One watch: what it lists and how its objects become YAML documents.
+#[derive(Clone, Debug)]
+pub struct WatchedKind {
+    /// Shown in status: the kind, or `Pod (this node)`.
+    pub name: &'static str,
+    pub group: &'static str,
+    pub version: &'static str,
+    pub kind: &'static str,
+    pub plural: &'static str,
+    /// Only the metadata (labels): `metadata_watcher`.
+    pub metadata_only: bool,
+    /// A field selector, e.g. the pods of this node.
+    pub field_selector: Option<String>,
+    /// The first configuration waits for this kind to list (kinds the
+    /// model does not use yet do not hold it back).
+    pub gates_sync: bool,
+}
+
+impl WatchedKind {
+    const fn new(group: &'static str, version: &'static str, kind: &'static str, plural: &'static str) -> Self {
+        Self { name: kind, group, version, kind, plural, metadata_only: false, field_selector: None, gates_sync: true }
+    }
+
+    /// Watched for status only: the first configuration does not wait
+    /// for it.
+    const fn not_gating(mut self) -> Self {
+        self.gates_sync = false;
+        self
+    }
+
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_owned()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    pub fn api_resource(&self) -> ApiResource {
+        ApiResource {
+            group: self.group.into(),
+            version: self.version.into(),
+            api_version: self.api_version(),
+            kind: self.kind.into(),
+            plural: self.plural.into(),
+        }
+    }
+}
+
+/// The Istio kinds, watched as `networking.istio.io/v1` (Istio 1.22+).
+pub const ISTIO_KINDS: [WatchedKind; 5] = [
+    WatchedKind::new("networking.istio.io", "v1", "VirtualService", "virtualservices"),
+    WatchedKind::new("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
+    WatchedKind::new("networking.istio.io", "v1", "Gateway", "gateways").not_gating(),
+    WatchedKind::new("networking.istio.io", "v1", "ServiceEntry", "serviceentries").not_gating(),
+    WatchedKind::new("networking.istio.io", "v1", "Sidecar", "sidecars").not_gating(),
+];
+
+/// Everything the agent watches. Pods twice, and never whole pods of other
+/// nodes: every pod's labels (metadata only, for subsets, joined to
+/// endpoints by their `targetRef`), and this node's pods with their
+/// addresses (to know which client sent a request).
+pub fn watched_kinds(node_name: Option<&str>) -> Vec<WatchedKind> {
+    let mut kinds = vec![
+        WatchedKind::new("", "v1", "Service", "services"),
+        WatchedKind::new("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
+        WatchedKind { name: "Pod (labels)", metadata_only: true, ..WatchedKind::new("", "v1", "Pod", "pods") },
+    ];
+    if let Some(node) = node_name {
+        kinds.push(WatchedKind {
+            name: "Pod (this node)",
+            field_selector: Some(format!("spec.nodeName={node}")),
+            ..WatchedKind::new("", "v1", "Pod", "pods")
+        });
+    }
+    kinds.extend(ISTIO_KINDS);
+    kinds
+}
+
+/// What `meshctl status` shows of the source.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct SourceState {
+    /// Every kind has listed once.
+    pub synced: bool,
+    pub kinds: Vec<KindState>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct KindState {
+    pub name: String,
+    pub objects: usize,
+    pub synced: bool,
+    /// The watch is failing (retried with backoff): the last error.
+    pub error: Option<String>,
+    /// Unix seconds of the last event or error.
+    pub last_event_unix: u64,
+}
+
+/// An object as decoded, with its generation (for status conditions).
+#[derive(Clone, Debug)]
+pub struct StoredObject {
+    pub parsed: ParsedFile,
+    pub generation: Option<i64>,
+}
+
+#[derive(Default)]
+struct KindStore {
+    /// Which watch feeds it (for per-name Secret watches: a name dropped
+    /// and named again gets a new watch, and the old one's events are
+    /// ignored).
+    epoch: u64,
+    objects: BTreeMap<(String, String), StoredObject>,
+    /// A list (or relist) under way: what it has brought so far. It
+    /// replaces `objects` whole when done, so objects deleted while the
+    /// watch was down go too.
+    relist: Option<BTreeMap<(String, String), StoredObject>>,
+    synced: bool,
+    error: Option<String>,
+    last_event_unix: u64,
+}
+
+#[derive(Default)]
+struct Store {
+    kinds: Vec<(WatchedKind, KindStore)>,
+    /// The Secrets DestinationRules name by `credentialName`, each watched
+    /// alone, by namespace and name: the agent never lists all Secrets.
+    secrets: BTreeMap<(String, String), KindStore>,
+    /// Something changed since the last poll.
+    dirty: bool,
+    /// Hands out [`KindStore::epoch`]s.
+    next_epoch: u64,
+}
+
+impl Store {
+    /// Every kind the model uses has listed once. Secrets do not count: one
+    /// that has not arrived yet is a missing credential (503 for that
+    /// cluster), not a frozen node.
+    fn synced(&self) -> bool {
+        self.kinds.iter().all(|(kind, s)| s.synced || !kind.gates_sync)
+    }
+}
+
+/// The Secret kind, for the per-name watches.
+pub static SECRET: WatchedKind = WatchedKind::new("", "v1", "Secret", "secrets");
+
+/// The shared store the watchers write and the reload loop reads.
+#[derive(Clone, Default)]
+pub struct KubeStore {
+    store: Arc<Mutex<Store>>,
+    /// Woken when the set of referenced Secrets changes.
+    secrets_changed: Arc<tokio::sync::Notify>,
+}
+
+impl KubeStore {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
+        crate::sync::lock(&self.store)
+    }
+
+    pub fn new(kinds: &[WatchedKind]) -> Self {
+        let store = Store {
+            kinds: kinds.iter().map(|k| (k.clone(), KindStore::default())).collect(),
+            secrets: BTreeMap::new(),
+            dirty: false,
+            next_epoch: 1,
+        };
+        Self { store: Arc::new(Mutex::new(store)), secrets_changed: Arc::default() }
+    }
+
+    /// The Secrets to watch now.
+    /// The Secrets to watch now, with the epoch their watch must carry.
+    fn referenced_secrets(&self) -> Vec<((String, String), u64)> {
+        self.lock().secrets.iter().map(|(key, s)| (key.clone(), s.epoch)).collect()
+    }
+
+    /// Brings the set of watched Secrets in line with the DestinationRules:
+    /// a new name gets an (unlisted) entry, which holds the sync back until
+    /// its watch has listed; a name no rule uses any more goes.
+    fn track_secrets(store: &mut Store) -> bool {
+        let mut wanted = std::collections::BTreeSet::new();
+        for (kind, s) in &store.kinds {
+            if kind.kind != "DestinationRule" {
+                continue;
+            }
+            for object in s.objects.values().flat_map(|o| &o.parsed.objects) {
+                if let mesh_core::api::Resource::DestinationRule(rule) = &object.resource {
+                    let namespace = rule.metadata.namespace_or_default();
+                    wanted.extend(rule.credential_names().into_iter().map(|name| (namespace.to_owned(), name)));
+                }
+            }
+        }
+        let before = store.secrets.len();
+        store.secrets.retain(|key, _| wanted.contains(key));
+        let removed = store.secrets.len() != before;
+        let mut added = false;
+        for key in wanted {
+            if !store.secrets.contains_key(&key) {
+                let epoch = store.next_epoch;
+                store.next_epoch += 1;
+                store.secrets.insert(key, KindStore { epoch, ..KindStore::default() });
+                added = true;
+            }
+        }
+        store.dirty |= removed;
+        removed || added
+    }
+
+    fn secret_event(&self, key: &(String, String), epoch: u64, event: Event<serde_json::Value>) {
+        let mut store = self.lock();
+        // No longer referenced, or referenced again with a newer watch.
+        let Some(s) = store.secrets.get_mut(key).filter(|s| s.epoch == epoch) else { return };
+        let changed = apply_event(&SECRET, s, event);
+        store.dirty |= changed;
+    }
+
+    fn secret_error(&self, key: &(String, String), epoch: u64, error: String) {
+        if let Some(s) = self.lock().secrets.get_mut(key).filter(|s| s.epoch == epoch) {
+            s.error = Some(error);
+            s.last_event_unix = unix_now();
+        }
+    }
+
+    pub fn state(&self) -> SourceState {
+        let store = self.lock();
+        let mut kinds: Vec<KindState> = store
+            .kinds
+            .iter()
+            .map(|(kind, s)| KindState {
+                name: kind.name.into(),
+                objects: s.objects.len(),
+                synced: s.synced,
+                error: s.error.clone(),
+                last_event_unix: s.last_event_unix,
+            })
+            .collect();
+        if !store.secrets.is_empty() {
+            let secrets = store.secrets.values();
+            kinds.push(KindState {
+                name: format!("Secret ({} named)", store.secrets.len()),
+                objects: secrets.clone().map(|s| s.objects.len()).sum(),
+                synced: secrets.clone().all(|s| s.synced),
+                error: secrets.clone().find_map(|s| s.error.clone()),
+                last_event_unix: secrets.map(|s| s.last_event_unix).max().unwrap_or(0),
+            });
+        }
+        SourceState { synced: store.synced(), kinds }
+    }
+
+    /// The objects of one Istio kind: key and generation, for status.
+    pub fn istio_objects(&self, kind: &str) -> Vec<(ObjectKey, Option<i64>)> {
+        let store = self.lock();
+        let Some((_, s)) = store.kinds.iter().find(|(k, _)| k.group == "networking.istio.io" && k.kind == kind) else {
+            return Vec::new();
+        };
+        s.objects
+            .iter()
+            .map(|((namespace, name), o)| {
+                (ObjectKey { kind: kind.into(), namespace: namespace.clone(), name: name.clone() }, o.generation)
+            })
+            .collect()
+    }
+
+    /// Applies one watcher event of watch `index`.
+    fn event(&self, index: usize, event: Event<serde_json::Value>) {
+        let mut store = self.lock();
+        let (kind, s) = &mut store.kinds[index];
+        let is_rule = kind.kind == "DestinationRule";
+        let changed = apply_event(&kind.clone(), s, event);
+        store.dirty |= changed;
+        if changed && is_rule && Self::track_secrets(&mut store) {
+            self.secrets_changed.notify_one();
+        }
+    }
+
+    fn not_served(&self, index: usize) {
+        let mut store = self.lock();
+        let (kind, s) = &mut store.kinds[index];
+        if s.error.is_none() {
+            tracing::warn!(kind = kind.name, api_version = %kind.api_version(), "not served by the API server; treated as empty");
+        }
+        s.error = Some(format!("{} is not served by the API server (404)", kind.api_version()));
+        s.last_event_unix = unix_now();
+        if !s.synced || !s.objects.is_empty() {
+            s.objects.clear();
+            s.synced = true;
+            store.dirty = true;
+        }
+    }
+
+    fn error(&self, index: usize, error: String) {
+        let mut store = self.lock();
+        let (kind, s) = &mut store.kinds[index];
+        if s.error.is_none() {
+            tracing::warn!(kind = kind.name, %error, "watch failing; retrying with backoff, the last good configuration keeps serving");
+        }
+        s.error = Some(error);
+        s.last_event_unix = unix_now();
+    }
+
+    /// The whole configuration, once every kind has listed, if it changed.
+    fn take_batch(&self) -> Option<SourceBatch> {
+        let mut store = self.lock();
+        if !store.dirty || !store.synced() {
+            return None;
+        }
+        store.dirty = false;
+        // This node's pods (with addresses) stand for their labels-only copies.
+        let local_pods: std::collections::BTreeSet<(String, String)> = store
+            .kinds
+            .iter()
+            .filter(|(k, _)| k.kind == "Pod" && !k.metadata_only)
+            .flat_map(|(_, s)| s.objects.keys().cloned())
+            .collect();
+        let mut batch = SourceBatch::default();
+        let all = store.kinds.iter().map(|(kind, s)| (kind, s)).chain(store.secrets.values().map(|s| (&SECRET, s)));
+        for (kind, s) in all {
+            for (key, object) in &s.objects {
+                if kind.kind == "Pod" && kind.metadata_only && local_pods.contains(key) {
+                    continue;
+                }
+                batch.objects.extend(object.parsed.objects.iter().cloned());
+                batch.undecodable.extend(object.parsed.undecodable.iter().cloned());
+                batch.rejections.extend(object.parsed.problems.iter().cloned());
+            }
+        }
+        Some(batch)
+    }
+}
+
+/// Applies a watcher event to one kind's store; true when what it serves
+/// changed. A list (and a relist after 410) replaces the objects whole.
+fn apply_event(kind: &WatchedKind, s: &mut KindStore, event: Event<serde_json::Value>) -> bool {
+    s.last_event_unix = unix_now();
+    s.error = None;
+    match event {
+        Event::Init => {
+            s.relist = Some(BTreeMap::new());
+            false
+        }
+        Event::InitApply(object) => {
+            let (key, stored) = decode(kind, object);
+            s.relist.get_or_insert_with(BTreeMap::new).insert(key, stored);
+            false
+        }
+        Event::InitDone => {
+            let listed = s.relist.take().unwrap_or_default();
+            let same = listed.len() == s.objects.len()
+                && listed.iter().zip(&s.objects).all(|((k1, a), (k2, b))| k1 == k2 && a.parsed == b.parsed);
+            s.objects = listed;
+            let first = !s.synced;
+            s.synced = true;
+            first || !same
+        }
+        Event::Apply(object) => {
+            // Most updates change nothing the agent keeps (a pod's status,
+            // managedFields): no new configuration for those.
+            let (key, stored) = decode(kind, object);
+            let unchanged = s.objects.get(&key).is_some_and(|old| old.parsed == stored.parsed);
+            s.objects.insert(key, stored);
+            !unchanged
+        }
+        Event::Delete(object) => {
+            let (key, _) = decode(kind, object);
+            s.objects.remove(&key).is_some()
+        }
+    }
+}
+
+/// An event's object as a store entry: its key and its decoding. Objects in
+/// list responses carry no apiVersion/kind, so the watch's are set.
+fn decode(kind: &WatchedKind, mut object: serde_json::Value) -> ((String, String), StoredObject) {
+    let metadata = object.get("metadata");
+    let text = |field: &str| metadata.and_then(|m| m.get(field)).and_then(|v| v.as_str()).unwrap_or_default();
+    let key = (text("namespace").to_owned(), text("name").to_owned());
+    let generation = metadata.and_then(|m| m.get("generation")).and_then(|g| g.as_i64());
+    if let Some(map) = object.as_object_mut() {
+        map.insert("apiVersion".into(), kind.api_version().into());
+        map.insert("kind".into(), kind.kind.into());
+    }
+    let mut parsed = ParsedFile::default();
+    decode_object("", object, &mut parsed);
+    (key, StoredObject { parsed, generation })
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs()
+}
+
+/// Watches the API server into a [`KubeStore`].
+pub struct KubeSource {
+    store: KubeStore,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl KubeSource {
+    /// Starts one watcher task per kind on `runtime`.
+    pub fn start(client: kube::Client, kinds: Vec<WatchedKind>, runtime: &tokio::runtime::Handle) -> Self {
+        let store = KubeStore::new(&kinds);
+        let mut tasks: Vec<_> = kinds
+            .into_iter()
+            .enumerate()
+            .map(|(index, kind)| runtime.spawn(watch(client.clone(), kind, index, store.clone())))
+            .collect();
+        tasks.push(runtime.spawn(watch_named_secrets(client, store.clone())));
+        Self { store, tasks }
+    }
+
+    pub fn store(&self) -> KubeStore {
+        self.store.clone()
+    }
+}
+
+impl Drop for KubeSource {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(|task| task.abort());
+    }
+}
+
+impl ConfigSource for KubeSource {
+    fn poll(&mut self) -> Result<Option<SourceBatch>, SourceError> {
+        Ok(self.store.take_batch())
+    }
+}
+
+/// One kind's watch loop. kube-rs's watcher lists, watches from the list's
+/// resourceVersion, resumes a broken stream where it stopped, and relists
+/// on `410 Gone`; errors come through as items and the backoff spaces the
+/// retries.
+async fn watch(client: kube::Client, kind: WatchedKind, index: usize, store: KubeStore) {
+    let resource = kind.api_resource();
+    let mut config = watcher::Config::default();
+    if let Some(selector) = &kind.field_selector {
+        config = config.fields(selector);
+    }
+    let mut events = if kind.metadata_only {
+        let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &resource);
+        watcher(api, config)
+            .default_backoff()
+            .map(|event| event.map(|e| map_event(e, |meta| serde_json::json!({ "metadata": meta.metadata }))))
+            .boxed()
+    } else {
+        object_events(Api::all_with(client, &resource), config)
+    };
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => store.event(index, event),
+            // 410 Gone: the history moved on; the watcher relists next.
+            // That is the protocol at work, not a failure.
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
+                tracing::debug!(kind = kind.name, "watch expired (410); relisting");
+            }
+            Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) if status.code == 404 => {
+                // The API server does not serve the kind (CRDs not installed,
+                // or an Istio without v1): as good as empty, and said so.
+                store.not_served(index);
+            }
+            Err(error) => store.error(index, error.to_string()),
+        }
+    }
+}
+
+/// Whole objects of one watch, as JSON, retried with backoff.
+fn object_events(
+    api: Api<DynamicObject>,
+    config: watcher::Config,
+) -> futures::stream::BoxStream<'static, Result<Event<serde_json::Value>, watcher::Error>> {
+    watcher(api, config)
+        .default_backoff()
+        .map(|event| event.map(|e| map_event(e, |object| serde_json::to_value(object).unwrap_or_default())))
+        .boxed()
+}
+
+fn map_event<A, B>(event: Event<A>, f: impl FnOnce(A) -> B) -> Event<B> {
+    match event {
+        Event::Apply(object) => Event::Apply(f(object)),
+        Event::Delete(object) => Event::Delete(f(object)),
+        Event::Init => Event::Init,
+        Event::InitApply(object) => Event::InitApply(f(object)),
+        Event::InitDone => Event::InitDone,
+    }
+}
+
+/// Keeps one watch per Secret that a DestinationRule names, started and
+/// stopped as the rules change.
+async fn watch_named_secrets(client: kube::Client, store: KubeStore) {
+    let mut running: BTreeMap<(String, String), (u64, tokio::task::JoinHandle<()>)> = BTreeMap::new();
+    loop {
+        let wanted: BTreeMap<(String, String), u64> = store.referenced_secrets().into_iter().collect();
+        running.retain(|key, (epoch, task)| {
+            let keep = wanted.get(key) == Some(epoch);
+            if !keep {
+                task.abort();
+            }
+            keep
+        });
+        for (key, epoch) in wanted {
+            if let std::collections::btree_map::Entry::Vacant(entry) = running.entry(key) {
+                let task = tokio::spawn(watch_secret(client.clone(), entry.key().clone(), epoch, store.clone()));
+                entry.insert((epoch, task));
+            }
+        }
+        let _abort_on_drop = AbortAll(&mut running);
+        store.secrets_changed.notified().await;
+        std::mem::forget(_abort_on_drop);
+    }
+}
+
+/// Aborts the per-Secret watches if the manager itself is aborted (its
+/// future dropped while waiting).
+struct AbortAll<'a>(&'a mut BTreeMap<(String, String), (u64, tokio::task::JoinHandle<()>)>);
+
+impl Drop for AbortAll<'_> {
+    fn drop(&mut self) {
+        self.0.values().for_each(|(_, task)| task.abort());
+    }
+}
+
+async fn watch_secret(client: kube::Client, key: (String, String), epoch: u64, store: KubeStore) {
+    let api = Api::namespaced_with(client, &key.0, &SECRET.api_resource());
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", key.1));
+    let mut events = object_events(api, config);
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(event) => store.secret_event(&key, epoch, event),
+            Err(watcher::Error::WatchError(status)) if status.code == 410 => {}
+            Err(error) => store.secret_error(&key, epoch, error.to_string()),
+        }
+    }
+}

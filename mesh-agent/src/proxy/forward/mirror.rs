@@ -1,0 +1,73 @@
+//! Mirroring (`mirror`, `mirrors`): fire and forget. A copy of the request
+//! goes to the mirror's cluster with `-shadow` on its authority; its answer
+//! is dropped and it never delays the caller. Copies under way are capped,
+//! so a slow shadow cannot pile them up.
+
+use super::headers::set_authority;
+use crate::proxy::balance::pick;
+use crate::proxy::cluster::Clusters;
+use crate::proxy::upstream::dialer::{Dialer, Payload, Try};
+use bytes::Bytes;
+use http::header::HOST;
+use http::request::Parts;
+use http_body_util::BodyExt;
+use mesh_core::route::{shadow_authority, RouteDestination};
+use mesh_core::snapshot::Snapshot;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const MAX_MIRRORS_IN_FLIGHT: usize = 1024;
+const MIRROR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The proxy's mirrored requests under way.
+#[derive(Default)]
+pub struct Mirrors {
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Mirrors {
+    /// Sends a copy of the request (`parts`, whole `body`) to `destination`,
+    /// on the port of the service dialled when it names none.
+    #[allow(clippy::too_many_arguments)]
+    pub fn send(
+        &self,
+        dialer: &Dialer,
+        clusters: &Clusters,
+        snapshot: &Arc<Snapshot>,
+        destination: &RouteDestination,
+        parts: &Parts,
+        body: Bytes,
+        default_port: u16,
+    ) {
+        let port = destination.port.unwrap_or(default_port);
+        let Some(target) = snapshot.service_index_for_host(&destination.host, port) else { return };
+        let plan = clusters.plan(snapshot, target, destination.subset.as_deref());
+        let Some(endpoint) = pick(&plan.state.cursor, plan.endpoints(false), &plan.policy.load_balancer, None, &[])
+        else {
+            return;
+        };
+        let endpoint = endpoint.address;
+        let mut parts = parts.clone();
+        let authority = parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
+        set_authority(&mut parts, &shadow_authority(&authority));
+        let Ok(tls) = plan.tls(plan.http2) else { return };
+        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_MIRRORS_IN_FLIGHT {
+            self.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return;
+        }
+        let (dialer, in_flight) = (dialer.clone(), self.in_flight.clone());
+        let (http2, limits) = (plan.http2, plan.limits);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(MIRROR_TIMEOUT, async {
+                let to = Try { endpoint, http2, tls: tls.as_ref(), limits, head: &parts, attempt: None };
+                if let Ok(response) = dialer.send(to, Payload::Complete(body)).await {
+                    // Drain so the connection returns to the pool.
+                    let _ = response.into_body().collect().await;
+                }
+            })
+            .await;
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}

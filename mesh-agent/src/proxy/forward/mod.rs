@@ -1,0 +1,381 @@
+//! One request through the proxy. The matched rule is found first; CORS
+//! preflights, redirects and direct responses are answered from it alone.
+//! A request that goes upstream then passes named stages, each in its own
+//! room: [`fault`] → [`destination`] → request [`edits`] → [`admission`]
+//! (circuit breaking) → [`attempts`] (retries, per-try deadline, outlier
+//! feedback) → [`response`]. [`mirror`]s go out beside it. Metrics and the
+//! [`access_log`] line close it.
+
+mod access_log;
+mod admission;
+mod attempts;
+mod destination;
+mod edits;
+mod fault;
+mod flags;
+mod hash;
+mod headers;
+pub(in crate::proxy) mod mirror;
+mod outcome;
+mod request_id;
+mod response;
+#[cfg(test)]
+mod test_support;
+mod upgrade;
+
+pub use flags::ResponseFlag;
+
+use crate::proxy::body::{full, ClientBody, CountingBody, ProxyBody, RequestBody};
+use crate::proxy::header_names::REQUEST_ID;
+use crate::proxy::listener::{Connection, Proxy};
+use access_log::AccessLogLine;
+use attempts::{Attempts, Finished};
+use bytes::Bytes;
+use flags::flag_list;
+use http::header::{HeaderValue, LOCATION, SET_COOKIE};
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+use mesh_core::route::{first_match, HttpMatch, HttpRoute, RequestView, RetryPolicy, RouteAction};
+use mesh_core::snapshot::Snapshot;
+use outcome::{local_reply, Outcome};
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
+
+/// Request bodies up to this size are kept for retries and mirrors; larger
+/// ones stream through once and are never retried.
+const REPLAY_BUFFER_LIMIT: usize = 64 * 1024;
+
+/// Istio's retry policy for rules that set none (and for requests no rule
+/// matched: the host has no routes).
+static DEFAULT_RETRY: LazyLock<RetryPolicy> = LazyLock::new(RetryPolicy::default);
+
+impl Proxy {
+    /// Answers one request of a captured connection.
+    pub(super) async fn handle(&self, connection: &Connection, request: Request<ClientBody>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let start_time = if self.access_log { access_log::start_time() } else { String::new() };
+        let snapshot = self.published.borrow().snapshot.clone();
+        let (mut parts, body) = request.into_parts();
+        let request_id = request_id::ensure_request_id(&mut parts.headers);
+        let request_bytes = headers::declared_length(&parts.headers);
+        let authority = headers::authority_of(&parts);
+        let authority = authority.to_str().unwrap_or_default();
+        // Kept for the access log only.
+        let (path, method) = match self.access_log {
+            true => (parts.uri.path().to_owned(), parts.method.clone()),
+            false => (String::new(), http::Method::GET),
+        };
+
+        let outcome = match snapshot.service_index_at(connection.original) {
+            None => Outcome::local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy upstream",
+                Some(ResponseFlag::UH),
+                Arc::from(""),
+            ),
+            Some(service) => self.route(&snapshot, connection, service, parts, body, authority).await,
+        };
+        let Outcome { response, flags, upstream, cluster, attempts } = outcome;
+        let source = (connection.source_workload.as_str(), connection.source_namespace.as_str());
+        let code = response.status().as_u16();
+        let response_bytes = self.metrics.record_request(
+            &connection.series,
+            source,
+            &cluster,
+            code,
+            &flag_list(&flags),
+            request_bytes,
+            attempts,
+            started,
+        );
+        // A body of known length is counted now; a streamed one as it goes.
+        let mut response = match hyper::body::Body::size_hint(response.body()).exact() {
+            Some(length) => {
+                response_bytes.inc_by(length);
+                response
+            }
+            None => response.map(|body| CountingBody::wrap(body, response_bytes)),
+        };
+        response.headers_mut().entry(REQUEST_ID.clone()).or_insert_with(|| request_id.clone());
+        if self.access_log {
+            AccessLogLine {
+                start_time,
+                method: method.as_str(),
+                path: &path,
+                authority,
+                response_code: code,
+                response_flags: AccessLogLine::flags(&flags),
+                duration_ms: started.elapsed().as_millis(),
+                upstream_host: upstream,
+                upstream_cluster: &cluster,
+                route_name: None,
+                request_id: request_id.to_str().unwrap_or_default(),
+                downstream_remote_address: connection.peer,
+                attempts,
+            }
+            .print();
+        }
+        response
+    }
+
+    /// Finds the rule for the request and carries out its action.
+    async fn route(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        connection: &Connection,
+        service_index: usize,
+        parts: Parts,
+        body: ClientBody,
+        authority: &str,
+    ) -> Outcome {
+        let fqdn = &snapshot.services[service_index].fqdn;
+        let cluster = || Arc::<str>::from(fqdn.as_str());
+        let client_namespace = connection.source.as_ref().map(|(_, namespace)| namespace.as_str());
+        let routes = snapshot.routes.http_routes_for(fqdn, client_namespace);
+        let matched = {
+            let view = request_view(&parts, authority, connection);
+            let matched = first_match(routes, &view);
+            if matched.is_none() && !routes.is_empty() {
+                // The host has rules and none matches: Envoy's "no route".
+                return Outcome::local(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NR), cluster());
+            }
+            // CORS preflights and redirects are answered from the rule alone.
+            if let Some(answer) = matched.and_then(|(route, _)| answer_from_rule(route, &view)) {
+                return Outcome::answer(answer, vec![], cluster());
+            }
+            matched
+        };
+        let cors_headers = matched
+            .and_then(|(route, _)| route.cors.as_ref())
+            .map(|cors| cors.response_headers(&request_view(&parts, authority, connection)));
+        let mut outcome = self.forward(snapshot, connection, service_index, matched, parts, body, authority).await;
+        if let Some(headers) = cors_headers {
+            outcome.response.headers_mut().extend(headers);
+        }
+        outcome
+    }
+
+    /// The stages of a request that goes upstream.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        connection: &Connection,
+        service_index: usize,
+        matched: Option<(&HttpRoute, Option<&HttpMatch>)>,
+        mut parts: Parts,
+        body: ClientBody,
+        authority: &str,
+    ) -> Outcome {
+        let route = matched.map(|(route, _)| route);
+        let service = &snapshot.services[service_index];
+        let mut flags = Vec::new();
+
+        if let Some(fault) = route.and_then(|r| r.fault.as_ref()) {
+            if let Some(abort) = fault::inject(fault, &mut flags).await {
+                return Outcome::answer(abort, flags, service.fqdn.as_str().into());
+            }
+        }
+
+        let target = match destination::choose(snapshot, route, service_index, fastrand::u64(..)) {
+            Ok(target) => target,
+            Err(no_cluster) => return no_cluster.outcome(),
+        };
+        let plan = self.clusters.plan(snapshot, target.service, target.subset());
+        let cluster = plan.name.clone();
+
+        let upgrade = edits::edit_request(&mut parts, matched, target.destination, authority);
+
+        let policy = &plan.policy;
+        // Outlier detection keeps host health per cluster (service port and
+        // subset), as Istio makes one Envoy cluster of each.
+        let outliers = plan.outlier.as_ref();
+        let all_endpoints = plan.endpoints(connection.original.is_ipv6());
+        let healthy;
+        let endpoints = match outliers {
+            Some(config) => {
+                healthy = plan.healthy(all_endpoints, config);
+                &healthy[..]
+            }
+            None => all_endpoints,
+        };
+        let (hash, issued_cookie) = hash::request_hash(&policy.load_balancer, &parts, connection.peer);
+        let retry = route.map(|r| &r.retries).unwrap_or(&DEFAULT_RETRY);
+
+        // A body that ends within the first 64 KiB is kept: it can be sent
+        // again on retry and copied to mirrors. Anything longer streams
+        // through once and is never retried.
+        let mirrors = route.map(|r| r.mirrors.as_slice()).unwrap_or_default();
+        let body = if retry.attempts > 0 || !mirrors.is_empty() {
+            match RequestBody::read_ahead(body, REPLAY_BUFFER_LIMIT).await {
+                Ok(body) => body,
+                Err(error) => {
+                    tracing::debug!(%error, "client body failed");
+                    return Outcome::local(StatusCode::BAD_REQUEST, "bad request body", None, cluster);
+                }
+            }
+        } else {
+            RequestBody::unread(body)
+        };
+        for mirror in mirrors {
+            if fastrand::f64() * 100.0 < mirror.percentage {
+                if let RequestBody::Complete(bytes) = &body {
+                    let copy = bytes.clone();
+                    self.mirrors.send(
+                        &self.dialer,
+                        &self.clusters,
+                        snapshot,
+                        &mirror.destination,
+                        &parts,
+                        copy,
+                        plan.port,
+                    );
+                }
+            }
+        }
+
+        let admitted = match admission::admit_request(&plan.state.active, plan.request_limit) {
+            Ok(admitted) => admitted,
+            Err(overflow) => {
+                flags.push(ResponseFlag::UO);
+                return Outcome::answer(overflow.response(), flags, cluster);
+            }
+        };
+        // An upgrade goes over HTTP/1.1 whatever the port speaks.
+        let http2 = plan.http2 && upgrade.is_none();
+        // TLS origination, when the DestinationRule asks for it.
+        let tls = match plan.tls(http2) {
+            Ok(tls) => tls,
+            Err(error) => {
+                tracing::warn!(%cluster, %error, "cannot originate TLS");
+                flags.push(ResponseFlag::UF);
+                let response = local_reply(StatusCode::SERVICE_UNAVAILABLE, &format!("upstream TLS: {error}"));
+                return Outcome::answer(response, flags, cluster);
+            }
+        };
+        let deadline = route.and_then(|r| r.timeout).map(|t| Instant::now() + t);
+        let attempts = Attempts {
+            dialer: &self.dialer,
+            metrics: &self.metrics,
+            plan: &plan,
+            endpoints,
+            cluster_size: all_endpoints.len(),
+            outliers,
+            retry,
+            hash,
+            deadline,
+            http2,
+            tls: tls.as_ref(),
+            head: &parts,
+        };
+        let (result, endpoint, tries, in_flight) = match attempts.run(body, upgrade.is_some()).await {
+            Finished::NoEndpoint { tries } => {
+                flags.push(ResponseFlag::UH);
+                let response = local_reply(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+                return Outcome { response, flags, upstream: None, cluster, attempts: tries };
+            }
+            Finished::Last { result, endpoint, tries, exhausted, in_flight } => {
+                if exhausted {
+                    flags.push(ResponseFlag::URX);
+                }
+                (result, endpoint, tries, in_flight)
+            }
+        };
+        let mut result = result;
+        if let attempts::TryResult::Response(response) = &mut result {
+            if let Some(cookie) = issued_cookie {
+                response.headers_mut().append(SET_COOKIE, cookie);
+            }
+            if let Some(client_side) = upgrade {
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let headers = response.headers().clone();
+                    upgrade::tunnel(client_side, hyper::upgrade::on(&mut *response), (in_flight, admitted));
+                    let mut head = Response::new(full(Bytes::new()));
+                    *head.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+                    *head.headers_mut() = headers;
+                    return Outcome { response: head, flags, upstream: Some(endpoint), cluster, attempts: tries };
+                }
+            }
+        }
+        let guards = in_flight.map(|in_flight| (in_flight, admitted));
+        let response = response::finish(result, &mut flags, endpoint, target.destination, route, deadline, guards);
+        Outcome { response, flags, upstream: Some(endpoint), cluster, attempts: tries }
+    }
+}
+
+/// The answer a rule gives by itself: a CORS preflight's, a redirect or a
+/// direct response. None: the request goes upstream.
+fn answer_from_rule(route: &HttpRoute, view: &RequestView<'_>) -> Option<Response<ProxyBody>> {
+    if let Some(preflight) = route.cors.as_ref().and_then(|c| c.preflight(view)) {
+        let mut response = local_reply(StatusCode::OK, "");
+        response.headers_mut().extend(preflight);
+        return Some(response);
+    }
+    match &route.action {
+        RouteAction::Redirect(redirect) => {
+            let (status, location) = redirect.response(view);
+            let mut response = local_reply(StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY), "");
+            if let Ok(value) = HeaderValue::from_str(&location) {
+                response.headers_mut().insert(LOCATION, value);
+            }
+            Some(response)
+        }
+        RouteAction::DirectResponse { status, body } => {
+            let mut response = Response::new(full(body.clone()));
+            *response.status_mut() = StatusCode::from_u16(*status).unwrap_or(StatusCode::OK);
+            Some(response)
+        }
+        RouteAction::Forward(_) => None,
+    }
+}
+
+/// What routing looks at in a request, and who sent it.
+fn request_view<'a>(parts: &'a Parts, authority: &'a str, connection: &'a Connection) -> RequestView<'a> {
+    RequestView {
+        method: &parts.method,
+        scheme: "http",
+        authority,
+        path: parts.uri.path(),
+        query: parts.uri.query(),
+        headers: &parts.headers,
+        port: connection.original.port(),
+        source_labels: connection.source.as_ref().map(|(labels, _)| labels),
+        source_namespace: connection.source.as_ref().map(|(_, namespace)| namespace.as_str()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use test_support::routes;
+
+    fn view_of(parts: &Parts) -> RequestView<'_> {
+        RequestView {
+            method: &parts.method,
+            scheme: "http",
+            authority: "reviews",
+            path: parts.uri.path(),
+            query: parts.uri.query(),
+            headers: &parts.headers,
+            port: 9080,
+            source_labels: None,
+            source_namespace: None,
+        }
+    }
+
+    #[test]
+    fn redirects_and_direct_responses_are_answered_from_the_rule() {
+        let rules = routes(concat!(
+            "- match: [{uri: {prefix: /old}}]\n  redirect: {uri: /new, redirectCode: 308}\n",
+            "- match: [{uri: {prefix: /down}}]\n  directResponse: {status: 503, body: {string: maintenance}}\n",
+            "- route: [{destination: {host: reviews}}]\n",
+        ));
+        let (parts, ()) = Request::get("/old/x").body(()).unwrap().into_parts();
+        let redirect = answer_from_rule(&rules[0], &view_of(&parts)).unwrap();
+        assert_eq!(redirect.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(redirect.headers()["location"], "http://reviews/new");
+        let direct = answer_from_rule(&rules[1], &view_of(&parts)).unwrap();
+        assert_eq!(direct.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(answer_from_rule(&rules[2], &view_of(&parts)).is_none(), "forwarded");
+    }
+}

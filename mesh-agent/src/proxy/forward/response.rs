@@ -1,0 +1,92 @@
+//! The response stage: the answer for the last try. An upstream's response
+//! goes back without its connection-scoped fields, with the destination's
+//! and the route's header rules applied, holding the request's accounting
+//! (and its pooled connection) until its body ends and cut at the route's
+//! deadline; a try that got none becomes Envoy's local answer and flag.
+
+use super::attempts::TryResult;
+use super::flags::ResponseFlag;
+use super::headers::strip_hop_by_hop;
+use super::outcome::local_reply;
+use crate::proxy::body::{GuardedBody, ProxyBody};
+use crate::proxy::cluster::InFlight;
+use crate::proxy::upstream::error::UpstreamError;
+use crate::proxy::upstream::hyper_http1::CheckinSlot;
+use http::{Response, StatusCode};
+use mesh_core::route::{HttpRoute, RouteDestination};
+use std::net::SocketAddr;
+use std::time::Instant;
+
+/// The response for `result`, the last try's.
+pub fn finish(
+    result: TryResult,
+    flags: &mut Vec<ResponseFlag>,
+    endpoint: SocketAddr,
+    destination: Option<&RouteDestination>,
+    route: Option<&HttpRoute>,
+    deadline: Option<Instant>,
+    guards: Option<(InFlight, InFlight)>,
+) -> Response<ProxyBody> {
+    let error = match result {
+        TryResult::Response(response) => {
+            let (mut head, upstream_body) = response.into_parts();
+            strip_hop_by_hop(&mut head.headers);
+            // The upstream connection goes back to its pool with the body.
+            let checkin = head.extensions.remove::<CheckinSlot>().and_then(|slot| slot.take());
+            let guards = (guards, checkin);
+            let mut response = Response::from_parts(head, GuardedBody::wrap(upstream_body, deadline, guards));
+            if let Some(destination) = destination {
+                destination.headers.response.apply(response.headers_mut());
+            }
+            if let Some(route) = route {
+                route.headers.response.apply(response.headers_mut());
+            }
+            return response;
+        }
+        TryResult::TimedOut => None,
+        TryResult::Failed(error) => Some(error),
+    };
+    if let Some(UpstreamError::Protocol(error)) = &error {
+        tracing::debug!(%error, %endpoint, "upstream sent a malformed response");
+    } else if let Some(error) = &error {
+        tracing::debug!(%error, %endpoint, "upstream failed");
+    }
+    let (response, flag) = error_reply(error.as_ref());
+    flags.push(flag);
+    response
+}
+
+/// Envoy's local answer for a try that got no response (None: it timed
+/// out), and its flag.
+pub fn error_reply(error: Option<&UpstreamError>) -> (Response<ProxyBody>, ResponseFlag) {
+    let reset = "upstream connect error or disconnect/reset before headers. reset reason:";
+    match error {
+        None => (local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"), ResponseFlag::UT),
+        Some(error) if error.is_connect() => {
+            (local_reply(StatusCode::SERVICE_UNAVAILABLE, &format!("{reset} connection failure")), ResponseFlag::UF)
+        }
+        Some(UpstreamError::Protocol(_)) => {
+            (local_reply(StatusCode::BAD_GATEWAY, "upstream sent a malformed response"), ResponseFlag::UPE)
+        }
+        Some(_) => (local_reply(StatusCode::SERVICE_UNAVAILABLE, &format!("{reset} remote reset")), ResponseFlag::UR),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tries_without_a_response_get_envoys_answers() {
+        let cases = [
+            (None, StatusCode::GATEWAY_TIMEOUT, ResponseFlag::UT),
+            (Some(UpstreamError::ConnectTimeout), StatusCode::SERVICE_UNAVAILABLE, ResponseFlag::UF),
+            (Some(UpstreamError::Protocol("bad".into())), StatusCode::BAD_GATEWAY, ResponseFlag::UPE),
+            (Some(UpstreamError::Failed("reset".into())), StatusCode::SERVICE_UNAVAILABLE, ResponseFlag::UR),
+        ];
+        for (error, status, flag) in cases {
+            let (response, got) = error_reply(error.as_ref());
+            assert_eq!((response.status(), got), (status, flag), "{error:?}");
+        }
+    }
+}

@@ -1,0 +1,241 @@
+//! The dialer: sends one try of a request to one endpoint, over the
+//! right client: HTTP/2 on the endpoint's multiplexed connection, plain
+//! HTTP/1.1 with a known body on the direct client, the rest through
+//! hyper's HTTP/1.1 client.
+
+use super::connect::Tls;
+use super::error::UpstreamError;
+use super::http2::Http2Connections;
+use super::hyper_http1::Http1Pool;
+use super::pool::ConnectionLimits;
+use crate::proxy::body::{full, BoxError, ProxyBody};
+use crate::proxy::header_names::ATTEMPT_COUNT;
+use crate::proxy::http1::client::{DirectBody, DirectPool};
+use bytes::Bytes;
+use http::header::{HeaderValue, HOST, UPGRADE};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+/// The upstream connections; a cheap, owned handle to them (clone it to
+/// send from a spawned task, as mirrors do).
+#[derive(Clone, Default)]
+pub struct Dialer {
+    direct: Arc<DirectPool>,
+    http1: Arc<Http1Pool>,
+    h2: Http2Connections,
+}
+
+/// Where and how one try of a request goes.
+#[derive(Clone, Copy)]
+pub struct Try<'a> {
+    pub endpoint: SocketAddr,
+    /// The endpoint's port speaks HTTP/2.
+    pub http2: bool,
+    pub tls: Option<&'a Tls>,
+    pub limits: ConnectionLimits,
+    /// The request head, the same for every try.
+    pub head: &'a http::request::Parts,
+    /// The `x-envoy-attempt-count` to send (none for a mirror).
+    pub attempt: Option<u32>,
+}
+
+/// A request body as the upstream clients take it.
+pub enum Payload {
+    /// All of it, known before sending (it may be sent again).
+    Complete(Bytes),
+    /// Still arriving from the client.
+    Streamed(ProxyBody),
+}
+
+impl Payload {
+    fn into_body(self) -> ProxyBody {
+        match self {
+            Payload::Complete(bytes) => full(bytes),
+            Payload::Streamed(body) => body,
+        }
+    }
+}
+
+/// A response body from either HTTP/1.1 client or HTTP/2.
+pub enum UpstreamBody {
+    Direct(DirectBody),
+    Hyper(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            UpstreamBody::Direct(body) => Pin::new(body).poll_frame(cx),
+            UpstreamBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Direct(body) => body.is_end_stream(),
+            UpstreamBody::Hyper(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Direct(body) => body.size_hint(),
+            UpstreamBody::Hyper(body) => body.size_hint(),
+        }
+    }
+}
+
+/// One upstream endpoint as the proxy sees it, for status.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UpstreamPool {
+    pub endpoint: SocketAddr,
+    pub in_flight: usize,
+    pub http1_idle: usize,
+    pub http2_open: bool,
+}
+
+impl Dialer {
+    /// Sends one try of a request to `endpoint`, with `attempt` as its
+    /// attempt count: HTTP/2 on our per-endpoint connection (the request's
+    /// URI carries the logical authority), HTTP/1.1 on a pooled connection
+    /// (origin form; Host carries the name). Plaintext HTTP/1.1 with a
+    /// known body, nothing asking to switch protocols, goes through the
+    /// direct client, which encodes the borrowed head as it is; the rest
+    /// through hyper, with a copy of it.
+    pub async fn send(&self, to: Try<'_>, payload: Payload) -> Result<http::Response<UpstreamBody>, UpstreamError> {
+        match payload {
+            Payload::Complete(body) if !to.http2 && to.tls.is_none() && !to.head.headers.contains_key(UPGRADE) => {
+                let response = self.direct.send(to.endpoint, to.limits, to.head, to.attempt, body).await?;
+                Ok(response.map(UpstreamBody::Direct))
+            }
+            // Boxed: the common path's future stays small.
+            payload => Box::pin(self.send_with_hyper(to, payload)).await,
+        }
+    }
+
+    async fn send_with_hyper(
+        &self,
+        to: Try<'_>,
+        payload: Payload,
+    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
+        let Try { endpoint, http2, tls, limits, head, attempt } = to;
+        let mut request = http::Request::from_parts(head.clone(), payload.into_body());
+        if let Some(attempt) = attempt {
+            request.headers_mut().insert(ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+        }
+        let request = upstream_request(request, endpoint, http2);
+        if !http2 {
+            return Ok(self.http1.send(endpoint, tls.cloned(), limits, request).await?.map(UpstreamBody::Hyper));
+        }
+        let mut sender = Box::pin(self.h2.sender(endpoint, tls.cloned(), limits.connect_timeout)).await?;
+        sender.ready().await.map_err(UpstreamError::from_hyper)?;
+        let response = sender.send_request(request).await.map_err(UpstreamError::from_hyper)?;
+        Ok(response.map(UpstreamBody::Hyper))
+    }
+}
+
+/// The request as the upstream gets it, on a connection that is already
+/// the endpoint's. HTTP/1.1: the origin form, and Host keeps the service's
+/// name. HTTP/2: `:authority` is the service's name (from Host, which h2
+/// must not also carry).
+fn upstream_request<B>(mut request: http::Request<B>, endpoint: SocketAddr, http2: bool) -> http::Request<B> {
+    use http::Uri;
+    if http2 {
+        let path = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+        let authority = request
+            .headers_mut()
+            .remove(HOST)
+            .and_then(|h| h.to_str().ok().map(str::to_owned))
+            .unwrap_or(endpoint.to_string());
+        *request.uri_mut() = format!("http://{authority}{path}")
+            .parse()
+            .or_else(|_| format!("http://{endpoint}{path}").parse())
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        *request.version_mut() = http::Version::HTTP_2;
+    } else {
+        if request.uri().scheme().is_some() || request.uri().path_and_query().is_none() {
+            // An absolute-form request line from the client: send the origin form.
+            let origin =
+                request.uri().path_and_query().cloned().unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+            *request.uri_mut() = Uri::from(origin);
+        }
+        // The upstream speaks what its port says, whatever the client spoke.
+        *request.version_mut() = http::Version::HTTP_11;
+    }
+    request
+}
+
+impl Dialer {
+    /// Upstream endpoints the proxy has talked to, given their requests in
+    /// flight: and whether a multiplexed HTTP/2 connection to each is open.
+    pub fn pools(&self, in_flight: Vec<(SocketAddr, usize)>) -> Vec<UpstreamPool> {
+        let mut idle = HashMap::new();
+        self.http1.count_idle(&mut idle);
+        self.direct.count_idle(&mut idle);
+        let mut pools: Vec<UpstreamPool> = in_flight
+            .into_iter()
+            .map(|(endpoint, in_flight)| UpstreamPool {
+                endpoint,
+                in_flight,
+                http1_idle: idle.get(&endpoint).copied().unwrap_or(0),
+                http2_open: self.h2.is_open(endpoint),
+            })
+            .collect();
+        pools.sort_by_key(|p| p.endpoint);
+        pools
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn a_streamed_get_body_goes_out_chunked() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let upstream = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut seen = Vec::new();
+            let mut buffer = [0u8; 1024];
+            while !seen.ends_with(b"0\r\n\r\n") {
+                let n = stream.read(&mut buffer).await.unwrap();
+                assert!(n > 0, "closed before the body's end: {}", String::from_utf8_lossy(&seen));
+                seen.extend_from_slice(&buffer[..n]);
+            }
+            stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+            String::from_utf8(seen).unwrap()
+        });
+        let (parts, receiver) = tokio::sync::mpsc::channel(1);
+        parts.send(Bytes::from_static(b"hello")).await.unwrap();
+        drop(parts);
+        let body = crate::proxy::http1::server::tests::Streamed(receiver).boxed();
+        let (head, ()) = http::Request::get("/").header("host", "web").body(()).unwrap().into_parts();
+        let dialer = Dialer::default();
+        let to = Try {
+            endpoint: address,
+            http2: false,
+            tls: None,
+            limits: ConnectionLimits::default(),
+            head: &head,
+            attempt: None,
+        };
+        let sent = dialer.send(to, Payload::Streamed(body));
+        // Without framing the upstream never sees the body's end.
+        let response = tokio::time::timeout(Duration::from_secs(5), sent).await.expect("answered").unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let seen = upstream.await.unwrap();
+        assert!(seen.to_ascii_lowercase().contains("transfer-encoding: chunked\r\n"), "{seen}");
+        assert!(seen.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{seen}");
+    }
+}

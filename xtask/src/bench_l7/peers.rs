@@ -1,0 +1,203 @@
+//! The proxies measured beside the agent's: the mesh's configuration and
+//! nginx's, HAProxy's and Envoy's, and starting a peer until it answers.
+
+use anyhow::Result;
+use mesh_tests::{TestEnv, NODE_IPV4};
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use super::plan::{
+    PathKind, BACKEND_IP, BACKEND_PORT, MESHED_BACKEND_IP, PROXY_CPU, REMOTE_SERVICE_IP, SERVICE_IP, SERVICE_PORT,
+};
+use super::procs::{kill_cgroup, place, Cgroups};
+use super::tools::Tools;
+
+/// A peer (or the backend) must answer within this after it starts.
+pub(super) const START_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Two HTTP services with a VirtualService each (so the kernel sends them
+/// to the proxy): `web` in front of the meshed backend pod, `web-remote` in
+/// front of the one outside the mesh.
+pub(super) fn mesh_config() -> String {
+    [("web", SERVICE_IP, MESHED_BACKEND_IP.0), ("web-remote", REMOTE_SERVICE_IP, BACKEND_IP.0)]
+        .map(|(name, cluster_ip, backend)| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: bench}}\n\
+                 spec: {{clusterIP: {cluster_ip}, ports: [{{name: http, port: {SERVICE_PORT}, targetPort: {BACKEND_PORT}}}]}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: {name}, namespace: bench, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+                 addressType: IPv4\nports: [{{name: http, port: {BACKEND_PORT}}}]\nendpoints: [{{addresses: [{backend}]}}]\n---\n\
+                 apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: bench}}\n\
+                 spec:\n  hosts: [{name}]\n  http:\n  - route:\n    - destination: {{host: {name}}}\n"
+            )
+        })
+        .join("---\n")
+}
+
+fn nginx_config(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+           fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+           keepalive_timeout 300s;\n  keepalive_requests 100000000;\n\
+           upstream backend {{\n    server {backend}:{BACKEND_PORT};\n    keepalive 128;\n    keepalive_requests 100000000;\n    keepalive_timeout 300s;\n  }}\n\
+           server {{\n    listen {target} backlog=4096;\n    location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
+        backend = BACKEND_IP.0,
+        target = PathKind::Nginx.target(),
+    )
+}
+
+fn haproxy_config() -> String {
+    format!(
+        "global\n  nbthread 1\n  maxconn 4096\n\
+         defaults\n  mode http\n  option http-keep-alive\n  http-reuse always\n  timeout connect 5s\n  timeout client 300s\n  timeout server 300s\n  timeout http-keep-alive 300s\n\
+         frontend fe\n  bind {target}\n  default_backend be\n\
+         backend be\n  server b1 {backend}:{BACKEND_PORT}\n",
+        backend = BACKEND_IP.0,
+        target = PathKind::Haproxy.target(),
+    )
+}
+
+fn envoy_config() -> String {
+    format!(
+        r#"static_resources:
+  listeners:
+  - name: bench
+    address: {{socket_address: {{address: {node}, port_value: 18082}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: bench
+          codec_type: HTTP1
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes:
+              - match: {{prefix: "/"}}
+                route: {{cluster: backend}}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+  - name: backend
+    type: STATIC
+    connect_timeout: 5s
+    load_assignment:
+      cluster_name: backend
+      endpoints:
+      - lb_endpoints:
+        - endpoint: {{address: {{socket_address: {{address: {backend}, port_value: {BACKEND_PORT}}}}}}}
+"#,
+        node = NODE_IPV4,
+        backend = BACKEND_IP.0,
+    )
+}
+
+/// A peer proxy running in its own cgroup in the node namespace, on the
+/// proxy CPU. Stopping it kills the whole cgroup (nginx's master and
+/// worker alike).
+pub(super) struct Peer {
+    child: Child,
+    pub(super) cgroup: PathBuf,
+}
+
+impl Peer {
+    pub(super) fn stop(mut self) {
+        kill_cgroup(&self.cgroup);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the peer `kind` in the node namespace and waits until it answers;
+/// the error says why it cannot run (then the path is listed unavailable).
+pub(super) fn start_peer(
+    kind: PathKind,
+    tools: &Tools,
+    env: &TestEnv,
+    cgroups: &Cgroups,
+    dir: &Path,
+) -> Result<Peer, String> {
+    let dir = dir.join(kind.name());
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    let log = File::create(dir.join("output.log")).map_err(|e| e.to_string())?;
+    let mut cmd = match kind {
+        PathKind::Nginx => {
+            let nginx = tools.nginx.clone()?;
+            std::fs::write(dir.join("nginx.conf"), nginx_config(&dir)).map_err(|e| e.to_string())?;
+            let mut cmd = Command::new(nginx);
+            cmd.arg("-p").arg(&dir).arg("-c").arg(dir.join("nginx.conf")).args(["-e", "stderr"]);
+            cmd
+        }
+        PathKind::Haproxy => {
+            let haproxy = tools.haproxy.clone()?;
+            std::fs::write(dir.join("haproxy.cfg"), haproxy_config()).map_err(|e| e.to_string())?;
+            let mut cmd = Command::new(haproxy);
+            // -db: foreground, one process.
+            cmd.arg("-db").arg("-f").arg(dir.join("haproxy.cfg"));
+            cmd
+        }
+        PathKind::Envoy => {
+            let envoy = tools.envoy.clone()?;
+            std::fs::write(dir.join("envoy.yaml"), envoy_config()).map_err(|e| e.to_string())?;
+            let mut cmd = Command::new(envoy);
+            cmd.arg("-c").arg(dir.join("envoy.yaml")).args([
+                "--concurrency",
+                "1",
+                "--disable-hot-restart",
+                "-l",
+                "warning",
+            ]);
+            cmd
+        }
+        PathKind::Direct | PathKind::DirectBpf | PathKind::Mesh | PathKind::MeshRemote => {
+            return Err("not a peer".into())
+        }
+    };
+    let cgroup = cgroups.child(kind.name()).map_err(|e| format!("{e:#}"))?;
+    place(&mut cmd, &cgroup, &env.node_netns_path(), PROXY_CPU).map_err(|e| format!("{e:#}"))?;
+    let stderr = log.try_clone().map_err(|e| e.to_string())?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", kind.name()))?;
+    let mut peer = Peer { child, cgroup };
+    let target: SocketAddr = kind.target().parse().expect("a socket address");
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = peer.child.try_wait() {
+            let output = std::fs::read_to_string(dir.join("output.log")).unwrap_or_default();
+            peer.stop();
+            return Err(format!("{} exited ({status}): {}", kind.name(), last_line(&output)));
+        }
+        if get_from(&env.node_netns_path(), target).is_ok_and(|status| status == 200) {
+            return Ok(peer);
+        }
+        if Instant::now() > deadline {
+            let output = std::fs::read_to_string(dir.join("output.log")).unwrap_or_default();
+            peer.stop();
+            return Err(format!("{} did not answer within {START_TIMEOUT:?}: {}", kind.name(), last_line(&output)));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn last_line(text: &str) -> String {
+    text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_owned()
+}
+
+/// One GET from inside `netns`: the status code.
+pub(super) fn get_from(netns: &Path, target: SocketAddr) -> Result<u16> {
+    Ok(mesh_tests::in_netns(netns, || mesh_tests::http_get(target, "/"))??.0)
+}

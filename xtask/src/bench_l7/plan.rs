@@ -1,0 +1,110 @@
+//! What the bench measures and where: the paths, the loads, the options,
+//! and the addresses, ports and CPUs everything uses.
+
+use mesh_tests::NODE_IPV4;
+
+/// The response body size.
+pub(super) const BODY_BYTES: usize = 1024;
+/// The service in front of the meshed backend pod (`mesh`).
+pub(super) const SERVICE_IP: &str = "10.96.0.20";
+/// The service in front of the backend pod outside the mesh (`mesh-remote`).
+pub(super) const REMOTE_SERVICE_IP: &str = "10.96.0.21";
+pub(super) const SERVICE_PORT: u16 = 80;
+pub(super) const CLIENT_IP: (&str, &str) = ("10.244.0.2", "fd00:244::2");
+pub(super) const BACKEND_IP: (&str, &str) = ("10.244.1.2", "fd00:244::1:2");
+pub(super) const MESHED_BACKEND_IP: (&str, &str) = ("10.244.2.2", "fd00:244::2:2");
+pub(super) const BACKEND_PORT: u16 = 8080;
+/// CPU of the load generator and the backend; the proxy gets the other.
+pub(super) const CLIENT_CPU: usize = 0;
+pub(super) const PROXY_CPU: usize = 1;
+
+/// One path a request can take, as `--paths` names it.
+#[derive(Clone, Copy, PartialEq)]
+pub enum PathKind {
+    Direct,
+    DirectBpf,
+    Mesh,
+    MeshRemote,
+    Nginx,
+    Haproxy,
+    Envoy,
+}
+
+impl PathKind {
+    pub const ALL: [PathKind; 7] = [
+        PathKind::Direct,
+        PathKind::DirectBpf,
+        PathKind::Mesh,
+        PathKind::MeshRemote,
+        PathKind::Nginx,
+        PathKind::Haproxy,
+        PathKind::Envoy,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            PathKind::Direct => "direct",
+            PathKind::DirectBpf => "direct+bpf",
+            PathKind::Mesh => "mesh",
+            PathKind::MeshRemote => "mesh-remote",
+            PathKind::Nginx => "nginx",
+            PathKind::Haproxy => "haproxy",
+            PathKind::Envoy => "envoy",
+        }
+    }
+
+    /// Parses a `--paths` entry.
+    pub fn parse(name: &str) -> Result<PathKind, String> {
+        PathKind::ALL.into_iter().find(|k| k.name() == name).ok_or_else(|| {
+            let names: Vec<&str> = PathKind::ALL.iter().map(|k| k.name()).collect();
+            format!("unknown path {name:?}; one of {}", names.join(", "))
+        })
+    }
+
+    /// Whether the agent's proxy serves this path.
+    pub(super) fn is_mesh(self) -> bool {
+        matches!(self, PathKind::Mesh | PathKind::MeshRemote)
+    }
+
+    /// Where the client sends its requests.
+    pub(super) fn target(self) -> String {
+        match self {
+            PathKind::Direct | PathKind::DirectBpf => format!("{}:{BACKEND_PORT}", BACKEND_IP.0),
+            PathKind::Mesh => format!("{SERVICE_IP}:{SERVICE_PORT}"),
+            PathKind::MeshRemote => format!("{REMOTE_SERVICE_IP}:{SERVICE_PORT}"),
+            PathKind::Nginx => format!("{NODE_IPV4}:18080"),
+            PathKind::Haproxy => format!("{NODE_IPV4}:18081"),
+            PathKind::Envoy => format!("{NODE_IPV4}:18082"),
+        }
+    }
+}
+
+/// The load a run applies.
+#[derive(Clone, Copy)]
+pub(super) enum Load {
+    Rate(u32),
+    Max,
+}
+
+pub(super) fn load_name(load: Load) -> String {
+    match load {
+        Load::Rate(rate) => format!("{rate} rps"),
+        Load::Max => "max".into(),
+    }
+}
+
+/// The command line of `bench l7`.
+pub struct Options {
+    pub paths: Vec<PathKind>,
+    pub rates: Vec<u32>,
+    pub connections: u32,
+    pub seconds: u32,
+    pub rounds: u32,
+}
+
+impl Options {
+    /// The loads each path runs, in order: the fixed rates, then the maximum.
+    pub(super) fn loads(&self) -> Vec<Load> {
+        self.rates.iter().map(|&r| Load::Rate(r)).chain([Load::Max]).collect()
+    }
+}
