@@ -149,7 +149,7 @@ pub(crate) fn log_tail(path: &Path, lines: usize) -> String {
 /// [`http_get`] from inside network namespace `netns` (None: here).
 pub fn http_get_in(netns: Option<&Path>, addr: SocketAddr, path: &str) -> Result<(u16, String)> {
     match netns {
-        Some(netns) => crate::in_netns(netns, || http_get(addr, path))?,
+        Some(netns) => crate::netns::in_netns(netns, || http_get(addr, path))?,
         None => http_get(addr, path),
     }
 }

@@ -82,8 +82,8 @@ pub fn grpc_frame(payload: &[u8]) -> Bytes {
 /// Serves HTTP/2 with prior knowledge on `addr`, inside network namespace
 /// `netns`.
 pub(crate) fn start(netns: &Path, addr: SocketAddr, pod: &str) -> Result<H2Server> {
-    let listener =
-        crate::in_netns(netns, || std::net::TcpListener::bind(addr))?.with_context(|| format!("binding {addr}"))?;
+    let listener = crate::netns::in_netns(netns, || std::net::TcpListener::bind(addr))?
+        .with_context(|| format!("binding {addr}"))?;
     listener.set_nonblocking(true)?;
     let requests = Arc::new(AtomicU64::new(0));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -31,8 +31,10 @@ mod agent;
 pub mod apiserver;
 pub mod h2;
 mod names;
+mod netns;
 mod pod;
 mod server;
+mod sync;
 mod system;
 pub mod tls;
 
@@ -44,18 +46,21 @@ use std::io::Read;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 
 pub use agent::http_get;
+pub use netns::in_netns;
 pub use pod::Pod;
 pub use server::{read_http_head, HttpRequest, Server};
+pub use sync::wait_until;
 
 use agent::{Agent, AgentSpec};
 use names::Names;
 use pod::PodSpec;
+use sync::lock;
 
 /// Grace period between SIGTERM and SIGKILL when stopping the agent.
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(5);
@@ -361,19 +366,6 @@ impl Drop for TestEnv {
     }
 }
 
-/// Runs `f` on a fresh thread inside the network namespace at `netns` (the
-/// calling thread never changes namespace). Sockets made there keep it.
-pub fn in_netns<T: Send>(netns: &Path, f: impl FnOnce() -> T + Send) -> Result<T> {
-    std::thread::scope(|s| {
-        s.spawn(|| -> Result<T> {
-            sys::setns_net(netns).with_context(|| format!("setns {}", netns.display()))?;
-            Ok(f())
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
 /// Reads one line of JSON from a spawned probe's stdout (e.g. `hold`'s
 /// `{"held": ..}`), byte by byte so nothing after it is swallowed.
 pub fn read_json_line(child: &mut Child) -> Result<serde_json::Value> {
@@ -390,21 +382,6 @@ pub fn read_json_line(child: &mut Child) -> Result<serde_json::Value> {
 /// A TCP port on 127.0.0.1 that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("binding 127.0.0.1:0")
-}
-
-/// Polls `f` every 20 ms until it returns true or `timeout` passes; returns
-/// its last answer.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 /// The `mesh-probe` binary: `MESH_PROBE_BIN`, else next to the running test.
@@ -429,9 +406,4 @@ fn built_bin(var: &str, name: &str) -> PathBuf {
         Some(dir.join(name)).filter(|p| p.exists())
     });
     beside_test.unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug").join(name))
-}
-
-/// Locks, ignoring poison: a panicking test must still be cleaned up.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }

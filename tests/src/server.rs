@@ -17,7 +17,8 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::{lock, sys};
+use crate::sync::lock;
+use crate::sys;
 
 /// How often serving loops look at their stop flag.
 const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -140,7 +141,7 @@ pub(crate) fn start_tcp(
     reply: &str,
     proto: TcpProto,
 ) -> Result<Server> {
-    let listeners = crate::in_netns(netns, || -> io::Result<Vec<TcpListener>> {
+    let listeners = crate::netns::in_netns(netns, || -> io::Result<Vec<TcpListener>> {
         addrs.iter().map(|a| sys::tcp_listener(*a, BACKLOG)).collect()
     })?
     .with_context(|| format!("listening on {addrs:?}"))?;
@@ -158,9 +159,10 @@ pub(crate) fn start_tcp(
 
 /// Starts a UDP server on `addrs`, sockets created inside `netns`.
 pub(crate) fn start_udp(registry: &Registry, netns: &Path, addrs: Vec<SocketAddr>, reply: &str) -> Result<Server> {
-    let sockets =
-        crate::in_netns(netns, || -> io::Result<Vec<UdpSocket>> { addrs.iter().map(UdpSocket::bind).collect() })?
-            .with_context(|| format!("binding UDP {addrs:?}"))?;
+    let sockets = crate::netns::in_netns(netns, || -> io::Result<Vec<UdpSocket>> {
+        addrs.iter().map(UdpSocket::bind).collect()
+    })?
+    .with_context(|| format!("binding UDP {addrs:?}"))?;
     for s in &sockets {
         s.set_nonblocking(true)?;
     }
@@ -280,7 +282,7 @@ fn close_all(shared: &Shared) {
     for stream in lock(&shared.conns).values() {
         let _ = stream.shutdown(Shutdown::Both);
     }
-    crate::wait_until(Duration::from_secs(2), || shared.live.load(Ordering::SeqCst) == 0);
+    crate::sync::wait_until(Duration::from_secs(2), || shared.live.load(Ordering::SeqCst) == 0);
 }
 
 fn serve_lines(stream: TcpStream, name: &[u8]) -> io::Result<()> {

@@ -71,7 +71,7 @@ pub(crate) fn netns_del(name: &str) -> Result<()> {
 /// Writes sysctls of a network namespace: /proc/sys/net resolves against the
 /// writing thread's namespace, so a thread inside it is enough.
 pub(crate) fn set_net_sysctls(netns: &str, sysctls: &[(&str, &str)]) -> Result<()> {
-    crate::in_netns(&netns_path(netns), || -> Result<()> {
+    crate::netns::in_netns(&netns_path(netns), || -> Result<()> {
         for (key, value) in sysctls {
             let path = Path::new("/proc/sys").join(key.replace('.', "/"));
             fs::write(&path, value).with_context(|| format!("sysctl {key}={value}"))?;
@@ -101,7 +101,7 @@ pub(crate) fn remove_cgroup(path: &Path) -> Result<()> {
         }
     }
     let mut last = None;
-    let removed = crate::wait_until(Duration::from_secs(5), || match fs::remove_dir(path) {
+    let removed = crate::sync::wait_until(Duration::from_secs(5), || match fs::remove_dir(path) {
         Ok(()) => true,
         Err(e) if e.kind() == io::ErrorKind::NotFound => true,
         Err(e) => {

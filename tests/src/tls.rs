@@ -103,8 +103,8 @@ pub(crate) fn start(
     require_client_cert: bool,
 ) -> Result<TlsServer> {
     let config = Arc::new(server_config(pki, require_client_cert)?);
-    let listener =
-        crate::in_netns(netns, || std::net::TcpListener::bind(addr))?.with_context(|| format!("binding {addr}"))?;
+    let listener = crate::netns::in_netns(netns, || std::net::TcpListener::bind(addr))?
+        .with_context(|| format!("binding {addr}"))?;
     listener.set_nonblocking(true)?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let pod = pod.to_owned();

@@ -10,7 +10,7 @@
 //! Variants run interleaved, round after round, and the median is reported
 //! with its ratio to direct.
 
-use crate::Binaries;
+use crate::workspace::Binaries;
 use anyhow::{bail, Context, Result};
 use mesh_tests::{Pod, TestEnv};
 use std::fmt::Write as _;

@@ -2,7 +2,7 @@
 //! network namespaces, the agent serves `deploy/examples/demo/`, a client pod
 //! dials the services, and the per-backend split and `meshctl status` print.
 
-use crate::{workspace_root, Binaries};
+use crate::workspace::{workspace_root, Binaries};
 use anyhow::{Context, Result};
 use mesh_tests::TestEnv;
 use std::process::Command;

@@ -227,7 +227,9 @@ fn char_literal_len(rest: &str) -> Option<usize> {
     let body = rest.strip_prefix("b'").or_else(|| rest.strip_prefix('\''))?;
     let prefix = rest.len() - body.len();
     if let Some(escaped) = body.strip_prefix('\\') {
-        let end = escaped.find('\'')?;
+        // The escaped character may itself be a quote (`'\''`).
+        let first = escaped.chars().next()?;
+        let end = escaped[first.len_utf8()..].find('\'')? + first.len_utf8();
         return Some(prefix + 1 + end + 1);
     }
     let c = body.chars().next()?;
@@ -287,19 +289,22 @@ fn without_tests(tokens: Vec<&str>) -> Vec<&str> {
                     i += 1;
                 }
             }
-            // The item: up to its `;`, or through its braced body.
+            // The item: up to its `;` (or `,`, for a field, variant or
+            // arm), or through its braced body; never past the `}` of what
+            // encloses it.
             let mut depth = 0usize;
             while i < tokens.len() {
                 match tokens[i] {
                     "{" => depth += 1,
+                    "}" if depth == 0 => break,
                     "}" => {
-                        depth = depth.saturating_sub(1);
+                        depth -= 1;
                         if depth == 0 {
                             i += 1;
                             break;
                         }
                     }
-                    ";" if depth == 0 => {
+                    ";" | "," if depth == 0 => {
                         i += 1;
                         break;
                     }
@@ -320,8 +325,10 @@ fn without_tests(tokens: Vec<&str>) -> Vec<&str> {
 struct Scanned {
     /// Its `mod` items.
     declared: Vec<Declared>,
-    /// Paths that leave the file (`crate::…`, `super::…`, `self::…`, with
-    /// `use` groups expanded), each with the inline module it is written in.
+    /// Paths (`crate::…`, `super::…`, `self::…`, and relative ones such as
+    /// a parent's `use child::X`, with `use` groups expanded), each with the
+    /// inline module it is written in. Relative paths that name no child
+    /// module (`std::…`, another crate's) lead nowhere when resolved.
     paths: Vec<(Vec<String>, Vec<String>)>,
 }
 
@@ -360,18 +367,27 @@ fn scan(code: &str) -> Scanned {
                     continue;
                 }
             }
-            "use" => {
+            // A visibility (`pub(in crate::proxy)`) names no import.
+            "pub" if tokens.get(i + 1) == Some(&"(") => {
+                i += tokens[i..].iter().position(|t| *t == ")").map_or(tokens.len() - i, |p| p + 1);
+                continue;
+            }
+            // `use<'a>` in `impl Trait + use<'a>` captures, it imports nothing.
+            "use" if tokens.get(i + 1) != Some(&"<") => {
                 let end = tokens[i..].iter().position(|t| *t == ";").map_or(tokens.len(), |p| i + p);
                 for path in expand_use(&tokens[i + 1..end]) {
-                    if matches!(path.first().map(String::as_str), Some("crate" | "super" | "self")) {
-                        scanned.paths.push((here(), path));
-                    }
+                    scanned.paths.push((here(), path));
                 }
                 i = end + 1;
                 continue;
             }
             // A path in code, as long as it goes (not the tail of another).
-            "crate" | "super" | "self" if tokens.get(i + 1) == Some(&"::") && (i == 0 || tokens[i - 1] != "::") => {
+            token
+                if is_ident(token)
+                    && tokens.get(i + 1) == Some(&"::")
+                    && tokens.get(i + 2).is_some_and(|t| is_ident(t))
+                    && (i == 0 || tokens[i - 1] != "::") =>
+            {
                 let mut path = vec![tokens[i].to_owned()];
                 let mut j = i + 1;
                 while tokens.get(j) == Some(&"::") && tokens.get(j + 1).is_some_and(|t| is_ident(t)) {
@@ -390,18 +406,28 @@ fn scan(code: &str) -> Scanned {
 }
 
 /// `#[path = "..."]` attributes by the name of the module they precede
-/// (read from the raw text: `strip` empties strings).
+/// (read from the raw text: `strip` empties strings). The attribute may
+/// share the `mod` line, or stand lines above it among other attributes.
 fn path_attributes(text: &str) -> BTreeMap<String, String> {
     let mut found = BTreeMap::new();
     let mut pending: Option<String> = None;
-    for line in text.lines().map(str::trim) {
-        if let Some(value) = line.strip_prefix("#[path = \"").and_then(|rest| rest.strip_suffix("\"]")) {
-            pending = Some(value.to_owned());
-        } else if let Some(value) = pending.take() {
-            let name = line.split("mod ").nth(1).map(|rest| rest.trim_end_matches(';').trim().to_owned());
-            if let Some(name) = name {
-                found.insert(name, value);
+    for line in text.lines() {
+        let mut rest = line.trim();
+        if let Some(after) = rest.strip_prefix("#[path") {
+            let quoted = after.trim_start().strip_prefix('=').map(str::trim_start).and_then(|a| a.strip_prefix('"'));
+            if let Some((value, tail)) = quoted.and_then(|q| q.split_once('"')) {
+                pending = Some(value.to_owned());
+                rest = tail.trim_start().strip_prefix(']').unwrap_or(tail).trim();
             }
+        }
+        let Some(value) = pending.take() else { continue };
+        if rest.is_empty() || rest.starts_with("#[") {
+            pending = Some(value);
+            continue;
+        }
+        let name = rest.split_whitespace().skip_while(|word| *word != "mod").nth(1);
+        if let Some(name) = name {
+            found.insert(name.trim_end_matches(';').to_owned(), value);
         }
     }
     found
@@ -669,12 +695,79 @@ mod tests {
     }
 
     #[test]
+    fn path_attributes_are_found_however_written() {
+        let text = "#[path = \"a/x.rs\"]\nmod x;\n#[path=\"y.rs\"] pub mod y;\n#[path = \"z.rs\"]\n#[allow(dead_code)]\nmod z;\nmod w;\n";
+        let found = path_attributes(text);
+        let pairs: Vec<(&str, &str)> = found.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(pairs, [("x", "a/x.rs"), ("y", "y.rs"), ("z", "z.rs")]);
+    }
+
+    #[test]
+    fn quotes_in_char_literals_and_visibilities_are_not_paths() {
+        let code = strip(
+            "fn f(c: char) -> bool { c == '\\'' || c == '\"' }\npub(in crate::proxy) mod mirror;\nuse crate::a::B;",
+        );
+        let found: Vec<String> = scan(&code).paths.into_iter().map(|(_, p)| p.join("::")).collect();
+        assert_eq!(found, ["crate::a::B"]);
+    }
+
+    #[test]
+    fn a_test_only_field_keeps_the_braces_around_it() {
+        let code = strip("struct S {\n    #[cfg(test)]\n    hook: u8,\n    a: u8,\n}\nmod inner { use super::x::Y; }");
+        let Scanned { declared, paths } = scan(&code);
+        assert_eq!(declared[0].inline_path, Vec::<String>::new(), "`inner` is at the top, not inside `S`");
+        assert_eq!(paths.last().unwrap().0, ["inner"]);
+    }
+
+    #[test]
     fn test_code_is_left_out() {
         let code = strip("#[cfg(test)]\n#[allow(unused)]\nmod tests { use crate::a::B; }\n#[cfg(test)]\nmod support;\nuse crate::c::D;");
         let Scanned { declared, paths } = scan(&code);
         let found: Vec<String> = paths.into_iter().map(|(_, p)| p.join("::")).collect();
         assert_eq!(found, ["crate::c::D"]);
         assert!(declared.is_empty());
+    }
+
+    /// A throwaway crate in a temporary directory.
+    fn tree_of(name: &str, files: &[(&str, &str)]) -> (PathBuf, Tree) {
+        let dir = std::env::temp_dir().join(format!("mesh-layers-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        for (path, text) in files {
+            let path = dir.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, text).unwrap();
+        }
+        let tree = load_tree(&dir.join("lib.rs")).unwrap();
+        (dir, tree)
+    }
+
+    #[test]
+    fn a_parent_that_re_exports_a_child_which_uses_the_parent_is_a_cycle() {
+        let files = [
+            ("lib.rs", "mod room;\n"),
+            ("room/mod.rs", "mod child;\npub use child::C;\npub struct P;\n"),
+            ("room/child.rs", "use super::P;\npub struct C;\n"),
+        ];
+        let (dir, tree) = tree_of("reexport", &files);
+        assert_eq!(cycles(&tree, &edges(&tree).unwrap()).len(), 1);
+        std::fs::write(dir.join("room/child.rs"), "pub struct C;\n").unwrap();
+        let tree = load_tree(&dir.join("lib.rs")).unwrap();
+        assert!(cycles(&tree, &edges(&tree).unwrap()).is_empty(), "re-exporting alone is no cycle");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_agent_module_importing_from_a_higher_layer_is_reported() {
+        let files = [
+            ("lib.rs", "mod proxy;\nmod agent;\n"),
+            ("proxy.rs", "fn f() { crate::agent::run(); }\n"),
+            ("agent.rs", "pub fn run() {}\n"),
+        ];
+        let (dir, tree) = tree_of("layers", &files);
+        let problems = layer_violations(&dir, &tree, &edges(&tree).unwrap());
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].0.contains("proxy.rs (layer 1) imports from agent.rs (layer 2)"), "{problems:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

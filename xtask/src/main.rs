@@ -10,11 +10,12 @@ mod demo;
 #[allow(dead_code)] // shared with mesh-agent/build.rs, which uses part of it
 mod ebpf_build;
 mod layers;
+mod workspace;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use std::path::{Path, PathBuf};
 use std::process::Command;
+use workspace::{build_binaries, output, run, workspace_root};
 
 const BPF_LINKER_VERSION: &str = "0.10.4";
 
@@ -134,23 +135,6 @@ fn main() -> Result<()> {
     }
 }
 
-pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
-}
-
-fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
-    if !status.success() {
-        bail!("{cmd:?} failed: {status}");
-    }
-    Ok(())
-}
-
-fn output(cmd: &mut Command) -> Option<String> {
-    let out = cmd.output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// Installs whatever is missing; does nothing when all is there.
 fn setup() -> Result<()> {
     let nightly_ok = output(Command::new("rustup").args(["run", "nightly", "rustc", "--version"])).is_some();
@@ -189,24 +173,6 @@ fn setup() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     Ok(())
-}
-
-/// Paths of the binaries tests, the demo and benchmarks run.
-pub struct Binaries {
-    pub agent: PathBuf,
-    pub meshctl: PathBuf,
-    pub probe: PathBuf,
-}
-
-fn build_binaries(release: bool) -> Result<Binaries> {
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(workspace_root()).args(["build", "-p", "mesh-agent", "-p", "mesh-tests", "--bins"]);
-    if release {
-        cmd.arg("--release");
-    }
-    run(&mut cmd)?;
-    let dir = workspace_root().join("target").join(if release { "release" } else { "debug" });
-    Ok(Binaries { agent: dir.join("mesh-agent"), meshctl: dir.join("meshctl"), probe: dir.join("mesh-probe") })
 }
 
 /// Fails with every import cycle and layer violation found.

@@ -36,15 +36,23 @@ pub fn parse_documents(file: &str, text: &str) -> Result<ParsedFile, Vec<Rejecti
 }
 
 /// The documents of a YAML text, as JSON values (empty ones left out).
-/// YAML 1.2's core schema, as serde_yaml and the Kubernetes tools read it:
-/// `n`, `no` and `on` are text, not booleans, and so are `0755` and
-/// `1_000`. Errors are plain, one line: they end up in logs and status.
+/// YAML 1.2's core schema, as serde_yaml (the agent's earlier parser) read
+/// it: `n`, `no` and `on` are text, not booleans, and so are `0755` and
+/// `1_000`. The parser's limits are raised to fit a generated manifest of
+/// many thousands of objects (a `kubectl get -o yaml` of every pod); the
+/// alias limits that stop "billion laughs" stay. Errors are plain, one
+/// line: they end up in logs and status.
 pub fn yaml_documents(text: &str) -> Result<Vec<Value>, serde_saphyr::Error> {
     let options = serde_saphyr::options! {
         strict_booleans: true,
         leading_zero_numbers_as_strings: true,
         underscored_numbers_as_strings: true,
         with_snippet: false,
+        budget: serde_saphyr::budget! {
+            max_events: 50_000_000,
+            max_documents: 1_000_000,
+            max_nodes: 20_000_000,
+        },
     };
     serde_saphyr::from_multiple_with_options(text, options)
 }
@@ -211,6 +219,22 @@ mod tests {
         let labels = &objects[0].resource.metadata().labels;
         let shown: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(shown, [("country", "no"), ("flag", "n"), ("mode", "on"), ("n", "1_000"), ("perm", "0755")]);
+    }
+
+    #[test]
+    fn a_generated_manifest_of_thousands_of_objects_is_read() {
+        let pods: String = (0..5000)
+            .map(|i| format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p{i}, namespace: shop, labels: {{app: web}}}}\nstatus: {{podIP: 10.244.{}.{}}}\n", i / 250, i % 250))
+            .collect();
+        assert_eq!(parse_file("pods.yaml", &pods).unwrap().len(), 5000);
+    }
+
+    #[test]
+    fn aliases_are_read_and_duplicate_keys_refused() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: &l {app: web}, annotations: *l}\n";
+        assert_eq!(parse_file("p.yaml", text).unwrap()[0].resource.metadata().labels["app"], "web");
+        let twice = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, name: q}\n";
+        assert!(parse_documents("p.yaml", twice).is_err(), "a duplicate key fails the file, as before");
     }
 
     #[test]

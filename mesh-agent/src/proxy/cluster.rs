@@ -160,6 +160,7 @@ struct Inner {
 
 impl Clusters {
     /// Clusters whose outlier detection reads `clock`.
+    #[cfg(test)]
     pub fn with_clock(clock: Clock) -> Self {
         Clusters { inner: Mutex::default(), clock }
     }

@@ -1,4 +1,5 @@
-//! The proxy's listener: it accepts the connections the kernel captured
+//! The proxy itself ([`Proxy`]: what every connection shares) and its
+//! listener: it accepts the connections the kernel captured
 //! (connect4/6 send connections to service ports with L7 rules to the node
 //! address, and sock_ops records where each one was going, keyed by the
 //! client's address), finds who sent each one, and serves it: plain
@@ -7,10 +8,10 @@
 
 use super::body::ClientBody;
 use super::cluster::Clusters;
-use super::forward::mirror::Mirrors;
 use super::http1::common::{MAX_FIELDS, MAX_HEAD_BYTES};
 use super::http1::server::{self, Served};
 use super::metrics::ProxyMetrics;
+use super::mirror::Mirrors;
 use super::outlier::Ejected;
 use super::upstream::dialer::{Dialer, UpstreamPool};
 use crate::dataplane::OriginalDstTable;

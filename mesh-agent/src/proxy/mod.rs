@@ -3,23 +3,29 @@
 //! `mesh_core::route` and forwarded to an endpoint directly (the proxy's
 //! own connects are never captured).
 //!
-//! Rooms, lowest first: [`header_names`], [`body`]; our HTTP/1.1
-//! ([`http1`]); [`upstream`] connections, pools and the dialer;
-//! [`outlier`] detection, L7 [`balance`]ing and the per-snapshot
-//! [`cluster`] plans; [`metrics`]; the [`listener`] that accepts captured
-//! connections; then what it serves them with: the request pipeline
-//! ([`forward`]) and the `tcp`/`tls` route relay ([`tcp`]).
+//! Rooms, lowest first: `header_names` and `body`; upstream connecting,
+//! errors and idle pools (`upstream::{connect, error, pool}`); our own
+//! HTTP/1.1, both directions (`http1`), on which the dialer that sends each
+//! try builds (`upstream::dialer`, with hyper's HTTP/1.1 and HTTP/2
+//! clients); outlier detection, L7 balancing and the per-snapshot cluster
+//! plans (`outlier`, `balance`, `cluster`); `metrics` and `mirror`; the
+//! `listener` that holds the [`Proxy`] and accepts captured connections;
+//! then what it serves them with: the request pipeline (`forward`) and the
+//! `tcp`/`tls` route relay (`tcp`).
 
-pub mod balance;
-pub mod body;
-pub mod cluster;
-pub mod forward;
-pub mod header_names;
-pub mod http1;
-pub mod listener;
-pub mod metrics;
-pub mod outlier;
-pub mod tcp;
-pub mod upstream;
+mod balance;
+mod body;
+mod cluster;
+mod forward;
+mod header_names;
+mod http1;
+mod listener;
+mod metrics;
+mod mirror;
+mod outlier;
+mod tcp;
+mod upstream;
 
 pub use listener::{bind, serve, Proxy, ProxyError, DEFAULT_HEADER_TIMEOUT};
+pub use outlier::Ejected;
+pub use upstream::dialer::UpstreamPool;

@@ -46,8 +46,8 @@ impl OutlierConfig {
     }
 }
 
-/// Where outlier detection reads the time: the monotonic clock, or in
-/// tests a clock moved by hand, so that ejections expire without sleeping.
+/// Where outlier detection reads the time: the monotonic clock by default;
+/// tests pass one they move by hand, so ejections expire without sleeping.
 #[derive(Clone)]
 pub struct Clock(Arc<dyn Fn() -> Instant + Send + Sync>);
 

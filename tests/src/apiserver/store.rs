@@ -143,7 +143,7 @@ impl Shared {
     }
 
     pub(super) fn store(&self) -> MutexGuard<'_, Store> {
-        crate::lock(&self.store)
+        crate::sync::lock(&self.store)
     }
 
     /// Tells open watches to look at the store again.

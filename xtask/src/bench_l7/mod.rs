@@ -96,8 +96,8 @@ struct Built {
 }
 
 fn build() -> Result<Built> {
-    let root = crate::workspace_root();
-    crate::run(Command::new("cargo").current_dir(&root).args([
+    let root = crate::workspace::workspace_root();
+    crate::workspace::run(Command::new("cargo").current_dir(&root).args([
         "build",
         "--release",
         "-p",

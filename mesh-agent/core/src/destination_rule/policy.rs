@@ -63,14 +63,23 @@ pub struct EffectivePolicy {
 
 impl Default for EffectivePolicy {
     fn default() -> Self {
-        EffectivePolicy::from_levels(PolicyLevel::default(), None, None)
+        EffectivePolicy::merged(PolicyLevel::default(), None, None, 0)
     }
 }
 
 impl EffectivePolicy {
-    /// The merged level and the merged per-policy fields.
-    pub(super) fn from_levels(level: PolicyLevel, policy: Option<&Policy>, subset: Option<&Policy>) -> Self {
-        let pick = |field: fn(&Policy) -> bool| subset.filter(|s| field(s)).or(policy);
+    /// The four merged fields (`level`, as the rule merged them) with the
+    /// fields Istio carries beside them:
+    /// - `proxyProtocol` and `retryBudget`: the subset policy's when it sets
+    ///   them, else the top level's; a policy's `portLevelSettings` entry for
+    ///   `port` carries only the four fields, so at such a port that policy
+    ///   brings neither;
+    /// - `tunnel`: the subset's when a subset is named (`Some`, with its
+    ///   policy if it has one), as Istio's tunneling reads the subset alone;
+    ///   else the top level's.
+    pub(super) fn merged(level: PolicyLevel, top: Option<&Policy>, subset: Option<Option<&Policy>>, port: u16) -> Self {
+        let top_here = top.filter(|p| !p.ports.contains_key(&port));
+        let subset_here = subset.flatten().filter(|p| !p.ports.contains_key(&port));
         let (load_balancer, locality, warmup) = match level.load_balancer {
             Some(lb) => (lb.algorithm, lb.locality, lb.warmup),
             None => (LoadBalancer::LeastRequest, None, None),
@@ -83,9 +92,13 @@ impl EffectivePolicy {
             http_pool: level.connection_pool.and_then(|pool| pool.http),
             outlier_detection: level.outlier_detection,
             tls: level.tls,
-            tunnel: pick(|p| p.tunnel.is_some()).and_then(|p| p.tunnel.clone()),
-            proxy_protocol: pick(|p| p.proxy_protocol.is_some()).and_then(|p| p.proxy_protocol),
-            retry_budget: pick(|p| p.retry_budget.is_some()).and_then(|p| p.retry_budget.clone()),
+            tunnel: match subset {
+                Some(subset) => subset.and_then(|p| p.tunnel.clone()),
+                None => top.and_then(|p| p.tunnel.clone()),
+            },
+            proxy_protocol: subset_here.and_then(|p| p.proxy_protocol).or(top_here.and_then(|p| p.proxy_protocol)),
+            retry_budget: (subset_here.and_then(|p| p.retry_budget.clone()))
+                .or_else(|| top_here.and_then(|p| p.retry_budget.clone())),
         }
     }
 }

@@ -36,19 +36,20 @@ impl DestinationRuleModel {
     /// Istio's MergeTrafficPolicy: the top-level policy, replaced whole by
     /// its `portLevelSettings` entry for `port` if there is one; then the
     /// subset's policy field by field; then the subset's `portLevelSettings`
-    /// entry for `port`, which replaces all four fields again. `tunnel`,
-    /// `proxyProtocol` and `retryBudget` are the subset's if it sets them.
+    /// entry for `port`, which replaces all four fields again. For the
+    /// fields beside those four, see [`EffectivePolicy::merged`].
     pub fn effective(&self, subset: Option<&str>, port: u16) -> EffectivePolicy {
         let mut level = self.policy.as_ref().map(|p| p.at_port(port)).unwrap_or_default();
+        // Some when a subset is named: its policy, if it has one.
         let subset_policy =
-            subset.and_then(|name| self.subsets.iter().find(|s| s.name == name)).and_then(|s| s.policy.as_ref());
-        if let Some(subset_policy) = subset_policy {
+            subset.map(|name| self.subsets.iter().find(|s| s.name == name).and_then(|s| s.policy.as_ref()));
+        if let Some(subset_policy) = subset_policy.flatten() {
             level.overlay(&subset_policy.base);
             if let Some(port_level) = subset_policy.ports.get(&port) {
                 level = port_level.level.clone();
             }
         }
-        EffectivePolicy::from_levels(level, self.policy.as_ref(), subset_policy)
+        EffectivePolicy::merged(level, self.policy.as_ref(), subset_policy, port)
     }
 
     /// Every `portLevelSettings` entry (top level and subsets) naming a port
@@ -147,7 +148,13 @@ mod tests {
     fn default_is_least_request_and_unlimited() {
         let r = rule("  host: web\n").unwrap();
         assert_eq!(r.host, "web.shop.svc.cluster.local");
-        assert_eq!(r.effective(None, 80), EffectivePolicy::default());
+        let p = r.effective(None, 80);
+        assert_eq!(p.load_balancer, LoadBalancer::LeastRequest);
+        assert_eq!(p.tcp, TcpPool::default());
+        assert_eq!(p.tcp.max_connections, 0, "unlimited");
+        assert!(p.http_pool.is_none() && p.outlier_detection.is_none() && p.tls.is_none());
+        assert!(p.tunnel.is_none() && p.proxy_protocol.is_none() && p.retry_budget.is_none());
+        assert_eq!(p, EffectivePolicy::default());
     }
 
     #[test]
@@ -466,7 +473,10 @@ mod tests {
             ("tls: {mode: MUTUAL, privateKey: /k.pem}", "spec.trafficPolicy.tls.clientCertificate", "required for MUTUAL"),
             ("tls: {mode: MUTUAL, clientCertificate: /c.pem}", "spec.trafficPolicy.tls.privateKey", "required for MUTUAL"),
             ("tls: {mode: SIMPLE, credentialName: s, caCertificates: /ca.pem}", "spec.trafficPolicy.tls.caCertificates", "credentialName"),
-            ("tls: {mode: DISABLE, insecureSkipVerify: true}", "spec.trafficPolicy.tls.insecureSkipVerify", "DISABLE"),
+            ("tls: {mode: SIMPLE, insecureSkipVerify: true, caCertificates: /ca.pem}", "spec.trafficPolicy.tls.caCertificates", "insecureSkipVerify"),
+            ("tls: {mode: SIMPLE, insecureSkipVerify: true, subjectAltNames: [a]}", "spec.trafficPolicy.tls.subjectAltNames", "insecureSkipVerify"),
+            ("tls: {mode: SIMPLE, credentialName: s, clientCertificate: /c.pem}", "spec.trafficPolicy.tls.clientCertificate", "credentialName"),
+            ("tls: {mode: MUTUAL, credentialName: s, privateKey: /k.pem}", "spec.trafficPolicy.tls.privateKey", "credentialName"),
             // connectionPool
             ("connectionPool: {http: {idleTimeout: soon}}", "spec.trafficPolicy.connectionPool.http.idleTimeout", "not a duration"),
             ("connectionPool: {http: {http2MaxRequests: -1}}", "spec.trafficPolicy.connectionPool.http.http2MaxRequests", "not a count"),
@@ -489,10 +499,20 @@ mod tests {
             ("loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 60s, aggression: 0.5}}", "spec.trafficPolicy.loadBalancer.warmup.aggression", "below 1"),
             ("loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: forever}", "spec.trafficPolicy.loadBalancer.warmupDurationSecs", "not a duration"),
             ("loadBalancer: {consistentHash: {httpCookie: {name: u, ttl: 1y}}}", "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.ttl", "not a duration"),
+            ("loadBalancer: {consistentHash: {httpCookie: {name: u, attributes: [{value: x}]}}}", "spec.trafficPolicy.loadBalancer.consistentHash.httpCookie.attributes[0].name", "required"),
+            ("loadBalancer: {consistentHash: {useSourceIp: false, httpHeaderName: x}}", "spec.trafficPolicy.loadBalancer.consistentHash", "only one hash key"),
+            ("loadBalancer: {localityLbSetting: {distribute: [{from: 'us-east/*', to: {us-west: 100}}, {from: us-east/1a, to: {us-west: 100}}]}}", "spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[1].from", "overlaps"),
+            ("loadBalancer: {localityLbSetting: {failover: [{from: us-east, to: 'us-*'}]}}", "spec.trafficPolicy.loadBalancer.localityLbSetting.failover[0].to", "not a region"),
             // tunnel, proxyProtocol, retryBudget
             ("tunnel: {protocol: UDP, targetHost: egress, targetPort: 443}", "spec.trafficPolicy.tunnel.protocol", "CONNECT or POST"),
             ("tunnel: {targetPort: 443}", "spec.trafficPolicy.tunnel.targetHost", "required"),
             ("tunnel: {targetHost: egress.example.com, targetPort: 70000}", "spec.trafficPolicy.tunnel.targetPort", "not a port"),
+            ("tunnel: {targetHost: '*.example.com', targetPort: 443}", "spec.trafficPolicy.tunnel.targetHost", "not an FQDN"),
+            ("tunnel: {targetHost: 1.2.3, targetPort: 443}", "spec.trafficPolicy.tunnel.targetHost", "not an FQDN"),
+            ("retryBudget: {minRetryConcurrency: -1}", "spec.trafficPolicy.retryBudget.minRetryConcurrency", "negative"),
+            ("connectionPool: {http: {maxRequestsPerConnection: -1}}", "spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection", "not a count"),
+            ("connectionPool: {tcp: {idleTimeout: 1h1}}", "spec.trafficPolicy.connectionPool.tcp.idleTimeout", "not a duration"),
+            ("outlierDetection: {consecutiveGatewayErrors: -1}", "spec.trafficPolicy.outlierDetection.consecutiveGatewayErrors", "not a count"),
             ("proxyProtocol: {version: V3}", "spec.trafficPolicy.proxyProtocol.version", "V1 or V2"),
             ("retryBudget: {percent: 150}", "spec.trafficPolicy.retryBudget.percent", "between 0 and 100"),
         ];
@@ -552,23 +572,60 @@ mod tests {
     }
 
     #[test]
-    fn tunnel_proxy_protocol_and_retry_budget_are_the_subsets_when_it_sets_them() {
+    fn tunnel_proxy_protocol_and_retry_budget_merge_as_istio_carries_them() {
         let r = rule(concat!(
             "  host: web\n",
             "  trafficPolicy:\n",
             "    tunnel: {targetHost: egress.example.com, targetPort: 8443}\n",
             "    retryBudget: {percent: 10}\n",
+            "    portLevelSettings:\n",
+            "    - port: {number: 9090}\n",
+            "      loadBalancer: {simple: RANDOM}\n",
             "  subsets:\n",
             "  - name: v1\n",
             "    labels: {version: v1}\n",
             "    trafficPolicy:\n",
             "      tunnel: {protocol: POST, targetHost: 10.0.0.9, targetPort: 9443}\n",
+            "  - name: v2\n",
+            "    labels: {version: v2}\n",
+            "    trafficPolicy:\n",
+            "      retryBudget: {percent: 30}\n",
+            "  - name: v3\n",
+            "    labels: {version: v3}\n",
         ))
         .unwrap();
         let top = r.effective(None, 80);
         assert_eq!(top.tunnel.as_ref().map(|t| (t.protocol, t.target_port)), Some((TunnelProtocol::Connect, 8443)));
         let v1 = r.effective(Some("v1"), 80);
         assert_eq!(v1.tunnel.map(|t| (t.protocol, t.target_host)), Some((TunnelProtocol::Post, "10.0.0.9".into())));
-        assert_eq!(v1.retry_budget.and_then(|b| b.percent), Some(10.0), "inherited");
+        assert_eq!(v1.retry_budget.and_then(|b| b.percent), Some(10.0), "inherited from the top level");
+        // A named subset's tunnel is its own: none when it sets none.
+        assert!(r.effective(Some("v2"), 80).tunnel.is_none());
+        assert!(r.effective(Some("v3"), 80).tunnel.is_none(), "a subset without a policy");
+        assert_eq!(r.effective(Some("v2"), 80).retry_budget.and_then(|b| b.percent), Some(30.0));
+        // A port-level entry carries only the four merged fields.
+        assert!(r.effective(None, 9090).retry_budget.is_none());
+        assert_eq!(r.effective(Some("v2"), 9090).retry_budget.and_then(|b| b.percent), Some(30.0));
+    }
+
+    #[test]
+    fn accepted_where_istio_accepts() {
+        let accepted = [
+            "tls: {mode: ISTIO_MUTUAL, insecureSkipVerify: true}",
+            "tls: {mode: MUTUAL, credentialName: client-cert}",
+            "tls: {mode: DISABLE, insecureSkipVerify: true}",
+            "loadBalancer: {simple: ROUND_ROBIN, warmupDurationSecs: 30s, warmup: {duration: 60s}}",
+            "loadBalancer: {localityLbSetting: {distribute: [{from: a/b/c/d, to: {'a/*': 100}}]}}",
+            "outlierDetection: {consecutiveErrors: -1}",
+        ];
+        for block in accepted {
+            assert!(rule(&format!("  host: web\n  trafficPolicy:\n    {block}\n")).is_ok(), "{block}");
+        }
+        let both = rule(
+            "  host: web\n  trafficPolicy:\n    loadBalancer: {warmupDurationSecs: 30s, warmup: {duration: 60s}}\n",
+        );
+        assert_eq!(both.unwrap().effective(None, 80).warmup.map(|w| w.duration), Some(Duration::from_secs(60)));
+        let refused = rule("  host: web\n  exportTo: ['~']\n").unwrap_err();
+        assert_eq!(refused.field, "spec.exportTo[0]", "`~` is for ServiceEntries");
     }
 }

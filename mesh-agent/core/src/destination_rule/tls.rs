@@ -60,11 +60,18 @@ pub fn validate_tls(at: &Path, tls: &api::ClientTlsSettings) -> Result<ClientTls
         insecure_skip_verify: tls.insecure_skip_verify.unwrap_or(false),
         ca_crl: set(&tls.ca_crl),
     };
-    if settings.insecure_skip_verify && matches!(mode, TlsMode::Disable | TlsMode::IstioMutual) {
-        return Err(FieldError::new(
-            at.field("insecureSkipVerify"),
-            format!("cannot be true with mode {}", mode_name(mode)),
-        ));
+    if settings.insecure_skip_verify {
+        // Istio: nothing to verify against once verification is off.
+        let verifying = [
+            ("caCertificates", settings.ca_certificates.is_some()),
+            ("subjectAltNames", !settings.subject_alt_names.is_empty()),
+            ("credentialName", mode == TlsMode::Simple && settings.credential_name.is_some()),
+        ];
+        if let Some((field, _)) = verifying.iter().find(|(_, set)| *set) {
+            if matches!(mode, TlsMode::Simple | TlsMode::Mutual) {
+                return Err(FieldError::new(at.field(field), "cannot be set with insecureSkipVerify: true"));
+            }
+        }
     }
     let from_files = [
         ("clientCertificate", &settings.client_certificate),
@@ -85,13 +92,4 @@ pub fn validate_tls(at: &Path, tls: &api::ClientTlsSettings) -> Result<ClientTls
         }
     }
     Ok(settings)
-}
-
-fn mode_name(mode: TlsMode) -> &'static str {
-    match mode {
-        TlsMode::Disable => "DISABLE",
-        TlsMode::Simple => "SIMPLE",
-        TlsMode::Mutual => "MUTUAL",
-        TlsMode::IstioMutual => "ISTIO_MUTUAL",
-    }
 }

@@ -34,12 +34,16 @@ pub fn validate_tunnel(at: &Path, tunnel: &api::TunnelSettings) -> Result<Tunnel
             ))
         }
     };
-    let host = tunnel.target_host.trim();
+    let host = tunnel.target_host.as_str();
     if host.is_empty() {
         return Err(FieldError::new(at.field("targetHost"), "required"));
     }
+    // Istio's ValidateFQDN or ValidateIPAddress: no wildcard, and a name's
+    // top-level label is not all digits.
     if host.parse::<std::net::IpAddr>().is_err() {
-        if host.contains('*') {
+        let all_digits =
+            host.trim_end_matches('.').rsplit('.').next().is_some_and(|top| top.bytes().all(|b| b.is_ascii_digit()));
+        if host.contains('*') || all_digits {
             return Err(FieldError::new(at.field("targetHost"), format!("{host:?} is not an FQDN or IP address")));
         }
         validate_host_name(&at.field("targetHost"), host)?;

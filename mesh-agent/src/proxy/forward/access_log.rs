@@ -1,7 +1,6 @@
 //! The access log: one JSON line per request on stdout, with Envoy's
 //! fields.
 
-use super::flags::{flag_list, ResponseFlag};
 use serde::Serialize;
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -25,10 +24,6 @@ pub struct AccessLogLine<'a> {
 }
 
 impl AccessLogLine<'_> {
-    pub fn flags(flags: &[ResponseFlag]) -> Cow<'static, str> {
-        flag_list(flags)
-    }
-
     pub fn print(&self) {
         if let Ok(json) = serde_json::to_string(self) {
             println!("{json}");

@@ -28,7 +28,8 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 /// How one try ended.
-// One per try, moved once: boxing the response would cost an allocation.
+// One per try, moved a few times on its way out: boxing the response would
+// cost an allocation per try.
 #[allow(clippy::large_enum_variant)]
 pub enum TryResult {
     Response(Response<UpstreamBody>),

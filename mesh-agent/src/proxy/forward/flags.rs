@@ -3,6 +3,8 @@
 use serde::Serialize;
 use std::borrow::Cow;
 
+// Envoy's names, as logs and metrics show them (`flag_list` prints them).
+#[allow(clippy::upper_case_acronyms)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub enum ResponseFlag {
     /// Upstream connection failure.

@@ -3,8 +3,8 @@
 //! A request that goes upstream then passes named stages, each in its own
 //! room: [`fault`] → [`destination`] → request [`edits`] → [`admission`]
 //! (circuit breaking) → [`attempts`] (retries, per-try deadline, outlier
-//! feedback) → [`response`]. [`mirror`]s go out beside it. Metrics and the
-//! [`access_log`] line close it.
+//! feedback) → [`response`]. Mirrors (`proxy::mirror`) go out beside it.
+//! Metrics and the [`access_log`] line close it.
 
 mod access_log;
 mod admission;
@@ -15,7 +15,6 @@ mod fault;
 mod flags;
 mod hash;
 mod headers;
-pub(in crate::proxy) mod mirror;
 mod outcome;
 mod request_id;
 mod response;
@@ -104,7 +103,7 @@ impl Proxy {
                 path: &path,
                 authority,
                 response_code: code,
-                response_flags: AccessLogLine::flags(&flags),
+                response_flags: flag_list(&flags),
                 duration_ms: started.elapsed().as_millis(),
                 upstream_host: upstream,
                 upstream_cluster: &cluster,

@@ -59,17 +59,18 @@ pub fn finish(
 /// Envoy's local answer for a try that got no response (None: it timed
 /// out), and its flag.
 pub fn error_reply(error: Option<&UpstreamError>) -> (Response<ProxyBody>, ResponseFlag) {
-    let reset = "upstream connect error or disconnect/reset before headers. reset reason:";
-    match error {
-        None => (local_reply(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout"), ResponseFlag::UT),
-        Some(error) if error.is_connect() => {
-            (local_reply(StatusCode::SERVICE_UNAVAILABLE, &format!("{reset} connection failure")), ResponseFlag::UF)
-        }
+    const CONNECTION_FAILURE: &str =
+        "upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+    const REMOTE_RESET: &str = "upstream connect error or disconnect/reset before headers. reset reason: remote reset";
+    let (status, text, flag) = match error {
+        None => (StatusCode::GATEWAY_TIMEOUT, "upstream request timeout", ResponseFlag::UT),
+        Some(error) if error.is_connect() => (StatusCode::SERVICE_UNAVAILABLE, CONNECTION_FAILURE, ResponseFlag::UF),
         Some(UpstreamError::Protocol(_)) => {
-            (local_reply(StatusCode::BAD_GATEWAY, "upstream sent a malformed response"), ResponseFlag::UPE)
+            (StatusCode::BAD_GATEWAY, "upstream sent a malformed response", ResponseFlag::UPE)
         }
-        Some(_) => (local_reply(StatusCode::SERVICE_UNAVAILABLE, &format!("{reset} remote reset")), ResponseFlag::UR),
-    }
+        Some(_) => (StatusCode::SERVICE_UNAVAILABLE, REMOTE_RESET, ResponseFlag::UR),
+    };
+    (local_reply(status, text), flag)
 }
 
 #[cfg(test)]

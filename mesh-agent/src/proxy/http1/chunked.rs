@@ -2,15 +2,13 @@
 //! a read buffer holds and hands out data frames and trailers as they
 //! complete, and the few bytes an encoder writes around each chunk.
 
-use super::common::MAX_HEAD_BYTES;
+use super::common::{MAX_FIELDS, MAX_HEAD_BYTES};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::body::Frame;
 
 /// A chunk-size line longer than this is not one.
 const MAX_CHUNK_LINE: usize = 1024;
-/// The trailer fields kept at most.
-const MAX_TRAILERS: usize = 100;
 
 /// The end of a chunked body with no trailers.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
@@ -85,7 +83,7 @@ impl Decoder {
                     *self = Decoder::Size;
                 }
                 Decoder::Trailers => {
-                    let mut slots = [httparse::EMPTY_HEADER; MAX_TRAILERS];
+                    let mut slots = [httparse::EMPTY_HEADER; MAX_FIELDS];
                     let (length, fields) = match httparse::parse_headers(read, &mut slots) {
                         Ok(httparse::Status::Complete(parsed)) => parsed,
                         Ok(httparse::Status::Partial) if read.len() <= MAX_HEAD_BYTES => return Ok(None),

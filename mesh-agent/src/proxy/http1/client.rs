@@ -9,7 +9,9 @@
 //! client instead (`upstream::hyper_http1`).
 
 use super::chunked::{ChunkedError, Decoder};
-use super::common::{framing_of, has_token, push_decimal, FieldSpans, Framing, Message, MAX_FIELDS, MAX_HEAD_BYTES};
+use super::common::{
+    framing_of, has_token, push_decimal, FieldSpans, Framing, FramingError, Message, MAX_FIELDS, MAX_HEAD_BYTES,
+};
 use crate::proxy::body::BoxError;
 use crate::proxy::header_names::ATTEMPT_COUNT;
 use crate::proxy::upstream::connect::tcp_connect;
@@ -71,12 +73,14 @@ enum ExchangeError {
     Io(std::io::Error),
     #[error("{0}")]
     Malformed(&'static str),
+    #[error("response framing: {0}")]
+    Framing(#[from] FramingError),
 }
 
 impl From<ExchangeError> for UpstreamError {
     fn from(error: ExchangeError) -> Self {
         match error {
-            ExchangeError::Malformed(_) => UpstreamError::Protocol(Box::new(error)),
+            ExchangeError::Malformed(_) | ExchangeError::Framing(_) => UpstreamError::Protocol(Box::new(error)),
             _ => UpstreamError::Failed(Box::new(error)),
         }
     }
@@ -243,8 +247,7 @@ impl Connection {
         spans.record(response.headers, self.read.as_ptr() as usize);
         let head = self.read.split_to(length).freeze();
         let headers = spans.header_map(&head).map_err(|_| ExchangeError::Malformed("invalid response header field"))?;
-        let framing = framing_of(&headers, Message::Response { status: code, to_head: head_only })
-            .map_err(|_| ExchangeError::Malformed("invalid content-length in the response"))?;
+        let framing = framing_of(&headers, Message::Response { status: code, to_head: head_only })?;
         let keep_alive = match version {
             Version::HTTP_10 => has_token(&headers, &CONNECTION, "keep-alive"),
             _ => !has_token(&headers, &CONNECTION, "close"),

@@ -63,7 +63,9 @@ pub fn body_framing<'a>(
             return Ok(Framing::Empty);
         }
     }
-    let mut length = None;
+    // Content-Length only counts without Transfer-Encoding: its errors are
+    // kept until that is known.
+    let mut length: Result<Option<u64>, FramingError> = Ok(None);
     let mut last_coding: Option<&[u8]> = None;
     let mut transfer_encoded = false;
     for (name, value) in fields {
@@ -73,13 +75,7 @@ pub fn body_framing<'a>(
                 last_coding = Some(coding);
             }
         } else if name.eq_ignore_ascii_case("content-length") {
-            for item in value.split(|&b| b == b',') {
-                let item = parse_decimal(item).ok_or(FramingError::InvalidLength)?;
-                if length.is_some_and(|known| known != item) {
-                    return Err(FramingError::ConflictingLengths);
-                }
-                length = Some(item);
-            }
+            length = length.and_then(|known| content_length(value, known));
         }
     }
     if transfer_encoded {
@@ -89,11 +85,25 @@ pub fn body_framing<'a>(
             (_, Message::Response { .. }) => Ok(Framing::UntilClose),
         };
     }
-    Ok(match (length, message) {
+    Ok(match (length?, message) {
         (Some(length), _) => Framing::Length(length),
         (None, Message::Request) => Framing::Length(0),
         (None, Message::Response { .. }) => Framing::UntilClose,
     })
+}
+
+/// The length a Content-Length value says (`7` or `7, 7`), which must
+/// agree with the one already `known`.
+fn content_length(value: &[u8], known: Option<u64>) -> Result<Option<u64>, FramingError> {
+    let mut length = known;
+    for item in value.split(|&b| b == b',') {
+        let item = parse_decimal(item).ok_or(FramingError::InvalidLength)?;
+        if length.is_some_and(|known| known != item) {
+            return Err(FramingError::ConflictingLengths);
+        }
+        length = Some(item);
+    }
+    Ok(length)
 }
 
 /// [`body_framing`] of a header map.
@@ -206,6 +216,8 @@ mod tests {
         }
         let chunked = [("transfer-encoding", "gzip, chunked"), ("content-length", "12")];
         assert_eq!(framing(&chunked, OK), Ok(Framing::Chunked), "chunked last wins over the length");
+        let bad_length = [("transfer-encoding", "chunked"), ("content-length", "abc"), ("content-length", "5")];
+        assert_eq!(framing(&bad_length, OK), Ok(Framing::Chunked), "a length that does not count cannot be wrong");
         let gzip = [("transfer-encoding", "chunked"), ("transfer-encoding", "gzip")];
         assert_eq!(framing(&gzip, OK), Ok(Framing::UntilClose));
         assert_eq!(framing(&[], OK), Ok(Framing::UntilClose));

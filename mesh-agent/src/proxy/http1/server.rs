@@ -202,10 +202,19 @@ fn plain_head(read: &[u8], fields: &mut FieldSpans) -> Head {
         return Head::Other;
     }
     let mut close = false;
+    let mut lengths = 0;
     for field in request.headers.iter() {
         let name = field.name;
         if name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("expect") {
             return Head::Other;
+        }
+        // Repeated lengths (`7, 7`, or two fields) are hyper's to judge: the
+        // request would carry them on to the upstream as they are.
+        if name.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+            if lengths > 1 || field.value.contains(&b',') {
+                return Head::Other;
+            }
         }
         if name.eq_ignore_ascii_case("connection") {
             close |= tokens(field.value).any(|token| token.eq_ignore_ascii_case(b"close"));
@@ -457,7 +466,8 @@ pub(in crate::proxy) mod tests {
             "POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n",
             "GET / HTTP/1.1\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
             "POST / HTTP/1.1\r\nexpect: 100-continue\r\ncontent-length: 1\r\n\r\n",
-            "POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length: 1, 1\r\n\r\n",
             "POST / HTTP/1.1\r\ncontent-length: -1\r\n\r\n",
             "POST / HTTP/1.1\r\ncontent-length: 9999999\r\n\r\n",
             "GARBAGE\r\n\r\n",

@@ -3,12 +3,11 @@
 //! is dropped and it never delays the caller. Copies under way are capped,
 //! so a slow shadow cannot pile them up.
 
-use super::headers::set_authority;
-use crate::proxy::balance::pick;
-use crate::proxy::cluster::Clusters;
-use crate::proxy::upstream::dialer::{Dialer, Payload, Try};
+use super::balance::pick;
+use super::cluster::Clusters;
+use super::upstream::dialer::{Dialer, Payload, Try};
 use bytes::Bytes;
-use http::header::HOST;
+use http::header::{HeaderValue, HOST};
 use http::request::Parts;
 use http_body_util::BodyExt;
 use mesh_core::route::{shadow_authority, RouteDestination};
@@ -28,7 +27,8 @@ pub struct Mirrors {
 
 impl Mirrors {
     /// Sends a copy of the request (`parts`, whole `body`) to `destination`,
-    /// on the port of the service dialled when it names none.
+    /// on `default_port` (the port of the request's own destination) when
+    /// it names none.
     #[allow(clippy::too_many_arguments)]
     pub fn send(
         &self,
@@ -49,8 +49,10 @@ impl Mirrors {
         };
         let endpoint = endpoint.address;
         let mut parts = parts.clone();
-        let authority = parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default().to_owned();
-        set_authority(&mut parts, &shadow_authority(&authority));
+        let authority = parts.headers.get(HOST).and_then(|h| h.to_str().ok()).unwrap_or_default();
+        if let Ok(shadow) = HeaderValue::from_str(&shadow_authority(authority)) {
+            parts.headers.insert(HOST, shadow);
+        }
         let Ok(tls) = plan.tls(plan.http2) else { return };
         if self.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_MIRRORS_IN_FLIGHT {
             self.in_flight.fetch_sub(1, Ordering::Relaxed);

@@ -1,0 +1,41 @@
+//! The workspace as the developer commands see it: where it is, running
+//! commands in it, and the binaries they build.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask lives in the workspace").to_owned()
+}
+
+pub fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+pub fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Paths of the binaries tests, the demo and benchmarks run.
+pub struct Binaries {
+    pub agent: PathBuf,
+    pub meshctl: PathBuf,
+    pub probe: PathBuf,
+}
+
+pub fn build_binaries(release: bool) -> Result<Binaries> {
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(workspace_root()).args(["build", "-p", "mesh-agent", "-p", "mesh-tests", "--bins"]);
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    let dir = workspace_root().join("target").join(if release { "release" } else { "debug" });
+    Ok(Binaries { agent: dir.join("mesh-agent"), meshctl: dir.join("meshctl"), probe: dir.join("mesh-probe") })
+}
