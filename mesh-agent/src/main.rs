@@ -1,7 +1,6 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use mesh_agent::admin::Shared;
-use mesh_agent::admin::{self, DEFAULT_ADMIN_ADDR};
+use mesh_agent::admin::{self, Shared, DEFAULT_ADMIN_ADDR};
 use mesh_agent::agent::ReloadLoop;
 use mesh_agent::dataplane::{self, CounterReader, DataplaneOptions, OriginalDstTable};
 use mesh_agent::k8s::{self, KubeSource, LeaseTiming, StatusWriter};

@@ -457,11 +457,12 @@ mod tests {
     }
 
     /// A one-connection upstream on loopback that answers each request with
-    /// the next canned reply, then closes after the last.
-    async fn upstream(replies: Vec<&'static [u8]>) -> SocketAddr {
+    /// the next canned reply, then closes (and stops listening) after the
+    /// last: the handle ends once it has.
+    async fn upstream(replies: Vec<&'static [u8]>) -> (SocketAddr, tokio::task::JoinHandle<()>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let (mut stream, _) = listener.accept().await.unwrap();
             let mut buffer = vec![0u8; 4096];
             for reply in replies {
@@ -476,7 +477,7 @@ mod tests {
                 stream.write_all(reply).await.unwrap();
             }
         });
-        address
+        (address, task)
     }
 
     async fn get(pool: &Arc<DirectPool>, address: SocketAddr) -> Result<(StatusCode, HeaderMap, Vec<u8>), BoxError> {
@@ -489,7 +490,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_is_reused_after_its_body_and_interim_responses_are_skipped() {
-        let address = upstream(vec![
+        let (address, _) = upstream(vec![
             b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 5\r\nx-shared: yes\r\n\r\nhello",
             b"HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
         ])
@@ -508,17 +509,17 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_cut_short_is_an_error_and_a_closed_idle_connection_is_not_reused() {
-        let address = upstream(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"]).await;
+        let (address, _) = upstream(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"]).await;
         let pool = Arc::new(DirectPool::default());
         assert!(get(&pool, address).await.is_err(), "five bytes of ten, then a close");
 
-        let address = upstream(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]).await;
+        let (address, closed) = upstream(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"]).await;
         let (status, _, _) = get(&pool, address).await.unwrap();
         assert_eq!(status, StatusCode::OK);
         // The upstream closed after its one reply: the pooled connection is
         // found closed (or fails before a response and the GET goes again
         // on a fresh connection, which is refused).
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        closed.await.unwrap();
         let error = get(&pool, address).await.unwrap_err();
         assert!(error.downcast_ref::<UpstreamError>().is_some_and(UpstreamError::is_connect), "{error}");
     }
@@ -527,7 +528,7 @@ mod tests {
     async fn malformed_responses_are_protocol_errors() {
         let flood: &'static [u8] = "HTTP/1.1 100 Continue\r\n\r\n".repeat(2000).leak().as_bytes();
         for reply in [&b"HTTP/1.1 2xx Nope\r\n\r\n"[..], b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\nhello", flood] {
-            let address = upstream(vec![reply]).await;
+            let (address, _) = upstream(vec![reply]).await;
             let pool = Arc::new(DirectPool::default());
             let error = get(&pool, address).await.unwrap_err();
             assert!(matches!(error.downcast_ref::<UpstreamError>(), Some(UpstreamError::Protocol(_))), "{error}");

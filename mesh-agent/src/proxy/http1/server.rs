@@ -607,17 +607,19 @@ pub(in crate::proxy) mod tests {
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
-        let dropped_tx = std::sync::Mutex::new(Some(dropped_tx));
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
+        let channels = std::sync::Mutex::new(Some((dropped_tx, started_tx)));
         let task = tokio::spawn(serve(server, Duration::from_secs(5), move |_| {
-            // Held by the handler's future: dropped with it.
-            let guard = dropped_tx.lock().unwrap().take();
+            // The guard is held by the handler's future: dropped with it.
+            let (guard, started) = channels.lock().unwrap().take().expect("one request");
+            let _ = started.send(());
             async move {
                 let _guard = guard;
                 std::future::pending::<Response<ProxyBody>>().await
             }
         }));
         client.write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        started_rx.await.expect("the request reached the handler");
         drop(client);
         let served = tokio::time::timeout(Duration::from_secs(2), task).await.expect("serve ends").unwrap();
         assert!(matches!(served, Served::Closed));
