@@ -5,7 +5,7 @@
 
 use super::bpffs::{ensure_bpffs, maps_dir, pin_link};
 use super::error::DataplaneError;
-use super::instance_lock::lock_instance;
+use super::instance_lock::{lock_instance, InstanceLock};
 use super::sockmap_link;
 use super::writer::{KernelMap, MapWriter, WriterMaps};
 use aya::maps::{HashMap, Map, MapData, MapError, PerCpuHashMap, SockHash};
@@ -75,7 +75,7 @@ pub struct Loaded {
     /// The maps were already pinned (an earlier agent's).
     pub maps_taken_over: bool,
     /// Held while the agent runs: one agent per pin directory.
-    pub lock: File,
+    pub lock: InstanceLock,
 }
 
 pub fn load(options: &DataplaneOptions) -> Result<Loaded, DataplaneError> {
