@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// Where the maps of this ABI version are pinned under `bpffs`.
-pub fn maps_dir(bpffs: &Path) -> PathBuf {
+pub(super) fn maps_dir(bpffs: &Path) -> PathBuf {
     bpffs.join("maps").join(format!("v{}", mesh_common::MAP_ABI_VERSION))
 }
 

@@ -8,7 +8,7 @@ use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
 use mesh_common::{global_stat, map_names, Backend, ClusterLive, ClusterStats};
 use std::collections::BTreeMap;
 use std::hash::Hash;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Reads counters through its own handles on the pinned maps, so readers
 /// never wait for the writer.
@@ -75,8 +75,7 @@ pub fn program_stats() -> BTreeMap<u32, (u64, u64)> {
 /// Turns on the kernel's per-program run statistics for as long as the
 /// returned descriptor lives. They cost a clock read per program run.
 pub fn enable_program_stats() -> Result<std::os::fd::OwnedFd, DataplaneError> {
-    aya::sys::enable_stats(aya::sys::Stats::RunTime)
-        .map_err(|e| DataplaneError::Bpffs { path: PathBuf::from("BPF_ENABLE_STATS"), source: e.io_error })
+    aya::sys::enable_stats(aya::sys::Stats::RunTime).map_err(|e| DataplaneError::Stats(e.io_error))
 }
 
 fn collect_ok<K: Ord + Hash, V>(iter: impl Iterator<Item = Result<(K, V), MapError>>) -> BTreeMap<K, V> {

@@ -23,7 +23,6 @@ mod proxy_maps;
 mod sockmap_link;
 mod writer;
 
-pub use bpffs::maps_dir;
 pub use counters::{enable_program_stats, program_stats, CounterReader, Counters};
 pub use error::DataplaneError;
 pub use instance_lock::InstanceLock;

@@ -377,20 +377,15 @@ fn apply_event(kind: &WatchedKind, s: &mut KindStore, event: Event<serde_json::V
             s.objects.insert(key, stored);
             !unchanged
         }
-        Event::Delete(object) => {
-            let (key, _) = decode(kind, object);
-            s.objects.remove(&key).is_some()
-        }
+        Event::Delete(object) => s.objects.remove(&object_key(&object)).is_some(),
     }
 }
 
 /// An event's object as a store entry: its key and its decoding. Objects in
 /// list responses carry no apiVersion/kind, so the watch's are set.
 fn decode(kind: &WatchedKind, mut object: serde_json::Value) -> ((String, String), StoredObject) {
-    let metadata = object.get("metadata");
-    let text = |field: &str| metadata.and_then(|m| m.get(field)).and_then(|v| v.as_str()).unwrap_or_default();
-    let key = (text("namespace").to_owned(), text("name").to_owned());
-    let generation = metadata.and_then(|m| m.get("generation")).and_then(|g| g.as_i64());
+    let key = object_key(&object);
+    let generation = object.pointer("/metadata/generation").and_then(|g| g.as_i64());
     if let Some(map) = object.as_object_mut() {
         map.insert("apiVersion".into(), kind.api_version().into());
         map.insert("kind".into(), kind.kind.into());
@@ -398,6 +393,13 @@ fn decode(kind: &WatchedKind, mut object: serde_json::Value) -> ((String, String
     let mut parsed = ParsedFile::default();
     decode_object("", object, &mut parsed);
     (key, StoredObject { parsed, generation })
+}
+
+/// The store key of an event's object: its namespace and name.
+fn object_key(object: &serde_json::Value) -> (String, String) {
+    let text =
+        |field: &str| object.get("metadata").and_then(|m| m.get(field)).and_then(|v| v.as_str()).unwrap_or_default();
+    (text("namespace").to_owned(), text("name").to_owned())
 }
 
 fn unix_now() -> u64 {
