@@ -93,7 +93,7 @@ fn api_version_text(group: &str, versions: &[&str]) -> String {
 
 /// Decodes one object into `parsed`. `origin` is the file it came from, or
 /// empty for the API server.
-pub fn decode_object(origin: &str, value: Value, parsed: &mut ParsedFile) {
+pub fn decode_object(origin: &str, mut value: Value, parsed: &mut ParsedFile) {
     if value.is_null() {
         return; // an empty document, e.g. a trailing `---`
     }
@@ -101,15 +101,15 @@ pub fn decode_object(origin: &str, value: Value, parsed: &mut ParsedFile) {
     let api_version = text(&value, "apiVersion");
     let kind = text(&value, "kind");
     if kind == "List" {
-        if let Some(Value::Array(items)) = value.get("items") {
-            for item in items.clone() {
+        if let Some(Value::Array(items)) = value.get_mut("items").map(Value::take) {
+            for item in items {
                 decode_object(origin, item, parsed);
             }
         }
         return;
     }
-    let metadata = value.get("metadata").cloned().unwrap_or(Value::Null);
-    let (namespace, name) = (text(&metadata, "namespace"), text(&metadata, "name"));
+    let metadata = value.get("metadata").unwrap_or(&Value::Null);
+    let (namespace, name) = (text(metadata, "namespace"), text(metadata, "name"));
     let namespace = if namespace.is_empty() { "default".to_owned() } else { namespace };
     let reject = |field: &str, message: String| Rejection {
         file: (!origin.is_empty()).then(|| origin.to_owned()),

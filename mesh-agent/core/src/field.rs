@@ -29,10 +29,6 @@ impl Path {
         Self(path.into())
     }
 
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
     /// The path of a field under this one.
     pub fn field(&self, name: &str) -> String {
         format!("{}.{name}", self.0)
@@ -58,6 +54,11 @@ pub fn parse_port(field: &str, port: i64) -> Result<u16, FieldError> {
         .ok()
         .filter(|p| *p != 0)
         .ok_or_else(|| FieldError::new(field, format!("{port} is not a port number (1-65535)")))
+}
+
+/// A non-negative count that fits Istio's uint32 fields.
+pub fn parse_count(field: &str, n: i64) -> Result<u32, FieldError> {
+    u32::try_from(n).map_err(|_| FieldError::new(field, format!("{n} is not a count (0 to 4294967295)")))
 }
 
 /// A percentage in [0, 100].

@@ -52,10 +52,16 @@ pub fn validate_rule_host(field: &str, host: &str) -> Result<(), FieldError> {
         };
         return wrong(&why);
     }
-    if name.rsplit('.').next().is_some_and(|top| top.bytes().all(|b| b.is_ascii_digit())) {
+    if top_label_all_digits(name) {
         return wrong(": its top-level label is all digits");
     }
     Ok(())
+}
+
+/// Whether the last label of `name` (a trailing dot aside) is all digits:
+/// such a name is an address, not a host.
+pub fn top_label_all_digits(name: &str) -> bool {
+    name.trim_end_matches('.').rsplit('.').next().is_some_and(|top| top.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Istio's wildcard domain check: DNS-1123 labels in lowercase, the first

@@ -247,8 +247,11 @@ impl Model {
         cluster_domain: &str,
         passes: impl FnOnce(Accepted) -> Option<T>,
     ) -> Option<(SourcedObject, T)> {
-        let (last_raw, accepted) = self.last_good(key, cluster_domain).filter(|(last_raw, _)| last_raw != failed)?;
-        passes(accepted).map(|last| (last_raw, last))
+        // The cheap comparison first: an unchanged object that keeps failing
+        // is not validated again on every build.
+        let last_raw = self.accepted.get(key).filter(|last| *last != failed)?;
+        let accepted = validate(last_raw, cluster_domain).ok()?;
+        passes(accepted).map(|last| (last_raw.clone(), last))
     }
 
     fn insert(&mut self, key: ObjectKey, raw: SourcedObject, accepted: Accepted) {

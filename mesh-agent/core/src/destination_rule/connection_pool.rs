@@ -4,7 +4,7 @@
 //! Validated as Istio's `validateConnectionPool` does.
 
 use crate::api;
-use crate::field::{parse_istio_duration, FieldError, Path};
+use crate::field::{parse_count, parse_istio_duration, FieldError, Path};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -67,12 +67,7 @@ pub fn validate_connection_pool(at: &Path, pool: &api::ConnectionPoolSettings) -
 }
 
 fn validate_tcp(at: &Path, tcp: &api::TcpSettings) -> Result<TcpPool, FieldError> {
-    let max_connections = match tcp.max_connections {
-        None => 0,
-        Some(n) => u32::try_from(n).map_err(|_| {
-            FieldError::new(at.field("maxConnections"), format!("{n} is not a connection count (0 to 4294967295)"))
-        })?,
-    };
+    let max_connections = count(&at.field("maxConnections"), tcp.max_connections)?.unwrap_or(0);
     let keepalive = tcp
         .tcp_keepalive
         .as_ref()
@@ -124,9 +119,7 @@ fn validate_http(at: &Path, http: &api::HttpSettings) -> Result<HttpPool, FieldE
 
 /// A non-negative count, as written.
 fn count(field: &str, value: Option<i64>) -> Result<Option<u32>, FieldError> {
-    value
-        .map(|n| u32::try_from(n).map_err(|_| FieldError::new(field, format!("{n} is not a count (0 to 4294967295)"))))
-        .transpose()
+    value.map(|n| parse_count(field, n)).transpose()
 }
 
 /// A duration Istio checks with `ValidateDuration`.

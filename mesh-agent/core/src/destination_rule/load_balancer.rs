@@ -247,10 +247,9 @@ fn validate_locality(at: &Path, setting: &api::LocalityLoadBalancerSetting) -> R
     }
     if !setting.failover.is_empty() {
         if let Some(i) = setting.failover_priority.iter().position(|l| TOPOLOGY_LABELS.contains(&l.as_str())) {
-            return Err(FieldError::new(
-                at.index("failoverPriority", i).as_str(),
-                format!("{:?} cannot be used together with failover", setting.failover_priority[i]),
-            ));
+            return Err(at
+                .index("failoverPriority", i)
+                .error(format!("{:?} cannot be used together with failover", setting.failover_priority[i])));
         }
     }
     let mut distribute = Vec::new();

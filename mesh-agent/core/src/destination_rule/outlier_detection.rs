@@ -3,7 +3,7 @@
 //! the proxy fills in Istio's defaults for what is left out.
 
 use crate::api;
-use crate::field::{parse_istio_duration, FieldError, Path};
+use crate::field::{parse_count, parse_istio_duration, FieldError, Path};
 use serde::Serialize;
 use std::time::Duration;
 
@@ -23,11 +23,7 @@ pub struct OutlierDetection {
 }
 
 pub fn validate_outlier_detection(at: &Path, outlier: &api::OutlierDetection) -> Result<OutlierDetection, FieldError> {
-    let count = |name: &str, value: Option<i64>| {
-        value
-            .map(|n| u32::try_from(n).map_err(|_| FieldError::new(at.field(name), format!("{n} is not a count"))))
-            .transpose()
-    };
+    let count = |name: &str, value: Option<i64>| value.map(|n| parse_count(&at.field(name), n)).transpose();
     let percent = |name: &str, value: Option<i64>| {
         value
             .map(|n| {

@@ -2,7 +2,7 @@
 //! requests under way rather than by a count (`connectionPool.http.maxRetries`).
 
 use crate::api;
-use crate::field::{parse_percentage, FieldError, Path};
+use crate::field::{parse_count, parse_percentage, FieldError, Path};
 use serde::Serialize;
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -16,11 +16,7 @@ pub struct RetryBudget {
 
 pub fn validate_retry_budget(at: &Path, budget: &api::RetryBudget) -> Result<RetryBudget, FieldError> {
     let percent = budget.percent.map(|p| parse_percentage(&at.field("percent"), p)).transpose()?;
-    let min_retry_concurrency = budget
-        .min_retry_concurrency
-        .map(|n| {
-            u32::try_from(n).map_err(|_| FieldError::new(at.field("minRetryConcurrency"), format!("{n} is negative")))
-        })
-        .transpose()?;
+    let min_retry_concurrency =
+        budget.min_retry_concurrency.map(|n| parse_count(&at.field("minRetryConcurrency"), n)).transpose()?;
     Ok(RetryBudget { percent, min_retry_concurrency })
 }

@@ -509,7 +509,7 @@ mod tests {
             ("tunnel: {targetHost: egress.example.com, targetPort: 70000}", "spec.trafficPolicy.tunnel.targetPort", "not a port"),
             ("tunnel: {targetHost: '*.example.com', targetPort: 443}", "spec.trafficPolicy.tunnel.targetHost", "not an FQDN"),
             ("tunnel: {targetHost: 1.2.3, targetPort: 443}", "spec.trafficPolicy.tunnel.targetHost", "not an FQDN"),
-            ("retryBudget: {minRetryConcurrency: -1}", "spec.trafficPolicy.retryBudget.minRetryConcurrency", "negative"),
+            ("retryBudget: {minRetryConcurrency: -1}", "spec.trafficPolicy.retryBudget.minRetryConcurrency", "not a count"),
             ("connectionPool: {http: {maxRequestsPerConnection: -1}}", "spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection", "not a count"),
             ("connectionPool: {tcp: {idleTimeout: 1h1}}", "spec.trafficPolicy.connectionPool.tcp.idleTimeout", "not a duration"),
             ("outlierDetection: {consecutiveGatewayErrors: -1}", "spec.trafficPolicy.outlierDetection.consecutiveGatewayErrors", "not a count"),

@@ -85,10 +85,15 @@ pub fn validate_tls(at: &Path, tls: &api::ClientTlsSettings) -> Result<ClientTls
             return Err(FieldError::new(at.field(field), "cannot be set together with credentialName"));
         }
     } else if mode == TlsMode::Mutual {
-        for field in ["clientCertificate", "privateKey"] {
-            if from_files.iter().any(|(name, value)| *name == field && value.is_none()) {
-                return Err(FieldError::new(at.field(field), "required for MUTUAL (or set credentialName)"));
-            }
+        let missing = if settings.client_certificate.is_none() {
+            Some("clientCertificate")
+        } else if settings.private_key.is_none() {
+            Some("privateKey")
+        } else {
+            None
+        };
+        if let Some(field) = missing {
+            return Err(FieldError::new(at.field(field), "required for MUTUAL (or set credentialName)"));
         }
     }
     Ok(settings)

@@ -4,7 +4,7 @@
 
 use crate::api;
 use crate::field::{parse_port, FieldError, Path};
-use crate::host::validate_host_name;
+use crate::host::{top_label_all_digits, validate_host_name};
 use serde::Serialize;
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -41,9 +41,7 @@ pub fn validate_tunnel(at: &Path, tunnel: &api::TunnelSettings) -> Result<Tunnel
     // Istio's ValidateFQDN or ValidateIPAddress: no wildcard, and a name's
     // top-level label is not all digits.
     if host.parse::<std::net::IpAddr>().is_err() {
-        let all_digits =
-            host.trim_end_matches('.').rsplit('.').next().is_some_and(|top| top.bytes().all(|b| b.is_ascii_digit()));
-        if host.contains('*') || all_digits {
+        if host.contains('*') || top_label_all_digits(host) {
             return Err(FieldError::new(at.field("targetHost"), format!("{host:?} is not an FQDN or IP address")));
         }
         validate_host_name(&at.field("targetHost"), host)?;

@@ -83,7 +83,7 @@ const GRPC_CODES: [&str; 17] = [
 
 pub(crate) fn compile_fault(at: &Path, spec: &HttpFaultInjection) -> Result<FaultPolicy, FieldError> {
     if spec.delay.is_none() && spec.abort.is_none() {
-        return Err(FieldError::new(at.as_str(), "needs a delay, an abort or both"));
+        return Err(at.error("needs a delay, an abort or both"));
     }
     let delay = spec
         .delay
@@ -131,8 +131,8 @@ pub(crate) fn compile_fault(at: &Path, spec: &HttpFaultInjection) -> Result<Faul
                 (None, None, Some(_)) => {
                     return Err(FieldError::new(at.field("http2Error"), "is not supported (Istio rejects it too)"))
                 }
-                (None, None, None) => return Err(FieldError::new(at.as_str(), "needs httpStatus or grpcStatus")),
-                _ => return Err(FieldError::new(at.as_str(), "set only one of httpStatus, grpcStatus and http2Error")),
+                (None, None, None) => return Err(at.error("needs httpStatus or grpcStatus")),
+                _ => return Err(at.error("set only one of httpStatus, grpcStatus and http2Error")),
             };
             Ok(FaultAbort { abort: kind, percentage })
         })

@@ -119,7 +119,7 @@ pub(crate) fn compile_redirect(at: &Path, spec: &HttpRedirect) -> Result<Redirec
         (None, None) => RedirectPort::Keep,
     };
     if uri.is_none() && authority.is_none() && scheme.is_none() && port == RedirectPort::Keep {
-        return Err(FieldError::new(at.as_str(), "must set uri, authority, scheme or port"));
+        return Err(at.error("must set uri, authority, scheme or port"));
     }
     let status = match spec.redirect_code {
         None | Some(0) => 301,

@@ -114,7 +114,7 @@ pub(crate) fn compile_rewrite(at: &Path, spec: &HttpRewrite) -> Result<Rewrite, 
         (None, None) => None,
     };
     if uri.is_none() && authority.is_none() {
-        return Err(FieldError::new(at.as_str(), "must set uri, uriRegexRewrite or authority"));
+        return Err(at.error("must set uri, uriRegexRewrite or authority"));
     }
     Ok(Rewrite { uri, authority })
 }
