@@ -5,17 +5,18 @@
 //! not per request. The runtime state (round-robin cursor, requests and
 //! retries under way, outlier health) lives on across snapshots by name.
 
-use super::outlier::{Clock, Ejected, Observation, OutlierConfig, OutlierState};
+use super::outlier::{Ejected, Observation, OutlierConfig, OutlierState};
 use super::upstream::connect::Tls;
 use super::upstream::pool::{ConnectionLimits, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
-use super::upstream::tls::{client_config, TlsError, TlsSettings};
+use super::upstream::tls::{client_config, material, TlsError};
 use crate::sync::lock;
-use mesh_core::destination_rule::EffectivePolicy;
+use mesh_core::destination_rule::{ClientTls, EffectivePolicy, TlsMode};
 use mesh_core::snapshot::Snapshot;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// One endpoint of a cluster, with its requests in flight (shared by every
 /// cluster that holds the address, for LEAST_REQUEST and status).
@@ -100,7 +101,6 @@ pub struct ClusterPlan {
     endpoints_v4: Vec<Endpoint>,
     endpoints_v6: Vec<Endpoint>,
     pub state: Arc<ClusterState>,
-    clock: Clock,
 }
 
 impl ClusterPlan {
@@ -126,17 +126,25 @@ impl ClusterPlan {
         }
     }
 
-    /// The endpoints outlier detection has not ejected.
-    pub fn healthy(&self, endpoints: &[Endpoint], config: &OutlierConfig) -> Vec<Endpoint> {
+    /// The endpoints outlier detection has not ejected at `now`.
+    pub fn healthy(&self, endpoints: &[Endpoint], config: &OutlierConfig, now: Instant) -> Vec<Endpoint> {
         let addresses: Vec<SocketAddr> = endpoints.iter().map(|e| e.address).collect();
         let available: std::collections::HashSet<SocketAddr> =
-            lock(&self.state.outliers).available(&addresses, self.clock.now(), config).into_iter().collect();
+            lock(&self.state.outliers).available(&addresses, now, config).into_iter().collect();
         endpoints.iter().filter(|e| available.contains(&e.address)).cloned().collect()
     }
 
-    /// Records the outcome of a try; true when it ejected the host.
-    pub fn observe(&self, host: SocketAddr, observation: Observation, config: &OutlierConfig, size: usize) -> bool {
-        lock(&self.state.outliers).record(host, observation, self.clock.now(), config, size)
+    /// Records the outcome of a try that ended at `now`; true when it
+    /// ejected the host.
+    pub fn observe(
+        &self,
+        host: SocketAddr,
+        observation: Observation,
+        config: &OutlierConfig,
+        size: usize,
+        now: Instant,
+    ) -> bool {
+        lock(&self.state.outliers).record(host, observation, now, config, size)
     }
 }
 
@@ -145,7 +153,6 @@ impl ClusterPlan {
 #[derive(Default)]
 pub struct Clusters {
     inner: Mutex<Inner>,
-    clock: Clock,
 }
 
 #[derive(Default)]
@@ -159,12 +166,6 @@ struct Inner {
 }
 
 impl Clusters {
-    /// Clusters whose outlier detection reads `clock`.
-    #[cfg(test)]
-    pub fn with_clock(clock: Clock) -> Self {
-        Clusters { inner: Mutex::default(), clock }
-    }
-
     /// The plan for `subset` (or the whole service) of `snapshot.services[index]`.
     pub fn plan(&self, snapshot: &Arc<Snapshot>, index: usize, subset: Option<&str>) -> Arc<ClusterPlan> {
         let mut inner = lock(&self.inner);
@@ -172,7 +173,7 @@ impl Clusters {
         // say) gets a plan of its own snapshot, not cached: the cache
         // only moves forward.
         if inner.snapshot.as_ref().is_some_and(|current| current.serial > snapshot.serial) {
-            return Arc::new(inner.compile(snapshot, index, subset.unwrap_or_default(), &self.clock));
+            return Arc::new(inner.compile(snapshot, index, subset.unwrap_or_default()));
         }
         if !inner.snapshot.as_ref().is_some_and(|current| Arc::ptr_eq(current, snapshot)) {
             inner.renew(snapshot);
@@ -181,14 +182,13 @@ impl Clusters {
         if let Some(plan) = inner.plans.get(&index).and_then(|plans| plans.iter().find(|p| &*p.subset == subset)) {
             return plan.clone();
         }
-        let plan = Arc::new(inner.compile(snapshot, index, subset, &self.clock));
+        let plan = Arc::new(inner.compile(snapshot, index, subset));
         inner.plans.entry(index).or_default().push(plan.clone());
         plan
     }
 
-    /// Hosts ejected right now, by cluster.
-    pub fn ejections(&self) -> Vec<(String, Ejected)> {
-        let now = self.clock.now();
+    /// Hosts ejected at `now`, by cluster.
+    pub fn ejections(&self, now: Instant) -> Vec<(String, Ejected)> {
         let inner = lock(&self.inner);
         let mut out: Vec<(String, Ejected)> = inner
             .states
@@ -230,7 +230,7 @@ impl Inner {
         self.endpoints.retain(|_, c| Arc::strong_count(c) > 1 || c.in_flight.load(Ordering::Relaxed) > 0);
     }
 
-    fn compile(&mut self, snapshot: &Snapshot, index: usize, subset: &str, clock: &Clock) -> ClusterPlan {
+    fn compile(&mut self, snapshot: &Snapshot, index: usize, subset: &str) -> ClusterPlan {
         let service = &snapshot.services[index];
         let subset_name = (!subset.is_empty()).then_some(subset);
         let name: Arc<str> = format!("outbound|{}|{subset}|{}", service.port, service.fqdn).into();
@@ -256,19 +256,16 @@ impl Inner {
             max_retries: policy.http_pool.as_ref().and_then(|pool| pool.max_retries).map(|n| n as usize),
             request_limit: request_limit(&policy, service.http2),
             limits: connection_limits(&policy),
-            tls: policy.tls.as_ref().and_then(TlsSettings::from_policy).map(|settings| {
+            tls: policy.tls.as_ref().filter(|tls| tls.mode != TlsMode::Disable).map(|tls| {
                 let namespace =
                     snapshot.model.rule_for_host(&service.fqdn, &service.namespace).map(|r| r.namespace.as_str());
-                settings.and_then(|settings| {
-                    originate(&settings, namespace.unwrap_or(&service.namespace), snapshot, &service.fqdn)
-                })
+                originate(tls, namespace.unwrap_or(&service.namespace), snapshot, &service.fqdn)
             }),
             policy,
             endpoints_v4,
             endpoints_v6,
             state,
             name,
-            clock: clock.clone(),
         }
     }
 }
@@ -285,8 +282,11 @@ pub fn name_fields(name: &str) -> Option<(&str, &str, &str)> {
 
 /// Client configurations for both protocols, and the name to send as SNI
 /// (and check, unless `subjectAltNames` say otherwise).
-fn originate(settings: &TlsSettings, namespace: &str, snapshot: &Snapshot, fqdn: &str) -> Result<[Tls; 2], TlsError> {
-    let material = settings.material(namespace, &snapshot.model.secrets)?;
+fn originate(settings: &ClientTls, namespace: &str, snapshot: &Snapshot, fqdn: &str) -> Result<[Tls; 2], TlsError> {
+    if settings.mode == TlsMode::IstioMutual {
+        return Err(TlsError::Mode("ISTIO_MUTUAL"));
+    }
+    let material = material(settings, namespace, &snapshot.model.secrets)?;
     let name = settings.sni.clone().unwrap_or_else(|| fqdn.to_owned());
     let server_name = rustls::pki_types::ServerName::try_from(name.clone())
         .map_err(|_| TlsError::Config(format!("{name:?} is not a valid server name")))?;
@@ -333,7 +333,7 @@ fn connection_limits(policy: &EffectivePolicy) -> ConnectionLimits {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     /// `web` in `shop` on port 80, two endpoints, and outlier detection that
     /// ejects at the first 5xx for 30 s.
@@ -349,36 +349,29 @@ mod tests {
             "spec: {host: web, trafficPolicy: {outlierDetection: ",
             "{consecutive5xxErrors: 1, baseEjectionTime: 30s, maxEjectionPercent: 100}}}\n",
         );
-        let objects = mesh_core::decode::parse_file("t.yaml", text).unwrap();
-        let model = mesh_core::model::Model::build(&objects, vec![], &Default::default(), "cluster.local");
-        assert!(model.rejections.is_empty(), "{:?}", model.rejections);
-        Arc::new(mesh_core::snapshot::compile(&model, "cluster.local").unwrap())
+        Arc::new(crate::proxy::test_support::snapshot_of(text))
     }
 
     #[test]
     fn an_ejection_ends_when_the_clock_passes_it() {
-        let now = Arc::new(Mutex::new(Instant::now()));
-        let clock = {
-            let now = now.clone();
-            Clock::from_fn(move || *lock(&now))
-        };
-        let clusters = Clusters::with_clock(clock);
+        let t0 = Instant::now();
+        let clusters = Clusters::default();
         let snapshot = snapshot();
         let plan = clusters.plan(&snapshot, 0, None);
         let config = plan.outlier.clone().expect("outlier detection is on");
         let endpoints = plan.endpoints(false).to_vec();
         assert_eq!(endpoints.len(), 2);
-        assert!(plan.observe(endpoints[0].address, Observation::Status(503), &config, 2), "the first 5xx ejects");
-        let healthy: Vec<SocketAddr> = plan.healthy(&endpoints, &config).iter().map(|e| e.address).collect();
+        assert!(plan.observe(endpoints[0].address, Observation::Status(503), &config, 2, t0), "the first 5xx ejects");
+        let healthy: Vec<SocketAddr> = plan.healthy(&endpoints, &config, t0).iter().map(|e| e.address).collect();
         assert_eq!(healthy, [endpoints[1].address]);
-        let ejections = clusters.ejections();
+        let ejections = clusters.ejections(t0);
         assert_eq!((ejections[0].1.host, ejections[0].1.remaining_ms), (endpoints[0].address, 30_000));
         assert_eq!(ejections[0].0, "outbound|80||web.shop.svc.cluster.local");
 
-        *lock(&now) += Duration::from_secs(29);
-        assert_eq!(plan.healthy(&endpoints, &config).len(), 1, "still out at 29 s");
-        *lock(&now) += Duration::from_secs(1);
-        assert_eq!(plan.healthy(&endpoints, &config).len(), 2, "back at 30 s");
-        assert!(clusters.ejections().is_empty());
+        let t29 = t0 + Duration::from_secs(29);
+        assert_eq!(plan.healthy(&endpoints, &config, t29).len(), 1, "still out at 29 s");
+        let t30 = t0 + Duration::from_secs(30);
+        assert_eq!(plan.healthy(&endpoints, &config, t30).len(), 2, "back at 30 s");
+        assert!(clusters.ejections(t30).is_empty());
     }
 }

@@ -74,7 +74,7 @@ impl Proxy {
 
     /// Hosts ejected by outlier detection right now, by cluster.
     pub fn ejections(&self) -> Vec<(String, Ejected)> {
-        self.clusters.ejections()
+        self.clusters.ejections(std::time::Instant::now())
     }
 }
 

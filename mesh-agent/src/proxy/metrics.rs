@@ -63,18 +63,18 @@ pub struct RequestSeries {
     code: u16,
     flags: String,
     labels: Labels,
-    pub requests: Counter,
-    pub duration: Histogram,
-    pub request_bytes: Counter,
-    pub response_bytes: Counter,
-    pub retries: Counter,
+    requests: Counter,
+    duration: Histogram,
+    request_bytes: Counter,
+    response_bytes: Counter,
+    retries: Counter,
 }
 
 impl ProxyMetrics {
     /// The series for a request from `source` (workload, namespace) to
     /// `cluster` (`outbound|port|subset|host`, or a bare host for local
     /// answers) that got `code` with `flags`, reusing `cached` when it fits.
-    pub fn series<'a>(
+    fn series<'a>(
         &self,
         cached: &'a mut Option<RequestSeries>,
         source: (&str, &str),

@@ -4,7 +4,7 @@
 //! so a slow shadow cannot pile them up.
 
 use super::balance::pick;
-use super::cluster::Clusters;
+use super::cluster::{admit, Clusters};
 use super::upstream::dialer::{Dialer, Payload, Try};
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
@@ -12,7 +12,7 @@ use http::request::Parts;
 use http_body_util::BodyExt;
 use mesh_core::route::{shadow_authority, RouteDestination};
 use mesh_core::snapshot::Snapshot;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -54,11 +54,8 @@ impl Mirrors {
             parts.headers.insert(HOST, shadow);
         }
         let Ok(tls) = plan.tls(plan.http2) else { return };
-        if self.in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_MIRRORS_IN_FLIGHT {
-            self.in_flight.fetch_sub(1, Ordering::Relaxed);
-            return;
-        }
-        let (dialer, in_flight) = (dialer.clone(), self.in_flight.clone());
+        let Some(slot) = admit(&self.in_flight, Some(MAX_MIRRORS_IN_FLIGHT)) else { return };
+        let dialer = dialer.clone();
         let (http2, limits) = (plan.http2, plan.limits);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(MIRROR_TIMEOUT, async {
@@ -69,7 +66,7 @@ impl Mirrors {
                 }
             })
             .await;
-            in_flight.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
         });
     }
 }

@@ -24,6 +24,8 @@ mod metrics;
 mod mirror;
 mod outlier;
 mod tcp;
+#[cfg(test)]
+mod test_support;
 mod upstream;
 
 pub use listener::{bind, serve, Proxy, ProxyError, DEFAULT_HEADER_TIMEOUT};

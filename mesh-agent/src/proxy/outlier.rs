@@ -8,7 +8,6 @@ use mesh_core::destination_rule::OutlierDetection;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Envoy's default cap on one ejection's length.
@@ -43,28 +42,6 @@ impl OutlierConfig {
             max_ejection_percent: block.max_ejection_percent.unwrap_or(10),
             min_health_percent: block.min_health_percent.unwrap_or(0),
         }
-    }
-}
-
-/// Where outlier detection reads the time: the monotonic clock by default;
-/// tests pass one they move by hand, so ejections expire without sleeping.
-#[derive(Clone)]
-pub struct Clock(Arc<dyn Fn() -> Instant + Send + Sync>);
-
-impl Clock {
-    pub fn now(&self) -> Instant {
-        (self.0)()
-    }
-
-    /// A clock that reads `now` from `source`.
-    pub fn from_fn(source: impl Fn() -> Instant + Send + Sync + 'static) -> Self {
-        Clock(Arc::new(source))
-    }
-}
-
-impl Default for Clock {
-    fn default() -> Self {
-        Clock::from_fn(Instant::now)
     }
 }
 

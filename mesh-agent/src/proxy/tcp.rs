@@ -6,6 +6,7 @@
 
 use super::balance::pick;
 use super::listener::{source_pod, Proxy};
+use super::upstream::connect::tcp_connect;
 use mesh_core::route::{first_tcp_match, first_tls_match, pick_destination};
 use mesh_core::snapshot::Snapshot;
 use std::net::SocketAddr;
@@ -117,19 +118,13 @@ impl Proxy {
             return;
         };
         let endpoint = picked.address;
-        let connect_timeout = plan.limits.connect_timeout;
-        let mut upstream = match tokio::time::timeout(connect_timeout, TcpStream::connect(endpoint)).await {
-            Ok(Ok(upstream)) => upstream,
-            Ok(Err(error)) => {
+        let mut upstream = match tcp_connect(endpoint, plan.limits.connect_timeout).await {
+            Ok(upstream) => upstream,
+            Err(error) => {
                 tracing::debug!(%peer, %endpoint, %error, "tcp upstream connect failed");
                 return;
             }
-            Err(_) => {
-                tracing::debug!(%peer, %endpoint, "tcp upstream connect timed out");
-                return;
-            }
         };
-        let _ = upstream.set_nodelay(true);
         if !hello.is_empty() && upstream.write_all(&hello).await.is_err() {
             return;
         }

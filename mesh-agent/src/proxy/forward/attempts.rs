@@ -148,7 +148,7 @@ impl Attempts<'_> {
             };
             let outcome = result.outcome();
             if let Some(config) = self.outliers {
-                if self.plan.observe(endpoint, observation(&outcome), config, self.cluster_size) {
+                if self.plan.observe(endpoint, observation(&outcome), config, self.cluster_size, Instant::now()) {
                     tracing::info!(cluster = %self.plan.name, host = %endpoint, "outlier ejected");
                     self.metrics.ejections.get_or_create(&vec![("cluster".into(), self.plan.name.to_string())]).inc();
                 }

@@ -1,11 +1,10 @@
 //! Envoy's response flags, as access logs and metrics show them.
 
-use serde::Serialize;
 use std::borrow::Cow;
 
 // Envoy's names, as logs and metrics show them (`flag_list` prints them).
 #[allow(clippy::upper_case_acronyms)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ResponseFlag {
     /// Upstream connection failure.
     UF,

@@ -22,15 +22,14 @@ mod response;
 mod test_support;
 mod upgrade;
 
-pub use flags::ResponseFlag;
-
 use crate::proxy::body::{full, ClientBody, CountingBody, ProxyBody, RequestBody};
+use crate::proxy::cluster::admit;
 use crate::proxy::header_names::REQUEST_ID;
 use crate::proxy::listener::{Connection, Proxy};
 use access_log::AccessLogLine;
 use attempts::{Attempts, Finished};
 use bytes::Bytes;
-use flags::flag_list;
+use flags::{flag_list, ResponseFlag};
 use http::header::{HeaderValue, LOCATION, SET_COOKIE};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
@@ -77,12 +76,13 @@ impl Proxy {
         let Outcome { response, flags, upstream, cluster, attempts } = outcome;
         let source = (connection.source_workload.as_str(), connection.source_namespace.as_str());
         let code = response.status().as_u16();
+        let flag_text = flag_list(&flags);
         let response_bytes = self.metrics.record_request(
             &connection.series,
             source,
             &cluster,
             code,
-            &flag_list(&flags),
+            &flag_text,
             request_bytes,
             attempts,
             started,
@@ -103,7 +103,7 @@ impl Proxy {
                 path: &path,
                 authority,
                 response_code: code,
-                response_flags: flag_list(&flags),
+                response_flags: flag_text,
                 duration_ms: started.elapsed().as_millis(),
                 upstream_host: upstream,
                 upstream_cluster: &cluster,
@@ -193,7 +193,7 @@ impl Proxy {
         let healthy;
         let endpoints = match outliers {
             Some(config) => {
-                healthy = plan.healthy(all_endpoints, config);
+                healthy = plan.healthy(all_endpoints, config, Instant::now());
                 &healthy[..]
             }
             None => all_endpoints,
@@ -233,12 +233,9 @@ impl Proxy {
             }
         }
 
-        let admitted = match admission::admit_request(&plan.state.active, plan.request_limit) {
-            Ok(admitted) => admitted,
-            Err(overflow) => {
-                flags.push(ResponseFlag::UO);
-                return Outcome::answer(overflow.response(), flags, cluster);
-            }
+        let Some(admitted) = admit(&plan.state.active, plan.request_limit) else {
+            flags.push(ResponseFlag::UO);
+            return Outcome::answer(admission::overflow_reply(), flags, cluster);
         };
         // An upgrade goes over HTTP/1.1 whatever the port speaks.
         let http2 = plan.http2 && upgrade.is_none();

@@ -46,10 +46,8 @@ pub fn finish(
         TryResult::TimedOut => None,
         TryResult::Failed(error) => Some(error),
     };
-    if let Some(UpstreamError::Protocol(error)) = &error {
-        tracing::debug!(%error, %endpoint, "upstream sent a malformed response");
-    } else if let Some(error) = &error {
-        tracing::debug!(%error, %endpoint, "upstream failed");
+    if let Some(error) = &error {
+        tracing::debug!(%error, %endpoint, "upstream try got no response");
     }
     let (response, flag) = error_reply(error.as_ref());
     flags.push(flag);

@@ -2,9 +2,8 @@
 
 use mesh_core::api::Resource;
 use mesh_core::decode::parse_file;
-use mesh_core::model::Model;
 use mesh_core::route::{validate_virtual_service, HttpRoute};
-use mesh_core::snapshot::{compile, Snapshot};
+use mesh_core::snapshot::Snapshot;
 
 /// The `http` rules of a VirtualService for host `reviews` in `shop`;
 /// `http` is the YAML list at column 0.
@@ -26,8 +25,5 @@ pub fn snapshot() -> Snapshot {
     let text =
         [service("reviews", "10.96.0.10", "10.244.0.2"), service("ratings", "10.96.0.11", "10.244.0.3"), rule.into()]
             .concat();
-    let objects = parse_file("t.yaml", &text).unwrap();
-    let model = Model::build(&objects, vec![], &Model::default(), "cluster.local");
-    assert!(model.rejections.is_empty(), "{:?}", model.rejections);
-    compile(&model, "cluster.local").unwrap()
+    crate::proxy::test_support::snapshot_of(&text)
 }

@@ -59,7 +59,7 @@ pub fn body_framing<'a>(
     message: Message,
 ) -> Result<Framing, FramingError> {
     if let Message::Response { status, to_head } = message {
-        if to_head || (100..200).contains(&status) || status == 204 || status == 304 {
+        if to_head || bodiless_status(status) {
             return Ok(Framing::Empty);
         }
     }
@@ -90,6 +90,12 @@ pub fn body_framing<'a>(
         (None, Message::Request) => Framing::Length(0),
         (None, Message::Response { .. }) => Framing::UntilClose,
     })
+}
+
+/// Statuses whose responses never have a body (RFC 9112 §6.3): 1xx, 204
+/// and 304.
+pub fn bodiless_status(status: u16) -> bool {
+    (100..200).contains(&status) || status == 204 || status == 304
 }
 
 /// The length a Content-Length value says (`7` or `7, 7`), which must

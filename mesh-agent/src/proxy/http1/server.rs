@@ -10,7 +10,8 @@
 
 use super::chunked::{write_chunk_header, LAST_CHUNK};
 use super::common::{
-    body_framing, parse_decimal, push_decimal, tokens, FieldSpans, Framing, Message, MAX_FIELDS, MAX_HEAD_BYTES,
+    bodiless_status, body_framing, parse_decimal, push_decimal, tokens, FieldSpans, Framing, Message, MAX_FIELDS,
+    MAX_HEAD_BYTES,
 };
 use crate::proxy::body::{BoxError, ClientBody, ProxyBody};
 use bytes::{Buf, Bytes, BytesMut};
@@ -268,7 +269,7 @@ async fn write_response(
 ) -> Result<(), BoxError> {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
-    let bodiless = status.is_informational() || status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED;
+    let bodiless = bodiless_status(status.as_u16());
     // Whether the map's Content-Length is sent as it is, and the framing.
     let (keep_length, framing) = if bodiless {
         // A 304 may carry the length of what it validates; the others none.

@@ -14,20 +14,6 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// What origination needs of a policy's `tls` block (SIMPLE or MUTUAL).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct TlsSettings {
-    pub mutual: bool,
-    pub ca_certificates: Option<PathBuf>,
-    pub client_certificate: Option<PathBuf>,
-    pub private_key: Option<PathBuf>,
-    pub sni: Option<String>,
-    pub subject_alt_names: Vec<String>,
-    /// A Secret with the material, instead of the files.
-    pub credential_name: Option<String>,
-    pub insecure_skip_verify: bool,
-}
-
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("tls mode {0} is not supported by this proxy (SIMPLE and MUTUAL are)")]
@@ -40,29 +26,6 @@ pub enum TlsError {
     Pem { origin: String, message: String },
 }
 
-impl TlsSettings {
-    /// `None` when the policy's `tls` says `DISABLE`.
-    pub fn from_policy(tls: &ClientTls) -> Option<Result<Self, TlsError>> {
-        let mutual = match tls.mode {
-            TlsMode::Disable => return None,
-            TlsMode::Simple => false,
-            TlsMode::Mutual => true,
-            TlsMode::IstioMutual => return Some(Err(TlsError::Mode("ISTIO_MUTUAL"))),
-        };
-        let path = |value: &Option<String>| value.as_ref().map(PathBuf::from);
-        Some(Ok(Self {
-            mutual,
-            ca_certificates: path(&tls.ca_certificates),
-            client_certificate: path(&tls.client_certificate),
-            private_key: path(&tls.private_key),
-            sni: tls.sni.clone(),
-            subject_alt_names: tls.subject_alt_names.clone(),
-            credential_name: tls.credential_name.clone(),
-            insecure_skip_verify: tls.insecure_skip_verify,
-        }))
-    }
-}
-
 /// The PEM material of one origination, and where it came from (for
 /// errors).
 pub struct TlsMaterial {
@@ -72,45 +35,43 @@ pub struct TlsMaterial {
     pub key: Option<Vec<u8>>,
 }
 
-impl TlsSettings {
-    /// The material: from the Secret `credentialName` names (in the
-    /// DestinationRule's namespace; keys `cert`/`key`/`cacert`, or
-    /// `tls.crt`/`tls.key`/`ca.crt`), else from the files.
-    pub fn material(
-        &self,
-        namespace: &str,
-        secrets: &BTreeMap<(String, String), SecretModel>,
-    ) -> Result<TlsMaterial, TlsError> {
-        if let Some(name) = &self.credential_name {
-            let origin = format!("secret {namespace}/{name} (credentialName)");
-            let secret = secrets
-                .get(&(namespace.to_owned(), name.clone()))
-                .ok_or_else(|| TlsError::Pem { origin: origin.clone(), message: "not found".into() })?;
-            let pick = |keys: [&str; 2]| keys.iter().find_map(|k| secret.data.get(*k).cloned());
-            return Ok(TlsMaterial {
-                ca: pick(["cacert", "ca.crt"]),
-                cert_chain: pick(["cert", "tls.crt"]),
-                key: pick(["key", "tls.key"]),
-                origin,
-            });
-        }
-        let read = |path: &Option<PathBuf>| path.as_ref().map(read).transpose();
-        Ok(TlsMaterial {
-            ca: read(&self.ca_certificates)?,
-            cert_chain: read(&self.client_certificate)?,
-            key: read(&self.private_key)?,
-            origin: "files".into(),
-        })
+/// The material of `tls`: from the Secret `credentialName` names (in the
+/// DestinationRule's namespace; keys `cert`/`key`/`cacert`, or
+/// `tls.crt`/`tls.key`/`ca.crt`), else from the files.
+pub fn material(
+    tls: &ClientTls,
+    namespace: &str,
+    secrets: &BTreeMap<(String, String), SecretModel>,
+) -> Result<TlsMaterial, TlsError> {
+    if let Some(name) = &tls.credential_name {
+        let origin = format!("secret {namespace}/{name} (credentialName)");
+        let secret = secrets
+            .get(&(namespace.to_owned(), name.clone()))
+            .ok_or_else(|| TlsError::Pem { origin: origin.clone(), message: "not found".into() })?;
+        let pick = |keys: [&str; 2]| keys.iter().find_map(|k| secret.data.get(*k).cloned());
+        return Ok(TlsMaterial {
+            ca: pick(["cacert", "ca.crt"]),
+            cert_chain: pick(["cert", "tls.crt"]),
+            key: pick(["key", "tls.key"]),
+            origin,
+        });
     }
+    let read = |path: &Option<String>| path.as_deref().map(read).transpose();
+    Ok(TlsMaterial {
+        ca: read(&tls.ca_certificates)?,
+        cert_chain: read(&tls.client_certificate)?,
+        key: read(&tls.private_key)?,
+        origin: "files".into(),
+    })
 }
 
-fn read(path: &PathBuf) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|e| TlsError::File { path: path.clone(), message: e.to_string() })
+fn read(path: &str) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|e| TlsError::File { path: path.into(), message: e.to_string() })
 }
 
 /// A client configuration for `settings` with `material`, offering h2 or
 /// http/1.1 by ALPN.
-pub fn client_config(settings: &TlsSettings, material: &TlsMaterial, http2: bool) -> Result<ClientConfig, TlsError> {
+pub fn client_config(settings: &ClientTls, material: &TlsMaterial, http2: bool) -> Result<ClientConfig, TlsError> {
     let pem_error = |message: String| TlsError::Pem { origin: material.origin.clone(), message };
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -149,7 +110,7 @@ pub fn client_config(settings: &TlsSettings, material: &TlsMaterial, http2: bool
         })
     };
     let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
-    let mut config = if settings.mutual {
+    let mut config = if settings.mode == TlsMode::Mutual {
         let (Some(cert_pem), Some(key_pem)) = (&material.cert_chain, &material.key) else {
             return Err(TlsError::Config(
                 "MUTUAL needs a client certificate and key (clientCertificate/privateKey, or the credentialName secret)".into(),
