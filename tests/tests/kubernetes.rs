@@ -11,6 +11,7 @@ use mesh_core::object::SourceBatch;
 use mesh_core::published::Published;
 use mesh_core::snapshot::compile;
 use mesh_tests::apiserver::FakeApiServer;
+use mesh_tests::wait_until;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -74,14 +75,12 @@ fn objects(second_pod_node: &str) -> Vec<Value> {
 
 /// Polls until the source has a batch (every kind listed, something new).
 fn next_batch(source: &mut dyn ConfigSource) -> SourceBatch {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(batch) = source.poll().unwrap() {
-            return batch;
-        }
-        assert!(Instant::now() < deadline, "no batch from the source within 10 s");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let mut batch = None;
+    wait_until(Duration::from_secs(10), || {
+        batch = source.poll().unwrap();
+        batch.is_some()
+    });
+    batch.expect("no batch from the source within 10 s")
 }
 
 fn model_of(batch: &SourceBatch) -> Model {
@@ -90,14 +89,17 @@ fn model_of(batch: &SourceBatch) -> Model {
 
 /// The model of the first batch (within 10 s) for which `wanted` holds.
 fn model_when(source: &mut dyn ConfigSource, wanted: impl Fn(&Model) -> bool) -> Model {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let model = model_of(&next_batch(source));
-        if wanted(&model) {
-            return model;
-        }
-        assert!(Instant::now() < deadline, "no such model within 10 s; the last: {:?}", model.services.keys());
-    }
+    let mut last = None;
+    let found = wait_until(Duration::from_secs(10), || {
+        let Some(batch) = source.poll().unwrap() else { return false };
+        let model = model_of(&batch);
+        let done = wanted(&model);
+        last = Some(model);
+        done
+    });
+    let model = last.expect("no batch from the source within 10 s");
+    assert!(found, "no such model within 10 s; the last: {:?}", model.services.keys());
+    model
 }
 
 fn list_requests(server: &FakeApiServer, plural: &str) -> usize {
@@ -177,7 +179,7 @@ fn a_dropped_watch_resumes_and_a_410_relists_with_nothing_lost_or_left_over() {
     // the relist replaces the kind whole.
     server.set_unavailable(true);
     let failing = || source.store().state().kinds.iter().any(|k| k.error.is_some());
-    assert!(mesh_tests::wait_until(Duration::from_secs(10), failing), "the watches never noticed");
+    assert!(wait_until(Duration::from_secs(10), failing), "the watches never noticed");
     assert!(server.delete("v1", "Service", Some("shop"), "late"));
     server.apply(service("later", "10.96.0.12", 80));
     server.compact();
@@ -191,7 +193,7 @@ fn a_dropped_watch_resumes_and_a_410_relists_with_nothing_lost_or_left_over() {
         let state = source.store().state();
         state.synced && state.kinds.iter().all(|k| k.error.is_none())
     };
-    assert!(mesh_tests::wait_until(Duration::from_secs(10), healthy), "{:?}", source.store().state());
+    assert!(wait_until(Duration::from_secs(10), healthy), "{:?}", source.store().state());
 }
 
 #[test]
@@ -265,7 +267,7 @@ fn status_is_written_by_the_lease_holder_only_and_taken_over_when_it_dies() {
     };
     let lease = || server.get("coordination.k8s.io/v1", "Lease", Some("mesh-system"), "mesh-agent-status");
     let first = runtime.spawn(writer("agent-a").run());
-    assert!(mesh_tests::wait_until(Duration::from_secs(10), || lease().is_some()), "agent-a made no lease");
+    assert!(wait_until(Duration::from_secs(10), || lease().is_some()), "agent-a made no lease");
     let second = runtime.spawn(writer("agent-b").run());
 
     let patched = |name: &str| {
@@ -275,7 +277,7 @@ fn status_is_written_by_the_lease_holder_only_and_taken_over_when_it_dies() {
             .filter(|(_, path, _)| path.contains(&format!("/{name}/status")))
             .collect::<Vec<_>>()
     };
-    let all_written = mesh_tests::wait_until(Duration::from_secs(10), || {
+    let all_written = wait_until(Duration::from_secs(10), || {
         ["virtualservices/web", "virtualservices/broken", "destinationrules/web", "sidecars/default"]
             .iter()
             .all(|name| !patched(name).is_empty())
@@ -308,7 +310,7 @@ fn status_is_written_by_the_lease_holder_only_and_taken_over_when_it_dies() {
     let renewed = || lease().map(|l| l["spec"]["renewTime"].clone());
     let mut renewals = 0;
     let mut last = renewed();
-    let twice = mesh_tests::wait_until(Duration::from_secs(10), || {
+    let twice = wait_until(Duration::from_secs(10), || {
         let now = renewed();
         if now != last {
             renewals += 1;
@@ -324,7 +326,7 @@ fn status_is_written_by_the_lease_holder_only_and_taken_over_when_it_dies() {
     let (dead, survivor) = if leader == "agent-a" { (first, "agent-b") } else { (second, "agent-a") };
     dead.abort();
     server.apply(virtual_service("fresh", "v1"));
-    let taken_over = mesh_tests::wait_until(Duration::from_secs(10), || {
+    let taken_over = wait_until(Duration::from_secs(10), || {
         patched("virtualservices/fresh").iter().any(|(identity, ..)| identity == survivor)
     });
     assert!(taken_over, "patches: {:?}", server.status_patches());
@@ -340,7 +342,7 @@ fn nothing_is_served_before_the_first_complete_sync_and_a_burst_is_coalesced() {
     let mut source = KubeSource::start(server.client("agent"), watched_kinds(Some("node-a")), runtime.handle());
     // Every watch has tried and failed: still nothing is served.
     let all_failed = || source.store().state().kinds.iter().filter(|k| !k.synced).all(|k| k.error.is_some());
-    assert!(mesh_tests::wait_until(Duration::from_secs(10), all_failed), "{:?}", source.store().state());
+    assert!(wait_until(Duration::from_secs(10), all_failed), "{:?}", source.store().state());
     assert!(source.poll().unwrap().is_none(), "no batch before every kind has listed");
     let state = source.store().state();
     assert!(!state.synced && state.kinds.iter().any(|k| k.error.is_some()), "{state:?}");

@@ -51,6 +51,8 @@ struct FileNode {
     path: PathBuf,
     /// Module path from the crate root, e.g. `["proxy", "http1"]`.
     module: Vec<String>,
+    /// The paths it writes, as [`Scanned::paths`].
+    paths: Vec<(Vec<String>, Vec<String>)>,
 }
 
 /// A crate's module tree: every module (file or inline) by path, with the
@@ -70,7 +72,7 @@ pub fn check(workspace: &Path) -> Result<Vec<Problem>, String> {
     for root in CRATE_ROOTS {
         let root = workspace.join(root);
         let tree = load_tree(&root)?;
-        let edges = edges(&tree)?;
+        let edges = edges(&tree);
         for cycle in cycles(&tree, &edges) {
             let names: Vec<String> = cycle.iter().map(|&i| relative(workspace, &tree.files[i].path)).collect();
             problems.push(Problem(format!("import cycle: {} -> {}", names.join(" -> "), names[0])));
@@ -97,16 +99,16 @@ fn load_tree(root: &Path) -> Result<Tree, String> {
 /// roots and `mod.rs`), not in a directory named after it.
 fn add_file(tree: &mut Tree, path: &Path, module: Vec<String>, owns_dir: bool) -> Result<(), String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let Scanned { declared, paths } = scan(&strip(&text));
     let index = tree.files.len();
-    tree.files.push(FileNode { path: path.to_owned(), module: module.clone() });
+    tree.files.push(FileNode { path: path.to_owned(), module: module.clone(), paths });
     tree.modules.insert(module.clone(), index);
     let dir = if owns_dir { path.parent().map(Path::to_owned).unwrap_or_default() } else { path.with_extension("") };
-    let code = strip(&text);
     let attributes = path_attributes(&text);
-    for mut declared in scan(&code).declared {
-        if declared.inline_path.is_empty() {
-            declared.path_attribute = attributes.get(&declared.name).cloned();
-        }
+    for declared in declared {
+        // `#[path = "..."]`, read for modules declared at the file's top level.
+        let path_attribute =
+            if declared.inline_path.is_empty() { attributes.get(&declared.name).cloned() } else { None };
         let mut child = module.clone();
         child.extend(declared.inline_path.iter().cloned());
         child.push(declared.name.clone());
@@ -119,7 +121,7 @@ fn add_file(tree: &mut Tree, path: &Path, module: Vec<String>, owns_dir: bool) -
         for segment in &declared.inline_path {
             base.push(segment);
         }
-        let file = match &declared.path_attribute {
+        let file = match &path_attribute {
             Some(attr) => path.parent().unwrap_or(Path::new(".")).join(attr),
             None => {
                 let flat = base.join(format!("{}.rs", declared.name));
@@ -130,7 +132,7 @@ fn add_file(tree: &mut Tree, path: &Path, module: Vec<String>, owns_dir: bool) -
                 }
             }
         };
-        let owns = file.file_name().is_some_and(|n| n == "mod.rs") || declared.path_attribute.is_some();
+        let owns = file.file_name().is_some_and(|n| n == "mod.rs") || path_attribute.is_some();
         add_file(tree, &file, child, owns)?;
     }
     Ok(())
@@ -144,8 +146,6 @@ struct Declared {
     inline_path: Vec<String>,
     /// `mod name { ... }` rather than `mod name;`.
     inline: bool,
-    /// `#[path = "..."]`.
-    path_attribute: Option<String>,
 }
 
 /// The source with comments blanked out and string and char literals
@@ -354,12 +354,7 @@ fn scan(code: &str) -> Scanned {
             "mod" if tokens.get(i + 1).is_some_and(|t| is_ident(t)) => {
                 let name = tokens[i + 1].to_owned();
                 let inline = tokens.get(i + 2) == Some(&"{");
-                scanned.declared.push(Declared {
-                    name: name.clone(),
-                    inline_path: here(),
-                    inline,
-                    path_attribute: None,
-                });
+                scanned.declared.push(Declared { name: name.clone(), inline_path: here(), inline });
                 if inline {
                     open.push((name, depth));
                     depth += 1;
@@ -492,13 +487,12 @@ fn expand_use(tokens: &[&str]) -> Vec<Vec<String>> {
 }
 
 /// Edges between files (by index), deduplicated.
-fn edges(tree: &Tree) -> Result<BTreeSet<(usize, usize)>, String> {
+fn edges(tree: &Tree) -> BTreeSet<(usize, usize)> {
     let mut edges = BTreeSet::new();
     for (from, file) in tree.files.iter().enumerate() {
-        let text = std::fs::read_to_string(&file.path).map_err(|e| format!("reading {}: {e}", file.path.display()))?;
-        for (inline, path) in scan(&strip(&text)).paths {
+        for (inline, path) in &file.paths {
             let mut module = file.module.clone();
-            module.extend(inline);
+            module.extend(inline.iter().cloned());
             let mut segments = path.iter().peekable();
             let mut at: Vec<String> = match segments.peek().map(|s| s.as_str()) {
                 Some("crate") => {
@@ -531,7 +525,7 @@ fn edges(tree: &Tree) -> Result<BTreeSet<(usize, usize)>, String> {
             }
         }
     }
-    Ok(edges)
+    edges
 }
 
 /// Strongly connected components of more than one file, each as one
@@ -686,7 +680,7 @@ mod tests {
     fn inline_modules_are_tracked() {
         let code = strip("mod a { mod b; use super::x::Y; }\nmod c;\nfn g() { super::q(); }");
         let Scanned { declared, paths: found } = scan(&code);
-        assert_eq!(declared[0], Declared { name: "a".into(), inline_path: vec![], inline: true, path_attribute: None });
+        assert_eq!(declared[0], Declared { name: "a".into(), inline_path: vec![], inline: true });
         assert_eq!(declared[1].inline_path, ["a"]);
         assert!(!declared[1].inline);
         assert_eq!(declared[2].name, "c");
@@ -749,10 +743,10 @@ mod tests {
             ("room/child.rs", "use super::P;\npub struct C;\n"),
         ];
         let (dir, tree) = tree_of("reexport", &files);
-        assert_eq!(cycles(&tree, &edges(&tree).unwrap()).len(), 1);
+        assert_eq!(cycles(&tree, &edges(&tree)).len(), 1);
         std::fs::write(dir.join("room/child.rs"), "pub struct C;\n").unwrap();
         let tree = load_tree(&dir.join("lib.rs")).unwrap();
-        assert!(cycles(&tree, &edges(&tree).unwrap()).is_empty(), "re-exporting alone is no cycle");
+        assert!(cycles(&tree, &edges(&tree)).is_empty(), "re-exporting alone is no cycle");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -764,7 +758,7 @@ mod tests {
             ("agent.rs", "pub fn run() {}\n"),
         ];
         let (dir, tree) = tree_of("layers", &files);
-        let problems = layer_violations(&dir, &tree, &edges(&tree).unwrap());
+        let problems = layer_violations(&dir, &tree, &edges(&tree));
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].0.contains("proxy.rs (layer 1) imports from agent.rs (layer 2)"), "{problems:?}");
         std::fs::remove_dir_all(&dir).unwrap();
@@ -772,22 +766,21 @@ mod tests {
 
     #[test]
     fn a_two_file_cycle_is_found_and_a_chain_is_not() {
-        let dir = std::env::temp_dir().join(format!("mesh-layers-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::write(dir.join("lib.rs"), "mod a;\nmod b;\nmod c;\n").unwrap();
-        std::fs::write(dir.join("a.rs"), "use crate::b::B;\npub struct A;\n").unwrap();
-        std::fs::write(dir.join("b.rs"), "pub struct B;\nfn f() -> crate::a::A { todo!() }\n").unwrap();
-        std::fs::write(dir.join("c.rs"), "use crate::a::A;\n").unwrap();
-        let tree = load_tree(&dir.join("lib.rs")).unwrap();
-        let found = cycles(&tree, &edges(&tree).unwrap());
+        let files = [
+            ("lib.rs", "mod a;\nmod b;\nmod c;\n"),
+            ("a.rs", "use crate::b::B;\npub struct A;\n"),
+            ("b.rs", "pub struct B;\nfn f() -> crate::a::A { todo!() }\n"),
+            ("c.rs", "use crate::a::A;\n"),
+        ];
+        let (dir, tree) = tree_of("cycle", &files);
+        let found = cycles(&tree, &edges(&tree));
         assert_eq!(found.len(), 1);
         let names: BTreeSet<&str> =
             found[0].iter().map(|&i| tree.files[i].path.file_name().unwrap().to_str().unwrap()).collect();
         assert_eq!(names, BTreeSet::from(["a.rs", "b.rs"]));
         std::fs::write(dir.join("b.rs"), "pub struct B;\n").unwrap();
         let tree = load_tree(&dir.join("lib.rs")).unwrap();
-        assert!(cycles(&tree, &edges(&tree).unwrap()).is_empty());
+        assert!(cycles(&tree, &edges(&tree)).is_empty());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -41,10 +41,11 @@ mod report;
 mod run;
 mod tools;
 
+use crate::workspace::{build_release_with_xtask, Binaries};
 use anyhow::{bail, Context, Result};
 use mesh_tests::{Pod, TestEnv};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 pub use plan::{Options, PathKind};
@@ -87,31 +88,6 @@ pub fn backend(port: u16) -> Result<()> {
     })
 }
 
-/// The release binaries the bench runs: the agent, the probe, and this
-/// xtask (for the backend, which must not be a debug build).
-struct Built {
-    agent: PathBuf,
-    probe: PathBuf,
-    xtask: PathBuf,
-}
-
-fn build() -> Result<Built> {
-    let root = crate::workspace::workspace_root();
-    crate::workspace::run(Command::new("cargo").current_dir(&root).args([
-        "build",
-        "--release",
-        "-p",
-        "xtask",
-        "-p",
-        "mesh-agent",
-        "-p",
-        "mesh-tests",
-        "--bins",
-    ]))?;
-    let dir = root.join("target").join("release");
-    Ok(Built { agent: dir.join("mesh-agent"), probe: dir.join("mesh-probe"), xtask: dir.join("xtask") })
-}
-
 pub fn l7(opts: &Options) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("the benchmark installs packages, loads BPF programs and makes namespaces: run as root");
@@ -119,7 +95,7 @@ pub fn l7(opts: &Options) -> Result<()> {
     if opts.seconds == 0 || opts.connections == 0 || opts.rounds == 0 {
         bail!("--seconds, --connections and --rounds must be positive");
     }
-    let built = build()?;
+    let built = build_release_with_xtask()?;
     let tools = ensure_tools();
     std::env::set_var("MESH_AGENT_BIN", &built.agent);
     std::env::set_var("MESH_PROBE_BIN", &built.probe);
@@ -196,7 +172,7 @@ impl Drop for Backend {
 
 /// The backend server (this xtask's release build, one thread) in `pod`
 /// and `cgroup`, answering the client pod.
-fn start_backend(built: &Built, client: &Pod, pod: &Pod, cgroup: &Path) -> Result<Backend> {
+fn start_backend(built: &Binaries, client: &Pod, pod: &Pod, cgroup: &Path) -> Result<Backend> {
     let mut cmd = Command::new(&built.xtask);
     cmd.args(["bench", "l7-backend", "--port", &BACKEND_PORT.to_string()]);
     place(&mut cmd, cgroup, &pod.netns_path(), CLIENT_CPU)?;
