@@ -29,10 +29,12 @@
 
 mod agent;
 pub mod apiserver;
+pub mod grpc;
 pub mod h2;
 mod names;
 mod netns;
 mod pod;
+pub mod recorder;
 mod server;
 mod sync;
 mod system;

@@ -118,6 +118,20 @@ impl Pod {
             .unwrap_or_else(|e| panic!("pod {}: HTTP/2 server on port {port}: {e:#}", self.name))
     }
 
+    /// A real gRPC server (tonic) on the pod's IPv4 address, with a
+    /// bidirectional echo method ([`crate::grpc::CHAT`]).
+    pub fn serve_grpc(&self, port: u16) -> crate::grpc::GrpcServer {
+        crate::grpc::start(&self.netns_path(), SocketAddr::new(self.ipv4.into(), port))
+            .unwrap_or_else(|e| panic!("pod {}: gRPC server on port {port}: {e:#}", self.name))
+    }
+
+    /// An HTTP/1.1 backend on the pod's IPv4 address that records requests
+    /// as they arrive ([`crate::recorder`]).
+    pub fn serve_recorder(&self, port: u16) -> crate::recorder::Recorder {
+        crate::recorder::start(&self.netns_path(), SocketAddr::new(self.ipv4.into(), port))
+            .unwrap_or_else(|e| panic!("pod {}: recording server on port {port}: {e:#}", self.name))
+    }
+
     /// HTTP/1.1 over TLS on the pod's IPv4 address with the certificate of
     /// `pki`; with `require_client_cert`, only clients signed by its CA.
     pub fn serve_tls(&self, port: u16, pki: &crate::tls::Pki, require_client_cert: bool) -> crate::tls::TlsServer {

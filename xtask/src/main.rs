@@ -159,7 +159,7 @@ fn setup() -> Result<()> {
             "--force",
         ]))?;
     }
-    let missing: Vec<&str> = [("ip", "iproute2"), ("iptables-restore", "iptables")]
+    let missing: Vec<&str> = [("ip", "iproute2"), ("iptables-restore", "iptables"), ("curl", "curl")]
         .into_iter()
         .filter(|(tool, _)| output(Command::new("sh").args(["-c", &format!("command -v {tool}")])).is_none())
         .map(|(_, package)| package)

@@ -1,12 +1,12 @@
-//! Bodies in both directions: the boxed type they all travel as, a request
-//! body read ahead for replay, and response bodies that hold the request's
-//! accounting until their last byte, enforce the route timeout on the
-//! whole exchange (as Envoy does) and count the bytes they carry.
+//! Bodies in both directions: the boxed type they all travel as, the
+//! client's request body as the server hands it over, and response bodies
+//! that hold the request's accounting until their last byte, enforce the
+//! route timeout on the whole exchange (as Envoy does) and count the bytes
+//! they carry.
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -28,97 +28,6 @@ pub enum ClientBody {
     Read(Bytes),
     /// Still on hyper's connection.
     Hyper(Incoming),
-}
-
-/// What the proxy could read of a request body before forwarding it.
-pub enum RequestBody {
-    /// The whole body: it can be sent again (retries, mirrors).
-    Complete(Bytes),
-    /// A prefix read while looking for the end, and the rest still to
-    /// come: sent once, never retried.
-    Partial(VecDeque<Frame<Bytes>>, Incoming),
-}
-
-impl RequestBody {
-    /// Reads up to `limit` bytes; a body that ends within them is complete.
-    pub async fn read_ahead(body: ClientBody, limit: usize) -> Result<Self, BoxError> {
-        let mut body = match body {
-            ClientBody::Read(bytes) => return Ok(RequestBody::Complete(bytes)),
-            ClientBody::Hyper(body) => body,
-        };
-        let mut frames = VecDeque::new();
-        let mut size = 0;
-        loop {
-            if body.is_end_stream() {
-                break;
-            }
-            if size > limit {
-                return Ok(RequestBody::Partial(frames, body));
-            }
-            match std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await {
-                None => break,
-                Some(frame) => {
-                    let frame = frame?;
-                    if let Some(data) = frame.data_ref() {
-                        size += data.len();
-                    }
-                    frames.push_back(frame);
-                }
-            }
-        }
-        // Trailers on a request (rare) cannot be replayed as plain bytes.
-        if frames.iter().any(|f| f.is_trailers()) {
-            return Ok(RequestBody::Partial(frames, body));
-        }
-        let mut all = Vec::with_capacity(size);
-        for frame in frames {
-            if let Ok(data) = frame.into_data() {
-                all.extend_from_slice(&data);
-            }
-        }
-        Ok(RequestBody::Complete(Bytes::from(all)))
-    }
-
-    /// The body as it is, none of it read yet.
-    pub fn unread(body: ClientBody) -> Self {
-        match body {
-            ClientBody::Read(bytes) => RequestBody::Complete(bytes),
-            ClientBody::Hyper(body) => RequestBody::Partial(VecDeque::new(), body),
-        }
-    }
-
-    pub fn replayable(&self) -> bool {
-        matches!(self, RequestBody::Complete(_))
-    }
-}
-
-/// The read-ahead frames, then the rest of the client's body.
-pub struct PrefixedBody {
-    prefix: VecDeque<Frame<Bytes>>,
-    rest: Incoming,
-}
-
-impl PrefixedBody {
-    pub fn new(prefix: VecDeque<Frame<Bytes>>, rest: Incoming) -> Self {
-        Self { prefix, rest }
-    }
-}
-
-impl Body for PrefixedBody {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        if let Some(frame) = this.prefix.pop_front() {
-            return Poll::Ready(Some(Ok(frame)));
-        }
-        Pin::new(&mut this.rest).poll_frame(cx).map_err(|e| Box::new(e) as BoxError)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.prefix.is_empty() && self.rest.is_end_stream()
-    }
 }
 
 /// A response body that keeps `guards` (in-flight and admission counts)

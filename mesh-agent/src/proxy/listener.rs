@@ -172,6 +172,9 @@ impl Proxy {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_timeout)
+            // A client that shuts its sending side down after its request
+            // still gets the response (as on the plain path).
+            .half_close(true)
             .max_buf_size(MAX_HEAD_BYTES)
             .max_headers(MAX_FIELDS);
         builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);

@@ -25,6 +25,8 @@ pub struct ProxyMetrics {
     pub request_bytes: Family<Labels, Counter>,
     pub response_bytes: Family<Labels, Counter>,
     pub retries: Family<Labels, Counter>,
+    /// Retries the policy asked for and the proxy could not make.
+    retries_skipped: Family<Labels, Counter>,
     pub ejections: Family<Labels, Counter>,
     pub tcp_connections: Family<Labels, Counter>,
 }
@@ -37,6 +39,7 @@ impl Default for ProxyMetrics {
             request_bytes: Family::default(),
             response_bytes: Family::default(),
             retries: Family::default(),
+            retries_skipped: Family::default(),
             ejections: Family::default(),
             tcp_connections: Family::default(),
         }
@@ -50,8 +53,21 @@ impl ProxyMetrics {
         registry.register("request_bytes", "Request body bytes (as declared)", self.request_bytes.clone());
         registry.register("response_bytes", "Response body bytes sent to clients", self.response_bytes.clone());
         registry.register("request_retries", "Retries made by the proxy", self.retries.clone());
+        registry.register(
+            "request_retries_skipped",
+            "Retries the policy asked for and the proxy could not make, by reason",
+            self.retries_skipped.clone(),
+        );
         registry.register("outlier_ejections", "Hosts ejected by outlier detection", self.ejections.clone());
         registry.register("tcp_connections", "Connections relayed by tcp routes", self.tcp_connections.clone());
+    }
+}
+
+impl ProxyMetrics {
+    /// Counts a retry of `cluster` that could not be made, and why.
+    pub fn retry_skipped(&self, cluster: &str, reason: &str) {
+        let labels = vec![("cluster".into(), cluster.to_owned()), ("reason".into(), reason.to_owned())];
+        self.retries_skipped.get_or_create(&labels).inc();
     }
 }
 

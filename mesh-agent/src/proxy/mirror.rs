@@ -12,6 +12,7 @@ use http::request::Parts;
 use http_body_util::BodyExt;
 use mesh_core::route::{shadow_authority, RouteDestination};
 use mesh_core::snapshot::Snapshot;
+use std::future::Future;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,9 +27,9 @@ pub struct Mirrors {
 }
 
 impl Mirrors {
-    /// Sends a copy of the request (`parts`, whole `body`) to `destination`,
-    /// on `default_port` (the port of the request's own destination) when
-    /// it names none.
+    /// Sends a copy of the request (`parts`, and `body` once the client has
+    /// sent it all; none: no copy) to `destination`, on `default_port` (the
+    /// port of the request's own destination) when it names none.
     #[allow(clippy::too_many_arguments)]
     pub fn send(
         &self,
@@ -37,7 +38,7 @@ impl Mirrors {
         snapshot: &Arc<Snapshot>,
         destination: &RouteDestination,
         parts: &Parts,
-        body: Bytes,
+        body: impl Future<Output = Option<Bytes>> + Send + 'static,
         default_port: u16,
     ) {
         let port = destination.port.unwrap_or(default_port);
@@ -59,6 +60,7 @@ impl Mirrors {
         let (http2, limits) = (plan.http2, plan.limits);
         tokio::spawn(async move {
             let _ = tokio::time::timeout(MIRROR_TIMEOUT, async {
+                let Some(body) = body.await else { return };
                 let to = Try { endpoint, http2, tls: tls.as_ref(), limits, head: &parts, attempt: None };
                 if let Ok(response) = dialer.send(to, Payload::Complete(body)).await {
                     // Drain so the connection returns to the pool.

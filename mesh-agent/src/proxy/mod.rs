@@ -3,7 +3,8 @@
 //! `mesh_core::route` and forwarded to an endpoint directly (the proxy's
 //! own connects are never captured).
 //!
-//! Rooms, lowest first: `header_names` and `body`; upstream connecting,
+//! Rooms, lowest first: `header_names` and `body`; the request body the
+//! tries share (`replay`); upstream connecting,
 //! errors and idle pools (`upstream::{connect, error, pool}`); our own
 //! HTTP/1.1, both directions (`http1`), on which the dialer that sends each
 //! try builds (`upstream::dialer`, with hyper's HTTP/1.1 and HTTP/2
@@ -23,6 +24,7 @@ mod listener;
 mod metrics;
 mod mirror;
 mod outlier;
+mod replay;
 mod tcp;
 #[cfg(test)]
 mod test_support;

@@ -6,6 +6,9 @@
 //! mesh-probe [--cgroup DIR] [--netns PATH] hold --target HOST:PORT [--count N]
 //! mesh-probe [--cgroup DIR] [--netns PATH] udp  --target HOST:PORT [--count N] [--connected]
 //! mesh-probe [--cgroup DIR] [--netns PATH] serve-http --listen HOST:PORT --name NAME
+//! mesh-probe [--cgroup DIR] [--netns PATH] raw  --target HOST:PORT --send TEXT [--then TEXT] [--half-close]
+//! mesh-probe [--cgroup DIR] [--netns PATH] grpc --target HOST:PORT [--count N]
+//! mesh-probe [--cgroup DIR] [--netns PATH] exec PROGRAM [ARGS..]
 //! ```
 //!
 //! Errors are counted by errno name (`ECONNREFUSED`, `ENETUNREACH`, `EPERM`,
@@ -60,6 +63,9 @@ fn run(args: Vec<String>) -> Result<()> {
         sys::setns_net(Path::new(&path)).with_context(|| format!("setns {path}"))?;
     }
     let command = args.next().ok_or_else(|| anyhow!("missing subcommand (tcp, hold, udp)"))?;
+    if command == "exec" {
+        return exec(args.collect());
+    }
     let opts = Opts::parse(args)?;
     match command.as_str() {
         "tcp" => tcp(&opts),
@@ -71,6 +77,7 @@ fn run(args: Vec<String>) -> Result<()> {
         "h2" => h2(&opts),
         "tls" => tls(&opts),
         "serve-http" => serve_http(&opts),
+        "grpc" => grpc(&opts),
         other => bail!("unknown subcommand {other:?}"),
     }
 }
@@ -87,7 +94,7 @@ struct Opts {
 }
 
 impl Opts {
-    const FLAGS: &'static [&'static str] = &["--connected", "--grpc"];
+    const FLAGS: &'static [&'static str] = &["--connected", "--grpc", "--half-close"];
     const VALUES: &'static [&'static str] = &[
         "--target",
         "--count",
@@ -100,6 +107,7 @@ impl Opts {
         "--headers",
         "--parallel",
         "--send",
+        "--then",
         "--pause-ms",
         "--read-ms",
         "--sni",
@@ -567,6 +575,14 @@ fn raw(opts: &Opts) -> Result<()> {
     stream.set_read_timeout(Some(Duration::from_millis(opts.number("--read-ms", 5000)?)))?;
     let started = Instant::now();
     stream.write_all(payload.as_bytes())?;
+    if let Some(then) = opts.values.get("--then") {
+        // The rest goes when the test says so (a line on stdin).
+        io::stdin().lock().read_line(&mut String::new())?;
+        stream.write_all(then.replace("\\n", "\r\n").as_bytes())?;
+    }
+    if opts.flag("--half-close") {
+        stream.shutdown(std::net::Shutdown::Write)?;
+    }
     if !pause.is_zero() {
         std::thread::sleep(pause);
     }
@@ -581,6 +597,27 @@ fn raw(opts: &Opts) -> Result<()> {
         "response": String::from_utf8_lossy(&response),
         "closed_by_server": closed,
         "millis": started.elapsed().as_millis() as u64,
+    }))
+}
+
+/// Ping-pong on one gRPC bidirectional stream with a real gRPC client
+/// (tonic): each message waits for the reply to the one before.
+fn grpc(opts: &Opts) -> Result<()> {
+    let (target, count) = (opts.target()?, opts.number("--count", 3)? as usize);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let replies = runtime.block_on(mesh_tests::grpc::ping_pong(target, count, Duration::from_secs(5)))?;
+    emit(&json!({"replies": replies}))
+}
+
+/// Runs a program inside the pod (a real client: curl, say); prints its
+/// exit code and output.
+fn exec(args: Vec<String>) -> Result<()> {
+    let (program, rest) = args.split_first().ok_or_else(|| anyhow!("exec needs a program"))?;
+    let out = std::process::Command::new(program).args(rest).output().with_context(|| format!("running {program}"))?;
+    emit(&json!({
+        "code": out.status.code(),
+        "stdout": String::from_utf8_lossy(&out.stdout),
+        "stderr": String::from_utf8_lossy(&out.stderr),
     }))
 }
 

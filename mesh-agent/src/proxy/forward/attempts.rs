@@ -7,15 +7,14 @@
 //! of it.
 
 use crate::proxy::balance::pick;
-use crate::proxy::body::{PrefixedBody, RequestBody};
 use crate::proxy::cluster::{admit, ClusterPlan, Endpoint, InFlight};
 use crate::proxy::header_names::GRPC_STATUS;
 use crate::proxy::metrics::ProxyMetrics;
 use crate::proxy::outlier::{Observation, OutlierConfig};
+use crate::proxy::replay::RequestBody;
 use crate::proxy::upstream::connect::Tls;
 use crate::proxy::upstream::dialer::{Dialer, Payload, Try, UpstreamBody};
 use crate::proxy::upstream::error::UpstreamError;
-use bytes::Bytes;
 use http::header::HeaderMap;
 use http::request::Parts;
 use http::{Response, StatusCode};
@@ -99,11 +98,11 @@ pub enum Finished {
 }
 
 impl Attempts<'_> {
-    /// Runs the tries of a request with `body`; a body that streams (not
-    /// read whole) is tried once.
+    /// Runs the tries of a request with `body`. A streaming body is sent
+    /// again only while its copy holds all of it (else the try it is on is
+    /// the last, counted); an upgrade is tried once.
     pub async fn run(&self, body: RequestBody, upgrading: bool) -> Finished {
-        let allowed = if body.replayable() && !upgrading { self.retry.attempts + 1 } else { 1 };
-        let mut body = Some(body);
+        let allowed = if upgrading { 1 } else { self.retry.attempts + 1 };
         let mut tried: Vec<SocketAddr> = Vec::new();
         // Retries under way per cluster are bounded by `http.maxRetries`;
         // the slot is held until the tries end.
@@ -115,14 +114,9 @@ impl Attempts<'_> {
                 pick(&self.plan.state.cursor, self.endpoints, &self.plan.policy.load_balancer, self.hash, &tried);
             let Some(picked) = picked else { return Finished::NoEndpoint { tries: attempt - 1 } };
             let endpoint = picked.address;
-            let payload = match body.as_ref() {
-                Some(RequestBody::Complete(bytes)) => Payload::Complete(bytes.clone()),
-                _ => match body.take() {
-                    Some(RequestBody::Partial(prefix, rest)) => {
-                        Payload::Streamed(PrefixedBody::new(prefix, rest).boxed())
-                    }
-                    _ => Payload::Complete(Bytes::new()),
-                },
+            let payload = match &body {
+                RequestBody::Complete(bytes) => Payload::Complete(bytes.clone()),
+                RequestBody::Streaming(replay) => Payload::Streamed(replay.body().boxed()),
             };
             let per_try = self.retry.per_try_timeout.map(|t| Instant::now() + t);
             let try_deadline = match (self.deadline, per_try) {
@@ -155,11 +149,14 @@ impl Attempts<'_> {
             }
             let retriable = self.retry.should_retry(&outcome);
             let route_timed_out = self.deadline.is_some_and(|d| Instant::now() >= d);
-            let retry_slot = if retriable && attempt < allowed && !route_timed_out {
-                admit(&self.plan.state.retries, self.plan.max_retries)
-            } else {
-                None
-            };
+            let mut retry_slot = None;
+            if retriable && attempt < allowed && !route_timed_out {
+                if body.replayable() {
+                    retry_slot = admit(&self.plan.state.retries, self.plan.max_retries);
+                } else {
+                    self.metrics.retry_skipped(&self.plan.name, "request_body_over_retry_buffer");
+                }
+            }
             let Some(slot) = retry_slot else {
                 let exhausted = retriable && allowed > 1 && attempt >= allowed;
                 return Finished::Last { result, endpoint, tries: attempt, exhausted, in_flight: Some(in_flight) };

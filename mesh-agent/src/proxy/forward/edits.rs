@@ -1,12 +1,12 @@
 //! The request edits stage: the request as the upstream must see it. The
 //! route's rewrite (path, authority), then the destination's header rules
 //! and the route's (Envoy's order, so the route's `set` wins), the Host
-//! the client sent when nothing set one, and no connection-scoped fields
-//! (an upgrade keeps its own).
+//! the client sent when nothing set one, no `Expect` (answered here), and
+//! no connection-scoped fields (an upgrade keeps its own).
 
 use super::headers::set_authority;
 use super::upgrade;
-use http::header::HOST;
+use http::header::{EXPECT, HOST};
 use http::request::Parts;
 use http::Uri;
 use mesh_core::route::{HttpMatch, HttpRoute, RouteDestination};
@@ -44,6 +44,10 @@ pub fn edit_request(
     if parts.headers.get(HOST).is_none() {
         set_authority(parts, authority);
     }
+    // The client's `100-continue` was answered here when its body was first
+    // read (hyper does so), and the body streams on at once: as Envoy does,
+    // the upstream is not asked again.
+    parts.headers.remove(EXPECT);
     upgrade::prepare(parts)
 }
 

@@ -28,6 +28,8 @@ pub enum ResponseFlag {
     NR,
     /// No cluster: a route's destination host is not known.
     NC,
+    /// Downstream protocol error: a request the proxy refuses to forward.
+    DPE,
 }
 
 /// Response flags as logs and metrics show them: `UF,URX`, or `-`.

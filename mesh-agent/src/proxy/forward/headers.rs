@@ -7,6 +7,7 @@ use http::header::{
     HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE,
 };
 use http::request::Parts;
+use http::Version;
 
 /// The request's authority: the URI's (HTTP/2, absolute form) or Host's,
 /// a copy that shares the request's memory when it is Host's.
@@ -23,6 +24,30 @@ pub fn set_authority(parts: &mut Parts, authority: &str) {
     }
 }
 
+/// Why a request cannot go on as the client framed it, if it cannot: an
+/// HTTP/1.x request with more than one Host, an HTTP/1.1 one with none,
+/// or one whose absolute-form target names another authority (RFC 9112
+/// §3.2: a server answers 400; nginx and Envoy do, so the upstream never
+/// sees a Host the routing did not).
+pub fn host_problem(parts: &Parts) -> Option<&'static str> {
+    if parts.version >= Version::HTTP_2 {
+        return None; // `:authority` is the host
+    }
+    let mut hosts = parts.headers.get_all(HOST).iter();
+    let Some(host) = hosts.next() else {
+        return (parts.version == Version::HTTP_11).then_some("missing Host header");
+    };
+    if hosts.next().is_some() {
+        return Some("more than one Host header");
+    }
+    match parts.uri.authority() {
+        Some(target) if !target.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()) => {
+            Some("Host header disagrees with the request target")
+        }
+        _ => None,
+    }
+}
+
 /// A body's size as its Content-Length declares it (0 when streamed).
 pub fn declared_length(headers: &HeaderMap) -> u64 {
     headers.get(CONTENT_LENGTH).and_then(|v| parse_decimal(v.as_bytes())).unwrap_or(0)
@@ -30,6 +55,9 @@ pub fn declared_length(headers: &HeaderMap) -> u64 {
 
 /// Connection-scoped headers are not forwarded (RFC 9110 §7.6.1), nor
 /// those `Connection` names; `te: trailers` is end to end (gRPC needs it).
+/// A Transfer-Encoding with codings besides `chunked` (`gzip, chunked`) is
+/// kept as sent: the next HTTP/1.1 hop frames it with its last coding, and
+/// the others are the body's.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages have none: one pass over the names (standard ones
     // compare as numbers) spares the lookups below.
@@ -55,8 +83,16 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
         headers.remove(CONNECTION);
     }
     let te_trailers = headers.get(TE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &TE, &TRANSFER_ENCODING, &UPGRADE] {
+    let only_chunked = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|value| tokens(value.as_bytes()))
+        .all(|coding| coding.eq_ignore_ascii_case(b"chunked"));
+    for name in [&KEEP_ALIVE, &PROXY_CONNECTION, &TE, &UPGRADE] {
         headers.remove(name);
+    }
+    if only_chunked {
+        headers.remove(TRANSFER_ENCODING);
     }
     if te_trailers {
         headers.insert(TE, HeaderValue::from_static("trailers"));
@@ -84,6 +120,28 @@ mod tests {
         let mut names: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
         names.sort();
         assert_eq!(names, ["te", "x-kept"]);
+
+        let mut headers = HeaderMap::new();
+        headers.insert(TRANSFER_ENCODING, HeaderValue::from_static("gzip, chunked"));
+        headers.insert(CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers[TRANSFER_ENCODING], "gzip, chunked", "the body's own coding is kept");
+        assert!(headers.get(CONTENT_LENGTH).is_none());
+    }
+
+    #[test]
+    fn http1_requests_need_one_host_that_agrees_with_the_target() {
+        let parts = |request: http::request::Builder| request.body(()).unwrap().into_parts().0;
+        let get = |uri: &str| http::Request::get(uri).version(Version::HTTP_11);
+        assert_eq!(host_problem(&parts(get("/").header("host", "a"))), None);
+        assert_eq!(host_problem(&parts(get("/"))), Some("missing Host header"));
+        assert_eq!(host_problem(&parts(get("/").version(Version::HTTP_10))), None, "HTTP/1.0 may omit it");
+        let two = get("/").header("host", "a").header("host", "b");
+        assert_eq!(host_problem(&parts(two)), Some("more than one Host header"));
+        assert_eq!(host_problem(&parts(get("http://A:80/").header("host", "a:80"))), None);
+        let other = get("http://a/").header("host", "b");
+        assert_eq!(host_problem(&parts(other)), Some("Host header disagrees with the request target"));
+        assert_eq!(host_problem(&parts(get("http://a/").version(Version::HTTP_2))), None);
     }
 
     #[test]

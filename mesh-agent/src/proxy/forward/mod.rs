@@ -22,25 +22,26 @@ mod response;
 mod test_support;
 mod upgrade;
 
-use crate::proxy::body::{full, ClientBody, CountingBody, ProxyBody, RequestBody};
+use crate::proxy::body::{full, ClientBody, CountingBody, ProxyBody};
 use crate::proxy::cluster::admit;
 use crate::proxy::header_names::REQUEST_ID;
 use crate::proxy::listener::{Connection, Proxy};
+use crate::proxy::replay::RequestBody;
 use access_log::AccessLogLine;
 use attempts::{Attempts, Finished};
 use bytes::Bytes;
 use flags::{flag_list, ResponseFlag};
-use http::header::{HeaderValue, LOCATION, SET_COOKIE};
+use http::header::{HeaderValue, ALLOW, CONNECTION, LOCATION, SET_COOKIE};
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use mesh_core::route::{first_match, HttpMatch, HttpRoute, RequestView, RetryPolicy, RouteAction};
 use mesh_core::snapshot::Snapshot;
 use outcome::{local_reply, Outcome};
 use std::sync::{Arc, LazyLock};
 use std::time::Instant;
 
-/// Request bodies up to this size are kept for retries and mirrors; larger
-/// ones stream through once and are never retried.
+/// The copy of a request body kept for retries and mirrors: a body longer
+/// than this is tried once and not mirrored.
 const REPLAY_BUFFER_LIMIT: usize = 64 * 1024;
 
 /// Istio's retry policy for rules that set none (and for requests no rule
@@ -65,13 +66,20 @@ impl Proxy {
         };
 
         let outcome = match snapshot.service_index_at(connection.original) {
+            _ if parts.method == Method::CONNECT => refuse_connect(),
             None => Outcome::local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no healthy upstream",
                 Some(ResponseFlag::UH),
                 Arc::from(""),
             ),
-            Some(service) => self.route(&snapshot, connection, service, parts, body, authority).await,
+            Some(service) => match headers::host_problem(&parts) {
+                Some(problem) => {
+                    let cluster = Arc::from(snapshot.services[service].fqdn.as_str());
+                    Outcome::local(StatusCode::BAD_REQUEST, problem, Some(ResponseFlag::DPE), cluster)
+                }
+                None => self.route(&snapshot, connection, service, parts, body, authority).await,
+            },
         };
         let Outcome { response, flags, upstream, cluster, attempts } = outcome;
         let source = (connection.source_workload.as_str(), connection.source_namespace.as_str());
@@ -201,35 +209,25 @@ impl Proxy {
         let (hash, issued_cookie) = hash::request_hash(&policy.load_balancer, &parts, connection.peer);
         let retry = route.map(|r| &r.retries).unwrap_or(&DEFAULT_RETRY);
 
-        // A body that ends within the first 64 KiB is kept: it can be sent
-        // again on retry and copied to mirrors. Anything longer streams
-        // through once and is never retried.
+        // The body streams upstream as it comes; its first 64 KiB are kept
+        // to send again on retry and to copy to mirrors. A longer body
+        // keeps no copy: it is tried once and not mirrored.
         let mirrors = route.map(|r| r.mirrors.as_slice()).unwrap_or_default();
-        let body = if retry.attempts > 0 || !mirrors.is_empty() {
-            match RequestBody::read_ahead(body, REPLAY_BUFFER_LIMIT).await {
-                Ok(body) => body,
-                Err(error) => {
-                    tracing::debug!(%error, "client body failed");
-                    return Outcome::local(StatusCode::BAD_REQUEST, "bad request body", None, cluster);
-                }
-            }
-        } else {
-            RequestBody::unread(body)
-        };
+        let replay_limit = if retry.attempts > 0 || !mirrors.is_empty() { REPLAY_BUFFER_LIMIT } else { 0 };
+        let body = RequestBody::of(body, replay_limit);
         for mirror in mirrors {
             if fastrand::f64() * 100.0 < mirror.percentage {
-                if let RequestBody::Complete(bytes) = &body {
-                    let copy = bytes.clone();
-                    self.mirrors.send(
-                        &self.dialer,
-                        &self.clusters,
-                        snapshot,
-                        &mirror.destination,
-                        &parts,
-                        copy,
-                        plan.port,
-                    );
-                }
+                let copy = match &body {
+                    RequestBody::Complete(bytes) => Ok(bytes.clone()),
+                    RequestBody::Streaming(replay) => Err(replay.when_complete()),
+                };
+                let copy = async move {
+                    match copy {
+                        Ok(bytes) => Some(bytes),
+                        Err(whole) => whole.await.ok(),
+                    }
+                };
+                self.mirrors.send(&self.dialer, &self.clusters, snapshot, &mirror.destination, &parts, copy, plan.port);
             }
         }
 
@@ -297,6 +295,18 @@ impl Proxy {
         let response = response::finish(result, &mut flags, endpoint, target.destination, route, deadline, guards);
         Outcome { response, flags, upstream: Some(endpoint), cluster, attempts: tries }
     }
+}
+
+/// CONNECT asks for a tunnel, which no route here offers: refused at once
+/// (as nginx does), and the connection closed, since the client may start
+/// sending tunnel bytes.
+fn refuse_connect() -> Outcome {
+    let text = "CONNECT is not supported: the mesh proxy routes HTTP requests only";
+    let mut outcome = Outcome::local(StatusCode::METHOD_NOT_ALLOWED, text, Some(ResponseFlag::DPE), Arc::from(""));
+    let headers = outcome.response.headers_mut();
+    headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS, TRACE"));
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    outcome
 }
 
 /// The answer a rule gives by itself: a CORS preflight's, a redirect or a

@@ -125,8 +125,9 @@ where
         // Pinned where it is made: the handler's future is large, and is
         // never moved.
         let handling = std::pin::pin!(handle(request));
+        let mut half_closed = false;
         let response = match read.is_empty() {
-            true => match until_client_leaves(&io, &mut read, handling).await {
+            true => match until_client_leaves(&io, &mut read, &mut half_closed, handling).await {
                 Some(response) => response,
                 // The client is gone: the request is dropped, with its
                 // upstream exchange and its admission, as hyper does.
@@ -135,7 +136,10 @@ where
             // A pipelined request is next: the client is still there.
             false => handling.await,
         };
-        if write_response(&mut io, &mut write, response, head_only, plain.close).await.is_err() || plain.close {
+        // A client that closed its sending side still reads: it gets its
+        // response, and the connection ends with it.
+        let last = plain.close || half_closed;
+        if write_response(&mut io, &mut write, response, head_only, last).await.is_err() || last {
             return Served::Closed;
         }
         // An idle keep-alive connection keeps a small buffer, whatever its
@@ -153,13 +157,16 @@ enum Woken {
     Readable(std::io::Result<()>),
 }
 
-/// The handler's response, or None when the client closes the connection
+/// The handler's response, or None when the client resets the connection
 /// first. Bytes the client sends meanwhile (a pipelined request) are kept.
-/// Only readiness is watched: nothing is read, and no room made in the
-/// buffer (whose front the request still holds), unless the client sends.
+/// A client that only shuts its sending side down (`half_closed` is set)
+/// may still be reading: its response is awaited. Only readiness is
+/// watched: nothing is read, and no room made in the buffer (whose front
+/// the request still holds), unless the client sends.
 async fn until_client_leaves<F: Future<Output = Response<ProxyBody>>>(
     io: &TcpStream,
     read: &mut BytesMut,
+    half_closed: &mut bool,
     mut handling: Pin<&mut F>,
 ) -> Option<Response<ProxyBody>> {
     loop {
@@ -174,7 +181,10 @@ async fn until_client_leaves<F: Future<Output = Response<ProxyBody>>>(
             Woken::Readable(Ok(())) => {
                 read.reserve(READ_RESERVE);
                 match io.try_read_buf(read) {
-                    Ok(0) => return None,
+                    Ok(0) => {
+                        *half_closed = true;
+                        return Some(handling.await);
+                    }
                     Ok(_) => return Some(handling.await),
                     Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
                     Err(_) => return None,
@@ -621,10 +631,31 @@ pub(in crate::proxy) mod tests {
         }));
         client.write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
         started_rx.await.expect("the request reached the handler");
+        // Reset, not a half-close: a client that only shuts its sending side
+        // down still waits for its response.
+        client.set_zero_linger().unwrap();
         drop(client);
         let served = tokio::time::timeout(Duration::from_secs(2), task).await.expect("serve ends").unwrap();
         assert!(matches!(served, Served::Closed));
         assert!(dropped_rx.await.is_err(), "the handler's future was dropped");
+    }
+
+    #[tokio::test]
+    async fn a_half_closed_client_gets_its_response_and_the_connection_ends() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        // A slow upstream: the client's shutdown arrives while it works.
+        let task = tokio::spawn(serve(server, Duration::from_secs(5), |_| async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            Response::new(crate::proxy::body::full(Bytes::from_static(b"done")))
+        }));
+        client.write_all(b"POST /x HTTP/1.1\r\nhost: a\r\ncontent-length: 2\r\n\r\nhi").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut all = String::new();
+        client.read_to_string(&mut all).await.unwrap();
+        assert!(all.starts_with("HTTP/1.1 200 OK\r\n") && all.ends_with("\r\n\r\ndone"), "{all}");
+        assert!(matches!(task.await.unwrap(), Served::Closed));
     }
 
     #[test]

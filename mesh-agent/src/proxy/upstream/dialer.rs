@@ -12,7 +12,7 @@ use crate::proxy::body::{full, BoxError, ProxyBody};
 use crate::proxy::header_names::ATTEMPT_COUNT;
 use crate::proxy::http1::client::{DirectBody, DirectPool};
 use bytes::Bytes;
-use http::header::{HeaderValue, HOST, UPGRADE};
+use http::header::{HeaderValue, HOST, TRANSFER_ENCODING, UPGRADE};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -41,6 +41,16 @@ pub struct Try<'a> {
     pub head: &'a http::request::Parts,
     /// The `x-envoy-attempt-count` to send (none for a mirror).
     pub attempt: Option<u32>,
+}
+
+impl Try<'_> {
+    /// Whether the direct client, which frames a known body by its length,
+    /// can send it: plaintext HTTP/1.1, nothing switching protocols, and no
+    /// transfer coding the client chose.
+    fn direct(&self) -> bool {
+        let headers = &self.head.headers;
+        !self.http2 && self.tls.is_none() && !headers.contains_key(UPGRADE) && !headers.contains_key(TRANSFER_ENCODING)
+    }
 }
 
 /// A request body as the upstream clients take it.
@@ -111,7 +121,7 @@ impl Dialer {
     /// through hyper, with a copy of it.
     pub async fn send(&self, to: Try<'_>, payload: Payload) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         match payload {
-            Payload::Complete(body) if !to.http2 && to.tls.is_none() && !to.head.headers.contains_key(UPGRADE) => {
+            Payload::Complete(body) if to.direct() => {
                 let response = self.direct.send(to.endpoint, to.limits, to.head, to.attempt, body).await?;
                 Ok(response.map(UpstreamBody::Direct))
             }
@@ -127,6 +137,10 @@ impl Dialer {
     ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
         let Try { endpoint, http2, tls, limits, head, attempt } = to;
         let mut request = http::Request::from_parts(head.clone(), payload.into_body());
+        if http2 {
+            // HTTP/2 frames bodies itself and has no transfer codings.
+            request.headers_mut().remove(TRANSFER_ENCODING);
+        }
         if let Some(attempt) = attempt {
             request.headers_mut().insert(ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
         }

@@ -9,7 +9,7 @@ use super::error::UpstreamError;
 use super::pool::{ConnectionLimits, IdlePool, ReturnTo, Reusable};
 use crate::proxy::body::ProxyBody;
 use crate::sync::lock;
-use http::header::{HeaderValue, CONNECTION, TRANSFER_ENCODING};
+use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use hyper::body::Body;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
@@ -42,9 +42,11 @@ impl Http1Pool {
     ) -> Result<http::Response<hyper::body::Incoming>, UpstreamError> {
         let key = Tls::key(endpoint, tls.as_ref());
         // A body of unknown length needs its framing said: hyper sends none
-        // for a GET that names no length.
+        // for a GET that names no length. A length the client declared
+        // stays (hyper frames by the field): it is never re-framed.
         let body = request.body();
-        if !body.is_end_stream() && body.size_hint().exact().is_none() {
+        let declared = request.headers().contains_key(CONTENT_LENGTH);
+        if !body.is_end_stream() && body.size_hint().exact().is_none() && !declared {
             request.headers_mut().entry(TRANSFER_ENCODING).or_insert(HeaderValue::from_static("chunked"));
         }
         loop {

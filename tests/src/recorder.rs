@@ -1,0 +1,162 @@
+//! An HTTP/1.1 backend that records every request as its bytes arrive, and
+//! reads bodies as a simple server does: by Content-Length, else (with
+//! `Transfer-Encoding: chunked`) the raw chunks to the last one, else none
+//! (as Python's wsgiref, which never reads chunked bodies). A request with
+//! `Expect: 100-continue` gets `100 Continue` first. Each answer is
+//! `received <n>`, n the body bytes read; the first request for a path
+//! under `/fail-once/` is answered 503 instead (after its body is read).
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// One request as the backend saw it so far.
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    /// The head as sent, with its line ends.
+    pub head: String,
+    /// The body bytes as they came (chunk framing included).
+    pub body: Vec<u8>,
+    /// The body has ended and the answer went out.
+    pub answered: bool,
+}
+
+impl Seen {
+    /// The value of the head's `name` field (case-insensitive), if any.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (field, value) = line.split_once(':')?;
+            field.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+        })
+    }
+}
+
+/// A running recorder; stops when dropped.
+pub struct Recorder {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Recorder {
+    /// Every request so far, in arrival order.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for Recorder {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+pub(crate) fn start(netns: &Path, addr: SocketAddr) -> Result<Recorder> {
+    let listener = crate::netns::in_netns(netns, || std::net::TcpListener::bind(addr))?
+        .with_context(|| format!("binding {addr}"))?;
+    listener.set_nonblocking(true)?;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let log = seen.clone();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+            let serve = async {
+                loop {
+                    let Ok((stream, _)) = listener.accept().await else { continue };
+                    tokio::spawn(record(stream, log.clone()));
+                }
+            };
+            tokio::select! {
+                _ = serve => {}
+                _ = stopped => {}
+            }
+        });
+    });
+    Ok(Recorder { seen, stop: Some(stop), thread: Some(thread) })
+}
+
+/// How the body of a recorded request ends.
+enum BodyEnd {
+    Length(usize),
+    LastChunk,
+}
+
+async fn record(mut stream: tokio::net::TcpStream, log: Arc<Mutex<Vec<Seen>>>) -> std::io::Result<()> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        let head_end = loop {
+            if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buffer.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+        buffer.drain(..head_end);
+        let request = Seen { head, ..Seen::default() };
+        let end = match (request.header("content-length"), request.header("transfer-encoding")) {
+            (Some(length), _) => BodyEnd::Length(length.parse().unwrap_or(0)),
+            (None, Some(coding)) if coding.to_ascii_lowercase().ends_with("chunked") => BodyEnd::LastChunk,
+            _ => BodyEnd::Length(0),
+        };
+        let expects = request.header("expect").is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+        let index = {
+            let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+            log.push(request);
+            log.len() - 1
+        };
+        if expects {
+            stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+        }
+        let mut body = Vec::new();
+        loop {
+            let done = match end {
+                BodyEnd::Length(length) => body.len() >= length,
+                BodyEnd::LastChunk => body.ends_with(b"0\r\n\r\n"),
+            };
+            if done {
+                break;
+            }
+            if buffer.is_empty() {
+                let n = stream.read(&mut chunk).await?;
+                if n == 0 {
+                    return Ok(());
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+            }
+            let take = match end {
+                BodyEnd::Length(length) => (length - body.len()).min(buffer.len()),
+                BodyEnd::LastChunk => buffer.len(),
+            };
+            let part: Vec<u8> = buffer.drain(..take).collect();
+            body.extend_from_slice(&part);
+            log.lock().unwrap_or_else(|e| e.into_inner())[index].body.extend_from_slice(&part);
+        }
+        let text = format!("received {}", body.len());
+        let path = {
+            let log = log.lock().unwrap_or_else(|e| e.into_inner());
+            let path = |seen: &Seen| seen.head.split_whitespace().nth(1).unwrap_or("").to_owned();
+            let mine = path(&log[index]);
+            let first = log[..index].iter().all(|earlier| path(earlier) != mine);
+            (mine, first)
+        };
+        let status = if path.0.starts_with("/fail-once/") && path.1 { "503 Service Unavailable" } else { "200 OK" };
+        let answer = format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\n\r\n{text}", text.len());
+        stream.write_all(answer.as_bytes()).await?;
+        log.lock().unwrap_or_else(|e| e.into_inner())[index].answered = true;
+    }
+}
