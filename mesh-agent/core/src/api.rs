@@ -242,6 +242,14 @@ pub struct DestinationRuleSpec {
     pub subsets: Vec<Subset>,
     /// Namespaces the rule applies to services of: `*`, `.` or names.
     pub export_to: Vec<String>,
+    /// The client workloads (in the rule's namespace) the rule applies to.
+    pub workload_selector: Option<WorkloadSelector>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct WorkloadSelector {
+    pub match_labels: BTreeMap<String, String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

@@ -1,61 +1,50 @@
 //! Names as Istio checks them: DNS-1123 labels, hosts (short names resolved
-//! in a namespace, wildcards), gateway references and `exportTo` lists.
-//! Shared by every kind that names hosts or namespaces.
+//! in a namespace, wildcards), gateway references, `exportTo` lists and
+//! label maps. Shared by every kind that names hosts or namespaces.
+//!
+//! Istio's labels accept upper case (`[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?`),
+//! so its hosts, subset and namespace names do too. Host names are
+//! case-insensitive (DNS, Envoy's domain match, Istio since 1.26 when it
+//! selects VirtualServices): they are lowercased when resolved. Subset
+//! names are compared as written.
 
 use crate::field::FieldError;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
-/// A lowercase RFC 1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, 63 at most.
+/// A lowercase RFC 1123 label: `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, 63 at most
+/// (what Kubernetes asks of namespace and object names).
 pub fn is_dns1123_label(label: &str) -> bool {
+    is_istio_label(label) && !label.bytes().any(|b| b.is_ascii_uppercase())
+}
+
+/// A label as Istio's `labels.IsDNS1123Label` checks it: letters of
+/// either case, digits and `-`, neither first nor last; 63 at most.
+pub fn is_istio_label(label: &str) -> bool {
     let bytes = label.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 63
-        && bytes.iter().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'-')
         && bytes[0] != b'-'
         && bytes[bytes.len() - 1] != b'-'
 }
 
 /// Resolves a host as Istio does: a name without dots is short and lives
 /// in the object's namespace; anything else is taken as is (a trailing
-/// dot, which only makes the name absolute, is dropped).
+/// dot, which only makes the name absolute, is dropped). Lowercased: host
+/// names are case-insensitive.
 pub fn resolve_host(host: &str, namespace: &str, cluster_domain: &str) -> String {
+    let host = host.to_ascii_lowercase();
     if host.contains('.') || host == "*" {
-        host.strip_suffix('.').unwrap_or(host).to_owned()
+        host.strip_suffix('.').map(str::to_owned).unwrap_or(host)
     } else {
         format!("{host}.{namespace}.svc.{cluster_domain}")
     }
 }
 
-/// Istio's check of a DestinationRule host: lowercase DNS-1123 labels, the
-/// first of which may be `*`; a trailing dot is allowed; the top-level
-/// label is not all digits (an IP address is not a host).
+/// Istio's check of a DestinationRule host: its `ValidateWildcardDomain`,
+/// as for every host (an IP address is not a host here).
 pub fn validate_rule_host(field: &str, host: &str) -> Result<(), FieldError> {
-    let wrong = |why: &str| {
-        Err(FieldError::new(
-            field,
-            format!("{host:?} is not a lowercase DNS-1123 name{why} (a leading `*.` wildcard or `*` alone is allowed)"),
-        ))
-    };
-    if host == "*" {
-        return Ok(());
-    }
-    if host.len() > 255 {
-        return wrong(": longer than 255 characters");
-    }
-    let name = host.strip_suffix('.').unwrap_or(host);
-    let name = name.strip_prefix("*.").unwrap_or(name);
-    if let Some(label) = name.split('.').find(|l| !is_dns1123_label(l)) {
-        let why = if label.bytes().any(|b| b.is_ascii_uppercase()) {
-            format!(": {label:?} has upper case")
-        } else {
-            format!(": label {label:?} is invalid")
-        };
-        return wrong(&why);
-    }
-    if top_label_all_digits(name) {
-        return wrong(": its top-level label is all digits");
-    }
-    Ok(())
+    validate_host_name(field, host)
 }
 
 /// Whether the last label of `name` (a trailing dot aside) is all digits:
@@ -64,25 +53,59 @@ pub fn top_label_all_digits(name: &str) -> bool {
     name.trim_end_matches('.').rsplit('.').next().is_some_and(|top| top.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Istio's wildcard domain check: DNS-1123 labels in lowercase, the first
-/// of which may be `*`, `*x` or `*-x`; a trailing dot is allowed.
+/// Istio's `ValidateWildcardDomain`: 255 characters at most; labels of
+/// letters, digits and `-`, the first of which may be `*`, `*x` or `*-x`;
+/// a trailing dot is allowed; after the first label, the top-level label
+/// is not all digits (`10.0.0.1` is an address, not a host).
 pub fn validate_host_name(field: &str, host: &str) -> Result<(), FieldError> {
     let invalid = |why: String| Err(FieldError::new(field, format!("{host:?} is not a valid host name: {why}")));
+    if host.is_empty() {
+        return invalid("empty".into());
+    }
     if host.len() > 255 {
         return invalid("longer than 255 characters".into());
     }
-    let name = host.strip_suffix('.').unwrap_or(host);
-    let (first, rest) = name.split_once('.').map_or((name, None), |(first, rest)| (first, Some(rest)));
+    let (first, rest) = host.split_once('.').map_or((host, None), |(first, rest)| (first, Some(rest)));
     let first_ok = match first.strip_prefix('*') {
         Some("") => true,
-        Some(tail) => first.len() <= 63 && is_dns1123_label(tail.strip_prefix('-').unwrap_or(tail)),
-        None => is_dns1123_label(first),
+        Some(tail) => first.len() <= 63 && is_istio_label(tail.strip_prefix('-').unwrap_or(tail)),
+        None => is_istio_label(first),
     };
     if !first_ok {
-        return invalid(format!("label {first:?} is invalid (lowercase letters, digits and -)"));
+        return invalid(format!("label {first:?} is invalid (letters, digits and -, a leading * allowed)"));
     }
-    if let Some(label) = rest.into_iter().flat_map(|r| r.split('.')).find(|l| !is_dns1123_label(l)) {
-        return invalid(format!("label {label:?} is invalid (lowercase letters, digits and -)"));
+    if let Some(rest) = rest {
+        validate_labels_of(rest)
+            .map_err(|why| FieldError::new(field, format!("{host:?} is not a valid host name: {why}")))?;
+    }
+    Ok(())
+}
+
+/// Istio's `ValidateFQDN`: every label valid (no wildcard), a trailing dot
+/// allowed, the top-level label not all digits.
+pub fn validate_fqdn(field: &str, name: &str) -> Result<(), FieldError> {
+    if name.is_empty() || name.len() > 255 {
+        return Err(FieldError::new(field, format!("{name:?} is not a valid domain name (1 to 255 characters)")));
+    }
+    validate_labels_of(name)
+        .map_err(|why| FieldError::new(field, format!("{name:?} is not a valid domain name: {why}")))
+}
+
+/// Istio's `ValidateDNS1123Labels`: dot-separated labels, the last of
+/// which may be empty (a trailing dot); the top-level one not all digits.
+fn validate_labels_of(domain: &str) -> Result<(), String> {
+    let labels: Vec<&str> = domain.split('.').collect();
+    let top = labels[labels.len() - 1];
+    if !top.is_empty() && top.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!("its top-level label {top:?} is all digits"));
+    }
+    for (i, label) in labels.iter().enumerate() {
+        if i == labels.len() - 1 && label.is_empty() {
+            break;
+        }
+        if !is_istio_label(label) {
+            return Err(format!("label {label:?} is invalid (letters, digits and -)"));
+        }
     }
     Ok(())
 }
@@ -96,18 +119,22 @@ pub fn applies_to_mesh(gateways: &[String]) -> bool {
     gateways.is_empty() || gateways.iter().any(|g| g == MESH_GATEWAY)
 }
 
-/// Gateway names: `mesh`, `name`, `namespace/name` or a legacy FQDN.
+/// Gateway names as Istio's `validateGatewayNames` checks them:
+/// `namespace/name` (two labels), or a name checked as an FQDN (`mesh`,
+/// `name`, the legacy `name.namespace`).
 pub fn validate_gateways(field: &str, gateways: &[String]) -> Result<(), FieldError> {
     for (i, gateway) in gateways.iter().enumerate() {
-        let valid = match gateway.split_once('/') {
-            Some((namespace, name)) => is_dns1123_label(namespace) && is_dns1123_label(name),
-            None => !gateway.is_empty() && gateway.split('.').all(is_dns1123_label),
-        };
-        if !valid {
-            return Err(FieldError::new(
-                format!("{field}[{i}]"),
-                format!("{gateway:?} is not a gateway name (mesh, name or namespace/name)"),
-            ));
+        let field = format!("{field}[{i}]");
+        match gateway.split_once('/') {
+            Some((namespace, name)) => {
+                if !is_istio_label(namespace) || !is_istio_label(name) {
+                    return Err(FieldError::new(
+                        field,
+                        format!("{gateway:?} is not a gateway name (mesh, name or namespace/name)"),
+                    ));
+                }
+            }
+            None => validate_fqdn(&field, gateway)?,
         }
     }
     Ok(())
@@ -116,30 +143,72 @@ pub fn validate_gateways(field: &str, gateways: &[String]) -> Result<(), FieldEr
 /// Whether `exportTo` may name `~` (visible to no one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExportToNone {
+    /// ServiceEntries only.
     Allowed,
+    /// VirtualServices and DestinationRules: Istio refuses `~` for them.
     Refused,
 }
 
-/// `spec.exportTo`: `*`, `.` or namespace names, each once; `*` (and `~`
+/// `spec.exportTo` of an object in `namespace`, as Istio's
+/// `validateExportTo` checks it: `*`, `.` or namespace names, each once
+/// (`.` and the object's own namespace are the same entry); `*` (and `~`
 /// where allowed) alone.
-pub fn validate_export_to(export_to: &[String], none: ExportToNone) -> Result<(), FieldError> {
+pub fn validate_export_to(export_to: &[String], namespace: &str, none: ExportToNone) -> Result<(), FieldError> {
     let mut seen = BTreeSet::new();
     let alone = |to: &str| to == "*" || (none == ExportToNone::Allowed && to == "~");
     for (i, to) in export_to.iter().enumerate() {
         let field = format!("spec.exportTo[{i}]");
-        if !(alone(to) || to == "." || is_dns1123_label(to)) {
+        if to == "~" && none == ExportToNone::Refused {
+            return Err(FieldError::new(field, "`~` (visible to no one) is only for ServiceEntries"));
+        }
+        if !(alone(to) || to == "." || is_istio_label(to)) {
             let expected = match none {
                 ExportToNone::Allowed => "`*`, `.`, `~` or a namespace name",
                 ExportToNone::Refused => "`*`, `.` or a namespace name",
             };
             return Err(FieldError::new(field, format!("{to:?} is not {expected}")));
         }
-        if !seen.insert(to.as_str()) {
-            return Err(FieldError::new(field, format!("{to:?} is listed twice")));
+        let key = if to == "." { namespace } else { to.as_str() };
+        if !seen.insert(key) {
+            let why = if key != to {
+                format!("`.` and {namespace:?} are the same namespace")
+            } else {
+                format!("{to:?} is listed twice")
+            };
+            return Err(FieldError::new(field, why));
         }
         if alone(to) && export_to.len() > 1 {
             return Err(FieldError::new(field, format!("`{to}` cannot be combined with other entries")));
         }
     }
     Ok(())
+}
+
+/// A label map (subset labels, `sourceLabels`) as Istio's
+/// `labels.Instance.Validate` checks it: keys are Kubernetes label names
+/// (an optional DNS prefix and `/`, then a name of letters, digits, `-`,
+/// `_` and `.` starting and ending alphanumeric, 63 at most); values are
+/// empty or such a name.
+pub fn validate_labels(field: &str, labels: &BTreeMap<String, String>) -> Result<(), FieldError> {
+    for (key, value) in labels {
+        let at = format!("{field}[{key}]");
+        let (prefix, name) = key.rsplit_once('/').map_or((None, key.as_str()), |(p, n)| (Some(p), n));
+        let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && p.split('.').all(is_istio_label));
+        if !prefix_ok || !is_qualified_name(name) || name.len() > 63 || key.matches('/').count() > 1 {
+            return Err(FieldError::new(at, format!("{key:?} is not a valid label key")));
+        }
+        if !value.is_empty() && !is_qualified_name(value) {
+            return Err(FieldError::new(at, format!("{value:?} is not a valid label value")));
+        }
+    }
+    Ok(())
+}
+
+/// `([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]`.
+fn is_qualified_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.iter().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
 }

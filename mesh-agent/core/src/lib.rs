@@ -22,3 +22,6 @@ pub mod object;
 pub mod published;
 pub mod route;
 pub mod snapshot;
+
+#[cfg(test)]
+mod test_support;

@@ -193,23 +193,23 @@ fn validate_consistent_hash(at: &Path, hash: &ConsistentHashLb) -> Result<LoadBa
     Ok(LoadBalancer::ConsistentHash { key, table })
 }
 
+/// Istio's limit: a prime below 5000011. A larger table than the kernel
+/// map holds per service is served at [`MAX_MAGLEV_TABLE_SIZE`] (also a
+/// prime): the same hashing, slightly coarser.
 fn maglev_table_size(path: &str, size: Option<i64>) -> Result<u32, FieldError> {
     // Istio has no default here: 0 is proto3's "unset".
     let size = size.filter(|s| *s != 0).ok_or_else(|| FieldError::new(path, "tableSize must be set for maglev"))?;
-    let size = u32::try_from(size).ok().filter(|s| *s > 1).ok_or_else(|| {
-        FieldError::new(path, format!("{size} is out of range (a prime up to {MAX_MAGLEV_TABLE_SIZE})"))
+    let size = u32::try_from(size).ok().filter(|s| *s > 1 && *s < ISTIO_MAX_MAGLEV_TABLE_SIZE).ok_or_else(|| {
+        FieldError::new(path, format!("{size} is out of range (a prime less than {ISTIO_MAX_MAGLEV_TABLE_SIZE})"))
     })?;
     if !is_prime(size as u64) {
         return Err(FieldError::new(path, format!("{size} is not a prime number")));
     }
-    if size > MAX_MAGLEV_TABLE_SIZE {
-        return Err(FieldError::new(
-            path,
-            format!("{size} is larger than {MAX_MAGLEV_TABLE_SIZE}, the kernel map's limit per service"),
-        ));
-    }
-    Ok(size)
+    Ok(size.min(MAX_MAGLEV_TABLE_SIZE))
 }
+
+/// Istio refuses a Maglev table of this size or more.
+const ISTIO_MAX_MAGLEV_TABLE_SIZE: u32 = 5_000_011;
 
 fn ring_size(path: &str, size: Option<i64>) -> Result<u64, FieldError> {
     match size {

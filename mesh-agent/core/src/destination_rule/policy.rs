@@ -6,7 +6,7 @@ use super::load_balancer::{validate_load_balancer, LoadBalancer, LoadBalancerPol
 use super::outlier_detection::{validate_outlier_detection, OutlierDetection};
 use super::proxy_protocol::{validate_proxy_protocol, ProxyProtocol};
 use super::retry_budget::{validate_retry_budget, RetryBudget};
-use super::tls::{validate_tls, ClientTls};
+use super::tls::{validate_tls, ClientTls, TlsMode};
 use super::tunnel::{validate_tunnel, Tunnel};
 use crate::api::{self, TrafficPolicy};
 use crate::field::{parse_port, FieldError, Path};
@@ -55,6 +55,8 @@ pub struct EffectivePolicy {
     /// `connectionPool.http`, for the L7 proxy.
     pub http_pool: Option<HttpPool>,
     pub outlier_detection: Option<OutlierDetection>,
+    /// The TLS the proxy originates: never ISTIO_MUTUAL, which is served in
+    /// plaintext (the rule's own levels keep the mode as written).
     pub tls: Option<ClientTls>,
     pub tunnel: Option<Tunnel>,
     pub proxy_protocol: Option<ProxyProtocol>,
@@ -91,7 +93,9 @@ impl EffectivePolicy {
             tcp: level.connection_pool.as_ref().and_then(|pool| pool.tcp.clone()).unwrap_or_default(),
             http_pool: level.connection_pool.and_then(|pool| pool.http),
             outlier_detection: level.outlier_detection,
-            tls: level.tls,
+            // Until the mesh encrypts pod-to-pod traffic itself, ISTIO_MUTUAL
+            // is served in plaintext: the proxy originates no TLS for it.
+            tls: level.tls.filter(|tls| tls.mode != TlsMode::IstioMutual),
             tunnel: match subset {
                 Some(subset) => subset.and_then(|p| p.tunnel.clone()),
                 None => top.and_then(|p| p.tunnel.clone()),
@@ -191,9 +195,8 @@ pub(super) fn validate_policy(at: &Path, policy: &TrafficPolicy) -> Result<Polic
             port_policy.outlier_detection.as_ref(),
             port_policy.tls.as_ref(),
         )?;
-        if ports.insert(number, PortPolicy { index: i, level }).is_some() {
-            return Err(FieldError::new(at.field("port.number"), format!("port {number} has settings twice")));
-        }
+        // Istio accepts a port listed twice and applies the first entry.
+        ports.entry(number).or_insert(PortPolicy { index: i, level });
     }
     Ok(Policy {
         base,

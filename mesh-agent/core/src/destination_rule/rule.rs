@@ -4,7 +4,9 @@
 use super::policy::{validate_policy, EffectivePolicy, Policy};
 use crate::api;
 use crate::field::{FieldError, Path};
-use crate::host::{resolve_host, validate_export_to, validate_rule_host, ExportToNone};
+use crate::host::{
+    is_istio_label, resolve_host, validate_export_to, validate_labels, validate_rule_host, ExportToNone,
+};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -85,6 +87,38 @@ impl DestinationRuleModel {
     }
 }
 
+/// Istio's `validateWorkloadSelector` and the `exportTo` rule that goes
+/// with it: no empty key, no `*` in keys or values; a rule for some
+/// clients stays in its own namespace.
+fn validate_workload_selector(
+    selector: &api::WorkloadSelector,
+    export_to: &[String],
+    namespace: &str,
+) -> Result<(), FieldError> {
+    for (key, value) in &selector.match_labels {
+        let field = format!("spec.workloadSelector.matchLabels[{key}]");
+        if key.is_empty() {
+            return Err(FieldError::new(field, "an empty key is not supported in a selector"));
+        }
+        if key.contains('*') || value.contains('*') {
+            return Err(FieldError::new(field, format!("a wildcard is not supported in a selector: {key}={value}")));
+        }
+    }
+    if let Some(i) = export_to.iter().position(|to| to != "." && to != namespace) {
+        return Err(FieldError::new(
+            format!("spec.exportTo[{i}]"),
+            "a rule with a workloadSelector cannot be exported beyond its own namespace",
+        ));
+    }
+    if export_to.len() > 1 {
+        return Err(FieldError::new(
+            "spec.exportTo[1]",
+            "a rule with a workloadSelector cannot have several exportTo entries",
+        ));
+    }
+    Ok(())
+}
+
 pub fn validate_destination_rule(
     rule: &api::DestinationRule,
     cluster_domain: &str,
@@ -95,7 +129,10 @@ pub fn validate_destination_rule(
         return Err(FieldError::new("spec.host", "required"));
     }
     validate_rule_host("spec.host", &spec.host)?;
-    validate_export_to(&spec.export_to, ExportToNone::Refused)?;
+    validate_export_to(&spec.export_to, &namespace, ExportToNone::Refused)?;
+    if let Some(selector) = &spec.workload_selector {
+        validate_workload_selector(selector, &spec.export_to, &namespace)?;
+    }
     let policy =
         spec.traffic_policy.as_ref().map(|p| validate_policy(&Path::new("spec.trafficPolicy"), p)).transpose()?;
     let mut subsets = Vec::new();
@@ -108,12 +145,15 @@ pub fn validate_destination_rule(
         if !names.insert(subset.name.as_str()) {
             return Err(FieldError::new(at("name"), format!("subset {:?} is defined twice", subset.name)));
         }
-        if subset.labels.is_empty() {
+        // Istio's labels take upper case; subset names are compared as written.
+        if !is_istio_label(&subset.name) {
             return Err(FieldError::new(
-                at("labels"),
-                format!("subset {:?} has no labels, so it selects no pods", subset.name),
+                at("name"),
+                format!("{:?} is not a valid subset name (letters, digits and -, 63 at most)", subset.name),
             ));
         }
+        // No labels is valid: the subset is every endpoint of the host.
+        validate_labels(&at("labels"), &subset.labels)?;
         let policy = (subset.traffic_policy.as_ref())
             .map(|p| validate_policy(&Path::new(at("trafficPolicy")), p))
             .transpose()?;
@@ -132,17 +172,9 @@ pub fn validate_destination_rule(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Resource;
-    use crate::decode::parse_file;
     use crate::destination_rule::*;
+    use crate::test_support::rule;
     use std::time::Duration;
-
-    fn rule(spec: &str) -> Result<DestinationRuleModel, FieldError> {
-        let text = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: shop}}\nspec:\n{spec}");
-        let objects = parse_file("t.yaml", &text).unwrap();
-        let Resource::DestinationRule(dr) = &objects[0].resource else { unreachable!() };
-        validate_destination_rule(dr, "cluster.local")
-    }
 
     #[test]
     fn default_is_least_request_and_unlimited() {
@@ -206,7 +238,9 @@ mod tests {
         ))
         .unwrap();
         let top = r.effective(None, 80);
-        assert!(top.outlier_detection.is_some() && top.tls.is_some());
+        assert!(top.outlier_detection.is_some());
+        assert_eq!(top.tls, None, "ISTIO_MUTUAL is served in plaintext: no TLS origination");
+        assert_eq!(r.policy.as_ref().unwrap().base.tls.as_ref().unwrap().mode, TlsMode::IstioMutual, "kept as written");
         let port = r.effective(None, 8080);
         assert_eq!(port.load_balancer, LoadBalancer::LeastRequest, "not inherited: the default");
         assert_eq!(port.tcp, TcpPool::default());
@@ -299,8 +333,17 @@ mod tests {
             assert_eq!(err.message, "tableSize must be set for maglev");
         }
         assert!(lb("maglev: {tableSize: 1000003}").is_ok());
-        let err = lb("maglev: {tableSize: 1000033}").unwrap_err();
-        assert!(err.message.contains("kernel map's limit"), "{}", err.message);
+        // Istio takes primes below 5000011; the kernel's table is smaller.
+        let big = lb("maglev: {tableSize: 1000033}").unwrap().effective(None, 80).load_balancer;
+        assert_eq!(
+            big,
+            LoadBalancer::ConsistentHash {
+                key: HashKey::UseSourceIp,
+                table: HashTable::Maglev { table_size: MAX_MAGLEV_TABLE_SIZE }
+            }
+        );
+        let err = lb("maglev: {tableSize: 5000011}").unwrap_err();
+        assert!(err.message.contains("out of range"), "{}", err.message);
         let err = lb("maglev: {tableSize: -7}").unwrap_err();
         assert!(err.message.contains("out of range"), "{}", err.message);
     }
@@ -339,9 +382,13 @@ mod tests {
     }
 
     #[test]
-    fn hosts_must_be_lowercase_dns_names() {
+    fn hosts_are_dns_names_as_istio_checks_them() {
         for good in [
             "web",
+            "Web",
+            "web.Shop.svc",
+            "*web.shop",
+            "8080",
             "web.shop.svc.cluster.local",
             "*.shop.svc.cluster.local",
             "*",
@@ -351,22 +398,15 @@ mod tests {
             assert!(rule(&format!("  host: '{good}'\n")).is_ok(), "{good}");
         }
         assert_eq!(rule("  host: 'web.shop.svc.cluster.local.'\n").unwrap().host, "web.shop.svc.cluster.local");
-        for bad in [
-            "Web",
-            "web.Shop.svc",
-            "web_1",
-            "*web.shop",
-            "web.*.shop",
-            "-web",
-            "web..shop",
-            "10.0.0.1",
-            "*.*.shop",
-            "8080",
-            ".",
-        ] {
+        assert_eq!(
+            rule("  host: Web\n").unwrap().host,
+            "web.shop.svc.cluster.local",
+            "host names are case-insensitive"
+        );
+        for bad in ["web_1", "web.*.shop", "-web", "web..shop", "10.0.0.1", "*.*.shop", "web.8080", "."] {
             let err = rule(&format!("  host: '{bad}'\n")).expect_err(bad);
             assert_eq!(err.field, "spec.host", "{bad}");
-            assert!(err.message.contains("DNS-1123"), "{bad}: {}", err.message);
+            assert!(err.message.contains("not a valid host name"), "{bad}: {}", err.message);
         }
     }
 
@@ -378,9 +418,12 @@ mod tests {
         assert!(r.visible_in("other") && r.visible_in("shop") && !r.visible_in("third"));
         assert!(rule("  host: web\n  exportTo: ['*']\n").unwrap().visible_in("any"));
         assert!(rule("  host: web\n").unwrap().visible_in("any"));
-        for (bad, field) in
-            [("['*', a]", "spec.exportTo[0]"), ("[a, a]", "spec.exportTo[1]"), ("[Shop]", "spec.exportTo[0]")]
-        {
+        for (bad, field) in [
+            ("['*', a]", "spec.exportTo[0]"),
+            ("[a, a]", "spec.exportTo[1]"),
+            ("['.', shop]", "spec.exportTo[1]"),
+            ("['~']", "spec.exportTo[0]"),
+        ] {
             assert_eq!(rule(&format!("  host: web\n  exportTo: {bad}\n")).unwrap_err().field, field, "{bad}");
         }
     }
@@ -425,7 +468,8 @@ mod tests {
     #[test]
     fn invalid_rules_name_their_field() {
         let cases = [
-            ("  host: web\n  subsets:\n  - name: v1\n", "spec.subsets[0].labels"),
+            ("  host: web\n  subsets:\n  - name: v1.0\n", "spec.subsets[0].name"),
+            ("  host: web\n  subsets:\n  - {name: v1, labels: {'a b': c}}\n", "spec.subsets[0].labels[a b]"),
             ("  host: web\n  subsets:\n  - {name: v1, labels: {a: b}}\n  - {name: v1, labels: {a: c}}\n", "spec.subsets[1].name"),
             ("  host: web\n  trafficPolicy:\n    loadBalancer: {simple: FASTEST}\n", "spec.trafficPolicy.loadBalancer.simple"),
             ("  host: web\n  trafficPolicy:\n    loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}\n", "spec.trafficPolicy.loadBalancer"),

@@ -4,7 +4,7 @@
 use super::matching::RequestView;
 use super::ser;
 use super::string_match::StringMatcher;
-use crate::field::parse_duration;
+use crate::field::parse_istio_duration;
 use crate::field::FieldError;
 use crate::field::Path;
 use http::header::{self, HeaderMap, HeaderValue};
@@ -83,6 +83,10 @@ fn insert_list(headers: &mut HeaderMap, name: header::HeaderName, values: &[Stri
     }
 }
 
+/// The methods Istio's validation knows (Go's `net/http` constants),
+/// written in upper case: `*` and extension methods are refused.
+const SUPPORTED_METHODS: [&str; 9] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "CONNECT", "OPTIONS", "TRACE"];
+
 pub(crate) fn compile_cors(at: &Path, spec: &crate::api::CorsPolicy) -> Result<CorsPolicy, FieldError> {
     let mut allow_origins = Vec::new();
     for (i, origin) in spec.allow_origins.iter().enumerate() {
@@ -95,14 +99,21 @@ pub(crate) fn compile_cors(at: &Path, spec: &crate::api::CorsPolicy) -> Result<C
         allow_origins.extend(StringMatcher::compile(&field, origin, false)?);
     }
     for (i, method) in spec.allow_methods.iter().enumerate() {
-        if method != "*" && Method::from_bytes(method.as_bytes()).is_err() {
+        if !SUPPORTED_METHODS.contains(&method.as_str()) {
             let field = at.field(&format!("allowMethods[{i}]"));
-            return Err(FieldError::new(field, format!("{method:?} is not an HTTP method")));
+            return Err(FieldError::new(
+                field,
+                format!("{method:?} is not a supported HTTP method ({})", SUPPORTED_METHODS.join(", ")),
+            ));
         }
     }
+    // Istio's CORS header names: `*`, or letters, digits, `-` and `_`.
+    let header_name = |name: &str| {
+        name == "*" || (!name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+    };
     for (kind, names) in [("allowHeaders", &spec.allow_headers), ("exposeHeaders", &spec.expose_headers)] {
         for (i, name) in names.iter().enumerate() {
-            if name != "*" && header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            if !header_name(name) {
                 let field = at.field(&format!("{kind}[{i}]"));
                 return Err(FieldError::new(field, format!("{name:?} is not a header name")));
             }
@@ -112,7 +123,7 @@ pub(crate) fn compile_cors(at: &Path, spec: &crate::api::CorsPolicy) -> Result<C
         .max_age
         .as_deref()
         .map(|text| {
-            let max_age = parse_duration(&at.field("maxAge"), text)?;
+            let max_age = parse_istio_duration(&at.field("maxAge"), text)?;
             if max_age.subsec_nanos() != 0 {
                 return Err(FieldError::new(at.field("maxAge"), "is sent in whole seconds; give whole seconds"));
             }

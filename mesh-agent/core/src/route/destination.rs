@@ -4,7 +4,7 @@ use super::headers::HeaderRules;
 use crate::api::Destination;
 use crate::field::Path;
 use crate::field::{parse_port, FieldError};
-use crate::host::{is_dns1123_label, resolve_host};
+use crate::host::{is_istio_label, resolve_host};
 use serde::Serialize;
 
 /// One upstream of a rule: a host (a service FQDN), optionally a subset of
@@ -96,15 +96,18 @@ pub(crate) fn compile_destination(
         return Err(FieldError::new(at.field("host"), "`*` is not a destination; name a service"));
     }
     crate::host::validate_host_name(&at.field("host"), host)?;
-    if let Some(subset) = &spec.subset {
-        if !is_dns1123_label(subset) {
+    // An empty subset is proto3's "unset".
+    let subset = spec.subset.clone().filter(|s| !s.is_empty());
+    if let Some(subset) = &subset {
+        // Istio's labels take upper case; subset names are compared as written.
+        if !is_istio_label(subset) {
             return Err(FieldError::new(at.field("subset"), format!("{subset:?} is not a valid subset name")));
         }
     }
     let port = spec.port.as_ref().map(|p| parse_port(&at.field("port.number"), p.number)).transpose()?;
     Ok(RouteDestination {
         host: resolve_host(host, namespace, cluster_domain),
-        subset: spec.subset.clone(),
+        subset,
         port,
         weight: 0,
         headers: HeaderRules::default(),

@@ -2,7 +2,7 @@
 
 use super::ser;
 use crate::api::HttpFaultInjection;
-use crate::field::parse_duration;
+use crate::field::parse_istio_duration;
 use crate::field::FieldError;
 use crate::field::{parse_percentage, Path};
 use serde::Serialize;
@@ -81,6 +81,16 @@ const GRPC_CODES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
+/// Istio's `validatePercentage` for faults: 0, or between 0.0001 and 100
+/// (Envoy's finest fraction is a millionth).
+fn fault_percentage(field: &str, value: f64) -> Result<f64, FieldError> {
+    let value = parse_percentage(field, value)?;
+    if value > 0.0 && value < 0.0001 {
+        return Err(FieldError::new(field, format!("{value} is neither 0 nor between 0.0001 and 100")));
+    }
+    Ok(value)
+}
+
 pub(crate) fn compile_fault(at: &Path, spec: &HttpFaultInjection) -> Result<FaultPolicy, FieldError> {
     if spec.delay.is_none() && spec.abort.is_none() {
         return Err(at.error("needs a delay, an abort or both"));
@@ -93,25 +103,27 @@ pub(crate) fn compile_fault(at: &Path, spec: &HttpFaultInjection) -> Result<Faul
             if delay.exponential_delay.is_some() {
                 return Err(FieldError::new(at.field("exponentialDelay"), "is not supported (Istio rejects it too)"));
             }
-            let text =
-                delay.fixed_delay.as_deref().ok_or_else(|| FieldError::new(at.field("fixedDelay"), "required"))?;
-            let fixed_delay = parse_duration(&at.field("fixedDelay"), text)?;
             // The deprecated integer `percent` counts only without `percentage`.
             let percentage = match (&delay.percentage, delay.percent) {
-                (Some(p), _) => parse_percentage(&at.field("percentage.value"), p.value)?,
+                (Some(p), _) => fault_percentage(&at.field("percentage.value"), p.value)?,
                 (None, Some(percent)) => parse_percentage(&at.field("percent"), percent as f64)?,
                 (None, None) => 0.0,
             };
-            Ok(FaultDelay { fixed_delay, percentage })
+            // Without a delay type Istio accepts the block and configures no
+            // delay.
+            let Some(text) = delay.fixed_delay.as_deref() else { return Ok(None) };
+            let fixed_delay = parse_istio_duration(&at.field("fixedDelay"), text)?;
+            Ok(Some(FaultDelay { fixed_delay, percentage }))
         })
-        .transpose()?;
+        .transpose()?
+        .flatten();
     let abort = spec
         .abort
         .as_ref()
         .map(|abort| {
             let at = at.child("abort");
             let percentage = match &abort.percentage {
-                Some(p) => parse_percentage(&at.field("percentage.value"), p.value)?,
+                Some(p) => fault_percentage(&at.field("percentage.value"), p.value)?,
                 None => 0.0,
             };
             let kind = match (abort.http_status, abort.grpc_status.as_deref(), abort.http2_error.as_deref()) {
@@ -131,12 +143,14 @@ pub(crate) fn compile_fault(at: &Path, spec: &HttpFaultInjection) -> Result<Faul
                 (None, None, Some(_)) => {
                     return Err(FieldError::new(at.field("http2Error"), "is not supported (Istio rejects it too)"))
                 }
-                (None, None, None) => return Err(at.error("needs httpStatus or grpcStatus")),
+                // Istio only warns, and configures no abort.
+                (None, None, None) => return Ok(None),
                 _ => return Err(at.error("set only one of httpStatus, grpcStatus and http2Error")),
             };
-            Ok(FaultAbort { abort: kind, percentage })
+            Ok(Some(FaultAbort { abort: kind, percentage }))
         })
-        .transpose()?;
+        .transpose()?
+        .flatten();
     Ok(FaultPolicy { delay, abort })
 }
 
@@ -189,8 +203,8 @@ mod tests {
             ("{abort: {httpStatus: 199}}", "spec.http[0].fault.abort.httpStatus"),
             ("{abort: {httpStatus: 600}}", "spec.http[0].fault.abort.httpStatus"),
             ("{abort: {grpcStatus: BROKEN}}", "spec.http[0].fault.abort.grpcStatus"),
-            ("{abort: {percentage: {value: 10}}}", "spec.http[0].fault.abort"),
-            ("{delay: {percentage: {value: 10}}}", "spec.http[0].fault.delay.fixedDelay"),
+            ("{abort: {httpStatus: 503, percentage: {value: 0.00001}}}", "spec.http[0].fault.abort.percentage.value"),
+            ("{delay: {fixedDelay: 0s}}", "spec.http[0].fault.delay.fixedDelay"),
             ("{delay: {fixedDelay: 1s, percent: 200}}", "spec.http[0].fault.delay.percent"),
             ("{}", "spec.http[0].fault"),
         ];
@@ -198,5 +212,9 @@ mod tests {
             assert_eq!(fault(block).unwrap_err().field, field, "{block}");
         }
         assert!(fault("{abort: {httpStatus: 200}}").is_ok() && fault("{abort: {httpStatus: 599}}").is_ok());
+        // Istio accepts a block without its type (it only warns) and
+        // configures nothing for it.
+        let untyped = fault("{abort: {percentage: {value: 10}}, delay: {percentage: {value: 10}}}").unwrap();
+        assert!(untyped.abort.is_none() && untyped.delay.is_none());
     }
 }

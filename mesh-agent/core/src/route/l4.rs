@@ -4,8 +4,8 @@ use super::destination::RouteDestination;
 use crate::api::{L4MatchAttributes, TlsMatchAttributes};
 use crate::field::Path;
 use crate::field::{parse_port, FieldError};
-use crate::host::is_dns1123_label;
 use crate::host::validate_gateways;
+use crate::host::{is_istio_label, validate_labels};
 use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -82,6 +82,15 @@ fn sni_matches(host: &str, sni: &str) -> bool {
     }
 }
 
+/// Istio's `host.Name.SubsetOf`: `sni` (perhaps a wildcard) names only
+/// hosts that `host` names too.
+fn sni_within(sni: &str, host: &str) -> bool {
+    match host.strip_prefix('*') {
+        Some(suffix) => sni.strip_prefix('*').unwrap_or(sni).ends_with(suffix),
+        None => sni == host,
+    }
+}
+
 /// The first rule matching a connection to `port`.
 pub fn first_tcp_match(routes: &[TcpRoute], port: u16) -> Option<&TcpRoute> {
     routes.iter().find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(port, None)))
@@ -155,9 +164,10 @@ fn compile_l4(
             })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(namespace) = source_namespace.as_deref().filter(|ns| !is_dns1123_label(ns)) {
+    if let Some(namespace) = source_namespace.as_deref().filter(|ns| !ns.is_empty() && !is_istio_label(ns)) {
         return Err(FieldError::new(at.field("sourceNamespace"), format!("{namespace:?} is not a namespace name")));
     }
+    validate_labels(&at.field("sourceLabels"), source_labels)?;
     validate_gateways(&at.field("gateways"), gateways)?;
     Ok(TcpMatch {
         port: port.filter(|p| *p != 0).map(|p| parse_port(&at.field("port"), p)).transpose()?,
@@ -181,10 +191,15 @@ pub(crate) fn compile_tls_match(at: &Path, spec: &TlsMatchAttributes, hosts: &[&
     let mut sni_hosts = Vec::new();
     for (i, sni) in spec.sni_hosts.iter().enumerate() {
         let field = at.field(&format!("sniHosts[{i}]"));
+        // An IP address is no server name, but Istio accepts it (with a
+        // warning) and checks it against no host.
+        if sni.parse::<std::net::IpAddr>().is_ok() {
+            sni_hosts.push(sni.clone());
+            continue;
+        }
         crate::host::validate_host_name(&field, sni)?;
         let sni = sni.to_ascii_lowercase();
-        let covered = hosts.iter().any(|host| *host == "*" || *host == sni || sni_matches(host, &sni));
-        if !covered {
+        if !hosts.iter().any(|host| sni_within(&sni, &host.to_ascii_lowercase())) {
             return Err(FieldError::new(field, format!("{sni:?} is not one of the hosts or under a wildcard host")));
         }
         sni_hosts.push(sni);

@@ -7,8 +7,8 @@ use super::string_match::StringMatcher;
 use crate::api::{HttpMatchRequest, StringMatch};
 use crate::field::Path;
 use crate::field::{parse_port, FieldError};
-use crate::host::is_dns1123_label;
 use crate::host::validate_gateways;
+use crate::host::{is_istio_label, validate_labels};
 use http::HeaderName;
 use serde::Serialize;
 use std::borrow::Cow;
@@ -254,12 +254,10 @@ pub(crate) fn compile_match(at: &Path, spec: &HttpMatchRequest) -> Result<HttpMa
         query_params
             .push(QueryParamMatch { name: name.clone(), value: StringMatcher::compile(&field, condition, false)? });
     }
-    if let Some(namespace) = spec.source_namespace.as_deref().filter(|ns| !is_dns1123_label(ns)) {
+    if let Some(namespace) = spec.source_namespace.as_deref().filter(|ns| !ns.is_empty() && !is_istio_label(ns)) {
         return Err(FieldError::new(at.field("sourceNamespace"), format!("{namespace:?} is not a namespace name")));
     }
-    if spec.source_labels.keys().any(|k| k.is_empty()) {
-        return Err(FieldError::new(at.field("sourceLabels"), "a label key must not be empty"));
-    }
+    validate_labels(&at.field("sourceLabels"), &spec.source_labels)?;
     validate_gateways(&at.field("gateways"), &spec.gateways)?;
     Ok(HttpMatch {
         name: spec.name.clone(),

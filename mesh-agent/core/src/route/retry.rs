@@ -2,9 +2,9 @@
 
 use super::ser;
 use crate::api::HttpRetry;
-use crate::field::parse_duration;
 use crate::field::FieldError;
 use crate::field::Path;
+use crate::field::{parse_duration, parse_istio_duration};
 use serde::{Serialize, Serializer};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -212,6 +212,17 @@ impl RetryOn {
     }
 }
 
+/// Whether `token` is a status code Go's `http.StatusText` names, which is
+/// what Istio accepts as a number in `retryOn`.
+fn is_known_status(token: &str) -> bool {
+    const KNOWN: [u16; 62] = [
+        100, 101, 102, 103, 200, 201, 202, 203, 204, 205, 206, 207, 208, 226, 300, 301, 302, 303, 304, 305, 307, 308,
+        400, 401, 402, 403, 404, 405, 406, 407, 408, 409, 410, 411, 412, 413, 414, 415, 416, 417, 418, 421, 422, 423,
+        424, 425, 426, 428, 429, 431, 451, 500, 501, 502, 503, 504, 505, 506, 507, 508, 510, 511,
+    ];
+    token.bytes().all(|b| b.is_ascii_digit()) && token.parse::<u16>().is_ok_and(|code| KNOWN.contains(&code))
+}
+
 /// Istio's reading of `retries`: unset is the default policy; `attempts`
 /// 0 (or unset) disables retries, and then setting anything else is an
 /// error; `retryOn`, when set, replaces the default conditions.
@@ -239,9 +250,14 @@ pub(crate) fn compile_retries(at: &Path, spec: Option<&HttpRetry>) -> Result<Ret
     }
     let mut policy = RetryPolicy { attempts, ..RetryPolicy::default() };
     if let Some(text) = spec.per_try_timeout.as_deref() {
-        policy.per_try_timeout = Some(parse_duration(&at.field("perTryTimeout"), text)?).filter(|d| !d.is_zero());
+        policy.per_try_timeout = Some(parse_istio_duration(&at.field("perTryTimeout"), text)?);
     }
-    if let Some(text) = spec.retry_on.as_deref().filter(|t| !t.trim().is_empty()) {
+    if let Some(text) = spec.retry_on.as_deref().filter(|t| !t.is_empty()) {
+        // Istio's check is stricter than the parsing: every comma-separated
+        // token as written (no spaces) is a condition or a known status.
+        if let Some(token) = text.split(',').find(|t| RetryCondition::from_token(t).is_none() && !is_known_status(t)) {
+            return Err(FieldError::new(at.field("retryOn"), format!("{token:?} is not a valid retryOn policy")));
+        }
         policy.retry_on = RetryOn::parse(text).map_err(|message| FieldError::new(at.field("retryOn"), message))?;
     }
     if let Some(text) = spec.backoff.as_deref() {

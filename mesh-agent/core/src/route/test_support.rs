@@ -1,22 +1,10 @@
 //! Test helpers: VirtualServices from YAML, requests without sockets.
 
+pub use crate::test_support::vs;
+
 use super::matching::RequestView;
 use super::rule::HttpRoute;
-use super::validate::{validate_virtual_service, VirtualServiceModel};
-use crate::api::Resource;
-use crate::decode::parse_file;
-use crate::field::FieldError;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
-
-/// Validates a VirtualService `shop/vs` whose `spec:` body is `spec`
-/// (indented by two spaces).
-pub fn vs(spec: &str) -> Result<VirtualServiceModel, FieldError> {
-    let text =
-        format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: vs, namespace: shop}}\nspec:\n{spec}");
-    let objects = parse_file("t.yaml", &text).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
-    let Resource::VirtualService(object) = &objects[0].resource else { unreachable!() };
-    validate_virtual_service(object, "cluster.local")
-}
 
 /// The `http` rules of a VirtualService for host `web`; `http` is the YAML
 /// list at column 0.

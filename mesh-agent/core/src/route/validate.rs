@@ -11,9 +11,8 @@ use super::redirect::{compile_direct_response, compile_redirect};
 use super::retry::compile_retries;
 use super::rewrite::compile_rewrite;
 use super::rule::{HttpRoute, RouteAction};
-use super::string_match::StringMatcher;
 use crate::api::{self, Destination, Headers, VirtualService};
-use crate::field::{parse_duration, parse_percentage, FieldError, Path};
+use crate::field::{parse_istio_duration, parse_percentage, FieldError, Path};
 use crate::host::{
     applies_to_mesh, resolve_host, validate_export_to, validate_gateways, validate_host_name, ExportToNone,
 };
@@ -117,8 +116,8 @@ pub fn validate_virtual_service(
     let spec = &object.spec;
     let namespace = object.metadata.namespace_or_default();
     validate_gateways("spec.gateways", &spec.gateways)?;
-    let hosts = validate_hosts(&spec.hosts, applies_to_mesh(&spec.gateways), namespace, cluster_domain)?;
-    validate_export_to(&spec.export_to, ExportToNone::Allowed)?;
+    let hosts = validate_hosts(spec, namespace, cluster_domain)?;
+    validate_export_to(&spec.export_to, namespace, ExportToNone::Refused)?;
     if spec.http.is_empty() && spec.tcp.is_empty() && spec.tls.is_empty() {
         return Err(FieldError::new("spec.http", "a VirtualService needs at least one http, tcp or tls rule"));
     }
@@ -135,8 +134,8 @@ pub fn validate_virtual_service(
             Ok(TcpRoute { matches, destinations: l4_destinations(&at, &rule.route, &mut context)? })
         })
         .collect::<Result<Vec<_>, FieldError>>()?;
-    // SNI hosts must fall under the hosts as written or as resolved.
-    let host_names: Vec<&str> = spec.hosts.iter().map(String::as_str).chain(hosts.iter().map(String::as_str)).collect();
+    // Istio checks SNI hosts against the hosts as written.
+    let host_names: Vec<&str> = spec.hosts.iter().map(String::as_str).collect();
     let tls = (spec.tls.iter().enumerate())
         .map(|(i, rule)| {
             let at = Path::new(format!("spec.tls[{i}]"));
@@ -174,17 +173,31 @@ fn l4_destinations(
     context.weighted(at, &entries)
 }
 
-/// Hosts: at least one, each a DNS name (a leading wildcard allowed), an
-/// IP address, or `*` (not for the mesh); none overlapping another.
+/// Hosts as Istio checks them: each a DNS name (upper case allowed, a
+/// leading wildcard allowed), an IP address, or `*` (not for the mesh);
+/// none overlapping another as written (`web` and its FQDN do not: they
+/// resolve to one host, kept once). No hosts at all is a delegate
+/// VirtualService, meant to be included by another: Istio accepts one
+/// with HTTP rules only, which routes nothing by itself here.
 fn validate_hosts(
-    hosts: &[String],
-    for_mesh: bool,
+    spec: &api::VirtualServiceSpec,
     namespace: &str,
     cluster_domain: &str,
 ) -> Result<Vec<String>, FieldError> {
+    let hosts = &spec.hosts;
     if hosts.is_empty() {
-        return Err(FieldError::new("spec.hosts", "required: at least one host"));
+        if !spec.gateways.is_empty() {
+            return Err(FieldError::new("spec.gateways", "a delegate VirtualService (no hosts) cannot name gateways"));
+        }
+        if !spec.tcp.is_empty() {
+            return Err(FieldError::new("spec.tcp", "a delegate VirtualService (no hosts) cannot have tcp routes"));
+        }
+        if !spec.tls.is_empty() {
+            return Err(FieldError::new("spec.tls", "a delegate VirtualService (no hosts) cannot have tls routes"));
+        }
+        return Ok(Vec::new());
     }
+    let for_mesh = applies_to_mesh(&spec.gateways);
     let mut resolved: Vec<String> = Vec::new();
     for (i, host) in hosts.iter().enumerate() {
         let field = format!("spec.hosts[{i}]");
@@ -195,15 +208,18 @@ fn validate_hosts(
         } else if host.parse::<IpAddr>().is_err() {
             validate_host_name(&field, host)?;
         }
-        let host = resolve_host(host, namespace, cluster_domain);
-        if let Some(j) = resolved.iter().position(|other| hosts_overlap(other, &host)) {
-            return Err(FieldError::new(field, format!("{host:?} overlaps spec.hosts[{j}] {:?}", resolved[j])));
+        if let Some(j) = hosts[..i].iter().position(|other| hosts_overlap(other, host)) {
+            return Err(FieldError::new(field, format!("{host:?} overlaps spec.hosts[{j}] {:?}", hosts[j])));
         }
-        resolved.push(host);
+        let host = resolve_host(host, namespace, cluster_domain);
+        if !resolved.contains(&host) {
+            resolved.push(host);
+        }
     }
     Ok(resolved)
 }
 
+/// Istio's `host.Name.Matches`, on the hosts as written.
 fn hosts_overlap(a: &str, b: &str) -> bool {
     let covers = |wildcard: &str, other: &str| {
         wildcard == "*" || wildcard.strip_prefix('*').is_some_and(|suffix| other.ends_with(suffix))
@@ -218,20 +234,6 @@ fn compile_http_route(at: &Path, spec: &api::HttpRoute, context: &mut Context<'_
         .map(|(k, m)| compile_match(&at.index("match", k), m))
         .collect::<Result<Vec<_>, _>>()?;
     let rewrite = spec.rewrite.as_ref().map(|r| compile_rewrite(&at.child("rewrite"), r)).transpose()?;
-    if spec.rewrite.as_ref().and_then(|r| r.uri.as_deref()).is_some_and(|uri| !uri.is_empty()) {
-        // A prefix rewrite replaces the matched prefix, which only a prefix
-        // match (or none, which Istio turns into the prefix `/`) has.
-        if let Some(k) = matches.iter().position(|m| m.uri.as_ref().is_some_and(|u| u.prefix().is_none())) {
-            let kind = match matches[k].uri.as_ref().map(|u| &u.matcher) {
-                Some(StringMatcher::Regex(_)) => "regex",
-                _ => "exact",
-            };
-            return Err(FieldError::new(
-                at.field("rewrite.uri"),
-                format!("a prefix rewrite needs prefix URI matches, but match[{k}] uses {kind}; use uriRegexRewrite"),
-            ));
-        }
-    }
     let action = if let Some(redirect) = &spec.redirect {
         RouteAction::Redirect(compile_redirect(&at.child("redirect"), redirect)?)
     } else if let Some(direct) = &spec.direct_response {
@@ -243,7 +245,7 @@ fn compile_http_route(at: &Path, spec: &api::HttpRoute, context: &mut Context<'_
         RouteAction::Forward(context.weighted(at, &entries)?)
     };
     let timeout = match spec.timeout.as_deref() {
-        Some(text) => Some(parse_duration(&at.field("timeout"), text)?).filter(|t| !t.is_zero()),
+        Some(text) => Some(parse_istio_duration(&at.field("timeout"), text)?),
         None => None,
     };
     let headers = compile_headers(&at.child("headers"), spec.headers.as_ref())?;
@@ -381,16 +383,16 @@ mod tests {
     #[test]
     fn host_errors() {
         let cases = [
-            ("  hosts: []\n", "spec.hosts"),
+            ("  hosts: []\n  gateways: [ingress]\n", "spec.gateways"),
             ("  hosts: ['*']\n", "spec.hosts[0]"),
-            ("  hosts: [web, 'Web']\n", "spec.hosts[1]"),
+            ("  hosts: [web, web]\n", "spec.hosts[1]"),
             ("  hosts: ['web_1']\n", "spec.hosts[0]"),
             ("  hosts: ['a.*.com']\n", "spec.hosts[0]"),
-            ("  hosts: [web, web.shop.svc.cluster.local]\n", "spec.hosts[1]"),
             ("  hosts: ['*.example.com', a.example.com]\n", "spec.hosts[1]"),
             ("  hosts: [web]\n  gateways: ['bad/gw/x']\n", "spec.gateways[0]"),
             ("  hosts: [web]\n  exportTo: ['*', '.']\n", "spec.exportTo[0]"),
-            ("  hosts: [web]\n  exportTo: [Shop]\n", "spec.exportTo[0]"),
+            ("  hosts: [web]\n  exportTo: ['~']\n", "spec.exportTo[0]"),
+            ("  hosts: [web]\n  exportTo: ['.', shop]\n", "spec.exportTo[1]"),
         ];
         for (hosts, field) in cases {
             assert_eq!(error(&format!("{hosts}  http:\n{RULE}")).field, field, "{hosts}");
@@ -398,6 +400,12 @@ mod tests {
         // `*` is fine for a VirtualService bound to a gateway only.
         assert!(vs(&format!("  hosts: ['*']\n  gateways: [istio-system/ingress]\n  http:\n{RULE}")).is_ok());
         assert!(vs(&format!("  hosts: ['*']\n  gateways: [ingress, mesh]\n  http:\n{RULE}")).is_err());
+        // Names as written do not overlap when they resolve to one host: it
+        // is kept once, lowercased.
+        let same = vs(&format!("  hosts: [web, Web, web.shop.svc.cluster.local]\n  http:\n{RULE}")).unwrap();
+        assert_eq!(same.hosts, ["web.shop.svc.cluster.local"]);
+        // No hosts: a delegate, which Istio accepts with HTTP rules only.
+        assert!(vs(&format!("  hosts: []\n  http:\n{RULE}")).unwrap().hosts.is_empty());
     }
 
     #[test]
@@ -433,7 +441,7 @@ mod tests {
             ("[{weight: 100}]", "spec.http[0].route[0].destination"),
             ("[{destination: {host: ''}}]", "spec.http[0].route[0].destination.host"),
             ("[{destination: {host: '*'}}]", "spec.http[0].route[0].destination.host"),
-            ("[{destination: {host: a, subset: V1}}]", "spec.http[0].route[0].destination.subset"),
+            ("[{destination: {host: a, subset: v1.0}}]", "spec.http[0].route[0].destination.subset"),
             ("[{destination: {host: a, port: {number: 70000}}}]", "spec.http[0].route[0].destination.port.number"),
         ];
         for (route, field) in cases {
@@ -455,7 +463,8 @@ mod tests {
             ("{queryParams: {q: {regex: '*'}}}", "spec.http[0].match[0].queryParams[q].regex"),
             ("{method: {exact: GET, regex: G.*}}", "spec.http[0].match[0].method"),
             ("{port: 70000}", "spec.http[0].match[0].port"),
-            ("{sourceNamespace: Shop}", "spec.http[0].match[0].sourceNamespace"),
+            ("{sourceNamespace: shop_a}", "spec.http[0].match[0].sourceNamespace"),
+            ("{sourceLabels: {'a b': c}}", "spec.http[0].match[0].sourceLabels[a b]"),
         ];
         for (block, field) in cases {
             let spec = format!("  hosts: [web]\n  http:\n  - match: [{{}}, {block}]\n{ROUTE}");
@@ -470,18 +479,14 @@ mod tests {
     }
 
     #[test]
-    fn prefix_rewrite_needs_prefix_matches() {
-        let spec = |uri: &str| {
-            format!("  hosts: [web]\n  http:\n  - match: [{{uri: {{prefix: /a}}}}, {{uri: {uri}}}]\n    rewrite: {{uri: /b}}\n{ROUTE}")
-        };
-        assert!(vs(&spec("{prefix: /c}")).is_ok());
-        assert!(vs(&spec("{}")).is_ok(), "no uri condition: the prefix /");
-        let exact = error(&spec("{exact: /c}"));
-        assert_eq!(exact.field, "spec.http[0].rewrite.uri");
-        assert!(exact.message.contains("match[1] uses exact"), "{}", exact.message);
-        assert!(error(&spec("{regex: /c.*}")).message.contains("match[1] uses regex"));
-        let regex_rewrite = "  hosts: [web]\n  http:\n  - match: [{uri: {exact: /a}}]\n    rewrite: {uriRegexRewrite: {match: /a, rewrite: /b}}\n";
-        assert!(vs(&format!("{regex_rewrite}{ROUTE}")).is_ok(), "a regex rewrite needs no prefix");
+    fn prefix_rewrite_goes_with_any_uri_match() {
+        // Istio accepts it; for an exact or regex match it replaces the
+        // whole path, as Envoy does.
+        for uri in ["{prefix: /c}", "{}", "{exact: /c}", "{regex: /c.*}"] {
+            let spec =
+                format!("  hosts: [web]\n  http:\n  - match: [{{uri: {uri}}}]\n    rewrite: {{uri: /b}}\n{ROUTE}");
+            assert!(vs(&spec).is_ok(), "{uri}");
+        }
     }
 
     #[test]
@@ -499,8 +504,8 @@ mod tests {
         for (extra, field) in cases {
             assert_eq!(error(&format!("  hosts: [web]\n  http:\n{RULE}{extra}")).field, field, "{extra}");
         }
-        let zero = vs(&format!("  hosts: [web]\n  http:\n{RULE}    timeout: 0s\n")).unwrap();
-        assert_eq!(zero.http[0].timeout, None, "0s: no timeout");
+        let zero = error(&format!("  hosts: [web]\n  http:\n{RULE}    timeout: 0s\n"));
+        assert_eq!(zero.field, "spec.http[0].timeout", "Istio's durations start at 1ms");
         let set = vs(&format!("  hosts: [web]\n  http:\n{RULE}    timeout: 1.5s\n    mirrors: [{{destination: {{host: m}}, percentage: {{value: 5}}}}, {{destination: {{host: n}}}}]\n")).unwrap();
         assert_eq!(set.http[0].timeout, Some(std::time::Duration::from_millis(1500)));
         let percentages: Vec<f64> = set.http[0].mirrors.iter().map(|m| m.percentage).collect();
