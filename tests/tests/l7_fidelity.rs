@@ -226,4 +226,10 @@ fn host_rules_connect_and_a_half_closed_client() {
     let paths: Vec<String> =
         recorder.seen().iter().filter_map(|s| s.head.split_whitespace().nth(1).map(str::to_owned)).collect();
     assert_eq!(paths, ["/half"], "refused requests never reach the backend");
+
+    // A chunked body that breaks midway is the client's fault: 400, and
+    // neither a retry nor a mark against the upstream.
+    let broken = world.raw("POST /broken HTTP/1.1\nhost: files\ntransfer-encoding: chunked\n\n5\nhello\nzz\n", &[]);
+    assert!(response(&broken).starts_with("HTTP/1.1 400 "), "{broken}");
+    assert_eq!(seen_at(&recorder, "/broken").len(), 1, "tried once");
 }

@@ -140,6 +140,17 @@ impl Attempts<'_> {
                 Ok(Ok(response)) => TryResult::Response(response),
                 Ok(Err(error)) => TryResult::Failed(error),
             };
+            // A request body that failed on the client's side is not the
+            // upstream's failure: neither judged nor retried.
+            if let TryResult::Failed(UpstreamError::RequestBody(_)) = result {
+                return Finished::Last {
+                    result,
+                    endpoint,
+                    tries: attempt,
+                    exhausted: false,
+                    in_flight: Some(in_flight),
+                };
+            }
             let outcome = result.outcome();
             if let Some(config) = self.outliers {
                 if self.plan.observe(endpoint, observation(&outcome), config, self.cluster_size, Instant::now()) {

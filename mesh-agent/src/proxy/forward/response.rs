@@ -66,6 +66,7 @@ pub fn error_reply(error: Option<&UpstreamError>) -> (Response<ProxyBody>, Respo
         Some(UpstreamError::Protocol(_)) => {
             (StatusCode::BAD_GATEWAY, "upstream sent a malformed response", ResponseFlag::UPE)
         }
+        Some(UpstreamError::RequestBody(_)) => (StatusCode::BAD_REQUEST, "bad request body", ResponseFlag::DPE),
         Some(_) => (StatusCode::SERVICE_UNAVAILABLE, REMOTE_RESET, ResponseFlag::UR),
     };
     (local_reply(status, text), flag)

@@ -1,8 +1,9 @@
 //! Why a try of a request got no response from an upstream, sorted the
 //! way the retry policy and the response flags need: a connect failure
 //! (UF, retried as `connect-failure`), a reset before any response (UR), a
-//! malformed response (UPE, 502) or an HTTP/2 stream the upstream refused
-//! (retried as `refused-stream`).
+//! malformed response (UPE, 502), an HTTP/2 stream the upstream refused
+//! (retried as `refused-stream`), or a request body that failed on the
+//! client's side (400, neither retried nor held against the upstream).
 
 use crate::proxy::body::BoxError;
 
@@ -25,6 +26,10 @@ pub enum UpstreamError {
     /// HTTP/2 REFUSED_STREAM: the upstream did not process the request.
     #[error("upstream refused the stream: {0}")]
     RefusedStream(#[source] hyper::Error),
+    /// The client's request body failed while it was being sent (a broken
+    /// chunked body, a client gone): the client's fault, not the upstream's.
+    #[error("the request body failed: {0}")]
+    RequestBody(#[source] hyper::Error),
 }
 
 impl UpstreamError {
@@ -43,6 +48,9 @@ impl UpstreamError {
     pub fn from_hyper(error: hyper::Error) -> Self {
         if is_refused_stream(&error) {
             UpstreamError::RefusedStream(error)
+        } else if error.is_user() && std::error::Error::source(&error).is_some() {
+            // A user error with a cause: the one our request body gave.
+            UpstreamError::RequestBody(error)
         } else if error.is_parse() || error.is_parse_status() {
             UpstreamError::Protocol(Box::new(error))
         } else {
