@@ -1,6 +1,6 @@
 //! A real gRPC pair (tonic) for the L7 tests: a bidirectional `Chat`
-//! service that answers every message with `pong:<message>` as it comes,
-//! and the ping-pong client `mesh-probe grpc` drives. Messages are raw
+//! service that answers every message as it comes, and the clients
+//! `mesh-probe grpc` drives (ping-pong, client and server streaming). Messages are raw
 //! bytes (a codec of our own), so no code is generated.
 
 use std::convert::Infallible;
@@ -81,18 +81,32 @@ impl Drop for GrpcServer {
     }
 }
 
-/// Answers each message of a `Chat` stream as it arrives.
+/// Answers each message of a `Chat` stream as it arrives: `pong:<it>`,
+/// or for `stream:<n>`, n replies (`<i>/<n>`), the server streaming.
 async fn chat(request: tonic::Request<tonic::Streaming<Bytes>>) -> Result<tonic::Response<ChatReplies>, Status> {
+    use futures::StreamExt;
     let inbound = request.into_inner();
     let replies = futures::stream::unfold(Some(inbound), |inbound| async move {
         let mut inbound = inbound?;
         match inbound.message().await {
-            Ok(Some(message)) => Some((Ok([b"pong:".as_slice(), &message].concat().into()), Some(inbound))),
+            Ok(Some(message)) => Some((Ok(answers(&message)), Some(inbound))),
             Ok(None) => None,
             Err(status) => Some((Err(status), None)),
         }
+    })
+    .flat_map(|answers: Result<Vec<Bytes>, Status>| match answers {
+        Ok(answers) => futures::stream::iter(answers.into_iter().map(Ok).collect::<Vec<_>>()),
+        Err(status) => futures::stream::iter(vec![Err(status)]),
     });
     Ok(tonic::Response::new(Box::pin(replies)))
+}
+
+fn answers(message: &[u8]) -> Vec<Bytes> {
+    let text = String::from_utf8_lossy(message);
+    match text.strip_prefix("stream:").and_then(|n| n.parse::<usize>().ok()) {
+        Some(n) => (1..=n).map(|i| Bytes::from(format!("{i}/{n}"))).collect(),
+        None => vec![Bytes::from(format!("pong:{text}"))],
+    }
 }
 
 type ChatReplies = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, Status>> + Send>>;
@@ -141,17 +155,45 @@ pub(crate) fn start(netns: &Path, addr: SocketAddr) -> Result<GrpcServer> {
     Ok(GrpcServer { streams, stop: Some(stop), thread: Some(thread) })
 }
 
+/// Client streaming on one `Chat` stream: `count` messages sent, the
+/// sending side closed, then every reply read.
+pub async fn client_stream(target: SocketAddr, count: usize, wait: std::time::Duration) -> Result<Vec<String>> {
+    let messages: Vec<Bytes> = (0..count).map(|i| Bytes::from(format!("up-{i}"))).collect();
+    replies_to(target, messages, wait).await
+}
+
+/// Server streaming: one message asking for `count` replies.
+pub async fn server_stream(target: SocketAddr, count: usize, wait: std::time::Duration) -> Result<Vec<String>> {
+    replies_to(target, vec![Bytes::from(format!("stream:{count}"))], wait).await
+}
+
+async fn replies_to(target: SocketAddr, messages: Vec<Bytes>, wait: std::time::Duration) -> Result<Vec<String>> {
+    let mut client = tonic::client::Grpc::new(connect(target, wait).await?);
+    client.ready().await.context("channel ready")?;
+    let call = client.streaming(
+        tonic::Request::new(futures::stream::iter(messages)),
+        hyper::http::uri::PathAndQuery::from_static(CHAT),
+        RawCodec,
+    );
+    let mut inbound = tokio::time::timeout(wait, call).await.context("no response head")??.into_inner();
+    let mut replies = Vec::new();
+    while let Some(reply) = tokio::time::timeout(wait, inbound.message()).await.context("no reply")?? {
+        replies.push(String::from_utf8_lossy(&reply).into_owned());
+    }
+    Ok(replies)
+}
+
+async fn connect(target: SocketAddr, wait: std::time::Duration) -> Result<tonic::transport::Channel> {
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{target}"))?.connect_timeout(wait);
+    endpoint.connect().await.context("connecting")
+}
+
 /// Ping-pong on one `Chat` stream to `target`: each message is sent only
 /// after the reply to the one before came back (within `wait`), as a
 /// client that needs the answer to go on does. Returns the replies.
 pub async fn ping_pong(target: SocketAddr, count: usize, wait: std::time::Duration) -> Result<Vec<String>> {
     use futures::SinkExt;
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{target}"))?
-        .connect_timeout(wait)
-        .connect()
-        .await
-        .context("connecting")?;
-    let mut client = tonic::client::Grpc::new(channel);
+    let mut client = tonic::client::Grpc::new(connect(target, wait).await?);
     client.ready().await.context("channel ready")?;
     let (mut sender, outbound) = futures::channel::mpsc::channel::<Bytes>(1);
     // The first message is on its way before the call waits for the

@@ -91,7 +91,7 @@ fn seen_at(recorder: &Recorder, path: &str) -> Vec<Seen> {
 }
 
 #[test]
-fn a_grpc_ping_pong_streams_through_under_the_default_retry_policy() {
+fn grpc_ping_pong_and_streaming_go_through_under_the_default_retry_policy() {
     let world = World::new("fidelity_grpc");
     let server = world._backend.serve_grpc(GRPC_PORT);
     world.start();
@@ -101,7 +101,13 @@ fn a_grpc_ping_pong_streams_through_under_the_default_retry_policy() {
     let out = world.probe(&["grpc", "--target", &format!("{VIP}:{GRPC_PORT}"), "--count", "5"]);
     let replies: Vec<&str> = out["replies"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
     assert_eq!(replies, ["pong:ping-0", "pong:ping-1", "pong:ping-2", "pong:ping-3", "pong:ping-4"], "{out}");
-    assert_eq!(server.streams(), 1, "one call, not retried");
+    // Client streaming (all sent, then the replies) and server streaming.
+    let target = format!("{VIP}:{GRPC_PORT}");
+    let out = world.probe(&["grpc", "--target", &target, "--count", "3", "--mode", "client-stream"]);
+    assert_eq!(out["replies"], serde_json::json!(["pong:up-0", "pong:up-1", "pong:up-2"]), "{out}");
+    let out = world.probe(&["grpc", "--target", &target, "--count", "4", "--mode", "server-stream"]);
+    assert_eq!(out["replies"], serde_json::json!(["1/4", "2/4", "3/4", "4/4"]), "{out}");
+    assert_eq!(server.streams(), 3, "one call each, none retried");
     let status = world.env.admin_json("/status");
     assert!(status["kernel_counters"]["connect_captured"].as_u64().unwrap() >= 1, "through the proxy: {status}");
 }

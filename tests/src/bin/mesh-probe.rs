@@ -7,7 +7,7 @@
 //! mesh-probe [--cgroup DIR] [--netns PATH] udp  --target HOST:PORT [--count N] [--connected]
 //! mesh-probe [--cgroup DIR] [--netns PATH] serve-http --listen HOST:PORT --name NAME
 //! mesh-probe [--cgroup DIR] [--netns PATH] raw  --target HOST:PORT --send TEXT [--then TEXT] [--half-close]
-//! mesh-probe [--cgroup DIR] [--netns PATH] grpc --target HOST:PORT [--count N]
+//! mesh-probe [--cgroup DIR] [--netns PATH] grpc --target HOST:PORT [--count N] [--mode ping-pong|client-stream|server-stream]
 //! mesh-probe [--cgroup DIR] [--netns PATH] exec PROGRAM [ARGS..]
 //! ```
 //!
@@ -108,6 +108,7 @@ impl Opts {
         "--parallel",
         "--send",
         "--then",
+        "--mode",
         "--pause-ms",
         "--read-ms",
         "--sni",
@@ -605,7 +606,16 @@ fn raw(opts: &Opts) -> Result<()> {
 fn grpc(opts: &Opts) -> Result<()> {
     let (target, count) = (opts.target()?, opts.number("--count", 3)? as usize);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let replies = runtime.block_on(mesh_tests::grpc::ping_pong(target, count, Duration::from_secs(5)))?;
+    let wait = Duration::from_secs(5);
+    let mode = opts.values.get("--mode").map(String::as_str).unwrap_or("ping-pong");
+    let replies = runtime.block_on(async {
+        match mode {
+            "ping-pong" => mesh_tests::grpc::ping_pong(target, count, wait).await,
+            "client-stream" => mesh_tests::grpc::client_stream(target, count, wait).await,
+            "server-stream" => mesh_tests::grpc::server_stream(target, count, wait).await,
+            other => Err(anyhow!("unknown --mode {other:?}")),
+        }
+    })?;
     emit(&json!({"replies": replies}))
 }
 
