@@ -30,6 +30,11 @@ pub struct DestinationRuleModel {
     pub export_to: Vec<String>,
     pub policy: Option<Policy>,
     pub subsets: Vec<SubsetModel>,
+    /// `workloadSelector.matchLabels`: when set, the rule is only for
+    /// client pods of its namespace carrying these labels (Istio: such a
+    /// client uses it instead of a rule without selector for the host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<BTreeMap<String, String>>,
 }
 
 impl DestinationRuleModel {
@@ -76,6 +81,14 @@ impl DestinationRuleModel {
         }
     }
 
+    /// Whether the rule's `workloadSelector` picks a client pod with
+    /// `labels` in `namespace` (false for a rule without selector).
+    pub fn selects(&self, labels: &BTreeMap<String, String>, namespace: &str) -> bool {
+        self.workload_selector.as_ref().is_some_and(|wanted| {
+            namespace == self.namespace && wanted.iter().all(|(key, value)| labels.get(key) == Some(value))
+        })
+    }
+
     /// Whether the rule may apply to a service in `namespace`: always in its
     /// own namespace; elsewhere when `exportTo` is empty, has `*`, or names it.
     pub fn visible_in(&self, namespace: &str) -> bool {
@@ -96,6 +109,9 @@ pub fn validate_destination_rule(
     }
     validate_rule_host("spec.host", &spec.host)?;
     validate_export_to(&spec.export_to, ExportToNone::Refused)?;
+    let workload_selector = (spec.workload_selector.as_ref())
+        .map(|selector| validate_workload_selector(selector, &spec.export_to, &namespace))
+        .transpose()?;
     let policy =
         spec.traffic_policy.as_ref().map(|p| validate_policy(&Path::new("spec.trafficPolicy"), p)).transpose()?;
     let mut subsets = Vec::new();
@@ -126,7 +142,44 @@ pub fn validate_destination_rule(
         export_to: spec.export_to.clone(),
         policy,
         subsets,
+        workload_selector,
     })
+}
+
+/// Istio's checks on a DestinationRule's `workloadSelector`: no empty key,
+/// no `*` in keys or values, and `exportTo` no wider than the rule's own
+/// namespace (a selector picks clients there only).
+fn validate_workload_selector(
+    selector: &api::WorkloadSelector,
+    export_to: &[String],
+    namespace: &str,
+) -> Result<BTreeMap<String, String>, FieldError> {
+    const FIELD: &str = "spec.workloadSelector.matchLabels";
+    for (key, value) in &selector.match_labels {
+        if key.is_empty() {
+            return Err(FieldError::new(FIELD, format!("empty key is not supported in selector ({key}={value})")));
+        }
+        if key.contains('*') || value.contains('*') {
+            return Err(FieldError::new(
+                format!("{FIELD}[{key}]"),
+                format!("wildcard is not supported in selector ({key}={value})"),
+            ));
+        }
+    }
+    let own = |to: &String| to == "." || to == namespace;
+    if let Some(i) = export_to.iter().position(|to| !own(to)) {
+        return Err(FieldError::new(
+            format!("spec.exportTo[{i}]"),
+            "a DestinationRule with a workloadSelector cannot be exported beyond its own namespace",
+        ));
+    }
+    if export_to.len() > 1 {
+        return Err(FieldError::new(
+            "spec.exportTo",
+            "a DestinationRule with a workloadSelector cannot have several exportTo entries",
+        ));
+    }
+    Ok(selector.match_labels.clone())
 }
 
 #[cfg(test)]

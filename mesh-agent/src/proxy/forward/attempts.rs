@@ -156,7 +156,7 @@ impl Attempts<'_> {
             let retriable = self.retry.should_retry(&outcome);
             let route_timed_out = self.deadline.is_some_and(|d| Instant::now() >= d);
             let retry_slot = if retriable && attempt < allowed && !route_timed_out {
-                admit(&self.plan.state.retries, self.plan.max_retries)
+                admit(&self.plan.state.retries, self.plan.max_retries())
             } else {
                 None
             };
