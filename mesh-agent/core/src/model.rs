@@ -979,6 +979,35 @@ mod tests {
     }
 
     #[test]
+    fn a_rule_with_a_workload_selector_is_for_the_clients_it_picks_in_its_namespace() {
+        let web = "web.shop.svc.cluster.local";
+        let rules = [
+            rule_in("shop", "web", "web", ""),
+            rule_in("front", "for-canary", web, ", workloadSelector: {matchLabels: {track: canary}}"),
+            rule_in("front", "wide", "*.svc.cluster.local", ", workloadSelector: {matchLabels: {app: ui}}"),
+            rule_in("front", "exact", web, ", workloadSelector: {matchLabels: {app: ui}}"),
+        ]
+        .concat();
+        let model = Model::build(&objects(&rules), vec![], &Model::default(), DOMAIN);
+        assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let canary = labels(&[("app", "cart"), ("track", "canary")]);
+        let ui = labels(&[("app", "ui")]);
+        let rule = |client: Option<(&BTreeMap<String, String>, &str)>| {
+            model.rule_for_client(web, "shop", client).unwrap().name.clone()
+        };
+        assert_eq!(rule(Some((&canary, "front"))), "for-canary");
+        assert_eq!(rule(Some((&ui, "front"))), "exact", "the most specific host among those picking the client");
+        assert_eq!(rule(Some((&canary, "back"))), "web", "a selector picks clients of its own namespace only");
+        assert_eq!(rule(Some((&labels(&[("app", "cart")]), "front"))), "web");
+        assert_eq!(rule(None), "web");
+        assert_eq!(model.rule_for_host(web, "front").unwrap().name, "web", "never a selector rule for everyone");
+        assert!(model.has_selector_rule("db.else.svc.cluster.local") && !model.has_selector_rule("db.example"));
+    }
+
+    #[test]
     fn most_specific_rule_wins() {
         let rules = "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata: {name: all, namespace: shop}\nspec: {host: '*.shop.svc.cluster.local'}\n---\napiVersion: networking.istio.io/v1alpha3\nkind: DestinationRule\nmetadata: {name: web, namespace: shop}\nspec: {host: web.shop.svc.cluster.local}\n---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: svc, namespace: shop}\nspec: {host: '*.svc.cluster.local'}\n";
         let model = Model::build(&objects(rules), vec![], &Model::default(), DOMAIN);

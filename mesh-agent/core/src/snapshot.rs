@@ -390,6 +390,11 @@ fn needs_l7(rule: &DestinationRuleModel, port: u16) -> bool {
         policy.http_pool.is_some()
             || policy.outlier_detection.is_some()
             || policy.tls.is_some()
+            // Slow start weighs each pick, and connection ages are the
+            // proxy's pools' to keep.
+            || (policy.warmup.is_some()
+                && matches!(policy.load_balancer, LoadBalancer::RoundRobin | LoadBalancer::LeastRequest))
+            || policy.tcp.max_connection_duration.is_some()
             || matches!(
                 policy.load_balancer,
                 LoadBalancer::ConsistentHash {
@@ -530,6 +535,28 @@ mod tests {
         ));
         let v6 = snap.frontends.iter().find(|(k, _)| k.family == FAMILY_V6).unwrap();
         assert_eq!(v6.1.backend_count, 0);
+    }
+
+    #[test]
+    fn what_only_the_proxy_can_do_captures_the_port() {
+        let captured = |extra: &str| compile_yaml(&format!("{BASE}{extra}")).services[0].captured;
+        let rule = |spec: &str| {
+            format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: web, namespace: shop}}\nspec:\n  host: web\n{spec}")
+        };
+        assert!(!captured(""), "no rule, no route: the kernel balances");
+        assert!(!captured(&rule("  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n")));
+        assert!(captured(&rule("  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 60s}}}\n")));
+        assert!(
+            !captured(&rule("  trafficPolicy: {loadBalancer: {simple: RANDOM, warmup: {duration: 60s}}}\n")),
+            "no slow start for RANDOM"
+        );
+        assert!(captured(&rule("  trafficPolicy: {connectionPool: {tcp: {maxConnectionDuration: 60s}}}\n")));
+        assert!(
+            captured(&rule(
+                "  workloadSelector: {matchLabels: {app: a}}\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n"
+            )),
+            "a rule for some clients"
+        );
     }
 
     #[test]

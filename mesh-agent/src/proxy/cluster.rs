@@ -523,6 +523,107 @@ mod tests {
         Arc::new(crate::proxy::test_support::snapshot_of(text))
     }
 
+    const WEB: &str = concat!(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n",
+        "spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}\n",
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n",
+        "metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\n",
+        "addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints:\n",
+        "- {addresses: [10.244.0.2], targetRef: {kind: Pod, name: web-v1}}\n",
+        "- {addresses: [10.244.0.3], targetRef: {kind: Pod, name: web-v2}}\n",
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-v1, namespace: shop, labels: {version: v1}}\n",
+        "status: {podIPs: [{ip: 10.244.0.2}]}\n",
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-v2, namespace: shop, labels: {version: v2}}\n",
+        "status: {podIPs: [{ip: 10.244.0.3}]}\n",
+    );
+
+    fn rule(name: &str, spec: &str) -> String {
+        format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  host: web\n{spec}")
+    }
+
+    fn client(labels: &[(&str, &str)], namespace: &str) -> Client {
+        (labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), namespace.to_owned())
+    }
+
+    #[test]
+    fn a_client_picked_by_a_workload_selector_gets_that_rules_subsets_and_policy() {
+        let text = [
+            WEB,
+            &rule("all", "  subsets: [{name: v1, labels: {version: v1}}]\n"),
+            &rule(
+                "canary",
+                "  workloadSelector: {matchLabels: {track: canary}}\n  subsets: [{name: v1, labels: {version: v2}}]\n  trafficPolicy: {connectionPool: {http: {maxRetries: 7}}}\n",
+            ),
+        ]
+        .concat();
+        let snapshot = Arc::new(crate::proxy::test_support::snapshot_of(&text));
+        let clusters = Clusters::default();
+        let addresses =
+            |plan: &ClusterPlan| plan.endpoints(false).iter().map(|e| e.address.to_string()).collect::<Vec<_>>();
+        let canary = client(&[("track", "canary")], "shop");
+        let picked = clusters.plan(&snapshot, 0, Some("v1"), Some(&canary));
+        assert_eq!(addresses(&picked), ["10.244.0.3:8080"], "v1 as the selecting rule defines it");
+        assert_eq!(picked.max_retries(), Some(7));
+        assert_eq!(picked.selected_by.as_deref(), Some("shop/canary"));
+        for other in [Some(client(&[("track", "stable")], "shop")), Some(client(&[("track", "canary")], "else")), None]
+        {
+            let plan = clusters.plan(&snapshot, 0, Some("v1"), other.as_ref());
+            assert_eq!(addresses(&plan), ["10.244.0.2:8080"], "{other:?}");
+            assert_eq!((plan.max_retries(), plan.selected_by.clone()), (None, None));
+        }
+        assert!(!Arc::ptr_eq(&picked.state, &clusters.plan(&snapshot, 0, Some("v1"), None).state), "state apart");
+        assert!(Arc::ptr_eq(&picked, &clusters.plan(&snapshot, 0, Some("v1"), Some(&canary))), "cached");
+    }
+
+    #[test]
+    fn a_retry_budget_takes_the_place_of_max_retries() {
+        let text = |policy: &str| [WEB, &rule("web", &format!("  trafficPolicy: {policy}\n"))].concat();
+        let plan_of = |policy: &str| {
+            Clusters::default().plan(&Arc::new(crate::proxy::test_support::snapshot_of(&text(policy))), 0, None, None)
+        };
+        let budget =
+            plan_of("{retryBudget: {percent: 50, minRetryConcurrency: 2}, connectionPool: {http: {maxRetries: 100}}}");
+        assert_eq!(budget.max_retries(), Some(2), "the floor with nothing under way");
+        let _active: Vec<_> = (0..10).map(|_| admit(&budget.state.active, None)).collect();
+        assert_eq!(budget.max_retries(), Some(5), "half of ten requests under way");
+        let defaults = plan_of("{retryBudget: {}}");
+        assert_eq!(defaults.max_retries(), Some(3), "Envoy's floor: 3");
+        let _active: Vec<_> = (0..100).map(|_| admit(&defaults.state.active, None)).collect();
+        assert_eq!(defaults.max_retries(), Some(20), "Envoy's 20%");
+        assert_eq!(plan_of("{connectionPool: {http: {maxRetries: 4}}}").max_retries(), Some(4));
+        assert_eq!(plan_of("{loadBalancer: {simple: RANDOM}}").max_retries(), None);
+    }
+
+    #[test]
+    fn only_endpoints_that_join_later_warm_up() {
+        let warmup = rule("web", "  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 60s, minimumPercent: 20, aggression: 2}}}\n");
+        let one = WEB.replace("- {addresses: [10.244.0.3], targetRef: {kind: Pod, name: web-v2}}\n", "");
+        let clusters = Clusters::default();
+        let first = Arc::new(crate::proxy::test_support::snapshot_of(&[one.as_str(), &warmup].concat()));
+        let plan = clusters.plan(&first, 0, None, None);
+        assert!(plan.endpoints(false)[0].slow_start.is_none(), "there from the start: not new");
+        let mut second = crate::proxy::test_support::snapshot_of(&[WEB, &warmup].concat());
+        second.serial = first.serial + 1;
+        let plan = clusters.plan(&Arc::new(second), 0, None, None);
+        let slow: Vec<_> =
+            plan.endpoints(false).iter().map(|e| e.slow_start.map(|s| (s.min_factor, s.aggression))).collect();
+        assert_eq!(slow, [None, Some((0.2, 2.0))], "the new one warms up, with the rule's settings");
+        let random = rule("web", "  trafficPolicy: {loadBalancer: {simple: RANDOM, warmup: {duration: 60s}}}\n");
+        let mut members = Members::default();
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let now = Instant::now();
+        assert_eq!(members.update(&[a], now), [None]);
+        assert_eq!(members.update(&[a, b], now), [None, Some(now)]);
+        assert_eq!(members.update(&[b], now), [Some(now)]);
+        let later = now + Duration::from_secs(5);
+        assert_eq!(members.update(&[a, b], later), [Some(later), Some(now)], "one that left and came back is new");
+        let snapshot = Arc::new(crate::proxy::test_support::snapshot_of(&[WEB, &random].concat()));
+        let clusters = Clusters::default();
+        clusters.plan(&snapshot, 0, None, None);
+        assert!(!slow_start_applies(&clusters.plan(&snapshot, 0, None, None).policy.load_balancer), "RANDOM has none");
+    }
+
     #[test]
     fn an_ejection_ends_when_the_clock_passes_it() {
         let t0 = Instant::now();

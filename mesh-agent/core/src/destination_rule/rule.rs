@@ -198,6 +198,49 @@ mod tests {
     }
 
     #[test]
+    fn a_workload_selector_is_checked_as_istio_does() {
+        let r = rule("  host: web\n  workloadSelector: {matchLabels: {app: cart}}\n  exportTo: ['.']\n").unwrap();
+        let labels: BTreeMap<String, String> = [("app".to_owned(), "cart".to_owned())].into();
+        assert_eq!(r.workload_selector.as_ref(), Some(&labels));
+        assert!(r.selects(&labels, "shop") && !r.selects(&labels, "other") && !r.selects(&BTreeMap::new(), "shop"));
+        assert!(
+            rule("  host: web\n  workloadSelector: {}\n").unwrap().selects(&BTreeMap::new(), "shop"),
+            "no labels: every client of the namespace"
+        );
+        let cases = [
+            ("  host: web\n  workloadSelector: {matchLabels: {'': x}}\n", "spec.workloadSelector.matchLabels"),
+            (
+                "  host: web\n  workloadSelector: {matchLabels: {app: 'ca*'}}\n",
+                "spec.workloadSelector.matchLabels[app]",
+            ),
+            ("  host: web\n  workloadSelector: {matchLabels: {app: a}}\n  exportTo: ['*']\n", "spec.exportTo[0]"),
+            ("  host: web\n  workloadSelector: {matchLabels: {app: a}}\n  exportTo: [shop, '.']\n", "spec.exportTo"),
+        ];
+        for (spec, field) in cases {
+            assert_eq!(rule(spec).unwrap_err().field, field, "{spec}");
+        }
+        assert!(rule("  host: web\n  workloadSelector: {matchLabels: {app: a}}\n  exportTo: [shop]\n").is_ok());
+    }
+
+    #[test]
+    fn max_connection_duration_is_at_least_a_millisecond() {
+        let pool = |d: &str| {
+            rule(&format!(
+                "  host: web\n  trafficPolicy: {{connectionPool: {{tcp: {{maxConnectionDuration: {d}}}}}}}\n"
+            ))
+        };
+        let p = pool("30s").unwrap().effective(None, 80);
+        assert_eq!(p.tcp.max_connection_duration, Some(Duration::from_secs(30)));
+        for bad in ["500us", "0s", "1.0005s", "x"] {
+            assert_eq!(
+                pool(bad).unwrap_err().field,
+                "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration",
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn default_is_least_request_and_unlimited() {
         let r = rule("  host: web\n").unwrap();
         assert_eq!(r.host, "web.shop.svc.cluster.local");
