@@ -694,3 +694,139 @@ fn upstream_connections_are_pooled_within_the_clusters_limits() {
     world.http(&["--count", "1"]);
     assert_eq!(backend.accepted(), 6, "a new connection after the idle one was closed");
 }
+
+#[test]
+fn tcp_routes_choose_by_source_labels_and_destination_subnets() {
+    let env = TestEnv::new("l7_tcp_match").expect("test env");
+    let etl = env.add_pod("etl", "10.244.0.2", "fd00:244::2");
+    let web = env.add_pod("web", "10.244.0.3", "fd00:244::3");
+    let pods: Vec<Pod> =
+        (1..=2).map(|i| env.add_pod(&format!("d{i}"), &format!("10.244.{i}.2"), &format!("fd00:244::{i}:2"))).collect();
+    let _servers: Vec<_> = pods.iter().map(|p| p.serve_tcp(5432)).collect();
+    let mut config = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: {NS}}}\nspec:\n  clusterIP: 10.96.0.40\n  ports:\n  - {{name: tcp-postgres, port: 5432, targetPort: 5432}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: db, namespace: {NS}, labels: {{kubernetes.io/service-name: db}}}}\naddressType: IPv4\nports: [{{name: tcp-postgres, port: 5432}}]\nendpoints:\n- addresses: [\"{}\"]\n- addresses: [\"{}\"]\n---\n",
+        pods[0].ipv4(),
+        pods[1].ipv4()
+    );
+    for (i, pod) in pods.iter().enumerate() {
+        config.push_str(&format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {NS}, labels: {{app: db, role: r{}}}}}\nstatus: {{podIP: {}}}\n---\n",
+            pod.name(),
+            i + 1,
+            pod.ipv4()
+        ));
+    }
+    config.push_str(concat!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: etl-1, namespace: batch, labels: {app: etl}}\nstatus: {podIP: 10.244.0.2}\n---\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: batch, labels: {app: web}}\nstatus: {podIP: 10.244.0.3}\n---\n",
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: db, namespace: shop}\nspec:\n  host: db\n  subsets:\n  - {name: primary, labels: {role: r1}}\n  - {name: replica, labels: {role: r2}}\n---\n",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db, namespace: shop}\nspec:\n  hosts: [db]\n  tcp:\n",
+        // Another service range: never this connection's destination.
+        "  - match: [{destinationSubnets: [10.97.0.0/16]}]\n    route: [{destination: {host: db, subset: replica}}]\n",
+        "  - match: [{sourceLabels: {app: etl}, sourceNamespace: batch}]\n    route: [{destination: {host: db, subset: replica}}]\n",
+        "  - match: [{destinationSubnets: [10.96.0.40/32], port: 5432}]\n    route: [{destination: {host: db, subset: primary}}]\n",
+    ));
+    env.write_config("db.yaml", &config).unwrap();
+    env.start_agent_on_node(&[]).unwrap();
+    let connect = |pod: &Pod| {
+        env.probe(pod, &["tcp", "--target", "10.96.0.40:5432", "--count", "20"])
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", env.agent_log()))
+    };
+    let from_etl = connect(&etl);
+    assert_eq!(from_etl["backends"]["d2"], 20, "sourceLabels and sourceNamespace pick the etl pod: {from_etl}");
+    let from_web = connect(&web);
+    assert_eq!(from_web["backends"]["d1"], 20, "the web pod falls to the destinationSubnets rule: {from_web}");
+}
+
+#[test]
+fn a_workload_selector_rule_applies_only_to_the_clients_it_picks() {
+    let world = World::new("l7_dr_selector", 2);
+    let other = world.env.add_pod("other", "10.244.0.3", "fd00:244::3");
+    let config = concat!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: canary-client, namespace: shop, labels: {app: canary}}\nstatus: {podIP: 10.244.0.2}\n---\n",
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: other-client, namespace: shop, labels: {app: other}}\nstatus: {podIP: 10.244.0.3}\n---\n",
+        // For the canary client only, `v1` means the pods of version v2.
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews-canary, namespace: shop}\nspec:\n  host: reviews\n",
+        "  workloadSelector: {matchLabels: {app: canary}}\n  subsets:\n  - {name: v1, labels: {version: v2}}\n---\n",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n",
+        "  - route:\n    - destination: {host: reviews, subset: v1}\n",
+    );
+    world.start(&format!("{SUBSETS}{config}"));
+    let canary = world.http(&["--count", "20"]);
+    assert_eq!(count(&canary, "b2"), 20, "the selected client uses its own rule: {canary}");
+    let report = world.env.probe(&other, &["http", "--target", "10.96.0.20:9080", "--count", "20"]).unwrap();
+    assert_eq!(count(&report, "b1"), 20, "every other client uses the rule without selector: {report}");
+}
+
+#[test]
+fn warmup_gives_a_new_endpoint_a_small_share_that_grows_to_its_full_share() {
+    let world = World::new("l7_warmup", 2);
+    let rule = |duration: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: reviews, namespace: shop}}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      simple: ROUND_ROBIN\n      warmup: {{duration: {duration}, minimumPercent: 10}}\n---\n")
+    };
+    // b2 is not an endpoint yet.
+    let b2 = &world.backends[1];
+    let without_b2 = world
+        .config(&rule("3600s"))
+        .replace(&format!("- addresses: [\"{}\"]\n  targetRef: {{kind: Pod, name: b2}}\n", b2.ipv4()), "")
+        .replace(&format!("- addresses: [\"{}\"]\n  targetRef: {{kind: Pod, name: b2}}\n", b2.ipv6()), "");
+    world.env.write_config("reviews.yaml", &without_b2).unwrap();
+    world.env.start_agent_on_node(&["--access-log"]).unwrap();
+    assert_eq!(count(&world.http(&["--count", "20"]), "b1"), 20);
+
+    // b2 joins the cluster the proxy already serves: it starts at 10%.
+    world.env.write_config("reviews.yaml", &world.config(&rule("3600s"))).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || count(&world.http(&["--count", "50"]), "b2") > 0),
+        "b2 never joined: {}",
+        world.env.agent_log()
+    );
+    let early = world.http(&["--count", "1100"]);
+    let new = count(&early, "b2");
+    // Weights 1 : 0.1, so 100 expected (σ ≈ 9.5); an even split would be 550.
+    assert!((40..=170).contains(&new), "b2 got {new} of 1100 while warming up: {early}");
+
+    // The same endpoint, now older than the window: its full share.
+    world.env.write_config("reviews.yaml", &world.config(&rule("1s"))).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || count(&world.http(&["--count", "100"]), "b2") >= 35),
+        "b2 never reached its full share"
+    );
+    let warm = world.http(&["--count", "1000"]);
+    let share = count(&warm, "b2");
+    assert!((420..=580).contains(&share), "b2 got {share} of 1000 once warm: {warm}");
+}
+
+#[test]
+fn a_retry_budget_bounds_the_retries_under_way() {
+    let world = World::new("l7_retry_budget", 2);
+    let config = concat!(
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}\nspec:\n  host: reviews\n",
+        "  trafficPolicy:\n    loadBalancer: {simple: ROUND_ROBIN}\n    retryBudget: {percent: 10, minRetryConcurrency: 1}\n---\n",
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n",
+        "  - route:\n    - destination: {host: reviews}\n    retries: {attempts: 2, retryOn: 5xx}\n",
+    );
+    world.start(config);
+    // b1 fails at once; b2 answers after 600 ms. Of eight requests at once,
+    // round robin sends four to b1 first; a retry goes to b2 and holds its
+    // slot 600 ms. 10% of 8 under way is 0, so the floor allows one retry.
+    let args = ["--count", "8", "--parallel", "8", "--path", "/delay/600", "--headers", "x-test-fail-pod: b1"];
+    let report = world.http(&args);
+    assert_eq!(status(&report, "200"), 5, "four first tries on b2 and one retry: {report}");
+    assert_eq!(status(&report, "503"), 3, "the other retries are over budget: {report}");
+
+    // With a floor of eight, every failed try is retried.
+    world
+        .env
+        .write_config(
+            "reviews.yaml",
+            &world.config(&config.replace("minRetryConcurrency: 1", "minRetryConcurrency: 8")),
+        )
+        .unwrap();
+    assert!(
+        wait_until(Duration::from_secs(10), || status(&world.http(&args), "200") == 8),
+        "retries still bounded: {}",
+        world.env.agent_log()
+    );
+}

@@ -242,7 +242,8 @@ pub struct DestinationRuleSpec {
     pub subsets: Vec<Subset>,
     /// Namespaces the rule applies to services of: `*`, `.` or names.
     pub export_to: Vec<String>,
-    /// The client workloads (in the rule's namespace) the rule applies to.
+    /// The client workloads (in the rule's namespace) the rule is for;
+    /// unset: every client.
     pub workload_selector: Option<WorkloadSelector>,
 }
 
@@ -670,6 +671,8 @@ pub struct HttpMirrorPolicy {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, rename_all = "camelCase")]
 pub struct CorsPolicy {
+    /// Deprecated: exact origins, matched beside `allowOrigins`.
+    pub allow_origin: Vec<String>,
     pub allow_origins: Vec<StringMatch>,
     pub allow_methods: Vec<String>,
     pub allow_headers: Vec<String>,
@@ -699,6 +702,8 @@ pub struct TlsRoute {
 pub struct L4MatchAttributes {
     pub destination_subnets: Vec<String>,
     pub port: Option<i64>,
+    /// The client's address: an IP or a CIDR block.
+    pub source_subnet: Option<String>,
     pub source_labels: BTreeMap<String, String>,
     pub source_namespace: Option<String>,
     pub gateways: Vec<String>,

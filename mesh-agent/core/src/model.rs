@@ -373,7 +373,17 @@ impl Model {
                     .and_then(|name| name.split_once('.').map(|(_, namespace)| namespace))
                     .unwrap_or(&virtual_service.namespace);
                 let rule = self.rule_for_host(&reference.host, namespace);
-                if rule.is_some_and(|r| r.subsets.iter().any(|s| s.name == reference.subset)) {
+                let defines = |r: &DestinationRuleModel| r.subsets.iter().any(|s| s.name == reference.subset);
+                // A rule for some clients only (workloadSelector) may define
+                // the subset for them.
+                let for_some_clients = || {
+                    self.destination_rules.values().any(|r| {
+                        r.workload_selector.is_some()
+                            && host_specificity(&r.host, &reference.host).is_some()
+                            && defines(r)
+                    })
+                };
+                if rule.is_some_and(defines) || for_some_clients() {
                     return None;
                 }
                 let why = match rule {
@@ -434,20 +444,13 @@ impl Model {
     /// when their `exportTo` lets them. Within a tier an exact host wins
     /// over a wildcard, a longer wildcard over a shorter one, and among
     /// equals the first by namespace/name.
+    ///
+    /// Rules with a `workloadSelector` are for some clients only and never
+    /// apply here; see [`Model::rule_for_client`].
     pub fn rule_for_host(&self, fqdn: &str, namespace: &str) -> Option<&DestinationRuleModel> {
         let mut best: Option<((u8, usize), &DestinationRuleModel)> = None;
-        for rule in self.destination_rules.values() {
-            let specificity = if rule.host == fqdn {
-                usize::MAX
-            } else if let Some(suffix) = rule.host.strip_prefix('*') {
-                if fqdn.ends_with(suffix) {
-                    suffix.len()
-                } else {
-                    continue;
-                }
-            } else {
-                continue;
-            };
+        for rule in self.destination_rules.values().filter(|rule| rule.workload_selector.is_none()) {
+            let Some(specificity) = host_specificity(&rule.host, fqdn) else { continue };
             if !rule.visible_in(namespace) {
                 continue;
             }
@@ -465,6 +468,58 @@ impl Model {
             }
         }
         best.map(|(_, rule)| rule)
+    }
+
+    /// The DestinationRule for traffic from a client pod (`labels` in
+    /// `client_namespace`) to `fqdn`: a rule of the client's namespace
+    /// whose `workloadSelector` picks the client comes first, as Istio
+    /// gives a sidecar (the most specific host, then the first by
+    /// namespace/name); else [`Model::rule_for_host`].
+    pub fn rule_for_client(
+        &self,
+        fqdn: &str,
+        namespace: &str,
+        client: Option<(&BTreeMap<String, String>, &str)>,
+    ) -> Option<&DestinationRuleModel> {
+        self.selected_rule(fqdn, client).or_else(|| self.rule_for_host(fqdn, namespace))
+    }
+
+    /// Whether a rule with a `workloadSelector` covers `fqdn` (for some
+    /// clients then, only the proxy can apply the right rule).
+    pub fn has_selector_rule(&self, fqdn: &str) -> bool {
+        (self.destination_rules.values())
+            .any(|rule| rule.workload_selector.is_some() && host_specificity(&rule.host, fqdn).is_some())
+    }
+
+    /// Only the rule with a `workloadSelector` picking `client`, if any.
+    pub fn selected_rule(
+        &self,
+        fqdn: &str,
+        client: Option<(&BTreeMap<String, String>, &str)>,
+    ) -> Option<&DestinationRuleModel> {
+        let (labels, client_namespace) = client?;
+        let range = (client_namespace.to_owned(), String::new())..;
+        let mut best: Option<(usize, &DestinationRuleModel)> = None;
+        for (_, rule) in self.destination_rules.range(range).take_while(|((ns, _), _)| ns == client_namespace) {
+            if !rule.selects(labels, client_namespace) {
+                continue;
+            }
+            let Some(specificity) = host_specificity(&rule.host, fqdn) else { continue };
+            if best.is_none_or(|(s, _)| specificity > s) {
+                best = Some((specificity, rule));
+            }
+        }
+        best.map(|(_, rule)| rule)
+    }
+}
+
+/// How closely a rule's host covers `fqdn`: exact beats any wildcard, a
+/// longer wildcard a shorter one; None when it does not cover it.
+fn host_specificity(rule_host: &str, fqdn: &str) -> Option<usize> {
+    if rule_host == fqdn {
+        Some(usize::MAX)
+    } else {
+        rule_host.strip_prefix('*').filter(|suffix| fqdn.ends_with(suffix)).map(str::len)
     }
 }
 
@@ -921,6 +976,35 @@ mod tests {
 
     fn rule_in(namespace: &str, name: &str, host: &str, extra: &str) -> String {
         format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec: {{host: '{host}'{extra}}}\n")
+    }
+
+    #[test]
+    fn a_rule_with_a_workload_selector_is_for_the_clients_it_picks_in_its_namespace() {
+        let web = "web.shop.svc.cluster.local";
+        let rules = [
+            rule_in("shop", "web", "web", ""),
+            rule_in("front", "for-canary", web, ", workloadSelector: {matchLabels: {track: canary}}"),
+            rule_in("front", "wide", "*.svc.cluster.local", ", workloadSelector: {matchLabels: {app: ui}}"),
+            rule_in("front", "exact", web, ", workloadSelector: {matchLabels: {app: ui}}"),
+        ]
+        .concat();
+        let model = Model::build(&objects(&rules), vec![], &Model::default(), DOMAIN);
+        assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+        let labels = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        let canary = labels(&[("app", "cart"), ("track", "canary")]);
+        let ui = labels(&[("app", "ui")]);
+        let rule = |client: Option<(&BTreeMap<String, String>, &str)>| {
+            model.rule_for_client(web, "shop", client).unwrap().name.clone()
+        };
+        assert_eq!(rule(Some((&canary, "front"))), "for-canary");
+        assert_eq!(rule(Some((&ui, "front"))), "exact", "the most specific host among those picking the client");
+        assert_eq!(rule(Some((&canary, "back"))), "web", "a selector picks clients of its own namespace only");
+        assert_eq!(rule(Some((&labels(&[("app", "cart")]), "front"))), "web");
+        assert_eq!(rule(None), "web");
+        assert_eq!(model.rule_for_host(web, "front").unwrap().name, "web", "never a selector rule for everyone");
+        assert!(model.has_selector_rule("db.else.svc.cluster.local") && !model.has_selector_rule("db.example"));
     }
 
     #[test]

@@ -259,10 +259,15 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
             let (http, http2) = http_protocol(port);
             // HTTP ports with L7 rules, and plain TCP ports with `tcp` routes.
             let captured = if http {
-                routes.has_http_routes(&fqdn) || rule.is_some_and(|r| needs_l7(r, port.port))
+                // A rule for some clients only (workloadSelector) is applied
+                // per client by the proxy.
+                routes.has_http_routes(&fqdn)
+                    || rule.is_some_and(|r| needs_l7(r, port.port))
+                    || model.has_selector_rule(&fqdn)
             } else {
-                port.protocol == Protocol::Tcp
-                    && (!routes.tcp_routes(&fqdn).is_empty() || !routes.tls_routes(&fqdn).is_empty())
+                // Every condition of a `tcp`/`tls` match (source labels,
+                // subnets, SNI) is checked by the proxy, never in the kernel.
+                port.protocol == Protocol::Tcp && routes.has_l4_routes(&fqdn)
             };
             let (algorithm, maglev_size, note) = kernel_algorithm(&policy.load_balancer);
             let cluster = cluster_id(service, port);
@@ -385,6 +390,11 @@ fn needs_l7(rule: &DestinationRuleModel, port: u16) -> bool {
         policy.http_pool.is_some()
             || policy.outlier_detection.is_some()
             || policy.tls.is_some()
+            // Slow start weighs each pick, and connection ages are the
+            // proxy's pools' to keep.
+            || (policy.warmup.is_some()
+                && matches!(policy.load_balancer, LoadBalancer::RoundRobin | LoadBalancer::LeastRequest))
+            || policy.tcp.max_connection_duration.is_some()
             || matches!(
                 policy.load_balancer,
                 LoadBalancer::ConsistentHash {
@@ -424,12 +434,19 @@ impl Snapshot {
     /// Endpoints of a service port (both families), only those of
     /// `subset` when named: a dual-stack pod is one endpoint per family.
     pub fn endpoints_any_family(&self, service: &ServicePortView, subset: Option<&str>) -> Vec<SocketAddr> {
-        let labels = subset.and_then(|name| {
-            self.model
-                .rule_for_host(&service.fqdn, &service.namespace)
-                .and_then(|rule| rule.subsets.iter().find(|s| s.name == name))
-                .map(|s| &s.labels)
-        });
+        self.endpoints_under(self.model.rule_for_host(&service.fqdn, &service.namespace), service, subset)
+    }
+
+    /// As [`Snapshot::endpoints_any_family`], with the subsets of `rule`
+    /// (the rule that applies to the client).
+    pub fn endpoints_under(
+        &self,
+        rule: Option<&DestinationRuleModel>,
+        service: &ServicePortView,
+        subset: Option<&str>,
+    ) -> Vec<SocketAddr> {
+        let labels = subset
+            .and_then(|name| rule.and_then(|rule| rule.subsets.iter().find(|s| s.name == name)).map(|s| &s.labels));
         match (subset, labels) {
             (None, _) => service.backends.iter().map(|b| b.address).collect(),
             // A subset that no rule defines selects nothing.
@@ -445,10 +462,8 @@ impl Snapshot {
 
     /// The DestinationRule policy for a service port and subset.
     pub fn policy_for(&self, service: &ServicePortView, subset: Option<&str>) -> EffectivePolicy {
-        self.model
-            .rule_for_host(&service.fqdn, &service.namespace)
-            .map(|rule| rule.effective(subset, service.port))
-            .unwrap_or_default()
+        let rule = self.model.rule_for_host(&service.fqdn, &service.namespace);
+        rule.map(|rule| rule.effective(subset, service.port)).unwrap_or_default()
     }
 }
 
@@ -520,6 +535,28 @@ mod tests {
         ));
         let v6 = snap.frontends.iter().find(|(k, _)| k.family == FAMILY_V6).unwrap();
         assert_eq!(v6.1.backend_count, 0);
+    }
+
+    #[test]
+    fn what_only_the_proxy_can_do_captures_the_port() {
+        let captured = |extra: &str| compile_yaml(&format!("{BASE}{extra}")).services[0].captured;
+        let rule = |spec: &str| {
+            format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: web, namespace: shop}}\nspec:\n  host: web\n{spec}")
+        };
+        assert!(!captured(""), "no rule, no route: the kernel balances");
+        assert!(!captured(&rule("  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}\n")));
+        assert!(captured(&rule("  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 60s}}}\n")));
+        assert!(
+            !captured(&rule("  trafficPolicy: {loadBalancer: {simple: RANDOM, warmup: {duration: 60s}}}\n")),
+            "no slow start for RANDOM"
+        );
+        assert!(captured(&rule("  trafficPolicy: {connectionPool: {tcp: {maxConnectionDuration: 60s}}}\n")));
+        assert!(
+            captured(&rule(
+                "  workloadSelector: {matchLabels: {app: a}}\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n"
+            )),
+            "a rule for some clients"
+        );
     }
 
     #[test]

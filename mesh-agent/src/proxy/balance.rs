@@ -1,12 +1,19 @@
 //! L7 load balancing: which endpoint of a cluster takes a request (or a
 //! relayed connection), by the DestinationRule's algorithm. Pure, over the
-//! endpoints' in-flight counts, so it is tested without sockets.
+//! endpoints' in-flight counts and slow-start weights, so it is tested
+//! without sockets.
+//!
+//! Slow start (`warmup`): while some endpoint is still warming up, ROUND_ROBIN
+//! and LEAST_REQUEST pick by weight, as Envoy then does (its EDF scheduler):
+//! round robin in proportion to each endpoint's slow-start factor, least
+//! request by factor / (requests in flight + 1).
 
 use super::cluster::Endpoint;
 use mesh_core::destination_rule::LoadBalancer;
 use mesh_core::maglev::stable_hash;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
 
 /// Picks an endpoint. Endpoints in `tried` are avoided while others remain
 /// (a retry prefers a host not tried yet), except under consistent
@@ -27,11 +34,43 @@ pub fn pick<'a>(
     }
     let fresh: Vec<&Endpoint> =
         if tried.is_empty() { Vec::new() } else { endpoints.iter().filter(|e| !tried.contains(&e.address)).collect() };
-    Some(if fresh.is_empty() {
-        choose(endpoints.len(), |i| &endpoints[i], cursor, load_balancer)
-    } else {
-        choose(fresh.len(), |i| fresh[i], cursor, load_balancer)
+    let warming = endpoints.iter().any(|e| e.slow_start.is_some());
+    Some(match (fresh.is_empty(), warming) {
+        (true, false) => choose(endpoints.len(), |i| &endpoints[i], cursor, load_balancer),
+        (false, false) => choose(fresh.len(), |i| fresh[i], cursor, load_balancer),
+        (true, true) => weighted(endpoints.iter(), load_balancer, Instant::now(), fastrand::f64()),
+        (false, true) => weighted(fresh.into_iter(), load_balancer, Instant::now(), fastrand::f64()),
     })
+}
+
+/// One of `candidates` (not empty) by weight, with `draw` in [0, 1): each
+/// endpoint's slow-start factor at `now` (1 once warm), divided under
+/// LEAST_REQUEST by its requests in flight + 1. Only the algorithms with
+/// slow start get factors (the plan sets them for those alone).
+fn weighted<'a>(
+    candidates: impl Iterator<Item = &'a Endpoint> + Clone,
+    load_balancer: &LoadBalancer,
+    now: Instant,
+    draw: f64,
+) -> &'a Endpoint {
+    let weight = |e: &Endpoint| {
+        let factor = e.slow_start.map_or(1.0, |s| s.factor(now));
+        match load_balancer {
+            LoadBalancer::LeastRequest => factor / (e.load() + 1) as f64,
+            _ => factor,
+        }
+    };
+    let total: f64 = candidates.clone().map(weight).sum();
+    let mut left = draw * total;
+    let mut last = None;
+    for candidate in candidates {
+        left -= weight(candidate);
+        if left < 0.0 {
+            return candidate;
+        }
+        last = Some(candidate);
+    }
+    last.expect("weighted() is called with candidates")
 }
 
 /// One of `n` candidates (`at` gives each), by the balancing algorithm.
@@ -73,10 +112,16 @@ fn rendezvous(endpoints: &[Endpoint], hash: u64) -> Option<&Endpoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::cluster::SlowStart;
+    use std::time::Duration;
 
     fn endpoints(n: u8) -> Vec<Endpoint> {
         (1..=n)
-            .map(|i| Endpoint { address: SocketAddr::from(([10, 244, i, 2], 8080)), counters: Default::default() })
+            .map(|i| Endpoint {
+                address: SocketAddr::from(([10, 244, i, 2], 8080)),
+                counters: Default::default(),
+                slow_start: None,
+            })
             .collect()
     }
 
@@ -114,6 +159,54 @@ mod tests {
             }
         }
         panic!("never picked the idle endpoint");
+    }
+
+    /// Counts per endpoint of `n` picks with evenly spread draws.
+    fn shares(e: &[Endpoint], load_balancer: &LoadBalancer, now: Instant, n: usize) -> Vec<usize> {
+        let mut counts = vec![0; e.len()];
+        for k in 0..n {
+            let picked = weighted(e.iter(), load_balancer, now, (k as f64 + 0.5) / n as f64);
+            counts[e.iter().position(|x| x.address == picked.address).unwrap()] += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn a_new_endpoint_warms_up_from_its_minimum_share() {
+        let t0 = Instant::now();
+        let mut e = endpoints(2);
+        let window = Duration::from_secs(100);
+        e[1].slow_start = Some(SlowStart { joined: t0, window, min_factor: 0.1, aggression: 1.0 });
+        let slow = e[1].slow_start.unwrap();
+        assert_eq!(slow.factor(t0), 0.1, "the minimum at first (1 s of 100 is below it)");
+        assert!((slow.factor(t0 + Duration::from_secs(50)) - 0.5).abs() < 1e-9, "linear at aggression 1");
+        assert_eq!(slow.factor(t0 + window), 1.0, "whole once the window is over");
+        let square = SlowStart { aggression: 2.0, ..slow };
+        assert!((square.factor(t0 + Duration::from_secs(25)) - 0.5).abs() < 1e-9, "(1/4)^(1/2)");
+
+        // Weighted 1 : 0.1 at first, 1 : 0.5 halfway, even at the end.
+        let rr = LoadBalancer::RoundRobin;
+        assert_eq!(shares(&e, &rr, t0, 1100), [1000, 100]);
+        assert_eq!(shares(&e, &rr, t0 + Duration::from_secs(50), 1500), [1000, 500]);
+        assert_eq!(shares(&e, &rr, t0 + window, 1000), [500, 500]);
+        // Least request also weighs by load: busy warm endpoints lose share.
+        let _busy: Vec<_> = (0..9).map(|_| e[0].start()).collect();
+        assert_eq!(shares(&e, &LoadBalancer::LeastRequest, t0, 1000), [500, 500], "1/10 against 0.1/1");
+    }
+
+    #[test]
+    fn picks_go_by_weight_only_while_an_endpoint_warms_up() {
+        let cursor = AtomicUsize::new(0);
+        let mut e = endpoints(2);
+        let joined = Instant::now();
+        e[1].slow_start =
+            Some(SlowStart { joined, window: Duration::from_secs(3600), min_factor: 0.05, aggression: 1.0 });
+        let new = (0..2000)
+            .filter(|_| pick(&cursor, &e, &LoadBalancer::RoundRobin, None, &[]).unwrap().address == e[1].address)
+            .count();
+        assert!((40..=200).contains(&new), "about 1 in 21: {new}");
+        let retry = pick(&cursor, &e, &LoadBalancer::RoundRobin, None, &[e[0].address]).unwrap();
+        assert_eq!(retry.address, e[1].address, "a retry still avoids the tried host");
     }
 
     #[test]

@@ -3,20 +3,25 @@
 //! (endpoints per family, the merged DestinationRule policy, the outlier and
 //! pool limits, TLS settings) is worked out once per snapshot and cluster,
 //! not per request. The runtime state (round-robin cursor, requests and
-//! retries under way, outlier health) lives on across snapshots by name.
+//! retries under way, outlier health, when each endpoint joined) lives on
+//! across snapshots by name.
+//!
+//! A DestinationRule with a `workloadSelector` is for some clients only:
+//! their requests get a plan of their own, made from that rule, with its
+//! own state.
 
 use super::outlier::{Ejected, Observation, OutlierConfig, OutlierState};
 use super::upstream::connect::Tls;
 use super::upstream::pool::{ConnectionLimits, DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT};
 use super::upstream::tls::{client_config, material, TlsError};
 use crate::sync::lock;
-use mesh_core::destination_rule::{ClientTls, EffectivePolicy, TlsMode};
+use mesh_core::destination_rule::{ClientTls, DestinationRuleModel, EffectivePolicy, LoadBalancer, TlsMode};
 use mesh_core::snapshot::Snapshot;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// One endpoint of a cluster, with its requests in flight (shared by every
 /// cluster that holds the address, for LEAST_REQUEST and status).
@@ -24,6 +29,35 @@ use std::time::Instant;
 pub struct Endpoint {
     pub address: SocketAddr,
     pub counters: Arc<EndpointCounters>,
+    /// Set while the endpoint is new to the cluster and the rule asks
+    /// for `warmup`.
+    pub slow_start: Option<SlowStart>,
+}
+
+/// Envoy's slow start for an endpoint that joined a cluster at `joined`:
+/// its weight grows from `minimumPercent` to whole over the window,
+/// `max(min, (t / window)^(1 / aggression))`, `t` counted from one second.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SlowStart {
+    pub joined: Instant,
+    pub window: Duration,
+    /// `minimumPercent` as a fraction (default 0.1).
+    pub min_factor: f64,
+    /// At least 1 (default 1: linear).
+    pub aggression: f64,
+}
+
+impl SlowStart {
+    /// The share of its full weight the endpoint has at `now` (1 once the
+    /// window is over).
+    pub fn factor(&self, now: Instant) -> f64 {
+        let age = now.saturating_duration_since(self.joined);
+        if age >= self.window {
+            return 1.0;
+        }
+        let time = age.max(Duration::from_secs(1)).as_secs_f64() / self.window.as_secs_f64();
+        time.powf(1.0 / self.aggression).max(self.min_factor).min(1.0)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -72,9 +106,66 @@ pub struct ClusterState {
     pub cursor: AtomicUsize,
     /// Requests under way, for the connection-pool limits.
     pub active: Arc<AtomicUsize>,
-    /// Retries under way, for `http.maxRetries`.
+    /// Retries under way, for `http.maxRetries` or `retryBudget`.
     pub retries: Arc<AtomicUsize>,
     outliers: Mutex<OutlierState>,
+    members: Mutex<Members>,
+}
+
+/// When each endpoint joined the cluster, for slow start. Endpoints there
+/// when the proxy first served the cluster are not new to it (None), as
+/// Envoy starts only hosts added later slowly.
+#[derive(Default)]
+struct Members {
+    known: bool,
+    joined: HashMap<SocketAddr, Option<Instant>>,
+}
+
+impl Members {
+    /// Records the cluster's endpoints now, forgetting those that left
+    /// (one that comes back is new again); the join time of each.
+    fn update(&mut self, addresses: &[SocketAddr], now: Instant) -> Vec<Option<Instant>> {
+        let first = !std::mem::replace(&mut self.known, true);
+        self.joined.retain(|address, _| addresses.contains(address));
+        let joined = &mut self.joined;
+        addresses.iter().map(|address| *joined.entry(*address).or_insert((!first).then_some(now))).collect()
+    }
+}
+
+/// What bounds the retries under way to a cluster.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum RetryLimit {
+    /// `connectionPool.http.maxRetries` (None: unlimited, as Istio sets it).
+    Count(Option<usize>),
+    /// `retryBudget`: `percent` of the requests under way, never fewer
+    /// than `min_concurrency`; it replaces `maxRetries`, as in Envoy.
+    Budget { percent: f64, min_concurrency: usize },
+}
+
+impl RetryLimit {
+    /// Envoy's defaults for a budget: 20%, at least 3.
+    pub const DEFAULT_BUDGET_PERCENT: f64 = 20.0;
+    pub const DEFAULT_MIN_RETRY_CONCURRENCY: u32 = 3;
+
+    fn from_policy(policy: &EffectivePolicy) -> Self {
+        match &policy.retry_budget {
+            Some(budget) => RetryLimit::Budget {
+                percent: budget.percent.unwrap_or(Self::DEFAULT_BUDGET_PERCENT),
+                min_concurrency: budget.min_retry_concurrency.unwrap_or(Self::DEFAULT_MIN_RETRY_CONCURRENCY) as usize,
+            },
+            None => RetryLimit::Count(policy.http_pool.as_ref().and_then(|pool| pool.max_retries).map(|n| n as usize)),
+        }
+    }
+
+    /// The retries that may be under way with `active` requests under way.
+    pub fn limit(&self, active: usize) -> Option<usize> {
+        match *self {
+            RetryLimit::Count(limit) => limit,
+            RetryLimit::Budget { percent, min_concurrency } => {
+                Some(min_concurrency.max((active as f64 * percent / 100.0) as usize))
+            }
+        }
+    }
 }
 
 /// A cluster as one snapshot serves it.
@@ -89,8 +180,11 @@ pub struct ClusterPlan {
     pub http2: bool,
     pub policy: EffectivePolicy,
     pub outlier: Option<OutlierConfig>,
-    /// `connectionPool.http.maxRetries`.
-    pub max_retries: Option<usize>,
+    /// `connectionPool.http.maxRetries`, or `retryBudget`.
+    pub retry_limit: RetryLimit,
+    /// `namespace/name` of the `workloadSelector` rule the plan was made
+    /// from (None: the rule for every client, if any).
+    pub selected_by: Option<Arc<str>>,
     /// Requests that may be under way at once (see [`request_limit`]).
     pub request_limit: Option<usize>,
     /// Connect and idle timeouts, requests per connection.
@@ -112,6 +206,12 @@ impl ClusterPlan {
             Some(Ok(configs)) => Ok(Some(configs[usize::from(http2)].clone())),
             Some(Err(error)) => Err(error.clone()),
         }
+    }
+
+    /// How many retries may be under way now (None: no limit): from
+    /// `maxRetries`, or the budget's share of the requests under way.
+    pub fn max_retries(&self) -> Option<usize> {
+        self.retry_limit.limit(self.state.active.load(Ordering::Relaxed))
     }
 
     /// Endpoints in the client's address family, or in the other one when
@@ -159,30 +259,52 @@ pub struct Clusters {
 struct Inner {
     /// The snapshot `plans` belong to.
     snapshot: Option<Arc<Snapshot>>,
-    /// By service index, then subset.
+    /// Whether any DestinationRule of the snapshot has a
+    /// `workloadSelector` (when none does, no client needs a look-up).
+    selectors: bool,
+    /// By service index, then subset and selecting rule.
     plans: HashMap<usize, Vec<Arc<ClusterPlan>>>,
     states: HashMap<Arc<str>, Arc<ClusterState>>,
     endpoints: HashMap<SocketAddr, Arc<EndpointCounters>>,
 }
 
+/// The client pod of a connection: its labels and namespace (as
+/// `Connection::source` holds them).
+pub type Client = (BTreeMap<String, String>, String);
+
 impl Clusters {
-    /// The plan for `subset` (or the whole service) of `snapshot.services[index]`.
-    pub fn plan(&self, snapshot: &Arc<Snapshot>, index: usize, subset: Option<&str>) -> Arc<ClusterPlan> {
+    /// The plan for `subset` (or the whole service) of
+    /// `snapshot.services[index]`, as `client` (None: not a known pod)
+    /// sees it: from the DestinationRule whose `workloadSelector` picks
+    /// the client, if one does.
+    pub fn plan(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        index: usize,
+        subset: Option<&str>,
+        client: Option<&Client>,
+    ) -> Arc<ClusterPlan> {
         let mut inner = lock(&self.inner);
+        let subset = subset.unwrap_or_default();
         // A request that started before a reload (held by a fault delay,
         // say) gets a plan of its own snapshot, not cached: the cache
         // only moves forward.
         if inner.snapshot.as_ref().is_some_and(|current| current.serial > snapshot.serial) {
-            return Arc::new(inner.compile(snapshot, index, subset.unwrap_or_default()));
+            let selected = selected_rule(snapshot, index, client);
+            return Arc::new(inner.compile(snapshot, index, subset, selected));
         }
         if !inner.snapshot.as_ref().is_some_and(|current| Arc::ptr_eq(current, snapshot)) {
             inner.renew(snapshot);
         }
-        let subset = subset.unwrap_or_default();
-        if let Some(plan) = inner.plans.get(&index).and_then(|plans| plans.iter().find(|p| &*p.subset == subset)) {
+        let selected = if inner.selectors { selected_rule(snapshot, index, client) } else { None };
+        let selected_by = selected.map(rule_id);
+        let cached = inner.plans.get(&index).and_then(|plans| {
+            plans.iter().find(|p| &*p.subset == subset && p.selected_by.as_deref() == selected_by.as_deref())
+        });
+        if let Some(plan) = cached {
             return plan.clone();
         }
-        let plan = Arc::new(inner.compile(snapshot, index, subset));
+        let plan = Arc::new(inner.compile(snapshot, index, subset, selected));
         inner.plans.entry(index).or_default().push(plan.clone());
         plan
     }
@@ -219,6 +341,7 @@ impl Inner {
     fn renew(&mut self, snapshot: &Arc<Snapshot>) {
         self.plans.clear();
         self.snapshot = Some(snapshot.clone());
+        self.selectors = snapshot.model.destination_rules.values().any(|r| r.workload_selector.is_some());
         self.states.retain(|name, state| {
             let exists = name_fields(name).and_then(|(port, _, host)| Some((port.parse().ok()?, host))).is_some_and(
                 |(port, host)| {
@@ -230,17 +353,42 @@ impl Inner {
         self.endpoints.retain(|_, c| Arc::strong_count(c) > 1 || c.in_flight.load(Ordering::Relaxed) > 0);
     }
 
-    fn compile(&mut self, snapshot: &Snapshot, index: usize, subset: &str) -> ClusterPlan {
+    /// The plan of one cluster, from `selected` (a `workloadSelector`
+    /// rule picking the client) or else the rule for every client.
+    fn compile(
+        &mut self,
+        snapshot: &Snapshot,
+        index: usize,
+        subset: &str,
+        selected: Option<&DestinationRuleModel>,
+    ) -> ClusterPlan {
         let service = &snapshot.services[index];
         let subset_name = (!subset.is_empty()).then_some(subset);
         let name: Arc<str> = format!("outbound|{}|{subset}|{}", service.port, service.fqdn).into();
-        let policy = snapshot.policy_for(service, subset_name);
-        let state = self.states.entry(name.clone()).or_default().clone();
+        let rule = selected.or_else(|| snapshot.model.rule_for_host(&service.fqdn, &service.namespace));
+        let policy = rule.map(|rule| rule.effective(subset_name, service.port)).unwrap_or_default();
+        // The clients a selecting rule is for are, to Istio, other
+        // sidecars with clusters of their own: so their state is apart.
+        let selected_by = selected.map(rule_id);
+        let state_key: Arc<str> = match &selected_by {
+            Some(id) => format!("{name}|{id}").into(),
+            None => name.clone(),
+        };
+        let state = self.states.entry(state_key).or_default().clone();
+        let addresses = snapshot.endpoints_under(rule, service, subset_name);
+        let joined = lock(&state.members).update(&addresses, Instant::now());
+        let warmup = policy.warmup.as_ref().filter(|_| slow_start_applies(&policy.load_balancer));
         let mut endpoints_v4 = Vec::new();
         let mut endpoints_v6 = Vec::new();
-        for address in snapshot.endpoints_any_family(service, subset_name) {
+        for (address, joined) in addresses.into_iter().zip(joined) {
             let counters = self.endpoints.entry(address).or_default().clone();
-            let endpoint = Endpoint { address, counters };
+            let slow_start = warmup.zip(joined).map(|(warmup, joined)| SlowStart {
+                joined,
+                window: warmup.duration,
+                min_factor: warmup.minimum_percent.unwrap_or(DEFAULT_WARMUP_MINIMUM_PERCENT) / 100.0,
+                aggression: warmup.aggression.unwrap_or(1.0),
+            });
+            let endpoint = Endpoint { address, counters, slow_start };
             if address.is_ipv6() {
                 endpoints_v6.push(endpoint);
             } else {
@@ -253,12 +401,12 @@ impl Inner {
             port: service.port,
             http2: service.http2,
             outlier: policy.outlier_detection.as_ref().map(OutlierConfig::from_policy),
-            max_retries: policy.http_pool.as_ref().and_then(|pool| pool.max_retries).map(|n| n as usize),
+            retry_limit: RetryLimit::from_policy(&policy),
+            selected_by,
             request_limit: request_limit(&policy, service.http2),
             limits: connection_limits(&policy),
             tls: policy.tls.as_ref().filter(|tls| tls.mode != TlsMode::Disable).map(|tls| {
-                let namespace =
-                    snapshot.model.rule_for_host(&service.fqdn, &service.namespace).map(|r| r.namespace.as_str());
+                let namespace = rule.map(|r| r.namespace.as_str());
                 originate(tls, namespace.unwrap_or(&service.namespace), snapshot, &service.fqdn)
             }),
             policy,
@@ -268,6 +416,29 @@ impl Inner {
             name,
         }
     }
+}
+
+/// Envoy's default `minimumPercent` for slow start.
+const DEFAULT_WARMUP_MINIMUM_PERCENT: f64 = 10.0;
+
+/// Envoy has slow start for ROUND_ROBIN and LEAST_REQUEST only.
+pub fn slow_start_applies(load_balancer: &LoadBalancer) -> bool {
+    matches!(load_balancer, LoadBalancer::RoundRobin | LoadBalancer::LeastRequest)
+}
+
+/// The rule with a `workloadSelector` that picks `client` for the service
+/// at `index`, if any.
+fn selected_rule<'a>(
+    snapshot: &'a Snapshot,
+    index: usize,
+    client: Option<&Client>,
+) -> Option<&'a DestinationRuleModel> {
+    let (labels, namespace) = client?;
+    snapshot.model.selected_rule(&snapshot.services[index].fqdn, Some((labels, namespace.as_str())))
+}
+
+fn rule_id(rule: &DestinationRuleModel) -> Arc<str> {
+    format!("{}/{}", rule.namespace, rule.name).into()
 }
 
 /// The port, subset (empty: none) and host of an `outbound|port|subset|host`
@@ -327,13 +498,13 @@ fn connection_limits(policy: &EffectivePolicy) -> ConnectionLimits {
         connect_timeout: policy.tcp.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
         idle_timeout: http.and_then(|pool| pool.idle_timeout).unwrap_or(DEFAULT_IDLE_TIMEOUT),
         max_requests: http.and_then(|pool| pool.max_requests_per_connection).filter(|n| *n > 0),
+        max_duration: policy.tcp.max_connection_duration,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     /// `web` in `shop` on port 80, two endpoints, and outlier detection that
     /// ejects at the first 5xx for 30 s.
@@ -352,12 +523,113 @@ mod tests {
         Arc::new(crate::proxy::test_support::snapshot_of(text))
     }
 
+    const WEB: &str = concat!(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\n",
+        "spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80}]}\n",
+        "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n",
+        "metadata: {name: web-1, namespace: shop, labels: {kubernetes.io/service-name: web}}\n",
+        "addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints:\n",
+        "- {addresses: [10.244.0.2], targetRef: {kind: Pod, name: web-v1}}\n",
+        "- {addresses: [10.244.0.3], targetRef: {kind: Pod, name: web-v2}}\n",
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-v1, namespace: shop, labels: {version: v1}}\n",
+        "status: {podIPs: [{ip: 10.244.0.2}]}\n",
+        "---\napiVersion: v1\nkind: Pod\nmetadata: {name: web-v2, namespace: shop, labels: {version: v2}}\n",
+        "status: {podIPs: [{ip: 10.244.0.3}]}\n",
+    );
+
+    fn rule(name: &str, spec: &str) -> String {
+        format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  host: web\n{spec}")
+    }
+
+    fn client(labels: &[(&str, &str)], namespace: &str) -> Client {
+        (labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), namespace.to_owned())
+    }
+
+    #[test]
+    fn a_client_picked_by_a_workload_selector_gets_that_rules_subsets_and_policy() {
+        let text = [
+            WEB,
+            &rule("all", "  subsets: [{name: v1, labels: {version: v1}}]\n"),
+            &rule(
+                "canary",
+                "  workloadSelector: {matchLabels: {track: canary}}\n  subsets: [{name: v1, labels: {version: v2}}]\n  trafficPolicy: {connectionPool: {http: {maxRetries: 7}}}\n",
+            ),
+        ]
+        .concat();
+        let snapshot = Arc::new(crate::proxy::test_support::snapshot_of(&text));
+        let clusters = Clusters::default();
+        let addresses =
+            |plan: &ClusterPlan| plan.endpoints(false).iter().map(|e| e.address.to_string()).collect::<Vec<_>>();
+        let canary = client(&[("track", "canary")], "shop");
+        let picked = clusters.plan(&snapshot, 0, Some("v1"), Some(&canary));
+        assert_eq!(addresses(&picked), ["10.244.0.3:8080"], "v1 as the selecting rule defines it");
+        assert_eq!(picked.max_retries(), Some(7));
+        assert_eq!(picked.selected_by.as_deref(), Some("shop/canary"));
+        for other in [Some(client(&[("track", "stable")], "shop")), Some(client(&[("track", "canary")], "else")), None]
+        {
+            let plan = clusters.plan(&snapshot, 0, Some("v1"), other.as_ref());
+            assert_eq!(addresses(&plan), ["10.244.0.2:8080"], "{other:?}");
+            assert_eq!((plan.max_retries(), plan.selected_by.clone()), (None, None));
+        }
+        assert!(!Arc::ptr_eq(&picked.state, &clusters.plan(&snapshot, 0, Some("v1"), None).state), "state apart");
+        assert!(Arc::ptr_eq(&picked, &clusters.plan(&snapshot, 0, Some("v1"), Some(&canary))), "cached");
+    }
+
+    #[test]
+    fn a_retry_budget_takes_the_place_of_max_retries() {
+        let text = |policy: &str| [WEB, &rule("web", &format!("  trafficPolicy: {policy}\n"))].concat();
+        let plan_of = |policy: &str| {
+            Clusters::default().plan(&Arc::new(crate::proxy::test_support::snapshot_of(&text(policy))), 0, None, None)
+        };
+        let budget =
+            plan_of("{retryBudget: {percent: 50, minRetryConcurrency: 2}, connectionPool: {http: {maxRetries: 100}}}");
+        assert_eq!(budget.max_retries(), Some(2), "the floor with nothing under way");
+        let _active: Vec<_> = (0..10).map(|_| admit(&budget.state.active, None)).collect();
+        assert_eq!(budget.max_retries(), Some(5), "half of ten requests under way");
+        let defaults = plan_of("{retryBudget: {}}");
+        assert_eq!(defaults.max_retries(), Some(3), "Envoy's floor: 3");
+        let _active: Vec<_> = (0..100).map(|_| admit(&defaults.state.active, None)).collect();
+        assert_eq!(defaults.max_retries(), Some(20), "Envoy's 20%");
+        assert_eq!(plan_of("{connectionPool: {http: {maxRetries: 4}}}").max_retries(), Some(4));
+        assert_eq!(plan_of("{loadBalancer: {simple: RANDOM}}").max_retries(), None);
+    }
+
+    #[test]
+    fn only_endpoints_that_join_later_warm_up() {
+        let warmup = rule("web", "  trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 60s, minimumPercent: 20, aggression: 2}}}\n");
+        let one = WEB.replace("- {addresses: [10.244.0.3], targetRef: {kind: Pod, name: web-v2}}\n", "");
+        let clusters = Clusters::default();
+        let first = Arc::new(crate::proxy::test_support::snapshot_of(&[one.as_str(), &warmup].concat()));
+        let plan = clusters.plan(&first, 0, None, None);
+        assert!(plan.endpoints(false)[0].slow_start.is_none(), "there from the start: not new");
+        let mut second = crate::proxy::test_support::snapshot_of(&[WEB, &warmup].concat());
+        second.serial = first.serial + 1;
+        let plan = clusters.plan(&Arc::new(second), 0, None, None);
+        let slow: Vec<_> =
+            plan.endpoints(false).iter().map(|e| e.slow_start.map(|s| (s.min_factor, s.aggression))).collect();
+        assert_eq!(slow, [None, Some((0.2, 2.0))], "the new one warms up, with the rule's settings");
+        let random = rule("web", "  trafficPolicy: {loadBalancer: {simple: RANDOM, warmup: {duration: 60s}}}\n");
+        let mut members = Members::default();
+        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let now = Instant::now();
+        assert_eq!(members.update(&[a], now), [None]);
+        assert_eq!(members.update(&[a, b], now), [None, Some(now)]);
+        assert_eq!(members.update(&[b], now), [Some(now)]);
+        let later = now + Duration::from_secs(5);
+        assert_eq!(members.update(&[a, b], later), [Some(later), Some(now)], "one that left and came back is new");
+        let snapshot = Arc::new(crate::proxy::test_support::snapshot_of(&[WEB, &random].concat()));
+        let clusters = Clusters::default();
+        clusters.plan(&snapshot, 0, None, None);
+        assert!(!slow_start_applies(&clusters.plan(&snapshot, 0, None, None).policy.load_balancer), "RANDOM has none");
+    }
+
     #[test]
     fn an_ejection_ends_when_the_clock_passes_it() {
         let t0 = Instant::now();
         let clusters = Clusters::default();
         let snapshot = snapshot();
-        let plan = clusters.plan(&snapshot, 0, None);
+        let plan = clusters.plan(&snapshot, 0, None, None);
         let config = plan.outlier.clone().expect("outlier detection is on");
         let endpoints = plan.endpoints(false).to_vec();
         assert_eq!(endpoints.len(), 2);

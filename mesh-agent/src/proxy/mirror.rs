@@ -43,7 +43,8 @@ impl Mirrors {
     ) {
         let port = destination.port.unwrap_or(default_port);
         let Some(target) = snapshot.service_index_for_host(&destination.host, port) else { return };
-        let plan = clusters.plan(snapshot, target, destination.subset.as_deref());
+        // The client's own rule (workloadSelector) is not looked up for mirrors.
+        let plan = clusters.plan(snapshot, target, destination.subset.as_deref(), None);
         let Some(endpoint) = pick(&plan.state.cursor, plan.endpoints(false), &plan.policy.load_balancer, None, &[])
         else {
             return;

@@ -1,13 +1,14 @@
 //! `tls` and `tcp` routes of a VirtualService: a captured connection to a
 //! non-HTTP port goes to a destination picked once, by the server name of
-//! its TLS ClientHello (passthrough: the proxy never terminates TLS) or by
-//! port, then by weight; its bytes are relayed both ways until either side
-//! closes.
+//! its TLS ClientHello (passthrough: the proxy never terminates TLS), the
+//! port and addresses at both ends and the client pod's labels and
+//! namespace, then by weight; its bytes are relayed both ways until either
+//! side closes.
 
 use super::balance::pick;
 use super::listener::{source_pod, Proxy};
 use super::upstream::connect::tcp_connect;
-use mesh_core::route::{first_tcp_match, first_tls_match, pick_destination};
+use mesh_core::route::{first_tcp_match, first_tls_match, pick_destination, ConnectionView};
 use mesh_core::snapshot::Snapshot;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -89,18 +90,26 @@ impl Proxy {
         // TLS routes look at the ClientHello, which is read ahead and then
         // sent on unchanged.
         // Only the VirtualServices exported to the client's namespace.
-        let namespace = source_pod(snapshot, peer).map(|pod| pod.namespace.as_str());
+        let pod = source_pod(snapshot, peer);
+        let namespace = pod.map(|pod| pod.namespace.as_str());
+        let view = ConnectionView {
+            port: original.port(),
+            destination: original.ip(),
+            source: peer.ip(),
+            source_labels: pod.map(|pod| &pod.labels),
+            source_namespace: namespace,
+        };
         let tls_routes = snapshot.routes.tls_routes_for(&service.fqdn, namespace);
         let mut hello = Vec::new();
         let mut destination = None;
         if !tls_routes.is_empty() {
             let read = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, read_client_hello(&mut client, &mut hello)).await;
             let sni = read.ok().and_then(Result::ok).flatten();
-            let route = sni.as_deref().and_then(|sni| first_tls_match(tls_routes, sni, original.port()));
+            let route = sni.as_deref().and_then(|sni| first_tls_match(tls_routes, sni, &view));
             destination = route.and_then(|r| pick_destination(&r.destinations, fastrand::u64(..)));
         }
         if destination.is_none() {
-            let route = first_tcp_match(snapshot.routes.tcp_routes_for(&service.fqdn, namespace), original.port());
+            let route = first_tcp_match(snapshot.routes.tcp_routes_for(&service.fqdn, namespace), &view);
             destination = route.and_then(|r| pick_destination(&r.destinations, fastrand::u64(..)));
         }
         let target = match destination {
@@ -111,7 +120,8 @@ impl Proxy {
             tracing::debug!(%peer, %original, "tcp route to an unknown host; closing");
             return;
         };
-        let plan = self.clusters.plan(snapshot, target, destination.and_then(|d| d.subset.as_deref()));
+        let source = pod.map(|pod| (pod.labels.clone(), pod.namespace.clone()));
+        let plan = self.clusters.plan(snapshot, target, destination.and_then(|d| d.subset.as_deref()), source.as_ref());
         let endpoints = plan.endpoints(original.is_ipv6());
         let Some(picked) = pick(&plan.state.cursor, endpoints, &plan.policy.load_balancer, None, &[]) else {
             tracing::debug!(%peer, cluster = %plan.name, "no endpoint for a tcp route; closing");

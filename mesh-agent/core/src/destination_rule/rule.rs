@@ -32,6 +32,11 @@ pub struct DestinationRuleModel {
     pub export_to: Vec<String>,
     pub policy: Option<Policy>,
     pub subsets: Vec<SubsetModel>,
+    /// `workloadSelector.matchLabels`: when set, the rule is only for
+    /// client pods of its namespace carrying these labels (Istio: such a
+    /// client uses it instead of a rule without selector for the host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub workload_selector: Option<BTreeMap<String, String>>,
 }
 
 impl DestinationRuleModel {
@@ -78,6 +83,14 @@ impl DestinationRuleModel {
         }
     }
 
+    /// Whether the rule's `workloadSelector` picks a client pod with
+    /// `labels` in `namespace` (false for a rule without selector).
+    pub fn selects(&self, labels: &BTreeMap<String, String>, namespace: &str) -> bool {
+        self.workload_selector.as_ref().is_some_and(|wanted| {
+            namespace == self.namespace && wanted.iter().all(|(key, value)| labels.get(key) == Some(value))
+        })
+    }
+
     /// Whether the rule may apply to a service in `namespace`: always in its
     /// own namespace; elsewhere when `exportTo` is empty, has `*`, or names it.
     pub fn visible_in(&self, namespace: &str) -> bool {
@@ -85,38 +98,6 @@ impl DestinationRuleModel {
             || self.export_to.is_empty()
             || self.export_to.iter().any(|to| to == "*" || to == namespace)
     }
-}
-
-/// Istio's `validateWorkloadSelector` and the `exportTo` rule that goes
-/// with it: no empty key, no `*` in keys or values; a rule for some
-/// clients stays in its own namespace.
-fn validate_workload_selector(
-    selector: &api::WorkloadSelector,
-    export_to: &[String],
-    namespace: &str,
-) -> Result<(), FieldError> {
-    for (key, value) in &selector.match_labels {
-        let field = format!("spec.workloadSelector.matchLabels[{key}]");
-        if key.is_empty() {
-            return Err(FieldError::new(field, "an empty key is not supported in a selector"));
-        }
-        if key.contains('*') || value.contains('*') {
-            return Err(FieldError::new(field, format!("a wildcard is not supported in a selector: {key}={value}")));
-        }
-    }
-    if let Some(i) = export_to.iter().position(|to| to != "." && to != namespace) {
-        return Err(FieldError::new(
-            format!("spec.exportTo[{i}]"),
-            "a rule with a workloadSelector cannot be exported beyond its own namespace",
-        ));
-    }
-    if export_to.len() > 1 {
-        return Err(FieldError::new(
-            "spec.exportTo[1]",
-            "a rule with a workloadSelector cannot have several exportTo entries",
-        ));
-    }
-    Ok(())
 }
 
 pub fn validate_destination_rule(
@@ -130,9 +111,9 @@ pub fn validate_destination_rule(
     }
     validate_rule_host("spec.host", &spec.host)?;
     validate_export_to(&spec.export_to, &namespace, ExportToNone::Refused)?;
-    if let Some(selector) = &spec.workload_selector {
-        validate_workload_selector(selector, &spec.export_to, &namespace)?;
-    }
+    let workload_selector = (spec.workload_selector.as_ref())
+        .map(|selector| validate_workload_selector(selector, &spec.export_to, &namespace))
+        .transpose()?;
     let policy =
         spec.traffic_policy.as_ref().map(|p| validate_policy(&Path::new("spec.trafficPolicy"), p)).transpose()?;
     let mut subsets = Vec::new();
@@ -166,7 +147,45 @@ pub fn validate_destination_rule(
         export_to: spec.export_to.clone(),
         policy,
         subsets,
+        workload_selector,
     })
+}
+
+/// Istio's checks on a DestinationRule's `workloadSelector`: no empty key,
+/// no `*` in keys or values, and `exportTo` no wider than the rule's own
+/// namespace (a selector picks clients there only).
+fn validate_workload_selector(
+    selector: &api::WorkloadSelector,
+    export_to: &[String],
+    namespace: &str,
+) -> Result<BTreeMap<String, String>, FieldError> {
+    const FIELD: &str = "spec.workloadSelector.matchLabels";
+    for (key, value) in &selector.match_labels {
+        if key.is_empty() {
+            let field = format!("{FIELD}[{key}]");
+            return Err(FieldError::new(field, format!("empty key is not supported in selector ({key}={value})")));
+        }
+        if key.contains('*') || value.contains('*') {
+            return Err(FieldError::new(
+                format!("{FIELD}[{key}]"),
+                format!("wildcard is not supported in selector ({key}={value})"),
+            ));
+        }
+    }
+    let own = |to: &String| to == "." || to == namespace;
+    if let Some(i) = export_to.iter().position(|to| !own(to)) {
+        return Err(FieldError::new(
+            format!("spec.exportTo[{i}]"),
+            "a DestinationRule with a workloadSelector cannot be exported beyond its own namespace",
+        ));
+    }
+    if export_to.len() > 1 {
+        return Err(FieldError::new(
+            "spec.exportTo",
+            "a DestinationRule with a workloadSelector cannot have several exportTo entries",
+        ));
+    }
+    Ok(selector.match_labels.clone())
 }
 
 #[cfg(test)]
@@ -175,6 +194,49 @@ mod tests {
     use crate::destination_rule::*;
     use crate::test_support::rule;
     use std::time::Duration;
+
+    #[test]
+    fn a_workload_selector_is_checked_as_istio_does() {
+        let r = rule("  host: web\n  workloadSelector: {matchLabels: {app: cart}}\n  exportTo: ['.']\n").unwrap();
+        let labels: BTreeMap<String, String> = [("app".to_owned(), "cart".to_owned())].into();
+        assert_eq!(r.workload_selector.as_ref(), Some(&labels));
+        assert!(r.selects(&labels, "shop") && !r.selects(&labels, "other") && !r.selects(&BTreeMap::new(), "shop"));
+        assert!(
+            rule("  host: web\n  workloadSelector: {}\n").unwrap().selects(&BTreeMap::new(), "shop"),
+            "no labels: every client of the namespace"
+        );
+        let cases = [
+            ("  host: web\n  workloadSelector: {matchLabels: {'': x}}\n", "spec.workloadSelector.matchLabels[]"),
+            (
+                "  host: web\n  workloadSelector: {matchLabels: {app: 'ca*'}}\n",
+                "spec.workloadSelector.matchLabels[app]",
+            ),
+            ("  host: web\n  workloadSelector: {matchLabels: {app: a}}\n  exportTo: ['*']\n", "spec.exportTo[0]"),
+            ("  host: web\n  workloadSelector: {matchLabels: {app: a}}\n  exportTo: [shop, '.']\n", "spec.exportTo[1]"),
+        ];
+        for (spec, field) in cases {
+            assert_eq!(rule(spec).unwrap_err().field, field, "{spec}");
+        }
+        assert!(rule("  host: web\n  workloadSelector: {matchLabels: {app: a}}\n  exportTo: [shop]\n").is_ok());
+    }
+
+    #[test]
+    fn max_connection_duration_is_at_least_a_millisecond() {
+        let pool = |d: &str| {
+            rule(&format!(
+                "  host: web\n  trafficPolicy: {{connectionPool: {{tcp: {{maxConnectionDuration: {d}}}}}}}\n"
+            ))
+        };
+        let p = pool("30s").unwrap().effective(None, 80);
+        assert_eq!(p.tcp.max_connection_duration, Some(Duration::from_secs(30)));
+        for bad in ["500us", "0s", "1.0005s", "x"] {
+            assert_eq!(
+                pool(bad).unwrap_err().field,
+                "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration",
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn default_is_least_request_and_unlimited() {

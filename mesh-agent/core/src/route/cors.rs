@@ -98,6 +98,8 @@ pub(crate) fn compile_cors(at: &Path, spec: &crate::api::CorsPolicy) -> Result<C
         }
         allow_origins.extend(StringMatcher::compile(&field, origin, false)?);
     }
+    // The deprecated `allowOrigin`: exact origins, as Istio translates them.
+    allow_origins.extend(spec.allow_origin.iter().map(|origin| StringMatcher::Exact(origin.clone())));
     for (i, method) in spec.allow_methods.iter().enumerate() {
         if !SUPPORTED_METHODS.contains(&method.as_str()) {
             let field = at.field(&format!("allowMethods[{i}]"));
@@ -196,6 +198,24 @@ mod tests {
         let any = request("/").header("origin", "https://any.example");
         assert_eq!(star.response_headers(&any.view())["access-control-allow-origin"], "https://any.example");
         assert!(!star.response_headers(&any.view()).contains_key("access-control-allow-credentials"));
+    }
+
+    #[test]
+    fn the_deprecated_allow_origin_adds_exact_origins() {
+        let policy = cors("{allowOrigin: ['https://old.example'], allowOrigins: [{prefix: 'https://new.'}]}").unwrap();
+        for (origin, allowed) in
+            [("https://old.example", true), ("https://new.example", true), ("https://old.example.evil", false)]
+        {
+            let get = request("/").header("origin", origin);
+            assert_eq!(
+                policy.response_headers(&get.view()).contains_key("access-control-allow-origin"),
+                allowed,
+                "{origin}"
+            );
+        }
+        let star = cors("{allowOrigin: ['*']}").unwrap();
+        let any = request("/").header("origin", "https://any.example");
+        assert_eq!(star.response_headers(&any.view())["access-control-allow-origin"], "https://any.example");
     }
 
     #[test]

@@ -1,6 +1,8 @@
-//! `tcp` and `tls` rules: by port, and for TLS by SNI, weighted like HTTP.
+//! `tcp` and `tls` rules: by port, the addresses at both ends, the client
+//! workload and, for TLS, the SNI; weighted like HTTP.
 
 use super::destination::RouteDestination;
+use super::matching::source_holds;
 use crate::api::{L4MatchAttributes, TlsMatchAttributes};
 use crate::field::Path;
 use crate::field::{parse_port, FieldError};
@@ -27,17 +29,36 @@ pub struct TlsRoute {
     pub destinations: Vec<RouteDestination>,
 }
 
-/// Conditions a connection's attributes must all meet. Source conditions
-/// cannot be checked from a port (and SNI) alone, so a block that has any
-/// never matches through [`first_tcp_match`] / [`first_tls_match`].
+/// What `tcp` and `tls` matching looks at in a connection; the proxy fills
+/// it from the captured connection.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionView<'a> {
+    /// The service port the client dialled.
+    pub port: u16,
+    /// The address the client dialled (before the proxy took over).
+    pub destination: IpAddr,
+    /// The client's address.
+    pub source: IpAddr,
+    /// The client workload's labels, when the proxy knows the pod.
+    pub source_labels: Option<&'a BTreeMap<String, String>>,
+    /// The client workload's namespace, when the proxy knows the pod.
+    pub source_namespace: Option<&'a str>,
+}
+
+/// Conditions a connection's attributes must all meet. Source labels and
+/// namespace hold only for a client pod the proxy knows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TcpMatch {
     pub port: Option<u16>,
     /// The connection's original destination must be in one of these.
     pub destination_subnets: Vec<Subnet>,
+    /// `sourceSubnet` (`tcp` only): the client's address must be in it.
+    pub source_subnet: Option<Subnet>,
     pub source_labels: BTreeMap<String, String>,
     pub source_namespace: Option<String>,
+    /// Where the block applies: empty means wherever the VirtualService
+    /// does. Blocks not for the mesh are left out of the route table.
     pub gateways: Vec<String>,
 }
 
@@ -51,15 +72,18 @@ pub struct TlsMatch {
 }
 
 impl TcpMatch {
-    /// Whether a connection to `port` (and, if known, to address
-    /// `destination`) meets every condition of the block.
-    pub fn matches(&self, port: u16, destination: Option<IpAddr>) -> bool {
-        let subnet_holds = self.destination_subnets.is_empty()
-            || destination.is_some_and(|ip| self.destination_subnets.iter().any(|s| s.contains(ip)));
-        self.port.is_none_or(|p| p == port)
-            && subnet_holds
-            && self.source_labels.is_empty()
-            && self.source_namespace.is_none()
+    /// Whether `connection` meets every condition of the block.
+    pub fn matches(&self, connection: &ConnectionView<'_>) -> bool {
+        let destination = connection.destination.to_canonical();
+        self.port.is_none_or(|p| p == connection.port)
+            && (self.destination_subnets.is_empty() || self.destination_subnets.iter().any(|s| s.contains(destination)))
+            && self.source_subnet.is_none_or(|s| s.contains(connection.source.to_canonical()))
+            && source_holds(
+                &self.source_labels,
+                self.source_namespace.as_deref(),
+                connection.source_labels,
+                connection.source_namespace,
+            )
     }
 
     pub fn applies_to_mesh(&self) -> bool {
@@ -68,8 +92,8 @@ impl TcpMatch {
 }
 
 impl TlsMatch {
-    pub fn matches(&self, sni: &str, port: u16, destination: Option<IpAddr>) -> bool {
-        self.l4.matches(port, destination) && self.sni_hosts.iter().any(|host| sni_matches(host, sni))
+    pub fn matches(&self, sni: &str, connection: &ConnectionView<'_>) -> bool {
+        self.l4.matches(connection) && self.sni_hosts.iter().any(|host| sni_matches(host, sni))
     }
 }
 
@@ -91,14 +115,14 @@ fn sni_within(sni: &str, host: &str) -> bool {
     }
 }
 
-/// The first rule matching a connection to `port`.
-pub fn first_tcp_match(routes: &[TcpRoute], port: u16) -> Option<&TcpRoute> {
-    routes.iter().find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(port, None)))
+/// The first rule matching `connection`.
+pub fn first_tcp_match<'a>(routes: &'a [TcpRoute], connection: &ConnectionView<'_>) -> Option<&'a TcpRoute> {
+    routes.iter().find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(connection)))
 }
 
-/// The first rule matching a TLS connection with server name `sni` to `port`.
-pub fn first_tls_match<'a>(routes: &'a [TlsRoute], sni: &str, port: u16) -> Option<&'a TlsRoute> {
-    routes.iter().find(|r| r.matches.iter().any(|m| m.matches(sni, port, None)))
+/// The first rule matching a TLS `connection` with server name `sni`.
+pub fn first_tls_match<'a>(routes: &'a [TlsRoute], sni: &str, connection: &ConnectionView<'_>) -> Option<&'a TlsRoute> {
+    routes.iter().find(|r| r.matches.iter().any(|m| m.matches(sni, connection)))
 }
 
 /// An address block, `10.0.0.0/8` or a single address.
@@ -147,39 +171,54 @@ impl Serialize for Subnet {
     }
 }
 
-fn compile_l4(
-    at: &Path,
-    subnets: &[String],
+/// The fields `tcp` and `tls` match blocks share, as written.
+struct L4Spec<'a> {
+    destination_subnets: &'a [String],
     port: Option<i64>,
-    source_labels: &BTreeMap<String, String>,
-    source_namespace: &Option<String>,
-    gateways: &[String],
-) -> Result<TcpMatch, FieldError> {
-    let destination_subnets = subnets
-        .iter()
-        .enumerate()
-        .map(|(i, text)| {
-            Subnet::parse(text).ok_or_else(|| {
-                FieldError::new(at.field(&format!("destinationSubnets[{i}]")), format!("{text:?} is not an IP or CIDR"))
-            })
-        })
+    source_subnet: Option<&'a str>,
+    source_labels: &'a BTreeMap<String, String>,
+    source_namespace: Option<&'a str>,
+    gateways: &'a [String],
+}
+
+fn subnet(field: &str, text: &str) -> Result<Subnet, FieldError> {
+    Subnet::parse(text).ok_or_else(|| FieldError::new(field, format!("{text:?} is not an IP or CIDR")))
+}
+
+fn compile_l4(at: &Path, spec: L4Spec<'_>) -> Result<TcpMatch, FieldError> {
+    let destination_subnets = (spec.destination_subnets.iter().enumerate())
+        .map(|(i, text)| subnet(&at.field(&format!("destinationSubnets[{i}]")), text))
         .collect::<Result<Vec<_>, _>>()?;
-    if let Some(namespace) = source_namespace.as_deref().filter(|ns| !ns.is_empty() && !is_istio_label(ns)) {
+    let source_subnet = spec.source_subnet.map(|text| subnet(&at.field("sourceSubnet"), text)).transpose()?;
+    if let Some(namespace) = spec.source_namespace.filter(|ns| !ns.is_empty() && !is_istio_label(ns)) {
         return Err(FieldError::new(at.field("sourceNamespace"), format!("{namespace:?} is not a namespace name")));
     }
-    validate_labels(&at.field("sourceLabels"), source_labels)?;
-    validate_gateways(&at.field("gateways"), gateways)?;
+    validate_labels(&at.field("sourceLabels"), spec.source_labels)?;
+    validate_gateways(&at.field("gateways"), spec.gateways)?;
     Ok(TcpMatch {
-        port: port.filter(|p| *p != 0).map(|p| parse_port(&at.field("port"), p)).transpose()?,
+        // 0 is proto3's "unset", as Istio reads it.
+        port: spec.port.filter(|p| *p != 0).map(|p| parse_port(&at.field("port"), p)).transpose()?,
         destination_subnets,
-        source_labels: source_labels.clone(),
-        source_namespace: source_namespace.clone(),
-        gateways: gateways.to_vec(),
+        source_subnet,
+        source_labels: spec.source_labels.clone(),
+        source_namespace: spec.source_namespace.map(str::to_owned),
+        gateways: spec.gateways.to_vec(),
     })
 }
 
 pub(crate) fn compile_tcp_match(at: &Path, spec: &L4MatchAttributes) -> Result<TcpMatch, FieldError> {
-    compile_l4(at, &spec.destination_subnets, spec.port, &spec.source_labels, &spec.source_namespace, &spec.gateways)
+    compile_l4(
+        at,
+        L4Spec {
+            destination_subnets: &spec.destination_subnets,
+            port: spec.port,
+            // An empty string is proto3's "unset".
+            source_subnet: spec.source_subnet.as_deref().filter(|s| !s.is_empty()),
+            source_labels: &spec.source_labels,
+            source_namespace: spec.source_namespace.as_deref(),
+            gateways: &spec.gateways,
+        },
+    )
 }
 
 /// `hosts` are the VirtualService's hosts as written and resolved: each
@@ -206,11 +245,14 @@ pub(crate) fn compile_tls_match(at: &Path, spec: &TlsMatchAttributes, hosts: &[&
     }
     let l4 = compile_l4(
         at,
-        &spec.destination_subnets,
-        spec.port,
-        &spec.source_labels,
-        &spec.source_namespace,
-        &spec.gateways,
+        L4Spec {
+            destination_subnets: &spec.destination_subnets,
+            port: spec.port,
+            source_subnet: None,
+            source_labels: &spec.source_labels,
+            source_namespace: spec.source_namespace.as_deref(),
+            gateways: &spec.gateways,
+        },
     )?;
     Ok(TlsMatch { sni_hosts, l4 })
 }
@@ -220,20 +262,32 @@ mod tests {
     use super::*;
     use crate::route::test_support::vs;
 
+    /// A connection from an unknown client at 10.1.0.5 to 10.96.0.10:`port`.
+    fn to_port(port: u16) -> ConnectionView<'static> {
+        ConnectionView {
+            port,
+            destination: "10.96.0.10".parse().unwrap(),
+            source: "10.1.0.5".parse().unwrap(),
+            source_labels: None,
+            source_namespace: None,
+        }
+    }
+
     #[test]
     fn tcp_rules_match_by_port_in_order() {
         let model = vs("  hosts: [db]\n  tcp:\n  - match: [{port: 5432}]\n    route: [{destination: {host: pg-primary}}]\n  - match: [{port: 6432}, {port: 7432}]\n    route: [{destination: {host: pg-pool}}]\n  - route: [{destination: {host: pg-other}}]\n").unwrap();
-        let host = |port| first_tcp_match(&model.tcp, port).unwrap().destinations[0].host.clone();
+        let host = |port| first_tcp_match(&model.tcp, &to_port(port)).unwrap().destinations[0].host.clone();
         assert_eq!(host(5432), "pg-primary.shop.svc.cluster.local");
         assert_eq!(host(7432), "pg-pool.shop.svc.cluster.local");
         assert_eq!(host(1), "pg-other.shop.svc.cluster.local");
-        assert!(first_tcp_match(&model.tcp[..1], 1).is_none());
+        assert!(first_tcp_match(&model.tcp[..1], &to_port(1)).is_none());
     }
 
     #[test]
     fn tls_rules_match_by_sni_and_port() {
         let model = vs("  hosts: ['*.example.com', web]\n  tls:\n  - match: [{sniHosts: [login.example.com], port: 443}]\n    route: [{destination: {host: login}}]\n  - match: [{sniHosts: ['*.example.com']}]\n    route: [{destination: {host: rest, port: {number: 8443}}, weight: 1}]\n").unwrap();
-        let route = |sni: &str, port| first_tls_match(&model.tls, sni, port).map(|r| r.destinations[0].host.clone());
+        let route =
+            |sni: &str, port| first_tls_match(&model.tls, sni, &to_port(port)).map(|r| r.destinations[0].host.clone());
         assert_eq!(route("LOGIN.example.com", 443).as_deref(), Some("login.shop.svc.cluster.local"));
         assert_eq!(route("login.example.com", 8443).as_deref(), Some("rest.shop.svc.cluster.local"));
         assert_eq!(route("a.b.example.com", 1).as_deref(), Some("rest.shop.svc.cluster.local"));
@@ -241,7 +295,7 @@ mod tests {
     }
 
     #[test]
-    fn subnets_and_source_conditions() {
+    fn subnets() {
         let subnet = Subnet::parse("10.96.0.0/12").unwrap();
         assert!(subnet.contains("10.100.1.2".parse().unwrap()) && !subnet.contains("10.112.0.1".parse().unwrap()));
         assert!(!subnet.contains("::ffff:10.96.0.1".parse().unwrap()), "families do not mix");
@@ -249,11 +303,60 @@ mod tests {
         assert!(Subnet::parse("0.0.0.0/0").unwrap().contains("1.2.3.4".parse().unwrap()));
         assert_eq!(Subnet::parse("10.0.0.1").unwrap().to_string(), "10.0.0.1/32");
         assert!(Subnet::parse("10.0.0.0/33").is_none() && Subnet::parse("x/8").is_none());
-        let by_subnet = TcpMatch { destination_subnets: vec![subnet], ..Default::default() };
-        assert!(!by_subnet.matches(80, None), "unknown destination");
-        assert!(by_subnet.matches(80, Some("10.96.0.10".parse().unwrap())));
-        let by_source = TcpMatch { source_namespace: Some("shop".into()), ..Default::default() };
-        assert!(!by_source.matches(80, None));
+    }
+
+    #[test]
+    fn every_condition_of_a_block_is_checked_against_the_connection() {
+        let rules = concat!(
+            "  hosts: [db]\n  tcp:\n",
+            "  - match: [{destinationSubnets: [10.96.0.0/16, 'fd00::/8']}]\n    route: [{destination: {host: by-dst}}]\n",
+            "  - match: [{sourceSubnet: 10.2.0.0/16}]\n    route: [{destination: {host: by-src}}]\n",
+            "  - match: [{sourceLabels: {app: etl}, sourceNamespace: batch}]\n    route: [{destination: {host: etl}}]\n",
+            "  - match: [{sourceNamespace: batch}]\n    route: [{destination: {host: batch}}]\n",
+            "  - match: [{gateways: [ingress]}, {gateways: [mesh], port: 5432}]\n    route: [{destination: {host: mesh}}]\n",
+        );
+        let model = vs(rules).unwrap();
+        let routes =
+            crate::route::RouteTable::build(&[(("shop".to_owned(), "vs".to_owned()), model)].into_iter().collect());
+        let tcp = routes.tcp_routes("db.shop.svc.cluster.local");
+        let host = |c: &ConnectionView<'_>| {
+            first_tcp_match(tcp, c)
+                .map(|r| r.destinations[0].host.trim_end_matches(".shop.svc.cluster.local").to_owned())
+        };
+        let outside = ConnectionView { destination: "10.97.0.1".parse().unwrap(), ..to_port(80) };
+        assert_eq!(host(&to_port(80)).as_deref(), Some("by-dst"));
+        let v6 = ConnectionView { destination: "fd00::10".parse().unwrap(), ..outside };
+        assert_eq!(host(&v6).as_deref(), Some("by-dst"));
+        let mapped = ConnectionView { destination: "::ffff:10.96.0.10".parse().unwrap(), ..outside };
+        assert_eq!(host(&mapped).as_deref(), Some("by-dst"), "an IPv4-mapped address is its IPv4 address");
+        assert_eq!(host(&outside), None, "sourceSubnet alone does not match every connection");
+        let from_src = ConnectionView { source: "10.2.3.4".parse().unwrap(), ..outside };
+        assert_eq!(host(&from_src).as_deref(), Some("by-src"));
+
+        let etl: BTreeMap<String, String> = [("app".to_owned(), "etl".to_owned())].into();
+        let other: BTreeMap<String, String> = [("app".to_owned(), "web".to_owned())].into();
+        let pod = |labels, namespace| ConnectionView {
+            source_labels: Some(labels),
+            source_namespace: Some(namespace),
+            ..outside
+        };
+        assert_eq!(host(&pod(&etl, "batch")).as_deref(), Some("etl"));
+        assert_eq!(host(&pod(&other, "batch")).as_deref(), Some("batch"));
+        assert_eq!(host(&pod(&etl, "shop")), None, "the namespace must hold too");
+        let mesh = ConnectionView { port: 5432, ..outside };
+        assert_eq!(host(&mesh).as_deref(), Some("mesh"), "the block for the mesh, not the one for a gateway");
+    }
+
+    #[test]
+    fn tls_blocks_check_source_conditions_too() {
+        let model = vs("  hosts: [web]\n  tls:\n  - match: [{sniHosts: [web], sourceNamespace: batch}]\n    route: [{destination: {host: a}}]\n  - match: [{sniHosts: [web], destinationSubnets: [10.96.0.10]}]\n    route: [{destination: {host: b}}]\n").unwrap();
+        let route =
+            |c: &ConnectionView<'_>| first_tls_match(&model.tls, "web", c).map(|r| r.destinations[0].host.clone());
+        let from_batch = ConnectionView { source_namespace: Some("batch"), ..to_port(443) };
+        assert_eq!(route(&from_batch).as_deref(), Some("a.shop.svc.cluster.local"));
+        assert_eq!(route(&to_port(443)).as_deref(), Some("b.shop.svc.cluster.local"));
+        let elsewhere = ConnectionView { destination: "10.96.0.11".parse().unwrap(), ..to_port(443) };
+        assert_eq!(route(&elsewhere), None);
     }
 
     #[test]
@@ -261,6 +364,8 @@ mod tests {
         let cases = [
             ("  tcp:\n  - match: [{port: 5432}]\n", "spec.tcp[0].route"),
             ("  tcp:\n  - match: [{destinationSubnets: [10.0.0.0/40]}]\n    route: [{destination: {host: a}}]\n", "spec.tcp[0].match[0].destinationSubnets[0]"),
+            ("  tcp:\n  - match: [{sourceSubnet: 10.0.0.300}]\n    route: [{destination: {host: a}}]\n", "spec.tcp[0].match[0].sourceSubnet"),
+            ("  tcp:\n  - match: [{sourceLabels: {'': x}}]\n    route: [{destination: {host: a}}]\n", "spec.tcp[0].match[0].sourceLabels[]"),
             ("  tcp:\n  - route: [{destination: {host: a}, weight: -1}, {destination: {host: b}}]\n", "spec.tcp[0].route[0].weight"),
             ("  tls:\n  - route: [{destination: {host: a}}]\n", "spec.tls[0].match"),
             ("  tls:\n  - match: [{port: 443}]\n    route: [{destination: {host: a}}]\n", "spec.tls[0].match[0].sniHosts"),

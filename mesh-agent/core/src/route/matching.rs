@@ -155,18 +155,31 @@ impl HttpMatch {
     }
 
     fn source_matches(&self, request: &RequestView<'_>) -> bool {
-        let labels_hold = self.source_labels.is_empty()
-            || request
-                .source_labels
-                .is_some_and(|labels| self.source_labels.iter().all(|(key, value)| labels.get(key) == Some(value)));
-        let namespace_holds = self.source_namespace.as_deref().is_none_or(|ns| request.source_namespace == Some(ns));
-        labels_hold && namespace_holds
+        source_holds(
+            &self.source_labels,
+            self.source_namespace.as_deref(),
+            request.source_labels,
+            request.source_namespace,
+        )
     }
 
     /// Whether the block applies to sidecars (no gateways, or `mesh`).
     pub fn applies_to_mesh(&self) -> bool {
         crate::host::applies_to_mesh(&self.gateways)
     }
+}
+
+/// `sourceLabels` and `sourceNamespace` (`wanted_*`) against the client
+/// workload's (None: not a pod the proxy knows, which meets neither).
+pub(crate) fn source_holds(
+    wanted_labels: &BTreeMap<String, String>,
+    wanted_namespace: Option<&str>,
+    labels: Option<&BTreeMap<String, String>>,
+    namespace: Option<&str>,
+) -> bool {
+    let labels_hold = wanted_labels.is_empty()
+        || labels.is_some_and(|labels| wanted_labels.iter().all(|(key, value)| labels.get(key) == Some(value)));
+    labels_hold && wanted_namespace.is_none_or(|ns| namespace == Some(ns))
 }
 
 /// `a=1&b=%2F&c` as `[(a, 1), (b, /), (c, "")]`; `+` stays a plus, as in

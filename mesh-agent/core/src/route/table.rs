@@ -128,6 +128,13 @@ impl RouteTable {
         !self.http_routes(host_fqdn).is_empty()
     }
 
+    /// Whether any VirtualService routing `host_fqdn` (for any client
+    /// namespace) has `tcp` or `tls` rules: the proxy must see its
+    /// connections to apply them.
+    pub fn has_l4_routes(&self, host_fqdn: &str) -> bool {
+        self.candidates(host_fqdn).iter().any(|routes| !routes.tcp.is_empty() || !routes.tls.is_empty())
+    }
+
     pub fn tcp_routes(&self, host_fqdn: &str) -> &[TcpRoute] {
         self.routes(host_fqdn).map_or(&[], |r| &r.tcp)
     }

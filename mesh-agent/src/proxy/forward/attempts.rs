@@ -163,7 +163,7 @@ impl Attempts<'_> {
             let mut retry_slot = None;
             if retriable && attempt < allowed && !route_timed_out {
                 if body.replayable() {
-                    retry_slot = admit(&self.plan.state.retries, self.plan.max_retries);
+                    retry_slot = admit(&self.plan.state.retries, self.plan.max_retries());
                 } else {
                     self.metrics.retry_skipped(&self.plan.name, "request_body_over_retry_buffer");
                 }

@@ -188,7 +188,7 @@ impl Proxy {
             Ok(target) => target,
             Err(no_cluster) => return no_cluster.outcome(),
         };
-        let plan = self.clusters.plan(snapshot, target.service, target.subset());
+        let plan = self.clusters.plan(snapshot, target.service, target.subset(), connection.source.as_ref());
         let cluster = plan.name.clone();
 
         let upgrade = edits::edit_request(&mut parts, matched, target.destination, authority);

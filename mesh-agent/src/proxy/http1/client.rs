@@ -16,7 +16,7 @@ use crate::proxy::body::BoxError;
 use crate::proxy::header_names::ATTEMPT_COUNT;
 use crate::proxy::upstream::connect::tcp_connect;
 use crate::proxy::upstream::error::UpstreamError;
-use crate::proxy::upstream::pool::{ConnectionLimits, IdlePool, Key, ReturnTo, Reusable};
+use crate::proxy::upstream::pool::{ConnectionLimits, IdlePool, Key, Lease, ReturnTo, Reusable};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{HeaderMap, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::{Method, Response, StatusCode, Version};
@@ -112,17 +112,17 @@ impl IdlePool<Connection> {
         let key: Key = (endpoint, 0);
         let head_only = head.method == Method::HEAD;
         loop {
-            let (mut connection, served, reused) = match self.checkout(key) {
-                Some((connection, served)) => (connection, served, true),
-                None => (Box::pin(Connection::open(endpoint, limits.connect_timeout)).await?, 0, false),
+            let (mut connection, lease, reused) = match self.checkout(key) {
+                Some((connection, lease)) => (connection, lease, true),
+                None => (Box::pin(Connection::open(endpoint, limits.connect_timeout)).await?, Lease::default(), false),
             };
-            let served = served + 1;
-            let last = limits.max_requests.is_some_and(|max| served >= max);
+            let lease = lease.next();
+            let last = limits.max_requests.is_some_and(|max| lease.served >= max);
             encode_request(&mut connection.write, head, attempt, &body, last);
             match connection.exchange(&body, head_only).await {
                 Ok(parsed) => {
                     let reusable = !last && parsed.keep_alive && !matches!(parsed.framing, Framing::UntilClose);
-                    let return_to = reusable.then(|| ReturnTo::new(self, key, served, limits.idle_timeout));
+                    let return_to = reusable.then(|| ReturnTo::new(self, key, lease, limits));
                     let remaining = Remaining::from(parsed.framing);
                     let mut response = Response::new(DirectBody { connection: Some(connection), remaining, return_to });
                     *response.status_mut() = parsed.status;

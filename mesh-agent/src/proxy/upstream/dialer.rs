@@ -148,7 +148,7 @@ impl Dialer {
         if !http2 {
             return Ok(self.http1.send(endpoint, tls.cloned(), limits, request).await?.map(UpstreamBody::Hyper));
         }
-        let mut sender = Box::pin(self.h2.sender(endpoint, tls.cloned(), limits.connect_timeout)).await?;
+        let mut sender = Box::pin(self.h2.sender(endpoint, tls.cloned(), limits)).await?;
         sender.ready().await.map_err(UpstreamError::from_hyper)?;
         let response = sender.send_request(request).await.map_err(UpstreamError::from_hyper)?;
         Ok(response.map(UpstreamBody::Hyper))

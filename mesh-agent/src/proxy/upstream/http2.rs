@@ -1,11 +1,13 @@
 //! HTTP/2 to upstreams: one multiplexed connection per endpoint (and TLS
 //! identity), as Envoy keeps. Ours rather than a pooled client's, so that
 //! `:authority` can be the service's name while the connection goes to the
-//! endpoint.
+//! endpoint. Past `maxConnectionDuration` a connection takes no new
+//! streams (the next request opens another); once the last sender is
+//! dropped, hyper closes it when its streams are done.
 
 use super::connect::{tcp_connect, tls_connect, Tls};
 use super::error::UpstreamError;
-use super::pool::Key;
+use super::pool::{ConnectionLimits, Key};
 use crate::proxy::body::ProxyBody;
 use crate::sync::lock;
 use hyper::client::conn::http2;
@@ -15,24 +17,37 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The open HTTP/2 connections, by endpoint and TLS identity.
 #[derive(Clone, Default)]
-pub struct Http2Connections(Arc<Mutex<HashMap<Key, http2::SendRequest<ProxyBody>>>>);
+pub struct Http2Connections(Arc<Mutex<HashMap<Key, Open>>>);
+
+/// One connection's sender, and when it was opened.
+struct Open {
+    sender: http2::SendRequest<ProxyBody>,
+    opened: Instant,
+}
+
+impl Open {
+    fn usable(&self, max_duration: Option<Duration>, now: Instant) -> bool {
+        !self.sender.is_closed() && max_duration.is_none_or(|max| now.duration_since(self.opened) < max)
+    }
+}
 
 impl Http2Connections {
-    /// A sender on the endpoint's connection, made when there is none or
-    /// the last one closed.
+    /// A sender on the endpoint's connection, made when there is none, the
+    /// last one closed, or it is older than `limits.max_duration`.
     pub async fn sender(
         &self,
         endpoint: SocketAddr,
         tls: Option<Tls>,
-        connect_timeout: Duration,
+        limits: ConnectionLimits,
     ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
         let key = Tls::key(endpoint, tls.as_ref());
-        if let Some(sender) = lock(&self.0).get(&key).filter(|s| !s.is_closed()) {
-            return Ok(sender.clone());
+        let connect_timeout = limits.connect_timeout;
+        if let Some(open) = lock(&self.0).get(&key).filter(|open| open.usable(limits.max_duration, Instant::now())) {
+            return Ok(open.sender.clone());
         }
         type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
         let (sender, connection): (_, Driver) = match &tls {
@@ -56,12 +71,27 @@ impl Http2Connections {
                 tracing::debug!(%endpoint, %error, "HTTP/2 upstream connection ended");
             }
         });
-        lock(&self.0).insert(key, sender.clone());
+        let opened = Instant::now();
+        lock(&self.0).insert(key, Open { sender: sender.clone(), opened });
+        if let Some(max) = limits.max_duration {
+            // An idle connection is let go at its maximum age too, not only
+            // when a request finds it too old.
+            let connections = Arc::downgrade(&self.0);
+            tokio::spawn(async move {
+                tokio::time::sleep(max).await;
+                if let Some(connections) = connections.upgrade() {
+                    let mut connections = lock(&connections);
+                    if connections.get(&key).is_some_and(|open| open.opened == opened) {
+                        connections.remove(&key);
+                    }
+                }
+            });
+        }
         Ok(sender)
     }
 
     /// Whether a connection to `endpoint` (any TLS identity) is open.
     pub fn is_open(&self, endpoint: SocketAddr) -> bool {
-        lock(&self.0).iter().any(|((e, _), sender)| *e == endpoint && !sender.is_closed())
+        lock(&self.0).iter().any(|((e, _), open)| *e == endpoint && !open.sender.is_closed())
     }
 }

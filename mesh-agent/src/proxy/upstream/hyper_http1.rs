@@ -6,7 +6,7 @@
 
 use super::connect::{tcp_connect, tls_connect, Tls};
 use super::error::UpstreamError;
-use super::pool::{ConnectionLimits, IdlePool, ReturnTo, Reusable};
+use super::pool::{ConnectionLimits, IdlePool, Lease, ReturnTo, Reusable};
 use crate::proxy::body::ProxyBody;
 use crate::sync::lock;
 use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
@@ -50,15 +50,17 @@ impl Http1Pool {
             request.headers_mut().entry(TRANSFER_ENCODING).or_insert(HeaderValue::from_static("chunked"));
         }
         loop {
-            let (mut sender, served, reused) = match self.checkout(key) {
-                Some((sender, served)) => (sender, served, true),
-                None => (Box::pin(connect(endpoint, tls.as_ref(), limits.connect_timeout)).await?, 0, false),
+            let (mut sender, lease, reused) = match self.checkout(key) {
+                Some((sender, lease)) => (sender, lease, true),
+                None => {
+                    (Box::pin(connect(endpoint, tls.as_ref(), limits.connect_timeout)).await?, Lease::default(), false)
+                }
             };
-            let served = served + 1;
+            let lease = lease.next();
             // An upgrade keeps its `Connection: upgrade`; the switch ends
             // the connection's HTTP life anyway.
             let upgrade = request.headers().contains_key(http::header::UPGRADE);
-            let last = !upgrade && limits.max_requests.is_some_and(|max| served >= max);
+            let last = !upgrade && limits.max_requests.is_some_and(|max| lease.served >= max);
             if last {
                 // The upstream closes it after this response; so does hyper.
                 request.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
@@ -68,7 +70,7 @@ impl Http1Pool {
                     // One the upstream closes (`Connection: close`) never
                     // becomes ready again, and is dropped at a checkout.
                     if !last {
-                        let to = ReturnTo::new(self, key, served, limits.idle_timeout);
+                        let to = ReturnTo::new(self, key, lease, limits);
                         let checkin = Checkin { sender: Some(sender), to: Some(to) };
                         response.extensions_mut().insert(CheckinSlot(Arc::new(Mutex::new(Some(checkin)))));
                     }

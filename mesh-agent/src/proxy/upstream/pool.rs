@@ -1,7 +1,8 @@
 //! HTTP/1.1 upstream connections, kept per endpoint (plaintext or TLS) for
 //! reuse, with the cluster's limits from `connectionPool`: the TCP connect
-//! timeout, the HTTP idle timeout, and the requests one connection may
-//! carry. A connection goes back to its pool when its response is done
+//! timeout, the HTTP idle timeout, the requests one connection may carry,
+//! and how long it may live (`tcp.maxConnectionDuration`: past it, a
+//! connection is not reused; the request it carries finishes). A connection goes back to its pool when its response is done
 //! with, and is taken out again only when it is ready for another request,
 //! so a request never waits behind another one.
 //!
@@ -30,11 +31,45 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// `connectionPool.http.maxRequestsPerConnection` (None: unlimited).
     pub max_requests: Option<u32>,
+    /// `connectionPool.tcp.maxConnectionDuration` (None: unlimited).
+    pub max_duration: Option<Duration>,
 }
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
-        Self { connect_timeout: DEFAULT_CONNECT_TIMEOUT, idle_timeout: DEFAULT_IDLE_TIMEOUT, max_requests: None }
+        Self {
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            max_requests: None,
+            max_duration: None,
+        }
+    }
+}
+
+/// What one connection has done so far: the requests it has carried and
+/// when it was opened. A fresh connection starts with
+/// [`Lease::default`]; each request takes [`Lease::next`].
+#[derive(Clone, Copy, Debug)]
+pub struct Lease {
+    pub served: u32,
+    opened: Instant,
+}
+
+impl Default for Lease {
+    fn default() -> Self {
+        Self { served: 0, opened: Instant::now() }
+    }
+}
+
+impl Lease {
+    /// The lease with one more request carried.
+    pub fn next(self) -> Self {
+        Self { served: self.served + 1, ..self }
+    }
+
+    /// Whether the connection may carry no new request, by its age.
+    fn expired(&self, max_duration: Option<Duration>, now: Instant) -> bool {
+        max_duration.is_some_and(|max| now.duration_since(self.opened) >= max)
     }
 }
 
@@ -53,8 +88,17 @@ struct Idle<C> {
     connection: C,
     since: Instant,
     idle_timeout: Duration,
-    /// Requests the connection has carried.
-    served: u32,
+    max_duration: Option<Duration>,
+    lease: Lease,
+}
+
+impl<C: Reusable> Idle<C> {
+    /// Closed, idle too long, or too old: never to be used again.
+    fn is_spent(&self, now: Instant) -> bool {
+        self.connection.is_closed()
+            || now.duration_since(self.since) >= self.idle_timeout
+            || self.lease.expired(self.max_duration, now)
+    }
 }
 
 /// Idle upstream connections by endpoint and TLS identity. The newest is
@@ -73,31 +117,39 @@ impl<C> Default for IdlePool<C> {
 
 impl<C: Reusable> IdlePool<C> {
     /// The most recently returned connection that is ready for a request,
-    /// with the requests it has carried. Closed and expired ones go; one
-    /// not ready yet stays for a later checkout.
-    pub fn checkout(&self, key: Key) -> Option<(C, u32)> {
+    /// with its lease. Closed, idle-expired and too old ones go; one not
+    /// ready yet stays for a later checkout.
+    pub fn checkout(&self, key: Key) -> Option<(C, Lease)> {
+        let now = Instant::now();
         let mut idle = lock(&self.idle);
         let list = idle.get_mut(&key)?;
         let mut i = list.len();
         while i > 0 {
             i -= 1;
             let candidate = &list[i];
-            if candidate.connection.is_closed() || candidate.since.elapsed() >= candidate.idle_timeout {
+            if candidate.is_spent(now) {
                 list.swap_remove(i);
             } else if candidate.connection.is_ready() {
                 let idle = list.swap_remove(i);
-                return Some((idle.connection, idle.served));
+                return Some((idle.connection, idle.lease));
             }
         }
         None
     }
 
-    /// Puts a connection back, unless it is closed.
-    pub fn checkin(self: &Arc<Self>, key: Key, connection: C, served: u32, idle_timeout: Duration) {
-        if connection.is_closed() {
+    /// Puts a connection back, unless it is closed or past
+    /// `limits.max_duration` (dropping it closes it).
+    pub fn checkin(self: &Arc<Self>, key: Key, connection: C, lease: Lease, limits: &ConnectionLimits) {
+        let idle = Idle {
+            connection,
+            since: Instant::now(),
+            idle_timeout: limits.idle_timeout,
+            max_duration: limits.max_duration,
+            lease,
+        };
+        if idle.is_spent(idle.since) {
             return;
         }
-        let idle = Idle { connection, since: Instant::now(), idle_timeout, served };
         lock(&self.idle).entry(key).or_default().push(idle);
         self.start_sweeping();
     }
@@ -112,8 +164,9 @@ impl<C: Reusable> IdlePool<C> {
             loop {
                 tokio::time::sleep(SWEEP_INTERVAL).await;
                 let Some(pool) = pool.upgrade() else { return };
+                let now = Instant::now();
                 lock(&pool.idle).retain(|_, list| {
-                    list.retain(|idle| !idle.connection.is_closed() && idle.since.elapsed() < idle.idle_timeout);
+                    list.retain(|idle| !idle.is_spent(now));
                     !list.is_empty()
                 });
             }
@@ -133,19 +186,60 @@ impl<C: Reusable> IdlePool<C> {
 pub struct ReturnTo<C> {
     pool: Weak<IdlePool<C>>,
     key: Key,
-    served: u32,
-    idle_timeout: Duration,
+    lease: Lease,
+    limits: ConnectionLimits,
 }
 
 impl<C: Reusable> ReturnTo<C> {
-    pub fn new(pool: &Arc<IdlePool<C>>, key: Key, served: u32, idle_timeout: Duration) -> Self {
-        Self { pool: Arc::downgrade(pool), key, served, idle_timeout }
+    pub fn new(pool: &Arc<IdlePool<C>>, key: Key, lease: Lease, limits: ConnectionLimits) -> Self {
+        Self { pool: Arc::downgrade(pool), key, lease, limits }
     }
 
     /// Puts the connection back, unless the pool is gone.
     pub fn give_back(self, connection: C) {
         if let Some(pool) = self.pool.upgrade() {
-            pool.checkin(self.key, connection, self.served, self.idle_timeout);
+            pool.checkin(self.key, connection, self.lease, &self.limits);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection that is always open and ready.
+    struct Open;
+
+    impl Reusable for Open {
+        fn is_closed(&self) -> bool {
+            false
+        }
+
+        fn is_ready(&self) -> bool {
+            true
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_past_its_maximum_duration_is_not_reused() {
+        let pool = Arc::new(IdlePool::<Open>::default());
+        let key: Key = ("10.0.0.1:80".parse().unwrap(), 0);
+        let limits = ConnectionLimits { max_duration: Some(Duration::from_secs(60)), ..Default::default() };
+        let young = Lease::default().next();
+        pool.checkin(key, Open, young, &limits);
+        let (_, lease) = pool.checkout(key).expect("young enough");
+        assert_eq!(lease.served, 1);
+
+        let opened = Instant::now().checked_sub(Duration::from_secs(61)).expect("the clock is past a minute");
+        let old = Lease { served: 3, opened };
+        pool.checkin(key, Open, old, &limits);
+        assert!(pool.checkout(key).is_none(), "too old to go back in the pool");
+        pool.checkin(key, Open, old, &ConnectionLimits::default());
+        let aged = Lease { opened: opened - Duration::from_secs(1), ..old };
+        assert!(!aged.expired(None, Instant::now()), "no maximum, no expiry");
+        assert!(aged.expired(Some(Duration::from_secs(60)), Instant::now()));
+        // Kept without a maximum; a later checkout under one is a new pool
+        // entry's business, so this one is served.
+        assert_eq!(pool.checkout(key).map(|(_, lease)| lease.served), Some(3));
     }
 }
