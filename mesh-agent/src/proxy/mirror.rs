@@ -4,7 +4,7 @@
 //! so a slow shadow cannot pile them up.
 
 use super::balance::pick;
-use super::cluster::{admit, Clusters};
+use super::cluster::{admit, Client, Clusters};
 use super::upstream::dialer::{Dialer, Payload, Try};
 use bytes::Bytes;
 use http::header::{HeaderValue, HOST};
@@ -29,7 +29,8 @@ pub struct Mirrors {
 impl Mirrors {
     /// Sends a copy of the request (`parts`, and `body` once the client has
     /// sent it all; none: no copy) to `destination`, on `default_port` (the
-    /// port of the request's own destination) when it names none.
+    /// port of the request's own destination) when it names none, with the
+    /// cluster plan `client` gets (its `workloadSelector` rule, if any).
     #[allow(clippy::too_many_arguments)]
     pub fn send(
         &self,
@@ -40,11 +41,12 @@ impl Mirrors {
         parts: &Parts,
         body: impl Future<Output = Option<Bytes>> + Send + 'static,
         default_port: u16,
+        client: Option<&Client>,
     ) {
         let port = destination.port.unwrap_or(default_port);
         let Some(target) = snapshot.service_index_for_host(&destination.host, port) else { return };
         // The client's own rule (workloadSelector) is not looked up for mirrors.
-        let plan = clusters.plan(snapshot, target, destination.subset.as_deref(), None);
+        let plan = clusters.plan(snapshot, target, destination.subset.as_deref(), client);
         let Some(endpoint) = pick(&plan.state.cursor, plan.endpoints(false), &plan.policy.load_balancer, None, &[])
         else {
             return;

@@ -227,7 +227,9 @@ impl Proxy {
                         Err(whole) => whole.await.ok(),
                     }
                 };
-                self.mirrors.send(&self.dialer, &self.clusters, snapshot, &mirror.destination, &parts, copy, plan.port);
+                let client = connection.source.as_ref();
+                let to = &mirror.destination;
+                self.mirrors.send(&self.dialer, &self.clusters, snapshot, to, &parts, copy, plan.port, client);
             }
         }
 
