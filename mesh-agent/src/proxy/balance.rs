@@ -34,12 +34,15 @@ pub fn pick<'a>(
     }
     let fresh: Vec<&Endpoint> =
         if tried.is_empty() { Vec::new() } else { endpoints.iter().filter(|e| !tried.contains(&e.address)).collect() };
-    let warming = endpoints.iter().any(|e| e.slow_start.is_some());
+    // Only a cluster with `warmup` pays for the clock; once every window
+    // is over, the plain algorithm is back.
+    let now = endpoints.iter().any(|e| e.slow_start.is_some()).then(Instant::now);
+    let warming = now.filter(|&now| endpoints.iter().any(|e| e.slow_start.is_some_and(|s| s.factor(now) < 1.0)));
     Some(match (fresh.is_empty(), warming) {
-        (true, false) => choose(endpoints.len(), |i| &endpoints[i], cursor, load_balancer),
-        (false, false) => choose(fresh.len(), |i| fresh[i], cursor, load_balancer),
-        (true, true) => weighted(endpoints.iter(), load_balancer, Instant::now(), fastrand::f64()),
-        (false, true) => weighted(fresh.into_iter(), load_balancer, Instant::now(), fastrand::f64()),
+        (true, None) => choose(endpoints.len(), |i| &endpoints[i], cursor, load_balancer),
+        (false, None) => choose(fresh.len(), |i| fresh[i], cursor, load_balancer),
+        (true, Some(now)) => weighted(endpoints.iter(), load_balancer, now, fastrand::f64()),
+        (false, Some(now)) => weighted(fresh.into_iter(), load_balancer, now, fastrand::f64()),
     })
 }
 
