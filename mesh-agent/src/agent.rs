@@ -178,7 +178,7 @@ impl ReloadLoop {
         );
         match compiled {
             Ok(snapshot) => {
-                self.warned.log(&model.warnings);
+                self.warned.log(&snapshot.model.warnings);
                 self.model = model;
                 if self.taken_over && incomplete {
                     // No last good version is known after a restart: keep

@@ -235,6 +235,11 @@ impl Model {
         self.accepted.get(key).and_then(|object| object.resource.metadata().generation)
     }
 
+    /// The version of `key` that serves, as it came from its source.
+    pub fn served_object(&self, key: &ObjectKey) -> Option<&SourcedObject> {
+        self.accepted.get(key)
+    }
+
     /// The accepted version of `key`, validated again.
     fn last_good(&self, key: &ObjectKey, cluster_domain: &str) -> Option<(SourcedObject, Accepted)> {
         let last = self.accepted.get(key)?;

@@ -4,7 +4,7 @@
 use crate::destination_rule::{DestinationRuleModel, EffectivePolicy, HashKey, HashTable, LoadBalancer};
 use crate::maglev;
 use crate::model::{EndpointSliceModel, Model, PortModel, Protocol, ServiceModel, TargetPort};
-use crate::object::Rejection;
+use crate::object::{ObjectKey, Rejection};
 use crate::route::RouteTable;
 use mesh_common::{
     capacity, lb, Backend, Frontend, FrontendKey, ServiceIpKey, SlotKey, FAMILY_V4, FAMILY_V6, FRONTEND_CAPTURE,
@@ -251,6 +251,8 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
     let mut snapshot = Snapshot { rejections: model.rejections.clone(), ..Default::default() };
     let slices = index_slices(model);
     let pod_labels = PodLabels::new(model);
+    // Rule fields that need the proxy, on ports it does not see.
+    let mut kernel_only = Vec::new();
     for service in model.services.values() {
         let fqdn = service.fqdn(cluster_domain);
         let rule = model.rule_for_host(&fqdn, &service.namespace);
@@ -312,6 +314,17 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
             if service.cluster_ips.is_empty() {
                 continue; // headless: nothing to translate
             }
+            if let (Some(rule), false, Protocol::Tcp) = (rule, captured, port.protocol) {
+                let key = ObjectKey {
+                    kind: "DestinationRule".into(),
+                    namespace: rule.namespace.clone(),
+                    name: rule.name.clone(),
+                };
+                if let Some(object) = model.served_object(&key) {
+                    let service_name = format!("{}/{}", service.namespace, service.name);
+                    kernel_only.extend(crate::warnings::kernel_only_port(rule, object, &service_name, port.port));
+                }
+            }
             snapshot.services.push(ServicePortView {
                 namespace: service.namespace.clone(),
                 name: service.name.clone(),
@@ -341,7 +354,9 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
     }
     snapshot.pods_by_ip =
         model.pods.iter().flat_map(|(id, pod)| pod.ips.iter().map(move |ip| (*ip, id.clone()))).collect();
-    snapshot.model = Arc::new(model.clone());
+    let mut model = model.clone();
+    model.warnings.extend(kernel_only);
+    snapshot.model = Arc::new(model);
     snapshot.routes = routes;
     check_capacity("service addresses", snapshot.frontends.len(), capacity::FRONTENDS)?;
     check_capacity("service IPs", snapshot.service_ips.len(), capacity::SERVICE_IPS)?;
@@ -529,5 +544,34 @@ mod tests {
             assert_eq!(words_ip(ip_words(ip), family_of(ip)), ip);
         }
         assert_eq!(ip_words("10.0.0.1".parse().unwrap())[0].to_ne_bytes(), [10, 0, 0, 1]);
+    }
+
+    #[test]
+    fn proxy_only_rule_fields_warn_on_ports_the_kernel_balances_alone() {
+        let text = concat!(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\n",
+            "spec:\n  clusterIP: 10.96.0.20\n  ports:\n  - {name: tcp-db, port: 5432}\n  - {name: http, port: 80}\n",
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: db, namespace: shop}\n",
+            "spec:\n  host: db\n  trafficPolicy:\n    connectionPool: {tcp: {connectTimeout: 2s, maxConnections: 10}}\n",
+            "    portLevelSettings:\n    - port: {number: 5432}\n      tls: {mode: SIMPLE}\n      outlierDetection: {consecutive5xxErrors: 2}\n",
+        );
+        let snapshot = compile_yaml(text);
+        let fields: Vec<&str> = snapshot.model.warnings.iter().map(|w| w.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                // Port 5432 (TCP, no route): its entry's TLS and ejection.
+                "spec.trafficPolicy.portLevelSettings[0].outlierDetection",
+                "spec.trafficPolicy.portLevelSettings[0].tls.mode",
+                // Port 80 (HTTP, no route or proxy-only field): the top level's timeout.
+                "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
+            ]
+        );
+        let tls = &snapshot.model.warnings[1];
+        assert!(tls.message.starts_with("not applied to port 5432 of Service shop/db"), "{}", tls.message);
+        assert!(tls.message.ends_with("so connections go without TLS"), "{}", tls.message);
+        // Through the proxy, they apply: no warning.
+        let captured = text.replace("connectTimeout: 2s, ", "").replace("tcp-db", "http-db");
+        assert!(compile_yaml(&captured).model.warnings.is_empty(), "{:?}", compile_yaml(&captured).model.warnings);
     }
 }
