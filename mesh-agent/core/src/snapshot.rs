@@ -6,6 +6,7 @@ use crate::maglev;
 use crate::model::{EndpointSliceModel, Model, PortModel, Protocol, ServiceModel, TargetPort};
 use crate::object::{ObjectKey, Rejection};
 use crate::route::RouteTable;
+use crate::warnings::{proxy_only_fields, PortPath};
 use mesh_common::{
     capacity, lb, Backend, Frontend, FrontendKey, ServiceIpKey, SlotKey, FAMILY_V4, FAMILY_V6, FRONTEND_CAPTURE,
     PROTO_TCP, PROTO_UDP,
@@ -251,8 +252,8 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
     let mut snapshot = Snapshot { rejections: model.rejections.clone(), ..Default::default() };
     let slices = index_slices(model);
     let pod_labels = PodLabels::new(model);
-    // Rule fields that need the proxy, on ports it does not see.
-    let mut kernel_only = Vec::new();
+    // Rule fields only the HTTP proxy acts on, on ports it does not serve.
+    let mut without_http_proxy = Vec::new();
     for service in model.services.values() {
         let fqdn = service.fqdn(cluster_domain);
         let rule = model.rule_for_host(&fqdn, &service.namespace);
@@ -314,15 +315,20 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
             if service.cluster_ips.is_empty() {
                 continue; // headless: nothing to translate
             }
-            if let (Some(rule), false, Protocol::Tcp) = (rule, captured, port.protocol) {
+            let path = match (captured, http) {
+                (false, _) => Some(PortPath::Kernel),
+                (true, false) => Some(PortPath::TcpProxy),
+                (true, true) => None,
+            };
+            if let (Some(rule), Some(path), Protocol::Tcp) = (rule, path, port.protocol) {
                 let key = ObjectKey {
                     kind: "DestinationRule".into(),
                     namespace: rule.namespace.clone(),
                     name: rule.name.clone(),
                 };
                 if let Some(object) = model.served_object(&key) {
-                    let service_name = format!("{}/{}", service.namespace, service.name);
-                    kernel_only.extend(crate::warnings::kernel_only_port(rule, object, &service_name, port.port));
+                    let name = format!("{}/{}", service.namespace, service.name);
+                    without_http_proxy.extend(proxy_only_fields(rule, object, &name, port.port, path));
                 }
             }
             snapshot.services.push(ServicePortView {
@@ -355,7 +361,7 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
     snapshot.pods_by_ip =
         model.pods.iter().flat_map(|(id, pod)| pod.ips.iter().map(move |ip| (*ip, id.clone()))).collect();
     let mut model = model.clone();
-    model.warnings.extend(kernel_only);
+    model.warnings.extend(without_http_proxy);
     snapshot.model = Arc::new(model);
     snapshot.routes = routes;
     check_capacity("service addresses", snapshot.frontends.len(), capacity::FRONTENDS)?;
@@ -547,7 +553,7 @@ mod tests {
     }
 
     #[test]
-    fn proxy_only_rule_fields_warn_on_ports_the_kernel_balances_alone() {
+    fn proxy_only_rule_fields_warn_on_ports_the_http_proxy_does_not_serve() {
         let text = concat!(
             "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\n",
             "spec:\n  clusterIP: 10.96.0.20\n  ports:\n  - {name: tcp-db, port: 5432}\n  - {name: http, port: 80}\n",
@@ -570,7 +576,23 @@ mod tests {
         let tls = &snapshot.model.warnings[1];
         assert!(tls.message.starts_with("not applied to port 5432 of Service shop/db"), "{}", tls.message);
         assert!(tls.message.ends_with("so connections go without TLS"), "{}", tls.message);
-        // Through the proxy, they apply: no warning.
+        // Relayed as TCP by the proxy (a `tcp` route): the connect timeout
+        // applies, TLS and ejection do not, at any level the route reaches.
+        let routed = text.replace("outlierDetection: {consecutive5xxErrors: 2}\n", "outlierDetection: {consecutive5xxErrors: 2}\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}}\n")
+            + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db, namespace: shop}\nspec:\n  hosts: [db]\n  tcp:\n  - route: [{destination: {host: db, subset: v1}}]\n";
+        let snapshot = compile_yaml(&routed);
+        let fields: Vec<&str> = snapshot.model.warnings.iter().map(|w| w.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.trafficPolicy.portLevelSettings[0].outlierDetection",
+                "spec.trafficPolicy.portLevelSettings[0].tls.mode",
+                "spec.subsets[0].trafficPolicy.outlierDetection",
+                // Port 80 is captured now: the subset's ejection needs the proxy.
+            ]
+        );
+        assert!(snapshot.model.warnings[0].message.contains("the proxy relays its connections as plain TCP"));
+        // Through the HTTP proxy, they apply: no warning.
         let captured = text.replace("connectTimeout: 2s, ", "").replace("tcp-db", "http-db");
         assert!(compile_yaml(&captured).model.warnings.is_empty(), "{:?}", compile_yaml(&captured).model.warnings);
     }

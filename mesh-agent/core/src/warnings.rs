@@ -14,7 +14,7 @@ use crate::api::{
     ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection, Resource, TrafficPolicy,
     VirtualService,
 };
-use crate::destination_rule::{DestinationRuleModel, TlsMode};
+use crate::destination_rule::{DestinationRuleModel, Policy, PolicyLevel, TlsMode};
 use crate::field::Path;
 use crate::object::{SourcedObject, Warning, WarningReason};
 
@@ -305,34 +305,67 @@ fn gateways_only(gateways: &[String]) -> bool {
     !gateways.is_empty() && !crate::host::applies_to_mesh(gateways)
 }
 
-/// The fields of `rule` (served as `object`) that only the proxy acts on,
-/// for a TCP service port whose connections the kernel balances alone (the
-/// port is not captured): there they do not apply. Only the top level (or
-/// its entry for the port) counts: subsets are reached through routes,
-/// which the proxy serves.
-pub fn kernel_only_port(rule: &DestinationRuleModel, object: &SourcedObject, service: &str, port: u16) -> Vec<Warning> {
-    let Some(policy) = &rule.policy else { return Vec::new() };
-    let (at, level) = match policy.ports.get(&port) {
-        Some(entry) => (Path::new("spec.trafficPolicy").index("portLevelSettings", entry.index), &entry.level),
-        None => (Path::new("spec.trafficPolicy"), &policy.base),
+/// How the connections to a TCP service port are served, when not by the
+/// HTTP proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortPath {
+    /// The kernel balances them alone (the port is not captured).
+    Kernel,
+    /// The proxy relays them as TCP (`tcp` or `tls` routes).
+    TcpProxy,
+}
+
+/// The fields of `rule` (served as `object`) that only the HTTP proxy acts
+/// on, set for a TCP service port served by `path`: there they do not
+/// apply. In the kernel only the top level (or its entry for the port)
+/// counts, as subsets are reached only through routes; through the TCP
+/// proxy, the subsets' levels too.
+pub fn proxy_only_fields(
+    rule: &DestinationRuleModel,
+    object: &SourcedObject,
+    service: &str,
+    port: u16,
+    path: PortPath,
+) -> Vec<Warning> {
+    let level_at = |at: Path, policy: &'_ Policy| -> (Path, PolicyLevel) {
+        match policy.ports.get(&port) {
+            Some(entry) => (at.index("portLevelSettings", entry.index), entry.level.clone()),
+            None => (at, policy.base.clone()),
+        }
     };
-    let where_ = format!(
-        "not applied to port {port} of Service {service}: the kernel balances its connections without the proxy \
-         (no HTTP route or rule needs it there)"
-    );
+    let mut levels: Vec<(Path, PolicyLevel)> =
+        rule.policy.iter().map(|p| level_at(Path::new("spec.trafficPolicy"), p)).collect();
+    if path == PortPath::TcpProxy {
+        for (i, subset) in rule.subsets.iter().enumerate() {
+            if let Some(policy) = &subset.policy {
+                levels.push(level_at(Path::new("spec").index("subsets", i).child("trafficPolicy"), policy));
+            }
+        }
+    }
+    let where_ = match path {
+        PortPath::Kernel => format!(
+            "not applied to port {port} of Service {service}: the kernel balances its connections without the proxy \
+             (no route or rule needs the proxy there)"
+        ),
+        PortPath::TcpProxy => {
+            format!("not applied to port {port} of Service {service}: the proxy relays its connections as plain TCP")
+        }
+    };
     let mut found = Found::default();
-    if level.outlier_detection.is_some() {
-        found.not_honoured(at.field("outlierDetection"), format!("{where_}, so no endpoint is ejected"));
-    }
-    if level.tls.as_ref().is_some_and(|tls| matches!(tls.mode, TlsMode::Simple | TlsMode::Mutual)) {
-        found.not_honoured(at.child("tls").field("mode"), format!("{where_}, so connections go without TLS"));
-    }
-    let tcp = level.connection_pool.as_ref().and_then(|pool| pool.tcp.as_ref());
-    if tcp.is_some_and(|tcp| tcp.connect_timeout.is_some()) {
-        found.not_honoured(
-            at.child("connectionPool").child("tcp").field("connectTimeout"),
-            format!("{where_}, so the client's own connect timeout applies"),
-        );
+    for (at, level) in levels {
+        if level.outlier_detection.is_some() {
+            found.not_honoured(at.field("outlierDetection"), format!("{where_}, so no endpoint is ejected"));
+        }
+        if level.tls.as_ref().is_some_and(|tls| matches!(tls.mode, TlsMode::Simple | TlsMode::Mutual)) {
+            found.not_honoured(at.child("tls").field("mode"), format!("{where_}, so connections go without TLS"));
+        }
+        let tcp = level.connection_pool.as_ref().and_then(|pool| pool.tcp.as_ref());
+        if path == PortPath::Kernel && tcp.is_some_and(|tcp| tcp.connect_timeout.is_some()) {
+            found.not_honoured(
+                at.child("connectionPool").child("tcp").field("connectTimeout"),
+                format!("{where_}, so the client's own connect timeout applies"),
+            );
+        }
     }
     (found.0.into_iter()).map(|(field, message, reason)| Warning::object(object, field, message, reason)).collect()
 }
