@@ -560,15 +560,17 @@ mod tests {
             "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: db, namespace: shop}\n",
             "spec:\n  host: db\n  trafficPolicy:\n    connectionPool: {tcp: {connectTimeout: 2s, maxConnections: 10}}\n",
             "    portLevelSettings:\n    - port: {number: 5432}\n      tls: {mode: SIMPLE}\n      outlierDetection: {consecutive5xxErrors: 2}\n",
+            "      loadBalancer: {consistentHash: {httpHeaderName: x-user}}\n",
         );
         let snapshot = compile_yaml(text);
         let fields: Vec<&str> = snapshot.model.warnings.iter().map(|w| w.field.as_str()).collect();
         assert_eq!(
             fields,
             [
-                // Port 5432 (TCP, no route): its entry's TLS and ejection.
+                // Port 5432 (TCP, no route): its entry's TLS, ejection and hash.
                 "spec.trafficPolicy.portLevelSettings[0].outlierDetection",
                 "spec.trafficPolicy.portLevelSettings[0].tls.mode",
+                "spec.trafficPolicy.portLevelSettings[0].loadBalancer.consistentHash",
                 // Port 80 (HTTP, no route or proxy-only field): the top level's timeout.
                 "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
             ]
@@ -578,7 +580,7 @@ mod tests {
         assert!(tls.message.ends_with("so connections go without TLS"), "{}", tls.message);
         // Relayed as TCP by the proxy (a `tcp` route): the connect timeout
         // applies, TLS and ejection do not, at any level the route reaches.
-        let routed = text.replace("outlierDetection: {consecutive5xxErrors: 2}\n", "outlierDetection: {consecutive5xxErrors: 2}\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}}\n")
+        let routed = text.replace("x-user}}\n", "x-user}}\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}}\n")
             + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db, namespace: shop}\nspec:\n  hosts: [db]\n  tcp:\n  - route: [{destination: {host: db, subset: v1}}]\n";
         let snapshot = compile_yaml(&routed);
         let fields: Vec<&str> = snapshot.model.warnings.iter().map(|w| w.field.as_str()).collect();
@@ -587,6 +589,7 @@ mod tests {
             [
                 "spec.trafficPolicy.portLevelSettings[0].outlierDetection",
                 "spec.trafficPolicy.portLevelSettings[0].tls.mode",
+                "spec.trafficPolicy.portLevelSettings[0].loadBalancer.consistentHash",
                 "spec.subsets[0].trafficPolicy.outlierDetection",
                 // Port 80 is captured now: the subset's ejection needs the proxy.
             ]

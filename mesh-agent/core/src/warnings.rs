@@ -14,7 +14,7 @@ use crate::api::{
     ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection, Resource, TrafficPolicy,
     VirtualService,
 };
-use crate::destination_rule::{DestinationRuleModel, Policy, PolicyLevel, TlsMode};
+use crate::destination_rule::{DestinationRuleModel, HashKey, LoadBalancer, Policy, PolicyLevel, TlsMode};
 use crate::field::Path;
 use crate::object::{SourcedObject, Warning, WarningReason};
 
@@ -358,6 +358,17 @@ pub fn proxy_only_fields(
         }
         if level.tls.as_ref().is_some_and(|tls| matches!(tls.mode, TlsMode::Simple | TlsMode::Mutual)) {
             found.not_honoured(at.child("tls").field("mode"), format!("{where_}, so connections go without TLS"));
+        }
+        let algorithm = level.load_balancer.as_ref().map(|lb| &lb.algorithm);
+        if let Some(LoadBalancer::ConsistentHash {
+            key: HashKey::HttpHeaderName(_) | HashKey::HttpCookie(_) | HashKey::HttpQueryParameterName(_),
+            ..
+        }) = algorithm
+        {
+            found.not_honoured(
+                at.child("loadBalancer").field("consistentHash"),
+                format!("{where_}, and a TCP connection has no HTTP header, cookie or query to hash on"),
+            );
         }
         let tcp = level.connection_pool.as_ref().and_then(|pool| pool.tcp.as_ref());
         if path == PortPath::Kernel && tcp.is_some_and(|tcp| tcp.connect_timeout.is_some()) {
