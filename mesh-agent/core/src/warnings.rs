@@ -11,8 +11,8 @@
 //! unsupported (or are honoured by work landing beside this module).
 
 use crate::api::{
-    ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection, Resource, TrafficPolicy,
-    VirtualService,
+    ClientTlsSettings, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection, Resource,
+    TrafficPolicy, VirtualService,
 };
 use crate::destination_rule::{DestinationRuleModel, HashKey, LoadBalancer, Policy, PolicyLevel, TlsMode};
 use crate::field::Path;
@@ -83,11 +83,10 @@ pub fn of_object(object: &SourcedObject) -> Vec<Warning> {
         let known = KNOWN_UNMODELLED.iter().find(|(k, p, _)| *k == kind && *p == pattern);
         match known {
             Some((_, _, message)) => found.not_honoured(field.clone(), *message),
-            None => found.0.push((
-                field.clone(),
-                format!("not a field of {kind} in networking.istio.io/v1; ignored"),
-                WarningReason::UnknownField,
-            )),
+            None => {
+                let message = format!("not a field of {kind} in networking.istio.io/v1; ignored");
+                found.0.push((field.clone(), message, WarningReason::UnknownField));
+            }
         }
     }
     found
@@ -102,13 +101,10 @@ pub fn of_object(object: &SourcedObject) -> Vec<Warning> {
 /// `kind`, itself or under a listed field.
 pub fn is_honoured(kind: &str, field: &str) -> bool {
     let pattern = pattern_of(field);
-    HONOURED.iter().filter(|(k, _)| *k == kind).any(|(_, listed)| {
-        let under = |listed: &str| pattern == listed || pattern.starts_with(&format!("{listed}."));
-        match listed.strip_prefix('*') {
-            // Any policy level: top, subset or port.
-            Some(suffix) => pattern.ends_with(suffix) || pattern.contains(&format!("{suffix}.")),
-            None => under(listed),
-        }
+    HONOURED.iter().filter(|(k, _)| *k == kind).any(|(_, listed)| match listed.strip_prefix('*') {
+        // At any policy level: top, subset or port.
+        Some(suffix) => pattern.ends_with(suffix) || pattern.contains(&format!("{suffix}.")),
+        None => pattern == *listed || pattern.starts_with(&format!("{listed}.")),
     })
 }
 
@@ -157,23 +153,11 @@ fn destination_rule(rule: &DestinationRule, found: &mut Found) {
 
 fn traffic_policy(at: &Path, policy: &TrafficPolicy, found: &mut Found) {
     level(at, policy.load_balancer.as_ref(), policy.connection_pool.as_ref(), policy.outlier_detection.as_ref(), found);
-    tls_mode(at, policy.tls.as_ref().and_then(|tls| tls.mode.as_deref()), found);
-    if policy.tls.as_ref().and_then(|tls| tls.ca_crl.as_deref()).is_some_and(|crl| !crl.is_empty()) {
-        found.not_honoured(
-            at.child("tls").field("caCrl"),
-            "not supported yet; server certificates are not checked against a revocation list",
-        );
-    }
+    tls(at, policy.tls.as_ref(), found);
     for (i, port) in policy.port_level_settings.iter().enumerate() {
         let at = at.index("portLevelSettings", i);
         level(&at, port.load_balancer.as_ref(), port.connection_pool.as_ref(), port.outlier_detection.as_ref(), found);
-        tls_mode(&at, port.tls.as_ref().and_then(|tls| tls.mode.as_deref()), found);
-        if port.tls.as_ref().and_then(|tls| tls.ca_crl.as_deref()).is_some_and(|crl| !crl.is_empty()) {
-            found.not_honoured(
-                at.child("tls").field("caCrl"),
-                "not supported yet; server certificates are not checked against a revocation list",
-            );
-        }
+        tls(&at, port.tls.as_ref(), found);
     }
     if policy.tunnel.is_some() {
         found.not_honoured(at.field("tunnel"), TUNNEL);
@@ -183,9 +167,17 @@ fn traffic_policy(at: &Path, policy: &TrafficPolicy, found: &mut Found) {
     }
 }
 
-fn tls_mode(at: &Path, mode: Option<&str>, found: &mut Found) {
-    if mode == Some("ISTIO_MUTUAL") {
-        found.not_honoured(at.child("tls").field("mode"), ISTIO_MUTUAL);
+fn tls(at: &Path, tls: Option<&ClientTlsSettings>, found: &mut Found) {
+    let Some(tls) = tls else { return };
+    let at = at.child("tls");
+    if tls.mode.as_deref() == Some("ISTIO_MUTUAL") {
+        found.not_honoured(at.field("mode"), ISTIO_MUTUAL);
+    }
+    if tls.ca_crl.as_deref().is_some_and(|crl| !crl.is_empty()) {
+        found.not_honoured(
+            at.field("caCrl"),
+            "not supported yet; server certificates are not checked against a revocation list",
+        );
     }
 }
 
@@ -218,7 +210,7 @@ fn level(
         if tcp.tcp_keepalive.is_some() {
             found.not_honoured(
                 at.field("tcpKeepalive"),
-                "not supported yet; connections to the destination use the node's keepalive settings",
+                "not supported yet; no TCP keepalive is set on connections to the destination (the node's defaults apply)",
             );
         }
         if tcp.idle_timeout.is_some() {
@@ -409,6 +401,7 @@ mod tests {
             "  trafficPolicy:\n",
             "    tunnel: {targetHost: proxy.example, targetPort: 8080}\n",
             "    connectionPool: {tcp: {tcpKeepalive: {time: 10s}}, http: {maxConcurrentStreams: 10}}\n",
+            "    tls: {mode: SIMPLE, caCrl: /etc/certs/crl.pem}\n",
             "    portLevelSettings:\n",
             "    - port: {number: 80}\n",
             "      loadBalancer: {simple: PASSTHROUGH, localityLbSetting: {enabled: true}}\n",
@@ -424,6 +417,7 @@ mod tests {
             [
                 "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
                 "spec.trafficPolicy.connectionPool.http.maxConcurrentStreams",
+                "spec.trafficPolicy.tls.caCrl",
                 "spec.trafficPolicy.portLevelSettings[0].loadBalancer.simple",
                 "spec.trafficPolicy.portLevelSettings[0].loadBalancer.localityLbSetting",
                 "spec.trafficPolicy.tunnel",
@@ -431,9 +425,9 @@ mod tests {
                 "spec.subsets[0].trafficPolicy.colour",
             ]
         );
-        assert_eq!(found[4].1, TUNNEL);
-        assert_eq!(found[5].1, PROXY_PROTOCOL);
-        assert_eq!(found[6].1, "not a field of DestinationRule in networking.istio.io/v1; ignored");
+        assert_eq!(found[5].1, TUNNEL);
+        assert_eq!(found[6].1, PROXY_PROTOCOL);
+        assert_eq!(found[7].1, "not a field of DestinationRule in networking.istio.io/v1; ignored");
     }
 
     #[test]
