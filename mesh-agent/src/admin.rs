@@ -229,6 +229,7 @@ pub fn status_report(shared: &Shared) -> StatusReport {
             reloads: published.reloads,
             last_reload: published.last_reload.clone(),
             rejections: published.snapshot.rejections.iter().map(ToString::to_string).collect(),
+            warnings: published.snapshot.model.warnings.iter().map(ToString::to_string).collect(),
         },
         kernel_counters: counters.global.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
         services: published.snapshot.services.iter().map(|s| service_status(s, &counters)).collect(),
@@ -271,6 +272,16 @@ fn config_dump(shared: &Shared) -> serde_json::Value {
             "field": r.field,
             "message": r.message,
             "error": r.to_string(),
+        })).collect::<Vec<_>>(),
+        "warnings": snapshot.model.warnings.iter().map(|w| serde_json::json!({
+            "file": w.file,
+            "kind": w.kind,
+            "namespace": w.namespace,
+            "name": w.name,
+            "field": w.field,
+            "message": w.message,
+            "reason": w.reason,
+            "warning": w.to_string(),
         })).collect::<Vec<_>>(),
     })
 }
@@ -333,6 +344,9 @@ fn metrics(shared: &Shared) -> String {
     let rejected = Gauge::<i64>::default();
     rejected.set(published.snapshot.rejections.len() as i64);
     registry.register("config_rejected_objects", "Objects or files not served as written", rejected);
+    let warnings = Gauge::<i64>::default();
+    warnings.set(published.snapshot.model.warnings.len() as i64);
+    registry.register("config_warnings", "Fields of serving objects that are set but not honoured", warnings);
     let reloads = Counter::<u64>::default();
     reloads.inc_by(published.reloads);
     registry.register("config_reloads", "Configuration reloads", reloads);

@@ -6,8 +6,11 @@
 use crate::dataplane::{ApplyStats, MapWriter};
 use crate::source::{ConfigSource, POLL_INTERVAL};
 use mesh_core::model::Model;
+use mesh_core::object::{ObjectKey, Warning};
 use mesh_core::published::{Published, ReloadStatus};
 use mesh_core::snapshot::{compile, Snapshot};
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,6 +30,50 @@ pub struct ReloadLoop {
     taken_over: bool,
     /// The source is failing: logged once, not on every poll.
     source_failing: bool,
+    warned: WarningLog,
+}
+
+/// What each object's warnings were when they were last logged (a hash of
+/// the set), so that they are logged once per version of the object
+/// rather than on every reload. Objects that go away (or lose their
+/// warnings) are forgotten, and logged again if they come back.
+#[derive(Debug, Default)]
+pub struct WarningLog {
+    logged: HashMap<ObjectKey, u64>,
+}
+
+impl WarningLog {
+    /// Logs the warnings of each object whose set is new or changed;
+    /// returns those logged.
+    pub fn log<'a>(&mut self, warnings: &'a [Warning]) -> Vec<&'a Warning> {
+        let mut by_object: BTreeMap<ObjectKey, Vec<&Warning>> = BTreeMap::new();
+        for warning in warnings {
+            by_object.entry(warning.key()).or_default().push(warning);
+        }
+        let mut fresh = Vec::new();
+        let mut now = HashMap::with_capacity(by_object.len());
+        for (key, set) in by_object {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            set.hash(&mut hasher);
+            let hash = hasher.finish();
+            if self.logged.get(&key) != Some(&hash) {
+                fresh.extend(set);
+            }
+            now.insert(key, hash);
+        }
+        self.logged = now;
+        for warning in &fresh {
+            tracing::warn!(
+                file = warning.file.as_deref().unwrap_or(""),
+                kind = %warning.kind,
+                namespace = %warning.namespace,
+                name = %warning.name,
+                field = %warning.field,
+                "not honoured: {}", warning.message
+            );
+        }
+        fresh
+    }
 }
 
 struct Retry {
@@ -54,6 +101,7 @@ impl ReloadLoop {
             retry: None,
             taken_over: maps_taken_over,
             source_failing: false,
+            warned: WarningLog::default(),
         };
         (this, receiver)
     }
@@ -130,6 +178,7 @@ impl ReloadLoop {
         );
         match compiled {
             Ok(snapshot) => {
+                self.warned.log(&snapshot.model.warnings);
                 self.model = model;
                 if self.taken_over && incomplete {
                     // No last good version is known after a restart: keep
@@ -211,5 +260,44 @@ fn reload_status(started: Instant, error: Option<String>, map_upserts: usize, ma
         error,
         map_upserts,
         map_deletes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::decode::parse_file;
+
+    const RULE: &str = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web, namespace: shop}\nspec:\n  host: web\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n";
+
+    fn warnings(text: &str) -> Vec<Warning> {
+        let objects = parse_file("rules.yaml", text).unwrap();
+        Model::build(&objects, vec![], &Model::default(), "cluster.local").warnings
+    }
+
+    fn logged(log: &mut WarningLog, warnings: &[Warning]) -> Vec<String> {
+        log.log(warnings).into_iter().map(|w| w.field.clone()).collect()
+    }
+
+    #[test]
+    fn warnings_are_logged_once_per_version_of_an_object() {
+        let mut log = WarningLog::default();
+        let first = warnings(RULE);
+        assert_eq!(logged(&mut log, &first), ["spec.trafficPolicy.tls.mode"]);
+        assert!(logged(&mut log, &first).is_empty(), "not again on the next reload");
+        // Another object's warning does not log this one again.
+        let other = RULE.replace("name: web,", "name: db,").replace("host: web", "host: db");
+        let both = warnings(&format!("{RULE}---\n{other}"));
+        assert_eq!(log.log(&both).iter().map(|w| w.name.as_str()).collect::<Vec<_>>(), ["db"]);
+        // A new version of the object with another warning set is logged whole.
+        let edited = RULE.replace(
+            "{tls: {mode: ISTIO_MUTUAL}}",
+            "{tls: {mode: ISTIO_MUTUAL}, tunnel: {targetHost: t.example, targetPort: 1}}",
+        );
+        let fields = logged(&mut log, &warnings(&edited));
+        assert_eq!(fields, ["spec.trafficPolicy.tls.mode", "spec.trafficPolicy.tunnel"]);
+        // Gone (or without warnings), then back: logged again.
+        assert!(logged(&mut log, &[]).is_empty());
+        assert_eq!(logged(&mut log, &first), ["spec.trafficPolicy.tls.mode"]);
     }
 }

@@ -56,6 +56,10 @@ pub struct ConfigStatus {
     pub last_reload: Option<ReloadStatus>,
     /// Every object or file not served as written, with the reason.
     pub rejections: Vec<String>,
+    /// Every field of a serving object that is set but not honoured, with
+    /// what happens instead.
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -204,6 +208,13 @@ impl StatusReport {
             let _ = writeln!(out, "  rejected ({}):", self.config.rejections.len());
             for rejection in &self.config.rejections {
                 let _ = writeln!(out, "    - {rejection}");
+            }
+        }
+        // Shown only when there are some: most configurations have none.
+        if !self.config.warnings.is_empty() {
+            let _ = writeln!(out, "  warnings ({}):", self.config.warnings.len());
+            for warning in &self.config.warnings {
+                let _ = writeln!(out, "    - {warning}");
             }
         }
         let counters: Vec<String> =

@@ -249,6 +249,10 @@ fn status_is_written_by_the_lease_holder_only_and_taken_over_when_it_dies() {
     }
     server.apply(json!({"apiVersion": "networking.istio.io/v1", "kind": "Sidecar",
                         "metadata": {"name": "default", "namespace": "shop"}, "spec": {}}));
+    // Served, with a field that is not honoured: a warning in its status.
+    server.apply(json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                        "metadata": {"name": "mtls", "namespace": "shop"},
+                        "spec": {"host": "db", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}}));
     let mut source = KubeSource::start(server.client("watch"), watched_kinds(Some("node-a")), runtime.handle());
     let model = model_of(&next_batch(&mut source));
     let snapshot = compile(&model, DOMAIN).unwrap();
@@ -278,9 +282,15 @@ fn status_is_written_by_the_lease_holder_only_and_taken_over_when_it_dies() {
             .collect::<Vec<_>>()
     };
     let all_written = wait_until(Duration::from_secs(10), || {
-        ["virtualservices/web", "virtualservices/broken", "destinationrules/web", "sidecars/default"]
-            .iter()
-            .all(|name| !patched(name).is_empty())
+        [
+            "virtualservices/web",
+            "virtualservices/broken",
+            "destinationrules/web",
+            "destinationrules/mtls",
+            "sidecars/default",
+        ]
+        .iter()
+        .all(|name| !patched(name).is_empty())
     });
     assert!(all_written, "patches: {:?}", server.status_patches());
     let holder = |server: &FakeApiServer| {
@@ -300,6 +310,18 @@ fn status_is_written_by_the_lease_holder_only_and_taken_over_when_it_dies() {
     assert!(message.contains("subset") && message.contains("v9"), "{message}");
     let (status, reason, _) = condition(&patched("sidecars/default")[0].2);
     assert_eq!((status.as_str(), reason.as_str()), ("False", "Unsupported"));
+    // A warning leaves the object accepted, and is listed as istiod lists
+    // its analysis messages.
+    let (_, _, body) = &patched("destinationrules/mtls")[0];
+    assert_eq!(condition(body).0, "True");
+    let messages = &body["status"]["validationMessages"];
+    assert_eq!(messages[0]["level"], "WARNING", "{body}");
+    assert_eq!(messages[0]["type"]["name"], "FieldNotHonoured", "{body}");
+    let description = messages[0]["description"].as_str().unwrap_or_default();
+    assert!(description.starts_with("spec.trafficPolicy.tls.mode: ISTIO_MUTUAL: "), "{description}");
+    assert!(patched("destinationrules/web")[0].2["status"]["validationMessages"].is_null());
+    let stored = server.get("networking.istio.io/v1", "DestinationRule", Some("shop"), "mtls").unwrap();
+    assert_eq!(stored["status"]["validationMessages"][0]["level"], "WARNING", "{stored}");
     // Stored on the object, as kubectl shows it.
     let stored = server.get("networking.istio.io/v1", "VirtualService", Some("shop"), "broken").unwrap();
     assert_eq!(stored["status"]["conditions"][0]["reason"], "Rejected");

@@ -383,6 +383,54 @@ fn an_invalid_virtual_service_is_rejected_with_its_field_and_the_rest_serves() {
 }
 
 #[test]
+fn istio_mutual_routes_in_plaintext_to_the_subset_with_a_visible_warning() {
+    let world = World::new("l7_istio_mutual", 2);
+    // Bookinfo's destination-rule-all-mtls.yaml for reviews, and a route to v2.
+    let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL}\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - {name: v2, labels: {version: v2}}\n---\n";
+    let vs = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: reviews, namespace: shop}\nspec:\n  hosts: [reviews]\n  http:\n  - route:\n    - destination: {host: reviews, subset: v2}\n";
+    world.start(&format!("{rule}{vs}"));
+    let report = world.http(&["--count", "10"]);
+    assert_eq!((status(&report, "200"), count(&report, "b2")), (10, 10), "{report}");
+
+    let dump = world.env.admin_json("/config_dump");
+    assert_eq!(dump["rejected"], serde_json::json!([]), "{dump}");
+    let warnings = dump["warnings"].as_array().unwrap();
+    assert_eq!(warnings.len(), 1, "{dump}");
+    let warning = &warnings[0];
+    assert_eq!(
+        (&warning["file"], &warning["kind"], &warning["name"], &warning["field"]),
+        (&"reviews.yaml".into(), &"DestinationRule".into(), &"reviews".into(), &"spec.trafficPolicy.tls.mode".into()),
+        "{warning}"
+    );
+    assert!(warning["message"].as_str().unwrap().contains("plaintext"), "{warning}");
+
+    let netns = world.env.agent_netns();
+    let admin = world.env.admin_addr().to_string();
+    let meshctl = mesh_tests::in_netns(netns.as_deref().expect("the agent runs on the node"), || {
+        std::process::Command::new(meshctl_bin()).args(["status", "--admin", &admin]).output()
+    })
+    .unwrap()
+    .unwrap();
+    let text = String::from_utf8_lossy(&meshctl.stdout);
+    assert!(meshctl.status.success(), "{}", String::from_utf8_lossy(&meshctl.stderr));
+    assert!(text.contains("  warnings (1):\n    - reviews.yaml: DestinationRule shop/reviews: spec.trafficPolicy.tls.mode: ISTIO_MUTUAL: the mesh does not encrypt pod-to-pod traffic yet"), "{text}");
+
+    // Logged once, not again when another object changes.
+    let reloads = || world.env.admin_json("/status")["config"]["reloads"].as_u64().unwrap_or(0);
+    let before = reloads();
+    let other = "apiVersion: v1\nkind: Service\nmetadata: {name: other, namespace: shop}\nspec:\n  clusterIP: 10.96.0.99\n  ports:\n  - {name: http, port: 80}\n";
+    world.env.write_config("other.yaml", other).unwrap();
+    assert!(wait_until(Duration::from_secs(3), || reloads() > before), "no reload");
+    assert_eq!(world.env.agent_log().matches("not honoured: ISTIO_MUTUAL").count(), 1, "{}", world.env.agent_log());
+}
+
+fn meshctl_bin() -> std::path::PathBuf {
+    std::env::var_os("MESHCTL_BIN")
+        .map(Into::into)
+        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/meshctl"))
+}
+
+#[test]
 fn cors_preflight_is_answered_by_the_proxy() {
     let world = World::new("l7_cors", 1);
     let vs = concat!(

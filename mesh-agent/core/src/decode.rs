@@ -163,30 +163,67 @@ pub fn decode_object(origin: &str, mut value: Value, parsed: &mut ParsedFile) {
         undecodable("apiVersion", message);
         return;
     }
+    // Only the Istio kinds are checked for fields their types lack: what
+    // the mesh reads of the Kubernetes kinds is a small part of them.
+    let mut unknown_fields = Vec::new();
     let decoded = match served_kind {
         "Service" => decode(value).map(Resource::Service),
         "Pod" => decode(value).map(Resource::Pod),
         "EndpointSlice" => decode(value).map(Resource::EndpointSlice),
-        "VirtualService" => decode(value).map(Resource::VirtualService),
+        "VirtualService" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::VirtualService),
         "Secret" => decode(value).map(Resource::Secret),
-        _ => decode(value).map(Resource::DestinationRule),
+        _ => decode_noting_unknown(value, &mut unknown_fields).map(Resource::DestinationRule),
     };
     match decoded {
         Ok(resource) if resource.metadata().name.is_empty() => {
             parsed.problems.push(reject("metadata.name", "missing".into()))
         }
-        Ok(resource) => parsed.objects.push(SourcedObject { file: origin.to_owned(), resource }),
+        Ok(resource) => parsed.objects.push(SourcedObject { file: origin.to_owned(), resource, unknown_fields }),
         Err((field, message)) => undecodable(&field, message),
     }
 }
 
 /// Decodes into `T`, naming the field that does not fit.
 fn decode<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, (String, String)> {
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let field = e.path().to_string();
-        let message = e.into_inner().to_string();
-        (if field == "." { String::new() } else { field }, message)
-    })
+    serde_path_to_error::deserialize(value).map_err(path_error)
+}
+
+/// [`decode`], also noting in `unknown` every field of the input that `T`
+/// does not have (serde would drop it without a word). Fields the API
+/// server sets on every object (`apiVersion`, `kind`, `status`, the rest
+/// of `metadata`) are not noted.
+fn decode_noting_unknown<T: serde::de::DeserializeOwned>(
+    value: Value,
+    unknown: &mut Vec<String>,
+) -> Result<T, (String, String)> {
+    let mut note = |path: serde_ignored::Path<'_>| {
+        let field = field_path(&path);
+        let top = field.split(['.', '[']).next().unwrap_or_default();
+        if !matches!(top, "apiVersion" | "kind" | "metadata" | "status") {
+            unknown.push(field);
+        }
+    };
+    serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut note)).map_err(path_error)
+}
+
+fn path_error<E: std::fmt::Display>(e: serde_path_to_error::Error<E>) -> (String, String) {
+    let field = e.path().to_string();
+    let message = e.into_inner().to_string();
+    (if field == "." { String::new() } else { field }, message)
+}
+
+/// A path as rejections write it: `spec.http[0].route`.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            parent if parent.is_empty() => key.clone(),
+            parent => format!("{parent}.{key}"),
+        },
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => field_path(parent),
+    }
 }
 
 #[cfg(test)]
@@ -309,9 +346,23 @@ mod tests {
             let objects = parse_file("vs.yaml", &text).unwrap();
             let Resource::VirtualService(vs) = &objects[0].resource else { panic!("{version}") };
             assert_eq!(vs.spec.http[0].route[0].weight, Some(100), "{version}");
+            assert_eq!(objects[0].unknown_fields, ["spec.http[0].futureField"], "{version}");
         }
         let typo = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web}\nspec:\n  hosts: [web]\n  http:\n  - route: [{destination: {host: web}, weight: ten}]\n";
         let parsed = parse_documents("vs.yaml", typo).unwrap();
         assert_eq!(parsed.undecodable[0].1.field, "spec.http[0].route[0].weight");
+    }
+
+    fn objects_unknown(text: &str) -> Vec<String> {
+        parse_file("x.yaml", text).unwrap().remove(0).unknown_fields
+    }
+
+    #[test]
+    fn fields_the_istio_types_lack_are_noted_by_path() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: web, namespace: shop, uid: abc, resourceVersion: '7', annotations: {a: b}}\nspec:\n  host: web\n  hots: typo\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy: {loadBalancer: {simple: RANDOM, colour: red}}\nstatus: {conditions: []}\n";
+        assert_eq!(objects_unknown(text), ["spec.hots", "spec.subsets[0].trafficPolicy.loadBalancer.colour"]);
+        // Kubernetes kinds are not checked: the mesh reads a small part of them.
+        let pod = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c}]}\n";
+        assert!(objects_unknown(pod).is_empty());
     }
 }

@@ -1,7 +1,8 @@
 //! mesh-core: what the mesh decides, with none of the doing. Kubernetes and
 //! Istio objects come in ([`decode`] into [`api`] types), are validated
 //! into the [`model`] (with [`destination_rule`] policy and [`route`]s, each
-//! rejection naming file, object and field), and are compiled into one
+//! rejection naming file, object and field; every field set but not
+//! honoured a [`warnings`] entry), and are compiled into one
 //! immutable [`snapshot`]: the exact kernel map contents ([`maglev`]
 //! tables included) and the route table the proxy consults per request.
 //! [`diff`] says what a map write must change.
@@ -22,6 +23,7 @@ pub mod object;
 pub mod published;
 pub mod route;
 pub mod snapshot;
+pub mod warnings;
 
 #[cfg(test)]
 mod test_support;

@@ -8,7 +8,7 @@
 use crate::api::{self, IntOrString, Resource};
 use crate::destination_rule::{self, DestinationRuleModel};
 use crate::field::{parse_port, FieldError};
-use crate::object::{ObjectKey, Rejection, SourceBatch, SourcedObject};
+use crate::object::{ObjectKey, Rejection, SourceBatch, SourcedObject, Warning};
 use crate::route::{self, VirtualServiceModel};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -108,6 +108,9 @@ pub struct Model {
     /// TLS credentials for DestinationRule `credentialName`.
     pub secrets: BTreeMap<NsName, SecretModel>,
     pub rejections: Vec<Rejection>,
+    /// The fields set but not honoured of every object that serves (the
+    /// version that serves: a last good one brings its own).
+    pub warnings: Vec<Warning>,
     /// The raw objects accepted, kept as the "last good" versions.
     accepted: BTreeMap<ObjectKey, SourcedObject>,
     /// Slice ports waiting for their Service's target port (during a build).
@@ -223,12 +226,18 @@ impl Model {
         model.report_shadowed_hosts(&mut rejections);
         model.fill_unnumbered_slice_ports();
         model.rejections = rejections;
+        model.warnings = model.accepted.values().flat_map(crate::warnings::of_object).collect();
         model
     }
 
     /// The `metadata.generation` of the version of `key` that serves.
     pub fn served_generation(&self, key: &ObjectKey) -> Option<i64> {
         self.accepted.get(key).and_then(|object| object.resource.metadata().generation)
+    }
+
+    /// The version of `key` that serves, as it came from its source.
+    pub fn served_object(&self, key: &ObjectKey) -> Option<&SourcedObject> {
+        self.accepted.get(key)
     }
 
     /// The accepted version of `key`, validated again.
@@ -1147,5 +1156,68 @@ mod tests {
         let http = snapshot.services.iter().find(|s| s.port == 80).unwrap();
         assert_eq!(http.load_balancer, "RANDOM");
         assert_eq!(http.destination_rule.as_deref(), Some("shop/web"));
+    }
+
+    /// Bookinfo's `destination-rule-all-mtls.yaml` for reviews.
+    const REVIEWS_MTLS: &str = "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: reviews, namespace: shop}\nspec:\n  host: reviews\n  trafficPolicy:\n    tls: {mode: ISTIO_MUTUAL}\n  subsets:\n  - {name: v1, labels: {version: v1}}\n  - name: v2\n    labels: {version: v2}\n    trafficPolicy:\n      loadBalancer: {simple: RANDOM}\n      tls: {mode: ISTIO_MUTUAL}\n";
+
+    #[test]
+    fn istio_mutual_is_served_in_plaintext_with_a_warning() {
+        let text = format!("{REVIEWS_MTLS}{}", reviews_vs("v2"));
+        let model = Model::build(&objects(&text), vec![], &Model::default(), DOMAIN);
+        assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+        assert!(model.virtual_services.contains_key(&id("shop", "reviews")), "its subsets resolve");
+        let rule = &model.destination_rules[&id("shop", "reviews")];
+        for subset in [None, Some("v1"), Some("v2")] {
+            let tls = rule.effective(subset, 80).tls;
+            assert!(tls.is_none_or(|tls| tls.mode == destination_rule::TlsMode::Disable), "{subset:?}: no origination");
+        }
+        assert_eq!(
+            rule.effective(Some("v2"), 80).load_balancer,
+            destination_rule::LoadBalancer::Random,
+            "the rest applies"
+        );
+        let shown: Vec<String> = model.warnings.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                format!(
+                    "test.yaml: DestinationRule shop/reviews: spec.trafficPolicy.tls.mode: {}",
+                    crate::warnings::ISTIO_MUTUAL
+                ),
+                format!(
+                    "test.yaml: DestinationRule shop/reviews: spec.subsets[1].trafficPolicy.tls.mode: {}",
+                    crate::warnings::ISTIO_MUTUAL
+                ),
+            ]
+        );
+        // An unknown mode is still rejected by field.
+        let unknown = REVIEWS_MTLS.replacen("ISTIO_MUTUAL", "ISTIO_MUTUAL_V2", 1);
+        let model = Model::build(&objects(&unknown), vec![], &Model::default(), DOMAIN);
+        assert_eq!(model.rejections[0].field, "spec.trafficPolicy.tls.mode");
+        assert!(model.warnings.is_empty(), "a rejected object has no warnings: {:?}", model.warnings);
+    }
+
+    #[test]
+    fn warnings_come_from_the_version_that_serves() {
+        let tunnel = "    tunnel: {targetHost: egress.example, targetPort: 3128}\n";
+        let with_tunnel = RULE.replace("    portLevelSettings:\n", &format!("{tunnel}    portLevelSettings:\n"));
+        let service = SERVICE.replace("port: 80,", "port: 8080,");
+        let good = Model::build(&objects(&format!("{service}---\n{with_tunnel}")), vec![], &Model::default(), DOMAIN);
+        assert!(good.rejections.is_empty(), "{:?}", good.rejections);
+        let fields: Vec<&str> = good.warnings.iter().map(|w| w.field.as_str()).collect();
+        assert_eq!(fields, ["spec.trafficPolicy.tunnel"]);
+        assert_eq!(good.warnings[0].message, crate::warnings::TUNNEL);
+        // A bad edit that also drops the tunnel: the last good version
+        // serves, and its warning with it.
+        let broken = RULE
+            .replace("ROUND_ROBIN", "SOMETIMES")
+            .replace("loadBalancer: {simple: RANDOM}", "loadBalancer: {simple: RANDOM}\n      extra: 1");
+        let next = Model::build(&objects(&format!("{service}---\n{broken}")), vec![], &good, DOMAIN);
+        assert_eq!(next.rejections.len(), 1);
+        assert_eq!(next.warnings, good.warnings);
+        // Fixed without the tunnel: no warning is left.
+        let fixed = Model::build(&objects(&format!("{service}---\n{RULE}")), vec![], &next, DOMAIN);
+        assert!(fixed.rejections.is_empty() && fixed.warnings.is_empty(), "{:?}", fixed.warnings);
     }
 }

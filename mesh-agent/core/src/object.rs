@@ -1,7 +1,9 @@
 //! Objects as the sources deliver them, before validation: each with the
 //! file it came from ([`SourcedObject`]), keyed by kind, namespace and name
 //! ([`ObjectKey`]), and the problems met on the way ([`Rejection`]), all of
-//! one load in a [`SourceBatch`]. The model is built from a batch.
+//! one load in a [`SourceBatch`]. The model is built from a batch. An
+//! object that serves but has fields set that it does not honour carries a
+//! [`Warning`] for each.
 
 use crate::api::Resource;
 use crate::field::FieldError;
@@ -14,6 +16,10 @@ pub struct SourcedObject {
     /// Empty for objects from the API server.
     pub file: String,
     pub resource: Resource,
+    /// Fields present in the input that the API types do not have (so
+    /// serde dropped them), as paths such as `spec.http[0].futureField`.
+    /// Kept with the object so that a last good version keeps its own.
+    pub unknown_fields: Vec<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -86,6 +92,58 @@ impl fmt::Display for Rejection {
             write!(f, "{}: ", self.field)?;
         }
         f.write_str(&self.message)
+    }
+}
+
+/// Why a field of a served object is not honoured as written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub enum WarningReason {
+    /// An Istio field the mesh does not (yet) do what Istio does for.
+    NotHonoured,
+    /// Not a field of the kind at all (a typo, or a newer API's field).
+    UnknownField,
+}
+
+/// A field of an accepted object that is set but not honoured: the object
+/// serves, and `message` says what happens instead.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct Warning {
+    pub file: Option<String>,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    /// The field as a path, e.g. `spec.trafficPolicy.tunnel`.
+    pub field: String,
+    pub message: String,
+    pub reason: WarningReason,
+}
+
+impl Warning {
+    pub fn object(object: &SourcedObject, field: String, message: String, reason: WarningReason) -> Self {
+        let key = ObjectKey::of(&object.resource);
+        Self {
+            file: (!object.file.is_empty()).then(|| object.file.clone()),
+            kind: key.kind,
+            namespace: key.namespace,
+            name: key.name,
+            field,
+            message,
+            reason,
+        }
+    }
+
+    /// The object the warning is about.
+    pub fn key(&self) -> ObjectKey {
+        ObjectKey { kind: self.kind.clone(), namespace: self.namespace.clone(), name: self.name.clone() }
+    }
+}
+
+impl fmt::Display for Warning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(file) = &self.file {
+            write!(f, "{file}: ")?;
+        }
+        write!(f, "{} {}/{}: {}: {}", self.kind, self.namespace, self.name, self.field, self.message)
     }
 }
 

@@ -4,8 +4,9 @@
 use crate::destination_rule::{DestinationRuleModel, EffectivePolicy, HashKey, HashTable, LoadBalancer};
 use crate::maglev;
 use crate::model::{EndpointSliceModel, Model, PortModel, Protocol, ServiceModel, TargetPort};
-use crate::object::Rejection;
+use crate::object::{ObjectKey, Rejection};
 use crate::route::RouteTable;
+use crate::warnings::{proxy_only_fields, PortPath};
 use mesh_common::{
     capacity, lb, Backend, Frontend, FrontendKey, ServiceIpKey, SlotKey, FAMILY_V4, FAMILY_V6, FRONTEND_CAPTURE,
     PROTO_TCP, PROTO_UDP,
@@ -251,6 +252,8 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
     let mut snapshot = Snapshot { rejections: model.rejections.clone(), ..Default::default() };
     let slices = index_slices(model);
     let pod_labels = PodLabels::new(model);
+    // Rule fields only the HTTP proxy acts on, on ports it does not serve.
+    let mut without_http_proxy = Vec::new();
     for service in model.services.values() {
         let fqdn = service.fqdn(cluster_domain);
         let rule = model.rule_for_host(&fqdn, &service.namespace);
@@ -317,6 +320,22 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
             if service.cluster_ips.is_empty() {
                 continue; // headless: nothing to translate
             }
+            let path = match (captured, http) {
+                (false, _) => Some(PortPath::Kernel),
+                (true, false) => Some(PortPath::TcpProxy),
+                (true, true) => None,
+            };
+            if let (Some(rule), Some(path), Protocol::Tcp) = (rule, path, port.protocol) {
+                let key = ObjectKey {
+                    kind: "DestinationRule".into(),
+                    namespace: rule.namespace.clone(),
+                    name: rule.name.clone(),
+                };
+                if let Some(object) = model.served_object(&key) {
+                    let name = format!("{}/{}", service.namespace, service.name);
+                    without_http_proxy.extend(proxy_only_fields(rule, object, &name, port.port, path));
+                }
+            }
             snapshot.services.push(ServicePortView {
                 namespace: service.namespace.clone(),
                 name: service.name.clone(),
@@ -346,7 +365,9 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
     }
     snapshot.pods_by_ip =
         model.pods.iter().flat_map(|(id, pod)| pod.ips.iter().map(move |ip| (*ip, id.clone()))).collect();
-    snapshot.model = Arc::new(model.clone());
+    let mut model = model.clone();
+    model.warnings.extend(without_http_proxy);
+    snapshot.model = Arc::new(model);
     snapshot.routes = routes;
     check_capacity("service addresses", snapshot.frontends.len(), capacity::FRONTENDS)?;
     check_capacity("service IPs", snapshot.service_ips.len(), capacity::SERVICE_IPS)?;
@@ -566,5 +587,53 @@ mod tests {
             assert_eq!(words_ip(ip_words(ip), family_of(ip)), ip);
         }
         assert_eq!(ip_words("10.0.0.1".parse().unwrap())[0].to_ne_bytes(), [10, 0, 0, 1]);
+    }
+
+    #[test]
+    fn proxy_only_rule_fields_warn_on_ports_the_http_proxy_does_not_serve() {
+        let text = concat!(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\n",
+            "spec:\n  clusterIP: 10.96.0.20\n  ports:\n  - {name: tcp-db, port: 5432}\n  - {name: http, port: 80}\n",
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: db, namespace: shop}\n",
+            "spec:\n  host: db\n  trafficPolicy:\n    connectionPool: {tcp: {connectTimeout: 2s, maxConnections: 10}}\n",
+            "    portLevelSettings:\n    - port: {number: 5432}\n      tls: {mode: SIMPLE}\n      outlierDetection: {consecutive5xxErrors: 2}\n",
+            "      loadBalancer: {consistentHash: {httpHeaderName: x-user}}\n",
+        );
+        let snapshot = compile_yaml(text);
+        let fields: Vec<&str> = snapshot.model.warnings.iter().map(|w| w.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                // Port 5432 (TCP, no route): its entry's TLS, ejection and hash.
+                "spec.trafficPolicy.portLevelSettings[0].outlierDetection",
+                "spec.trafficPolicy.portLevelSettings[0].tls.mode",
+                "spec.trafficPolicy.portLevelSettings[0].loadBalancer.consistentHash",
+                // Port 80 (HTTP, no route or proxy-only field): the top level's timeout.
+                "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
+            ]
+        );
+        let tls = &snapshot.model.warnings[1];
+        assert!(tls.message.starts_with("not applied to port 5432 of Service shop/db"), "{}", tls.message);
+        assert!(tls.message.ends_with("so connections go without TLS"), "{}", tls.message);
+        // Relayed as TCP by the proxy (a `tcp` route): the connect timeout
+        // applies, TLS and ejection do not, at any level the route reaches.
+        let routed = text.replace("x-user}}\n", "x-user}}\n  subsets:\n  - name: v1\n    labels: {version: v1}\n    trafficPolicy: {outlierDetection: {consecutive5xxErrors: 1}}\n")
+            + "---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db, namespace: shop}\nspec:\n  hosts: [db]\n  tcp:\n  - route: [{destination: {host: db, subset: v1}}]\n";
+        let snapshot = compile_yaml(&routed);
+        let fields: Vec<&str> = snapshot.model.warnings.iter().map(|w| w.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.trafficPolicy.portLevelSettings[0].outlierDetection",
+                "spec.trafficPolicy.portLevelSettings[0].tls.mode",
+                "spec.trafficPolicy.portLevelSettings[0].loadBalancer.consistentHash",
+                "spec.subsets[0].trafficPolicy.outlierDetection",
+                // Port 80 is captured now: the subset's ejection needs the proxy.
+            ]
+        );
+        assert!(snapshot.model.warnings[0].message.contains("the proxy relays its connections as plain TCP"));
+        // Through the HTTP proxy, they apply: no warning.
+        let captured = text.replace("connectTimeout: 2s, ", "").replace("tcp-db", "http-db");
+        assert!(compile_yaml(&captured).model.warnings.is_empty(), "{:?}", compile_yaml(&captured).model.warnings);
     }
 }

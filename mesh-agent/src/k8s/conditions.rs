@@ -1,5 +1,7 @@
 //! Validation results written back to each Istio object's
-//! `status.conditions` (type `Reconciled`), by one agent of the cluster: the
+//! `status.conditions` (type `Reconciled`), and the fields it sets that are
+//! not honoured as `status.validationMessages` (level `WARNING`, as istiod
+//! writes its analysis messages), by one agent of the cluster: the
 //! holder of the `coordination.k8s.io` Lease `mesh-agent-status` in the
 //! agents' namespace. Every agent competes for it; the holder renews it, and
 //! another takes it over once it has seen no renewal for a lease duration
@@ -11,7 +13,7 @@ use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, ApiResource, DynamicObject, ObjectMeta, Patch, PatchParams, PostParams};
-use mesh_core::object::ObjectKey;
+use mesh_core::object::{ObjectKey, Warning, WarningReason};
 use mesh_core::published::Published;
 use serde::Serialize;
 use std::collections::HashMap;
@@ -73,6 +75,73 @@ pub fn condition_for(key: &ObjectKey, published: &Published) -> Reconciled {
     }
 }
 
+/// One entry of `status.validationMessages`, in istiod's shape (`level`,
+/// `type`), with the field and what happens instead as `description`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ValidationMessage {
+    pub level: &'static str,
+    #[serde(rename = "type")]
+    pub type_: MessageType,
+    pub description: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MessageType {
+    pub code: &'static str,
+    pub name: &'static str,
+}
+
+impl ValidationMessage {
+    fn of(warning: &Warning) -> Self {
+        // Codes of the mesh's own (istiod's are IST0xxx).
+        let (code, name) = match warning.reason {
+            WarningReason::NotHonoured => ("MESH0001", "FieldNotHonoured"),
+            WarningReason::UnknownField => ("MESH0002", "UnknownField"),
+        };
+        ValidationMessage {
+            level: "WARNING",
+            type_: MessageType { code, name },
+            description: format!("{}: {}", warning.field, warning.message),
+        }
+    }
+}
+
+/// The warnings of one object that serves, as validation messages.
+pub fn validation_messages_for(key: &ObjectKey, published: &Published) -> Vec<ValidationMessage> {
+    (published.snapshot.model.warnings.iter())
+        .filter(|w| w.kind == key.kind && w.namespace == key.namespace && w.name == key.name)
+        .map(ValidationMessage::of)
+        .collect()
+}
+
+/// The `status` merge patch for one object. No messages clear any written
+/// before (`null` removes the key).
+fn status_patch(
+    generation: Option<i64>,
+    condition: &Reconciled,
+    transition: &str,
+    messages: &[ValidationMessage],
+) -> serde_json::Value {
+    serde_json::json!({
+        "status": {
+            "observedGeneration": generation,
+            "conditions": [{
+                "type": "Reconciled",
+                "status": if condition.accepted { "True" } else { "False" },
+                "reason": condition.reason,
+                "message": condition.message,
+                "lastTransitionTime": transition,
+                "observedGeneration": generation,
+            }],
+            "validationMessages": if messages.is_empty() { None } else { Some(messages) },
+        }
+    })
+}
+
+/// What was last written for an object: generation, condition, its
+/// messages, and when the condition last flipped.
+type Written = (Option<i64>, Reconciled, Vec<ValidationMessage>, String);
+
 /// Competes for the Lease and, while holding it, keeps the conditions of
 /// every Istio object in the store up to date.
 pub struct StatusWriter {
@@ -85,9 +154,8 @@ pub struct StatusWriter {
     leading: Arc<AtomicBool>,
     /// The holder and renewal last seen, and when (on our clock).
     observed: Option<(Option<String>, Option<MicroTime>, Instant)>,
-    /// What this agent last wrote per object: generation, condition, and
-    /// when the condition last flipped.
-    written: HashMap<ObjectKey, (Option<i64>, Reconciled, String)>,
+    /// What this agent last wrote per object.
+    written: HashMap<ObjectKey, Written>,
 }
 
 impl StatusWriter {
@@ -225,32 +293,21 @@ impl StatusWriter {
                     true => published.snapshot.model.served_generation(&key).or(latest_generation),
                     false => latest_generation,
                 };
+                let messages = validation_messages_for(&key, &published);
                 let previous = self.written.get(&key);
-                if previous.is_some_and(|(g, c, _)| (g, c) == (&generation, &condition)) {
+                if previous.is_some_and(|(g, c, m, _)| (g, c, m) == (&generation, &condition, &messages)) {
                     continue;
                 }
-                let flipped =
-                    previous.is_none_or(|(_, c, _)| (c.accepted, c.reason) != (condition.accepted, condition.reason));
+                let flipped = previous
+                    .is_none_or(|(_, c, _, _)| (c.accepted, c.reason) != (condition.accepted, condition.reason));
                 let transition = match previous {
-                    Some((_, _, at)) if !flipped => at.clone(),
+                    Some((_, _, _, at)) if !flipped => at.clone(),
                     _ => Timestamp::now().to_string(),
                 };
-                let body = serde_json::json!({
-                    "status": {
-                        "observedGeneration": generation,
-                        "conditions": [{
-                            "type": "Reconciled",
-                            "status": if condition.accepted { "True" } else { "False" },
-                            "reason": condition.reason,
-                            "message": condition.message,
-                            "lastTransitionTime": transition,
-                            "observedGeneration": generation,
-                        }],
-                    }
-                });
+                let body = status_patch(generation, &condition, &transition, &messages);
                 let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &key.namespace, &resource);
                 match api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&body)).await {
-                    Ok(_) => drop(self.written.insert(key, (generation, condition, transition))),
+                    Ok(_) => drop(self.written.insert(key, (generation, condition, messages, transition))),
                     Err(error) => {
                         tracing::warn!(kind = %key.kind, namespace = %key.namespace, name = %key.name, %error, "status not written")
                     }
@@ -273,5 +330,61 @@ fn conflict_is_false<T>(result: Result<T, kube::Error>) -> Result<bool, kube::Er
         Ok(_) => Ok(true),
         Err(kube::Error::Api(status)) if status.code == 409 => Ok(false),
         Err(error) => Err(error),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mesh_core::decode::parse_file;
+    use mesh_core::model::Model;
+    use mesh_core::snapshot::compile;
+
+    fn published(text: &str) -> Published {
+        let objects = parse_file("", text).unwrap();
+        let model = Model::build(&objects, vec![], &Model::default(), "cluster.local");
+        Published {
+            snapshot: Arc::new(compile(&model, "cluster.local").unwrap()),
+            ready: true,
+            reloads: 1,
+            last_reload: None,
+        }
+    }
+
+    fn key(kind: &str, name: &str) -> ObjectKey {
+        ObjectKey { kind: kind.into(), namespace: "shop".into(), name: name.into() }
+    }
+
+    #[test]
+    fn warnings_go_to_validation_messages_and_leave_the_condition_accepted() {
+        let published = published(concat!(
+            "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: mtls, namespace: shop}\n",
+            "spec:\n  host: web\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}, colour: red}\n",
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: plain, namespace: shop}\n",
+            "spec:\n  host: db\n  trafficPolicy: {loadBalancer: {simple: RANDOM}}\n",
+        ));
+        let mtls = key("DestinationRule", "mtls");
+        let condition = condition_for(&mtls, &published);
+        assert_eq!((condition.accepted, condition.reason), (true, "Accepted"));
+        let messages = validation_messages_for(&mtls, &published);
+        let body = status_patch(Some(3), &condition, "2026-01-01T00:00:00Z", &messages);
+        let written = &body["status"]["validationMessages"];
+        assert_eq!(written.as_array().map(Vec::len), Some(2), "{body}");
+        assert_eq!(written[0]["level"], "WARNING");
+        assert_eq!(written[0]["type"], serde_json::json!({"code": "MESH0001", "name": "FieldNotHonoured"}));
+        let description = written[0]["description"].as_str().unwrap();
+        assert!(description.starts_with("spec.trafficPolicy.tls.mode: ISTIO_MUTUAL: "), "{description}");
+        assert_eq!(written[1]["type"]["name"], "UnknownField");
+        assert_eq!(
+            written[1]["description"],
+            "spec.trafficPolicy.colour: not a field of DestinationRule in networking.istio.io/v1; ignored"
+        );
+        assert_eq!(body["status"]["conditions"][0]["status"], "True");
+        assert_eq!(body["status"]["observedGeneration"], 3);
+        // No warnings: the key is cleared rather than left as it was.
+        let plain = key("DestinationRule", "plain");
+        assert!(validation_messages_for(&plain, &published).is_empty());
+        let body = status_patch(None, &condition_for(&plain, &published), "t", &[]);
+        assert!(body["status"].as_object().unwrap()["validationMessages"].is_null(), "{body}");
     }
 }

@@ -454,9 +454,6 @@ pub fn name_fields(name: &str) -> Option<(&str, &str, &str)> {
 /// Client configurations for both protocols, and the name to send as SNI
 /// (and check, unless `subjectAltNames` say otherwise).
 fn originate(settings: &ClientTls, namespace: &str, snapshot: &Snapshot, fqdn: &str) -> Result<[Tls; 2], TlsError> {
-    if settings.mode == TlsMode::IstioMutual {
-        return Err(TlsError::Mode("ISTIO_MUTUAL"));
-    }
     let material = material(settings, namespace, &snapshot.model.secrets)?;
     let name = settings.sni.clone().unwrap_or_else(|| fqdn.to_owned());
     let server_name = rustls::pki_types::ServerName::try_from(name.clone())

@@ -93,9 +93,10 @@ impl EffectivePolicy {
             tcp: level.connection_pool.as_ref().and_then(|pool| pool.tcp.clone()).unwrap_or_default(),
             http_pool: level.connection_pool.and_then(|pool| pool.http),
             outlier_detection: level.outlier_detection,
-            // Until the mesh encrypts pod-to-pod traffic itself, ISTIO_MUTUAL
-            // is served in plaintext: the proxy originates no TLS for it.
-            tls: level.tls.filter(|tls| tls.mode != TlsMode::IstioMutual),
+            // DISABLE (and ISTIO_MUTUAL, validated as DISABLE until the mesh
+            // encrypts pod-to-pod traffic itself) originates nothing: a port
+            // is not sent through the proxy for it.
+            tls: level.tls.filter(|tls| tls.mode != TlsMode::Disable),
             tunnel: match subset {
                 Some(subset) => subset.and_then(|p| p.tunnel.clone()),
                 None => top.and_then(|p| p.tunnel.clone()),

@@ -302,7 +302,11 @@ mod tests {
         let top = r.effective(None, 80);
         assert!(top.outlier_detection.is_some());
         assert_eq!(top.tls, None, "ISTIO_MUTUAL is served in plaintext: no TLS origination");
-        assert_eq!(r.policy.as_ref().unwrap().base.tls.as_ref().unwrap().mode, TlsMode::IstioMutual, "kept as written");
+        assert_eq!(
+            r.policy.as_ref().unwrap().base.tls.as_ref().unwrap().mode,
+            TlsMode::Disable,
+            "validated as DISABLE"
+        );
         let port = r.effective(None, 8080);
         assert_eq!(port.load_balancer, LoadBalancer::LeastRequest, "not inherited: the default");
         assert_eq!(port.tcp, TcpPool::default());
@@ -322,7 +326,7 @@ mod tests {
             "    labels: {version: v1}\n",
             "    trafficPolicy:\n",
             "      loadBalancer: {simple: RANDOM}\n",
-            "      tls: {mode: DISABLE}\n",
+            "      tls: {mode: SIMPLE, sni: v1.example}\n",
             "      portLevelSettings:\n",
             "      - port: {number: 9090}\n",
             "        connectionPool: {tcp: {maxConnections: 2}}\n",

@@ -16,8 +16,6 @@ pub enum TlsMode {
     Simple,
     /// Verify the server and present a client certificate.
     Mutual,
-    /// The mesh's own certificates (Istio's workload identity).
-    IstioMutual,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize)]
@@ -40,7 +38,9 @@ pub fn validate_tls(at: &Path, tls: &api::ClientTlsSettings) -> Result<ClientTls
         None | Some("DISABLE") => TlsMode::Disable,
         Some("SIMPLE") => TlsMode::Simple,
         Some("MUTUAL") => TlsMode::Mutual,
-        Some("ISTIO_MUTUAL") => TlsMode::IstioMutual,
+        // The mesh has no workload identities yet: served in plain text
+        // (no origination), with a warning (see `crate::warnings`).
+        Some("ISTIO_MUTUAL") => TlsMode::Disable,
         Some(other) => {
             return Err(FieldError::new(
                 at.field("mode"),

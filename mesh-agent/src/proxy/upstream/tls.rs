@@ -16,8 +16,6 @@ use std::sync::Arc;
 
 #[derive(Clone, Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("tls mode {0} is not supported by this proxy (SIMPLE and MUTUAL are)")]
-    Mode(&'static str),
     #[error("reading {path}: {message}")]
     File { path: PathBuf, message: String },
     #[error("tls: {0}")]

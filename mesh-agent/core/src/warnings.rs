@@ -1,0 +1,539 @@
+//! Warnings: the fields of a served VirtualService or DestinationRule that
+//! are set but not honoured, each with what happens instead, so that no
+//! field is ignored in silence. One walk over the API types per object
+//! ([`of_object`]); fields the input had that the types lack (noted when it
+//! was decoded) are reported here too.
+//!
+//! What is honoured was read from the code that acts on each field: the
+//! validation into `destination_rule` and `route` types, the snapshot
+//! compiler (kernel) and the proxy. A field missing from this walk is
+//! honoured; [`HONOURED`] lists those that are easy to mistake for
+//! unsupported (or are honoured by work landing beside this module).
+
+use crate::api::{
+    ClientTlsSettings, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection, Resource,
+    TrafficPolicy, VirtualService,
+};
+use crate::destination_rule::{DestinationRuleModel, HashKey, LoadBalancer, Policy, PolicyLevel, TlsMode};
+use crate::field::Path;
+use crate::object::{SourcedObject, Warning, WarningReason};
+
+/// Fields honoured although they may look unsupported, as path patterns
+/// (`[]` for any index). Also checked against fields the API types lack, so
+/// that a field implemented beside this module (and added to the types
+/// there) never warns here meanwhile.
+pub const HONOURED: &[(&str, &str)] = &[
+    ("DestinationRule", "spec.workloadSelector"),
+    ("DestinationRule", "*.connectionPool.tcp.maxConnectionDuration"),
+    ("DestinationRule", "*.loadBalancer.warmup"),
+    ("DestinationRule", "*.loadBalancer.warmupDurationSecs"),
+    ("DestinationRule", "*.retryBudget"),
+    ("VirtualService", "spec.http[].corsPolicy.allowOrigin"),
+    ("VirtualService", "spec.tcp[].match[].destinationSubnets"),
+    ("VirtualService", "spec.tcp[].match[].sourceSubnet"),
+    ("VirtualService", "spec.tcp[].match[].sourceLabels"),
+    ("VirtualService", "spec.tcp[].match[].sourceNamespace"),
+    ("VirtualService", "spec.tcp[].match[].port"),
+    ("VirtualService", "spec.tcp[].match[].gateways"),
+    ("VirtualService", "spec.tls[].match[].destinationSubnets"),
+    ("VirtualService", "spec.tls[].match[].sourceSubnet"),
+    ("VirtualService", "spec.tls[].match[].sourceLabels"),
+    ("VirtualService", "spec.tls[].match[].sourceNamespace"),
+    ("VirtualService", "spec.tls[].match[].port"),
+    ("VirtualService", "spec.tls[].match[].gateways"),
+];
+
+/// Istio fields the API types do not have, and what happens instead.
+const KNOWN_UNMODELLED: &[(&str, &str, &str)] = &[
+    ("VirtualService", "spec.http[].delegate", "delegate VirtualServices are not supported; this rule does not route"),
+    (
+        "VirtualService",
+        "spec.http[].match[].statPrefix",
+        "per-route statistics are not kept; the proxy's metrics are per cluster",
+    ),
+    (
+        "VirtualService",
+        "spec.http[].corsPolicy.unmatchedPreflights",
+        "not supported; a preflight from an origin that is not allowed is forwarded to the destination (FORWARD)",
+    ),
+];
+
+pub const ISTIO_MUTUAL: &str = "ISTIO_MUTUAL: the mesh does not encrypt pod-to-pod traffic yet; requests go in \
+                                plaintext (the rest of the policy applies)";
+pub const TUNNEL: &str = "not supported yet; connections go to the destination directly, without a tunnel";
+pub const PROXY_PROTOCOL: &str = "not supported yet; connections go to the destination without a PROXY protocol header";
+
+/// The warnings of `object` (none for a kind other than VirtualService and
+/// DestinationRule).
+pub fn of_object(object: &SourcedObject) -> Vec<Warning> {
+    let mut found = Found::default();
+    let kind = match &object.resource {
+        Resource::DestinationRule(rule) => {
+            destination_rule(rule, &mut found);
+            "DestinationRule"
+        }
+        Resource::VirtualService(vs) => {
+            virtual_service(vs, &mut found);
+            "VirtualService"
+        }
+        _ => return Vec::new(),
+    };
+    for field in &object.unknown_fields {
+        let pattern = pattern_of(field);
+        let known = KNOWN_UNMODELLED.iter().find(|(k, p, _)| *k == kind && *p == pattern);
+        match known {
+            Some((_, _, message)) => found.not_honoured(field.clone(), *message),
+            None => {
+                let message = format!("not a field of {kind} in networking.istio.io/v1; ignored");
+                found.0.push((field.clone(), message, WarningReason::UnknownField));
+            }
+        }
+    }
+    found
+        .0
+        .into_iter()
+        .filter(|(field, ..)| !is_honoured(kind, field))
+        .map(|(field, message, reason)| Warning::object(object, field, message, reason))
+        .collect()
+}
+
+/// Whether `field` (a path with indexes) is on the [`HONOURED`] list for
+/// `kind`, itself or under a listed field.
+pub fn is_honoured(kind: &str, field: &str) -> bool {
+    let pattern = pattern_of(field);
+    HONOURED.iter().filter(|(k, _)| *k == kind).any(|(_, listed)| match listed.strip_prefix('*') {
+        // At any policy level: top, subset or port.
+        Some(suffix) => pattern.ends_with(suffix) || pattern.contains(&format!("{suffix}.")),
+        None => pattern == *listed || pattern.starts_with(&format!("{listed}.")),
+    })
+}
+
+/// A path with its list indexes blanked: `spec.http[2].route` → `spec.http[].route`.
+fn pattern_of(field: &str) -> String {
+    let mut out = String::with_capacity(field.len());
+    let mut in_index = false;
+    for c in field.chars() {
+        match c {
+            '[' => {
+                in_index = true;
+                out.push('[');
+            }
+            ']' => {
+                in_index = false;
+                out.push(']');
+            }
+            _ if in_index => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Warnings found so far: field, message, reason.
+#[derive(Default)]
+struct Found(Vec<(String, String, WarningReason)>);
+
+impl Found {
+    fn not_honoured(&mut self, field: String, message: impl Into<String>) {
+        self.0.push((field, message.into(), WarningReason::NotHonoured));
+    }
+}
+
+fn destination_rule(rule: &DestinationRule, found: &mut Found) {
+    let spec = &rule.spec;
+    if let Some(policy) = &spec.traffic_policy {
+        traffic_policy(&Path::new("spec.trafficPolicy"), policy, found);
+    }
+    for (i, subset) in spec.subsets.iter().enumerate() {
+        if let Some(policy) = &subset.traffic_policy {
+            traffic_policy(&Path::new("spec").index("subsets", i).child("trafficPolicy"), policy, found);
+        }
+    }
+}
+
+fn traffic_policy(at: &Path, policy: &TrafficPolicy, found: &mut Found) {
+    level(at, policy.load_balancer.as_ref(), policy.connection_pool.as_ref(), policy.outlier_detection.as_ref(), found);
+    tls(at, policy.tls.as_ref(), found);
+    for (i, port) in policy.port_level_settings.iter().enumerate() {
+        let at = at.index("portLevelSettings", i);
+        level(&at, port.load_balancer.as_ref(), port.connection_pool.as_ref(), port.outlier_detection.as_ref(), found);
+        tls(&at, port.tls.as_ref(), found);
+    }
+    if policy.tunnel.is_some() {
+        found.not_honoured(at.field("tunnel"), TUNNEL);
+    }
+    if policy.proxy_protocol.is_some() {
+        found.not_honoured(at.field("proxyProtocol"), PROXY_PROTOCOL);
+    }
+}
+
+fn tls(at: &Path, tls: Option<&ClientTlsSettings>, found: &mut Found) {
+    let Some(tls) = tls else { return };
+    let at = at.child("tls");
+    if tls.mode.as_deref() == Some("ISTIO_MUTUAL") {
+        found.not_honoured(at.field("mode"), ISTIO_MUTUAL);
+    }
+    if tls.ca_crl.as_deref().is_some_and(|crl| !crl.is_empty()) {
+        found.not_honoured(
+            at.field("caCrl"),
+            "not supported yet; server certificates are not checked against a revocation list",
+        );
+    }
+}
+
+/// The four fields a policy level (top, subset or port) merges.
+fn level(
+    at: &Path,
+    load_balancer: Option<&LoadBalancerSettings>,
+    pool: Option<&ConnectionPoolSettings>,
+    outlier: Option<&OutlierDetection>,
+    found: &mut Found,
+) {
+    if let Some(lb) = load_balancer {
+        let at = at.child("loadBalancer");
+        if lb.simple.as_deref() == Some("PASSTHROUGH") {
+            found.not_honoured(
+                at.field("simple"),
+                "PASSTHROUGH has no original destination to pass to for a service address; balanced as LEAST_REQUEST",
+            );
+        }
+        if lb.locality_lb_setting.as_ref().is_some_and(|l| l.enabled != Some(false)) {
+            found.not_honoured(
+                at.field("localityLbSetting"),
+                "not supported yet; the mesh does not know localities, so endpoints are balanced without locality \
+                 weights or failover",
+            );
+        }
+    }
+    if let Some(tcp) = pool.and_then(|pool| pool.tcp.as_ref()) {
+        let at = at.child("connectionPool").child("tcp");
+        if tcp.tcp_keepalive.is_some() {
+            found.not_honoured(
+                at.field("tcpKeepalive"),
+                "not supported yet; no TCP keepalive is set on connections to the destination (the node's defaults apply)",
+            );
+        }
+        if tcp.idle_timeout.is_some() {
+            found.not_honoured(
+                at.field("idleTimeout"),
+                "not supported yet; idle TCP connections to the destination stay open until either side closes them",
+            );
+        }
+    }
+    if let Some(http) = pool.and_then(|pool| pool.http.as_ref()) {
+        let at = at.child("connectionPool").child("http");
+        if http.h2_upgrade_policy.as_deref() == Some("UPGRADE") {
+            found.not_honoured(
+                at.field("h2UpgradePolicy"),
+                "UPGRADE is not supported yet; requests go upstream in the port's protocol (HTTP/2 only for \
+                 http2 and grpc ports)",
+            );
+        }
+        if http.use_client_protocol == Some(true) {
+            found.not_honoured(
+                at.field("useClientProtocol"),
+                "not supported yet; requests go upstream in the port's protocol (HTTP/2 only for http2 and grpc \
+                 ports), not the client's",
+            );
+        }
+        if http.max_concurrent_streams.is_some() {
+            found.not_honoured(
+                at.field("maxConcurrentStreams"),
+                "not supported yet; an HTTP/2 connection to the destination carries as many streams as the server \
+                 allows",
+            );
+        }
+    }
+    if let Some(outlier) = outlier {
+        if outlier.split_external_local_origin_errors == Some(true) {
+            found.not_honoured(
+                at.child("outlierDetection").field("splitExternalLocalOriginErrors"),
+                "not supported yet; local-origin failures (connect errors, resets, timeouts) count as 5xx and \
+                 gateway errors, and consecutiveLocalOriginFailures is not used",
+            );
+        }
+    }
+}
+
+fn virtual_service(vs: &VirtualService, found: &mut Found) {
+    let spec = &vs.spec;
+    if gateways_only(&spec.gateways) {
+        found.not_honoured(
+            "spec.gateways".into(),
+            "names only gateways, and this mesh runs no gateways: the VirtualService routes nothing (sidecar \
+             traffic to its hosts keeps the default routing)",
+        );
+    }
+    for (i, route) in spec.http.iter().enumerate() {
+        let at = Path::new("spec").index("http", i);
+        for (j, matched) in route.matches.iter().enumerate() {
+            if gateways_only(&matched.gateways) {
+                found.not_honoured(
+                    at.index("match", j).field("gateways"),
+                    "names only gateways, and this mesh runs no gateways: sidecars skip this match block",
+                );
+            }
+        }
+        if let Some(retries) = &route.retries {
+            let at = at.child("retries");
+            if retries.retry_remote_localities == Some(true) {
+                found.not_honoured(
+                    at.field("retryRemoteLocalities"),
+                    "not supported yet; the mesh does not know localities, so retries pick among all endpoints",
+                );
+            }
+            if retries.retry_ignore_previous_hosts == Some(false) {
+                found.not_honoured(
+                    at.field("retryIgnorePreviousHosts"),
+                    "false is not supported yet; a retry always prefers an endpoint not tried yet",
+                );
+            }
+        }
+    }
+}
+
+/// A non-empty `gateways` list without `mesh`: not for sidecars.
+fn gateways_only(gateways: &[String]) -> bool {
+    !gateways.is_empty() && !crate::host::applies_to_mesh(gateways)
+}
+
+/// How the connections to a TCP service port are served, when not by the
+/// HTTP proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortPath {
+    /// The kernel balances them alone (the port is not captured).
+    Kernel,
+    /// The proxy relays them as TCP (`tcp` or `tls` routes).
+    TcpProxy,
+}
+
+/// The fields of `rule` (served as `object`) that only the HTTP proxy acts
+/// on, set for a TCP service port served by `path`: there they do not
+/// apply. In the kernel only the top level (or its entry for the port)
+/// counts, as subsets are reached only through routes; through the TCP
+/// proxy, the subsets' levels too.
+pub fn proxy_only_fields(
+    rule: &DestinationRuleModel,
+    object: &SourcedObject,
+    service: &str,
+    port: u16,
+    path: PortPath,
+) -> Vec<Warning> {
+    let level_at = |at: Path, policy: &'_ Policy| -> (Path, PolicyLevel) {
+        match policy.ports.get(&port) {
+            Some(entry) => (at.index("portLevelSettings", entry.index), entry.level.clone()),
+            None => (at, policy.base.clone()),
+        }
+    };
+    let mut levels: Vec<(Path, PolicyLevel)> =
+        rule.policy.iter().map(|p| level_at(Path::new("spec.trafficPolicy"), p)).collect();
+    if path == PortPath::TcpProxy {
+        for (i, subset) in rule.subsets.iter().enumerate() {
+            if let Some(policy) = &subset.policy {
+                levels.push(level_at(Path::new("spec").index("subsets", i).child("trafficPolicy"), policy));
+            }
+        }
+    }
+    let where_ = match path {
+        PortPath::Kernel => format!(
+            "not applied to port {port} of Service {service}: the kernel balances its connections without the proxy \
+             (no route or rule needs the proxy there)"
+        ),
+        PortPath::TcpProxy => {
+            format!("not applied to port {port} of Service {service}: the proxy relays its connections as plain TCP")
+        }
+    };
+    let mut found = Found::default();
+    for (at, level) in levels {
+        if level.outlier_detection.is_some() {
+            found.not_honoured(at.field("outlierDetection"), format!("{where_}, so no endpoint is ejected"));
+        }
+        if level.tls.as_ref().is_some_and(|tls| matches!(tls.mode, TlsMode::Simple | TlsMode::Mutual)) {
+            found.not_honoured(at.child("tls").field("mode"), format!("{where_}, so connections go without TLS"));
+        }
+        let algorithm = level.load_balancer.as_ref().map(|lb| &lb.algorithm);
+        if let Some(LoadBalancer::ConsistentHash {
+            key: HashKey::HttpHeaderName(_) | HashKey::HttpCookie(_) | HashKey::HttpQueryParameterName(_),
+            ..
+        }) = algorithm
+        {
+            found.not_honoured(
+                at.child("loadBalancer").field("consistentHash"),
+                format!("{where_}, and a TCP connection has no HTTP header, cookie or query to hash on"),
+            );
+        }
+        let tcp = level.connection_pool.as_ref().and_then(|pool| pool.tcp.as_ref());
+        if path == PortPath::Kernel && tcp.is_some_and(|tcp| tcp.connect_timeout.is_some()) {
+            found.not_honoured(
+                at.child("connectionPool").child("tcp").field("connectTimeout"),
+                format!("{where_}, so the client's own connect timeout applies"),
+            );
+        }
+    }
+    (found.0.into_iter()).map(|(field, message, reason)| Warning::object(object, field, message, reason)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::parse_file;
+
+    fn warnings(text: &str) -> Vec<(String, String)> {
+        let objects = parse_file("w.yaml", text).expect("decodes");
+        objects.iter().flat_map(of_object).map(|w| (w.field, w.message)).collect()
+    }
+
+    fn fields(text: &str) -> Vec<String> {
+        warnings(text).into_iter().map(|(field, _)| field).collect()
+    }
+
+    fn rule(spec: &str) -> String {
+        format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: web, namespace: shop}}\nspec:\n  host: web\n{spec}")
+    }
+
+    fn vs(spec: &str) -> String {
+        format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hosts: [web]\n{spec}")
+    }
+
+    #[test]
+    fn unsupported_destination_rule_fields_warn_by_path() {
+        let text = rule(concat!(
+            "  trafficPolicy:\n",
+            "    tunnel: {targetHost: proxy.example, targetPort: 8080}\n",
+            "    connectionPool: {tcp: {tcpKeepalive: {time: 10s}}, http: {maxConcurrentStreams: 10}}\n",
+            "    tls: {mode: SIMPLE, caCrl: /etc/certs/crl.pem}\n",
+            "    portLevelSettings:\n",
+            "    - port: {number: 80}\n",
+            "      loadBalancer: {simple: PASSTHROUGH, localityLbSetting: {enabled: true}}\n",
+            "  subsets:\n",
+            "  - name: v1\n",
+            "    labels: {version: v1}\n",
+            "    trafficPolicy: {proxyProtocol: {version: V2}, colour: red}\n",
+        ));
+        let found = warnings(&text);
+        let shown: Vec<&str> = found.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            shown,
+            [
+                "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
+                "spec.trafficPolicy.connectionPool.http.maxConcurrentStreams",
+                "spec.trafficPolicy.tls.caCrl",
+                "spec.trafficPolicy.portLevelSettings[0].loadBalancer.simple",
+                "spec.trafficPolicy.portLevelSettings[0].loadBalancer.localityLbSetting",
+                "spec.trafficPolicy.tunnel",
+                "spec.subsets[0].trafficPolicy.proxyProtocol",
+                "spec.subsets[0].trafficPolicy.colour",
+            ]
+        );
+        assert_eq!(found[5].1, TUNNEL);
+        assert_eq!(found[6].1, PROXY_PROTOCOL);
+        assert_eq!(found[7].1, "not a field of DestinationRule in networking.istio.io/v1; ignored");
+    }
+
+    #[test]
+    fn istio_mutual_warns_wherever_it_is_set() {
+        let text = rule(concat!(
+            "  trafficPolicy:\n",
+            "    tls: {mode: ISTIO_MUTUAL}\n",
+            "    portLevelSettings:\n",
+            "    - port: {number: 80}\n",
+            "      tls: {mode: ISTIO_MUTUAL}\n",
+            "  subsets:\n",
+            "  - name: v1\n",
+            "    labels: {version: v1}\n",
+            "    trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n",
+            "  - name: v2\n",
+            "    labels: {version: v2}\n",
+            "    trafficPolicy: {tls: {mode: DISABLE}}\n",
+        ));
+        let found = warnings(&text);
+        assert!(found.iter().all(|(_, message)| message == ISTIO_MUTUAL), "{found:?}");
+        let shown: Vec<&str> = found.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            shown,
+            [
+                "spec.trafficPolicy.tls.mode",
+                "spec.trafficPolicy.portLevelSettings[0].tls.mode",
+                "spec.subsets[0].trafficPolicy.tls.mode",
+            ]
+        );
+    }
+
+    #[test]
+    fn honoured_fields_do_not_warn() {
+        let text = rule(concat!(
+            "  exportTo: ['.']\n",
+            "  workloadSelector: {matchLabels: {app: client}}\n",
+            "  trafficPolicy:\n",
+            "    loadBalancer:\n",
+            "      consistentHash: {httpCookie: {name: u, ttl: 10s, path: /}, minimumRingSize: 1024}\n",
+            "      warmup: {duration: 10s}\n",
+            "      localityLbSetting: {enabled: false}\n",
+            "    connectionPool:\n",
+            "      tcp: {maxConnections: 10, connectTimeout: 1s, maxConnectionDuration: 1h}\n",
+            "      http: {http1MaxPendingRequests: 5, http2MaxRequests: 5, maxRequestsPerConnection: 1, maxRetries: 3, idleTimeout: 1m, h2UpgradePolicy: DO_NOT_UPGRADE, useClientProtocol: false}\n",
+            "    outlierDetection: {consecutive5xxErrors: 3, consecutiveGatewayErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 50, minHealthPercent: 10}\n",
+            "    tls: {mode: SIMPLE, sni: web.example, subjectAltNames: [web.example]}\n",
+            "    retryBudget: {percent: 20}\n",
+            "  subsets:\n",
+            "  - {name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}}\n",
+        ));
+        assert_eq!(warnings(&text), []);
+        let text = vs(concat!(
+            "  exportTo: ['*']\n",
+            "  gateways: [mesh, istio-system/ingress]\n",
+            "  http:\n",
+            "  - name: main\n",
+            "    match: [{uri: {prefix: /}, headers: {x-user: {exact: a}}, sourceLabels: {app: a}, ignoreUriCase: true, port: 80}]\n",
+            "    route: [{destination: {host: web, port: {number: 80}}, weight: 100, headers: {request: {set: {a: b}}}}]\n",
+            "    timeout: 5s\n",
+            "    retries: {attempts: 2, perTryTimeout: 1s, retryOn: 5xx, retryIgnorePreviousHosts: true}\n",
+            "    corsPolicy: {allowOrigins: [{exact: 'https://a.example'}], allowOrigin: ['https://b.example'], maxAge: 1h}\n",
+            "    mirror: {host: shadow}\n",
+            "    mirrorPercentage: {value: 5}\n",
+            "  tcp:\n",
+            "  - match: [{port: 9000, sourceSubnet: 10.0.0.0/8, destinationSubnets: [10.96.0.0/12], sourceLabels: {app: a}, sourceNamespace: shop, gateways: [mesh]}]\n",
+            "    route: [{destination: {host: db}}]\n",
+        ));
+        assert_eq!(warnings(&text), []);
+    }
+
+    #[test]
+    fn unsupported_virtual_service_fields_warn_by_path() {
+        let text = vs(concat!(
+            "  http:\n",
+            "  - match: [{uri: {prefix: /}, statPrefix: web, gateways: [ingress]}]\n",
+            "    route: [{destination: {host: web}}]\n",
+            "    retries: {attempts: 2, retryRemoteLocalities: true, retryIgnorePreviousHosts: false}\n",
+            "    corsPolicy: {allowOrigins: [{exact: 'https://a.example'}], unmatchedPreflights: IGNORE}\n",
+            "    futureField: 1\n",
+        ));
+        assert_eq!(
+            fields(&text),
+            [
+                "spec.http[0].match[0].gateways",
+                "spec.http[0].retries.retryRemoteLocalities",
+                "spec.http[0].retries.retryIgnorePreviousHosts",
+                // Fields the types lack come after, by key.
+                "spec.http[0].corsPolicy.unmatchedPreflights",
+                "spec.http[0].futureField",
+                "spec.http[0].match[0].statPrefix",
+            ]
+        );
+        let gateway_only = vs("  gateways: [istio-system/ingress]\n  http:\n  - route: [{destination: {host: web}}]\n");
+        assert_eq!(fields(&gateway_only), ["spec.gateways"]);
+    }
+
+    #[test]
+    fn the_honoured_list_matches_any_index_and_level() {
+        assert!(is_honoured(
+            "DestinationRule",
+            "spec.subsets[3].trafficPolicy.portLevelSettings[0].loadBalancer.warmup"
+        ));
+        assert!(is_honoured("DestinationRule", "spec.trafficPolicy.retryBudget.percent"));
+        assert!(is_honoured("VirtualService", "spec.tls[2].match[1].sourceSubnet"));
+        assert!(!is_honoured("VirtualService", "spec.http[0].match[0].sourceSubnet"));
+        assert!(!is_honoured("DestinationRule", "spec.trafficPolicy.tunnel"));
+        assert!(!is_honoured("DestinationRule", "spec.trafficPolicy.loadBalancer.warmupX"));
+    }
+}
