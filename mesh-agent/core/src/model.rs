@@ -496,8 +496,13 @@ impl Model {
     /// Whether a rule with a `workloadSelector` covers `fqdn` (for some
     /// clients then, only the proxy can apply the right rule).
     pub fn has_selector_rule(&self, fqdn: &str) -> bool {
+        self.selector_rules(fqdn).next().is_some()
+    }
+
+    /// The rules with a `workloadSelector` whose host covers `fqdn`.
+    pub fn selector_rules<'a>(&'a self, fqdn: &'a str) -> impl Iterator<Item = &'a DestinationRuleModel> + 'a {
         (self.destination_rules.values())
-            .any(|rule| rule.workload_selector.is_some() && host_specificity(&rule.host, fqdn).is_some())
+            .filter(move |rule| rule.workload_selector.is_some() && host_specificity(&rule.host, fqdn).is_some())
     }
 
     /// Only the rule with a `workloadSelector` picking `client`, if any.

@@ -6,7 +6,7 @@ use crate::maglev;
 use crate::model::{EndpointSliceModel, Model, PortModel, Protocol, ServiceModel, TargetPort};
 use crate::object::{ObjectKey, Rejection};
 use crate::route::RouteTable;
-use crate::warnings::{proxy_only_fields, PortPath};
+use crate::warnings::{proxy_only_fields, selector_on_kernel_port, PortPath};
 use mesh_common::{
     capacity, lb, Backend, Frontend, FrontendKey, ServiceIpKey, SlotKey, FAMILY_V4, FAMILY_V6, FRONTEND_CAPTURE,
     PROTO_TCP, PROTO_UDP,
@@ -336,6 +336,19 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
                     without_http_proxy.extend(proxy_only_fields(rule, object, &name, port.port, path));
                 }
             }
+            if path == Some(PortPath::Kernel) && port.protocol == Protocol::Tcp {
+                for selector_rule in model.selector_rules(&fqdn) {
+                    let key = ObjectKey {
+                        kind: "DestinationRule".into(),
+                        namespace: selector_rule.namespace.clone(),
+                        name: selector_rule.name.clone(),
+                    };
+                    if let Some(object) = model.served_object(&key) {
+                        let name = format!("{}/{}", service.namespace, service.name);
+                        without_http_proxy.push(selector_on_kernel_port(object, &name, port.port));
+                    }
+                }
+            }
             snapshot.services.push(ServicePortView {
                 namespace: service.namespace.clone(),
                 name: service.name.clone(),
@@ -635,5 +648,29 @@ mod tests {
         // Through the HTTP proxy, they apply: no warning.
         let captured = text.replace("connectTimeout: 2s, ", "").replace("tcp-db", "http-db");
         assert!(compile_yaml(&captured).model.warnings.is_empty(), "{:?}", compile_yaml(&captured).model.warnings);
+    }
+
+    #[test]
+    fn a_selector_rule_or_an_http_only_limit_warns_on_a_port_the_kernel_balances() {
+        let text = concat!(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\n",
+            "spec:\n  clusterIP: 10.96.0.20\n  ports:\n  - {name: tcp-db, port: 5432}\n",
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: db-batch, namespace: shop}\n",
+            "spec:\n  host: db\n  workloadSelector: {matchLabels: {app: batch}}\n",
+            "  trafficPolicy: {connectionPool: {tcp: {maxConnections: 1}}}\n",
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: db, namespace: shop}\n",
+            "spec:\n  host: db\n  trafficPolicy: {connectionPool: {tcp: {maxConnectionDuration: 1h}}}\n",
+        );
+        let snapshot = compile_yaml(text);
+        let shown: Vec<(&str, &str)> =
+            snapshot.model.warnings.iter().map(|w| (w.name.as_str(), w.field.as_str())).collect();
+        assert_eq!(
+            shown,
+            [
+                ("db", "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration"),
+                ("db-batch", "spec.workloadSelector"),
+            ]
+        );
+        assert!(snapshot.model.warnings[1].message.contains("the clients this rule selects get the rule for all"));
     }
 }

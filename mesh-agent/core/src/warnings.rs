@@ -14,7 +14,9 @@ use crate::api::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection, Resource,
     TrafficPolicy, VirtualService,
 };
-use crate::destination_rule::{DestinationRuleModel, HashKey, LoadBalancer, Policy, PolicyLevel, TlsMode};
+use crate::destination_rule::{
+    DestinationRuleModel, HashKey, LoadBalancer, Policy, PolicyLevel, TlsMode, MAX_MAGLEV_TABLE_SIZE,
+};
 use crate::field::Path;
 use crate::object::{SourcedObject, Warning, WarningReason};
 
@@ -89,10 +91,12 @@ pub fn of_object(object: &SourcedObject) -> Vec<Warning> {
             }
         }
     }
+    // The honoured list guards against fields the types lack; what the
+    // walk finds is meant.
     found
         .0
         .into_iter()
-        .filter(|(field, ..)| !is_honoured(kind, field))
+        .filter(|(field, _, reason)| *reason != WarningReason::UnknownField || !is_honoured(kind, field))
         .map(|(field, message, reason)| Warning::object(object, field, message, reason))
         .collect()
 }
@@ -141,6 +145,12 @@ impl Found {
 
 fn destination_rule(rule: &DestinationRule, found: &mut Found) {
     let spec = &rule.spec;
+    if spec.workload_selector.as_ref().is_some_and(|selector| selector.match_labels.is_empty()) {
+        found.not_honoured(
+            "spec.workloadSelector".into(),
+            "has no labels: the rule applies to every client in its namespace, as if it selected all of them",
+        );
+    }
     if let Some(policy) = &spec.traffic_policy {
         traffic_policy(&Path::new("spec.trafficPolicy"), policy, found);
     }
@@ -154,10 +164,35 @@ fn destination_rule(rule: &DestinationRule, found: &mut Found) {
 fn traffic_policy(at: &Path, policy: &TrafficPolicy, found: &mut Found) {
     level(at, policy.load_balancer.as_ref(), policy.connection_pool.as_ref(), policy.outlier_detection.as_ref(), found);
     tls(at, policy.tls.as_ref(), found);
+    let mut seen_ports = Vec::new();
     for (i, port) in policy.port_level_settings.iter().enumerate() {
         let at = at.index("portLevelSettings", i);
+        let number = port.port.as_ref().map(|p| p.number);
+        if let Some(first) = number.and_then(|n| seen_ports.iter().position(|seen| *seen == Some(n))) {
+            found.not_honoured(
+                at.child("port").field("number"),
+                format!(
+                    "repeats the port of portLevelSettings[{first}]; that first entry applies and this one is ignored"
+                ),
+            );
+        }
+        seen_ports.push(number);
         level(&at, port.load_balancer.as_ref(), port.connection_pool.as_ref(), port.outlier_detection.as_ref(), found);
         tls(&at, port.tls.as_ref(), found);
+    }
+    if policy.retry_budget.is_some() {
+        let pools = std::iter::once((at.clone(), policy.connection_pool.as_ref())).chain(
+            (policy.port_level_settings.iter().enumerate())
+                .map(|(i, port)| (at.index("portLevelSettings", i), port.connection_pool.as_ref())),
+        );
+        for (at, pool) in pools {
+            if pool.and_then(|pool| pool.http.as_ref()).is_some_and(|http| http.max_retries.is_some()) {
+                found.not_honoured(
+                    at.child("connectionPool").child("http").field("maxRetries"),
+                    "replaced by retryBudget, which bounds the retries under way instead (as Envoy's retry budget does)",
+                );
+            }
+        }
     }
     if policy.tunnel.is_some() {
         found.not_honoured(at.field("tunnel"), TUNNEL);
@@ -196,6 +231,30 @@ fn level(
                 at.field("simple"),
                 "PASSTHROUGH has no original destination to pass to for a service address; balanced as LEAST_REQUEST",
             );
+        }
+        let maglev = lb.consistent_hash.as_ref().and_then(|hash| hash.maglev.as_ref());
+        if maglev.and_then(|maglev| maglev.table_size).is_some_and(|size| size > i64::from(MAX_MAGLEV_TABLE_SIZE)) {
+            found.not_honoured(
+                at.child("consistentHash").child("maglev").field("tableSize"),
+                format!(
+                    "larger than the kernel's Maglev table per service: served with a table of {MAX_MAGLEV_TABLE_SIZE}"
+                ),
+            );
+        }
+        let slow_start = matches!(lb.simple.as_deref(), None | Some("ROUND_ROBIN" | "LEAST_REQUEST" | "LEAST_CONN"))
+            && lb.consistent_hash.is_none();
+        if !slow_start {
+            for (field, set) in
+                [("warmup", lb.warmup.is_some()), ("warmupDurationSecs", lb.warmup_duration_secs.is_some())]
+            {
+                if set {
+                    found.not_honoured(
+                        at.field(field),
+                        "slow start applies to ROUND_ROBIN and LEAST_REQUEST only: new endpoints get their full share \
+                         at once",
+                    );
+                }
+            }
         }
         if lb.locality_lb_setting.as_ref().is_some_and(|l| l.enabled != Some(false)) {
             found.not_honoured(
@@ -257,6 +316,13 @@ fn level(
 
 fn virtual_service(vs: &VirtualService, found: &mut Found) {
     let spec = &vs.spec;
+    if spec.hosts.is_empty() {
+        found.not_honoured(
+            "spec.hosts".into(),
+            "empty: a delegate VirtualService, which only another's `delegate` would use, and delegation is not \
+             supported: it routes nothing",
+        );
+    }
     if gateways_only(&spec.gateways) {
         found.not_honoured(
             "spec.gateways".into(),
@@ -272,6 +338,15 @@ fn virtual_service(vs: &VirtualService, found: &mut Found) {
                     at.index("match", j).field("gateways"),
                     "names only gateways, and this mesh runs no gateways: sidecars skip this match block",
                 );
+            }
+        }
+        if let Some(fault) = &route.fault {
+            let at = at.child("fault");
+            if fault.abort.as_ref().is_some_and(|abort| abort.http_status.is_none() && abort.grpc_status.is_none()) {
+                found.not_honoured(at.field("abort"), "has no httpStatus or grpcStatus: nothing is aborted");
+            }
+            if fault.delay.as_ref().is_some_and(|delay| delay.fixed_delay.is_none()) {
+                found.not_honoured(at.field("delay"), "has no fixedDelay: nothing is delayed");
             }
         }
         if let Some(retries) = &route.retries {
@@ -362,7 +437,19 @@ pub fn proxy_only_fields(
                 format!("{where_}, and a TCP connection has no HTTP header, cookie or query to hash on"),
             );
         }
+        if path == PortPath::Kernel && level.load_balancer.as_ref().is_some_and(|lb| lb.warmup.is_some()) {
+            found.not_honoured(
+                at.child("loadBalancer").field("warmup"),
+                format!("{where_}, so new endpoints get their full share at once"),
+            );
+        }
         let tcp = level.connection_pool.as_ref().and_then(|pool| pool.tcp.as_ref());
+        if tcp.is_some_and(|tcp| tcp.max_connection_duration.is_some()) {
+            found.not_honoured(
+                at.child("connectionPool").child("tcp").field("maxConnectionDuration"),
+                format!("{where_}, and it limits HTTP connections only"),
+            );
+        }
         if path == PortPath::Kernel && tcp.is_some_and(|tcp| tcp.connect_timeout.is_some()) {
             found.not_honoured(
                 at.child("connectionPool").child("tcp").field("connectTimeout"),
@@ -371,6 +458,17 @@ pub fn proxy_only_fields(
         }
     }
     (found.0.into_iter()).map(|(field, message, reason)| Warning::object(object, field, message, reason)).collect()
+}
+
+/// A rule with a `workloadSelector` (served as `object`) covering a TCP
+/// service port the kernel balances alone: the kernel cannot tell clients
+/// apart by their labels.
+pub fn selector_on_kernel_port(object: &SourcedObject, service: &str, port: u16) -> Warning {
+    let message = format!(
+        "not applied to port {port} of Service {service}: the kernel balances its connections alike for every \
+         client, so the clients this rule selects get the rule for all clients there"
+    );
+    Warning::object(object, "spec.workloadSelector".into(), message, WarningReason::NotHonoured)
 }
 
 #[cfg(test)]
@@ -460,6 +558,38 @@ mod tests {
     }
 
     #[test]
+    fn settings_that_cannot_take_effect_together_warn() {
+        let text = rule(concat!(
+            "  workloadSelector: {}\n",
+            "  trafficPolicy:\n",
+            "    loadBalancer: {simple: RANDOM, warmup: {duration: 10s}}\n",
+            "    connectionPool: {http: {maxRetries: 3}}\n",
+            "    retryBudget: {percent: 20}\n",
+            "    portLevelSettings:\n",
+            "    - {port: {number: 80}, loadBalancer: {consistentHash: {maglev: {tableSize: 1000033}}}}\n",
+            "    - {port: {number: 80}, outlierDetection: {}}\n",
+        ));
+        assert_eq!(
+            fields(&text),
+            [
+                "spec.workloadSelector",
+                "spec.trafficPolicy.loadBalancer.warmup",
+                "spec.trafficPolicy.portLevelSettings[0].loadBalancer.consistentHash.maglev.tableSize",
+                "spec.trafficPolicy.portLevelSettings[1].port.number",
+                "spec.trafficPolicy.connectionPool.http.maxRetries",
+            ]
+        );
+        let text = vs(concat!(
+            "  http:\n",
+            "  - fault: {abort: {percentage: {value: 10}}, delay: {percentage: {value: 10}}}\n",
+            "    route: [{destination: {host: web}}]\n",
+        ));
+        assert_eq!(fields(&text), ["spec.http[0].fault.abort", "spec.http[0].fault.delay"]);
+        let delegate = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: d, namespace: shop}\nspec:\n  http: [{route: [{destination: {host: web}}]}]\n";
+        assert_eq!(fields(delegate), ["spec.hosts"]);
+    }
+
+    #[test]
     fn honoured_fields_do_not_warn() {
         let text = rule(concat!(
             "  exportTo: ['.']\n",
@@ -467,16 +597,15 @@ mod tests {
             "  trafficPolicy:\n",
             "    loadBalancer:\n",
             "      consistentHash: {httpCookie: {name: u, ttl: 10s, path: /}, minimumRingSize: 1024}\n",
-            "      warmup: {duration: 10s}\n",
             "      localityLbSetting: {enabled: false}\n",
             "    connectionPool:\n",
             "      tcp: {maxConnections: 10, connectTimeout: 1s, maxConnectionDuration: 1h}\n",
-            "      http: {http1MaxPendingRequests: 5, http2MaxRequests: 5, maxRequestsPerConnection: 1, maxRetries: 3, idleTimeout: 1m, h2UpgradePolicy: DO_NOT_UPGRADE, useClientProtocol: false}\n",
+            "      http: {http1MaxPendingRequests: 5, http2MaxRequests: 5, maxRequestsPerConnection: 1, idleTimeout: 1m, h2UpgradePolicy: DO_NOT_UPGRADE, useClientProtocol: false}\n",
             "    outlierDetection: {consecutive5xxErrors: 3, consecutiveGatewayErrors: 2, interval: 1s, baseEjectionTime: 30s, maxEjectionPercent: 50, minHealthPercent: 10}\n",
             "    tls: {mode: SIMPLE, sni: web.example, subjectAltNames: [web.example]}\n",
             "    retryBudget: {percent: 20}\n",
             "  subsets:\n",
-            "  - {name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN}}}\n",
+            "  - {name: v1, labels: {version: v1}, trafficPolicy: {loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 10s}}}}\n",
         ));
         assert_eq!(warnings(&text), []);
         let text = vs(concat!(
