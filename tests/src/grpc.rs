@@ -15,6 +15,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::Status;
 
+use crate::background::Background;
+
 /// The method the service answers.
 pub const CHAT: &str = "/mesh.test.Echo/Chat";
 
@@ -59,25 +61,13 @@ impl Decoder for RawCodec {
 /// A running gRPC server; stops when dropped.
 pub struct GrpcServer {
     streams: Arc<AtomicU64>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _serving: Background,
 }
 
 impl GrpcServer {
     /// Calls (streams) begun so far.
     pub fn streams(&self) -> u64 {
         self.streams.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for GrpcServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -113,46 +103,28 @@ type ChatReplies = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, St
 
 /// Serves gRPC (HTTP/2 with prior knowledge) on `addr` inside `netns`.
 pub(crate) fn start(netns: &Path, addr: SocketAddr) -> Result<GrpcServer> {
-    let listener = crate::netns::in_netns(netns, || std::net::TcpListener::bind(addr))?
-        .with_context(|| format!("binding {addr}"))?;
-    listener.set_nonblocking(true)?;
     let streams = Arc::new(AtomicU64::new(0));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let counter = streams.clone();
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            let serve = async {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else { continue };
-                    let counter = counter.clone();
-                    tokio::spawn(async move {
-                        let service =
-                            hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-                                counter.fetch_add(1, Ordering::SeqCst);
-                                async move {
-                                    let mut grpc = tonic::server::Grpc::new(RawCodec);
-                                    let response = match request.uri().path() {
-                                        CHAT => grpc.streaming(tower::service_fn(chat), request).await,
-                                        _ => Status::unimplemented("no such method").into_http(),
-                                    };
-                                    Ok::<_, Infallible>(response)
-                                }
-                            });
-                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
+    let serving = crate::background::spawn(netns, addr, move |stream| {
+        let counter = counter.clone();
+        async move {
+            let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async move {
+                    let mut grpc = tonic::server::Grpc::new(RawCodec);
+                    let response = match request.uri().path() {
+                        CHAT => grpc.streaming(tower::service_fn(chat), request).await,
+                        _ => Status::unimplemented("no such method").into_http(),
+                    };
+                    Ok::<_, Infallible>(response)
                 }
-            };
-            tokio::select! {
-                _ = serve => {}
-                _ = stopped => {}
-            }
-        });
-    });
-    Ok(GrpcServer { streams, stop: Some(stop), thread: Some(thread) })
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    })?;
+    Ok(GrpcServer { streams, _serving: serving })
 }
 
 /// Client streaming on one `Chat` stream: `count` messages sent, the

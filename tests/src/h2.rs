@@ -13,35 +13,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::background::Background;
+
 /// A running HTTP/2 server; stops when dropped.
 pub struct H2Server {
     requests: Arc<AtomicU64>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _serving: Background,
 }
 
 impl H2Server {
     /// Requests answered so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::SeqCst)
-    }
-}
-
-impl Drop for H2Server {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -82,39 +72,22 @@ pub fn grpc_frame(payload: &[u8]) -> Bytes {
 /// Serves HTTP/2 with prior knowledge on `addr`, inside network namespace
 /// `netns`.
 pub(crate) fn start(netns: &Path, addr: SocketAddr, pod: &str) -> Result<H2Server> {
-    let listener = crate::netns::in_netns(netns, || std::net::TcpListener::bind(addr))?
-        .with_context(|| format!("binding {addr}"))?;
-    listener.set_nonblocking(true)?;
     let requests = Arc::new(AtomicU64::new(0));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let (counter, pod) = (requests.clone(), pod.to_owned());
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            let serve = async {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else { continue };
-                    let (counter, pod) = (counter.clone(), pod.clone());
-                    tokio::spawn(async move {
-                        let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                            counter.fetch_add(1, Ordering::SeqCst);
-                            let pod = pod.clone();
-                            async move { Ok::<_, Infallible>(answer(&request, &pod)) }
-                        });
-                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(TokioIo::new(stream), service)
-                            .await;
-                    });
-                }
-            };
-            tokio::select! {
-                _ = serve => {}
-                _ = stopped => {}
-            }
-        });
-    });
-    Ok(H2Server { requests, stop: Some(stop), thread: Some(thread) })
+    let serving = crate::background::spawn(netns, addr, move |stream| {
+        let (counter, pod) = (counter.clone(), pod.clone());
+        async move {
+            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let pod = pod.clone();
+                async move { Ok::<_, Infallible>(answer(&request, &pod)) }
+            });
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        }
+    })?;
+    Ok(H2Server { requests, _serving: serving })
 }
 
 fn answer(request: &Request<Incoming>, pod: &str) -> Response<OneShotBody> {

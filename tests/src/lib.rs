@@ -29,6 +29,7 @@
 
 mod agent;
 pub mod apiserver;
+mod background;
 pub mod grpc;
 pub mod h2;
 mod names;

@@ -10,8 +10,10 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::background::Background;
 
 /// One request as the backend saw it so far.
 #[derive(Clone, Debug, Default)]
@@ -37,8 +39,7 @@ impl Seen {
 /// A running recorder; stops when dropped.
 pub struct Recorder {
     seen: Arc<Mutex<Vec<Seen>>>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _serving: Background,
 }
 
 impl Recorder {
@@ -48,41 +49,16 @@ impl Recorder {
     }
 }
 
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
 pub(crate) fn start(netns: &Path, addr: SocketAddr) -> Result<Recorder> {
-    let listener = crate::netns::in_netns(netns, || std::net::TcpListener::bind(addr))?
-        .with_context(|| format!("binding {addr}"))?;
-    listener.set_nonblocking(true)?;
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let log = seen.clone();
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            let serve = async {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else { continue };
-                    tokio::spawn(record(stream, log.clone()));
-                }
-            };
-            tokio::select! {
-                _ = serve => {}
-                _ = stopped => {}
-            }
-        });
-    });
-    Ok(Recorder { seen, stop: Some(stop), thread: Some(thread) })
+    let serving = crate::background::spawn(netns, addr, move |stream| {
+        let log = log.clone();
+        async move {
+            let _ = record(stream, log).await;
+        }
+    })?;
+    Ok(Recorder { seen, _serving: serving })
 }
 
 /// How the body of a recorded request ends.

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use bytes::Bytes;
 use hyper::body::Incoming;
 use hyper::header::HeaderValue;
@@ -16,6 +16,7 @@ use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::background::Background;
 use crate::h2::OneShotBody;
 
 /// PEM files of one throwaway PKI.
@@ -57,19 +58,7 @@ pub fn make_pki(dir: &Path, server_names: &[&str]) -> Result<Pki> {
 
 /// A running TLS server; stops when dropped.
 pub struct TlsServer {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
+    _serving: Background,
 }
 
 fn server_config(pki: &Pki, require_client_cert: bool) -> Result<rustls::ServerConfig> {
@@ -102,52 +91,32 @@ pub(crate) fn start(
     pki: &Pki,
     require_client_cert: bool,
 ) -> Result<TlsServer> {
-    let config = Arc::new(server_config(pki, require_client_cert)?);
-    let listener = crate::netns::in_netns(netns, || std::net::TcpListener::bind(addr))?
-        .with_context(|| format!("binding {addr}"))?;
-    listener.set_nonblocking(true)?;
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config(pki, require_client_cert)?));
     let pod = pod.to_owned();
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
-            let acceptor = tokio_rustls::TlsAcceptor::from(config);
-            let serve = async {
-                loop {
-                    let Ok((stream, _)) = listener.accept().await else { continue };
-                    let (acceptor, pod) = (acceptor.clone(), pod.clone());
-                    tokio::spawn(async move {
-                        let Ok(tls) = acceptor.accept(stream).await else { return };
-                        let (_, session) = tls.get_ref();
-                        let sni = session.server_name().unwrap_or("").to_owned();
-                        let client_cert = session.peer_certificates().is_some_and(|c| !c.is_empty());
-                        let service = hyper::service::service_fn(move |_request: Request<Incoming>| {
-                            let mut response = Response::new(OneShotBody::new(Bytes::from(pod.clone()), None));
-                            let headers = response.headers_mut();
-                            for (name, value) in [
-                                ("x-backend", pod.as_str()),
-                                ("x-seen-tls", "yes"),
-                                ("x-seen-sni", sni.as_str()),
-                                ("x-seen-client-cert", if client_cert { "yes" } else { "no" }),
-                            ] {
-                                if let Ok(value) = HeaderValue::from_str(value) {
-                                    headers.insert(name, value);
-                                }
-                            }
-                            async move { Ok::<_, std::convert::Infallible>(response) }
-                        });
-                        let _ = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(tls), service)
-                            .await;
-                    });
+    let serving = crate::background::spawn(netns, addr, move |stream| {
+        let (acceptor, pod) = (acceptor.clone(), pod.clone());
+        async move {
+            let Ok(tls) = acceptor.accept(stream).await else { return };
+            let (_, session) = tls.get_ref();
+            let sni = session.server_name().unwrap_or("").to_owned();
+            let client_cert = session.peer_certificates().is_some_and(|c| !c.is_empty());
+            let service = hyper::service::service_fn(move |_request: Request<Incoming>| {
+                let mut response = Response::new(OneShotBody::new(Bytes::from(pod.clone()), None));
+                let headers = response.headers_mut();
+                for (name, value) in [
+                    ("x-backend", pod.as_str()),
+                    ("x-seen-tls", "yes"),
+                    ("x-seen-sni", sni.as_str()),
+                    ("x-seen-client-cert", if client_cert { "yes" } else { "no" }),
+                ] {
+                    if let Ok(value) = HeaderValue::from_str(value) {
+                        headers.insert(name, value);
+                    }
                 }
-            };
-            tokio::select! {
-                _ = serve => {}
-                _ = stopped => {}
-            }
-        });
-    });
-    Ok(TlsServer { stop: Some(stop), thread: Some(thread) })
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tls), service).await;
+        }
+    })?;
+    Ok(TlsServer { _serving: serving })
 }
