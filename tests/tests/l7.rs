@@ -489,13 +489,12 @@ fn http2_and_grpc_with_trailers_go_through_the_proxy() {
     assert_eq!(h1["first"]["headers"]["x-seen-authority"], "10.96.0.30:9090", "Host became :authority: {h1}");
 }
 
-#[test]
-fn tcp_routes_split_connections_by_weight() {
-    let env = TestEnv::new("l7_tcp").expect("test env");
-    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+/// Two TCP backends `d1`, `d2` (roles r1, r2) of Service `db` on 5432 at
+/// 10.96.0.40: the pods, their servers, and the config that says so.
+fn db_backends(env: &TestEnv) -> (Vec<Pod>, Vec<mesh_tests::Server>, String) {
     let pods: Vec<Pod> =
         (1..=2).map(|i| env.add_pod(&format!("d{i}"), &format!("10.244.{i}.2"), &format!("fd00:244::{i}:2"))).collect();
-    let _servers: Vec<_> = pods.iter().map(|p| p.serve_tcp(5432)).collect();
+    let servers: Vec<_> = pods.iter().map(|p| p.serve_tcp(5432)).collect();
     let mut config = format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: {NS}}}\nspec:\n  clusterIP: 10.96.0.40\n  ports:\n  - {{name: tcp-postgres, port: 5432, targetPort: 5432}}\n---\n\
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: db, namespace: {NS}, labels: {{kubernetes.io/service-name: db}}}}\naddressType: IPv4\nports: [{{name: tcp-postgres, port: 5432}}]\nendpoints:\n- addresses: [\"{}\"]\n- addresses: [\"{}\"]\n---\n",
@@ -510,6 +509,14 @@ fn tcp_routes_split_connections_by_weight() {
             pod.ipv4()
         ));
     }
+    (pods, servers, config)
+}
+
+#[test]
+fn tcp_routes_split_connections_by_weight() {
+    let env = TestEnv::new("l7_tcp").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let (_pods, _servers, mut config) = db_backends(&env);
     config.push_str(concat!(
         "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: db, namespace: shop}\nspec:\n  host: db\n  subsets:\n  - {name: primary, labels: {role: r1}}\n  - {name: replica, labels: {role: r2}}\n---\n",
         "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: db, namespace: shop}\nspec:\n  hosts: [db]\n  tcp:\n  - match:\n    - port: 5432\n    route:\n    - destination: {host: db, subset: primary}\n      weight: 75\n    - destination: {host: db, subset: replica}\n      weight: 25\n",
@@ -748,23 +755,7 @@ fn tcp_routes_choose_by_source_labels_and_destination_subnets() {
     let env = TestEnv::new("l7_tcp_match").expect("test env");
     let etl = env.add_pod("etl", "10.244.0.2", "fd00:244::2");
     let web = env.add_pod("web", "10.244.0.3", "fd00:244::3");
-    let pods: Vec<Pod> =
-        (1..=2).map(|i| env.add_pod(&format!("d{i}"), &format!("10.244.{i}.2"), &format!("fd00:244::{i}:2"))).collect();
-    let _servers: Vec<_> = pods.iter().map(|p| p.serve_tcp(5432)).collect();
-    let mut config = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: {NS}}}\nspec:\n  clusterIP: 10.96.0.40\n  ports:\n  - {{name: tcp-postgres, port: 5432, targetPort: 5432}}\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: db, namespace: {NS}, labels: {{kubernetes.io/service-name: db}}}}\naddressType: IPv4\nports: [{{name: tcp-postgres, port: 5432}}]\nendpoints:\n- addresses: [\"{}\"]\n- addresses: [\"{}\"]\n---\n",
-        pods[0].ipv4(),
-        pods[1].ipv4()
-    );
-    for (i, pod) in pods.iter().enumerate() {
-        config.push_str(&format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {}, namespace: {NS}, labels: {{app: db, role: r{}}}}}\nstatus: {{podIP: {}}}\n---\n",
-            pod.name(),
-            i + 1,
-            pod.ipv4()
-        ));
-    }
+    let (_pods, _servers, mut config) = db_backends(&env);
     config.push_str(concat!(
         "apiVersion: v1\nkind: Pod\nmetadata: {name: etl-1, namespace: batch, labels: {app: etl}}\nstatus: {podIP: 10.244.0.2}\n---\n",
         "apiVersion: v1\nkind: Pod\nmetadata: {name: web-1, namespace: batch, labels: {app: web}}\nstatus: {podIP: 10.244.0.3}\n---\n",
