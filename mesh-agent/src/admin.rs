@@ -38,8 +38,9 @@ pub struct Shared {
     pub watches: Option<crate::k8s::KubeStore>,
     /// Set while this agent holds the status Lease.
     pub status_writer: Option<Arc<AtomicBool>>,
-    pub dataplane: DataplaneInfo,
-    pub counters: CounterReader,
+    /// The kernel programs and their counters (none at a gateway).
+    pub dataplane: Option<DataplaneInfo>,
+    pub counters: Option<CounterReader>,
     pub published: watch::Receiver<Arc<Published>>,
     /// Where the L7 proxy listens (empty: capture is off).
     pub proxy_listeners: Vec<std::net::SocketAddr>,
@@ -172,20 +173,24 @@ fn service_status(service: &ServicePortView, counters: &Counters) -> ServiceStat
     }
 }
 
+/// The kernel's counters now (none at a gateway).
+fn read_counters(shared: &Shared) -> Counters {
+    shared.counters.as_ref().map(CounterReader::read).unwrap_or_default()
+}
+
 pub fn status_report(shared: &Shared) -> StatusReport {
     let published = shared.published.borrow().clone();
-    let counters = shared.counters.read();
+    let counters = read_counters(shared);
     let program_stats = crate::dataplane::program_stats();
     StatusReport {
         version: shared.version.to_owned(),
         uptime_seconds: shared.started.elapsed().as_secs(),
         ready: published.ready,
-        dataplane: DataplaneStatus {
-            cgroup: shared.dataplane.cgroup.display().to_string(),
-            bpffs: shared.dataplane.bpffs.display().to_string(),
-            maps_taken_over: shared.dataplane.maps_taken_over,
-            programs: shared
-                .dataplane
+        dataplane: shared.dataplane.as_ref().map(|dataplane| DataplaneStatus {
+            cgroup: dataplane.cgroup.display().to_string(),
+            bpffs: dataplane.bpffs.display().to_string(),
+            maps_taken_over: dataplane.maps_taken_over,
+            programs: dataplane
                 .programs
                 .iter()
                 .map(|p| {
@@ -198,7 +203,8 @@ pub fn status_report(shared: &Shared) -> StatusReport {
                     }
                 })
                 .collect(),
-        },
+        }),
+        gateway_listeners: shared.proxy.gateway_listeners(),
         proxy_listeners: shared.proxy_listeners.iter().map(ToString::to_string).collect(),
         upstream_pools: shared
             .proxy
@@ -290,7 +296,7 @@ type Labels = Vec<(String, String)>;
 
 fn metrics(shared: &Shared) -> String {
     let published = shared.published.borrow().clone();
-    let counters = shared.counters.read();
+    let counters = read_counters(shared);
     let mut registry = Registry::with_prefix("mesh");
 
     let decisions = Family::<Labels, Counter>::default();

@@ -1,9 +1,10 @@
 //! The data spine: source → validated model → compiled snapshot → map diff.
 //!
 //! One thread writes (the reload loop); readers (admin API) see whole
-//! snapshots through a watch channel and never a half-applied one.
+//! snapshots through a watch channel and never a half-applied one. A
+//! gateway runs the same loop with no kernel maps to write ([`NoMaps`]).
 
-use crate::dataplane::{ApplyStats, MapWriter};
+use crate::dataplane::{ApplyStats, DataplaneError, MapWriter};
 use crate::source::{ConfigSource, POLL_INTERVAL};
 use mesh_core::model::Model;
 use mesh_core::object::{ObjectKey, Warning};
@@ -16,9 +17,39 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
 
+/// Where each compiled snapshot is written before it is published.
+pub trait SnapshotSink: Send {
+    fn apply(&mut self, snapshot: &Snapshot) -> Result<ApplyStats, DataplaneError>;
+    /// Adds and changes, deleting nothing (a first load after a takeover).
+    fn apply_additive(&mut self, snapshot: &Snapshot) -> Result<ApplyStats, DataplaneError>;
+}
+
+impl SnapshotSink for MapWriter {
+    fn apply(&mut self, snapshot: &Snapshot) -> Result<ApplyStats, DataplaneError> {
+        MapWriter::apply(self, snapshot)
+    }
+
+    fn apply_additive(&mut self, snapshot: &Snapshot) -> Result<ApplyStats, DataplaneError> {
+        MapWriter::apply_additive(self, snapshot)
+    }
+}
+
+/// No kernel maps: a gateway dials endpoints itself.
+pub struct NoMaps;
+
+impl SnapshotSink for NoMaps {
+    fn apply(&mut self, _: &Snapshot) -> Result<ApplyStats, DataplaneError> {
+        Ok(ApplyStats::default())
+    }
+
+    fn apply_additive(&mut self, _: &Snapshot) -> Result<ApplyStats, DataplaneError> {
+        Ok(ApplyStats::default())
+    }
+}
+
 pub struct ReloadLoop {
     source: Box<dyn ConfigSource>,
-    writer: MapWriter,
+    writer: Box<dyn SnapshotSink>,
     cluster_domain: String,
     model: Model,
     published: watch::Sender<Arc<Published>>,
@@ -87,7 +118,7 @@ const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
 impl ReloadLoop {
     pub fn new(
         source: Box<dyn ConfigSource>,
-        writer: MapWriter,
+        writer: Box<dyn SnapshotSink>,
         cluster_domain: String,
         maps_taken_over: bool,
     ) -> (Self, watch::Receiver<Arc<Published>>) {

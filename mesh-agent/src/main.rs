@@ -1,7 +1,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use mesh_agent::admin::{self, Shared, DEFAULT_ADMIN_ADDR};
-use mesh_agent::agent::ReloadLoop;
+use mesh_agent::agent::{NoMaps, ReloadLoop};
 use mesh_agent::dataplane::{self, CounterReader, DataplaneOptions, OriginalDstTable};
 use mesh_agent::k8s::{self, KubeSource, LeaseTiming, StatusWriter};
 use mesh_agent::proxy::{self, Proxy};
@@ -30,6 +30,10 @@ struct Cli {
 enum Command {
     /// Load and attach the kernel programs and serve a configuration.
     Run(Box<RunArgs>),
+    /// Serve as an ingress or egress gateway: the Gateways whose selector
+    /// matches `--labels`, and the VirtualServices bound to them. No kernel
+    /// programs, no privileges beyond binding the servers' ports.
+    Gateway(Box<GatewayArgs>),
     /// Detach the programs and remove every pin under the bpffs directory.
     Uninstall {
         #[arg(long, default_value = "/sys/fs/bpf/mesh")]
@@ -115,6 +119,50 @@ struct RunArgs {
     cluster_domain: String,
 }
 
+#[derive(clap::Args)]
+struct GatewayArgs {
+    /// Where the configuration comes from.
+    #[arg(long, value_enum, default_value = "files")]
+    source: SourceKind,
+    /// Directory of Kubernetes YAML, for `--source files`.
+    #[arg(long, required_if_eq("source", "files"))]
+    config_dir: Option<PathBuf>,
+    /// A kubeconfig for `--source kubernetes` (default: in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This gateway workload's labels, `key=value` (comma-separated or
+    /// repeated): the Gateways whose selector they match are served.
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// The pod's labels as the downward API writes them (`key="value"`
+    /// lines), added to `--labels`.
+    #[arg(long)]
+    labels_file: Option<PathBuf>,
+    /// This gateway's namespace (in a cluster, the pod's).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "mesh-system")]
+    namespace: String,
+    /// The address listeners bind when a server names no `bind` (default:
+    /// all addresses, both families).
+    #[arg(long)]
+    listen_ip: Option<IpAddr>,
+    /// Admin API address.
+    #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
+    admin: SocketAddr,
+    /// An address that serves only /healthz and /readyz (for kubelet probes).
+    #[arg(long)]
+    health: Option<SocketAddr>,
+    /// Print a JSON access-log line per request on stdout.
+    #[arg(long)]
+    access_log: bool,
+    /// Cut off a client that has not sent its request headers (or its TLS
+    /// ClientHello) in this many milliseconds.
+    #[arg(long, default_value_t = proxy::DEFAULT_HEADER_TIMEOUT.as_millis() as u64)]
+    header_timeout_ms: u64,
+    /// Cluster DNS domain, for resolving short host names.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+}
+
 fn main() -> anyhow::Result<()> {
     // A panic anywhere (say in the reload thread) ends the process, so a
     // supervisor restarts it; the pinned programs keep serving meanwhile.
@@ -130,6 +178,7 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Run(args) => run(*args),
+        Command::Gateway(args) => gateway(*args),
         Command::Crds { out } => {
             std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
             for (name, text) in k8s::crd::manifests() {
@@ -203,7 +252,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             (SourceKind::Files, None) => anyhow::bail!("--source files needs --config-dir"),
         };
-    let (mut reload, published) = ReloadLoop::new(source, writer, args.cluster_domain, maps_taken_over);
+    let (mut reload, published) = ReloadLoop::new(source, Box::new(writer), args.cluster_domain, maps_taken_over);
     // The first configuration goes into the maps before any program can
     // read them. It waits off the runtime, which meanwhile drives the
     // watches it waits for.
@@ -241,8 +290,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         source: source_name,
         watches: kube.as_ref().map(|(_, store)| store.clone()),
         status_writer: status_writer.as_ref().map(StatusWriter::leading),
-        dataplane: info,
-        counters,
+        dataplane: Some(info),
+        counters: Some(counters),
         published,
         proxy_listeners: proxy_addrs,
         proxy: proxy.clone(),
@@ -276,6 +325,99 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     // programs until the next agent takes them over.
     tracing::info!("stopped; kernel programs stay attached with the last configuration");
     Ok(())
+}
+
+fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
+    let mut labels = std::collections::BTreeMap::new();
+    if let Some(path) = &args.labels_file {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        labels.extend(downward_labels(&text));
+    }
+    for label in &args.labels {
+        let (key, value) = label.split_once('=').with_context(|| format!("--labels {label:?}: expected key=value"))?;
+        labels.insert(key.trim().to_owned(), value.trim().to_owned());
+    }
+    if labels.is_empty() {
+        anyhow::bail!("a gateway needs its labels (--labels or --labels-file): Gateways select workloads by them");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let (source, source_name, watches): (Box<dyn ConfigSource>, String, Option<k8s::KubeStore>) =
+        match (args.source, &args.config_dir) {
+            (SourceKind::Kubernetes, _) => {
+                let client = runtime
+                    .block_on(k8s::client(args.kubeconfig.as_deref()))
+                    .context("connecting to the Kubernetes API")?;
+                // Every pod's labels (for subsets), no pod's address: a
+                // gateway has no clients in the mesh to tell apart.
+                let source = KubeSource::start(client, k8s::watched_kinds(None), runtime.handle());
+                let store = source.store();
+                (Box::new(source), format!("kubernetes (gateway in {})", args.namespace), Some(store))
+            }
+            (SourceKind::Files, Some(dir)) => {
+                if !dir.is_dir() {
+                    anyhow::bail!("--config-dir {} is not a directory", dir.display());
+                }
+                (Box::new(FileSource::new(dir)), format!("directory {}", dir.display()), None)
+            }
+            (SourceKind::Files, None) => anyhow::bail!("--source files needs --config-dir"),
+        };
+    let (mut reload, published) = ReloadLoop::new(source, Box::new(NoMaps), args.cluster_domain.clone(), false);
+    let patience = if watches.is_some() { Duration::from_secs(30) } else { Duration::ZERO };
+    let reload = runtime.block_on(async move {
+        tokio::task::spawn_blocking(move || {
+            reload.first_load(patience);
+            reload
+        })
+        .await
+    })?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let reload_thread = {
+        let stop = stop.clone();
+        std::thread::Builder::new().name("reload".into()).spawn(move || reload.run(stop))?
+    };
+    let header_timeout = Duration::from_millis(args.header_timeout_ms);
+    let (proxy, state) = Proxy::for_gateway(published.clone(), args.access_log, header_timeout);
+    let proxy = Arc::new(proxy);
+    let shared = Arc::new(Shared {
+        version: env!("CARGO_PKG_VERSION"),
+        started: std::time::Instant::now(),
+        source: source_name,
+        watches,
+        status_writer: None,
+        dataplane: None,
+        counters: None,
+        published,
+        proxy_listeners: Vec::new(),
+        proxy: proxy.clone(),
+    });
+    let options =
+        proxy::gateway::GatewayOptions { labels, cluster_domain: args.cluster_domain, listen_ip: args.listen_ip };
+    runtime.block_on(async {
+        let listener = admin::bind(args.admin).await?;
+        tracing::info!(admin = %args.admin, "admin API listening");
+        let server = tokio::spawn(admin::serve(listener, shared.clone(), admin::Endpoints::All));
+        if let Some(addr) = args.health {
+            let listener = admin::bind(addr).await?;
+            tracing::info!(%addr, "health probes listening");
+            tokio::spawn(admin::serve(listener, shared, admin::Endpoints::HealthOnly));
+        }
+        tokio::spawn(proxy::gateway::run(proxy, options, state));
+        shutdown_signal().await?;
+        server.abort();
+        anyhow::Ok(())
+    })?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = reload_thread.join();
+    Ok(())
+}
+
+/// Labels as the downward API writes them: `key="value"` per line.
+fn downward_labels(text: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    text.lines().filter_map(|line| {
+        let (key, value) = line.split_once('=')?;
+        let value = value.trim().trim_matches('"');
+        Some((key.trim().to_owned(), value.to_owned()))
+    })
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

@@ -9,7 +9,12 @@ pub struct StatusReport {
     pub version: String,
     pub uptime_seconds: u64,
     pub ready: bool,
-    pub dataplane: DataplaneStatus,
+    /// The kernel programs (none at a gateway).
+    #[serde(default)]
+    pub dataplane: Option<DataplaneStatus>,
+    /// A gateway's listeners (none on a node).
+    #[serde(default)]
+    pub gateway_listeners: Vec<crate::proxy::gateway::ListenerStatus>,
     /// Where the L7 proxy listens; empty when capture is off.
     #[serde(default)]
     pub proxy_listeners: Vec<String>,
@@ -107,6 +112,35 @@ pub struct BackendStatus {
     pub live_connections: u64,
 }
 
+impl DataplaneStatus {
+    fn render(&self, out: &mut String, proxy_listeners: &[String]) {
+        use std::fmt::Write;
+        let _ = writeln!(
+            out,
+            "kernel: {} programs attached to cgroup {}{} (pins {}{})",
+            self.programs.iter().filter(|p| p.attach_type != "sk_msg").count(),
+            self.cgroup,
+            if self.programs.iter().any(|p| p.attach_type == "sk_msg") { ", sk_msg on the sock hash" } else { "" },
+            self.bpffs,
+            if self.maps_taken_over { ", maps taken over from a previous agent" } else { "" }
+        );
+        let names: Vec<String> = self
+            .programs
+            .iter()
+            .map(|p| match (p.run_count, p.mean_run_ns) {
+                (Some(runs), Some(ns)) if runs > 0 => format!("{} ({runs} runs, {ns:.0} ns each)", p.attach_type),
+                _ => p.attach_type.clone(),
+            })
+            .collect();
+        let _ = writeln!(out, "  programs: {}", names.join(", "));
+        if proxy_listeners.is_empty() {
+            let _ = writeln!(out, "proxy: off (no --node-ip): every service is balanced in the kernel");
+        } else {
+            let _ = writeln!(out, "proxy: listening on {}", proxy_listeners.join(", "));
+        }
+    }
+}
+
 impl StatusReport {
     /// The human-readable form `meshctl status` prints.
     pub fn render(&self) -> String {
@@ -119,33 +153,26 @@ impl StatusReport {
             self.uptime_seconds,
             if self.ready { "ready" } else { "NOT READY" }
         );
-        let _ = writeln!(
-            out,
-            "kernel: {} programs attached to cgroup {}{} (pins {}{})",
-            self.dataplane.programs.iter().filter(|p| p.attach_type != "sk_msg").count(),
-            self.dataplane.cgroup,
-            if self.dataplane.programs.iter().any(|p| p.attach_type == "sk_msg") {
-                ", sk_msg on the sock hash"
-            } else {
-                ""
-            },
-            self.dataplane.bpffs,
-            if self.dataplane.maps_taken_over { ", maps taken over from a previous agent" } else { "" }
-        );
-        let names: Vec<String> = self
-            .dataplane
-            .programs
-            .iter()
-            .map(|p| match (p.run_count, p.mean_run_ns) {
-                (Some(runs), Some(ns)) if runs > 0 => format!("{} ({runs} runs, {ns:.0} ns each)", p.attach_type),
-                _ => p.attach_type.clone(),
-            })
-            .collect();
-        let _ = writeln!(out, "  programs: {}", names.join(", "));
-        if self.proxy_listeners.is_empty() {
-            let _ = writeln!(out, "proxy: off (no --node-ip): every service is balanced in the kernel");
-        } else {
-            let _ = writeln!(out, "proxy: listening on {}", self.proxy_listeners.join(", "));
+        match &self.dataplane {
+            Some(dataplane) => dataplane.render(&mut out, &self.proxy_listeners),
+            None => {
+                let _ = writeln!(out, "gateway: {} listeners (no kernel programs)", self.gateway_listeners.len());
+            }
+        }
+        for listener in &self.gateway_listeners {
+            let _ = writeln!(out, "  port {} ({})", listener.port, listener.kind);
+            for server in &listener.servers {
+                let tls = match (&server.tls_mode, &server.tls_error) {
+                    (Some(mode), None) => format!(", tls {mode}"),
+                    (Some(mode), Some(error)) => format!(", tls {mode} NOT SERVING: {error}"),
+                    (None, _) => String::new(),
+                };
+                let _ =
+                    writeln!(out, "    {} {} hosts {}{tls}", server.gateway, server.protocol, server.hosts.join(", "));
+                for virtual_service in &server.virtual_services {
+                    let _ = writeln!(out, "      routes: {virtual_service}");
+                }
+            }
         }
         if !self.upstream_pools.is_empty() {
             let pools: Vec<String> = self

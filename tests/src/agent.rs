@@ -40,13 +40,23 @@ pub(crate) struct AgentSpec<'a> {
 impl Agent {
     /// Spawns the agent and waits until `GET /readyz` answers 200.
     pub fn start(spec: &AgentSpec<'_>) -> Result<Agent> {
+        let mut args: Vec<OsString> = vec!["run".into(), "--config-dir".into(), spec.config_dir.into()];
+        args.extend(["--cgroup".into(), spec.cgroup.into(), "--admin".into(), spec.admin.to_string().into()]);
+        args.extend(["--bpffs".into(), spec.pin_dir.into()]);
+        args.extend(spec.extra.iter().map(OsString::from));
+        Self::start_with(spec, args)
+    }
+
+    /// Spawns `mesh-agent` with `args` as `spec` says (its cgroup, netns and
+    /// log), and waits until its admin API's `GET /readyz` answers 200.
+    pub fn start_with(spec: &AgentSpec<'_>, args: Vec<OsString>) -> Result<Agent> {
         if !spec.bin.exists() {
             bail!(
                 "agent binary {} not found (build it with `cargo build -p mesh-agent` or set MESH_AGENT_BIN)",
                 spec.bin.display()
             );
         }
-        let mut agent = Agent { child: spawn(spec)? };
+        let mut agent = Agent { child: spawn(spec, args)? };
         match agent.wait_ready(spec.admin, spec.netns.as_deref()) {
             Ok(()) => Ok(agent),
             Err(e) => {
@@ -99,12 +109,8 @@ impl Agent {
     }
 }
 
-fn spawn(spec: &AgentSpec<'_>) -> Result<Child> {
+fn spawn(spec: &AgentSpec<'_>, args: Vec<OsString>) -> Result<Child> {
     let mut log = OpenOptions::new().create(true).append(true).open(spec.log).context("opening agent log")?;
-    let mut args: Vec<OsString> = vec!["run".into(), "--config-dir".into(), spec.config_dir.into()];
-    args.extend(["--cgroup".into(), spec.cgroup.into(), "--admin".into(), spec.admin.to_string().into()]);
-    args.extend(["--bpffs".into(), spec.pin_dir.into()]);
-    args.extend(spec.extra.iter().map(OsString::from));
     writeln!(log, "==== mesh-tests: {} {:?}", spec.bin.display(), args)?;
 
     if !spec.own_cgroup.exists() {

@@ -252,6 +252,33 @@ impl TestEnv {
         Ok(())
     }
 
+    /// Starts `mesh-agent gateway --config-dir <the env's> --admin
+    /// <pod ip>:15000 [args]` inside `pod`'s network namespace (no kernel
+    /// programs: a gateway dials endpoints directly) and waits until it is
+    /// ready. It stops when the handle drops.
+    pub fn start_gateway(&self, pod: &Pod, args: &[&str]) -> Result<Gateway> {
+        let admin = SocketAddr::new(pod.ipv4().into(), 15000);
+        let log = self.tmp_dir.join(format!("gateway-{}.log", pod.name()));
+        let own_cgroup = self.names.agent_cgroup();
+        let spec = AgentSpec {
+            bin: agent_bin(),
+            config_dir: &self.config_dir,
+            cgroup: &self.cgroup,
+            own_cgroup: &own_cgroup,
+            pin_dir: &self.pin_dir,
+            admin,
+            log: &log,
+            extra: args,
+            netns: Some(pod.netns_path()),
+        };
+        let mut all: Vec<std::ffi::OsString> =
+            vec!["gateway".into(), "--config-dir".into(), self.config_dir.clone().into()];
+        all.extend(["--admin".into(), admin.to_string().into()]);
+        all.extend(args.iter().map(std::ffi::OsString::from));
+        let process = Agent::start_with(&spec, all)?;
+        Ok(Gateway { process: Some(process), admin, netns: pod.netns_path(), log })
+    }
+
     /// SIGTERM to the agent, SIGKILL after 5 s; returns its exit status.
     pub fn stop_agent(&self) -> Result<ExitStatus> {
         let agent = lock(&self.agent).take().ok_or_else(|| anyhow!("agent not running"))?;
@@ -365,6 +392,39 @@ impl Drop for TestEnv {
         }
         for e in self.teardown() {
             eprintln!("mesh-tests: cleanup of {}: {e:#}", self.names.id);
+        }
+    }
+}
+
+/// A running `mesh-agent gateway`; stopped when dropped.
+pub struct Gateway {
+    process: Option<Agent>,
+    admin: SocketAddr,
+    netns: PathBuf,
+    log: PathBuf,
+}
+
+impl Gateway {
+    /// `GET path` on its admin API.
+    pub fn admin_get(&self, path: &str) -> Result<(u16, String)> {
+        agent::http_get_in(Some(&self.netns), self.admin, path)
+    }
+
+    pub fn admin_json(&self, path: &str) -> serde_json::Value {
+        let (code, body) = self.admin_get(path).unwrap_or_else(|e| panic!("gateway {path}: {e:#}"));
+        assert_eq!(code, 200, "gateway {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("gateway {path}: {e}: {body}"))
+    }
+
+    pub fn log(&self) -> String {
+        agent::log_tail(&self.log, 200)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(process) = self.process.take() {
+            let _ = process.stop(AGENT_STOP_GRACE);
         }
     }
 }

@@ -8,6 +8,7 @@
 
 use super::body::ClientBody;
 use super::cluster::Clusters;
+use super::gateway::GatewayState;
 use super::http1::common::{MAX_FIELDS, MAX_HEAD_BYTES};
 use super::http1::server::{self, Served};
 use super::metrics::ProxyMetrics;
@@ -39,12 +40,16 @@ pub enum ProxyError {
 
 pub struct Proxy {
     pub(super) published: watch::Receiver<Arc<Published>>,
-    original_dst: OriginalDstTable,
+    /// Where captured connections were going (the node proxy; none at a
+    /// gateway, which captures nothing).
+    original_dst: Option<OriginalDstTable>,
+    /// What a gateway's listeners serve (none on a node).
+    pub(super) gateway: Option<watch::Receiver<Arc<GatewayState>>>,
     pub(super) dialer: Dialer,
     pub(super) clusters: Clusters,
     pub(super) mirrors: Mirrors,
     pub(super) access_log: bool,
-    header_timeout: Duration,
+    pub(super) header_timeout: Duration,
     pub metrics: ProxyMetrics,
 }
 
@@ -57,7 +62,8 @@ impl Proxy {
     ) -> Self {
         Self {
             published,
-            original_dst,
+            original_dst: Some(original_dst),
+            gateway: None,
             header_timeout,
             dialer: Dialer::default(),
             clusters: Clusters::default(),
@@ -65,6 +71,33 @@ impl Proxy {
             access_log,
             metrics: ProxyMetrics::default(),
         }
+    }
+
+    /// The proxy of a gateway process, and the sender its listeners'
+    /// state is published on (see `gateway::run`).
+    pub fn for_gateway(
+        published: watch::Receiver<Arc<Published>>,
+        access_log: bool,
+        header_timeout: Duration,
+    ) -> (Self, watch::Sender<Arc<GatewayState>>) {
+        let (state, receiver) = watch::channel(Arc::new(GatewayState::default()));
+        let proxy = Self {
+            published,
+            original_dst: None,
+            gateway: Some(receiver),
+            header_timeout,
+            dialer: Dialer::default(),
+            clusters: Clusters::default(),
+            mirrors: Mirrors::default(),
+            access_log,
+            metrics: ProxyMetrics::default(),
+        };
+        (proxy, state)
+    }
+
+    /// A gateway's listeners (empty on a node).
+    pub fn gateway_listeners(&self) -> Vec<super::gateway::ListenerStatus> {
+        self.gateway.as_ref().map(|state| state.borrow().listeners()).unwrap_or_default()
     }
 
     /// Upstream endpoints with their requests in flight and HTTP/2 state.
@@ -130,13 +163,28 @@ pub struct Connection {
     /// The client pod's labels and namespace, for `sourceLabels` and
     /// `sourceNamespace` matches (None: not a known pod).
     pub source: Option<(BTreeMap<String, String>, String)>,
+    /// `http`, or `https` for TLS terminated here.
+    pub scheme: &'static str,
+    /// How the connection came: captured on its way to a service, or to
+    /// a gateway listener.
+    pub entry: Entry,
     /// The metric series this connection's requests fed last.
     pub(super) series: std::sync::Mutex<Option<super::metrics::RequestSeries>>,
 }
 
+/// How a connection reached the proxy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// Captured by the kernel on its way to a service address.
+    Captured,
+    /// Accepted by a gateway listener; `server` is the one of the listener
+    /// its TLS handshake picked (None on plain HTTP: the Host picks).
+    Gateway { server: Option<usize> },
+}
+
 impl Proxy {
     async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        let Some(original) = self.original_dst.take(peer) else {
+        let Some(original) = self.original_dst.as_ref().and_then(|table| table.take(peer)) else {
             // Not a captured connection (or its entry was lost): nothing to route by.
             tracing::debug!(%peer, "connection with no recorded original destination; closing");
             return;
@@ -154,6 +202,8 @@ impl Proxy {
             source_workload: pod.map(workload_name).unwrap_or_else(|| "unknown".into()),
             source_namespace: pod.map(|p| p.namespace.clone()).unwrap_or_else(|| "unknown".into()),
             source: pod.map(|p| (p.labels.clone(), p.namespace.clone())),
+            scheme: "http",
+            entry: Entry::Captured,
             series: Default::default(),
         });
         let stream = match server::serve(stream, self.header_timeout, |request| self.handle(&connection, request)).await

@@ -18,6 +18,7 @@ mod balance;
 mod body;
 mod cluster;
 mod forward;
+pub mod gateway;
 mod header_names;
 mod http1;
 mod listener;

@@ -121,8 +121,60 @@ impl Proxy {
             return;
         };
         let source = pod.map(|pod| (pod.labels.clone(), pod.namespace.clone()));
-        let plan = self.clusters.plan(snapshot, target, destination.and_then(|d| d.subset.as_deref()), source.as_ref());
-        let endpoints = plan.endpoints(original.is_ipv6());
+        let subset = destination.and_then(|d| d.subset.as_deref());
+        let to = Relay { snapshot, target, subset, client: source.as_ref(), ipv6: original.is_ipv6() };
+        self.relay_to(client, peer, hello, to).await;
+    }
+
+    /// Relays a connection accepted by a gateway listener (TLS passthrough
+    /// by server name, or TCP) by the `tls`/`tcp` routes bound to it.
+    pub(super) async fn relay_at_gateway(
+        &self,
+        mut client: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        listener: &mesh_core::gateway::Listener,
+    ) {
+        let snapshot = self.published.borrow().snapshot.clone();
+        let view = ConnectionView {
+            port: local.port(),
+            destination: local.ip(),
+            source: peer.ip(),
+            source_labels: None,
+            source_namespace: None,
+        };
+        let mut hello = Vec::new();
+        let route = if listener.kind == mesh_core::gateway::ListenerKind::Passthrough {
+            let read = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, read_client_hello(&mut client, &mut hello)).await;
+            let sni = read.ok().and_then(Result::ok).flatten();
+            let server = listener.server_for_sni(sni.as_deref());
+            sni.as_deref()
+                .zip(server)
+                .and_then(|(sni, server)| first_tls_match(&server.tls, sni, &view))
+                .map(|route| &route.destinations)
+        } else {
+            let routes = listener.servers.iter().flat_map(|server| first_tcp_match(&server.tcp, &view));
+            routes.map(|route| &route.destinations).next()
+        };
+        let destination = route.and_then(|destinations| pick_destination(destinations, fastrand::u64(..)));
+        let Some(destination) = destination else {
+            tracing::debug!(%peer, port = local.port(), "no route at the gateway for this connection; closing");
+            return;
+        };
+        let Some(target) = snapshot.service_index_for_host(&destination.host, destination.port.unwrap_or(0)) else {
+            tracing::debug!(%peer, host = %destination.host, "gateway route to an unknown host; closing");
+            return;
+        };
+        let to =
+            Relay { snapshot: &snapshot, target, subset: destination.subset.as_deref(), client: None, ipv6: false };
+        self.relay_to(client, peer, hello, to).await;
+    }
+
+    /// Connects to an endpoint of `to`, sends `hello` (bytes read ahead)
+    /// and relays both ways until either side closes.
+    async fn relay_to(&self, mut client: TcpStream, peer: SocketAddr, hello: Vec<u8>, to: Relay<'_>) {
+        let plan = self.clusters.plan(to.snapshot, to.target, to.subset, to.client);
+        let endpoints = plan.endpoints(to.ipv6);
         let Some(picked) = pick(&plan.state.cursor, endpoints, &plan.policy.load_balancer, None, &[]) else {
             tracing::debug!(%peer, cluster = %plan.name, "no endpoint for a tcp route; closing");
             return;
@@ -150,6 +202,16 @@ impl Proxy {
             tracing::debug!(%peer, %endpoint, %error, "tcp relay ended with an error");
         }
     }
+}
+
+/// Where a relayed connection goes: a service port of the snapshot (and
+/// subset), as `client` sees it, in the client's address family.
+struct Relay<'a> {
+    snapshot: &'a Arc<Snapshot>,
+    target: usize,
+    subset: Option<&'a str>,
+    client: Option<&'a super::cluster::Client>,
+    ipv6: bool,
 }
 
 #[cfg(test)]

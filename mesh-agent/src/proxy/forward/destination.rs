@@ -35,20 +35,28 @@ impl NoCluster<'_> {
     }
 }
 
-/// The target of a request to `dialled` (an index into the snapshot's
-/// services) that matched `route`, with `random` deciding the weighted pick.
+/// The target of a request that matched `route`, with `random` deciding
+/// the weighted pick. `dialled` is the service the client dialled (an
+/// index into the snapshot's services; none at a gateway): it is the
+/// target when no rule forwards, and its port the destinations' default
+/// (at a gateway, a destination without a port needs a one-port service).
 pub fn choose<'a>(
     snapshot: &Snapshot,
     route: Option<&'a HttpRoute>,
-    dialled: usize,
+    dialled: Option<usize>,
     random: u64,
 ) -> Result<Target<'a>, NoCluster<'a>> {
     let destination = match route.map(|r| &r.action) {
         Some(RouteAction::Forward(destinations)) => pick_destination(destinations, random),
         _ => None,
     };
-    let Some(destination) = destination else { return Ok(Target { destination: None, service: dialled }) };
-    let port = destination.port.unwrap_or(snapshot.services[dialled].port);
+    let Some(destination) = destination else {
+        return match dialled {
+            Some(service) => Ok(Target { destination: None, service }),
+            None => Err(NoCluster("")),
+        };
+    };
+    let port = destination.port.or(dialled.map(|service| snapshot.services[service].port)).unwrap_or(0);
     match snapshot.service_index_for_host(&destination.host, port) {
         Some(service) => Ok(Target { destination: Some(destination), service }),
         None => Err(NoCluster(&destination.host)),
@@ -66,9 +74,9 @@ mod tests {
         let reviews = snapshot.service_index_for_host("reviews.shop.svc.cluster.local", 9080).unwrap();
         let ratings = snapshot.service_index_for_host("ratings.shop.svc.cluster.local", 9080).unwrap();
         let rules = routes("- route:\n  - {destination: {host: ratings, subset: v2}, weight: 1}\n");
-        let Ok(target) = choose(&snapshot, rules.first(), reviews, 0) else { panic!("no target") };
+        let Ok(target) = choose(&snapshot, rules.first(), Some(reviews), 0) else { panic!("no target") };
         assert_eq!((target.service, target.subset()), (ratings, Some("v2")));
-        let Ok(target) = choose(&snapshot, None, reviews, 0) else { panic!("no target") };
+        let Ok(target) = choose(&snapshot, None, Some(reviews), 0) else { panic!("no target") };
         assert_eq!((target.service, target.subset()), (reviews, None));
     }
 
@@ -77,7 +85,7 @@ mod tests {
         let snapshot = snapshot();
         let reviews = snapshot.service_index_for_host("reviews.shop.svc.cluster.local", 9080).unwrap();
         let rules = routes("- route: [{destination: {host: nowhere.example.com}}]\n");
-        let Err(no_cluster) = choose(&snapshot, rules.first(), reviews, 0) else { panic!("a cluster") };
+        let Err(no_cluster) = choose(&snapshot, rules.first(), Some(reviews), 0) else { panic!("a cluster") };
         let outcome = no_cluster.outcome();
         assert_eq!(outcome.response.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(outcome.flags, [ResponseFlag::NC]);

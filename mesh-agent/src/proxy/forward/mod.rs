@@ -13,6 +13,7 @@ mod destination;
 mod edits;
 mod fault;
 mod flags;
+mod gateway;
 mod hash;
 mod headers;
 mod outcome;
@@ -25,7 +26,7 @@ mod upgrade;
 use crate::proxy::body::{full, ClientBody, CountingBody, ProxyBody};
 use crate::proxy::cluster::admit;
 use crate::proxy::header_names::REQUEST_ID;
-use crate::proxy::listener::{Connection, Proxy};
+use crate::proxy::listener::{Connection, Entry, Proxy};
 use crate::proxy::replay::RequestBody;
 use access_log::AccessLogLine;
 use attempts::{Attempts, Finished};
@@ -67,6 +68,10 @@ impl Proxy {
 
         let outcome = match snapshot.service_index_at(connection.original) {
             _ if parts.method == Method::CONNECT => refuse_connect(),
+            _ if matches!(connection.entry, Entry::Gateway { .. }) => match headers::host_problem(&parts) {
+                Some(problem) => Outcome::local(StatusCode::BAD_REQUEST, problem, Some(ResponseFlag::DPE), "".into()),
+                None => self.at_gateway(&snapshot, connection, parts, body, authority).await,
+            },
             None => Outcome::local(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "no healthy upstream",
@@ -125,7 +130,9 @@ impl Proxy {
         response
     }
 
-    /// Finds the rule for the request and carries out its action.
+    /// Finds the rule for a request to a captured service address and
+    /// carries out its action: with no rules for the host, the request
+    /// goes to the service as dialled.
     async fn route(
         &self,
         snapshot: &Arc<Snapshot>,
@@ -136,26 +143,74 @@ impl Proxy {
         authority: &str,
     ) -> Outcome {
         let fqdn = &snapshot.services[service_index].fqdn;
-        let cluster = || Arc::<str>::from(fqdn.as_str());
         let client_namespace = connection.source.as_ref().map(|(_, namespace)| namespace.as_str());
         let routes = snapshot.routes.http_routes_for(fqdn, client_namespace);
+        let rules = Rules { routes, dialled: Some(service_index), answered_as: Arc::from(fqdn.as_str()) };
+        self.follow(snapshot, connection, rules, parts, body, authority).await
+    }
+
+    /// Routes a request to a gateway listener: the server its Host (or the
+    /// TLS handshake) picks, then the VirtualService bound to that server
+    /// for the Host; nothing matching is 404. An `httpsRedirect` server
+    /// answers plain HTTP with a 301 to https.
+    async fn at_gateway(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        connection: &Connection,
+        mut parts: Parts,
+        body: ClientBody,
+        authority: &str,
+    ) -> Outcome {
+        let Some(state) = self.gateway.as_ref().map(|state| state.borrow().clone()) else {
+            return Outcome::local(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NR), "".into());
+        };
+        let host = gateway::host_of(authority);
+        let listener = state.plan.listeners.iter().find(|l| l.port == connection.original.port());
+        let chosen = match connection.entry {
+            Entry::Gateway { server: Some(index) } => listener.and_then(|l| l.servers.get(index)),
+            _ => None,
+        };
+        let Some((bound, virtual_host)) = listener.and_then(|l| l.route(chosen, &host)) else {
+            return Outcome::local(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NR), Arc::from(host.as_str()));
+        };
+        if connection.scheme == "http" && bound.server.tls.as_ref().is_some_and(|tls| tls.https_redirect) {
+            return Outcome::answer(gateway::https_redirect(authority, &parts), vec![], Arc::from(host.as_str()));
+        }
+        gateway::set_forwarded(&mut parts.headers, connection);
+        let rules = Rules { routes: &virtual_host.routes, dialled: None, answered_as: Arc::from(host.as_str()) };
+        self.follow(snapshot, connection, rules, parts, body, authority).await
+    }
+
+    /// Finds the rule among `rules` and carries out its action: a CORS
+    /// preflight, a redirect or a direct response is answered from it; the
+    /// rest goes upstream.
+    async fn follow(
+        &self,
+        snapshot: &Arc<Snapshot>,
+        connection: &Connection,
+        rules: Rules<'_>,
+        parts: Parts,
+        body: ClientBody,
+        authority: &str,
+    ) -> Outcome {
+        let Rules { routes, dialled, answered_as: cluster } = rules;
         let matched = {
             let view = request_view(&parts, authority, connection);
             let matched = first_match(routes, &view);
-            if matched.is_none() && !routes.is_empty() {
-                // The host has rules and none matches: Envoy's "no route".
-                return Outcome::local(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NR), cluster());
+            if matched.is_none() && (!routes.is_empty() || dialled.is_none()) {
+                // Rules and none matches: Envoy's "no route".
+                return Outcome::local(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NR), cluster);
             }
             // CORS preflights and redirects are answered from the rule alone.
             if let Some(answer) = matched.and_then(|(route, _)| answer_from_rule(route, &view)) {
-                return Outcome::answer(answer, vec![], cluster());
+                return Outcome::answer(answer, vec![], cluster);
             }
             matched
         };
         let cors_headers = matched
             .and_then(|(route, _)| route.cors.as_ref())
             .map(|cors| cors.response_headers(&request_view(&parts, authority, connection)));
-        let mut outcome = self.forward(snapshot, connection, service_index, matched, parts, body, authority).await;
+        let mut outcome = self.forward(snapshot, connection, dialled, cluster, matched, parts, body, authority).await;
         if let Some(headers) = cors_headers {
             outcome.response.headers_mut().extend(headers);
         }
@@ -164,27 +219,28 @@ impl Proxy {
 
     /// The stages of a request that goes upstream.
     #[allow(clippy::too_many_arguments)]
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         snapshot: &Arc<Snapshot>,
         connection: &Connection,
-        service_index: usize,
+        dialled: Option<usize>,
+        answered_as: Arc<str>,
         matched: Option<(&HttpRoute, Option<&HttpMatch>)>,
         mut parts: Parts,
         body: ClientBody,
         authority: &str,
     ) -> Outcome {
         let route = matched.map(|(route, _)| route);
-        let service = &snapshot.services[service_index];
         let mut flags = Vec::new();
 
         if let Some(fault) = route.and_then(|r| r.fault.as_ref()) {
             if let Some(abort) = fault::inject(fault, &mut flags).await {
-                return Outcome::answer(abort, flags, service.fqdn.as_str().into());
+                return Outcome::answer(abort, flags, answered_as);
             }
         }
 
-        let target = match destination::choose(snapshot, route, service_index, fastrand::u64(..)) {
+        let target = match destination::choose(snapshot, route, dialled, fastrand::u64(..)) {
             Ok(target) => target,
             Err(no_cluster) => return no_cluster.outcome(),
         };
@@ -299,6 +355,16 @@ impl Proxy {
     }
 }
 
+/// The rules a request is routed by.
+struct Rules<'a> {
+    routes: &'a [HttpRoute],
+    /// The service the client dialled (none at a gateway): where a request
+    /// goes when the host has no rules.
+    dialled: Option<usize>,
+    /// The name answers made without an upstream are counted under.
+    answered_as: Arc<str>,
+}
+
 /// CONNECT asks for a tunnel, which no route here offers: refused at once
 /// (as nginx does), and the connection closed, since the client may start
 /// sending tunnel bytes.
@@ -341,7 +407,7 @@ fn answer_from_rule(route: &HttpRoute, view: &RequestView<'_>) -> Option<Respons
 fn request_view<'a>(parts: &'a Parts, authority: &'a str, connection: &'a Connection) -> RequestView<'a> {
     RequestView {
         method: &parts.method,
-        scheme: "http",
+        scheme: connection.scheme,
         authority,
         path: parts.uri.path(),
         query: parts.uri.query(),

@@ -41,24 +41,40 @@ pub fn material(
     namespace: &str,
     secrets: &BTreeMap<(String, String), SecretModel>,
 ) -> Result<TlsMaterial, TlsError> {
-    if let Some(name) = &tls.credential_name {
-        let origin = format!("secret {namespace}/{name} (credentialName)");
-        let secret = secrets
-            .get(&(namespace.to_owned(), name.clone()))
-            .ok_or_else(|| TlsError::Pem { origin: origin.clone(), message: "not found".into() })?;
-        let pick = |keys: [&str; 2]| keys.iter().find_map(|k| secret.data.get(*k).cloned());
-        return Ok(TlsMaterial {
-            ca: pick(["cacert", "ca.crt"]),
-            cert_chain: pick(["cert", "tls.crt"]),
-            key: pick(["key", "tls.key"]),
-            origin,
-        });
+    match &tls.credential_name {
+        Some(name) => secret_material(namespace, name, secrets),
+        None => {
+            file_material(tls.ca_certificates.as_deref(), tls.client_certificate.as_deref(), tls.private_key.as_deref())
+        }
     }
-    let read = |path: &Option<String>| path.as_deref().map(read).transpose();
+}
+
+/// The material in Secret `namespace/name`: keys `cert`/`key`/`cacert`, or
+/// `tls.crt`/`tls.key`/`ca.crt` (a Kubernetes TLS Secret).
+pub fn secret_material(
+    namespace: &str,
+    name: &str,
+    secrets: &BTreeMap<(String, String), SecretModel>,
+) -> Result<TlsMaterial, TlsError> {
+    let origin = format!("secret {namespace}/{name} (credentialName)");
+    let secret = secrets
+        .get(&(namespace.to_owned(), name.to_owned()))
+        .ok_or_else(|| TlsError::Pem { origin: origin.clone(), message: "not found".into() })?;
+    let pick = |keys: [&str; 2]| keys.iter().find_map(|k| secret.data.get(*k).cloned());
     Ok(TlsMaterial {
-        ca: read(&tls.ca_certificates)?,
-        cert_chain: read(&tls.client_certificate)?,
-        key: read(&tls.private_key)?,
+        ca: pick(["cacert", "ca.crt"]),
+        cert_chain: pick(["cert", "tls.crt"]),
+        key: pick(["key", "tls.key"]),
+        origin,
+    })
+}
+
+/// The material in PEM files (each optional).
+pub fn file_material(ca: Option<&str>, cert: Option<&str>, key: Option<&str>) -> Result<TlsMaterial, TlsError> {
+    Ok(TlsMaterial {
+        ca: ca.map(read).transpose()?,
+        cert_chain: cert.map(read).transpose()?,
+        key: key.map(read).transpose()?,
         origin: "files".into(),
     })
 }

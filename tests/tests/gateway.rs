@@ -1,0 +1,214 @@
+//! The gateway process (`mesh-agent gateway`) at the mesh's edge: a pod of
+//! its own serving the Gateways that select its labels, with "outside"
+//! clients (curl in another namespace) and backends in pod namespaces.
+//! No kernel programs are involved: a gateway dials endpoints directly.
+
+use mesh_tests::tls::make_pki;
+use mesh_tests::{wait_until, Pod, TestEnv};
+use serde_json::Value;
+use std::time::Duration;
+
+const GATEWAY_IP: &str = "10.244.9.2";
+
+/// An outside client, a gateway pod, and backends `b1`, `b2` serving
+/// HTTP on 8080 behind Service `reviews` (9080 → 8080).
+struct Edge {
+    env: TestEnv,
+    outside: Pod,
+    gateway_pod: Pod,
+    _backends: Vec<Pod>,
+    _servers: Vec<mesh_tests::Server>,
+}
+
+impl Edge {
+    fn new(test: &str) -> Edge {
+        let env = TestEnv::new(test).expect("test env");
+        let outside = env.add_pod("outside", "10.244.8.2", "fd00:244::8:2");
+        let gateway_pod = env.add_pod("ingress", GATEWAY_IP, "fd00:244::9:2");
+        let mut backends = Vec::new();
+        let mut servers = Vec::new();
+        for i in 1..=2 {
+            let pod = env.add_pod(&format!("b{i}"), &format!("10.244.{i}.2"), &format!("fd00:244::{i}:2"));
+            servers.push(pod.serve_http(8080));
+            backends.push(pod);
+        }
+        Edge { env, outside, gateway_pod, _backends: backends, _servers: servers }
+    }
+
+    /// Services `reviews` (b1) and `ratings` (b2), then `extra`.
+    fn config(&self, extra: &str) -> String {
+        let mut yaml = String::new();
+        for (name, ip, backend) in [("reviews", "10.96.0.20", "10.244.1.2"), ("ratings", "10.96.0.21", "10.244.2.2")] {
+            yaml.push_str(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  clusterIP: {ip}\n  ports:\n  - {{name: http, port: 9080, targetPort: 8080}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: shop, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n- addresses: [\"{backend}\"]\n---\n"
+            ));
+        }
+        yaml.push_str(extra);
+        yaml
+    }
+
+    fn start(&self, extra: &str) -> mesh_tests::Gateway {
+        self.env.write_config("edge.yaml", &self.config(extra)).unwrap();
+        self.env
+            .start_gateway(
+                &self.gateway_pod,
+                &["--labels", "istio=ingressgateway,app=istio-ingressgateway", "--access-log"],
+            )
+            .unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// curl from the outside pod; returns (code, stdout, stderr).
+    fn curl(&self, args: &[&str]) -> (Option<i64>, String, String) {
+        let mut all = vec!["exec", "curl", "-sS", "--max-time", "5"];
+        all.extend_from_slice(args);
+        let out = self.env.probe(&self.outside, &all).unwrap_or_else(|e| panic!("{e:#}"));
+        let text = |k: &str| out[k].as_str().unwrap_or_default().to_owned();
+        (out["code"].as_i64(), text("stdout"), text("stderr"))
+    }
+
+    /// `curl -i` of `url`, with extra args: the status code and the whole output.
+    fn get(&self, url: &str, args: &[&str]) -> (u16, String) {
+        let mut all = vec!["-i"];
+        all.extend_from_slice(args);
+        all.push(url);
+        let (code, out, err) = self.curl(&all);
+        assert_eq!(code, Some(0), "curl {all:?}: {err}");
+        let status = out.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, out)
+    }
+}
+
+fn backend(output: &str) -> Option<&str> {
+    output.lines().find_map(|l| l.strip_prefix("x-backend: ")).map(str::trim)
+}
+
+const GATEWAY: &str = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: edge, namespace: shop}\nspec:\n  selector: {istio: ingressgateway}\n  servers:\n";
+
+#[test]
+fn plain_http_is_routed_by_host_and_path_and_an_unknown_host_gets_404() {
+    let edge = Edge::new("gw_http");
+    let config = format!(
+        "{GATEWAY}  - port: {{number: 8080, name: http, protocol: HTTP}}\n    hosts: ['*']\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: bookinfo, namespace: shop}}\n\
+         spec:\n  hosts: [bookinfo.example.com]\n  gateways: [edge]\n  http:\n\
+         \x20 - match: [{{uri: {{prefix: /ratings}}}}]\n    route: [{{destination: {{host: ratings, port: {{number: 9080}}}}}}]\n\
+         \x20 - route: [{{destination: {{host: reviews}}}}]\n"
+    );
+    let gateway = edge.start(&config);
+    let url = |path: &str| format!("http://{GATEWAY_IP}:8080{path}");
+    let (status, out) = edge.get(&url("/productpage"), &["-H", "Host: bookinfo.example.com"]);
+    assert_eq!((status, backend(&out)), (200, Some("b1")), "{out}\n{}", gateway.log());
+    let (status, out) = edge.get(&url("/ratings/1"), &["-H", "Host: Bookinfo.Example.com:8080"]);
+    assert_eq!((status, backend(&out)), (200, Some("b2")), "{out}");
+    let (status, out) = edge.get(&url("/"), &["-H", "Host: other.example.com"]);
+    assert_eq!(status, 404, "no VirtualService for that host: {out}");
+    // HTTP/2 without TLS (h2c with prior knowledge) too.
+    let (status, out) = edge.get(&url("/"), &["--http2-prior-knowledge", "-H", "Host: bookinfo.example.com"]);
+    assert_eq!((status, backend(&out)), (200, Some("b1")), "{out}");
+
+    let status = gateway.admin_json("/status");
+    let listeners = status["gateway_listeners"].as_array().unwrap();
+    assert_eq!(listeners.len(), 1, "{status}");
+    assert_eq!(listeners[0]["port"], 8080);
+    assert!(listeners[0]["servers"][0]["virtual_services"][0].as_str().unwrap().starts_with("shop/bookinfo"));
+}
+
+#[test]
+fn https_with_a_certificate_per_host_mutual_tls_and_https_redirect() {
+    let edge = Edge::new("gw_tls");
+    let dir = edge.env.config_dir().join("../pki");
+    let a = make_pki(&dir.join("a"), &["a.example.com"]).unwrap();
+    let b = make_pki(&dir.join("b"), &["b.example.com"]).unwrap();
+    let m = make_pki(&dir.join("m"), &["m.example.com"]).unwrap();
+    let server = |host: &str, pki: &mesh_tests::tls::Pki, mode: &str| {
+        format!(
+            "  - port: {{number: 8443, name: https-{}, protocol: HTTPS}}\n    hosts: [{host}]\n    tls: {{mode: {mode}, serverCertificate: {}, privateKey: {}, caCertificates: {}}}\n",
+            host.split('.').next().unwrap(),
+            pki.server_cert.display(),
+            pki.server_key.display(),
+            pki.ca.display()
+        )
+    };
+    let config = format!(
+        "{GATEWAY}{}{}{}\
+         \x20 - port: {{number: 8080, name: http, protocol: HTTP}}\n    hosts: ['*']\n    tls: {{httpsRedirect: true}}\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: a, namespace: shop}}\n\
+         spec:\n  hosts: [a.example.com, m.example.com]\n  gateways: [shop/edge]\n  http: [{{route: [{{destination: {{host: reviews}}}}]}}]\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: b, namespace: shop}}\n\
+         spec:\n  hosts: [b.example.com]\n  gateways: [edge]\n  http: [{{route: [{{destination: {{host: ratings}}}}]}}]\n",
+        server("a.example.com", &a, "SIMPLE"),
+        server("b.example.com", &b, "SIMPLE"),
+        server("m.example.com", &m, "MUTUAL"),
+    );
+    let gateway = edge.start(&config);
+    let resolve = |host: &str| format!("{host}:8443:{GATEWAY_IP}");
+    let ca = |pki: &mesh_tests::tls::Pki| pki.ca.display().to_string();
+    // Each name gets its own certificate (curl checks it against that CA).
+    let (status, out) =
+        edge.get("https://a.example.com:8443/", &["--resolve", &resolve("a.example.com"), "--cacert", &ca(&a)]);
+    assert_eq!((status, backend(&out)), (200, Some("b1")), "{out}\n{}", gateway.log());
+    let (status, out) =
+        edge.get("https://b.example.com:8443/", &["--resolve", &resolve("b.example.com"), "--cacert", &ca(&b)]);
+    assert_eq!((status, backend(&out)), (200, Some("b2")), "{out}");
+    // h2 by ALPN.
+    let (status, out) = edge
+        .get("https://b.example.com:8443/", &["--http2", "--resolve", &resolve("b.example.com"), "--cacert", &ca(&b)]);
+    assert!(out.starts_with("HTTP/2 200"), "{status}: {out}");
+    // MUTUAL: refused without a client certificate, served with one.
+    let m_args = ["--resolve", &resolve("m.example.com"), "--cacert", &ca(&m)];
+    let mut refused = vec!["-o", "/dev/null", "https://m.example.com:8443/"];
+    refused.extend_from_slice(&m_args);
+    let (code, _, err) = edge.curl(&refused);
+    assert_ne!(code, Some(0), "no client certificate must be refused: {err}");
+    let cert = m.client_cert.display().to_string();
+    let key = m.client_key.display().to_string();
+    let mut with_cert = m_args.to_vec();
+    with_cert.extend_from_slice(&["--cert", &cert, "--key", &key]);
+    let (status, out) = edge.get("https://m.example.com:8443/", &with_cert);
+    assert_eq!((status, backend(&out)), (200, Some("b1")), "{out}");
+    // Plain HTTP on an httpsRedirect server: 301 to https.
+    let (status, out) = edge.get(&format!("http://{GATEWAY_IP}:8080/x?y=1"), &["-H", "Host: a.example.com"]);
+    assert_eq!(status, 301, "{out}");
+    assert!(out.to_ascii_lowercase().contains("location: https://a.example.com/x?y=1"), "{out}");
+}
+
+#[test]
+fn a_server_whose_secret_is_missing_fails_alone_and_serves_once_it_appears() {
+    let edge = Edge::new("gw_secret");
+    let dir = edge.env.config_dir().join("../pki");
+    let a = make_pki(&dir.join("a"), &["a.example.com"]).unwrap();
+    let config = format!(
+        "{GATEWAY}  - port: {{number: 8443, name: https, protocol: HTTPS}}\n    hosts: [a.example.com]\n    tls: {{mode: SIMPLE, credentialName: a-cert}}\n\
+         \x20 - port: {{number: 8080, name: http, protocol: HTTP}}\n    hosts: ['*']\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: a, namespace: shop}}\n\
+         spec:\n  hosts: ['*']\n  gateways: [edge]\n  http: [{{route: [{{destination: {{host: reviews}}}}]}}]\n"
+    );
+    let gateway = edge.start(&config);
+    // The plain server serves while the TLS one has no certificate.
+    let (status, _) = edge.get(&format!("http://{GATEWAY_IP}:8080/"), &[]);
+    assert_eq!(status, 200);
+    let status: Value = gateway.admin_json("/status");
+    let tls_error = status["gateway_listeners"].as_array().unwrap().iter().find(|l| l["port"] == 8443).unwrap()
+        ["servers"][0]["tls_error"]
+        .clone();
+    assert!(tls_error.as_str().is_some_and(|e| e.contains("shop/a-cert") && e.contains("not found")), "{status}");
+    // The Secret arrives: new handshakes get the certificate.
+    let pem = |path: &std::path::Path| std::fs::read_to_string(path).unwrap();
+    let indent = |text: String| text.lines().map(|l| format!("    {l}\n")).collect::<String>();
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: a-cert, namespace: shop}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(pem(&a.server_cert)),
+        indent(pem(&a.server_key))
+    );
+    edge.env.write_config("secret.yaml", &secret).unwrap();
+    let args = ["--resolve", "a.example.com:8443:10.244.9.2", "--cacert"];
+    let ca = a.ca.display().to_string();
+    let served = wait_until(Duration::from_secs(10), || {
+        let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}", "https://a.example.com:8443/"];
+        all.extend_from_slice(&args);
+        all.push(&ca);
+        edge.curl(&all).1 == "200"
+    });
+    assert!(served, "{}", gateway.log());
+}
