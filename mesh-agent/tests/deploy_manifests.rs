@@ -1,14 +1,19 @@
 //! Every manifest under deploy/ parses into the Kubernetes API types, and
 //! what matters holds: the DaemonSet's selector matches its pods, every
 //! mount has its volume, the probes reach the health address the agent is
-//! told to serve, and RBAC grants exactly what the agent uses.
+//! told to serve, and RBAC grants exactly what the agent uses. The gateways
+//! (deploy/gateways/, installed on top): selectors, probes and Service ports
+//! meet the container, the pods run unprivileged, and their RBAC reads only
+//! what a gateway serves, Secrets only in its own namespace.
 
-use k8s_openapi::api::apps::v1::DaemonSet;
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::core::v1::{Container, Namespace, Service, ServiceAccount};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use mesh_agent::k8s::{required_permissions, Permissions};
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 fn deploy_dir() -> PathBuf {
@@ -196,4 +201,334 @@ fn example_istio_yaml_is_accepted_by_the_agent() {
         seen += 1;
     }
     assert_eq!(seen, 3);
+}
+
+/// The gateways' kustomization (deploy/gateways/), applied after deploy/.
+fn gateway_documents() -> Vec<serde_json::Value> {
+    let dir = deploy_dir().join("gateways");
+    let kustomization = &documents(&dir.join("kustomization.yaml"))[0];
+    let mut docs = Vec::new();
+    for resource in kustomization["resources"].as_array().expect("resources") {
+        docs.extend(documents(&dir.join(resource.as_str().unwrap())));
+    }
+    docs
+}
+
+/// The flags `mesh-agent gateway` takes in a cluster, each with a value.
+const GATEWAY_FLAGS: [&str; 6] = ["--source", "--labels-file", "--namespace", "--admin", "--health", "--listen-ip"];
+
+/// What a gateway reads cluster-wide: the Istio kinds it serves, the
+/// destinations' Services and EndpointSlices, and the pods' labels (subsets).
+fn gateway_cluster_permissions() -> Permissions {
+    let mut out = Permissions::new();
+    for (group, resource) in [
+        ("", "services"),
+        ("", "pods"),
+        ("discovery.k8s.io", "endpointslices"),
+        ("networking.istio.io", "gateways"),
+        ("networking.istio.io", "virtualservices"),
+        ("networking.istio.io", "destinationrules"),
+    ] {
+        for verb in ["get", "list", "watch"] {
+            out.insert((group.into(), resource.into(), verb.into()));
+        }
+    }
+    out
+}
+
+#[test]
+fn gateway_manifests_parse_and_name_only_fields_of_their_api_types() {
+    let docs = gateway_documents();
+    let namespace = of_kind::<Namespace>(&all_documents(), "Namespace").remove(0).metadata.name.unwrap();
+    // Serialized back, a parsed object must give the document again: a
+    // misspelt or misplaced field would be dropped by the parser (and by the
+    // API server), not refused.
+    fn round_trips<T: serde::de::DeserializeOwned + serde::Serialize>(doc: &serde_json::Value) {
+        let parsed: T = serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{e}: {doc}"));
+        assert_eq!(&serde_json::to_value(parsed).unwrap(), doc, "a field the API type does not have");
+    }
+    let mut kinds = BTreeMap::<String, usize>::new();
+    for doc in &docs {
+        let kind = doc["kind"].as_str().unwrap_or_default();
+        match kind {
+            "ServiceAccount" => round_trips::<ServiceAccount>(doc),
+            "ClusterRole" => round_trips::<ClusterRole>(doc),
+            "ClusterRoleBinding" => round_trips::<ClusterRoleBinding>(doc),
+            "Role" => round_trips::<Role>(doc),
+            "RoleBinding" => round_trips::<RoleBinding>(doc),
+            "Deployment" => round_trips::<Deployment>(doc),
+            "Service" => round_trips::<Service>(doc),
+            "PodDisruptionBudget" => round_trips::<PodDisruptionBudget>(doc),
+            _ => panic!("unexpected kind in {doc}"),
+        }
+        if !kind.starts_with("Cluster") {
+            assert_eq!(doc["metadata"]["namespace"], namespace.as_str(), "in the mesh's namespace: {doc}");
+        }
+        *kinds.entry(kind.to_owned()).or_default() += 1;
+    }
+    let expected = [
+        ("ClusterRole", 1),
+        ("ClusterRoleBinding", 1),
+        ("Deployment", 2),
+        ("PodDisruptionBudget", 2),
+        ("Role", 1),
+        ("RoleBinding", 1),
+        ("Service", 2),
+        ("ServiceAccount", 1),
+    ];
+    assert_eq!(kinds, expected.map(|(k, n)| (k.to_owned(), n)).into(), "one account for both gateways");
+    // The agent installs alone: deploy/ has no gateway in it.
+    assert!(all_documents().iter().all(|d| d["kind"] != "Deployment"), "deploy/ stays the agent alone");
+}
+
+/// A gateway's objects, found by the `istio` label Istio's charts give it.
+struct Gateway {
+    deployment: Deployment,
+    service: Service,
+    budget: Option<PodDisruptionBudget>,
+}
+
+fn gateway(docs: &[serde_json::Value], istio: &str) -> Gateway {
+    let labelled = |labels: &serde_json::Value| labels["istio"] == istio;
+    let mut deployments: Vec<Deployment> = of_kind(docs, "Deployment");
+    deployments.retain(|d| {
+        d.spec.as_ref().unwrap().selector.match_labels.as_ref().unwrap().get("istio").map(String::as_str) == Some(istio)
+    });
+    assert_eq!(deployments.len(), 1, "one Deployment of istio={istio}");
+    let services: Vec<Service> = docs
+        .iter()
+        .filter(|d| d["kind"] == "Service" && labelled(&d["spec"]["selector"]))
+        .map(|d| serde_json::from_value(d.clone()).unwrap())
+        .collect();
+    assert_eq!(services.len(), 1, "one Service of istio={istio}");
+    let mut budgets: Vec<PodDisruptionBudget> = docs
+        .iter()
+        .filter(|d| d["kind"] == "PodDisruptionBudget" && labelled(&d["spec"]["selector"]["matchLabels"]))
+        .map(|d| serde_json::from_value(d.clone()).unwrap())
+        .collect();
+    assert!(budgets.len() <= 1, "at most one PodDisruptionBudget of istio={istio}");
+    Gateway { deployment: deployments.remove(0), service: services.into_iter().next().unwrap(), budget: budgets.pop() }
+}
+
+fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The port a probe or Service names, as a number of the container.
+fn container_port(container: &Container, port: &IntOrString) -> i32 {
+    let ports = container.ports.clone().unwrap_or_default();
+    let found = match port {
+        IntOrString::Int(n) => ports.iter().find(|p| p.container_port == *n),
+        IntOrString::String(name) => ports.iter().find(|p| p.name.as_deref() == Some(name.as_str())),
+    };
+    found.unwrap_or_else(|| panic!("{port:?} is not a port of container {}", container.name)).container_port
+}
+
+/// Checks one gateway's Deployment, Service and PodDisruptionBudget against
+/// each other and against the gateway's command line.
+fn check_gateway(gateway: &Gateway, istio: &str, app: &str) {
+    let spec = gateway.deployment.spec.clone().unwrap();
+    let pod_labels = spec.template.metadata.clone().unwrap().labels.unwrap();
+    assert_eq!(
+        pod_labels.get("istio").map(String::as_str),
+        Some(istio),
+        "Istio's label: Gateway selectors find the pods"
+    );
+    assert_eq!(pod_labels.get("app").map(String::as_str), Some(app));
+    let selector = spec.selector.match_labels.clone().unwrap();
+    assert!(selects(&selector, &pod_labels), "{app}: the Deployment selects its pods");
+    let service_selector = gateway.service.spec.clone().unwrap().selector.unwrap();
+    assert!(selects(&service_selector, &pod_labels), "{app}: the Service selects the pods");
+
+    let pod = spec.template.spec.clone().unwrap();
+    assert_eq!(pod.containers.len(), 1);
+    let container = &pod.containers[0];
+
+    // The command line: the gateway subcommand, only the agreed flags, each
+    // with its value, and every $(VAR) an env of the container.
+    let args = container.args.clone().unwrap();
+    assert_eq!(args[0], "gateway", "{app}: runs the gateway subcommand");
+    let mut flags = BTreeMap::new();
+    for pair in args[1..].chunks(2) {
+        assert!(GATEWAY_FLAGS.contains(&pair[0].as_str()), "{app}: {} is not a gateway flag", pair[0]);
+        let value = pair.get(1).unwrap_or_else(|| panic!("{app}: {} has no value", pair[0]));
+        assert!(!value.starts_with("--"), "{app}: {} has no value", pair[0]);
+        assert!(flags.insert(pair[0].as_str(), value.as_str()).is_none(), "{app}: {} twice", pair[0]);
+    }
+    let env = container.env.clone().unwrap();
+    let field = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.clone())
+            .and_then(|v| v.field_ref)
+            .map(|f| f.field_path)
+    };
+    for value in flags.values() {
+        if let Some(var) = value.strip_prefix("$(").and_then(|v| v.strip_suffix(')')) {
+            assert!(env.iter().any(|e| e.name == var), "{app}: $({var}) is an env of the container");
+        }
+    }
+    assert_eq!(flags.get("--source"), Some(&"kubernetes"));
+    assert_eq!(flags.get("--namespace"), Some(&"$(POD_NAMESPACE)"));
+    assert_eq!(field("POD_NAMESPACE").as_deref(), Some("metadata.namespace"));
+    assert_eq!(field("POD_NAME").as_deref(), Some("metadata.name"));
+    let admin = flags["--admin"];
+    assert!(admin.starts_with("127.0.0.1:"), "{app}: the full admin API stays on loopback: {admin}");
+
+    // --labels-file is the downward API's file of the pod's labels.
+    let labels_file = Path::new(flags["--labels-file"]);
+    let mounts = container.volume_mounts.clone().unwrap();
+    let mount =
+        mounts.iter().find(|m| labels_file.parent() == Some(Path::new(&m.mount_path))).expect("labels file mounted");
+    let volumes = pod.volumes.clone().unwrap();
+    let volume = volumes.iter().find(|v| v.name == mount.name).expect("the mount's volume");
+    let items = volume.downward_api.clone().expect("a downward API volume").items.unwrap();
+    let item =
+        items.iter().find(|i| Path::new(&i.path) == labels_file.strip_prefix(&mount.mount_path).unwrap()).unwrap();
+    assert_eq!(item.field_ref.as_ref().unwrap().field_path, "metadata.labels");
+    let volume_names: BTreeSet<&String> = volumes.iter().map(|v| &v.name).collect();
+    let mount_names: BTreeSet<&String> = mounts.iter().map(|m| &m.name).collect();
+    assert_eq!(mount_names, volume_names, "{app}: every mount has its volume and every volume is mounted");
+    assert!(volumes.iter().all(|v| v.host_path.is_none()), "{app}: nothing of the host");
+
+    // Probes: the health address the gateway is told to serve, a declared port.
+    let health_port: i32 = flags["--health"].rsplit(':').next().unwrap().parse().unwrap();
+    for (name, probe, path) in [
+        ("liveness", container.liveness_probe.clone(), "/healthz"),
+        ("readiness", container.readiness_probe.clone(), "/readyz"),
+    ] {
+        let http = probe.and_then(|p| p.http_get).unwrap_or_else(|| panic!("{app}: {name} probe is an HTTP GET"));
+        assert_eq!(container_port(container, &http.port), health_port, "{app}: {name} probe port");
+        assert_eq!(http.path.as_deref(), Some(path), "{app}: {name} probe path");
+    }
+
+    // Every Service port reaches a port the container declares.
+    let service_ports = gateway.service.spec.clone().unwrap().ports.unwrap();
+    for port in &service_ports {
+        let target = port.target_port.clone().unwrap_or(IntOrString::Int(port.port));
+        container_port(container, &target);
+    }
+
+    // Unprivileged: non-root (the image's user is root, so a user id is
+    // given), read-only root, no capability but binding low ports, and then
+    // only if a port needs it.
+    let pod_security = pod.security_context.clone().unwrap_or_default();
+    let security = container.security_context.clone().unwrap();
+    assert_ne!(pod.host_network, Some(true), "{app}: its own network namespace");
+    assert_ne!(security.privileged, Some(true));
+    assert_eq!(security.allow_privilege_escalation, Some(false), "{app}: no_new_privs");
+    assert_eq!(security.read_only_root_filesystem, Some(true), "{app}: read-only root");
+    assert_eq!(security.run_as_non_root.or(pod_security.run_as_non_root), Some(true), "{app}: non-root");
+    let user = security.run_as_user.or(pod_security.run_as_user).expect("a user id: the image's user is root");
+    assert_ne!(user, 0, "{app}: non-root");
+    let seccomp = security.seccomp_profile.or(pod_security.seccomp_profile).expect("a seccomp profile");
+    assert_eq!(seccomp.type_, "RuntimeDefault");
+    let capabilities = security.capabilities.unwrap();
+    assert_eq!(capabilities.drop.unwrap(), ["ALL"]);
+    let added = capabilities.add.unwrap_or_default();
+    assert!(added.iter().all(|c| c == "NET_BIND_SERVICE"), "{app}: added {added:?}");
+    let low_port = container.ports.clone().unwrap().iter().any(|p| p.container_port < 1024);
+    assert_eq!(low_port, !added.is_empty(), "{app}: NET_BIND_SERVICE exactly when a port is below 1024");
+    assert!(container.resources.as_ref().and_then(|r| r.requests.as_ref()).is_some(), "{app}: resource requests");
+
+    // The budget selects the pods and still lets a drain evict one.
+    let replicas = spec.replicas.unwrap_or(1);
+    match &gateway.budget {
+        Some(budget) => {
+            let budget = budget.spec.clone().unwrap();
+            assert!(
+                selects(&budget.selector.unwrap().match_labels.unwrap(), &pod_labels),
+                "{app}: the budget selects the pods"
+            );
+            let IntOrString::Int(min) = budget.min_available.expect("minAvailable") else { panic!("{app}: a number") };
+            assert!(min >= 1 && min < replicas, "{app}: minAvailable {min} of {replicas} replicas");
+        }
+        None => assert_eq!(replicas, 1, "{app}: several replicas come with a PodDisruptionBudget"),
+    }
+}
+
+/// A Service port's target, which the gateways give as a number.
+fn target_number(port: &k8s_openapi::api::core::v1::ServicePort) -> i32 {
+    match port.target_port {
+        Some(IntOrString::Int(n)) => n,
+        ref other => panic!("targetPort {other:?} of {:?}: a number", port.name),
+    }
+}
+
+#[test]
+fn the_ingress_gateway_is_a_load_balancer_on_istios_ports_in_front_of_unprivileged_pods() {
+    let docs = gateway_documents();
+    let ingress = gateway(&docs, "ingressgateway");
+    check_gateway(&ingress, "ingressgateway", "istio-ingressgateway");
+    assert!(ingress.deployment.spec.as_ref().unwrap().replicas.unwrap() >= 2, "a replica survives a node");
+    assert!(ingress.budget.is_some());
+    let service = ingress.service.spec.unwrap();
+    assert_eq!(service.type_.as_deref(), Some("LoadBalancer"));
+    let ports: BTreeSet<(String, i32, i32)> =
+        service.ports.unwrap().into_iter().map(|p| (p.name.clone().unwrap(), p.port, target_number(&p))).collect();
+    let expected = [("http2", 80, 8080), ("https", 443, 8443), ("status-port", 15021, 15021)];
+    assert_eq!(ports, expected.map(|(n, p, t)| (n.to_owned(), p, t)).into(), "Istio's gateway ports");
+}
+
+#[test]
+fn the_egress_gateway_is_reached_inside_the_cluster_only() {
+    let docs = gateway_documents();
+    let egress = gateway(&docs, "egressgateway");
+    check_gateway(&egress, "egressgateway", "istio-egressgateway");
+    let service = egress.service.spec.unwrap();
+    assert!(service.type_.is_none() || service.type_.as_deref() == Some("ClusterIP"), "not exposed outside");
+    let ports: BTreeSet<(i32, i32)> = service.ports.unwrap().iter().map(|p| (p.port, target_number(p))).collect();
+    assert_eq!(ports, [(80, 8080), (443, 8443)].into());
+}
+
+#[test]
+fn gateway_rbac_reads_what_a_gateway_serves_and_secrets_only_in_its_namespace() {
+    let docs = gateway_documents();
+    let account = of_kind::<ServiceAccount>(&docs, "ServiceAccount").remove(0);
+    for deployment in of_kind::<Deployment>(&docs, "Deployment") {
+        let pod = deployment.spec.unwrap().template.spec.unwrap();
+        assert_eq!(pod.service_account_name, account.metadata.name, "both gateways use the one account");
+        assert_eq!(deployment.metadata.namespace, account.metadata.namespace);
+    }
+    let is_account = |subjects: &Option<Vec<k8s_openapi::api::rbac::v1::Subject>>| {
+        subjects.as_ref().is_some_and(|subjects| {
+            subjects.iter().any(|s| {
+                s.kind == "ServiceAccount"
+                    && Some(&s.name) == account.metadata.name.as_ref()
+                    && s.namespace == account.metadata.namespace
+            })
+        })
+    };
+
+    let cluster_role = of_kind::<ClusterRole>(&docs, "ClusterRole").remove(0);
+    let cluster_granted = granted(&cluster_role.rules.unwrap());
+    assert_eq!(cluster_granted, gateway_cluster_permissions());
+    assert!(!cluster_granted.iter().any(|(_, resource, _)| resource == "secrets"), "no Secret of another namespace");
+    let binding = of_kind::<ClusterRoleBinding>(&docs, "ClusterRoleBinding").remove(0);
+    assert_eq!(Some(binding.role_ref.name), cluster_role.metadata.name);
+    assert!(is_account(&binding.subjects));
+
+    // Secrets through a Role, bound by a RoleBinding (a RoleBinding to a
+    // ClusterRole would do too, but the grant should say where it applies).
+    let role = of_kind::<Role>(&docs, "Role").remove(0);
+    let secrets: Permissions = ["get", "list", "watch"].map(|v| ("".into(), "secrets".into(), v.into())).into();
+    assert_eq!(granted(&role.rules.unwrap()), secrets);
+    assert_eq!(role.metadata.namespace, account.metadata.namespace, "the gateways' own namespace");
+    let role_binding = of_kind::<RoleBinding>(&docs, "RoleBinding").remove(0);
+    assert_eq!(role_binding.role_ref.kind, "Role");
+    assert_eq!(Some(role_binding.role_ref.name), role.metadata.name);
+    assert_eq!(role_binding.metadata.namespace, role.metadata.namespace);
+    assert!(is_account(&role_binding.subjects));
+
+    // Reads only: no status, no Lease (the agents' holder writes status).
+    let read = ["get", "list", "watch"];
+    assert!(cluster_granted.iter().chain(&secrets).all(|(_, _, verb)| read.contains(&verb.as_str())));
+    // And nothing of the agent's wider grant.
+    let agent = all_documents();
+    for binding in of_kind::<ClusterRoleBinding>(&agent, "ClusterRoleBinding") {
+        assert!(!is_account(&binding.subjects), "the gateway account is not bound to {:?}", binding.metadata.name);
+    }
+    for binding in of_kind::<RoleBinding>(&agent, "RoleBinding") {
+        assert!(!is_account(&binding.subjects), "the gateway account is not bound to {:?}", binding.metadata.name);
+    }
 }
