@@ -16,6 +16,7 @@ pub mod decode;
 pub mod destination_rule;
 pub mod diff;
 pub mod field;
+pub mod gateway;
 pub mod host;
 pub mod maglev;
 pub mod model;

@@ -70,7 +70,9 @@ impl WatchedKind {
 pub const ISTIO_KINDS: [WatchedKind; 5] = [
     WatchedKind::new("networking.istio.io", "v1", "VirtualService", "virtualservices"),
     WatchedKind::new("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
-    WatchedKind::new("networking.istio.io", "v1", "Gateway", "gateways").not_gating(),
+    // Gateways gate too: the gateway processes serve them, and a
+    // VirtualService naming one is judged against them.
+    WatchedKind::new("networking.istio.io", "v1", "Gateway", "gateways"),
     WatchedKind::new("networking.istio.io", "v1", "ServiceEntry", "serviceentries").not_gating(),
     WatchedKind::new("networking.istio.io", "v1", "Sidecar", "sidecars").not_gating(),
 ];
