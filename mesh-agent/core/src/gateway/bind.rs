@@ -11,12 +11,14 @@
 //! A rule whose blocks all go is left out; a rule without blocks stays.
 
 use crate::host::{host_subset_of, resolve_gateway};
-use crate::route::{exported_to, rules_where, HttpRoute, TcpRoute, TlsRoute, VirtualServiceModel};
+use crate::route::{exported_to, rules_where, HttpRoute, TcpMatch, TcpRoute, TlsRoute, VirtualServiceModel};
 use std::collections::BTreeMap;
 
 /// The rules of one VirtualService that apply at one gateway, with the
 /// conditions on the client workload already decided (the gateway is the
-/// client Istio checks them against) and so cleared.
+/// client Istio checks them against) and so cleared; `tcp` and `tls`
+/// blocks keep only their port and SNI conditions, as Istio's gateways
+/// read them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GatewayRules {
     pub http: Vec<HttpRoute>,
@@ -61,13 +63,13 @@ pub fn gateway_rules(
         block.source_labels.clear();
         block.source_namespace = None;
     }
-    // Istio's `l4MultiMatch` at gateways looks at the gateways (and the
-    // port) only.
+    // Istio's `l4MultiMatch` at gateways looks at the gateways and the
+    // port only: the client and address conditions are dropped, not held
+    // against the outside client.
     let mut tcp =
         rules_where(&virtual_service.tcp, |r| &mut r.matches, |m| m.gateways.is_empty() || names_gateway(&m.gateways));
     for block in tcp.iter_mut().flat_map(|r| r.matches.iter_mut()) {
-        block.source_labels.clear();
-        block.source_namespace = None;
+        keep_port_only(block);
     }
     let mut tls = rules_where(
         &virtual_service.tls,
@@ -75,10 +77,16 @@ pub fn gateway_rules(
         |m| m.l4.gateways.is_empty() || names_gateway(&m.l4.gateways),
     );
     for block in tls.iter_mut().flat_map(|r| r.matches.iter_mut()) {
-        block.l4.source_labels.clear();
-        block.l4.source_namespace = None;
+        keep_port_only(&mut block.l4);
     }
     Some(GatewayRules { http, tcp, tls })
+}
+
+fn keep_port_only(block: &mut TcpMatch) {
+    block.source_labels.clear();
+    block.source_namespace = None;
+    block.source_subnet = None;
+    block.destination_subnets.clear();
 }
 
 /// Istio's `Names.Intersection` of a server's hosts (those admitting the

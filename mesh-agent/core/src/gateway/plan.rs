@@ -134,6 +134,11 @@ impl GatewayPlan {
         for listener in plan.listeners.iter_mut().filter(|l| l.kind == ListenerKind::Http) {
             merge_shared_hosts(&mut listener.servers);
         }
+        let merged = (plan.listeners.iter_mut())
+            .flat_map(|l| l.servers.iter_mut())
+            .flat_map(|s| s.virtual_hosts.iter_mut())
+            .filter(|vh| vh.virtual_services.len() > 1);
+        merged.for_each(catch_all_last);
         plan.listeners.sort_by_key(|l| (l.port, l.bind));
         plan
     }
@@ -291,6 +296,34 @@ fn merge_shared_hosts(servers: &mut [BoundServer]) {
             }
         });
     }
+}
+
+/// Istio's `SortVHostRoutes` for merged VirtualServices: one rule per
+/// match block (as Envoy has one route per block), and the blocks that
+/// match every request moved after the others, so that one VirtualService's
+/// catch-all does not hide the next one's rules.
+fn catch_all_last(host: &mut VirtualHost) {
+    let mut split = Vec::new();
+    for route in std::mem::take(&mut host.routes) {
+        if route.matches.len() <= 1 {
+            split.push(route);
+            continue;
+        }
+        for block in &route.matches {
+            split.push(HttpRoute { matches: vec![block.clone()], ..route.clone() });
+        }
+    }
+    let (catch_all, specific): (Vec<HttpRoute>, Vec<HttpRoute>) = split.into_iter().partition(|route| {
+        route.matches.first().is_none_or(|m| {
+            m.uri.as_ref().is_none_or(|uri| uri.prefix() == Some("/"))
+                && m.headers.is_empty()
+                && m.query_params.is_empty()
+                && m.method.is_none()
+                && m.authority.is_none()
+                && m.scheme.is_none()
+        })
+    });
+    host.routes = specific.into_iter().chain(catch_all).collect();
 }
 
 impl Listener {

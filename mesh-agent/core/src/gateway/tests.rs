@@ -712,3 +712,57 @@ fn the_secrets_a_gateway_names_are_listed_once() {
     let Resource::Gateway(gateway) = &objects[0].resource else { unreachable!() };
     assert_eq!(gateway.credential_names(), ["a-cert", "b-cert"]);
 }
+
+#[test]
+fn merged_virtual_services_keep_catch_alls_last() {
+    let rules = |name: &str, http: &str| {
+        vs_yaml(
+            "shop",
+            name,
+            &format!("  hosts: [web.example.com]\n  gateways: [istio-system/ingress]\n  http:\n{http}"),
+        )
+    };
+    let text = [
+        ingress_gateway("istio-system", "ingress", HTTP80),
+        rules("a", "  - name: a-all\n    route: [{destination: {host: a}}]\n"),
+        rules(
+            "b",
+            concat!(
+                "  - name: b-api\n",
+                "    match: [{uri: {prefix: /}}, {uri: {prefix: /api}}, {uri: {prefix: /}, headers: {x: {exact: y}}}]\n",
+                "    route: [{destination: {host: b}}]\n",
+            ),
+        ),
+    ]
+    .concat();
+    let plan = plan(&text);
+    let (_, host) = plan.listeners[0].route(None, "web.example.com").unwrap();
+    let shown: Vec<(&str, Option<&str>)> = (host.routes.iter())
+        .map(|r| (r.name.as_deref().unwrap(), r.matches.first().and_then(|m| m.uri.as_ref()?.prefix())))
+        .collect();
+    assert_eq!(shown, [("b-api", Some("/api")), ("b-api", Some("/")), ("a-all", None), ("b-api", Some("/"))]);
+    assert!(host.routes[1].matches[0].headers.len() == 1, "a header condition is not a catch-all");
+}
+
+#[test]
+fn tcp_blocks_at_a_gateway_keep_only_their_port() {
+    let text = [
+        ingress_gateway("shop", "db", "  - port: {number: 5432, name: pg, protocol: TCP}\n    hosts: ['*']\n"),
+        vs_yaml(
+            "shop",
+            "db",
+            concat!(
+                "  hosts: [db.example.com]\n",
+                "  gateways: [db]\n",
+                "  tcp:\n",
+                "  - match: [{port: 5432, destinationSubnets: [10.0.0.0/8], sourceSubnet: 192.168.0.0/16, sourceLabels: {app: x}}]\n",
+                "    route: [{destination: {host: db}}]\n",
+            ),
+        ),
+    ]
+    .concat();
+    let plan = plan(&text);
+    let block = &plan.listeners[0].servers[0].tcp[0].matches[0];
+    assert_eq!(block.port, Some(5432));
+    assert!(block.destination_subnets.is_empty() && block.source_subnet.is_none() && block.source_labels.is_empty());
+}
