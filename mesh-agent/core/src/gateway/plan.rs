@@ -15,7 +15,7 @@
 //! (Istio merges VirtualServices at gateways, in creation order).
 
 use super::bind::{gateway_rules, intersect_hosts, narrow_sni, GatewayRules};
-use super::server::{host_specificity, ListenerKind, ServerModel, ServerTlsMode};
+use super::server::{host_specificity, ListenerKind, ServerCertificate, ServerModel, ServerTlsMode};
 use super::{can_share, GatewayModel};
 use crate::model::Model;
 use crate::route::{HttpRoute, TcpRoute, TlsRoute, VirtualServiceModel};
@@ -143,6 +143,16 @@ impl GatewayPlan {
         plan
     }
 
+    /// The Secrets (`namespace`, `name`) the served servers take their
+    /// certificates from, each once.
+    pub fn secrets(&self) -> Vec<(&str, &str)> {
+        let mut secrets: Vec<(&str, &str)> =
+            (self.listeners.iter()).flat_map(|l| l.servers.iter()).filter_map(BoundServer::secret).collect();
+        secrets.sort_unstable();
+        secrets.dedup();
+        secrets
+    }
+
     /// Puts `server` on its listener, or says why it cannot go there.
     fn place(
         &mut self,
@@ -190,6 +200,16 @@ impl GatewayPlan {
         };
         listener.servers.push(bind_server(gateway, server, kind, bound));
         Ok(())
+    }
+}
+
+impl BoundServer {
+    /// The Secret (`namespace`, `name`) its certificate comes from.
+    pub fn secret(&self) -> Option<(&str, &str)> {
+        match self.server.tls.as_ref()?.certificate.as_ref()? {
+            ServerCertificate::Secret { namespace, name } => Some((namespace, name)),
+            ServerCertificate::Files { .. } => None,
+        }
     }
 }
 

@@ -388,9 +388,11 @@ fn validate_tls(
         if !protocol.is_http() {
             return Err(at.error(format!("{} servers take no TLS settings; use TLS or HTTPS", protocol.as_str())));
         }
-        if !mode.is_passthrough() || cert.is_some() || key.is_some() || ca.is_some() {
+        let files = [("serverCertificate", cert), ("privateKey", key), ("caCertificates", ca)];
+        let named = files.iter().find(|(_, value)| value.is_some()).map(|(field, _)| *field);
+        if let Some(field) = (!mode.is_passthrough()).then_some("mode").or(named) {
             return Err(FieldError::new(
-                at.field(if mode.is_passthrough() { "serverCertificate" } else { "mode" }),
+                at.field(field),
                 "plaintext HTTP servers take only httpsRedirect; use HTTPS to terminate TLS",
             ));
         }

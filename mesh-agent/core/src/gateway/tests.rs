@@ -125,6 +125,7 @@ fn validation_follows_istio() {
         (https("{mode: SIMPLE, serverCertificate: /c, privateKey: /k, caCrl: /crl}"), Some("spec.servers[0].tls.caCrl")),
         ("  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n    tls: {mode: SIMPLE, credentialName: c}\n".into(), Some("spec.servers[0].tls.mode")),
         ("  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n    tls: {serverCertificate: /c}\n".into(), Some("spec.servers[0].tls.serverCertificate")),
+        ("  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n    tls: {httpsRedirect: true, privateKey: /k}\n".into(), Some("spec.servers[0].tls.privateKey")),
         ("  - port: {number: 9000, name: tcp, protocol: TCP}\n    hosts: ['*']\n    tls: {mode: SIMPLE, credentialName: c}\n".into(), Some("spec.servers[0].tls")),
         ("  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n    bind: not-an-ip\n".into(), Some("spec.servers[0].bind")),
         ("  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n    bind: 'unix:///var/run/gw.sock'\n".into(), Some("spec.servers[0].bind")),
@@ -425,6 +426,8 @@ fn the_sni_picks_the_most_specific_server() {
     assert_eq!(port_name(Some("example.com")).as_deref(), Some("any"));
     assert_eq!(port_name(Some("other.org")).as_deref(), Some("any"));
     assert_eq!(port_name(None).as_deref(), Some("any"), "`*` takes a client without SNI");
+    let secrets = plan.secrets();
+    assert_eq!(secrets, [("istio-system", "a-cert"), ("istio-system", "any-cert"), ("istio-system", "wide-cert")]);
     // Without a `*` server, no SNI (or an unknown one) finds none.
     let mut narrow = listener.clone();
     narrow.servers.retain(|s| s.server.port_name != "any");
