@@ -390,8 +390,12 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         proxy_listeners: Vec::new(),
         proxy: proxy.clone(),
     });
-    let options =
-        proxy::gateway::GatewayOptions { labels, cluster_domain: args.cluster_domain, listen_ip: args.listen_ip };
+    let options = proxy::gateway::GatewayOptions {
+        labels,
+        namespace: args.namespace.clone(),
+        cluster_domain: args.cluster_domain,
+        listen_ip: args.listen_ip,
+    };
     runtime.block_on(async {
         let listener = admin::bind(args.admin).await?;
         tracing::info!(admin = %args.admin, "admin API listening");

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::header::HeaderValue;
 use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
-use rcgen::{BasicConstraints, CertificateParams, IsCa, KeyPair};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -32,15 +32,24 @@ pub struct Pki {
 /// certificate, as PEM files in `dir`.
 pub fn make_pki(dir: &Path, server_names: &[&str]) -> Result<Pki> {
     std::fs::create_dir_all(dir)?;
+    // Distinct subject names: OpenSSL clients (curl) take a leaf whose
+    // issuer equals its subject for a self-signed certificate.
+    let named = |names: Vec<String>, common_name: &str| -> Result<CertificateParams> {
+        let mut params = CertificateParams::new(names)?;
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        Ok(params)
+    };
     let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+    let mut ca_params = named(Vec::new(), "mesh test CA")?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca = ca_params.self_signed(&ca_key)?;
     let server_key = KeyPair::generate()?;
     let names: Vec<String> = server_names.iter().map(|n| n.to_string()).collect();
-    let server = CertificateParams::new(names)?.signed_by(&server_key, &ca, &ca_key)?;
+    let server =
+        named(names, server_names.first().copied().unwrap_or("server"))?.signed_by(&server_key, &ca, &ca_key)?;
     let client_key = KeyPair::generate()?;
-    let client = CertificateParams::new(vec!["client.mesh.test".to_string()])?.signed_by(&client_key, &ca, &ca_key)?;
+    let client =
+        named(vec!["client.mesh.test".to_string()], "client.mesh.test")?.signed_by(&client_key, &ca, &ca_key)?;
     let pki = Pki {
         ca: dir.join("ca.pem"),
         server_cert: dir.join("server.pem"),

@@ -35,6 +35,7 @@ pub enum Resource {
     Pod(Pod),
     DestinationRule(DestinationRule),
     VirtualService(VirtualService),
+    Gateway(Gateway),
     Secret(Secret),
 }
 
@@ -46,6 +47,7 @@ impl Resource {
             Resource::Pod(_) => "Pod",
             Resource::DestinationRule(_) => "DestinationRule",
             Resource::VirtualService(_) => "VirtualService",
+            Resource::Gateway(_) => "Gateway",
             Resource::Secret(_) => "Secret",
         }
     }
@@ -57,6 +59,7 @@ impl Resource {
             Resource::Pod(o) => &o.metadata,
             Resource::DestinationRule(o) => &o.metadata,
             Resource::VirtualService(o) => &o.metadata,
+            Resource::Gateway(o) => &o.metadata,
             Resource::Secret(o) => &o.metadata,
         }
     }
@@ -725,4 +728,89 @@ pub struct TlsMatchAttributes {
 pub struct RouteDestination {
     pub destination: Option<Destination>,
     pub weight: Option<i64>,
+}
+
+// --- networking.istio.io Gateway --------------------------------------------
+//
+// One schema for v1, v1beta1 and v1alpha3; enums as text and unsigned
+// integers signed, as for the other kinds, so that validation names the
+// field of a bad value.
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Gateway {
+    pub metadata: ObjectMeta,
+    pub spec: GatewaySpec,
+}
+
+impl Gateway {
+    /// The Secrets its servers name by `credentialName`, in its own
+    /// namespace.
+    pub fn credential_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = (self.spec.servers.iter())
+            .filter_map(|server| server.tls.as_ref()?.credential_name.clone())
+            .filter(|name| !name.is_empty())
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// The gateway workloads (in any namespace) the Gateway applies to;
+    /// empty: every gateway workload.
+    pub selector: BTreeMap<String, String>,
+    pub servers: Vec<Server>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Server {
+    pub port: Option<GatewayPort>,
+    /// An IP address (or Istio's `unix://` socket, which is refused here).
+    pub bind: Option<String>,
+    /// `[namespace/]dnsName`: `*/`, `./` or a namespace, then `*`,
+    /// `*.example.com` or a name.
+    pub hosts: Vec<String>,
+    pub tls: Option<ServerTlsSettings>,
+    /// Not implemented by Istio either.
+    pub default_endpoint: Option<String>,
+    pub name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct GatewayPort {
+    pub number: i64,
+    /// `HTTP`, `HTTPS`, `HTTP2`, `GRPC`, `TCP`, `TLS` (any case), and
+    /// Istio's other protocol names.
+    pub protocol: Option<String>,
+    pub name: Option<String>,
+    /// Deprecated; Istio refuses it on Gateways.
+    pub target_port: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ServerTlsSettings {
+    pub https_redirect: Option<bool>,
+    /// `PASSTHROUGH` (the default), `SIMPLE`, `MUTUAL`, `AUTO_PASSTHROUGH`,
+    /// `ISTIO_MUTUAL` or `OPTIONAL_MUTUAL`.
+    pub mode: Option<String>,
+    pub server_certificate: Option<String>,
+    pub private_key: Option<String>,
+    pub ca_certificates: Option<String>,
+    pub ca_crl: Option<String>,
+    /// A Secret in the Gateway's namespace.
+    pub credential_name: Option<String>,
+    pub subject_alt_names: Vec<String>,
+    pub verify_certificate_spki: Vec<String>,
+    pub verify_certificate_hash: Vec<String>,
+    /// `TLS_AUTO` (the default), `TLSV1_0` .. `TLSV1_3`.
+    pub min_protocol_version: Option<String>,
+    pub max_protocol_version: Option<String>,
+    pub cipher_suites: Vec<String>,
 }

@@ -70,20 +70,25 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<SourcedObject>, Vec<Reje
 }
 
 /// The kinds the agent reads: kind, API group (`""` is core) and versions.
-const SERVED_KINDS: [(&str, &str, &[&str]); 6] = [
+const SERVED_KINDS: [(&str, &str, &[&str]); 7] = [
     ("Service", "", &["v1"]),
     ("Pod", "", &["v1"]),
     ("Secret", "", &["v1"]),
     ("EndpointSlice", "discovery.k8s.io", &["v1"]),
     ("DestinationRule", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
     ("VirtualService", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
+    ("Gateway", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
 ];
 
 /// A group of some third party's API (e.g. Knative's `serving.knative.dev`,
 /// which has its own `Service`): its kinds are not ours, whatever their name.
+/// The Kubernetes Gateway API (`gateway.networking.k8s.io`) is one too: its
+/// `Gateway` is not Istio's.
 fn is_third_party_group(group: &str) -> bool {
-    group.contains('.') && !(group.ends_with(".k8s.io") || group.ends_with("istio.io"))
+    group == GATEWAY_API_GROUP || (group.contains('.') && !(group.ends_with(".k8s.io") || group.ends_with("istio.io")))
 }
+
+const GATEWAY_API_GROUP: &str = "gateway.networking.k8s.io";
 
 fn api_version_text(group: &str, versions: &[&str]) -> String {
     let full: Vec<String> =
@@ -171,6 +176,7 @@ pub fn decode_object(origin: &str, mut value: Value, parsed: &mut ParsedFile) {
         "Pod" => decode(value).map(Resource::Pod),
         "EndpointSlice" => decode(value).map(Resource::EndpointSlice),
         "VirtualService" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::VirtualService),
+        "Gateway" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::Gateway),
         "Secret" => decode(value).map(Resource::Secret),
         _ => decode_noting_unknown(value, &mut unknown_fields).map(Resource::DestinationRule),
     };
@@ -337,6 +343,25 @@ mod tests {
         let parsed = parse_documents("k.yaml", knative).unwrap();
         assert!(parsed.objects.is_empty() && parsed.undecodable.is_empty() && parsed.problems.is_empty());
         assert_eq!(parsed.ignored, [("serving.knative.dev/v1".to_owned(), "Service".to_owned())]);
+        // The Kubernetes Gateway API's Gateway is not Istio's.
+        let gateway_api = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: web}\n";
+        let parsed = parse_documents("k.yaml", gateway_api).unwrap();
+        assert!(parsed.objects.is_empty() && parsed.undecodable.is_empty() && parsed.problems.is_empty());
+        assert_eq!(parsed.ignored.len(), 1);
+    }
+
+    #[test]
+    fn gateways_are_read_in_every_served_version() {
+        for version in ["v1", "v1beta1", "v1alpha3"] {
+            let text = format!("apiVersion: networking.istio.io/{version}\nkind: Gateway\nmetadata: {{name: gw, namespace: shop}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: ['*']\n    futureField: 1\n");
+            let objects = parse_file("gw.yaml", &text).unwrap();
+            let Resource::Gateway(gateway) = &objects[0].resource else { panic!("{version}") };
+            assert_eq!(gateway.spec.servers[0].port.as_ref().unwrap().number, 80, "{version}");
+            assert_eq!(objects[0].unknown_fields, ["spec.servers[0].futureField"], "{version}");
+        }
+        let typo = "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: gw}\nspec:\n  servers:\n  - port: {number: eighty}\n";
+        let parsed = parse_documents("gw.yaml", typo).unwrap();
+        assert_eq!(parsed.undecodable[0].1.field, "spec.servers[0].port.number");
     }
 
     #[test]

@@ -119,6 +119,38 @@ pub fn applies_to_mesh(gateways: &[String]) -> bool {
     gateways.is_empty() || gateways.iter().any(|g| g == MESH_GATEWAY)
 }
 
+/// A gateway name as a VirtualService in `namespace` means it, as Istio's
+/// `resolveGatewayName` reads it: `namespace/name` (`./name` in its own
+/// namespace), a short name in the VirtualService's namespace, the legacy
+/// `name.namespace[.svc.cluster.local]` as `namespace/name`; `mesh` as is.
+pub fn resolve_gateway(gateway: &str, namespace: &str) -> String {
+    if gateway == MESH_GATEWAY {
+        return gateway.to_owned();
+    }
+    match gateway.split_once('/') {
+        Some((".", name)) => format!("{namespace}/{name}"),
+        Some(_) => gateway.to_owned(),
+        None => match gateway.split_once('.') {
+            None => format!("{namespace}/{gateway}"),
+            Some((name, rest)) => {
+                let gateway_namespace = rest.split('.').next().unwrap_or(rest);
+                format!("{gateway_namespace}/{name}")
+            }
+        },
+    }
+}
+
+/// Istio's `host.Name.SubsetOf`: every name `inner` (perhaps a wildcard)
+/// covers, `outer` covers too. Both lowercase.
+pub fn host_subset_of(inner: &str, outer: &str) -> bool {
+    match (inner.strip_prefix('*'), outer.strip_prefix('*')) {
+        (Some(inner), Some(outer)) => inner.ends_with(outer),
+        (Some(_), None) => false,
+        (None, Some(outer)) => inner.ends_with(outer),
+        (None, None) => inner == outer,
+    }
+}
+
 /// Gateway names as Istio's `validateGatewayNames` checks them:
 /// `namespace/name` (two labels), or a name checked as an FQDN (`mesh`,
 /// `name`, the legacy `name.namespace`).

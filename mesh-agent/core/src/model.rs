@@ -8,6 +8,7 @@
 use crate::api::{self, IntOrString, Resource};
 use crate::destination_rule::{self, DestinationRuleModel};
 use crate::field::{parse_port, FieldError};
+use crate::gateway::{self, GatewayModel};
 use crate::object::{ObjectKey, Rejection, SourceBatch, SourcedObject, Warning};
 use crate::route::{self, VirtualServiceModel};
 use serde::Serialize;
@@ -44,6 +45,21 @@ pub struct ServiceModel {
     /// Empty for a headless service.
     pub cluster_ips: Vec<IpAddr>,
     pub ports: Vec<PortModel>,
+    /// The pods it selects (a gateway finds its own Service by it).
+    pub selector: BTreeMap<String, String>,
+}
+
+impl ServiceModel {
+    /// The port its pods listen on for service port `port`, when this
+    /// Service selects pods with `labels` and names the target by number.
+    pub fn target_port_for(&self, labels: &BTreeMap<String, String>, port: u16) -> Option<u16> {
+        let selects = !self.selector.is_empty() && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+        let entry = self.ports.iter().find(|p| p.port == port).filter(|_| selects)?;
+        match entry.target_port {
+            TargetPort::Number(target) => Some(target),
+            TargetPort::Name(_) => None,
+        }
+    }
 }
 
 impl ServiceModel {
@@ -105,6 +121,8 @@ pub struct Model {
     pub pods: BTreeMap<NsName, PodModel>,
     pub destination_rules: BTreeMap<NsName, DestinationRuleModel>,
     pub virtual_services: BTreeMap<NsName, VirtualServiceModel>,
+    /// Istio Gateways, for the gateway processes (their selectors say which).
+    pub gateways: BTreeMap<NsName, GatewayModel>,
     /// TLS credentials for DestinationRule `credentialName`.
     pub secrets: BTreeMap<NsName, SecretModel>,
     pub rejections: Vec<Rejection>,
@@ -125,6 +143,7 @@ enum Accepted {
     Pod(PodModel),
     Rule(DestinationRuleModel),
     VirtualService(VirtualServiceModel),
+    Gateway(GatewayModel),
     Secret(SecretModel),
 }
 
@@ -227,6 +246,15 @@ impl Model {
         model.fill_unnumbered_slice_ports();
         model.rejections = rejections;
         model.warnings = model.accepted.values().flat_map(crate::warnings::of_object).collect();
+        let defined = |gateway: &str| {
+            gateway
+                .split_once('/')
+                .is_some_and(|(ns, name)| model.gateways.contains_key(&(ns.to_owned(), name.to_owned())))
+        };
+        let missing: Vec<Warning> = (model.accepted.values())
+            .flat_map(|object| crate::warnings::gateway_references(object, &defined))
+            .collect();
+        model.warnings.extend(missing);
         model
     }
 
@@ -278,6 +306,7 @@ impl Model {
             Accepted::Pod(p) => drop(self.pods.insert(id, p)),
             Accepted::Rule(r) => drop(self.destination_rules.insert(id, r)),
             Accepted::VirtualService(v) => drop(self.virtual_services.insert(id, v)),
+            Accepted::Gateway(g) => drop(self.gateways.insert(id, g)),
             Accepted::Secret(s) => drop(self.secrets.insert(id, s)),
         }
         self.accepted.insert(key, raw);
@@ -558,6 +587,7 @@ fn validate(object: &SourcedObject, cluster_domain: &str) -> Result<Accepted, Fi
             destination_rule::validate_destination_rule(r, cluster_domain).map(Accepted::Rule)
         }
         Resource::VirtualService(v) => route::validate_virtual_service(v, cluster_domain).map(Accepted::VirtualService),
+        Resource::Gateway(g) => gateway::validate_gateway(g).map(Accepted::Gateway),
         Resource::Secret(s) => validate_secret(s).map(Accepted::Secret),
     }
 }
@@ -641,6 +671,7 @@ fn validate_service(service: &api::Service) -> Result<ServiceModel, FieldError> 
         name: service.metadata.name.clone(),
         cluster_ips,
         ports,
+        selector: service.spec.selector.clone(),
     })
 }
 

@@ -1,5 +1,5 @@
-//! Warnings: the fields of a served VirtualService or DestinationRule that
-//! are set but not honoured, each with what happens instead, so that no
+//! Warnings: the fields of a served VirtualService, DestinationRule or
+//! Gateway that are set but not honoured, each with what happens instead, so that no
 //! field is ignored in silence. One walk over the API types per object
 //! ([`of_object`]); fields the input had that the types lack (noted when it
 //! was decoded) are reported here too.
@@ -11,13 +11,15 @@
 //! unsupported (or are honoured by work landing beside this module).
 
 use crate::api::{
-    ClientTlsSettings, ConnectionPoolSettings, DestinationRule, LoadBalancerSettings, OutlierDetection, Resource,
-    TrafficPolicy, VirtualService,
+    ClientTlsSettings, ConnectionPoolSettings, DestinationRule, Gateway, LoadBalancerSettings, OutlierDetection,
+    Resource, TrafficPolicy, VirtualService,
 };
 use crate::destination_rule::{
     DestinationRuleModel, HashKey, LoadBalancer, Policy, PolicyLevel, TlsMode, MAX_MAGLEV_TABLE_SIZE,
 };
 use crate::field::Path;
+use crate::gateway::{cipher_names, ServerProtocol, SUPPORTED_CIPHER_SUITES};
+use crate::host::{resolve_gateway, MESH_GATEWAY};
 use crate::object::{SourcedObject, Warning, WarningReason};
 
 /// Fields honoured although they may look unsupported, as path patterns
@@ -54,19 +56,36 @@ const KNOWN_UNMODELLED: &[(&str, &str, &str)] = &[
         "per-route statistics are not kept; the proxy's metrics are per cluster",
     ),
     (
+        "Gateway",
+        "spec.servers[].tls.credentialNames",
+        "not supported yet; only credentialName (one Secret) provides the server's certificate",
+    ),
+    (
+        "Gateway",
+        "spec.servers[].tls.tlsCertificates",
+        "not supported yet; only serverCertificate/privateKey or credentialName provide the server's certificate",
+    ),
+    (
         "VirtualService",
         "spec.http[].corsPolicy.unmatchedPreflights",
         "not supported; a preflight from an origin that is not allowed is forwarded to the destination (FORWARD)",
     ),
 ];
 
+/// A Gateway server in ISTIO_MUTUAL mode.
+pub const GATEWAY_ISTIO_MUTUAL: &str = "ISTIO_MUTUAL needs the mesh's workload certificates, which it does not \
+                                        issue yet: this server is not served";
+pub const AUTO_PASSTHROUGH: &str = "AUTO_PASSTHROUGH is not supported yet; served as PASSTHROUGH: connections are \
+                                    routed by SNI with the tls routes of the VirtualServices bound to the Gateway \
+                                    (destinations encoded in the SNI are not read)";
+
 pub const ISTIO_MUTUAL: &str = "ISTIO_MUTUAL: the mesh does not encrypt pod-to-pod traffic yet; requests go in \
                                 plaintext (the rest of the policy applies)";
 pub const TUNNEL: &str = "not supported yet; connections go to the destination directly, without a tunnel";
 pub const PROXY_PROTOCOL: &str = "not supported yet; connections go to the destination without a PROXY protocol header";
 
-/// The warnings of `object` (none for a kind other than VirtualService and
-/// DestinationRule).
+/// The warnings of `object` (none for a kind other than VirtualService,
+/// DestinationRule and Gateway).
 pub fn of_object(object: &SourcedObject) -> Vec<Warning> {
     let mut found = Found::default();
     let kind = match &object.resource {
@@ -77,6 +96,10 @@ pub fn of_object(object: &SourcedObject) -> Vec<Warning> {
         Resource::VirtualService(vs) => {
             virtual_service(vs, &mut found);
             "VirtualService"
+        }
+        Resource::Gateway(gateway) => {
+            gateway_fields(gateway, &mut found);
+            "Gateway"
         }
         _ => return Vec::new(),
     };
@@ -323,23 +346,34 @@ fn virtual_service(vs: &VirtualService, found: &mut Found) {
              supported: it routes nothing",
         );
     }
-    if gateways_only(&spec.gateways) {
-        found.not_honoured(
-            "spec.gateways".into(),
-            "names only gateways, and this mesh runs no gateways: the VirtualService routes nothing (sidecar \
-             traffic to its hosts keeps the default routing)",
+    let namespace = vs.metadata.namespace_or_default();
+    let block_gateways = (spec.http.iter().enumerate())
+        .flat_map(|(i, r)| r.matches.iter().enumerate().map(move |(j, m)| ("http", i, j, &m.gateways)))
+        .chain(
+            (spec.tcp.iter().enumerate())
+                .flat_map(|(i, r)| r.matches.iter().enumerate().map(move |(j, m)| ("tcp", i, j, &m.gateways))),
+        )
+        .chain(
+            (spec.tls.iter().enumerate())
+                .flat_map(|(i, r)| r.matches.iter().enumerate().map(move |(j, m)| ("tls", i, j, &m.gateways))),
         );
-    }
-    for (i, route) in spec.http.iter().enumerate() {
-        let at = Path::new("spec").index("http", i);
-        for (j, matched) in route.matches.iter().enumerate() {
-            if gateways_only(&matched.gateways) {
+    for (list, i, j, gateways) in block_gateways {
+        for (k, gateway) in gateways.iter().enumerate() {
+            if !bound_to(&spec.gateways, gateway, namespace) {
+                let at = Path::new("spec").index(list, i).index("match", j);
                 found.not_honoured(
-                    at.index("match", j).field("gateways"),
-                    "names only gateways, and this mesh runs no gateways: sidecars skip this match block",
+                    format!("{}[{k}]", at.field("gateways")),
+                    format!(
+                        "the VirtualService is not bound to {} (spec.gateways does not name it), so this match block \
+                         never applies there",
+                        resolve_gateway(gateway, namespace)
+                    ),
                 );
             }
         }
+    }
+    for (i, route) in spec.http.iter().enumerate() {
+        let at = Path::new("spec").index("http", i);
         if let Some(fault) = &route.fault {
             let at = at.child("fault");
             if fault.abort.as_ref().is_some_and(|abort| abort.http_status.is_none() && abort.grpc_status.is_none()) {
@@ -367,9 +401,130 @@ fn virtual_service(vs: &VirtualService, found: &mut Found) {
     }
 }
 
-/// A non-empty `gateways` list without `mesh`: not for sidecars.
-fn gateways_only(gateways: &[String]) -> bool {
-    !gateways.is_empty() && !crate::host::applies_to_mesh(gateways)
+fn gateway_fields(gateway: &Gateway, found: &mut Found) {
+    for (i, server) in gateway.spec.servers.iter().enumerate() {
+        let at = Path::new("spec").index("servers", i);
+        if server.default_endpoint.as_deref().is_some_and(|e| !e.is_empty()) {
+            found.not_honoured(at.field("defaultEndpoint"), "not implemented (by Istio either); ignored");
+        }
+        let protocol = server.port.as_ref().and_then(|p| p.protocol.as_deref()).unwrap_or_default();
+        let parsed = ServerProtocol::parse(protocol);
+        if let Some((served, true)) = parsed {
+            found.not_honoured(
+                at.child("port").field("protocol"),
+                format!("{protocol} is not understood at the gateway: served as {}", served.as_str()),
+            );
+        }
+        let Some(tls) = &server.tls else { continue };
+        let at = at.child("tls");
+        let is_http = parsed.is_some_and(|(p, _)| p.is_http());
+        if tls.https_redirect == Some(true) && !is_http {
+            found.not_honoured(at.field("httpsRedirect"), "only plaintext HTTP servers redirect to https; ignored");
+        }
+        let mode = tls.mode.as_deref().filter(|m| !m.is_empty()).unwrap_or("PASSTHROUGH");
+        let is_set = |value: &Option<String>| value.as_deref().is_some_and(|v| !v.is_empty());
+        let files = [
+            ("serverCertificate", &tls.server_certificate),
+            ("privateKey", &tls.private_key),
+            ("caCertificates", &tls.ca_certificates),
+        ];
+        match mode {
+            "AUTO_PASSTHROUGH" => found.not_honoured(at.field("mode"), AUTO_PASSTHROUGH),
+            "ISTIO_MUTUAL" if !is_http => found.not_honoured(at.field("mode"), GATEWAY_ISTIO_MUTUAL),
+            _ => {}
+        }
+        let terminates = matches!(mode, "SIMPLE" | "MUTUAL" | "OPTIONAL_MUTUAL") && !is_http;
+        if matches!(mode, "PASSTHROUGH" | "AUTO_PASSTHROUGH") || is_http {
+            let used = files.iter().map(|(f, v)| (*f, *v)).chain([("credentialName", &tls.credential_name)]);
+            for (field, value) in used {
+                if is_set(value) {
+                    let why = if is_http { "a plaintext HTTP server" } else { "PASSTHROUGH" };
+                    found.not_honoured(at.field(field), format!("{why} uses no certificates; ignored"));
+                }
+            }
+        } else if terminates && is_set(&tls.credential_name) {
+            for (field, value) in files {
+                if is_set(value) {
+                    found.not_honoured(
+                        at.field(field),
+                        "credentialName provides the certificates; this file is ignored",
+                    );
+                }
+            }
+        } else if mode == "SIMPLE" && is_set(&tls.ca_certificates) {
+            found.not_honoured(at.field("caCertificates"), "SIMPLE asks for no client certificate; ignored");
+        }
+        if mode == "SIMPLE" && !tls.subject_alt_names.is_empty() {
+            found.not_honoured(at.field("subjectAltNames"), "SIMPLE asks for no client certificate; ignored");
+        }
+        if is_set(&tls.ca_crl) && terminates {
+            found.not_honoured(
+                at.field("caCrl"),
+                "not supported yet; client certificates are not checked against a revocation list",
+            );
+        }
+        for (field, list) in [
+            ("verifyCertificateSpki", &tls.verify_certificate_spki),
+            ("verifyCertificateHash", &tls.verify_certificate_hash),
+        ] {
+            if !list.is_empty() && terminates {
+                found.not_honoured(
+                    at.field(field),
+                    "not supported yet; client certificates are not pinned: any the CA signs is accepted",
+                );
+            }
+        }
+        for (field, version) in
+            [("minProtocolVersion", &tls.min_protocol_version), ("maxProtocolVersion", &tls.max_protocol_version)]
+        {
+            if terminates && matches!(version.as_deref(), Some("TLSV1_0" | "TLSV1_1")) {
+                found.not_honoured(
+                    at.field(field),
+                    "TLS 1.0 and 1.1 are not offered (the gateway speaks TLS 1.2 and 1.3): served as TLSV1_2",
+                );
+            }
+        }
+        let unknown: Vec<String> = (cipher_names(&tls.cipher_suites).into_iter())
+            .filter(|name| !SUPPORTED_CIPHER_SUITES.contains(&name.as_str()))
+            .collect();
+        if terminates && !unknown.is_empty() {
+            found.not_honoured(
+                at.field("cipherSuites"),
+                format!(
+                    "{} not offered by the gateway, so left out (it offers {})",
+                    unknown.join(", "),
+                    SUPPORTED_CIPHER_SUITES.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+/// Whether a VirtualService in `namespace` bound to `bound` (empty: the
+/// mesh) applies at `gateway` as a match block names it.
+fn bound_to(bound: &[String], gateway: &str, namespace: &str) -> bool {
+    let gateway = resolve_gateway(gateway, namespace);
+    if bound.is_empty() {
+        return gateway == MESH_GATEWAY;
+    }
+    bound.iter().any(|g| resolve_gateway(g, namespace) == gateway)
+}
+
+/// A VirtualService (served as `object`) naming in `spec.gateways` a
+/// Gateway that no Gateway object `defines` (by `namespace/name`).
+pub fn gateway_references(object: &SourcedObject, defines: &dyn Fn(&str) -> bool) -> Vec<Warning> {
+    let Resource::VirtualService(vs) = &object.resource else { return Vec::new() };
+    let namespace = vs.metadata.namespace_or_default();
+    (vs.spec.gateways.iter().enumerate())
+        .map(|(i, gateway)| (i, resolve_gateway(gateway, namespace)))
+        .filter(|(_, gateway)| gateway != MESH_GATEWAY && !defines(gateway))
+        .map(|(i, gateway)| {
+            let message = format!(
+                "no Gateway {gateway} exists; no gateway applies this VirtualService there until one is defined"
+            );
+            Warning::object(object, format!("spec.gateways[{i}]"), message, WarningReason::NotHonoured)
+        })
+        .collect()
 }
 
 /// How the connections to a TCP service port are served, when not by the
@@ -640,7 +795,7 @@ mod tests {
         assert_eq!(
             fields(&text),
             [
-                "spec.http[0].match[0].gateways",
+                "spec.http[0].match[0].gateways[0]",
                 "spec.http[0].retries.retryRemoteLocalities",
                 "spec.http[0].retries.retryIgnorePreviousHosts",
                 // Fields the types lack come after, by key.
@@ -649,8 +804,108 @@ mod tests {
                 "spec.http[0].match[0].statPrefix",
             ]
         );
-        let gateway_only = vs("  gateways: [istio-system/ingress]\n  http:\n  - route: [{destination: {host: web}}]\n");
-        assert_eq!(fields(&gateway_only), ["spec.gateways"]);
+        assert!(warnings(&text)[0].1.contains("not bound to shop/ingress"), "{:?}", warnings(&text)[0]);
+    }
+
+    #[test]
+    fn gateway_names_warn_when_no_gateway_or_binding_backs_them() {
+        let text = vs(concat!(
+            "  gateways: [istio-system/ingress, ./edge, mesh, egress]\n",
+            "  http:\n",
+            "  - match: [{gateways: [istio-system/ingress]}, {gateways: [ingress]}, {gateways: [mesh]}]\n",
+            "    route: [{destination: {host: web}}]\n",
+            "  tcp:\n",
+            "  - match: [{gateways: [shop/egress, other]}]\n",
+            "    route: [{destination: {host: web}}]\n",
+        ));
+        let found = warnings(&text);
+        let shown: Vec<&str> = found.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(shown, ["spec.http[0].match[1].gateways[0]", "spec.tcp[0].match[0].gateways[1]"]);
+        assert!(found[0].1.contains("not bound to shop/ingress"), "{}", found[0].1);
+        // Which of the bound ones exist is the model's to say.
+        let objects = parse_file("w.yaml", &text).unwrap();
+        let defined = |gateway: &str| gateway == "istio-system/ingress";
+        let missing: Vec<(String, String)> =
+            gateway_references(&objects[0], &defined).into_iter().map(|w| (w.field, w.message)).collect();
+        assert_eq!(
+            missing,
+            [
+                (
+                    "spec.gateways[1]".to_owned(),
+                    "no Gateway shop/edge exists; no gateway applies this VirtualService there until one is defined"
+                        .to_owned()
+                ),
+                (
+                    "spec.gateways[3]".to_owned(),
+                    "no Gateway shop/egress exists; no gateway applies this VirtualService there until one is defined"
+                        .to_owned()
+                ),
+            ]
+        );
+    }
+
+    fn gateway(servers: &str) -> String {
+        format!("apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: shop}}\nspec:\n  servers:\n{servers}")
+    }
+
+    #[test]
+    fn gateway_fields_not_honoured_warn_by_path() {
+        let text = gateway(concat!(
+            "  - port: {number: 80, name: http, protocol: GRPC-WEB}\n",
+            "    hosts: ['*']\n",
+            "    defaultEndpoint: 127.0.0.1:8080\n",
+            "    tls: {httpsRedirect: true, credentialName: ignored}\n",
+            "  - port: {number: 443, name: https, protocol: HTTPS}\n",
+            "    hosts: ['*']\n",
+            "    tls:\n",
+            "      httpsRedirect: true\n",
+            "      mode: MUTUAL\n",
+            "      credentialName: cert\n",
+            "      serverCertificate: /c\n",
+            "      verifyCertificateSpki: [abc]\n",
+            "      verifyCertificateHash: [def]\n",
+            "      minProtocolVersion: TLSV1_1\n",
+            "      cipherSuites: [ECDHE-RSA-AES128-GCM-SHA256, AES256-SHA]\n",
+            "      credentialNames: [a, b]\n",
+            "  - port: {number: 8443, name: pass, protocol: TLS}\n",
+            "    hosts: ['*']\n",
+            "    tls: {mode: AUTO_PASSTHROUGH, privateKey: /k}\n",
+            "  - port: {number: 9443, name: mesh, protocol: TLS}\n",
+            "    hosts: ['*']\n",
+            "    tls: {mode: ISTIO_MUTUAL}\n",
+            "  - port: {number: 10443, name: simple, protocol: HTTPS}\n",
+            "    hosts: ['*']\n",
+            "    tls: {mode: SIMPLE, serverCertificate: /c, privateKey: /k, caCertificates: /ca, subjectAltNames: [x]}\n",
+        ));
+        let found = warnings(&text);
+        let shown: Vec<&str> = found.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            shown,
+            [
+                "spec.servers[0].defaultEndpoint",
+                "spec.servers[0].port.protocol",
+                "spec.servers[0].tls.credentialName",
+                "spec.servers[1].tls.httpsRedirect",
+                "spec.servers[1].tls.serverCertificate",
+                "spec.servers[1].tls.verifyCertificateSpki",
+                "spec.servers[1].tls.verifyCertificateHash",
+                "spec.servers[1].tls.minProtocolVersion",
+                "spec.servers[1].tls.cipherSuites",
+                "spec.servers[2].tls.mode",
+                "spec.servers[2].tls.privateKey",
+                "spec.servers[3].tls.mode",
+                "spec.servers[4].tls.caCertificates",
+                "spec.servers[4].tls.subjectAltNames",
+                "spec.servers[1].tls.credentialNames",
+            ]
+        );
+        assert_eq!(found[1].1, "GRPC-WEB is not understood at the gateway: served as HTTP");
+        assert!(found[8].1.starts_with("AES256-SHA not offered"), "{}", found[8].1);
+        assert_eq!(found[9].1, AUTO_PASSTHROUGH);
+        assert_eq!(found[11].1, GATEWAY_ISTIO_MUTUAL);
+        // A plain one warns of nothing.
+        let plain = gateway("  - port: {number: 443, name: https, protocol: HTTPS}\n    hosts: ['*']\n    tls: {mode: SIMPLE, credentialName: c, cipherSuites: [ECDHE-ECDSA-AES256-GCM-SHA384]}\n");
+        assert_eq!(warnings(&plain), []);
     }
 
     #[test]

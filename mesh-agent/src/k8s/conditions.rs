@@ -54,7 +54,7 @@ pub struct Reconciled {
 
 /// The condition for one Istio object, from the snapshot's rejections.
 pub fn condition_for(key: &ObjectKey, published: &Published) -> Reconciled {
-    if !matches!(key.kind.as_str(), "VirtualService" | "DestinationRule") {
+    if !matches!(key.kind.as_str(), "VirtualService" | "DestinationRule" | "Gateway") {
         return Reconciled {
             accepted: false,
             reason: "Unsupported",
@@ -69,7 +69,13 @@ pub fn condition_for(key: &ObjectKey, published: &Published) -> Reconciled {
         .map(|r| if r.field.is_empty() { r.message.clone() } else { format!("{}: {}", r.field, r.message) })
         .collect();
     if problems.is_empty() {
-        Reconciled { accepted: true, reason: "Accepted", message: "applied to the dataplane".into() }
+        // A Gateway is applied by the gateway processes its selector picks.
+        let message = if key.kind == "Gateway" {
+            "accepted; applied by the gateway workloads its selector picks"
+        } else {
+            "applied to the dataplane"
+        };
+        Reconciled { accepted: true, reason: "Accepted", message: message.into() }
     } else {
         Reconciled { accepted: false, reason: "Rejected", message: problems.join("; ") }
     }
@@ -386,5 +392,22 @@ mod tests {
         assert!(validation_messages_for(&plain, &published).is_empty());
         let body = status_patch(None, &condition_for(&plain, &published), "t", &[]);
         assert!(body["status"].as_object().unwrap()["validationMessages"].is_null(), "{body}");
+    }
+
+    #[test]
+    fn gateways_are_reconciled_and_kinds_not_implemented_are_unsupported() {
+        let gateway = |name: &str, protocol: &str| {
+            format!("---\napiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: {protocol}}}\n    hosts: ['*']\n")
+        };
+        let published = published(&[gateway("good", "HTTP"), gateway("bad", "HTTPX")].concat());
+        let good = condition_for(&key("Gateway", "good"), &published);
+        assert_eq!((good.accepted, good.reason), (true, "Accepted"));
+        let bad = condition_for(&key("Gateway", "bad"), &published);
+        assert_eq!((bad.accepted, bad.reason), (false, "Rejected"));
+        assert!(bad.message.starts_with("spec.servers[0].port.protocol: \"HTTPX\""), "{}", bad.message);
+        for kind in ["ServiceEntry", "Sidecar"] {
+            let condition = condition_for(&key(kind, "x"), &published);
+            assert_eq!((condition.accepted, condition.reason), (false, "Unsupported"), "{kind}");
+        }
     }
 }

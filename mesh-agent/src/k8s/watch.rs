@@ -70,7 +70,9 @@ impl WatchedKind {
 pub const ISTIO_KINDS: [WatchedKind; 5] = [
     WatchedKind::new("networking.istio.io", "v1", "VirtualService", "virtualservices"),
     WatchedKind::new("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
-    WatchedKind::new("networking.istio.io", "v1", "Gateway", "gateways").not_gating(),
+    // Gateways gate too: the gateway processes serve them, and a
+    // VirtualService naming one is judged against them.
+    WatchedKind::new("networking.istio.io", "v1", "Gateway", "gateways"),
     WatchedKind::new("networking.istio.io", "v1", "ServiceEntry", "serviceentries").not_gating(),
     WatchedKind::new("networking.istio.io", "v1", "Sidecar", "sidecars").not_gating(),
 ];
@@ -159,6 +161,9 @@ impl Store {
     }
 }
 
+/// The kinds that name Secrets by `credentialName` (in their own namespace).
+const NAMES_SECRETS: [&str; 2] = ["DestinationRule", "Gateway"];
+
 /// The Secret kind, for the per-name watches.
 pub static SECRET: WatchedKind = WatchedKind::new("", "v1", "Secret", "secrets");
 
@@ -191,20 +196,24 @@ impl KubeStore {
         self.lock().secrets.iter().map(|(key, s)| (key.clone(), s.epoch)).collect()
     }
 
-    /// Brings the set of watched Secrets in line with the DestinationRules:
+    /// Brings the set of watched Secrets in line with the DestinationRules
+    /// and Gateways that name them:
     /// a new name gets an (unlisted) entry, which holds the sync back until
     /// its watch has listed; a name no rule uses any more goes.
     fn track_secrets(store: &mut Store) -> bool {
         let mut wanted = std::collections::BTreeSet::new();
         for (kind, s) in &store.kinds {
-            if kind.kind != "DestinationRule" {
+            if !NAMES_SECRETS.contains(&kind.kind) {
                 continue;
             }
             for object in s.objects.values().flat_map(|o| &o.parsed.objects) {
-                if let mesh_core::api::Resource::DestinationRule(rule) = &object.resource {
-                    let namespace = rule.metadata.namespace_or_default();
-                    wanted.extend(rule.credential_names().into_iter().map(|name| (namespace.to_owned(), name)));
-                }
+                let (metadata, names) = match &object.resource {
+                    mesh_core::api::Resource::DestinationRule(rule) => (&rule.metadata, rule.credential_names()),
+                    mesh_core::api::Resource::Gateway(gateway) => (&gateway.metadata, gateway.credential_names()),
+                    _ => continue,
+                };
+                let namespace = metadata.namespace_or_default();
+                wanted.extend(names.into_iter().map(|name| (namespace.to_owned(), name)));
             }
         }
         let before = store.secrets.len();
@@ -282,7 +291,7 @@ impl KubeStore {
     fn event(&self, index: usize, event: Event<serde_json::Value>) {
         let mut store = self.lock();
         let (kind, s) = &mut store.kinds[index];
-        let is_rule = kind.kind == "DestinationRule";
+        let is_rule = NAMES_SECRETS.contains(&kind.kind);
         let changed = apply_event(&kind.clone(), s, event);
         store.dirty |= changed;
         if changed && is_rule && Self::track_secrets(&mut store) {

@@ -17,13 +17,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long a TLS client may take to send its ClientHello.
-const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// A ClientHello larger than this is not parsed (it is still relayed).
 const MAX_CLIENT_HELLO: usize = 16 * 1024;
 
 /// Reads the first TLS record into `buffer` and returns its server name
 /// (None for anything that is not a ClientHello with SNI).
-async fn read_client_hello(client: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::Result<Option<String>> {
+pub(super) async fn read_client_hello(client: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::Result<Option<String>> {
     let mut chunk = [0u8; 4096];
     loop {
         if let Some(total) = record_length(buffer) {
@@ -126,15 +126,20 @@ impl Proxy {
         self.relay_to(client, peer, hello, to).await;
     }
 
-    /// Relays a connection accepted by a gateway listener (TLS passthrough
-    /// by server name, or TCP) by the `tls`/`tcp` routes bound to it.
-    pub(super) async fn relay_at_gateway(
+    /// Relays a connection a gateway server takes as TCP: by the server's
+    /// `tls` routes and the ClientHello's `sni` (passthrough: `hello`, the
+    /// bytes read ahead, go first), else by its `tcp` routes.
+    pub(super) async fn relay_at_gateway<S>(
         &self,
-        mut client: TcpStream,
+        client: S,
         peer: SocketAddr,
         local: SocketAddr,
-        listener: &mesh_core::gateway::Listener,
-    ) {
+        server: &mesh_core::gateway::BoundServer,
+        sni: Option<&str>,
+        hello: Vec<u8>,
+    ) where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let snapshot = self.published.borrow().snapshot.clone();
         let view = ConnectionView {
             port: local.port(),
@@ -143,22 +148,13 @@ impl Proxy {
             source_labels: None,
             source_namespace: None,
         };
-        let mut hello = Vec::new();
-        let route = if listener.kind == mesh_core::gateway::ListenerKind::Passthrough {
-            let read = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, read_client_hello(&mut client, &mut hello)).await;
-            let sni = read.ok().and_then(Result::ok).flatten();
-            let server = listener.server_for_sni(sni.as_deref());
-            sni.as_deref()
-                .zip(server)
-                .and_then(|(sni, server)| first_tls_match(&server.tls, sni, &view))
-                .map(|route| &route.destinations)
-        } else {
-            let routes = listener.servers.iter().flat_map(|server| first_tcp_match(&server.tcp, &view));
-            routes.map(|route| &route.destinations).next()
+        let route = match sni {
+            Some(sni) if !server.tls.is_empty() => first_tls_match(&server.tls, sni, &view).map(|r| &r.destinations),
+            _ => first_tcp_match(&server.tcp, &view).map(|r| &r.destinations),
         };
         let destination = route.and_then(|destinations| pick_destination(destinations, fastrand::u64(..)));
         let Some(destination) = destination else {
-            tracing::debug!(%peer, port = local.port(), "no route at the gateway for this connection; closing");
+            tracing::debug!(%peer, port = local.port(), ?sni, "no route at the gateway for this connection; closing");
             return;
         };
         let Some(target) = snapshot.service_index_for_host(&destination.host, destination.port.unwrap_or(0)) else {
@@ -172,7 +168,10 @@ impl Proxy {
 
     /// Connects to an endpoint of `to`, sends `hello` (bytes read ahead)
     /// and relays both ways until either side closes.
-    async fn relay_to(&self, mut client: TcpStream, peer: SocketAddr, hello: Vec<u8>, to: Relay<'_>) {
+    async fn relay_to<S>(&self, mut client: S, peer: SocketAddr, hello: Vec<u8>, to: Relay<'_>)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let plan = self.clusters.plan(to.snapshot, to.target, to.subset, to.client);
         let endpoints = plan.endpoints(to.ipv6);
         let Some(picked) = pick(&plan.state.cursor, endpoints, &plan.policy.load_balancer, None, &[]) else {

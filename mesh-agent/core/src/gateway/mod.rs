@@ -1,143 +1,112 @@
-//! STUB (replaced by the real module from branch i14-core): the interface
-//! the gateway process is written against.
-#![allow(dead_code, unused_variables)]
+//! Istio `Gateway`s without sockets: the objects validated as Istio does
+//! ([`validate_gateway`], one server at a time in [`server`]), which
+//! VirtualServices bind to which gateway ([`bind`]), and what one gateway
+//! process serves ([`GatewayPlan`]: its listeners, the servers on each,
+//! and per server the virtual hosts and routes). The gateway process does
+//! the IO around these answers.
+//!
+//! Semantics follow Istio's validation (`pkg/config/validation`) and
+//! pilot's gateway handling (`MergeGateways`, `buildGatewayListeners`,
+//! `buildGatewayHTTPRouteConfig`); where they differ it is said.
 
-use crate::model::Model;
-use crate::route::{HttpRoute, TcpRoute, TlsRoute};
+mod bind;
+mod plan;
+mod server;
+
+pub use bind::{gateway_rules, GatewayRules};
+pub use plan::{BoundServer, GatewayPlan, Listener, SkippedServer, VirtualHost};
+pub use server::{
+    cipher_names, ListenerKind, ServerCertificate, ServerHost, ServerModel, ServerProtocol, ServerTls, ServerTlsMode,
+    TlsVersion, SUPPORTED_CIPHER_SUITES,
+};
+
+use crate::api::Gateway;
+use crate::field::{FieldError, Path};
+use crate::host::is_dns1123_label;
+use serde::Serialize;
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 
-#[derive(Clone, Debug, PartialEq)]
+/// A Gateway as the gateway processes use it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct GatewayModel {
     pub namespace: String,
     pub name: String,
     pub selector: BTreeMap<String, String>,
+    /// In spec order.
     pub servers: Vec<ServerModel>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct ServerModel {
-    pub port: u16,
-    pub port_name: String,
-    pub protocol: ServerProtocol,
-    pub hosts: Vec<ServerHost>,
-    pub bind: Option<IpAddr>,
-    pub name: Option<String>,
-    pub tls: Option<ServerTls>,
-}
+impl GatewayModel {
+    /// Whether a gateway workload with `labels` applies this Gateway: every
+    /// selector label present with its value. An empty selector selects
+    /// every gateway workload, as Istio does.
+    pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.selector.iter().all(|(key, value)| labels.get(key) == Some(value))
+    }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ServerProtocol {
-    Http,
-    Https,
-    Http2,
-    Grpc,
-    Tcp,
-    Tls,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServerHost {
-    pub namespace: Option<String>,
-    pub host: String,
-}
-
-impl ServerHost {
-    pub fn matches(&self, host: &str) -> bool {
-        unimplemented!()
+    /// `namespace/name`, as VirtualServices name it.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
     }
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct ServerTls {
-    pub https_redirect: bool,
-    pub mode: ServerTlsMode,
-    pub certificate: Option<ServerCertificate>,
-    pub subject_alt_names: Vec<String>,
-    pub min_protocol_version: Option<TlsVersion>,
-    pub max_protocol_version: Option<TlsVersion>,
-    pub cipher_suites: Vec<String>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ServerTlsMode {
-    Passthrough,
-    Simple,
-    Mutual,
-    AutoPassthrough,
-    IstioMutual,
-    OptionalMutual,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ServerCertificate {
-    Files { cert: String, key: String, ca: Option<String> },
-    Secret { namespace: String, name: String },
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub enum TlsVersion {
-    V1_0,
-    V1_1,
-    V1_2,
-    V1_3,
-}
-
-#[derive(Clone, Debug, Default)]
-pub struct GatewayPlan {
-    pub listeners: Vec<Listener>,
-}
-
-#[derive(Clone, Debug)]
-pub struct Listener {
-    pub port: u16,
-    pub bind: Option<IpAddr>,
-    pub kind: ListenerKind,
-    pub servers: Vec<BoundServer>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ListenerKind {
-    Http,
-    TerminatedTls,
-    Passthrough,
-    Tcp,
-}
-
-#[derive(Clone, Debug)]
-pub struct BoundServer {
-    pub gateway_namespace: String,
-    pub gateway_name: String,
-    pub server: ServerModel,
-    pub virtual_hosts: Vec<VirtualHost>,
-    pub tcp: Vec<TcpRoute>,
-    pub tls: Vec<TlsRoute>,
-}
-
-#[derive(Clone, Debug)]
-pub struct VirtualHost {
-    pub namespace: String,
-    pub name: String,
-    pub hosts: Vec<String>,
-    pub routes: Vec<HttpRoute>,
-}
-
-impl GatewayPlan {
-    pub fn compile(model: &Model, labels: &BTreeMap<String, String>, cluster_domain: &str) -> GatewayPlan {
-        unimplemented!()
+/// Istio's `ValidateGateway`: a DNS-label name, at least one server, each
+/// valid; port names unique; a port number used again only by a server
+/// the gateway can tell apart (HTTP servers of one protocol, which it
+/// routes by Host; HTTPS and TLS servers, which it tells apart by SNI).
+/// Istio drops the later of two clashing servers when it merges Gateways;
+/// within one Gateway the clash is reported here instead.
+pub fn validate_gateway(object: &Gateway) -> Result<GatewayModel, FieldError> {
+    let namespace = object.metadata.namespace_or_default();
+    let name = &object.metadata.name;
+    if !is_dns1123_label(name) {
+        return Err(FieldError::new(
+            "metadata.name",
+            format!("{name:?} is not a valid Gateway name (a DNS label: lowercase letters, digits and -, no dots)"),
+        ));
     }
+    let spec = &object.spec;
+    if spec.servers.is_empty() {
+        return Err(FieldError::new("spec.servers", "required: a Gateway needs at least one server"));
+    }
+    let mut servers: Vec<ServerModel> = Vec::new();
+    for (i, spec) in spec.servers.iter().enumerate() {
+        let at = Path::new("spec").index("servers", i);
+        let server = server::validate_server(&at, spec, namespace)?;
+        if let Some(j) = servers.iter().position(|s| s.port_name == server.port_name) {
+            return Err(FieldError::new(
+                at.child("port").field("name"),
+                format!(
+                    "{:?} is already the name of spec.servers[{j}].port; port names must be unique",
+                    server.port_name
+                ),
+            ));
+        }
+        let clash =
+            servers.iter().position(|s| s.port == server.port && s.bind == server.bind && !can_share(s, &server));
+        if let Some(j) = clash {
+            return Err(FieldError::new(
+                at.child("port").field("number"),
+                format!(
+                    "port {} is already served as {} by spec.servers[{j}]; only HTTP servers of one protocol, or \
+                     HTTPS and TLS servers, share a port",
+                    server.port,
+                    servers[j].protocol.as_str()
+                ),
+            ));
+        }
+        servers.push(server);
+    }
+    Ok(GatewayModel { namespace: namespace.to_owned(), name: name.clone(), selector: spec.selector.clone(), servers })
 }
 
-impl Listener {
-    pub fn server_for_sni(&self, sni: Option<&str>) -> Option<&BoundServer> {
-        unimplemented!()
-    }
-
-    pub fn route<'a>(
-        &'a self,
-        server: Option<&'a BoundServer>,
-        host: &str,
-    ) -> Option<(&'a BoundServer, &'a VirtualHost)> {
-        unimplemented!()
-    }
+/// Istio's merge rule for two servers on one port: plaintext HTTP of the
+/// same protocol (routed by Host), or both TLS (told apart by SNI).
+pub(crate) fn can_share(a: &ServerModel, b: &ServerModel) -> bool {
+    let tls = |s: &ServerModel| s.kind().is_tls();
+    (a.protocol.is_http() && a.protocol == b.protocol) || (tls(a) && tls(b))
 }
+
+#[cfg(test)]
+mod tests;

@@ -109,10 +109,7 @@ fn sni_matches(host: &str, sni: &str) -> bool {
 /// Istio's `host.Name.SubsetOf`: `sni` (perhaps a wildcard) names only
 /// hosts that `host` names too.
 fn sni_within(sni: &str, host: &str) -> bool {
-    match host.strip_prefix('*') {
-        Some(suffix) => sni.strip_prefix('*').unwrap_or(sni).ends_with(suffix),
-        None => sni == host,
-    }
+    crate::host::host_subset_of(sni, host)
 }
 
 /// The first rule matching `connection`.

@@ -38,5 +38,6 @@ pub use retry::{retry_backoff, AttemptOutcome, RetryCondition, RetryOn, RetryPol
 pub use rewrite::{PathRewrite, Rewrite};
 pub use rule::{first_match, HttpRoute, RouteAction};
 pub use string_match::{Pattern, StringMatcher, MAX_REGEX_LENGTH};
+pub(crate) use table::{exported_to, rules_where};
 pub use table::{shadowed_hosts, HostRoutes, RouteTable, ShadowedHost};
 pub use validate::{validate_virtual_service, SubsetRef, VirtualServiceModel};

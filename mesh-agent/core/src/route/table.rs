@@ -49,7 +49,7 @@ impl HostRoutes {
 
 /// Istio's `exportTo`: empty or `*` everywhere, `.` the object's own
 /// namespace, `~` nowhere, else the namespaces named.
-fn exported_to(export_to: &[String], own: &str, client: Option<&str>) -> bool {
+pub(crate) fn exported_to(export_to: &[String], own: &str, client: Option<&str>) -> bool {
     export_to.is_empty()
         || export_to.iter().any(|to| match to.as_str() {
             "*" => true,
@@ -171,17 +171,22 @@ impl Serialize for RouteTable {
     }
 }
 
-/// The rules as the mesh sees them: match blocks bound to other gateways
-/// dropped, and a rule left with none of its blocks dropped too (a rule
-/// that had no blocks matches everything and stays).
-fn mesh_rules<R: Clone, M>(rules: &[R], matches: fn(&mut R) -> &mut Vec<M>, applies: fn(&M) -> bool) -> Vec<R> {
+/// The rules as one place (the mesh, a gateway) sees them: the match
+/// blocks that do not `apply` there dropped, and a rule left with none of
+/// its blocks dropped too (a rule that had no blocks matches everything and
+/// stays).
+pub(crate) fn rules_where<R: Clone, M>(
+    rules: &[R],
+    matches: fn(&mut R) -> &mut Vec<M>,
+    applies: impl Fn(&M) -> bool,
+) -> Vec<R> {
     rules
         .iter()
         .filter_map(|rule| {
             let mut rule = rule.clone();
             let blocks = matches(&mut rule);
             let had_blocks = !blocks.is_empty();
-            blocks.retain(applies);
+            blocks.retain(|block| applies(block));
             (!had_blocks || !blocks.is_empty()).then_some(rule)
         })
         .collect()
@@ -189,8 +194,8 @@ fn mesh_rules<R: Clone, M>(rules: &[R], matches: fn(&mut R) -> &mut Vec<M>, appl
 
 impl HostRoutes {
     fn for_mesh(virtual_service: &VirtualServiceModel) -> HostRoutes {
-        let http = mesh_rules(&virtual_service.http, |r| &mut r.matches, |m| m.applies_to_mesh());
-        let tcp = mesh_rules(&virtual_service.tcp, |r| &mut r.matches, |m| m.applies_to_mesh());
+        let http = rules_where(&virtual_service.http, |r| &mut r.matches, |m| m.applies_to_mesh());
+        let tcp = rules_where(&virtual_service.tcp, |r| &mut r.matches, |m| m.applies_to_mesh());
         let tls = virtual_service
             .tls
             .iter()

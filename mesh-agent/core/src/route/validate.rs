@@ -14,7 +14,8 @@ use super::rule::{HttpRoute, RouteAction};
 use crate::api::{self, Destination, Headers, VirtualService};
 use crate::field::{parse_istio_duration, parse_percentage, FieldError, Path};
 use crate::host::{
-    applies_to_mesh, resolve_host, validate_export_to, validate_gateways, validate_host_name, ExportToNone,
+    applies_to_mesh, resolve_gateway, resolve_host, validate_export_to, validate_gateways, validate_host_name,
+    ExportToNone,
 };
 use serde::Serialize;
 use std::net::IpAddr;
@@ -54,6 +55,12 @@ impl VirtualServiceModel {
     /// Whether sidecars (the mesh) apply it: no gateways, or `mesh` among them.
     pub fn applies_to_mesh(&self) -> bool {
         applies_to_mesh(&self.gateways)
+    }
+
+    /// Whether it is bound to the Gateway `namespace/name`: `spec.gateways`
+    /// names it, a short name meaning one in the VirtualService's namespace.
+    pub fn binds_gateway(&self, gateway: &str) -> bool {
+        self.gateways.iter().any(|g| resolve_gateway(g, &self.namespace) == gateway)
     }
 }
 

@@ -15,9 +15,12 @@
 mod tls;
 
 use super::body::ClientBody;
+use super::http1::server::Rewind;
 use super::listener::{Connection, Entry, Proxy};
+use super::tcp::{read_client_hello, CLIENT_HELLO_TIMEOUT};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use mesh_core::gateway::{GatewayPlan, ListenerKind, ServerTlsMode};
+use mesh_core::gateway::{BoundServer, GatewayPlan, Listener, ListenerKind, ServerTlsMode};
+use mesh_core::model::ServiceModel;
 use mesh_core::published::Published;
 use rustls::ServerConfig;
 use serde::{Deserialize, Serialize};
@@ -32,16 +35,22 @@ use tokio::task::JoinHandle;
 #[derive(Default)]
 pub struct GatewayState {
     pub plan: GatewayPlan,
-    /// Each TLS-terminating server's configuration, by port and server
-    /// index in its listener; a server whose certificate is missing or
-    /// broken has an error here (its handshakes fail) while the others serve.
-    tls: HashMap<(u16, usize), Result<Arc<ServerConfig>, String>>,
+    /// The port each listener binds, by index: the server's port, or the
+    /// target port the gateway's own Service gives it (Istio's charts map
+    /// 80 to 8080 and 443 to 8443, and Gateways name 80 and 443).
+    bound_ports: Vec<u16>,
+    /// Each TLS-terminating server's configuration, by listener and server
+    /// index; a server whose certificate is missing or broken has an error
+    /// here (its handshakes fail) while the others serve.
+    tls: HashMap<(usize, usize), Result<Arc<ServerConfig>, String>>,
 }
 
 /// A gateway process's identity and where it listens.
 pub struct GatewayOptions {
     /// This workload's labels: the Gateways whose selector they match apply.
     pub labels: BTreeMap<String, String>,
+    /// This workload's namespace (`exportTo` is judged from it).
+    pub namespace: String,
     pub cluster_domain: String,
     /// Where the listeners bind (a server's `bind` wins); default: all
     /// addresses, both families.
@@ -51,14 +60,20 @@ pub struct GatewayOptions {
 impl GatewayState {
     fn compile(published: &Published, options: &GatewayOptions) -> GatewayState {
         let model = &published.snapshot.model;
-        let plan = GatewayPlan::compile(model, &options.labels, &options.cluster_domain);
+        let plan = GatewayPlan::compile_in(model, &options.labels, Some(&options.namespace), &options.cluster_domain);
+        let own_services: Vec<&ServiceModel> =
+            model.services.values().filter(|service| service.namespace == options.namespace).collect();
+        let bound_ports = (plan.listeners.iter())
+            .map(|listener| {
+                let mapped = own_services.iter().find_map(|s| s.target_port_for(&options.labels, listener.port));
+                mapped.unwrap_or(listener.port)
+            })
+            .collect();
         let mut configs = HashMap::new();
-        for listener in &plan.listeners {
-            if listener.kind != ListenerKind::TerminatedTls {
-                continue;
-            }
-            for (index, bound) in listener.servers.iter().enumerate() {
-                let Some(settings) = bound.server.tls.as_ref() else { continue };
+        for (index, listener) in plan.listeners.iter().enumerate() {
+            for (server, bound) in listener.servers.iter().enumerate() {
+                let terminates = matches!(bound.kind, ListenerKind::TerminatedTls | ListenerKind::TerminatedTcp);
+                let Some(settings) = bound.server.tls.as_ref().filter(|_| terminates) else { continue };
                 let config = tls::server_config(settings, &model.secrets).map_err(|error| {
                     tracing::warn!(
                         gateway = %format!("{}/{}", bound.gateway_namespace, bound.gateway_name),
@@ -68,10 +83,16 @@ impl GatewayState {
                     );
                     error.to_string()
                 });
-                configs.insert((listener.port, index), config);
+                configs.insert((index, server), config);
             }
         }
-        GatewayState { plan, tls: configs }
+        GatewayState { plan, bound_ports, tls: configs }
+    }
+
+    /// The listener (and its index) bound to local port `port`.
+    pub fn listener(&self, port: u16) -> Option<(usize, &Listener)> {
+        let index = self.bound_ports.iter().position(|bound| *bound == port)?;
+        Some((index, &self.plan.listeners[index]))
     }
 }
 
@@ -135,45 +156,70 @@ async fn accept(listener: TcpListener, proxy: Arc<Proxy>, state: watch::Receiver
     }
 }
 
-/// Serves one accepted connection by its listener's kind.
-async fn serve(proxy: Arc<Proxy>, state: Arc<GatewayState>, stream: TcpStream, peer: SocketAddr, local: SocketAddr) {
-    let Some(listener) = state.plan.listeners.iter().find(|l| l.port == local.port()) else { return };
-    match listener.kind {
-        ListenerKind::Http => {
-            let connection = Connection::at_gateway(peer, local, None, "http");
-            serve_http(proxy, connection, TokioIo::new(stream)).await;
-        }
-        ListenerKind::TerminatedTls => {
-            let acceptor = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), stream);
-            let Ok(start) = tokio::time::timeout(proxy.header_timeout, acceptor).await else { return };
-            let Ok(start) = start else { return };
-            let sni = start.client_hello().server_name().map(str::to_ascii_lowercase);
-            let found = listener.server_for_sni(sni.as_deref());
-            let Some(index) = found.and_then(|found| listener.servers.iter().position(|s| std::ptr::eq(s, found)))
-            else {
-                tracing::debug!(%peer, ?sni, "no gateway server for this server name");
-                return;
-            };
-            let Some(Ok(config)) = state.tls.get(&(listener.port, index)) else { return };
-            let Ok(tls) = start.into_stream(config.clone()).await else { return };
-            let server = &listener.servers[index].server;
-            if let Some(settings) = server.tls.as_ref() {
-                let wanted = &settings.subject_alt_names;
-                let mutual = matches!(settings.mode, ServerTlsMode::Mutual | ServerTlsMode::OptionalMutual);
-                if mutual && !wanted.is_empty() {
-                    let presented = tls.get_ref().1.peer_certificates().and_then(|chain| chain.first());
-                    if !presented.is_some_and(|leaf| tls::names_one_of(leaf, wanted)) {
-                        tracing::debug!(%peer, "client certificate names none of subjectAltNames");
-                        return;
-                    }
-                }
+/// Serves one accepted connection by its listener's kind. On a TLS port
+/// the ClientHello is read first: its server name picks the server, which
+/// relays the bytes unread (passthrough) or terminates TLS with its own
+/// certificate, then serves HTTP or relays TCP.
+async fn serve(
+    proxy: Arc<Proxy>,
+    state: Arc<GatewayState>,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
+    let Some((index, listener)) = state.listener(local.port()) else { return };
+    if !listener.kind.is_tls() {
+        match listener.kind {
+            ListenerKind::Http => {
+                let connection = Connection::at_gateway(peer, local, None, "http");
+                serve_http(proxy, connection, TokioIo::new(stream)).await;
             }
-            let connection = Connection::at_gateway(peer, local, Some(index), "https");
-            serve_http(proxy, connection, TokioIo::new(tls)).await;
+            _ => {
+                let Some(server) = listener.servers.iter().find(|s| !s.tcp.is_empty()) else { return };
+                proxy.relay_at_gateway(stream, peer, local, server, None, Vec::new()).await;
+            }
         }
-        ListenerKind::Passthrough | ListenerKind::Tcp => {
-            proxy.relay_at_gateway(stream, peer, local, listener).await;
-        }
+        return;
+    }
+    let mut hello = Vec::new();
+    let read = tokio::time::timeout(CLIENT_HELLO_TIMEOUT, read_client_hello(&mut stream, &mut hello)).await;
+    let sni = read.ok().and_then(Result::ok).flatten().map(|sni| sni.to_ascii_lowercase());
+    let found = listener.server_for_sni(sni.as_deref());
+    let Some(server) = found.and_then(|found| listener.servers.iter().position(|s| std::ptr::eq(s, found))) else {
+        tracing::debug!(%peer, ?sni, port = listener.port, "no gateway server for this server name");
+        return;
+    };
+    let bound = &listener.servers[server];
+    if bound.kind == ListenerKind::Passthrough {
+        proxy.relay_at_gateway(stream, peer, local, bound, sni.as_deref(), hello).await;
+        return;
+    }
+    let Some(Ok(config)) = state.tls.get(&(index, server)) else { return };
+    let accept = tokio_rustls::TlsAcceptor::from(config.clone()).accept(Rewind::new(hello.into(), stream));
+    let Ok(Ok(tls)) = tokio::time::timeout(proxy.header_timeout, accept).await else { return };
+    if !client_names_fit(bound, tls.get_ref().1.peer_certificates()) {
+        tracing::debug!(%peer, "client certificate names none of subjectAltNames");
+        return;
+    }
+    if bound.kind == ListenerKind::TerminatedTcp {
+        proxy.relay_at_gateway(tls, peer, local, bound, None, Vec::new()).await;
+        return;
+    }
+    let connection = Connection::at_gateway(peer, local, Some(server), "https");
+    serve_http(proxy, connection, TokioIo::new(tls)).await;
+}
+
+/// Whether a client's certificate names one of the server's
+/// `subjectAltNames` (when it lists any and checks clients).
+fn client_names_fit(bound: &BoundServer, chain: Option<&[rustls::pki_types::CertificateDer<'static>]>) -> bool {
+    let Some(settings) = bound.server.tls.as_ref() else { return true };
+    if settings.subject_alt_names.is_empty() || !settings.mode.verifies_clients() {
+        return true;
+    }
+    // OPTIONAL_MUTUAL lets a client without a certificate through.
+    match chain.and_then(|chain| chain.first()) {
+        Some(leaf) => tls::names_one_of(leaf, &settings.subject_alt_names),
+        None => settings.mode == ServerTlsMode::OptionalMutual,
     }
 }
 
@@ -202,7 +248,10 @@ where
 /// One listener as status shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ListenerStatus {
+    /// The Gateway server's port.
     pub port: u16,
+    /// The port actually bound (the gateway Service's target port).
+    pub bound_port: u16,
     pub kind: String,
     pub servers: Vec<ServerStatus>,
 }
@@ -222,9 +271,10 @@ pub struct ServerStatus {
 impl GatewayState {
     /// The listeners, for status.
     pub fn listeners(&self) -> Vec<ListenerStatus> {
-        (self.plan.listeners.iter())
-            .map(|listener| ListenerStatus {
+        (self.plan.listeners.iter().enumerate())
+            .map(|(position, listener)| ListenerStatus {
                 port: listener.port,
+                bound_port: self.bound_ports.get(position).copied().unwrap_or(listener.port),
                 kind: format!("{:?}", listener.kind),
                 servers: (listener.servers.iter().enumerate())
                     .map(|(index, bound)| ServerStatus {
@@ -234,7 +284,7 @@ impl GatewayState {
                             .collect(),
                         protocol: format!("{:?}", bound.server.protocol),
                         tls_mode: bound.server.tls.as_ref().map(|tls| format!("{:?}", tls.mode)),
-                        tls_error: self.tls.get(&(listener.port, index)).and_then(|c| c.as_ref().err().cloned()),
+                        tls_error: self.tls.get(&(position, index)).and_then(|c| c.as_ref().err().cloned()),
                         virtual_services: (bound.virtual_hosts.iter())
                             .map(|v| format!("{}/{} {:?}", v.namespace, v.name, v.hosts))
                             .collect(),

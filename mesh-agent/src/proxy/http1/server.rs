@@ -411,6 +411,12 @@ pub struct Rewind {
     io: TcpStream,
 }
 
+impl Rewind {
+    pub fn new(prefix: Bytes, io: TcpStream) -> Self {
+        Rewind { prefix, io }
+    }
+}
+
 impl AsyncRead for Rewind {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         if !self.prefix.is_empty() {
