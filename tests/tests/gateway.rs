@@ -212,3 +212,35 @@ fn a_server_whose_secret_is_missing_fails_alone_and_serves_once_it_appears() {
     });
     assert!(served, "{}", gateway.log());
 }
+
+#[test]
+fn tls_passthrough_by_server_name_and_a_server_port_mapped_by_the_gateway_service() {
+    let edge = Edge::new("gw_pass");
+    let dir = edge.env.config_dir().join("../pki");
+    let pki = make_pki(&dir.join("pass"), &["pass.example.com"]).unwrap();
+    let _tls_backend = edge._backends[0].serve_tls(8443, &pki, false);
+    let config = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: secure, namespace: shop}}\nspec:\n  clusterIP: 10.96.0.22\n  ports:\n  - {{name: tls, port: 8443, targetPort: 8443}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: secure, namespace: shop, labels: {{kubernetes.io/service-name: secure}}}}\naddressType: IPv4\nports: [{{name: tls, port: 8443}}]\nendpoints:\n- addresses: [\"10.244.1.2\"]\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {{name: istio-ingressgateway, namespace: mesh-system}}\nspec:\n  selector: {{istio: ingressgateway}}\n  ports:\n  - {{name: http2, port: 80, targetPort: 8081}}\n---\n\
+         {GATEWAY}  - port: {{number: 9443, name: tls, protocol: TLS}}\n    hosts: [pass.example.com]\n    tls: {{mode: PASSTHROUGH}}\n\
+         \x20 - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: ['*']\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: pass, namespace: shop}}\n\
+         spec:\n  hosts: [pass.example.com]\n  gateways: [edge]\n  tls:\n  - match: [{{port: 9443, sniHosts: [pass.example.com]}}]\n    route: [{{destination: {{host: secure, port: {{number: 8443}}}}}}]\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web, namespace: shop}}\n\
+         spec:\n  hosts: ['*']\n  gateways: [edge]\n  http: [{{route: [{{destination: {{host: reviews}}}}]}}]\n"
+    );
+    let gateway = edge.start(&config);
+    // TLS end to end: the backend's certificate, the client's server name.
+    let ca = pki.ca.display().to_string();
+    let (status, out) =
+        edge.get("https://pass.example.com:9443/", &["--resolve", "pass.example.com:9443:10.244.9.2", "--cacert", &ca]);
+    assert_eq!((status, backend(&out)), (200, Some("b1")), "{out}\n{}", gateway.log());
+    assert!(out.contains("x-seen-sni: pass.example.com"), "{out}");
+    // Port 80 of the Gateway listens on 8081, the Service's target port.
+    let (status, out) = edge.get(&format!("http://{GATEWAY_IP}:8081/"), &[]);
+    assert_eq!((status, backend(&out)), (200, Some("b1")), "{out}");
+    let status = gateway.admin_json("/status");
+    let http = status["gateway_listeners"].as_array().unwrap().iter().find(|l| l["port"] == 80).cloned();
+    assert_eq!(http.map(|l| l["bound_port"].clone()), Some(8081.into()), "{status}");
+}

@@ -103,11 +103,9 @@ pub async fn run(proxy: Arc<Proxy>, options: GatewayOptions, state: watch::Sende
     let mut bound: HashMap<SocketAddr, JoinHandle<()>> = HashMap::new();
     loop {
         let current = GatewayState::compile(&published.borrow_and_update(), &options);
-        let wanted: Vec<SocketAddr> = current
-            .plan
-            .listeners
-            .iter()
-            .map(|l| SocketAddr::new(l.bind.or(options.listen_ip).unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED)), l.port))
+        let any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
+        let wanted: Vec<SocketAddr> = (current.plan.listeners.iter().zip(&current.bound_ports))
+            .map(|(listener, port)| SocketAddr::new(listener.bind.or(options.listen_ip).unwrap_or(any), *port))
             .collect();
         state.send_replace(Arc::new(current));
         bound.retain(|address, task| {
