@@ -165,7 +165,8 @@ impl Proxy {
             return Outcome::local(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NR), "".into());
         };
         let host = gateway::host_of(authority);
-        let listener = state.listener(connection.original.port()).map(|(_, listener)| listener);
+        // A gateway connection's `original` carries its server's port.
+        let listener = state.plan.listeners.iter().find(|l| l.port == connection.original.port());
         let chosen = match connection.entry {
             Entry::Gateway { server: Some(index) } => listener.and_then(|l| l.servers.get(index)),
             _ => None,

@@ -166,6 +166,8 @@ async fn serve(
     local: SocketAddr,
 ) {
     let Some((index, listener)) = state.listener(local.port()) else { return };
+    // Routes match the Gateway server's port, whatever port was bound.
+    let local = SocketAddr::new(local.ip(), listener.port);
     if !listener.kind.is_tls() {
         match listener.kind {
             ListenerKind::Http => {
@@ -294,8 +296,9 @@ impl GatewayState {
 }
 
 impl Connection {
-    /// A connection accepted by a gateway listener on `local`, on the
-    /// server at `server` (the TLS handshake's pick) of that listener.
+    /// A connection accepted by a gateway listener, `local` carrying the
+    /// listener's server port, on the server at `server` (the TLS
+    /// handshake's pick) of that listener.
     fn at_gateway(peer: SocketAddr, local: SocketAddr, server: Option<usize>, scheme: &'static str) -> Connection {
         Connection {
             peer,
