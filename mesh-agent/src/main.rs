@@ -349,7 +349,8 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
                     .context("connecting to the Kubernetes API")?;
                 // Every pod's labels (for subsets), no pod's address: a
                 // gateway has no clients in the mesh to tell apart.
-                let source = KubeSource::start(client, k8s::watched_kinds(None), runtime.handle());
+                let namespace = Some(args.namespace.clone());
+                let source = KubeSource::start_in(client, k8s::watched_kinds(None), namespace, runtime.handle());
                 let store = source.store();
                 (Box::new(source), format!("kubernetes (gateway in {})", args.namespace), Some(store))
             }

@@ -192,12 +192,16 @@ fn a_server_whose_secret_is_missing_fails_alone_and_serves_once_it_appears() {
     let tls_error = status["gateway_listeners"].as_array().unwrap().iter().find(|l| l["port"] == 8443).unwrap()
         ["servers"][0]["tls_error"]
         .clone();
-    assert!(tls_error.as_str().is_some_and(|e| e.contains("shop/a-cert") && e.contains("not found")), "{status}");
-    // The Secret arrives: new handshakes get the certificate.
+    assert!(
+        tls_error.as_str().is_some_and(|e| e.contains("mesh-system/a-cert") && e.contains("not found")),
+        "{status}"
+    );
+    // The Secret arrives, in the gateway's own namespace (as Istio reads
+    // it): new handshakes get the certificate.
     let pem = |path: &std::path::Path| std::fs::read_to_string(path).unwrap();
     let indent = |text: String| text.lines().map(|l| format!("    {l}\n")).collect::<String>();
     let secret = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: a-cert, namespace: shop}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: a-cert, namespace: mesh-system}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
         indent(pem(&a.server_cert)),
         indent(pem(&a.server_key))
     );

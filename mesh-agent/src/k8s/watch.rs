@@ -150,6 +150,10 @@ struct Store {
     dirty: bool,
     /// Hands out [`KindStore::epoch`]s.
     next_epoch: u64,
+    /// A gateway process's namespace: the Gateways' `credentialName`
+    /// Secrets are read there, as Istio reads them from the gateway
+    /// workload's namespace (None on a node: it serves no Gateway).
+    gateway_namespace: Option<String>,
 }
 
 impl Store {
@@ -161,7 +165,7 @@ impl Store {
     }
 }
 
-/// The kinds that name Secrets by `credentialName` (in their own namespace).
+/// The kinds that name Secrets by `credentialName`.
 const NAMES_SECRETS: [&str; 2] = ["DestinationRule", "Gateway"];
 
 /// The Secret kind, for the per-name watches.
@@ -186,6 +190,7 @@ impl KubeStore {
             secrets: BTreeMap::new(),
             dirty: false,
             next_epoch: 1,
+            gateway_namespace: None,
         };
         Self { store: Arc::new(Mutex::new(store)), secrets_changed: Arc::default() }
     }
@@ -207,12 +212,16 @@ impl KubeStore {
                 continue;
             }
             for object in s.objects.values().flat_map(|o| &o.parsed.objects) {
-                let (metadata, names) = match &object.resource {
-                    mesh_core::api::Resource::DestinationRule(rule) => (&rule.metadata, rule.credential_names()),
-                    mesh_core::api::Resource::Gateway(gateway) => (&gateway.metadata, gateway.credential_names()),
+                let (namespace, names) = match &object.resource {
+                    mesh_core::api::Resource::DestinationRule(rule) => {
+                        (rule.metadata.namespace_or_default(), rule.credential_names())
+                    }
+                    mesh_core::api::Resource::Gateway(gateway) => match &store.gateway_namespace {
+                        Some(namespace) => (namespace.as_str(), gateway.credential_names()),
+                        None => continue,
+                    },
                     _ => continue,
                 };
-                let namespace = metadata.namespace_or_default();
                 wanted.extend(names.into_iter().map(|name| (namespace.to_owned(), name)));
             }
         }
@@ -424,7 +433,19 @@ pub struct KubeSource {
 impl KubeSource {
     /// Starts one watcher task per kind on `runtime`.
     pub fn start(client: kube::Client, kinds: Vec<WatchedKind>, runtime: &tokio::runtime::Handle) -> Self {
+        Self::start_in(client, kinds, None, runtime)
+    }
+
+    /// [`KubeSource::start`] for a gateway in `gateway_namespace`, which
+    /// also watches the Secrets its Gateways name.
+    pub fn start_in(
+        client: kube::Client,
+        kinds: Vec<WatchedKind>,
+        gateway_namespace: Option<String>,
+        runtime: &tokio::runtime::Handle,
+    ) -> Self {
         let store = KubeStore::new(&kinds);
+        store.lock().gateway_namespace = gateway_namespace;
         let mut tasks: Vec<_> = kinds
             .into_iter()
             .enumerate()

@@ -74,7 +74,7 @@ impl GatewayState {
             for (server, bound) in listener.servers.iter().enumerate() {
                 let terminates = matches!(bound.kind, ListenerKind::TerminatedTls | ListenerKind::TerminatedTcp);
                 let Some(settings) = bound.server.tls.as_ref().filter(|_| terminates) else { continue };
-                let config = tls::server_config(settings, &model.secrets).map_err(|error| {
+                let config = tls::server_config(settings, &options.namespace, &model.secrets).map_err(|error| {
                     tracing::warn!(
                         gateway = %format!("{}/{}", bound.gateway_namespace, bound.gateway_name),
                         port = listener.port,
