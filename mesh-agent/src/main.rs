@@ -391,7 +391,7 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         proxy_listeners: Vec::new(),
         proxy: proxy.clone(),
     });
-    let options = proxy::gateway::GatewayOptions {
+    let options = proxy::gateway_state::GatewayOptions {
         labels,
         namespace: args.namespace.clone(),
         cluster_domain: args.cluster_domain,

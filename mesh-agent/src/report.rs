@@ -14,7 +14,7 @@ pub struct StatusReport {
     pub dataplane: Option<DataplaneStatus>,
     /// A gateway's listeners (none on a node).
     #[serde(default)]
-    pub gateway_listeners: Vec<crate::proxy::gateway::ListenerStatus>,
+    pub gateway_listeners: Vec<crate::proxy::gateway_state::ListenerStatus>,
     /// Where the L7 proxy listens; empty when capture is off.
     #[serde(default)]
     pub proxy_listeners: Vec<String>,

@@ -8,7 +8,8 @@
 use crate::api::{self, IntOrString, Resource};
 use crate::destination_rule::{self, DestinationRuleModel};
 use crate::field::{parse_port, FieldError};
-use crate::gateway::{self, GatewayModel};
+// The submodules, not `gateway` itself: its plan reads the model.
+use crate::gateway::object::{validate_gateway, GatewayModel};
 use crate::object::{ObjectKey, Rejection, SourceBatch, SourcedObject, Warning};
 use crate::route::{self, VirtualServiceModel};
 use serde::Serialize;
@@ -587,7 +588,7 @@ fn validate(object: &SourcedObject, cluster_domain: &str) -> Result<Accepted, Fi
             destination_rule::validate_destination_rule(r, cluster_domain).map(Accepted::Rule)
         }
         Resource::VirtualService(v) => route::validate_virtual_service(v, cluster_domain).map(Accepted::VirtualService),
-        Resource::Gateway(g) => gateway::validate_gateway(g).map(Accepted::Gateway),
+        Resource::Gateway(g) => validate_gateway(g).map(Accepted::Gateway),
         Resource::Secret(s) => validate_secret(s).map(Accepted::Secret),
     }
 }

@@ -18,7 +18,7 @@ use crate::destination_rule::{
     DestinationRuleModel, HashKey, LoadBalancer, Policy, PolicyLevel, TlsMode, MAX_MAGLEV_TABLE_SIZE,
 };
 use crate::field::Path;
-use crate::gateway::{cipher_names, ServerProtocol, SUPPORTED_CIPHER_SUITES};
+use crate::gateway::server::{cipher_names, ServerProtocol, SUPPORTED_CIPHER_SUITES};
 use crate::host::{resolve_gateway, MESH_GATEWAY};
 use crate::object::{SourcedObject, Warning, WarningReason};
 

@@ -8,7 +8,7 @@
 
 use super::body::ClientBody;
 use super::cluster::Clusters;
-use super::gateway::GatewayState;
+use super::gateway_state::{GatewayState, ListenerStatus};
 use super::http1::common::{MAX_FIELDS, MAX_HEAD_BYTES};
 use super::http1::server::{self, Served};
 use super::metrics::ProxyMetrics;
@@ -96,7 +96,7 @@ impl Proxy {
     }
 
     /// A gateway's listeners (empty on a node).
-    pub fn gateway_listeners(&self) -> Vec<super::gateway::ListenerStatus> {
+    pub fn gateway_listeners(&self) -> Vec<ListenerStatus> {
         self.gateway.as_ref().map(|state| state.borrow().listeners()).unwrap_or_default()
     }
 

@@ -19,6 +19,7 @@ mod body;
 mod cluster;
 mod forward;
 pub mod gateway;
+pub mod gateway_state;
 mod header_names;
 mod http1;
 mod listener;

@@ -15,8 +15,8 @@
 //! (Istio merges VirtualServices at gateways, in creation order).
 
 use super::bind::{gateway_rules, intersect_hosts, narrow_sni, GatewayRules};
+use super::object::{can_share, GatewayModel};
 use super::server::{host_specificity, ListenerKind, ServerCertificate, ServerModel, ServerTlsMode};
-use super::{can_share, GatewayModel};
 use crate::model::Model;
 use crate::route::{HttpRoute, TcpRoute, TlsRoute, VirtualServiceModel};
 use serde::Serialize;

@@ -5,6 +5,7 @@ use crate::field::FieldError;
 use crate::model::Model;
 use crate::object::WarningReason;
 use crate::route::RouteAction;
+use std::collections::BTreeMap;
 
 const DOMAIN: &str = "cluster.local";
 
