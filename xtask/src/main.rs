@@ -71,7 +71,7 @@ enum BenchKind {
     L7 {
         /// Paths to measure, in order (ratios are to `direct`).
         #[arg(long, value_delimiter = ',', value_parser = bench_l7::PathKind::parse,
-              default_value = "direct,direct+bpf,mesh,mesh-remote,nginx,haproxy,envoy")]
+              default_value = "direct,direct+bpf,mesh,mesh-remote,nginx,haproxy,envoy,gateway,nginx-tls")]
         paths: Vec<bench_l7::PathKind>,
         /// Fixed request rates (open loop, oha); a maximum-rate run (wrk) follows.
         #[arg(long, value_delimiter = ',', default_value = "2000,20000")]

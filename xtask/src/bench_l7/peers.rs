@@ -52,6 +52,37 @@ fn nginx_config(dir: &Path) -> String {
     )
 }
 
+/// nginx terminating TLS with the bench's certificate, otherwise as above.
+fn nginx_tls_config(dir: &Path) -> String {
+    let d = dir.display();
+    nginx_config(dir).replace(
+        &format!("    listen {} backlog=4096;\n", PathKind::Nginx.target()),
+        &format!(
+            "    listen {} ssl backlog=4096;\n    ssl_certificate {d}/server.pem;\n    ssl_certificate_key {d}/server-key.pem;\n",
+            PathKind::NginxTls.target()
+        ),
+    )
+}
+
+/// The gateway's configuration: an HTTPS server with the bench's
+/// certificate, routing everything to the backend pod outside the mesh.
+fn gateway_config(dir: &Path) -> String {
+    let d = dir.display();
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: bench}}\n\
+         spec: {{ports: [{{name: http, port: {SERVICE_PORT}, targetPort: {BACKEND_PORT}}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: web, namespace: bench, labels: {{kubernetes.io/service-name: web}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: {BACKEND_PORT}}}]\nendpoints: [{{addresses: [{backend}]}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: bench, namespace: bench}}\n\
+         spec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 18443, name: https, protocol: HTTPS}}\n\
+         \x20   hosts: ['*']\n    tls: {{mode: SIMPLE, serverCertificate: {d}/server.pem, privateKey: {d}/server-key.pem}}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web, namespace: bench}}\n\
+         spec:\n  hosts: ['*']\n  gateways: [bench]\n  http:\n  - route:\n    - destination: {{host: web}}\n",
+        backend = BACKEND_IP.0,
+    )
+}
+
 fn haproxy_config() -> String {
     format!(
         "global\n  nbthread 1\n  maxconn 4096\n\
@@ -159,6 +190,24 @@ pub(super) fn start_peer(
             ]);
             cmd
         }
+        PathKind::NginxTls => {
+            let nginx = tools.nginx.clone()?;
+            mesh_tests::tls::make_pki(&dir, &["bench.mesh.test"]).map_err(|e| format!("{e:#}"))?;
+            std::fs::write(dir.join("nginx.conf"), nginx_tls_config(&dir)).map_err(|e| e.to_string())?;
+            let mut cmd = Command::new(nginx);
+            cmd.arg("-p").arg(&dir).arg("-c").arg(dir.join("nginx.conf")).args(["-e", "stderr"]);
+            cmd
+        }
+        PathKind::Gateway => {
+            mesh_tests::tls::make_pki(&dir, &["bench.mesh.test"]).map_err(|e| format!("{e:#}"))?;
+            let config = dir.join("config");
+            std::fs::create_dir_all(&config).map_err(|e| e.to_string())?;
+            std::fs::write(config.join("gateway.yaml"), gateway_config(&dir)).map_err(|e| e.to_string())?;
+            let mut cmd = Command::new(mesh_tests::agent_bin());
+            cmd.arg("gateway").arg("--config-dir").arg(&config);
+            cmd.args(["--labels", "istio=ingressgateway", "--listen-ip", NODE_IPV4, "--admin", "127.0.0.1:18999"]);
+            cmd
+        }
         PathKind::Direct | PathKind::DirectBpf | PathKind::Mesh | PathKind::MeshRemote => {
             return Err("not a peer".into())
         }
@@ -181,7 +230,11 @@ pub(super) fn start_peer(
             peer.stop();
             return Err(format!("{} exited ({status}): {}", kind.name(), last_line(&output)));
         }
-        if get_from(&env.node_netns_path(), target).is_ok_and(|status| status == 200) {
+        let answers = match kind.scheme() {
+            "https" => https_answers(&env.node_netns_path(), target, &dir.join("ca.pem")),
+            _ => get_from(&env.node_netns_path(), target).is_ok_and(|status| status == 200),
+        };
+        if answers {
             return Ok(peer);
         }
         if Instant::now() > deadline {
@@ -195,6 +248,21 @@ pub(super) fn start_peer(
 
 fn last_line(text: &str) -> String {
     text.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("no output").trim().to_owned()
+}
+
+/// Whether a GET over TLS from inside `netns` (curl, trusting `ca`)
+/// answers 200.
+fn https_answers(netns: &Path, target: SocketAddr, ca: &Path) -> bool {
+    let url = format!("https://bench.mesh.test:{}/", target.port());
+    let resolve = format!("bench.mesh.test:{}:{}", target.port(), target.ip());
+    let output = mesh_tests::in_netns(netns, || {
+        Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "--resolve", &resolve, "--cacert"])
+            .arg(ca)
+            .arg(&url)
+            .output()
+    });
+    matches!(output, Ok(Ok(out)) if out.stdout == b"200")
 }
 
 /// One GET from inside `netns`: the status code.

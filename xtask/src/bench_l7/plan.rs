@@ -28,10 +28,14 @@ pub enum PathKind {
     Nginx,
     Haproxy,
     Envoy,
+    /// TLS-terminating ingress: `mesh-agent gateway` on the node.
+    Gateway,
+    /// nginx terminating the same TLS.
+    NginxTls,
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 7] = [
+    pub const ALL: [PathKind; 9] = [
         PathKind::Direct,
         PathKind::DirectBpf,
         PathKind::Mesh,
@@ -39,6 +43,8 @@ impl PathKind {
         PathKind::Nginx,
         PathKind::Haproxy,
         PathKind::Envoy,
+        PathKind::Gateway,
+        PathKind::NginxTls,
     ];
 
     pub fn name(self) -> &'static str {
@@ -50,6 +56,16 @@ impl PathKind {
             PathKind::Nginx => "nginx",
             PathKind::Haproxy => "haproxy",
             PathKind::Envoy => "envoy",
+            PathKind::Gateway => "gateway",
+            PathKind::NginxTls => "nginx-tls",
+        }
+    }
+
+    /// The scheme the client speaks: the TLS paths terminate HTTPS.
+    pub(super) fn scheme(self) -> &'static str {
+        match self {
+            PathKind::Gateway | PathKind::NginxTls => "https",
+            _ => "http",
         }
     }
 
@@ -75,6 +91,8 @@ impl PathKind {
             PathKind::Nginx => format!("{NODE_IPV4}:18080"),
             PathKind::Haproxy => format!("{NODE_IPV4}:18081"),
             PathKind::Envoy => format!("{NODE_IPV4}:18082"),
+            PathKind::Gateway => format!("{NODE_IPV4}:18443"),
+            PathKind::NginxTls => format!("{NODE_IPV4}:18444"),
         }
     }
 }

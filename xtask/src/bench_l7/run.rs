@@ -82,7 +82,7 @@ impl Bench<'_> {
     /// Runs the load generator from the client pod, inside the test cgroup,
     /// on the client CPU, while counting the proxy's and backend's CPU.
     fn measure(&self, kind: PathKind, proxy_pids: &[u32], load: Load, seconds: u32) -> Result<Run> {
-        let url = format!("http://{}/", kind.target());
+        let url = format!("{}://{}/", kind.scheme(), kind.target());
         let mut cmd = match load {
             Load::Rate(rate) => {
                 let oha = self.tools.oha.clone().map_err(|e| anyhow!("oha unavailable: {e}"))?;
@@ -90,6 +90,10 @@ impl Bench<'_> {
                 cmd.args(["--no-tui", "--output-format", "json", "--wait-ongoing-requests-after-deadline"])
                     .args(["-z", &format!("{seconds}s"), "-c", &self.opts.connections.to_string()])
                     .args(["-q", &rate.to_string(), "--latency-correction", &url]);
+                if kind.scheme() == "https" {
+                    // The bench's own CA; wrk does not verify either.
+                    cmd.arg("--insecure");
+                }
                 cmd
             }
             Load::Max => {
