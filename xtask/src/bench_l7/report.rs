@@ -142,6 +142,7 @@ pub(super) fn render(opts: &Options, tools: &Tools, results: &Results) -> String
         "  on this node; both hops are the kernel's same-node short-circuit (sk_msg), not TCP.",
         "mesh-remote: the same to the backend pod outside the mesh: proxy -> backend is TCP, as to another node.",
         "nginx, haproxy, envoy: client -> that proxy on the node -> backend pod.",
+        "gateway, nginx-tls: HTTPS (keep-alive, TLS terminated) -> mesh-agent gateway or nginx -> backend pod.",
         "x dir: rps and p99 over direct's at the same load. µs/req: the proxy's utime+stime per request.",
         "RSS: the proxy's VmRSS after the run.",
         "",
