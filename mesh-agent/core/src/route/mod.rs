@@ -10,6 +10,7 @@
 //! (`pkg/config/validation`); each module says where it differs and why.
 
 mod cors;
+mod delegate;
 mod destination;
 mod fault;
 mod headers;
@@ -28,6 +29,8 @@ mod validate;
 mod test_support;
 
 pub use cors::CorsPolicy;
+pub(crate) use delegate::{expand as expand_delegations, Target as DelegateTarget};
+pub use delegate::{merge_match_blocks, Delegation};
 pub use destination::{pick_destination, shadow_authority, MirrorPolicy, RouteDestination};
 pub use fault::{Abort, FaultAbort, FaultDecision, FaultDelay, FaultPolicy};
 pub use headers::{HeaderOps, HeaderRules};
