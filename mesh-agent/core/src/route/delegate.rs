@@ -191,7 +191,10 @@ pub(crate) fn merge_rule(root: &api::HttpRoute, child: &api::HttpRoute) -> Optio
 /// Istio's `mergeHTTPMatchRequests`: every delegate block merged with each
 /// root block it does not conflict with; None when one fits within none.
 /// No blocks on either side: the other side's.
-pub fn merge_match_blocks(root: &[HttpMatchRequest], child: &[HttpMatchRequest]) -> Option<Vec<HttpMatchRequest>> {
+pub(crate) fn merge_match_blocks(
+    root: &[HttpMatchRequest],
+    child: &[HttpMatchRequest],
+) -> Option<Vec<HttpMatchRequest>> {
     if root.is_empty() {
         return Some(child.to_vec());
     }

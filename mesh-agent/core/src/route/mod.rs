@@ -29,8 +29,8 @@ mod validate;
 mod test_support;
 
 pub use cors::CorsPolicy;
+pub use delegate::Delegation;
 pub(crate) use delegate::{expand as expand_delegations, Target as DelegateTarget};
-pub use delegate::{merge_match_blocks, Delegation};
 pub use destination::{pick_destination, shadow_authority, MirrorPolicy, RouteDestination};
 pub use fault::{Abort, FaultAbort, FaultDecision, FaultDelay, FaultPolicy};
 pub use headers::{HeaderOps, HeaderRules};
