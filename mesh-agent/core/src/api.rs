@@ -515,6 +515,18 @@ pub struct HttpRoute {
     pub mirrors: Vec<HttpMirrorPolicy>,
     pub cors_policy: Option<CorsPolicy>,
     pub headers: Option<Headers>,
+    /// The VirtualService (one without hosts) whose rules this rule
+    /// stands for, merged with this rule's matches.
+    pub delegate: Option<Delegate>,
+}
+
+/// `http[].delegate`: a VirtualService by name; `namespace` defaults to
+/// the delegating VirtualService's.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct Delegate {
+    pub name: String,
+    pub namespace: Option<String>,
 }
 
 /// `exact`, `prefix` or `regex` (one of them); none set is an empty match.

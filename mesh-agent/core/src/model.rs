@@ -10,7 +10,7 @@ use crate::destination_rule::{self, DestinationRuleModel};
 use crate::field::{parse_port, FieldError};
 // The submodules, not `gateway` itself: its plan reads the model.
 use crate::gateway::object::{validate_gateway, GatewayModel};
-use crate::object::{ObjectKey, Rejection, SourceBatch, SourcedObject, Warning};
+use crate::object::{ObjectKey, Rejection, SourceBatch, SourcedObject, Warning, WarningReason};
 use crate::route::{self, VirtualServiceModel};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -243,6 +243,7 @@ impl Model {
         }
         model.check_rules_against_services(previous, cluster_domain, &mut rejections);
         model.check_virtual_services_against_rules(previous, cluster_domain, &mut rejections);
+        let delegation_warnings = model.expand_delegations(&rejections, cluster_domain);
         model.report_shadowed_hosts(&mut rejections);
         model.fill_unnumbered_slice_ports();
         model.rejections = rejections;
@@ -256,6 +257,7 @@ impl Model {
             .flat_map(|object| crate::warnings::gateway_references(object, &defined))
             .collect();
         model.warnings.extend(missing);
+        model.warnings.extend(delegation_warnings);
         model
     }
 
@@ -435,6 +437,70 @@ impl Model {
                 ))
             })
             .collect()
+    }
+
+    /// Puts the rules of each served delegate in the place of the rules
+    /// delegating to it (for sidecars and gateways alike, as Istio merges
+    /// them before either reads them). Returns the warnings: on a root,
+    /// each delegating rule that routes nothing or a delegate rule left out
+    /// (`rejections` tell a rejected delegate from a missing one); on a
+    /// VirtualService without hosts, that no root uses it.
+    fn expand_delegations(&mut self, rejections: &[Rejection], cluster_domain: &str) -> Vec<Warning> {
+        let key = |(namespace, name): &NsName| ObjectKey {
+            kind: "VirtualService".into(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+        };
+        fn spec_of(object: &SourcedObject) -> Option<&api::VirtualServiceSpec> {
+            match &object.resource {
+                Resource::VirtualService(vs) => Some(&vs.spec),
+                _ => None,
+            }
+        }
+        let mut warnings = Vec::new();
+        let mut used: BTreeSet<NsName> = BTreeSet::new();
+        let mut expanded = Vec::new();
+        for (id, root) in self.virtual_services.iter().filter(|(_, vs)| !vs.delegations.is_empty()) {
+            let raw = &self.accepted[&key(id)];
+            let Some(spec) = spec_of(raw) else { continue };
+            let target = |namespace: &str, name: &str| {
+                let child_id = (namespace.to_owned(), name.to_owned());
+                let child_key = key(&child_id);
+                let served = self.virtual_services.get(&child_id).zip(self.accepted.get(&child_key).and_then(spec_of));
+                match served {
+                    Some((child, child_spec)) => route::DelegateTarget::Served(child, child_spec),
+                    None if rejections.iter().any(|r| {
+                        (r.kind.as_str(), r.namespace.as_str(), r.name.as_str()) == ("VirtualService", namespace, name)
+                    }) =>
+                    {
+                        route::DelegateTarget::Rejected
+                    }
+                    None => route::DelegateTarget::Missing,
+                }
+            };
+            let expansion = route::expand_delegations(root, spec, target, cluster_domain);
+            for (field, message) in expansion.problems {
+                warnings.push(Warning::object(raw, field, message, WarningReason::NotHonoured));
+            }
+            used.extend(expansion.used);
+            expanded.push((id.clone(), expansion.http));
+        }
+        for (id, http) in expanded {
+            if let Some(root) = self.virtual_services.get_mut(&id) {
+                root.http = http;
+            }
+        }
+        let unused = (self.virtual_services.iter()).filter(|(id, vs)| vs.hosts.is_empty() && !used.contains(*id));
+        for (id, _) in unused {
+            let message = crate::warnings::UNUSED_DELEGATE.to_owned();
+            warnings.push(Warning::object(
+                &self.accepted[&key(id)],
+                "spec.hosts".into(),
+                message,
+                WarningReason::NotHonoured,
+            ));
+        }
+        warnings
     }
 
     /// Sidecars apply one VirtualService per host; the others naming it
@@ -1051,6 +1117,37 @@ mod tests {
         assert_eq!(rule(None), "web");
         assert_eq!(model.rule_for_host(web, "front").unwrap().name, "web", "never a selector rule for everyone");
         assert!(model.has_selector_rule("db.else.svc.cluster.local") && !model.has_selector_rule("db.example"));
+    }
+
+    #[test]
+    fn sidecars_route_by_a_delegates_rules_and_follow_its_edits() {
+        let root = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web, namespace: shop}\nspec:\n  hosts: [web]\n  http:\n  - match: [{uri: {prefix: /api}}]\n    delegate: {name: api, namespace: team}\n  - route: [{destination: {host: web}}]\n";
+        let child = |host: &str| {
+            format!("---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: api, namespace: team}}\nspec:\n  http:\n  - match: [{{uri: {{prefix: /api/v2}}}}]\n    route: [{{destination: {{host: {host}}}}}]\n")
+        };
+        let hosts = |model: &Model| -> Vec<String> {
+            let table = route::RouteTable::build(&model.virtual_services);
+            (table.http_routes("web.shop.svc.cluster.local").iter())
+                .map(|r| match &r.action {
+                    RouteAction::Forward(destinations) => destinations[0].host.clone(),
+                    other => panic!("{other:?}"),
+                })
+                .collect()
+        };
+        let model = Model::build(&objects(&format!("{root}{}", child("api-v2"))), vec![], &Model::default(), DOMAIN);
+        assert!(
+            model.rejections.is_empty() && model.warnings.is_empty(),
+            "{:?} {:?}",
+            model.rejections,
+            model.warnings
+        );
+        assert_eq!(hosts(&model), ["api-v2.team.svc.cluster.local", "web.shop.svc.cluster.local"]);
+        // The delegate's edit changes the root's rules; a bad edit keeps the last good delegate.
+        let edited = Model::build(&objects(&format!("{root}{}", child("api-v3"))), vec![], &model, DOMAIN);
+        assert_eq!(hosts(&edited)[0], "api-v3.team.svc.cluster.local");
+        let broken = Model::build(&objects(&format!("{root}{}", child("''"))), vec![], &edited, DOMAIN);
+        assert_eq!(broken.rejections.len(), 1, "{:?}", broken.rejections);
+        assert_eq!(hosts(&broken)[0], "api-v3.team.svc.cluster.local");
     }
 
     #[test]

@@ -49,7 +49,6 @@ pub const HONOURED: &[(&str, &str)] = &[
 
 /// Istio fields the API types do not have, and what happens instead.
 const KNOWN_UNMODELLED: &[(&str, &str, &str)] = &[
-    ("VirtualService", "spec.http[].delegate", "delegate VirtualServices are not supported; this rule does not route"),
     (
         "VirtualService",
         "spec.http[].match[].statPrefix",
@@ -78,6 +77,11 @@ pub const GATEWAY_ISTIO_MUTUAL: &str = "ISTIO_MUTUAL needs the mesh's workload c
 pub const AUTO_PASSTHROUGH: &str = "AUTO_PASSTHROUGH is not supported yet; served as PASSTHROUGH: connections are \
                                     routed by SNI with the tls routes of the VirtualServices bound to the Gateway \
                                     (destinations encoded in the SNI are not read)";
+
+/// A VirtualService without hosts (a delegate) that no served
+/// VirtualService delegates to (the model knows which are).
+pub const UNUSED_DELEGATE: &str = "empty: a delegate VirtualService, used only through another's `delegate`, and no \
+                                   VirtualService (exported to) delegates to it: it routes nothing";
 
 pub const ISTIO_MUTUAL: &str = "ISTIO_MUTUAL: the mesh does not encrypt pod-to-pod traffic yet; requests go in \
                                 plaintext (the rest of the policy applies)";
@@ -339,13 +343,6 @@ fn level(
 
 fn virtual_service(vs: &VirtualService, found: &mut Found) {
     let spec = &vs.spec;
-    if spec.hosts.is_empty() {
-        found.not_honoured(
-            "spec.hosts".into(),
-            "empty: a delegate VirtualService, which only another's `delegate` would use, and delegation is not \
-             supported: it routes nothing",
-        );
-    }
     let namespace = vs.metadata.namespace_or_default();
     let block_gateways = (spec.http.iter().enumerate())
         .flat_map(|(i, r)| r.matches.iter().enumerate().map(move |(j, m)| ("http", i, j, &m.gateways)))
@@ -740,8 +737,9 @@ mod tests {
             "    route: [{destination: {host: web}}]\n",
         ));
         assert_eq!(fields(&text), ["spec.http[0].fault.abort", "spec.http[0].fault.delay"]);
+        // A delegate is warned about by the model, which knows whether one delegates to it.
         let delegate = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: d, namespace: shop}\nspec:\n  http: [{route: [{destination: {host: web}}]}]\n";
-        assert_eq!(fields(delegate), ["spec.hosts"]);
+        assert_eq!(fields(delegate), Vec::<String>::new());
     }
 
     #[test]

@@ -13,6 +13,10 @@
 //! hosts and a VirtualService's meet (the narrower of each pair). Several
 //! VirtualServices for one host merge, their rules in namespace/name order
 //! (Istio merges VirtualServices at gateways, in creation order).
+//!
+//! A VirtualService's `delegate` rules come here already expanded: the
+//! model puts each delegate's rules in their place (see
+//! [`crate::route::Delegation`]), for sidecars and gateways alike.
 
 use super::bind::{gateway_rules, intersect_hosts, narrow_sni, GatewayRules};
 use super::object::{can_share, GatewayModel};

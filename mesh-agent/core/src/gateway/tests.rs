@@ -770,3 +770,146 @@ fn tcp_blocks_at_a_gateway_keep_only_their_port() {
     assert_eq!(block.port, Some(5432));
     assert!(block.destination_subnets.is_empty() && block.source_subnet.is_none() && block.source_labels.is_empty());
 }
+
+/// Root `istio-system/bookinfo` for bookinfo.example.com at the ingress:
+/// `/productpage` delegated to `delegate` (its namespace `bookinfo`), the
+/// rest to `web`.
+fn delegating_root(delegate: &str) -> String {
+    vs_yaml(
+        "istio-system",
+        "bookinfo",
+        &format!(
+            concat!(
+                "  hosts: [bookinfo.example.com]\n  gateways: [ingress]\n  http:\n",
+                "  - name: pp\n    match: [{{uri: {{prefix: /productpage}}}}]\n",
+                "    delegate: {{name: {}, namespace: bookinfo}}\n    timeout: 5s\n",
+                "  - name: rest\n    route: [{{destination: {{host: web.shop.svc.cluster.local}}}}]\n",
+            ),
+            delegate
+        ),
+    )
+}
+
+/// `(name, uri prefix or exact path, destination host)` of each rule.
+fn rule_summary(routes: &[crate::route::HttpRoute]) -> Vec<(String, String, String)> {
+    routes
+        .iter()
+        .map(|route| {
+            let uri = route.matches.first().and_then(|m| m.uri.as_ref()).map(|u| match &u.matcher {
+                crate::route::StringMatcher::Exact(path) => format!("={path}"),
+                crate::route::StringMatcher::Prefix(prefix) => prefix.clone(),
+                crate::route::StringMatcher::Regex(pattern) => format!("~{}", pattern.as_str()),
+            });
+            let RouteAction::Forward(destinations) = &route.action else { panic!("{route:?}") };
+            (route.name.clone().unwrap_or_default(), uri.unwrap_or_default(), destinations[0].host.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn a_delegated_rule_routes_by_the_delegates_rules_within_the_roots_match() {
+    let child = vs_yaml(
+        "bookinfo",
+        "productpage",
+        concat!(
+            "  http:\n",
+            "  - name: v1\n    match: [{uri: {prefix: /productpage/v1}, headers: {x-user: {exact: jason}}}]\n",
+            "    route: [{destination: {host: productpage-v1}}]\n",
+            "  - match: [{uri: {prefix: /static}}]\n    route: [{destination: {host: static}}]\n",
+            "  - route: [{destination: {host: productpage}}]\n    timeout: 1s\n",
+        ),
+    );
+    let text = [ingress_gateway("istio-system", "ingress", HTTP80), delegating_root("productpage"), child].concat();
+    let model = model(&text);
+    assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+    let shown: Vec<String> = model.warnings.iter().map(|w| format!("{}/{} {}", w.namespace, w.name, w.field)).collect();
+    assert_eq!(
+        shown,
+        ["istio-system/bookinfo spec.http[0].delegate"],
+        "the delegate rule outside /productpage is reported on the root; the used delegate is not warned about"
+    );
+    assert!(model.warnings[0].message.contains("rule 1 of VirtualService bookinfo/productpage is left out"));
+    let plan = GatewayPlan::compile(&model, &ingress(), DOMAIN);
+    let listener = &plan.listeners[0];
+    let (_, host) = listener.route(None, "bookinfo.example.com").expect("routed");
+    assert_eq!(host.virtual_services, ["istio-system/bookinfo"]);
+    assert_eq!(
+        rule_summary(&host.routes),
+        [
+            ("pp-v1".into(), "/productpage/v1".into(), "productpage-v1.bookinfo.svc.cluster.local".into()),
+            ("pp".into(), "/productpage".into(), "productpage.bookinfo.svc.cluster.local".into()),
+            ("rest".into(), String::new(), "web.shop.svc.cluster.local".into()),
+        ],
+        "the delegate's short names resolve in its namespace; an unmatched delegate rule takes the root's match"
+    );
+    assert_eq!(host.routes[0].matches[0].headers.len(), 1, "the delegate's header condition stays");
+    let timeouts: Vec<Option<u64>> = host.routes.iter().map(|r| r.timeout.map(|t| t.as_secs())).collect();
+    assert_eq!(timeouts, [Some(5), Some(1), None], "the root rule's timeout where the delegate sets none");
+}
+
+#[test]
+fn a_missing_delegate_is_reported_on_the_root_which_keeps_its_other_rules() {
+    let text = [ingress_gateway("istio-system", "ingress", HTTP80), delegating_root("nowhere")].concat();
+    let model = model(&text);
+    assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+    let warnings: Vec<String> = model.warnings.iter().map(ToString::to_string).collect();
+    assert_eq!(
+        warnings,
+        ["t.yaml: VirtualService istio-system/bookinfo: spec.http[0].delegate: no VirtualService \
+             bookinfo/nowhere exists: this rule routes nothing"]
+    );
+    let plan = GatewayPlan::compile(&model, &ingress(), DOMAIN);
+    let (_, host) = plan.listeners[0].route(None, "bookinfo.example.com").expect("routed");
+    assert_eq!(rule_summary(&host.routes), [("rest".into(), String::new(), "web.shop.svc.cluster.local".into())]);
+}
+
+#[test]
+fn a_delegate_that_delegates_again_or_has_hosts_stands_for_nothing() {
+    // One level only: Istio rejects a delegate that delegates.
+    let again = vs_yaml(
+        "bookinfo",
+        "productpage",
+        "  http:\n  - delegate: {name: deeper}\n  - route: [{destination: {host: productpage}}]\n",
+    );
+    let text = [ingress_gateway("istio-system", "ingress", HTTP80), delegating_root("productpage"), again].concat();
+    let first = model(&text);
+    let rejected: Vec<(&str, &str)> = first.rejections.iter().map(|r| (r.name.as_str(), r.field.as_str())).collect();
+    assert_eq!(rejected, [("productpage", "spec.http[0].delegate")]);
+    let warned: Vec<(&str, &str)> = first.warnings.iter().map(|w| (w.name.as_str(), w.field.as_str())).collect();
+    assert_eq!(warned, [("bookinfo", "spec.http[0].delegate")]);
+    assert!(first.warnings[0].message.contains("bookinfo/productpage is rejected"), "{}", first.warnings[0].message);
+    let plan = GatewayPlan::compile(&first, &ingress(), DOMAIN);
+    let (_, host) = plan.listeners[0].route(None, "bookinfo.example.com").expect("routed");
+    assert_eq!(host.routes.len(), 1, "the root's own rule only");
+
+    // A VirtualService with hosts is no delegate; one without hosts that
+    // nobody delegates to is reported as routing nothing.
+    let with_hosts = vs_yaml(
+        "bookinfo",
+        "productpage",
+        "  hosts: [productpage]\n  http:\n  - route: [{destination: {host: productpage}}]\n",
+    );
+    let unused = vs_yaml("bookinfo", "unused", "  http:\n  - route: [{destination: {host: productpage}}]\n");
+    let text = [ingress_gateway("istio-system", "ingress", HTTP80), delegating_root("productpage"), with_hosts, unused]
+        .concat();
+    let second = model(&text);
+    assert!(second.rejections.is_empty(), "{:?}", second.rejections);
+    let warned: Vec<(&str, &str)> = second.warnings.iter().map(|w| (w.name.as_str(), w.field.as_str())).collect();
+    assert_eq!(warned, [("bookinfo", "spec.http[0].delegate"), ("unused", "spec.hosts")]);
+    assert!(second.warnings[0].message.contains("has hosts"), "{}", second.warnings[0].message);
+    assert_eq!(second.warnings[1].message, crate::warnings::UNUSED_DELEGATE);
+}
+
+#[test]
+fn a_delegate_not_exported_to_the_roots_namespace_stands_for_nothing() {
+    let private = vs_yaml(
+        "bookinfo",
+        "productpage",
+        "  exportTo: ['.']\n  http:\n  - route: [{destination: {host: productpage}}]\n",
+    );
+    let text = [ingress_gateway("istio-system", "ingress", HTTP80), delegating_root("productpage"), private].concat();
+    let model = model(&text);
+    let warned: Vec<(&str, &str)> = model.warnings.iter().map(|w| (w.name.as_str(), w.field.as_str())).collect();
+    assert_eq!(warned, [("bookinfo", "spec.http[0].delegate"), ("productpage", "spec.hosts")]);
+    assert!(model.warnings[0].message.contains("not exported to namespace istio-system"));
+}

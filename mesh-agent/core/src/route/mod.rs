@@ -10,6 +10,7 @@
 //! (`pkg/config/validation`); each module says where it differs and why.
 
 mod cors;
+mod delegate;
 mod destination;
 mod fault;
 mod headers;
@@ -28,6 +29,7 @@ mod validate;
 mod test_support;
 
 pub use cors::CorsPolicy;
+pub(crate) use delegate::{expand as expand_delegations, Target as DelegateTarget};
 pub use destination::{pick_destination, shadow_authority, MirrorPolicy, RouteDestination};
 pub use fault::{Abort, FaultAbort, FaultDecision, FaultDelay, FaultPolicy};
 pub use headers::{HeaderOps, HeaderRules};
@@ -40,4 +42,4 @@ pub use rule::{first_match, HttpRoute, RouteAction};
 pub use string_match::{Pattern, StringMatcher, MAX_REGEX_LENGTH};
 pub(crate) use table::{exported_to, rules_where};
 pub use table::{shadowed_hosts, HostRoutes, RouteTable, ShadowedHost};
-pub use validate::{validate_virtual_service, SubsetRef, VirtualServiceModel};
+pub use validate::{validate_virtual_service, Delegation, SubsetRef, VirtualServiceModel};

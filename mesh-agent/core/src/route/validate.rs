@@ -20,6 +20,19 @@ use crate::host::{
 use serde::Serialize;
 use std::net::IpAddr;
 
+/// A rule of a root VirtualService that delegates.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Delegation {
+    /// Index of the delegating rule in `spec.http`.
+    pub rule: usize,
+    /// Where the delegate's rules go among the root's own rules (before
+    /// the own rule of this index).
+    pub position: usize,
+    pub namespace: String,
+    pub name: String,
+}
+
 /// A VirtualService as the route table uses it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -33,8 +46,14 @@ pub struct VirtualServiceModel {
     /// As written: empty means every namespace.
     pub export_to: Vec<String>,
     /// Rules in spec order, each as written (the route table leaves out
-    /// match blocks meant for gateways only).
+    /// match blocks meant for gateways only). In the model, the rules of
+    /// the delegates stand where the delegating rules are (see
+    /// [`crate::route::Delegation`]); as validated alone, those rules are
+    /// left out.
     pub http: Vec<HttpRoute>,
+    /// The rules with `delegate`, in spec order.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub delegations: Vec<Delegation>,
     pub tcp: Vec<TcpRoute>,
     pub tls: Vec<TlsRoute>,
     /// Every destination subset, for the check against DestinationRules.
@@ -129,9 +148,33 @@ pub fn validate_virtual_service(
         return Err(FieldError::new("spec.http", "a VirtualService needs at least one http, tcp or tls rule"));
     }
     let mut context = Context { namespace, cluster_domain, subset_refs: Vec::new() };
-    let http = (spec.http.iter().enumerate())
-        .map(|(i, rule)| compile_http_route(&Path::new(format!("spec.http[{i}]")), rule, &mut context))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut http = Vec::new();
+    let mut delegations = Vec::new();
+    for (i, rule) in spec.http.iter().enumerate() {
+        let at = Path::new(format!("spec.http[{i}]"));
+        let compiled = compile_http_route(&at, rule, &mut context)?;
+        match &rule.delegate {
+            None => http.push(compiled),
+            Some(delegate) => {
+                if spec.hosts.is_empty() {
+                    return Err(FieldError::new(
+                        at.field("delegate"),
+                        "a delegate VirtualService (no hosts) cannot delegate again: only one level of delegation",
+                    ));
+                }
+                if delegate.name.is_empty() {
+                    return Err(FieldError::new(at.field("delegate.name"), "required"));
+                }
+                let delegate_namespace = delegate.namespace.as_deref().filter(|ns| !ns.is_empty());
+                delegations.push(Delegation {
+                    rule: i,
+                    position: http.len(),
+                    namespace: delegate_namespace.unwrap_or(namespace).to_owned(),
+                    name: delegate.name.clone(),
+                });
+            }
+        }
+    }
     let tcp = (spec.tcp.iter().enumerate())
         .map(|(i, rule)| {
             let at = Path::new(format!("spec.tcp[{i}]"));
@@ -162,6 +205,7 @@ pub fn validate_virtual_service(
         gateways: spec.gateways.clone(),
         export_to: spec.export_to.clone(),
         http,
+        delegations,
         tcp,
         tls,
         subset_refs: context.subset_refs,
@@ -234,7 +278,20 @@ fn hosts_overlap(a: &str, b: &str) -> bool {
     a == b || covers(a, b) || covers(b, a)
 }
 
-/// Istio's rule conflicts, then each part of the rule.
+/// One rule of a delegate merged with the delegating rule (see
+/// [`crate::route::Delegation`]), compiled in the delegate's `namespace`.
+pub(crate) fn compile_merged_rule(
+    at: &Path,
+    spec: &api::HttpRoute,
+    namespace: &str,
+    cluster_domain: &str,
+) -> Result<HttpRoute, FieldError> {
+    compile_http_route(at, spec, &mut Context { namespace, cluster_domain, subset_refs: Vec::new() })
+}
+
+/// Istio's rule conflicts, then each part of the rule. A rule that
+/// delegates compiles without an action (an empty forward): it stands for
+/// its delegate's rules, and only its other parts are checked here.
 fn compile_http_route(at: &Path, spec: &api::HttpRoute, context: &mut Context<'_>) -> Result<HttpRoute, FieldError> {
     check_conflicts(at, spec)?;
     let matches = (spec.matches.iter().enumerate())
@@ -246,6 +303,8 @@ fn compile_http_route(at: &Path, spec: &api::HttpRoute, context: &mut Context<'_
     } else if let Some(direct) = &spec.direct_response {
         let (status, body) = compile_direct_response(&at.child("directResponse"), direct)?;
         RouteAction::DirectResponse { status, body }
+    } else if spec.delegate.is_some() {
+        RouteAction::Forward(Vec::new())
     } else {
         let entries: Vec<_> =
             spec.route.iter().map(|r| (r.destination.as_ref(), r.weight, r.headers.as_ref())).collect();
@@ -279,11 +338,22 @@ fn compile_http_route(at: &Path, spec: &api::HttpRoute, context: &mut Context<'_
 }
 
 /// What one rule cannot combine (Istio's `validateHTTPRouteConflict`).
+/// A rule that delegates may have no route or redirect (its delegate's
+/// rules have them), and nothing else is checked against them, as Istio.
 fn check_conflicts(at: &Path, spec: &api::HttpRoute) -> Result<(), FieldError> {
     let conflict = |field: &str, other: &str| -> Result<(), FieldError> {
         Err(FieldError::new(at.field(field), format!("cannot be combined with {other}")))
     };
     let has_route = !spec.route.is_empty();
+    if spec.delegate.is_some() {
+        if has_route {
+            return conflict("route", "delegate: the delegate's rules route");
+        }
+        if spec.redirect.is_some() {
+            return conflict("redirect", "delegate: the delegate's rules redirect");
+        }
+        return Ok(());
+    }
     if spec.redirect.is_some() {
         if has_route {
             return conflict("redirect", "route");
@@ -413,6 +483,34 @@ mod tests {
         assert_eq!(same.hosts, ["web.shop.svc.cluster.local"]);
         // No hosts: a delegate, which Istio accepts with HTTP rules only.
         assert!(vs(&format!("  hosts: []\n  http:\n{RULE}")).unwrap().hosts.is_empty());
+    }
+
+    #[test]
+    fn a_delegating_rule_has_no_route_of_its_own_and_stands_apart() {
+        let model = vs(concat!(
+            "  hosts: [web]\n  http:\n",
+            "  - route: [{destination: {host: a}}]\n",
+            "  - match: [{uri: {prefix: /p}}]\n    delegate: {name: p}\n    timeout: 2s\n",
+            "  - delegate: {name: q, namespace: other}\n",
+            "  - route: [{destination: {host: b}}]\n",
+        ))
+        .unwrap();
+        assert_eq!(model.http.len(), 2, "validated alone, the delegating rules route nothing");
+        let delegations: Vec<(usize, usize, &str, &str)> =
+            model.delegations.iter().map(|d| (d.rule, d.position, d.namespace.as_str(), d.name.as_str())).collect();
+        assert_eq!(delegations, [(1, 1, "shop", "p"), (2, 1, "other", "q")], "the namespace defaults to its own");
+        let cases = [
+            ("  - delegate: {name: p}\n    route: [{destination: {host: a}}]\n", "spec.http[0].route"),
+            ("  - delegate: {name: p}\n    redirect: {uri: /x}\n", "spec.http[0].redirect"),
+            ("  - delegate: {namespace: x}\n", "spec.http[0].delegate.name"),
+            ("  - delegate: {name: p}\n    timeout: soon\n", "spec.http[0].timeout"),
+        ];
+        for (rule, field) in cases {
+            assert_eq!(error(&format!("  hosts: [web]\n  http:\n{rule}")).field, field, "{rule}");
+        }
+        // One level only.
+        let again = error("  http:\n  - delegate: {name: p}\n");
+        assert_eq!(again.field, "spec.http[0].delegate");
     }
 
     #[test]
