@@ -310,3 +310,33 @@ fn egress_through_the_gateway_with_tls_origination_there() {
         edge.env.agent_log()
     );
 }
+
+#[test]
+fn a_delegated_virtual_service_routes_its_prefix_at_the_gateway() {
+    let edge = Edge::new("gw_delegate");
+    // The root, bound to the gateway, hands /ratings to a VirtualService
+    // without hosts in another namespace (its team's), which picks the
+    // backend; the rest stays the root's.
+    let config = format!(
+        "{GATEWAY}  - port: {{number: 8080, name: http, protocol: HTTP}}\n    hosts: ['*']\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: root, namespace: shop}}\n\
+         spec:\n  hosts: [shop.example.com]\n  gateways: [edge]\n  http:\n\
+         \x20 - match: [{{uri: {{prefix: /ratings}}}}]\n    delegate: {{name: ratings-routes, namespace: team}}\n\
+         \x20 - route: [{{destination: {{host: reviews}}}}]\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ratings-routes, namespace: team}}\n\
+         spec:\n  http:\n\
+         \x20 - match: [{{uri: {{prefix: /ratings/v2}}}}]\n    route: [{{destination: {{host: ratings.shop.svc.cluster.local}}}}]\n\
+         \x20 - route: [{{destination: {{host: reviews.shop.svc.cluster.local}}}}]\n"
+    );
+    let gateway = edge.start(&config);
+    let url = |path: &str| format!("http://{GATEWAY_IP}:8080{path}");
+    let host = ["-H", "Host: shop.example.com"];
+    let (status, out) = edge.get(&url("/ratings/v2/1"), &host);
+    assert_eq!((status, backend(&out)), (200, Some("b2")), "the delegate's rule: {out}\n{}", gateway.log());
+    let (status, out) = edge.get(&url("/ratings/v1"), &host);
+    assert_eq!((status, backend(&out)), (200, Some("b1")), "the delegate's default: {out}");
+    let (status, out) = edge.get(&url("/other"), &host);
+    assert_eq!((status, backend(&out)), (200, Some("b1")), "the root's own rule: {out}");
+    let warnings = gateway.admin_json("/config_dump")["warnings"].clone();
+    assert!(warnings.as_array().is_some_and(|w| w.is_empty()), "a used delegate warns nothing: {warnings}");
+}
