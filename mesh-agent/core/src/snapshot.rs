@@ -317,10 +317,11 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
                 }
                 view_backends.extend(backends);
             }
-            if service.cluster_ips.is_empty() {
-                continue; // headless: nothing to translate
-            }
+            // A headless service has nothing for the kernel to translate,
+            // and no port its rules could miss; the proxies (a gateway, a
+            // route's destination) still reach it by name.
             let path = match (captured, http) {
+                _ if service.cluster_ips.is_empty() => None,
                 (false, _) => Some(PortPath::Kernel),
                 (true, false) => Some(PortPath::TcpProxy),
                 (true, true) => None,
@@ -648,6 +649,17 @@ mod tests {
         // Through the HTTP proxy, they apply: no warning.
         let captured = text.replace("connectTimeout: 2s, ", "").replace("tcp-db", "http-db");
         assert!(compile_yaml(&captured).model.warnings.is_empty(), "{:?}", compile_yaml(&captured).model.warnings);
+    }
+
+    #[test]
+    fn a_headless_service_is_reached_by_name_but_never_translated() {
+        let snapshot = compile_yaml(concat!(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: shop}\n",
+            "spec:\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n",
+        ));
+        assert!(snapshot.frontends.is_empty(), "no address to translate");
+        let index = snapshot.service_index_for_host("ext.shop.svc.cluster.local", 80).expect("by name");
+        assert!(snapshot.services[index].frontends.is_empty());
     }
 
     #[test]
