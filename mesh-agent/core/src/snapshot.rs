@@ -283,6 +283,10 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
                 let family = if ipv6 { FAMILY_V6 } else { FAMILY_V4 };
                 let ips: Vec<IpAddr> = service.cluster_ips.iter().copied().filter(|ip| ip.is_ipv6() == ipv6).collect();
                 if ips.is_empty() {
+                    if service.cluster_ips.is_empty() {
+                        // Headless: its endpoints for the proxies, nothing in the kernel.
+                        view_backends.extend(backends_of(&slices, &pod_labels, service, port, ipv6));
+                    }
                     continue;
                 }
                 let backends = backends_of(&slices, &pod_labels, service, port, ipv6);
@@ -655,11 +659,16 @@ mod tests {
     fn a_headless_service_is_reached_by_name_but_never_translated() {
         let snapshot = compile_yaml(concat!(
             "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: shop}\n",
-            "spec:\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n",
+            "spec:\n  ports:\n  - {name: http, port: 80, targetPort: 8080}\n---\n",
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n",
+            "metadata: {name: ext-1, namespace: shop, labels: {kubernetes.io/service-name: ext}}\n",
+            "addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [203.0.113.10]}]\n",
         ));
         assert!(snapshot.frontends.is_empty(), "no address to translate");
         let index = snapshot.service_index_for_host("ext.shop.svc.cluster.local", 80).expect("by name");
         assert!(snapshot.services[index].frontends.is_empty());
+        assert_eq!(snapshot.services[index].backends.len(), 1, "its endpoints, for the proxies");
+        assert!(snapshot.slots.is_empty(), "nothing in the kernel's maps");
     }
 
     #[test]
