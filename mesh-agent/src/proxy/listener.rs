@@ -60,10 +60,20 @@ impl Proxy {
         access_log: bool,
         header_timeout: Duration,
     ) -> Self {
+        Self::with(published, Some(original_dst), None, access_log, header_timeout)
+    }
+
+    fn with(
+        published: watch::Receiver<Arc<Published>>,
+        original_dst: Option<OriginalDstTable>,
+        gateway: Option<watch::Receiver<Arc<GatewayState>>>,
+        access_log: bool,
+        header_timeout: Duration,
+    ) -> Self {
         Self {
             published,
-            original_dst: Some(original_dst),
-            gateway: None,
+            original_dst,
+            gateway,
             header_timeout,
             dialer: Dialer::default(),
             clusters: Clusters::default(),
@@ -81,18 +91,7 @@ impl Proxy {
         header_timeout: Duration,
     ) -> (Self, watch::Sender<Arc<GatewayState>>) {
         let (state, receiver) = watch::channel(Arc::new(GatewayState::default()));
-        let proxy = Self {
-            published,
-            original_dst: None,
-            gateway: Some(receiver),
-            header_timeout,
-            dialer: Dialer::default(),
-            clusters: Clusters::default(),
-            mirrors: Mirrors::default(),
-            access_log,
-            metrics: ProxyMetrics::default(),
-        };
-        (proxy, state)
+        (Self::with(published, None, Some(receiver), access_log, header_timeout), state)
     }
 
     /// A gateway's listeners (empty on a node).
