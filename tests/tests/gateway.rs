@@ -6,6 +6,7 @@
 use mesh_tests::tls::make_pki;
 use mesh_tests::{wait_until, Pod, TestEnv};
 use serde_json::Value;
+use std::io::Write;
 use std::time::Duration;
 
 const GATEWAY_IP: &str = "10.244.9.2";
@@ -174,7 +175,7 @@ fn https_with_a_certificate_per_host_mutual_tls_and_https_redirect() {
 }
 
 #[test]
-fn a_server_whose_secret_is_missing_fails_alone_and_serves_once_it_appears() {
+fn a_missing_secret_fails_its_server_alone_and_a_rotated_one_keeps_established_connections() {
     let edge = Edge::new("gw_secret");
     let dir = edge.env.config_dir().join("../pki");
     let a = make_pki(&dir.join("a"), &["a.example.com"]).unwrap();
@@ -215,6 +216,32 @@ fn a_server_whose_secret_is_missing_fails_alone_and_serves_once_it_appears() {
         edge.curl(&all).1 == "200"
     });
     assert!(served, "{}", gateway.log());
+
+    // Rotation: a client keeps its connection (and certificate) across a
+    // new certificate, which new handshakes get.
+    let target = format!("{GATEWAY_IP}:8443");
+    let mut kept =
+        edge.env.spawn_probe(&edge.outside, &["tls-keep", "--target", &target, "--sni", "a.example.com", "--ca", &ca]);
+    let first = mesh_tests::read_json_line(&mut kept).unwrap();
+    assert_eq!(first["status"], 200, "{first}");
+    let rotated = make_pki(&dir.join("rotated"), &["a.example.com"]).unwrap();
+    let secret = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: a-cert, namespace: mesh-system}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+        indent(pem(&rotated.server_cert)),
+        indent(pem(&rotated.server_key))
+    );
+    edge.env.write_config("secret.yaml", &secret).unwrap();
+    let new_ca = rotated.ca.display().to_string();
+    let rotated_served = wait_until(Duration::from_secs(10), || {
+        let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}", "https://a.example.com:8443/"];
+        all.extend_from_slice(&args);
+        all.push(&new_ca);
+        edge.curl(&all).1 == "200"
+    });
+    assert!(rotated_served, "new handshakes get the new certificate: {}", gateway.log());
+    kept.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    let second = mesh_tests::read_json_line(&mut kept).unwrap();
+    assert_eq!(second["status"], 200, "the established connection still serves: {second}");
 }
 
 #[test]

@@ -8,6 +8,7 @@
 //! mesh-probe [--cgroup DIR] [--netns PATH] serve-http --listen HOST:PORT --name NAME
 //! mesh-probe [--cgroup DIR] [--netns PATH] raw  --target HOST:PORT --send TEXT [--then TEXT] [--half-close]
 //! mesh-probe [--cgroup DIR] [--netns PATH] grpc --target HOST:PORT [--count N] [--mode ping-pong|client-stream|server-stream]
+//! mesh-probe [--cgroup DIR] [--netns PATH] tls-keep --target HOST:PORT --sni NAME --ca PEM
 //! mesh-probe [--cgroup DIR] [--netns PATH] exec PROGRAM [ARGS..]
 //! ```
 //!
@@ -76,6 +77,7 @@ fn run(args: Vec<String>) -> Result<()> {
         "raw" => raw(&opts),
         "h2" => h2(&opts),
         "tls" => tls(&opts),
+        "tls-keep" => tls_keep(&opts),
         "serve-http" => serve_http(&opts),
         "grpc" => grpc(&opts),
         other => bail!("unknown subcommand {other:?}"),
@@ -599,6 +601,68 @@ fn raw(opts: &Opts) -> Result<()> {
         "closed_by_server": closed,
         "millis": started.elapsed().as_millis() as u64,
     }))
+}
+
+/// Two keep-alive GETs on one TLS connection, the second once a line
+/// arrives on stdin (the test changes something meanwhile): prints a JSON
+/// line after each with the status and the `x-backend` of the answer.
+fn tls_keep(opts: &Opts) -> Result<()> {
+    use rustls::pki_types::pem::PemObject;
+    let target = opts.target()?;
+    let sni = opts.values.get("--sni").cloned().ok_or_else(|| anyhow!("--sni is required"))?;
+    let ca = opts.values.get("--ca").cloned().ok_or_else(|| anyhow!("--ca is required"))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&ca)? {
+        roots.add(cert?)?;
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.clone())?;
+    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
+    let stream = sys::tcp_connect(target, None, CONNECT_TIMEOUT)?;
+    stream.set_read_timeout(Some(TCP_READ_TIMEOUT))?;
+    let mut tls = BufReader::new(rustls::StreamOwned::new(connection, stream));
+    for round in 0..2 {
+        if round == 1 {
+            io::stdin().lock().read_line(&mut String::new())?;
+        }
+        write!(tls.get_mut(), "GET / HTTP/1.1\r\nHost: {sni}\r\n\r\n")?;
+        let (status, headers) = read_response(&mut tls)?;
+        let backend = headers.iter().find(|(k, _)| k == "x-backend").map(|(_, v)| v.clone());
+        emit(&json!({"status": status, "backend": backend}))?;
+    }
+    Ok(())
+}
+
+/// One HTTP/1.1 response of known length from `reader`: the status and
+/// the headers (names lowercased); the body is read and dropped.
+fn read_response(reader: &mut impl BufRead) -> Result<(u16, Vec<(String, String)>)> {
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| anyhow!("bad status line {line:?}"))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        reader.read_line(&mut line)?;
+        let trimmed = line.trim_end();
+        if trimmed.is_empty() {
+            break;
+        }
+        if let Some((name, value)) = trimmed.split_once(':') {
+            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
+        }
+    }
+    let length: u64 =
+        headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
+    io::copy(&mut reader.take(length), &mut io::sink())?;
+    Ok((status, headers))
 }
 
 /// Ping-pong on one gRPC bidirectional stream with a real gRPC client
