@@ -252,24 +252,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             (SourceKind::Files, None) => anyhow::bail!("--source files needs --config-dir"),
         };
-    let (mut reload, published) = ReloadLoop::new(source, Box::new(writer), args.cluster_domain, maps_taken_over);
+    let (reload, published) = ReloadLoop::new(source, Box::new(writer), args.cluster_domain, maps_taken_over);
     // The first configuration goes into the maps before any program can
     // read them. It waits off the runtime, which meanwhile drives the
     // watches it waits for.
     let patience = if kube.is_some() { Duration::from_secs(args.sync_timeout_secs) } else { Duration::ZERO };
-    let reload = runtime.block_on(async move {
-        tokio::task::spawn_blocking(move || {
-            reload.first_load(patience);
-            reload
-        })
-        .await
-    })?;
+    let reload = first_load(&runtime, reload, patience)?;
     let info = dataplane::attach(&mut ebpf, &options, maps_taken_over).context("attaching the kernel programs")?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let reload_thread = {
-        let stop = stop.clone();
-        std::thread::Builder::new().name("reload".into()).spawn(move || reload.run(stop))?
-    };
+    let reloading = Reloading::start(reload)?;
     let header_timeout = std::time::Duration::from_millis(args.header_timeout_ms);
     let proxy = Arc::new(Proxy::new(published.clone(), original_dst, args.access_log, header_timeout));
     let proxy_addrs = proxy_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
@@ -298,14 +288,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     });
 
     runtime.block_on(async {
-        let listener = admin::bind(args.admin).await?;
-        tracing::info!(admin = %args.admin, "admin API listening");
-        let server = tokio::spawn(admin::serve(listener, shared.clone(), admin::Endpoints::All));
-        if let Some(addr) = args.health {
-            let listener = admin::bind(addr).await?;
-            tracing::info!(%addr, "health probes listening");
-            tokio::spawn(admin::serve(listener, shared, admin::Endpoints::HealthOnly));
-        }
+        let server = serve_admin(args.admin, args.health, shared).await?;
         if let Some(writer) = status_writer {
             tokio::spawn(writer.run());
         }
@@ -319,8 +302,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         server.abort();
         anyhow::Ok(())
     })?;
-    stop.store(true, Ordering::Relaxed);
-    let _ = reload_thread.join();
+    reloading.stop();
     // Maps and links stay pinned: connections keep being balanced by the
     // programs until the next agent takes them over.
     tracing::info!("stopped; kernel programs stay attached with the last configuration");
@@ -362,20 +344,10 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             }
             (SourceKind::Files, None) => anyhow::bail!("--source files needs --config-dir"),
         };
-    let (mut reload, published) = ReloadLoop::new(source, Box::new(NoMaps), args.cluster_domain.clone(), false);
+    let (reload, published) = ReloadLoop::new(source, Box::new(NoMaps), args.cluster_domain.clone(), false);
     let patience = if watches.is_some() { Duration::from_secs(30) } else { Duration::ZERO };
-    let reload = runtime.block_on(async move {
-        tokio::task::spawn_blocking(move || {
-            reload.first_load(patience);
-            reload
-        })
-        .await
-    })?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let reload_thread = {
-        let stop = stop.clone();
-        std::thread::Builder::new().name("reload".into()).spawn(move || reload.run(stop))?
-    };
+    let reload = first_load(&runtime, reload, patience)?;
+    let reloading = Reloading::start(reload)?;
     let header_timeout = Duration::from_millis(args.header_timeout_ms);
     let (proxy, state) = Proxy::for_gateway(published.clone(), args.access_log, header_timeout);
     let proxy = Arc::new(proxy);
@@ -398,22 +370,69 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         listen_ip: args.listen_ip,
     };
     runtime.block_on(async {
-        let listener = admin::bind(args.admin).await?;
-        tracing::info!(admin = %args.admin, "admin API listening");
-        let server = tokio::spawn(admin::serve(listener, shared.clone(), admin::Endpoints::All));
-        if let Some(addr) = args.health {
-            let listener = admin::bind(addr).await?;
-            tracing::info!(%addr, "health probes listening");
-            tokio::spawn(admin::serve(listener, shared, admin::Endpoints::HealthOnly));
-        }
+        let server = serve_admin(args.admin, args.health, shared).await?;
         tokio::spawn(proxy::gateway::run(proxy, options, state));
         shutdown_signal().await?;
         server.abort();
         anyhow::Ok(())
     })?;
-    stop.store(true, Ordering::Relaxed);
-    let _ = reload_thread.join();
+    reloading.stop();
     Ok(())
+}
+
+/// The first load of `reload`, waiting up to `patience` for its source to
+/// sync. It runs off the runtime, which meanwhile drives the watches it
+/// waits for.
+fn first_load(
+    runtime: &tokio::runtime::Runtime,
+    mut reload: ReloadLoop,
+    patience: Duration,
+) -> anyhow::Result<ReloadLoop> {
+    let reload = runtime.block_on(async move {
+        tokio::task::spawn_blocking(move || {
+            reload.first_load(patience);
+            reload
+        })
+        .await
+    })?;
+    Ok(reload)
+}
+
+/// The reload loop on a thread of its own, until stopped.
+struct Reloading {
+    stop: Arc<AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl Reloading {
+    fn start(reload: ReloadLoop) -> anyhow::Result<Reloading> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new().name("reload".into()).spawn(move || reload.run(flag))?;
+        Ok(Reloading { stop, thread })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+    }
+}
+
+/// The admin API on `admin`, and the health probes alone on `health`.
+async fn serve_admin(
+    admin: SocketAddr,
+    health: Option<SocketAddr>,
+    shared: Arc<Shared>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = admin::bind(admin).await?;
+    tracing::info!(%admin, "admin API listening");
+    let server = tokio::spawn(admin::serve(listener, shared.clone(), admin::Endpoints::All));
+    if let Some(addr) = health {
+        let listener = admin::bind(addr).await?;
+        tracing::info!(%addr, "health probes listening");
+        tokio::spawn(admin::serve(listener, shared, admin::Endpoints::HealthOnly));
+    }
+    Ok(server)
 }
 
 /// Labels as the downward API writes them: `key="value"` per line.
