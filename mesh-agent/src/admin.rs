@@ -238,13 +238,25 @@ pub fn status_report(shared: &Shared) -> StatusReport {
             warnings: published.snapshot.model.warnings.iter().map(ToString::to_string).collect(),
         },
         kernel_counters: counters.global.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
-        services: published.snapshot.services.iter().map(|s| service_status(s, &counters)).collect(),
+        // A gateway balances no service port in a kernel: its routes say
+        // where requests go (`meshctl routes`).
+        services: match shared.dataplane {
+            Some(_) => published.snapshot.services.iter().map(|s| service_status(s, &counters)).collect(),
+            None => Vec::new(),
+        },
     }
 }
 
 /// The compiled route table per host, and which service ports the kernel
 /// sends to the proxy.
 fn routes(shared: &Shared) -> serde_json::Value {
+    // A gateway routes per listener, by the Gateways that select it.
+    if let Some(state) = shared.proxy.gateway_state() {
+        let listeners: Vec<serde_json::Value> = (state.plan.listeners.iter().zip(&state.bound_ports))
+            .map(|(listener, bound_port)| serde_json::json!({ "bound_port": bound_port, "listener": listener }))
+            .collect();
+        return serde_json::json!({ "listeners": listeners, "skipped_servers": state.plan.skipped });
+    }
     let published = shared.published.borrow().clone();
     let snapshot = &published.snapshot;
     let captured: Vec<String> = snapshot

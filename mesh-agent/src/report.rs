@@ -169,6 +169,9 @@ impl StatusReport {
                 };
                 let _ =
                     writeln!(out, "    {} {} hosts {}{tls}", server.gateway, server.protocol, server.hosts.join(", "));
+                if let Some(certificate) = &server.certificate {
+                    let _ = writeln!(out, "      certificate: {}", certificate.describe(std::time::SystemTime::now()));
+                }
                 for virtual_service in &server.virtual_services {
                     let _ = writeln!(out, "      routes: {virtual_service}");
                 }
@@ -243,6 +246,10 @@ impl StatusReport {
             for warning in &self.config.warnings {
                 let _ = writeln!(out, "    - {warning}");
             }
+        }
+        if self.dataplane.is_none() {
+            // A gateway: no kernel counters, no kernel-balanced services.
+            return out;
         }
         let counters: Vec<String> =
             self.kernel_counters.iter().filter(|(_, v)| **v > 0).map(|(k, v)| format!("{k}={v}")).collect();

@@ -419,6 +419,11 @@ impl Gateway {
     pub fn log(&self) -> String {
         agent::log_tail(&self.log, 200)
     }
+
+    /// `meshctl args...` against this gateway's admin API.
+    pub fn meshctl(&self, args: &[&str]) -> String {
+        meshctl(Some(&self.netns), self.admin, args).unwrap_or_else(|e| panic!("{e:#}"))
+    }
 }
 
 impl Drop for Gateway {
@@ -455,6 +460,24 @@ pub fn probe_bin() -> PathBuf {
 /// The `mesh-agent` binary: `MESH_AGENT_BIN`, else next to the running test.
 pub fn agent_bin() -> PathBuf {
     built_bin("MESH_AGENT_BIN", "mesh-agent")
+}
+
+/// The `meshctl` binary: `MESHCTL_BIN`, else next to the running test.
+pub fn meshctl_bin() -> PathBuf {
+    built_bin("MESHCTL_BIN", "meshctl")
+}
+
+/// Runs `meshctl args... --admin admin` in `netns` (the host's when None);
+/// its stdout, or an error with its stderr when it fails.
+pub fn meshctl(netns: Option<&Path>, admin: SocketAddr, args: &[&str]) -> Result<String> {
+    let run = || std::process::Command::new(meshctl_bin()).args(args).args(["--admin", &admin.to_string()]).output();
+    let output = match netns {
+        Some(netns) => in_netns(netns, run)?,
+        None => run(),
+    }
+    .context("running meshctl")?;
+    anyhow::ensure!(output.status.success(), "meshctl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
 /// `$var`, else the target dir of the running test binary (which honours

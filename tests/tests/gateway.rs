@@ -172,6 +172,20 @@ fn https_with_a_certificate_per_host_mutual_tls_and_https_redirect() {
     let (status, out) = edge.get(&format!("http://{GATEWAY_IP}:8080/x?y=1"), &["-H", "Host: a.example.com"]);
     assert_eq!(status, 301, "{out}");
     assert!(out.to_ascii_lowercase().contains("location: https://a.example.com/x?y=1"), "{out}");
+
+    // Status names each server's certificate and its expiry; routes come
+    // per listener.
+    let text = gateway.meshctl(&["status"]);
+    for host in ["a", "b", "m"] {
+        let line = format!("certificate: CN={host}.example.com [{host}.example.com], expires ");
+        assert!(text.contains(&line), "{line}\n{text}");
+    }
+    assert!(text.contains("tls Mutual") && !text.contains("SERVICE "), "{text}");
+    let routes: Value = serde_json::from_str(&gateway.meshctl(&["routes"])).unwrap();
+    let ports: Vec<&Value> = routes["listeners"].as_array().unwrap().iter().map(|l| &l["listener"]["port"]).collect();
+    assert_eq!(ports, [8080, 8443], "{routes}");
+    let a = &routes["listeners"][1]["listener"]["servers"][0]["virtualHosts"][0];
+    assert_eq!(a["hosts"][0], "a.example.com", "{routes}");
 }
 
 #[test]

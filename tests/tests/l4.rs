@@ -421,12 +421,7 @@ fn a_broken_file_is_rejected_while_the_rest_keeps_serving() {
         == 3));
     assert_eq!(world.tcp("10.96.0.10:80", 10)["ok"], 10, "last good version of web keeps serving");
 
-    let meshctl = std::process::Command::new(meshctl_bin())
-        .args(["status", "--admin", &world.env.admin_addr().to_string()])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&meshctl.stdout);
-    assert!(meshctl.status.success(), "{}", String::from_utf8_lossy(&meshctl.stderr));
+    let text = mesh_tests::meshctl(None, world.env.admin_addr(), &["status"]).unwrap();
     assert!(text.contains("rule.yaml: DestinationRule shop/web: spec.trafficPolicy.loadBalancer.consistentHash.maglev.tableSize: 1000 is not a prime number"), "{text}");
     assert!(text.contains("web.yaml: Service shop/web: spec.ports[0].port"), "{text}");
     assert!(text.contains("shop/web:80"), "{text}");
@@ -516,10 +511,4 @@ fn a_restart_onto_a_broken_config_keeps_what_the_kernel_serves() {
     world.wait_for_backend("10.96.0.10:80", "b2");
     assert!(wait_until(Duration::from_secs(3), || count(&world.tcp("10.96.0.10:80", 20), "b2") == 20));
     assert!(wait_until(Duration::from_secs(3), || errors(&world.tcp("[fd00:96::10]:80", 1), "ENETUNREACH") == 1));
-}
-
-fn meshctl_bin() -> std::path::PathBuf {
-    std::env::var_os("MESHCTL_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/meshctl"))
 }

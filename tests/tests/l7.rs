@@ -405,14 +405,7 @@ fn istio_mutual_routes_in_plaintext_to_the_subset_with_a_visible_warning() {
     assert!(warning["message"].as_str().unwrap().contains("plaintext"), "{warning}");
 
     let netns = world.env.agent_netns();
-    let admin = world.env.admin_addr().to_string();
-    let meshctl = mesh_tests::in_netns(netns.as_deref().expect("the agent runs on the node"), || {
-        std::process::Command::new(meshctl_bin()).args(["status", "--admin", &admin]).output()
-    })
-    .unwrap()
-    .unwrap();
-    let text = String::from_utf8_lossy(&meshctl.stdout);
-    assert!(meshctl.status.success(), "{}", String::from_utf8_lossy(&meshctl.stderr));
+    let text = mesh_tests::meshctl(netns.as_deref(), world.env.admin_addr(), &["status"]).unwrap();
     assert!(text.contains("  warnings (1):\n    - reviews.yaml: DestinationRule shop/reviews: spec.trafficPolicy.tls.mode: ISTIO_MUTUAL: the mesh does not encrypt pod-to-pod traffic yet"), "{text}");
 
     // Logged once, not again when another object changes.
@@ -422,12 +415,6 @@ fn istio_mutual_routes_in_plaintext_to_the_subset_with_a_visible_warning() {
     world.env.write_config("other.yaml", other).unwrap();
     assert!(wait_until(Duration::from_secs(3), || reloads() > before), "no reload");
     assert_eq!(world.env.agent_log().matches("not honoured: ISTIO_MUTUAL").count(), 1, "{}", world.env.agent_log());
-}
-
-fn meshctl_bin() -> std::path::PathBuf {
-    std::env::var_os("MESHCTL_BIN")
-        .map(Into::into)
-        .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/meshctl"))
 }
 
 #[test]

@@ -12,6 +12,7 @@ use crate::field::{parse_port, FieldError};
 use crate::gateway::object::{validate_gateway, GatewayModel};
 use crate::object::{ObjectKey, Rejection, SourceBatch, SourcedObject, Warning, WarningReason};
 use crate::route::{self, VirtualServiceModel};
+use crate::warnings::GatewayPresence;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -248,17 +249,44 @@ impl Model {
         model.fill_unnumbered_slice_ports();
         model.rejections = rejections;
         model.warnings = model.accepted.values().flat_map(crate::warnings::of_object).collect();
-        let defined = |gateway: &str| {
-            gateway
-                .split_once('/')
-                .is_some_and(|(ns, name)| model.gateways.contains_key(&(ns.to_owned(), name.to_owned())))
-        };
-        let missing: Vec<Warning> = (model.accepted.values())
-            .flat_map(|object| crate::warnings::gateway_references(object, &defined))
-            .collect();
+        let (missing, unserved) = model.gateway_reference_warnings();
+        model.warnings.extend(unserved);
         model.warnings.extend(missing);
         model.warnings.extend(delegation_warnings);
         model
+    }
+
+    /// Warnings for VirtualServices bound to a Gateway that does not exist
+    /// or that no gateway workload serves, and for those Gateways. Whether
+    /// a gateway workload exists is judged only when the source lists pods
+    /// (the API server always does; a directory when it holds Pods).
+    fn gateway_reference_warnings(&self) -> (Vec<Warning>, Vec<Warning>) {
+        let pods_known = !self.pods.is_empty();
+        let unserved =
+            |gateway: &GatewayModel| pods_known && !self.pods.values().any(|pod| gateway.selects(&pod.labels));
+        let lookup = |gateway: &str| {
+            let Some((namespace, name)) = gateway.split_once('/') else { return GatewayPresence::Missing };
+            match self.gateways.get(&(namespace.to_owned(), name.to_owned())) {
+                None => GatewayPresence::Missing,
+                Some(model) if unserved(model) => GatewayPresence::Unserved { selector: model.selector_text() },
+                Some(_) => GatewayPresence::Served,
+            }
+        };
+        let references =
+            (self.accepted.values()).flat_map(|object| crate::warnings::gateway_references(object, &lookup)).collect();
+        let gateways = (self.gateways.values())
+            .filter(|gateway| unserved(gateway))
+            .filter_map(|gateway| {
+                let key = ObjectKey {
+                    kind: "Gateway".into(),
+                    namespace: gateway.namespace.clone(),
+                    name: gateway.name.clone(),
+                };
+                let object = self.accepted.get(&key)?;
+                Some(crate::warnings::gateway_unserved(object, &gateway.selector_text()))
+            })
+            .collect();
+        (references, gateways)
     }
 
     /// The `metadata.generation` of the version of `key` that serves.

@@ -507,21 +507,53 @@ fn bound_to(bound: &[String], gateway: &str, namespace: &str) -> bool {
     bound.iter().any(|g| resolve_gateway(g, namespace) == gateway)
 }
 
+/// What the model knows of a Gateway a VirtualService names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GatewayPresence {
+    /// No Gateway object of that `namespace/name`.
+    Missing,
+    /// Defined, but no pod the source lists carries its selector's labels
+    /// (`selector` as `key=value,...`): no gateway process applies it.
+    Unserved { selector: String },
+    /// Defined, and a gateway workload (or an unknown set of pods) may
+    /// apply it.
+    Served,
+}
+
 /// A VirtualService (served as `object`) naming in `spec.gateways` a
-/// Gateway that no Gateway object `defines` (by `namespace/name`).
-pub fn gateway_references(object: &SourcedObject, defines: &dyn Fn(&str) -> bool) -> Vec<Warning> {
+/// Gateway that no Gateway object defines, or that no gateway workload
+/// serves, as `lookup` (by `namespace/name`) finds it.
+pub fn gateway_references(object: &SourcedObject, lookup: &dyn Fn(&str) -> GatewayPresence) -> Vec<Warning> {
     let Resource::VirtualService(vs) = &object.resource else { return Vec::new() };
     let namespace = vs.metadata.namespace_or_default();
     (vs.spec.gateways.iter().enumerate())
         .map(|(i, gateway)| (i, resolve_gateway(gateway, namespace)))
-        .filter(|(_, gateway)| gateway != MESH_GATEWAY && !defines(gateway))
-        .map(|(i, gateway)| {
-            let message = format!(
-                "no Gateway {gateway} exists; no gateway applies this VirtualService there until one is defined"
-            );
-            Warning::object(object, format!("spec.gateways[{i}]"), message, WarningReason::NotHonoured)
+        .filter(|(_, gateway)| gateway != MESH_GATEWAY)
+        .filter_map(|(i, gateway)| {
+            let message = match lookup(&gateway) {
+                GatewayPresence::Served => return None,
+                GatewayPresence::Missing => format!(
+                    "no Gateway {gateway} exists; no gateway applies this VirtualService there until one is defined"
+                ),
+                GatewayPresence::Unserved { selector } => format!(
+                    "no gateway workload serves Gateway {gateway}: no pod has its selector's labels ({selector}), \
+                     so no gateway applies this VirtualService there"
+                ),
+            };
+            Some(Warning::object(object, format!("spec.gateways[{i}]"), message, WarningReason::NotHonoured))
         })
         .collect()
+}
+
+/// A Gateway (served as `object`) whose selector no pod matches, said on
+/// its selector: nothing serves it (Istio's analyzer says the same as
+/// IST0101).
+pub fn gateway_unserved(object: &SourcedObject, selector: &str) -> Warning {
+    let message = format!(
+        "no pod has the labels {selector}: no gateway workload applies this Gateway (run `mesh-agent gateway` \
+         with these labels)"
+    );
+    Warning::object(object, "spec.selector".into(), message, WarningReason::NotHonoured)
 }
 
 /// How the connections to a TCP service port are served, when not by the
@@ -822,9 +854,13 @@ mod tests {
         assert!(found[0].1.contains("not bound to shop/ingress"), "{}", found[0].1);
         // Which of the bound ones exist is the model's to say.
         let objects = parse_file("w.yaml", &text).unwrap();
-        let defined = |gateway: &str| gateway == "istio-system/ingress";
+        let lookup = |gateway: &str| match gateway {
+            "istio-system/ingress" => GatewayPresence::Served,
+            "shop/egress" => GatewayPresence::Unserved { selector: "istio=egressgateway".into() },
+            _ => GatewayPresence::Missing,
+        };
         let missing: Vec<(String, String)> =
-            gateway_references(&objects[0], &defined).into_iter().map(|w| (w.field, w.message)).collect();
+            gateway_references(&objects[0], &lookup).into_iter().map(|w| (w.field, w.message)).collect();
         assert_eq!(
             missing,
             [
@@ -835,7 +871,8 @@ mod tests {
                 ),
                 (
                     "spec.gateways[3]".to_owned(),
-                    "no Gateway shop/egress exists; no gateway applies this VirtualService there until one is defined"
+                    "no gateway workload serves Gateway shop/egress: no pod has its selector's labels \
+                     (istio=egressgateway), so no gateway applies this VirtualService there"
                         .to_owned()
                 ),
             ]

@@ -29,7 +29,7 @@ enum Command {
     /// The agent's config dump (JSON).
     ConfigDump,
     /// The compiled HTTP/TCP/TLS route table per host (JSON), and which
-    /// service ports go through the proxy.
+    /// service ports go through the proxy; at a gateway, per listener.
     Routes,
 }
 

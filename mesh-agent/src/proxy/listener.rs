@@ -96,7 +96,12 @@ impl Proxy {
 
     /// A gateway's listeners (empty on a node).
     pub fn gateway_listeners(&self) -> Vec<ListenerStatus> {
-        self.gateway.as_ref().map(|state| state.borrow().listeners()).unwrap_or_default()
+        self.gateway_state().map(|state| state.listeners()).unwrap_or_default()
+    }
+
+    /// What a gateway's listeners serve now (None on a node).
+    pub fn gateway_state(&self) -> Option<Arc<GatewayState>> {
+        self.gateway.as_ref().map(|state| state.borrow().clone())
     }
 
     /// Upstream endpoints with their requests in flight and HTTP/2 state.

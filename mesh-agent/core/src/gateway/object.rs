@@ -27,6 +27,12 @@ impl GatewayModel {
         self.selector.iter().all(|(key, value)| labels.get(key) == Some(value))
     }
 
+    /// The selector as `key=value,...`, for messages.
+    pub fn selector_text(&self) -> String {
+        let pairs: Vec<String> = self.selector.iter().map(|(key, value)| format!("{key}={value}")).collect();
+        pairs.join(",")
+    }
+
     /// `namespace/name`, as VirtualServices name it.
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)

@@ -913,3 +913,33 @@ fn a_delegate_not_exported_to_the_roots_namespace_stands_for_nothing() {
     assert_eq!(warned, [("bookinfo", "spec.http[0].delegate"), ("productpage", "spec.hosts")]);
     assert!(model.warnings[0].message.contains("not exported to namespace istio-system"));
 }
+
+#[test]
+fn a_gateway_no_pod_serves_is_said_on_it_and_on_its_virtual_services_once_pods_are_known() {
+    let pod = |name: &str, labels: &str| {
+        format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: istio-system, labels: {labels}}}\nstatus: {{podIP: 10.0.0.9}}\n")
+    };
+    let egress =
+        gateway_yaml("istio-system", "egress", &format!("  selector: {{istio: egressgateway}}\n  servers:\n{HTTP80}"));
+    let objects = [
+        ingress_gateway("istio-system", "ingress", HTTP80),
+        egress,
+        bound_vs("shop", "web", "[web.example.com]", "[istio-system/ingress, istio-system/egress]"),
+    ]
+    .concat();
+    let said = |model: &Model| -> Vec<(String, String, String)> {
+        (model.warnings.iter())
+            .map(|w| (format!("{}/{}", w.kind, w.name), w.field.clone(), w.message.clone()))
+            .collect()
+    };
+    // A directory that lists no pods says nothing of who serves.
+    assert_eq!(said(&model(&objects)), []);
+    let with_ingress = format!("{objects}{}", pod("ingress-1", "{istio: ingressgateway, app: x}"));
+    let found = said(&model(&with_ingress));
+    let fields: Vec<(&str, &str)> = found.iter().map(|(object, field, _)| (object.as_str(), field.as_str())).collect();
+    assert_eq!(fields, [("Gateway/egress", "spec.selector"), ("VirtualService/web", "spec.gateways[1]")]);
+    assert!(found[0].2.contains("istio=egressgateway"), "{}", found[0].2);
+    assert!(found[1].2.contains("no gateway workload serves Gateway istio-system/egress"), "{}", found[1].2);
+    let both = format!("{with_ingress}{}", pod("egress-1", "{istio: egressgateway}"));
+    assert_eq!(said(&model(&both)), []);
+}

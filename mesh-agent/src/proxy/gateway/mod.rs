@@ -124,8 +124,8 @@ async fn serve(
         proxy.relay_at_gateway(stream, peer, local, bound, sni.as_deref(), hello).await;
         return;
     }
-    let Some(Ok(config)) = state.tls.get(&(index, server)) else { return };
-    let accept = tokio_rustls::TlsAcceptor::from(config.clone()).accept(Rewind::new(hello.into(), stream));
+    let Some(Ok(serving)) = state.tls.get(&(index, server)) else { return };
+    let accept = tokio_rustls::TlsAcceptor::from(serving.config.clone()).accept(Rewind::new(hello.into(), stream));
     let Ok(Ok(tls)) = tokio::time::timeout(proxy.header_timeout, accept).await else { return };
     if !client_names_fit(bound, tls.get_ref().1.peer_certificates()) {
         tracing::debug!(%peer, "client certificate names none of subjectAltNames");

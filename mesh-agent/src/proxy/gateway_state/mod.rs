@@ -4,18 +4,18 @@
 //! server's configuration (its certificate from files or a Secret). The
 //! gateway's listeners (`proxy::gateway`) and its request routing read it.
 
+mod certificate;
 mod tls;
 
-pub use tls::names_one_of;
+pub use certificate::CertificateSummary;
+pub use tls::{names_one_of, ServingTls};
 
 use mesh_core::gateway::{GatewayPlan, Listener, ListenerKind};
 use mesh_core::model::ServiceModel;
 use mesh_core::published::Published;
-use rustls::ServerConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
-use std::sync::Arc;
 
 /// What the gateway's listeners serve now.
 #[derive(Default)]
@@ -28,7 +28,7 @@ pub struct GatewayState {
     /// Each TLS-terminating server's configuration, by listener and server
     /// index; a server whose certificate is missing or broken has an error
     /// here (its handshakes fail) while the others serve.
-    pub tls: HashMap<(usize, usize), Result<Arc<ServerConfig>, String>>,
+    pub tls: HashMap<(usize, usize), Result<ServingTls, String>>,
 }
 
 /// A gateway process's identity and where it listens.
@@ -101,6 +101,9 @@ pub struct ServerStatus {
     pub tls_mode: Option<String>,
     /// Why the server's TLS cannot serve (a missing Secret, say).
     pub tls_error: Option<String>,
+    /// The certificate it serves, when it terminates TLS.
+    #[serde(default)]
+    pub certificate: Option<CertificateSummary>,
     /// `namespace/name` of each bound VirtualService, with its hosts.
     pub virtual_services: Vec<String>,
 }
@@ -122,6 +125,9 @@ impl GatewayState {
                         protocol: format!("{:?}", bound.server.protocol),
                         tls_mode: bound.server.tls.as_ref().map(|tls| format!("{:?}", tls.mode)),
                         tls_error: self.tls.get(&(position, index)).and_then(|c| c.as_ref().err().cloned()),
+                        certificate: (self.tls.get(&(position, index)))
+                            .and_then(|c| c.as_ref().ok())
+                            .and_then(|serving| serving.certificate.clone()),
                         virtual_services: (bound.virtual_hosts.iter())
                             .map(|v| format!("{}/{} {:?}", v.namespace, v.name, v.hosts))
                             .collect(),

@@ -7,6 +7,7 @@
 //! rustls goes (TLS 1.2 and 1.3), and `cipherSuites` for TLS 1.2. ALPN
 //! offers h2 and http/1.1.
 
+use super::certificate::CertificateSummary;
 use crate::proxy::upstream::tls::{file_material, secret_material, TlsError, TlsMaterial};
 use mesh_core::gateway::{cipher_names, ServerCertificate, ServerTls, ServerTlsMode, TlsVersion};
 use mesh_core::model::SecretModel;
@@ -17,13 +18,21 @@ use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+/// A TLS-terminating server's configuration, and what status says of its
+/// certificate.
+pub struct ServingTls {
+    pub config: Arc<ServerConfig>,
+    /// None when the leaf parses for rustls but not for the summary.
+    pub certificate: Option<CertificateSummary>,
+}
+
 /// The server configuration for `tls`, whose `credentialName` Secret is
 /// read in `namespace` (the gateway workload's, as Istio reads it).
 pub fn server_config(
     tls: &ServerTls,
     namespace: &str,
     secrets: &BTreeMap<(String, String), SecretModel>,
-) -> Result<Arc<ServerConfig>, TlsError> {
+) -> Result<ServingTls, TlsError> {
     let material = match &tls.certificate {
         Some(ServerCertificate::Secret { name, .. }) => secret_material(namespace, name, secrets)?,
         Some(ServerCertificate::Files { cert, key, ca }) => file_material(ca.as_deref(), Some(cert), Some(key))?,
@@ -55,9 +64,10 @@ pub fn server_config(
         }
         _ => builder.with_no_client_auth(),
     };
+    let certificate = CertificateSummary::of(&chain[0]).ok();
     let mut config = builder.with_single_cert(chain, key).map_err(|e| pem_error(e.to_string()))?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(Arc::new(config))
+    Ok(ServingTls { config: Arc::new(config), certificate })
 }
 
 /// ring's suites; with `cipherSuites`, only the TLS 1.2 ones named (by
