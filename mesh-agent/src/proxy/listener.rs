@@ -124,6 +124,21 @@ fn workload_name(pod: &PodModel) -> String {
         .unwrap_or_else(|| pod.name.clone())
 }
 
+/// A captured connection from `pod` (when known) at `peer`, going to
+/// `original`.
+fn connection_of(pod: Option<&PodModel>, peer: SocketAddr, original: SocketAddr) -> Connection {
+    Connection {
+        peer,
+        original,
+        source_workload: pod.map(workload_name).unwrap_or_else(|| "unknown".into()),
+        source_namespace: pod.map(|p| p.namespace.clone()).unwrap_or_else(|| "unknown".into()),
+        source: pod.map(|p| (p.labels.clone(), p.namespace.clone())),
+        scheme: "http",
+        entry: Entry::Captured,
+        series: Default::default(),
+    }
+}
+
 /// The pod a captured connection comes from, by its address.
 pub(super) fn source_pod(snapshot: &Snapshot, peer: SocketAddr) -> Option<&PodModel> {
     let peer_ip = match peer.ip() {
@@ -200,24 +215,33 @@ impl Proxy {
             return;
         }
         let pod = source_pod(&snapshot, peer);
-        let connection = Arc::new(Connection {
-            peer,
-            original,
-            source_workload: pod.map(workload_name).unwrap_or_else(|| "unknown".into()),
-            source_namespace: pod.map(|p| p.namespace.clone()).unwrap_or_else(|| "unknown".into()),
-            source: pod.map(|p| (p.labels.clone(), p.namespace.clone())),
-            scheme: "http",
-            entry: Entry::Captured,
-            series: Default::default(),
-        });
-        let stream = match server::serve(stream, self.header_timeout, |request| self.handle(&connection, request)).await
-        {
-            Served::Closed => return,
-            Served::HandOff(stream) => stream,
-        };
-        let proxy = self.clone();
+        self.serve_http(Arc::new(connection_of(pod, peer, original)), stream).await;
+    }
+
+    /// Serves HTTP on a client connection: plain HTTP/1.1 requests on our
+    /// fast path, and from the first request that is anything else on,
+    /// hyper's server (HTTP/1.x, h2c, upgrades).
+    pub(super) async fn serve_http<IO>(self: Arc<Self>, connection: Arc<Connection>, io: IO)
+    where
+        IO: server::ClientIo + Send + 'static,
+    {
+        let served = server::serve(io, self.header_timeout, |request| self.handle(&connection, request)).await;
+        match served {
+            Served::Closed => {}
+            Served::HandOff(rewind) => self.serve_with_hyper(connection, rewind).await,
+        }
+    }
+
+    /// Serves a client connection with hyper's server: HTTP/1.x, or HTTP/2
+    /// by its preface (h2c, or h2 as ALPN chose).
+    pub(super) async fn serve_with_hyper<IO>(self: Arc<Self>, connection: Arc<Connection>, io: IO)
+    where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let peer = connection.peer;
+        let header_timeout = self.header_timeout;
         let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-            let (proxy, connection) = (proxy.clone(), connection.clone());
+            let (proxy, connection) = (self.clone(), connection.clone());
             let request = request.map(ClientBody::Hyper);
             async move { Ok::<_, std::convert::Infallible>(proxy.handle(&connection, request).await) }
         });
@@ -225,14 +249,14 @@ impl Proxy {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(self.header_timeout)
+            .header_read_timeout(header_timeout)
             // A client that shuts its sending side down after its request
             // still gets the response (as on the plain path).
             .half_close(true)
             .max_buf_size(MAX_HEAD_BYTES)
             .max_headers(MAX_FIELDS);
         builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);
-        if let Err(error) = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await {
+        if let Err(error) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
             tracing::debug!(%peer, %error, "client connection ended with an error");
         }
     }

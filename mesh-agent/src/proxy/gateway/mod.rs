@@ -12,12 +12,10 @@
 //! finish. A changed certificate (a rotated Secret) serves new handshakes
 //! at once; established connections keep theirs.
 
-use super::body::ClientBody;
 use super::gateway_state::{names_one_of, GatewayOptions, GatewayState};
 use super::http1::server::Rewind;
 use super::listener::{Connection, Entry, Proxy};
 use super::tcp::{read_client_hello, CLIENT_HELLO_TIMEOUT};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::gateway::{BoundServer, ListenerKind, ServerTlsMode};
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
@@ -102,7 +100,7 @@ async fn serve(
         match listener.kind {
             ListenerKind::Http => {
                 let connection = Connection::at_gateway(peer, local, None, "http");
-                serve_http(proxy, connection, TokioIo::new(stream)).await;
+                proxy.serve_http(Arc::new(connection), stream).await;
             }
             _ => {
                 let Some(server) = listener.servers.iter().find(|s| !s.tcp.is_empty()) else { return };
@@ -135,8 +133,13 @@ async fn serve(
         proxy.relay_at_gateway(tls, peer, local, bound, None, Vec::new()).await;
         return;
     }
-    let connection = Connection::at_gateway(peer, local, Some(server), "https");
-    serve_http(proxy, connection, TokioIo::new(tls)).await;
+    let connection = Arc::new(Connection::at_gateway(peer, local, Some(server), "https"));
+    // HTTP/2 as ALPN chose goes to hyper at once; HTTP/1.1 takes the fast
+    // path first, as on a node.
+    match tls.get_ref().1.alpn_protocol() {
+        Some(b"h2") => proxy.serve_with_hyper(connection, tls).await,
+        _ => proxy.serve_http(connection, tls).await,
+    }
 }
 
 /// Whether a client's certificate names one of the server's
@@ -150,28 +153,6 @@ fn client_names_fit(bound: &BoundServer, chain: Option<&[rustls::pki_types::Cert
     match chain.and_then(|chain| chain.first()) {
         Some(leaf) => names_one_of(leaf, &settings.subject_alt_names),
         None => settings.mode == ServerTlsMode::OptionalMutual,
-    }
-}
-
-/// HTTP/1.1 and HTTP/2 (by ALPN, or h2c by its preface) on a gateway
-/// connection.
-async fn serve_http<I>(proxy: Arc<Proxy>, connection: Connection, io: TokioIo<I>)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let connection = Arc::new(connection);
-    let peer = connection.peer;
-    let handler = proxy.clone();
-    let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
-        let (proxy, connection) = (handler.clone(), connection.clone());
-        let request = request.map(ClientBody::Hyper);
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(&connection, request).await) }
-    });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(proxy.header_timeout).half_close(true);
-    builder.http2().timer(TokioTimer::new());
-    if let Err(error) = builder.serve_connection_with_upgrades(io, service).await {
-        tracing::debug!(%peer, %error, "gateway client connection ended with an error");
     }
 }
 

@@ -37,12 +37,43 @@ const WRITE_GATHER_BYTES: usize = 64 * 1024;
 const WRITE_KEPT_BYTES: usize = 4 * 1024;
 
 /// How serving a connection here ended.
-pub enum Served {
+pub enum Served<IO> {
     /// The connection is done (closed by either side, or broken).
     Closed,
     /// The next request is not one for this path: hyper takes the
     /// connection, with what was read of that request.
-    HandOff(Rewind),
+    HandOff(Rewind<IO>),
+}
+
+/// A client connection this path serves: a TCP stream, or TLS over one.
+pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {
+    /// While a request is handled: what the client sends (appended to
+    /// `read`; 0 when it shut its sending side down), Pending while it
+    /// sends nothing.
+    fn poll_client(&mut self, cx: &mut Context<'_>, read: &mut BytesMut) -> Poll<std::io::Result<usize>>;
+}
+
+impl ClientIo for TcpStream {
+    /// Only readiness is watched: no room is made in the buffer (whose
+    /// front the request may still hold) unless the client sends.
+    fn poll_client(&mut self, cx: &mut Context<'_>, read: &mut BytesMut) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.poll_read_ready(cx))?;
+            read.reserve(READ_RESERVE);
+            match self.try_read_buf(read) {
+                Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin> ClientIo for tokio_rustls::server::TlsStream<IO> {
+    /// Records must be decrypted to tell data from a close: they are read.
+    fn poll_client(&mut self, cx: &mut Context<'_>, read: &mut BytesMut) -> Poll<std::io::Result<usize>> {
+        read.reserve(READ_RESERVE);
+        tokio_util::io::poll_read_buf(Pin::new(self), cx, read)
+    }
 }
 
 /// A request head found at the front of the read buffer.
@@ -68,8 +99,9 @@ struct PlainHead {
 /// Serves plain HTTP/1.1 requests with `handle` until the connection ends or
 /// a request is not plain. The header timeout runs from the moment a request
 /// is awaited (a keep-alive connection's idle time counts, as with hyper).
-pub async fn serve<H, F>(mut io: TcpStream, header_timeout: Duration, handle: H) -> Served
+pub async fn serve<IO, H, F>(mut io: IO, header_timeout: Duration, handle: H) -> Served<IO>
 where
+    IO: ClientIo,
     H: Fn(Request<ClientBody>) -> F,
     F: Future<Output = Response<ProxyBody>>,
 {
@@ -127,7 +159,7 @@ where
         let handling = std::pin::pin!(handle(request));
         let mut half_closed = false;
         let response = match read.is_empty() {
-            true => match until_client_leaves(&io, &mut read, &mut half_closed, handling).await {
+            true => match until_client_leaves(&mut io, &mut read, &mut half_closed, handling).await {
                 Some(response) => response,
                 // The client is gone: the request is dropped, with its
                 // upstream exchange and its admission, as hyper does.
@@ -153,43 +185,32 @@ where
 /// What woke a connection whose request is being handled.
 enum Woken {
     Answered(Response<ProxyBody>),
-    /// The client sent something, or closed.
-    Readable(std::io::Result<()>),
+    /// The client sent something (0 bytes: it closed its sending side), or
+    /// the connection broke.
+    Sent(std::io::Result<usize>),
 }
 
 /// The handler's response, or None when the client resets the connection
 /// first. Bytes the client sends meanwhile (a pipelined request) are kept.
 /// A client that only shuts its sending side down (`half_closed` is set)
-/// may still be reading: its response is awaited. Only readiness is
-/// watched: nothing is read, and no room made in the buffer (whose front
-/// the request still holds), unless the client sends.
-async fn until_client_leaves<F: Future<Output = Response<ProxyBody>>>(
-    io: &TcpStream,
+/// may still be reading: its response is awaited.
+async fn until_client_leaves<IO: ClientIo, F: Future<Output = Response<ProxyBody>>>(
+    io: &mut IO,
     read: &mut BytesMut,
     half_closed: &mut bool,
     mut handling: Pin<&mut F>,
 ) -> Option<Response<ProxyBody>> {
-    loop {
-        let woken = std::future::poll_fn(|cx| match handling.as_mut().poll(cx) {
-            Poll::Ready(response) => Poll::Ready(Woken::Answered(response)),
-            Poll::Pending => io.poll_read_ready(cx).map(Woken::Readable),
-        })
-        .await;
-        match woken {
-            Woken::Answered(response) => return Some(response),
-            Woken::Readable(Err(_)) => return None,
-            Woken::Readable(Ok(())) => {
-                read.reserve(READ_RESERVE);
-                match io.try_read_buf(read) {
-                    Ok(0) => {
-                        *half_closed = true;
-                        return Some(handling.await);
-                    }
-                    Ok(_) => return Some(handling.await),
-                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {}
-                    Err(_) => return None,
-                }
-            }
+    let woken = std::future::poll_fn(|cx| match handling.as_mut().poll(cx) {
+        Poll::Ready(response) => Poll::Ready(Woken::Answered(response)),
+        Poll::Pending => io.poll_client(cx, read).map(Woken::Sent),
+    })
+    .await;
+    match woken {
+        Woken::Answered(response) => Some(response),
+        Woken::Sent(Err(_)) => None,
+        Woken::Sent(Ok(sent)) => {
+            *half_closed = sent == 0;
+            Some(handling.await)
         }
     }
 }
@@ -270,8 +291,8 @@ fn build_request(plain: &PlainHead, fields: &FieldSpans, head: Bytes, body: Byte
 /// together; a body that streams is written as it comes. The framing
 /// fields are the proxy's own, written with the head (the map is not
 /// touched). An error means the connection cannot carry another response.
-async fn write_response(
-    io: &mut TcpStream,
+async fn write_response<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
     write: &mut Vec<u8>,
     response: Response<ProxyBody>,
     head_only: bool,
@@ -336,7 +357,7 @@ async fn write_response(
         Framing::Length(length) if !head_only => length,
         Framing::Chunked => u64::MAX,
         // No body follows (a HEAD's length is said all the same).
-        _ => return Ok(io.write_all(write).await?),
+        _ => return send(io, write).await,
     };
     let chunked = matches!(framing, Framing::Chunked);
     loop {
@@ -345,7 +366,7 @@ async fn write_response(
         let frame = match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut body).poll_frame(cx))).await {
             Poll::Ready(frame) => frame,
             Poll::Pending => {
-                io.write_all(write).await?;
+                send(io, write).await?;
                 write.clear();
                 std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await
             }
@@ -383,7 +404,13 @@ async fn write_response(
         io.write_all(write).await?;
         return Err("response body shorter than its content-length".into());
     }
-    io.write_all(write).await?;
+    send(io, write).await
+}
+
+/// Writes `bytes` and flushes them (TLS holds what it has not sent).
+async fn send<IO: AsyncWrite + Unpin>(io: &mut IO, bytes: &[u8]) -> Result<(), BoxError> {
+    io.write_all(bytes).await?;
+    io.flush().await?;
     Ok(())
 }
 
@@ -406,18 +433,18 @@ fn write_http_date(out: &mut Vec<u8>) {
 }
 
 /// A connection with bytes already read from it in front.
-pub struct Rewind {
+pub struct Rewind<IO = TcpStream> {
     prefix: Bytes,
-    io: TcpStream,
+    io: IO,
 }
 
-impl Rewind {
-    pub fn new(prefix: Bytes, io: TcpStream) -> Self {
+impl<IO> Rewind<IO> {
+    pub fn new(prefix: Bytes, io: IO) -> Self {
         Rewind { prefix, io }
     }
 }
 
-impl AsyncRead for Rewind {
+impl<IO: AsyncRead + Unpin> AsyncRead for Rewind<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
         if !self.prefix.is_empty() {
             let n = self.prefix.len().min(buf.remaining());
@@ -429,7 +456,7 @@ impl AsyncRead for Rewind {
     }
 }
 
-impl AsyncWrite for Rewind {
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.io).poll_write(cx, buf)
     }
@@ -512,7 +539,7 @@ pub(in crate::proxy) mod tests {
     /// answers `reply(request)`, and returns the client end.
     async fn connection_served_by(
         reply: fn(&Request<ClientBody>) -> Response<ProxyBody>,
-    ) -> (TcpStream, tokio::task::JoinHandle<Served>) {
+    ) -> (TcpStream, tokio::task::JoinHandle<Served<TcpStream>>) {
         connection_served_within(Duration::from_secs(5), reply).await
     }
 
@@ -520,7 +547,7 @@ pub(in crate::proxy) mod tests {
     async fn connection_served_within(
         header_timeout: Duration,
         reply: fn(&Request<ClientBody>) -> Response<ProxyBody>,
-    ) -> (TcpStream, tokio::task::JoinHandle<Served>) {
+    ) -> (TcpStream, tokio::task::JoinHandle<Served<TcpStream>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
@@ -650,7 +677,7 @@ pub(in crate::proxy) mod tests {
     async fn a_half_closed_client_gets_its_response_and_the_connection_ends() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let mut client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
-        let (server, _) = listener.accept().await.unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
         // The client ends its sending side while its request is handled (a
         // handler not ready at its first poll, as one waiting on an upstream).
         client.shutdown().await.unwrap();
@@ -660,7 +687,7 @@ pub(in crate::proxy) mod tests {
             Response::new(crate::proxy::body::full(Bytes::from_static(b"done")))
         });
         let (mut read, mut half_closed) = (BytesMut::new(), false);
-        let response = until_client_leaves(&server, &mut read, &mut half_closed, handling).await;
+        let response = until_client_leaves(&mut server, &mut read, &mut half_closed, handling).await;
         assert!(response.is_some(), "a half-closed client still gets its response");
         assert!(half_closed, "and it is the connection's last");
         // Written as `serve` writes it then: the last, with `connection: close`.
