@@ -36,6 +36,7 @@ pub enum Resource {
     DestinationRule(DestinationRule),
     VirtualService(VirtualService),
     Gateway(Gateway),
+    ServiceEntry(ServiceEntry),
     Secret(Secret),
 }
 
@@ -48,6 +49,7 @@ impl Resource {
             Resource::DestinationRule(_) => "DestinationRule",
             Resource::VirtualService(_) => "VirtualService",
             Resource::Gateway(_) => "Gateway",
+            Resource::ServiceEntry(_) => "ServiceEntry",
             Resource::Secret(_) => "Secret",
         }
     }
@@ -60,6 +62,7 @@ impl Resource {
             Resource::DestinationRule(o) => &o.metadata,
             Resource::VirtualService(o) => &o.metadata,
             Resource::Gateway(o) => &o.metadata,
+            Resource::ServiceEntry(o) => &o.metadata,
             Resource::Secret(o) => &o.metadata,
         }
     }
@@ -825,4 +828,66 @@ pub struct ServerTlsSettings {
     pub min_protocol_version: Option<String>,
     pub max_protocol_version: Option<String>,
     pub cipher_suites: Vec<String>,
+}
+
+// --- networking.istio.io ServiceEntry ---------------------------------------
+//
+// One schema for v1, v1beta1 and v1alpha3, read as the other Istio kinds.
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ServiceEntry {
+    pub metadata: ObjectMeta,
+    pub spec: ServiceEntrySpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ServiceEntrySpec {
+    pub hosts: Vec<String>,
+    /// Virtual IPs, or CIDR blocks.
+    pub addresses: Vec<String>,
+    pub ports: Vec<ServiceEntryPort>,
+    /// `MESH_EXTERNAL` (the default) or `MESH_INTERNAL`.
+    pub location: Option<String>,
+    /// `NONE` (the default), `STATIC`, `DNS` or `DNS_ROUND_ROBIN`.
+    pub resolution: Option<String>,
+    pub endpoints: Vec<WorkloadEntrySpec>,
+    pub workload_selector: Option<EntryWorkloadSelector>,
+    pub export_to: Vec<String>,
+    pub subject_alt_names: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct ServiceEntryPort {
+    pub number: i64,
+    /// Istio's protocol names: `HTTP`, `HTTPS`, `HTTP2`, `GRPC`, `TCP`,
+    /// `TLS`, `MONGO`, `UDP`...
+    pub protocol: Option<String>,
+    pub name: Option<String>,
+    pub target_port: Option<i64>,
+}
+
+/// An endpoint of a ServiceEntry (Istio's `WorkloadEntry` spec).
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct WorkloadEntrySpec {
+    /// An IP address, or a host name (resolution DNS).
+    pub address: String,
+    /// Port name of the entry → the endpoint's port.
+    pub ports: BTreeMap<String, i64>,
+    pub labels: BTreeMap<String, String>,
+    pub network: Option<String>,
+    /// `region/zone/subzone`.
+    pub locality: Option<String>,
+    pub weight: Option<i64>,
+    pub service_account: Option<String>,
+}
+
+/// ServiceEntry's and Sidecar's selector: `labels`, not `matchLabels`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct EntryWorkloadSelector {
+    pub labels: BTreeMap<String, String>,
 }

@@ -70,7 +70,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<SourcedObject>, Vec<Reje
 }
 
 /// The kinds the agent reads: kind, API group (`""` is core) and versions.
-const SERVED_KINDS: [(&str, &str, &[&str]); 7] = [
+const SERVED_KINDS: [(&str, &str, &[&str]); 8] = [
     ("Service", "", &["v1"]),
     ("Pod", "", &["v1"]),
     ("Secret", "", &["v1"]),
@@ -78,6 +78,7 @@ const SERVED_KINDS: [(&str, &str, &[&str]); 7] = [
     ("DestinationRule", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
     ("VirtualService", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
     ("Gateway", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
+    ("ServiceEntry", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
 ];
 
 /// A group of some third party's API (e.g. Knative's `serving.knative.dev`,
@@ -177,8 +178,10 @@ pub fn decode_object(origin: &str, mut value: Value, parsed: &mut ParsedFile) {
         "EndpointSlice" => decode(value).map(Resource::EndpointSlice),
         "VirtualService" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::VirtualService),
         "Gateway" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::Gateway),
+        "ServiceEntry" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::ServiceEntry),
         "Secret" => decode(value).map(Resource::Secret),
-        _ => decode_noting_unknown(value, &mut unknown_fields).map(Resource::DestinationRule),
+        "DestinationRule" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::DestinationRule),
+        other => Err(("kind".to_owned(), format!("{other} has no decoder (a bug: it is listed as served)"))),
     };
     match decoded {
         Ok(resource) if resource.metadata().name.is_empty() => {

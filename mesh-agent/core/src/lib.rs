@@ -23,6 +23,7 @@ pub mod model;
 pub mod object;
 pub mod published;
 pub mod route;
+pub mod service_entry;
 pub mod snapshot;
 pub mod warnings;
 

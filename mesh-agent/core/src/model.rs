@@ -10,6 +10,7 @@ use crate::destination_rule::{self, DestinationRuleModel};
 use crate::field::{parse_port, FieldError};
 // The submodules, not `gateway` itself: its plan reads the model.
 use crate::gateway::object::{validate_gateway, GatewayModel};
+use crate::service_entry::{validate_service_entry, ServiceEntryModel};
 use crate::object::{ObjectKey, Rejection, SourceBatch, SourcedObject, Warning, WarningReason};
 use crate::route::{self, VirtualServiceModel};
 use crate::warnings::GatewayPresence;
@@ -49,6 +50,9 @@ pub struct ServiceModel {
     pub ports: Vec<PortModel>,
     /// The pods it selects (a gateway finds its own Service by it).
     pub selector: BTreeMap<String, String>,
+    /// The host of a ServiceEntry this service stands for (its name is the
+    /// host then): the name clients use, instead of the `.svc` one.
+    pub host: Option<String>,
 }
 
 impl ServiceModel {
@@ -66,7 +70,10 @@ impl ServiceModel {
 
 impl ServiceModel {
     pub fn fqdn(&self, cluster_domain: &str) -> String {
-        format!("{}.{}.svc.{cluster_domain}", self.name, self.namespace)
+        match &self.host {
+            Some(host) => host.clone(),
+            None => format!("{}.{}.svc.{cluster_domain}", self.name, self.namespace),
+        }
     }
 }
 
@@ -76,9 +83,11 @@ pub struct EndpointModel {
     pub ready: bool,
     /// `Kind/name` of the target, usually the pod.
     pub target: Option<String>,
+    /// Its own labels (a ServiceEntry endpoint's); None: its pod's.
+    pub labels: Option<BTreeMap<String, String>>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 pub struct SlicePort {
     pub name: String,
     pub port: u16,
@@ -124,6 +133,8 @@ pub struct Model {
     pub destination_rules: BTreeMap<NsName, DestinationRuleModel>,
     pub virtual_services: BTreeMap<NsName, VirtualServiceModel>,
     /// Istio Gateways, for the gateway processes (their selectors say which).
+    /// Istio ServiceEntries: hosts (and addresses) outside the Services.
+    pub service_entries: BTreeMap<NsName, ServiceEntryModel>,
     pub gateways: BTreeMap<NsName, GatewayModel>,
     /// TLS credentials for DestinationRule `credentialName`.
     pub secrets: BTreeMap<NsName, SecretModel>,
@@ -146,6 +157,7 @@ enum Accepted {
     Rule(DestinationRuleModel),
     VirtualService(VirtualServiceModel),
     Gateway(GatewayModel),
+    ServiceEntry(ServiceEntryModel),
     Secret(SecretModel),
 }
 
@@ -338,6 +350,7 @@ impl Model {
             Accepted::Rule(r) => drop(self.destination_rules.insert(id, r)),
             Accepted::VirtualService(v) => drop(self.virtual_services.insert(id, v)),
             Accepted::Gateway(g) => drop(self.gateways.insert(id, g)),
+            Accepted::ServiceEntry(e) => drop(self.service_entries.insert(id, e)),
             Accepted::Secret(s) => drop(self.secrets.insert(id, s)),
         }
         self.accepted.insert(key, raw);
@@ -683,6 +696,7 @@ fn validate(object: &SourcedObject, cluster_domain: &str) -> Result<Accepted, Fi
         }
         Resource::VirtualService(v) => route::validate_virtual_service(v, cluster_domain).map(Accepted::VirtualService),
         Resource::Gateway(g) => validate_gateway(g).map(Accepted::Gateway),
+        Resource::ServiceEntry(e) => validate_service_entry(e).map(Accepted::ServiceEntry),
         Resource::Secret(s) => validate_secret(s).map(Accepted::Secret),
     }
 }
@@ -767,6 +781,7 @@ fn validate_service(service: &api::Service) -> Result<ServiceModel, FieldError> 
         cluster_ips,
         ports,
         selector: service.spec.selector.clone(),
+        host: None,
     })
 }
 
@@ -807,7 +822,12 @@ fn validate_slice(slice: &api::EndpointSlice) -> Result<(EndpointSliceModel, Vec
             .target_ref
             .as_ref()
             .and_then(|t| Some(format!("{}/{}", t.kind.as_deref().unwrap_or("Pod"), t.name.as_deref()?)));
-        endpoints.push(EndpointModel { addresses, ready: endpoint.conditions.ready.unwrap_or(true), target });
+        endpoints.push(EndpointModel {
+            addresses,
+            ready: endpoint.conditions.ready.unwrap_or(true),
+            target,
+            labels: None,
+        });
     }
     let mut ports = Vec::new();
     let mut unnumbered = Vec::new();

@@ -4,7 +4,7 @@
 use crate::destination_rule::{DestinationRuleModel, EffectivePolicy, HashKey, HashTable, LoadBalancer};
 use crate::maglev;
 use crate::model::{EndpointSliceModel, Model, PortModel, Protocol, ServiceModel, TargetPort};
-use crate::object::{ObjectKey, Rejection};
+use crate::object::{ObjectKey, Rejection, Warning, WarningReason};
 use crate::route::RouteTable;
 use crate::warnings::{proxy_only_fields, selector_on_kernel_port, PortPath};
 use mesh_common::{
@@ -177,12 +177,42 @@ fn algorithm_name(algorithm: u8) -> &'static str {
 /// EndpointSlices by the `(namespace, service)` they belong to.
 type SliceIndex<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSliceModel>>;
 
-fn index_slices(model: &Model) -> SliceIndex<'_> {
+fn index_slices<'a>(model: &'a Model, entries: &'a [(ServiceModel, Vec<EndpointSliceModel>)]) -> SliceIndex<'a> {
     let mut index = SliceIndex::new();
-    for slice in model.endpoint_slices.values() {
+    for slice in model.endpoint_slices.values().chain(entries.iter().flat_map(|(_, slices)| slices)) {
         index.entry((slice.namespace.as_str(), slice.service.as_str())).or_default().push(slice);
     }
     index
+}
+
+/// The services ServiceEntries add (see `service_entry::services_of`),
+/// less a host that a Service of its namespace already names (that
+/// Service serves; the entry is warned).
+fn entry_services(model: &Model, warnings: &mut Vec<Warning>) -> Vec<(ServiceModel, Vec<EndpointSliceModel>)> {
+    let mut services = Vec::new();
+    for entry in model.service_entries.values() {
+        let object = model.served_object(&ObjectKey {
+            kind: "ServiceEntry".into(),
+            namespace: entry.namespace.clone(),
+            name: entry.name.clone(),
+        });
+        for (service, slices) in crate::service_entry::services_of(entry) {
+            let id = (service.namespace.clone(), service.name.clone());
+            if model.services.contains_key(&id) {
+                if let Some(object) = object {
+                    let i = entry.hosts.iter().position(|h| *h == service.name).unwrap_or_default();
+                    let message = format!(
+                        "Service {}/{} already has this name; the Service serves it and this host adds nothing",
+                        id.0, id.1
+                    );
+                    warnings.push(Warning::object(object, format!("spec.hosts[{i}]"), message, WarningReason::NotHonoured));
+                }
+                continue;
+            }
+            services.push((service, slices));
+        }
+    }
+    services
 }
 
 /// The ready endpoints of one service port in one family.
@@ -239,7 +269,10 @@ fn backends_of(
                 backends.insert(BackendView {
                     address: SocketAddr::new(*address, target),
                     target: endpoint.target.clone(),
-                    labels: pod_labels.of(address, &slice.namespace, endpoint.target.as_deref()),
+                    labels: match &endpoint.labels {
+                        Some(labels) => labels.clone(),
+                        None => pod_labels.of(address, &slice.namespace, endpoint.target.as_deref()),
+                    },
                 });
             }
         }
@@ -250,11 +283,12 @@ fn backends_of(
 pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileError> {
     let routes = Arc::new(RouteTable::build(&model.virtual_services));
     let mut snapshot = Snapshot { rejections: model.rejections.clone(), ..Default::default() };
-    let slices = index_slices(model);
-    let pod_labels = PodLabels::new(model);
     // Rule fields only the HTTP proxy acts on, on ports it does not serve.
     let mut without_http_proxy = Vec::new();
-    for service in model.services.values() {
+    let entries = entry_services(model, &mut without_http_proxy);
+    let slices = index_slices(model, &entries);
+    let pod_labels = PodLabels::new(model);
+    for service in model.services.values().chain(entries.iter().map(|(service, _)| service)) {
         let fqdn = service.fqdn(cluster_domain);
         let rule = model.rule_for_host(&fqdn, &service.namespace);
         for port in &service.ports {
@@ -315,6 +349,12 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
                 };
                 for ip in ips {
                     let key = FrontendKey { addr: ip_words(ip), port: port.port.to_be(), proto, family };
+                    // Services come first: an entry's VIP on a Service's
+                    // address and port is the Service's (and warned).
+                    if snapshot.frontends.contains_key(&key) {
+                        without_http_proxy.extend(address_taken(model, service, SocketAddr::new(ip, port.port)));
+                        continue;
+                    }
                     snapshot.frontends.insert(key, frontend);
                     *snapshot.service_ips.entry(ServiceIpKey { addr: key.addr, family, _pad: [0; 3] }).or_default() +=
                         1;
@@ -377,7 +417,9 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
     }
     for (index, service) in snapshot.services.iter().enumerate() {
         for frontend in &service.frontends {
-            snapshot.by_frontend.insert(*frontend, index);
+            // The first service at an address serves it (Services before
+            // ServiceEntries, as the kernel's frontends).
+            snapshot.by_frontend.entry(*frontend).or_insert(index);
         }
         snapshot.by_host.entry(service.fqdn.clone()).or_default().push(index);
     }
@@ -396,6 +438,21 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
     check_capacity("backend slots", snapshot.slots.len(), capacity::SLOTS)?;
     check_capacity("Maglev entries", snapshot.maglev.len(), capacity::MAGLEV)?;
     Ok(snapshot)
+}
+
+/// The warning for a ServiceEntry host whose address and port another
+/// service (a Service, or an earlier entry) already serves in the kernel.
+fn address_taken(model: &Model, service: &ServiceModel, address: SocketAddr) -> Option<Warning> {
+    let host = service.host.as_ref()?;
+    let entry = (model.service_entries.values())
+        .find(|e| e.namespace == service.namespace && e.hosts.contains(host))?;
+    let key = ObjectKey { kind: "ServiceEntry".into(), namespace: entry.namespace.clone(), name: entry.name.clone() };
+    let object = model.served_object(&key)?;
+    let i = entry.addresses.iter().position(|a| a.ip == address.ip()).unwrap_or_default();
+    let message = format!(
+        "{address} is already another service's address in the kernel: connections to it go there, not to {host}"
+    );
+    Some(Warning::object(object, format!("spec.addresses[{i}]"), message, WarningReason::NotHonoured))
 }
 
 /// Whether a port speaks HTTP, and HTTP/2 in particular: `appProtocol`
@@ -693,5 +750,49 @@ mod tests {
             ]
         );
         assert!(snapshot.model.warnings[1].message.contains("the clients this rule selects get the rule for all"));
+    }
+
+    #[test]
+    fn a_static_service_entry_is_translated_like_a_service_and_never_takes_a_services_address() {
+        let entry = concat!(
+            "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext, namespace: shop}\n",
+            "spec:\n  hosts: [api.example.com]\n  addresses: [10.97.0.10, 10.96.0.10]\n",
+            "  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]\n  resolution: STATIC\n",
+            "  endpoints: [{address: 10.0.0.1, labels: {v: a}}, {address: 10.0.0.2, labels: {v: b}}]\n",
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: ext, namespace: shop}\n",
+            "spec:\n  host: api.example.com\n  trafficPolicy: {tls: {mode: SIMPLE}}\n",
+            "  subsets: [{name: a, labels: {v: a}}]\n",
+        );
+        let snapshot = compile_yaml(&format!("{BASE}{entry}"));
+        let vip: SocketAddr = "10.97.0.10:80".parse().unwrap();
+        let service = snapshot.service_at(vip).expect("the entry's VIP is a frontend");
+        assert_eq!((service.name.as_str(), service.fqdn.as_str()), ("api.example.com", "api.example.com"));
+        assert_eq!(service.destination_rule.as_deref(), Some("shop/ext"));
+        assert!(service.captured, "TLS origination needs the proxy");
+        let backends: Vec<(String, Option<&str>)> = (service.backends.iter())
+            .map(|b| (b.address.to_string(), b.labels.get("v").map(String::as_str)))
+            .collect();
+        assert_eq!(backends, [("10.0.0.1:8080".into(), Some("a")), ("10.0.0.2:8080".into(), Some("b"))]);
+        let index = snapshot.service_index_for_host("api.example.com", 80).unwrap();
+        assert_eq!(snapshot.services[index].fqdn, "api.example.com");
+        let key = |ip: &str| FrontendKey {
+            addr: ip_words(ip.parse().unwrap()),
+            port: 80u16.to_be(),
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+        };
+        let entry_frontend = snapshot.frontends[&key("10.97.0.10")];
+        assert_eq!(entry_frontend.backend_count, 2);
+        // 10.96.0.10:80 is Service web's: it stays web's, and the entry is told.
+        let web = snapshot.service_at("10.96.0.10:80".parse().unwrap()).unwrap();
+        assert_eq!(web.name, "web");
+        assert_ne!(snapshot.frontends[&key("10.96.0.10")].cluster_id, entry_frontend.cluster_id);
+        let warned: Vec<(&str, &str)> = (snapshot.model.warnings.iter())
+            .filter(|w| w.kind == "ServiceEntry")
+            .map(|w| (w.field.as_str(), w.message.as_str()))
+            .collect();
+        assert_eq!(warned.len(), 1, "{warned:?}");
+        assert_eq!(warned[0].0, "spec.addresses[1]");
+        assert!(warned[0].1.contains("10.96.0.10:80 is already another service's address"), "{warned:?}");
     }
 }

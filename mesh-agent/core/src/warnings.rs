@@ -12,7 +12,7 @@
 
 use crate::api::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRule, Gateway, LoadBalancerSettings, OutlierDetection,
-    Resource, TrafficPolicy, VirtualService,
+    Resource, ServiceEntry, TrafficPolicy, VirtualService,
 };
 use crate::destination_rule::{
     DestinationRuleModel, HashKey, LoadBalancer, Policy, PolicyLevel, TlsMode, MAX_MAGLEV_TABLE_SIZE,
@@ -104,6 +104,10 @@ pub fn of_object(object: &SourcedObject) -> Vec<Warning> {
         Resource::Gateway(gateway) => {
             gateway_fields(gateway, &mut found);
             "Gateway"
+        }
+        Resource::ServiceEntry(entry) => {
+            service_entry_fields(entry, &mut found);
+            "ServiceEntry"
         }
         _ => return Vec::new(),
     };
@@ -393,6 +397,76 @@ fn virtual_service(vs: &VirtualService, found: &mut Found) {
                     at.field("retryIgnorePreviousHosts"),
                     "false is not supported yet; a retry always prefers an endpoint not tried yet",
                 );
+            }
+        }
+    }
+}
+
+fn service_entry_fields(entry: &ServiceEntry, found: &mut Found) {
+    let spec = &entry.spec;
+    match spec.resolution.as_deref().unwrap_or("NONE") {
+        resolution @ ("DNS" | "DNS_ROUND_ROBIN") => found.not_honoured(
+            "spec.resolution".into(),
+            format!(
+                "{resolution} is not resolved yet: the hosts are known to routes, but nothing is translated in \
+                 the kernel and proxies find no endpoint for them"
+            ),
+        ),
+        "NONE" => found.not_honoured(
+            "spec.resolution".into(),
+            "NONE: connections pass through to the address dialled; the kernel and the proxy apply no \
+             VirtualService route or DestinationRule policy to them",
+        ),
+        "STATIC" if !spec.addresses.iter().any(|a| !a.contains('/')) => found.not_honoured(
+            "spec.addresses".into(),
+            "a STATIC entry without an address has no VIP in the kernel: applications reach its endpoints only \
+             through a route or a gateway naming its host",
+        ),
+        _ => {}
+    }
+    for (i, address) in spec.addresses.iter().enumerate() {
+        if address.contains('/') {
+            found.not_honoured(
+                format!("spec.addresses[{i}]"),
+                "a CIDR block is not translated: connections to it pass through unchanged",
+            );
+        }
+    }
+    if spec.location.as_deref() == Some("MESH_INTERNAL") {
+        found.not_honoured(
+            "spec.location".into(),
+            "MESH_INTERNAL is served as MESH_EXTERNAL: the mesh has no workload certificates yet",
+        );
+    }
+    if spec.workload_selector.is_some() {
+        found.not_honoured(
+            "spec.workloadSelector".into(),
+            "WorkloadEntries and pods are not selected yet: the entry has no endpoints",
+        );
+    }
+    if !spec.subject_alt_names.is_empty() {
+        found.not_honoured(
+            "spec.subjectAltNames".into(),
+            "not checked: the mesh has no workload certificates yet (a DestinationRule's tls.subjectAltNames is)",
+        );
+    }
+    if spec.export_to.iter().any(|to| to != "*") {
+        found.not_honoured(
+            "spec.exportTo".into(),
+            "visible to every namespace: the kernel translates the entry's addresses for every pod",
+        );
+    }
+    for (i, endpoint) in spec.endpoints.iter().enumerate() {
+        let at = Path::new("spec").index("endpoints", i);
+        let set = [
+            ("network", endpoint.network.is_some(), "one network: the endpoint is dialled directly"),
+            ("locality", endpoint.locality.is_some(), "locality-aware load balancing is not done yet"),
+            ("weight", endpoint.weight.is_some(), "endpoints are balanced with equal weights"),
+            ("serviceAccount", endpoint.service_account.is_some(), "the mesh has no workload identities yet"),
+        ];
+        for (field, present, message) in set {
+            if present {
+                found.not_honoured(at.field(field), message);
             }
         }
     }

@@ -73,7 +73,7 @@ pub const ISTIO_KINDS: [WatchedKind; 5] = [
     // Gateways gate too: the gateway processes serve them, and a
     // VirtualService naming one is judged against them.
     WatchedKind::new("networking.istio.io", "v1", "Gateway", "gateways"),
-    WatchedKind::new("networking.istio.io", "v1", "ServiceEntry", "serviceentries").not_gating(),
+    WatchedKind::new("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
     WatchedKind::new("networking.istio.io", "v1", "Sidecar", "sidecars").not_gating(),
 ];
 

@@ -1,0 +1,450 @@
+//! One ServiceEntry: validated as Istio's `ValidateServiceEntry` does, and
+//! turned into what the rest of the mesh already serves. Each host of a
+//! `STATIC` or `NONE` entry becomes a service (named by the host, in the
+//! entry's namespace) whose ports are the entry's and whose backends are
+//! its endpoints, so VIP translation in the kernel, routes, DestinationRules
+//! and status need nothing of their own.
+
+use crate::api::{ServiceEntry, ServiceEntryPort};
+use crate::field::{parse_port, FieldError, Path};
+use crate::host::{is_dns1123_label, validate_export_to, validate_fqdn, validate_host_name, validate_labels, ExportToNone};
+use crate::model::{EndpointModel, EndpointSliceModel, PortModel, Protocol, ServiceModel, SlicePort, TargetPort};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Resolution {
+    /// Connections go where they were dialled; the entry names them.
+    None,
+    /// To the endpoints' addresses.
+    Static,
+    /// To what the hosts (or the endpoints' names) resolve to.
+    Dns,
+    DnsRoundRobin,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum Location {
+    MeshExternal,
+    MeshInternal,
+}
+
+/// An address of the entry: a VIP (`prefix` the full length) or a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct EntryAddress {
+    pub ip: IpAddr,
+    pub prefix: u8,
+}
+
+impl EntryAddress {
+    pub fn is_single(&self) -> bool {
+        self.prefix == if self.ip.is_ipv4() { 32 } else { 128 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EntryPort {
+    pub name: String,
+    pub number: u16,
+    /// Istio's protocol name, upper case.
+    pub protocol: String,
+    pub target_port: Option<u16>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EntryEndpoint {
+    /// An IP address (STATIC), or a name or address (DNS).
+    pub address: String,
+    /// Port name of the entry → this endpoint's port.
+    pub ports: BTreeMap<String, u16>,
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServiceEntryModel {
+    pub namespace: String,
+    pub name: String,
+    /// Lower case, without a trailing dot.
+    pub hosts: Vec<String>,
+    pub addresses: Vec<EntryAddress>,
+    pub ports: Vec<EntryPort>,
+    pub location: Location,
+    pub resolution: Resolution,
+    pub endpoints: Vec<EntryEndpoint>,
+    pub workload_selector: Option<BTreeMap<String, String>>,
+}
+
+/// Istio's `ValidateServiceEntry`.
+pub fn validate_service_entry(object: &ServiceEntry) -> Result<ServiceEntryModel, FieldError> {
+    let spec = &object.spec;
+    let namespace = object.metadata.namespace_or_default();
+    let path = Path::new("spec");
+    if spec.hosts.is_empty() {
+        return Err(FieldError::new("spec.hosts", "required: a ServiceEntry needs at least one host"));
+    }
+    let resolution = match spec.resolution.as_deref().unwrap_or("NONE") {
+        "NONE" => Resolution::None,
+        "STATIC" => Resolution::Static,
+        "DNS" => Resolution::Dns,
+        "DNS_ROUND_ROBIN" => Resolution::DnsRoundRobin,
+        other => {
+            let message = format!("{other:?} is not a resolution (NONE, STATIC, DNS or DNS_ROUND_ROBIN)");
+            return Err(FieldError::new("spec.resolution", message));
+        }
+    };
+    let location = match spec.location.as_deref().unwrap_or("MESH_EXTERNAL") {
+        "MESH_EXTERNAL" => Location::MeshExternal,
+        "MESH_INTERNAL" => Location::MeshInternal,
+        other => {
+            let message = format!("{other:?} is not a location (MESH_EXTERNAL or MESH_INTERNAL)");
+            return Err(FieldError::new("spec.location", message));
+        }
+    };
+    let mut hosts = Vec::new();
+    for (i, host) in spec.hosts.iter().enumerate() {
+        let field = format!("spec.hosts[{i}]");
+        if host == "*" {
+            return Err(FieldError::new(field, "`*` is not a host a ServiceEntry can add"));
+        }
+        validate_host_name(&field, host)?;
+        hosts.push(host.trim_end_matches('.').to_ascii_lowercase());
+    }
+    let mut addresses = Vec::new();
+    for (i, text) in spec.addresses.iter().enumerate() {
+        let field = format!("spec.addresses[{i}]");
+        let address = parse_address(&field, text)?;
+        if !address.is_single() && matches!(resolution, Resolution::Dns | Resolution::DnsRoundRobin) {
+            return Err(FieldError::new(field, "CIDR blocks are allowed only with resolution NONE or STATIC"));
+        }
+        addresses.push(address);
+    }
+    let ports = validate_ports(&spec.ports)?;
+    let port_names: BTreeSet<&str> = ports.iter().map(|p| p.name.as_str()).collect();
+    if spec.workload_selector.is_some() && !spec.endpoints.is_empty() {
+        return Err(FieldError::new("spec.workloadSelector", "cannot be set together with spec.endpoints"));
+    }
+    if let Some(selector) = &spec.workload_selector {
+        validate_labels("spec.workloadSelector.labels", &selector.labels)?;
+    }
+    match resolution {
+        Resolution::None if !spec.endpoints.is_empty() => {
+            return Err(FieldError::new("spec.endpoints", "must be empty for resolution NONE"));
+        }
+        Resolution::Dns | Resolution::DnsRoundRobin if spec.endpoints.is_empty() => {
+            for (i, host) in spec.hosts.iter().enumerate() {
+                let field = format!("spec.hosts[{i}]");
+                validate_fqdn(&field, host).map_err(|error| {
+                    FieldError::new(field, format!("must be a fully qualified name for resolution DNS without endpoints: {}", error.message))
+                })?;
+            }
+        }
+        Resolution::DnsRoundRobin if spec.endpoints.len() > 1 => {
+            return Err(FieldError::new("spec.endpoints", "DNS_ROUND_ROBIN takes at most one endpoint"));
+        }
+        _ => {}
+    }
+    let mut endpoints = Vec::new();
+    for (i, endpoint) in spec.endpoints.iter().enumerate() {
+        let at = path.index("endpoints", i);
+        let address = endpoint.address.trim();
+        if address.starts_with("unix://") {
+            return Err(FieldError::new(at.field("address"), "unix domain socket endpoints are not served by the mesh"));
+        }
+        let is_ip = address.parse::<IpAddr>().is_ok();
+        match resolution {
+            Resolution::Static if !is_ip => {
+                let message = format!("{address:?} is not an IP address (resolution STATIC)");
+                return Err(FieldError::new(at.field("address"), message));
+            }
+            Resolution::Dns | Resolution::DnsRoundRobin if !is_ip => validate_fqdn(&at.field("address"), address)?,
+            _ => {}
+        }
+        let mut endpoint_ports = BTreeMap::new();
+        for (name, number) in &endpoint.ports {
+            let field = format!("{}[{name}]", at.field("ports"));
+            if !port_names.contains(name.as_str()) {
+                return Err(FieldError::new(field, format!("{name:?} is not the name of a port of the entry")));
+            }
+            endpoint_ports.insert(name.clone(), parse_port(&field, *number)?);
+        }
+        validate_labels(&at.field("labels"), &endpoint.labels)?;
+        if let Some(weight) = endpoint.weight {
+            if u32::try_from(weight).is_err() {
+                return Err(FieldError::new(at.field("weight"), format!("{weight} is not a weight (0 to 4294967295)")));
+            }
+        }
+        endpoints.push(EntryEndpoint {
+            address: address.to_owned(),
+            ports: endpoint_ports,
+            labels: endpoint.labels.clone(),
+        });
+    }
+    validate_export_to(&spec.export_to, namespace, ExportToNone::Allowed)?;
+    Ok(ServiceEntryModel {
+        namespace: namespace.to_owned(),
+        name: object.metadata.name.clone(),
+        hosts,
+        addresses,
+        ports,
+        location,
+        resolution,
+        endpoints,
+        workload_selector: spec.workload_selector.as_ref().map(|s| s.labels.clone()),
+    })
+}
+
+/// An IP address, or a CIDR block (its host bits clear, as Istio's
+/// `ValidateIPSubnet` wants a prefix).
+fn parse_address(field: &str, text: &str) -> Result<EntryAddress, FieldError> {
+    let invalid = || FieldError::new(field, format!("{text:?} is neither an IP address nor a CIDR block"));
+    let Some((ip, prefix)) = text.split_once('/') else {
+        let ip: IpAddr = text.parse().map_err(|_| invalid())?;
+        return Ok(EntryAddress { ip, prefix: if ip.is_ipv4() { 32 } else { 128 } });
+    };
+    let ip: IpAddr = ip.parse().map_err(|_| invalid())?;
+    let prefix: u8 = prefix.parse().map_err(|_| invalid())?;
+    if prefix > if ip.is_ipv4() { 32 } else { 128 } {
+        return Err(invalid());
+    }
+    Ok(EntryAddress { ip, prefix })
+}
+
+/// The protocols Istio's `protocol.Parse` knows.
+const PROTOCOLS: [&str; 13] =
+    ["HTTP", "HTTPS", "HTTP2", "HTTP_PROXY", "GRPC", "GRPC-WEB", "TCP", "TLS", "UDP", "MONGO", "REDIS", "MYSQL", "THRIFT"];
+
+fn validate_ports(ports: &[ServiceEntryPort]) -> Result<Vec<EntryPort>, FieldError> {
+    let (mut names, mut numbers) = (BTreeSet::new(), BTreeSet::new());
+    let mut valid = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let at = Path::new(format!("spec.ports[{i}]"));
+        let name = port.name.clone().unwrap_or_default();
+        if !is_dns1123_label(&name) {
+            return Err(FieldError::new(at.field("name"), format!("{name:?} is not a port name (a DNS label)")));
+        }
+        let number = parse_port(&at.field("number"), port.number)?;
+        if !names.insert(name.clone()) {
+            return Err(FieldError::new(at.field("name"), format!("port name {name:?} is already defined")));
+        }
+        if !numbers.insert(number) {
+            return Err(FieldError::new(at.field("number"), format!("port {number} is already defined")));
+        }
+        let protocol = port.protocol.clone().unwrap_or_default().to_ascii_uppercase();
+        if !PROTOCOLS.contains(&protocol.as_str()) {
+            let message = format!("{:?} is not a protocol ({})", port.protocol.as_deref().unwrap_or(""), PROTOCOLS.join(", "));
+            return Err(FieldError::new(at.field("protocol"), message));
+        }
+        let target_port = port.target_port.filter(|p| *p != 0).map(|p| parse_port(&at.field("targetPort"), p)).transpose()?;
+        valid.push(EntryPort { name, number, protocol, target_port });
+    }
+    Ok(valid)
+}
+
+impl EntryPort {
+    /// The service port the rest of the mesh sees: UDP for `UDP`, else TCP;
+    /// HTTP ports by their application protocol, as a Service's.
+    fn service_port(&self) -> PortModel {
+        let app_protocol = match self.protocol.as_str() {
+            "HTTP" | "HTTP_PROXY" => "http",
+            "HTTP2" => "http2",
+            "GRPC" => "grpc",
+            "GRPC-WEB" => "grpc-web",
+            _ => "tcp",
+        };
+        PortModel {
+            name: self.name.clone(),
+            port: self.number,
+            protocol: if self.protocol == "UDP" { Protocol::Udp } else { Protocol::Tcp },
+            target_port: TargetPort::Number(self.target_port.unwrap_or(self.number)),
+            app_protocol: Some(app_protocol.to_owned()),
+        }
+    }
+}
+
+/// The services an entry adds: one per host, for `STATIC` and `NONE`
+/// (DNS waits for the resolver). A `STATIC` entry's exact addresses are its
+/// VIPs and its endpoints its backends, as one EndpointSlice per family;
+/// `NONE` has neither (connections pass through, and proxies find no
+/// endpoint). CIDR blocks are left to the caller's warning.
+pub fn services_of(entry: &ServiceEntryModel) -> Vec<(ServiceModel, Vec<EndpointSliceModel>)> {
+    if !matches!(entry.resolution, Resolution::Static | Resolution::None) {
+        return Vec::new();
+    }
+    let cluster_ips: Vec<IpAddr> = match entry.resolution {
+        Resolution::Static => entry.addresses.iter().filter(|a| a.is_single()).map(|a| a.ip).collect(),
+        _ => Vec::new(),
+    };
+    let ports: Vec<PortModel> = entry.ports.iter().map(EntryPort::service_port).collect();
+    (entry.hosts.iter())
+        .map(|host| {
+            let service = ServiceModel {
+                namespace: entry.namespace.clone(),
+                name: host.clone(),
+                cluster_ips: cluster_ips.clone(),
+                ports: ports.clone(),
+                selector: BTreeMap::new(),
+                host: Some(host.clone()),
+            };
+            let slices = [false, true]
+                .into_iter()
+                .filter_map(|ipv6| {
+                    let endpoints: Vec<(IpAddr, &EntryEndpoint)> = (entry.endpoints.iter())
+                        .filter_map(|e| e.address.parse::<IpAddr>().ok().map(|ip| (ip, e)))
+                        .filter(|(ip, _)| ip.is_ipv6() == ipv6)
+                        .collect();
+                    (!endpoints.is_empty()).then(|| slices_of(entry, host, ipv6, &endpoints))
+                })
+                .flatten()
+                .collect();
+            (service, slices)
+        })
+        .collect()
+}
+
+/// One slice per distinct port mapping, so that each endpoint keeps its own
+/// port for each named entry port.
+fn slices_of(
+    entry: &ServiceEntryModel,
+    host: &str,
+    ipv6: bool,
+    endpoints: &[(IpAddr, &EntryEndpoint)],
+) -> Vec<EndpointSliceModel> {
+    let mut by_ports: BTreeMap<Vec<SlicePort>, Vec<EndpointModel>> = BTreeMap::new();
+    for (ip, endpoint) in endpoints {
+        let ports: Vec<SlicePort> = (entry.ports.iter())
+            .map(|port| {
+                let service_port = port.service_port();
+                let number = endpoint.ports.get(&port.name).copied().unwrap_or(match service_port.target_port {
+                    TargetPort::Number(n) => n,
+                    TargetPort::Name(_) => port.number,
+                });
+                SlicePort { name: port.name.clone(), port: number, protocol: service_port.protocol }
+            })
+            .collect();
+        by_ports.entry(ports).or_default().push(EndpointModel {
+            addresses: vec![*ip],
+            ready: true,
+            target: None,
+            labels: Some(endpoint.labels.clone()),
+        });
+    }
+    (by_ports.into_iter().enumerate())
+        .map(|(i, (ports, endpoints))| EndpointSliceModel {
+            namespace: entry.namespace.clone(),
+            name: format!("{}-{host}-{}-{i}", entry.name, if ipv6 { "v6" } else { "v4" }),
+            service: host.to_owned(),
+            ipv6,
+            endpoints,
+            ports,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::Resource;
+    use crate::decode::parse_file;
+
+    fn validate(spec: &str) -> Result<ServiceEntryModel, FieldError> {
+        let text = format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ext, namespace: shop}}\nspec:\n{spec}"
+        );
+        let mut objects = parse_file("se.yaml", &text).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
+        let Resource::ServiceEntry(entry) = objects.remove(0).resource else { panic!("not a ServiceEntry") };
+        validate_service_entry(&entry)
+    }
+
+    const HTTP: &str = "  ports: [{number: 80, name: http, protocol: HTTP}]\n";
+
+    #[test]
+    fn validation_follows_istio() {
+        // (spec, None when Istio accepts it, else the field it rejects)
+        let cases: Vec<(String, Option<&str>)> = vec![
+            (format!("  hosts: [api.example.com]\n{HTTP}  resolution: DNS\n"), None),
+            (format!("  hosts: [api.example.com]\n  addresses: [10.97.0.1, 'fd00:97::1', 10.98.0.0/16]\n{HTTP}"), None),
+            (format!("  hosts: ['*.example.com']\n{HTTP}  resolution: NONE\n"), None),
+            (format!("  hosts: [db.internal]\n{HTTP}  resolution: STATIC\n  endpoints: [{{address: 10.0.0.1, ports: {{http: 8080}}, labels: {{v: a}}}}]\n"), None),
+            (format!("  hosts: [api.example.com]\n{HTTP}  resolution: DNS\n  endpoints: [{{address: origin.example.com}}]\n"), None),
+            (format!("  hosts: []\n{HTTP}"), Some("spec.hosts")),
+            (format!("  hosts: ['*']\n{HTTP}"), Some("spec.hosts[0]")),
+            (format!("  hosts: [a..b]\n{HTTP}"), Some("spec.hosts[0]")),
+            (format!("  hosts: [a.com]\n  addresses: [10.0.0.300]\n{HTTP}"), Some("spec.addresses[0]")),
+            (format!("  hosts: [a.com]\n  addresses: [10.0.0.0/8]\n{HTTP}  resolution: DNS\n"), Some("spec.addresses[0]")),
+            (format!("  hosts: [a.com]\n{HTTP}  resolution: LOOKUP\n"), Some("spec.resolution")),
+            (format!("  hosts: [a.com]\n{HTTP}  location: OUTSIDE\n"), Some("spec.location")),
+            ("  hosts: [a.com]\n  ports: [{number: 80, name: Http, protocol: HTTP}]\n".into(), Some("spec.ports[0].name")),
+            ("  hosts: [a.com]\n  ports: [{number: 80, name: http}]\n".into(), Some("spec.ports[0].protocol")),
+            ("  hosts: [a.com]\n  ports: [{number: 80, name: http, protocol: SPDY}]\n".into(), Some("spec.ports[0].protocol")),
+            ("  hosts: [a.com]\n  ports: [{number: 0, name: http, protocol: HTTP}]\n".into(), Some("spec.ports[0].number")),
+            (
+                "  hosts: [a.com]\n  ports: [{number: 80, name: http, protocol: HTTP}, {number: 80, name: web, protocol: HTTP}]\n".into(),
+                Some("spec.ports[1].number"),
+            ),
+            (
+                "  hosts: [a.com]\n  ports: [{number: 80, name: http, protocol: HTTP}, {number: 81, name: http, protocol: TCP}]\n".into(),
+                Some("spec.ports[1].name"),
+            ),
+            (format!("  hosts: [a.com]\n{HTTP}  endpoints: [{{address: 10.0.0.1}}]\n"), Some("spec.endpoints")),
+            (format!("  hosts: [a.com]\n{HTTP}  resolution: STATIC\n  endpoints: [{{address: db.example.com}}]\n"), Some("spec.endpoints[0].address")),
+            (format!("  hosts: [a.com]\n{HTTP}  resolution: STATIC\n  endpoints: [{{address: 10.0.0.1, ports: {{web: 80}}}}]\n"), Some("spec.endpoints[0].ports[web]")),
+            (format!("  hosts: [a.com]\n{HTTP}  resolution: STATIC\n  endpoints: [{{address: 'unix:///sock'}}]\n"), Some("spec.endpoints[0].address")),
+            (format!("  hosts: [api]\n{HTTP}  resolution: DNS\n"), None),
+            (format!("  hosts: ['*.example.com']\n{HTTP}  resolution: DNS\n"), Some("spec.hosts[0]")),
+            (format!("  hosts: [a.com]\n{HTTP}  resolution: DNS_ROUND_ROBIN\n  endpoints: [{{address: b.com}}, {{address: c.com}}]\n"), Some("spec.endpoints")),
+            (format!("  hosts: [a.com]\n{HTTP}  resolution: STATIC\n  workloadSelector: {{labels: {{app: vm}}}}\n  endpoints: [{{address: 10.0.0.1}}]\n"), Some("spec.workloadSelector")),
+            (format!("  hosts: [a.com]\n{HTTP}  exportTo: ['*', '.']\n"), Some("spec.exportTo[0]")),
+            (format!("  hosts: [a.com]\n{HTTP}  exportTo: ['~']\n"), None),
+        ];
+        let mut wrong = Vec::new();
+        for (spec, expected) in &cases {
+            let got = validate(spec).err().map(|e| e.field);
+            if got.as_deref() != *expected {
+                wrong.push(format!("{spec}  expected {expected:?}, got {got:?}"));
+            }
+        }
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    }
+
+    #[test]
+    fn a_static_entry_is_a_service_per_host_with_its_endpoints_as_backends() {
+        let entry = validate(concat!(
+            "  hosts: [db.example.com, DB2.example.com.]\n",
+            "  addresses: [10.97.0.10, 'fd00:97::10', 10.98.0.0/16]\n",
+            "  ports: [{number: 5432, name: tcp-pg, protocol: TCP, targetPort: 15432}, {number: 80, name: http, protocol: HTTP}]\n",
+            "  resolution: STATIC\n",
+            "  endpoints:\n",
+            "  - {address: 10.0.0.1, labels: {v: a}}\n",
+            "  - {address: 10.0.0.2, ports: {tcp-pg: 6432}}\n",
+            "  - {address: 'fd00::3'}\n",
+        ))
+        .unwrap();
+        let services = services_of(&entry);
+        let names: Vec<&str> = services.iter().map(|(s, _)| s.name.as_str()).collect();
+        assert_eq!(names, ["db.example.com", "db2.example.com"]);
+        let (service, slices) = &services[0];
+        assert_eq!(service.fqdn("cluster.local"), "db.example.com");
+        assert_eq!(service.cluster_ips.len(), 2, "the CIDR block is no VIP");
+        assert_eq!(service.ports[1].app_protocol.as_deref(), Some("http"));
+        let ports: Vec<(bool, Vec<(String, u16)>, usize)> = (slices.iter())
+            .map(|s| (s.ipv6, s.ports.iter().map(|p| (p.name.clone(), p.port)).collect(), s.endpoints.len()))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                (false, vec![("tcp-pg".into(), 6432), ("http".into(), 80)], 1),
+                (false, vec![("tcp-pg".into(), 15432), ("http".into(), 80)], 1),
+                (true, vec![("tcp-pg".into(), 15432), ("http".into(), 80)], 1),
+            ],
+            "an endpoint's own port, else the targetPort, else the number"
+        );
+        assert_eq!(slices[1].endpoints[0].labels, Some([("v".to_owned(), "a".to_owned())].into()));
+        let none = validate(&format!("  hosts: [a.com]\n  addresses: [10.97.0.11]\n{HTTP}")).unwrap();
+        assert!(services_of(&none)[0].0.cluster_ips.is_empty() && services_of(&none)[0].1.is_empty());
+        let dns = validate(&format!("  hosts: [a.com]\n{HTTP}  resolution: DNS\n")).unwrap();
+        assert!(services_of(&dns).is_empty(), "DNS waits for the resolver");
+    }
+}
