@@ -5,6 +5,7 @@
 //! gateway runs the same loop with no kernel maps to write ([`NoMaps`]).
 
 use crate::dataplane::{ApplyStats, DataplaneError, MapWriter};
+use crate::dns::DnsLink;
 use crate::source::{ConfigSource, POLL_INTERVAL};
 use mesh_core::model::Model;
 use mesh_core::object::{ObjectKey, Warning};
@@ -62,6 +63,8 @@ pub struct ReloadLoop {
     /// The source is failing: logged once, not on every poll.
     source_failing: bool,
     warned: WarningLog,
+    /// The resolver of `DNS` ServiceEntries' names (none in unit tests).
+    dns: Option<DnsLink>,
 }
 
 /// What each object's warnings were when they were last logged (a hash of
@@ -133,8 +136,16 @@ impl ReloadLoop {
             taken_over: maps_taken_over,
             source_failing: false,
             warned: WarningLog::default(),
+            dns: None,
         };
         (this, receiver)
+    }
+
+    /// Resolves the names of `DNS` ServiceEntries with `dns`; the
+    /// configuration is compiled again whenever their answers change.
+    pub fn with_dns(mut self, dns: DnsLink) -> Self {
+        self.dns = Some(dns);
+        self
     }
 
     /// Loads and applies the configuration once; the agent does this before
@@ -167,6 +178,14 @@ impl ReloadLoop {
         let batch = match self.source.poll() {
             Ok(Some(batch)) => batch,
             Ok(None) => {
+                if let Some(resolved) = self.dns.as_mut().and_then(DnsLink::changed) {
+                    // New answers for the same objects: compiled again.
+                    let mut model = self.model.clone();
+                    model.resolved = resolved;
+                    self.retry = None;
+                    self.compile_and_apply(model, started, false);
+                    return;
+                }
                 if self.retry.as_ref().is_some_and(|r| r.at <= started) {
                     let retry = self.retry.take().expect("checked above");
                     self.apply(retry.snapshot, started, retry.delay);
@@ -187,7 +206,10 @@ impl ReloadLoop {
         self.retry = None;
         let incomplete = batch.objects.is_empty() || batch.rejections.iter().any(|r| r.kind.is_empty());
         let read = started.elapsed();
-        let model = Model::from_batch(&batch, &self.model, &self.cluster_domain);
+        let mut model = Model::from_batch(&batch, &self.model, &self.cluster_domain);
+        if let Some(dns) = &self.dns {
+            model.resolved = dns.current();
+        }
         let validated = started.elapsed();
         for rejection in &model.rejections {
             tracing::warn!(
@@ -199,17 +221,27 @@ impl ReloadLoop {
                 "rejected: {}", rejection.message
             );
         }
-        let compiled = compile(&model, &self.cluster_domain);
         tracing::debug!(
             objects = batch.objects.len(),
             read_micros = read.as_micros() as u64,
             validate_micros = (validated - read).as_micros() as u64,
-            compile_micros = (started.elapsed() - validated).as_micros() as u64,
-            "configuration compiled"
+            "configuration validated"
         );
+        self.compile_and_apply(model, started, incomplete);
+    }
+
+    /// Compiles `model` and writes the snapshot; a model that does not fit
+    /// leaves the last good configuration serving.
+    fn compile_and_apply(&mut self, model: Model, started: Instant, incomplete: bool) {
+        let compiling = Instant::now();
+        let compiled = compile(&model, &self.cluster_domain);
+        tracing::debug!(compile_micros = compiling.elapsed().as_micros() as u64, "configuration compiled");
         match compiled {
             Ok(snapshot) => {
                 self.warned.log(&snapshot.model.warnings);
+                if let Some(dns) = &self.dns {
+                    dns.want(model.dns_names());
+                }
                 self.model = model;
                 if self.taken_over && incomplete {
                     // No last good version is known after a restart: keep

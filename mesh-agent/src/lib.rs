@@ -10,13 +10,15 @@
 //! `cargo xtask layers`, part of `cargo xtask test`):
 //!
 //! 0. `mesh-core` (its own crate), and [`sync`];
-//! 1. [`source`], [`k8s`], [`dataplane`], [`proxy`];
+//! 1. [`source`], [`k8s`], [`dns`] (the resolver of DNS ServiceEntries),
+//!    [`dataplane`], [`proxy`];
 //! 2. [`agent`];
 //! 3. [`report`], [`admin`]; then the binaries.
 
 pub mod admin;
 pub mod agent;
 pub mod dataplane;
+pub mod dns;
 pub mod k8s;
 pub mod proxy;
 pub mod report;

@@ -3,6 +3,7 @@ use clap::{Parser, Subcommand};
 use mesh_agent::admin::{self, Shared, DEFAULT_ADMIN_ADDR};
 use mesh_agent::agent::{NoMaps, ReloadLoop};
 use mesh_agent::dataplane::{self, CounterReader, DataplaneOptions, OriginalDstTable};
+use mesh_agent::dns;
 use mesh_agent::k8s::{self, KubeSource, LeaseTiming, StatusWriter};
 use mesh_agent::proxy::{self, Proxy};
 use mesh_agent::source::{ConfigSource, FileSource};
@@ -117,6 +118,10 @@ struct RunArgs {
     /// Cluster DNS domain, for resolving DestinationRule hosts.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// The resolver configuration the names of `resolution: DNS`
+    /// ServiceEntries are looked up with.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -161,6 +166,10 @@ struct GatewayArgs {
     /// Cluster DNS domain, for resolving short host names.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// The resolver configuration the names of `resolution: DNS`
+    /// ServiceEntries are looked up with.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -253,6 +262,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             (SourceKind::Files, None) => anyhow::bail!("--source files needs --config-dir"),
         };
     let (reload, published) = ReloadLoop::new(source, Box::new(writer), args.cluster_domain, maps_taken_over);
+    let reload = with_resolver(reload, &runtime, &args.resolv_conf);
     // The first configuration goes into the maps before any program can
     // read them. It waits off the runtime, which meanwhile drives the
     // watches it waits for.
@@ -345,6 +355,7 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             (SourceKind::Files, None) => anyhow::bail!("--source files needs --config-dir"),
         };
     let (reload, published) = ReloadLoop::new(source, Box::new(NoMaps), args.cluster_domain.clone(), false);
+    let reload = with_resolver(reload, &runtime, &args.resolv_conf);
     let patience = if watches.is_some() { Duration::from_secs(30) } else { Duration::ZERO };
     let reload = first_load(&runtime, reload, patience)?;
     let reloading = Reloading::start(reload)?;
@@ -378,6 +389,19 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     })?;
     reloading.stop();
     Ok(())
+}
+
+/// `reload` with the resolver of DNS ServiceEntries. Without a readable
+/// resolver configuration the agent runs on, and those entries say they
+/// have no answer.
+fn with_resolver(reload: ReloadLoop, runtime: &tokio::runtime::Runtime, resolv_conf: &std::path::Path) -> ReloadLoop {
+    match dns::start(runtime.handle(), resolv_conf) {
+        Ok(link) => reload.with_dns(link),
+        Err(error) => {
+            tracing::warn!(%error, "no resolver: ServiceEntries with resolution DNS get no addresses");
+            reload
+        }
+    }
 }
 
 /// The first load of `reload`, waiting up to `patience` for its source to

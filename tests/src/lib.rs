@@ -30,6 +30,7 @@
 mod agent;
 pub mod apiserver;
 mod background;
+pub mod dns;
 pub mod grpc;
 pub mod h2;
 mod names;

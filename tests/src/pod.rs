@@ -145,6 +145,13 @@ impl Pod {
         .unwrap_or_else(|e| panic!("pod {}: TLS server on port {port}: {e:#}", self.name))
     }
 
+    /// A DNS server on the pod's IPv4 address, answering from a table the
+    /// test sets ([`crate::dns`]).
+    pub fn serve_dns(&self, port: u16) -> crate::dns::DnsServer {
+        crate::dns::start(&self.netns_path(), SocketAddr::new(self.ipv4.into(), port))
+            .unwrap_or_else(|e| panic!("pod {}: DNS server on port {port}: {e:#}", self.name))
+    }
+
     /// Answers every datagram with the pod name.
     pub fn serve_udp(&self, port: u16) -> Server {
         server::start_udp(&self.servers, &self.netns_path(), self.addrs(port), &self.name)

@@ -2,8 +2,9 @@
 //! real agent, the real kernel programs on a test cgroup, and pods as
 //! network namespaces.
 
-use mesh_tests::{Pod, TestEnv};
+use mesh_tests::{wait_until, Pod, TestEnv};
 use serde_json::Value;
+use std::time::Duration;
 
 fn entry(name: &str, spec: &str) -> String {
     format!("apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n{spec}---\n")
@@ -111,4 +112,69 @@ fn an_application_speaking_http_to_an_external_host_gets_tls_and_routes_from_the
     assert!(out.contains("x-seen-sni: api.example.com"), "with the entry's host as SNI: {out}");
     let out = curl("/blocked/1");
     assert!(out.starts_with("http/1.1 418"), "the VirtualService's fault: {out}");
+}
+
+#[test]
+fn a_dns_service_entry_follows_its_answers_and_keeps_the_last_one_while_lookups_fail() {
+    let env = TestEnv::new("se_dns").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let b1 = env.add_pod("b1", "10.244.1.2", "fd00:244::1:2");
+    let b2 = env.add_pod("b2", "10.244.2.2", "fd00:244::2:2");
+    let _servers = [b1.serve_tcp(8080), b2.serve_tcp(8080)];
+    let resolver_pod = env.add_pod("dns", "10.244.5.2", "fd00:244::5:2");
+    let dns = resolver_pod.serve_dns(53);
+    dns.set_ttl(1);
+    let (b1_ip, b2_ip) = ("10.244.1.2".parse().unwrap(), "10.244.2.2".parse().unwrap());
+    dns.set("api.example.test", &[b1_ip]);
+    dns.set("origin.example.test", &[b1_ip]);
+    let resolv_conf = env.config_dir().parent().unwrap().join("resolv.conf");
+    std::fs::write(&resolv_conf, "nameserver 10.244.5.2\n").unwrap();
+    let config = [
+        // No address: the answers are what applications dial.
+        entry(
+            "api",
+            "  hosts: [api.example.test]\n  ports: [{number: 80, name: tcp, protocol: TCP, targetPort: 8080}]\n  resolution: DNS\n",
+        ),
+        // A VIP in front of an endpoint known by name.
+        entry(
+            "origin",
+            "  hosts: [origin-vip.example.test]\n  addresses: [10.97.0.40]\n\
+             \x20 ports: [{number: 80, name: tcp, protocol: TCP, targetPort: 8080}]\n  resolution: DNS\n\
+             \x20 endpoints: [{address: origin.example.test}]\n",
+        ),
+    ]
+    .concat();
+    env.write_config("entries.yaml", &config).unwrap();
+    env.start_agent_on_node(&["--resolv-conf", resolv_conf.to_str().unwrap()]).unwrap();
+    let reaches = |target: &str, backend: &str| {
+        let report = probe(&env, &client, &["tcp", "--target", target, "--count", "5"]);
+        report["backends"][backend].as_u64() == Some(5)
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || reaches("10.244.1.2:80", "b1") && reaches("10.97.0.40:80", "b1")),
+        "the answers are served\n{}",
+        env.agent_log()
+    );
+    // The answers change; within a TTL or two the mesh follows them.
+    dns.set("api.example.test", &[b2_ip]);
+    dns.set("origin.example.test", &[b2_ip]);
+    assert!(
+        wait_until(Duration::from_secs(10), || reaches("10.244.2.2:80", "b2") && reaches("10.97.0.40:80", "b2")),
+        "the new answers are served\n{}",
+        env.agent_log()
+    );
+    // The old answer is no longer the service's (b1 listens on 8080 only).
+    let report = probe(&env, &client, &["tcp", "--target", "10.244.1.2:80", "--count", "1"]);
+    assert_eq!(report["errors"]["ECONNREFUSED"], 1, "{report}");
+    // The resolver goes away: the last answers keep serving.
+    let asked = dns.queries();
+    drop(dns);
+    assert!(
+        wait_until(Duration::from_secs(15), || env
+            .agent_log()
+            .contains("lookup failed; the last answer keeps serving")),
+        "{asked} queries answered\n{}",
+        env.agent_log()
+    );
+    assert!(reaches("10.244.2.2:80", "b2") && reaches("10.97.0.40:80", "b2"), "{}", env.agent_log());
 }

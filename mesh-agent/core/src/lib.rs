@@ -22,6 +22,7 @@ pub mod maglev;
 pub mod model;
 pub mod object;
 pub mod published;
+pub mod registry;
 pub mod route;
 pub mod service_entry;
 pub mod snapshot;

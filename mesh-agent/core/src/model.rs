@@ -10,13 +10,14 @@ use crate::destination_rule::{self, DestinationRuleModel};
 use crate::field::{parse_port, FieldError};
 // The submodules, not `gateway` itself: its plan reads the model.
 use crate::gateway::object::{validate_gateway, GatewayModel};
-use crate::service_entry::{validate_service_entry, ServiceEntryModel};
 use crate::object::{ObjectKey, Rejection, SourceBatch, SourcedObject, Warning, WarningReason};
 use crate::route::{self, VirtualServiceModel};
+use crate::service_entry::{validate_service_entry, Resolved, ServiceEntryModel};
 use crate::warnings::GatewayPresence;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+use std::sync::Arc;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub enum Protocol {
@@ -142,6 +143,9 @@ pub struct Model {
     /// The fields set but not honoured of every object that serves (the
     /// version that serves: a last good one brings its own).
     pub warnings: Vec<Warning>,
+    /// What the agent's resolver answered for the names of `DNS`
+    /// ServiceEntries ([`Model::dns_names`]); empty until it does.
+    pub resolved: Arc<Resolved>,
     /// The raw objects accepted, kept as the "last good" versions.
     accepted: BTreeMap<ObjectKey, SourcedObject>,
     /// Slice ports waiting for their Service's target port (during a build).
@@ -299,6 +303,12 @@ impl Model {
             })
             .collect();
         (references, gateways)
+    }
+
+    /// The names the agent resolves for `DNS` ServiceEntries: their hosts
+    /// (without endpoints) or their endpoints' names.
+    pub fn dns_names(&self) -> BTreeSet<String> {
+        self.service_entries.values().flat_map(crate::service_entry::ServiceEntryModel::dns_names).collect()
     }
 
     /// The `metadata.generation` of the version of `key` that serves.

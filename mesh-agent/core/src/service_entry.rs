@@ -1,17 +1,18 @@
-//! One ServiceEntry: validated as Istio's `ValidateServiceEntry` does, and
-//! turned into what the rest of the mesh already serves. Each host of a
-//! `STATIC` or `NONE` entry becomes a service (named by the host, in the
-//! entry's namespace) whose ports are the entry's and whose backends are
-//! its endpoints, so VIP translation in the kernel, routes, DestinationRules
-//! and status need nothing of their own.
+//! One ServiceEntry, validated as Istio's `ValidateServiceEntry` does, and
+//! the names its `DNS` resolution asks the agent to look up. What it adds to
+//! the services is [`crate::registry`]'s.
 
 use crate::api::{ServiceEntry, ServiceEntryPort};
 use crate::field::{parse_port, FieldError, Path};
-use crate::host::{is_dns1123_label, validate_export_to, validate_fqdn, validate_host_name, validate_labels, ExportToNone};
-use crate::model::{EndpointModel, EndpointSliceModel, PortModel, Protocol, ServiceModel, SlicePort, TargetPort};
+use crate::host::{
+    is_dns1123_label, validate_export_to, validate_fqdn, validate_host_name, validate_labels, ExportToNone,
+};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
+
+/// The addresses a name resolved to, by name (lower case, no trailing dot).
+pub type Resolved = BTreeMap<String, Vec<IpAddr>>;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
@@ -137,7 +138,13 @@ pub fn validate_service_entry(object: &ServiceEntry) -> Result<ServiceEntryModel
             for (i, host) in spec.hosts.iter().enumerate() {
                 let field = format!("spec.hosts[{i}]");
                 validate_fqdn(&field, host).map_err(|error| {
-                    FieldError::new(field, format!("must be a fully qualified name for resolution DNS without endpoints: {}", error.message))
+                    FieldError::new(
+                        field,
+                        format!(
+                            "must be a fully qualified name for resolution DNS without endpoints: {}",
+                            error.message
+                        ),
+                    )
                 })?;
             }
         }
@@ -151,7 +158,10 @@ pub fn validate_service_entry(object: &ServiceEntry) -> Result<ServiceEntryModel
         let at = path.index("endpoints", i);
         let address = endpoint.address.trim();
         if address.starts_with("unix://") {
-            return Err(FieldError::new(at.field("address"), "unix domain socket endpoints are not served by the mesh"));
+            return Err(FieldError::new(
+                at.field("address"),
+                "unix domain socket endpoints are not served by the mesh",
+            ));
         }
         let is_ip = address.parse::<IpAddr>().is_ok();
         match resolution {
@@ -213,8 +223,21 @@ fn parse_address(field: &str, text: &str) -> Result<EntryAddress, FieldError> {
 }
 
 /// The protocols Istio's `protocol.Parse` knows.
-const PROTOCOLS: [&str; 13] =
-    ["HTTP", "HTTPS", "HTTP2", "HTTP_PROXY", "GRPC", "GRPC-WEB", "TCP", "TLS", "UDP", "MONGO", "REDIS", "MYSQL", "THRIFT"];
+const PROTOCOLS: [&str; 13] = [
+    "HTTP",
+    "HTTPS",
+    "HTTP2",
+    "HTTP_PROXY",
+    "GRPC",
+    "GRPC-WEB",
+    "TCP",
+    "TLS",
+    "UDP",
+    "MONGO",
+    "REDIS",
+    "MYSQL",
+    "THRIFT",
+];
 
 fn validate_ports(ports: &[ServiceEntryPort]) -> Result<Vec<EntryPort>, FieldError> {
     let (mut names, mut numbers) = (BTreeSet::new(), BTreeSet::new());
@@ -234,122 +257,51 @@ fn validate_ports(ports: &[ServiceEntryPort]) -> Result<Vec<EntryPort>, FieldErr
         }
         let protocol = port.protocol.clone().unwrap_or_default().to_ascii_uppercase();
         if !PROTOCOLS.contains(&protocol.as_str()) {
-            let message = format!("{:?} is not a protocol ({})", port.protocol.as_deref().unwrap_or(""), PROTOCOLS.join(", "));
+            let message =
+                format!("{:?} is not a protocol ({})", port.protocol.as_deref().unwrap_or(""), PROTOCOLS.join(", "));
             return Err(FieldError::new(at.field("protocol"), message));
         }
-        let target_port = port.target_port.filter(|p| *p != 0).map(|p| parse_port(&at.field("targetPort"), p)).transpose()?;
+        let target_port =
+            port.target_port.filter(|p| *p != 0).map(|p| parse_port(&at.field("targetPort"), p)).transpose()?;
         valid.push(EntryPort { name, number, protocol, target_port });
     }
     Ok(valid)
 }
 
-impl EntryPort {
-    /// The service port the rest of the mesh sees: UDP for `UDP`, else TCP;
-    /// HTTP ports by their application protocol, as a Service's.
-    fn service_port(&self) -> PortModel {
-        let app_protocol = match self.protocol.as_str() {
-            "HTTP" | "HTTP_PROXY" => "http",
-            "HTTP2" => "http2",
-            "GRPC" => "grpc",
-            "GRPC-WEB" => "grpc-web",
-            _ => "tcp",
-        };
-        PortModel {
-            name: self.name.clone(),
-            port: self.number,
-            protocol: if self.protocol == "UDP" { Protocol::Udp } else { Protocol::Tcp },
-            target_port: TargetPort::Number(self.target_port.unwrap_or(self.number)),
-            app_protocol: Some(app_protocol.to_owned()),
+impl ServiceEntryModel {
+    fn resolves(&self) -> bool {
+        matches!(self.resolution, Resolution::Dns | Resolution::DnsRoundRobin)
+    }
+
+    /// The names its resolution asks for: each host when it has no
+    /// endpoints, else its endpoints' names (addresses need no lookup).
+    pub fn dns_names(&self) -> Vec<String> {
+        if !self.resolves() {
+            return Vec::new();
         }
+        if self.endpoints.is_empty() {
+            return self.hosts.iter().filter(|h| !h.starts_with('*')).cloned().collect();
+        }
+        (self.endpoints.iter())
+            .filter(|e| e.address.parse::<IpAddr>().is_err())
+            .map(|e| e.address.trim_end_matches('.').to_ascii_lowercase())
+            .collect()
     }
-}
 
-/// The services an entry adds: one per host, for `STATIC` and `NONE`
-/// (DNS waits for the resolver). A `STATIC` entry's exact addresses are its
-/// VIPs and its endpoints its backends, as one EndpointSlice per family;
-/// `NONE` has neither (connections pass through, and proxies find no
-/// endpoint). CIDR blocks are left to the caller's warning.
-pub fn services_of(entry: &ServiceEntryModel) -> Vec<(ServiceModel, Vec<EndpointSliceModel>)> {
-    if !matches!(entry.resolution, Resolution::Static | Resolution::None) {
-        return Vec::new();
+    /// The names its resolution asks for that `resolved` has no address
+    /// for (yet, or because their lookups fail).
+    pub fn unresolved(&self, resolved: &Resolved) -> Vec<String> {
+        (self.dns_names().into_iter()).filter(|name| resolved.get(name).is_none_or(Vec::is_empty)).collect()
     }
-    let cluster_ips: Vec<IpAddr> = match entry.resolution {
-        Resolution::Static => entry.addresses.iter().filter(|a| a.is_single()).map(|a| a.ip).collect(),
-        _ => Vec::new(),
-    };
-    let ports: Vec<PortModel> = entry.ports.iter().map(EntryPort::service_port).collect();
-    (entry.hosts.iter())
-        .map(|host| {
-            let service = ServiceModel {
-                namespace: entry.namespace.clone(),
-                name: host.clone(),
-                cluster_ips: cluster_ips.clone(),
-                ports: ports.clone(),
-                selector: BTreeMap::new(),
-                host: Some(host.clone()),
-            };
-            let slices = [false, true]
-                .into_iter()
-                .filter_map(|ipv6| {
-                    let endpoints: Vec<(IpAddr, &EntryEndpoint)> = (entry.endpoints.iter())
-                        .filter_map(|e| e.address.parse::<IpAddr>().ok().map(|ip| (ip, e)))
-                        .filter(|(ip, _)| ip.is_ipv6() == ipv6)
-                        .collect();
-                    (!endpoints.is_empty()).then(|| slices_of(entry, host, ipv6, &endpoints))
-                })
-                .flatten()
-                .collect();
-            (service, slices)
-        })
-        .collect()
-}
-
-/// One slice per distinct port mapping, so that each endpoint keeps its own
-/// port for each named entry port.
-fn slices_of(
-    entry: &ServiceEntryModel,
-    host: &str,
-    ipv6: bool,
-    endpoints: &[(IpAddr, &EntryEndpoint)],
-) -> Vec<EndpointSliceModel> {
-    let mut by_ports: BTreeMap<Vec<SlicePort>, Vec<EndpointModel>> = BTreeMap::new();
-    for (ip, endpoint) in endpoints {
-        let ports: Vec<SlicePort> = (entry.ports.iter())
-            .map(|port| {
-                let service_port = port.service_port();
-                let number = endpoint.ports.get(&port.name).copied().unwrap_or(match service_port.target_port {
-                    TargetPort::Number(n) => n,
-                    TargetPort::Name(_) => port.number,
-                });
-                SlicePort { name: port.name.clone(), port: number, protocol: service_port.protocol }
-            })
-            .collect();
-        by_ports.entry(ports).or_default().push(EndpointModel {
-            addresses: vec![*ip],
-            ready: true,
-            target: None,
-            labels: Some(endpoint.labels.clone()),
-        });
-    }
-    (by_ports.into_iter().enumerate())
-        .map(|(i, (ports, endpoints))| EndpointSliceModel {
-            namespace: entry.namespace.clone(),
-            name: format!("{}-{host}-{}-{i}", entry.name, if ipv6 { "v6" } else { "v4" }),
-            service: host.to_owned(),
-            ipv6,
-            endpoints,
-            ports,
-        })
-        .collect()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::Resource;
     use crate::decode::parse_file;
 
-    fn validate(spec: &str) -> Result<ServiceEntryModel, FieldError> {
+    pub(crate) fn validate(spec: &str) -> Result<ServiceEntryModel, FieldError> {
         let text = format!(
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ext, namespace: shop}}\nspec:\n{spec}"
         );
@@ -358,7 +310,7 @@ mod tests {
         validate_service_entry(&entry)
     }
 
-    const HTTP: &str = "  ports: [{number: 80, name: http, protocol: HTTP}]\n";
+    pub(crate) const HTTP: &str = "  ports: [{number: 80, name: http, protocol: HTTP}]\n";
 
     #[test]
     fn validation_follows_istio() {
@@ -407,44 +359,5 @@ mod tests {
             }
         }
         assert!(wrong.is_empty(), "{}", wrong.join("\n"));
-    }
-
-    #[test]
-    fn a_static_entry_is_a_service_per_host_with_its_endpoints_as_backends() {
-        let entry = validate(concat!(
-            "  hosts: [db.example.com, DB2.example.com.]\n",
-            "  addresses: [10.97.0.10, 'fd00:97::10', 10.98.0.0/16]\n",
-            "  ports: [{number: 5432, name: tcp-pg, protocol: TCP, targetPort: 15432}, {number: 80, name: http, protocol: HTTP}]\n",
-            "  resolution: STATIC\n",
-            "  endpoints:\n",
-            "  - {address: 10.0.0.1, labels: {v: a}}\n",
-            "  - {address: 10.0.0.2, ports: {tcp-pg: 6432}}\n",
-            "  - {address: 'fd00::3'}\n",
-        ))
-        .unwrap();
-        let services = services_of(&entry);
-        let names: Vec<&str> = services.iter().map(|(s, _)| s.name.as_str()).collect();
-        assert_eq!(names, ["db.example.com", "db2.example.com"]);
-        let (service, slices) = &services[0];
-        assert_eq!(service.fqdn("cluster.local"), "db.example.com");
-        assert_eq!(service.cluster_ips.len(), 2, "the CIDR block is no VIP");
-        assert_eq!(service.ports[1].app_protocol.as_deref(), Some("http"));
-        let ports: Vec<(bool, Vec<(String, u16)>, usize)> = (slices.iter())
-            .map(|s| (s.ipv6, s.ports.iter().map(|p| (p.name.clone(), p.port)).collect(), s.endpoints.len()))
-            .collect();
-        assert_eq!(
-            ports,
-            [
-                (false, vec![("tcp-pg".into(), 6432), ("http".into(), 80)], 1),
-                (false, vec![("tcp-pg".into(), 15432), ("http".into(), 80)], 1),
-                (true, vec![("tcp-pg".into(), 15432), ("http".into(), 80)], 1),
-            ],
-            "an endpoint's own port, else the targetPort, else the number"
-        );
-        assert_eq!(slices[1].endpoints[0].labels, Some([("v".to_owned(), "a".to_owned())].into()));
-        let none = validate(&format!("  hosts: [a.com]\n  addresses: [10.97.0.11]\n{HTTP}")).unwrap();
-        assert!(services_of(&none)[0].0.cluster_ips.is_empty() && services_of(&none)[0].1.is_empty());
-        let dns = validate(&format!("  hosts: [a.com]\n{HTTP}  resolution: DNS\n")).unwrap();
-        assert!(services_of(&dns).is_empty(), "DNS waits for the resolver");
     }
 }

@@ -196,7 +196,22 @@ fn entry_services(model: &Model, warnings: &mut Vec<Warning>) -> Vec<(ServiceMod
             namespace: entry.namespace.clone(),
             name: entry.name.clone(),
         });
-        for (service, slices) in crate::service_entry::services_of(entry) {
+        if let Some(object) = object {
+            for name in entry.unresolved(&model.resolved) {
+                let message = format!(
+                    "{name} has no DNS answer yet (or its lookups fail): nothing is translated or dialled for it"
+                );
+                let field = match entry.hosts.iter().position(|h| *h == name) {
+                    Some(i) if entry.endpoints.is_empty() => format!("spec.hosts[{i}]"),
+                    _ => format!(
+                        "spec.endpoints[{}].address",
+                        entry.endpoints.iter().position(|e| e.address.eq_ignore_ascii_case(&name)).unwrap_or_default()
+                    ),
+                };
+                warnings.push(Warning::object(object, field, message, WarningReason::NotHonoured));
+            }
+        }
+        for (service, slices) in crate::registry::services_of(entry, &model.resolved) {
             let id = (service.namespace.clone(), service.name.clone());
             if model.services.contains_key(&id) {
                 if let Some(object) = object {
@@ -205,7 +220,12 @@ fn entry_services(model: &Model, warnings: &mut Vec<Warning>) -> Vec<(ServiceMod
                         "Service {}/{} already has this name; the Service serves it and this host adds nothing",
                         id.0, id.1
                     );
-                    warnings.push(Warning::object(object, format!("spec.hosts[{i}]"), message, WarningReason::NotHonoured));
+                    warnings.push(Warning::object(
+                        object,
+                        format!("spec.hosts[{i}]"),
+                        message,
+                        WarningReason::NotHonoured,
+                    ));
                 }
                 continue;
             }
@@ -444,15 +464,19 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
 /// service (a Service, or an earlier entry) already serves in the kernel.
 fn address_taken(model: &Model, service: &ServiceModel, address: SocketAddr) -> Option<Warning> {
     let host = service.host.as_ref()?;
-    let entry = (model.service_entries.values())
-        .find(|e| e.namespace == service.namespace && e.hosts.contains(host))?;
+    let entry =
+        (model.service_entries.values()).find(|e| e.namespace == service.namespace && e.hosts.contains(host))?;
     let key = ObjectKey { kind: "ServiceEntry".into(), namespace: entry.namespace.clone(), name: entry.name.clone() };
     let object = model.served_object(&key)?;
-    let i = entry.addresses.iter().position(|a| a.ip == address.ip()).unwrap_or_default();
     let message = format!(
         "{address} is already another service's address in the kernel: connections to it go there, not to {host}"
     );
-    Some(Warning::object(object, format!("spec.addresses[{i}]"), message, WarningReason::NotHonoured))
+    let field = match entry.addresses.iter().position(|a| a.ip == address.ip()) {
+        Some(i) => format!("spec.addresses[{i}]"),
+        // An answer of the host's own lookup.
+        None => format!("spec.hosts[{}]", entry.hosts.iter().position(|h| h == host).unwrap_or_default()),
+    };
+    Some(Warning::object(object, field, message, WarningReason::NotHonoured))
 }
 
 /// Whether a port speaks HTTP, and HTTP/2 in particular: `appProtocol`
@@ -769,9 +793,8 @@ mod tests {
         assert_eq!((service.name.as_str(), service.fqdn.as_str()), ("api.example.com", "api.example.com"));
         assert_eq!(service.destination_rule.as_deref(), Some("shop/ext"));
         assert!(service.captured, "TLS origination needs the proxy");
-        let backends: Vec<(String, Option<&str>)> = (service.backends.iter())
-            .map(|b| (b.address.to_string(), b.labels.get("v").map(String::as_str)))
-            .collect();
+        let backends: Vec<(String, Option<&str>)> =
+            (service.backends.iter()).map(|b| (b.address.to_string(), b.labels.get("v").map(String::as_str))).collect();
         assert_eq!(backends, [("10.0.0.1:8080".into(), Some("a")), ("10.0.0.2:8080".into(), Some("b"))]);
         let index = snapshot.service_index_for_host("api.example.com", 80).unwrap();
         assert_eq!(snapshot.services[index].fqdn, "api.example.com");

@@ -405,12 +405,9 @@ fn virtual_service(vs: &VirtualService, found: &mut Found) {
 fn service_entry_fields(entry: &ServiceEntry, found: &mut Found) {
     let spec = &entry.spec;
     match spec.resolution.as_deref().unwrap_or("NONE") {
-        resolution @ ("DNS" | "DNS_ROUND_ROBIN") => found.not_honoured(
+        "DNS_ROUND_ROBIN" => found.not_honoured(
             "spec.resolution".into(),
-            format!(
-                "{resolution} is not resolved yet: the hosts are known to routes, but nothing is translated in \
-                 the kernel and proxies find no endpoint for them"
-            ),
+            "served as DNS: every answer is an endpoint, balanced as the DestinationRule says",
         ),
         "NONE" => found.not_honoured(
             "spec.resolution".into(),
