@@ -4,7 +4,7 @@
 use crate::dataplane::{CounterReader, Counters, DataplaneInfo};
 use crate::report::{
     BackendStatus, ConfigStatus, DataplaneStatus, EjectedHost, ProgramStatus, ServiceStatus, StatusReport,
-    UpstreamPoolStatus,
+    UpstreamPoolStatus, WorkloadStatus,
 };
 use bytes::Bytes;
 use http_body_util::Full;
@@ -240,6 +240,19 @@ pub fn status_report(shared: &Shared) -> StatusReport {
         kernel_counters: counters.global.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
         // A gateway balances no service port in a kernel: its routes say
         // where requests go (`meshctl routes`).
+        workloads: (published.snapshot.outbound.views.iter())
+            .map(|w| WorkloadStatus {
+                namespace: w.namespace.clone(),
+                name: w.name.clone(),
+                cgroup_id: w.cgroup_id,
+                outbound_policy: match w.policy {
+                    mesh_core::sidecar::OutboundPolicy::AllowAny => "ALLOW_ANY".into(),
+                    mesh_core::sidecar::OutboundPolicy::RegistryOnly => "REGISTRY_ONLY".into(),
+                },
+                sidecar: w.sidecar.clone(),
+                refused: counters.refused_by_workload.get(&w.cgroup_id).copied().unwrap_or(0),
+            })
+            .collect(),
         services: match shared.dataplane {
             Some(_) => published.snapshot.services.iter().map(|s| service_status(s, &counters)).collect(),
             None => Vec::new(),
@@ -351,6 +364,23 @@ fn metrics(shared: &Shared) -> String {
     registry.register("service_live_connections", "Live TCP connections per service port on this node", live);
     registry.register("service_ready_backends", "Ready backends per service port", backends_ready);
     registry.register("backend_live_connections", "Live TCP connections per backend on this node", backend_live);
+
+    let refused = Family::<Labels, Counter>::default();
+    for workload in &published.snapshot.outbound.views {
+        let labels: Labels = vec![
+            ("namespace".into(), workload.namespace.clone()),
+            ("pod".into(), workload.name.clone()),
+            ("reason".into(), "registry_only".into()),
+        ];
+        refused
+            .get_or_create(&labels)
+            .inc_by(counters.refused_by_workload.get(&workload.cgroup_id).copied().unwrap_or(0));
+    }
+    registry.register(
+        "workload_refused_connects",
+        "Connects and datagrams refused by a workload's outbound traffic policy, in the kernel",
+        refused,
+    );
 
     shared.proxy.metrics.register(&mut registry);
     let ejected = Family::<Labels, Gauge>::default();

@@ -7,7 +7,9 @@
 use crate::dataplane::{ApplyStats, DataplaneError, MapWriter};
 use crate::dns::DnsLink;
 use crate::source::{ConfigSource, POLL_INTERVAL};
+use crate::workloads::PodCgroups;
 use mesh_core::model::Model;
+use mesh_core::node::NodeContext;
 use mesh_core::object::{ObjectKey, Warning};
 use mesh_core::published::{Published, ReloadStatus};
 use mesh_core::snapshot::{compile, Snapshot};
@@ -65,6 +67,10 @@ pub struct ReloadLoop {
     warned: WarningLog,
     /// The resolver of `DNS` ServiceEntries' names (none in unit tests).
     dns: Option<DnsLink>,
+    /// What the agent knows of its node, for every compile.
+    node: Arc<NodeContext>,
+    /// The pod cgroups of this node, rescanned each tick (`--pod-cgroups`).
+    pods: Option<PodCgroups>,
 }
 
 /// What each object's warnings were when they were last logged (a hash of
@@ -137,8 +143,25 @@ impl ReloadLoop {
             source_failing: false,
             warned: WarningLog::default(),
             dns: None,
+            node: Arc::default(),
+            pods: None,
         };
         (this, receiver)
+    }
+
+    /// Compiles with `node` (policy default, node addresses, resolvers),
+    /// its pod cgroups kept current from `pods`.
+    pub fn with_node(mut self, node: NodeContext, pods: Option<PodCgroups>) -> Self {
+        self.node = Arc::new(node);
+        self.pods = pods;
+        self
+    }
+
+    /// The node context with the pod cgroups, when they changed.
+    fn node_changed(&mut self) -> Option<Arc<NodeContext>> {
+        let pod_cgroups = self.pods.as_mut()?.changed()?;
+        self.node = Arc::new(NodeContext { pod_cgroups, ..(*self.node).clone() });
+        Some(self.node.clone())
     }
 
     /// Resolves the names of `DNS` ServiceEntries with `dns`; the
@@ -178,10 +201,13 @@ impl ReloadLoop {
         let batch = match self.source.poll() {
             Ok(Some(batch)) => batch,
             Ok(None) => {
-                if let Some(resolved) = self.dns.as_mut().and_then(DnsLink::changed) {
-                    // New answers for the same objects: compiled again.
+                let resolved = self.dns.as_mut().and_then(DnsLink::changed);
+                let node = self.node_changed();
+                if resolved.is_some() || node.is_some() {
+                    // New answers or pods for the same objects: compiled again.
                     let mut model = self.model.clone();
-                    model.resolved = resolved;
+                    model.resolved = resolved.unwrap_or(model.resolved);
+                    model.node = node.unwrap_or(model.node);
                     self.retry = None;
                     self.compile_and_apply(model, started, false);
                     return;
@@ -210,6 +236,8 @@ impl ReloadLoop {
         if let Some(dns) = &self.dns {
             model.resolved = dns.current();
         }
+        self.node_changed();
+        model.node = self.node.clone();
         let validated = started.elapsed();
         for rejection in &model.rejections {
             tracing::warn!(

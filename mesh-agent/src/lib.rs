@@ -11,7 +11,7 @@
 //!
 //! 0. `mesh-core` (its own crate), and [`sync`];
 //! 1. [`source`], [`k8s`], [`dns`] (the resolver of DNS ServiceEntries),
-//!    [`dataplane`], [`proxy`];
+//!    [`workloads`] (pod cgroups), [`dataplane`], [`proxy`];
 //! 2. [`agent`];
 //! 3. [`report`], [`admin`]; then the binaries.
 
@@ -24,3 +24,4 @@ pub mod proxy;
 pub mod report;
 pub mod source;
 pub mod sync;
+pub mod workloads;

@@ -7,6 +7,9 @@ use mesh_agent::dns;
 use mesh_agent::k8s::{self, KubeSource, LeaseTiming, StatusWriter};
 use mesh_agent::proxy::{self, Proxy};
 use mesh_agent::source::{ConfigSource, FileSource};
+use mesh_agent::workloads::{self, PodCgroups};
+use mesh_core::node::NodeContext;
+use mesh_core::sidecar::OutboundPolicy;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,6 +49,26 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OutboundMode {
+    /// Connections outside the registry pass through.
+    #[value(name = "ALLOW_ANY", alias = "allow-any")]
+    AllowAny,
+    /// Connections outside the registry are refused in the kernel.
+    #[value(name = "REGISTRY_ONLY", alias = "registry-only")]
+    RegistryOnly,
+}
+
+fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
+    let (ip, prefix) = text.split_once('/').ok_or_else(|| format!("{text:?} is not a CIDR block (ip/prefix)"))?;
+    let ip: IpAddr = ip.parse().map_err(|_| format!("{ip:?} is not an IP address"))?;
+    let prefix: u8 = prefix.parse().map_err(|_| format!("{prefix:?} is not a prefix length"))?;
+    if prefix > if ip.is_ipv4() { 32 } else { 128 } {
+        return Err(format!("/{prefix} is longer than the address"));
+    }
+    Ok((ip, prefix))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -108,6 +131,18 @@ struct RunArgs {
     /// Port of the L7 proxy on the node addresses.
     #[arg(long, default_value_t = 15001)]
     proxy_port: u16,
+    /// The mesh-wide outbound traffic policy (Istio's
+    /// meshConfig.outboundTrafficPolicy); Sidecars override it per workload.
+    #[arg(long, value_enum, default_value = "ALLOW_ANY")]
+    outbound_traffic_policy: OutboundMode,
+    /// A cgroup directory whose subdirectories `<namespace>_<pod>` are this
+    /// node's pod cgroups: their outbound policy is enforced in the kernel.
+    #[arg(long)]
+    pod_cgroups: Option<PathBuf>,
+    /// An address block of the mesh (a pod network): always reachable, also
+    /// under REGISTRY_ONLY. Repeatable.
+    #[arg(long = "mesh-cidr", value_parser = parse_cidr)]
+    mesh_cidrs: Vec<(IpAddr, u8)>,
     /// Print a JSON access-log line per proxied request on stdout.
     #[arg(long)]
     access_log: bool,
@@ -263,6 +298,24 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         };
     let (reload, published) = ReloadLoop::new(source, Box::new(writer), args.cluster_domain, maps_taken_over);
     let reload = with_resolver(reload, &runtime, &args.resolv_conf);
+    let pods = match &args.pod_cgroups {
+        Some(dir) => {
+            let root = cgroup2_root().context("no cgroup v2 mount found for --pod-cgroups")?;
+            Some(PodCgroups::new(dir, &root)?)
+        }
+        None => None,
+    };
+    let node = NodeContext {
+        default_policy: match args.outbound_traffic_policy {
+            OutboundMode::AllowAny => OutboundPolicy::AllowAny,
+            OutboundMode::RegistryOnly => OutboundPolicy::RegistryOnly,
+        },
+        pod_cgroups: Vec::new(),
+        node_ips: args.node_ips.clone(),
+        mesh_cidrs: args.mesh_cidrs.clone(),
+        resolvers: std::fs::read_to_string(&args.resolv_conf).map(|t| workloads::nameservers(&t)).unwrap_or_default(),
+    };
+    let reload = reload.with_node(node, pods);
     // The first configuration goes into the maps before any program can
     // read them. It waits off the runtime, which meanwhile drives the
     // watches it waits for.

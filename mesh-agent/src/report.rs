@@ -27,7 +27,23 @@ pub struct StatusReport {
     pub config: ConfigStatus,
     /// Global kernel decision and drop counters, summed over CPUs.
     pub kernel_counters: BTreeMap<String, u64>,
+    /// The pods of this node with an outbound policy (`--pod-cgroups`).
+    #[serde(default)]
+    pub workloads: Vec<WorkloadStatus>,
     pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WorkloadStatus {
+    pub namespace: String,
+    pub name: String,
+    pub cgroup_id: u64,
+    /// `ALLOW_ANY` or `REGISTRY_ONLY`.
+    pub outbound_policy: String,
+    /// `namespace/name` of the Sidecar that set it (none: the mesh default).
+    pub sidecar: Option<String>,
+    /// Connects and datagrams the kernel refused for it.
+    pub refused: u64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -258,6 +274,19 @@ impl StatusReport {
             "kernel counters: {}",
             if counters.is_empty() { "all zero".into() } else { counters.join(" ") }
         );
+        if !self.workloads.is_empty() {
+            let _ = writeln!(out, "workloads ({}):", self.workloads.len());
+            for w in &self.workloads {
+                let _ = writeln!(
+                    out,
+                    "  {:<40} {:<13} {:>6} refused  {}",
+                    format!("{}/{}", w.namespace, w.name),
+                    w.outbound_policy,
+                    w.refused,
+                    w.sidecar.as_deref().map(|s| format!("(Sidecar {s})")).unwrap_or_else(|| "(mesh default)".into())
+                );
+            }
+        }
         let _ = writeln!(out);
         let _ = writeln!(
             out,

@@ -12,7 +12,7 @@
 /// Version of this ABI. Maps are pinned under `maps/v<N>`: an agent whose
 /// map layout differs starts on fresh maps instead of misreading old ones.
 /// Bump it with any change to a map's type, key, value or size.
-pub const MAP_ABI_VERSION: u32 = 4;
+pub const MAP_ABI_VERSION: u32 = 5;
 
 /// Names of the maps, as the kernel object declares them and as they are
 /// pinned under the agent's bpffs directory.
@@ -32,6 +32,10 @@ pub mod map_names {
     pub const SOCK_HASH: &str = "MESH_SOCK_HASH";
     pub const SOCK_PEERS: &str = "MESH_SOCK_PEERS";
     pub const HANDSHAKES: &str = "MESH_HANDSHAKES";
+    pub const POLICY: &str = "MESH_POLICY";
+    pub const WORKLOADS: &str = "MESH_WORKLOADS";
+    pub const REGISTRY: &str = "MESH_REGISTRY";
+    pub const WORKLOAD_STATS: &str = "MESH_WORKLOAD_STATS";
 }
 
 /// Names of the programs in the kernel object.
@@ -68,6 +72,28 @@ pub mod capacity {
     pub const HANDSHAKES: u32 = 1 << 16;
     /// Upper bound on backends per load-balancing group the kernel samples.
     pub const MAX_BACKENDS_PER_GROUP: u32 = 1 << 16;
+    /// Workloads (pod cgroups) on this node with an outbound policy.
+    pub const WORKLOADS: u32 = 1 << 14;
+    /// Addresses and blocks outside the Services that REGISTRY_ONLY
+    /// workloads may reach: pods, nodes, resolvers, ServiceEntry blocks.
+    pub const REGISTRY: u32 = 1 << 18;
+    /// Levels of the cgroup tree where pod cgroups sit.
+    pub const POD_LEVELS: usize = 4;
+}
+
+/// An address as the maps keep it: four 32-bit words holding the bytes in
+/// network order; IPv4 in word 0, the rest zero.
+pub fn ip_words(ip: core::net::IpAddr) -> [u32; 4] {
+    let mut words = [0u32; 4];
+    match ip {
+        core::net::IpAddr::V4(v4) => words[0] = u32::from_ne_bytes(v4.octets()),
+        core::net::IpAddr::V6(v6) => {
+            for (word, chunk) in words.iter_mut().zip(v6.octets().chunks_exact(4)) {
+                *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+            }
+        }
+    }
+    words
 }
 
 pub const FAMILY_V4: u8 = 4;
@@ -289,6 +315,61 @@ pub struct HandshakeKey {
 }
 const _: () = assert!(core::mem::size_of::<HandshakeKey>() == 48);
 
+/// How connects are judged: entry 0 of a one-element array, written by
+/// the agent with every snapshot.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PolicyConfig {
+    /// The depths of the cgroup tree at which pod cgroups sit (a pod's
+    /// processes may live in cgroups below it, one per container); the
+    /// first `level_count` are used.
+    pub pod_levels: [u32; capacity::POD_LEVELS],
+    pub level_count: u32,
+    /// 1 when some workload is REGISTRY_ONLY: otherwise a miss costs no
+    /// lookup at all.
+    pub any_restricted: u32,
+}
+const _: () = assert!(core::mem::size_of::<PolicyConfig>() == 24);
+
+/// A workload's outbound policy, by the id of its pod cgroup.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadPolicy {
+    /// [`POLICY_REGISTRY_ONLY`] and friends.
+    pub flags: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<WorkloadPolicy>() == 8);
+
+/// Connects to addresses outside the registry are refused.
+pub const POLICY_REGISTRY_ONLY: u32 = 1;
+
+/// What a registry entry matches, in the order the trie compares it: a
+/// port (network byte order; 0 is any port) and family, then the address.
+/// Its prefix length counts the 32 bits before the address, plus the
+/// address bits that must match.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RegistryPrefix {
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+    pub addr: [u32; 4],
+}
+const _: () = assert!(core::mem::size_of::<RegistryPrefix>() == 20);
+
+/// The bits of a [`RegistryPrefix`] before its address.
+pub const REGISTRY_HEAD_BITS: u32 = 32;
+
+/// Per-workload, per-CPU counters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WorkloadStats {
+    /// Connects and datagrams refused: outside the registry.
+    pub refused_registry: u64,
+}
+const _: () = assert!(core::mem::size_of::<WorkloadStats>() == 8);
+
 /// Per-cluster, per-CPU counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -342,7 +423,10 @@ pub mod global_stat {
     /// left the sock hash after its first acknowledged send, so its later
     /// sends skip the sk_msg program.
     pub const SOCKMAP_LEFT: u32 = 21;
-    pub const COUNT: u32 = 22;
+    /// A REGISTRY_ONLY workload dialled an address outside the registry.
+    pub const CONNECT_REFUSED_REGISTRY: u32 = 22;
+    pub const SENDMSG_REFUSED_REGISTRY: u32 = 23;
+    pub const COUNT: u32 = 24;
 
     /// Label values for each index, in order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -368,6 +452,8 @@ pub mod global_stat {
         "msg_redirected",
         "msg_passed",
         "sockmap_left",
+        "connect_refused_registry",
+        "sendmsg_refused_registry",
     ];
 }
 
@@ -390,4 +476,8 @@ mod pod {
     unsafe impl aya::Pod for OriginalDst {}
     unsafe impl aya::Pod for SockKey {}
     unsafe impl aya::Pod for HandshakeKey {}
+    unsafe impl aya::Pod for PolicyConfig {}
+    unsafe impl aya::Pod for WorkloadPolicy {}
+    unsafe impl aya::Pod for RegistryPrefix {}
+    unsafe impl aya::Pod for WorkloadStats {}
 }

@@ -16,7 +16,7 @@ use crate::{
     maps::{FRONTENDS, PROXY, SOCKETS},
     stats::{count, count_cluster},
     udp_reverse::remember_udp_reverse,
-    verdict::{miss, refuse_with, ALLOW},
+    verdict::{miss, refuse_with, MissStats, ALLOW},
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -41,7 +41,14 @@ fn try_connect(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
     let dial = unsafe { read_dial(sa, family, proto) };
     let fe = match unsafe { FRONTENDS.get(&dial.key) } {
         Some(fe) => *fe,
-        None => return Ok(miss(&dial.key, global_stat::CONNECT_UNKNOWN_PORT, global_stat::CONNECT_PASSTHROUGH)),
+        None => {
+            let stats = MissStats {
+                unknown_port: global_stat::CONNECT_UNKNOWN_PORT,
+                refused_registry: global_stat::CONNECT_REFUSED_REGISTRY,
+                passthrough: global_stat::CONNECT_PASSTHROUGH,
+            };
+            return Ok(miss(&dial.key, stats));
+        }
     };
     if proto == PROTO_TCP && fe.flags & FRONTEND_CAPTURE != 0 {
         if let Some(verdict) = capture(ctx, cookie, &fe, &dial, v6_ctx) {

@@ -30,6 +30,7 @@ mod addr;
 mod balance;
 mod live;
 mod maps;
+mod policy;
 mod stats;
 mod udp_reverse;
 mod verdict;

@@ -4,11 +4,12 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
 };
 use mesh_common::{
     capacity, global_stat, Backend, ClusterLive, ClusterStats, ConnKey, Frontend, FrontendKey, HandshakeKey,
-    OriginalDst, ProxyTarget, ServiceIpKey, SlotKey, SockKey, SocketEntry, UdpReverseKey, UdpReverseValue,
+    OriginalDst, PolicyConfig, ProxyTarget, RegistryPrefix, ServiceIpKey, SlotKey, SockKey, SocketEntry,
+    UdpReverseKey, UdpReverseValue, WorkloadPolicy, WorkloadStats,
 };
 
 #[map(name = "MESH_FRONTENDS")]
@@ -46,3 +47,16 @@ pub(crate) static SOCK_PEERS: LruHashMap<SockKey, SockKey> = LruHashMap::pinned(
 /// Connecting sockets by their handshake, until the accepting end pairs.
 #[map(name = "MESH_HANDSHAKES")]
 pub(crate) static HANDSHAKES: LruHashMap<HandshakeKey, SockKey> = LruHashMap::pinned(capacity::HANDSHAKES, 0);
+/// How connects are judged (entry 0).
+#[map(name = "MESH_POLICY")]
+pub(crate) static POLICY: Array<PolicyConfig> = Array::pinned(1, 0);
+/// Outbound policy by pod cgroup id.
+#[map(name = "MESH_WORKLOADS")]
+pub(crate) static WORKLOADS: HashMap<u64, WorkloadPolicy> = HashMap::pinned(capacity::WORKLOADS, BPF_F_NO_PREALLOC);
+/// What REGISTRY_ONLY workloads may reach besides the Services.
+#[map(name = "MESH_REGISTRY")]
+pub(crate) static REGISTRY: LpmTrie<RegistryPrefix, u32> = LpmTrie::pinned(capacity::REGISTRY, 0);
+/// Per-workload refusals, by pod cgroup id.
+#[map(name = "MESH_WORKLOAD_STATS")]
+pub(crate) static WORKLOAD_STATS: PerCpuHashMap<u64, WorkloadStats> =
+    PerCpuHashMap::pinned(capacity::WORKLOADS, BPF_F_NO_PREALLOC);

@@ -13,7 +13,7 @@ use crate::{
     maps::{FRONTENDS, SOCKETS, UDP_REVERSE},
     stats::{count, count_cluster},
     udp_reverse::remember_udp_reverse,
-    verdict::{miss, refuse_with, ALLOW},
+    verdict::{miss, refuse_with, MissStats, ALLOW},
 };
 
 #[cgroup_sock_addr(sendmsg4)]
@@ -36,7 +36,14 @@ fn try_sendmsg(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
     let dial = unsafe { read_dial(sa, family, PROTO_UDP) };
     let fe = match unsafe { FRONTENDS.get(&dial.key) } {
         Some(fe) => *fe,
-        None => return Ok(miss(&dial.key, global_stat::SENDMSG_UNKNOWN_PORT, global_stat::SENDMSG_PASSTHROUGH)),
+        None => {
+            let stats = MissStats {
+                unknown_port: global_stat::SENDMSG_UNKNOWN_PORT,
+                refused_registry: global_stat::SENDMSG_REFUSED_REGISTRY,
+                passthrough: global_stat::SENDMSG_PASSTHROUGH,
+            };
+            return Ok(miss(&dial.key, stats));
+        }
     };
     if fe.backend_count == 0 {
         count_cluster(fe.cluster_id, |s| s.no_backend += 1);

@@ -326,7 +326,27 @@ impl TestEnv {
     /// completion and parses its stdout as JSON; errors (with its stderr) if
     /// it exits non-zero.
     pub fn probe(&self, pod: &Pod, args: &[&str]) -> Result<serde_json::Value> {
-        let out = self.probe_command(pod, args).stdin(Stdio::null()).output().context("running mesh-probe")?;
+        self.probe_in(&self.cgroup, pod, args)
+    }
+
+    /// The directory of pod cgroups (`--pod-cgroups` for the agent), below
+    /// the test cgroup.
+    pub fn pod_cgroups_dir(&self) -> PathBuf {
+        self.cgroup.join("pods")
+    }
+
+    /// The cgroup of a container of pod `namespace/pod`, nested as a
+    /// kubelet nests it: the pod cgroup `<pods>/<namespace>_<pod>`, and one
+    /// below for the container. Made on first use.
+    pub fn container_cgroup(&self, namespace: &str, pod: &str) -> PathBuf {
+        let path = self.pod_cgroups_dir().join(format!("{namespace}_{pod}")).join("app");
+        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
+        path
+    }
+
+    /// [`probe`](Self::probe), run in `cgroup` (one below the test cgroup).
+    pub fn probe_in(&self, cgroup: &Path, pod: &Pod, args: &[&str]) -> Result<serde_json::Value> {
+        let out = probe_command(cgroup, pod, args).stdin(Stdio::null()).output().context("running mesh-probe")?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         if !out.status.success() {
             bail!("mesh-probe {args:?} in pod {} failed ({}): {}", pod.name(), out.status, stderr.trim());
@@ -348,9 +368,7 @@ impl TestEnv {
     }
 
     fn probe_command(&self, pod: &Pod, args: &[&str]) -> Command {
-        let mut cmd = Command::new(probe_bin());
-        cmd.arg("--cgroup").arg(&self.cgroup).arg("--netns").arg(pod.netns_path()).args(args);
-        cmd
+        probe_command(&self.cgroup, pod, args)
     }
 
     fn print_agent_log_tail(&self) {
@@ -446,6 +464,13 @@ pub fn read_json_line(child: &mut Child) -> Result<serde_json::Value> {
     }
     serde_json::from_slice(&line)
         .with_context(|| format!("probe line is not JSON: {:?}", String::from_utf8_lossy(&line)))
+}
+
+/// `mesh-probe --cgroup <cgroup> --netns <pod netns> args...`.
+fn probe_command(cgroup: &Path, pod: &Pod, args: &[&str]) -> Command {
+    let mut command = Command::new(probe_bin());
+    command.arg("--cgroup").arg(cgroup).arg("--netns").arg(pod.netns_path()).args(args);
+    command
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

@@ -308,8 +308,9 @@ fn status_is_written_by_the_lease_holder_only_and_taken_over_when_it_dies() {
     let (status, reason, message) = condition(&patched("virtualservices/broken")[0].2);
     assert_eq!((status.as_str(), reason.as_str()), ("False", "Rejected"));
     assert!(message.contains("subset") && message.contains("v9"), "{message}");
-    let (status, reason, _) = condition(&patched("sidecars/default")[0].2);
-    assert_eq!((status.as_str(), reason.as_str()), ("False", "Unsupported"));
+    let (status, reason, message) = condition(&patched("sidecars/default")[0].2);
+    assert_eq!((status.as_str(), reason.as_str()), ("False", "Rejected"));
+    assert!(message.contains("empty"), "a Sidecar is validated as Istio does: {message}");
     // A warning leaves the object accepted, and is listed as istiod lists
     // its analysis messages.
     let (_, _, body) = &patched("destinationrules/mtls")[0];

@@ -178,3 +178,92 @@ fn a_dns_service_entry_follows_its_answers_and_keeps_the_last_one_while_lookups_
     );
     assert!(reaches("10.244.2.2:80", "b2") && reaches("10.97.0.40:80", "b2"), "{}", env.agent_log());
 }
+
+#[test]
+fn registry_only_refuses_unknown_addresses_in_the_kernel_per_workload() {
+    let env = TestEnv::new("registry_only").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let b1 = env.add_pod("b1", "10.244.1.2", "fd00:244::1:2");
+    // Outside the registry: no Service, no ServiceEntry, no Pod object.
+    let stranger = env.add_pod("stranger", "10.244.8.2", "fd00:244::8:2");
+    let _servers = [b1.serve_tcp(8080), stranger.serve_tcp(9000), stranger.serve_udp(9000)];
+    let sidecar = |namespace: &str, name: &str, spec: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}---\n")
+    };
+    let config = |locked_mode: &str| {
+        [
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  clusterIP: 10.96.0.10\n  ports: [{name: tcp, port: 80, targetPort: 8080}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web, namespace: shop, labels: {kubernetes.io/service-name: web}}\n\
+             addressType: IPv4\nports: [{name: tcp, port: 8080}]\nendpoints: [{addresses: [10.244.1.2]}]\n---\n"
+                .to_owned(),
+            entry(
+                "api",
+                "  hosts: [api.example.com]\n  addresses: [10.97.0.10]\n  ports: [{number: 80, name: tcp, protocol: TCP, targetPort: 8080}]\n\
+                 \x20 resolution: STATIC\n  endpoints: [{address: 10.244.1.2}]\n",
+            ),
+            // A pod with labels, for the Sidecar that selects it.
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: strict, namespace: shop, labels: {app: strict}}\nstatus: {podIP: 10.244.0.2}\n---\n"
+                .to_owned(),
+            sidecar("locked", "default", &format!("  outboundTrafficPolicy: {{mode: {locked_mode}}}\n")),
+            sidecar("shop", "strict", "  workloadSelector: {labels: {app: strict}}\n  outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n"),
+        ]
+        .concat()
+    };
+    env.write_config("mesh.yaml", &config("REGISTRY_ONLY")).unwrap();
+    // Three workloads dialling from one network namespace: the cgroup
+    // says which is which.
+    let locked = env.container_cgroup("locked", "client");
+    let open = env.container_cgroup("shop", "client");
+    let strict = env.container_cgroup("shop", "strict");
+    let pods = env.pod_cgroups_dir();
+    env.start_agent(&["--pod-cgroups", pods.to_str().unwrap()]).unwrap();
+    let tcp = |cgroup: &std::path::Path, target: &str| {
+        env.probe_in(cgroup, &client, &["tcp", "--target", target, "--count", "1"])
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", env.agent_log()))
+    };
+    let refused = |report: &Value| report["errors"]["ECONNREFUSED"] == 1;
+    let served = |report: &Value| report["ok"] == 1;
+
+    // REGISTRY_ONLY (the namespace's Sidecar): the stranger is refused at
+    // connect(), the registry is reached.
+    assert!(refused(&tcp(&locked, "10.244.8.2:9000")), "{}", env.agent_log());
+    assert!(refused(&tcp(&locked, "[fd00:244::8:2]:9000")));
+    for target in ["10.96.0.10:80", "10.97.0.10:80", "10.244.1.2:8080"] {
+        assert!(served(&tcp(&locked, target)), "{target} is in the registry");
+    }
+    let datagram = env.probe_in(&locked, &client, &["udp", "--target", "10.244.8.2:9000", "--count", "1"]).unwrap();
+    assert_eq!(datagram["ok"], 0, "sendmsg is refused too: {datagram}");
+    // ALLOW_ANY (no Sidecar in shop for it): passes.
+    assert!(served(&tcp(&open, "10.244.8.2:9000")));
+    // A Sidecar selecting the pod by its labels wins over the namespace's.
+    assert!(refused(&tcp(&strict, "10.244.8.2:9000")));
+
+    let status = env.admin_json("/status");
+    assert!(status["kernel_counters"]["connect_refused_registry"].as_u64() >= Some(3), "{status}");
+    assert!(status["kernel_counters"]["sendmsg_refused_registry"].as_u64() >= Some(1), "{status}");
+    let workload = |name: &str, namespace: &str| {
+        status["workloads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|w| w["name"] == name && w["namespace"] == namespace)
+            .cloned()
+    };
+    let locked_status = workload("client", "locked").expect("locked/client is listed");
+    assert_eq!(locked_status["outbound_policy"], "REGISTRY_ONLY", "{status}");
+    assert_eq!(locked_status["sidecar"], "locked/default");
+    assert_eq!(locked_status["refused"], 3, "two connects and a datagram: {status}");
+    assert_eq!(workload("client", "shop").unwrap()["outbound_policy"], "ALLOW_ANY");
+    let (_, metrics) = env.admin_get("/metrics").unwrap();
+    assert!(
+        metrics.contains(
+            "mesh_workload_refused_connects_total{namespace=\"locked\",pod=\"client\",reason=\"registry_only\"} 3"
+        ),
+        "{metrics}"
+    );
+
+    // The namespace opens up: the change applies to new connects at once.
+    env.write_config("mesh.yaml", &config("ALLOW_ANY")).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || served(&tcp(&locked, "10.244.8.2:9000"))), "{}", env.agent_log());
+    assert!(refused(&tcp(&strict, "10.244.8.2:9000")), "the selected pod keeps its own Sidecar");
+}

@@ -36,6 +36,7 @@ pub const AGENT_LAYERS: &[(&str, u8)] = &[
     // Where configuration comes from, the kernel side, and the L7 proxy.
     ("source", 1),
     ("dns", 1),
+    ("workloads", 1),
     ("k8s", 1),
     ("dataplane", 1),
     ("proxy", 1),

@@ -37,6 +37,7 @@ pub enum Resource {
     VirtualService(VirtualService),
     Gateway(Gateway),
     ServiceEntry(ServiceEntry),
+    Sidecar(Sidecar),
     Secret(Secret),
 }
 
@@ -50,6 +51,7 @@ impl Resource {
             Resource::VirtualService(_) => "VirtualService",
             Resource::Gateway(_) => "Gateway",
             Resource::ServiceEntry(_) => "ServiceEntry",
+            Resource::Sidecar(_) => "Sidecar",
             Resource::Secret(_) => "Secret",
         }
     }
@@ -63,6 +65,7 @@ impl Resource {
             Resource::VirtualService(o) => &o.metadata,
             Resource::Gateway(o) => &o.metadata,
             Resource::ServiceEntry(o) => &o.metadata,
+            Resource::Sidecar(o) => &o.metadata,
             Resource::Secret(o) => &o.metadata,
         }
     }
@@ -890,4 +893,44 @@ pub struct WorkloadEntrySpec {
 #[serde(default, rename_all = "camelCase")]
 pub struct EntryWorkloadSelector {
     pub labels: BTreeMap<String, String>,
+}
+
+// --- networking.istio.io Sidecar --------------------------------------------
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct Sidecar {
+    pub metadata: ObjectMeta,
+    pub spec: SidecarSpec,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SidecarSpec {
+    pub workload_selector: Option<EntryWorkloadSelector>,
+    /// Inbound listeners: kept whole (not served; warned).
+    pub ingress: Vec<serde_json::Value>,
+    pub egress: Vec<SidecarEgress>,
+    pub outbound_traffic_policy: Option<OutboundTrafficPolicy>,
+    /// Kept whole (not served; warned).
+    pub inbound_connection_pool: Option<serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct SidecarEgress {
+    pub port: Option<ServiceEntryPort>,
+    pub bind: Option<String>,
+    pub capture_mode: Option<String>,
+    /// `namespace/dnsName`: `*/`, `./`, `~/` or a namespace, then `*`,
+    /// `*.example.com` or a name.
+    pub hosts: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct OutboundTrafficPolicy {
+    /// `REGISTRY_ONLY` or `ALLOW_ANY`.
+    pub mode: Option<String>,
+    pub egress_proxy: Option<serde_json::Value>,
 }

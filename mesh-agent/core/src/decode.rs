@@ -70,7 +70,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<SourcedObject>, Vec<Reje
 }
 
 /// The kinds the agent reads: kind, API group (`""` is core) and versions.
-const SERVED_KINDS: [(&str, &str, &[&str]); 8] = [
+const SERVED_KINDS: [(&str, &str, &[&str]); 9] = [
     ("Service", "", &["v1"]),
     ("Pod", "", &["v1"]),
     ("Secret", "", &["v1"]),
@@ -79,6 +79,7 @@ const SERVED_KINDS: [(&str, &str, &[&str]); 8] = [
     ("VirtualService", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
     ("Gateway", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
     ("ServiceEntry", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
+    ("Sidecar", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
 ];
 
 /// A group of some third party's API (e.g. Knative's `serving.knative.dev`,
@@ -179,6 +180,7 @@ pub fn decode_object(origin: &str, mut value: Value, parsed: &mut ParsedFile) {
         "VirtualService" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::VirtualService),
         "Gateway" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::Gateway),
         "ServiceEntry" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::ServiceEntry),
+        "Sidecar" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::Sidecar),
         "Secret" => decode(value).map(Resource::Secret),
         "DestinationRule" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::DestinationRule),
         other => Err(("kind".to_owned(), format!("{other} has no decoder (a bug: it is listed as served)"))),

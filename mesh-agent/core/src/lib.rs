@@ -20,11 +20,14 @@ pub mod gateway;
 pub mod host;
 pub mod maglev;
 pub mod model;
+pub mod node;
 pub mod object;
+pub mod outbound;
 pub mod published;
 pub mod registry;
 pub mod route;
 pub mod service_entry;
+pub mod sidecar;
 pub mod snapshot;
 pub mod warnings;
 

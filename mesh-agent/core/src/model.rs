@@ -10,9 +10,11 @@ use crate::destination_rule::{self, DestinationRuleModel};
 use crate::field::{parse_port, FieldError};
 // The submodules, not `gateway` itself: its plan reads the model.
 use crate::gateway::object::{validate_gateway, GatewayModel};
+use crate::node::NodeContext;
 use crate::object::{ObjectKey, Rejection, SourceBatch, SourcedObject, Warning, WarningReason};
 use crate::route::{self, VirtualServiceModel};
 use crate::service_entry::{validate_service_entry, Resolved, ServiceEntryModel};
+use crate::sidecar::{validate_sidecar, SidecarModel};
 use crate::warnings::GatewayPresence;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -143,6 +145,10 @@ pub struct Model {
     /// The fields set but not honoured of every object that serves (the
     /// version that serves: a last good one brings its own).
     pub warnings: Vec<Warning>,
+    /// Istio Sidecars: which workloads reach what.
+    pub sidecars: BTreeMap<NsName, SidecarModel>,
+    /// What the agent knows of its node (policy default, pod cgroups).
+    pub node: Arc<NodeContext>,
     /// What the agent's resolver answered for the names of `DNS`
     /// ServiceEntries ([`Model::dns_names`]); empty until it does.
     pub resolved: Arc<Resolved>,
@@ -162,6 +168,7 @@ enum Accepted {
     VirtualService(VirtualServiceModel),
     Gateway(GatewayModel),
     ServiceEntry(ServiceEntryModel),
+    Sidecar(SidecarModel),
     Secret(SecretModel),
 }
 
@@ -361,6 +368,7 @@ impl Model {
             Accepted::VirtualService(v) => drop(self.virtual_services.insert(id, v)),
             Accepted::Gateway(g) => drop(self.gateways.insert(id, g)),
             Accepted::ServiceEntry(e) => drop(self.service_entries.insert(id, e)),
+            Accepted::Sidecar(s) => drop(self.sidecars.insert(id, s)),
             Accepted::Secret(s) => drop(self.secrets.insert(id, s)),
         }
         self.accepted.insert(key, raw);
@@ -707,6 +715,7 @@ fn validate(object: &SourcedObject, cluster_domain: &str) -> Result<Accepted, Fi
         Resource::VirtualService(v) => route::validate_virtual_service(v, cluster_domain).map(Accepted::VirtualService),
         Resource::Gateway(g) => validate_gateway(g).map(Accepted::Gateway),
         Resource::ServiceEntry(e) => validate_service_entry(e).map(Accepted::ServiceEntry),
+        Resource::Sidecar(s) => validate_sidecar(s).map(Accepted::Sidecar),
         Resource::Secret(s) => validate_secret(s).map(Accepted::Secret),
     }
 }

@@ -5,6 +5,7 @@ use crate::destination_rule::{DestinationRuleModel, EffectivePolicy, HashKey, Ha
 use crate::maglev;
 use crate::model::{EndpointSliceModel, Model, PortModel, Protocol, ServiceModel, TargetPort};
 use crate::object::{ObjectKey, Rejection, Warning, WarningReason};
+use crate::outbound::Outbound;
 use crate::route::RouteTable;
 use crate::warnings::{proxy_only_fields, selector_on_kernel_port, PortPath};
 use mesh_common::{
@@ -46,6 +47,9 @@ pub struct Snapshot {
     pub serial: u64,
     /// The source pod of a captured connection, by address.
     pub pods_by_ip: HashMap<IpAddr, (String, String)>,
+    /// Each workload's outbound policy, and the registry REGISTRY_ONLY
+    /// workloads reach.
+    pub outbound: Outbound,
 }
 
 /// One service port as the dataplane serves it (an Envoy "cluster").
@@ -85,18 +89,7 @@ pub struct BackendView {
     pub labels: BTreeMap<String, String>,
 }
 
-pub fn ip_words(ip: IpAddr) -> [u32; 4] {
-    let mut words = [0u32; 4];
-    match ip {
-        IpAddr::V4(v4) => words[0] = u32::from_ne_bytes(v4.octets()),
-        IpAddr::V6(v6) => {
-            for (word, chunk) in words.iter_mut().zip(v6.octets().chunks_exact(4)) {
-                *word = u32::from_ne_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
-            }
-        }
-    }
-    words
-}
+pub use mesh_common::ip_words;
 
 pub fn words_ip(words: [u32; 4], family: u8) -> IpAddr {
     if family == FAMILY_V4 {
@@ -443,6 +436,10 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
         }
         snapshot.by_host.entry(service.fqdn.clone()).or_default().push(index);
     }
+    snapshot.outbound = crate::outbound::compile(model);
+    without_http_proxy.extend(crate::outbound::unenforced(model));
+    check_capacity("workloads", snapshot.outbound.workloads.len(), capacity::WORKLOADS)?;
+    check_capacity("registry addresses", snapshot.outbound.registry.len(), capacity::REGISTRY)?;
     snapshot.pods_by_ip =
         model.pods.iter().flat_map(|(id, pod)| pod.ips.iter().map(move |ip| (*ip, id.clone()))).collect();
     let mut model = model.clone();

@@ -12,7 +12,7 @@
 
 use crate::api::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRule, Gateway, LoadBalancerSettings, OutlierDetection,
-    Resource, ServiceEntry, TrafficPolicy, VirtualService,
+    Resource, ServiceEntry, Sidecar, TrafficPolicy, VirtualService,
 };
 use crate::destination_rule::{
     DestinationRuleModel, HashKey, LoadBalancer, Policy, PolicyLevel, TlsMode, MAX_MAGLEV_TABLE_SIZE,
@@ -108,6 +108,10 @@ pub fn of_object(object: &SourcedObject) -> Vec<Warning> {
         Resource::ServiceEntry(entry) => {
             service_entry_fields(entry, &mut found);
             "ServiceEntry"
+        }
+        Resource::Sidecar(sidecar) => {
+            sidecar_fields(sidecar, &mut found);
+            "Sidecar"
         }
         _ => return Vec::new(),
     };
@@ -399,6 +403,29 @@ fn virtual_service(vs: &VirtualService, found: &mut Found) {
                 );
             }
         }
+    }
+}
+
+fn sidecar_fields(sidecar: &Sidecar, found: &mut Found) {
+    let spec = &sidecar.spec;
+    if !spec.egress.is_empty() {
+        found.not_honoured(
+            "spec.egress".into(),
+            "egress scoping is not enforced yet: the workloads reach every Service and ServiceEntry (and \
+             REGISTRY_ONLY still refuses everything else)",
+        );
+    }
+    if !spec.ingress.is_empty() {
+        found.not_honoured("spec.ingress".into(), "not yet: inbound traffic reaches the workloads directly");
+    }
+    if spec.inbound_connection_pool.is_some() {
+        found.not_honoured("spec.inboundConnectionPool".into(), "not yet: inbound connections are not pooled");
+    }
+    if spec.outbound_traffic_policy.as_ref().is_some_and(|p| p.egress_proxy.is_some()) {
+        found.not_honoured(
+            "spec.outboundTrafficPolicy.egressProxy".into(),
+            "not yet: traffic outside the registry passes through (ALLOW_ANY) or is refused (REGISTRY_ONLY)",
+        );
     }
 }
 

@@ -5,7 +5,7 @@
 use super::bpffs::{maps_dir, open_pinned};
 use super::error::DataplaneError;
 use aya::maps::{HashMap, MapData, MapError, PerCpuArray, PerCpuHashMap};
-use mesh_common::{global_stat, map_names, Backend, ClusterLive, ClusterStats};
+use mesh_common::{global_stat, map_names, Backend, ClusterLive, ClusterStats, WorkloadStats};
 use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::path::Path;
@@ -17,6 +17,7 @@ pub struct CounterReader {
     clusters: PerCpuHashMap<MapData, u64, ClusterStats>,
     cluster_live: HashMap<MapData, u64, ClusterLive>,
     backend_live: HashMap<MapData, Backend, u64>,
+    workloads: PerCpuHashMap<MapData, u64, WorkloadStats>,
 }
 
 /// The kernel's counters, summed over CPUs.
@@ -26,6 +27,9 @@ pub struct Counters {
     pub clusters: BTreeMap<u64, ClusterStats>,
     pub cluster_live: BTreeMap<u64, u64>,
     pub backend_live: BTreeMap<Backend, u64>,
+    /// Connects and datagrams refused by the outbound policy, by pod
+    /// cgroup id.
+    pub refused_by_workload: BTreeMap<u64, u64>,
 }
 
 impl CounterReader {
@@ -36,6 +40,7 @@ impl CounterReader {
             clusters: open_pinned(&maps, map_names::CLUSTER_STATS)?,
             cluster_live: open_pinned(&maps, map_names::CLUSTER_LIVE)?,
             backend_live: open_pinned(&maps, map_names::BACKEND_LIVE)?,
+            workloads: open_pinned(&maps, map_names::WORKLOAD_STATS)?,
         })
     }
 
@@ -58,6 +63,9 @@ impl CounterReader {
         counters.cluster_live =
             self.cluster_live.iter().filter_map(Result::ok).map(|(id, l)| (id, l.connections)).collect();
         counters.backend_live = collect_ok(self.backend_live.iter());
+        counters.refused_by_workload = (self.workloads.iter().filter_map(Result::ok))
+            .map(|(id, per_cpu)| (id, per_cpu.iter().map(|s| s.refused_registry).sum()))
+            .collect();
         counters
     }
 }

@@ -8,11 +8,12 @@ use super::error::DataplaneError;
 use super::instance_lock::{lock_instance, InstanceLock};
 use super::sockmap_link;
 use super::writer::{KernelMap, MapWriter, WriterMaps};
-use aya::maps::{HashMap, Map, MapData, MapError, PerCpuHashMap, SockHash};
+use aya::maps::lpm_trie::LpmTrie;
+use aya::maps::{Array, HashMap, Map, MapData, MapError, PerCpuHashMap, SockHash};
 use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader, Pod};
-use mesh_common::{map_names, prog_names, ClusterStats, SockKey};
+use mesh_common::{map_names, prog_names, ClusterStats, PolicyConfig, RegistryPrefix, SockKey, WorkloadStats};
 use serde::Serialize;
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -97,6 +98,13 @@ pub fn load(options: &DataplaneOptions) -> Result<Loaded, DataplaneError> {
         cluster_stats: Box::new(take_map::<PerCpuHashMap<MapData, u64, ClusterStats>>(
             &mut ebpf,
             map_names::CLUSTER_STATS,
+        )?),
+        policy: Box::new(take_map::<Array<MapData, PolicyConfig>>(&mut ebpf, map_names::POLICY)?),
+        workloads: take_hash_map(&mut ebpf, map_names::WORKLOADS)?,
+        registry: Box::new(take_map::<LpmTrie<MapData, RegistryPrefix, u32>>(&mut ebpf, map_names::REGISTRY)?),
+        workload_stats: Box::new(take_map::<PerCpuHashMap<MapData, u64, WorkloadStats>>(
+            &mut ebpf,
+            map_names::WORKLOAD_STATS,
         )?),
     })?;
     tracing::info!(

@@ -6,10 +6,15 @@
 //! aya's maps in the agent, in-memory maps in the tests below.
 
 use super::error::DataplaneError;
-use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap};
+use aya::maps::lpm_trie::{Key, LpmTrie};
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuHashMap};
 use aya::Pod;
-use mesh_common::{map_names, Backend, ClusterLive, Frontend, FrontendKey, ServiceIpKey, SlotKey};
+use mesh_common::{
+    map_names, Backend, ClusterLive, Frontend, FrontendKey, PolicyConfig, RegistryPrefix, ServiceIpKey, SlotKey,
+    WorkloadPolicy,
+};
 use mesh_core::diff::diff;
+use mesh_core::outbound::RegistryKey;
 use mesh_core::snapshot::Snapshot;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -64,6 +69,55 @@ impl<K: Pod, V: Pod> KernelKeys<K> for PerCpuHashMap<MapData, K, V> {
     }
 }
 
+/// The registry trie, keyed as the snapshot keys it.
+impl KernelKeys<RegistryKey> for LpmTrie<MapData, RegistryPrefix, u32> {
+    fn keys(&self) -> Keys<'_, RegistryKey> {
+        Box::new(
+            LpmTrie::keys(self).map(|key| key.map(|key| RegistryKey { bits: key.prefix_len(), prefix: key.data() })),
+        )
+    }
+
+    fn remove(&mut self, key: &RegistryKey) -> Result<(), MapError> {
+        LpmTrie::remove(self, &Key::new(key.bits, key.prefix))
+    }
+}
+
+impl KernelMap<RegistryKey, u32> for LpmTrie<MapData, RegistryPrefix, u32> {
+    fn entries(&self) -> Entries<'_, RegistryKey, u32> {
+        Box::new(
+            self.iter().map(|entry| {
+                entry.map(|(key, value)| (RegistryKey { bits: key.prefix_len(), prefix: key.data() }, value))
+            }),
+        )
+    }
+
+    fn upsert(&mut self, key: &RegistryKey, value: &u32) -> Result<(), MapError> {
+        self.insert(&Key::new(key.bits, key.prefix), value, 0)
+    }
+}
+
+/// The one-entry policy array, as a map holding key 0.
+impl KernelKeys<u32> for Array<MapData, PolicyConfig> {
+    fn keys(&self) -> Keys<'_, u32> {
+        Box::new(std::iter::once(Ok(0)))
+    }
+
+    /// An array entry cannot go: it is zeroed (nothing restricted).
+    fn remove(&mut self, key: &u32) -> Result<(), MapError> {
+        self.set(*key, PolicyConfig::default(), 0)
+    }
+}
+
+impl KernelMap<u32, PolicyConfig> for Array<MapData, PolicyConfig> {
+    fn entries(&self) -> Entries<'_, u32, PolicyConfig> {
+        Box::new(std::iter::once(self.get(&0, 0).map(|config| (0, config))))
+    }
+
+    fn upsert(&mut self, key: &u32, value: &PolicyConfig) -> Result<(), MapError> {
+        self.set(*key, value, 0)
+    }
+}
+
 type Held<K, V> = Box<dyn KernelMap<K, V> + Send>;
 
 /// The maps a [`MapWriter`] writes or prunes.
@@ -76,6 +130,11 @@ pub(super) struct WriterMaps {
     pub(super) cluster_live: Held<u64, ClusterLive>,
     /// Per-CPU [`mesh_common::ClusterStats`] by cluster id: only pruned.
     pub(super) cluster_stats: Box<dyn KernelKeys<u64> + Send>,
+    pub(super) policy: Held<u32, PolicyConfig>,
+    pub(super) workloads: Held<u64, WorkloadPolicy>,
+    pub(super) registry: Held<RegistryKey, u32>,
+    /// Per-CPU [`mesh_common::WorkloadStats`] by cgroup id: only pruned.
+    pub(super) workload_stats: Box<dyn KernelKeys<u64> + Send>,
 }
 
 /// Writes snapshots into the kernel maps. One writer: the reload loop.
@@ -148,9 +207,23 @@ impl MapWriter {
         let maglev = diff(&self.current.maglev, &desired.maglev);
         let frontends = diff(&self.current.frontends, &desired.frontends);
         let service_ips = diff(&self.current.service_ips, &desired.service_ips);
+        let registry = diff(&self.current.outbound.registry, &desired.outbound.registry);
+        let workloads = diff(&self.current.outbound.workloads, &desired.outbound.workloads);
+        let policy_changed = self.current.outbound.config != desired.outbound.config;
         let stats = ApplyStats {
-            upserts: slots.upserts.len() + maglev.upserts.len() + frontends.upserts.len() + service_ips.upserts.len(),
-            deletes: slots.deletes.len() + maglev.deletes.len() + frontends.deletes.len() + service_ips.deletes.len(),
+            upserts: slots.upserts.len()
+                + maglev.upserts.len()
+                + frontends.upserts.len()
+                + service_ips.upserts.len()
+                + registry.upserts.len()
+                + workloads.upserts.len()
+                + policy_changed as usize,
+            deletes: slots.deletes.len()
+                + maglev.deletes.len()
+                + frontends.deletes.len()
+                + service_ips.deletes.len()
+                + registry.deletes.len()
+                + workloads.deletes.len(),
         };
         let maps = &mut self.maps;
         write(&mut *maps.slots, map_names::SLOTS, &slots.upserts)?;
@@ -163,6 +236,19 @@ impl MapWriter {
         remove(&mut *maps.service_ips, map_names::SERVICE_IPS, &service_ips.deletes)?;
         remove(&mut *maps.maglev, map_names::MAGLEV, &maglev.deletes)?;
         remove(&mut *maps.slots, map_names::SLOTS, &slots.deletes)?;
+        // The registry is complete before a workload is restricted by it,
+        // and shrinks only after: a switch to REGISTRY_ONLY never refuses
+        // a registered address halfway through.
+        write(&mut *maps.registry, map_names::REGISTRY, &registry.upserts)?;
+        write(&mut *maps.workloads, map_names::WORKLOADS, &workloads.upserts)?;
+        if policy_changed {
+            write(&mut *maps.policy, map_names::POLICY, &[(0, desired.outbound.config)])?;
+        }
+        remove(&mut *maps.workloads, map_names::WORKLOADS, &workloads.deletes)?;
+        remove(&mut *maps.registry, map_names::REGISTRY, &registry.deletes)?;
+        self.current.outbound.registry = desired.outbound.registry.clone();
+        self.current.outbound.workloads = desired.outbound.workloads.clone();
+        self.current.outbound.config = desired.outbound.config;
         self.current.frontends = desired.frontends.clone();
         self.current.service_ips = desired.service_ips.clone();
         self.current.slots = desired.slots.clone();
@@ -177,6 +263,10 @@ impl MapWriter {
         self.current.service_ips = read_all(&*self.maps.service_ips, map_names::SERVICE_IPS)?;
         self.current.slots = read_all(&*self.maps.slots, map_names::SLOTS)?;
         self.current.maglev = read_all(&*self.maps.maglev, map_names::MAGLEV)?;
+        self.current.outbound.registry = read_all(&*self.maps.registry, map_names::REGISTRY)?;
+        self.current.outbound.workloads = read_all(&*self.maps.workloads, map_names::WORKLOADS)?;
+        let policy = read_all(&*self.maps.policy, map_names::POLICY)?;
+        self.current.outbound.config = policy.get(&0).copied().unwrap_or_default();
         Ok(())
     }
 
@@ -211,7 +301,12 @@ impl MapWriter {
         // Per-CPU statistics of clusters that are gone: nothing counts on them.
         let gone_stats: Vec<u64> =
             maps.cluster_stats.keys().filter_map(Result::ok).filter(|id| !ids.contains(id)).collect();
-        remove(&mut *maps.cluster_stats, map_names::CLUSTER_STATS, &gone_stats)
+        remove(&mut *maps.cluster_stats, map_names::CLUSTER_STATS, &gone_stats)?;
+        // Likewise the counters of workloads that left the node.
+        let gone_workloads: Vec<u64> = (maps.workload_stats.keys().filter_map(Result::ok))
+            .filter(|id| !desired.outbound.workloads.contains_key(id))
+            .collect();
+        remove(&mut *maps.workload_stats, map_names::WORKLOAD_STATS, &gone_workloads)
     }
 }
 
@@ -349,6 +444,10 @@ mod tests {
         backend_live: MemMap<Backend, u64>,
         cluster_live: MemMap<u64, ClusterLive>,
         cluster_stats: MemMap<u64, ClusterStats>,
+        policy: MemMap<u32, PolicyConfig>,
+        workloads: MemMap<u64, WorkloadPolicy>,
+        registry: MemMap<RegistryKey, u32>,
+        workload_stats: MemMap<u64, mesh_common::WorkloadStats>,
         log: Arc<Mutex<Vec<Write>>>,
     }
 
@@ -363,6 +462,10 @@ mod tests {
                 backend_live: MemMap::new(map_names::BACKEND_LIVE, &log),
                 cluster_live: MemMap::new(map_names::CLUSTER_LIVE, &log),
                 cluster_stats: MemMap::new(map_names::CLUSTER_STATS, &log),
+                policy: MemMap::new(map_names::POLICY, &log),
+                workloads: MemMap::new(map_names::WORKLOADS, &log),
+                registry: MemMap::new(map_names::REGISTRY, &log),
+                workload_stats: MemMap::new(map_names::WORKLOAD_STATS, &log),
                 log,
             }
         }
@@ -386,6 +489,10 @@ mod tests {
                 backend_live: Box::new(self.backend_live.clone()),
                 cluster_live: Box::new(self.cluster_live.clone()),
                 cluster_stats: Box::new(self.cluster_stats.clone()),
+                policy: Box::new(self.policy.clone()),
+                workloads: Box::new(self.workloads.clone()),
+                registry: Box::new(self.registry.clone()),
+                workload_stats: Box::new(self.workload_stats.clone()),
             })
             .expect("in-memory maps read")
         }

@@ -54,7 +54,7 @@ pub struct Reconciled {
 
 /// The condition for one Istio object, from the snapshot's rejections.
 pub fn condition_for(key: &ObjectKey, published: &Published) -> Reconciled {
-    if !matches!(key.kind.as_str(), "VirtualService" | "DestinationRule" | "Gateway" | "ServiceEntry") {
+    if !matches!(key.kind.as_str(), "VirtualService" | "DestinationRule" | "Gateway" | "ServiceEntry" | "Sidecar") {
         return Reconciled {
             accepted: false,
             reason: "Unsupported",
@@ -405,7 +405,7 @@ mod tests {
         let bad = condition_for(&key("Gateway", "bad"), &published);
         assert_eq!((bad.accepted, bad.reason), (false, "Rejected"));
         assert!(bad.message.starts_with("spec.servers[0].port.protocol: \"HTTPX\""), "{}", bad.message);
-        let condition = condition_for(&key("Sidecar", "x"), &published);
+        let condition = condition_for(&key("EnvoyFilter", "x"), &published);
         assert_eq!((condition.accepted, condition.reason), (false, "Unsupported"));
     }
 }

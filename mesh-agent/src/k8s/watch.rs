@@ -30,21 +30,11 @@ pub struct WatchedKind {
     pub metadata_only: bool,
     /// A field selector, e.g. the pods of this node.
     pub field_selector: Option<String>,
-    /// The first configuration waits for this kind to list (kinds the
-    /// model does not use yet do not hold it back).
-    pub gates_sync: bool,
 }
 
 impl WatchedKind {
     const fn new(group: &'static str, version: &'static str, kind: &'static str, plural: &'static str) -> Self {
-        Self { name: kind, group, version, kind, plural, metadata_only: false, field_selector: None, gates_sync: true }
-    }
-
-    /// Watched for status only: the first configuration does not wait
-    /// for it.
-    const fn not_gating(mut self) -> Self {
-        self.gates_sync = false;
-        self
+        Self { name: kind, group, version, kind, plural, metadata_only: false, field_selector: None }
     }
 
     pub fn api_version(&self) -> String {
@@ -74,7 +64,7 @@ pub const ISTIO_KINDS: [WatchedKind; 5] = [
     // VirtualService naming one is judged against them.
     WatchedKind::new("networking.istio.io", "v1", "Gateway", "gateways"),
     WatchedKind::new("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
-    WatchedKind::new("networking.istio.io", "v1", "Sidecar", "sidecars").not_gating(),
+    WatchedKind::new("networking.istio.io", "v1", "Sidecar", "sidecars"),
 ];
 
 /// Everything the agent watches. Pods twice, and never whole pods of other
@@ -161,7 +151,7 @@ impl Store {
     /// that has not arrived yet is a missing credential (503 for that
     /// cluster), not a frozen node.
     fn synced(&self) -> bool {
-        self.kinds.iter().all(|(kind, s)| s.synced || !kind.gates_sync)
+        self.kinds.iter().all(|(_, s)| s.synced)
     }
 }
 

@@ -1,0 +1,31 @@
+//! What the agent knows of its node beyond the configuration: inputs the
+//! snapshot is compiled with, gathered by the agent (flags, the cgroup
+//! tree), never read here.
+
+use crate::sidecar::OutboundPolicy;
+use std::net::IpAddr;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeContext {
+    /// The mesh-wide outbound traffic policy (Istio's
+    /// `meshConfig.outboundTrafficPolicy`); Sidecars override it.
+    pub default_policy: OutboundPolicy,
+    /// The pods of this node whose cgroups the agent knows.
+    pub pod_cgroups: Vec<PodCgroup>,
+    /// This node's addresses: always reachable.
+    pub node_ips: Vec<IpAddr>,
+    /// Address blocks of the mesh (pod networks): always reachable.
+    pub mesh_cidrs: Vec<(IpAddr, u8)>,
+    /// The DNS resolvers pods use: reachable on port 53.
+    pub resolvers: Vec<IpAddr>,
+}
+
+/// A pod's cgroup: its id (the cgroup directory's inode) and its depth in
+/// the cgroup tree (the root is 0).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PodCgroup {
+    pub namespace: String,
+    pub name: String,
+    pub id: u64,
+    pub level: u32,
+}

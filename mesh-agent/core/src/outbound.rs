@@ -1,0 +1,222 @@
+//! What each workload on this node may dial, for the kernel: its outbound
+//! traffic policy (the Sidecar that applies to it, else the mesh default),
+//! by the id of its pod cgroup, and the registry of addresses outside the
+//! Services that REGISTRY_ONLY workloads reach: pods and endpoints, nodes,
+//! the mesh's address blocks, the resolvers (port 53), and the addresses
+//! and blocks of ServiceEntries that have no VIP of their own. Services
+//! (and ServiceEntry VIPs) need no entry: every frontend is reachable.
+//!
+//! Maps grow with pods on the node plus registry addresses, never with
+//! their product: the registry is one table every workload shares.
+
+use crate::model::Model;
+use crate::object::{ObjectKey, Warning, WarningReason};
+use crate::service_entry::Resolution;
+use crate::sidecar::{sidecar_for, OutboundPolicy};
+use mesh_common::{
+    capacity, PolicyConfig, RegistryPrefix, WorkloadPolicy, FAMILY_V4, FAMILY_V6, POLICY_REGISTRY_ONLY,
+    REGISTRY_HEAD_BITS,
+};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+/// A registry entry as the kernel's trie keys it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RegistryKey {
+    /// [`REGISTRY_HEAD_BITS`] plus the address bits that must match.
+    pub bits: u32,
+    pub prefix: RegistryPrefix,
+}
+
+impl RegistryKey {
+    /// `ip/prefix` on `port` (0: any port).
+    pub fn new(ip: IpAddr, prefix: u8, port: u16) -> RegistryKey {
+        let (family, max) = if ip.is_ipv4() { (FAMILY_V4, 32) } else { (FAMILY_V6, 128) };
+        let prefix = prefix.min(max);
+        let masked = mask(ip, prefix);
+        RegistryKey {
+            bits: REGISTRY_HEAD_BITS + u32::from(prefix),
+            prefix: RegistryPrefix { port: port.to_be(), family, _pad: 0, addr: mesh_common::ip_words(masked) },
+        }
+    }
+}
+
+fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) => {
+            let bits = if prefix == 0 { 0 } else { u32::MAX << (32 - u32::from(prefix)) };
+            IpAddr::V4(Ipv4Addr::from(u32::from(v4) & bits))
+        }
+        IpAddr::V6(v6) => {
+            let bits = if prefix == 0 { 0 } else { u128::MAX << (128 - u32::from(prefix)) };
+            IpAddr::V6(Ipv6Addr::from(u128::from(v6) & bits))
+        }
+    }
+}
+
+/// One workload as status shows it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WorkloadView {
+    pub namespace: String,
+    pub name: String,
+    pub cgroup_id: u64,
+    pub policy: OutboundPolicy,
+    /// `namespace/name` of the Sidecar that set it (None: the mesh default).
+    pub sidecar: Option<String>,
+}
+
+/// The outbound policy state of one snapshot.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Outbound {
+    pub config: PolicyConfig,
+    pub workloads: BTreeMap<u64, WorkloadPolicy>,
+    pub registry: BTreeMap<RegistryKey, u32>,
+    pub views: Vec<WorkloadView>,
+}
+
+pub fn compile(model: &Model) -> Outbound {
+    let node = &model.node;
+    let no_labels = BTreeMap::new();
+    let mut out = Outbound::default();
+    for pod in &node.pod_cgroups {
+        let labels =
+            (model.pods.get(&(pod.namespace.clone(), pod.name.clone()))).map(|p| &p.labels).unwrap_or(&no_labels);
+        let sidecar = sidecar_for(model.sidecars.values(), &pod.namespace, labels);
+        let policy = sidecar.and_then(|s| s.outbound).unwrap_or(node.default_policy);
+        let flags = if policy == OutboundPolicy::RegistryOnly { POLICY_REGISTRY_ONLY } else { 0 };
+        out.workloads.insert(pod.id, WorkloadPolicy { flags, _pad: 0 });
+        out.views.push(WorkloadView {
+            namespace: pod.namespace.clone(),
+            name: pod.name.clone(),
+            cgroup_id: pod.id,
+            policy,
+            sidecar: sidecar.map(|s| s.id()),
+        });
+    }
+    let levels: BTreeSet<u32> = node.pod_cgroups.iter().map(|p| p.level).collect();
+    for (slot, level) in levels.iter().take(capacity::POD_LEVELS).enumerate() {
+        out.config.pod_levels[slot] = *level;
+    }
+    out.config.level_count = levels.len().min(capacity::POD_LEVELS) as u32;
+    out.config.any_restricted = out.workloads.values().any(|w| w.flags & POLICY_REGISTRY_ONLY != 0) as u32;
+    if out.config.any_restricted != 0 {
+        out.registry = registry(model);
+    }
+    out
+}
+
+/// A Sidecar's outbound policy, when this agent knows no pod cgroups: it
+/// cannot tell the workloads apart, so nothing is enforced.
+pub fn unenforced(model: &Model) -> Vec<Warning> {
+    if !model.node.pod_cgroups.is_empty() {
+        return Vec::new();
+    }
+    (model.sidecars.values())
+        .filter(|sidecar| sidecar.outbound.is_some())
+        .filter_map(|sidecar| {
+            let key =
+                ObjectKey { kind: "Sidecar".into(), namespace: sidecar.namespace.clone(), name: sidecar.name.clone() };
+            let message = "not enforced on this node: the agent knows no pod cgroups (--pod-cgroups), so it cannot \
+                           tell its workloads apart";
+            Some(Warning::object(
+                model.served_object(&key)?,
+                "spec.outboundTrafficPolicy.mode".into(),
+                message.into(),
+                WarningReason::NotHonoured,
+            ))
+        })
+        .collect()
+}
+
+/// Every address outside the Services that the mesh knows.
+fn registry(model: &Model) -> BTreeMap<RegistryKey, u32> {
+    let node = &model.node;
+    let mut keys = BTreeSet::new();
+    // A pod's own loopback is always its own.
+    keys.insert(RegistryKey::new(Ipv4Addr::LOCALHOST.into(), 8, 0));
+    keys.insert(RegistryKey::new(Ipv6Addr::LOCALHOST.into(), 128, 0));
+    keys.extend(node.node_ips.iter().map(|ip| RegistryKey::new(*ip, 128, 0)));
+    keys.extend(node.mesh_cidrs.iter().map(|(ip, prefix)| RegistryKey::new(*ip, *prefix, 0)));
+    keys.extend(node.resolvers.iter().map(|ip| RegistryKey::new(*ip, 128, 53)));
+    keys.extend(model.pods.values().flat_map(|pod| pod.ips.iter().map(|ip| RegistryKey::new(*ip, 128, 0))));
+    let endpoints =
+        (model.endpoint_slices.values()).flat_map(|slice| slice.endpoints.iter()).flat_map(|e| &e.addresses);
+    keys.extend(endpoints.map(|ip| RegistryKey::new(*ip, 128, 0)));
+    for entry in model.service_entries.values() {
+        let ports: Vec<u16> = entry.ports.iter().map(|p| p.number).collect();
+        // A VIP of a STATIC or DNS entry is a frontend already; what NONE
+        // names, and every block, passes through on the entry's ports.
+        let passes = |single: bool| !single || entry.resolution == Resolution::None;
+        for address in entry.addresses.iter().filter(|a| passes(a.is_single())) {
+            keys.extend(ports.iter().map(|port| RegistryKey::new(address.ip, address.prefix, *port)));
+        }
+        // The endpoints themselves, dialled directly.
+        let endpoint_ips = (entry.endpoints.iter()).filter_map(|e| e.address.parse::<IpAddr>().ok());
+        for ip in endpoint_ips {
+            keys.extend(ports.iter().map(|port| RegistryKey::new(ip, 128, *port)));
+        }
+    }
+    keys.into_iter().map(|key| (key, 1)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::parse_file;
+    use crate::node::{NodeContext, PodCgroup};
+    use std::sync::Arc;
+
+    fn model(text: &str, node: NodeContext) -> Model {
+        let objects = parse_file("t.yaml", text).unwrap();
+        let mut model = Model::build(&objects, vec![], &Model::default(), "cluster.local");
+        assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+        model.node = Arc::new(node);
+        model
+    }
+
+    fn pod(namespace: &str, name: &str, id: u64, level: u32) -> PodCgroup {
+        PodCgroup { namespace: namespace.into(), name: name.into(), id, level }
+    }
+
+    #[test]
+    fn each_workload_gets_the_policy_of_its_sidecar_and_the_registry_is_shared() {
+        let text = concat!(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: locked}\n",
+            "spec: {outboundTrafficPolicy: {mode: REGISTRY_ONLY}}\n---\n",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: legacy, namespace: shop}\n",
+            "spec:\n  hosts: [legacy.example.com]\n  addresses: [192.0.2.0/24]\n",
+            "  ports: [{number: 5432, name: tcp, protocol: TCP}]\n",
+        );
+        let node = NodeContext {
+            pod_cgroups: vec![pod("locked", "a", 11, 3), pod("shop", "b", 12, 3), pod("locked", "c", 13, 4)],
+            node_ips: vec!["10.244.255.1".parse().unwrap()],
+            resolvers: vec!["10.96.0.53".parse().unwrap()],
+            ..NodeContext::default()
+        };
+        let out = compile(&model(text, node));
+        let flags: Vec<(u64, u32)> = out.workloads.iter().map(|(id, w)| (*id, w.flags)).collect();
+        assert_eq!(flags, [(11, POLICY_REGISTRY_ONLY), (12, 0), (13, POLICY_REGISTRY_ONLY)]);
+        assert_eq!(out.views[0].sidecar.as_deref(), Some("locked/default"));
+        assert_eq!((out.config.level_count, out.config.pod_levels[..2].to_vec()), (2, vec![3, 4]));
+        assert_eq!(out.config.any_restricted, 1);
+        let has = |ip: &str, prefix: u8, port: u16| {
+            out.registry.contains_key(&RegistryKey::new(ip.parse().unwrap(), prefix, port))
+        };
+        assert!(has("127.0.0.0", 8, 0) && has("10.244.255.1", 128, 0) && has("10.96.0.53", 128, 53));
+        assert!(has("192.0.2.0", 24, 5432), "the entry's block on its port");
+        assert!(!has("192.0.2.0", 24, 0));
+        // Nobody restricted: no registry to keep.
+        let open =
+            compile(&model("", NodeContext { pod_cgroups: vec![pod("shop", "b", 12, 3)], ..NodeContext::default() }));
+        assert_eq!((open.config.any_restricted, open.registry.len()), (0, 0));
+    }
+
+    #[test]
+    fn registry_keys_mask_their_blocks() {
+        let key = RegistryKey::new("192.0.2.77".parse().unwrap(), 24, 80);
+        assert_eq!(key, RegistryKey::new("192.0.2.0".parse().unwrap(), 24, 80));
+        assert_eq!(key.bits, REGISTRY_HEAD_BITS + 24);
+        assert_eq!(key.prefix.port, 80u16.to_be());
+    }
+}
