@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use mesh_common::{
     capacity, global_stat, Backend, ClusterLive, ClusterStats, ConnKey, Frontend, FrontendKey, HandshakeKey,
-    OriginalDst, PolicyConfig, ProxyTarget, RegistryPrefix, ServiceIpKey, SlotKey, SockKey, SocketEntry,
-    UdpReverseKey, UdpReverseValue, WorkloadPolicy, WorkloadStats,
+    OriginalDst, PolicyConfig, ProxyTarget, RegistryPrefix, ServiceIpKey, SlotKey, SockKey, SocketEntry, UdpReverseKey,
+    UdpReverseValue, WorkloadPolicy, WorkloadStats,
 };
 
 #[map(name = "MESH_FRONTENDS")]

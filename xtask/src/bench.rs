@@ -5,7 +5,10 @@
 //!   (the limit);
 //! - iptables: kube-proxy's iptables mode in the client's namespace (one
 //!   KUBE-SVC chain per service, `-m statistic --mode random`, DNAT);
-//! - mesh: the agent's connect-time translation in the kernel.
+//! - mesh: the agent's connect-time translation in the kernel;
+//! - mesh+RO: the same from a REGISTRY_ONLY workload (a pod cgroup);
+//! - pod+RO: a REGISTRY_ONLY workload dialling a backend pod directly: a
+//!   frontend miss, so its workload and the registry are looked up.
 //!
 //! Variants run interleaved, round after round, and the median is reported
 //! with its ratio to direct.
@@ -175,7 +178,10 @@ pub fn l4(bins: &Binaries, connections: u32, rounds: u32, sizes: &[u32]) -> Resu
         serve_backend(&env.add_pod(name, v4, v6), 8080)?;
     }
     let plain = PlainCgroup::create(env.cgroup_path())?;
-    env.start_agent(&["--program-stats"])?;
+    let restricted = env.container_cgroup("bench", "client");
+    let pods = env.pod_cgroups_dir();
+    let pods = pods.to_str().context("pod cgroup path")?;
+    env.start_agent(&["--program-stats", "--pod-cgroups", pods, "--outbound-traffic-policy", "REGISTRY_ONLY"])?;
 
     println!("L4 connect cost: connect + 1 request/response (6 B each way) + close, one client, sequential.");
     println!("{connections} connections per round, {rounds} rounds interleaved; medians of µs and of the per-round ratio to direct.\n");
@@ -207,8 +213,10 @@ pub fn l4(bins: &Binaries, connections: u32, rounds: u32, sizes: &[u32]) -> Resu
         // Per path: µs per connection in each round, and its ratio to direct
         // in the same round (rounds drift by ±10% on a shared machine; the
         // ratio within a round does not).
-        let mut micros: [Vec<f64>; 3] = Default::default();
-        let mut ratios: [Vec<f64>; 3] = Default::default();
+        let mut micros: [Vec<f64>; 5] = Default::default();
+        let mut ratios: [Vec<f64>; 5] = Default::default();
+        // REGISTRY_ONLY's own cost: mesh+RO over mesh, pod+RO over direct.
+        let mut registry_only: [Vec<f64>; 2] = Default::default();
         // One warm-up round, not recorded.
         for round in 0..=rounds {
             // Direct from the pod without iptables rules: the nat table and
@@ -216,23 +224,33 @@ pub fn l4(bins: &Binaries, connections: u32, rounds: u32, sizes: &[u32]) -> Resu
             let d = measure(bins, &plain.0, &mesh_client, &backend, connections)?;
             let i = measure(bins, &plain.0, &iptables_client, &target, connections)?;
             let m = measure(bins, env.cgroup_path(), &mesh_client, &target, connections)?;
+            let mr = measure(bins, &restricted, &mesh_client, &target, connections)?;
+            let pr = measure(bins, &restricted, &mesh_client, &backend, connections)?;
             if std::env::var_os("MESH_BENCH_VERBOSE").is_some() {
-                eprintln!("  round {round}: direct {d:.1} iptables {i:.1} mesh {m:.1}");
+                eprintln!("  round {round}: direct {d:.1} iptables {i:.1} mesh {m:.1} mesh+RO {mr:.1} pod+RO {pr:.1}");
             }
             if round > 0 {
-                for (path, value) in [d, i, m].into_iter().enumerate() {
+                for (path, value) in [d, i, m, mr, pr].into_iter().enumerate() {
                     micros[path].push(value);
                     ratios[path].push(value / d);
                 }
+                registry_only[0].push(mr / m);
+                registry_only[1].push(pr / d);
             }
         }
         let direct_us = median(&mut micros[0].clone());
-        for (path, name) in ["direct", "iptables", "mesh"].into_iter().enumerate() {
+        for (path, name) in ["direct", "iptables", "mesh", "mesh+RO", "pod+RO"].into_iter().enumerate() {
             let us = median(&mut micros[path]);
             let ratio = median(&mut ratios[path]);
             let apply = if name == "mesh" { format!("{:.1} ms", apply_micros as f64 / 1000.0) } else { String::new() };
             println!("{size:>8}  {name:<10} {us:>10.2} {:>12.0} {ratio:>9.3}x  {apply:>12}", 1e6 / us);
         }
+        println!(
+            "{:>8}  REGISTRY_ONLY: a service connect {:.3}x of mesh's, a registered pod {:.3}x of direct",
+            "",
+            median(&mut registry_only[0]),
+            median(&mut registry_only[1])
+        );
         // The kernel's own accounting of the programs a connection runs: the
         // translation's cost with no scheduling noise in it.
         let status = env.admin_json("/status");
