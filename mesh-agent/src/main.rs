@@ -8,6 +8,7 @@ use mesh_agent::k8s::{self, KubeSource, LeaseTiming, StatusWriter};
 use mesh_agent::proxy::{self, Proxy};
 use mesh_agent::source::{ConfigSource, FileSource};
 use mesh_agent::workloads::{self, PodCgroups};
+use mesh_core::locality::Locality;
 use mesh_core::node::NodeContext;
 use mesh_core::sidecar::OutboundPolicy;
 use std::net::{IpAddr, SocketAddr};
@@ -143,6 +144,10 @@ struct RunArgs {
     /// under REGISTRY_ONLY. Repeatable.
     #[arg(long = "mesh-cidr", value_parser = parse_cidr)]
     mesh_cidrs: Vec<(IpAddr, u8)>,
+    /// This node's `region/zone/subzone`, for locality-aware balancing (in
+    /// a cluster, read from the Node's topology labels when not given).
+    #[arg(long)]
+    locality: Option<String>,
     /// Print a JSON access-log line per proxied request on stdout.
     #[arg(long)]
     access_log: bool,
@@ -314,7 +319,19 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         node_ips: args.node_ips.clone(),
         mesh_cidrs: args.mesh_cidrs.clone(),
         resolvers: std::fs::read_to_string(&args.resolv_conf).map(|t| workloads::nameservers(&t)).unwrap_or_default(),
+        locality: match (&args.locality, &kube, &args.node_name) {
+            (Some(text), ..) => Some(Locality::parse(text)),
+            (None, Some((client, _)), Some(node)) => match runtime.block_on(k8s::node_locality(client, node)) {
+                Ok(locality) => locality,
+                Err(error) => {
+                    tracing::warn!(%error, node, "cannot read this node's locality; balancing ignores localities");
+                    None
+                }
+            },
+            _ => None,
+        },
     };
+    tracing::info!(locality = ?node.locality.as_ref().map(ToString::to_string), "node locality");
     let reload = reload.with_node(node, pods);
     // The first configuration goes into the maps before any program can
     // read them. It waits off the runtime, which meanwhile drives the

@@ -267,3 +267,64 @@ fn registry_only_refuses_unknown_addresses_in_the_kernel_per_workload() {
     assert!(wait_until(Duration::from_secs(5), || served(&tcp(&locked, "10.244.8.2:9000"))), "{}", env.agent_log());
     assert!(refused(&tcp(&strict, "10.244.8.2:9000")), "the selected pod keeps its own Sidecar");
 }
+
+#[test]
+fn locality_distribute_weights_hold_in_the_kernel_over_a_thousand_connects() {
+    let env = TestEnv::new("locality_distribute").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let near = env.add_pod("near", "10.244.1.2", "fd00:244::1:2");
+    let far = env.add_pod("far", "10.244.2.2", "fd00:244::2:2");
+    let _servers = [near.serve_tcp(8080), far.serve_tcp(8080)];
+    let config = "apiVersion: v1\nkind: Service\nmetadata: {name: db, namespace: shop}\nspec:\n  clusterIP: 10.96.0.40\n  ports: [{name: tcp, port: 5432, targetPort: 8080}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: db, namespace: shop, labels: {kubernetes.io/service-name: db}}\n\
+         addressType: IPv4\nports: [{name: tcp, port: 8080}]\n\
+         endpoints: [{addresses: [10.244.1.2], zone: zone-a}, {addresses: [10.244.2.2], zone: zone-b}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: db, namespace: shop}\nspec:\n  host: db\n\
+         \x20 trafficPolicy:\n    loadBalancer:\n      simple: ROUND_ROBIN\n      localityLbSetting:\n\
+         \x20       distribute: [{from: region-1/zone-a/*, to: {region-1/zone-a/*: 80, region-1/zone-b/*: 20}}]\n";
+    env.write_config("db.yaml", config).unwrap();
+    env.start_agent(&["--locality", "region-1/zone-a/rack-1"]).unwrap();
+    let report = probe(&env, &client, &["tcp", "--target", "10.96.0.40:5432", "--count", "1000"]);
+    assert_eq!(report["ok"], 1000, "{report}");
+    let near_share = report["backends"]["near"].as_u64().unwrap_or(0);
+    assert!((770..=830).contains(&near_share), "80% to zone-a, within a few percent: {report}");
+    // No warning: this is honoured in the kernel.
+    let status = env.admin_json("/status");
+    assert_eq!(status["config"]["warnings"], serde_json::json!([]), "{status}");
+}
+
+#[test]
+fn locality_failover_moves_requests_when_the_local_endpoints_are_ejected() {
+    let env = TestEnv::new("locality_failover").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let local = env.add_pod("local", "10.244.1.2", "fd00:244::1:2");
+    let remote = env.add_pod("remote", "10.244.2.2", "fd00:244::2:2");
+    let local_server = local.serve_http(8080);
+    let _remote_server = remote.serve_http(8080);
+    let config = [
+        entry(
+            "api",
+            "  hosts: [api.internal]\n  addresses: [10.97.0.50]\n  ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8080}]\n\
+             \x20 resolution: STATIC\n\
+             \x20 endpoints: [{address: 10.244.1.2, locality: eu/zone-a}, {address: 10.244.2.2, locality: us/zone-x}]\n",
+        ),
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: api, namespace: shop}\nspec:\n  host: api.internal\n\
+         \x20 trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}\n\
+         \x20   loadBalancer: {localityLbSetting: {failover: [{from: eu, to: us}]}}\n"
+            .to_owned(),
+    ]
+    .concat();
+    env.write_config("api.yaml", &config).unwrap();
+    env.start_agent_on_node(&["--locality", "eu/zone-a"]).unwrap();
+    let get = |n: &str| probe(&env, &client, &["http", "--target", "10.97.0.50:80", "--count", n]);
+    let report = get("20");
+    assert_eq!(report["backends"]["local"], 20, "all to the client's own locality first: {report}");
+    // The local endpoint goes away: once ejected, the next priority (the
+    // failover region) takes everything.
+    drop(local_server);
+    assert!(
+        wait_until(Duration::from_secs(10), || get("10")["backends"]["remote"] == 10),
+        "failed over\n{}",
+        env.agent_log()
+    );
+}

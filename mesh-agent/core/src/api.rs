@@ -89,6 +89,8 @@ pub struct ServiceSpec {
     pub cluster_ips: Vec<String>,
     pub ports: Vec<ServicePort>,
     pub selector: BTreeMap<String, String>,
+    /// `PreferClose`: endpoints in the client's zone first.
+    pub traffic_distribution: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
@@ -130,6 +132,8 @@ pub struct Endpoint {
     pub conditions: EndpointConditions,
     pub target_ref: Option<ObjectReference>,
     pub node_name: Option<String>,
+    /// `topology.kubernetes.io/zone` of its node.
+    pub zone: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

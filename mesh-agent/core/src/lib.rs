@@ -18,6 +18,7 @@ pub mod diff;
 pub mod field;
 pub mod gateway;
 pub mod host;
+pub mod locality;
 pub mod maglev;
 pub mod model;
 pub mod node;

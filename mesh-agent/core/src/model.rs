@@ -10,6 +10,7 @@ use crate::destination_rule::{self, DestinationRuleModel};
 use crate::field::{parse_port, FieldError};
 // The submodules, not `gateway` itself: its plan reads the model.
 use crate::gateway::object::{validate_gateway, GatewayModel};
+use crate::locality::Locality;
 use crate::node::NodeContext;
 use crate::object::{ObjectKey, Rejection, SourceBatch, SourcedObject, Warning, WarningReason};
 use crate::route::{self, VirtualServiceModel};
@@ -56,6 +57,8 @@ pub struct ServiceModel {
     /// The host of a ServiceEntry this service stands for (its name is the
     /// host then): the name clients use, instead of the `.svc` one.
     pub host: Option<String>,
+    /// `trafficDistribution: PreferClose`.
+    pub prefer_close: bool,
 }
 
 impl ServiceModel {
@@ -88,6 +91,9 @@ pub struct EndpointModel {
     pub target: Option<String>,
     /// Its own labels (a ServiceEntry endpoint's); None: its pod's.
     pub labels: Option<BTreeMap<String, String>>,
+    /// Where it runs: a ServiceEntry endpoint's `locality`, or an
+    /// EndpointSlice endpoint's zone (its region is the cluster's).
+    pub locality: Locality,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -801,6 +807,7 @@ fn validate_service(service: &api::Service) -> Result<ServiceModel, FieldError> 
         ports,
         selector: service.spec.selector.clone(),
         host: None,
+        prefer_close: service.spec.traffic_distribution.as_deref() == Some("PreferClose"),
     })
 }
 
@@ -846,6 +853,7 @@ fn validate_slice(slice: &api::EndpointSlice) -> Result<(EndpointSliceModel, Vec
             ready: endpoint.conditions.ready.unwrap_or(true),
             target,
             labels: None,
+            locality: Locality { zone: endpoint.zone.clone().unwrap_or_default(), ..Locality::default() },
         });
     }
     let mut ports = Vec::new();

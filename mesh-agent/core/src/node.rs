@@ -2,6 +2,7 @@
 //! snapshot is compiled with, gathered by the agent (flags, the cgroup
 //! tree), never read here.
 
+use crate::locality::Locality;
 use crate::sidecar::OutboundPolicy;
 use std::net::IpAddr;
 
@@ -18,6 +19,8 @@ pub struct NodeContext {
     pub mesh_cidrs: Vec<(IpAddr, u8)>,
     /// The DNS resolvers pods use: reachable on port 53.
     pub resolvers: Vec<IpAddr>,
+    /// This node's `region/zone/subzone`, for locality-aware balancing.
+    pub locality: Option<Locality>,
 }
 
 /// A pod's cgroup: its id (the cgroup directory's inode) and its depth in

@@ -4,6 +4,7 @@
 //! to, so VIP translation in the kernel, routes, DestinationRules and
 //! status need nothing of their own.
 
+use crate::locality::Locality;
 use crate::model::{EndpointModel, EndpointSliceModel, PortModel, Protocol, ServiceModel, SlicePort, TargetPort};
 use crate::service_entry::{EntryEndpoint, EntryPort, Resolution, Resolved, ServiceEntryModel};
 use std::collections::BTreeMap;
@@ -75,6 +76,7 @@ pub fn services_of(entry: &ServiceEntryModel, resolved: &Resolved) -> Vec<(Servi
                 ports: ports.clone(),
                 selector: BTreeMap::new(),
                 host: Some(host.clone()),
+                prefer_close: false,
             };
             let slices = [false, true]
                 .into_iter()
@@ -92,7 +94,7 @@ pub fn services_of(entry: &ServiceEntryModel, resolved: &Resolved) -> Vec<(Servi
 /// The endpoint a `DNS` entry without endpoints has for each answer: no
 /// ports of its own, no labels.
 static HOST_ENDPOINT: EntryEndpoint =
-    EntryEndpoint { address: String::new(), ports: BTreeMap::new(), labels: BTreeMap::new() };
+    EntryEndpoint { address: String::new(), ports: BTreeMap::new(), labels: BTreeMap::new(), locality: None };
 
 /// One slice per distinct port mapping, so that each endpoint keeps its own
 /// port for each named entry port.
@@ -119,6 +121,7 @@ fn slices_of(
             ready: true,
             target: None,
             labels: Some(endpoint.labels.clone()),
+            locality: endpoint.locality.as_deref().map(Locality::parse).unwrap_or_default(),
         });
     }
     (by_ports.into_iter().enumerate())

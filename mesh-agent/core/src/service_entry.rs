@@ -62,6 +62,8 @@ pub struct EntryEndpoint {
     /// Port name of the entry → this endpoint's port.
     pub ports: BTreeMap<String, u16>,
     pub labels: BTreeMap<String, String>,
+    /// `region/zone/subzone`.
+    pub locality: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -190,6 +192,7 @@ pub fn validate_service_entry(object: &ServiceEntry) -> Result<ServiceEntryModel
             address: address.to_owned(),
             ports: endpoint_ports,
             labels: endpoint.labels.clone(),
+            locality: endpoint.locality.clone().filter(|l| !l.is_empty()),
         });
     }
     validate_export_to(&spec.export_to, namespace, ExportToNone::Allowed)?;

@@ -2,6 +2,7 @@
 //! contents of the kernel maps plus a readable view for the admin API.
 
 use crate::destination_rule::{DestinationRuleModel, EffectivePolicy, HashKey, HashTable, LoadBalancer};
+use crate::locality::{placements, Locality, Placement, Setting};
 use crate::maglev;
 use crate::model::{EndpointSliceModel, Model, PortModel, Protocol, ServiceModel, TargetPort};
 use crate::object::{ObjectKey, Rejection, Warning, WarningReason};
@@ -79,6 +80,8 @@ pub struct ServicePortView {
     /// Connects go to the node proxy: an HTTP port with L7 rules (routed
     /// per request), or a TCP port with `tcp` routes (per connection).
     pub captured: bool,
+    /// `trafficDistribution: PreferClose` on the Service.
+    pub prefer_close: bool,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
@@ -87,6 +90,8 @@ pub struct BackendView {
     pub target: Option<String>,
     /// The labels of the pod behind the address, for subsets.
     pub labels: BTreeMap<String, String>,
+    /// Where it runs (parts unknown are empty).
+    pub locality: Locality,
 }
 
 pub use mesh_common::ip_words;
@@ -281,6 +286,7 @@ fn backends_of(
             for address in &endpoint.addresses {
                 backends.insert(BackendView {
                     address: SocketAddr::new(*address, target),
+                    locality: endpoint.locality.clone(),
                     target: endpoint.target.clone(),
                     labels: match &endpoint.labels {
                         Some(labels) => labels.clone(),
@@ -338,7 +344,17 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
                 }
                 let backends = backends_of(&slices, &pod_labels, service, port, ipv6);
                 let group = group_id(cluster, family);
-                let keys: Vec<Backend> = backends.iter().map(|b| backend_key(b.address)).collect();
+                // Locality: the best priority's endpoints, each in as many
+                // slots as its weight asks.
+                let setting = Setting {
+                    rule: policy.locality.as_ref(),
+                    outlier_detection: policy.outlier_detection.is_some(),
+                    prefer_close: service.prefer_close,
+                };
+                let placed = placements_of(setting, model.node.locality.as_ref(), backends.iter());
+                let keys: Vec<Backend> = (backends.iter().zip(slot_counts(placed.as_deref(), backends.len())))
+                    .flat_map(|(b, count)| std::iter::repeat_n(backend_key(b.address), count))
+                    .collect();
                 for (index, backend) in keys.iter().enumerate() {
                     snapshot.slots.insert(SlotKey { group_id: group, index: index as u32, _pad: 0 }, *backend);
                 }
@@ -408,6 +424,7 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
                 }
             }
             snapshot.services.push(ServicePortView {
+                prefer_close: service.prefer_close,
                 namespace: service.namespace.clone(),
                 name: service.name.clone(),
                 port_name: port.name.clone(),
@@ -455,6 +472,51 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
     check_capacity("backend slots", snapshot.slots.len(), capacity::SLOTS)?;
     check_capacity("Maglev entries", snapshot.maglev.len(), capacity::MAGLEV)?;
     Ok(snapshot)
+}
+
+/// [`locality::placements`] for `backends`, whose unknown region (an
+/// EndpointSlice's) is the node's own.
+fn placements_of<'a>(
+    setting: Setting<'_>,
+    own: Option<&Locality>,
+    backends: impl Iterator<Item = &'a BackendView>,
+) -> Option<Vec<Placement>> {
+    let own = own?;
+    let localities: Vec<Locality> = backends
+        .map(|b| match b.locality.region.is_empty() {
+            true => Locality { region: own.region.clone(), ..b.locality.clone() },
+            false => b.locality.clone(),
+        })
+        .collect();
+    placements(setting, Some(own), &localities)
+}
+
+/// How many kernel slots each of `n` backends takes: one each without
+/// placements; else those of the best priority with any weight, in
+/// proportion to their weights (in lowest terms), and none for the rest.
+fn slot_counts(placed: Option<&[Placement]>, n: usize) -> Vec<usize> {
+    let Some(placed) = placed else { return vec![1; n] };
+    let best = placed.iter().filter(|p| p.weight > 0.0).map(|p| p.priority).min();
+    let tenths: Vec<usize> =
+        (placed.iter())
+            .map(|p| {
+                if Some(p.priority) == best && p.weight > 0.0 {
+                    ((p.weight * 10.0).round() as usize).max(1)
+                } else {
+                    0
+                }
+            })
+            .collect();
+    let divisor = tenths.iter().copied().filter(|&t| t > 0).fold(0, gcd).max(1);
+    tenths.into_iter().map(|t| t / divisor).collect()
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// The warning for a ServiceEntry host whose address and port another
@@ -551,30 +613,46 @@ impl Snapshot {
     /// Endpoints of a service port (both families), only those of
     /// `subset` when named: a dual-stack pod is one endpoint per family.
     pub fn endpoints_any_family(&self, service: &ServicePortView, subset: Option<&str>) -> Vec<SocketAddr> {
-        self.endpoints_under(self.model.rule_for_host(&service.fqdn, &service.namespace), service, subset)
+        (self.endpoints_under(self.model.rule_for_host(&service.fqdn, &service.namespace), service, subset))
+            .into_iter()
+            .map(|b| b.address)
+            .collect()
     }
 
     /// As [`Snapshot::endpoints_any_family`], with the subsets of `rule`
     /// (the rule that applies to the client).
-    pub fn endpoints_under(
+    pub fn endpoints_under<'a>(
         &self,
         rule: Option<&DestinationRuleModel>,
-        service: &ServicePortView,
+        service: &'a ServicePortView,
         subset: Option<&str>,
-    ) -> Vec<SocketAddr> {
+    ) -> Vec<&'a BackendView> {
         let labels = subset
             .and_then(|name| rule.and_then(|rule| rule.subsets.iter().find(|s| s.name == name)).map(|s| &s.labels));
         match (subset, labels) {
-            (None, _) => service.backends.iter().map(|b| b.address).collect(),
+            (None, _) => service.backends.iter().collect(),
             // A subset that no rule defines selects nothing.
             (Some(_), None) => Vec::new(),
-            (Some(_), Some(labels)) => service
-                .backends
-                .iter()
-                .filter(|b| labels.iter().all(|(k, v)| b.labels.get(k) == Some(v)))
-                .map(|b| b.address)
-                .collect(),
+            (Some(_), Some(labels)) => {
+                service.backends.iter().filter(|b| labels.iter().all(|(k, v)| b.labels.get(k) == Some(v))).collect()
+            }
         }
+    }
+
+    /// Where each of `backends` (of `service`) stands for this node's
+    /// clients under `policy`, or None when locality plays no part.
+    pub fn placements<'a>(
+        &self,
+        policy: &EffectivePolicy,
+        service: &ServicePortView,
+        backends: impl Iterator<Item = &'a BackendView>,
+    ) -> Option<Vec<Placement>> {
+        let setting = Setting {
+            rule: policy.locality.as_ref(),
+            outlier_detection: policy.outlier_detection.is_some(),
+            prefer_close: service.prefer_close,
+        };
+        placements_of(setting, self.model.node.locality.as_ref(), backends)
     }
 
     /// The DestinationRule policy for a service port and subset.
@@ -814,5 +892,40 @@ mod tests {
         assert_eq!(warned.len(), 1, "{warned:?}");
         assert_eq!(warned[0].0, "spec.addresses[1]");
         assert!(warned[0].1.contains("10.96.0.10:80 is already another service's address"), "{warned:?}");
+    }
+
+    #[test]
+    fn prefer_close_and_distribute_shape_the_kernel_slots() {
+        let text = |extra: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: shop}}\nspec:\n  clusterIP: 10.96.0.40\n{extra}  ports: [{{name: tcp, port: 5432}}]\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: db, namespace: shop, labels: {{kubernetes.io/service-name: db}}}}\n\
+                 addressType: IPv4\nports: [{{name: tcp, port: 5432}}]\n\
+                 endpoints: [{{addresses: [10.0.0.1], zone: a}}, {{addresses: [10.0.0.2], zone: a}}, {{addresses: [10.0.0.3], zone: b}}]\n"
+            )
+        };
+        let slots = |yaml: &str, locality: Option<&str>| {
+            let objects = parse_file("t.yaml", yaml).unwrap();
+            let mut model = Model::build(&objects, vec![], &Model::default(), "cluster.local");
+            assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+            model.node =
+                Arc::new(crate::node::NodeContext { locality: locality.map(Locality::parse), ..Default::default() });
+            let snapshot = compile(&model, "cluster.local").unwrap();
+            let mut backends: Vec<String> = (snapshot.slots.values())
+                .map(|b| std::net::Ipv4Addr::from(u32::from_be(b.addr[0]).to_be_bytes()).to_string())
+                .collect();
+            backends.sort();
+            backends
+        };
+        let prefer_close = text("  trafficDistribution: PreferClose\n");
+        assert_eq!(slots(&prefer_close, Some("r/a")), ["10.0.0.1", "10.0.0.2"], "the node's zone only");
+        assert_eq!(slots(&prefer_close, Some("r/c")), ["10.0.0.1", "10.0.0.2", "10.0.0.3"], "none close: all");
+        assert_eq!(slots(&prefer_close, None), ["10.0.0.1", "10.0.0.2", "10.0.0.3"], "no locality known");
+        let distribute = format!(
+            "{}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: db, namespace: shop}}\nspec:\n  host: db\n  trafficPolicy:\n    loadBalancer:\n      simple: ROUND_ROBIN\n      localityLbSetting: {{distribute: [{{from: 'r/*', to: {{'r/a/*': 50, 'r/b/*': 50}}}}]}}\n",
+            text("")
+        );
+        // 25% each in zone a, 50% the one in zone b: slots 1, 1, 2.
+        assert_eq!(slots(&distribute, Some("r/a")), ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.3"]);
     }
 }

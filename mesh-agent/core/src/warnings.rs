@@ -291,12 +291,20 @@ fn level(
                 }
             }
         }
-        if lb.locality_lb_setting.as_ref().is_some_and(|l| l.enabled != Some(false)) {
-            found.not_honoured(
-                at.field("localityLbSetting"),
-                "not supported yet; the mesh does not know localities, so endpoints are balanced without locality \
-                 weights or failover",
-            );
+        if let Some(locality) = lb.locality_lb_setting.as_ref().filter(|l| l.enabled != Some(false)) {
+            let at = at.child("localityLbSetting");
+            if !locality.failover.is_empty() && outlier.is_none() {
+                found.not_honoured(
+                    at.field("failover"),
+                    "needs outlierDetection (as in Istio): without it traffic never moves to another locality",
+                );
+            }
+            if !locality.failover_priority.is_empty() {
+                found.not_honoured(
+                    at.field("failoverPriority"),
+                    "not yet: endpoints are ordered by locality alone (region, zone, subzone, then failover)",
+                );
+            }
         }
     }
     if let Some(tcp) = pool.and_then(|pool| pool.tcp.as_ref()) {
@@ -784,7 +792,7 @@ mod tests {
             "    tls: {mode: SIMPLE, caCrl: /etc/certs/crl.pem}\n",
             "    portLevelSettings:\n",
             "    - port: {number: 80}\n",
-            "      loadBalancer: {simple: PASSTHROUGH, localityLbSetting: {enabled: true}}\n",
+            "      loadBalancer: {simple: PASSTHROUGH, localityLbSetting: {failover: [{from: a, to: b}], failoverPriority: [x]}}\n",
             "  subsets:\n",
             "  - name: v1\n",
             "    labels: {version: v1}\n",
@@ -799,15 +807,17 @@ mod tests {
                 "spec.trafficPolicy.connectionPool.http.maxConcurrentStreams",
                 "spec.trafficPolicy.tls.caCrl",
                 "spec.trafficPolicy.portLevelSettings[0].loadBalancer.simple",
-                "spec.trafficPolicy.portLevelSettings[0].loadBalancer.localityLbSetting",
+                "spec.trafficPolicy.portLevelSettings[0].loadBalancer.localityLbSetting.failover",
+                "spec.trafficPolicy.portLevelSettings[0].loadBalancer.localityLbSetting.failoverPriority",
                 "spec.trafficPolicy.tunnel",
                 "spec.subsets[0].trafficPolicy.proxyProtocol",
                 "spec.subsets[0].trafficPolicy.colour",
             ]
         );
-        assert_eq!(found[5].1, TUNNEL);
-        assert_eq!(found[6].1, PROXY_PROTOCOL);
-        assert_eq!(found[7].1, "not a field of DestinationRule in networking.istio.io/v1; ignored");
+        assert!(found[4].1.contains("needs outlierDetection"), "{}", found[4].1);
+        assert_eq!(found[6].1, TUNNEL);
+        assert_eq!(found[7].1, PROXY_PROTOCOL);
+        assert_eq!(found[8].1, "not a field of DestinationRule in networking.istio.io/v1; ignored");
     }
 
     #[test]

@@ -9,6 +9,8 @@ pub mod watch;
 pub use conditions::{LeaseTiming, StatusWriter};
 pub use watch::{watched_kinds, KubeSource, KubeStore, SourceState};
 
+use mesh_core::locality::Locality;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("reading kubeconfig {path}: {source}")]
@@ -50,6 +52,8 @@ pub fn required_permissions() -> (Permissions, Permissions) {
     for kind in watch::ISTIO_KINDS {
         cluster.insert((kind.group.into(), format!("{}/status", kind.plural), "patch".into()));
     }
+    // Its own Node, once, for its locality.
+    cluster.insert(("".into(), "nodes".into(), "get".into()));
     let namespaced = ["get", "create", "update"]
         .into_iter()
         .map(|verb| ("coordination.k8s.io".into(), "leases".into(), verb.into()))
@@ -58,3 +62,19 @@ pub fn required_permissions() -> (Permissions, Permissions) {
 }
 
 pub type Permissions = std::collections::BTreeSet<(String, String, String)>;
+
+/// The locality of Node `name`, from its labels
+/// (`topology.kubernetes.io/region` and `zone`, Istio's
+/// `topology.istio.io/subzone`); None when it has neither region nor zone.
+pub async fn node_locality(client: &kube::Client, name: &str) -> Result<Option<Locality>, kube::Error> {
+    let nodes: kube::Api<k8s_openapi::api::core::v1::Node> = kube::Api::all(client.clone());
+    let node = nodes.get(name).await?;
+    let labels = node.metadata.labels.unwrap_or_default();
+    let label = |key: &str| labels.get(key).cloned().unwrap_or_default();
+    let locality = Locality {
+        region: label("topology.kubernetes.io/region"),
+        zone: label("topology.kubernetes.io/zone"),
+        subzone: label("topology.istio.io/subzone"),
+    };
+    Ok((!locality.region.is_empty() || !locality.zone.is_empty()).then_some(locality))
+}

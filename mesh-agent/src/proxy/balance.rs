@@ -3,6 +3,11 @@
 //! endpoints' in-flight counts and slow-start weights, so it is tested
 //! without sockets.
 //!
+//! Locality (`localityLbSetting`, `PreferClose`): a request first goes to
+//! one priority of endpoints, as Envoy spreads load over priorities by their
+//! health ([`by_priority`]); within it, endpoints with `distribute` weights
+//! are picked by weight.
+//!
 //! Slow start (`warmup`): while some endpoint is still warming up, ROUND_ROBIN
 //! and LEAST_REQUEST pick by weight, as Envoy then does (its EDF scheduler):
 //! round robin in proportion to each endpoint's slow-start factor, least
@@ -10,7 +15,9 @@
 
 use super::cluster::Endpoint;
 use mesh_core::destination_rule::LoadBalancer;
+use mesh_core::locality::priority_load;
 use mesh_core::maglev::stable_hash;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
@@ -34,6 +41,10 @@ pub fn pick<'a>(
     }
     let fresh: Vec<&Endpoint> =
         if tried.is_empty() { Vec::new() } else { endpoints.iter().filter(|e| !tried.contains(&e.address)).collect() };
+    if has_locality_weights(endpoints) {
+        let candidates: Vec<&Endpoint> = if fresh.is_empty() { endpoints.iter().collect() } else { fresh };
+        return by_locality_weight(&candidates, fastrand::f64());
+    }
     // Only a cluster with `warmup` pays for the clock; once every window
     // is over, the plain algorithm is back.
     let now = endpoints.iter().any(|e| e.slow_start.is_some()).then(Instant::now);
@@ -44,6 +55,56 @@ pub fn pick<'a>(
         (true, Some(now)) => weighted(endpoints.iter(), load_balancer, now, fastrand::f64()),
         (false, Some(now)) => weighted(fresh.into_iter(), load_balancer, now, fastrand::f64()),
     })
+}
+
+/// The endpoints of the priority a request goes to: Envoy's load per
+/// priority ([`priority_load`]) from `all` (the cluster's) and `available`
+/// (those outlier detection has not ejected), and `draw` in [0, 1) to
+/// choose. Without placements, `available` as it is.
+pub fn by_priority<'a>(all: &[Endpoint], available: &'a [Endpoint], draw: f64) -> Cow<'a, [Endpoint]> {
+    let priority = |e: &Endpoint| e.placement.map(|p| p.priority);
+    let Some(lowest) = all.iter().filter_map(priority).max() else { return Cow::Borrowed(available) };
+    let levels: Vec<(usize, usize)> = (0..=lowest)
+        .map(|level| {
+            let in_level = |e: &&Endpoint| priority(e) == Some(level);
+            (available.iter().filter(in_level).count(), all.iter().filter(in_level).count())
+        })
+        .collect();
+    let load = priority_load(&levels);
+    let mut left = draw;
+    let chosen = (load.iter().position(|share| {
+        left -= share;
+        left < 0.0
+    }))
+    .or_else(|| load.iter().rposition(|share| *share > 0.0));
+    match chosen {
+        Some(level) => Cow::Owned(available.iter().filter(|e| priority(e) == Some(level as u8)).cloned().collect()),
+        None => Cow::Borrowed(available),
+    }
+}
+
+/// Whether `distribute` weights tell the endpoints apart.
+fn has_locality_weights(endpoints: &[Endpoint]) -> bool {
+    let mut weights = endpoints.iter().filter_map(|e| e.placement.map(|p| p.weight));
+    let Some(first) = weights.next() else { return false };
+    weights.any(|w| w != first)
+}
+
+/// One of `candidates` (not empty) by its locality weight.
+fn by_locality_weight<'a>(candidates: &[&'a Endpoint], draw: f64) -> Option<&'a Endpoint> {
+    let weight = |e: &Endpoint| e.placement.map_or(0.0, |p| p.weight);
+    let total: f64 = candidates.iter().map(|e| weight(e)).sum();
+    if total <= 0.0 {
+        return candidates.first().copied();
+    }
+    let mut left = draw * total;
+    for candidate in candidates {
+        left -= weight(candidate);
+        if left < 0.0 {
+            return Some(candidate);
+        }
+    }
+    candidates.iter().rev().find(|e| weight(e) > 0.0).copied()
 }
 
 /// One of `candidates` (not empty) by weight, with `draw` in [0, 1): each
@@ -121,6 +182,7 @@ mod tests {
     fn endpoints(n: u8) -> Vec<Endpoint> {
         (1..=n)
             .map(|i| Endpoint {
+                placement: None,
                 address: SocketAddr::from(([10, 244, i, 2], 8080)),
                 counters: Default::default(),
                 slow_start: None,
@@ -224,5 +286,40 @@ mod tests {
         }
         let moved = before.iter().filter(|b| **b == e[4].address).count();
         assert!((120..=280).contains(&moved), "about a fifth: {moved}");
+    }
+
+    fn placed(n: u8, placements: &[(u8, f64)]) -> Vec<Endpoint> {
+        let mut e = endpoints(n);
+        for (endpoint, (priority, weight)) in e.iter_mut().zip(placements) {
+            endpoint.placement = Some(mesh_core::locality::Placement { priority: *priority, weight: *weight });
+        }
+        e
+    }
+
+    #[test]
+    fn requests_go_to_the_nearest_priority_and_fail_over_as_it_loses_health() {
+        let all = placed(4, &[(0, 1.0), (0, 1.0), (1, 1.0), (1, 1.0)]);
+        let addresses = |chosen: &[Endpoint]| chosen.iter().map(|e| e.address).collect::<Vec<_>>();
+        assert_eq!(addresses(&by_priority(&all, &all, 0.99)), addresses(&all[..2]), "local first, all of it");
+        // One local left of two: 70% stays local, 30% spills.
+        let one_local: Vec<Endpoint> = [&all[0], &all[2], &all[3]].into_iter().cloned().collect();
+        assert_eq!(addresses(&by_priority(&all, &one_local, 0.5)), addresses(&all[..1]));
+        assert_eq!(addresses(&by_priority(&all, &one_local, 0.8)), addresses(&all[2..]));
+        // Both local endpoints ejected: everything to the next priority.
+        assert_eq!(addresses(&by_priority(&all, &all[2..], 0.1)), addresses(&all[2..]));
+        let plain = endpoints(2);
+        assert_eq!(addresses(&by_priority(&plain, &plain[..1], 0.1)), addresses(&plain[..1]), "no locality");
+    }
+
+    #[test]
+    fn distribute_weights_share_the_picks() {
+        let cursor = AtomicUsize::new(0);
+        let e = placed(3, &[(0, 35.0), (0, 35.0), (0, 30.0)]);
+        let mut counts = [0usize; 3];
+        for _ in 0..10_000 {
+            let picked = pick(&cursor, &e, &LoadBalancer::RoundRobin, None, &[]).unwrap();
+            counts[e.iter().position(|x| x.address == picked.address).unwrap()] += 1;
+        }
+        assert!(counts.iter().zip([3500, 3500, 3000]).all(|(c, want)| c.abs_diff(want) < 300), "{counts:?}");
     }
 }

@@ -16,6 +16,7 @@ use super::upstream::pool::{ConnectionLimits, DEFAULT_CONNECT_TIMEOUT, DEFAULT_I
 use super::upstream::tls::{client_config, material, TlsError};
 use crate::sync::lock;
 use mesh_core::destination_rule::{ClientTls, DestinationRuleModel, EffectivePolicy, LoadBalancer, TlsMode};
+use mesh_core::locality::Placement;
 use mesh_core::snapshot::Snapshot;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -32,6 +33,9 @@ pub struct Endpoint {
     /// Set while the endpoint is new to the cluster and the rule asks
     /// for `warmup`.
     pub slow_start: Option<SlowStart>,
+    /// Its locality priority and weight for this node's clients (None:
+    /// locality plays no part in the cluster).
+    pub placement: Option<Placement>,
 }
 
 /// Envoy's slow start for an endpoint that joined a cluster at `joined`:
@@ -375,12 +379,14 @@ impl Inner {
             None => name.clone(),
         };
         let state = self.states.entry(state_key).or_default().clone();
-        let addresses = snapshot.endpoints_under(rule, service, subset_name);
+        let backends = snapshot.endpoints_under(rule, service, subset_name);
+        let placements = snapshot.placements(&policy, service, backends.iter().copied());
+        let addresses: Vec<SocketAddr> = backends.iter().map(|b| b.address).collect();
         let joined = lock(&state.members).update(&addresses, Instant::now());
         let warmup = policy.warmup.as_ref().filter(|_| slow_start_applies(&policy.load_balancer));
         let mut endpoints_v4 = Vec::new();
         let mut endpoints_v6 = Vec::new();
-        for (address, joined) in addresses.into_iter().zip(joined) {
+        for (i, (address, joined)) in addresses.into_iter().zip(joined).enumerate() {
             let counters = self.endpoints.entry(address).or_default().clone();
             let slow_start = warmup.zip(joined).map(|(warmup, joined)| SlowStart {
                 joined,
@@ -388,7 +394,8 @@ impl Inner {
                 min_factor: warmup.minimum_percent.unwrap_or(DEFAULT_WARMUP_MINIMUM_PERCENT) / 100.0,
                 aggression: warmup.aggression.unwrap_or(1.0),
             });
-            let endpoint = Endpoint { address, counters, slow_start };
+            let placement = placements.as_ref().map(|placed| placed[i]);
+            let endpoint = Endpoint { address, counters, slow_start, placement };
             if address.is_ipv6() {
                 endpoints_v6.push(endpoint);
             } else {

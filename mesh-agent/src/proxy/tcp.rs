@@ -173,8 +173,13 @@ impl Proxy {
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
         let plan = self.clusters.plan(to.snapshot, to.target, to.subset, to.client);
-        let endpoints = plan.endpoints(to.ipv6);
-        let Some(picked) = pick(&plan.state.cursor, endpoints, &plan.policy.load_balancer, None, &[]) else {
+        let all = plan.endpoints(to.ipv6);
+        let available = match &plan.outlier {
+            Some(config) => plan.healthy(all, config, std::time::Instant::now()),
+            None => all.to_vec(),
+        };
+        let endpoints = super::balance::by_priority(all, &available, fastrand::f64());
+        let Some(picked) = pick(&plan.state.cursor, &endpoints, &plan.policy.load_balancer, None, &[]) else {
             tracing::debug!(%peer, cluster = %plan.name, "no endpoint for a tcp route; closing");
             return;
         };

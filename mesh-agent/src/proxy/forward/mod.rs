@@ -256,13 +256,15 @@ impl Proxy {
         let outliers = plan.outlier.as_ref();
         let all_endpoints = plan.endpoints(connection.original.is_ipv6());
         let healthy;
-        let endpoints = match outliers {
+        let available = match outliers {
             Some(config) => {
                 healthy = plan.healthy(all_endpoints, config, Instant::now());
                 &healthy[..]
             }
             None => all_endpoints,
         };
+        // The locality priority this request goes to.
+        let endpoints = &*crate::proxy::balance::by_priority(all_endpoints, available, fastrand::f64());
         let (hash, issued_cookie) = hash::request_hash(&policy.load_balancer, &parts, connection.peer);
         let retry = route.map(|r| &r.retries).unwrap_or(&DEFAULT_RETRY);
 
