@@ -250,7 +250,9 @@ pub fn status_report(shared: &Shared) -> StatusReport {
                     mesh_core::sidecar::OutboundPolicy::RegistryOnly => "REGISTRY_ONLY".into(),
                 },
                 sidecar: w.sidecar.clone(),
-                refused: counters.refused_by_workload.get(&w.cgroup_id).copied().unwrap_or(0),
+                refused: (counters.refused_by_workload.get(&w.cgroup_id))
+                    .map(|s| s.refused_registry + s.refused_scope)
+                    .unwrap_or(0),
             })
             .collect(),
         services: match shared.dataplane {
@@ -367,14 +369,15 @@ fn metrics(shared: &Shared) -> String {
 
     let refused = Family::<Labels, Counter>::default();
     for workload in &published.snapshot.outbound.views {
-        let labels: Labels = vec![
-            ("namespace".into(), workload.namespace.clone()),
-            ("pod".into(), workload.name.clone()),
-            ("reason".into(), "registry_only".into()),
-        ];
-        refused
-            .get_or_create(&labels)
-            .inc_by(counters.refused_by_workload.get(&workload.cgroup_id).copied().unwrap_or(0));
+        let stats = counters.refused_by_workload.get(&workload.cgroup_id).copied().unwrap_or_default();
+        for (reason, count) in [("registry_only", stats.refused_registry), ("sidecar_egress", stats.refused_scope)] {
+            let labels: Labels = vec![
+                ("namespace".into(), workload.namespace.clone()),
+                ("pod".into(), workload.name.clone()),
+                ("reason".into(), reason.into()),
+            ];
+            refused.get_or_create(&labels).inc_by(count);
+        }
     }
     registry.register(
         "workload_refused_connects",

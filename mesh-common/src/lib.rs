@@ -36,6 +36,7 @@ pub mod map_names {
     pub const WORKLOADS: &str = "MESH_WORKLOADS";
     pub const REGISTRY: &str = "MESH_REGISTRY";
     pub const WORKLOAD_STATS: &str = "MESH_WORKLOAD_STATS";
+    pub const SCOPE_CLUSTERS: &str = "MESH_SCOPE_CLUSTERS";
 }
 
 /// Names of the programs in the kernel object.
@@ -79,6 +80,8 @@ pub mod capacity {
     pub const REGISTRY: u32 = 1 << 18;
     /// Levels of the cgroup tree where pod cgroups sit.
     pub const POD_LEVELS: usize = 4;
+    /// Service ports visible per Sidecar egress scope, summed over scopes.
+    pub const SCOPE_CLUSTERS: u32 = 1 << 18;
 }
 
 /// An address as the maps keep it: four 32-bit words holding the bytes in
@@ -328,8 +331,12 @@ pub struct PolicyConfig {
     /// 1 when some workload is REGISTRY_ONLY: otherwise a miss costs no
     /// lookup at all.
     pub any_restricted: u32,
+    /// 1 when some workload's Sidecar narrows its egress: otherwise a
+    /// connect to a service costs no lookup at all.
+    pub any_scoped: u32,
+    pub _pad: u32,
 }
-const _: () = assert!(core::mem::size_of::<PolicyConfig>() == 24);
+const _: () = assert!(core::mem::size_of::<PolicyConfig>() == 32);
 
 /// A workload's outbound policy, by the id of its pod cgroup.
 #[repr(C)]
@@ -337,7 +344,9 @@ const _: () = assert!(core::mem::size_of::<PolicyConfig>() == 24);
 pub struct WorkloadPolicy {
     /// [`POLICY_REGISTRY_ONLY`] and friends.
     pub flags: u32,
-    pub _pad: u32,
+    /// Its Sidecar's egress scope (keys [`ScopeClusterKey`]); 0: it sees
+    /// every service.
+    pub scope: u32,
 }
 const _: () = assert!(core::mem::size_of::<WorkloadPolicy>() == 8);
 
@@ -361,14 +370,27 @@ const _: () = assert!(core::mem::size_of::<RegistryPrefix>() == 20);
 /// The bits of a [`RegistryPrefix`] before its address.
 pub const REGISTRY_HEAD_BITS: u32 = 32;
 
+/// A service port (cluster) an egress scope sees.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ScopeClusterKey {
+    pub scope: u32,
+    pub _pad: u32,
+    pub cluster_id: u64,
+}
+const _: () = assert!(core::mem::size_of::<ScopeClusterKey>() == 16);
+
 /// Per-workload, per-CPU counters.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct WorkloadStats {
     /// Connects and datagrams refused: outside the registry.
     pub refused_registry: u64,
+    /// Connects and datagrams refused: a service its Sidecar's egress
+    /// does not list.
+    pub refused_scope: u64,
 }
-const _: () = assert!(core::mem::size_of::<WorkloadStats>() == 8);
+const _: () = assert!(core::mem::size_of::<WorkloadStats>() == 16);
 
 /// Per-cluster, per-CPU counters.
 #[repr(C)]
@@ -426,7 +448,10 @@ pub mod global_stat {
     /// A REGISTRY_ONLY workload dialled an address outside the registry.
     pub const CONNECT_REFUSED_REGISTRY: u32 = 22;
     pub const SENDMSG_REFUSED_REGISTRY: u32 = 23;
-    pub const COUNT: u32 = 24;
+    /// A scoped workload dialled a service its Sidecar's egress omits.
+    pub const CONNECT_REFUSED_SCOPE: u32 = 24;
+    pub const SENDMSG_REFUSED_SCOPE: u32 = 25;
+    pub const COUNT: u32 = 26;
 
     /// Label values for each index, in order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -454,6 +479,8 @@ pub mod global_stat {
         "sockmap_left",
         "connect_refused_registry",
         "sendmsg_refused_registry",
+        "connect_refused_scope",
+        "sendmsg_refused_scope",
     ];
 }
 
@@ -480,4 +507,5 @@ mod pod {
     unsafe impl aya::Pod for WorkloadPolicy {}
     unsafe impl aya::Pod for RegistryPrefix {}
     unsafe impl aya::Pod for WorkloadStats {}
+    unsafe impl aya::Pod for ScopeClusterKey {}
 }

@@ -14,6 +14,7 @@ use crate::{
     balance::{pick_backend, slot},
     live::{backend_live, cluster_live, fetch_add, forget_socket, release},
     maps::{FRONTENDS, PROXY, SOCKETS},
+    policy::out_of_scope,
     stats::{count, count_cluster},
     udp_reverse::remember_udp_reverse,
     verdict::{miss, refuse_with, MissStats, ALLOW},
@@ -50,6 +51,9 @@ fn try_connect(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
             return Ok(miss(&dial.key, stats));
         }
     };
+    if out_of_scope(fe.cluster_id) {
+        return Ok(refuse_with(global_stat::CONNECT_REFUSED_SCOPE));
+    }
     if proto == PROTO_TCP && fe.flags & FRONTEND_CAPTURE != 0 {
         if let Some(verdict) = capture(ctx, cookie, &fe, &dial, v6_ctx) {
             return Ok(verdict);

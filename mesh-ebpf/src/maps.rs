@@ -8,8 +8,8 @@ use aya_ebpf::{
 };
 use mesh_common::{
     capacity, global_stat, Backend, ClusterLive, ClusterStats, ConnKey, Frontend, FrontendKey, HandshakeKey,
-    OriginalDst, PolicyConfig, ProxyTarget, RegistryPrefix, ServiceIpKey, SlotKey, SockKey, SocketEntry, UdpReverseKey,
-    UdpReverseValue, WorkloadPolicy, WorkloadStats,
+    OriginalDst, PolicyConfig, ProxyTarget, RegistryPrefix, ScopeClusterKey, ServiceIpKey, SlotKey, SockKey,
+    SocketEntry, UdpReverseKey, UdpReverseValue, WorkloadPolicy, WorkloadStats,
 };
 
 #[map(name = "MESH_FRONTENDS")]
@@ -60,3 +60,7 @@ pub(crate) static REGISTRY: LpmTrie<RegistryPrefix, u32> = LpmTrie::pinned(capac
 #[map(name = "MESH_WORKLOAD_STATS")]
 pub(crate) static WORKLOAD_STATS: PerCpuHashMap<u64, WorkloadStats> =
     PerCpuHashMap::pinned(capacity::WORKLOADS, BPF_F_NO_PREALLOC);
+/// The service ports each Sidecar egress scope sees.
+#[map(name = "MESH_SCOPE_CLUSTERS")]
+pub(crate) static SCOPE_CLUSTERS: HashMap<ScopeClusterKey, u32> =
+    HashMap::pinned(capacity::SCOPE_CLUSTERS, BPF_F_NO_PREALLOC);

@@ -1,8 +1,9 @@
 //! The outbound traffic policy of the workload that connects: a
 //! REGISTRY_ONLY workload reaches the Services (every frontend) and the
 //! registry's other addresses (pods, nodes, resolvers, ServiceEntry
-//! blocks), nothing else. The workload is the pod cgroup the calling task
-//! is in, at any depth below it.
+//! blocks), nothing else; a workload whose Sidecar lists `egress` hosts
+//! reaches only the service ports they name. The workload is the pod
+//! cgroup the calling task is in, at any depth below it.
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
@@ -10,10 +11,11 @@ use aya_ebpf::{
     maps::lpm_trie::Key,
 };
 use mesh_common::{
-    capacity, FrontendKey, RegistryPrefix, WorkloadPolicy, WorkloadStats, POLICY_REGISTRY_ONLY, REGISTRY_HEAD_BITS,
+    capacity, FrontendKey, RegistryPrefix, ScopeClusterKey, WorkloadPolicy, WorkloadStats, POLICY_REGISTRY_ONLY,
+    REGISTRY_HEAD_BITS,
 };
 
-use crate::maps::{POLICY, REGISTRY, WORKLOADS, WORKLOAD_STATS};
+use crate::maps::{POLICY, REGISTRY, SCOPE_CLUSTERS, WORKLOADS, WORKLOAD_STATS};
 
 /// The cgroup id of the caller's workload and its policy; null when the
 /// caller is in no known workload (the node, the agent, unmanaged pods).
@@ -61,12 +63,38 @@ pub(crate) fn refused(key: &FrontendKey) -> bool {
     if policy.is_null() || unsafe { (*policy).flags } & POLICY_REGISTRY_ONLY == 0 || registered(key) {
         return false;
     }
+    count_workload(id, |stats| stats.refused_registry += 1);
+    true
+}
+
+/// Whether a connect or datagram to service port `cluster_id` is refused
+/// because the caller's Sidecar egress does not list it (counted for its
+/// workload).
+#[inline(always)]
+pub(crate) fn out_of_scope(cluster_id: u64) -> bool {
+    let Some(config) = POLICY.get(0) else { return false };
+    if config.any_scoped == 0 {
+        return false;
+    }
+    let (id, policy) = workload(&config.pod_levels, config.level_count);
+    if policy.is_null() {
+        return false;
+    }
+    let scope = unsafe { (*policy).scope };
+    if scope == 0 || unsafe { SCOPE_CLUSTERS.get(&ScopeClusterKey { scope, _pad: 0, cluster_id }) }.is_some() {
+        return false;
+    }
+    count_workload(id, |stats| stats.refused_scope += 1);
+    true
+}
+
+#[inline(always)]
+fn count_workload(id: u64, bump: impl Fn(&mut WorkloadStats)) {
     if WORKLOAD_STATS.get_ptr_mut(&id).is_none() {
         let _ = WORKLOAD_STATS.insert(&id, &WorkloadStats::default(), BPF_NOEXIST as u64);
     }
     if let Some(stats) = WORKLOAD_STATS.get_ptr_mut(&id) {
         // Per-CPU slot: no other CPU writes it.
-        unsafe { (*stats).refused_registry += 1 };
+        bump(unsafe { &mut *stats });
     }
-    true
 }

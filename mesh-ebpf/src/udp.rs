@@ -11,6 +11,7 @@ use crate::{
     addr::{proto_of, read_dial, write_addr},
     balance::{pick_backend, slot},
     maps::{FRONTENDS, SOCKETS, UDP_REVERSE},
+    policy::out_of_scope,
     stats::{count, count_cluster},
     udp_reverse::remember_udp_reverse,
     verdict::{miss, refuse_with, MissStats, ALLOW},
@@ -45,6 +46,9 @@ fn try_sendmsg(ctx: &SockAddrContext, v6_ctx: bool) -> Result<i32, ()> {
             return Ok(miss(&dial.key, stats));
         }
     };
+    if out_of_scope(fe.cluster_id) {
+        return Ok(refuse_with(global_stat::SENDMSG_REFUSED_SCOPE));
+    }
     if fe.backend_count == 0 {
         count_cluster(fe.cluster_id, |s| s.no_backend += 1);
         return Ok(refuse_with(global_stat::SENDMSG_NO_BACKEND));

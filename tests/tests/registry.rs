@@ -328,3 +328,65 @@ fn locality_failover_moves_requests_when_the_local_endpoints_are_ejected() {
         env.agent_log()
     );
 }
+
+#[test]
+fn sidecar_egress_hosts_limit_what_a_workload_reaches_in_the_kernel_and_in_the_proxy() {
+    let env = TestEnv::new("sidecar_egress").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let b1 = env.add_pod("b1", "10.244.1.2", "fd00:244::1:2");
+    let _servers = [b1.serve_tcp(8080), b1.serve_http(8081)];
+    let service = |namespace: &str, name: &str, ip: &str, port: &str, target: u16| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n  clusterIP: {ip}\n  ports: [{{name: {port}, port: 80, targetPort: {target}}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: {namespace}, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+             addressType: IPv4\nports: [{{name: {port}, port: {target}}}]\nendpoints: [{{addresses: [10.244.1.2]}}]\n---\n"
+        )
+    };
+    let config = [
+        service("scoped", "mine", "10.96.0.11", "tcp", 8080),
+        service("other", "theirs", "10.96.0.12", "tcp", 8080),
+        service("scoped", "web", "10.96.0.13", "http", 8081),
+        service("other", "api", "10.96.0.14", "http", 8081),
+        // The proxy knows the client by its address.
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: scoped}\nstatus: {podIP: 10.244.0.2}\n---\n".into(),
+        "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: scoped}\n\
+         spec:\n  egress: [{hosts: ['./*']}]\n---\n"
+            .into(),
+        // web's /api goes to a service in another namespace.
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web, namespace: scoped}\n\
+         spec:\n  hosts: [web]\n  http:\n  - match: [{uri: {prefix: /api}}]\n    route: [{destination: {host: api.other.svc.cluster.local}}]\n\
+         \x20 - route: [{destination: {host: web}}]\n"
+            .into(),
+    ]
+    .concat();
+    env.write_config("mesh.yaml", &config).unwrap();
+    let scoped = env.container_cgroup("scoped", "client");
+    let open = env.container_cgroup("other", "client");
+    let pods = env.pod_cgroups_dir();
+    env.start_agent_on_node(&["--pod-cgroups", pods.to_str().unwrap()]).unwrap();
+    let tcp = |cgroup: &std::path::Path, target: &str| {
+        env.probe_in(cgroup, &client, &["tcp", "--target", target, "--count", "1"])
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", env.agent_log()))
+    };
+    assert_eq!(tcp(&scoped, "10.96.0.11:80")["ok"], 1, "its own namespace's service");
+    assert_eq!(tcp(&scoped, "10.96.0.12:80")["errors"]["ECONNREFUSED"], 1, "not in its egress hosts");
+    assert_eq!(tcp(&open, "10.96.0.12:80")["ok"], 1, "another workload sees everything");
+    // Through the proxy: a route to a host outside the egress hosts is a
+    // cluster that does not exist for this client.
+    let http = |path: &str| {
+        env.probe_in(&scoped, &client, &["http", "--target", "10.96.0.13:80", "--count", "1", "--path", path])
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", env.agent_log()))
+    };
+    assert_eq!(http("/")["ok"], 1, "{}", env.agent_log());
+    assert_eq!(http("/api/x")["status"]["503"], 1);
+
+    let status = env.admin_json("/status");
+    assert_eq!(status["kernel_counters"]["connect_refused_scope"], 1, "{status}");
+    let (_, metrics) = env.admin_get("/metrics").unwrap();
+    assert!(
+        metrics.contains(
+            "mesh_workload_refused_connects_total{namespace=\"scoped\",pod=\"client\",reason=\"sidecar_egress\"} 1"
+        ),
+        "{metrics}"
+    );
+}

@@ -14,8 +14,8 @@ use crate::object::{ObjectKey, Warning, WarningReason};
 use crate::service_entry::Resolution;
 use crate::sidecar::{sidecar_for, OutboundPolicy};
 use mesh_common::{
-    capacity, PolicyConfig, RegistryPrefix, WorkloadPolicy, FAMILY_V4, FAMILY_V6, POLICY_REGISTRY_ONLY,
-    REGISTRY_HEAD_BITS,
+    capacity, PolicyConfig, RegistryPrefix, ScopeClusterKey, WorkloadPolicy, FAMILY_V4, FAMILY_V6,
+    POLICY_REGISTRY_ONLY, REGISTRY_HEAD_BITS,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -55,6 +55,16 @@ fn mask(ip: IpAddr, prefix: u8) -> IpAddr {
     }
 }
 
+/// A service port as egress scopes see it.
+#[derive(Clone, Copy, Debug)]
+pub struct ServicePortRef<'a> {
+    pub namespace: &'a str,
+    /// The Service's FQDN, or the ServiceEntry's host.
+    pub host: &'a str,
+    pub port: u16,
+    pub cluster_id: u64,
+}
+
 /// One workload as status shows it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct WorkloadView {
@@ -72,20 +82,24 @@ pub struct Outbound {
     pub config: PolicyConfig,
     pub workloads: BTreeMap<u64, WorkloadPolicy>,
     pub registry: BTreeMap<RegistryKey, u32>,
+    /// The service ports each Sidecar egress scope sees.
+    pub scope_clusters: BTreeMap<ScopeClusterKey, u32>,
     pub views: Vec<WorkloadView>,
 }
 
-pub fn compile(model: &Model) -> Outbound {
+pub fn compile<'a>(model: &Model, services: impl Iterator<Item = ServicePortRef<'a>> + Clone) -> Outbound {
     let node = &model.node;
     let no_labels = BTreeMap::new();
     let mut out = Outbound::default();
+    let scopes = scope_ids(model);
     for pod in &node.pod_cgroups {
         let labels =
             (model.pods.get(&(pod.namespace.clone(), pod.name.clone()))).map(|p| &p.labels).unwrap_or(&no_labels);
         let sidecar = sidecar_for(model.sidecars.values(), &pod.namespace, labels);
         let policy = sidecar.and_then(|s| s.outbound).unwrap_or(node.default_policy);
         let flags = if policy == OutboundPolicy::RegistryOnly { POLICY_REGISTRY_ONLY } else { 0 };
-        out.workloads.insert(pod.id, WorkloadPolicy { flags, _pad: 0 });
+        let scope = sidecar.and_then(|s| scopes.get(&s.id()).copied()).unwrap_or(0);
+        out.workloads.insert(pod.id, WorkloadPolicy { flags, scope });
         out.views.push(WorkloadView {
             namespace: pod.namespace.clone(),
             name: pod.name.clone(),
@@ -103,7 +117,29 @@ pub fn compile(model: &Model) -> Outbound {
     if out.config.any_restricted != 0 {
         out.registry = registry(model);
     }
+    let used: BTreeSet<u32> = out.workloads.values().map(|w| w.scope).filter(|s| *s != 0).collect();
+    out.config.any_scoped = !used.is_empty() as u32;
+    for sidecar in model.sidecars.values() {
+        let Some(scope) = scopes.get(&sidecar.id()).copied().filter(|s| used.contains(s)) else { continue };
+        let seen = services.clone().filter(|s| sidecar.sees(s.namespace, s.host, s.port));
+        out.scope_clusters.extend(seen.map(|s| (ScopeClusterKey { scope, _pad: 0, cluster_id: s.cluster_id }, 1)));
+    }
     out
+}
+
+/// A scope id per Sidecar with `egress`: a hash of its name, so a Sidecar
+/// keeps its id as others come and go (a clash takes the next free one).
+fn scope_ids(model: &Model) -> BTreeMap<String, u32> {
+    let mut ids = BTreeMap::new();
+    let mut taken = BTreeSet::new();
+    for sidecar in model.sidecars.values().filter(|s| !s.egress.is_empty()) {
+        let mut id = (crate::maglev::stable_hash(3, sidecar.id().as_bytes()) as u32).max(1);
+        while !taken.insert(id) {
+            id = id.wrapping_add(1).max(1);
+        }
+        ids.insert(sidecar.id(), id);
+    }
+    ids
 }
 
 /// A Sidecar's outbound policy, when this agent knows no pod cgroups: it
@@ -112,21 +148,22 @@ pub fn unenforced(model: &Model) -> Vec<Warning> {
     if !model.node.pod_cgroups.is_empty() {
         return Vec::new();
     }
-    (model.sidecars.values())
-        .filter(|sidecar| sidecar.outbound.is_some())
-        .filter_map(|sidecar| {
-            let key =
-                ObjectKey { kind: "Sidecar".into(), namespace: sidecar.namespace.clone(), name: sidecar.name.clone() };
-            let message = "not enforced on this node: the agent knows no pod cgroups (--pod-cgroups), so it cannot \
-                           tell its workloads apart";
-            Some(Warning::object(
-                model.served_object(&key)?,
-                "spec.outboundTrafficPolicy.mode".into(),
-                message.into(),
-                WarningReason::NotHonoured,
-            ))
-        })
-        .collect()
+    let mut warnings = Vec::new();
+    for sidecar in model.sidecars.values() {
+        let key =
+            ObjectKey { kind: "Sidecar".into(), namespace: sidecar.namespace.clone(), name: sidecar.name.clone() };
+        let Some(object) = model.served_object(&key) else { continue };
+        let fields = [
+            (sidecar.outbound.is_some(), "spec.outboundTrafficPolicy.mode"),
+            (!sidecar.egress.is_empty(), "spec.egress"),
+        ];
+        for (_, field) in fields.into_iter().filter(|(set, _)| *set) {
+            let message = "not enforced in the kernel on this node: the agent knows no pod cgroups (--pod-cgroups), \
+                           so it cannot tell its workloads apart";
+            warnings.push(Warning::object(object, field.into(), message.into(), WarningReason::NotHonoured));
+        }
+    }
+    warnings
 }
 
 /// Every address outside the Services that the mesh knows.
@@ -194,8 +231,9 @@ mod tests {
             resolvers: vec!["10.96.0.53".parse().unwrap()],
             ..NodeContext::default()
         };
-        let out = compile(&model(text, node));
+        let out = compile(&model(text, node), std::iter::empty());
         let flags: Vec<(u64, u32)> = out.workloads.iter().map(|(id, w)| (*id, w.flags)).collect();
+        assert_eq!(out.config.any_scoped, 0, "no Sidecar lists egress hosts");
         assert_eq!(flags, [(11, POLICY_REGISTRY_ONLY), (12, 0), (13, POLICY_REGISTRY_ONLY)]);
         assert_eq!(out.views[0].sidecar.as_deref(), Some("locked/default"));
         assert_eq!((out.config.level_count, out.config.pod_levels[..2].to_vec()), (2, vec![3, 4]));
@@ -207,9 +245,31 @@ mod tests {
         assert!(has("192.0.2.0", 24, 5432), "the entry's block on its port");
         assert!(!has("192.0.2.0", 24, 0));
         // Nobody restricted: no registry to keep.
-        let open =
-            compile(&model("", NodeContext { pod_cgroups: vec![pod("shop", "b", 12, 3)], ..NodeContext::default() }));
+        let open = compile(
+            &model("", NodeContext { pod_cgroups: vec![pod("shop", "b", 12, 3)], ..NodeContext::default() }),
+            std::iter::empty(),
+        );
         assert_eq!((open.config.any_restricted, open.registry.len()), (0, 0));
+    }
+
+    #[test]
+    fn an_egress_scope_lists_the_service_ports_its_sidecar_names() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: shop}\n\
+                    spec: {egress: [{hosts: ['./*', 'db/pg.db.svc.cluster.local']}]}\n";
+        let node =
+            NodeContext { pod_cgroups: vec![pod("shop", "a", 11, 3), pod("other", "b", 12, 3)], ..Default::default() };
+        let services = [
+            ServicePortRef { namespace: "shop", host: "web.shop.svc.cluster.local", port: 80, cluster_id: 1 },
+            ServicePortRef { namespace: "db", host: "pg.db.svc.cluster.local", port: 5432, cluster_id: 2 },
+            ServicePortRef { namespace: "other", host: "x.other.svc.cluster.local", port: 80, cluster_id: 3 },
+        ];
+        let out = compile(&model(text, node), services.iter().copied());
+        let scope = out.workloads[&11].scope;
+        assert_ne!(scope, 0);
+        assert_eq!(out.workloads[&12].scope, 0, "no Sidecar in other: it sees everything");
+        assert_eq!(out.config.any_scoped, 1);
+        let seen: Vec<(u32, u64)> = out.scope_clusters.keys().map(|k| (k.scope, k.cluster_id)).collect();
+        assert_eq!(seen, [(scope, 1), (scope, 2)]);
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //! applies to a workload, as Istio resolves them: a Sidecar of the
 //! workload's namespace whose selector matches its labels (the first by
 //! name), else its namespace's Sidecar without a selector, else the root
-//! namespace's. Of what it says, the outbound traffic policy is enforced
-//! (in the kernel); `egress` scoping, `ingress` and
-//! `inboundConnectionPool` are warned.
+//! namespace's. Its outbound traffic policy and its `egress` hosts are
+//! enforced in the kernel (and the hosts in the proxy's routing too);
+//! `ingress` and `inboundConnectionPool` are warned.
 
 use crate::api::Sidecar;
 use crate::destination_rule::ROOT_NAMESPACE;
@@ -42,12 +42,45 @@ pub struct SidecarModel {
     pub selector: Option<BTreeMap<String, String>>,
     /// None: the mesh-wide default applies.
     pub outbound: Option<OutboundPolicy>,
+    /// What its workloads may reach; empty: every service.
+    pub egress: Vec<EgressListener>,
+}
+
+/// One `egress` listener: hosts as (namespace pattern, host pattern), on
+/// one port or all.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EgressListener {
+    pub port: Option<u16>,
+    pub hosts: Vec<(String, String)>,
 }
 
 impl SidecarModel {
     /// `namespace/name`.
     pub fn id(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Whether its workloads see `host` (a Service's FQDN, or a
+    /// ServiceEntry's host) of `namespace` on `port`. Namespaces: `*` any,
+    /// `.` the Sidecar's own, `~` none; hosts: `*`, `*.suffix` or a name.
+    pub fn sees(&self, namespace: &str, host: &str, port: u16) -> bool {
+        if self.egress.is_empty() {
+            return true;
+        }
+        let namespace_fits = |pattern: &str| match pattern {
+            "*" => true,
+            "~" => false,
+            "." => namespace == self.namespace,
+            name => namespace == name,
+        };
+        let host_fits = |pattern: &str| match pattern.strip_prefix('*') {
+            Some("") => true,
+            Some(suffix) => host.ends_with(suffix),
+            None => host == pattern,
+        };
+        (self.egress.iter())
+            .filter(|listener| listener.port.is_none_or(|p| p == port))
+            .any(|listener| listener.hosts.iter().any(|(ns, h)| namespace_fits(ns) && host_fits(h)))
     }
 
     fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
@@ -71,8 +104,14 @@ pub fn validate_sidecar(object: &Sidecar) -> Result<SidecarModel, FieldError> {
         }
         validate_labels("spec.workloadSelector.labels", &selector.labels)?;
     }
+    let mut egress_listeners = Vec::new();
     for (i, egress) in spec.egress.iter().enumerate() {
         let at = Path::new("spec").index("egress", i);
+        let port = match &egress.port {
+            Some(port) => Some(crate::field::parse_port(&at.child("port").field("number"), port.number)?),
+            None => None,
+        };
+        let mut hosts = Vec::new();
         if egress.hosts.is_empty() {
             return Err(FieldError::new(at.field("hosts"), "required: an egress listener needs hosts"));
         }
@@ -90,7 +129,9 @@ pub fn validate_sidecar(object: &Sidecar) -> Result<SidecarModel, FieldError> {
             if name != "*" {
                 validate_host_name(&field, name)?;
             }
+            hosts.push((namespace.to_owned(), name.trim_end_matches('.').to_ascii_lowercase()));
         }
+        egress_listeners.push(EgressListener { port, hosts });
     }
     let outbound = match spec.outbound_traffic_policy.as_ref().and_then(|p| p.mode.as_deref()) {
         None => None,
@@ -106,6 +147,7 @@ pub fn validate_sidecar(object: &Sidecar) -> Result<SidecarModel, FieldError> {
         name: object.metadata.name.clone(),
         selector: spec.workload_selector.as_ref().map(|s| s.labels.clone()),
         outbound,
+        egress: egress_listeners,
     })
 }
 
@@ -174,5 +216,23 @@ mod tests {
         assert_eq!(name("shop", "db").as_deref(), Some("shop/default"));
         assert_eq!(name("other", "web").as_deref(), Some("istio-system/default"));
         assert_eq!(sidecar_for(all[1..].iter(), "other", &labels("web")), None);
+    }
+
+    #[test]
+    fn egress_hosts_say_what_a_workload_sees() {
+        let scoped = sidecar(
+            "shop",
+            "s",
+            "  egress:\n  - hosts: ['./*', 'istio-system/*.example.com']\n  - port: {number: 5432, name: pg, protocol: TCP}\n    hosts: ['db/pg.db.svc.cluster.local']\n",
+        )
+        .unwrap();
+        assert!(scoped.sees("shop", "reviews.shop.svc.cluster.local", 9080));
+        assert!(scoped.sees("istio-system", "api.example.com", 443));
+        assert!(!scoped.sees("istio-system", "example.com", 443));
+        assert!(scoped.sees("db", "pg.db.svc.cluster.local", 5432));
+        assert!(!scoped.sees("db", "pg.db.svc.cluster.local", 5433), "that listener is for 5432 only");
+        assert!(!scoped.sees("other", "web.other.svc.cluster.local", 80));
+        let open = sidecar("shop", "o", "  outboundTrafficPolicy: {mode: ALLOW_ANY}\n").unwrap();
+        assert!(open.sees("other", "web.other.svc.cluster.local", 80), "no egress: everything");
     }
 }

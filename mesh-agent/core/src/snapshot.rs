@@ -6,7 +6,7 @@ use crate::locality::{placements, Locality, Placement, Setting};
 use crate::maglev;
 use crate::model::{EndpointSliceModel, Model, PortModel, Protocol, ServiceModel, TargetPort};
 use crate::object::{ObjectKey, Rejection, Warning, WarningReason};
-use crate::outbound::Outbound;
+use crate::outbound::{Outbound, ServicePortRef};
 use crate::route::RouteTable;
 use crate::warnings::{proxy_only_fields, selector_on_kernel_port, PortPath};
 use mesh_common::{
@@ -453,7 +453,14 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
         }
         snapshot.by_host.entry(service.fqdn.clone()).or_default().push(index);
     }
-    snapshot.outbound = crate::outbound::compile(model);
+    let service_ports = snapshot.services.iter().map(|s| ServicePortRef {
+        namespace: &s.namespace,
+        host: &s.fqdn,
+        port: s.port,
+        cluster_id: s.cluster_id,
+    });
+    snapshot.outbound = crate::outbound::compile(model, service_ports);
+    check_capacity("egress scope entries", snapshot.outbound.scope_clusters.len(), capacity::SCOPE_CLUSTERS)?;
     without_http_proxy.extend(crate::outbound::unenforced(model));
     check_capacity("workloads", snapshot.outbound.workloads.len(), capacity::WORKLOADS)?;
     check_capacity("registry addresses", snapshot.outbound.registry.len(), capacity::REGISTRY)?;
@@ -653,6 +660,15 @@ impl Snapshot {
             prefer_close: service.prefer_close,
         };
         placements_of(setting, self.model.node.locality.as_ref(), backends)
+    }
+
+    /// Whether a client (its labels and namespace; None: not a known pod)
+    /// sees `service`: the Sidecar that applies to it lists it in `egress`,
+    /// or lists no egress hosts at all.
+    pub fn visible_to(&self, client: Option<&(BTreeMap<String, String>, String)>, service: &ServicePortView) -> bool {
+        let Some((labels, namespace)) = client else { return true };
+        crate::sidecar::sidecar_for(self.model.sidecars.values(), namespace, labels)
+            .is_none_or(|sidecar| sidecar.sees(&service.namespace, &service.fqdn, service.port))
     }
 
     /// The DestinationRule policy for a service port and subset.

@@ -416,12 +416,12 @@ fn virtual_service(vs: &VirtualService, found: &mut Found) {
 
 fn sidecar_fields(sidecar: &Sidecar, found: &mut Found) {
     let spec = &sidecar.spec;
-    if !spec.egress.is_empty() {
-        found.not_honoured(
-            "spec.egress".into(),
-            "egress scoping is not enforced yet: the workloads reach every Service and ServiceEntry (and \
-             REGISTRY_ONLY still refuses everything else)",
-        );
+    for (i, egress) in spec.egress.iter().enumerate() {
+        let at = Path::new("spec").index("egress", i);
+        if egress.bind.is_some() || egress.capture_mode.is_some() {
+            let field = if egress.bind.is_some() { "bind" } else { "captureMode" };
+            found.not_honoured(at.field(field), "not used: the kernel captures connections by their destination");
+        }
     }
     if !spec.ingress.is_empty() {
         found.not_honoured("spec.ingress".into(), "not yet: inbound traffic reaches the workloads directly");

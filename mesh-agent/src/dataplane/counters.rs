@@ -29,7 +29,7 @@ pub struct Counters {
     pub backend_live: BTreeMap<Backend, u64>,
     /// Connects and datagrams refused by the outbound policy, by pod
     /// cgroup id.
-    pub refused_by_workload: BTreeMap<u64, u64>,
+    pub refused_by_workload: BTreeMap<u64, WorkloadStats>,
 }
 
 impl CounterReader {
@@ -64,7 +64,13 @@ impl CounterReader {
             self.cluster_live.iter().filter_map(Result::ok).map(|(id, l)| (id, l.connections)).collect();
         counters.backend_live = collect_ok(self.backend_live.iter());
         counters.refused_by_workload = (self.workloads.iter().filter_map(Result::ok))
-            .map(|(id, per_cpu)| (id, per_cpu.iter().map(|s| s.refused_registry).sum()))
+            .map(|(id, per_cpu)| {
+                let sum = per_cpu.iter().fold(WorkloadStats::default(), |sum, s| WorkloadStats {
+                    refused_registry: sum.refused_registry + s.refused_registry,
+                    refused_scope: sum.refused_scope + s.refused_scope,
+                });
+                (id, sum)
+            })
             .collect();
         counters
     }

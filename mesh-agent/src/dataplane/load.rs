@@ -102,6 +102,7 @@ pub fn load(options: &DataplaneOptions) -> Result<Loaded, DataplaneError> {
         policy: Box::new(take_map::<Array<MapData, PolicyConfig>>(&mut ebpf, map_names::POLICY)?),
         workloads: take_hash_map(&mut ebpf, map_names::WORKLOADS)?,
         registry: Box::new(take_map::<LpmTrie<MapData, RegistryPrefix, u32>>(&mut ebpf, map_names::REGISTRY)?),
+        scope_clusters: take_hash_map(&mut ebpf, map_names::SCOPE_CLUSTERS)?,
         workload_stats: Box::new(take_map::<PerCpuHashMap<MapData, u64, WorkloadStats>>(
             &mut ebpf,
             map_names::WORKLOAD_STATS,

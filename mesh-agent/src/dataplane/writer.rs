@@ -10,8 +10,8 @@ use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuHashMap};
 use aya::Pod;
 use mesh_common::{
-    map_names, Backend, ClusterLive, Frontend, FrontendKey, PolicyConfig, RegistryPrefix, ServiceIpKey, SlotKey,
-    WorkloadPolicy,
+    map_names, Backend, ClusterLive, Frontend, FrontendKey, PolicyConfig, RegistryPrefix, ScopeClusterKey,
+    ServiceIpKey, SlotKey, WorkloadPolicy,
 };
 use mesh_core::diff::diff;
 use mesh_core::outbound::RegistryKey;
@@ -133,6 +133,7 @@ pub(super) struct WriterMaps {
     pub(super) policy: Held<u32, PolicyConfig>,
     pub(super) workloads: Held<u64, WorkloadPolicy>,
     pub(super) registry: Held<RegistryKey, u32>,
+    pub(super) scope_clusters: Held<ScopeClusterKey, u32>,
     /// Per-CPU [`mesh_common::WorkloadStats`] by cgroup id: only pruned.
     pub(super) workload_stats: Box<dyn KernelKeys<u64> + Send>,
 }
@@ -209,6 +210,7 @@ impl MapWriter {
         let service_ips = diff(&self.current.service_ips, &desired.service_ips);
         let registry = diff(&self.current.outbound.registry, &desired.outbound.registry);
         let workloads = diff(&self.current.outbound.workloads, &desired.outbound.workloads);
+        let scopes = diff(&self.current.outbound.scope_clusters, &desired.outbound.scope_clusters);
         let policy_changed = self.current.outbound.config != desired.outbound.config;
         let stats = ApplyStats {
             upserts: slots.upserts.len()
@@ -217,13 +219,15 @@ impl MapWriter {
                 + service_ips.upserts.len()
                 + registry.upserts.len()
                 + workloads.upserts.len()
+                + scopes.upserts.len()
                 + policy_changed as usize,
             deletes: slots.deletes.len()
                 + maglev.deletes.len()
                 + frontends.deletes.len()
                 + service_ips.deletes.len()
                 + registry.deletes.len()
-                + workloads.deletes.len(),
+                + workloads.deletes.len()
+                + scopes.deletes.len(),
         };
         let maps = &mut self.maps;
         write(&mut *maps.slots, map_names::SLOTS, &slots.upserts)?;
@@ -240,13 +244,16 @@ impl MapWriter {
         // and shrinks only after: a switch to REGISTRY_ONLY never refuses
         // a registered address halfway through.
         write(&mut *maps.registry, map_names::REGISTRY, &registry.upserts)?;
+        write(&mut *maps.scope_clusters, map_names::SCOPE_CLUSTERS, &scopes.upserts)?;
         write(&mut *maps.workloads, map_names::WORKLOADS, &workloads.upserts)?;
         if policy_changed {
             write(&mut *maps.policy, map_names::POLICY, &[(0, desired.outbound.config)])?;
         }
         remove(&mut *maps.workloads, map_names::WORKLOADS, &workloads.deletes)?;
+        remove(&mut *maps.scope_clusters, map_names::SCOPE_CLUSTERS, &scopes.deletes)?;
         remove(&mut *maps.registry, map_names::REGISTRY, &registry.deletes)?;
         self.current.outbound.registry = desired.outbound.registry.clone();
+        self.current.outbound.scope_clusters = desired.outbound.scope_clusters.clone();
         self.current.outbound.workloads = desired.outbound.workloads.clone();
         self.current.outbound.config = desired.outbound.config;
         self.current.frontends = desired.frontends.clone();
@@ -265,6 +272,7 @@ impl MapWriter {
         self.current.maglev = read_all(&*self.maps.maglev, map_names::MAGLEV)?;
         self.current.outbound.registry = read_all(&*self.maps.registry, map_names::REGISTRY)?;
         self.current.outbound.workloads = read_all(&*self.maps.workloads, map_names::WORKLOADS)?;
+        self.current.outbound.scope_clusters = read_all(&*self.maps.scope_clusters, map_names::SCOPE_CLUSTERS)?;
         let policy = read_all(&*self.maps.policy, map_names::POLICY)?;
         self.current.outbound.config = policy.get(&0).copied().unwrap_or_default();
         Ok(())
@@ -447,6 +455,7 @@ mod tests {
         policy: MemMap<u32, PolicyConfig>,
         workloads: MemMap<u64, WorkloadPolicy>,
         registry: MemMap<RegistryKey, u32>,
+        scope_clusters: MemMap<ScopeClusterKey, u32>,
         workload_stats: MemMap<u64, mesh_common::WorkloadStats>,
         log: Arc<Mutex<Vec<Write>>>,
     }
@@ -465,6 +474,7 @@ mod tests {
                 policy: MemMap::new(map_names::POLICY, &log),
                 workloads: MemMap::new(map_names::WORKLOADS, &log),
                 registry: MemMap::new(map_names::REGISTRY, &log),
+                scope_clusters: MemMap::new(map_names::SCOPE_CLUSTERS, &log),
                 workload_stats: MemMap::new(map_names::WORKLOAD_STATS, &log),
                 log,
             }
@@ -492,6 +502,7 @@ mod tests {
                 policy: Box::new(self.policy.clone()),
                 workloads: Box::new(self.workloads.clone()),
                 registry: Box::new(self.registry.clone()),
+                scope_clusters: Box::new(self.scope_clusters.clone()),
                 workload_stats: Box::new(self.workload_stats.clone()),
             })
             .expect("in-memory maps read")

@@ -575,7 +575,8 @@ fn raw(opts: &Opts) -> Result<()> {
     let payload = opts.values.get("--send").cloned().unwrap_or_default().replace("\\n", "\r\n");
     let pause = Duration::from_millis(opts.number("--pause-ms", 0)?);
     let mut stream = sys::tcp_connect(target, None, CONNECT_TIMEOUT)?;
-    stream.set_read_timeout(Some(Duration::from_millis(opts.number("--read-ms", 5000)?)))?;
+    let read_for = Duration::from_millis(opts.number("--read-ms", 5000)?);
+    stream.set_read_timeout(Some(read_for))?;
     let started = Instant::now();
     stream.write_all(payload.as_bytes())?;
     if let Some(then) = opts.values.get("--then") {
@@ -590,16 +591,26 @@ fn raw(opts: &Opts) -> Result<()> {
         std::thread::sleep(pause);
     }
     let mut response = Vec::new();
-    let closed = match io::Read::read_to_end(&mut stream, &mut response) {
-        Ok(_) => true,
-        Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => false,
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => true,
-        Err(e) => return Err(e.into()),
+    // A blocking read on a socket the short-circuit holds (a sockmap) can
+    // return EAGAIN before its timeout when the socket is woken by something
+    // other than data (its own FIN acknowledged, after a half-close): the
+    // kernel's tcp_bpf_recvmsg waits for one wakeup only. Read again, as a
+    // client that polls does; the count shows how often it happened.
+    let mut spurious_eagain = 0u32;
+    let closed = loop {
+        match io::Read::read_to_end(&mut stream, &mut response) {
+            Ok(_) => break true,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && started.elapsed() < read_for => spurious_eagain += 1,
+            Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => break false,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => break true,
+            Err(e) => return Err(e.into()),
+        }
     };
     emit(&json!({
         "response": String::from_utf8_lossy(&response),
         "closed_by_server": closed,
         "millis": started.elapsed().as_millis() as u64,
+        "spurious_eagain": spurious_eagain,
     }))
 }
 

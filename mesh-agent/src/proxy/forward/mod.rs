@@ -245,6 +245,12 @@ impl Proxy {
             Ok(target) => target,
             Err(no_cluster) => return no_cluster.outcome(),
         };
+        // A destination the client's Sidecar does not list in `egress` is,
+        // to it, a cluster that does not exist (as Istio prunes it).
+        let service = &snapshot.services[target.service];
+        if !snapshot.visible_to(connection.source.as_ref(), service) {
+            return destination::NoCluster(&service.fqdn).outcome();
+        }
         let plan = self.clusters.plan(snapshot, target.service, target.subset(), connection.source.as_ref());
         let cluster = plan.name.clone();
 
