@@ -7,7 +7,7 @@ use mesh_agent::dns;
 use mesh_agent::k8s::{self, KubeSource, LeaseTiming, StatusWriter};
 use mesh_agent::proxy::{self, Proxy};
 use mesh_agent::source::{ConfigSource, FileSource};
-use mesh_agent::workloads::{self, PodCgroups};
+use mesh_agent::workloads::{self, Layout, PodCgroups};
 use mesh_core::locality::Locality;
 use mesh_core::node::NodeContext;
 use mesh_core::sidecar::OutboundPolicy;
@@ -140,6 +140,10 @@ struct RunArgs {
     /// node's pod cgroups: their outbound policy is enforced in the kernel.
     #[arg(long)]
     pod_cgroups: Option<PathBuf>,
+    /// The kubelet's pod cgroups (its `kubepods` cgroup, e.g.
+    /// /sys/fs/cgroup/kubepods.slice): pods found by UID, in a cluster.
+    #[arg(long)]
+    kubelet_cgroups: Option<PathBuf>,
     /// An address block of the mesh (a pod network): always reachable, also
     /// under REGISTRY_ONLY. Repeatable.
     #[arg(long = "mesh-cidr", value_parser = parse_cidr)]
@@ -303,12 +307,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         };
     let (reload, published) = ReloadLoop::new(source, Box::new(writer), args.cluster_domain, maps_taken_over);
     let reload = with_resolver(reload, &runtime, &args.resolv_conf);
-    let pods = match &args.pod_cgroups {
-        Some(dir) => {
-            let root = cgroup2_root().context("no cgroup v2 mount found for --pod-cgroups")?;
-            Some(PodCgroups::new(dir, &root)?)
+    let pods = match (&args.pod_cgroups, &args.kubelet_cgroups) {
+        (Some(_), Some(_)) => anyhow::bail!("--pod-cgroups and --kubelet-cgroups are two layouts: give one"),
+        (Some(dir), None) | (None, Some(dir)) => {
+            let layout = if args.pod_cgroups.is_some() { Layout::Named } else { Layout::Kubelet };
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+            Some(PodCgroups::new(dir, layout, &mountinfo)?)
         }
-        None => None,
+        (None, None) => None,
     };
     let node = NodeContext {
         default_policy: match args.outbound_traffic_policy {

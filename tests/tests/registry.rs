@@ -390,3 +390,34 @@ fn sidecar_egress_hosts_limit_what_a_workload_reaches_in_the_kernel_and_in_the_p
         "{metrics}"
     );
 }
+
+#[test]
+fn pods_are_found_in_the_kubelets_cgroup_layout_by_uid() {
+    let env = TestEnv::new("kubelet_cgroups").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let stranger = env.add_pod("stranger", "10.244.8.2", "fd00:244::8:2");
+    let _server = stranger.serve_tcp(9000);
+    let uid = "0b3c5a8e-1d2f-4a6b-9c7d-112233445566";
+    // The systemd driver's layout: QoS class, pod by UID, then a container.
+    let kubepods = env.cgroup_path().join("kubepods.slice");
+    let container = kubepods
+        .join("kubepods-burstable.slice")
+        .join(format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_")))
+        .join("cri-containerd-0123abcd.scope");
+    std::fs::create_dir_all(&container).unwrap();
+    let config = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: web-0, namespace: shop, uid: {uid}}}\nstatus: {{podIP: 10.244.0.2}}\n"
+    );
+    env.write_config("pods.yaml", &config).unwrap();
+    env.start_agent(&["--kubelet-cgroups", kubepods.to_str().unwrap(), "--outbound-traffic-policy", "REGISTRY_ONLY"])
+        .unwrap();
+    let report = env.probe_in(&container, &client, &["tcp", "--target", "10.244.8.2:9000", "--count", "1"]).unwrap();
+    assert_eq!(report["errors"]["ECONNREFUSED"], 1, "{report}\n{}", env.agent_log());
+    // The test's own cgroup is no pod: it passes.
+    assert_eq!(probe(&env, &client, &["tcp", "--target", "10.244.8.2:9000", "--count", "1"])["ok"], 1);
+    let status = env.admin_json("/status");
+    let workloads = status["workloads"].as_array().unwrap();
+    assert_eq!(workloads.len(), 1, "{status}");
+    assert_eq!((&workloads[0]["namespace"], &workloads[0]["name"]), (&"shop".into(), &"web-0".into()));
+    assert_eq!(workloads[0]["outbound_policy"], "REGISTRY_ONLY");
+}

@@ -17,6 +17,7 @@ pub struct ObjectMeta {
     pub namespace: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub generation: Option<i64>,
+    pub uid: Option<String>,
 }
 
 impl ObjectMeta {

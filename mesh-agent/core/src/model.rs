@@ -124,6 +124,8 @@ pub struct PodModel {
     pub labels: BTreeMap<String, String>,
     pub ips: Vec<IpAddr>,
     pub node: Option<String>,
+    /// `metadata.uid`: the kubelet names the pod's cgroup by it.
+    pub uid: Option<String>,
 }
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -939,6 +941,7 @@ fn validate_pod(pod: &api::Pod) -> Result<PodModel, FieldError> {
         labels: pod.metadata.labels.clone(),
         ips,
         node: pod.spec.node_name.clone(),
+        uid: pod.metadata.uid.clone().filter(|uid| !uid.is_empty()),
     })
 }
 

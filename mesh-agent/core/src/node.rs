@@ -24,11 +24,14 @@ pub struct NodeContext {
 }
 
 /// A pod's cgroup: its id (the cgroup directory's inode) and its depth in
-/// the cgroup tree (the root is 0).
+/// the cgroup tree (the root is 0). The pod is known by name (a directory
+/// of `<namespace>_<pod>` cgroups) or by its UID (the kubelet's layout),
+/// which the model's pods resolve.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PodCgroup {
     pub namespace: String,
     pub name: String,
+    pub uid: Option<String>,
     pub id: u64,
     pub level: u32,
 }

@@ -92,18 +92,28 @@ pub fn compile<'a>(model: &Model, services: impl Iterator<Item = ServicePortRef<
     let no_labels = BTreeMap::new();
     let mut out = Outbound::default();
     let scopes = scope_ids(model);
-    for pod in &node.pod_cgroups {
-        let labels =
-            (model.pods.get(&(pod.namespace.clone(), pod.name.clone()))).map(|p| &p.labels).unwrap_or(&no_labels);
-        let sidecar = sidecar_for(model.sidecars.values(), &pod.namespace, labels);
+    for cgroup in &node.pod_cgroups {
+        // A cgroup named by UID is the model's pod of that UID (one not
+        // known yet is skipped until it is).
+        let (namespace, name, labels) = match &cgroup.uid {
+            Some(uid) => match model.pods.values().find(|p| p.uid.as_ref() == Some(uid)) {
+                Some(pod) => (pod.namespace.as_str(), pod.name.as_str(), &pod.labels),
+                None => continue,
+            },
+            None => {
+                let pod = model.pods.get(&(cgroup.namespace.clone(), cgroup.name.clone()));
+                (cgroup.namespace.as_str(), cgroup.name.as_str(), pod.map(|p| &p.labels).unwrap_or(&no_labels))
+            }
+        };
+        let sidecar = sidecar_for(model.sidecars.values(), namespace, labels);
         let policy = sidecar.and_then(|s| s.outbound).unwrap_or(node.default_policy);
         let flags = if policy == OutboundPolicy::RegistryOnly { POLICY_REGISTRY_ONLY } else { 0 };
         let scope = sidecar.and_then(|s| scopes.get(&s.id()).copied()).unwrap_or(0);
-        out.workloads.insert(pod.id, WorkloadPolicy { flags, scope });
+        out.workloads.insert(cgroup.id, WorkloadPolicy { flags, scope });
         out.views.push(WorkloadView {
-            namespace: pod.namespace.clone(),
-            name: pod.name.clone(),
-            cgroup_id: pod.id,
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            cgroup_id: cgroup.id,
             policy,
             sidecar: sidecar.map(|s| s.id()),
         });
@@ -213,7 +223,7 @@ mod tests {
     }
 
     fn pod(namespace: &str, name: &str, id: u64, level: u32) -> PodCgroup {
-        PodCgroup { namespace: namespace.into(), name: name.into(), id, level }
+        PodCgroup { namespace: namespace.into(), name: name.into(), uid: None, id, level }
     }
 
     #[test]
