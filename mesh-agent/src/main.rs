@@ -418,7 +418,7 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
                 // Every pod's labels (for subsets), no pod's address: a
                 // gateway has no clients in the mesh to tell apart.
                 let namespace = Some(args.namespace.clone());
-                let source = KubeSource::start_in(client, k8s::watched_kinds(None), namespace, runtime.handle());
+                let source = KubeSource::start_in(client, k8s::gateway_watched_kinds(), namespace, runtime.handle());
                 let store = source.store();
                 (Box::new(source), format!("kubernetes (gateway in {})", args.namespace), Some(store))
             }

@@ -74,7 +74,8 @@ fn every_manifest_parses_into_its_api_type() {
         assert!(known.contains(&doc["kind"].as_str().unwrap_or_default()), "unexpected kind in {doc}");
     }
     assert_eq!(of_kind::<Namespace>(&docs, "Namespace").len(), 1);
-    assert_eq!(of_kind::<CustomResourceDefinition>(&docs, "CustomResourceDefinition").len(), 5);
+    let kinds = mesh_agent::k8s::crd::KINDS.len();
+    assert_eq!(of_kind::<CustomResourceDefinition>(&docs, "CustomResourceDefinition").len(), kinds);
     assert_eq!(of_kind::<DaemonSet>(&docs, "DaemonSet").len(), 1);
 }
 
@@ -220,20 +221,7 @@ const GATEWAY_FLAGS: [&str; 6] = ["--source", "--labels-file", "--namespace", "-
 /// What a gateway reads cluster-wide: the Istio kinds it serves, the
 /// destinations' Services and EndpointSlices, and the pods' labels (subsets).
 fn gateway_cluster_permissions() -> Permissions {
-    let mut out = Permissions::new();
-    for (group, resource) in [
-        ("", "services"),
-        ("", "pods"),
-        ("discovery.k8s.io", "endpointslices"),
-        ("networking.istio.io", "gateways"),
-        ("networking.istio.io", "virtualservices"),
-        ("networking.istio.io", "destinationrules"),
-    ] {
-        for verb in ["get", "list", "watch"] {
-            out.insert((group.into(), resource.into(), verb.into()));
-        }
-    }
-    out
+    mesh_agent::k8s::gateway_required_permissions()
 }
 
 #[test]

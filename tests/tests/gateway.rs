@@ -292,22 +292,41 @@ fn tls_passthrough_by_server_name_and_a_server_port_mapped_by_the_gateway_servic
 
 #[test]
 fn egress_through_the_gateway_with_tls_origination_there() {
-    let edge = Edge::new("gw_egress");
+    // The external host as a Service without selector and its EndpointSlice.
+    let external = "apiVersion: v1\nkind: Service\nmetadata: {name: ext, namespace: shop}\nspec:\n  clusterIP: 10.96.0.50\n  ports:\n  - {name: http, port: 80, targetPort: 8443}\n  - {name: https, port: 443, targetPort: 8443}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: ext, namespace: shop, labels: {kubernetes.io/service-name: ext}}\naddressType: IPv4\nports: [{name: http, port: 8443}, {name: https, port: 8443}]\nendpoints:\n- addresses: [\"10.244.2.2\"]\n---\n";
+    egress_flow("gw_egress", external, "ext.shop.svc.cluster.local", "ext", "10.96.0.50");
+}
+
+#[test]
+fn egress_through_the_gateway_to_a_service_entry_host() {
+    // Istio's egress task: the external host is a ServiceEntry.
+    let external = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: ext, namespace: shop}\nspec:\n  hosts: [ext.example.com]\n  addresses: [10.97.0.50]\n\
+         \x20 ports: [{number: 80, name: http, protocol: HTTP, targetPort: 8443}, {number: 443, name: https, protocol: HTTPS, targetPort: 8443}]\n\
+         \x20 resolution: STATIC\n  endpoints: [{address: 10.244.2.2}]\n---\n";
+    egress_flow("gw_egress_se", external, "ext.example.com", "ext.example.com", "10.97.0.50");
+}
+
+/// The app in a pod speaks plain HTTP to `host` (at `address`); the mesh
+/// sends it to the egress gateway, which originates TLS to the external
+/// server (`external` declares it; `short` is how the VirtualService and
+/// DestinationRule in `shop` name it).
+fn egress_flow(test: &str, external: &str, host: &str, short: &str, address: &str) {
+    let edge = Edge::new(test);
     let client = edge.env.add_pod("client", "10.244.0.2", "fd00:244::2");
     let dir = edge.env.config_dir().join("../pki");
     let pki = make_pki(&dir.join("ext"), &["ext.example.com"]).unwrap();
     // The "external" host: a TLS server on b2.
     let _external = edge._backends[1].serve_tls(8443, &pki, false);
     let config = format!(
-        "apiVersion: v1\nkind: Service\nmetadata: {{name: ext, namespace: shop}}\nspec:\n  clusterIP: 10.96.0.50\n  ports:\n  - {{name: http, port: 80, targetPort: 8443}}\n  - {{name: https, port: 443, targetPort: 8443}}\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: ext, namespace: shop, labels: {{kubernetes.io/service-name: ext}}}}\naddressType: IPv4\nports: [{{name: http, port: 8443}}, {{name: https, port: 8443}}]\nendpoints:\n- addresses: [\"10.244.2.2\"]\n---\n\
+        "{external}\
          apiVersion: v1\nkind: Service\nmetadata: {{name: istio-egressgateway, namespace: mesh-system}}\nspec:\n  clusterIP: 10.96.0.60\n  selector: {{istio: egressgateway}}\n  ports:\n  - {{name: http, port: 80, targetPort: 8080}}\n---\n\
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: istio-egressgateway, namespace: mesh-system, labels: {{kubernetes.io/service-name: istio-egressgateway}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n- addresses: [\"{GATEWAY_IP}\"]\n---\n\
-         apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: egress, namespace: mesh-system}}\nspec:\n  selector: {{istio: egressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: [ext.shop.svc.cluster.local]\n---\n\
-         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ext-via-egress, namespace: shop}}\nspec:\n  hosts: [ext]\n  gateways: [mesh, mesh-system/egress]\n  http:\n\
+         apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: egress, namespace: mesh-system}}\nspec:\n  selector: {{istio: egressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: [{host}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: ext-via-egress, namespace: shop}}\nspec:\n  hosts: [{short}]\n  gateways: [mesh, mesh-system/egress]\n  http:\n\
          \x20 - match: [{{gateways: [mesh], port: 80}}]\n    route: [{{destination: {{host: istio-egressgateway.mesh-system.svc.cluster.local, port: {{number: 80}}}}}}]\n\
-         \x20 - match: [{{gateways: [mesh-system/egress], port: 80}}]\n    route: [{{destination: {{host: ext, port: {{number: 443}}}}}}]\n\
-         ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: ext, namespace: shop}}\nspec:\n  host: ext\n  trafficPolicy:\n    portLevelSettings:\n    - port: {{number: 443}}\n      tls: {{mode: SIMPLE, caCertificates: {}, sni: ext.example.com}}\n",
+         \x20 - match: [{{gateways: [mesh-system/egress], port: 80}}]\n    route: [{{destination: {{host: {short}, port: {{number: 443}}}}}}]\n\
+         ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: ext, namespace: shop}}\nspec:\n  host: {short}\n  trafficPolicy:\n    portLevelSettings:\n    - port: {{number: 443}}\n      tls: {{mode: SIMPLE, caCertificates: {}, sni: ext.example.com}}\n",
         pki.ca.display()
     );
     edge.env.write_config("edge.yaml", &config).unwrap();
@@ -316,35 +335,19 @@ fn egress_through_the_gateway_with_tls_origination_there() {
         .env
         .start_gateway(&edge.gateway_pod, &["--labels", "istio=egressgateway", "--access-log"])
         .unwrap_or_else(|e| panic!("{e:#}"));
-    // The app speaks plain HTTP to the external host; the mesh sends it to
-    // the egress gateway, which originates TLS to the host.
+    let resolve = format!("{host}:80:{address}");
+    let url = format!("http://{host}/");
     let out = edge
         .env
-        .probe(
-            &client,
-            &[
-                "exec",
-                "curl",
-                "-sS",
-                "-i",
-                "--max-time",
-                "5",
-                "-H",
-                "Host: ext.shop.svc.cluster.local",
-                "http://10.96.0.50/",
-            ],
-        )
+        .probe(&client, &["exec", "curl", "-sS", "-i", "--max-time", "5", "--resolve", &resolve, &url])
         .unwrap();
     let text = out["stdout"].as_str().unwrap_or_default();
     assert!(text.starts_with("HTTP/1.1 200"), "{out}\nagent:\n{}\ngateway:\n{}", edge.env.agent_log(), gateway.log());
     assert_eq!(backend(text), Some("b2"), "{text}");
     assert!(text.contains("x-seen-tls: yes") && text.contains("x-seen-sni: ext.example.com"), "{text}");
     // Both hops logged the request: the node proxy to the gateway, the gateway to the host.
-    assert!(
-        gateway.log().contains("\"upstream_cluster\":\"outbound|443||ext.shop.svc.cluster.local\""),
-        "{}",
-        gateway.log()
-    );
+    let upstream = format!("\"upstream_cluster\":\"outbound|443||{host}\"");
+    assert!(gateway.log().contains(&upstream), "{}", gateway.log());
     assert!(
         edge.env.agent_log().contains("istio-egressgateway.mesh-system.svc.cluster.local"),
         "{}",

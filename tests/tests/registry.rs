@@ -421,3 +421,34 @@ fn pods_are_found_in_the_kubelets_cgroup_layout_by_uid() {
     assert_eq!((&workloads[0]["namespace"], &workloads[0]["name"]), (&"shop".into(), &"web-0".into()));
     assert_eq!(workloads[0]["outbound_policy"], "REGISTRY_ONLY");
 }
+
+#[test]
+fn a_service_entry_selects_workload_entries_and_pods_by_labels() {
+    let env = TestEnv::new("se_selector").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let vm = env.add_pod("vm", "10.244.1.2", "fd00:244::1:2");
+    let pod = env.add_pod("pod", "10.244.2.2", "fd00:244::2:2");
+    let _servers = [vm.serve_tcp(8080), pod.serve_tcp(8080)];
+    let config = [
+        entry(
+            "legacy",
+            "  hosts: [legacy.shop.internal]\n  addresses: [10.97.0.60]\n  ports: [{number: 80, name: tcp, protocol: TCP, targetPort: 8080}]\n\
+             \x20 resolution: STATIC\n  workloadSelector: {labels: {app: legacy}}\n",
+        ),
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: vm-1, namespace: shop}\n\
+         spec: {address: 10.244.1.2, labels: {app: legacy}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: legacy-0, namespace: shop, labels: {app: legacy}}\nstatus: {podIP: 10.244.2.2}\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: other, namespace: shop}\n\
+         spec: {address: 10.244.9.9, labels: {app: other}}\n"
+            .to_owned(),
+    ]
+    .concat();
+    env.write_config("legacy.yaml", &config).unwrap();
+    env.start_agent(&[]).unwrap();
+    let report = probe(&env, &client, &["tcp", "--target", "10.97.0.60:80", "--count", "40"]);
+    assert_eq!(report["ok"], 40, "{report}\n{}", env.agent_log());
+    let used = |b: &str| report["backends"][b].as_u64().unwrap_or(0);
+    assert!(used("vm") > 0 && used("pod") > 0, "the WorkloadEntry and the pod: {report}");
+    let status = env.admin_json("/status");
+    assert_eq!(status["config"]["warnings"], serde_json::json!([]), "{status}");
+}

@@ -39,6 +39,7 @@ pub enum Resource {
     Gateway(Gateway),
     ServiceEntry(ServiceEntry),
     Sidecar(Sidecar),
+    WorkloadEntry(WorkloadEntry),
     Secret(Secret),
 }
 
@@ -53,6 +54,7 @@ impl Resource {
             Resource::Gateway(_) => "Gateway",
             Resource::ServiceEntry(_) => "ServiceEntry",
             Resource::Sidecar(_) => "Sidecar",
+            Resource::WorkloadEntry(_) => "WorkloadEntry",
             Resource::Secret(_) => "Secret",
         }
     }
@@ -67,6 +69,7 @@ impl Resource {
             Resource::Gateway(o) => &o.metadata,
             Resource::ServiceEntry(o) => &o.metadata,
             Resource::Sidecar(o) => &o.metadata,
+            Resource::WorkloadEntry(o) => &o.metadata,
             Resource::Secret(o) => &o.metadata,
         }
     }
@@ -938,4 +941,15 @@ pub struct OutboundTrafficPolicy {
     /// `REGISTRY_ONLY` or `ALLOW_ANY`.
     pub mode: Option<String>,
     pub egress_proxy: Option<serde_json::Value>,
+}
+
+// --- networking.istio.io WorkloadEntry --------------------------------------
+
+/// A workload outside Kubernetes (a VM), for ServiceEntries to select by
+/// its labels; its spec is a ServiceEntry endpoint's.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(default, rename_all = "camelCase")]
+pub struct WorkloadEntry {
+    pub metadata: ObjectMeta,
+    pub spec: WorkloadEntrySpec,
 }

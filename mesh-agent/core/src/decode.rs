@@ -70,7 +70,7 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<SourcedObject>, Vec<Reje
 }
 
 /// The kinds the agent reads: kind, API group (`""` is core) and versions.
-const SERVED_KINDS: [(&str, &str, &[&str]); 9] = [
+const SERVED_KINDS: [(&str, &str, &[&str]); 10] = [
     ("Service", "", &["v1"]),
     ("Pod", "", &["v1"]),
     ("Secret", "", &["v1"]),
@@ -80,6 +80,7 @@ const SERVED_KINDS: [(&str, &str, &[&str]); 9] = [
     ("Gateway", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
     ("ServiceEntry", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
     ("Sidecar", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
+    ("WorkloadEntry", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
 ];
 
 /// A group of some third party's API (e.g. Knative's `serving.knative.dev`,
@@ -181,6 +182,7 @@ pub fn decode_object(origin: &str, mut value: Value, parsed: &mut ParsedFile) {
         "Gateway" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::Gateway),
         "ServiceEntry" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::ServiceEntry),
         "Sidecar" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::Sidecar),
+        "WorkloadEntry" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::WorkloadEntry),
         "Secret" => decode(value).map(Resource::Secret),
         "DestinationRule" => decode_noting_unknown(value, &mut unknown_fields).map(Resource::DestinationRule),
         other => Err(("kind".to_owned(), format!("{other} has no decoder (a bug: it is listed as served)"))),

@@ -14,7 +14,9 @@ use crate::locality::Locality;
 use crate::node::NodeContext;
 use crate::object::{ObjectKey, Rejection, SourceBatch, SourcedObject, Warning, WarningReason};
 use crate::route::{self, VirtualServiceModel};
-use crate::service_entry::{validate_service_entry, Resolved, ServiceEntryModel};
+use crate::service_entry::{
+    validate_service_entry, validate_workload_entry, Resolved, ServiceEntryModel, WorkloadEntryModel,
+};
 use crate::sidecar::{validate_sidecar, SidecarModel};
 use crate::warnings::GatewayPresence;
 use serde::Serialize;
@@ -153,6 +155,9 @@ pub struct Model {
     /// The fields set but not honoured of every object that serves (the
     /// version that serves: a last good one brings its own).
     pub warnings: Vec<Warning>,
+    /// Istio WorkloadEntries: workloads outside Kubernetes, for the
+    /// ServiceEntries that select them.
+    pub workload_entries: BTreeMap<NsName, WorkloadEntryModel>,
     /// Istio Sidecars: which workloads reach what.
     pub sidecars: BTreeMap<NsName, SidecarModel>,
     /// What the agent knows of its node (policy default, pod cgroups).
@@ -177,6 +182,7 @@ enum Accepted {
     Gateway(GatewayModel),
     ServiceEntry(ServiceEntryModel),
     Sidecar(SidecarModel),
+    WorkloadEntry(WorkloadEntryModel),
     Secret(SecretModel),
 }
 
@@ -377,6 +383,7 @@ impl Model {
             Accepted::Gateway(g) => drop(self.gateways.insert(id, g)),
             Accepted::ServiceEntry(e) => drop(self.service_entries.insert(id, e)),
             Accepted::Sidecar(s) => drop(self.sidecars.insert(id, s)),
+            Accepted::WorkloadEntry(w) => drop(self.workload_entries.insert(id, w)),
             Accepted::Secret(s) => drop(self.secrets.insert(id, s)),
         }
         self.accepted.insert(key, raw);
@@ -724,6 +731,7 @@ fn validate(object: &SourcedObject, cluster_domain: &str) -> Result<Accepted, Fi
         Resource::Gateway(g) => validate_gateway(g).map(Accepted::Gateway),
         Resource::ServiceEntry(e) => validate_service_entry(e).map(Accepted::ServiceEntry),
         Resource::Sidecar(s) => validate_sidecar(s).map(Accepted::Sidecar),
+        Resource::WorkloadEntry(w) => validate_workload_entry(w).map(Accepted::WorkloadEntry),
         Resource::Secret(s) => validate_secret(s).map(Accepted::Secret),
     }
 }

@@ -2,7 +2,7 @@
 //! the names its `DNS` resolution asks the agent to look up. What it adds to
 //! the services is [`crate::registry`]'s.
 
-use crate::api::{ServiceEntry, ServiceEntryPort};
+use crate::api::{ServiceEntry, ServiceEntryPort, WorkloadEntry, WorkloadEntrySpec};
 use crate::field::{parse_port, FieldError, Path};
 use crate::host::{
     is_dns1123_label, validate_export_to, validate_fqdn, validate_host_name, validate_labels, ExportToNone,
@@ -157,43 +157,7 @@ pub fn validate_service_entry(object: &ServiceEntry) -> Result<ServiceEntryModel
     }
     let mut endpoints = Vec::new();
     for (i, endpoint) in spec.endpoints.iter().enumerate() {
-        let at = path.index("endpoints", i);
-        let address = endpoint.address.trim();
-        if address.starts_with("unix://") {
-            return Err(FieldError::new(
-                at.field("address"),
-                "unix domain socket endpoints are not served by the mesh",
-            ));
-        }
-        let is_ip = address.parse::<IpAddr>().is_ok();
-        match resolution {
-            Resolution::Static if !is_ip => {
-                let message = format!("{address:?} is not an IP address (resolution STATIC)");
-                return Err(FieldError::new(at.field("address"), message));
-            }
-            Resolution::Dns | Resolution::DnsRoundRobin if !is_ip => validate_fqdn(&at.field("address"), address)?,
-            _ => {}
-        }
-        let mut endpoint_ports = BTreeMap::new();
-        for (name, number) in &endpoint.ports {
-            let field = format!("{}[{name}]", at.field("ports"));
-            if !port_names.contains(name.as_str()) {
-                return Err(FieldError::new(field, format!("{name:?} is not the name of a port of the entry")));
-            }
-            endpoint_ports.insert(name.clone(), parse_port(&field, *number)?);
-        }
-        validate_labels(&at.field("labels"), &endpoint.labels)?;
-        if let Some(weight) = endpoint.weight {
-            if u32::try_from(weight).is_err() {
-                return Err(FieldError::new(at.field("weight"), format!("{weight} is not a weight (0 to 4294967295)")));
-            }
-        }
-        endpoints.push(EntryEndpoint {
-            address: address.to_owned(),
-            ports: endpoint_ports,
-            labels: endpoint.labels.clone(),
-            locality: endpoint.locality.clone().filter(|l| !l.is_empty()),
-        });
+        endpoints.push(validate_endpoint(&path.index("endpoints", i), endpoint, resolution, Some(&port_names))?);
     }
     validate_export_to(&spec.export_to, namespace, ExportToNone::Allowed)?;
     Ok(ServiceEntryModel {
@@ -206,6 +170,71 @@ pub fn validate_service_entry(object: &ServiceEntry) -> Result<ServiceEntryModel
         resolution,
         endpoints,
         workload_selector: spec.workload_selector.as_ref().map(|s| s.labels.clone()),
+    })
+}
+
+/// One endpoint (at `at`): an IP address, or (resolution DNS) a name; its
+/// ports named after the entry's (`port_names`, when known).
+fn validate_endpoint(
+    at: &Path,
+    endpoint: &WorkloadEntrySpec,
+    resolution: Resolution,
+    port_names: Option<&BTreeSet<&str>>,
+) -> Result<EntryEndpoint, FieldError> {
+    let address = endpoint.address.trim();
+    if address.is_empty() {
+        return Err(FieldError::new(at.field("address"), "required"));
+    }
+    if address.starts_with("unix://") {
+        return Err(FieldError::new(at.field("address"), "unix domain socket endpoints are not served by the mesh"));
+    }
+    let is_ip = address.parse::<IpAddr>().is_ok();
+    match resolution {
+        Resolution::Static if !is_ip => {
+            let message = format!("{address:?} is not an IP address (resolution STATIC)");
+            return Err(FieldError::new(at.field("address"), message));
+        }
+        _ if !is_ip => validate_fqdn(&at.field("address"), address)?,
+        _ => {}
+    }
+    let mut ports = BTreeMap::new();
+    for (name, number) in &endpoint.ports {
+        let field = format!("{}[{name}]", at.field("ports"));
+        if port_names.is_some_and(|names| !names.contains(name.as_str())) {
+            return Err(FieldError::new(field, format!("{name:?} is not the name of a port of the entry")));
+        }
+        ports.insert(name.clone(), parse_port(&field, *number)?);
+    }
+    validate_labels(&at.field("labels"), &endpoint.labels)?;
+    if let Some(weight) = endpoint.weight {
+        if u32::try_from(weight).is_err() {
+            return Err(FieldError::new(at.field("weight"), format!("{weight} is not a weight (0 to 4294967295)")));
+        }
+    }
+    Ok(EntryEndpoint {
+        address: address.to_owned(),
+        ports,
+        labels: endpoint.labels.clone(),
+        locality: endpoint.locality.clone().filter(|l| !l.is_empty()),
+    })
+}
+
+/// A WorkloadEntry: one endpoint that ServiceEntries select by its labels.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WorkloadEntryModel {
+    pub namespace: String,
+    pub name: String,
+    pub endpoint: EntryEndpoint,
+}
+
+/// Istio's `ValidateWorkloadEntry`: an address (an IP, or a name the
+/// resolver looks up), valid labels and ports.
+pub fn validate_workload_entry(object: &WorkloadEntry) -> Result<WorkloadEntryModel, FieldError> {
+    let endpoint = validate_endpoint(&Path::new("spec"), &object.spec, Resolution::Dns, None)?;
+    Ok(WorkloadEntryModel {
+        namespace: object.metadata.namespace_or_default().to_owned(),
+        name: object.metadata.name.clone(),
+        endpoint,
     })
 }
 

@@ -8,6 +8,7 @@ use crate::model::{EndpointSliceModel, Model, PortModel, Protocol, ServiceModel,
 use crate::object::{ObjectKey, Rejection, Warning, WarningReason};
 use crate::outbound::{Outbound, ServicePortRef};
 use crate::route::RouteTable;
+use crate::service_entry::{EntryEndpoint, ServiceEntryModel};
 use crate::warnings::{proxy_only_fields, selector_on_kernel_port, PortPath};
 use mesh_common::{
     capacity, lb, Backend, Frontend, FrontendKey, ServiceIpKey, SlotKey, FAMILY_V4, FAMILY_V6, FRONTEND_CAPTURE,
@@ -209,6 +210,17 @@ fn entry_services(model: &Model, warnings: &mut Vec<Warning>) -> Vec<(ServiceMod
                 warnings.push(Warning::object(object, field, message, WarningReason::NotHonoured));
             }
         }
+        // A selector stands for the endpoints it selects: WorkloadEntries
+        // and pods of the entry's namespace with its labels.
+        let selecting;
+        let entry = match &entry.workload_selector {
+            Some(selector) => {
+                selecting =
+                    ServiceEntryModel { endpoints: selected_endpoints(model, entry, selector), ..entry.clone() };
+                &selecting
+            }
+            None => entry,
+        };
         for (service, slices) in crate::registry::services_of(entry, &model.resolved) {
             let id = (service.namespace.clone(), service.name.clone());
             if model.services.contains_key(&id) {
@@ -524,6 +536,29 @@ fn gcd(a: usize, b: usize) -> usize {
     } else {
         gcd(b, a % b)
     }
+}
+
+/// The endpoints a ServiceEntry's `workloadSelector` picks in its
+/// namespace: WorkloadEntries, and pods by their addresses.
+fn selected_endpoints(
+    model: &Model,
+    entry: &ServiceEntryModel,
+    selector: &BTreeMap<String, String>,
+) -> Vec<EntryEndpoint> {
+    let selects = |labels: &BTreeMap<String, String>| selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+    let entries = (model.workload_entries.values())
+        .filter(|w| w.namespace == entry.namespace && selects(&w.endpoint.labels))
+        .map(|w| w.endpoint.clone());
+    let pods =
+        (model.pods.values()).filter(|pod| pod.namespace == entry.namespace && selects(&pod.labels)).flat_map(|pod| {
+            pod.ips.iter().map(|ip| EntryEndpoint {
+                address: ip.to_string(),
+                ports: BTreeMap::new(),
+                labels: pod.labels.clone(),
+                locality: None,
+            })
+        });
+    entries.chain(pods).collect()
 }
 
 /// The warning for a ServiceEntry host whose address and port another

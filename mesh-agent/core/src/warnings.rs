@@ -12,7 +12,7 @@
 
 use crate::api::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRule, Gateway, LoadBalancerSettings, OutlierDetection,
-    Resource, ServiceEntry, Sidecar, TrafficPolicy, VirtualService,
+    Resource, ServiceEntry, Sidecar, TrafficPolicy, VirtualService, WorkloadEntrySpec,
 };
 use crate::destination_rule::{
     DestinationRuleModel, HashKey, LoadBalancer, Policy, PolicyLevel, TlsMode, MAX_MAGLEV_TABLE_SIZE,
@@ -112,6 +112,10 @@ pub fn of_object(object: &SourcedObject) -> Vec<Warning> {
         Resource::Sidecar(sidecar) => {
             sidecar_fields(sidecar, &mut found);
             "Sidecar"
+        }
+        Resource::WorkloadEntry(entry) => {
+            endpoint_fields(&Path::new("spec"), &entry.spec, &mut found);
+            "WorkloadEntry"
         }
         _ => return Vec::new(),
     };
@@ -470,12 +474,7 @@ fn service_entry_fields(entry: &ServiceEntry, found: &mut Found) {
             "MESH_INTERNAL is served as MESH_EXTERNAL: the mesh has no workload certificates yet",
         );
     }
-    if spec.workload_selector.is_some() {
-        found.not_honoured(
-            "spec.workloadSelector".into(),
-            "WorkloadEntries and pods are not selected yet: the entry has no endpoints",
-        );
-    }
+
     if !spec.subject_alt_names.is_empty() {
         found.not_honoured(
             "spec.subjectAltNames".into(),
@@ -489,17 +488,20 @@ fn service_entry_fields(entry: &ServiceEntry, found: &mut Found) {
         );
     }
     for (i, endpoint) in spec.endpoints.iter().enumerate() {
-        let at = Path::new("spec").index("endpoints", i);
-        let set = [
-            ("network", endpoint.network.is_some(), "one network: the endpoint is dialled directly"),
-            ("locality", endpoint.locality.is_some(), "locality-aware load balancing is not done yet"),
-            ("weight", endpoint.weight.is_some(), "endpoints are balanced with equal weights"),
-            ("serviceAccount", endpoint.service_account.is_some(), "the mesh has no workload identities yet"),
-        ];
-        for (field, present, message) in set {
-            if present {
-                found.not_honoured(at.field(field), message);
-            }
+        endpoint_fields(&Path::new("spec").index("endpoints", i), endpoint, found);
+    }
+}
+
+/// What a ServiceEntry endpoint or a WorkloadEntry sets that is not used.
+fn endpoint_fields(at: &Path, endpoint: &WorkloadEntrySpec, found: &mut Found) {
+    let set = [
+        ("network", endpoint.network.is_some(), "one network: the endpoint is dialled directly"),
+        ("weight", endpoint.weight.is_some(), "endpoints are balanced with equal weights"),
+        ("serviceAccount", endpoint.service_account.is_some(), "the mesh has no workload identities yet"),
+    ];
+    for (field, present, message) in set {
+        if present {
+            found.not_honoured(at.field(field), message);
         }
     }
 }

@@ -54,7 +54,8 @@ pub struct Reconciled {
 
 /// The condition for one Istio object, from the snapshot's rejections.
 pub fn condition_for(key: &ObjectKey, published: &Published) -> Reconciled {
-    if !matches!(key.kind.as_str(), "VirtualService" | "DestinationRule" | "Gateway" | "ServiceEntry" | "Sidecar") {
+    let served = ["VirtualService", "DestinationRule", "Gateway", "ServiceEntry", "Sidecar", "WorkloadEntry"];
+    if !served.contains(&key.kind.as_str()) {
         return Reconciled {
             accepted: false,
             reason: "Unsupported",

@@ -1,6 +1,6 @@
 //! The Istio kinds of `networking.istio.io` as Kubernetes custom resources:
-//! `VirtualService`, `DestinationRule`, `Gateway`, `ServiceEntry` and
-//! `Sidecar`, served as v1, v1beta1 and v1alpha3 with one schema, as Istio
+//! `VirtualService`, `DestinationRule`, `Gateway`, `ServiceEntry`,
+//! `Sidecar` and `WorkloadEntry`, served as v1, v1beta1 and v1alpha3 with one schema, as Istio
 //! serves them. The CRD manifests in `deploy/crds/` are generated from these
 //! types (`cargo xtask crds`), and a test fails when they drift.
 //!
@@ -205,10 +205,40 @@ macro_rules! istio_version {
                 pub inbound_connection_pool: Option<serde_json::Value>,
             }
 
+            #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
+            #[kube(group = "networking.istio.io", version = $version, kind = "WorkloadEntry", namespaced)]
+            #[kube(doc = "Istio WorkloadEntry: a workload outside Kubernetes (a VM), for ServiceEntries to select.")]
+            #[kube(status = "IstioStatus", shortname = "we", category = "istio-io", category = "networking-istio-io")]
+            #[kube(printcolumn(name = "Address", type_ = "string", json_path = ".spec.address"))]
+            #[serde(rename_all = "camelCase")]
+            pub struct WorkloadEntrySpec {
+                #[serde(default, skip_serializing_if = "String::is_empty")]
+                pub address: String,
+                #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+                pub ports: BTreeMap<String, u32>,
+                #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+                pub labels: BTreeMap<String, String>,
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub network: Option<String>,
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub locality: Option<String>,
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub weight: Option<u32>,
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub service_account: Option<String>,
+            }
+
             /// This version's CRDs, in the order of [`super::KINDS`].
-            pub fn crds() -> [CustomResourceDefinition; 5] {
+            pub fn crds() -> [CustomResourceDefinition; 6] {
                 use kube::CustomResourceExt;
-                [VirtualService::crd(), DestinationRule::crd(), Gateway::crd(), ServiceEntry::crd(), Sidecar::crd()]
+                [
+                    VirtualService::crd(),
+                    DestinationRule::crd(),
+                    Gateway::crd(),
+                    ServiceEntry::crd(),
+                    Sidecar::crd(),
+                    WorkloadEntry::crd(),
+                ]
             }
         }
     };
@@ -219,12 +249,13 @@ istio_version!(v1beta1, "v1beta1");
 istio_version!(v1alpha3, "v1alpha3");
 
 /// The kinds, with their plural (the CRD's and the manifest file's name).
-pub const KINDS: [(&str, &str); 5] = [
+pub const KINDS: [(&str, &str); 6] = [
     ("VirtualService", "virtualservices"),
     ("DestinationRule", "destinationrules"),
     ("Gateway", "gateways"),
     ("ServiceEntry", "serviceentries"),
     ("Sidecar", "sidecars"),
+    ("WorkloadEntry", "workloadentries"),
 ];
 
 /// One CRD per kind, serving every version, storing the first.
@@ -359,6 +390,17 @@ spec:
   - hosts:
     - ./*
     - istio-system/*
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: details-svc
+spec:
+  serviceAccount: details-legacy
+  address: 2.2.2.2
+  labels:
+    app: details-legacy
+    instance-id: vm1
 "#;
 
     fn round_trip<K: serde::de::DeserializeOwned + Serialize>(document: &serde_json::Value) -> serde_json::Value {
@@ -385,6 +427,7 @@ spec:
                 "DestinationRule" => by_version!(DestinationRule),
                 "Gateway" => by_version!(Gateway),
                 "ServiceEntry" => by_version!(ServiceEntry),
+                "WorkloadEntry" => by_version!(WorkloadEntry),
                 _ => by_version!(Sidecar),
             };
             assert_eq!(back, json, "{kind} {version} comes back as written");

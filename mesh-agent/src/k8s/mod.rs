@@ -7,7 +7,7 @@ pub mod crd;
 pub mod watch;
 
 pub use conditions::{LeaseTiming, StatusWriter};
-pub use watch::{watched_kinds, KubeSource, KubeStore, SourceState};
+pub use watch::{gateway_watched_kinds, watched_kinds, KubeSource, KubeStore, SourceState};
 
 use mesh_core::locality::Locality;
 
@@ -62,6 +62,18 @@ pub fn required_permissions() -> (Permissions, Permissions) {
 }
 
 pub type Permissions = std::collections::BTreeSet<(String, String, String)>;
+
+/// What a gateway reads cluster-wide (its Secrets are read in its own
+/// namespace only, through a Role).
+pub fn gateway_required_permissions() -> Permissions {
+    let mut cluster = Permissions::new();
+    for kind in gateway_watched_kinds() {
+        for verb in ["get", "list", "watch"] {
+            cluster.insert((kind.group.into(), kind.plural.into(), verb.into()));
+        }
+    }
+    cluster
+}
 
 /// The locality of Node `name`, from its labels
 /// (`topology.kubernetes.io/region` and `zone`, Istio's

@@ -57,7 +57,7 @@ impl WatchedKind {
 }
 
 /// The Istio kinds, watched as `networking.istio.io/v1` (Istio 1.22+).
-pub const ISTIO_KINDS: [WatchedKind; 5] = [
+pub const ISTIO_KINDS: [WatchedKind; 6] = [
     WatchedKind::new("networking.istio.io", "v1", "VirtualService", "virtualservices"),
     WatchedKind::new("networking.istio.io", "v1", "DestinationRule", "destinationrules"),
     // Gateways gate too: the gateway processes serve them, and a
@@ -65,7 +65,17 @@ pub const ISTIO_KINDS: [WatchedKind; 5] = [
     WatchedKind::new("networking.istio.io", "v1", "Gateway", "gateways"),
     WatchedKind::new("networking.istio.io", "v1", "ServiceEntry", "serviceentries"),
     WatchedKind::new("networking.istio.io", "v1", "Sidecar", "sidecars"),
+    WatchedKind::new("networking.istio.io", "v1", "WorkloadEntry", "workloadentries"),
 ];
+
+/// What a gateway watches: destinations and their endpoints, every pod's
+/// labels, and the Istio kinds that route or add destinations (Sidecars
+/// scope sidecars, not gateways).
+pub fn gateway_watched_kinds() -> Vec<WatchedKind> {
+    let mut kinds = watched_kinds(None);
+    kinds.retain(|kind| kind.kind != "Sidecar");
+    kinds
+}
 
 /// Everything the agent watches. Pods twice, and never whole pods of other
 /// nodes: every pod's labels (metadata only, for subsets, joined to

@@ -65,6 +65,13 @@ pub(super) const KINDS: &[Kind] = &[
         status_subresource: true,
     },
     Kind { group: "networking.istio.io", version: "v1", kind: "Sidecar", plural: "sidecars", status_subresource: true },
+    Kind {
+        group: "networking.istio.io",
+        version: "v1",
+        kind: "WorkloadEntry",
+        plural: "workloadentries",
+        status_subresource: true,
+    },
     Kind { group: "coordination.k8s.io", version: "v1", kind: "Lease", plural: "leases", status_subresource: false },
 ];
 
