@@ -795,7 +795,7 @@ pub struct GatewaySpec {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Server {
-    pub port: Option<GatewayPort>,
+    pub port: Option<IstioPort>,
     /// An IP address (or Istio's `unix://` socket, which is refused here).
     pub bind: Option<String>,
     /// `[namespace/]dnsName`: `*/`, `./` or a namespace, then `*`,
@@ -807,15 +807,17 @@ pub struct Server {
     pub name: Option<String>,
 }
 
+/// Istio's `Port`, as Gateway servers, ServiceEntries and Sidecar egress
+/// listeners write it.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, rename_all = "camelCase")]
-pub struct GatewayPort {
+pub struct IstioPort {
     pub number: i64,
-    /// `HTTP`, `HTTPS`, `HTTP2`, `GRPC`, `TCP`, `TLS` (any case), and
-    /// Istio's other protocol names.
+    /// `HTTP`, `HTTPS`, `HTTP2`, `GRPC`, `TCP`, `TLS`, `UDP`, `MONGO`...
+    /// (any case where Istio allows it).
     pub protocol: Option<String>,
     pub name: Option<String>,
-    /// Deprecated; Istio refuses it on Gateways.
+    /// A ServiceEntry's; deprecated, and refused on Gateways, by Istio.
     pub target_port: Option<i64>,
 }
 
@@ -858,7 +860,7 @@ pub struct ServiceEntrySpec {
     pub hosts: Vec<String>,
     /// Virtual IPs, or CIDR blocks.
     pub addresses: Vec<String>,
-    pub ports: Vec<ServiceEntryPort>,
+    pub ports: Vec<IstioPort>,
     /// `MESH_EXTERNAL` (the default) or `MESH_INTERNAL`.
     pub location: Option<String>,
     /// `NONE` (the default), `STATIC`, `DNS` or `DNS_ROUND_ROBIN`.
@@ -867,17 +869,6 @@ pub struct ServiceEntrySpec {
     pub workload_selector: Option<EntryWorkloadSelector>,
     pub export_to: Vec<String>,
     pub subject_alt_names: Vec<String>,
-}
-
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
-#[serde(default, rename_all = "camelCase")]
-pub struct ServiceEntryPort {
-    pub number: i64,
-    /// Istio's protocol names: `HTTP`, `HTTPS`, `HTTP2`, `GRPC`, `TCP`,
-    /// `TLS`, `MONGO`, `UDP`...
-    pub protocol: Option<String>,
-    pub name: Option<String>,
-    pub target_port: Option<i64>,
 }
 
 /// An endpoint of a ServiceEntry (Istio's `WorkloadEntry` spec).
@@ -927,7 +918,7 @@ pub struct SidecarSpec {
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, rename_all = "camelCase")]
 pub struct SidecarEgress {
-    pub port: Option<ServiceEntryPort>,
+    pub port: Option<IstioPort>,
     pub bind: Option<String>,
     pub capture_mode: Option<String>,
     /// `namespace/dnsName`: `*/`, `./`, `~/` or a namespace, then `*`,

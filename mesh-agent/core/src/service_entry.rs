@@ -2,7 +2,7 @@
 //! the names its `DNS` resolution asks the agent to look up. What it adds to
 //! the services is [`crate::registry`]'s.
 
-use crate::api::{ServiceEntry, ServiceEntryPort, WorkloadEntry, WorkloadEntrySpec};
+use crate::api::{IstioPort, ServiceEntry, WorkloadEntry, WorkloadEntrySpec};
 use crate::field::{parse_port, FieldError, Path};
 use crate::host::{
     is_dns1123_label, validate_export_to, validate_fqdn, validate_host_name, validate_labels, ExportToNone,
@@ -271,7 +271,7 @@ const PROTOCOLS: [&str; 13] = [
     "THRIFT",
 ];
 
-fn validate_ports(ports: &[ServiceEntryPort]) -> Result<Vec<EntryPort>, FieldError> {
+fn validate_ports(ports: &[IstioPort]) -> Result<Vec<EntryPort>, FieldError> {
     let (mut names, mut numbers) = (BTreeSet::new(), BTreeSet::new());
     let mut valid = Vec::new();
     for (i, port) in ports.iter().enumerate() {
