@@ -210,6 +210,9 @@ struct GatewayArgs {
     /// Cluster DNS domain, for resolving short host names.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// This gateway's `region/zone/subzone`, for locality-aware balancing.
+    #[arg(long)]
+    locality: Option<String>,
     /// The resolver configuration the names of `resolution: DNS`
     /// ServiceEntries are looked up with.
     #[arg(long, default_value = "/etc/resolv.conf")]
@@ -432,6 +435,8 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         };
     let (reload, published) = ReloadLoop::new(source, Box::new(NoMaps), args.cluster_domain.clone(), false);
     let reload = with_resolver(reload, &runtime, &args.resolv_conf);
+    let node = NodeContext { locality: args.locality.as_deref().map(Locality::parse), ..NodeContext::default() };
+    let reload = reload.with_node(node, None);
     let patience = if watches.is_some() { Duration::from_secs(30) } else { Duration::ZERO };
     let reload = first_load(&runtime, reload, patience)?;
     let reloading = Reloading::start(reload)?;

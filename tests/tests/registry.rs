@@ -186,7 +186,12 @@ fn registry_only_refuses_unknown_addresses_in_the_kernel_per_workload() {
     let b1 = env.add_pod("b1", "10.244.1.2", "fd00:244::1:2");
     // Outside the registry: no Service, no ServiceEntry, no Pod object.
     let stranger = env.add_pod("stranger", "10.244.8.2", "fd00:244::8:2");
-    let _servers = [b1.serve_tcp(8080), stranger.serve_tcp(9000), stranger.serve_udp(9000)];
+    let _servers = [b1.serve_tcp(8080), stranger.serve_tcp(9000), stranger.serve_udp(9000), stranger.serve_udp(53)];
+    // The pods' resolver, outside every Service.
+    let resolver = env.add_pod("resolver", "10.244.5.2", "fd00:244::5:2");
+    let _resolver = resolver.serve_udp(53);
+    let resolv_conf = env.config_dir().parent().unwrap().join("resolv.conf");
+    std::fs::write(&resolv_conf, "nameserver 10.244.5.2\n").unwrap();
     let sidecar = |namespace: &str, name: &str, spec: &str| {
         format!("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}---\n")
     };
@@ -216,7 +221,8 @@ fn registry_only_refuses_unknown_addresses_in_the_kernel_per_workload() {
     let open = env.container_cgroup("shop", "client");
     let strict = env.container_cgroup("shop", "strict");
     let pods = env.pod_cgroups_dir();
-    env.start_agent(&["--pod-cgroups", pods.to_str().unwrap()]).unwrap();
+    env.start_agent_on_node(&["--pod-cgroups", pods.to_str().unwrap(), "--resolv-conf", resolv_conf.to_str().unwrap()])
+        .unwrap();
     let tcp = |cgroup: &std::path::Path, target: &str| {
         env.probe_in(cgroup, &client, &["tcp", "--target", target, "--count", "1"])
             .unwrap_or_else(|e| panic!("{e:#}\n{}", env.agent_log()))
@@ -231,8 +237,15 @@ fn registry_only_refuses_unknown_addresses_in_the_kernel_per_workload() {
     for target in ["10.96.0.10:80", "10.97.0.10:80", "10.244.1.2:8080"] {
         assert!(served(&tcp(&locked, target)), "{target} is in the registry");
     }
-    let datagram = env.probe_in(&locked, &client, &["udp", "--target", "10.244.8.2:9000", "--count", "1"]).unwrap();
+    let udp = |target: &str| env.probe_in(&locked, &client, &["udp", "--target", target, "--count", "1"]).unwrap();
+    let datagram = udp("10.244.8.2:9000");
     assert_eq!(datagram["ok"], 0, "sendmsg is refused too: {datagram}");
+    // DNS to the resolver and the node's own address are never blocked;
+    // port 53 elsewhere is.
+    assert_eq!(udp("10.244.5.2:53")["ok"], 1, "the resolver answers");
+    assert_eq!(udp("10.244.8.2:53")["ok"], 0, "port 53 of another host is no resolver");
+    let node = tcp(&locked, &format!("{}:15001", mesh_tests::NODE_IPV4));
+    assert!(node["errors"]["ECONNREFUSED"].is_null(), "the node is reachable: {node}");
     // ALLOW_ANY (no Sidecar in shop for it): passes.
     assert!(served(&tcp(&open, "10.244.8.2:9000")));
     // A Sidecar selecting the pod by its labels wins over the namespace's.
@@ -240,7 +253,7 @@ fn registry_only_refuses_unknown_addresses_in_the_kernel_per_workload() {
 
     let status = env.admin_json("/status");
     assert!(status["kernel_counters"]["connect_refused_registry"].as_u64() >= Some(3), "{status}");
-    assert!(status["kernel_counters"]["sendmsg_refused_registry"].as_u64() >= Some(1), "{status}");
+    assert!(status["kernel_counters"]["sendmsg_refused_registry"].as_u64() >= Some(2), "{status}");
     let workload = |name: &str, namespace: &str| {
         status["workloads"]
             .as_array()
@@ -252,12 +265,12 @@ fn registry_only_refuses_unknown_addresses_in_the_kernel_per_workload() {
     let locked_status = workload("client", "locked").expect("locked/client is listed");
     assert_eq!(locked_status["outbound_policy"], "REGISTRY_ONLY", "{status}");
     assert_eq!(locked_status["sidecar"], "locked/default");
-    assert_eq!(locked_status["refused"], 3, "two connects and a datagram: {status}");
+    assert_eq!(locked_status["refused"], 4, "two connects and two datagrams: {status}");
     assert_eq!(workload("client", "shop").unwrap()["outbound_policy"], "ALLOW_ANY");
     let (_, metrics) = env.admin_get("/metrics").unwrap();
     assert!(
         metrics.contains(
-            "mesh_workload_refused_connects_total{namespace=\"locked\",pod=\"client\",reason=\"registry_only\"} 3"
+            "mesh_workload_refused_connects_total{namespace=\"locked\",pod=\"client\",reason=\"registry_only\"} 4"
         ),
         "{metrics}"
     );
