@@ -145,7 +145,9 @@ fn json<T: serde::Serialize>(value: &T) -> Response<Full<Bytes>> {
     }
 }
 
-fn service_status(service: &ServicePortView, counters: &Counters) -> ServiceStatus {
+/// One service port's status; `proxy_on`: the kernel has a proxy address
+/// to capture to (else it balances every port itself).
+fn service_status(service: &ServicePortView, counters: &Counters, proxy_on: bool) -> ServiceStatus {
     let stats = counters.clusters.get(&service.cluster_id).copied().unwrap_or_default();
     ServiceStatus {
         namespace: service.namespace.clone(),
@@ -153,7 +155,8 @@ fn service_status(service: &ServicePortView, counters: &Counters) -> ServiceStat
         port: service.port,
         protocol: format!("{:?}", service.protocol).to_uppercase(),
         frontends: service.frontends.iter().map(ToString::to_string).collect(),
-        captured: service.captured,
+        // Without a proxy address nothing is captured: the kernel balances.
+        captured: service.captured && proxy_on,
         load_balancer: service.load_balancer.clone(),
         max_connections: service.max_connections,
         live_connections: counters.cluster_live.get(&service.cluster_id).copied().unwrap_or(0),
@@ -256,7 +259,12 @@ pub fn status_report(shared: &Shared) -> StatusReport {
             })
             .collect(),
         services: match shared.dataplane {
-            Some(_) => published.snapshot.services.iter().map(|s| service_status(s, &counters)).collect(),
+            Some(_) => published
+                .snapshot
+                .services
+                .iter()
+                .map(|s| service_status(s, &counters, !shared.proxy_listeners.is_empty()))
+                .collect(),
             None => Vec::new(),
         },
     }
@@ -340,7 +348,7 @@ fn metrics(shared: &Shared) -> String {
     let backend_live = Family::<Labels, Gauge>::default();
     let backends_ready = Family::<Labels, Gauge>::default();
     for service in published.snapshot.services.iter() {
-        let status = service_status(service, &counters);
+        let status = service_status(service, &counters, !shared.proxy_listeners.is_empty());
         let labels: Labels = vec![
             ("namespace".into(), service.namespace.clone()),
             ("service".into(), service.name.clone()),

@@ -65,6 +65,9 @@ pub struct ReloadLoop {
     /// The source is failing: logged once, not on every poll.
     source_failing: bool,
     warned: WarningLog,
+    /// The rejections logged at the last reload: each is logged once, not
+    /// again while it stands.
+    rejected: LoggedOnce,
     /// The resolver of `DNS` ServiceEntries' names (none in unit tests).
     dns: Option<DnsLink>,
     /// What the agent knows of its node, for every compile.
@@ -116,6 +119,28 @@ impl WarningLog {
     }
 }
 
+/// What was logged at the last reload, by hash: an item is fresh when it
+/// was not (so a standing one is logged once, and again if it goes and
+/// comes back).
+#[derive(Debug, Default)]
+struct LoggedOnce {
+    last: std::collections::HashSet<u64>,
+}
+
+impl LoggedOnce {
+    fn fresh<'a, T: Hash>(&mut self, items: &'a [T]) -> Vec<&'a T> {
+        let hash = |item: &T| {
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            item.hash(&mut hasher);
+            hasher.finish()
+        };
+        let now: std::collections::HashSet<u64> = items.iter().map(hash).collect();
+        let fresh = items.iter().filter(|item| !self.last.contains(&hash(item))).collect();
+        self.last = now;
+        fresh
+    }
+}
+
 struct Retry {
     snapshot: Snapshot,
     at: Instant,
@@ -142,6 +167,7 @@ impl ReloadLoop {
             taken_over: maps_taken_over,
             source_failing: false,
             warned: WarningLog::default(),
+            rejected: LoggedOnce::default(),
             dns: None,
             node: Arc::default(),
             pods: None,
@@ -239,7 +265,7 @@ impl ReloadLoop {
         self.node_changed();
         model.node = self.node.clone();
         let validated = started.elapsed();
-        for rejection in &model.rejections {
+        for rejection in self.rejected.fresh(&model.rejections) {
             tracing::warn!(
                 file = rejection.file.as_deref().unwrap_or(""),
                 kind = %rejection.kind,
@@ -368,6 +394,17 @@ mod tests {
 
     fn logged(log: &mut WarningLog, warnings: &[Warning]) -> Vec<String> {
         log.log(warnings).into_iter().map(|w| w.field.clone()).collect()
+    }
+
+    #[test]
+    fn a_standing_rejection_is_logged_once_and_again_after_it_went() {
+        let mut log = LoggedOnce::default();
+        let rejection = |message: &str| mesh_core::object::Rejection::file("a.yaml", message.to_owned());
+        let both = [rejection("bad"), rejection("worse")];
+        assert_eq!(log.fresh(&both).len(), 2);
+        assert_eq!(log.fresh(&both).len(), 0, "standing: not again");
+        assert_eq!(log.fresh(&both[..1]).len(), 0);
+        assert_eq!(log.fresh(&both).len(), 1, "back after it went");
     }
 
     #[test]

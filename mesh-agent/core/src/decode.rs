@@ -26,6 +26,8 @@ pub struct ParsedFile {
 /// the whole file (a half-written file must not replace its last good
 /// version); any other problem rejects just its object.
 pub fn parse_documents(file: &str, text: &str) -> Result<ParsedFile, Vec<Rejection>> {
+    // Editors on some systems start UTF-8 files with a byte order mark.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let documents =
         yaml_documents(text).map_err(|e| vec![Rejection::file(file, format!("YAML does not parse: {e}"))])?;
     let mut parsed = ParsedFile::default();
@@ -241,6 +243,12 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_byte_order_mark_at_the_start_is_accepted() {
+        let text = "\u{feff}apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {ports: [{port: 80}]}\n";
+        assert_eq!(parse_file("bom.yaml", text).unwrap().len(), 1);
+    }
+
     use super::*;
 
     #[test]

@@ -41,7 +41,7 @@ impl ObjectKey {
 }
 
 /// Why an object (or a whole file) is not served as written.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
 pub struct Rejection {
     pub file: Option<String>,
     pub kind: String,
