@@ -253,9 +253,18 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let cgroup = match args.cgroup {
-        Some(path) => path,
-        None => cgroup2_root().context("no cgroup v2 mount found; pass --cgroup")?,
+    let cgroup = match (args.cgroup, args.source) {
+        (Some(path), _) => path,
+        // Standalone, the root would mesh every process of the host.
+        (None, SourceKind::Files) => anyhow::bail!(
+            "--cgroup is required with a config directory: it names the cgroup whose processes the mesh serves \
+             (the cgroup root would capture every process on this host)"
+        ),
+        (None, SourceKind::Kubernetes) => {
+            let root = cgroup2_root().context("no cgroup v2 mount found; pass --cgroup")?;
+            tracing::warn!(cgroup = %root.display(), "no --cgroup: attaching to the cgroup root; every process on this host is meshed");
+            root
+        }
     };
     if let Some(dir) = args.config_dir.as_ref().filter(|_| args.source == SourceKind::Files) {
         if !dir.is_dir() {

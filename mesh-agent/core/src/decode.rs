@@ -50,10 +50,14 @@ pub fn yaml_documents(text: &str) -> Result<Vec<Value>, serde_saphyr::Error> {
         leading_zero_numbers_as_strings: true,
         underscored_numbers_as_strings: true,
         with_snippet: false,
+        // Kubernetes objects nest a few dozen levels at most: deeper input
+        // is refused early instead of costing time.
         budget: serde_saphyr::budget! {
             max_events: 50_000_000,
             max_documents: 1_000_000,
             max_nodes: 20_000_000,
+            max_depth: 64,
+            flow_nesting_limit: 64,
         },
     };
     serde_saphyr::from_multiple_with_options(text, options)
@@ -243,6 +247,15 @@ fn field_path(path: &serde_ignored::Path<'_>) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn deeply_nested_input_is_refused_fast() {
+        for text in ["[".repeat(200_000), "{a: ".repeat(50_000), "- ".repeat(100_000)] {
+            let started = std::time::Instant::now();
+            assert!(parse_file("deep.yaml", &text).is_err());
+            assert!(started.elapsed() < std::time::Duration::from_millis(500), "{:?}", started.elapsed());
+        }
+    }
+
     #[test]
     fn a_byte_order_mark_at_the_start_is_accepted() {
         let text = "\u{feff}apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec: {ports: [{port: 80}]}\n";

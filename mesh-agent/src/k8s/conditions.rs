@@ -123,27 +123,44 @@ pub fn validation_messages_for(key: &ObjectKey, published: &Published) -> Vec<Va
 
 /// The `status` merge patch for one object. No messages clear any written
 /// before (`null` removes the key).
+/// The status patch: our `Reconciled` condition beside the conditions of
+/// other types that `current` (the object as read) holds, so another
+/// controller's conditions survive; with `current`'s resourceVersion, so a
+/// write that races another one fails (409) instead of dropping its
+/// conditions.
 fn status_patch(
     generation: Option<i64>,
     condition: &Reconciled,
     transition: &str,
     messages: &[ValidationMessage],
+    current: Option<&serde_json::Value>,
 ) -> serde_json::Value {
-    serde_json::json!({
+    let mut conditions: Vec<serde_json::Value> = (current)
+        .and_then(|object| object["status"]["conditions"].as_array())
+        .map(|all| all.iter().filter(|c| c["type"] != RECONCILED).cloned().collect())
+        .unwrap_or_default();
+    conditions.push(serde_json::json!({
+        "type": RECONCILED,
+        "status": if condition.accepted { "True" } else { "False" },
+        "reason": condition.reason,
+        "message": condition.message,
+        "lastTransitionTime": transition,
+        "observedGeneration": generation,
+    }));
+    let mut patch = serde_json::json!({
         "status": {
             "observedGeneration": generation,
-            "conditions": [{
-                "type": "Reconciled",
-                "status": if condition.accepted { "True" } else { "False" },
-                "reason": condition.reason,
-                "message": condition.message,
-                "lastTransitionTime": transition,
-                "observedGeneration": generation,
-            }],
+            "conditions": conditions,
             "validationMessages": if messages.is_empty() { None } else { Some(messages) },
         }
-    })
+    });
+    if let Some(version) = current.and_then(|object| object["metadata"]["resourceVersion"].as_str()) {
+        patch["metadata"] = serde_json::json!({ "resourceVersion": version });
+    }
+    patch
 }
+
+const RECONCILED: &str = "Reconciled";
 
 /// What was last written for an object: generation, condition, its
 /// messages, and when the condition last flipped.
@@ -279,6 +296,13 @@ impl StatusWriter {
         if !published.ready || !self.leading.load(Ordering::Relaxed) {
             return;
         }
+        // A watch that is down (or relisting) leaves the snapshot stale:
+        // status written from it could say what is no longer true.
+        let watches = self.store.state();
+        if !watches.synced || watches.kinds.iter().any(|kind| kind.error.is_some()) {
+            tracing::debug!("a watch is not synced; status waits");
+            return;
+        }
         let mut claimed = std::time::Instant::now();
         for kind in &ISTIO_KINDS {
             let resource: ApiResource = kind.api_resource();
@@ -311,13 +335,36 @@ impl StatusWriter {
                     Some((_, _, _, at)) if !flipped => at.clone(),
                     _ => Timestamp::now().to_string(),
                 };
-                let body = status_patch(generation, &condition, &transition, &messages);
                 let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &key.namespace, &resource);
-                match api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&body)).await {
-                    Ok(_) => drop(self.written.insert(key, (generation, condition, messages, transition))),
-                    Err(error) => {
+                // Read, merge, write; a race with another writer (409) is
+                // read again, once.
+                let mut outcome = None;
+                for _ in 0..2 {
+                    let current = match api.get_status(&key.name).await {
+                        Ok(object) => serde_json::to_value(object).ok(),
+                        Err(error) => {
+                            outcome = Some(Err(error));
+                            break;
+                        }
+                    };
+                    let body = status_patch(generation, &condition, &transition, &messages, current.as_ref());
+                    let written = api.patch_status(&key.name, &PatchParams::default(), &Patch::Merge(&body)).await;
+                    let raced = matches!(&written, Err(kube::Error::Api(status)) if status.code == 409);
+                    outcome = Some(written.map(drop));
+                    if !raced {
+                        break;
+                    }
+                }
+                match outcome {
+                    Some(Ok(())) => drop(self.written.insert(key, (generation, condition, messages, transition))),
+                    // Deleted since the store saw it: nothing to report on.
+                    Some(Err(kube::Error::Api(status))) if status.code == 404 => {
+                        tracing::debug!(kind = %key.kind, namespace = %key.namespace, name = %key.name, "gone before its status was written")
+                    }
+                    Some(Err(error)) => {
                         tracing::warn!(kind = %key.kind, namespace = %key.namespace, name = %key.name, %error, "status not written")
                     }
+                    None => {}
                 }
             }
         }
@@ -374,7 +421,7 @@ mod tests {
         let condition = condition_for(&mtls, &published);
         assert_eq!((condition.accepted, condition.reason), (true, "Accepted"));
         let messages = validation_messages_for(&mtls, &published);
-        let body = status_patch(Some(3), &condition, "2026-01-01T00:00:00Z", &messages);
+        let body = status_patch(Some(3), &condition, "2026-01-01T00:00:00Z", &messages, None);
         let written = &body["status"]["validationMessages"];
         assert_eq!(written.as_array().map(Vec::len), Some(2), "{body}");
         assert_eq!(written[0]["level"], "WARNING");
@@ -391,8 +438,26 @@ mod tests {
         // No warnings: the key is cleared rather than left as it was.
         let plain = key("DestinationRule", "plain");
         assert!(validation_messages_for(&plain, &published).is_empty());
-        let body = status_patch(None, &condition_for(&plain, &published), "t", &[]);
+        let body = status_patch(None, &condition_for(&plain, &published), "t", &[], None);
         assert!(body["status"].as_object().unwrap()["validationMessages"].is_null(), "{body}");
+    }
+
+    #[test]
+    fn another_controllers_conditions_are_kept_and_a_race_is_caught() {
+        let current = serde_json::json!({
+            "metadata": {"name": "web", "resourceVersion": "42"},
+            "status": {"conditions": [
+                {"type": "Reconciled", "status": "False", "reason": "Rejected"},
+                {"type": "Ready", "status": "True", "reason": "ByOtherController"},
+            ]},
+        });
+        let condition = Reconciled { accepted: true, reason: "Accepted", message: "applied".into() };
+        let body = status_patch(Some(2), &condition, "t", &[], Some(&current));
+        let conditions = body["status"]["conditions"].as_array().unwrap();
+        let kinds: Vec<(&str, &str)> =
+            conditions.iter().map(|c| (c["type"].as_str().unwrap(), c["status"].as_str().unwrap())).collect();
+        assert_eq!(kinds, [("Ready", "True"), ("Reconciled", "True")], "ours replaced, theirs kept");
+        assert_eq!(body["metadata"]["resourceVersion"], "42", "a write that raced another fails instead");
     }
 
     #[test]

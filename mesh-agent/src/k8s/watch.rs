@@ -15,7 +15,7 @@ use mesh_core::object::{ObjectKey, SourceBatch};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 /// One watch: what it lists and how its objects become YAML documents.
 #[derive(Clone, Debug)]
@@ -485,7 +485,7 @@ async fn watch(client: kube::Client, kind: WatchedKind, index: usize, store: Kub
     let mut events = if kind.metadata_only {
         let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &resource);
         watcher(api, config)
-            .default_backoff()
+            .backoff(CappedBackoff::default())
             .map(|event| event.map(|e| map_event(e, |meta| serde_json::json!({ "metadata": meta.metadata }))))
             .boxed()
     } else {
@@ -515,9 +515,37 @@ fn object_events(
     config: watcher::Config,
 ) -> futures::stream::BoxStream<'static, Result<Event<serde_json::Value>, watcher::Error>> {
     watcher(api, config)
-        .default_backoff()
+        .backoff(CappedBackoff::default())
         .map(|event| event.map(|e| map_event(e, |object| serde_json::to_value(object).unwrap_or_default())))
         .boxed()
+}
+
+/// The retry delays of a failing watch: from 0.5 s, doubling, at most
+/// 4 s, each with up to a quarter of jitter; back to the start after any
+/// event. kube-rs's default grows to 30 s, so a watch could come back half
+/// a minute after the API server did.
+#[derive(Debug, Default)]
+struct CappedBackoff {
+    failures: u32,
+}
+
+const BACKOFF_FIRST: Duration = Duration::from_millis(500);
+const BACKOFF_MAX: Duration = Duration::from_secs(4);
+
+impl Iterator for CappedBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let base = BACKOFF_FIRST.saturating_mul(1 << self.failures.min(8)).min(BACKOFF_MAX);
+        self.failures = self.failures.saturating_add(1);
+        Some(base.mul_f64(1.0 + fastrand::f64() / 4.0))
+    }
+}
+
+impl kube::runtime::utils::Backoff for CappedBackoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
 }
 
 fn map_event<A, B>(event: Event<A>, f: impl FnOnce(A) -> B) -> Event<B> {
@@ -575,5 +603,20 @@ async fn watch_secret(client: kube::Client, key: (String, String), epoch: u64, s
             Err(watcher::Error::WatchError(status)) if status.code == 410 => {}
             Err(error) => store.secret_error(&key, epoch, error.to_string()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_watch_retries_within_a_few_seconds() {
+        let mut backoff = CappedBackoff::default();
+        let delays: Vec<Duration> = (0..10).map(|_| backoff.next().unwrap()).collect();
+        assert!(delays[0] >= BACKOFF_FIRST && delays[0] <= BACKOFF_FIRST.mul_f64(1.25), "{delays:?}");
+        assert!(delays.iter().all(|d| *d <= BACKOFF_MAX.mul_f64(1.25)), "{delays:?}");
+        kube::runtime::utils::Backoff::reset(&mut backoff);
+        assert!(backoff.next().unwrap() <= BACKOFF_FIRST.mul_f64(1.25), "back to the start");
     }
 }

@@ -129,11 +129,21 @@ struct FileState {
     parsed: ParsedFile,
 }
 
+/// A file larger than this is refused unread: parsing cost grows with
+/// size, and one file must not hold the others' changes back. (A whole
+/// cluster's Istio configuration is a few MiB.)
+pub const MAX_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
 fn read_file(path: &Path, stamp: Stamp, previous: Option<FileState>) -> FileState {
     let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    let parsed = std::fs::read_to_string(path)
-        .map_err(|e| vec![Rejection::file(&file, format!("cannot read: {e}"))])
-        .and_then(|text| parse_documents(&file, &text));
+    let parsed = if stamp.len > MAX_FILE_BYTES {
+        let message = format!("{} bytes is over the limit of {MAX_FILE_BYTES} bytes per file; not read", stamp.len);
+        Err(vec![Rejection::file(&file, message)])
+    } else {
+        std::fs::read_to_string(path)
+            .map_err(|e| vec![Rejection::file(&file, format!("cannot read: {e}"))])
+            .and_then(|text| parse_documents(&file, &text))
+    };
     match parsed {
         Ok(parsed) => {
             for (api_version, kind) in &parsed.ignored {
