@@ -394,6 +394,9 @@ fn metrics(shared: &Shared) -> String {
     );
 
     shared.proxy.metrics.register(&mut registry);
+    let open = Gauge::<i64>::default();
+    open.set(shared.proxy.drain.open() as i64);
+    registry.register("proxy_open_connections", "Client connections the proxy has open", open);
     let ejected = Family::<Labels, Gauge>::default();
     for (cluster, _) in shared.proxy.ejections() {
         ejected.get_or_create(&vec![("cluster".into(), cluster)]).inc();

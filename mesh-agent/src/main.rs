@@ -159,6 +159,10 @@ struct RunArgs {
     /// many milliseconds.
     #[arg(long, default_value_t = proxy::DEFAULT_HEADER_TIMEOUT.as_millis() as u64)]
     header_timeout_ms: u64,
+    /// On SIGTERM, how long requests in flight through the proxy may take
+    /// to finish before the agent exits (Istio's terminationDrainDuration).
+    #[arg(long, default_value_t = 5)]
+    drain_timeout_secs: u64,
     /// Cluster DNS domain, for resolving DestinationRule hosts.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -207,6 +211,10 @@ struct GatewayArgs {
     /// ClientHello) in this many milliseconds.
     #[arg(long, default_value_t = proxy::DEFAULT_HEADER_TIMEOUT.as_millis() as u64)]
     header_timeout_ms: u64,
+    /// On SIGTERM, how long requests in flight through the proxy may take
+    /// to finish before the agent exits (Istio's terminationDrainDuration).
+    #[arg(long, default_value_t = 5)]
+    drain_timeout_secs: u64,
     /// Cluster DNS domain, for resolving short host names.
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
@@ -397,6 +405,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             tokio::spawn(proxy::serve(listener, proxy.clone()));
         }
         shutdown_signal().await?;
+        drain(&proxy, Duration::from_secs(args.drain_timeout_secs)).await;
         server.abort();
         anyhow::Ok(())
     })?;
@@ -472,8 +481,9 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     };
     runtime.block_on(async {
         let server = serve_admin(args.admin, args.health, shared).await?;
-        tokio::spawn(proxy::gateway::run(proxy, options, state));
+        tokio::spawn(proxy::gateway::run(proxy.clone(), options, state));
         shutdown_signal().await?;
+        drain(&proxy, Duration::from_secs(args.drain_timeout_secs)).await;
         server.abort();
         anyhow::Ok(())
     })?;
@@ -556,6 +566,19 @@ fn downward_labels(text: &str) -> impl Iterator<Item = (String, String)> + '_ {
         let value = value.trim().trim_matches('"');
         Some((key.trim().to_owned(), value.to_owned()))
     })
+}
+
+/// Stops the proxy's listeners and lets its connections finish what they
+/// serve, up to `timeout`.
+async fn drain(proxy: &Proxy, timeout: Duration) {
+    let open = proxy.drain.open();
+    proxy.drain.start();
+    tracing::info!(open, timeout_secs = timeout.as_secs(), "draining the proxy");
+    if proxy.drain.finished(timeout).await {
+        tracing::info!("proxy drained");
+    } else {
+        tracing::warn!(open = proxy.drain.open(), "drain timeout: closing the connections still open");
+    }
 }
 
 async fn shutdown_signal() -> anyhow::Result<()> {

@@ -8,6 +8,7 @@
 
 use super::body::ClientBody;
 use super::cluster::Clusters;
+use super::drain::{draining, Drain, Held};
 use super::gateway_state::{GatewayState, ListenerStatus};
 use super::http1::common::{MAX_FIELDS, MAX_HEAD_BYTES};
 use super::http1::server::{self, Served};
@@ -51,6 +52,8 @@ pub struct Proxy {
     pub(super) access_log: bool,
     pub(super) header_timeout: Duration,
     pub metrics: ProxyMetrics,
+    /// Graceful shutdown: stop accepting, finish requests, then close.
+    pub drain: Drain,
 }
 
 impl Proxy {
@@ -80,6 +83,7 @@ impl Proxy {
             mirrors: Mirrors::default(),
             access_log,
             metrics: ProxyMetrics::default(),
+            drain: Drain::default(),
         }
     }
 
@@ -157,8 +161,14 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
 }
 
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+    let mut drain = proxy.drain.signal();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            // Draining: no new connection (the listener closes with us).
+            () = draining(&mut drain) => return,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "proxy accept failed");
@@ -203,6 +213,8 @@ pub enum Entry {
 
 impl Proxy {
     async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+        // Counted open while it lasts (TCP relays too), for the drain.
+        let _held = self.drain.hold();
         let Some(original) = self.original_dst.as_ref().and_then(|table| table.take(peer)) else {
             // Not a captured connection (or its entry was lost): nothing to route by.
             tracing::debug!(%peer, "connection with no recorded original destination; closing");
@@ -225,16 +237,18 @@ impl Proxy {
     where
         IO: server::ClientIo + Send + 'static,
     {
-        let served = server::serve(io, self.header_timeout, |request| self.handle(&connection, request)).await;
+        let mut held = self.drain.hold();
+        let served =
+            server::serve(io, self.header_timeout, &mut held, |request| self.handle(&connection, request)).await;
         match served {
             Served::Closed => {}
-            Served::HandOff(rewind) => self.serve_with_hyper(connection, rewind).await,
+            Served::HandOff(rewind) => self.serve_with_hyper(connection, rewind, held).await,
         }
     }
 
     /// Serves a client connection with hyper's server: HTTP/1.x, or HTTP/2
     /// by its preface (h2c, or h2 as ALPN chose).
-    pub(super) async fn serve_with_hyper<IO>(self: Arc<Self>, connection: Arc<Connection>, io: IO)
+    pub(super) async fn serve_with_hyper<IO>(self: Arc<Self>, connection: Arc<Connection>, io: IO, mut held: Held)
     where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
@@ -256,7 +270,18 @@ impl Proxy {
             .max_buf_size(MAX_HEAD_BYTES)
             .max_headers(MAX_FIELDS);
         builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEAD_BYTES as u32);
-        if let Err(error) = builder.serve_connection_with_upgrades(TokioIo::new(io), service).await {
+        let serving = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        let mut serving = std::pin::pin!(serving);
+        // Draining: HTTP/1.1 closes after the response under way (idle: at
+        // once), HTTP/2 sends GOAWAY and finishes its streams.
+        let ended = tokio::select! {
+            ended = serving.as_mut() => ended,
+            () = held.started() => {
+                serving.as_mut().graceful_shutdown();
+                serving.await
+            }
+        };
+        if let Err(error) = ended {
             tracing::debug!(%peer, %error, "client connection ended with an error");
         }
     }

@@ -17,6 +17,7 @@
 mod balance;
 mod body;
 mod cluster;
+pub mod drain;
 mod forward;
 pub mod gateway;
 pub mod gateway_state;

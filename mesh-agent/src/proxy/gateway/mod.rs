@@ -12,6 +12,7 @@
 //! finish. A changed certificate (a rotated Secret) serves new handshakes
 //! at once; established connections keep theirs.
 
+use super::drain::draining;
 use super::gateway_state::{names_one_of, GatewayOptions, GatewayState};
 use super::http1::server::Rewind;
 use super::listener::{Connection, Entry, Proxy};
@@ -64,8 +65,13 @@ pub async fn run(proxy: Arc<Proxy>, options: GatewayOptions, state: watch::Sende
 
 async fn accept(listener: TcpListener, proxy: Arc<Proxy>, state: watch::Receiver<Arc<GatewayState>>) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
+    let mut drain = proxy.drain.signal();
     loop {
-        let (stream, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = draining(&mut drain) => return,
+        };
+        let (stream, peer) = match accepted {
             Ok(accepted) => accepted,
             Err(error) => {
                 tracing::warn!(%error, "gateway accept failed");
@@ -75,6 +81,8 @@ async fn accept(listener: TcpListener, proxy: Arc<Proxy>, state: watch::Receiver
         };
         let (proxy, state) = (proxy.clone(), state.borrow().clone());
         tokio::spawn(async move {
+            // Counted open while it lasts (TLS, relays), for the drain.
+            let _held = proxy.drain.hold();
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().unwrap_or(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
             serve(proxy, state, stream, peer, local).await;
@@ -137,7 +145,10 @@ async fn serve(
     // HTTP/2 as ALPN chose goes to hyper at once; HTTP/1.1 takes the fast
     // path first, as on a node.
     match tls.get_ref().1.alpn_protocol() {
-        Some(b"h2") => proxy.serve_with_hyper(connection, tls).await,
+        Some(b"h2") => {
+            let held = proxy.drain.hold();
+            proxy.serve_with_hyper(connection, tls, held).await
+        }
         _ => proxy.serve_http(connection, tls).await,
     }
 }

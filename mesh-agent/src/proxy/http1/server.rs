@@ -14,6 +14,7 @@ use super::common::{
     MAX_HEAD_BYTES,
 };
 use crate::proxy::body::{BoxError, ClientBody, ProxyBody};
+use crate::proxy::drain::Held;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, DATE, TRANSFER_ENCODING};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -99,7 +100,7 @@ struct PlainHead {
 /// Serves plain HTTP/1.1 requests with `handle` until the connection ends or
 /// a request is not plain. The header timeout runs from the moment a request
 /// is awaited (a keep-alive connection's idle time counts, as with hyper).
-pub async fn serve<IO, H, F>(mut io: IO, header_timeout: Duration, handle: H) -> Served<IO>
+pub async fn serve<IO, H, F>(mut io: IO, header_timeout: Duration, held: &mut Held, handle: H) -> Served<IO>
 where
     IO: ClientIo,
     H: Fn(Request<ClientBody>) -> F,
@@ -127,6 +128,9 @@ where
                     Ok(0) | Err(_) => return Served::Closed,
                     Ok(_) => {}
                 },
+                // Draining: an idle connection closes; one whose next
+                // request has begun is served, then closes.
+                () = held.started(), if read.is_empty() => return Served::Closed,
                 () = idle.as_mut() => {
                     let deadline = waiting_since + header_timeout;
                     if Instant::now() >= deadline {
@@ -170,7 +174,7 @@ where
         };
         // A client that closed its sending side still reads: it gets its
         // response, and the connection ends with it.
-        let last = plain.close || half_closed;
+        let last = plain.close || half_closed || held.draining();
         if write_response(&mut io, &mut write, response, head_only, last).await.is_err() || last {
             return Served::Closed;
         }
@@ -485,6 +489,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Rewind<IO> {
 #[cfg(test)]
 pub(in crate::proxy) mod tests {
     use super::*;
+    use crate::proxy::drain::Drain;
     use http_body_util::BodyExt;
 
     /// What `plain_head` makes of a buffer.
@@ -551,10 +556,15 @@ pub(in crate::proxy) mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let task = tokio::spawn(serve(server, header_timeout, move |request| {
-            let response = reply(&request);
-            async move { response }
-        }));
+        let task = tokio::spawn(async move {
+            let drain = Drain::default();
+            let mut held = drain.hold();
+            serve(server, header_timeout, &mut held, move |request| {
+                let response = reply(&request);
+                async move { response }
+            })
+            .await
+        });
         (client, task)
     }
 
@@ -653,15 +663,20 @@ pub(in crate::proxy) mod tests {
         let (dropped_tx, dropped_rx) = tokio::sync::oneshot::channel::<()>();
         let (started_tx, started_rx) = tokio::sync::oneshot::channel::<()>();
         let channels = std::sync::Mutex::new(Some((dropped_tx, started_tx)));
-        let task = tokio::spawn(serve(server, Duration::from_secs(5), move |_| {
-            // The guard is held by the handler's future: dropped with it.
-            let (guard, started) = channels.lock().unwrap().take().expect("one request");
-            let _ = started.send(());
-            async move {
-                let _guard = guard;
-                std::future::pending::<Response<ProxyBody>>().await
-            }
-        }));
+        let task = tokio::spawn(async move {
+            let drain = Drain::default();
+            let mut held = drain.hold();
+            serve(server, Duration::from_secs(5), &mut held, move |_| {
+                // The guard is held by the handler's future: dropped with it.
+                let (guard, started) = channels.lock().unwrap().take().expect("one request");
+                let _ = started.send(());
+                async move {
+                    let _guard = guard;
+                    std::future::pending::<Response<ProxyBody>>().await
+                }
+            })
+            .await
+        });
         client.write_all(b"GET /slow HTTP/1.1\r\nhost: a\r\n\r\n").await.unwrap();
         started_rx.await.expect("the request reached the handler");
         // Reset, not a half-close: a client that only shuts its sending side

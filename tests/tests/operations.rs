@@ -1,0 +1,39 @@
+//! How the agent behaves as an operator runs it: a SIGTERM lets the
+//! requests in flight through its proxy finish before it exits.
+
+use mesh_tests::{wait_until, TestEnv};
+use std::io::Read;
+use std::time::Duration;
+
+#[test]
+fn sigterm_lets_the_requests_in_flight_finish() {
+    let env = TestEnv::new("ops_drain").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let backend = env.add_pod("b1", "10.244.1.2", "fd00:244::1:2");
+    let _server = backend.serve_http(8080);
+    let config = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  clusterIP: 10.96.0.20\n  ports: [{name: http, port: 80, targetPort: 8080}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web, namespace: shop, labels: {kubernetes.io/service-name: web}}\n\
+         addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.244.1.2]}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web, namespace: shop}\nspec:\n  hosts: [web]\n  http:\n\
+         \x20 - match: [{uri: {prefix: /slow}}]\n    fault: {delay: {fixedDelay: 1s, percentage: {value: 100}}}\n    route: [{destination: {host: web}}]\n\
+         \x20 - route: [{destination: {host: web}}]\n";
+    env.write_config("web.yaml", config).unwrap();
+    env.start_agent_on_node(&[]).unwrap();
+    let open = || {
+        let (_, metrics) = env.admin_get("/metrics").unwrap_or_default();
+        metrics.lines().any(|line| line.starts_with("mesh_proxy_open_connections ") && !line.ends_with(" 0"))
+    };
+    assert!(!open(), "nothing open yet");
+    // A request that spends a second in the proxy (the fault's delay).
+    let mut slow = env.spawn_probe(&client, &["http", "--target", "10.96.0.20:80", "--count", "1", "--path", "/slow"]);
+    assert!(wait_until(Duration::from_secs(5), open), "the request reached the proxy\n{}", env.agent_log());
+    let exit = env.stop_agent().unwrap();
+    assert!(exit.success(), "{exit}\n{}", env.agent_log());
+    let mut out = String::new();
+    slow.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    slow.wait().unwrap();
+    let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(report["ok"], 1, "the request in flight at SIGTERM completed: {report}");
+    let log = env.agent_log();
+    assert!(log.contains("draining the proxy") && log.contains("proxy drained"), "{log}");
+}
