@@ -152,6 +152,11 @@ struct RunArgs {
     /// a cluster, read from the Node's topology labels when not given).
     #[arg(long)]
     locality: Option<String>,
+    /// While no proxy listens (the agent restarting or gone), connects to
+    /// ports with L7 rules are balanced in the kernel at L4 (their L7 rules
+    /// do not apply to those connections); `false`: they are refused.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    l7_fail_open: bool,
     /// Print a JSON access-log line per proxied request on stdout.
     #[arg(long)]
     access_log: bool,
@@ -306,6 +311,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::Ok(listeners)
     })?;
     dataplane::set_proxy_target(&args.bpffs, node_v4, node_v6, args.proxy_port).context("setting the proxy address")?;
+    dataplane::register_proxy_listeners(&args.bpffs, &proxy_listeners).context("registering the proxy's listeners")?;
     let original_dst = OriginalDstTable::open(&args.bpffs).context("opening the original-destination map")?;
 
     let (source, source_name, kube): (Box<dyn ConfigSource>, String, Option<(kube::Client, k8s::KubeStore)>) =
@@ -345,6 +351,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         node_ips: args.node_ips.clone(),
         mesh_cidrs: args.mesh_cidrs.clone(),
         resolvers: std::fs::read_to_string(&args.resolv_conf).map(|t| workloads::nameservers(&t)).unwrap_or_default(),
+        l7_fail_open: args.l7_fail_open,
         locality: match (&args.locality, &kube, &args.node_name) {
             (Some(text), ..) => Some(Locality::parse(text)),
             (None, Some((client, _)), Some(node)) => match runtime.block_on(k8s::node_locality(client, node)) {

@@ -37,6 +37,7 @@ pub mod map_names {
     pub const REGISTRY: &str = "MESH_REGISTRY";
     pub const WORKLOAD_STATS: &str = "MESH_WORKLOAD_STATS";
     pub const SCOPE_CLUSTERS: &str = "MESH_SCOPE_CLUSTERS";
+    pub const PROXY_LISTENERS: &str = "MESH_PROXY_LISTENERS";
 }
 
 /// Names of the programs in the kernel object.
@@ -334,7 +335,9 @@ pub struct PolicyConfig {
     /// 1 when some workload's Sidecar narrows its egress: otherwise a
     /// connect to a service costs no lookup at all.
     pub any_scoped: u32,
-    pub _pad: u32,
+    /// 1: while no proxy listens, connects to L7 ports are balanced in the
+    /// kernel at L4 instead of refused (`--l7-fail-open`).
+    pub l7_fail_open: u32,
 }
 const _: () = assert!(core::mem::size_of::<PolicyConfig>() == 32);
 
@@ -391,6 +394,12 @@ pub struct WorkloadStats {
     pub refused_scope: u64,
 }
 const _: () = assert!(core::mem::size_of::<WorkloadStats>() == 16);
+
+/// Slots of [`map_names::PROXY_LISTENERS`]: the proxy's listening socket
+/// of each family. A socket leaves the map when it closes, so an empty
+/// slot means no proxy listens (its agent is gone).
+pub const PROXY_LISTENER_V4: u32 = 0;
+pub const PROXY_LISTENER_V6: u32 = 1;
 
 /// Per-cluster, per-CPU counters.
 #[repr(C)]
@@ -451,7 +460,11 @@ pub mod global_stat {
     /// A scoped workload dialled a service its Sidecar's egress omits.
     pub const CONNECT_REFUSED_SCOPE: u32 = 24;
     pub const SENDMSG_REFUSED_SCOPE: u32 = 25;
-    pub const COUNT: u32 = 26;
+    /// A connect to an L7 port while no proxy listened: balanced at L4
+    /// (fail open), or refused.
+    pub const CONNECT_PROXY_DOWN_L4: u32 = 26;
+    pub const CONNECT_PROXY_DOWN_REFUSED: u32 = 27;
+    pub const COUNT: u32 = 28;
 
     /// Label values for each index, in order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -481,6 +494,8 @@ pub mod global_stat {
         "sendmsg_refused_registry",
         "connect_refused_scope",
         "sendmsg_refused_scope",
+        "connect_proxy_down_l4",
+        "connect_proxy_down_refused",
     ];
 }
 

@@ -3,17 +3,21 @@
 //! frontend captures it.
 
 use aya_ebpf::{
-    helpers::generated::bpf_get_socket_cookie, macros::cgroup_sock_addr, programs::SockAddrContext, EbpfContext,
+    helpers::generated::{bpf_get_socket_cookie, bpf_map_lookup_elem, bpf_sk_release},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+    EbpfContext,
 };
 use mesh_common::{
     global_stat, Backend, ClusterLive, Frontend, SocketEntry, FAMILY_V4, FAMILY_V6, FRONTEND_CAPTURE, PROTO_TCP,
+    PROXY_LISTENER_V4, PROXY_LISTENER_V6,
 };
 
 use crate::{
     addr::{proto_of, read_dial, write_addr, Dial},
     balance::{pick_backend, slot},
     live::{backend_live, cluster_live, fetch_add, forget_socket, release},
-    maps::{FRONTENDS, PROXY, SOCKETS},
+    maps::{FRONTENDS, POLICY, PROXY, PROXY_LISTENERS, SOCKETS},
     policy::out_of_scope,
     stats::{count, count_cluster},
     udp_reverse::remember_udp_reverse,
@@ -136,6 +140,15 @@ fn capture(ctx: &SockAddrContext, cookie: u64, fe: &Frontend, dial: &Dial, v6_ct
     } else {
         return None;
     };
+    if !proxy_listening(dial.key.family) {
+        // No proxy (its agent is gone): balanced at L4 when failing open,
+        // else refused at once rather than sent to a closed port.
+        if POLICY.get(0).is_some_and(|config| config.l7_fail_open != 0) {
+            count(global_stat::CONNECT_PROXY_DOWN_L4);
+            return None;
+        }
+        return Some(refuse_with(global_stat::CONNECT_PROXY_DOWN_REFUSED));
+    }
     let entry = SocketEntry {
         cluster_id: fe.cluster_id,
         service_addr: dial.key.addr,
@@ -155,4 +168,20 @@ fn capture(ctx: &SockAddrContext, cookie: u64, fe: &Frontend, dial: &Dial, v6_ct
     count(global_stat::CONNECT_CAPTURED);
     count_cluster(fe.cluster_id, |s| s.connects += 1);
     Some(ALLOW)
+}
+
+/// Whether the proxy's listener of `family` is open: a lookup in the
+/// sockmap the agent put it in (a socket leaves it when it closes). The
+/// lookup takes a reference, given back at once.
+#[inline(always)]
+fn proxy_listening(family: u8) -> bool {
+    let slot: u32 = if family == FAMILY_V4 { PROXY_LISTENER_V4 } else { PROXY_LISTENER_V6 };
+    // The static is the map's definition (its one field).
+    let map = core::ptr::addr_of!(PROXY_LISTENERS) as *mut core::ffi::c_void;
+    let sk = unsafe { bpf_map_lookup_elem(map, &slot as *const u32 as *const core::ffi::c_void) };
+    if sk.is_null() {
+        return false;
+    }
+    unsafe { bpf_sk_release(sk) };
+    true
 }

@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash, SockMap},
 };
 use mesh_common::{
     capacity, global_stat, Backend, ClusterLive, ClusterStats, ConnKey, Frontend, FrontendKey, HandshakeKey,
@@ -64,3 +64,7 @@ pub(crate) static WORKLOAD_STATS: PerCpuHashMap<u64, WorkloadStats> =
 #[map(name = "MESH_SCOPE_CLUSTERS")]
 pub(crate) static SCOPE_CLUSTERS: HashMap<ScopeClusterKey, u32> =
     HashMap::pinned(capacity::SCOPE_CLUSTERS, BPF_F_NO_PREALLOC);
+/// The proxy's listening sockets (one per family), put there by the agent;
+/// the kernel drops each when it closes.
+#[map(name = "MESH_PROXY_LISTENERS")]
+pub(crate) static PROXY_LISTENERS: SockMap = SockMap::pinned(2, 0);

@@ -37,3 +37,41 @@ fn sigterm_lets_the_requests_in_flight_finish() {
     let log = env.agent_log();
     assert!(log.contains("draining the proxy") && log.contains("proxy drained"), "{log}");
 }
+
+#[test]
+fn while_no_proxy_listens_l7_ports_fail_open_to_the_kernel() {
+    let env = TestEnv::new("ops_fail_open").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let backend = env.add_pod("b1", "10.244.1.2", "fd00:244::1:2");
+    let _server = backend.serve_http(8080);
+    let config = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  clusterIP: 10.96.0.20\n  ports: [{name: http, port: 80, targetPort: 8080}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web, namespace: shop, labels: {kubernetes.io/service-name: web}}\n\
+         addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.244.1.2]}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web, namespace: shop}\nspec:\n  hosts: [web]\n  http:\n\
+         \x20 - headers: {response: {set: {x-via-proxy: 'yes'}}}\n    route: [{destination: {host: web}}]\n";
+    env.write_config("web.yaml", config).unwrap();
+    env.start_agent_on_node(&[]).unwrap();
+    let get = || {
+        env.probe(&client, &["http", "--target", "10.96.0.20:80", "--count", "3"]).unwrap_or_else(|e| panic!("{e:#}"))
+    };
+    let via_proxy = |report: &serde_json::Value| report["first"]["headers"]["x-via-proxy"] == "yes";
+    let report = get();
+    assert!(report["ok"] == 3 && via_proxy(&report), "through the proxy: {report}");
+    // The agent dies: its listener closes, and the kernel balances the
+    // port itself (the L7 rule is lost for these connections, not them).
+    env.kill_agent().unwrap();
+    let report = get();
+    assert!(report["ok"] == 3 && !via_proxy(&report), "at L4 while no proxy listens: {report}");
+    // A new agent listens: captured again, and the kernel counted the gap.
+    env.start_agent_on_node(&[]).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || via_proxy(&get())), "{}", env.agent_log());
+    let status = env.admin_json("/status");
+    assert!(status["kernel_counters"]["connect_proxy_down_l4"].as_u64() >= Some(1), "{status}");
+    // Refusing instead is a choice.
+    env.stop_agent().unwrap();
+    env.start_agent_on_node(&["--l7-fail-open", "false"]).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || via_proxy(&get())), "{}", env.agent_log());
+    env.kill_agent().unwrap();
+    let report = env.probe(&client, &["http", "--target", "10.96.0.20:80", "--count", "1"]).unwrap();
+    assert_eq!(report["ok"], 0, "refused while no proxy listens: {report}");
+}

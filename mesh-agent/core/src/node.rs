@@ -21,6 +21,8 @@ pub struct NodeContext {
     pub resolvers: Vec<IpAddr>,
     /// This node's `region/zone/subzone`, for locality-aware balancing.
     pub locality: Option<Locality>,
+    /// While no proxy listens, L7 ports are balanced at L4, not refused.
+    pub l7_fail_open: bool,
 }
 
 /// A pod's cgroup: its id (the cgroup directory's inode) and its depth in

@@ -124,6 +124,7 @@ pub fn compile<'a>(model: &Model, services: impl Iterator<Item = ServicePortRef<
     }
     out.config.level_count = levels.len().min(capacity::POD_LEVELS) as u32;
     out.config.any_restricted = out.workloads.values().any(|w| w.flags & POLICY_REGISTRY_ONLY != 0) as u32;
+    out.config.l7_fail_open = node.l7_fail_open as u32;
     if out.config.any_restricted != 0 {
         out.registry = registry(model);
     }
