@@ -50,6 +50,10 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Wait this many seconds, then exit: a `preStop` hook for images
+    /// without a shell, on any Kubernetes version (the `sleep` action needs
+    /// 1.30).
+    Sleep { seconds: u64 },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -255,6 +259,10 @@ fn main() -> anyhow::Result<()> {
                 std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
                 println!("wrote {}", path.display());
             }
+            Ok(())
+        }
+        Command::Sleep { seconds } => {
+            std::thread::sleep(Duration::from_secs(seconds));
             Ok(())
         }
         Command::Uninstall { bpffs } => {

@@ -143,6 +143,9 @@ fn the_daemonset_selects_its_pods_mounts_what_exists_and_probes_the_health_addre
     let added: BTreeSet<String> = capabilities.add.unwrap().into_iter().collect();
     let expected: BTreeSet<String> = ["BPF", "NET_ADMIN", "SYS_ADMIN", "PERFMON"].map(String::from).into();
     assert_eq!(added, expected);
+    // Kubernetes 1.28 refuses securityContext.appArmorProfile (a 1.30
+    // field): the annotation says the same on every supported version.
+    assert!(security.app_armor_profile.is_none(), "no 1.30-only field");
     assert!(container.resources.as_ref().and_then(|r| r.requests.as_ref()).is_some(), "resource requests");
 }
 
