@@ -7,6 +7,7 @@
 use crate::dataplane::{ApplyStats, DataplaneError, MapWriter};
 use crate::dns::DnsLink;
 use crate::source::{ConfigSource, POLL_INTERVAL};
+use crate::state::StateDir;
 use crate::workloads::PodCgroups;
 use mesh_core::model::Model;
 use mesh_core::node::NodeContext;
@@ -74,6 +75,8 @@ pub struct ReloadLoop {
     node: Arc<NodeContext>,
     /// The pod cgroups of this node, rescanned each tick (`--pod-cgroups`).
     pods: Option<PodCgroups>,
+    /// Where the last good configuration is kept across restarts.
+    state: Option<StateDir>,
 }
 
 /// What each object's warnings were when they were last logged (a hash of
@@ -171,8 +174,25 @@ impl ReloadLoop {
             dns: None,
             node: Arc::default(),
             pods: None,
+            state: None,
         };
         (this, receiver)
+    }
+
+    /// Keeps the objects that serve in `state` after each applied reload,
+    /// and starts from what an earlier run kept there: an object rejected
+    /// at the first load falls back on its kept version.
+    pub fn with_state(mut self, state: StateDir) -> Self {
+        match state.load() {
+            Ok(objects) if !objects.is_empty() => {
+                tracing::info!(objects = objects.len(), "last good configuration read from the state directory");
+                self.model = Model::build(&objects, Vec::new(), &Model::default(), &self.cluster_domain);
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "the state directory's configuration is not usable; starting without"),
+        }
+        self.state = Some(state);
+        self
     }
 
     /// Compiles with `node` (policy default, node addresses, resolvers),
@@ -340,6 +360,11 @@ impl ReloadLoop {
     }
 
     fn publish_applied(&mut self, mut snapshot: Snapshot, started: Instant, stats: ApplyStats) {
+        if let Some(state) = &mut self.state {
+            if let Err(error) = state.save(&self.model) {
+                tracing::warn!(%error, "the last good configuration is not kept on this node");
+            }
+        }
         let previous = self.published.borrow().clone();
         snapshot.serial = previous.reloads + 1;
         tracing::info!(

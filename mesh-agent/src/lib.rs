@@ -11,7 +11,8 @@
 //!
 //! 0. `mesh-core` (its own crate), and [`sync`];
 //! 1. [`source`], [`k8s`], [`dns`] (the resolver of DNS ServiceEntries),
-//!    [`workloads`] (pod cgroups), [`dataplane`], [`proxy`];
+//!    [`workloads`] (pod cgroups), [`state`] (the last good configuration
+//!    kept on the node), [`dataplane`], [`proxy`];
 //! 2. [`agent`];
 //! 3. [`report`], [`admin`]; then the binaries.
 
@@ -23,5 +24,6 @@ pub mod k8s;
 pub mod proxy;
 pub mod report;
 pub mod source;
+pub mod state;
 pub mod sync;
 pub mod workloads;

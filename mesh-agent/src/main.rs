@@ -7,6 +7,7 @@ use mesh_agent::dns;
 use mesh_agent::k8s::{self, KubeSource, LeaseTiming, StatusWriter};
 use mesh_agent::proxy::{self, Proxy};
 use mesh_agent::source::{ConfigSource, FileSource};
+use mesh_agent::state::StateDir;
 use mesh_agent::workloads::{self, Layout, PodCgroups};
 use mesh_core::locality::Locality;
 use mesh_core::node::NodeContext;
@@ -161,6 +162,10 @@ struct RunArgs {
     /// do not apply to those connections); `false`: they are refused.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     l7_fail_open: bool,
+    /// Where the last good configuration is kept across restarts (the
+    /// DaemonSet mounts a hostPath there).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// Print a JSON access-log line per proxied request on stdout.
     #[arg(long)]
     access_log: bool,
@@ -374,6 +379,10 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     tracing::info!(locality = ?node.locality.as_ref().map(ToString::to_string), "node locality");
     let reload = reload.with_node(node, pods);
+    let reload = match &args.state_dir {
+        Some(dir) => reload.with_state(StateDir::new(dir)),
+        None => reload,
+    };
     // The first configuration goes into the maps before any program can
     // read them. It waits off the runtime, which meanwhile drives the
     // watches it waits for.

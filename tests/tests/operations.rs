@@ -75,3 +75,36 @@ fn while_no_proxy_listens_l7_ports_fail_open_to_the_kernel() {
     let report = env.probe(&client, &["http", "--target", "10.96.0.20:80", "--count", "1"]).unwrap();
     assert_eq!(report["ok"], 0, "refused while no proxy listens: {report}");
 }
+
+#[test]
+fn a_restarted_agent_serves_the_last_good_version_it_kept() {
+    let env = TestEnv::new("ops_state").expect("test env");
+    let _client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let state = env.config_dir().parent().unwrap().join("state");
+    let rule = |algorithm: &str| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: shop}}\nspec:\n  clusterIP: 10.96.0.40\n  ports: [{{name: tcp, port: 5432}}]\n---\n\
+             apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: db, namespace: shop}}\n\
+             spec: {{host: db, trafficPolicy: {{loadBalancer: {{simple: {algorithm}}}}}}}\n"
+        )
+    };
+    let load_balancer =
+        || env.admin_json("/status")["services"][0]["load_balancer"].as_str().unwrap_or_default().to_owned();
+    env.write_config("db.yaml", &rule("RANDOM")).unwrap();
+    env.start_agent(&["--state-dir", state.to_str().unwrap()]).unwrap();
+    assert_eq!(load_balancer(), "RANDOM");
+    env.stop_agent().unwrap();
+    // The rule is broken while no agent runs; the next one keeps serving the
+    // version it knew, as the other nodes do.
+    env.write_config("db.yaml", &rule("FASTEST")).unwrap();
+    env.start_agent(&["--state-dir", state.to_str().unwrap()]).unwrap();
+    let status = env.admin_json("/status");
+    assert_eq!(load_balancer(), "RANDOM", "{status}");
+    let rejections = status["config"]["rejections"].to_string();
+    assert!(rejections.contains("FASTEST") && rejections.contains("last good"), "{rejections}");
+    env.stop_agent().unwrap();
+    // Without the state it kept, the rule falls back on the default.
+    std::fs::remove_dir_all(&state).unwrap();
+    env.start_agent(&[]).unwrap();
+    assert_eq!(load_balancer(), "LEAST_REQUEST");
+}

@@ -37,6 +37,7 @@ pub const AGENT_LAYERS: &[(&str, u8)] = &[
     ("source", 1),
     ("dns", 1),
     ("workloads", 1),
+    ("state", 1),
     ("k8s", 1),
     ("dataplane", 1),
     ("proxy", 1),

@@ -8,6 +8,7 @@
 use crate::api::Resource;
 use crate::object::{ObjectKey, Rejection, SourcedObject};
 use serde_json::Value;
+use std::sync::Arc;
 
 /// One file's documents (or one API object), object by object.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -180,6 +181,13 @@ pub fn decode_object(origin: &str, mut value: Value, parsed: &mut ParsedFile) {
     // Only the Istio kinds are checked for fields their types lack: what
     // the mesh reads of the Kubernetes kinds is a small part of them.
     let mut unknown_fields = Vec::new();
+    let mut raw = value.clone();
+    if let Some(object) = raw.as_object_mut() {
+        object.remove("status");
+        if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
+            metadata.remove("managedFields");
+        }
+    }
     let decoded = match served_kind {
         "Service" => decode(value).map(Resource::Service),
         "Pod" => decode(value).map(Resource::Pod),
@@ -197,7 +205,9 @@ pub fn decode_object(origin: &str, mut value: Value, parsed: &mut ParsedFile) {
         Ok(resource) if resource.metadata().name.is_empty() => {
             parsed.problems.push(reject("metadata.name", "missing".into()))
         }
-        Ok(resource) => parsed.objects.push(SourcedObject { file: origin.to_owned(), resource, unknown_fields }),
+        Ok(resource) => {
+            parsed.objects.push(SourcedObject { file: origin.to_owned(), resource, unknown_fields, raw: Arc::new(raw) })
+        }
         Err((field, message)) => undecodable(&field, message),
     }
 }

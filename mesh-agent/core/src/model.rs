@@ -337,6 +337,11 @@ impl Model {
         self.accepted.get(key).and_then(|object| object.resource.metadata().generation)
     }
 
+    /// Every object that serves, as it came from its source.
+    pub fn served_objects(&self) -> impl Iterator<Item = &SourcedObject> {
+        self.accepted.values()
+    }
+
     /// The version of `key` that serves, as it came from its source.
     pub fn served_object(&self, key: &ObjectKey) -> Option<&SourcedObject> {
         self.accepted.get(key)

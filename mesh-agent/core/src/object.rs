@@ -20,6 +20,9 @@ pub struct SourcedObject {
     /// serde dropped them), as paths such as `spec.http[0].futureField`.
     /// Kept with the object so that a last good version keeps its own.
     pub unknown_fields: Vec<String>,
+    /// The object as it came (less its `status` and `managedFields`), so
+    /// that a last good version can be kept across restarts.
+    pub raw: std::sync::Arc<serde_json::Value>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
