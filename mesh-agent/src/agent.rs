@@ -77,6 +77,9 @@ pub struct ReloadLoop {
     pods: Option<PodCgroups>,
     /// Where the last good configuration is kept across restarts.
     state: Option<StateDir>,
+    /// The configuration being applied came whole (not an incomplete first
+    /// load): only such a one is kept in `state`.
+    complete: bool,
 }
 
 /// What each object's warnings were when they were last logged (a hash of
@@ -175,6 +178,7 @@ impl ReloadLoop {
             node: Arc::default(),
             pods: None,
             state: None,
+            complete: false,
         };
         (this, receiver)
     }
@@ -247,8 +251,12 @@ impl ReloadLoop {
         let batch = match self.source.poll() {
             Ok(Some(batch)) => batch,
             Ok(None) => {
-                let resolved = self.dns.as_mut().and_then(DnsLink::changed);
-                let node = self.node_changed();
+                // Only once a configuration was loaded: before that, the
+                // model is empty (or the kept one) and must not replace
+                // what the kernel serves.
+                let loaded = self.published.borrow().ready;
+                let resolved = if loaded { self.dns.as_mut().and_then(DnsLink::changed) } else { None };
+                let node = if loaded { self.node_changed() } else { None };
                 if resolved.is_some() || node.is_some() {
                     // New answers or pods for the same objects: compiled again.
                     let mut model = self.model.clone();
@@ -307,6 +315,7 @@ impl ReloadLoop {
     /// Compiles `model` and writes the snapshot; a model that does not fit
     /// leaves the last good configuration serving.
     fn compile_and_apply(&mut self, model: Model, started: Instant, incomplete: bool) {
+        self.complete = !incomplete;
         let compiling = Instant::now();
         let compiled = compile(&model, &self.cluster_domain);
         tracing::debug!(compile_micros = compiling.elapsed().as_micros() as u64, "configuration compiled");
@@ -336,7 +345,7 @@ impl ReloadLoop {
 
     fn apply_additive(&mut self, snapshot: Snapshot, started: Instant) {
         match self.writer.apply_additive(&snapshot) {
-            Ok(stats) => self.publish_applied(snapshot, started, stats),
+            Ok(stats) => self.publish_applied(snapshot, started, stats, false),
             Err(error) => {
                 tracing::error!(%error, "writing the kernel maps failed");
                 self.publish_failure(error.to_string(), started);
@@ -348,7 +357,7 @@ impl ReloadLoop {
         match self.writer.apply(&snapshot) {
             Ok(stats) => {
                 self.taken_over = false;
-                self.publish_applied(snapshot, started, stats);
+                self.publish_applied(snapshot, started, stats, true);
             }
             Err(error) => {
                 let delay = (last_delay * 2).clamp(POLL_INTERVAL, MAX_RETRY_DELAY);
@@ -359,8 +368,10 @@ impl ReloadLoop {
         }
     }
 
-    fn publish_applied(&mut self, mut snapshot: Snapshot, started: Instant, stats: ApplyStats) {
-        if let Some(state) = &mut self.state {
+    /// Publishes an applied snapshot; `complete`: it came from a whole
+    /// configuration (an additive first load is not kept on disk).
+    fn publish_applied(&mut self, mut snapshot: Snapshot, started: Instant, stats: ApplyStats, complete: bool) {
+        if let Some(state) = self.state.as_mut().filter(|_| complete && self.complete) {
             if let Err(error) = state.save(&self.model) {
                 tracing::warn!(%error, "the last good configuration is not kept on this node");
             }

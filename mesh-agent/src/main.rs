@@ -365,6 +365,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         mesh_cidrs: args.mesh_cidrs.clone(),
         resolvers: std::fs::read_to_string(&args.resolv_conf).map(|t| workloads::nameservers(&t)).unwrap_or_default(),
         l7_fail_open: args.l7_fail_open,
+        exempt_namespaces: vec!["kube-system".into(), args.lease_namespace.clone()],
+        agent_cgroup: workloads::own_cgroup_id(
+            &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
+            &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+        ),
         locality: match (&args.locality, &kube, &args.node_name) {
             (Some(text), ..) => Some(Locality::parse(text)),
             (None, Some((client, _)), Some(node)) => match runtime.block_on(k8s::node_locality(client, node)) {

@@ -143,6 +143,22 @@ pub fn cgroup2_mount_for(path: &Path, mountinfo: &str) -> Option<PathBuf> {
         .max_by_key(|mount| mount.components().count())
 }
 
+/// The id of this process's own cgroup v2 (0 when it cannot be told): the
+/// inode of its directory, found from `/proc/self/cgroup` under the
+/// hierarchy's mount (`mountinfo`).
+pub fn own_cgroup_id(proc_self_cgroup: &str, mountinfo: &str) -> u64 {
+    let Some(path) = proc_self_cgroup.lines().find_map(|line| line.strip_prefix("0::")) else { return 0 };
+    // The v2 mount whose root is the hierarchy's (or this namespace's).
+    let Some(root) = (mountinfo.lines()).find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
+    }) else {
+        return 0;
+    };
+    std::fs::metadata(root.join(path.trim_start_matches('/'))).map(|m| m.ino()).unwrap_or(0)
+}
+
 /// The nameservers of a resolv.conf text: pods that use them reach them on
 /// port 53 whatever their policy.
 pub fn nameservers(resolv_conf: &str) -> Vec<std::net::IpAddr> {

@@ -338,8 +338,12 @@ pub struct PolicyConfig {
     /// 1: while no proxy listens, connects to L7 ports are balanced in the
     /// kernel at L4 instead of refused (`--l7-fail-open`).
     pub l7_fail_open: u32,
+    /// The agent's own cgroup: its proxy's connects are never captured
+    /// back to itself (an endpoint address may also be a frontend, as a
+    /// DNS ServiceEntry's answers are). 0: unknown.
+    pub agent_cgroup: u64,
 }
-const _: () = assert!(core::mem::size_of::<PolicyConfig>() == 32);
+const _: () = assert!(core::mem::size_of::<PolicyConfig>() == 40);
 
 /// A workload's outbound policy, by the id of its pod cgroup.
 #[repr(C)]

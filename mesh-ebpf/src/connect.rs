@@ -3,7 +3,7 @@
 //! frontend captures it.
 
 use aya_ebpf::{
-    helpers::generated::{bpf_get_socket_cookie, bpf_map_lookup_elem, bpf_sk_release},
+    helpers::generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_map_lookup_elem, bpf_sk_release},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
     EbpfContext,
@@ -140,6 +140,10 @@ fn capture(ctx: &SockAddrContext, cookie: u64, fe: &Frontend, dial: &Dial, v6_ct
     } else {
         return None;
     };
+    // The proxy's own connects are balanced at L4, never sent back to it.
+    if POLICY.get(0).is_some_and(|config| config.agent_cgroup != 0 && config.agent_cgroup == current_cgroup()) {
+        return None;
+    }
     if !proxy_listening(dial.key.family) {
         // No proxy (its agent is gone): balanced at L4 when failing open,
         // else refused at once rather than sent to a closed port.
@@ -168,6 +172,11 @@ fn capture(ctx: &SockAddrContext, cookie: u64, fe: &Frontend, dial: &Dial, v6_ct
     count(global_stat::CONNECT_CAPTURED);
     count_cluster(fe.cluster_id, |s| s.connects += 1);
     Some(ALLOW)
+}
+
+#[inline(always)]
+fn current_cgroup() -> u64 {
+    unsafe { bpf_get_current_cgroup_id() }
 }
 
 /// Whether the proxy's listener of `family` is open: a lookup in the

@@ -465,3 +465,36 @@ fn a_service_entry_selects_workload_entries_and_pods_by_labels() {
     let status = env.admin_json("/status");
     assert_eq!(status["config"]["warnings"], serde_json::json!([]), "{status}");
 }
+
+#[test]
+fn an_http_dns_entry_whose_answers_are_its_own_addresses_is_proxied_without_a_loop() {
+    let env = TestEnv::new("se_dns_http").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let web = env.add_pod("web", "10.244.1.2", "fd00:244::1:2");
+    let _server = web.serve_http(8080);
+    let resolver = env.add_pod("dns", "10.244.5.2", "fd00:244::5:2");
+    let dns = resolver.serve_dns(53);
+    dns.set("web.example.test", &["10.244.1.2".parse().unwrap()]);
+    let resolv_conf = env.config_dir().parent().unwrap().join("resolv.conf");
+    std::fs::write(&resolv_conf, "nameserver 10.244.5.2\n").unwrap();
+    // The answer is the address applications dial and the endpoint the
+    // proxy dials: the proxy's own connect must not come back to it.
+    let config = [
+        entry(
+            "web",
+            "  hosts: [web.example.test]\n  ports: [{number: 8080, name: http, protocol: HTTP}]\n  resolution: DNS\n",
+        ),
+        "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web, namespace: shop}\n\
+         spec:\n  hosts: [web.example.test]\n  http:\n  - headers: {response: {set: {x-via-proxy: 'yes'}}}\n\
+         \x20   route: [{destination: {host: web.example.test}}]\n"
+            .to_owned(),
+    ]
+    .concat();
+    env.write_config("web.yaml", &config).unwrap();
+    env.start_agent_on_node(&["--resolv-conf", resolv_conf.to_str().unwrap()]).unwrap();
+    let through_proxy = || {
+        let report = probe(&env, &client, &["http", "--target", "10.244.1.2:8080", "--count", "3"]);
+        report["ok"] == 3 && report["first"]["headers"]["x-via-proxy"] == "yes"
+    };
+    assert!(wait_until(Duration::from_secs(10), through_proxy), "{}", env.agent_log());
+}

@@ -23,6 +23,12 @@ pub struct NodeContext {
     pub locality: Option<Locality>,
     /// While no proxy listens, L7 ports are balanced at L4, not refused.
     pub l7_fail_open: bool,
+    /// Namespaces whose pods get no outbound policy (the agent's own,
+    /// kube-system).
+    pub exempt_namespaces: Vec<String>,
+    /// The agent's own cgroup id (0: unknown): its proxy's connects are not
+    /// captured.
+    pub agent_cgroup: u64,
 }
 
 /// A pod's cgroup: its id (the cgroup directory's inode) and its depth in

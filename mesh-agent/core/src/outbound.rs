@@ -105,6 +105,11 @@ pub fn compile<'a>(model: &Model, services: impl Iterator<Item = ServicePortRef<
                 (cgroup.namespace.as_str(), cgroup.name.as_str(), pod.map(|p| &p.labels).unwrap_or(&no_labels))
             }
         };
+        // The system's own pods (the agent's namespace, kube-system) are
+        // never restricted: the mesh must not cut its own control plane.
+        if node.exempt_namespaces.iter().any(|exempt| exempt == namespace) {
+            continue;
+        }
         let sidecar = sidecar_for(model.sidecars.values(), namespace, labels);
         let policy = sidecar.and_then(|s| s.outbound).unwrap_or(node.default_policy);
         let flags = if policy == OutboundPolicy::RegistryOnly { POLICY_REGISTRY_ONLY } else { 0 };
@@ -125,6 +130,7 @@ pub fn compile<'a>(model: &Model, services: impl Iterator<Item = ServicePortRef<
     out.config.level_count = levels.len().min(capacity::POD_LEVELS) as u32;
     out.config.any_restricted = out.workloads.values().any(|w| w.flags & POLICY_REGISTRY_ONLY != 0) as u32;
     out.config.l7_fail_open = node.l7_fail_open as u32;
+    out.config.agent_cgroup = node.agent_cgroup;
     if out.config.any_restricted != 0 {
         out.registry = registry(model);
     }
@@ -132,7 +138,8 @@ pub fn compile<'a>(model: &Model, services: impl Iterator<Item = ServicePortRef<
     out.config.any_scoped = !used.is_empty() as u32;
     for sidecar in model.sidecars.values() {
         let Some(scope) = scopes.get(&sidecar.id()).copied().filter(|s| used.contains(s)) else { continue };
-        let seen = services.clone().filter(|s| sidecar.sees(s.namespace, s.host, s.port));
+        // DNS is never scoped away (the resolvers' Services), as in Istio.
+        let seen = services.clone().filter(|s| s.port == 53 || sidecar.sees(s.namespace, s.host, s.port));
         out.scope_clusters.extend(seen.map(|s| (ScopeClusterKey { scope, _pad: 0, cluster_id: s.cluster_id }, 1)));
     }
     out

@@ -364,18 +364,22 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
                     prefer_close: service.prefer_close,
                 };
                 let placed = placements_of(setting, model.node.locality.as_ref(), backends.iter());
-                let keys: Vec<Backend> = (backends.iter().zip(slot_counts(placed.as_deref(), backends.len())))
-                    .flat_map(|(b, count)| std::iter::repeat_n(backend_key(b.address), count))
+                let counts = slot_counts(placed.as_deref(), backends.len());
+                let keys: Vec<Backend> = (backends.iter().zip(&counts))
+                    .flat_map(|(b, count)| std::iter::repeat_n(backend_key(b.address), *count))
                     .collect();
                 for (index, backend) in keys.iter().enumerate() {
                     snapshot.slots.insert(SlotKey { group_id: group, index: index as u32, _pad: 0 }, *backend);
                 }
                 if algorithm == lb::MAGLEV_SOURCE_IP && !keys.is_empty() {
-                    let names: Vec<String> = backends.iter().map(|b| b.address.to_string()).collect();
+                    // The table spreads over the backends that have slots
+                    // (each once: Maglev weighs them equally).
+                    let chosen: Vec<&BackendView> =
+                        (backends.iter().zip(&counts)).filter(|(_, count)| **count > 0).map(|(b, _)| b).collect();
+                    let names: Vec<String> = chosen.iter().map(|b| b.address.to_string()).collect();
                     for (index, owner) in maglev::build_table(&names, maglev_size).into_iter().enumerate() {
-                        snapshot
-                            .maglev
-                            .insert(SlotKey { group_id: group, index: index as u32, _pad: 0 }, keys[owner as usize]);
+                        let backend = backend_key(chosen[owner as usize].address);
+                        snapshot.maglev.insert(SlotKey { group_id: group, index: index as u32, _pad: 0 }, backend);
                     }
                 }
                 let frontend = Frontend {
@@ -978,5 +982,10 @@ mod tests {
         );
         // 25% each in zone a, 50% the one in zone b: slots 1, 1, 2.
         assert_eq!(slots(&distribute, Some("r/a")), ["10.0.0.1", "10.0.0.2", "10.0.0.3", "10.0.0.3"]);
+        // Maglev over the close endpoints only (its table indexes them).
+        let maglev = format!(
+            "{prefer_close}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: db, namespace: shop}}\nspec:\n  host: db\n  trafficPolicy: {{loadBalancer: {{consistentHash: {{useSourceIp: true}}}}}}\n"
+        );
+        assert_eq!(slots(&maglev, Some("r/a")), ["10.0.0.1", "10.0.0.2"]);
     }
 }

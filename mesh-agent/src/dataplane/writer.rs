@@ -200,6 +200,9 @@ impl MapWriter {
         merge_missing(&mut merged.service_ips, &self.current.service_ips);
         merge_missing(&mut merged.slots, &self.current.slots);
         merge_missing(&mut merged.maglev, &self.current.maglev);
+        merge_missing(&mut merged.outbound.registry, &self.current.outbound.registry);
+        merge_missing(&mut merged.outbound.workloads, &self.current.outbound.workloads);
+        merge_missing(&mut merged.outbound.scope_clusters, &self.current.outbound.scope_clusters);
         self.apply(&merged)
     }
 

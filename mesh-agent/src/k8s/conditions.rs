@@ -299,7 +299,12 @@ impl StatusWriter {
         // A watch that is down (or relisting) leaves the snapshot stale:
         // status written from it could say what is no longer true.
         let watches = self.store.state();
-        if !watches.synced || watches.kinds.iter().any(|kind| kind.error.is_some()) {
+        // A kind the server does not serve is empty, not failing; Secrets
+        // only feed TLS, not what status says.
+        let failing = |kind: &super::watch::KindState| {
+            kind.error.is_some() && !kind.not_served && !kind.name.starts_with("Secret")
+        };
+        if !watches.synced || watches.kinds.iter().any(failing) {
             tracing::debug!("a watch is not synced; status waits");
             return;
         }

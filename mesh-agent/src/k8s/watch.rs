@@ -113,6 +113,9 @@ pub struct KindState {
     pub synced: bool,
     /// The watch is failing (retried with backoff): the last error.
     pub error: Option<String>,
+    /// The API server does not serve the kind (404): empty, not failing.
+    #[serde(default)]
+    pub not_served: bool,
     /// Unix seconds of the last event or error.
     pub last_event_unix: u64,
 }
@@ -137,6 +140,8 @@ struct KindStore {
     relist: Option<BTreeMap<(String, String), StoredObject>>,
     synced: bool,
     error: Option<String>,
+    /// The API server answered 404 for the kind: empty, not failing.
+    not_served: bool,
     last_event_unix: u64,
 }
 
@@ -266,6 +271,7 @@ impl KubeStore {
                 objects: s.objects.len(),
                 synced: s.synced,
                 error: s.error.clone(),
+                not_served: s.not_served,
                 last_event_unix: s.last_event_unix,
             })
             .collect();
@@ -276,6 +282,7 @@ impl KubeStore {
                 objects: secrets.clone().map(|s| s.objects.len()).sum(),
                 synced: secrets.clone().all(|s| s.synced),
                 error: secrets.clone().find_map(|s| s.error.clone()),
+                not_served: false,
                 last_event_unix: secrets.map(|s| s.last_event_unix).max().unwrap_or(0),
             });
         }
@@ -315,6 +322,7 @@ impl KubeStore {
             tracing::warn!(kind = kind.name, api_version = %kind.api_version(), "not served by the API server; treated as empty");
         }
         s.error = Some(format!("{} is not served by the API server (404)", kind.api_version()));
+        s.not_served = true;
         s.last_event_unix = unix_now();
         if !s.synced || !s.objects.is_empty() {
             s.objects.clear();
@@ -368,6 +376,7 @@ impl KubeStore {
 fn apply_event(kind: &WatchedKind, s: &mut KindStore, event: Event<serde_json::Value>) -> bool {
     s.last_event_unix = unix_now();
     s.error = None;
+    s.not_served = false;
     match event {
         Event::Init => {
             s.relist = Some(BTreeMap::new());
