@@ -106,13 +106,25 @@ async fn run(
         let now = Instant::now();
         let want = wanted.borrow_and_update().clone();
         names.retain(|name, _| want.contains(name));
-        for name in &want {
-            if names.get(name).is_some_and(|known| known.next > now) {
-                continue;
+        // The names due, looked up together: one slow or failing name does
+        // not hold the others back.
+        let due_names: Vec<&String> =
+            want.iter().filter(|name| names.get(*name).is_none_or(|known| known.next <= now)).collect();
+        let due: Vec<(String, Name)> = (due_names.into_iter())
+            .map(|name| {
+                let known = names.remove(name).unwrap_or(Name { addresses: Vec::new(), next: now, retry: MIN_TTL });
+                (name.clone(), known)
+            })
+            .collect();
+        let looked_up = futures::future::join_all(due.into_iter().map(|(name, mut known)| {
+            let resolver = &resolver;
+            async move {
+                lookup(resolver, &name, &mut known).await;
+                (name, known)
             }
-            let known = names.entry(name.clone()).or_insert(Name { addresses: Vec::new(), next: now, retry: MIN_TTL });
-            lookup(&resolver, name, known).await;
-        }
+        }))
+        .await;
+        names.extend(looked_up);
         let resolved: Resolved = (names.iter())
             .filter(|(_, known)| !known.addresses.is_empty())
             .map(|(name, known)| (name.clone(), known.addresses.clone()))
