@@ -1,23 +1,33 @@
 //! How the agent behaves as an operator runs it: a SIGTERM lets the
 //! requests in flight through its proxy finish before it exits.
 
-use mesh_tests::{wait_until, TestEnv};
+use mesh_tests::{wait_until, Pod, TestEnv};
 use std::io::Read;
 use std::time::Duration;
 
+/// A client pod, and Service `web` (10.96.0.20:80) on an HTTP backend pod,
+/// with a VirtualService whose `http` rules are `rules`.
+fn web_world(test: &str, rules: &str) -> (TestEnv, Pod, mesh_tests::Server) {
+    let env = TestEnv::new(test).expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let server = env.add_pod("b1", "10.244.1.2", "fd00:244::1:2").serve_http(8080);
+    let config = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: shop}}\nspec:\n  clusterIP: 10.96.0.20\n  ports: [{{name: http, port: 80, targetPort: 8080}}]\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: web, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [10.244.1.2]}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hosts: [web]\n  http:\n{rules}"
+    );
+    env.write_config("web.yaml", &config).unwrap();
+    (env, client, server)
+}
+
 #[test]
 fn sigterm_lets_the_requests_in_flight_finish() {
-    let env = TestEnv::new("ops_drain").expect("test env");
-    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
-    let backend = env.add_pod("b1", "10.244.1.2", "fd00:244::1:2");
-    let _server = backend.serve_http(8080);
-    let config = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  clusterIP: 10.96.0.20\n  ports: [{name: http, port: 80, targetPort: 8080}]\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web, namespace: shop, labels: {kubernetes.io/service-name: web}}\n\
-         addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.244.1.2]}]\n---\n\
-         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web, namespace: shop}\nspec:\n  hosts: [web]\n  http:\n\
-         \x20 - match: [{uri: {prefix: /slow}}]\n    fault: {delay: {fixedDelay: 1s, percentage: {value: 100}}}\n    route: [{destination: {host: web}}]\n\
-         \x20 - route: [{destination: {host: web}}]\n";
-    env.write_config("web.yaml", config).unwrap();
+    let (env, client, _server) = web_world(
+        "ops_drain",
+        "  - match: [{uri: {prefix: /slow}}]\n    fault: {delay: {fixedDelay: 1s, percentage: {value: 100}}}\n    route: [{destination: {host: web}}]\n\
+         \x20 - route: [{destination: {host: web}}]\n",
+    );
     env.start_agent_on_node(&[]).unwrap();
     let open = || {
         let (_, metrics) = env.admin_get("/metrics").unwrap_or_default();
@@ -40,16 +50,10 @@ fn sigterm_lets_the_requests_in_flight_finish() {
 
 #[test]
 fn while_no_proxy_listens_l7_ports_fail_open_to_the_kernel() {
-    let env = TestEnv::new("ops_fail_open").expect("test env");
-    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
-    let backend = env.add_pod("b1", "10.244.1.2", "fd00:244::1:2");
-    let _server = backend.serve_http(8080);
-    let config = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: shop}\nspec:\n  clusterIP: 10.96.0.20\n  ports: [{name: http, port: 80, targetPort: 8080}]\n---\n\
-         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web, namespace: shop, labels: {kubernetes.io/service-name: web}}\n\
-         addressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.244.1.2]}]\n---\n\
-         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {name: web, namespace: shop}\nspec:\n  hosts: [web]\n  http:\n\
-         \x20 - headers: {response: {set: {x-via-proxy: 'yes'}}}\n    route: [{destination: {host: web}}]\n";
-    env.write_config("web.yaml", config).unwrap();
+    let (env, client, _server) = web_world(
+        "ops_fail_open",
+        "  - headers: {response: {set: {x-via-proxy: 'yes'}}}\n    route: [{destination: {host: web}}]\n",
+    );
     env.start_agent_on_node(&[]).unwrap();
     let get = || {
         env.probe(&client, &["http", "--target", "10.96.0.20:80", "--count", "3"]).unwrap_or_else(|e| panic!("{e:#}"))
