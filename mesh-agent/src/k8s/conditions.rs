@@ -163,8 +163,10 @@ fn status_patch(
 const RECONCILED: &str = "Reconciled";
 
 /// What was last written for an object: generation, condition, its
-/// messages, and when the condition last flipped.
-type Written = (Option<i64>, Reconciled, Vec<ValidationMessage>, String);
+/// messages, when the condition last flipped, and the uid of the object
+/// it was written to (one deleted and made again under the same name is
+/// another object, written afresh).
+type Written = (Option<i64>, Reconciled, Vec<ValidationMessage>, String, Option<String>);
 
 /// Competes for the Lease and, while holding it, keeps the conditions of
 /// every Istio object in the store up to date.
@@ -311,7 +313,7 @@ impl StatusWriter {
         let mut claimed = std::time::Instant::now();
         for kind in &ISTIO_KINDS {
             let resource: ApiResource = kind.api_resource();
-            for (key, latest_generation) in self.store.istio_objects(kind.kind) {
+            for (key, latest_generation, uid) in self.store.istio_objects(kind.kind) {
                 // A long pass (thousands of objects) keeps renewing, and
                 // stops if the Lease went to another agent meanwhile.
                 if claimed.elapsed() >= self.timing.renew_every {
@@ -330,14 +332,14 @@ impl StatusWriter {
                     false => latest_generation,
                 };
                 let messages = validation_messages_for(&key, &published);
-                let previous = self.written.get(&key);
-                if previous.is_some_and(|(g, c, m, _)| (g, c, m) == (&generation, &condition, &messages)) {
+                let previous = self.written.get(&key).filter(|(.., written_to)| *written_to == uid);
+                if previous.is_some_and(|(g, c, m, ..)| (g, c, m) == (&generation, &condition, &messages)) {
                     continue;
                 }
-                let flipped = previous
-                    .is_none_or(|(_, c, _, _)| (c.accepted, c.reason) != (condition.accepted, condition.reason));
+                let flipped =
+                    previous.is_none_or(|(_, c, ..)| (c.accepted, c.reason) != (condition.accepted, condition.reason));
                 let transition = match previous {
-                    Some((_, _, _, at)) if !flipped => at.clone(),
+                    Some((_, _, _, at, _)) if !flipped => at.clone(),
                     _ => Timestamp::now().to_string(),
                 };
                 let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &key.namespace, &resource);
@@ -361,7 +363,7 @@ impl StatusWriter {
                     }
                 }
                 match outcome {
-                    Some(Ok(())) => drop(self.written.insert(key, (generation, condition, messages, transition))),
+                    Some(Ok(())) => drop(self.written.insert(key, (generation, condition, messages, transition, uid))),
                     // Deleted since the store saw it: nothing to report on.
                     Some(Err(kube::Error::Api(status))) if status.code == 404 => {
                         tracing::debug!(kind = %key.kind, namespace = %key.namespace, name = %key.name, "gone before its status was written")
@@ -376,7 +378,7 @@ impl StatusWriter {
         // Objects that are gone need nothing more.
         let present: std::collections::HashSet<ObjectKey> = ISTIO_KINDS
             .iter()
-            .flat_map(|kind| self.store.istio_objects(kind.kind).into_iter().map(|(key, _)| key))
+            .flat_map(|kind| self.store.istio_objects(kind.kind).into_iter().map(|(key, ..)| key))
             .collect();
         self.written.retain(|key, _| present.contains(key));
     }

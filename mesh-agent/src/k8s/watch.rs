@@ -290,7 +290,7 @@ impl KubeStore {
     }
 
     /// The objects of one Istio kind: key and generation, for status.
-    pub fn istio_objects(&self, kind: &str) -> Vec<(ObjectKey, Option<i64>)> {
+    pub fn istio_objects(&self, kind: &str) -> Vec<(ObjectKey, Option<i64>, Option<String>)> {
         let store = self.lock();
         let Some((_, s)) = store.kinds.iter().find(|(k, _)| k.group == "networking.istio.io" && k.kind == kind) else {
             return Vec::new();
@@ -298,7 +298,9 @@ impl KubeStore {
         s.objects
             .iter()
             .map(|((namespace, name), o)| {
-                (ObjectKey { kind: kind.into(), namespace: namespace.clone(), name: name.clone() }, o.generation)
+                let key = ObjectKey { kind: kind.into(), namespace: namespace.clone(), name: name.clone() };
+                let uid = o.parsed.objects.first().and_then(|object| object.resource.metadata().uid.clone());
+                (key, o.generation, uid)
             })
             .collect()
     }
