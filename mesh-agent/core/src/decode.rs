@@ -181,7 +181,13 @@ pub fn decode_object(origin: &str, mut value: Value, parsed: &mut ParsedFile) {
     // Only the Istio kinds are checked for fields their types lack: what
     // the mesh reads of the Kubernetes kinds is a small part of them.
     let mut unknown_fields = Vec::new();
-    let mut raw = value.clone();
+    // The copy a last good version is kept from across restarts; the kinds
+    // never kept (the state directory leaves them out) make none, and they
+    // are most of a large cluster's objects.
+    let mut raw = match served_kind {
+        "Pod" | "Secret" | "EndpointSlice" => Value::Null,
+        _ => value.clone(),
+    };
     if let Some(object) = raw.as_object_mut() {
         object.remove("status");
         if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
