@@ -34,8 +34,6 @@ const READ_RESERVE: usize = 8 * 1024;
 const MAX_BODY_BYTES: u64 = 64 * 1024;
 /// Response bytes gathered before a write.
 const WRITE_GATHER_BYTES: usize = 64 * 1024;
-/// The write buffer a connection keeps between responses.
-const WRITE_KEPT_BYTES: usize = 4 * 1024;
 
 /// How serving a connection here ended.
 pub enum Served<IO> {
@@ -48,6 +46,13 @@ pub enum Served<IO> {
 
 /// A client connection this path serves: a TCP stream, or TLS over one.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {
+    /// Ready when the client has sent something (or closed): an idle
+    /// connection waits here holding no read buffer. TLS reads its records
+    /// into its own buffer anyway, so it is always "ready".
+    fn poll_readable(&mut self, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
     /// While a request is handled: what the client sends (appended to
     /// `read`; 0 when it shut its sending side down), Pending while it
     /// sends nothing.
@@ -55,6 +60,10 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {
 }
 
 impl ClientIo for TcpStream {
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.poll_read_ready(cx)
+    }
+
     /// Only readiness is watched: no room is made in the buffer (whose
     /// front the request may still hold) unless the client sends.
     fn poll_client(&mut self, cx: &mut Context<'_>, read: &mut BytesMut) -> Poll<std::io::Result<usize>> {
@@ -106,8 +115,10 @@ where
     H: Fn(Request<ClientBody>) -> F,
     F: Future<Output = Response<ProxyBody>>,
 {
-    let mut read = BytesMut::with_capacity(READ_RESERVE);
-    let mut write = Vec::with_capacity(WRITE_KEPT_BYTES);
+    // Allocated when the client sends, and let go while it is idle: an
+    // idle keep-alive connection holds no buffer.
+    let mut read = BytesMut::new();
+    let mut write = Vec::new();
     let mut fields = FieldSpans::new();
     // One timer for the connection's life, moved on only when it fires: a
     // timer set and cleared for every request costs more than its parsing.
@@ -121,10 +132,9 @@ where
                 Head::Other => return Served::HandOff(Rewind { prefix: read.freeze(), io }),
                 Head::Partial => {}
             }
-            read.reserve(READ_RESERVE);
             tokio::select! {
                 biased;
-                received = io.read_buf(&mut read) => match received {
+                received = read_some(&mut io, &mut read) => match received {
                     Ok(0) | Err(_) => return Served::Closed,
                     Ok(_) => {}
                 },
@@ -178,12 +188,22 @@ where
         if write_response(&mut io, &mut write, response, head_only, last).await.is_err() || last {
             return Served::Closed;
         }
-        // An idle keep-alive connection keeps a small buffer, whatever its
-        // last response was.
-        if write.capacity() > WRITE_KEPT_BYTES {
-            write = Vec::with_capacity(WRITE_KEPT_BYTES);
+        // Nothing more sent yet: the connection goes idle without buffers.
+        if read.is_empty() {
+            read = BytesMut::new();
+            write = Vec::new();
         }
     }
+}
+
+/// Reads what the client sends next into `read`; while `read` is empty,
+/// room is made only once the client has sent something.
+async fn read_some<IO: ClientIo>(io: &mut IO, read: &mut BytesMut) -> std::io::Result<usize> {
+    if read.is_empty() {
+        std::future::poll_fn(|cx| io.poll_readable(cx)).await?;
+    }
+    read.reserve(READ_RESERVE);
+    io.read_buf(read).await
 }
 
 /// What woke a connection whose request is being handled.
