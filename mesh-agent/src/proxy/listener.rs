@@ -161,6 +161,17 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
 }
 
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
+    accept_until_drained(listener, proxy, |proxy, stream, peer| proxy.serve_connection(stream, peer)).await
+}
+
+/// Accepts connections on `listener` until the proxy drains, and serves
+/// each with `serve` on a task of its own, counted open for the drain
+/// while it lasts (TLS, TCP relays and HTTP alike).
+pub(super) async fn accept_until_drained<F, Fut>(listener: TcpListener, proxy: Arc<Proxy>, serve: F)
+where
+    F: Fn(Arc<Proxy>, TcpStream, SocketAddr) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let mut drain = proxy.drain.signal();
     loop {
         let accepted = tokio::select! {
@@ -176,8 +187,12 @@ pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
                 continue;
             }
         };
-        let proxy = proxy.clone();
-        tokio::spawn(async move { proxy.serve_connection(stream, peer).await });
+        let held = proxy.drain.hold();
+        let serving = serve(proxy.clone(), stream, peer);
+        tokio::spawn(async move {
+            let _held = held;
+            serving.await
+        });
     }
 }
 
@@ -213,8 +228,6 @@ pub enum Entry {
 
 impl Proxy {
     async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
-        // Counted open while it lasts (TCP relays too), for the drain.
-        let _held = self.drain.hold();
         let Some(original) = self.original_dst.as_ref().and_then(|table| table.take(peer)) else {
             // Not a captured connection (or its entry was lost): nothing to route by.
             tracing::debug!(%peer, "connection with no recorded original destination; closing");

@@ -12,10 +12,9 @@
 //! finish. A changed certificate (a rotated Secret) serves new handshakes
 //! at once; established connections keep theirs.
 
-use super::drain::draining;
 use super::gateway_state::{names_one_of, GatewayOptions, GatewayState};
 use super::http1::server::Rewind;
-use super::listener::{Connection, Entry, Proxy};
+use super::listener::{accept_until_drained, Connection, Entry, Proxy};
 use super::tcp::{read_client_hello, CLIENT_HELLO_TIMEOUT};
 use mesh_core::gateway::{BoundServer, ListenerKind, ServerTlsMode};
 use std::collections::HashMap;
@@ -65,29 +64,15 @@ pub async fn run(proxy: Arc<Proxy>, options: GatewayOptions, state: watch::Sende
 
 async fn accept(listener: TcpListener, proxy: Arc<Proxy>, state: watch::Receiver<Arc<GatewayState>>) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
-    let mut drain = proxy.drain.signal();
-    loop {
-        let accepted = tokio::select! {
-            accepted = listener.accept() => accepted,
-            () = draining(&mut drain) => return,
-        };
-        let (stream, peer) = match accepted {
-            Ok(accepted) => accepted,
-            Err(error) => {
-                tracing::warn!(%error, "gateway accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                continue;
-            }
-        };
-        let (proxy, state) = (proxy.clone(), state.borrow().clone());
-        tokio::spawn(async move {
-            // Counted open while it lasts (TLS, relays), for the drain.
-            let _held = proxy.drain.hold();
+    accept_until_drained(listener, proxy, move |proxy, stream, peer| {
+        let state = state.borrow().clone();
+        async move {
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().unwrap_or(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
             serve(proxy, state, stream, peer, local).await;
-        });
-    }
+        }
+    })
+    .await
 }
 
 /// Serves one accepted connection by its listener's kind. On a TLS port
