@@ -271,6 +271,10 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Uninstall { bpffs } => {
+            // Never from under a running agent; the lock (and a killed
+            // agent's lock file) goes with the pins.
+            let _lock = dataplane::lock_instance(&bpffs)
+                .with_context(|| format!("an agent still runs on {}; stop it first", bpffs.display()))?;
             std::fs::remove_dir_all(&bpffs).with_context(|| format!("removing {}", bpffs.display()))?;
             tracing::info!(bpffs = %bpffs.display(), "pins removed; programs detached");
             Ok(())

@@ -83,6 +83,9 @@ pub struct TestEnv {
     pods: Mutex<Vec<String>>,
     servers: Arc<server::Registry>,
     agent: Mutex<Option<Agent>>,
+    /// An agent was killed: its lock file stays until `uninstall` (at
+    /// teardown) removes it with the pins.
+    agent_killed: std::sync::atomic::AtomicBool,
     admin: Mutex<Option<SocketAddr>>,
     /// Set while the agent runs inside the node namespace.
     agent_netns: Mutex<Option<PathBuf>>,
@@ -115,6 +118,7 @@ impl TestEnv {
             pods: Mutex::new(Vec::new()),
             servers: Arc::default(),
             agent: Mutex::new(None),
+            agent_killed: Default::default(),
             admin: Mutex::new(None),
             agent_netns: Mutex::new(None),
         };
@@ -290,6 +294,7 @@ impl TestEnv {
     pub fn kill_agent(&self) -> Result<()> {
         let mut agent = lock(&self.agent).take().ok_or_else(|| anyhow!("agent not running"))?;
         agent.kill();
+        self.agent_killed.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -395,6 +400,16 @@ impl TestEnv {
         let pods = std::mem::take(self.pods.get_mut().unwrap_or_else(|e| e.into_inner()));
         for netns in pods.iter().rev().chain([&self.node_netns]) {
             errors.extend(system::netns_del(netns).err());
+        }
+        if self.agent_killed.load(std::sync::atomic::Ordering::Relaxed) {
+            // As an operator would: `uninstall` removes the pins and the
+            // killed agent's lock file.
+            let uninstalled = Command::new(agent_bin()).arg("uninstall").arg("--bpffs").arg(&self.pin_dir).output();
+            if let Err(error) = uninstalled.as_ref().map_err(ToString::to_string).and_then(|out| {
+                out.status.success().then_some(()).ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
+            }) {
+                errors.push(anyhow!("mesh-agent uninstall: {error}"));
+            }
         }
         errors.extend(system::remove_pin_tree(&self.pin_dir).err());
         if std::env::var_os("MESH_TEST_KEEP_TMP").is_none() {

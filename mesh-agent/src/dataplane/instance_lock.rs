@@ -28,7 +28,7 @@ impl Drop for InstanceLock {
 
 /// Takes the lock of the pin directory `bpffs`; fails at once when another
 /// agent holds it.
-pub(super) fn lock_instance(bpffs: &Path) -> Result<InstanceLock, DataplaneError> {
+pub fn lock_instance(bpffs: &Path) -> Result<InstanceLock, DataplaneError> {
     lock_in(Path::new(LOCK_DIR), bpffs)
 }
 
