@@ -704,7 +704,7 @@ impl Snapshot {
     /// Whether a client (its labels and namespace; None: not a known pod)
     /// sees `service`: the Sidecar that applies to it lists it in `egress`,
     /// or lists no egress hosts at all.
-    pub fn visible_to(&self, client: Option<&(BTreeMap<String, String>, String)>, service: &ServicePortView) -> bool {
+    pub fn visible_to(&self, client: Option<(&BTreeMap<String, String>, &str)>, service: &ServicePortView) -> bool {
         let Some((labels, namespace)) = client else { return true };
         crate::sidecar::sidecar_for(self.model.sidecars.values(), namespace, labels)
             .is_none_or(|sidecar| sidecar.sees(&service.namespace, &service.fqdn, service.port))

@@ -274,7 +274,7 @@ struct Inner {
 
 /// The client pod of a connection: its labels and namespace (as
 /// `Connection::source` holds them).
-pub type Client = (BTreeMap<String, String>, String);
+pub type Client<'a> = (&'a BTreeMap<String, String>, &'a str);
 
 impl Clusters {
     /// The plan for `subset` (or the whole service) of
@@ -286,7 +286,7 @@ impl Clusters {
         snapshot: &Arc<Snapshot>,
         index: usize,
         subset: Option<&str>,
-        client: Option<&Client>,
+        client: Option<Client<'_>>,
     ) -> Arc<ClusterPlan> {
         let mut inner = lock(&self.inner);
         let subset = subset.unwrap_or_default();
@@ -301,9 +301,12 @@ impl Clusters {
             inner.renew(snapshot);
         }
         let selected = if inner.selectors { selected_rule(snapshot, index, client) } else { None };
-        let selected_by = selected.map(rule_id);
+        // Compared in place: no id is built per request.
+        let selected_by = selected.map(|rule| (rule.namespace.as_str(), rule.name.as_str()));
         let cached = inner.plans.get(&index).and_then(|plans| {
-            plans.iter().find(|p| &*p.subset == subset && p.selected_by.as_deref() == selected_by.as_deref())
+            plans.iter().find(|p| {
+                &*p.subset == subset && p.selected_by.as_deref().and_then(|id| id.split_once('/')) == selected_by
+            })
         });
         if let Some(plan) = cached {
             return plan.clone();
@@ -438,10 +441,9 @@ pub fn slow_start_applies(load_balancer: &LoadBalancer) -> bool {
 fn selected_rule<'a>(
     snapshot: &'a Snapshot,
     index: usize,
-    client: Option<&Client>,
+    client: Option<Client<'_>>,
 ) -> Option<&'a DestinationRuleModel> {
-    let (labels, namespace) = client?;
-    snapshot.model.selected_rule(&snapshot.services[index].fqdn, Some((labels, namespace.as_str())))
+    snapshot.model.selected_rule(&snapshot.services[index].fqdn, client)
 }
 
 fn rule_id(rule: &DestinationRuleModel) -> Arc<str> {
@@ -545,8 +547,12 @@ mod tests {
         format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  host: web\n{spec}")
     }
 
-    fn client(labels: &[(&str, &str)], namespace: &str) -> Client {
+    fn client(labels: &[(&str, &str)], namespace: &str) -> (BTreeMap<String, String>, String) {
         (labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), namespace.to_owned())
+    }
+
+    fn as_client(client: &(BTreeMap<String, String>, String)) -> Client<'_> {
+        (&client.0, client.1.as_str())
     }
 
     #[test]
@@ -565,18 +571,18 @@ mod tests {
         let addresses =
             |plan: &ClusterPlan| plan.endpoints(false).iter().map(|e| e.address.to_string()).collect::<Vec<_>>();
         let canary = client(&[("track", "canary")], "shop");
-        let picked = clusters.plan(&snapshot, 0, Some("v1"), Some(&canary));
+        let picked = clusters.plan(&snapshot, 0, Some("v1"), Some(as_client(&canary)));
         assert_eq!(addresses(&picked), ["10.244.0.3:8080"], "v1 as the selecting rule defines it");
         assert_eq!(picked.max_retries(), Some(7));
         assert_eq!(picked.selected_by.as_deref(), Some("shop/canary"));
         for other in [Some(client(&[("track", "stable")], "shop")), Some(client(&[("track", "canary")], "else")), None]
         {
-            let plan = clusters.plan(&snapshot, 0, Some("v1"), other.as_ref());
+            let plan = clusters.plan(&snapshot, 0, Some("v1"), other.as_ref().map(as_client));
             assert_eq!(addresses(&plan), ["10.244.0.2:8080"], "{other:?}");
             assert_eq!((plan.max_retries(), plan.selected_by.clone()), (None, None));
         }
         assert!(!Arc::ptr_eq(&picked.state, &clusters.plan(&snapshot, 0, Some("v1"), None).state), "state apart");
-        assert!(Arc::ptr_eq(&picked, &clusters.plan(&snapshot, 0, Some("v1"), Some(&canary))), "cached");
+        assert!(Arc::ptr_eq(&picked, &clusters.plan(&snapshot, 0, Some("v1"), Some(as_client(&canary)))), "cached");
     }
 
     #[test]

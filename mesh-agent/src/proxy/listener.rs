@@ -161,15 +161,15 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, ProxyError> {
 }
 
 pub async fn serve(listener: TcpListener, proxy: Arc<Proxy>) {
-    accept_until_drained(listener, proxy, |proxy, stream, peer| proxy.serve_connection(stream, peer)).await
+    accept_until_drained(listener, proxy, |proxy, stream, peer, held| proxy.serve_connection(stream, peer, held)).await
 }
 
 /// Accepts connections on `listener` until the proxy drains, and serves
-/// each with `serve` on a task of its own, counted open for the drain
-/// while it lasts (TLS, TCP relays and HTTP alike).
+/// each with `serve` on a task of its own, counted open for the drain by
+/// the hold `serve` is given (TLS, TCP relays and HTTP alike: one each).
 pub(super) async fn accept_until_drained<F, Fut>(listener: TcpListener, proxy: Arc<Proxy>, serve: F)
 where
-    F: Fn(Arc<Proxy>, TcpStream, SocketAddr) -> Fut,
+    F: Fn(Arc<Proxy>, TcpStream, SocketAddr, Held) -> Fut,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut drain = proxy.drain.signal();
@@ -187,12 +187,7 @@ where
                 continue;
             }
         };
-        let held = proxy.drain.hold();
-        let serving = serve(proxy.clone(), stream, peer);
-        tokio::spawn(async move {
-            let _held = held;
-            serving.await
-        });
+        tokio::spawn(serve(proxy.clone(), stream, peer, proxy.drain.hold()));
     }
 }
 
@@ -216,6 +211,14 @@ pub struct Connection {
     pub(super) series: std::sync::Mutex<Option<super::metrics::RequestSeries>>,
 }
 
+impl Connection {
+    /// The client pod's labels and namespace, as routes and cluster plans
+    /// take them.
+    pub fn client(&self) -> Option<super::cluster::Client<'_>> {
+        self.source.as_ref().map(|(labels, namespace)| (labels, namespace.as_str()))
+    }
+}
+
 /// How a connection reached the proxy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry {
@@ -227,7 +230,7 @@ pub enum Entry {
 }
 
 impl Proxy {
-    async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr) {
+    async fn serve_connection(self: Arc<Self>, stream: TcpStream, peer: SocketAddr, held: Held) {
         let Some(original) = self.original_dst.as_ref().and_then(|table| table.take(peer)) else {
             // Not a captured connection (or its entry was lost): nothing to route by.
             tracing::debug!(%peer, "connection with no recorded original destination; closing");
@@ -240,17 +243,16 @@ impl Proxy {
             return;
         }
         let pod = source_pod(&snapshot, peer);
-        self.serve_http(Arc::new(connection_of(pod, peer, original)), stream).await;
+        self.serve_http(Arc::new(connection_of(pod, peer, original)), stream, held).await;
     }
 
     /// Serves HTTP on a client connection: plain HTTP/1.1 requests on our
     /// fast path, and from the first request that is anything else on,
     /// hyper's server (HTTP/1.x, h2c, upgrades).
-    pub(super) async fn serve_http<IO>(self: Arc<Self>, connection: Arc<Connection>, io: IO)
+    pub(super) async fn serve_http<IO>(self: Arc<Self>, connection: Arc<Connection>, io: IO, mut held: Held)
     where
         IO: server::ClientIo + Send + 'static,
     {
-        let mut held = self.drain.hold();
         let served =
             server::serve(io, self.header_timeout, &mut held, |request| self.handle(&connection, request)).await;
         match served {

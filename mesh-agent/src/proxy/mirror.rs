@@ -41,11 +41,10 @@ impl Mirrors {
         parts: &Parts,
         body: impl Future<Output = Option<Bytes>> + Send + 'static,
         default_port: u16,
-        client: Option<&Client>,
+        client: Option<Client<'_>>,
     ) {
         let port = destination.port.unwrap_or(default_port);
         let Some(target) = snapshot.service_index_for_host(&destination.host, port) else { return };
-        // The client's own rule (workloadSelector) is not looked up for mirrors.
         let plan = clusters.plan(snapshot, target, destination.subset.as_deref(), client);
         let Some(endpoint) = pick(&plan.state.cursor, plan.endpoints(false), &plan.policy.load_balancer, None, &[])
         else {

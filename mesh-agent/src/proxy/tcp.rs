@@ -120,9 +120,9 @@ impl Proxy {
             tracing::debug!(%peer, %original, "tcp route to an unknown host; closing");
             return;
         };
-        let source = pod.map(|pod| (pod.labels.clone(), pod.namespace.clone()));
+        let source = pod.map(|pod| (&pod.labels, pod.namespace.as_str()));
         let subset = destination.and_then(|d| d.subset.as_deref());
-        let to = Relay { snapshot, target, subset, client: source.as_ref(), ipv6: original.is_ipv6() };
+        let to = Relay { snapshot, target, subset, client: source, ipv6: original.is_ipv6() };
         self.relay_to(client, peer, hello, to).await;
     }
 
@@ -174,11 +174,15 @@ impl Proxy {
     {
         let plan = self.clusters.plan(to.snapshot, to.target, to.subset, to.client);
         let all = plan.endpoints(to.ipv6);
+        let healthy;
         let available = match &plan.outlier {
-            Some(config) => plan.healthy(all, config, std::time::Instant::now()),
-            None => all.to_vec(),
+            Some(config) => {
+                healthy = plan.healthy(all, config, std::time::Instant::now());
+                &healthy[..]
+            }
+            None => all,
         };
-        let endpoints = super::balance::by_priority(all, &available, fastrand::f64());
+        let endpoints = super::balance::by_priority(all, available, fastrand::f64());
         let Some(picked) = pick(&plan.state.cursor, &endpoints, &plan.policy.load_balancer, None, &[]) else {
             tracing::debug!(%peer, cluster = %plan.name, "no endpoint for a tcp route; closing");
             return;
@@ -214,7 +218,7 @@ struct Relay<'a> {
     snapshot: &'a Arc<Snapshot>,
     target: usize,
     subset: Option<&'a str>,
-    client: Option<&'a super::cluster::Client>,
+    client: Option<super::cluster::Client<'a>>,
     ipv6: bool,
 }
 

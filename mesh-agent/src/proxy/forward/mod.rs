@@ -143,9 +143,9 @@ impl Proxy {
         authority: &str,
     ) -> Outcome {
         let fqdn = &snapshot.services[service_index].fqdn;
-        let client_namespace = connection.source.as_ref().map(|(_, namespace)| namespace.as_str());
+        let client_namespace = connection.client().map(|(_, namespace)| namespace);
         let routes = snapshot.routes.http_routes_for(fqdn, client_namespace);
-        let rules = Rules { routes, dialled: Some(service_index), answered_as: Arc::from(fqdn.as_str()) };
+        let rules = Rules { routes, dialled: Some(service_index), answered_as: fqdn };
         self.follow(snapshot, connection, rules, parts, body, authority).await
     }
 
@@ -178,7 +178,7 @@ impl Proxy {
             return Outcome::answer(gateway::https_redirect(authority, &parts), vec![], Arc::from(host.as_str()));
         }
         gateway::set_forwarded(&mut parts.headers, connection);
-        let rules = Rules { routes: &virtual_host.routes, dialled: None, answered_as: Arc::from(host.as_str()) };
+        let rules = Rules { routes: &virtual_host.routes, dialled: None, answered_as: &host };
         self.follow(snapshot, connection, rules, parts, body, authority).await
     }
 
@@ -200,11 +200,11 @@ impl Proxy {
             let matched = first_match(routes, &view);
             if matched.is_none() && (!routes.is_empty() || dialled.is_none()) {
                 // Rules and none matches: Envoy's "no route".
-                return Outcome::local(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NR), cluster);
+                return Outcome::local(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NR), Arc::from(cluster));
             }
             // CORS preflights and redirects are answered from the rule alone.
             if let Some(answer) = matched.and_then(|(route, _)| answer_from_rule(route, &view)) {
-                return Outcome::answer(answer, vec![], cluster);
+                return Outcome::answer(answer, vec![], Arc::from(cluster));
             }
             matched
         };
@@ -226,7 +226,7 @@ impl Proxy {
         snapshot: &Arc<Snapshot>,
         connection: &Connection,
         dialled: Option<usize>,
-        answered_as: Arc<str>,
+        answered_as: &str,
         matched: Option<(&HttpRoute, Option<&HttpMatch>)>,
         mut parts: Parts,
         body: ClientBody,
@@ -237,7 +237,7 @@ impl Proxy {
 
         if let Some(fault) = route.and_then(|r| r.fault.as_ref()) {
             if let Some(abort) = fault::inject(fault, &mut flags).await {
-                return Outcome::answer(abort, flags, answered_as);
+                return Outcome::answer(abort, flags, Arc::from(answered_as));
             }
         }
 
@@ -248,10 +248,10 @@ impl Proxy {
         // A destination the client's Sidecar does not list in `egress` is,
         // to it, a cluster that does not exist (as Istio prunes it).
         let service = &snapshot.services[target.service];
-        if !snapshot.visible_to(connection.source.as_ref(), service) {
+        if !snapshot.visible_to(connection.client(), service) {
             return destination::NoCluster(&service.fqdn).outcome();
         }
-        let plan = self.clusters.plan(snapshot, target.service, target.subset(), connection.source.as_ref());
+        let plan = self.clusters.plan(snapshot, target.service, target.subset(), connection.client());
         let cluster = plan.name.clone();
 
         let upgrade = edits::edit_request(&mut parts, matched, target.destination, authority);
@@ -292,7 +292,7 @@ impl Proxy {
                         Err(whole) => whole.await.ok(),
                     }
                 };
-                let client = connection.source.as_ref();
+                let client = connection.client();
                 let to = &mirror.destination;
                 self.mirrors.send(&self.dialer, &self.clusters, snapshot, to, &parts, copy, plan.port, client);
             }
@@ -370,8 +370,9 @@ struct Rules<'a> {
     /// The service the client dialled (none at a gateway): where a request
     /// goes when the host has no rules.
     dialled: Option<usize>,
-    /// The name answers made without an upstream are counted under.
-    answered_as: Arc<str>,
+    /// The name answers made without an upstream are counted under (made
+    /// an `Arc` only for such an answer: forwarded requests use the plan's).
+    answered_as: &'a str,
 }
 
 /// CONNECT asks for a tunnel, which no route here offers: refused at once
@@ -422,8 +423,8 @@ fn request_view<'a>(parts: &'a Parts, authority: &'a str, connection: &'a Connec
         query: parts.uri.query(),
         headers: &parts.headers,
         port: connection.original.port(),
-        source_labels: connection.source.as_ref().map(|(labels, _)| labels),
-        source_namespace: connection.source.as_ref().map(|(_, namespace)| namespace.as_str()),
+        source_labels: connection.client().map(|(labels, _)| labels),
+        source_namespace: connection.client().map(|(_, namespace)| namespace),
     }
 }
 

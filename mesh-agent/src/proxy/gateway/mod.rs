@@ -12,6 +12,7 @@
 //! finish. A changed certificate (a rotated Secret) serves new handshakes
 //! at once; established connections keep theirs.
 
+use super::drain::Held;
 use super::gateway_state::{names_one_of, GatewayOptions, GatewayState};
 use super::http1::server::Rewind;
 use super::listener::{accept_until_drained, Connection, Entry, Proxy};
@@ -64,12 +65,12 @@ pub async fn run(proxy: Arc<Proxy>, options: GatewayOptions, state: watch::Sende
 
 async fn accept(listener: TcpListener, proxy: Arc<Proxy>, state: watch::Receiver<Arc<GatewayState>>) {
     let port = listener.local_addr().map(|a| a.port()).unwrap_or_default();
-    accept_until_drained(listener, proxy, move |proxy, stream, peer| {
+    accept_until_drained(listener, proxy, move |proxy, stream, peer, held| {
         let state = state.borrow().clone();
         async move {
             let _ = stream.set_nodelay(true);
             let local = stream.local_addr().unwrap_or(SocketAddr::new(IpAddr::V6(Ipv6Addr::UNSPECIFIED), port));
-            serve(proxy, state, stream, peer, local).await;
+            serve(proxy, state, stream, peer, local, held).await;
         }
     })
     .await
@@ -78,13 +79,15 @@ async fn accept(listener: TcpListener, proxy: Arc<Proxy>, state: watch::Receiver
 /// Serves one accepted connection by its listener's kind. On a TLS port
 /// the ClientHello is read first: its server name picks the server, which
 /// relays the bytes unread (passthrough) or terminates TLS with its own
-/// certificate, then serves HTTP or relays TCP.
+/// certificate, then serves HTTP or relays TCP. `held` counts it open for
+/// the drain.
 async fn serve(
     proxy: Arc<Proxy>,
     state: Arc<GatewayState>,
     mut stream: TcpStream,
     peer: SocketAddr,
     local: SocketAddr,
+    held: Held,
 ) {
     let Some((index, listener)) = state.listener(local.port()) else { return };
     // Routes match the Gateway server's port, whatever port was bound.
@@ -93,7 +96,7 @@ async fn serve(
         match listener.kind {
             ListenerKind::Http => {
                 let connection = Connection::at_gateway(peer, local, None, "http");
-                proxy.serve_http(Arc::new(connection), stream).await;
+                proxy.serve_http(Arc::new(connection), stream, held).await;
             }
             _ => {
                 let Some(server) = listener.servers.iter().find(|s| !s.tcp.is_empty()) else { return };
@@ -130,11 +133,8 @@ async fn serve(
     // HTTP/2 as ALPN chose goes to hyper at once; HTTP/1.1 takes the fast
     // path first, as on a node.
     match tls.get_ref().1.alpn_protocol() {
-        Some(b"h2") => {
-            let held = proxy.drain.hold();
-            proxy.serve_with_hyper(connection, tls, held).await
-        }
-        _ => proxy.serve_http(connection, tls).await,
+        Some(b"h2") => proxy.serve_with_hyper(connection, tls, held).await,
+        _ => proxy.serve_http(connection, tls, held).await,
     }
 }
 
