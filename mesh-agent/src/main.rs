@@ -484,7 +484,7 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
             }
             (SourceKind::Files, None) => anyhow::bail!("--source files needs --config-dir"),
         };
-    let (reload, published) = ReloadLoop::new(source, Box::new(NoMaps), args.cluster_domain.clone(), false);
+    let (reload, published) = ReloadLoop::new(source, Box::new(NoMaps), args.cluster_domain, false);
     let reload = with_resolver(reload, &runtime, &args.resolv_conf);
     let node = NodeContext { locality: args.locality.as_deref().map(Locality::parse), ..NodeContext::default() };
     let reload = reload.with_node(node, None);
@@ -506,12 +506,8 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         proxy_listeners: Vec::new(),
         proxy: proxy.clone(),
     });
-    let options = proxy::gateway_state::GatewayOptions {
-        labels,
-        namespace: args.namespace.clone(),
-        cluster_domain: args.cluster_domain,
-        listen_ip: args.listen_ip,
-    };
+    let options =
+        proxy::gateway_state::GatewayOptions { labels, namespace: args.namespace.clone(), listen_ip: args.listen_ip };
     runtime.block_on(async {
         let server = serve_admin(args.admin, args.health, shared).await?;
         tokio::spawn(proxy::gateway::run(proxy.clone(), options, state));

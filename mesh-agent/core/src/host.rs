@@ -151,6 +151,30 @@ pub fn host_subset_of(inner: &str, outer: &str) -> bool {
     }
 }
 
+/// How closely `pattern` (a lowercase host, perhaps a wildcard) covers
+/// `name` (any case, a trailing dot ignored): exact beats any wildcard, a
+/// longer wildcard a shorter one, `*` last; None when it does not.
+pub fn host_specificity(pattern: &str, name: &str) -> Option<usize> {
+    let name = name.strip_suffix('.').unwrap_or(name);
+    match pattern.strip_prefix('*') {
+        Some(suffix) => (name.len() > suffix.len()
+            && name.get(name.len() - suffix.len()..).is_some_and(|tail| tail.eq_ignore_ascii_case(suffix)))
+        .then_some(suffix.len()),
+        None => name.eq_ignore_ascii_case(pattern).then_some(usize::MAX),
+    }
+}
+
+/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
+pub fn strip_port(host: &str) -> &str {
+    if let Some(end) = host.strip_prefix('[').and_then(|rest| rest.find(']')) {
+        return &host[..end + 2];
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
 /// Gateway names as Istio's `validateGatewayNames` checks them:
 /// `namespace/name` (two labels), or a name checked as an FQDN (`mesh`,
 /// `name`, the legacy `name.namespace`).

@@ -8,6 +8,7 @@
 use crate::api::{self, IntOrString, Resource};
 use crate::destination_rule::{self, DestinationRuleModel};
 use crate::field::{parse_port, FieldError};
+use crate::host::host_specificity;
 // The submodules, not `gateway` itself: its plan reads the model.
 use crate::gateway::object::{validate_gateway, GatewayModel};
 use crate::locality::Locality;
@@ -699,16 +700,6 @@ impl Model {
             }
         }
         best.map(|(_, rule)| rule)
-    }
-}
-
-/// How closely a rule's host covers `fqdn`: exact beats any wildcard, a
-/// longer wildcard a shorter one; None when it does not cover it.
-fn host_specificity(rule_host: &str, fqdn: &str) -> Option<usize> {
-    if rule_host == fqdn {
-        Some(usize::MAX)
-    } else {
-        rule_host.strip_prefix('*').filter(|suffix| fqdn.ends_with(suffix)).map(str::len)
     }
 }
 

@@ -9,7 +9,7 @@
 use crate::api::Sidecar;
 use crate::destination_rule::ROOT_NAMESPACE;
 use crate::field::{FieldError, Path};
-use crate::host::{is_istio_label, validate_host_name, validate_labels};
+use crate::host::{host_subset_of, is_istio_label, validate_host_name, validate_labels};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -73,14 +73,9 @@ impl SidecarModel {
             "." => namespace == self.namespace,
             name => namespace == name,
         };
-        let host_fits = |pattern: &str| match pattern.strip_prefix('*') {
-            Some("") => true,
-            Some(suffix) => host.ends_with(suffix),
-            None => host == pattern,
-        };
         (self.egress.iter())
             .filter(|listener| listener.port.is_none_or(|p| p == port))
-            .any(|listener| listener.hosts.iter().any(|(ns, h)| namespace_fits(ns) && host_fits(h)))
+            .any(|listener| listener.hosts.iter().any(|(ns, h)| namespace_fits(ns) && host_subset_of(host, h)))
     }
 
     fn selects(&self, labels: &BTreeMap<String, String>) -> bool {

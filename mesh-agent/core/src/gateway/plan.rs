@@ -20,7 +20,8 @@
 
 use super::bind::{gateway_rules, intersect_hosts, narrow_sni, GatewayRules};
 use super::object::{can_share, GatewayModel};
-use super::server::{host_specificity, ListenerKind, ServerCertificate, ServerModel, ServerTlsMode};
+use super::server::{ListenerKind, ServerCertificate, ServerModel, ServerTlsMode};
+use crate::host::{host_specificity, strip_port};
 use crate::model::Model;
 use crate::route::{HttpRoute, TcpRoute, TlsRoute, VirtualServiceModel};
 use serde::Serialize;
@@ -103,20 +104,19 @@ impl GatewayPlan {
     /// The Gateways (all namespaces) whose selector matches `labels`, and
     /// the VirtualServices bound to them, whatever their `exportTo`
     /// (see [`GatewayPlan::compile_in`]).
-    pub fn compile(model: &Model, labels: &BTreeMap<String, String>, cluster_domain: &str) -> GatewayPlan {
-        Self::compile_in(model, labels, None, cluster_domain)
+    pub fn compile(model: &Model, labels: &BTreeMap<String, String>) -> GatewayPlan {
+        Self::compile_in(model, labels, None)
     }
 
     /// [`GatewayPlan::compile`] for a gateway workload in
     /// `workload_namespace`: VirtualServices not exported there are left
     /// out, and match blocks with a `sourceNamespace` apply only when it is
-    /// that namespace, as Istio does.
+    /// that namespace, as Istio does. (VirtualService hosts were resolved
+    /// when the model was built.)
     pub fn compile_in(
         model: &Model,
         labels: &BTreeMap<String, String>,
         workload_namespace: Option<&str>,
-        // VirtualService hosts were resolved when the model was built.
-        _cluster_domain: &str,
     ) -> GatewayPlan {
         let mut plan = GatewayPlan::default();
         for gateway in model.gateways.values().filter(|g| g.selects(labels)) {
@@ -371,11 +371,11 @@ impl Listener {
         host: &str,
     ) -> Option<(&'a BoundServer, &'a VirtualHost)> {
         let host = strip_port(host);
-        let servers: Vec<&BoundServer> = match server {
-            Some(server) => vec![server],
-            None => self.servers.iter().collect(),
+        let servers = match server {
+            Some(server) => std::slice::from_ref(server),
+            None => &self.servers[..],
         };
-        best(servers.into_iter().flat_map(|s| {
+        best(servers.iter().flat_map(|s| {
             s.virtual_hosts.iter().filter_map(move |vh| Some((host_specificity(&vh.hosts[0], host)?, (s, vh))))
         }))
     }
@@ -390,15 +390,4 @@ fn best<T>(candidates: impl Iterator<Item = (usize, T)>) -> Option<T> {
         }
     }
     best.map(|(_, candidate)| candidate)
-}
-
-/// `example.com:8080` → `example.com`; `[::1]:80` → `[::1]`.
-fn strip_port(host: &str) -> &str {
-    if let Some(end) = host.strip_prefix('[').and_then(|rest| rest.find(']')) {
-        return &host[..end + 2];
-    }
-    match host.rsplit_once(':') {
-        Some((name, port)) if !name.contains(':') && port.bytes().all(|b| b.is_ascii_digit()) => name,
-        _ => host,
-    }
 }

@@ -4,7 +4,7 @@
 
 use crate::api::{self, ServerTlsSettings};
 use crate::field::{parse_port, FieldError, Path};
-use crate::host::{is_istio_label, validate_host_name};
+use crate::host::{host_specificity, is_istio_label, validate_host_name};
 use serde::Serialize;
 use std::net::IpAddr;
 
@@ -45,12 +45,6 @@ impl ServerProtocol {
     /// Istio's `IsTLS`: the server needs `tls`.
     pub fn is_tls(self) -> bool {
         matches!(self, Self::Https | Self::Tls)
-    }
-
-    /// Whether the gateway reads HTTP on it (after TLS for HTTPS, unless the
-    /// server passes TLS through: see [`ServerModel::kind`]).
-    pub fn terminates_http(self) -> bool {
-        self.is_http() || self == Self::Https
     }
 
     pub fn as_str(self) -> &'static str {
@@ -105,19 +99,6 @@ impl ServerHost {
     /// Whether a VirtualService in `namespace` may bind to this entry.
     pub fn admits_namespace(&self, namespace: &str) -> bool {
         self.namespace.as_deref().is_none_or(|ns| ns == namespace)
-    }
-}
-
-/// How closely `pattern` (a lowercase host, perhaps a wildcard) covers
-/// `name` (any case, a trailing dot ignored): exact beats any wildcard, a
-/// longer wildcard a shorter one, `*` last; None when it does not.
-pub(crate) fn host_specificity(pattern: &str, name: &str) -> Option<usize> {
-    let name = name.strip_suffix('.').unwrap_or(name);
-    match pattern.strip_prefix('*') {
-        Some(suffix) => (name.len() > suffix.len()
-            && name.get(name.len() - suffix.len()..).is_some_and(|tail| tail.eq_ignore_ascii_case(suffix)))
-        .then_some(suffix.len()),
-        None => name.eq_ignore_ascii_case(pattern).then_some(usize::MAX),
     }
 }
 

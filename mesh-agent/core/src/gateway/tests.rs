@@ -259,7 +259,7 @@ fn bound_vs(namespace: &str, name: &str, hosts: &str, gateways: &str) -> String 
 fn plan(text: &str) -> GatewayPlan {
     let model = model(text);
     assert!(model.rejections.is_empty(), "{:?}", model.rejections);
-    GatewayPlan::compile(&model, &ingress(), DOMAIN)
+    GatewayPlan::compile(&model, &ingress())
 }
 
 /// The VirtualServices bound to the listener on `port`, by host.
@@ -326,13 +326,13 @@ fn match_blocks_for_other_places_are_left_out() {
     let model = model(&text);
     assert!(model.rejections.is_empty(), "{:?}", model.rejections);
     let rules = |namespace: Option<&str>| -> Vec<String> {
-        let plan = GatewayPlan::compile_in(&model, &ingress(), namespace, DOMAIN);
+        let plan = GatewayPlan::compile_in(&model, &ingress(), namespace);
         let routes = &plan.listeners[0].servers[0].virtual_hosts[0].routes;
         routes.iter().map(|r| r.name.clone().unwrap()).collect()
     };
     assert_eq!(rules(None), ["edge", "for-ingress-labels", "all"]);
     assert_eq!(rules(Some("istio-system")), ["edge", "for-ingress-labels", "for-a-namespace", "all"]);
-    let plan = GatewayPlan::compile(&model, &ingress(), DOMAIN);
+    let plan = GatewayPlan::compile(&model, &ingress());
     let edge = &plan.listeners[0].servers[0].virtual_hosts[0].routes[0];
     assert_eq!(edge.matches.len(), 1, "the mesh's block of the rule is left out");
     assert_eq!(edge.matches[0].uri.as_ref().unwrap().prefix(), Some("/admin"));
@@ -387,7 +387,7 @@ fn export_to_hides_virtual_services_from_other_gateway_namespaces() {
     .concat();
     let model = model(&text);
     let hosts = |namespace: Option<&str>| {
-        GatewayPlan::compile_in(&model, &ingress(), namespace, DOMAIN).listeners[0].servers[0].virtual_hosts.len()
+        GatewayPlan::compile_in(&model, &ingress(), namespace).listeners[0].servers[0].virtual_hosts.len()
     };
     assert_eq!(hosts(Some("istio-system")), 0, "not exported to the gateway workload's namespace");
     assert_eq!(hosts(Some("shop")), 1);
@@ -513,7 +513,7 @@ fn gateways_on_one_workload_merge_by_port() {
     assert_eq!(plan.listeners[0].route(None, "[2001:db8::1]:80").unwrap().1.name, "a", "an IPv6 Host");
     // Nothing for a workload no Gateway selects.
     let model = model(&text);
-    assert!(GatewayPlan::compile(&model, &labels(&[("app", "web")]), DOMAIN).listeners.is_empty());
+    assert!(GatewayPlan::compile(&model, &labels(&[("app", "web")])).listeners.is_empty());
 }
 
 #[test]
@@ -662,7 +662,7 @@ fn bookinfo_gateway_serves_the_product_page() {
     assert_eq!(gateway.servers[0].port, 8080);
     assert!(model.virtual_services[&("default".to_owned(), "bookinfo".to_owned())]
         .binds_gateway("default/bookinfo-gateway"));
-    let plan = GatewayPlan::compile_in(&model, &ingress(), Some("istio-system"), DOMAIN);
+    let plan = GatewayPlan::compile_in(&model, &ingress(), Some("istio-system"));
     assert_eq!(plan.listeners.len(), 1);
     let listener = &plan.listeners[0];
     assert_eq!((listener.port, listener.bind, listener.kind), (8080, None, ListenerKind::Http));
@@ -829,7 +829,7 @@ fn a_delegated_rule_routes_by_the_delegates_rules_within_the_roots_match() {
         "the delegate rule outside /productpage is reported on the root; the used delegate is not warned about"
     );
     assert!(model.warnings[0].message.contains("rule 1 of VirtualService bookinfo/productpage is left out"));
-    let plan = GatewayPlan::compile(&model, &ingress(), DOMAIN);
+    let plan = GatewayPlan::compile(&model, &ingress());
     let listener = &plan.listeners[0];
     let (_, host) = listener.route(None, "bookinfo.example.com").expect("routed");
     assert_eq!(host.virtual_services, ["istio-system/bookinfo"]);
@@ -858,7 +858,7 @@ fn a_missing_delegate_is_reported_on_the_root_which_keeps_its_other_rules() {
         ["t.yaml: VirtualService istio-system/bookinfo: spec.http[0].delegate: no VirtualService \
              bookinfo/nowhere exists: this rule routes nothing"]
     );
-    let plan = GatewayPlan::compile(&model, &ingress(), DOMAIN);
+    let plan = GatewayPlan::compile(&model, &ingress());
     let (_, host) = plan.listeners[0].route(None, "bookinfo.example.com").expect("routed");
     assert_eq!(rule_summary(&host.routes), [("rest".into(), String::new(), "web.shop.svc.cluster.local".into())]);
 }
@@ -878,7 +878,7 @@ fn a_delegate_that_delegates_again_or_has_hosts_stands_for_nothing() {
     let warned: Vec<(&str, &str)> = first.warnings.iter().map(|w| (w.name.as_str(), w.field.as_str())).collect();
     assert_eq!(warned, [("bookinfo", "spec.http[0].delegate")]);
     assert!(first.warnings[0].message.contains("bookinfo/productpage is rejected"), "{}", first.warnings[0].message);
-    let plan = GatewayPlan::compile(&first, &ingress(), DOMAIN);
+    let plan = GatewayPlan::compile(&first, &ingress());
     let (_, host) = plan.listeners[0].route(None, "bookinfo.example.com").expect("routed");
     assert_eq!(host.routes.len(), 1, "the root's own rule only");
 

@@ -15,12 +15,7 @@ static X_ENVOY_EXTERNAL_ADDRESS: HeaderName = HeaderName::from_static("x-envoy-e
 
 /// The host an authority names, lowercased and without its port.
 pub fn host_of(authority: &str) -> String {
-    let host = match authority.rsplit_once(':') {
-        // `[v6]:port` or `name:port`, not a bare IPv6 address.
-        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(':') => host,
-        _ => authority,
-    };
-    host.to_ascii_lowercase()
+    mesh_core::host::strip_port(authority).to_ascii_lowercase()
 }
 
 /// As Istio's gateways do at the edge: the client's address appended to

@@ -37,7 +37,6 @@ pub struct GatewayOptions {
     pub labels: BTreeMap<String, String>,
     /// This workload's namespace (`exportTo` is judged from it).
     pub namespace: String,
-    pub cluster_domain: String,
     /// Where the listeners bind (a server's `bind` wins); default: all
     /// addresses, both families.
     pub listen_ip: Option<IpAddr>,
@@ -46,7 +45,7 @@ pub struct GatewayOptions {
 impl GatewayState {
     pub fn compile(published: &Published, options: &GatewayOptions) -> GatewayState {
         let model = &published.snapshot.model;
-        let plan = GatewayPlan::compile_in(model, &options.labels, Some(&options.namespace), &options.cluster_domain);
+        let plan = GatewayPlan::compile_in(model, &options.labels, Some(&options.namespace));
         let own_services: Vec<&ServiceModel> =
             model.services.values().filter(|service| service.namespace == options.namespace).collect();
         let bound_ports = (plan.listeners.iter())
