@@ -598,13 +598,24 @@ fn https_redirect_redirects_every_host_of_the_server() {
         "    tls: {httpsRedirect: true}\n",
     );
     let text = [ingress_gateway("shop", "web", servers), bound_vs("shop", "a", "[a.example.com]", "[web]")].concat();
-    let plan = plan(&text);
-    let listener = &plan.listeners[0];
+    let redirecting = plan(&text);
+    let listener = &redirecting.listeners[0];
     let (_, routed) = listener.route(None, "a.example.com").unwrap();
     assert!(routed.https_redirect && !routed.routes.is_empty());
     let (_, unrouted) = listener.route(None, "b.example.com").unwrap();
     assert!(unrouted.https_redirect && unrouted.routes.is_empty() && unrouted.name.is_empty());
     assert!(listener.route(None, "c.example.com").is_none());
+
+    // Another server on the port with the same host, routed and without
+    // the redirect: its host merges into the redirecting one's, and the
+    // redirect holds (as Istio sets requireTls on the merged host).
+    let plain = "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: [a.example.com]\n";
+    let text =
+        [ingress_gateway("aaa", "plain", plain), bound_vs("aaa", "p", "[a.example.com]", "[plain]"), text].concat();
+    let merged = plan(&text);
+    let (bound, merged) = merged.listeners[0].route(None, "a.example.com").unwrap();
+    assert_eq!((bound.gateway_name.as_str(), merged.virtual_services.join(",").as_str()), ("plain", "aaa/p,shop/a"));
+    assert!(merged.https_redirect && !bound.server.https_redirect(), "the host's flag, not its first server's");
 }
 
 /// Bookinfo's `bookinfo-gateway.yaml`, as Istio ships it.

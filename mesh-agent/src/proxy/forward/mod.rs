@@ -171,10 +171,12 @@ impl Proxy {
             Entry::Gateway { server: Some(index) } => listener.and_then(|l| l.servers.get(index)),
             _ => None,
         };
-        let Some((bound, virtual_host)) = listener.and_then(|l| l.route(chosen, &host)) else {
+        let Some((_, virtual_host)) = listener.and_then(|l| l.route(chosen, &host)) else {
             return Outcome::local(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NR), Arc::from(host.as_str()));
         };
-        if connection.scheme == "http" && bound.server.tls.as_ref().is_some_and(|tls| tls.https_redirect) {
+        // The host's flag: a host merged from several plain HTTP servers
+        // redirects when any of them does.
+        if connection.scheme == "http" && virtual_host.https_redirect {
             return Outcome::answer(gateway::https_redirect(authority, &parts), vec![], Arc::from(host.as_str()));
         }
         gateway::set_forwarded(&mut parts.headers, connection);
