@@ -6,14 +6,14 @@
 //! first load falls back on. Secrets, Pods and EndpointSlices are not kept:
 //! they are not judged that way, and Secrets do not belong on a disk.
 
-use mesh_core::decode::{decode_object, ParsedFile};
+use mesh_core::decode::{decode_object, ParsedFile, NOT_KEPT};
 use mesh_core::model::Model;
 use mesh_core::object::SourcedObject;
+use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
 const FILE: &str = "last-good.json";
-const NOT_KEPT: [&str; 3] = ["Secret", "Pod", "EndpointSlice"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -32,11 +32,12 @@ pub struct StateDir {
     written: Option<u64>,
 }
 
+/// One saved object: borrowed from the model when saving, owned when read.
 #[derive(serde::Serialize, serde::Deserialize)]
-struct Saved {
+struct Saved<'a> {
     /// The file it came from (empty: the API server).
-    file: String,
-    object: serde_json::Value,
+    file: Cow<'a, str>,
+    object: Cow<'a, serde_json::Value>,
 }
 
 impl StateDir {
@@ -60,7 +61,7 @@ impl StateDir {
             serde_json::from_slice(&text).map_err(|source| StateError::Parse { path: path.clone(), source })?;
         let mut parsed = ParsedFile::default();
         for entry in saved {
-            decode_object(&entry.file, entry.object, &mut parsed);
+            decode_object(&entry.file, entry.object.into_owned(), &mut parsed);
         }
         Ok(parsed.objects)
     }
@@ -69,7 +70,7 @@ impl StateDir {
     pub fn save(&mut self, model: &Model) -> Result<(), StateError> {
         let saved: Vec<Saved> = (model.served_objects())
             .filter(|object| !NOT_KEPT.contains(&object.resource.kind()))
-            .map(|object| Saved { file: object.file.clone(), object: (*object.raw).clone() })
+            .map(|object| Saved { file: Cow::Borrowed(&object.file), object: Cow::Borrowed(&*object.raw) })
             .collect();
         let text = serde_json::to_vec(&saved).map_err(|source| StateError::Parse { path: self.path(), source })?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();

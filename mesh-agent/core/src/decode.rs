@@ -90,6 +90,12 @@ const SERVED_KINDS: [(&str, &str, &[&str]); 10] = [
     ("WorkloadEntry", "networking.istio.io", &["v1", "v1beta1", "v1alpha3"]),
 ];
 
+/// The kinds whose objects keep no raw copy ([`SourcedObject::raw`] is
+/// null): a last good version is never kept of them across restarts (they
+/// are not judged that way, and Secrets do not belong on a disk), and they
+/// are most of a large cluster's objects.
+pub const NOT_KEPT: [&str; 3] = ["Secret", "Pod", "EndpointSlice"];
+
 /// A group of some third party's API (e.g. Knative's `serving.knative.dev`,
 /// which has its own `Service`): its kinds are not ours, whatever their name.
 /// The Kubernetes Gateway API (`gateway.networking.k8s.io`) is one too: its
@@ -181,13 +187,8 @@ pub fn decode_object(origin: &str, mut value: Value, parsed: &mut ParsedFile) {
     // Only the Istio kinds are checked for fields their types lack: what
     // the mesh reads of the Kubernetes kinds is a small part of them.
     let mut unknown_fields = Vec::new();
-    // The copy a last good version is kept from across restarts; the kinds
-    // never kept (the state directory leaves them out) make none, and they
-    // are most of a large cluster's objects.
-    let mut raw = match served_kind {
-        "Pod" | "Secret" | "EndpointSlice" => Value::Null,
-        _ => value.clone(),
-    };
+    // The copy a last good version is kept from across restarts.
+    let mut raw = if NOT_KEPT.contains(&served_kind) { Value::Null } else { value.clone() };
     if let Some(object) = raw.as_object_mut() {
         object.remove("status");
         if let Some(metadata) = object.get_mut("metadata").and_then(Value::as_object_mut) {
