@@ -345,7 +345,7 @@ impl ReloadLoop {
 
     fn apply_additive(&mut self, snapshot: Snapshot, started: Instant) {
         match self.writer.apply_additive(&snapshot) {
-            Ok(stats) => self.publish_applied(snapshot, started, stats, false),
+            Ok(stats) => self.publish_applied(snapshot, started, stats),
             Err(error) => {
                 tracing::error!(%error, "writing the kernel maps failed");
                 self.publish_failure(error.to_string(), started);
@@ -357,7 +357,7 @@ impl ReloadLoop {
         match self.writer.apply(&snapshot) {
             Ok(stats) => {
                 self.taken_over = false;
-                self.publish_applied(snapshot, started, stats, true);
+                self.publish_applied(snapshot, started, stats);
             }
             Err(error) => {
                 let delay = (last_delay * 2).clamp(POLL_INTERVAL, MAX_RETRY_DELAY);
@@ -368,10 +368,11 @@ impl ReloadLoop {
         }
     }
 
-    /// Publishes an applied snapshot; `complete`: it came from a whole
-    /// configuration (an additive first load is not kept on disk).
-    fn publish_applied(&mut self, mut snapshot: Snapshot, started: Instant, stats: ApplyStats, complete: bool) {
-        if let Some(state) = self.state.as_mut().filter(|_| complete && self.complete) {
+    /// Publishes an applied snapshot, and keeps its model on disk when it
+    /// came from a whole configuration (an additive first load, from an
+    /// incomplete one, is not kept).
+    fn publish_applied(&mut self, mut snapshot: Snapshot, started: Instant, stats: ApplyStats) {
+        if let Some(state) = self.state.as_mut().filter(|_| self.complete) {
             if let Err(error) = state.save(&self.model) {
                 tracing::warn!(%error, "the last good configuration is not kept on this node");
             }

@@ -30,28 +30,15 @@ pub fn set_proxy_target(
 /// looks for it before capturing a connect: while it is there (open), the
 /// proxy listens; once it closes (the agent is gone), the kernel fails open
 /// or refuses (see `--l7-fail-open`).
-pub fn register_proxy_listeners(
-    bpffs: &Path,
-    listeners: &[impl std::os::fd::AsRawFd + LocalAddress],
-) -> Result<(), DataplaneError> {
+pub fn register_proxy_listeners(bpffs: &Path, listeners: &[tokio::net::TcpListener]) -> Result<(), DataplaneError> {
     let mut map: aya::maps::SockMap<MapData> = open_pinned(&maps_dir(bpffs), map_names::PROXY_LISTENERS)?;
     for listener in listeners {
-        let slot = if listener.is_ipv4() { mesh_common::PROXY_LISTENER_V4 } else { mesh_common::PROXY_LISTENER_V6 };
+        let ipv4 = listener.local_addr().map(|a| a.is_ipv4()).unwrap_or(true);
+        let slot = if ipv4 { mesh_common::PROXY_LISTENER_V4 } else { mesh_common::PROXY_LISTENER_V6 };
         map.set(slot, listener, 0)
             .map_err(|source| DataplaneError::Map { name: map_names::PROXY_LISTENERS, source })?;
     }
     Ok(())
-}
-
-/// A listening socket's family.
-pub trait LocalAddress {
-    fn is_ipv4(&self) -> bool;
-}
-
-impl LocalAddress for tokio::net::TcpListener {
-    fn is_ipv4(&self) -> bool {
-        self.local_addr().map(|a| a.is_ipv4()).unwrap_or(true)
-    }
 }
 
 /// Finds where a captured connection was going, by the client address the

@@ -54,8 +54,7 @@ pub struct Reconciled {
 
 /// The condition for one Istio object, from the snapshot's rejections.
 pub fn condition_for(key: &ObjectKey, published: &Published) -> Reconciled {
-    let served = ["VirtualService", "DestinationRule", "Gateway", "ServiceEntry", "Sidecar", "WorkloadEntry"];
-    if !served.contains(&key.kind.as_str()) {
+    if !super::watch::ISTIO_KINDS.iter().any(|kind| kind.kind == key.kind) {
         return Reconciled {
             accepted: false,
             reason: "Unsupported",
