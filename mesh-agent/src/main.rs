@@ -85,19 +85,57 @@ enum SourceKind {
     Kubernetes,
 }
 
+/// What the node agent and a gateway both take: where the configuration
+/// comes from, the admin API, and how the proxy serves.
 #[derive(clap::Args)]
-struct RunArgs {
+struct CommonArgs {
     /// Where the configuration comes from.
     #[arg(long, value_enum, default_value = "files")]
     source: SourceKind,
-    /// Directory of Kubernetes YAML (Service, EndpointSlice, Pod,
-    /// DestinationRule, VirtualService), for `--source files`.
+    /// Directory of Kubernetes YAML (Service, EndpointSlice, Pod and the
+    /// Istio kinds), for `--source files`.
     #[arg(long, required_if_eq("source", "files"))]
     config_dir: Option<PathBuf>,
     /// A kubeconfig for `--source kubernetes` (default: the in-cluster
     /// service account, or KUBECONFIG / ~/.kube/config).
     #[arg(long)]
     kubeconfig: Option<PathBuf>,
+    /// Admin API address.
+    #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
+    admin: SocketAddr,
+    /// An address that serves only /healthz and /readyz (for kubelet
+    /// probes), beside the admin API.
+    #[arg(long)]
+    health: Option<SocketAddr>,
+    /// Print a JSON access-log line per proxied request on stdout.
+    #[arg(long)]
+    access_log: bool,
+    /// Cut off a proxy client that has not sent its request headers (or,
+    /// at a gateway's TLS port, its ClientHello) in this many milliseconds.
+    #[arg(long, default_value_t = proxy::DEFAULT_HEADER_TIMEOUT.as_millis() as u64)]
+    header_timeout_ms: u64,
+    /// On SIGTERM, how long requests in flight through the proxy may take
+    /// to finish before the agent exits (Istio's terminationDrainDuration).
+    #[arg(long, default_value_t = 5)]
+    drain_timeout_secs: u64,
+    /// Cluster DNS domain, for resolving short host names.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// This node's (or gateway's) `region/zone/subzone`, for locality-aware
+    /// balancing (the node agent in a cluster reads its Node's topology
+    /// labels when not given).
+    #[arg(long)]
+    locality: Option<String>,
+    /// The resolver configuration the names of `resolution: DNS`
+    /// ServiceEntries are looked up with.
+    #[arg(long, default_value = "/etc/resolv.conf")]
+    resolv_conf: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    common: CommonArgs,
     /// This node's name (downward API `spec.nodeName`): its pods are the
     /// local ones, watched with their addresses.
     #[arg(long, env = "NODE_NAME")]
@@ -112,16 +150,9 @@ struct RunArgs {
     /// programs anyway (unready until the sync is applied).
     #[arg(long, default_value_t = 30)]
     sync_timeout_secs: u64,
-    /// An address that serves only /healthz and /readyz (for kubelet
-    /// probes), beside the loopback admin API.
-    #[arg(long)]
-    health: Option<SocketAddr>,
     /// cgroup v2 directory to attach to; defaults to the root of the cgroup v2 mount.
     #[arg(long)]
     cgroup: Option<PathBuf>,
-    /// Admin API address.
-    #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
-    admin: SocketAddr,
     /// Per-instance pin directory on bpffs.
     #[arg(long, default_value = "/sys/fs/bpf/mesh")]
     bpffs: PathBuf,
@@ -153,10 +184,6 @@ struct RunArgs {
     /// under REGISTRY_ONLY. Repeatable.
     #[arg(long = "mesh-cidr", value_parser = parse_cidr)]
     mesh_cidrs: Vec<(IpAddr, u8)>,
-    /// This node's `region/zone/subzone`, for locality-aware balancing (in
-    /// a cluster, read from the Node's topology labels when not given).
-    #[arg(long)]
-    locality: Option<String>,
     /// While no proxy listens (the agent restarting or gone), connects to
     /// ports with L7 rules are balanced in the kernel at L4 (their L7 rules
     /// do not apply to those connections); `false`: they are refused.
@@ -166,37 +193,12 @@ struct RunArgs {
     /// DaemonSet mounts a hostPath there).
     #[arg(long)]
     state_dir: Option<PathBuf>,
-    /// Print a JSON access-log line per proxied request on stdout.
-    #[arg(long)]
-    access_log: bool,
-    /// Cut off a proxy client that has not sent its request headers in this
-    /// many milliseconds.
-    #[arg(long, default_value_t = proxy::DEFAULT_HEADER_TIMEOUT.as_millis() as u64)]
-    header_timeout_ms: u64,
-    /// On SIGTERM, how long requests in flight through the proxy may take
-    /// to finish before the agent exits (Istio's terminationDrainDuration).
-    #[arg(long, default_value_t = 5)]
-    drain_timeout_secs: u64,
-    /// Cluster DNS domain, for resolving DestinationRule hosts.
-    #[arg(long, default_value = "cluster.local")]
-    cluster_domain: String,
-    /// The resolver configuration the names of `resolution: DNS`
-    /// ServiceEntries are looked up with.
-    #[arg(long, default_value = "/etc/resolv.conf")]
-    resolv_conf: PathBuf,
 }
 
 #[derive(clap::Args)]
 struct GatewayArgs {
-    /// Where the configuration comes from.
-    #[arg(long, value_enum, default_value = "files")]
-    source: SourceKind,
-    /// Directory of Kubernetes YAML, for `--source files`.
-    #[arg(long, required_if_eq("source", "files"))]
-    config_dir: Option<PathBuf>,
-    /// A kubeconfig for `--source kubernetes` (default: in-cluster).
-    #[arg(long)]
-    kubeconfig: Option<PathBuf>,
+    #[command(flatten)]
+    common: CommonArgs,
     /// This gateway workload's labels, `key=value` (comma-separated or
     /// repeated): the Gateways whose selector they match are served.
     #[arg(long, value_delimiter = ',')]
@@ -212,33 +214,6 @@ struct GatewayArgs {
     /// all addresses, both families).
     #[arg(long)]
     listen_ip: Option<IpAddr>,
-    /// Admin API address.
-    #[arg(long, default_value = DEFAULT_ADMIN_ADDR)]
-    admin: SocketAddr,
-    /// An address that serves only /healthz and /readyz (for kubelet probes).
-    #[arg(long)]
-    health: Option<SocketAddr>,
-    /// Print a JSON access-log line per request on stdout.
-    #[arg(long)]
-    access_log: bool,
-    /// Cut off a client that has not sent its request headers (or its TLS
-    /// ClientHello) in this many milliseconds.
-    #[arg(long, default_value_t = proxy::DEFAULT_HEADER_TIMEOUT.as_millis() as u64)]
-    header_timeout_ms: u64,
-    /// On SIGTERM, how long requests in flight through the proxy may take
-    /// to finish before the agent exits (Istio's terminationDrainDuration).
-    #[arg(long, default_value_t = 5)]
-    drain_timeout_secs: u64,
-    /// Cluster DNS domain, for resolving short host names.
-    #[arg(long, default_value = "cluster.local")]
-    cluster_domain: String,
-    /// This gateway's `region/zone/subzone`, for locality-aware balancing.
-    #[arg(long)]
-    locality: Option<String>,
-    /// The resolver configuration the names of `resolution: DNS`
-    /// ServiceEntries are looked up with.
-    #[arg(long, default_value = "/etc/resolv.conf")]
-    resolv_conf: PathBuf,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -283,24 +258,24 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {
-    let cgroup = match (args.cgroup, args.source) {
-        (Some(path), _) => path,
+    let common = &args.common;
+    let config_dir = config_dir(common)?;
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
+    let cgroup = match (&args.cgroup, config_dir) {
+        (Some(path), _) => path.clone(),
         // Standalone, the root would mesh every process of the host.
-        (None, SourceKind::Files) => anyhow::bail!(
+        (None, Some(_)) => anyhow::bail!(
             "--cgroup is required with a config directory: it names the cgroup whose processes the mesh serves \
              (the cgroup root would capture every process on this host)"
         ),
-        (None, SourceKind::Kubernetes) => {
-            let root = cgroup2_root().context("no cgroup v2 mount found; pass --cgroup")?;
+        (None, None) => {
+            let root =
+                workloads::cgroup2_mounts(&mountinfo).next().context("no cgroup v2 mount found; pass --cgroup")?;
+            let root = root.to_path_buf();
             tracing::warn!(cgroup = %root.display(), "no --cgroup: attaching to the cgroup root; every process on this host is meshed");
             root
         }
     };
-    if let Some(dir) = args.config_dir.as_ref().filter(|_| args.source == SourceKind::Files) {
-        if !dir.is_dir() {
-            anyhow::bail!("--config-dir {} is not a directory", dir.display());
-        }
-    }
     let _stats_guard = if args.program_stats { Some(dataplane::enable_program_stats()?) } else { None };
     let options = DataplaneOptions { cgroup, bpffs: args.bpffs.clone() };
     let dataplane::Loaded { writer, mut ebpf, maps_taken_over, lock: _lock } =
@@ -332,10 +307,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let original_dst = OriginalDstTable::open(&args.bpffs).context("opening the original-destination map")?;
 
     let (source, source_name, kube): (Box<dyn ConfigSource>, String, Option<(kube::Client, k8s::KubeStore)>) =
-        match (args.source, &args.config_dir) {
-            (SourceKind::Kubernetes, _) => {
+        match config_dir {
+            Some(dir) => (Box::new(FileSource::new(dir)), format!("directory {}", dir.display()), None),
+            None => {
                 let client = runtime
-                    .block_on(k8s::client(args.kubeconfig.as_deref()))
+                    .block_on(k8s::client(common.kubeconfig.as_deref()))
                     .context("connecting to the Kubernetes API")?;
                 let kinds = k8s::watched_kinds(args.node_name.as_deref());
                 let source = KubeSource::start(client.clone(), kinds, runtime.handle());
@@ -343,18 +319,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
                 let name = format!("kubernetes (node {})", args.node_name.as_deref().unwrap_or("unknown"));
                 (Box::new(source), name, Some((client, store)))
             }
-            (SourceKind::Files, Some(dir)) => {
-                (Box::new(FileSource::new(dir)), format!("directory {}", dir.display()), None)
-            }
-            (SourceKind::Files, None) => anyhow::bail!("--source files needs --config-dir"),
         };
-    let (reload, published) = ReloadLoop::new(source, Box::new(writer), args.cluster_domain, maps_taken_over);
-    let reload = with_resolver(reload, &runtime, &args.resolv_conf);
+    let (reload, published) = ReloadLoop::new(source, Box::new(writer), common.cluster_domain.clone(), maps_taken_over);
+    let reload = with_resolver(reload, &runtime, &common.resolv_conf);
     let pods = match (&args.pod_cgroups, &args.kubelet_cgroups) {
         (Some(_), Some(_)) => anyhow::bail!("--pod-cgroups and --kubelet-cgroups are two layouts: give one"),
         (Some(dir), None) | (None, Some(dir)) => {
             let layout = if args.pod_cgroups.is_some() { Layout::Named } else { Layout::Kubelet };
-            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
             Some(PodCgroups::new(dir, layout, &mountinfo)?)
         }
         (None, None) => None,
@@ -367,14 +338,14 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         pod_cgroups: Vec::new(),
         node_ips: args.node_ips.clone(),
         mesh_cidrs: args.mesh_cidrs.clone(),
-        resolvers: std::fs::read_to_string(&args.resolv_conf).map(|t| workloads::nameservers(&t)).unwrap_or_default(),
+        resolvers: std::fs::read_to_string(&common.resolv_conf).map(|t| workloads::nameservers(&t)).unwrap_or_default(),
         l7_fail_open: args.l7_fail_open,
         exempt_namespaces: vec!["kube-system".into(), args.lease_namespace.clone()],
         agent_cgroup: workloads::own_cgroup_id(
             &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
-            &std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default(),
+            &mountinfo,
         ),
-        locality: match (&args.locality, &kube, &args.node_name) {
+        locality: match (&common.locality, &kube, &args.node_name) {
             (Some(text), ..) => Some(Locality::parse(text)),
             (None, Some((client, _)), Some(node)) => match runtime.block_on(k8s::node_locality(client, node)) {
                 Ok(locality) => locality,
@@ -399,8 +370,8 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let reload = first_load(&runtime, reload, patience)?;
     let info = dataplane::attach(&mut ebpf, &options, maps_taken_over).context("attaching the kernel programs")?;
     let reloading = Reloading::start(reload)?;
-    let header_timeout = std::time::Duration::from_millis(args.header_timeout_ms);
-    let proxy = Arc::new(Proxy::new(published.clone(), original_dst, args.access_log, header_timeout));
+    let header_timeout = Duration::from_millis(common.header_timeout_ms);
+    let proxy = Arc::new(Proxy::new(published.clone(), original_dst, common.access_log, header_timeout));
     let proxy_addrs = proxy_listeners.iter().filter_map(|l| l.local_addr().ok()).collect();
     let status_writer = kube.as_ref().map(|(client, store)| {
         let identity = args.identity.clone().unwrap_or_else(hostname);
@@ -427,7 +398,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     });
 
     runtime.block_on(async {
-        let server = serve_admin(args.admin, args.health, shared).await?;
+        let server = serve_admin(common.admin, common.health, shared).await?;
         if let Some(writer) = status_writer {
             tokio::spawn(writer.run());
         }
@@ -438,7 +409,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             tokio::spawn(proxy::serve(listener, proxy.clone()));
         }
         shutdown_signal().await?;
-        drain(&proxy, Duration::from_secs(args.drain_timeout_secs)).await;
+        drain(&proxy, Duration::from_secs(common.drain_timeout_secs)).await;
         server.abort();
         anyhow::Ok(())
     })?;
@@ -462,37 +433,32 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     if labels.is_empty() {
         anyhow::bail!("a gateway needs its labels (--labels or --labels-file): Gateways select workloads by them");
     }
+    let common = &args.common;
+    let config_dir = config_dir(common)?;
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (source, source_name, watches): (Box<dyn ConfigSource>, String, Option<k8s::KubeStore>) =
-        match (args.source, &args.config_dir) {
-            (SourceKind::Kubernetes, _) => {
-                let client = runtime
-                    .block_on(k8s::client(args.kubeconfig.as_deref()))
-                    .context("connecting to the Kubernetes API")?;
-                // Every pod's labels (for subsets), no pod's address: a
-                // gateway has no clients in the mesh to tell apart.
-                let namespace = Some(args.namespace.clone());
-                let source = KubeSource::start_in(client, k8s::gateway_watched_kinds(), namespace, runtime.handle());
-                let store = source.store();
-                (Box::new(source), format!("kubernetes (gateway in {})", args.namespace), Some(store))
-            }
-            (SourceKind::Files, Some(dir)) => {
-                if !dir.is_dir() {
-                    anyhow::bail!("--config-dir {} is not a directory", dir.display());
-                }
-                (Box::new(FileSource::new(dir)), format!("directory {}", dir.display()), None)
-            }
-            (SourceKind::Files, None) => anyhow::bail!("--source files needs --config-dir"),
-        };
-    let (reload, published) = ReloadLoop::new(source, Box::new(NoMaps), args.cluster_domain, false);
-    let reload = with_resolver(reload, &runtime, &args.resolv_conf);
-    let node = NodeContext { locality: args.locality.as_deref().map(Locality::parse), ..NodeContext::default() };
+    let (source, source_name, watches): (Box<dyn ConfigSource>, String, Option<k8s::KubeStore>) = match config_dir {
+        Some(dir) => (Box::new(FileSource::new(dir)), format!("directory {}", dir.display()), None),
+        None => {
+            let client = runtime
+                .block_on(k8s::client(common.kubeconfig.as_deref()))
+                .context("connecting to the Kubernetes API")?;
+            // Every pod's labels (for subsets), no pod's address: a
+            // gateway has no clients in the mesh to tell apart.
+            let namespace = Some(args.namespace.clone());
+            let source = KubeSource::start_in(client, k8s::gateway_watched_kinds(), namespace, runtime.handle());
+            let store = source.store();
+            (Box::new(source), format!("kubernetes (gateway in {})", args.namespace), Some(store))
+        }
+    };
+    let (reload, published) = ReloadLoop::new(source, Box::new(NoMaps), common.cluster_domain.clone(), false);
+    let reload = with_resolver(reload, &runtime, &common.resolv_conf);
+    let node = NodeContext { locality: common.locality.as_deref().map(Locality::parse), ..NodeContext::default() };
     let reload = reload.with_node(node, None);
     let patience = if watches.is_some() { Duration::from_secs(30) } else { Duration::ZERO };
     let reload = first_load(&runtime, reload, patience)?;
     let reloading = Reloading::start(reload)?;
-    let header_timeout = Duration::from_millis(args.header_timeout_ms);
-    let (proxy, state) = Proxy::for_gateway(published.clone(), args.access_log, header_timeout);
+    let header_timeout = Duration::from_millis(common.header_timeout_ms);
+    let (proxy, state) = Proxy::for_gateway(published.clone(), common.access_log, header_timeout);
     let proxy = Arc::new(proxy);
     let shared = Arc::new(Shared {
         version: env!("CARGO_PKG_VERSION"),
@@ -509,15 +475,26 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     let options =
         proxy::gateway_state::GatewayOptions { labels, namespace: args.namespace.clone(), listen_ip: args.listen_ip };
     runtime.block_on(async {
-        let server = serve_admin(args.admin, args.health, shared).await?;
+        let server = serve_admin(common.admin, common.health, shared).await?;
         tokio::spawn(proxy::gateway::run(proxy.clone(), options, state));
         shutdown_signal().await?;
-        drain(&proxy, Duration::from_secs(args.drain_timeout_secs)).await;
+        drain(&proxy, Duration::from_secs(common.drain_timeout_secs)).await;
         server.abort();
         anyhow::Ok(())
     })?;
     reloading.stop();
     Ok(())
+}
+
+/// The YAML directory of `--source files` (None: `--source kubernetes`),
+/// checked before anything starts.
+fn config_dir(common: &CommonArgs) -> anyhow::Result<Option<&std::path::Path>> {
+    match (common.source, &common.config_dir) {
+        (SourceKind::Kubernetes, _) => Ok(None),
+        (SourceKind::Files, Some(dir)) if dir.is_dir() => Ok(Some(dir)),
+        (SourceKind::Files, Some(dir)) => anyhow::bail!("--config-dir {} is not a directory", dir.display()),
+        (SourceKind::Files, None) => anyhow::bail!("--source files needs --config-dir"),
+    }
 }
 
 /// `reload` with the resolver of DNS ServiceEntries. Without a readable
@@ -626,14 +603,4 @@ fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .unwrap_or_else(|_| "mesh-agent".into())
-}
-
-/// The mount point of the cgroup v2 hierarchy, as /proc/self/mountinfo says.
-fn cgroup2_root() -> Option<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    mountinfo.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mount_point = left.split_whitespace().nth(4)?;
-        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-    })
 }

@@ -130,17 +130,23 @@ pub fn kubelet_pod_uid(name: &str) -> Option<String> {
     well_formed.then_some(uid)
 }
 
+/// The cgroup v2 mount points the text of `/proc/self/mountinfo` lists,
+/// in its order (the first is the hierarchy's, or this namespace's, root).
+pub fn cgroup2_mounts(mountinfo: &str) -> impl Iterator<Item = &Path> {
+    mountinfo.lines().filter_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next()? == "cgroup2").then(|| Path::new(mount_point))
+    })
+}
+
 /// The cgroup v2 mount point that holds `path` (the longest), from the
 /// text of `/proc/self/mountinfo`.
 pub fn cgroup2_mount_for(path: &Path, mountinfo: &str) -> Option<PathBuf> {
-    (mountinfo.lines())
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = Path::new(left.split_whitespace().nth(4)?);
-            (right.split_whitespace().next()? == "cgroup2" && path.starts_with(mount_point))
-                .then(|| mount_point.to_path_buf())
-        })
+    cgroup2_mounts(mountinfo)
+        .filter(|mount| path.starts_with(mount))
         .max_by_key(|mount| mount.components().count())
+        .map(Path::to_path_buf)
 }
 
 /// The id of this process's own cgroup v2 (0 when it cannot be told): the
@@ -148,14 +154,7 @@ pub fn cgroup2_mount_for(path: &Path, mountinfo: &str) -> Option<PathBuf> {
 /// hierarchy's mount (`mountinfo`).
 pub fn own_cgroup_id(proc_self_cgroup: &str, mountinfo: &str) -> u64 {
     let Some(path) = proc_self_cgroup.lines().find_map(|line| line.strip_prefix("0::")) else { return 0 };
-    // The v2 mount whose root is the hierarchy's (or this namespace's).
-    let Some(root) = (mountinfo.lines()).find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        let mount_point = left.split_whitespace().nth(4)?;
-        (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(mount_point))
-    }) else {
-        return 0;
-    };
+    let Some(root) = cgroup2_mounts(mountinfo).next() else { return 0 };
     std::fs::metadata(root.join(path.trim_start_matches('/'))).map(|m| m.ino()).unwrap_or(0)
 }
 
