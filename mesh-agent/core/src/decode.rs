@@ -166,7 +166,7 @@ pub fn decode_object(origin: &str, mut value: Value, parsed: &mut ParsedFile) {
         if name.is_empty() {
             parsed.problems.push(rejection);
         } else {
-            let key = ObjectKey { kind: served_kind.to_owned(), namespace: namespace.clone(), name: name.clone() };
+            let key = ObjectKey::new(served_kind, &namespace, &name);
             parsed.undecodable.push((key, rejection));
         }
     };

@@ -41,12 +41,6 @@ pub fn resolve_host(host: &str, namespace: &str, cluster_domain: &str) -> String
     }
 }
 
-/// Istio's check of a DestinationRule host: its `ValidateWildcardDomain`,
-/// as for every host (an IP address is not a host here).
-pub fn validate_rule_host(field: &str, host: &str) -> Result<(), FieldError> {
-    validate_host_name(field, host)
-}
-
 /// Whether the last label of `name` (a trailing dot aside) is all digits:
 /// such a name is an address, not a host.
 pub fn top_label_all_digits(name: &str) -> bool {
@@ -238,6 +232,12 @@ pub fn validate_export_to(export_to: &[String], namespace: &str, none: ExportToN
         }
     }
     Ok(())
+}
+
+/// Whether `labels` carry every key of `selector` with its value (an
+/// empty selector: any labels), as a `matchLabels` selector picks.
+pub fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
+    selector.iter().all(|(key, value)| labels.get(key) == Some(value))
 }
 
 /// A label map (subset labels, `sourceLabels`) as Istio's

@@ -8,7 +8,7 @@
 use crate::api::{self, IntOrString, Resource};
 use crate::destination_rule::{self, DestinationRuleModel};
 use crate::field::{parse_port, FieldError};
-use crate::host::host_specificity;
+use crate::host::{host_specificity, labels_match};
 // The submodules, not `gateway` itself: its plan reads the model.
 use crate::gateway::object::{validate_gateway, GatewayModel};
 use crate::locality::Locality;
@@ -68,7 +68,7 @@ impl ServiceModel {
     /// The port its pods listen on for service port `port`, when this
     /// Service selects pods with `labels` and names the target by number.
     pub fn target_port_for(&self, labels: &BTreeMap<String, String>, port: u16) -> Option<u16> {
-        let selects = !self.selector.is_empty() && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+        let selects = !self.selector.is_empty() && labels_match(&self.selector, labels);
         let entry = self.ports.iter().find(|p| p.port == port).filter(|_| selects)?;
         match entry.target_port {
             TargetPort::Number(target) => Some(target),
@@ -315,11 +315,7 @@ impl Model {
         let gateways = (self.gateways.values())
             .filter(|gateway| unserved(gateway))
             .filter_map(|gateway| {
-                let key = ObjectKey {
-                    kind: "Gateway".into(),
-                    namespace: gateway.namespace.clone(),
-                    name: gateway.name.clone(),
-                };
+                let key = ObjectKey::new("Gateway", &gateway.namespace, &gateway.name);
                 let object = self.accepted.get(&key)?;
                 Some(crate::warnings::gateway_unserved(object, &gateway.selector_text()))
             })
@@ -421,7 +417,7 @@ impl Model {
             if errors.is_empty() {
                 continue;
             }
-            let key = ObjectKey { kind: "DestinationRule".into(), namespace: id.0.clone(), name: id.1.clone() };
+            let key = ObjectKey::new("DestinationRule", &id.0, &id.1);
             let raw = self.accepted[&key].clone();
             let fallback = previous.passing_last_good(&key, &raw, cluster_domain, |accepted| match accepted {
                 Accepted::Rule(last) if errors_of(&last).is_empty() => Some(last),
@@ -461,7 +457,7 @@ impl Model {
             if errors.is_empty() {
                 continue;
             }
-            let key = ObjectKey { kind: "VirtualService".into(), namespace: id.0.clone(), name: id.1.clone() };
+            let key = ObjectKey::new("VirtualService", &id.0, &id.1);
             let raw = self.accepted[&key].clone();
             let fallback = previous.passing_last_good(&key, &raw, cluster_domain, |accepted| match accepted {
                 Accepted::VirtualService(last) if self.unknown_subsets(&last, cluster_domain).is_empty() => Some(last),
@@ -497,14 +493,7 @@ impl Model {
                 let defines = |r: &DestinationRuleModel| r.subsets.iter().any(|s| s.name == reference.subset);
                 // A rule for some clients only (workloadSelector) may define
                 // the subset for them.
-                let for_some_clients = || {
-                    self.destination_rules.values().any(|r| {
-                        r.workload_selector.is_some()
-                            && host_specificity(&r.host, &reference.host).is_some()
-                            && defines(r)
-                    })
-                };
-                if rule.is_some_and(defines) || for_some_clients() {
+                if rule.is_some_and(defines) || self.selector_rules(&reference.host).any(defines) {
                     return None;
                 }
                 let why = match rule {
@@ -526,11 +515,7 @@ impl Model {
     /// (`rejections` tell a rejected delegate from a missing one); on a
     /// VirtualService without hosts, that no root uses it.
     fn expand_delegations(&mut self, rejections: &[Rejection], cluster_domain: &str) -> Vec<Warning> {
-        let key = |(namespace, name): &NsName| ObjectKey {
-            kind: "VirtualService".into(),
-            namespace: namespace.clone(),
-            name: name.clone(),
-        };
+        let key = |(namespace, name): &NsName| ObjectKey::new("VirtualService", namespace, name);
         fn spec_of(object: &SourcedObject) -> Option<&api::VirtualServiceSpec> {
             match &object.resource {
                 Resource::VirtualService(vs) => Some(&vs.spec),
@@ -631,7 +616,7 @@ impl Model {
     /// equals the first by namespace/name.
     ///
     /// Rules with a `workloadSelector` are for some clients only and never
-    /// apply here; see [`Model::rule_for_client`].
+    /// apply here; see [`Model::selected_rule`], which comes first.
     pub fn rule_for_host(&self, fqdn: &str, namespace: &str) -> Option<&DestinationRuleModel> {
         let mut best: Option<((u8, usize), &DestinationRuleModel)> = None;
         for rule in self.destination_rules.values().filter(|rule| rule.workload_selector.is_none()) {
@@ -653,20 +638,6 @@ impl Model {
             }
         }
         best.map(|(_, rule)| rule)
-    }
-
-    /// The DestinationRule for traffic from a client pod (`labels` in
-    /// `client_namespace`) to `fqdn`: a rule of the client's namespace
-    /// whose `workloadSelector` picks the client comes first, as Istio
-    /// gives a sidecar (the most specific host, then the first by
-    /// namespace/name); else [`Model::rule_for_host`].
-    pub fn rule_for_client(
-        &self,
-        fqdn: &str,
-        namespace: &str,
-        client: Option<(&BTreeMap<String, String>, &str)>,
-    ) -> Option<&DestinationRuleModel> {
-        self.selected_rule(fqdn, client).or_else(|| self.rule_for_host(fqdn, namespace))
     }
 
     /// Whether a rule with a `workloadSelector` covers `fqdn` (for some
@@ -1190,7 +1161,8 @@ mod tests {
         let canary = labels(&[("app", "cart"), ("track", "canary")]);
         let ui = labels(&[("app", "ui")]);
         let rule = |client: Option<(&BTreeMap<String, String>, &str)>| {
-            model.rule_for_client(web, "shop", client).unwrap().name.clone()
+            // As the proxy takes a client's rule: the one picking it, else the service's.
+            model.selected_rule(web, client).or_else(|| model.rule_for_host(web, "shop")).unwrap().name.clone()
         };
         assert_eq!(rule(Some((&canary, "front"))), "for-canary");
         assert_eq!(rule(Some((&ui, "front"))), "exact", "the most specific host among those picking the client");

@@ -33,6 +33,10 @@ pub struct ObjectKey {
 }
 
 impl ObjectKey {
+    pub fn new(kind: &str, namespace: &str, name: &str) -> Self {
+        ObjectKey { kind: kind.to_owned(), namespace: namespace.to_owned(), name: name.to_owned() }
+    }
+
     pub fn of(resource: &Resource) -> Self {
         let meta = resource.metadata();
         Self {

@@ -9,7 +9,7 @@
 //! Maps grow with pods on the node plus registry addresses, never with
 //! their product: the registry is one table every workload shares.
 
-use crate::model::Model;
+use crate::model::{Model, PodModel};
 use crate::object::{ObjectKey, Warning, WarningReason};
 use crate::service_entry::Resolution;
 use crate::sidecar::{sidecar_for, OutboundPolicy};
@@ -18,7 +18,7 @@ use mesh_common::{
     POLICY_REGISTRY_ONLY, REGISTRY_HEAD_BITS,
 };
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// A registry entry as the kernel's trie keys it.
@@ -92,11 +92,18 @@ pub fn compile<'a>(model: &Model, services: impl Iterator<Item = ServicePortRef<
     let no_labels = BTreeMap::new();
     let mut out = Outbound::default();
     let scopes = scope_ids(model);
+    // Kubelet cgroups name their pod by UID: an index, not a scan of the
+    // cluster's pods per cgroup.
+    let by_uid: HashMap<&str, &PodModel> = if node.pod_cgroups.iter().any(|c| c.uid.is_some()) {
+        model.pods.values().filter_map(|pod| Some((pod.uid.as_deref()?, pod))).collect()
+    } else {
+        HashMap::new()
+    };
     for cgroup in &node.pod_cgroups {
         // A cgroup named by UID is the model's pod of that UID (one not
         // known yet is skipped until it is).
         let (namespace, name, labels) = match &cgroup.uid {
-            Some(uid) => match model.pods.values().find(|p| p.uid.as_ref() == Some(uid)) {
+            Some(uid) => match by_uid.get(uid.as_str()) {
                 Some(pod) => (pod.namespace.as_str(), pod.name.as_str(), &pod.labels),
                 None => continue,
             },
@@ -168,8 +175,7 @@ pub fn unenforced(model: &Model) -> Vec<Warning> {
     }
     let mut warnings = Vec::new();
     for sidecar in model.sidecars.values() {
-        let key =
-            ObjectKey { kind: "Sidecar".into(), namespace: sidecar.namespace.clone(), name: sidecar.name.clone() };
+        let key = ObjectKey::new("Sidecar", &sidecar.namespace, &sidecar.name);
         let Some(object) = model.served_object(&key) else { continue };
         let fields = [
             (sidecar.outbound.is_some(), "spec.outboundTrafficPolicy.mode"),

@@ -83,7 +83,7 @@ pub fn services_of(entry: &ServiceEntryModel, resolved: &Resolved) -> Vec<(Servi
                 .flat_map(|ipv6| {
                     let family: Vec<(IpAddr, &EntryEndpoint)> =
                         endpoints.iter().copied().filter(|(ip, _)| ip.is_ipv6() == ipv6).collect();
-                    slices_of(entry, host, ipv6, &family)
+                    slices_of(entry, host, &ports, ipv6, &family)
                 })
                 .collect();
             (service, slices)
@@ -97,26 +97,27 @@ static HOST_ENDPOINT: EntryEndpoint =
     EntryEndpoint { address: String::new(), ports: BTreeMap::new(), labels: BTreeMap::new(), locality: None };
 
 /// One slice per distinct port mapping, so that each endpoint keeps its own
-/// port for each named entry port.
+/// port for each named entry port (`ports`, the service's).
 fn slices_of(
     entry: &ServiceEntryModel,
     host: &str,
+    ports: &[PortModel],
     ipv6: bool,
     endpoints: &[(IpAddr, &EntryEndpoint)],
 ) -> Vec<EndpointSliceModel> {
     let mut by_ports: BTreeMap<Vec<SlicePort>, Vec<EndpointModel>> = BTreeMap::new();
     for (ip, endpoint) in endpoints {
-        let ports: Vec<SlicePort> = (entry.ports.iter())
+        let slice_ports: Vec<SlicePort> = (ports.iter())
             .map(|port| {
-                let service_port = service_port(port);
-                let number = endpoint.ports.get(&port.name).copied().unwrap_or(match service_port.target_port {
-                    TargetPort::Number(n) => n,
-                    TargetPort::Name(_) => port.number,
-                });
-                SlicePort { name: port.name.clone(), port: number, protocol: service_port.protocol }
+                let target = match &port.target_port {
+                    TargetPort::Number(n) => *n,
+                    TargetPort::Name(_) => port.port,
+                };
+                let number = endpoint.ports.get(&port.name).copied().unwrap_or(target);
+                SlicePort { name: port.name.clone(), port: number, protocol: port.protocol }
             })
             .collect();
-        by_ports.entry(ports).or_default().push(EndpointModel {
+        by_ports.entry(slice_ports).or_default().push(EndpointModel {
             addresses: vec![*ip],
             ready: true,
             target: None,

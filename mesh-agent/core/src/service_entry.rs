@@ -7,6 +7,7 @@ use crate::field::{parse_port, FieldError, Path};
 use crate::host::{
     is_dns1123_label, validate_export_to, validate_fqdn, validate_host_name, validate_labels, ExportToNone,
 };
+use crate::route::Subnet;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -238,20 +239,11 @@ pub fn validate_workload_entry(object: &WorkloadEntry) -> Result<WorkloadEntryMo
     })
 }
 
-/// An IP address, or a CIDR block (its host bits clear, as Istio's
-/// `ValidateIPSubnet` wants a prefix).
+/// An IP address, or a CIDR block, as Istio's `ValidateIPSubnet` takes it.
 fn parse_address(field: &str, text: &str) -> Result<EntryAddress, FieldError> {
-    let invalid = || FieldError::new(field, format!("{text:?} is neither an IP address nor a CIDR block"));
-    let Some((ip, prefix)) = text.split_once('/') else {
-        let ip: IpAddr = text.parse().map_err(|_| invalid())?;
-        return Ok(EntryAddress { ip, prefix: if ip.is_ipv4() { 32 } else { 128 } });
-    };
-    let ip: IpAddr = ip.parse().map_err(|_| invalid())?;
-    let prefix: u8 = prefix.parse().map_err(|_| invalid())?;
-    if prefix > if ip.is_ipv4() { 32 } else { 128 } {
-        return Err(invalid());
-    }
-    Ok(EntryAddress { ip, prefix })
+    let subnet = Subnet::parse(text)
+        .ok_or_else(|| FieldError::new(field, format!("{text:?} is neither an IP address nor a CIDR block")))?;
+    Ok(EntryAddress { ip: subnet.address, prefix: subnet.prefix_len })
 }
 
 /// The protocols Istio's `protocol.Parse` knows.

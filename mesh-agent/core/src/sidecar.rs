@@ -9,7 +9,7 @@
 use crate::api::Sidecar;
 use crate::destination_rule::ROOT_NAMESPACE;
 use crate::field::{FieldError, Path};
-use crate::host::{host_subset_of, is_istio_label, validate_host_name, validate_labels};
+use crate::host::{host_subset_of, is_istio_label, labels_match, validate_host_name, validate_labels};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -79,7 +79,7 @@ impl SidecarModel {
     }
 
     fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.selector.as_ref().is_some_and(|s| s.iter().all(|(k, v)| labels.get(k) == Some(v)))
+        self.selector.as_ref().is_some_and(|selector| labels_match(selector, labels))
     }
 }
 

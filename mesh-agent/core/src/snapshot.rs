@@ -2,6 +2,7 @@
 //! contents of the kernel maps plus a readable view for the admin API.
 
 use crate::destination_rule::{DestinationRuleModel, EffectivePolicy, HashKey, HashTable, LoadBalancer};
+use crate::host::labels_match;
 use crate::locality::{placements, Locality, Placement, Setting};
 use crate::maglev;
 use crate::model::{EndpointSliceModel, Model, PortModel, Protocol, ServiceModel, TargetPort};
@@ -190,11 +191,7 @@ fn index_slices<'a>(model: &'a Model, entries: &'a [(ServiceModel, Vec<EndpointS
 fn entry_services(model: &Model, warnings: &mut Vec<Warning>) -> Vec<(ServiceModel, Vec<EndpointSliceModel>)> {
     let mut services = Vec::new();
     for entry in model.service_entries.values() {
-        let object = model.served_object(&ObjectKey {
-            kind: "ServiceEntry".into(),
-            namespace: entry.namespace.clone(),
-            name: entry.name.clone(),
-        });
+        let object = model.served_object(&ObjectKey::new("ServiceEntry", &entry.namespace, &entry.name));
         if let Some(object) = object {
             for name in entry.unresolved(&model.resolved) {
                 let message = format!(
@@ -358,11 +355,7 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
                 let group = group_id(cluster, family);
                 // Locality: the best priority's endpoints, each in as many
                 // slots as its weight asks.
-                let setting = Setting {
-                    rule: policy.locality.as_ref(),
-                    outlier_detection: policy.outlier_detection.is_some(),
-                    prefer_close: service.prefer_close,
-                };
+                let setting = locality_setting(&policy, service.prefer_close);
                 let placed = placements_of(setting, model.node.locality.as_ref(), backends.iter());
                 let counts = slot_counts(placed.as_deref(), backends.len());
                 let keys: Vec<Backend> = (backends.iter().zip(&counts))
@@ -416,11 +409,7 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
                 (true, true) => None,
             };
             if let (Some(rule), Some(path), Protocol::Tcp) = (rule, path, port.protocol) {
-                let key = ObjectKey {
-                    kind: "DestinationRule".into(),
-                    namespace: rule.namespace.clone(),
-                    name: rule.name.clone(),
-                };
+                let key = ObjectKey::new("DestinationRule", &rule.namespace, &rule.name);
                 if let Some(object) = model.served_object(&key) {
                     let name = format!("{}/{}", service.namespace, service.name);
                     without_http_proxy.extend(proxy_only_fields(rule, object, &name, port.port, path));
@@ -428,11 +417,7 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
             }
             if path == Some(PortPath::Kernel) && port.protocol == Protocol::Tcp {
                 for selector_rule in model.selector_rules(&fqdn) {
-                    let key = ObjectKey {
-                        kind: "DestinationRule".into(),
-                        namespace: selector_rule.namespace.clone(),
-                        name: selector_rule.name.clone(),
-                    };
+                    let key = ObjectKey::new("DestinationRule", &selector_rule.namespace, &selector_rule.name);
                     if let Some(object) = model.served_object(&key) {
                         let name = format!("{}/{}", service.namespace, service.name);
                         without_http_proxy.push(selector_on_kernel_port(object, &name, port.port));
@@ -542,6 +527,12 @@ fn gcd(a: usize, b: usize) -> usize {
     }
 }
 
+/// What locality balancing goes by for a service (`prefer_close`: its
+/// `trafficDistribution`) under `policy`.
+fn locality_setting(policy: &EffectivePolicy, prefer_close: bool) -> Setting<'_> {
+    Setting { rule: policy.locality.as_ref(), outlier_detection: policy.outlier_detection.is_some(), prefer_close }
+}
+
 /// The endpoints a ServiceEntry's `workloadSelector` picks in its
 /// namespace: WorkloadEntries, and pods by their addresses.
 fn selected_endpoints(
@@ -549,7 +540,7 @@ fn selected_endpoints(
     entry: &ServiceEntryModel,
     selector: &BTreeMap<String, String>,
 ) -> Vec<EntryEndpoint> {
-    let selects = |labels: &BTreeMap<String, String>| selector.iter().all(|(k, v)| labels.get(k) == Some(v));
+    let selects = |labels: &BTreeMap<String, String>| labels_match(selector, labels);
     let entries = (model.workload_entries.values())
         .filter(|w| w.namespace == entry.namespace && selects(&w.endpoint.labels))
         .map(|w| w.endpoint.clone());
@@ -571,7 +562,7 @@ fn address_taken(model: &Model, service: &ServiceModel, address: SocketAddr) -> 
     let host = service.host.as_ref()?;
     let entry =
         (model.service_entries.values()).find(|e| e.namespace == service.namespace && e.hosts.contains(host))?;
-    let key = ObjectKey { kind: "ServiceEntry".into(), namespace: entry.namespace.clone(), name: entry.name.clone() };
+    let key = ObjectKey::new("ServiceEntry", &entry.namespace, &entry.name);
     let object = model.served_object(&key)?;
     let message = format!(
         "{address} is already another service's address in the kernel: connections to it go there, not to {host}"
@@ -679,9 +670,7 @@ impl Snapshot {
             (None, _) => service.backends.iter().collect(),
             // A subset that no rule defines selects nothing.
             (Some(_), None) => Vec::new(),
-            (Some(_), Some(labels)) => {
-                service.backends.iter().filter(|b| labels.iter().all(|(k, v)| b.labels.get(k) == Some(v))).collect()
-            }
+            (Some(_), Some(labels)) => service.backends.iter().filter(|b| labels_match(labels, &b.labels)).collect(),
         }
     }
 
@@ -693,12 +682,7 @@ impl Snapshot {
         service: &ServicePortView,
         backends: impl Iterator<Item = &'a BackendView>,
     ) -> Option<Vec<Placement>> {
-        let setting = Setting {
-            rule: policy.locality.as_ref(),
-            outlier_detection: policy.outlier_detection.is_some(),
-            prefer_close: service.prefer_close,
-        };
-        placements_of(setting, self.model.node.locality.as_ref(), backends)
+        placements_of(locality_setting(policy, service.prefer_close), self.model.node.locality.as_ref(), backends)
     }
 
     /// Whether a client (its labels and namespace; None: not a known pod)

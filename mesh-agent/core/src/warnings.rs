@@ -92,33 +92,16 @@ pub const PROXY_PROTOCOL: &str = "not supported yet; connections go to the desti
 /// DestinationRule and Gateway).
 pub fn of_object(object: &SourcedObject) -> Vec<Warning> {
     let mut found = Found::default();
-    let kind = match &object.resource {
-        Resource::DestinationRule(rule) => {
-            destination_rule(rule, &mut found);
-            "DestinationRule"
-        }
-        Resource::VirtualService(vs) => {
-            virtual_service(vs, &mut found);
-            "VirtualService"
-        }
-        Resource::Gateway(gateway) => {
-            gateway_fields(gateway, &mut found);
-            "Gateway"
-        }
-        Resource::ServiceEntry(entry) => {
-            service_entry_fields(entry, &mut found);
-            "ServiceEntry"
-        }
-        Resource::Sidecar(sidecar) => {
-            sidecar_fields(sidecar, &mut found);
-            "Sidecar"
-        }
-        Resource::WorkloadEntry(entry) => {
-            endpoint_fields(&Path::new("spec"), &entry.spec, &mut found);
-            "WorkloadEntry"
-        }
+    match &object.resource {
+        Resource::DestinationRule(rule) => destination_rule(rule, &mut found),
+        Resource::VirtualService(vs) => virtual_service(vs, &mut found),
+        Resource::Gateway(gateway) => gateway_fields(gateway, &mut found),
+        Resource::ServiceEntry(entry) => service_entry_fields(entry, &mut found),
+        Resource::Sidecar(sidecar) => sidecar_fields(sidecar, &mut found),
+        Resource::WorkloadEntry(entry) => endpoint_fields(&Path::new("spec"), &entry.spec, &mut found),
         _ => return Vec::new(),
-    };
+    }
+    let kind = object.resource.kind();
     for field in &object.unknown_fields {
         let pattern = pattern_of(field);
         let known = KNOWN_UNMODELLED.iter().find(|(k, p, _)| *k == kind && *p == pattern);
@@ -132,12 +115,8 @@ pub fn of_object(object: &SourcedObject) -> Vec<Warning> {
     }
     // The honoured list guards against fields the types lack; what the
     // walk finds is meant.
-    found
-        .0
-        .into_iter()
-        .filter(|(field, _, reason)| *reason != WarningReason::UnknownField || !is_honoured(kind, field))
-        .map(|(field, message, reason)| Warning::object(object, field, message, reason))
-        .collect()
+    found.0.retain(|(field, _, reason)| *reason != WarningReason::UnknownField || !is_honoured(kind, field));
+    found.into_warnings(object)
 }
 
 /// Whether `field` (a path with indexes) is on the [`HONOURED`] list for
@@ -179,6 +158,10 @@ struct Found(Vec<(String, String, WarningReason)>);
 impl Found {
     fn not_honoured(&mut self, field: String, message: impl Into<String>) {
         self.0.push((field, message.into(), WarningReason::NotHonoured));
+    }
+
+    fn into_warnings(self, object: &SourcedObject) -> Vec<Warning> {
+        (self.0.into_iter()).map(|(field, message, reason)| Warning::object(object, field, message, reason)).collect()
     }
 }
 
@@ -749,7 +732,7 @@ pub fn proxy_only_fields(
             );
         }
     }
-    (found.0.into_iter()).map(|(field, message, reason)| Warning::object(object, field, message, reason)).collect()
+    found.into_warnings(object)
 }
 
 /// A rule with a `workloadSelector` (served as `object`) covering a TCP

@@ -298,7 +298,7 @@ impl KubeStore {
         s.objects
             .iter()
             .map(|((namespace, name), o)| {
-                let key = ObjectKey { kind: kind.into(), namespace: namespace.clone(), name: name.clone() };
+                let key = ObjectKey::new(kind, namespace, name);
                 let uid = o.parsed.objects.first().and_then(|object| object.resource.metadata().uid.clone());
                 (key, o.generation, uid)
             })

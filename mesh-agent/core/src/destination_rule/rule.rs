@@ -5,7 +5,7 @@ use super::policy::{validate_policy, EffectivePolicy, Policy};
 use crate::api;
 use crate::field::{FieldError, Path};
 use crate::host::{
-    is_istio_label, resolve_host, validate_export_to, validate_labels, validate_rule_host, ExportToNone,
+    is_istio_label, labels_match, resolve_host, validate_export_to, validate_host_name, validate_labels, ExportToNone,
 };
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
@@ -86,9 +86,9 @@ impl DestinationRuleModel {
     /// Whether the rule's `workloadSelector` picks a client pod with
     /// `labels` in `namespace` (false for a rule without selector).
     pub fn selects(&self, labels: &BTreeMap<String, String>, namespace: &str) -> bool {
-        self.workload_selector.as_ref().is_some_and(|wanted| {
-            namespace == self.namespace && wanted.iter().all(|(key, value)| labels.get(key) == Some(value))
-        })
+        self.workload_selector
+            .as_ref()
+            .is_some_and(|wanted| namespace == self.namespace && labels_match(wanted, labels))
     }
 
     /// Whether the rule may apply to a service in `namespace`: always in its
@@ -109,7 +109,9 @@ pub fn validate_destination_rule(
     if spec.host.is_empty() {
         return Err(FieldError::new("spec.host", "required"));
     }
-    validate_rule_host("spec.host", &spec.host)?;
+    // Istio's `ValidateWildcardDomain`, as for every host (an IP address
+    // is not a host here).
+    validate_host_name("spec.host", &spec.host)?;
     validate_export_to(&spec.export_to, &namespace, ExportToNone::Refused)?;
     let workload_selector = (spec.workload_selector.as_ref())
         .map(|selector| validate_workload_selector(selector, &spec.export_to, &namespace))
@@ -179,12 +181,8 @@ fn validate_workload_selector(
             "a DestinationRule with a workloadSelector cannot be exported beyond its own namespace",
         ));
     }
-    if export_to.len() > 1 {
-        return Err(FieldError::new(
-            "spec.exportTo",
-            "a DestinationRule with a workloadSelector cannot have several exportTo entries",
-        ));
-    }
+    // Several entries cannot all be its own: validate_export_to refused
+    // the repeat.
     Ok(selector.match_labels.clone())
 }
 

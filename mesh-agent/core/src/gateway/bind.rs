@@ -11,7 +11,9 @@
 //! A rule whose blocks all go is left out; a rule without blocks stays.
 
 use crate::host::{host_subset_of, resolve_gateway};
-use crate::route::{exported_to, rules_where, HttpRoute, TcpMatch, TcpRoute, TlsRoute, VirtualServiceModel};
+use crate::route::{
+    exported_to, rules_where, source_holds, HttpRoute, TcpMatch, TcpRoute, TlsRoute, VirtualServiceModel,
+};
 use std::collections::BTreeMap;
 
 /// The rules of one VirtualService that apply at one gateway, with the
@@ -55,8 +57,7 @@ pub fn gateway_rules(
             if !m.gateways.is_empty() {
                 return names_gateway(&m.gateways);
             }
-            m.source_labels.iter().all(|(key, value)| labels.get(key) == Some(value))
-                && m.source_namespace.as_deref().is_none_or(|ns| workload_namespace == Some(ns))
+            source_holds(&m.source_labels, m.source_namespace.as_deref(), Some(labels), workload_namespace)
         },
     );
     for block in http.iter_mut().flat_map(|r| r.matches.iter_mut()) {

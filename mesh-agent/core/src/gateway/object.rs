@@ -4,7 +4,7 @@
 use super::server::{self, ServerModel};
 use crate::api::Gateway;
 use crate::field::{FieldError, Path};
-use crate::host::is_dns1123_label;
+use crate::host::{is_dns1123_label, labels_match};
 use serde::Serialize;
 use std::collections::BTreeMap;
 
@@ -24,7 +24,7 @@ impl GatewayModel {
     /// selector label present with its value. An empty selector selects
     /// every gateway workload, as Istio does.
     pub fn selects(&self, labels: &BTreeMap<String, String>) -> bool {
-        self.selector.iter().all(|(key, value)| labels.get(key) == Some(value))
+        labels_match(&self.selector, labels)
     }
 
     /// The selector as `key=value,...`, for messages.

@@ -8,7 +8,7 @@ use crate::api::{HttpMatchRequest, StringMatch};
 use crate::field::Path;
 use crate::field::{parse_port, FieldError};
 use crate::host::validate_gateways;
-use crate::host::{is_istio_label, validate_labels};
+use crate::host::{is_istio_label, labels_match, validate_labels};
 use http::HeaderName;
 use serde::Serialize;
 use std::borrow::Cow;
@@ -177,8 +177,7 @@ pub(crate) fn source_holds(
     labels: Option<&BTreeMap<String, String>>,
     namespace: Option<&str>,
 ) -> bool {
-    let labels_hold = wanted_labels.is_empty()
-        || labels.is_some_and(|labels| wanted_labels.iter().all(|(key, value)| labels.get(key) == Some(value)));
+    let labels_hold = wanted_labels.is_empty() || labels.is_some_and(|labels| labels_match(wanted_labels, labels));
     labels_hold && wanted_namespace.is_none_or(|ns| namespace == Some(ns))
 }
 

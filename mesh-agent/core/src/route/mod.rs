@@ -34,6 +34,7 @@ pub use destination::{pick_destination, shadow_authority, MirrorPolicy, RouteDes
 pub use fault::{Abort, FaultAbort, FaultDecision, FaultDelay, FaultPolicy};
 pub use headers::{HeaderOps, HeaderRules};
 pub use l4::{first_tcp_match, first_tls_match, ConnectionView, Subnet, TcpMatch, TcpRoute, TlsMatch, TlsRoute};
+pub(crate) use matching::source_holds;
 pub use matching::{HeaderMatch, HttpMatch, QueryParamMatch, RequestView, UriMatch};
 pub use redirect::{RedirectPolicy, RedirectPort};
 pub use retry::{retry_backoff, AttemptOutcome, RetryCondition, RetryOn, RetryPolicy};
