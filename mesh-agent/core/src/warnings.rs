@@ -7,8 +7,7 @@
 //! What is honoured was read from the code that acts on each field: the
 //! validation into `destination_rule` and `route` types, the snapshot
 //! compiler (kernel) and the proxy. A field missing from this walk is
-//! honoured; [`HONOURED`] lists those that are easy to mistake for
-//! unsupported (or are honoured by work landing beside this module).
+//! honoured; one the types lack is not, wherever it stands.
 
 use crate::api::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRule, Gateway, LoadBalancerSettings, OutlierDetection,
@@ -21,31 +20,6 @@ use crate::field::Path;
 use crate::gateway::server::{cipher_names, ServerProtocol, SUPPORTED_CIPHER_SUITES};
 use crate::host::{resolve_gateway, MESH_GATEWAY};
 use crate::object::{SourcedObject, Warning, WarningReason};
-
-/// Fields honoured although they may look unsupported, as path patterns
-/// (`[]` for any index). Also checked against fields the API types lack, so
-/// that a field implemented beside this module (and added to the types
-/// there) never warns here meanwhile.
-pub const HONOURED: &[(&str, &str)] = &[
-    ("DestinationRule", "spec.workloadSelector"),
-    ("DestinationRule", "*.connectionPool.tcp.maxConnectionDuration"),
-    ("DestinationRule", "*.loadBalancer.warmup"),
-    ("DestinationRule", "*.loadBalancer.warmupDurationSecs"),
-    ("DestinationRule", "*.retryBudget"),
-    ("VirtualService", "spec.http[].corsPolicy.allowOrigin"),
-    ("VirtualService", "spec.tcp[].match[].destinationSubnets"),
-    ("VirtualService", "spec.tcp[].match[].sourceSubnet"),
-    ("VirtualService", "spec.tcp[].match[].sourceLabels"),
-    ("VirtualService", "spec.tcp[].match[].sourceNamespace"),
-    ("VirtualService", "spec.tcp[].match[].port"),
-    ("VirtualService", "spec.tcp[].match[].gateways"),
-    ("VirtualService", "spec.tls[].match[].destinationSubnets"),
-    ("VirtualService", "spec.tls[].match[].sourceSubnet"),
-    ("VirtualService", "spec.tls[].match[].sourceLabels"),
-    ("VirtualService", "spec.tls[].match[].sourceNamespace"),
-    ("VirtualService", "spec.tls[].match[].port"),
-    ("VirtualService", "spec.tls[].match[].gateways"),
-];
 
 /// Istio fields the API types do not have, and what happens instead.
 const KNOWN_UNMODELLED: &[(&str, &str, &str)] = &[
@@ -113,21 +87,7 @@ pub fn of_object(object: &SourcedObject) -> Vec<Warning> {
             }
         }
     }
-    // The honoured list guards against fields the types lack; what the
-    // walk finds is meant.
-    found.0.retain(|(field, _, reason)| *reason != WarningReason::UnknownField || !is_honoured(kind, field));
     found.into_warnings(object)
-}
-
-/// Whether `field` (a path with indexes) is on the [`HONOURED`] list for
-/// `kind`, itself or under a listed field.
-pub fn is_honoured(kind: &str, field: &str) -> bool {
-    let pattern = pattern_of(field);
-    HONOURED.iter().filter(|(k, _)| *k == kind).any(|(_, listed)| match listed.strip_prefix('*') {
-        // At any policy level: top, subset or port.
-        Some(suffix) => pattern.ends_with(suffix) || pattern.contains(&format!("{suffix}.")),
-        None => pattern == *listed || pattern.starts_with(&format!("{listed}.")),
-    })
 }
 
 /// A path with its list indexes blanked: `spec.http[2].route` → `spec.http[].route`.
@@ -1037,15 +997,27 @@ mod tests {
     }
 
     #[test]
-    fn the_honoured_list_matches_any_index_and_level() {
-        assert!(is_honoured(
-            "DestinationRule",
-            "spec.subsets[3].trafficPolicy.portLevelSettings[0].loadBalancer.warmup"
+    fn a_field_the_types_lack_warns_also_under_an_honoured_one() {
+        // Honoured fields, spelled right, warn of nothing.
+        let text = rule(concat!(
+            "  workloadSelector: {matchLabels: {app: web}}\n",
+            "  trafficPolicy:\n",
+            "    retryBudget: {percent: 20, minRetryConcurrency: 2}\n",
+            "    loadBalancer: {simple: ROUND_ROBIN, warmup: {duration: 30s, minimumPercent: 10, aggression: 1}}\n",
         ));
-        assert!(is_honoured("DestinationRule", "spec.trafficPolicy.retryBudget.percent"));
-        assert!(is_honoured("VirtualService", "spec.tls[2].match[1].sourceSubnet"));
-        assert!(!is_honoured("VirtualService", "spec.http[0].match[0].sourceSubnet"));
-        assert!(!is_honoured("DestinationRule", "spec.trafficPolicy.tunnel"));
-        assert!(!is_honoured("DestinationRule", "spec.trafficPolicy.loadBalancer.warmupX"));
+        assert_eq!(fields(&text), Vec::<String>::new());
+        // A typo under one of them is no field of the kind.
+        let typo = text.replace("minRetryConcurrency", "minRetryConcurency");
+        assert_eq!(fields(&typo), ["spec.trafficPolicy.retryBudget.minRetryConcurency"]);
+        // Istio's TLS match has no sourceSubnet (its TCP match does).
+        let tls = vs(concat!(
+            "  tls:\n",
+            "  - match: [{port: 443, sniHosts: [web], sourceSubnet: 10.0.0.0/8}]\n",
+            "    route: [{destination: {host: web}}]\n",
+        ));
+        let found = warnings(&tls);
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "spec.tls[0].match[0].sourceSubnet");
+        assert_eq!(found[0].1, "not a field of VirtualService in networking.istio.io/v1; ignored");
     }
 }
