@@ -20,7 +20,7 @@
 
 use super::bind::{gateway_rules, intersect_hosts, narrow_sni, GatewayRules};
 use super::object::{can_share, GatewayModel};
-use super::server::{ListenerKind, ServerCertificate, ServerModel, ServerTlsMode};
+use super::server::{ListenerKind, ServerModel, ServerTlsMode};
 use crate::host::{host_specificity, strip_port};
 use crate::model::Model;
 use crate::route::{HttpRoute, TcpRoute, TlsRoute, VirtualServiceModel};
@@ -55,9 +55,8 @@ pub struct Listener {
 pub struct BoundServer {
     pub gateway_namespace: String,
     pub gateway_name: String,
+    /// How its connections are served: [`ServerModel::kind`].
     pub server: ServerModel,
-    /// How this server's connections are served.
-    pub kind: ListenerKind,
     /// HTTP routing (HTTP and terminated HTTPS servers), one per host. On a
     /// plaintext HTTP listener a host appears once across the servers: in
     /// the first server that has it, with the others' rules merged in.
@@ -147,16 +146,6 @@ impl GatewayPlan {
         plan
     }
 
-    /// The Secrets (`namespace`, `name`) the served servers take their
-    /// certificates from, each once.
-    pub fn secrets(&self) -> Vec<(&str, &str)> {
-        let mut secrets: Vec<(&str, &str)> =
-            (self.listeners.iter()).flat_map(|l| l.servers.iter()).filter_map(BoundServer::secret).collect();
-        secrets.sort_unstable();
-        secrets.dedup();
-        secrets
-    }
-
     /// Puts `server` on its listener, or says why it cannot go there.
     fn place(
         &mut self,
@@ -202,18 +191,8 @@ impl GatewayPlan {
                 self.listeners.last_mut().expect("just pushed")
             }
         };
-        listener.servers.push(bind_server(gateway, server, kind, bound));
+        listener.servers.push(bind_server(gateway, server, bound));
         Ok(())
-    }
-}
-
-impl BoundServer {
-    /// The Secret (`namespace`, `name`) its certificate comes from.
-    pub fn secret(&self) -> Option<(&str, &str)> {
-        match self.server.tls.as_ref()?.certificate.as_ref()? {
-            ServerCertificate::Secret { namespace, name } => Some((namespace, name)),
-            ServerCertificate::Files { .. } => None,
-        }
     }
 }
 
@@ -222,14 +201,13 @@ impl BoundServer {
 fn bind_server(
     gateway: &GatewayModel,
     server: &ServerModel,
-    kind: ListenerKind,
     bound: &[(&VirtualServiceModel, GatewayRules)],
 ) -> BoundServer {
+    let kind = server.kind();
     let mut out = BoundServer {
         gateway_namespace: gateway.namespace.clone(),
         gateway_name: gateway.name.clone(),
         server: server.clone(),
-        kind,
         virtual_hosts: Vec::new(),
         tcp: Vec::new(),
         tls: Vec::new(),

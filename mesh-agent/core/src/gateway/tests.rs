@@ -427,7 +427,13 @@ fn the_sni_picks_the_most_specific_server() {
     assert_eq!(port_name(Some("example.com")).as_deref(), Some("any"));
     assert_eq!(port_name(Some("other.org")).as_deref(), Some("any"));
     assert_eq!(port_name(None).as_deref(), Some("any"), "`*` takes a client without SNI");
-    let secrets = plan.secrets();
+    let mut secrets: Vec<(&str, &str)> = (listener.servers.iter())
+        .filter_map(|s| match s.server.tls.as_ref()?.certificate.as_ref()? {
+            ServerCertificate::Secret { namespace, name } => Some((namespace.as_str(), name.as_str())),
+            ServerCertificate::Files { .. } => None,
+        })
+        .collect();
+    secrets.sort_unstable();
     assert_eq!(secrets, [("istio-system", "a-cert"), ("istio-system", "any-cert"), ("istio-system", "wide-cert")]);
     // Without a `*` server, no SNI (or an unknown one) finds none.
     let mut narrow = listener.clone();
@@ -552,7 +558,7 @@ fn tls_servers_share_a_port_by_sni_unless_a_host_repeats() {
     assert_eq!(plan.listeners.len(), 1);
     let listener = &plan.listeners[0];
     assert_eq!(listener.kind, ListenerKind::MixedTls);
-    let kinds: Vec<ListenerKind> = listener.servers.iter().map(|s| s.kind).collect();
+    let kinds: Vec<ListenerKind> = listener.servers.iter().map(|s| s.server.kind()).collect();
     assert_eq!(kinds, [ListenerKind::TerminatedTls, ListenerKind::Passthrough]);
     let reasons: Vec<(usize, &str)> = plan.skipped.iter().map(|s| (s.server, s.reason.as_str())).collect();
     assert_eq!(reasons.len(), 2, "{reasons:?}");

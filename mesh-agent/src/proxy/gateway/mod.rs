@@ -114,7 +114,8 @@ async fn serve(
         return;
     };
     let bound = &listener.servers[server];
-    if bound.kind == ListenerKind::Passthrough {
+    let kind = bound.server.kind();
+    if kind == ListenerKind::Passthrough {
         proxy.relay_at_gateway(stream, peer, local, bound, sni.as_deref(), hello).await;
         return;
     }
@@ -125,7 +126,7 @@ async fn serve(
         tracing::debug!(%peer, "client certificate names none of subjectAltNames");
         return;
     }
-    if bound.kind == ListenerKind::TerminatedTcp {
+    if kind == ListenerKind::TerminatedTcp {
         proxy.relay_at_gateway(tls, peer, local, bound, None, Vec::new()).await;
         return;
     }

@@ -57,7 +57,8 @@ impl GatewayState {
         let mut configs = HashMap::new();
         for (index, listener) in plan.listeners.iter().enumerate() {
             for (server, bound) in listener.servers.iter().enumerate() {
-                let terminates = matches!(bound.kind, ListenerKind::TerminatedTls | ListenerKind::TerminatedTcp);
+                let terminates =
+                    matches!(bound.server.kind(), ListenerKind::TerminatedTls | ListenerKind::TerminatedTcp);
                 let Some(settings) = bound.server.tls.as_ref().filter(|_| terminates) else { continue };
                 let config = tls::server_config(settings, &options.namespace, &model.secrets).map_err(|error| {
                     tracing::warn!(
