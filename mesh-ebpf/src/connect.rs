@@ -140,14 +140,15 @@ fn capture(ctx: &SockAddrContext, cookie: u64, fe: &Frontend, dial: &Dial, v6_ct
     } else {
         return None;
     };
+    let config = POLICY.get(0);
     // The proxy's own connects are balanced at L4, never sent back to it.
-    if POLICY.get(0).is_some_and(|config| config.agent_cgroup != 0 && config.agent_cgroup == current_cgroup()) {
+    if config.is_some_and(|config| config.agent_cgroup != 0 && config.agent_cgroup == current_cgroup()) {
         return None;
     }
     if !proxy_listening(dial.key.family) {
         // No proxy (its agent is gone): balanced at L4 when failing open,
         // else refused at once rather than sent to a closed port.
-        if POLICY.get(0).is_some_and(|config| config.l7_fail_open != 0) {
+        if config.is_some_and(|config| config.l7_fail_open != 0) {
             count(global_stat::CONNECT_PROXY_DOWN_L4);
             return None;
         }

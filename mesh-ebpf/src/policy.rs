@@ -6,7 +6,6 @@
 //! cgroup the calling task is in, at any depth below it.
 
 use aya_ebpf::{
-    bindings::BPF_NOEXIST,
     helpers::generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
     maps::lpm_trie::Key,
 };
@@ -16,6 +15,7 @@ use mesh_common::{
 };
 
 use crate::maps::{POLICY, REGISTRY, SCOPE_CLUSTERS, WORKLOADS, WORKLOAD_STATS};
+use crate::stats::count_in;
 
 /// The cgroup id of the caller's workload and its policy; null when the
 /// caller is in no known workload (the node, the agent, unmanaged pods).
@@ -90,11 +90,5 @@ pub(crate) fn out_of_scope(cluster_id: u64) -> bool {
 
 #[inline(always)]
 fn count_workload(id: u64, bump: impl Fn(&mut WorkloadStats)) {
-    if WORKLOAD_STATS.get_ptr_mut(&id).is_none() {
-        let _ = WORKLOAD_STATS.insert(&id, &WorkloadStats::default(), BPF_NOEXIST as u64);
-    }
-    if let Some(stats) = WORKLOAD_STATS.get_ptr_mut(&id) {
-        // Per-CPU slot: no other CPU writes it.
-        bump(unsafe { &mut *stats });
-    }
+    count_in(&WORKLOAD_STATS, &id, bump);
 }
