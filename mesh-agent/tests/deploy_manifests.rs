@@ -35,26 +35,36 @@ fn of_kind<T: serde::de::DeserializeOwned>(docs: &[serde_json::Value], kind: &st
 
 fn all_documents() -> Vec<serde_json::Value> {
     let dir = deploy_dir();
-    let kustomization = &documents(&dir.join("kustomization.yaml"))[0];
     // The CRDs are their own kustomization, applied first when Istio's are
     // not installed.
+    let mut docs = kustomization_documents(&dir.join("crds"));
+    docs.extend(kustomization_documents(&dir));
+    docs
+}
+
+/// The documents of the kustomization in `dir`: its resources' files, and
+/// those of the directories it names (kustomizations themselves).
+fn kustomization_documents(dir: &Path) -> Vec<serde_json::Value> {
+    let kustomization = &documents(&dir.join("kustomization.yaml"))[0];
     let mut docs = Vec::new();
-    let crds = dir.join("crds");
-    for file in documents(&crds.join("kustomization.yaml"))[0]["resources"].as_array().unwrap() {
-        docs.extend(documents(&crds.join(file.as_str().unwrap())));
-    }
     for resource in kustomization["resources"].as_array().expect("resources") {
         let path = dir.join(resource.as_str().unwrap());
         if path.is_dir() {
-            let inner = &documents(&path.join("kustomization.yaml"))[0];
-            for file in inner["resources"].as_array().unwrap() {
-                docs.extend(documents(&path.join(file.as_str().unwrap())));
-            }
+            docs.extend(kustomization_documents(&path));
         } else {
             docs.extend(documents(&path));
         }
     }
     docs
+}
+
+/// The downward-API field the container's env `name` is set from.
+fn env_field(container: &Container, name: &str) -> Option<String> {
+    (container.env.as_ref()?.iter())
+        .find(|e| e.name == name)
+        .and_then(|e| e.value_from.clone())
+        .and_then(|v| v.field_ref)
+        .map(|f| f.field_path)
 }
 
 #[test]
@@ -123,14 +133,7 @@ fn the_daemonset_selects_its_pods_mounts_what_exists_and_probes_the_health_addre
         let path = http.path.unwrap();
         assert!(path == "/healthz" || path == "/readyz", "{name} probe path {path}");
     }
-    let env: Vec<_> = container.env.clone().unwrap();
-    let field = |name: &str| {
-        env.iter()
-            .find(|e| e.name == name)
-            .and_then(|e| e.value_from.clone())
-            .and_then(|v| v.field_ref)
-            .map(|f| f.field_path)
-    };
+    let field = |name: &str| env_field(container, name);
     assert_eq!(field("NODE_NAME").as_deref(), Some("spec.nodeName"));
     assert_eq!(field("HOST_IP").as_deref(), Some("status.hostIP"));
     assert_eq!(field("POD_NAMESPACE").as_deref(), Some("metadata.namespace"));
@@ -209,23 +212,11 @@ fn example_istio_yaml_is_accepted_by_the_agent() {
 
 /// The gateways' kustomization (deploy/gateways/), applied after deploy/.
 fn gateway_documents() -> Vec<serde_json::Value> {
-    let dir = deploy_dir().join("gateways");
-    let kustomization = &documents(&dir.join("kustomization.yaml"))[0];
-    let mut docs = Vec::new();
-    for resource in kustomization["resources"].as_array().expect("resources") {
-        docs.extend(documents(&dir.join(resource.as_str().unwrap())));
-    }
-    docs
+    kustomization_documents(&deploy_dir().join("gateways"))
 }
 
 /// The flags `mesh-agent gateway` takes in a cluster, each with a value.
 const GATEWAY_FLAGS: [&str; 6] = ["--source", "--labels-file", "--namespace", "--admin", "--health", "--listen-ip"];
-
-/// What a gateway reads cluster-wide: the Istio kinds it serves, the
-/// destinations' Services and EndpointSlices, and the pods' labels (subsets).
-fn gateway_cluster_permissions() -> Permissions {
-    mesh_agent::k8s::gateway_required_permissions()
-}
 
 #[test]
 fn gateway_manifests_parse_and_name_only_fields_of_their_api_types() {
@@ -347,13 +338,7 @@ fn check_gateway(gateway: &Gateway, istio: &str, app: &str) {
         assert!(flags.insert(pair[0].as_str(), value.as_str()).is_none(), "{app}: {} twice", pair[0]);
     }
     let env = container.env.clone().unwrap();
-    let field = |name: &str| {
-        env.iter()
-            .find(|e| e.name == name)
-            .and_then(|e| e.value_from.clone())
-            .and_then(|v| v.field_ref)
-            .map(|f| f.field_path)
-    };
+    let field = |name: &str| env_field(container, name);
     for value in flags.values() {
         if let Some(var) = value.strip_prefix("$(").and_then(|v| v.strip_suffix(')')) {
             assert!(env.iter().any(|e| e.name == var), "{app}: $({var}) is an env of the container");
@@ -493,7 +478,9 @@ fn gateway_rbac_reads_what_a_gateway_serves_and_secrets_only_in_its_namespace() 
 
     let cluster_role = of_kind::<ClusterRole>(&docs, "ClusterRole").remove(0);
     let cluster_granted = granted(&cluster_role.rules.unwrap());
-    assert_eq!(cluster_granted, gateway_cluster_permissions());
+    // What a gateway reads cluster-wide: the Istio kinds it serves, the
+    // destinations' Services and EndpointSlices, and the pods' labels.
+    assert_eq!(cluster_granted, mesh_agent::k8s::gateway_required_permissions());
     assert!(!cluster_granted.iter().any(|(_, resource, _)| resource == "secrets"), "no Secret of another namespace");
     let binding = of_kind::<ClusterRoleBinding>(&docs, "ClusterRoleBinding").remove(0);
     assert_eq!(Some(binding.role_ref.name), cluster_role.metadata.name);

@@ -17,7 +17,7 @@ use crate::system;
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A running `mesh-agent run ...`.
+/// A running `mesh-agent run ...` (or `mesh-agent gateway ...`).
 pub(crate) struct Agent {
     child: Child,
 }
@@ -25,38 +25,28 @@ pub(crate) struct Agent {
 /// Where and how to run the agent.
 pub(crate) struct AgentSpec<'a> {
     pub bin: PathBuf,
-    pub config_dir: &'a Path,
-    pub cgroup: &'a Path,
+    /// Its command line (`run ...` or `gateway ...`).
+    pub args: Vec<OsString>,
     /// The agent's own cgroup (see `Names::agent_cgroup`).
     pub own_cgroup: &'a Path,
-    pub pin_dir: &'a Path,
+    /// Its admin API, asked for `/readyz`.
     pub admin: SocketAddr,
     pub log: &'a Path,
-    pub extra: &'a [&'a str],
     /// Network namespace to run the agent in (the node); None: the caller's.
     pub netns: Option<PathBuf>,
 }
 
 impl Agent {
-    /// Spawns the agent and waits until `GET /readyz` answers 200.
-    pub fn start(spec: &AgentSpec<'_>) -> Result<Agent> {
-        let mut args: Vec<OsString> = vec!["run".into(), "--config-dir".into(), spec.config_dir.into()];
-        args.extend(["--cgroup".into(), spec.cgroup.into(), "--admin".into(), spec.admin.to_string().into()]);
-        args.extend(["--bpffs".into(), spec.pin_dir.into()]);
-        args.extend(spec.extra.iter().map(OsString::from));
-        Self::start_with(spec, args)
-    }
-
-    /// Spawns `mesh-agent` with `args` as `spec` says (its cgroup, netns and
+    /// Spawns `mesh-agent` as `spec` says (its arguments, cgroup, netns and
     /// log), and waits until its admin API's `GET /readyz` answers 200.
-    pub fn start_with(spec: &AgentSpec<'_>, args: Vec<OsString>) -> Result<Agent> {
+    pub fn start(spec: &AgentSpec<'_>) -> Result<Agent> {
         if !spec.bin.exists() {
             bail!(
                 "agent binary {} not found (build it with `cargo build -p mesh-agent` or set MESH_AGENT_BIN)",
                 spec.bin.display()
             );
         }
-        let mut agent = Agent { child: spawn(spec, args)? };
+        let mut agent = Agent { child: spawn(spec)? };
         match agent.wait_ready(spec.admin, spec.netns.as_deref()) {
             Ok(()) => Ok(agent),
             Err(e) => {
@@ -109,9 +99,9 @@ impl Agent {
     }
 }
 
-fn spawn(spec: &AgentSpec<'_>, args: Vec<OsString>) -> Result<Child> {
+fn spawn(spec: &AgentSpec<'_>) -> Result<Child> {
     let mut log = OpenOptions::new().create(true).append(true).open(spec.log).context("opening agent log")?;
-    writeln!(log, "==== mesh-tests: {} {:?}", spec.bin.display(), args)?;
+    writeln!(log, "==== mesh-tests: {} {:?}", spec.bin.display(), spec.args)?;
 
     if !spec.own_cgroup.exists() {
         system::create_cgroup(spec.own_cgroup)?;
@@ -119,7 +109,7 @@ fn spawn(spec: &AgentSpec<'_>, args: Vec<OsString>) -> Result<Child> {
     let procs = CString::new(spec.own_cgroup.join("cgroup.procs").as_os_str().as_bytes())?;
     let mut cmd = Command::new(&spec.bin);
     // Plain-text log: tracing-subscriber honours NO_COLOR.
-    cmd.args(&args).env("NO_COLOR", "1").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    cmd.args(&spec.args).env("NO_COLOR", "1").stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
     // In its own cgroup before exec, so a crashed test's agent can be found
     // and killed with cgroup.kill by the next run.
     let netns = match &spec.netns {

@@ -45,6 +45,7 @@ pub mod tls;
 #[doc(hidden)]
 pub mod sys;
 
+use std::ffi::OsString;
 use std::fs;
 use std::io::Read;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
@@ -157,6 +158,12 @@ impl TestEnv {
         &self.config_dir
     }
 
+    /// A path of this test's own beside the config directory (PKI, state,
+    /// uploads), removed with the environment.
+    pub fn scratch(&self, name: &str) -> PathBuf {
+        self.tmp_dir.join(name)
+    }
+
     /// The agent's stdout/stderr log (appended to across restarts).
     pub fn agent_log_path(&self) -> PathBuf {
         self.tmp_dir.join("agent.log")
@@ -240,17 +247,12 @@ impl TestEnv {
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let log = self.agent_log_path();
         let own_cgroup = self.names.agent_cgroup();
-        let spec = AgentSpec {
-            bin: agent_bin(),
-            config_dir: &self.config_dir,
-            cgroup: &self.cgroup,
-            own_cgroup: &own_cgroup,
-            pin_dir: &self.pin_dir,
-            admin,
-            log: &log,
-            extra: extra_args,
-            netns: netns.clone(),
-        };
+        let mut args: Vec<OsString> = vec!["run".into(), "--config-dir".into(), self.config_dir.clone().into()];
+        args.extend(["--cgroup".into(), self.cgroup.clone().into(), "--admin".into(), admin.to_string().into()]);
+        args.extend(["--bpffs".into(), self.pin_dir.clone().into()]);
+        args.extend(extra_args.iter().map(OsString::from));
+        let spec =
+            AgentSpec { bin: agent_bin(), args, own_cgroup: &own_cgroup, admin, log: &log, netns: netns.clone() };
         *lock(&self.admin) = Some(admin);
         *lock(&self.agent_netns) = netns;
         *slot = Some(Agent::start(&spec)?);
@@ -265,22 +267,12 @@ impl TestEnv {
         let admin = SocketAddr::new(pod.ipv4().into(), 15000);
         let log = self.tmp_dir.join(format!("gateway-{}.log", pod.name()));
         let own_cgroup = self.names.agent_cgroup();
-        let spec = AgentSpec {
-            bin: agent_bin(),
-            config_dir: &self.config_dir,
-            cgroup: &self.cgroup,
-            own_cgroup: &own_cgroup,
-            pin_dir: &self.pin_dir,
-            admin,
-            log: &log,
-            extra: args,
-            netns: Some(pod.netns_path()),
-        };
-        let mut all: Vec<std::ffi::OsString> =
-            vec!["gateway".into(), "--config-dir".into(), self.config_dir.clone().into()];
+        let mut all: Vec<OsString> = vec!["gateway".into(), "--config-dir".into(), self.config_dir.clone().into()];
         all.extend(["--admin".into(), admin.to_string().into()]);
-        all.extend(args.iter().map(std::ffi::OsString::from));
-        let process = Agent::start_with(&spec, all)?;
+        all.extend(args.iter().map(OsString::from));
+        let netns = Some(pod.netns_path());
+        let spec = AgentSpec { bin: agent_bin(), args: all, own_cgroup: &own_cgroup, admin, log: &log, netns };
+        let process = Agent::start(&spec)?;
         Ok(Gateway { process: Some(process), admin, netns: pod.netns_path(), log })
     }
 

@@ -27,6 +27,11 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// The request target of the head's request line ("" if it has none).
+    pub fn path(&self) -> &str {
+        self.head.split_whitespace().nth(1).unwrap_or("")
+    }
+
     /// The value of the head's `name` field (case-insensitive), if any.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.head.lines().skip(1).find_map(|line| {
@@ -125,9 +130,8 @@ async fn record(mut stream: tokio::net::TcpStream, log: Arc<Mutex<Vec<Seen>>>) -
         let text = format!("received {}", body.len());
         let path = {
             let log = log.lock().unwrap_or_else(|e| e.into_inner());
-            let path = |seen: &Seen| seen.head.split_whitespace().nth(1).unwrap_or("").to_owned();
-            let mine = path(&log[index]);
-            let first = log[..index].iter().all(|earlier| path(earlier) != mine);
+            let mine = log[index].path().to_owned();
+            let first = log[..index].iter().all(|earlier| earlier.path() != mine);
             (mine, first)
         };
         let status = if path.0.starts_with("/fail-once/") && path.1 { "503 Service Unavailable" } else { "200 OK" };

@@ -28,6 +28,21 @@ pub struct Pki {
     pub client_key: PathBuf,
 }
 
+/// A `kubernetes.io/tls` Secret `namespace/name` holding the PEM `files`
+/// under their keys (`tls.crt`, `tls.key`, `ca.crt`), as YAML.
+pub fn secret_yaml(namespace: &str, name: &str, files: &[(&str, &Path)]) -> Result<String> {
+    let mut yaml = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\ntype: kubernetes.io/tls\nstringData:\n"
+    );
+    for (key, path) in files {
+        yaml.push_str(&format!("  {key}: |\n"));
+        for line in std::fs::read_to_string(path)?.lines() {
+            yaml.push_str(&format!("    {line}\n"));
+        }
+    }
+    Ok(yaml)
+}
+
 /// Makes a CA, a server certificate for `server_names`, and a client
 /// certificate, as PEM files in `dir`.
 pub fn make_pki(dir: &Path, server_names: &[&str]) -> Result<Pki> {

@@ -3,7 +3,7 @@
 //! clients (curl in another namespace) and backends in pod namespaces.
 //! No kernel programs are involved: a gateway dials endpoints directly.
 
-use mesh_tests::tls::make_pki;
+use mesh_tests::tls::{make_pki, secret_yaml, Pki};
 use mesh_tests::{wait_until, Pod, TestEnv};
 use serde_json::Value;
 use std::io::Write;
@@ -118,7 +118,7 @@ fn plain_http_is_routed_by_host_and_path_and_an_unknown_host_gets_404() {
 #[test]
 fn https_with_a_certificate_per_host_mutual_tls_and_https_redirect() {
     let edge = Edge::new("gw_tls");
-    let dir = edge.env.config_dir().join("../pki");
+    let dir = edge.env.scratch("pki");
     let a = make_pki(&dir.join("a"), &["a.example.com"]).unwrap();
     let b = make_pki(&dir.join("b"), &["b.example.com"]).unwrap();
     let m = make_pki(&dir.join("m"), &["m.example.com"]).unwrap();
@@ -191,7 +191,7 @@ fn https_with_a_certificate_per_host_mutual_tls_and_https_redirect() {
 #[test]
 fn a_missing_secret_fails_its_server_alone_and_a_rotated_one_keeps_established_connections() {
     let edge = Edge::new("gw_secret");
-    let dir = edge.env.config_dir().join("../pki");
+    let dir = edge.env.scratch("pki");
     let a = make_pki(&dir.join("a"), &["a.example.com"]).unwrap();
     let config = format!(
         "{GATEWAY}  - port: {{number: 8443, name: https, protocol: HTTPS}}\n    hosts: [a.example.com]\n    tls: {{mode: SIMPLE, credentialName: a-cert}}\n\
@@ -213,23 +213,18 @@ fn a_missing_secret_fails_its_server_alone_and_a_rotated_one_keeps_established_c
     );
     // The Secret arrives, in the gateway's own namespace (as Istio reads
     // it): new handshakes get the certificate.
-    let pem = |path: &std::path::Path| std::fs::read_to_string(path).unwrap();
-    let indent = |text: String| text.lines().map(|l| format!("    {l}\n")).collect::<String>();
-    let secret = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: a-cert, namespace: mesh-system}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
-        indent(pem(&a.server_cert)),
-        indent(pem(&a.server_key))
-    );
-    edge.env.write_config("secret.yaml", &secret).unwrap();
-    let args = ["--resolve", "a.example.com:8443:10.244.9.2", "--cacert"];
+    let secret = |pki: &Pki| {
+        let files = [("tls.crt", pki.server_cert.as_path()), ("tls.key", pki.server_key.as_path())];
+        secret_yaml("mesh-system", "a-cert", &files).unwrap()
+    };
+    let serves_with = |ca: &str| {
+        let url = "https://a.example.com:8443/";
+        let args = ["-o", "/dev/null", "-w", "%{http_code}", url, "--resolve", "a.example.com:8443:10.244.9.2"];
+        wait_until(Duration::from_secs(10), || edge.curl(&[&args[..], &["--cacert", ca]].concat()).1 == "200")
+    };
+    edge.env.write_config("secret.yaml", &secret(&a)).unwrap();
     let ca = a.ca.display().to_string();
-    let served = wait_until(Duration::from_secs(10), || {
-        let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}", "https://a.example.com:8443/"];
-        all.extend_from_slice(&args);
-        all.push(&ca);
-        edge.curl(&all).1 == "200"
-    });
-    assert!(served, "{}", gateway.log());
+    assert!(serves_with(&ca), "{}", gateway.log());
 
     // Rotation: a client keeps its connection (and certificate) across a
     // new certificate, which new handshakes get.
@@ -239,20 +234,9 @@ fn a_missing_secret_fails_its_server_alone_and_a_rotated_one_keeps_established_c
     let first = mesh_tests::read_json_line(&mut kept).unwrap();
     assert_eq!(first["status"], 200, "{first}");
     let rotated = make_pki(&dir.join("rotated"), &["a.example.com"]).unwrap();
-    let secret = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata: {{name: a-cert, namespace: mesh-system}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
-        indent(pem(&rotated.server_cert)),
-        indent(pem(&rotated.server_key))
-    );
-    edge.env.write_config("secret.yaml", &secret).unwrap();
+    edge.env.write_config("secret.yaml", &secret(&rotated)).unwrap();
     let new_ca = rotated.ca.display().to_string();
-    let rotated_served = wait_until(Duration::from_secs(10), || {
-        let mut all = vec!["-o", "/dev/null", "-w", "%{http_code}", "https://a.example.com:8443/"];
-        all.extend_from_slice(&args);
-        all.push(&new_ca);
-        edge.curl(&all).1 == "200"
-    });
-    assert!(rotated_served, "new handshakes get the new certificate: {}", gateway.log());
+    assert!(serves_with(&new_ca), "new handshakes get the new certificate: {}", gateway.log());
     kept.stdin.take().unwrap().write_all(b"go\n").unwrap();
     let second = mesh_tests::read_json_line(&mut kept).unwrap();
     assert_eq!(second["status"], 200, "the established connection still serves: {second}");
@@ -261,7 +245,7 @@ fn a_missing_secret_fails_its_server_alone_and_a_rotated_one_keeps_established_c
 #[test]
 fn tls_passthrough_by_server_name_and_a_server_port_mapped_by_the_gateway_service() {
     let edge = Edge::new("gw_pass");
-    let dir = edge.env.config_dir().join("../pki");
+    let dir = edge.env.scratch("pki");
     let pki = make_pki(&dir.join("pass"), &["pass.example.com"]).unwrap();
     let _tls_backend = edge._backends[0].serve_tls(8443, &pki, false);
     let config = format!(
@@ -314,7 +298,7 @@ fn egress_through_the_gateway_to_a_service_entry_host() {
 fn egress_flow(test: &str, external: &str, host: &str, short: &str, address: &str) {
     let edge = Edge::new(test);
     let client = edge.env.add_pod("client", "10.244.0.2", "fd00:244::2");
-    let dir = edge.env.config_dir().join("../pki");
+    let dir = edge.env.scratch("pki");
     let pki = make_pki(&dir.join("ext"), &["ext.example.com"]).unwrap();
     // The "external" host: a TLS server on b2.
     let _external = edge._backends[1].serve_tls(8443, &pki, false);

@@ -584,7 +584,7 @@ fn tls_origination_simple_and_mutual_with_name_checks() {
     let env = TestEnv::new("l7_tls").expect("test env");
     let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
     let server = env.add_pod("s1", "10.244.1.2", "fd00:244::1:2");
-    let pki_dir = env.config_dir().parent().unwrap().join("pki");
+    let pki_dir = env.scratch("pki");
     let pki =
         mesh_tests::tls::make_pki(&pki_dir, &["secure.shop.svc.cluster.local", "mtls.shop.svc.cluster.local"]).unwrap();
     let _simple = server.serve_tls(8443, &pki, false);
@@ -596,14 +596,8 @@ fn tls_origination_simple_and_mutual_with_name_checks() {
         )
     };
     let secret = |name: &str, files: &[(&str, &std::path::PathBuf)]| {
-        let mut yaml = format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {NS}}}\ntype: kubernetes.io/tls\nstringData:\n");
-        for (key, path) in files {
-            yaml.push_str(&format!("  {key}: |\n"));
-            for line in std::fs::read_to_string(path).unwrap().lines() {
-                yaml.push_str(&format!("    {line}\n"));
-            }
-        }
-        yaml + "---\n"
+        let files: Vec<(&str, &std::path::Path)> = files.iter().map(|(key, path)| (*key, path.as_path())).collect();
+        mesh_tests::tls::secret_yaml(NS, name, &files).unwrap() + "---\n"
     };
     let rule = |name: &str, tls: &str| {
         format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: {name}, namespace: {NS}}}\nspec:\n  host: {name}\n  trafficPolicy:\n    tls: {{{tls}}}\n---\n")
@@ -670,7 +664,7 @@ fn tls_routes_pick_the_backend_by_server_name_without_terminating_tls() {
     let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
     let pods: Vec<Pod> =
         (1..=2).map(|i| env.add_pod(&format!("t{i}"), &format!("10.244.{i}.2"), &format!("fd00:244::{i}:2"))).collect();
-    let pki_dir = env.config_dir().parent().unwrap().join("pki");
+    let pki_dir = env.scratch("pki");
     let pki = mesh_tests::tls::make_pki(&pki_dir, &["a.example.com", "b.example.com"]).unwrap();
     let _servers: Vec<_> = pods.iter().map(|p| p.serve_tls(8443, &pki, false)).collect();
     let mut config = format!(

@@ -87,7 +87,7 @@ fn response(out: &Value) -> &str {
 
 /// The requests `recorder` saw for `path`.
 fn seen_at(recorder: &Recorder, path: &str) -> Vec<Seen> {
-    recorder.seen().into_iter().filter(|seen| seen.head.split_whitespace().nth(1) == Some(path)).collect()
+    recorder.seen().into_iter().filter(|seen| seen.path() == path).collect()
 }
 
 #[test]
@@ -154,7 +154,7 @@ fn bodies_keep_their_content_length_and_curl_expect_100_continue_works() {
     let recorder = world._backend.serve_recorder(HTTP_PORT);
     world.start();
     // Past the 64 KiB replay copy: this body streams with no copy.
-    let file = world.env.config_dir().join("../upload.bin");
+    let file = world.env.scratch("upload.bin");
     std::fs::write(&file, vec![b'x'; 100_000]).unwrap();
     let data = format!("@{}", file.display());
     let url = |path: &str| format!("http://{VIP}:{HTTP_PORT}{path}");
@@ -229,8 +229,7 @@ fn host_rules_connect_and_a_half_closed_client() {
     let half = world.raw("POST /half HTTP/1.1\nhost: files\ncontent-length: 2\n\nhi", &["--half-close"]);
     assert!(response(&half).starts_with("HTTP/1.1 200 OK\r\n"), "{half}");
     assert!(response(&half).ends_with("received 2"), "{half}");
-    let paths: Vec<String> =
-        recorder.seen().iter().filter_map(|s| s.head.split_whitespace().nth(1).map(str::to_owned)).collect();
+    let paths: Vec<String> = recorder.seen().iter().map(|s| s.path().to_owned()).collect();
     assert_eq!(paths, ["/half"], "refused requests never reach the backend");
 
     // A chunked body that breaks midway is the client's fault: 400, and

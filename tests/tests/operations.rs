@@ -84,7 +84,7 @@ fn while_no_proxy_listens_l7_ports_fail_open_to_the_kernel() {
 fn a_restarted_agent_serves_the_last_good_version_it_kept() {
     let env = TestEnv::new("ops_state").expect("test env");
     let _client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
-    let state = env.config_dir().parent().unwrap().join("state");
+    let state = env.scratch("state");
     let rule = |algorithm: &str| {
         format!(
             "apiVersion: v1\nkind: Service\nmetadata: {{name: db, namespace: shop}}\nspec:\n  clusterIP: 10.96.0.40\n  ports: [{{name: tcp, port: 5432}}]\n---\n\

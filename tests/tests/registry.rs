@@ -14,6 +14,19 @@ fn probe(env: &TestEnv, pod: &Pod, args: &[&str]) -> Value {
     env.probe(pod, args).unwrap_or_else(|e| panic!("{e:#}\nagent log:\n{}", env.agent_log()))
 }
 
+/// One TCP connect to `target` from `pod` by a process in `cgroup`.
+fn tcp_in(env: &TestEnv, cgroup: &std::path::Path, pod: &Pod, target: &str) -> Value {
+    (env.probe_in(cgroup, pod, &["tcp", "--target", target, "--count", "1"]))
+        .unwrap_or_else(|e| panic!("{e:#}\n{}", env.agent_log()))
+}
+
+/// A resolv.conf naming the resolver pod the tests start at 10.244.5.2.
+fn resolv_conf(env: &TestEnv) -> std::path::PathBuf {
+    let path = env.scratch("resolv.conf");
+    std::fs::write(&path, "nameserver 10.244.5.2\n").unwrap();
+    path
+}
+
 #[test]
 fn a_static_service_entry_vip_is_translated_to_its_endpoints_and_none_passes_through() {
     let env = TestEnv::new("se_static").expect("test env");
@@ -73,7 +86,7 @@ fn an_application_speaking_http_to_an_external_host_gets_tls_and_routes_from_the
     let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
     // The "external" API: HTTPS only, outside the mesh's Services.
     let api = env.add_pod("api", "10.244.7.2", "fd00:244::7:2");
-    let pki_dir = env.config_dir().parent().unwrap().join("pki");
+    let pki_dir = env.scratch("pki");
     let pki = mesh_tests::tls::make_pki(&pki_dir, &["api.example.com"]).unwrap();
     let _server = api.serve_tls(8443, &pki, false);
     let config = [
@@ -127,8 +140,7 @@ fn a_dns_service_entry_follows_its_answers_and_keeps_the_last_one_while_lookups_
     let (b1_ip, b2_ip) = ("10.244.1.2".parse().unwrap(), "10.244.2.2".parse().unwrap());
     dns.set("api.example.test", &[b1_ip]);
     dns.set("origin.example.test", &[b1_ip]);
-    let resolv_conf = env.config_dir().parent().unwrap().join("resolv.conf");
-    std::fs::write(&resolv_conf, "nameserver 10.244.5.2\n").unwrap();
+    let resolv_conf = resolv_conf(&env);
     let config = [
         // No address: the answers are what applications dial.
         entry(
@@ -190,8 +202,7 @@ fn registry_only_refuses_unknown_addresses_in_the_kernel_per_workload() {
     // The pods' resolver, outside every Service.
     let resolver = env.add_pod("resolver", "10.244.5.2", "fd00:244::5:2");
     let _resolver = resolver.serve_udp(53);
-    let resolv_conf = env.config_dir().parent().unwrap().join("resolv.conf");
-    std::fs::write(&resolv_conf, "nameserver 10.244.5.2\n").unwrap();
+    let resolv_conf = resolv_conf(&env);
     let sidecar = |namespace: &str, name: &str, spec: &str| {
         format!("apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}---\n")
     };
@@ -223,10 +234,7 @@ fn registry_only_refuses_unknown_addresses_in_the_kernel_per_workload() {
     let pods = env.pod_cgroups_dir();
     env.start_agent_on_node(&["--pod-cgroups", pods.to_str().unwrap(), "--resolv-conf", resolv_conf.to_str().unwrap()])
         .unwrap();
-    let tcp = |cgroup: &std::path::Path, target: &str| {
-        env.probe_in(cgroup, &client, &["tcp", "--target", target, "--count", "1"])
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", env.agent_log()))
-    };
+    let tcp = |cgroup: &std::path::Path, target: &str| tcp_in(&env, cgroup, &client, target);
     let refused = |report: &Value| report["errors"]["ECONNREFUSED"] == 1;
     let served = |report: &Value| report["ok"] == 1;
 
@@ -377,10 +385,7 @@ fn sidecar_egress_hosts_limit_what_a_workload_reaches_in_the_kernel_and_in_the_p
     let open = env.container_cgroup("other", "client");
     let pods = env.pod_cgroups_dir();
     env.start_agent_on_node(&["--pod-cgroups", pods.to_str().unwrap()]).unwrap();
-    let tcp = |cgroup: &std::path::Path, target: &str| {
-        env.probe_in(cgroup, &client, &["tcp", "--target", target, "--count", "1"])
-            .unwrap_or_else(|e| panic!("{e:#}\n{}", env.agent_log()))
-    };
+    let tcp = |cgroup: &std::path::Path, target: &str| tcp_in(&env, cgroup, &client, target);
     assert_eq!(tcp(&scoped, "10.96.0.11:80")["ok"], 1, "its own namespace's service");
     assert_eq!(tcp(&scoped, "10.96.0.12:80")["errors"]["ECONNREFUSED"], 1, "not in its egress hosts");
     assert_eq!(tcp(&open, "10.96.0.12:80")["ok"], 1, "another workload sees everything");
@@ -424,7 +429,7 @@ fn pods_are_found_in_the_kubelets_cgroup_layout_by_uid() {
     env.write_config("pods.yaml", &config).unwrap();
     env.start_agent(&["--kubelet-cgroups", kubepods.to_str().unwrap(), "--outbound-traffic-policy", "REGISTRY_ONLY"])
         .unwrap();
-    let report = env.probe_in(&container, &client, &["tcp", "--target", "10.244.8.2:9000", "--count", "1"]).unwrap();
+    let report = tcp_in(&env, &container, &client, "10.244.8.2:9000");
     assert_eq!(report["errors"]["ECONNREFUSED"], 1, "{report}\n{}", env.agent_log());
     // The test's own cgroup is no pod: it passes.
     assert_eq!(probe(&env, &client, &["tcp", "--target", "10.244.8.2:9000", "--count", "1"])["ok"], 1);
@@ -475,8 +480,7 @@ fn an_http_dns_entry_whose_answers_are_its_own_addresses_is_proxied_without_a_lo
     let resolver = env.add_pod("dns", "10.244.5.2", "fd00:244::5:2");
     let dns = resolver.serve_dns(53);
     dns.set("web.example.test", &["10.244.1.2".parse().unwrap()]);
-    let resolv_conf = env.config_dir().parent().unwrap().join("resolv.conf");
-    std::fs::write(&resolv_conf, "nameserver 10.244.5.2\n").unwrap();
+    let resolv_conf = resolv_conf(&env);
     // The answer is the address applications dial and the endpoint the
     // proxy dials: the proxy's own connect must not come back to it.
     let config = [

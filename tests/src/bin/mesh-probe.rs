@@ -403,7 +403,7 @@ struct HttpResponse {
 
 /// One response: status line, headers (lowercased), a Content-Length or
 /// chunked body.
-fn read_http_response(reader: &mut BufReader<TcpStream>) -> io::Result<HttpResponse> {
+fn read_http_response(reader: &mut impl BufRead) -> io::Result<HttpResponse> {
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
         return Err(io::ErrorKind::UnexpectedEof.into());
@@ -526,21 +526,8 @@ fn h2(opts: &Opts) -> Result<()> {
 /// `count` HTTPS requests with server name `--sni`, verified against the CA
 /// in `--ca`: one TLS connection each. Reports the backends that answered.
 fn tls(opts: &Opts) -> Result<()> {
-    use rustls::pki_types::pem::PemObject;
     let (target, count) = (opts.target()?, opts.number("--count", 1)?);
-    let sni = opts.values.get("--sni").cloned().ok_or_else(|| anyhow!("--sni is required"))?;
-    let ca = opts.values.get("--ca").cloned().ok_or_else(|| anyhow!("--ca is required"))?;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(&ca)? {
-        roots.add(cert?)?;
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    let config = std::sync::Arc::new(
-        rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    );
+    let (sni, config) = tls_client(opts)?;
     let mut tally = Tally::default();
     for _ in 0..count {
         let exchange = || -> Result<String> {
@@ -618,8 +605,28 @@ fn raw(opts: &Opts) -> Result<()> {
 /// arrives on stdin (the test changes something meanwhile): prints a JSON
 /// line after each with the status and the `x-backend` of the answer.
 fn tls_keep(opts: &Opts) -> Result<()> {
-    use rustls::pki_types::pem::PemObject;
     let target = opts.target()?;
+    let (sni, config) = tls_client(opts)?;
+    let name = rustls::pki_types::ServerName::try_from(sni.clone())?;
+    let connection = rustls::ClientConnection::new(config, name)?;
+    let stream = sys::tcp_connect(target, None, CONNECT_TIMEOUT)?;
+    stream.set_read_timeout(Some(TCP_READ_TIMEOUT))?;
+    let mut tls = BufReader::new(rustls::StreamOwned::new(connection, stream));
+    for round in 0..2 {
+        if round == 1 {
+            io::stdin().lock().read_line(&mut String::new())?;
+        }
+        write!(tls.get_mut(), "GET / HTTP/1.1\r\nHost: {sni}\r\n\r\n")?;
+        let response = read_http_response(&mut tls)?;
+        emit(&json!({"status": response.status, "backend": response.headers.get("x-backend")}))?;
+    }
+    Ok(())
+}
+
+/// The server name (`--sni`) and a client configuration that verifies
+/// against the CA in `--ca`.
+fn tls_client(opts: &Opts) -> Result<(String, std::sync::Arc<rustls::ClientConfig>)> {
+    use rustls::pki_types::pem::PemObject;
     let sni = opts.values.get("--sni").cloned().ok_or_else(|| anyhow!("--sni is required"))?;
     let ca = opts.values.get("--ca").cloned().ok_or_else(|| anyhow!("--ca is required"))?;
     let mut roots = rustls::RootCertStore::empty();
@@ -631,49 +638,7 @@ fn tls_keep(opts: &Opts) -> Result<()> {
         .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from(sni.clone())?;
-    let connection = rustls::ClientConnection::new(std::sync::Arc::new(config), name)?;
-    let stream = sys::tcp_connect(target, None, CONNECT_TIMEOUT)?;
-    stream.set_read_timeout(Some(TCP_READ_TIMEOUT))?;
-    let mut tls = BufReader::new(rustls::StreamOwned::new(connection, stream));
-    for round in 0..2 {
-        if round == 1 {
-            io::stdin().lock().read_line(&mut String::new())?;
-        }
-        write!(tls.get_mut(), "GET / HTTP/1.1\r\nHost: {sni}\r\n\r\n")?;
-        let (status, headers) = read_response(&mut tls)?;
-        let backend = headers.iter().find(|(k, _)| k == "x-backend").map(|(_, v)| v.clone());
-        emit(&json!({"status": status, "backend": backend}))?;
-    }
-    Ok(())
-}
-
-/// One HTTP/1.1 response of known length from `reader`: the status and
-/// the headers (names lowercased); the body is read and dropped.
-fn read_response(reader: &mut impl BufRead) -> Result<(u16, Vec<(String, String)>)> {
-    let mut line = String::new();
-    reader.read_line(&mut line)?;
-    let status = line
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .ok_or_else(|| anyhow!("bad status line {line:?}"))?;
-    let mut headers = Vec::new();
-    loop {
-        line.clear();
-        reader.read_line(&mut line)?;
-        let trimmed = line.trim_end();
-        if trimmed.is_empty() {
-            break;
-        }
-        if let Some((name, value)) = trimmed.split_once(':') {
-            headers.push((name.trim().to_ascii_lowercase(), value.trim().to_owned()));
-        }
-    }
-    let length: u64 =
-        headers.iter().find(|(k, _)| k == "content-length").and_then(|(_, v)| v.parse().ok()).unwrap_or(0);
-    io::copy(&mut reader.take(length), &mut io::sink())?;
-    Ok((status, headers))
+    Ok((sni, std::sync::Arc::new(config)))
 }
 
 /// Ping-pong on one gRPC bidirectional stream with a real gRPC client

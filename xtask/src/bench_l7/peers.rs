@@ -2,6 +2,7 @@
 //! nginx's, HAProxy's and Envoy's, and starting a peer until it answers.
 
 use anyhow::Result;
+use mesh_tests::tls::Pki;
 use mesh_tests::{TestEnv, NODE_IPV4};
 use std::fs::File;
 use std::net::SocketAddr;
@@ -53,21 +54,22 @@ fn nginx_config(dir: &Path) -> String {
 }
 
 /// nginx terminating TLS with the bench's certificate, otherwise as above.
-fn nginx_tls_config(dir: &Path) -> String {
-    let d = dir.display();
+fn nginx_tls_config(dir: &Path, pki: &Pki) -> String {
     nginx_config(dir).replace(
         &format!("    listen {} backlog=4096;\n", PathKind::Nginx.target()),
         &format!(
-            "    listen {} ssl backlog=4096;\n    ssl_certificate {d}/server.pem;\n    ssl_certificate_key {d}/server-key.pem;\n",
-            PathKind::NginxTls.target()
+            "    listen {} ssl backlog=4096;\n    ssl_certificate {};\n    ssl_certificate_key {};\n",
+            PathKind::NginxTls.target(),
+            pki.server_cert.display(),
+            pki.server_key.display(),
         ),
     )
 }
 
 /// The gateway's configuration: an HTTPS server with the bench's
 /// certificate, routing everything to the backend pod outside the mesh.
-fn gateway_config(dir: &Path) -> String {
-    let d = dir.display();
+fn gateway_config(pki: &Pki) -> String {
+    let (cert, key) = (pki.server_cert.display(), pki.server_key.display());
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: bench}}\n\
          spec: {{ports: [{{name: http, port: {SERVICE_PORT}, targetPort: {BACKEND_PORT}}}]}}\n---\n\
@@ -76,7 +78,7 @@ fn gateway_config(dir: &Path) -> String {
          addressType: IPv4\nports: [{{name: http, port: {BACKEND_PORT}}}]\nendpoints: [{{addresses: [{backend}]}}]\n---\n\
          apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {{name: bench, namespace: bench}}\n\
          spec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 18443, name: https, protocol: HTTPS}}\n\
-         \x20   hosts: ['*']\n    tls: {{mode: SIMPLE, serverCertificate: {d}/server.pem, privateKey: {d}/server-key.pem}}\n---\n\
+         \x20   hosts: ['*']\n    tls: {{mode: SIMPLE, serverCertificate: {cert}, privateKey: {key}}}\n---\n\
          apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: web, namespace: bench}}\n\
          spec:\n  hosts: ['*']\n  gateways: [bench]\n  http:\n  - route:\n    - destination: {{host: web}}\n",
         backend = BACKEND_IP.0,
@@ -161,6 +163,11 @@ pub(super) fn start_peer(
     let dir = dir.join(kind.name());
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let log = File::create(dir.join("output.log")).map_err(|e| e.to_string())?;
+    // The TLS peers serve the bench's certificate; the readiness check trusts its CA.
+    let pki = match kind.scheme() {
+        "https" => Some(mesh_tests::tls::make_pki(&dir, &["bench.mesh.test"]).map_err(|e| format!("{e:#}"))?),
+        _ => None,
+    };
     let mut cmd = match kind {
         PathKind::Nginx => {
             let nginx = tools.nginx.clone()?;
@@ -192,17 +199,17 @@ pub(super) fn start_peer(
         }
         PathKind::NginxTls => {
             let nginx = tools.nginx.clone()?;
-            mesh_tests::tls::make_pki(&dir, &["bench.mesh.test"]).map_err(|e| format!("{e:#}"))?;
-            std::fs::write(dir.join("nginx.conf"), nginx_tls_config(&dir)).map_err(|e| e.to_string())?;
+            let pki = pki.as_ref().ok_or("no certificate")?;
+            std::fs::write(dir.join("nginx.conf"), nginx_tls_config(&dir, pki)).map_err(|e| e.to_string())?;
             let mut cmd = Command::new(nginx);
             cmd.arg("-p").arg(&dir).arg("-c").arg(dir.join("nginx.conf")).args(["-e", "stderr"]);
             cmd
         }
         PathKind::Gateway => {
-            mesh_tests::tls::make_pki(&dir, &["bench.mesh.test"]).map_err(|e| format!("{e:#}"))?;
+            let pki = pki.as_ref().ok_or("no certificate")?;
             let config = dir.join("config");
             std::fs::create_dir_all(&config).map_err(|e| e.to_string())?;
-            std::fs::write(config.join("gateway.yaml"), gateway_config(&dir)).map_err(|e| e.to_string())?;
+            std::fs::write(config.join("gateway.yaml"), gateway_config(pki)).map_err(|e| e.to_string())?;
             let mut cmd = Command::new(mesh_tests::agent_bin());
             cmd.arg("gateway").arg("--config-dir").arg(&config);
             cmd.args(["--labels", "istio=ingressgateway", "--listen-ip", NODE_IPV4, "--admin", "127.0.0.1:18999"]);
@@ -230,9 +237,9 @@ pub(super) fn start_peer(
             peer.stop();
             return Err(format!("{} exited ({status}): {}", kind.name(), last_line(&output)));
         }
-        let answers = match kind.scheme() {
-            "https" => https_answers(&env.node_netns_path(), target, &dir.join("ca.pem")),
-            _ => get_from(&env.node_netns_path(), target).is_ok_and(|status| status == 200),
+        let answers = match &pki {
+            Some(pki) => https_answers(&env.node_netns_path(), target, &pki.ca),
+            None => get_from(&env.node_netns_path(), target).is_ok_and(|status| status == 200),
         };
         if answers {
             return Ok(peer);
