@@ -640,12 +640,6 @@ impl Model {
         best.map(|(_, rule)| rule)
     }
 
-    /// Whether a rule with a `workloadSelector` covers `fqdn` (for some
-    /// clients then, only the proxy can apply the right rule).
-    pub fn has_selector_rule(&self, fqdn: &str) -> bool {
-        self.selector_rules(fqdn).next().is_some()
-    }
-
     /// The rules with a `workloadSelector` whose host covers `fqdn`.
     pub fn selector_rules<'a>(&'a self, fqdn: &'a str) -> impl Iterator<Item = &'a DestinationRuleModel> + 'a {
         (self.destination_rules.values())
@@ -1170,7 +1164,8 @@ mod tests {
         assert_eq!(rule(Some((&labels(&[("app", "cart")]), "front"))), "web");
         assert_eq!(rule(None), "web");
         assert_eq!(model.rule_for_host(web, "front").unwrap().name, "web", "never a selector rule for everyone");
-        assert!(model.has_selector_rule("db.else.svc.cluster.local") && !model.has_selector_rule("db.example"));
+        let covered = |fqdn: &str| model.selector_rules(fqdn).next().is_some();
+        assert!(covered("db.else.svc.cluster.local") && !covered("db.example"));
     }
 
     #[test]

@@ -319,16 +319,17 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
     for service in model.services.values().chain(entries.iter().map(|(service, _)| service)) {
         let fqdn = service.fqdn(cluster_domain);
         let rule = model.rule_for_host(&fqdn, &service.namespace);
+        // Rules for some clients only (workloadSelector): the proxy applies
+        // them per client.
+        let selector_rules: Vec<&DestinationRuleModel> = model.selector_rules(&fqdn).collect();
         for port in &service.ports {
             let policy = rule.map(|r| r.effective(None, port.port)).unwrap_or_default();
             let (http, http2) = http_protocol(port);
             // HTTP ports with L7 rules, and plain TCP ports with `tcp` routes.
             let captured = if http {
-                // A rule for some clients only (workloadSelector) is applied
-                // per client by the proxy.
                 routes.has_http_routes(&fqdn)
                     || rule.is_some_and(|r| needs_l7(r, port.port))
-                    || model.has_selector_rule(&fqdn)
+                    || !selector_rules.is_empty()
             } else {
                 // Every condition of a `tcp`/`tls` match (source labels,
                 // subnets, SNI) is checked by the proxy, never in the kernel.
@@ -416,7 +417,7 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
                 }
             }
             if path == Some(PortPath::Kernel) && port.protocol == Protocol::Tcp {
-                for selector_rule in model.selector_rules(&fqdn) {
+                for selector_rule in &selector_rules {
                     let key = ObjectKey::new("DestinationRule", &selector_rule.namespace, &selector_rule.name);
                     if let Some(object) = model.served_object(&key) {
                         let name = format!("{}/{}", service.namespace, service.name);
