@@ -397,8 +397,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         proxy: proxy.clone(),
     });
 
-    runtime.block_on(async {
-        let server = serve_admin(common.admin, common.health, shared).await?;
+    serve_until_stopped(&runtime, common, shared, &proxy, || {
         if let Some(writer) = status_writer {
             tokio::spawn(writer.run());
         }
@@ -408,10 +407,6 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             tokio::spawn(proxy::serve(listener, proxy.clone()));
         }
-        shutdown_signal().await?;
-        drain(&proxy, Duration::from_secs(common.drain_timeout_secs)).await;
-        server.abort();
-        anyhow::Ok(())
     })?;
     reloading.stop();
     // Maps and links stay pinned: connections keep being balanced by the
@@ -474,13 +469,8 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     });
     let options =
         proxy::gateway_state::GatewayOptions { labels, namespace: args.namespace.clone(), listen_ip: args.listen_ip };
-    runtime.block_on(async {
-        let server = serve_admin(common.admin, common.health, shared).await?;
+    serve_until_stopped(&runtime, common, shared, &proxy, || {
         tokio::spawn(proxy::gateway::run(proxy.clone(), options, state));
-        shutdown_signal().await?;
-        drain(&proxy, Duration::from_secs(common.drain_timeout_secs)).await;
-        server.abort();
-        anyhow::Ok(())
     })?;
     reloading.stop();
     Ok(())
@@ -546,6 +536,25 @@ impl Reloading {
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
     }
+}
+
+/// Serves the admin API and what `start` spawns (on `runtime`) until
+/// SIGTERM or SIGINT, then drains the proxy.
+fn serve_until_stopped(
+    runtime: &tokio::runtime::Runtime,
+    common: &CommonArgs,
+    shared: Arc<Shared>,
+    proxy: &Proxy,
+    start: impl FnOnce(),
+) -> anyhow::Result<()> {
+    runtime.block_on(async {
+        let server = serve_admin(common.admin, common.health, shared).await?;
+        start();
+        shutdown_signal().await?;
+        drain(proxy, Duration::from_secs(common.drain_timeout_secs)).await;
+        server.abort();
+        Ok(())
+    })
 }
 
 /// The admin API on `admin`, and the health probes alone on `health`.
