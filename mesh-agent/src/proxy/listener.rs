@@ -220,13 +220,15 @@ impl Connection {
 }
 
 /// How a connection reached the proxy.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Entry {
     /// Captured by the kernel on its way to a service address.
     Captured,
-    /// Accepted by a gateway listener; `server` is the one of the listener
-    /// its TLS handshake picked (None on plain HTTP: the Host picks).
-    Gateway { server: Option<usize> },
+    /// Accepted by a gateway listener. Over TLS (`tls`), the server its
+    /// handshake's name (`sni`) picked routes the requests: each finds it
+    /// again by that name in the plan it is routed by, which a reload may
+    /// have reordered. On plain HTTP the Host picks among all servers.
+    Gateway { tls: bool, sni: Option<Arc<str>> },
 }
 
 impl Proxy {

@@ -68,7 +68,7 @@ mod tests {
             source_namespace: "unknown".into(),
             source: None,
             scheme: "https",
-            entry: Entry::Gateway { server: Some(0) },
+            entry: Entry::Gateway { tls: true, sni: Some("a.example.com".into()) },
             series: Default::default(),
         };
         let mut headers = HeaderMap::new();

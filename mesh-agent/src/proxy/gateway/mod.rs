@@ -95,7 +95,7 @@ async fn serve(
     if !listener.kind.is_tls() {
         match listener.kind {
             ListenerKind::Http => {
-                let connection = Connection::at_gateway(peer, local, None, "http");
+                let connection = Connection::at_gateway(peer, local, false, None);
                 proxy.serve_http(Arc::new(connection), stream, held).await;
             }
             _ => {
@@ -130,7 +130,7 @@ async fn serve(
         proxy.relay_at_gateway(tls, peer, local, bound, None, Vec::new()).await;
         return;
     }
-    let connection = Arc::new(Connection::at_gateway(peer, local, Some(server), "https"));
+    let connection = Arc::new(Connection::at_gateway(peer, local, true, sni));
     // HTTP/2 as ALPN chose goes to hyper at once; HTTP/1.1 takes the fast
     // path first, as on a node.
     match tls.get_ref().1.alpn_protocol() {
@@ -155,17 +155,17 @@ fn client_names_fit(bound: &BoundServer, chain: Option<&[rustls::pki_types::Cert
 
 impl Connection {
     /// A connection accepted by a gateway listener, `local` carrying the
-    /// listener's server port, on the server at `server` (the TLS
-    /// handshake's pick) of that listener.
-    fn at_gateway(peer: SocketAddr, local: SocketAddr, server: Option<usize>, scheme: &'static str) -> Connection {
+    /// listener's server port: plain HTTP, or HTTP over TLS terminated here
+    /// (`tls`) with the handshake's server name `sni`.
+    fn at_gateway(peer: SocketAddr, local: SocketAddr, tls: bool, sni: Option<String>) -> Connection {
         Connection {
             peer,
             original: local,
             source_workload: "unknown".into(),
             source_namespace: "unknown".into(),
             source: None,
-            scheme,
-            entry: Entry::Gateway { server },
+            scheme: if tls { "https" } else { "http" },
+            entry: Entry::Gateway { tls, sni: sni.map(Arc::from) },
             series: Default::default(),
         }
     }
