@@ -272,8 +272,8 @@ struct Inner {
     endpoints: HashMap<SocketAddr, Arc<EndpointCounters>>,
 }
 
-/// The client pod of a connection: its labels and namespace (as
-/// `Connection::source` holds them).
+/// The client pod of a connection: its labels and namespace (borrowed
+/// from `Connection::source`).
 pub type Client<'a> = (&'a BTreeMap<String, String>, &'a str);
 
 impl Clusters {

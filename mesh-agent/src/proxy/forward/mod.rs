@@ -167,18 +167,13 @@ impl Proxy {
         let host = gateway::host_of(authority);
         // A gateway connection's `original` carries its server's port.
         let listener = state.plan.listeners.iter().find(|l| l.port == connection.original.port());
-        let chosen = match &connection.entry {
-            // Over TLS, the server the handshake's name picks in this plan;
-            // none left (a reload took it away): nothing routes.
-            Entry::Gateway { tls: true, sni } => match listener.and_then(|l| l.server_for_sni(sni.as_deref())) {
-                Some(server) => Some(server),
-                None => {
-                    return Outcome::local(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NR), Arc::from(host.as_str()))
-                }
-            },
-            _ => None,
-        };
-        let Some((_, virtual_host)) = listener.and_then(|l| l.route(chosen, &host)) else {
+        let routed = listener.and_then(|l| match &connection.entry {
+            // Over TLS, within the server the handshake's name picks in this
+            // plan (none left after a reload: nothing routes).
+            Entry::Gateway { tls: true, sni } => l.route(Some(l.server_for_sni(sni.as_deref())?), &host),
+            _ => l.route(None, &host),
+        });
+        let Some((_, virtual_host)) = routed else {
             return Outcome::local(StatusCode::NOT_FOUND, "", Some(ResponseFlag::NR), Arc::from(host.as_str()));
         };
         // The host's flag: a host merged from several plain HTTP servers
