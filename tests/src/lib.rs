@@ -30,12 +30,14 @@
 mod agent;
 pub mod apiserver;
 mod background;
+pub mod deploy;
 pub mod dns;
 pub mod grpc;
 pub mod h2;
 mod names;
 mod netns;
 mod pod;
+pub mod real_apiserver;
 pub mod recorder;
 mod server;
 mod sync;

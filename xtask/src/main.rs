@@ -9,6 +9,7 @@ mod bench_l7;
 mod demo;
 #[allow(dead_code)] // shared with mesh-agent/build.rs, which uses part of it
 mod ebpf_build;
+mod kube_assets;
 mod layers;
 mod workspace;
 
@@ -210,10 +211,13 @@ fn test(args: &[String]) -> Result<()> {
     ]))
     .context("clippy found problems")?;
     let bins = build_binaries(false)?;
+    let kube = kube_assets::prepare(&root)?;
     run(Command::new("cargo")
         .current_dir(&root)
         .args(["test", "--workspace", "--"])
         .args(args)
+        .env(kube_assets::APISERVER_ENV, &kube.apiserver)
+        .env(kube_assets::ETCD_ENV, &kube.etcd)
         .env("MESH_AGENT_BIN", &bins.agent)
         .env("MESHCTL_BIN", &bins.meshctl)
         .env("MESH_PROBE_BIN", &bins.probe))

@@ -343,10 +343,12 @@ impl StatusWriter {
                 };
                 let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &key.namespace, &resource);
                 // Read, merge, write; a race with another writer (409) is
-                // read again, once.
+                // read again, once. The object is read through its own
+                // resource, which carries the status too: the ClusterRole
+                // grants `get` there and only `patch` on `/status`.
                 let mut outcome = None;
                 for _ in 0..2 {
-                    let current = match api.get_status(&key.name).await {
+                    let current = match api.get(&key.name).await {
                         Ok(object) => serde_json::to_value(object).ok(),
                         Err(error) => {
                             outcome = Some(Err(error));

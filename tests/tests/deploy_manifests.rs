@@ -13,17 +13,12 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Ro
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use mesh_agent::k8s::{required_permissions, Permissions};
+use mesh_tests::deploy::{self, deploy_dir};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-fn deploy_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
-}
-
-/// Every document of a file, as JSON.
-fn documents(path: &Path) -> Vec<serde_json::Value> {
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    mesh_core::decode::yaml_documents(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+fn kustomization_documents(dir: &Path) -> Vec<serde_json::Value> {
+    deploy::kustomization_documents(dir).unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn of_kind<T: serde::de::DeserializeOwned>(docs: &[serde_json::Value], kind: &str) -> Vec<T> {
@@ -39,22 +34,6 @@ fn all_documents() -> Vec<serde_json::Value> {
     // not installed.
     let mut docs = kustomization_documents(&dir.join("crds"));
     docs.extend(kustomization_documents(&dir));
-    docs
-}
-
-/// The documents of the kustomization in `dir`: its resources' files, and
-/// those of the directories it names (kustomizations themselves).
-fn kustomization_documents(dir: &Path) -> Vec<serde_json::Value> {
-    let kustomization = &documents(&dir.join("kustomization.yaml"))[0];
-    let mut docs = Vec::new();
-    for resource in kustomization["resources"].as_array().expect("resources") {
-        let path = dir.join(resource.as_str().unwrap());
-        if path.is_dir() {
-            docs.extend(kustomization_documents(&path));
-        } else {
-            docs.extend(documents(&path));
-        }
-    }
     docs
 }
 
