@@ -13,13 +13,14 @@
 //! 1. [`source`], [`k8s`], [`dns`] (the resolver of DNS ServiceEntries),
 //!    [`workloads`] (pod cgroups), [`state`] (the last good configuration
 //!    kept on the node), [`dataplane`], [`proxy`];
-//! 2. [`agent`];
+//! 2. [`agent`], [`handover`] (listeners passed to a successor agent);
 //! 3. [`report`], [`admin`]; then the binaries.
 
 pub mod admin;
 pub mod agent;
 pub mod dataplane;
 pub mod dns;
+pub mod handover;
 pub mod k8s;
 pub mod proxy;
 pub mod report;

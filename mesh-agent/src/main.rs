@@ -4,6 +4,7 @@ use mesh_agent::admin::{self, Shared, DEFAULT_ADMIN_ADDR};
 use mesh_agent::agent::{NoMaps, ReloadLoop};
 use mesh_agent::dataplane::{self, CounterReader, DataplaneOptions, OriginalDstTable};
 use mesh_agent::dns;
+use mesh_agent::handover::{self, Inherited, Offer};
 use mesh_agent::k8s::{self, KubeSource, LeaseTiming, StatusWriter};
 use mesh_agent::proxy::{self, Proxy};
 use mesh_agent::source::{ConfigSource, FileSource};
@@ -146,6 +147,12 @@ struct RunArgs {
     /// This agent's name as Lease holder (its pod name).
     #[arg(long, env = "POD_NAME")]
     identity: Option<String>,
+    /// Take the listening sockets and the pins over from the agent running
+    /// on the same pins (an upgrade: the DaemonSet's surge pod); it drains
+    /// and exits once this one serves. Without it a second agent is refused.
+    /// With no agent running, a plain start.
+    #[arg(long)]
+    take_over: bool,
     /// How long to wait for the first complete sync before attaching the
     /// programs anyway (unready until the sync is applied).
     #[arg(long, default_value_t = 30)]
@@ -251,6 +258,8 @@ fn main() -> anyhow::Result<()> {
             let _lock = dataplane::lock_instance(&bpffs)
                 .with_context(|| format!("an agent still runs on {}; stop it first", bpffs.display()))?;
             std::fs::remove_dir_all(&bpffs).with_context(|| format!("removing {}", bpffs.display()))?;
+            // A killed agent's handover socket, which nothing answers.
+            let _ = std::fs::remove_file(handover::socket_path(&bpffs));
             tracing::info!(bpffs = %bpffs.display(), "pins removed; programs detached");
             Ok(())
         }
@@ -278,7 +287,17 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let _stats_guard = if args.program_stats { Some(dataplane::enable_program_stats()?) } else { None };
     let options = DataplaneOptions { cgroup, bpffs: args.bpffs.clone() };
-    let dataplane::Loaded { writer, mut ebpf, maps_taken_over, lock: _lock } =
+    // An agent running on this instance (an upgrade, a restart) hands its
+    // listeners over and lets the instance lock go before we take it.
+    let handover_path = handover::socket_path(&args.bpffs);
+    let mut inherited = match args.take_over {
+        true => handover::take_over(&handover_path).context("taking over from the running agent")?,
+        false => None,
+    };
+    if inherited.is_some() {
+        tracing::info!("took the listeners over from the running agent");
+    }
+    let dataplane::Loaded { writer, mut ebpf, maps_taken_over, lock } =
         dataplane::load(&options).context("loading the kernel maps")?;
     let counters = CounterReader::open(&args.bpffs).context("opening the counter maps")?;
     // One thread for the proxy, the admin API and the watches: a
@@ -298,7 +317,11 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     let proxy_listeners = runtime.block_on(async {
         let mut listeners = Vec::new();
         for ip in node_v4.map(IpAddr::V4).into_iter().chain(node_v6.map(IpAddr::V6)) {
-            listeners.push(proxy::bind(SocketAddr::new(ip, args.proxy_port)).await?);
+            let addr = SocketAddr::new(ip, args.proxy_port);
+            listeners.push(match inherited.as_mut().and_then(|from| from.take(addr)) {
+                Some(listener) => listener,
+                None => proxy::bind(addr).await?,
+            });
         }
         anyhow::Ok(listeners)
     })?;
@@ -397,18 +420,20 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         proxy: proxy.clone(),
     });
 
-    serve_until_stopped(&runtime, common, shared, &proxy, || {
+    let handover = Handover { path: handover_path, inherited };
+    let serving = Serving { proxy: &proxy, proxy_listeners, handover: Some(handover) };
+    let start = || {
         if let Some(writer) = status_writer {
             tokio::spawn(writer.run());
         }
-        for listener in proxy_listeners {
-            if let Ok(addr) = listener.local_addr() {
-                tracing::info!(%addr, "L7 proxy listening");
-            }
-            tokio::spawn(proxy::serve(listener, proxy.clone()));
-        }
-    })?;
-    reloading.stop();
+    };
+    // No map is written once stopped (or handed over): the successor, if
+    // any, takes the lock at once, and loads while this one drains.
+    let release = move || {
+        reloading.stop();
+        drop(lock);
+    };
+    serve_until_stopped(&runtime, common, shared, serving, start, release)?;
     // Maps and links stay pinned: connections keep being balanced by the
     // programs until the next agent takes them over.
     tracing::info!("stopped; kernel programs stay attached with the last configuration");
@@ -469,11 +494,11 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     });
     let options =
         proxy::gateway_state::GatewayOptions { labels, namespace: args.namespace.clone(), listen_ip: args.listen_ip };
-    serve_until_stopped(&runtime, common, shared, &proxy, || {
+    let serving = Serving { proxy: &proxy, proxy_listeners: Vec::new(), handover: None };
+    let start = || {
         tokio::spawn(proxy::gateway::run(proxy.clone(), options, state));
-    })?;
-    reloading.stop();
-    Ok(())
+    };
+    serve_until_stopped(&runtime, common, shared, serving, start, || reloading.stop())
 }
 
 /// The YAML directory of `--source files` (None: `--source kubernetes`),
@@ -538,40 +563,116 @@ impl Reloading {
     }
 }
 
-/// Serves the admin API and what `start` spawns (on `runtime`) until
-/// SIGTERM or SIGINT, then drains the proxy.
+/// The node agent's side of a handover ([`handover`]): where it offers its
+/// listeners to a successor, and what it took over itself.
+struct Handover {
+    path: PathBuf,
+    inherited: Option<Inherited>,
+}
+
+/// What serves until stopped: the proxy and its listeners.
+struct Serving<'a> {
+    proxy: &'a Arc<Proxy>,
+    proxy_listeners: Vec<tokio::net::TcpListener>,
+    handover: Option<Handover>,
+}
+
+/// How long a successor may take from the listeners to serving (its first
+/// sync included) before this agent drains anyway.
+const SUCCESSOR_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Serves the admin API, the proxy's listeners and what `start` spawns (on
+/// `runtime`) until SIGTERM or SIGINT, or until a successor takes the
+/// listeners over; then `release`s what the successor needs (the reload
+/// loop stops) and drains the proxy.
 fn serve_until_stopped(
     runtime: &tokio::runtime::Runtime,
     common: &CommonArgs,
     shared: Arc<Shared>,
-    proxy: &Proxy,
+    serving: Serving<'_>,
     start: impl FnOnce(),
+    release: impl FnOnce(),
 ) -> anyhow::Result<()> {
+    let Serving { proxy, proxy_listeners, handover } = serving;
+    let (offer_path, mut inherited) = match handover {
+        Some(Handover { path, inherited }) => (Some(path), inherited),
+        None => (None, None),
+    };
     runtime.block_on(async {
-        let server = serve_admin(common.admin, common.health, shared).await?;
+        let mut take = |addr| inherited.as_mut().and_then(|from| from.take(addr));
+        let admin_listener = match take(common.admin) {
+            Some(listener) => listener,
+            None => admin::bind(common.admin).await?,
+        };
+        let health_listener = match common.health {
+            Some(addr) => Some(match take(addr) {
+                Some(listener) => listener,
+                None => admin::bind(addr).await?,
+            }),
+            None => None,
+        };
+        let mut offered: Vec<&tokio::net::TcpListener> = proxy_listeners.iter().collect();
+        offered.push(&admin_listener);
+        offered.extend(health_listener.as_ref());
+        let offer = offer_path.map(|path| Offer::new(&path, &offered)).transpose()?;
+        let servers = serve_admin(admin_listener, health_listener, shared);
         start();
-        shutdown_signal().await?;
+        for listener in proxy_listeners {
+            if let Ok(addr) = listener.local_addr() {
+                tracing::info!(%addr, "L7 proxy listening");
+            }
+            tokio::spawn(proxy::serve(listener, proxy.clone()));
+        }
+        if let Some(from) = inherited {
+            from.serving();
+        }
+        let successor = match &offer {
+            Some(offer) => tokio::select! {
+                stopped = shutdown_signal() => { stopped?; None }
+                successor = offer.successor() => Some(successor),
+            },
+            None => {
+                shutdown_signal().await?;
+                None
+            }
+        };
+        // Our copies of the listeners close: on a plain stop the sockets
+        // close with the accept loops, and the kernel fails open at once.
+        drop(offer);
+        release();
+        if let Some(mut successor) = successor {
+            tracing::info!("a successor takes the listeners over");
+            match successor.released() {
+                Ok(()) if successor.serving(SUCCESSOR_TIMEOUT).await => tracing::info!("the successor serves"),
+                Ok(()) => tracing::warn!("the successor did not come to serve; draining anyway"),
+                Err(error) => tracing::warn!(%error, "the successor is gone; draining anyway"),
+            }
+            // Its admin API answers from now on.
+            servers.iter().for_each(tokio::task::JoinHandle::abort);
+        }
         drain(proxy, Duration::from_secs(common.drain_timeout_secs)).await;
-        server.abort();
+        servers.iter().for_each(tokio::task::JoinHandle::abort);
         Ok(())
     })
 }
 
-/// The admin API on `admin`, and the health probes alone on `health`.
-async fn serve_admin(
-    admin: SocketAddr,
-    health: Option<SocketAddr>,
+/// The admin API, and the health probes alone on their own listener.
+fn serve_admin(
+    admin: tokio::net::TcpListener,
+    health: Option<tokio::net::TcpListener>,
     shared: Arc<Shared>,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = admin::bind(admin).await?;
-    tracing::info!(%admin, "admin API listening");
-    let server = tokio::spawn(admin::serve(listener, shared.clone(), admin::Endpoints::All));
-    if let Some(addr) = health {
-        let listener = admin::bind(addr).await?;
-        tracing::info!(%addr, "health probes listening");
-        tokio::spawn(admin::serve(listener, shared, admin::Endpoints::HealthOnly));
+) -> Vec<tokio::task::JoinHandle<()>> {
+    if let Ok(addr) = admin.local_addr() {
+        tracing::info!(admin = %addr, "admin API listening");
     }
-    Ok(server)
+    let mut servers = vec![tokio::spawn(admin::serve(admin, shared.clone(), admin::Endpoints::All))];
+    if let Some(listener) = health {
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!(%addr, "health probes listening");
+        }
+        servers.push(tokio::spawn(admin::serve(listener, shared, admin::Endpoints::HealthOnly)));
+    }
+    servers
 }
 
 /// Labels as the downward API writes them: `key="value"` per line.

@@ -40,13 +40,7 @@ impl Agent {
     /// Spawns `mesh-agent` as `spec` says (its arguments, cgroup, netns and
     /// log), and waits until its admin API's `GET /readyz` answers 200.
     pub fn start(spec: &AgentSpec<'_>) -> Result<Agent> {
-        if !spec.bin.exists() {
-            bail!(
-                "agent binary {} not found (build it with `cargo build -p mesh-agent` or set MESH_AGENT_BIN)",
-                spec.bin.display()
-            );
-        }
-        let mut agent = Agent { child: spawn(spec)? };
+        let mut agent = Agent::spawn(spec)?;
         match agent.wait_ready(spec.admin, spec.netns.as_deref()) {
             Ok(()) => Ok(agent),
             Err(e) => {
@@ -54,6 +48,17 @@ impl Agent {
                 Err(e.context(format!("agent log tail:\n{}", log_tail(spec.log, 40))))
             }
         }
+    }
+
+    /// Spawns `mesh-agent` as `spec` says, without waiting for it.
+    pub fn spawn(spec: &AgentSpec<'_>) -> Result<Agent> {
+        if !spec.bin.exists() {
+            bail!(
+                "agent binary {} not found (build it with `cargo build -p mesh-agent` or set MESH_AGENT_BIN)",
+                spec.bin.display()
+            );
+        }
+        Ok(Agent { child: spawn(spec)? })
     }
 
     pub fn pid(&self) -> u32 {
@@ -78,18 +83,32 @@ impl Agent {
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
-    pub fn stop(mut self, grace: Duration) -> Result<ExitStatus> {
+    pub fn stop(self, grace: Duration) -> Result<ExitStatus> {
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + grace;
+        self.wait_exit(grace).or_else(|mut agent| {
+            eprintln!("mesh-tests: agent ignored SIGTERM for {grace:?}, killing it");
+            agent.child.kill()?;
+            Ok(agent.child.wait()?)
+        })
+    }
+
+    /// Waits up to `timeout` for the agent to exit on its own; the agent
+    /// back if it still runs.
+    pub fn wait_exit(mut self, timeout: Duration) -> std::result::Result<ExitStatus, Agent> {
+        let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
+            match self.child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+                Err(_) => break,
             }
-            std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("mesh-tests: agent ignored SIGTERM for {grace:?}, killing it");
-        self.child.kill()?;
-        Ok(self.child.wait()?)
+        Err(self)
+    }
+
+    /// Waits (20 s) until the admin API at `admin` says ready.
+    pub fn ready(&mut self, admin: SocketAddr, netns: Option<&Path>) -> Result<()> {
+        self.wait_ready(admin, netns)
     }
 
     /// SIGKILL and reap: an agent crash, as far as the kernel can tell.

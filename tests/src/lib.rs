@@ -241,12 +241,48 @@ impl TestEnv {
         self.start_agent_in(Some(node), &args)
     }
 
+    /// An upgrade on the node: starts a new agent like
+    /// [`TestEnv::start_agent_on_node`], with `--take-over`, while the
+    /// running one serves, on the
+    /// same admin address. The new one takes the listeners over; the old
+    /// one drains and exits on its own, within `drain`. Returns the old
+    /// one's exit status once the new one answers ready.
+    pub fn upgrade_agent_on_node(&self, extra_args: &[&str], drain: Duration) -> Result<ExitStatus> {
+        let old = lock(&self.agent).take().ok_or_else(|| anyhow!("no agent to upgrade"))?;
+        let admin = self.admin_addr();
+        let node = self.node_netns_path();
+        let mut args: Vec<&str> = vec!["--take-over", "--node-ip", NODE_IPV4, "--node-ip", NODE_IPV6];
+        args.extend_from_slice(extra_args);
+        // Its readiness is asked once the old one is gone: until then the
+        // old one answers on the shared admin address.
+        let mut new = self.spawn_agent(Some(node.clone()), Some(admin), &args)?;
+        let status = match old.wait_exit(drain + AGENT_STOP_GRACE) {
+            Ok(status) => status,
+            Err(old) => {
+                let _ = old.stop(Duration::ZERO);
+                new.kill();
+                bail!("the old agent did not exit after the handover\n{}", self.agent_log());
+            }
+        };
+        new.ready(admin, Some(&node))?;
+        *lock(&self.agent) = Some(new);
+        Ok(status)
+    }
+
     fn start_agent_in(&self, netns: Option<PathBuf>, extra_args: &[&str]) -> Result<()> {
-        let mut slot = lock(&self.agent);
-        if slot.is_some() {
+        if lock(&self.agent).is_some() {
             bail!("agent already running");
         }
-        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let agent = self.spawn_agent(netns, None, extra_args)?;
+        *lock(&self.agent) = Some(agent);
+        Ok(())
+    }
+
+    /// Starts the agent (ready unless `admin` is given: then the caller
+    /// asks) on `admin`, else on a free port.
+    fn spawn_agent(&self, netns: Option<PathBuf>, admin: Option<SocketAddr>, extra_args: &[&str]) -> Result<Agent> {
+        let wait_ready = admin.is_none();
+        let admin = admin.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], free_port())));
         let log = self.agent_log_path();
         let own_cgroup = self.names.agent_cgroup();
         let mut args: Vec<OsString> = vec!["run".into(), "--config-dir".into(), self.config_dir.clone().into()];
@@ -257,8 +293,11 @@ impl TestEnv {
             AgentSpec { bin: agent_bin(), args, own_cgroup: &own_cgroup, admin, log: &log, netns: netns.clone() };
         *lock(&self.admin) = Some(admin);
         *lock(&self.agent_netns) = netns;
-        *slot = Some(Agent::start(&spec)?);
-        Ok(())
+        if wait_ready {
+            Agent::start(&spec)
+        } else {
+            Agent::spawn(&spec)
+        }
     }
 
     /// Starts `mesh-agent gateway --config-dir <the env's> --admin

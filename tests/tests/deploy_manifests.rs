@@ -82,10 +82,14 @@ fn the_daemonset_selects_its_pods_mounts_what_exists_and_probes_the_health_addre
     let update = spec.update_strategy.unwrap();
     assert_eq!(update.type_.as_deref(), Some("RollingUpdate"));
     let rolling = update.rolling_update.unwrap();
-    assert_eq!(serde_json::to_value(rolling.max_unavailable).unwrap(), 1, "one node at a time");
+    // The new pod starts beside the old one and takes its listeners over.
+    assert_eq!(serde_json::to_value(rolling.max_surge).unwrap(), 1, "a surge pod per node");
+    assert_eq!(serde_json::to_value(rolling.max_unavailable).unwrap(), 0, "no node without an agent");
 
     let pod = spec.template.spec.unwrap();
     assert_eq!(pod.host_network, Some(true), "the proxy listens on the node address");
+    let host_ports = pod.containers.iter().any(|c| c.ports.as_ref().is_some_and(|ports| !ports.is_empty()));
+    assert!(!host_ports, "a hostPort would keep the surge pod of an upgrade off the node");
     let tolerations = pod.tolerations.unwrap();
     assert!(tolerations.iter().any(|t| t.operator.as_deref() == Some("Exists") && t.key.is_none()), "every node");
     let accounts = of_kind::<ServiceAccount>(&docs, "ServiceAccount");

@@ -1,8 +1,12 @@
 //! How the agent behaves as an operator runs it: a SIGTERM lets the
-//! requests in flight through its proxy finish before it exits.
+//! requests in flight through its proxy finish before it exits, an upgrade
+//! hands the listeners over with no request lost, and while no agent runs
+//! the kernel serves L7 ports at L4.
 
 use mesh_tests::{wait_until, Pod, TestEnv};
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
+use std::process::Child;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// A client pod, and Service `web` (10.96.0.20:80) on an HTTP backend pod,
@@ -111,4 +115,133 @@ fn a_restarted_agent_serves_the_last_good_version_it_kept() {
     std::fs::remove_dir_all(&state).unwrap();
     env.start_agent(&[]).unwrap();
     assert_eq!(load_balancer(), "LEAST_REQUEST");
+}
+
+/// curl in the client pod sending `count` requests at `rate` per second to
+/// `web`, each line of its output one request's outcome: its exit code
+/// (0, or 7 when it could not connect), status, `x-via-proxy` header and
+/// error message: `0 200 via=yes `.
+struct Traffic {
+    curl: Child,
+    outcomes: Arc<Mutex<Vec<String>>>,
+}
+
+impl Traffic {
+    /// `keep_alive` false: a new connection per request.
+    fn start(env: &TestEnv, client: &Pod, rate: u32, count: u32, keep_alive: bool) -> Traffic {
+        let rate = format!("{rate}/s");
+        let url = format!("http://10.96.0.20/[1-{count}]");
+        let mut args = vec!["exec-stream", "curl", "-s", "-o", "/dev/null", "--rate", &rate, "--max-time", "5"];
+        args.extend(["-w", "%{exitcode} %{http_code} via=%header{x-via-proxy} %{errormsg}\\n"]);
+        if !keep_alive {
+            args.extend(["-H", "Connection: close"]);
+        }
+        args.push(&url);
+        let mut curl = env.spawn_probe(client, &args);
+        let outcomes = Arc::new(Mutex::new(Vec::new()));
+        let (stdout, seen) = (curl.stdout.take().unwrap(), outcomes.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                seen.lock().unwrap().push(line);
+            }
+        });
+        Traffic { curl, outcomes }
+    }
+
+    fn outcomes(&self) -> Vec<String> {
+        self.outcomes.lock().unwrap().clone()
+    }
+
+    /// Waits until `more` further requests have ended.
+    fn wait_for(&self, more: usize) {
+        let target = self.outcomes().len() + more;
+        assert!(wait_until(Duration::from_secs(30), || self.outcomes().len() >= target), "curl stalled");
+    }
+
+    /// Waits until a request after now was answered by the proxy.
+    fn wait_via_proxy(&self) {
+        let from = self.outcomes().len();
+        let via = || self.outcomes()[from..].iter().any(|o| o.contains(" via=yes"));
+        assert!(wait_until(Duration::from_secs(30), via), "never through the proxy: {:?}", self.outcomes());
+    }
+
+    fn finish(mut self) -> Vec<String> {
+        self.curl.wait().unwrap();
+        // The reader has the last lines once curl's stdout closed.
+        assert!(wait_until(Duration::from_secs(5), || Arc::strong_count(&self.outcomes) == 1), "reader");
+        self.outcomes()
+    }
+}
+
+#[test]
+fn continuous_http_loses_nothing_through_an_upgrade_a_sigterm_and_a_dead_agent() {
+    let (env, client, _server) = web_world(
+        "ops_continuous",
+        "  - headers: {response: {set: {x-via-proxy: 'yes'}}}\n    route: [{destination: {host: web}}]\n",
+    );
+    env.start_agent_on_node(&[]).unwrap();
+    let proxy_down = || env.admin_json("/status")["kernel_counters"]["connect_proxy_down_l4"].as_u64().unwrap_or(0);
+
+    // An upgrade: the new agent takes the listeners over while the old one
+    // serves; not one request fails, and none needed the kernel's L4
+    // fallback (there was no moment without a listener).
+    let traffic = Traffic::start(&env, &client, 200, 1200, true);
+    traffic.wait_via_proxy();
+    let before = proxy_down();
+    let old = env.upgrade_agent_on_node(&[], Duration::from_secs(5)).unwrap();
+    assert!(old.success(), "the old agent exited with {old}\n{}", env.agent_log());
+    traffic.wait_via_proxy();
+    let outcomes = traffic.finish();
+    let failed: Vec<&String> = outcomes.iter().filter(|o| !o.starts_with("0 200")).collect();
+    assert!(failed.is_empty(), "{} of {} failed through the upgrade: {failed:?}", failed.len(), outcomes.len());
+    assert_eq!(proxy_down(), before, "a connect found no proxy listening during the upgrade");
+    eprintln!("upgrade: {} requests, none failed", outcomes.len());
+    let log = env.agent_log();
+    assert!(log.contains("took the listeners over") && log.contains("the successor serves"), "{log}");
+
+    // SIGTERM, a gap with no agent, a new agent: the requests in flight
+    // finish, keep-alive clients are told to reconnect, and the gap is
+    // served at L4.
+    let traffic = Traffic::start(&env, &client, 200, 1200, true);
+    traffic.wait_via_proxy();
+    let exit = env.stop_agent().unwrap();
+    assert!(exit.success(), "{exit}");
+    traffic.wait_for(100);
+    env.start_agent_on_node(&[]).unwrap();
+    // curl's connection made in the gap stays at L4 for its life; new
+    // connections are captured again.
+    let via_proxy = || {
+        let report = env.probe(&client, &["http", "--target", "10.96.0.20:80", "--count", "1"]).unwrap();
+        report["first"]["headers"]["x-via-proxy"] == "yes"
+    };
+    assert!(wait_until(Duration::from_secs(5), via_proxy), "{}", env.agent_log());
+    traffic.wait_for(100);
+    let outcomes = traffic.finish();
+    let failed: Vec<&String> = outcomes.iter().filter(|o| !o.starts_with("0 200")).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} failed through a SIGTERM and a restart: {failed:?}",
+        failed.len(),
+        outcomes.len()
+    );
+    let at_l4 = outcomes.iter().filter(|o| o.starts_with("0 200 via= ")).count();
+    assert!(at_l4 > 0, "none served at L4 while no agent ran");
+    eprintln!("SIGTERM and restart: {} requests, none failed, {at_l4} at L4", outcomes.len());
+
+    // kill -9, and 10 s with no agent: a new connection per request, and
+    // not one fails to connect.
+    let traffic = Traffic::start(&env, &client, 100, 1800, false);
+    traffic.wait_via_proxy();
+    env.kill_agent().unwrap();
+    // 10 s of connections (at 100 a second) while no agent runs.
+    traffic.wait_for(1000);
+    env.start_agent_on_node(&[]).unwrap();
+    traffic.wait_via_proxy();
+    let outcomes = traffic.finish();
+    // Only the one connection the kill may catch in flight can fail: its
+    // connect was sent to the proxy's socket, or its request was read by
+    // the proxy, the instant before the socket went.
+    let failed: Vec<&String> = outcomes.iter().filter(|o| !o.starts_with("0 200")).collect();
+    assert!(failed.len() <= 1, "{} connections failed around a kill -9: {failed:?}", failed.len());
+    eprintln!("kill -9 and 10 s dead: {} connections, {} failed: {failed:?}", outcomes.len(), failed.len());
 }

@@ -41,8 +41,9 @@ pub const AGENT_LAYERS: &[(&str, u8)] = &[
     ("k8s", 1),
     ("dataplane", 1),
     ("proxy", 1),
-    // The reload loop that joins them.
+    // The reload loop that joins them, and the handover between agents.
     ("agent", 2),
+    ("handover", 2),
     // What operators read.
     ("report", 3),
     ("admin", 3),

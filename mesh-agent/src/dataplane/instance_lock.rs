@@ -32,10 +32,20 @@ pub fn lock_instance(bpffs: &Path) -> Result<InstanceLock, DataplaneError> {
     lock_in(Path::new(LOCK_DIR), bpffs)
 }
 
-fn lock_in(dir: &Path, bpffs: &Path) -> Result<InstanceLock, DataplaneError> {
+/// A file of the instance pinned at `bpffs` under `/run/mesh-agent`, named
+/// after the pin directory with `extension` (the lock, the handover socket).
+pub fn instance_file(bpffs: &Path, extension: &str) -> PathBuf {
+    file_in(Path::new(LOCK_DIR), bpffs, extension)
+}
+
+fn file_in(dir: &Path, bpffs: &Path, extension: &str) -> PathBuf {
     let name: String =
         bpffs.to_string_lossy().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-    let path = dir.join(format!("{name}.lock"));
+    dir.join(format!("{name}.{extension}"))
+}
+
+fn lock_in(dir: &Path, bpffs: &Path) -> Result<InstanceLock, DataplaneError> {
+    let path = file_in(dir, bpffs, "lock");
     let lock_error = |source| DataplaneError::Lock { path: path.clone(), source };
     std::fs::create_dir_all(dir).map_err(lock_error)?;
     loop {

@@ -25,7 +25,7 @@ mod writer;
 
 pub use counters::{enable_program_stats, program_stats, CounterReader, Counters};
 pub use error::DataplaneError;
-pub use instance_lock::{lock_instance, InstanceLock};
+pub use instance_lock::{instance_file, lock_instance, InstanceLock};
 pub use load::{attach, load, AttachedProgram, DataplaneInfo, DataplaneOptions, Loaded};
 pub use proxy_maps::{register_proxy_listeners, set_proxy_target, OriginalDstTable};
 pub use writer::{ApplyStats, MapWriter};

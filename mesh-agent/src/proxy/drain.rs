@@ -1,8 +1,10 @@
 //! Graceful shutdown of the proxy ([`Drain`]): on SIGTERM the listeners
 //! stop accepting, each connection finishes the request it is serving and
-//! then closes (HTTP/1.1 with `Connection: close` on that response, idle
-//! keep-alive connections at once, HTTP/2 with GOAWAY), and the agent
-//! waits until none is left or the drain timeout passes.
+//! then closes (HTTP/1.1 with `Connection: close` on that response, HTTP/2
+//! with GOAWAY), and the agent waits until none is left or the drain
+//! timeout passes. An idle HTTP/1.1 keep-alive connection stays open for
+//! its next request (closing it would race a request already on its way)
+//! and is closed when the drain ends, as Envoy's drain does.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

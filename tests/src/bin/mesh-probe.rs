@@ -10,6 +10,7 @@
 //! mesh-probe [--cgroup DIR] [--netns PATH] grpc --target HOST:PORT [--count N] [--mode ping-pong|client-stream|server-stream]
 //! mesh-probe [--cgroup DIR] [--netns PATH] tls-keep --target HOST:PORT --sni NAME --ca PEM
 //! mesh-probe [--cgroup DIR] [--netns PATH] exec PROGRAM [ARGS..]
+//! mesh-probe [--cgroup DIR] [--netns PATH] exec-stream PROGRAM [ARGS..]
 //! ```
 //!
 //! Errors are counted by errno name (`ECONNREFUSED`, `ENETUNREACH`, `EPERM`,
@@ -66,6 +67,14 @@ fn run(args: Vec<String>) -> Result<()> {
     let command = args.next().ok_or_else(|| anyhow!("missing subcommand (tcp, hold, udp)"))?;
     if command == "exec" {
         return exec(args.collect());
+    }
+    if command == "exec-stream" {
+        // Becomes the program (in the cgroup and namespace joined above):
+        // its output streams as it comes, for a test that watches it.
+        let args: Vec<String> = args.collect();
+        let (program, rest) = args.split_first().ok_or_else(|| anyhow!("exec-stream needs a program"))?;
+        let error = std::os::unix::process::CommandExt::exec(std::process::Command::new(program).args(rest));
+        return Err(error).with_context(|| format!("executing {program}"));
     }
     let opts = Opts::parse(args)?;
     match command.as_str() {

@@ -138,9 +138,10 @@ where
                     Ok(0) | Err(_) => return Served::Closed,
                     Ok(_) => {}
                 },
-                // Draining: an idle connection closes; one whose next
-                // request has begun is served, then closes.
-                () = held.started(), if read.is_empty() => return Served::Closed,
+                // Draining does not close an idle connection here: closing
+                // it races a request the client may be sending. Its next
+                // request is served with `Connection: close`; one that
+                // never comes is closed when the drain ends.
                 () = idle.as_mut() => {
                     let deadline = waiting_since + header_timeout;
                     if Instant::now() >= deadline {
