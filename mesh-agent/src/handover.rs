@@ -10,7 +10,7 @@
 //!    then says `released`;
 //! 3. the successor takes the lock, loads, serves on the same sockets, and
 //!    says `serving` (or closes: it failed);
-//! 4. the old agent drains and exits.
+//! 4. the old agent drains, and waits to be stopped.
 //!
 //! Both accept on the shared sockets between 2 and 4, so connections queue
 //! on them and none is refused; the kernel's proxy-listener map keeps

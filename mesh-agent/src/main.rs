@@ -584,7 +584,7 @@ const SUCCESSOR_TIMEOUT: Duration = Duration::from_secs(60);
 /// Serves the admin API, the proxy's listeners and what `start` spawns (on
 /// `runtime`) until SIGTERM or SIGINT, or until a successor takes the
 /// listeners over; then `release`s what the successor needs (the reload
-/// loop stops) and drains the proxy.
+/// loop stops) and drains the proxy. Handed over, it then waits for SIGTERM.
 fn serve_until_stopped(
     runtime: &tokio::runtime::Runtime,
     common: &CommonArgs,
@@ -640,6 +640,7 @@ fn serve_until_stopped(
         // close with the accept loops, and the kernel fails open at once.
         drop(offer);
         release();
+        let handed_over = successor.is_some();
         if let Some(mut successor) = successor {
             tracing::info!("a successor takes the listeners over");
             match successor.released() {
@@ -652,6 +653,13 @@ fn serve_until_stopped(
         }
         drain(proxy, Duration::from_secs(common.drain_timeout_secs)).await;
         servers.iter().for_each(tokio::task::JoinHandle::abort);
+        if handed_over {
+            // Holding nothing now, but not gone: in a pod, an exit would
+            // have the container restarted, and the restart take the
+            // listeners back. The pod's deletion (SIGTERM) ends it.
+            tracing::info!("handed over and drained; waiting to be stopped");
+            shutdown_signal().await?;
+        }
         Ok(())
     })
 }

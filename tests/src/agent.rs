@@ -94,7 +94,7 @@ impl Agent {
 
     /// Waits up to `timeout` for the agent to exit on its own; the agent
     /// back if it still runs.
-    pub fn wait_exit(mut self, timeout: Duration) -> std::result::Result<ExitStatus, Agent> {
+    fn wait_exit(mut self, timeout: Duration) -> std::result::Result<ExitStatus, Agent> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             match self.child.try_wait() {

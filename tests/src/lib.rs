@@ -71,6 +71,8 @@ use sync::lock;
 
 /// Grace period between SIGTERM and SIGKILL when stopping the agent.
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a new agent may take to load and serve in an upgrade.
+const HANDOVER_TIMEOUT: Duration = Duration::from_secs(20);
 /// Lines of agent log printed when a test fails.
 const LOG_TAIL_LINES: usize = 80;
 
@@ -241,32 +243,32 @@ impl TestEnv {
         self.start_agent_in(Some(node), &args)
     }
 
-    /// An upgrade on the node: starts a new agent like
-    /// [`TestEnv::start_agent_on_node`], with `--take-over`, while the
-    /// running one serves, on the
-    /// same admin address. The new one takes the listeners over; the old
-    /// one drains and exits on its own, within `drain`. Returns the old
-    /// one's exit status once the new one answers ready.
+    /// An upgrade on the node, as the DaemonSet's surge pod makes it: starts
+    /// a new agent like [`TestEnv::start_agent_on_node`], with `--take-over`,
+    /// while the running one serves, on the same admin address. The new one
+    /// takes the listeners over and the old one drains (up to `drain`); then
+    /// the old one is stopped (SIGTERM, as its pod's deletion). Returns the
+    /// old one's exit status.
     pub fn upgrade_agent_on_node(&self, extra_args: &[&str], drain: Duration) -> Result<ExitStatus> {
         let old = lock(&self.agent).take().ok_or_else(|| anyhow!("no agent to upgrade"))?;
         let admin = self.admin_addr();
         let node = self.node_netns_path();
         let mut args: Vec<&str> = vec!["--take-over", "--node-ip", NODE_IPV4, "--node-ip", NODE_IPV6];
         args.extend_from_slice(extra_args);
-        // Its readiness is asked once the old one is gone: until then the
-        // old one answers on the shared admin address.
+        let done = "handed over and drained";
+        let before = self.agent_log().matches(done).count();
+        // Its readiness is asked once the old one has handed over: until
+        // then the old one answers on the shared admin address.
         let mut new = self.spawn_agent(Some(node.clone()), Some(admin), &args)?;
-        let status = match old.wait_exit(drain + AGENT_STOP_GRACE) {
-            Ok(status) => status,
-            Err(old) => {
-                let _ = old.stop(Duration::ZERO);
-                new.kill();
-                bail!("the old agent did not exit after the handover\n{}", self.agent_log());
-            }
-        };
+        let handed_over = wait_until(drain + HANDOVER_TIMEOUT, || self.agent_log().matches(done).count() > before);
+        if !handed_over {
+            let _ = old.stop(Duration::ZERO);
+            new.kill();
+            bail!("the old agent did not hand over and drain\n{}", self.agent_log());
+        }
         new.ready(admin, Some(&node))?;
         *lock(&self.agent) = Some(new);
-        Ok(status)
+        old.stop(AGENT_STOP_GRACE)
     }
 
     fn start_agent_in(&self, netns: Option<PathBuf>, extra_args: &[&str]) -> Result<()> {
