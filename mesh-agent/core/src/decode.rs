@@ -25,17 +25,117 @@ pub struct ParsedFile {
 
 /// Parses every document of one file. Only YAML that does not parse fails
 /// the whole file (a half-written file must not replace its last good
-/// version); any other problem rejects just its object.
+/// version); any other problem rejects just its object, a document that
+/// YAML reads but JSON cannot hold (a key that is not a string, a duplicate
+/// key, `.nan`) included, when the document still says which object it is.
 pub fn parse_documents(file: &str, text: &str) -> Result<ParsedFile, Vec<Rejection>> {
     // Editors on some systems start UTF-8 files with a byte order mark.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    let documents =
-        yaml_documents(text).map_err(|e| vec![Rejection::file(file, format!("YAML does not parse: {e}"))])?;
     let mut parsed = ParsedFile::default();
-    for document in documents {
-        decode_object(file, document, &mut parsed);
+    match yaml_documents(text) {
+        Ok(documents) => documents.into_iter().for_each(|document| decode_object(file, document, &mut parsed)),
+        // Read again one document at a time, so that one that does not
+        // decode takes only its own object with it.
+        Err(whole) => {
+            for (line, document) in split_documents(text) {
+                // Lines before it kept (empty), so errors say the file's line.
+                let document = format!("{}{document}", "\n".repeat(line - 1));
+                let document = document.as_str();
+                match yaml_documents(document) {
+                    Ok(values) => values.into_iter().for_each(|value| decode_object(file, value, &mut parsed)),
+                    Err(error) => {
+                        let Some(identity) = identify(document) else {
+                            return Err(vec![Rejection::file(file, format!("YAML does not parse: {whole}"))]);
+                        };
+                        let message = format!("does not decode: {error}");
+                        reject_document(file, identity, message, &mut parsed);
+                    }
+                }
+            }
+        }
     }
     Ok(parsed)
+}
+
+/// The documents of a YAML stream, split at its `---` lines: a line that
+/// starts with `---` and then a space or nothing always starts a document
+/// (YAML forbids it inside any scalar at column 0). Directives (`%YAML`)
+/// before a marker go with the document it starts. Each comes with the
+/// line it starts at (from 1).
+fn split_documents(text: &str) -> Vec<(usize, &str)> {
+    let mut documents = Vec::new();
+    let (mut start, mut start_line, mut offset) = (0, 1, 0);
+    for (index, line) in text.split_inclusive('\n').enumerate() {
+        let marker =
+            line.strip_prefix("---").is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace));
+        if marker && offset > start {
+            documents.push((start_line, &text[start..offset]));
+            (start, start_line) = (offset, index + 1);
+        }
+        offset += line.len();
+    }
+    documents.push((start_line, &text[start..]));
+    documents
+}
+
+/// Which object a document that does not decode is, read from the fields
+/// that name it alone (the rest is skipped unread); None when even those
+/// cannot be read.
+fn identify(document: &str) -> Option<Identity> {
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default)]
+    struct Metadata {
+        name: String,
+        namespace: String,
+    }
+    #[derive(serde::Deserialize, Default)]
+    #[serde(default, rename_all = "camelCase")]
+    struct Named {
+        api_version: String,
+        kind: String,
+        metadata: Metadata,
+    }
+    // As lenient as the parser goes: only the naming fields matter here.
+    let options = serde_saphyr::options! {
+        duplicate_keys: serde_saphyr::DuplicateKeyPolicy::FirstWins,
+        merge_keys: serde_saphyr::MergeKeyPolicy::AsOrdinary,
+        non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::AsString,
+        with_snippet: false,
+    };
+    let named: Named = serde_saphyr::from_str_with_options(document, options).ok()?;
+    (!named.kind.is_empty() && !named.metadata.name.is_empty()).then_some(Identity {
+        api_version: named.api_version,
+        kind: named.kind,
+        namespace: named.metadata.namespace,
+        name: named.metadata.name,
+    })
+}
+
+struct Identity {
+    api_version: String,
+    kind: String,
+    namespace: String,
+    name: String,
+}
+
+/// A named document that YAML reads but that does not decode: a served
+/// kind's object is rejected (its last good version keeps serving), any
+/// other kind is left alone as ever.
+fn reject_document(file: &str, identity: Identity, message: String, parsed: &mut ParsedFile) {
+    let Some(&(kind, ..)) = SERVED_KINDS.iter().find(|(served, ..)| *served == identity.kind) else {
+        parsed.ignored.push((identity.api_version, identity.kind));
+        return;
+    };
+    let namespace = if identity.namespace.is_empty() { "default".to_owned() } else { identity.namespace };
+    let rejection = Rejection {
+        file: Some(file.to_owned()),
+        kind: kind.to_owned(),
+        namespace: namespace.clone(),
+        name: identity.name.clone(),
+        field: String::new(),
+        message,
+    };
+    parsed.undecodable.push((ObjectKey::new(kind, &namespace, &identity.name), rejection));
 }
 
 /// The documents of a YAML text, as JSON values (empty ones left out).
@@ -322,7 +422,35 @@ mod tests {
         let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, labels: &l {app: web}, annotations: *l}\n";
         assert_eq!(parse_file("p.yaml", text).unwrap()[0].resource.metadata().labels["app"], "web");
         let twice = "apiVersion: v1\nkind: Pod\nmetadata: {name: p, name: q}\n";
-        assert!(parse_documents("p.yaml", twice).is_err(), "a duplicate key fails the file, as before");
+        assert!(parse_file("p.yaml", twice).is_err(), "a duplicate key is refused");
+    }
+
+    #[test]
+    fn a_document_json_cannot_hold_rejects_only_its_object() {
+        let good = "apiVersion: v1\nkind: Service\nmetadata: {name: a, namespace: x}\nspec: {clusterIP: 10.96.0.1}\n";
+        let cases = [
+            ("a duplicate key", "metadata: {name: b, namespace: x, name: c}\n"),
+            ("a key that is a list", "metadata: {name: b, namespace: x}\nspec: {? [a, b] : x}\n"),
+            ("a key that is a map", "metadata: {name: b, namespace: x}\nspec: {? {a: 1} : x}\n"),
+            ("a null key", "metadata: {name: b, namespace: x}\nspec: {~: x}\n"),
+            ("a NaN", "metadata: {name: b, namespace: x}\nspec: {a: .nan}\n"),
+            ("a bad merge", "metadata: {name: b, namespace: x}\nspec: {<<: [1]}\n"),
+        ];
+        for (case, bad) in cases {
+            let text = format!("{good}---\napiVersion: v1\nkind: Service\n{bad}---\n{good}");
+            let text = text.replacen("name: a", "name: z", 1);
+            let parsed = parse_documents("f.yaml", &text).unwrap_or_else(|e| panic!("{case}: the whole file: {e:?}"));
+            let names: Vec<&str> = parsed.objects.iter().map(|o| o.resource.metadata().name.as_str()).collect();
+            assert_eq!(names, ["z", "a"], "{case}: the others are read");
+            let (key, rejection) = &parsed.undecodable[0];
+            assert_eq!(key, &ObjectKey::new("Service", "x", "b"), "{case}");
+            // Its own lines (8 and 9), as the file numbers them.
+            let line = ["at line 8", "at line 9"].iter().any(|l| rejection.message.contains(l));
+            assert!(line, "{case}: {}", rejection.message);
+        }
+        // A document that does not even say what it is fails the file.
+        let unnamed = format!("{good}---\nkind: Service\nmetadata: {{namespace: x}}\nspec: {{~: x}}\n");
+        assert!(parse_documents("f.yaml", &unnamed).is_err());
     }
 
     #[test]
