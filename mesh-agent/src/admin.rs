@@ -109,6 +109,12 @@ fn handle(shared: &Shared, request: Request<Incoming>, endpoints: Endpoints) -> 
             }
         }
         "/status" => json(&status_report(shared)),
+        // What /status says of the configuration's application, alone:
+        // cheap to ask in a loop at any size (did my change apply yet?).
+        "/reloads" => {
+            let published = shared.published.borrow();
+            json(&serde_json::json!({"reloads": published.reloads, "last_reload": published.last_reload}))
+        }
         "/config_dump" => json(&config_dump(shared)),
         "/routes" => json(&routes(shared)),
         "/metrics" => {
@@ -122,7 +128,7 @@ fn handle(shared: &Shared, request: Request<Incoming>, endpoints: Endpoints) -> 
         }
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /healthz /readyz /status /config_dump /routes /metrics\n".into(),
+            "not found; try /healthz /readyz /status /reloads /config_dump /routes /metrics\n".into(),
         ),
     }
 }
@@ -412,6 +418,22 @@ fn metrics(shared: &Shared) -> String {
     let reloads = Counter::<u64>::default();
     reloads.inc_by(published.reloads);
     registry.register("config_reloads", "Configuration reloads", reloads);
+    if let Some(last) = &published.last_reload {
+        let seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        seconds.set(last.duration_micros as f64 / 1e6);
+        registry.register(
+            "config_last_reload_duration_seconds",
+            "The last reload, from the source's batch to the maps written",
+            seconds,
+        );
+        let writes = Gauge::<i64>::default();
+        writes.set((last.map_upserts + last.map_deletes) as i64);
+        registry.register(
+            "config_last_reload_map_writes",
+            "Kernel map entries the last reload wrote or deleted",
+            writes,
+        );
+    }
 
     let mut body = String::new();
     if let Err(error) = encode(&mut body, &registry) {

@@ -7,6 +7,10 @@
 use crate::dataplane::{ApplyStats, DataplaneError, MapWriter};
 use crate::dns::DnsLink;
 use crate::source::{ConfigSource, POLL_INTERVAL};
+
+/// How long the reload loop lets a change's neighbours arrive before it
+/// takes the batch: the first event of a burst waits this long, no more.
+const COALESCE: Duration = Duration::from_millis(10);
 use crate::state::StateDir;
 use crate::workloads::PodCgroups;
 use mesh_core::model::Model;
@@ -238,11 +242,16 @@ impl ReloadLoop {
         }
     }
 
-    /// Runs until `stop` is set.
+    /// Runs until `stop` is set: a reload as soon as the source has a
+    /// change (a watch event), else every [`POLL_INTERVAL`] (a directory,
+    /// DNS answers, the node's pod cgroups).
     pub fn run(mut self, stop: Arc<AtomicBool>) {
         while !stop.load(Ordering::Relaxed) {
             self.tick();
-            std::thread::sleep(POLL_INTERVAL);
+            if self.source.wait(POLL_INTERVAL) {
+                // A burst of events (a rollout, a relist) lands in one batch.
+                std::thread::sleep(COALESCE);
+            }
         }
     }
 

@@ -27,7 +27,7 @@ const BACKENDS: [(&str, &str, &str); 2] =
     [("b1", "10.244.1.2", "fd00:244::1:2"), ("b2", "10.244.2.2", "fd00:244::2:2")];
 
 /// The cluster IP of service `i`: 10.96.0.1 upwards, skipping .0 and .255.
-fn service_ip(i: u32) -> Ipv4Addr {
+pub(crate) fn service_ip(i: u32) -> Ipv4Addr {
     Ipv4Addr::new(10, 96, (i / 250) as u8, (i % 250 + 1) as u8)
 }
 

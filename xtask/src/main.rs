@@ -6,6 +6,7 @@
 
 mod bench;
 mod bench_l7;
+mod bench_scale;
 mod demo;
 #[allow(dead_code)] // shared with mesh-agent/build.rs, which uses part of it
 mod ebpf_build;
@@ -88,6 +89,16 @@ enum BenchKind {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// A large cluster: first load, one endpoint changed (latency, map
+    /// writes), RSS, against kube-proxy's iptables-restore.
+    Scale {
+        /// Service counts to measure (10 endpoints each).
+        #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+        services: Vec<u32>,
+        /// Endpoint changes per size.
+        #[arg(long, default_value_t = 100)]
+        changes: u32,
+    },
     /// The backend `bench l7` runs in its backend pod (1 KiB per response).
     #[command(hide = true)]
     L7Backend {
@@ -131,6 +142,11 @@ fn main() -> Result<()> {
         Cmd::Bench { which: BenchKind::L7 { paths, rates, connections, seconds, rounds } } => {
             setup()?;
             bench_l7::l7(&bench_l7::Options { paths, rates, connections, seconds, rounds })
+        }
+        Cmd::Bench { which: BenchKind::Scale { services, changes } } => {
+            setup()?;
+            let bins = build_binaries(true)?;
+            bench_scale::scale(&bins, &services, changes)
         }
         Cmd::Bench { which: BenchKind::L7Backend { port } } => bench_l7::backend(port),
     }

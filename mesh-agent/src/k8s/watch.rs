@@ -180,6 +180,9 @@ pub static SECRET: WatchedKind = WatchedKind::new("", "v1", "Secret", "secrets")
 #[derive(Clone, Default)]
 pub struct KubeStore {
     store: Arc<Mutex<Store>>,
+    /// Notified whenever the store becomes dirty: the reload loop wakes at
+    /// once instead of at its next tick.
+    changed: Arc<std::sync::Condvar>,
     /// Woken when the set of referenced Secrets changes.
     secrets_changed: Arc<tokio::sync::Notify>,
 }
@@ -197,7 +200,7 @@ impl KubeStore {
             next_epoch: 1,
             gateway_namespace: None,
         };
-        Self { store: Arc::new(Mutex::new(store)), secrets_changed: Arc::default() }
+        Self { store: Arc::new(Mutex::new(store)), changed: Arc::default(), secrets_changed: Arc::default() }
     }
 
     /// The Secrets to watch now.
@@ -252,6 +255,7 @@ impl KubeStore {
         let Some(s) = store.secrets.get_mut(key).filter(|s| s.epoch == epoch) else { return };
         let changed = apply_event(&SECRET, s, event);
         store.dirty |= changed;
+        self.changed.notify_all();
     }
 
     fn secret_error(&self, key: &(String, String), epoch: u64, error: String) {
@@ -312,6 +316,7 @@ impl KubeStore {
         let is_rule = NAMES_SECRETS.contains(&kind.kind);
         let changed = apply_event(&kind.clone(), s, event);
         store.dirty |= changed;
+        self.changed.notify_all();
         if changed && is_rule && Self::track_secrets(&mut store) {
             self.secrets_changed.notify_one();
         }
@@ -330,6 +335,7 @@ impl KubeStore {
             s.objects.clear();
             s.synced = true;
             store.dirty = true;
+            self.changed.notify_all();
         }
     }
 
@@ -344,6 +350,14 @@ impl KubeStore {
     }
 
     /// The whole configuration, once every kind has listed, if it changed.
+    /// Waits up to `timeout` until there is a batch to take; true if there is.
+    fn wait_for_batch(&self, timeout: Duration) -> bool {
+        let store = self.lock();
+        let waited = self.changed.wait_timeout_while(store, timeout, |store| !(store.dirty && store.synced()));
+        let (store, _) = waited.unwrap_or_else(|poisoned| poisoned.into_inner());
+        store.dirty && store.synced()
+    }
+
     fn take_batch(&self) -> Option<SourceBatch> {
         let mut store = self.lock();
         if !store.dirty || !store.synced() {
@@ -480,6 +494,10 @@ impl Drop for KubeSource {
 impl ConfigSource for KubeSource {
     fn poll(&mut self) -> Result<Option<SourceBatch>, SourceError> {
         Ok(self.store.take_batch())
+    }
+
+    fn wait(&mut self, timeout: Duration) -> bool {
+        self.store.wait_for_batch(timeout)
     }
 }
 
@@ -629,5 +647,28 @@ mod tests {
         assert!(delays.iter().all(|d| *d <= BACKOFF_MAX.mul_f64(1.25)), "{delays:?}");
         kube::runtime::utils::Backoff::reset(&mut backoff);
         assert!(backoff.next().unwrap() <= BACKOFF_FIRST.mul_f64(1.25), "back to the start");
+    }
+
+    #[test]
+    fn the_reload_loop_is_woken_by_an_event_not_by_its_tick() {
+        let kinds = watched_kinds(None);
+        let store = KubeStore::new(&kinds);
+        for index in 0..kinds.len() {
+            store.event(index, Event::Init);
+            store.event(index, Event::InitDone);
+        }
+        assert!(store.take_batch().is_some(), "the first complete sync");
+        assert!(!store.wait_for_batch(Duration::from_millis(10)), "nothing new");
+        let service = serde_json::json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "web", "namespace": "shop"}, "spec": {"clusterIP": "10.96.0.1"}});
+        let index = kinds.iter().position(|k| k.kind == "Service").unwrap();
+        let sender = store.clone();
+        let event = std::thread::spawn(move || sender.event(index, Event::Apply(service)));
+        // Woken by the event, not at the end of the wait.
+        let woken = std::time::Instant::now();
+        assert!(store.wait_for_batch(Duration::from_secs(120)));
+        assert!(woken.elapsed() < Duration::from_secs(60));
+        event.join().unwrap();
+        assert!(store.take_batch().is_some_and(|batch| batch.objects.len() == 1));
     }
 }

@@ -18,4 +18,12 @@ pub trait ConfigSource: Send {
     /// What changed since the last call, as a whole batch; `Ok(None)` when
     /// nothing did, or before the source's first complete sync.
     fn poll(&mut self) -> Result<Option<SourceBatch>, SourceError>;
+
+    /// Waits up to `timeout` for something to poll; true when woken by a
+    /// change before it. A source that cannot tell (a directory, polled)
+    /// just waits.
+    fn wait(&mut self, timeout: Duration) -> bool {
+        std::thread::sleep(timeout);
+        false
+    }
 }
