@@ -17,7 +17,7 @@ use mesh_core::model::Model;
 use mesh_core::node::NodeContext;
 use mesh_core::object::{ObjectKey, Warning};
 use mesh_core::published::{Published, ReloadStatus};
-use mesh_core::snapshot::{compile, Snapshot};
+use mesh_core::snapshot::{compile_owned, Snapshot};
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -59,7 +59,9 @@ pub struct ReloadLoop {
     source: Box<dyn ConfigSource>,
     writer: Box<dyn SnapshotSink>,
     cluster_domain: String,
-    model: Model,
+    /// The model that serves (the published snapshot's own): the previous
+    /// one of the next build.
+    model: Arc<Model>,
     published: watch::Sender<Arc<Published>>,
     /// A snapshot that compiled but could not be written yet: retried with
     /// backoff until it goes in or a newer configuration replaces it.
@@ -171,7 +173,7 @@ impl ReloadLoop {
             source,
             writer,
             cluster_domain,
-            model: Model::default(),
+            model: Arc::default(),
             published,
             retry: None,
             taken_over: maps_taken_over,
@@ -194,7 +196,7 @@ impl ReloadLoop {
         match state.load() {
             Ok(objects) if !objects.is_empty() => {
                 tracing::info!(objects = objects.len(), "last good configuration read from the state directory");
-                self.model = Model::build(&objects, Vec::new(), &Model::default(), &self.cluster_domain);
+                self.model = Arc::new(Model::build(&objects, Vec::new(), &Model::default(), &self.cluster_domain));
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "the state directory's configuration is not usable; starting without"),
@@ -268,7 +270,7 @@ impl ReloadLoop {
                 let node = if loaded { self.node_changed() } else { None };
                 if resolved.is_some() || node.is_some() {
                     // New answers or pods for the same objects: compiled again.
-                    let mut model = self.model.clone();
+                    let mut model = (*self.model).clone();
                     model.resolved = resolved.unwrap_or(model.resolved);
                     model.node = node.unwrap_or(model.node);
                     self.retry = None;
@@ -326,15 +328,15 @@ impl ReloadLoop {
     fn compile_and_apply(&mut self, model: Model, started: Instant, incomplete: bool) {
         self.complete = !incomplete;
         let compiling = Instant::now();
-        let compiled = compile(&model, &self.cluster_domain);
+        let compiled = compile_owned(model, &self.cluster_domain);
         tracing::debug!(compile_micros = compiling.elapsed().as_micros() as u64, "configuration compiled");
         match compiled {
             Ok(snapshot) => {
                 self.warned.log(&snapshot.model.warnings);
                 if let Some(dns) = &self.dns {
-                    dns.want(model.dns_names());
+                    dns.want(snapshot.model.dns_names());
                 }
-                self.model = model;
+                self.model = snapshot.model.clone();
                 if self.taken_over && incomplete {
                     // No last good version is known after a restart: keep
                     // what the kernel serves rather than delete it on a

@@ -168,8 +168,56 @@ pub struct Model {
     pub resolved: Arc<Resolved>,
     /// The raw objects accepted, kept as the "last good" versions.
     accepted: BTreeMap<ObjectKey, SourcedObject>,
+    /// `destination_rules` by host, once they are final in a build.
+    rule_hosts: RuleHosts,
     /// Slice ports waiting for their Service's target port (during a build).
     unnumbered: BTreeMap<NsName, Vec<UnnumberedPort>>,
+}
+
+/// The DestinationRules by the host they name, so that a service (at
+/// compile time, and a request in the proxy) finds its rules without a scan
+/// of every rule: exact hosts by name, wildcard hosts (few) in a list.
+#[derive(Clone, Debug, Default)]
+struct RuleHosts {
+    exact: std::collections::HashMap<String, Vec<NsName>>,
+    wildcards: Vec<NsName>,
+    /// How many rules it indexes: a model whose rules changed after
+    /// (none does) is scanned whole instead.
+    count: usize,
+}
+
+impl RuleHosts {
+    fn of(rules: &BTreeMap<NsName, DestinationRuleModel>) -> Self {
+        let mut hosts = RuleHosts { count: rules.len(), ..RuleHosts::default() };
+        for (id, rule) in rules {
+            if rule.host.starts_with('*') {
+                hosts.wildcards.push(id.clone());
+            } else {
+                let host = rule.host.strip_suffix('.').unwrap_or(&rule.host).to_ascii_lowercase();
+                hosts.exact.entry(host).or_default().push(id.clone());
+            }
+        }
+        hosts
+    }
+
+    /// The rules that may cover `fqdn` (each still checked by
+    /// [`host_specificity`]), or None when the index does not cover `rules`.
+    fn candidates<'a>(
+        &'a self,
+        rules: &'a BTreeMap<NsName, DestinationRuleModel>,
+        fqdn: &str,
+    ) -> Option<impl Iterator<Item = &'a DestinationRuleModel> + 'a> {
+        if self.count != rules.len() {
+            return None;
+        }
+        let name = fqdn.strip_suffix('.').unwrap_or(fqdn);
+        let exact = match name.bytes().any(|b| b.is_ascii_uppercase()) {
+            true => self.exact.get(&name.to_ascii_lowercase()),
+            false => self.exact.get(name),
+        };
+        let ids = exact.into_iter().flatten().chain(&self.wildcards);
+        Some(ids.filter_map(move |id| rules.get(id)))
+    }
 }
 
 // One at a time, while a build runs: boxing would buy nothing.
@@ -281,6 +329,8 @@ impl Model {
             rejections.push(rejection);
         }
         model.check_rules_against_services(previous, cluster_domain, &mut rejections);
+        // The rules are final (a last good version may have replaced one).
+        model.rule_hosts = RuleHosts::of(&model.destination_rules);
         model.check_virtual_services_against_rules(previous, cluster_domain, &mut rejections);
         let delegation_warnings = model.expand_delegations(&rejections, cluster_domain);
         model.report_shadowed_hosts(&mut rejections);
@@ -619,7 +669,7 @@ impl Model {
     /// apply here; see [`Model::selected_rule`], which comes first.
     pub fn rule_for_host(&self, fqdn: &str, namespace: &str) -> Option<&DestinationRuleModel> {
         let mut best: Option<((u8, usize), &DestinationRuleModel)> = None;
-        for rule in self.destination_rules.values().filter(|rule| rule.workload_selector.is_none()) {
+        for rule in self.rules_for(fqdn).filter(|rule| rule.workload_selector.is_none()) {
             let Some(specificity) = host_specificity(&rule.host, fqdn) else { continue };
             if !rule.visible_in(namespace) {
                 continue;
@@ -642,8 +692,15 @@ impl Model {
 
     /// The rules with a `workloadSelector` whose host covers `fqdn`.
     pub fn selector_rules<'a>(&'a self, fqdn: &'a str) -> impl Iterator<Item = &'a DestinationRuleModel> + 'a {
-        (self.destination_rules.values())
+        (self.rules_for(fqdn))
             .filter(move |rule| rule.workload_selector.is_some() && host_specificity(&rule.host, fqdn).is_some())
+    }
+
+    /// The rules that may cover `fqdn`: from the host index, or all of them.
+    fn rules_for<'a>(&'a self, fqdn: &str) -> impl Iterator<Item = &'a DestinationRuleModel> + 'a {
+        let indexed = self.rule_hosts.candidates(&self.destination_rules, fqdn);
+        let all = indexed.is_none().then(|| self.destination_rules.values());
+        indexed.into_iter().flatten().chain(all.into_iter().flatten())
     }
 
     /// Only the rule with a `workloadSelector` picking `client`, if any.

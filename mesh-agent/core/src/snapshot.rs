@@ -309,6 +309,21 @@ fn backends_of(
 }
 
 pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileError> {
+    compile_owned(model.clone(), cluster_domain)
+}
+
+/// [`compile`], moving `model` into the snapshot instead of copying it (a
+/// large cluster's model is much of the agent's memory and reload time).
+pub fn compile_owned(mut model: Model, cluster_domain: &str) -> Result<Snapshot, CompileError> {
+    let (mut snapshot, without_http_proxy) = compile_parts(&model, cluster_domain)?;
+    model.warnings.extend(without_http_proxy);
+    snapshot.model = Arc::new(model);
+    Ok(snapshot)
+}
+
+/// The snapshot of `model` but its model, and the warnings of rule fields
+/// only the HTTP proxy acts on, set on ports it does not serve.
+fn compile_parts(model: &Model, cluster_domain: &str) -> Result<(Snapshot, Vec<Warning>), CompileError> {
     let routes = Arc::new(RouteTable::build(&model.virtual_services));
     let mut snapshot = Snapshot { rejections: model.rejections.clone(), ..Default::default() };
     // Rule fields only the HTTP proxy acts on, on ports it does not serve.
@@ -468,9 +483,6 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
     check_capacity("registry addresses", snapshot.outbound.registry.len(), capacity::REGISTRY)?;
     snapshot.pods_by_ip =
         model.pods.iter().flat_map(|(id, pod)| pod.ips.iter().map(move |ip| (*ip, id.clone()))).collect();
-    let mut model = model.clone();
-    model.warnings.extend(without_http_proxy);
-    snapshot.model = Arc::new(model);
     snapshot.routes = routes;
     check_capacity("service addresses", snapshot.frontends.len(), capacity::FRONTENDS)?;
     check_capacity("service IPs", snapshot.service_ips.len(), capacity::SERVICE_IPS)?;
@@ -480,7 +492,7 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
     check_capacity("backends", backends.len(), capacity::BACKENDS)?;
     check_capacity("backend slots", snapshot.slots.len(), capacity::SLOTS)?;
     check_capacity("Maglev entries", snapshot.maglev.len(), capacity::MAGLEV)?;
-    Ok(snapshot)
+    Ok((snapshot, without_http_proxy))
 }
 
 /// [`locality::placements`] for `backends`, whose unknown region (an
