@@ -36,6 +36,7 @@ pub mod grpc;
 pub mod h2;
 mod names;
 mod netns;
+pub mod objects;
 mod pod;
 pub mod real_apiserver;
 pub mod recorder;

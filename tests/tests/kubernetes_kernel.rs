@@ -5,22 +5,10 @@
 //! agent writes the status of the Istio objects.
 
 use mesh_tests::apiserver::FakeApiServer;
+use mesh_tests::objects::{service, slice};
 use mesh_tests::{wait_until, TestEnv};
 use serde_json::{json, Value};
 use std::time::Duration;
-
-fn service(name: &str, ip: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
-           "spec": {"clusterIP": ip, "ports": [{"name": "main", "port": 80, "targetPort": 8080}]}})
-}
-
-fn slice(service: &str, addresses: &[&str]) -> Value {
-    let endpoints: Vec<Value> = addresses.iter().map(|a| json!({"addresses": [a]})).collect();
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"name": format!("{service}-v4"), "namespace": "shop",
-                        "labels": {"kubernetes.io/service-name": service}},
-           "addressType": "IPv4", "ports": [{"name": "main", "port": 8080}], "endpoints": endpoints})
-}
 
 #[test]
 fn objects_in_the_api_server_drive_the_kernel_maps() {

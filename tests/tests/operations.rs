@@ -25,6 +25,15 @@ fn web_world(test: &str, rules: &str) -> (TestEnv, Pod, mesh_tests::Server) {
     (env, client, server)
 }
 
+/// A route that marks what the proxy answered (`x-via-proxy: yes`).
+const VIA_PROXY: &str =
+    "  - headers: {response: {set: {x-via-proxy: 'yes'}}}\n    route: [{destination: {host: web}}]\n";
+
+/// The probe's first response came through the proxy.
+fn via_proxy(report: &serde_json::Value) -> bool {
+    report["first"]["headers"]["x-via-proxy"] == "yes"
+}
+
 #[test]
 fn sigterm_lets_the_requests_in_flight_finish() {
     let (env, client, _server) = web_world(
@@ -54,15 +63,11 @@ fn sigterm_lets_the_requests_in_flight_finish() {
 
 #[test]
 fn while_no_proxy_listens_l7_ports_fail_open_to_the_kernel() {
-    let (env, client, _server) = web_world(
-        "ops_fail_open",
-        "  - headers: {response: {set: {x-via-proxy: 'yes'}}}\n    route: [{destination: {host: web}}]\n",
-    );
+    let (env, client, _server) = web_world("ops_fail_open", VIA_PROXY);
     env.start_agent_on_node(&[]).unwrap();
     let get = || {
         env.probe(&client, &["http", "--target", "10.96.0.20:80", "--count", "3"]).unwrap_or_else(|e| panic!("{e:#}"))
     };
-    let via_proxy = |report: &serde_json::Value| report["first"]["headers"]["x-via-proxy"] == "yes";
     let report = get();
     assert!(report["ok"] == 3 && via_proxy(&report), "through the proxy: {report}");
     // The agent dies: its listener closes, and the kernel balances the
@@ -175,10 +180,7 @@ impl Traffic {
 
 #[test]
 fn continuous_http_loses_nothing_through_an_upgrade_a_sigterm_and_a_dead_agent() {
-    let (env, client, _server) = web_world(
-        "ops_continuous",
-        "  - headers: {response: {set: {x-via-proxy: 'yes'}}}\n    route: [{destination: {host: web}}]\n",
-    );
+    let (env, client, _server) = web_world("ops_continuous", VIA_PROXY);
     env.start_agent_on_node(&[]).unwrap();
     let proxy_down = || env.admin_json("/status")["kernel_counters"]["connect_proxy_down_l4"].as_u64().unwrap_or(0);
 
@@ -210,11 +212,8 @@ fn continuous_http_loses_nothing_through_an_upgrade_a_sigterm_and_a_dead_agent()
     env.start_agent_on_node(&[]).unwrap();
     // curl's connection made in the gap stays at L4 for its life; new
     // connections are captured again.
-    let via_proxy = || {
-        let report = env.probe(&client, &["http", "--target", "10.96.0.20:80", "--count", "1"]).unwrap();
-        report["first"]["headers"]["x-via-proxy"] == "yes"
-    };
-    assert!(wait_until(Duration::from_secs(5), via_proxy), "{}", env.agent_log());
+    let new_connection = || env.probe(&client, &["http", "--target", "10.96.0.20:80", "--count", "1"]).unwrap();
+    assert!(wait_until(Duration::from_secs(5), || via_proxy(&new_connection())), "{}", env.agent_log());
     traffic.wait_for(100);
     let outcomes = traffic.finish();
     let failed: Vec<&String> = outcomes.iter().filter(|o| !o.starts_with("0 200")).collect();

@@ -5,6 +5,7 @@
 //! controller's, and the status Lease moves when its holder is killed.
 
 use mesh_tests::deploy::{deploy_dir, kustomization_documents};
+use mesh_tests::objects::{service, slice};
 use mesh_tests::real_apiserver::RealApiServer;
 use mesh_tests::{wait_until, Pod, TestEnv};
 use serde_json::{json, Value};
@@ -39,19 +40,6 @@ fn install(server: &RealApiServer) {
 
 fn namespace(name: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
-}
-
-fn service(name: &str, ip: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": "shop"},
-           "spec": {"clusterIP": ip, "ports": [{"name": "main", "port": 80, "targetPort": 8080}]}})
-}
-
-fn slice(service: &str, addresses: &[&str]) -> Value {
-    let endpoints: Vec<Value> = addresses.iter().map(|a| json!({"addresses": [a]})).collect();
-    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-           "metadata": {"name": format!("{service}-v4"), "namespace": "shop",
-                        "labels": {"kubernetes.io/service-name": service}},
-           "addressType": "IPv4", "ports": [{"name": "main", "port": 8080}], "endpoints": endpoints})
 }
 
 fn destination_rule(balancer: &str) -> Value {
