@@ -312,9 +312,12 @@ pub fn decode_object(origin: &str, mut value: Value, parsed: &mut ParsedFile) {
         Ok(resource) if resource.metadata().name.is_empty() => {
             parsed.problems.push(reject("metadata.name", "missing".into()))
         }
-        Ok(resource) => {
-            parsed.objects.push(SourcedObject { file: origin.to_owned(), resource, unknown_fields, raw: Arc::new(raw) })
-        }
+        Ok(resource) => parsed.objects.push(SourcedObject {
+            file: origin.to_owned(),
+            resource: Arc::new(resource),
+            unknown_fields,
+            raw: Arc::new(raw),
+        }),
         Err((field, message)) => undecodable(&field, message),
     }
 }
@@ -528,7 +531,7 @@ mod tests {
         for version in ["v1", "v1beta1", "v1alpha3"] {
             let text = format!("apiVersion: networking.istio.io/{version}\nkind: Gateway\nmetadata: {{name: gw, namespace: shop}}\nspec:\n  selector: {{istio: ingressgateway}}\n  servers:\n  - port: {{number: 80, name: http, protocol: HTTP}}\n    hosts: ['*']\n    futureField: 1\n");
             let objects = parse_file("gw.yaml", &text).unwrap();
-            let Resource::Gateway(gateway) = &objects[0].resource else { panic!("{version}") };
+            let Resource::Gateway(gateway) = &*objects[0].resource else { panic!("{version}") };
             assert_eq!(gateway.spec.servers[0].port.as_ref().unwrap().number, 80, "{version}");
             assert_eq!(objects[0].unknown_fields, ["spec.servers[0].futureField"], "{version}");
         }
@@ -542,7 +545,7 @@ mod tests {
         for version in ["v1", "v1beta1", "v1alpha3"] {
             let text = format!("apiVersion: networking.istio.io/{version}\nkind: VirtualService\nmetadata: {{name: web, namespace: shop}}\nspec:\n  hosts: [web]\n  http:\n  - route: [{{destination: {{host: web}}, weight: 100}}]\n    futureField: ignored\n");
             let objects = parse_file("vs.yaml", &text).unwrap();
-            let Resource::VirtualService(vs) = &objects[0].resource else { panic!("{version}") };
+            let Resource::VirtualService(vs) = &*objects[0].resource else { panic!("{version}") };
             assert_eq!(vs.spec.http[0].route[0].weight, Some(100), "{version}");
             assert_eq!(objects[0].unknown_fields, ["spec.http[0].futureField"], "{version}");
         }

@@ -567,7 +567,7 @@ impl Model {
     fn expand_delegations(&mut self, rejections: &[Rejection], cluster_domain: &str) -> Vec<Warning> {
         let key = |(namespace, name): &NsName| ObjectKey::new("VirtualService", namespace, name);
         fn spec_of(object: &SourcedObject) -> Option<&api::VirtualServiceSpec> {
-            match &object.resource {
+            match &*object.resource {
                 Resource::VirtualService(vs) => Some(&vs.spec),
                 _ => None,
             }
@@ -738,7 +738,7 @@ fn report(object: &SourcedObject, errors: Vec<FieldError>, instead: &str, reject
 }
 
 fn validate(object: &SourcedObject, cluster_domain: &str) -> Result<Accepted, FieldError> {
-    match &object.resource {
+    match &*object.resource {
         Resource::Service(s) => validate_service(s).map(Accepted::Service),
         Resource::EndpointSlice(s) => validate_slice(s).map(|(slice, unnumbered)| Accepted::Slice(slice, unnumbered)),
         Resource::Pod(p) => validate_pod(p).map(Accepted::Pod),

@@ -15,7 +15,9 @@ use std::fmt;
 pub struct SourcedObject {
     /// Empty for objects from the API server.
     pub file: String,
-    pub resource: Resource,
+    /// Shared by every copy (the source's store, a batch, the model's last
+    /// good versions): a copy of the object costs a count, not a clone.
+    pub resource: std::sync::Arc<Resource>,
     /// Fields present in the input that the API types do not have (so
     /// serde dropped them), as paths such as `spec.http[0].futureField`.
     /// Kept with the object so that a last good version keeps its own.

@@ -330,7 +330,7 @@ pub(crate) mod tests {
             "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: ext, namespace: shop}}\nspec:\n{spec}"
         );
         let mut objects = parse_file("se.yaml", &text).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
-        let Resource::ServiceEntry(entry) = objects.remove(0).resource else { panic!("not a ServiceEntry") };
+        let Resource::ServiceEntry(entry) = (*objects.remove(0).resource).clone() else { panic!("not a ServiceEntry") };
         validate_service_entry(&entry)
     }
 

@@ -170,7 +170,7 @@ mod tests {
             "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {{name: {name}, namespace: {namespace}}}\nspec:\n{spec}"
         );
         let mut objects = parse_file("s.yaml", &text).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
-        let Resource::Sidecar(object) = objects.remove(0).resource else { panic!("not a Sidecar") };
+        let Resource::Sidecar(object) = (*objects.remove(0).resource).clone() else { panic!("not a Sidecar") };
         validate_sidecar(&object)
     }
 

@@ -14,7 +14,7 @@ fn object(kind: &str, name: &str, spec: &str) -> Resource {
         "apiVersion: networking.istio.io/v1\nkind: {kind}\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n{spec}"
     );
     let mut objects = parse_file("t.yaml", &text).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
-    objects.remove(0).resource
+    (*objects.remove(0).resource).clone()
 }
 
 /// Validates a VirtualService `shop/vs` whose `spec:` body is `spec`.

@@ -66,7 +66,7 @@ pub const PROXY_PROTOCOL: &str = "not supported yet; connections go to the desti
 /// DestinationRule and Gateway).
 pub fn of_object(object: &SourcedObject) -> Vec<Warning> {
     let mut found = Found::default();
-    match &object.resource {
+    match &*object.resource {
         Resource::DestinationRule(rule) => destination_rule(rule, &mut found),
         Resource::VirtualService(vs) => virtual_service(vs, &mut found),
         Resource::Gateway(gateway) => gateway_fields(gateway, &mut found),
@@ -575,7 +575,7 @@ pub enum GatewayPresence {
 /// Gateway that no Gateway object defines, or that no gateway workload
 /// serves, as `lookup` (by `namespace/name`) finds it.
 pub fn gateway_references(object: &SourcedObject, lookup: &dyn Fn(&str) -> GatewayPresence) -> Vec<Warning> {
-    let Resource::VirtualService(vs) = &object.resource else { return Vec::new() };
+    let Resource::VirtualService(vs) = &*object.resource else { return Vec::new() };
     let namespace = vs.metadata.namespace_or_default();
     (vs.spec.gateways.iter().enumerate())
         .map(|(i, gateway)| (i, resolve_gateway(gateway, namespace)))

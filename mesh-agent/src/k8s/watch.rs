@@ -220,7 +220,7 @@ impl KubeStore {
                 continue;
             }
             for object in s.objects.values().flat_map(|o| &o.parsed.objects) {
-                let (namespace, names) = match &object.resource {
+                let (namespace, names) = match &*object.resource {
                     mesh_core::api::Resource::DestinationRule(rule) => {
                         (rule.metadata.namespace_or_default(), rule.credential_names())
                     }

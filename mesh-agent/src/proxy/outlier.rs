@@ -161,7 +161,7 @@ mod tests {
     fn config(yaml: &str) -> OutlierConfig {
         let text = format!("apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r}}\nspec: {{host: web, trafficPolicy: {{outlierDetection: {yaml}}}}}\n");
         let objects = mesh_core::decode::parse_file("t.yaml", &text).unwrap();
-        let mesh_core::api::Resource::DestinationRule(rule) = &objects[0].resource else { unreachable!() };
+        let mesh_core::api::Resource::DestinationRule(rule) = &*objects[0].resource else { unreachable!() };
         let rule = mesh_core::destination_rule::validate_destination_rule(rule, "cluster.local").unwrap();
         OutlierConfig::from_policy(&rule.effective(None, 80).outlier_detection.unwrap())
     }

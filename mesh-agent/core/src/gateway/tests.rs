@@ -23,7 +23,7 @@ fn validate(servers: &str) -> Result<GatewayModel, FieldError> {
     let text =
         gateway_yaml("istio-system", "gw", &format!("  selector: {{istio: ingressgateway}}\n  servers:{servers}"));
     let mut objects = parse_file("gw.yaml", &text).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
-    let Resource::Gateway(gateway) = objects.remove(0).resource else { unreachable!() };
+    let Resource::Gateway(gateway) = (*objects.remove(0).resource).clone() else { unreachable!() };
     validate_gateway(&gateway)
 }
 
@@ -730,7 +730,7 @@ fn the_secrets_a_gateway_names_are_listed_once() {
         "  - port: {number: 80, name: http, protocol: HTTP}\n    hosts: ['*']\n",
     );
     let objects = parse_file("gw.yaml", &ingress_gateway("shop", "web", servers)).unwrap();
-    let Resource::Gateway(gateway) = &objects[0].resource else { unreachable!() };
+    let Resource::Gateway(gateway) = &*objects[0].resource else { unreachable!() };
     assert_eq!(gateway.credential_names(), ["a-cert", "b-cert"]);
 }
 

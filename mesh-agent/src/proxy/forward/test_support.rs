@@ -11,7 +11,7 @@ pub fn routes(http: &str) -> Vec<HttpRoute> {
     let indented: String = http.lines().map(|line| format!("    {line}\n")).collect();
     let text = format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: shop}}\nspec:\n  hosts: [reviews]\n  http:\n{indented}");
     let objects = parse_file("vs.yaml", &text).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
-    let Resource::VirtualService(object) = &objects[0].resource else { unreachable!() };
+    let Resource::VirtualService(object) = &*objects[0].resource else { unreachable!() };
     validate_virtual_service(object, "cluster.local").unwrap().http
 }
 
