@@ -46,6 +46,8 @@ pub struct Shared {
     pub proxy_listeners: Vec<std::net::SocketAddr>,
     /// The proxy, for its metrics and outlier state.
     pub proxy: Arc<crate::proxy::Proxy>,
+    /// Set once the agent stops or hands over: `/readyz` answers 503.
+    pub stopping: AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,7 +104,9 @@ fn handle(shared: &Shared, request: Request<Incoming>, endpoints: Endpoints) -> 
     match path {
         "/healthz" => text(StatusCode::OK, "ok\n".into()),
         "/readyz" => {
-            if shared.published.borrow().ready {
+            if shared.stopping.load(Ordering::Relaxed) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "stopping: draining, or handing over to a successor\n".into())
+            } else if shared.published.borrow().ready {
                 text(StatusCode::OK, "ready\n".into())
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "the first configuration is not in the kernel maps yet\n".into())

@@ -178,15 +178,15 @@ impl Successor {
         self.stream.write_all(b"released\n").map_err(HandoverError::Exchange)
     }
 
-    /// Waits until the successor serves (true), or fails or takes longer
-    /// than `timeout` (false).
-    pub async fn serving(self, timeout: Duration) -> bool {
+    /// Waits until the successor serves; an error when it is gone, or
+    /// takes longer than `timeout`.
+    pub async fn serving(self, timeout: Duration) -> Result<(), HandoverError> {
         let stream = self.stream;
         let waited = tokio::task::spawn_blocking(move || {
             stream.set_read_timeout(Some(timeout)).map_err(HandoverError::Exchange)?;
             expect_line(&stream, "serving")
         });
-        matches!(waited.await, Ok(Ok(())))
+        waited.await.map_err(|error| HandoverError::Exchange(std::io::Error::other(error)))?
     }
 }
 
@@ -246,7 +246,25 @@ mod tests {
         let (accepted, _) = listener.accept().await.unwrap();
         assert_eq!(accepted.peer_addr().unwrap(), queued.local_addr().unwrap());
         inherited.serving();
-        assert!(old.serving(Duration::from_secs(5)).await, "the successor said it serves");
+        old.serving(Duration::from_secs(5)).await.expect("the successor said it serves");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_successor_that_dies_before_serving_is_told_apart() {
+        let dir = std::env::temp_dir().join(format!("mesh-handover-gone-{}", std::process::id()));
+        let path = dir.join("agent.handover");
+        let proxy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let offer = Offer::new(&path, &[&proxy]).unwrap();
+        let successor_path = path.clone();
+        let successor = std::thread::spawn(move || take_over(&successor_path).unwrap().expect("an agent answers"));
+        let mut old = offer.successor().await;
+        old.released().unwrap();
+        // It took the listeners, then went away without serving.
+        drop(tokio::task::spawn_blocking(move || successor.join().unwrap()).await.unwrap());
+        assert!(old.serving(Duration::from_secs(5)).await.is_err(), "gone is not serving");
+        drop(offer);
+        assert!(!path.exists(), "the offer's socket file goes with it");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

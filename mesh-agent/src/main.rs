@@ -418,6 +418,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         published,
         proxy_listeners: proxy_addrs,
         proxy: proxy.clone(),
+        stopping: AtomicBool::new(false),
     });
 
     let handover = Handover { path: handover_path, inherited };
@@ -491,6 +492,7 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
         published,
         proxy_listeners: Vec::new(),
         proxy: proxy.clone(),
+        stopping: AtomicBool::new(false),
     });
     let options =
         proxy::gateway_state::GatewayOptions { labels, namespace: args.namespace.clone(), listen_ip: args.listen_ip };
@@ -591,7 +593,7 @@ fn serve_until_stopped(
     shared: Arc<Shared>,
     serving: Serving<'_>,
     start: impl FnOnce(),
-    release: impl FnOnce(),
+    release: impl FnOnce() + Send + 'static,
 ) -> anyhow::Result<()> {
     let Serving { proxy, proxy_listeners, handover } = serving;
     let (offer_path, mut inherited) = match handover {
@@ -599,6 +601,9 @@ fn serve_until_stopped(
         None => (None, None),
     };
     runtime.block_on(async {
+        // Registered once, for the agent's whole life: a signal that comes
+        // while nothing waits for it is kept for the next wait.
+        let mut stop = StopSignals::new()?;
         let mut take = |addr| inherited.as_mut().and_then(|from| from.take(addr));
         let admin_listener = match take(common.admin) {
             Some(listener) => listener,
@@ -614,8 +619,15 @@ fn serve_until_stopped(
         let mut offered: Vec<&tokio::net::TcpListener> = proxy_listeners.iter().collect();
         offered.push(&admin_listener);
         offered.extend(health_listener.as_ref());
-        let offer = offer_path.map(|path| Offer::new(&path, &offered)).transpose()?;
-        let servers = serve_admin(admin_listener, health_listener, shared);
+        // Without the socket this agent serves, only never hands over.
+        let offer = offer_path.and_then(|path| match Offer::new(&path, &offered) {
+            Ok(offer) => Some(offer),
+            Err(error) => {
+                tracing::warn!(%error, "no handover socket: a successor will not take over from this agent");
+                None
+            }
+        });
+        let servers = serve_admin(admin_listener, health_listener, shared.clone());
         start();
         for listener in proxy_listeners {
             if let Ok(addr) = listener.local_addr() {
@@ -628,40 +640,74 @@ fn serve_until_stopped(
         }
         let successor = match &offer {
             Some(offer) => tokio::select! {
-                stopped = shutdown_signal() => { stopped?; None }
+                () = stop.recv() => None,
                 successor = offer.successor() => Some(successor),
             },
             None => {
-                shutdown_signal().await?;
+                stop.recv().await;
                 None
             }
         };
+        // Unready from now on: a probe on a shared health socket must not
+        // count this agent for its successor.
+        shared.stopping.store(true, Ordering::Relaxed);
         // Our copies of the listeners close: on a plain stop the sockets
         // close with the accept loops, and the kernel fails open at once.
         drop(offer);
-        release();
+        // Joined off the runtime, which keeps serving meanwhile.
+        tokio::task::spawn_blocking(release).await?;
+        let mut outcome = Ok(());
         let handed_over = successor.is_some();
         if let Some(mut successor) = successor {
             tracing::info!("a successor takes the listeners over");
-            match successor.released() {
-                Ok(()) if successor.serving(SUCCESSOR_TIMEOUT).await => tracing::info!("the successor serves"),
-                Ok(()) => tracing::warn!("the successor did not come to serve; draining anyway"),
-                Err(error) => tracing::warn!(%error, "the successor is gone; draining anyway"),
+            let served = match successor.released() {
+                Ok(()) => successor.serving(SUCCESSOR_TIMEOUT).await,
+                Err(error) => Err(error),
+            };
+            match served {
+                Ok(()) => tracing::info!("the successor serves"),
+                // This agent no longer writes the maps: it exits, for its
+                // supervisor to start it again (the kernel fails open).
+                Err(error) => {
+                    tracing::error!(%error, "the successor did not come to serve; draining and exiting");
+                    outcome = Err(anyhow::anyhow!("the handover failed: {error}"));
+                }
             }
             // Its admin API answers from now on.
             servers.iter().for_each(tokio::task::JoinHandle::abort);
         }
         drain(proxy, Duration::from_secs(common.drain_timeout_secs)).await;
         servers.iter().for_each(tokio::task::JoinHandle::abort);
-        if handed_over {
+        if handed_over && outcome.is_ok() {
             // Holding nothing now, but not gone: in a pod, an exit would
             // have the container restarted, and the restart take the
-            // listeners back. The pod's deletion (SIGTERM) ends it.
+            // listeners back. The pod's deletion (SIGTERM) ends it, and
+            // with it what the drain left (TCP relays, idle connections).
             tracing::info!("handed over and drained; waiting to be stopped");
-            shutdown_signal().await?;
+            stop.recv().await;
         }
-        Ok(())
+        outcome
     })
+}
+
+/// SIGTERM and SIGINT, registered once.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn new() -> std::io::Result<Self> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(StopSignals { term: signal(SignalKind::terminate())?, int: signal(SignalKind::interrupt())? })
+    }
+
+    async fn recv(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => tracing::info!("SIGTERM"),
+            _ = self.int.recv() => tracing::info!("SIGINT"),
+        }
+    }
 }
 
 /// The admin API, and the health probes alone on their own listener.
@@ -703,17 +749,6 @@ async fn drain(proxy: &Proxy, timeout: Duration) {
     } else {
         tracing::warn!(open = proxy.drain.open(), "drain timeout: closing the connections still open");
     }
-}
-
-async fn shutdown_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM"),
-        _ = int.recv() => tracing::info!("SIGINT"),
-    }
-    Ok(())
 }
 
 /// This host's name, the Lease identity outside a pod.

@@ -61,6 +61,7 @@ impl RealApiServer {
     /// ready (60 s).
     pub fn start(name: &str) -> Result<RealApiServer> {
         let dir = &std::env::temp_dir().join(format!("mesh-tests-apiserver-{name}-{}", std::process::id()));
+        remove_leftovers(name);
         // Both checked before anything starts; kube-apiserver's path is read
         // again at each (re)start.
         binary("MESH_KUBE_APISERVER")?;
@@ -77,6 +78,10 @@ impl RealApiServer {
         std::fs::write(dir.join("tokens.csv"), format!("{ADMIN_TOKEN},admin,admin-uid,system:masters\n"))?;
 
         let (client_port, peer_port, port) = (free_port(), free_port(), free_port());
+        std::fs::write(dir.join("apiserver.args"), apiserver_args(dir, &pki, &sa_keys, client_port, port).join("\n"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
+        let kubeconfig = write_kubeconfig(dir, "admin", port, &pki.ca, ADMIN_TOKEN)?;
+        let admin = runtime.block_on(client(&kubeconfig))?;
         let etcd = spawn_logged(
             Command::new(etcd_bin)
                 .arg("--data-dir")
@@ -88,10 +93,7 @@ impl RealApiServer {
                 .arg(format!("--initial-cluster=default=http://127.0.0.1:{peer_port}")),
             &dir.join("etcd.log"),
         )?;
-        std::fs::write(dir.join("apiserver.args"), apiserver_args(dir, &pki, &sa_keys, client_port, port).join("\n"))?;
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build()?;
-        let kubeconfig = write_kubeconfig(dir, "admin", port, &pki.ca, ADMIN_TOKEN)?;
-        let admin = runtime.block_on(client(&kubeconfig))?;
+        // Owned at once: its drop stops etcd whatever fails next.
         let server = RealApiServer {
             dir: dir.to_owned(),
             port,
@@ -245,6 +247,25 @@ impl Drop for RealApiServer {
         let _ = etcd.wait();
         let _ = std::fs::remove_dir_all(etcd_data_dir(&self.dir));
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// What runs of test `name` killed before their cleanup left: their
+/// directories (and etcd's data in memory).
+fn remove_leftovers(name: &str) {
+    let prefixes = [
+        (std::env::temp_dir(), format!("mesh-tests-apiserver-{name}-")),
+        (PathBuf::from("/dev/shm"), format!("mesh-tests-etcd-mesh-tests-apiserver-{name}-")),
+    ];
+    for (dir, prefix) in prefixes {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let file_name = entry.file_name().to_string_lossy().into_owned();
+            let pid = file_name.strip_prefix(&prefix).and_then(|rest| rest.parse::<u32>().ok());
+            if pid.is_some_and(|pid| pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
     }
 }
 

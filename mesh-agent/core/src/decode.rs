@@ -38,17 +38,17 @@ pub fn parse_documents(file: &str, text: &str) -> Result<ParsedFile, Vec<Rejecti
         // decode takes only its own object with it.
         Err(whole) => {
             for (line, document) in split_documents(text) {
-                // Lines before it kept (empty), so errors say the file's line.
-                let document = format!("{}{document}", "\n".repeat(line - 1));
-                let document = document.as_str();
                 match yaml_documents(document) {
                     Ok(values) => values.into_iter().for_each(|value| decode_object(file, value, &mut parsed)),
-                    Err(error) => {
+                    Err(_) => {
                         let Some(identity) = identify(document) else {
                             return Err(vec![Rejection::file(file, format!("YAML does not parse: {whole}"))]);
                         };
-                        let message = format!("does not decode: {error}");
-                        reject_document(file, identity, message, &mut parsed);
+                        // Read again behind as many empty lines as precede
+                        // it, so that the error says the file's line.
+                        let placed = format!("{}{document}", "\n".repeat(line - 1));
+                        let error = yaml_documents(&placed).err().map(|e| e.to_string()).unwrap_or_default();
+                        reject_document(file, identity, format!("does not decode: {error}"), &mut parsed);
                     }
                 }
             }
@@ -65,12 +65,24 @@ pub fn parse_documents(file: &str, text: &str) -> Result<ParsedFile, Vec<Rejecti
 fn split_documents(text: &str) -> Vec<(usize, &str)> {
     let mut documents = Vec::new();
     let (mut start, mut start_line, mut offset) = (0, 1, 0);
+    // Where the lines that only lead up to a document (directives,
+    // comments, blank lines) began: they go with the document they precede.
+    let mut preamble: Option<(usize, usize)> = None;
     for (index, line) in text.split_inclusive('\n').enumerate() {
         let marker =
             line.strip_prefix("---").is_some_and(|rest| rest.is_empty() || rest.starts_with(char::is_whitespace));
-        if marker && offset > start {
-            documents.push((start_line, &text[start..offset]));
-            (start, start_line) = (offset, index + 1);
+        let leading = line.starts_with('%') || line.starts_with('#') || line.trim().is_empty();
+        if marker {
+            let (cut, cut_line) = preamble.unwrap_or((offset, index + 1));
+            if cut > start {
+                documents.push((start_line, &text[start..cut]));
+                (start, start_line) = (cut, cut_line);
+            }
+            preamble = None;
+        } else if leading {
+            preamble.get_or_insert((offset, index + 1));
+        } else {
+            preamble = None;
         }
         offset += line.len();
     }
@@ -122,7 +134,7 @@ struct Identity {
 /// kind's object is rejected (its last good version keeps serving), any
 /// other kind is left alone as ever.
 fn reject_document(file: &str, identity: Identity, message: String, parsed: &mut ParsedFile) {
-    let Some(&(kind, ..)) = SERVED_KINDS.iter().find(|(served, ..)| *served == identity.kind) else {
+    let Some((&(kind, ..), _)) = ours(&identity.api_version, &identity.kind) else {
         parsed.ignored.push((identity.api_version, identity.kind));
         return;
     };
@@ -176,8 +188,11 @@ pub fn parse_file(file: &str, text: &str) -> Result<Vec<SourcedObject>, Vec<Reje
     }
 }
 
-/// The kinds the agent reads: kind, API group (`""` is core) and versions.
-const SERVED_KINDS: [(&str, &str, &[&str]); 10] = [
+/// A kind the agent reads: kind, API group (`""` is core) and versions.
+type ServedKind = (&'static str, &'static str, &'static [&'static str]);
+
+/// The kinds the agent reads.
+const SERVED_KINDS: [ServedKind; 10] = [
     ("Service", "", &["v1"]),
     ("Pod", "", &["v1"]),
     ("Secret", "", &["v1"]),
@@ -195,6 +210,22 @@ const SERVED_KINDS: [(&str, &str, &[&str]); 10] = [
 /// are not judged that way, and Secrets do not belong on a disk), and they
 /// are most of a large cluster's objects.
 pub const NOT_KEPT: [&str; 3] = ["Secret", "Pod", "EndpointSlice"];
+
+/// The served kind `kind` is (or, spelt in another case, is meant as), and
+/// whether `api_version` is one it is served as; None for a kind that is
+/// not ours (another API group's kind of the same name included).
+fn ours(api_version: &str, kind: &str) -> Option<(&'static ServedKind, bool)> {
+    let served = SERVED_KINDS
+        .iter()
+        .find(|(served, ..)| *served == kind)
+        .or_else(|| SERVED_KINDS.iter().find(|(served, ..)| served.eq_ignore_ascii_case(kind)))?;
+    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+    let served_version = group == served.1 && served.2.contains(&version);
+    if !served_version && is_third_party_group(group) {
+        return None;
+    }
+    Some((served, served_version))
+}
 
 /// A group of some third party's API (e.g. Knative's `serving.knative.dev`,
 /// which has its own `Service`): its kinds are not ours, whatever their name.
@@ -244,21 +275,10 @@ pub fn decode_object(origin: &str, mut value: Value, parsed: &mut ParsedFile) {
         parsed.problems.push(reject("kind", "missing".into()));
         return;
     }
-    let served = SERVED_KINDS
-        .iter()
-        .find(|(served, ..)| *served == kind)
-        .or_else(|| SERVED_KINDS.iter().find(|(served, ..)| served.eq_ignore_ascii_case(&kind)));
-    let Some(&(served_kind, served_group, versions)) = served else {
+    let Some((&(served_kind, served_group, versions), served_version)) = ours(&api_version, &kind) else {
         parsed.ignored.push((api_version, kind));
         return;
     };
-    let (group, version) = api_version.split_once('/').unwrap_or(("", api_version.as_str()));
-    let served_version = group == served_group && versions.contains(&version);
-    // Another API group's kind of the same name.
-    if !served_version && is_third_party_group(group) {
-        parsed.ignored.push((api_version, kind));
-        return;
-    }
     // A served kind that cannot be read as written: its last good version
     // keeps serving (when it is named, so that it can be found).
     let mut undecodable = |field: &str, message: String| {
@@ -451,6 +471,14 @@ mod tests {
             let line = ["at line 8", "at line 9"].iter().any(|l| rejection.message.contains(l));
             assert!(line, "{case}: {}", rejection.message);
         }
+        // Directives lead their document; a kind spelt in another case is
+        // still ours; the line is still the file's.
+        let text = format!("%YAML 1.2\n---\n{good}---\napiVersion: v1\nkind: service\nmetadata: {{name: b, namespace: x}}\nspec: {{~: x}}\n");
+        let parsed = parse_documents("f.yaml", &text).unwrap();
+        assert_eq!(parsed.objects.len(), 1);
+        let (key, rejection) = &parsed.undecodable[0];
+        assert_eq!(key, &ObjectKey::new("Service", "x", "b"));
+        assert!(rejection.message.contains("at line 11"), "{}", rejection.message);
         // A document that does not even say what it is fails the file.
         let unnamed = format!("{good}---\nkind: Service\nmetadata: {{namespace: x}}\nspec: {{~: x}}\n");
         assert!(parse_documents("f.yaml", &unnamed).is_err());

@@ -170,6 +170,9 @@ pub struct Model {
     accepted: BTreeMap<ObjectKey, SourcedObject>,
     /// `destination_rules` by host, once they are final in a build.
     rule_hosts: RuleHosts,
+    /// How many of `warnings` the build found: the compiler appends its
+    /// own after them, and a model compiled again drops those first.
+    pub(crate) built_warnings: usize,
     /// Slice ports waiting for their Service's target port (during a build).
     unnumbered: BTreeMap<NsName, Vec<UnnumberedPort>>,
 }
@@ -341,6 +344,7 @@ impl Model {
         model.warnings.extend(unserved);
         model.warnings.extend(missing);
         model.warnings.extend(delegation_warnings);
+        model.built_warnings = model.warnings.len();
         model
     }
 

@@ -316,6 +316,9 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
 /// large cluster's model is much of the agent's memory and reload time).
 pub fn compile_owned(mut model: Model, cluster_domain: &str) -> Result<Snapshot, CompileError> {
     let (mut snapshot, without_http_proxy) = compile_parts(&model, cluster_domain)?;
+    // A model compiled before (again on new DNS answers) holds the
+    // compiler's warnings of that time: they are found again.
+    model.warnings.truncate(model.built_warnings);
     model.warnings.extend(without_http_proxy);
     snapshot.model = Arc::new(model);
     Ok(snapshot)

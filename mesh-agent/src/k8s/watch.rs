@@ -349,7 +349,6 @@ impl KubeStore {
         s.last_event_unix = unix_now();
     }
 
-    /// The whole configuration, once every kind has listed, if it changed.
     /// Waits up to `timeout` until there is a batch to take; true if there is.
     fn wait_for_batch(&self, timeout: Duration) -> bool {
         let store = self.lock();
@@ -358,6 +357,7 @@ impl KubeStore {
         store.dirty && store.synced()
     }
 
+    /// The whole configuration, once every kind has listed, if it changed.
     fn take_batch(&self) -> Option<SourceBatch> {
         let mut store = self.lock();
         if !store.dirty || !store.synced() {
