@@ -7,10 +7,6 @@
 use crate::dataplane::{ApplyStats, DataplaneError, MapWriter};
 use crate::dns::DnsLink;
 use crate::source::{ConfigSource, POLL_INTERVAL};
-
-/// How long the reload loop lets a change's neighbours arrive before it
-/// takes the batch: the first event of a burst waits this long, no more.
-const COALESCE: Duration = Duration::from_millis(10);
 use crate::state::StateDir;
 use crate::workloads::PodCgroups;
 use mesh_core::model::Model;
@@ -24,6 +20,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
+
+/// How long the reload loop lets a change's neighbours arrive before it
+/// takes the batch: the first event of a burst waits this long, no more.
+const COALESCE: Duration = Duration::from_millis(10);
 
 /// Where each compiled snapshot is written before it is published.
 pub trait SnapshotSink: Send {

@@ -213,7 +213,8 @@ pub fn scale(bins: &Binaries, sizes: &[u32], changes: u32) -> Result<()> {
         );
     }
     println!("\nready: agent start to /readyz (programs loaded, every kind listed, first load applied);");
-    println!("1st load: that reload alone; change: watch event sent to the reload counted in /reloads;");
+    println!("1st load: that reload alone; change: watch event sent to the reload counted in /reloads, each");
+    println!("change sent once the agent is idle again;");
     println!("reload: batch to maps written; writes: map entries per change (median);");
     println!("ipt full / one: iptables-restore of the whole kube-proxy layout / of one service's chains (--noflush);");
     println!("one/ipt: the agent's reload (p50) over that one-service restore.");
@@ -247,6 +248,11 @@ fn measure(size: u32, changes: u32) -> Result<Row> {
 
     let (mut latencies, mut durations, mut writes) = (Vec::new(), Vec::new(), Vec::new());
     for c in 0..changes {
+        // Each change alone: the agent idles after a reload for as long as
+        // it took (under churn, reloads take at most half a core), so the
+        // next change waits until then.
+        let (_, last, _) = reloads(&env);
+        std::thread::sleep(Duration::from_secs_f64(last * 2.0 / 1000.0).max(Duration::from_millis(20)));
         // Service c/2 gains an endpoint, then loses it again.
         let i = (c / 2 * 7919) % size;
         let (before, ..) = reloads(&env);

@@ -316,12 +316,18 @@ impl Model {
                 }
             }
             let (mut rejection, outcome) = match copies[chosen] {
-                Candidate::Decoded(object) => match validate(object, cluster_domain) {
-                    Ok(accepted) => {
+                Candidate::Decoded(object) => match previous.unchanged(&key, object) {
+                    Some(accepted) => {
                         model.insert(key, object.clone(), accepted);
                         continue;
                     }
-                    Err(error) => (Rejection::object(object, error), previous.last_good(&key, cluster_domain)),
+                    None => match validate(object, cluster_domain) {
+                        Ok(accepted) => {
+                            model.insert(key, object.clone(), accepted);
+                            continue;
+                        }
+                        Err(error) => (Rejection::object(object, error), previous.last_good(&key, cluster_domain)),
+                    },
                 },
                 Candidate::Undecodable(rejection) => (rejection.clone(), previous.last_good(&key, cluster_domain)),
             };
@@ -419,6 +425,28 @@ impl Model {
         let last_raw = self.accepted.get(key).filter(|last| *last != failed)?;
         let accepted = validate(last_raw, cluster_domain).ok()?;
         passes(accepted).map(|last| (last_raw.clone(), last))
+    }
+
+    /// The model entry of `object` from this (the previous) build, when it
+    /// is the very object accepted then (the source handed the same decoded
+    /// copy again: nothing changed) and its entry was stored as validated:
+    /// a change costs the validation of what changed only. Kinds whose
+    /// entries later steps of a build rework (rules, routes) are validated
+    /// again, and so are slices whose ports came from their Service.
+    fn unchanged(&self, key: &ObjectKey, object: &SourcedObject) -> Option<Accepted> {
+        let last = self.accepted.get(key)?;
+        if !Arc::ptr_eq(&last.resource, &object.resource) || last.file != object.file {
+            return None;
+        }
+        let id = (key.namespace.clone(), key.name.clone());
+        match &*object.resource {
+            Resource::Service(_) => self.services.get(&id).cloned().map(Accepted::Service),
+            Resource::Pod(_) => self.pods.get(&id).cloned().map(Accepted::Pod),
+            Resource::EndpointSlice(_) if !self.unnumbered.contains_key(&id) => {
+                self.endpoint_slices.get(&id).cloned().map(|slice| Accepted::Slice(slice, Vec::new()))
+            }
+            _ => None,
+        }
     }
 
     fn insert(&mut self, key: ObjectKey, raw: SourcedObject, accepted: Accepted) {
@@ -644,22 +672,26 @@ impl Model {
     /// Service's numeric `targetPort` is the backend port for the service
     /// port of that name (for every service port when it has no name).
     fn fill_unnumbered_slice_ports(&mut self) {
-        for (id, unnumbered) in std::mem::take(&mut self.unnumbered) {
-            let Some(slice) = self.endpoint_slices.get_mut(&id) else { continue };
+        // Kept after the build: the next one knows these slices were filled
+        // in from their Service, and validates them again (see `unchanged`).
+        let all = std::mem::take(&mut self.unnumbered);
+        for (id, unnumbered) in &all {
+            let Some(slice) = self.endpoint_slices.get_mut(id) else { continue };
             let Some(service) = self.services.get(&(slice.namespace.clone(), slice.service.clone())) else {
                 continue;
             };
             for (name, protocol) in unnumbered {
                 for port in
-                    service.ports.iter().filter(|p| p.protocol == protocol && (name.is_empty() || p.name == name))
+                    service.ports.iter().filter(|p| p.protocol == *protocol && (name.is_empty() || p.name == *name))
                 {
                     let TargetPort::Number(target) = port.target_port else { continue };
-                    if !slice.ports.iter().any(|p| p.name == port.name && p.protocol == protocol) {
-                        slice.ports.push(SlicePort { name: port.name.clone(), port: target, protocol });
+                    if !slice.ports.iter().any(|p| p.name == port.name && p.protocol == *protocol) {
+                        slice.ports.push(SlicePort { name: port.name.clone(), port: target, protocol: *protocol });
                     }
                 }
             }
         }
+        self.unnumbered = all;
     }
 
     /// The DestinationRule that applies to a service: a rule in the
