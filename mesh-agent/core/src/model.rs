@@ -173,7 +173,8 @@ pub struct Model {
     /// How many of `warnings` the build found: the compiler appends its
     /// own after them, and a model compiled again drops those first.
     pub(crate) built_warnings: usize,
-    /// Slice ports waiting for their Service's target port (during a build).
+    /// Slice ports waiting for their Service's target port (during a build;
+    /// kept after it: those slices were filled in from their Service).
     unnumbered: BTreeMap<NsName, Vec<UnnumberedPort>>,
 }
 
@@ -1081,6 +1082,28 @@ mod tests {
     fn batch(file: &str, text: &str) -> SourceBatch {
         let parsed = parse_documents(file, text).unwrap();
         SourceBatch { objects: parsed.objects, undecodable: parsed.undecodable, rejections: parsed.problems }
+    }
+
+    #[test]
+    fn objects_handed_over_unchanged_keep_their_entries_and_filled_slices_are_filled_again() {
+        let slices = "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-a, namespace: shop, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: http, port: 8080}]\nendpoints: [{addresses: [10.244.1.2]}]\n\
+             ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {name: web-b, namespace: shop, labels: {kubernetes.io/service-name: web}}\naddressType: IPv4\nports: [{name: dns, protocol: UDP}]\nendpoints: [{addresses: [10.244.1.3]}]\n";
+        let first_batch = batch("web.yaml", &format!("{SERVICE}{slices}"));
+        let first = Model::from_batch(&first_batch, &Model::default(), DOMAIN);
+        // The same decoded copies again: the same model.
+        let again = Model::from_batch(&first_batch, &first, DOMAIN);
+        assert_eq!(again.services, first.services);
+        assert_eq!(again.endpoint_slices, first.endpoint_slices);
+        let dns_port = |model: &Model| model.endpoint_slices[&id("shop", "web-b")].ports[0].port;
+        assert_eq!(dns_port(&first), 5353, "filled in from the Service's targetPort");
+        // A new Service beside the very same slice copies: the slice whose
+        // port came from the Service is filled in again.
+        let service = SERVICE.replace("targetPort: 5353", "targetPort: 5454");
+        let mut changed = SourceBatch { objects: first_batch.objects.clone(), ..SourceBatch::default() };
+        changed.objects[0] = objects(&service).remove(0);
+        let next = Model::from_batch(&changed, &again, DOMAIN);
+        assert_eq!(dns_port(&next), 5454);
+        assert_eq!(next.endpoint_slices[&id("shop", "web-a")], first.endpoint_slices[&id("shop", "web-a")]);
     }
 
     #[test]
