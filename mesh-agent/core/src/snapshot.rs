@@ -353,7 +353,31 @@ fn compile_parts(model: &Model, cluster_domain: &str) -> Result<(Snapshot, Vec<W
                 // subnets, SNI) is checked by the proxy, never in the kernel.
                 port.protocol == Protocol::Tcp && routes.has_l4_routes(&fqdn)
             };
-            let (algorithm, maglev_size, note) = kernel_algorithm(&policy.load_balancer);
+            let (mut algorithm, mut maglev_size, mut note) = kernel_algorithm(&policy.load_balancer);
+            // A table per family with addresses. One that does not fit in
+            // what is left of the Maglev map costs this service its
+            // consistent hashing, not the configuration its compile.
+            let families = [false, true].iter().filter(|v6| service.cluster_ips.iter().any(|ip| ip.is_ipv6() == **v6));
+            let wanted = maglev_size as usize * families.count();
+            if algorithm == lb::MAGLEV_SOURCE_IP && snapshot.maglev.len() + wanted > capacity::MAGLEV as usize {
+                let message = format!(
+                    "the Maglev tables in use leave {} of {} entries, and this service port needs {wanted}: \
+                     balanced at random instead (a smaller tableSize fits)",
+                    capacity::MAGLEV as usize - snapshot.maglev.len(),
+                    capacity::MAGLEV
+                );
+                if let Some(rule) = rule {
+                    snapshot.rejections.push(Rejection {
+                        file: None,
+                        kind: "DestinationRule".into(),
+                        namespace: rule.namespace.clone(),
+                        name: rule.name.clone(),
+                        field: "spec.trafficPolicy.loadBalancer.consistentHash".into(),
+                        message: format!("{} port {}: {message}", service.name, port.port),
+                    });
+                }
+                (algorithm, maglev_size, note) = (lb::RANDOM, 0, Some(message));
+            }
             let cluster = cluster_id(service, port);
             let proto = match port.protocol {
                 Protocol::Tcp => PROTO_TCP,
@@ -775,6 +799,27 @@ mod tests {
         assert_eq!((fe.algorithm, fe.maglev_size, fe.max_connections), (lb::MAGLEV_SOURCE_IP, 251, 7));
         assert_eq!(snap.maglev.len(), 251 + 251, "one table per family");
         assert_eq!(snap.services[0].destination_rule.as_deref(), Some("shop/web"));
+    }
+
+    #[test]
+    fn a_maglev_table_that_does_not_fit_costs_its_service_its_hashing_not_the_compile() {
+        // Tables of 65,521 entries: 32 fit in the map, the 33rd and 34th do not.
+        let services: String = (0..34)
+            .map(|i| {
+                format!(
+                    "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: shop}}\nspec: {{clusterIP: 10.96.1.{i}, ports: [{{port: 80}}]}}\n\
+                     ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{i}, namespace: shop, labels: {{kubernetes.io/service-name: s{i}}}}}\naddressType: IPv4\nports: [{{port: 80}}]\nendpoints: [{{addresses: [10.244.1.2]}}]\n\
+                     ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: s{i}, namespace: shop}}\nspec: {{host: s{i}, trafficPolicy: {{loadBalancer: {{consistentHash: {{useSourceIp: true, maglev: {{tableSize: 65521}}}}}}}}}}\n"
+                )
+            })
+            .collect();
+        let snap = compile_yaml(&services);
+        let maglev = snap.frontends.values().filter(|f| f.algorithm == lb::MAGLEV_SOURCE_IP).count();
+        assert_eq!(maglev, 32);
+        assert_eq!(snap.frontends.values().filter(|f| f.algorithm == lb::RANDOM).count(), 2);
+        let rejected: Vec<&str> = snap.rejections.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(rejected.len(), 2, "{rejected:?}");
+        assert!(snap.rejections[0].message.contains("balanced at random instead"), "{}", snap.rejections[0]);
     }
 
     #[test]
