@@ -99,6 +99,12 @@ enum BenchKind {
         #[arg(long, default_value_t = 100)]
         changes: u32,
     },
+    /// What an idle keep-alive client connection costs the proxy, and nginx.
+    Idle {
+        /// Connections held (nginx serves 4096 at most, as configured).
+        #[arg(long, default_value_t = 3000)]
+        connections: u32,
+    },
     /// The backend `bench l7` runs in its backend pod (1 KiB per response).
     #[command(hide = true)]
     L7Backend {
@@ -147,6 +153,10 @@ fn main() -> Result<()> {
             setup()?;
             let bins = build_binaries(true)?;
             bench_scale::scale(&bins, &services, changes)
+        }
+        Cmd::Bench { which: BenchKind::Idle { connections } } => {
+            setup()?;
+            bench_l7::idle(connections)
         }
         Cmd::Bench { which: BenchKind::L7Backend { port } } => bench_l7::backend(port),
     }

@@ -4,6 +4,7 @@
 //! ```text
 //! mesh-probe [--cgroup DIR] [--netns PATH] tcp  --target HOST:PORT [--count N] [--sources IP,..] [--requests-per-conn K] [--pace-micros U] [--progress-every N]
 //! mesh-probe [--cgroup DIR] [--netns PATH] hold --target HOST:PORT [--count N]
+//! mesh-probe [--cgroup DIR] [--netns PATH] http-hold --target HOST:PORT [--count N]
 //! mesh-probe [--cgroup DIR] [--netns PATH] udp  --target HOST:PORT [--count N] [--connected]
 //! mesh-probe [--cgroup DIR] [--netns PATH] serve-http --listen HOST:PORT --name NAME
 //! mesh-probe [--cgroup DIR] [--netns PATH] raw  --target HOST:PORT --send TEXT [--then TEXT] [--half-close]
@@ -80,6 +81,7 @@ fn run(args: Vec<String>) -> Result<()> {
     match command.as_str() {
         "tcp" => tcp(&opts),
         "hold" => hold(&opts),
+        "http-hold" => http_hold(&opts),
         "udp" => udp(&opts),
         "reconnect" => reconnect(&opts),
         "http" => http(&opts),
@@ -306,6 +308,50 @@ fn hold(opts: &Opts) -> Result<()> {
 /// `count` HTTP/1.1 requests over keep-alive connections (a new one when
 /// the server closes). `--headers "a: b, c: d"`. Reports statuses, the
 /// backend (`x-backend`) of each 2xx, and the whole first response.
+/// `count` HTTP/1.1 keep-alive connections, each left idle after one
+/// request and its response; held until stdin closes. Prints
+/// `{"held": N, "errors": {..}}` once they are all open.
+fn http_hold(opts: &Opts) -> Result<()> {
+    let (target, count) = (opts.target()?, opts.number("--count", 1)?);
+    raise_open_files_limit();
+    let request = format!("GET / HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    let mut tally = Tally::default();
+    let mut held = Vec::new();
+    for _ in 0..count {
+        let opened = sys::tcp_connect(target, None, CONNECT_TIMEOUT).and_then(|stream| {
+            stream.set_read_timeout(Some(TCP_READ_TIMEOUT))?;
+            let mut reader = BufReader::new(stream);
+            reader.get_mut().write_all(request.as_bytes())?;
+            let response = read_http_response(&mut reader)?;
+            Ok((response.status, reader))
+        });
+        match opened {
+            Ok((status, reader)) => {
+                tally.success(&status.to_string());
+                held.push(reader);
+            }
+            Err(e) => tally.error(&e),
+        }
+    }
+    emit(&json!({"held": held.len(), "statuses": tally.backends, "errors": tally.errors}))?;
+    for line in io::stdin().lock().lines() {
+        line?;
+    }
+    Ok(())
+}
+
+/// As many open files as the hard limit allows (one per held connection).
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid out-pointer; then the limit read, with cur raised.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 fn http(opts: &Opts) -> Result<()> {
     let (target, count) = (opts.target()?, opts.number("--count", 1)?);
     let path = opts.values.get("--path").cloned().unwrap_or_else(|| "/".into());

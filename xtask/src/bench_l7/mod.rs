@@ -95,43 +95,14 @@ pub fn l7(opts: &Options) -> Result<()> {
     if opts.seconds == 0 || opts.connections == 0 || opts.rounds == 0 {
         bail!("--seconds, --connections and --rounds must be positive");
     }
-    let built = build_release_with_xtask()?;
     let tools = ensure_tools();
-    std::env::set_var("MESH_AGENT_BIN", &built.agent);
-    std::env::set_var("MESH_PROBE_BIN", &built.probe);
-    // This process (and what it starts, unless placed elsewhere) stays off
-    // the proxy's CPU.
-    pin_process(std::process::id(), CLIENT_CPU).context("pinning the bench to CPU 0")?;
-
-    let env = TestEnv::new("bench-l7")?;
-    // Declared after env: dropped (processes killed) before the namespaces go.
-    let cgroups = Cgroups::create(env.cgroup_path())?;
-    let client = env.add_pod("client", CLIENT_IP.0, CLIENT_IP.1);
-    let backend_pod = env.add_pod("backend", BACKEND_IP.0, BACKEND_IP.1);
-    let meshed_backend_pod = env.add_pod("meshed", MESHED_BACKEND_IP.0, MESHED_BACKEND_IP.1);
-    let peers_dir = env.config_dir().parent().context("config dir has a parent")?.join("peers");
-    std::fs::create_dir_all(&peers_dir)?;
-
-    let backend_cgroup = cgroups.child("backend")?;
-    let backends = [(&backend_pod, &backend_cgroup), (&meshed_backend_pod, &cgroups.meshed_backend)]
-        .map(|(pod, cgroup)| start_backend(&built, &client, pod, cgroup));
-    let backends = backends.into_iter().collect::<Result<Vec<Backend>>>()?;
-
-    env.write_config("web.yaml", &mesh_config())?;
-    env.start_agent_on_node(&[])?;
-    let agent_pid = env.agent_pid().context("agent pid")?;
-    pin_process(agent_pid, PROXY_CPU)?;
-    for kind in [PathKind::Mesh, PathKind::MeshRemote] {
-        let probe = env.probe(&client, &["http", "--target", &kind.target(), "--count", "20"])?;
-        if probe["ok"] != 20 {
-            bail!("requests to {} through the agent failed: {probe}\n{}", kind.target(), env.agent_log());
-        }
-    }
-
+    let world = World::new("bench-l7")?;
+    let (env, cgroups, client, peers_dir, agent_pid) =
+        (&world.env, &world.cgroups, &world.client, &world.peers_dir, world.agent_pid);
+    let backend_cgroup = world.backend_cgroup.clone();
     let plain_cgroup = cgroups.child("client")?;
     let meshed_backend_cgroup = cgroups.meshed_backend.clone();
-    let bench =
-        Bench { env: &env, client: &client, tools: &tools, opts, backend_cgroup, meshed_backend_cgroup, plain_cgroup };
+    let bench = Bench { env, client, tools: &tools, opts, backend_cgroup, meshed_backend_cgroup, plain_cgroup };
     // Paths take turns within a round, so a slow spell of the machine
     // (hypervisor steal) spreads over all of them rather than one.
     let mut rounds: Vec<Vec<(PathKind, PathResult)>> = Vec::new();
@@ -139,15 +110,13 @@ pub fn l7(opts: &Options) -> Result<()> {
         let mut results = Vec::new();
         for &kind in &opts.paths {
             eprintln!("bench: {} (round {round} of {})", kind.name(), opts.rounds);
-            results.push((kind, bench.path_measured(kind, agent_pid, &cgroups, &peers_dir)));
+            results.push((kind, bench.path_measured(kind, agent_pid, cgroups, peers_dir)));
         }
         rounds.push(results);
     }
     let agent_log = env.agent_log();
     env.stop_agent()?;
-    drop(backends);
-    drop(cgroups);
-    drop(env);
+    drop(world);
 
     print!("{}", render(opts, &tools, &median_of_rounds(&rounds)));
     print!("{}", render_rounds(opts, &rounds));
@@ -157,6 +126,109 @@ pub fn l7(opts: &Options) -> Result<()> {
             agent_log.lines().filter(|l| l.contains(" ERROR ")).take(10).collect::<Vec<_>>().join("\n")
         );
     }
+    Ok(())
+}
+
+/// What every L7 bench runs in: a client pod, the backend pods with their
+/// servers (one outside the mesh, one meshed), and the agent on the node
+/// serving [`mesh_config`], pinned to the proxy CPU and checked to answer.
+struct World {
+    // Dropped in this order: the processes before the namespaces they run in.
+    _backends: Vec<Backend>,
+    cgroups: Cgroups,
+    backend_cgroup: std::path::PathBuf,
+    client: Pod,
+    peers_dir: std::path::PathBuf,
+    agent_pid: u32,
+    env: TestEnv,
+}
+
+impl World {
+    fn new(name: &str) -> Result<World> {
+        let built = build_release_with_xtask()?;
+        std::env::set_var("MESH_AGENT_BIN", &built.agent);
+        std::env::set_var("MESH_PROBE_BIN", &built.probe);
+        // This process (and what it starts, unless placed elsewhere) stays
+        // off the proxy's CPU.
+        pin_process(std::process::id(), CLIENT_CPU).context("pinning the bench to CPU 0")?;
+        let env = TestEnv::new(name)?;
+        let cgroups = Cgroups::create(env.cgroup_path())?;
+        let client = env.add_pod("client", CLIENT_IP.0, CLIENT_IP.1);
+        let backend_pod = env.add_pod("backend", BACKEND_IP.0, BACKEND_IP.1);
+        let meshed_backend_pod = env.add_pod("meshed", MESHED_BACKEND_IP.0, MESHED_BACKEND_IP.1);
+        let peers_dir = env.config_dir().parent().context("config dir has a parent")?.join("peers");
+        std::fs::create_dir_all(&peers_dir)?;
+        let backend_cgroup = cgroups.child("backend")?;
+        let backends = [(&backend_pod, &backend_cgroup), (&meshed_backend_pod, &cgroups.meshed_backend)]
+            .map(|(pod, cgroup)| start_backend(&built, &client, pod, cgroup));
+        let backends = backends.into_iter().collect::<Result<Vec<Backend>>>()?;
+        env.write_config("web.yaml", &mesh_config())?;
+        env.start_agent_on_node(&[])?;
+        let agent_pid = env.agent_pid().context("agent pid")?;
+        pin_process(agent_pid, PROXY_CPU)?;
+        for kind in [PathKind::Mesh, PathKind::MeshRemote] {
+            let probe = env.probe(&client, &["http", "--target", &kind.target(), "--count", "20"])?;
+            if probe["ok"] != 20 {
+                bail!("requests to {} through the agent failed: {probe}\n{}", kind.target(), env.agent_log());
+            }
+        }
+        Ok(World { _backends: backends, cgroups, backend_cgroup, client, peers_dir, agent_pid, env })
+    }
+}
+
+/// `cargo xtask bench idle`: what an idle keep-alive client connection
+/// costs the agent's proxy and nginx, side by side: `connections` of them
+/// held (one request each, then idle), the proxy's RSS before and after.
+pub fn idle(connections: u32) -> Result<()> {
+    let tools = ensure_tools();
+    let world = World::new("bench-idle")?;
+    let mut rows = Vec::new();
+    for kind in [PathKind::Mesh, PathKind::Nginx] {
+        let peer = match kind {
+            PathKind::Mesh => None,
+            _ => Some(
+                peers::start_peer(kind, &tools, &world.env, &world.cgroups, &world.peers_dir)
+                    .map_err(|why| anyhow::anyhow!("{}: {why}", kind.name()))?,
+            ),
+        };
+        let pids = match &peer {
+            Some(peer) => procs::cgroup_pids(&peer.cgroup),
+            None => vec![world.agent_pid],
+        };
+        procs::wait_quiet();
+        let before = procs::rss_kib(&pids);
+        let target = kind.target();
+        let mut holder = world
+            .env
+            .spawn_probe(&world.client, &["http-hold", "--target", &target, "--count", &connections.to_string()]);
+        let report = mesh_tests::read_json_line(&mut holder)?;
+        let held = report["held"].as_u64().unwrap_or(0);
+        if held < u64::from(connections) {
+            bail!("{}: only {held} of {connections} connections held: {report}", kind.name());
+        }
+        procs::wait_quiet();
+        let after = procs::rss_kib(&pids);
+        drop(holder.stdin.take());
+        let _ = holder.wait();
+        if let Some(peer) = peer {
+            peer.stop();
+        }
+        rows.push((kind, before, after, held));
+    }
+    world.env.stop_agent()?;
+    drop(world);
+    println!("Idle keep-alive client connections: each made one request, then stays open.\n");
+    println!(
+        "{:<8} {:>12} {:>12} {:>12} {:>16}",
+        "proxy", "connections", "RSS before", "RSS after", "bytes/connection"
+    );
+    for (kind, before, after, held) in rows {
+        let per = after.saturating_sub(before) as f64 * 1024.0 / held as f64;
+        println!("{:<8} {held:>12} {:>10}KiB {:>10}KiB {per:>16.0}", kind.name(), before, after);
+    }
+    println!(
+        "\nRSS: the proxy's processes (the agent; nginx's master and worker). Kernel socket buffers are not in it."
+    );
     Ok(())
 }
 
