@@ -253,10 +253,22 @@ impl ReloadLoop {
             self.tick();
             let took = began.elapsed();
             if self.source.wait(POLL_INTERVAL) {
-                // A burst of events (a rollout, a relist) lands in one
-                // batch; under constant churn, reloads leave at least as
-                // much idle time as they take (a core is never pegged).
-                std::thread::sleep(COALESCE.max(took));
+                // A change waits COALESCE for its neighbours; while more
+                // keep coming (a rollout, a relist), longer, doubling up to
+                // POLL_INTERVAL: a burst costs a handful of reloads.
+                let (mut gather, mut gathered) = (COALESCE, Duration::ZERO);
+                loop {
+                    let seen = self.source.changes_seen();
+                    std::thread::sleep(gather);
+                    gathered += gather;
+                    if self.source.changes_seen() == seen || gathered >= POLL_INTERVAL {
+                        break;
+                    }
+                    gather = (gather * 2).min(POLL_INTERVAL - gathered);
+                }
+                // Reloads also leave at least as much idle time as they
+                // take: a core is never pegged.
+                std::thread::sleep(took.saturating_sub(gathered));
             }
         }
     }

@@ -27,6 +27,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const ENDPOINTS: u32 = 10;
+/// Watch events sent back to back after the changes: a rollout's burst.
+const BURST: u32 = 10_000;
 const NAMESPACE: &str = "bench";
 
 /// Endpoint `e` of service `i`: 10.128.0.0/9 upwards, 16 addresses a service.
@@ -164,6 +166,8 @@ struct Row {
     rss_after: f64,
     iptables_full: Duration,
     iptables_one: Duration,
+    burst_sent: Duration,
+    burst_reloads: u64,
 }
 
 pub fn scale(bins: &Binaries, sizes: &[u32], changes: u32) -> Result<()> {
@@ -210,6 +214,14 @@ pub fn scale(bins: &Binaries, sizes: &[u32], changes: u32) -> Result<()> {
             ms(r.iptables_full),
             ms(r.iptables_one),
             r.reload_p50 / ms(r.iptables_one),
+        );
+    }
+    for r in &rows {
+        println!(
+            "{:>8} services: a burst of {BURST} slice changes sent in {:.0} ms cost {} reloads",
+            r.services,
+            r.burst_sent.as_secs_f64() * 1000.0,
+            r.burst_reloads
         );
     }
     println!("\nready: agent start to /readyz (programs loaded, every kind listed, first load applied);");
@@ -273,6 +285,22 @@ fn measure(size: u32, changes: u32) -> Result<Row> {
         durations.push(took);
         writes.push(written);
     }
+    // A burst: slices changed back to back, as fast as the API server
+    // takes them; then the reloads it cost, once the agent is quiet.
+    let (before, ..) = reloads(&env);
+    let sent = Instant::now();
+    for k in 0..BURST {
+        server.apply(slice(k % size, (k / size) % 2 == 0));
+    }
+    let burst_sent = sent.elapsed();
+    let (mut last, mut quiet_since) = (before, Instant::now());
+    while quiet_since.elapsed() < Duration::from_millis(1000) {
+        std::thread::sleep(Duration::from_millis(20));
+        let (now, ..) = reloads(&env);
+        if now != last {
+            (last, quiet_since) = (now, Instant::now());
+        }
+    }
     let rss_after = rss_mib(pid);
     env.stop_agent()?;
     for list in [&mut latencies, &mut durations, &mut writes] {
@@ -298,5 +326,7 @@ fn measure(size: u32, changes: u32) -> Result<Row> {
         rss_after,
         iptables_full: full?,
         iptables_one: one?,
+        burst_sent,
+        burst_reloads: last - before,
     })
 }

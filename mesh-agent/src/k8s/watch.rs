@@ -183,6 +183,8 @@ pub struct KubeStore {
     /// Notified whenever the store becomes dirty: the reload loop wakes at
     /// once instead of at its next tick.
     changed: Arc<std::sync::Condvar>,
+    /// Events applied so far (see [`ConfigSource::changes_seen`]).
+    events: Arc<std::sync::atomic::AtomicU64>,
     /// Woken when the set of referenced Secrets changes.
     secrets_changed: Arc<tokio::sync::Notify>,
 }
@@ -200,7 +202,12 @@ impl KubeStore {
             next_epoch: 1,
             gateway_namespace: None,
         };
-        Self { store: Arc::new(Mutex::new(store)), changed: Arc::default(), secrets_changed: Arc::default() }
+        Self {
+            store: Arc::new(Mutex::new(store)),
+            changed: Arc::default(),
+            events: Arc::default(),
+            secrets_changed: Arc::default(),
+        }
     }
 
     /// The Secrets to watch now.
@@ -255,6 +262,7 @@ impl KubeStore {
         let Some(s) = store.secrets.get_mut(key).filter(|s| s.epoch == epoch) else { return };
         let changed = apply_event(&SECRET, s, event);
         store.dirty |= changed;
+        self.events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.changed.notify_all();
     }
 
@@ -316,6 +324,7 @@ impl KubeStore {
         let is_rule = NAMES_SECRETS.contains(&kind.kind);
         let changed = apply_event(&kind.clone(), s, event);
         store.dirty |= changed;
+        self.events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.changed.notify_all();
         if changed && is_rule && Self::track_secrets(&mut store) {
             self.secrets_changed.notify_one();
@@ -335,6 +344,7 @@ impl KubeStore {
             s.objects.clear();
             s.synced = true;
             store.dirty = true;
+            self.events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.changed.notify_all();
         }
     }
@@ -498,6 +508,10 @@ impl ConfigSource for KubeSource {
 
     fn wait(&mut self, timeout: Duration) -> bool {
         self.store.wait_for_batch(timeout)
+    }
+
+    fn changes_seen(&self) -> u64 {
+        self.store.events.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

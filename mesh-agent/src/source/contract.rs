@@ -26,4 +26,11 @@ pub trait ConfigSource: Send {
         std::thread::sleep(timeout);
         false
     }
+
+    /// How many changes the source has seen so far (a count that only
+    /// grows; 0 for a source that cannot tell): still growing while the
+    /// reload loop gathers a burst means the burst goes on.
+    fn changes_seen(&self) -> u64 {
+        0
+    }
 }
