@@ -290,7 +290,7 @@ fn measure(size: u32, changes: u32) -> Result<Row> {
     let (before, ..) = reloads(&env);
     let sent = Instant::now();
     for k in 0..BURST {
-        server.apply(slice(k % size, (k / size) % 2 == 0));
+        server.apply(slice(k % size, (k / size).is_multiple_of(2)));
     }
     let burst_sent = sent.elapsed();
     let (mut last, mut quiet_since) = (before, Instant::now());
