@@ -168,6 +168,9 @@ struct Row {
     iptables_one: Duration,
     burst_sent: Duration,
     burst_reloads: u64,
+    istio_objects: usize,
+    /// From ready to every Istio object's status written (None: not in 60 s).
+    statuses: Option<Duration>,
 }
 
 pub fn scale(bins: &Binaries, sizes: &[u32], changes: u32) -> Result<()> {
@@ -218,10 +221,15 @@ pub fn scale(bins: &Binaries, sizes: &[u32], changes: u32) -> Result<()> {
     }
     for r in &rows {
         println!(
-            "{:>8} services: a burst of {BURST} slice changes sent in {:.0} ms cost {} reloads",
+            "{:>8} services: a burst of {BURST} slice changes sent in {:.0} ms cost {} reloads; the status of {} Istio objects written {}",
             r.services,
             r.burst_sent.as_secs_f64() * 1000.0,
-            r.burst_reloads
+            r.burst_reloads,
+            r.istio_objects,
+            match r.statuses {
+                Some(took) => format!("in {:.1} s after ready (the Lease lasts 15 s)", took.as_secs_f64()),
+                None => "not within 60 s".to_owned(),
+            }
         );
     }
     println!("\nready: agent start to /readyz (programs loaded, every kind listed, first load applied);");
@@ -257,6 +265,15 @@ fn measure(size: u32, changes: u32) -> Result<Row> {
     let pid = env.agent_pid().context("agent pid")?;
     let (_, first_reload, _) = reloads(&env);
     let rss_loaded = rss_mib(pid);
+    // The status of every Istio object, written by the Lease holder (the
+    // only agent here): from ready to the last one.
+    let istio_objects = size.div_ceil(10) as usize * 2;
+    let written = |server: &FakeApiServer| {
+        let patches = server.status_patches();
+        patches.iter().map(|(_, path, _)| path.clone()).collect::<std::collections::BTreeSet<_>>().len()
+    };
+    let statuses = mesh_tests::wait_until(Duration::from_secs(60), || written(&server) >= istio_objects)
+        .then(|| started.elapsed().saturating_sub(ready));
 
     let (mut latencies, mut durations, mut writes) = (Vec::new(), Vec::new(), Vec::new());
     for c in 0..changes {
@@ -328,5 +345,7 @@ fn measure(size: u32, changes: u32) -> Result<Row> {
         iptables_one: one?,
         burst_sent,
         burst_reloads: last - before,
+        istio_objects,
+        statuses,
     })
 }
