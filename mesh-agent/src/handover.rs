@@ -91,7 +91,7 @@ impl Inherited {
         tokio::net::TcpListener::from_std(listener).ok()
     }
 
-    /// Tells the old agent this one serves: it drains and exits.
+    /// Tells the old agent this one serves: it drains, and waits to be stopped.
     pub fn serving(mut self) {
         for addr in self.listeners.keys() {
             tracing::warn!(%addr, "an inherited listener is no longer wanted; closing it");

@@ -30,6 +30,10 @@ pub struct StateDir {
     dir: PathBuf,
     /// What was written last (a hash), to skip unchanged writes.
     written: Option<u64>,
+    /// The objects last saved, as shared with the model: a reload that
+    /// keeps every one of them (a recompile on new DNS answers or pods, a
+    /// change to a Pod or an EndpointSlice) needs no encoding to tell.
+    saved: Vec<SourcedObject>,
 }
 
 /// One saved object: borrowed from the model when saving, owned when read.
@@ -42,7 +46,7 @@ struct Saved<'a> {
 
 impl StateDir {
     pub fn new(dir: &Path) -> Self {
-        StateDir { dir: dir.into(), written: None }
+        StateDir { dir: dir.into(), written: None, saved: Vec::new() }
     }
 
     fn path(&self) -> PathBuf {
@@ -68,15 +72,24 @@ impl StateDir {
 
     /// Saves the objects that serve in `model`, when they changed.
     pub fn save(&mut self, model: &Model) -> Result<(), StateError> {
-        let saved: Vec<Saved> = (model.served_objects())
-            .filter(|object| !NOT_KEPT.contains(&object.resource.kind()))
+        let kept: Vec<&SourcedObject> =
+            model.served_objects().filter(|object| !NOT_KEPT.contains(&object.resource.kind())).collect();
+        let same = |(object, saved): (&&SourcedObject, &SourcedObject)| {
+            std::sync::Arc::ptr_eq(&object.raw, &saved.raw) && object.file == saved.file
+        };
+        if kept.len() == self.saved.len() && kept.iter().zip(&self.saved).all(same) {
+            return Ok(());
+        }
+        let saved: Vec<Saved> = (kept.iter())
             .map(|object| Saved { file: Cow::Borrowed(&object.file), object: Cow::Borrowed(&*object.raw) })
             .collect();
         let text = serde_json::to_vec(&saved).map_err(|source| StateError::Parse { path: self.path(), source })?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         text.hash(&mut hasher);
         let hash = hasher.finish();
+        let objects = kept.into_iter().cloned().collect();
         if self.written == Some(hash) {
+            self.saved = objects;
             return Ok(());
         }
         let path = self.path();
@@ -87,6 +100,7 @@ impl StateDir {
         std::fs::write(&partial, &text).map_err(write_error)?;
         std::fs::rename(&partial, &path).map_err(write_error)?;
         self.written = Some(hash);
+        self.saved = objects;
         Ok(())
     }
 }

@@ -90,23 +90,26 @@ fn split_documents(text: &str) -> Vec<(usize, &str)> {
     documents
 }
 
+/// What names an object: all [`identify`] reads of a document.
+#[derive(serde::Deserialize, Default)]
+#[serde(default, rename_all = "camelCase")]
+struct Identity {
+    api_version: String,
+    kind: String,
+    metadata: IdentityMeta,
+}
+
+#[derive(serde::Deserialize, Default)]
+#[serde(default)]
+struct IdentityMeta {
+    name: String,
+    namespace: String,
+}
+
 /// Which object a document that does not decode is, read from the fields
 /// that name it alone (the rest is skipped unread); None when even those
 /// cannot be read.
 fn identify(document: &str) -> Option<Identity> {
-    #[derive(serde::Deserialize, Default)]
-    #[serde(default)]
-    struct Metadata {
-        name: String,
-        namespace: String,
-    }
-    #[derive(serde::Deserialize, Default)]
-    #[serde(default, rename_all = "camelCase")]
-    struct Named {
-        api_version: String,
-        kind: String,
-        metadata: Metadata,
-    }
     // As lenient as the parser goes: only the naming fields matter here.
     let options = serde_saphyr::options! {
         duplicate_keys: serde_saphyr::DuplicateKeyPolicy::FirstWins,
@@ -114,20 +117,8 @@ fn identify(document: &str) -> Option<Identity> {
         non_finite_float_policy: serde_saphyr::NonFiniteFloatPolicy::AsString,
         with_snippet: false,
     };
-    let named: Named = serde_saphyr::from_str_with_options(document, options).ok()?;
-    (!named.kind.is_empty() && !named.metadata.name.is_empty()).then_some(Identity {
-        api_version: named.api_version,
-        kind: named.kind,
-        namespace: named.metadata.namespace,
-        name: named.metadata.name,
-    })
-}
-
-struct Identity {
-    api_version: String,
-    kind: String,
-    namespace: String,
-    name: String,
+    let identity: Identity = serde_saphyr::from_str_with_options(document, options).ok()?;
+    (!identity.kind.is_empty() && !identity.metadata.name.is_empty()).then_some(identity)
 }
 
 /// A named document that YAML reads but that does not decode: a served
@@ -138,16 +129,18 @@ fn reject_document(file: &str, identity: Identity, message: String, parsed: &mut
         parsed.ignored.push((identity.api_version, identity.kind));
         return;
     };
-    let namespace = if identity.namespace.is_empty() { "default".to_owned() } else { identity.namespace };
+    let IdentityMeta { name, namespace } = identity.metadata;
+    let namespace = if namespace.is_empty() { "default".to_owned() } else { namespace };
+    let key = ObjectKey::new(kind, &namespace, &name);
     let rejection = Rejection {
         file: Some(file.to_owned()),
         kind: kind.to_owned(),
-        namespace: namespace.clone(),
-        name: identity.name.clone(),
+        namespace,
+        name,
         field: String::new(),
         message,
     };
-    parsed.undecodable.push((ObjectKey::new(kind, &namespace, &identity.name), rejection));
+    parsed.undecodable.push((key, rejection));
 }
 
 /// The documents of a YAML text, as JSON values (empty ones left out).

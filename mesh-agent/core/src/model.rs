@@ -317,19 +317,15 @@ impl Model {
                 }
             }
             let (mut rejection, outcome) = match copies[chosen] {
-                Candidate::Decoded(object) => match previous.unchanged(&key, object) {
-                    Some(accepted) => {
-                        model.insert(key, object.clone(), accepted);
-                        continue;
-                    }
-                    None => match validate(object, cluster_domain) {
+                Candidate::Decoded(object) => {
+                    match previous.unchanged(&key, object).map_or_else(|| validate(object, cluster_domain), Ok) {
                         Ok(accepted) => {
                             model.insert(key, object.clone(), accepted);
                             continue;
                         }
                         Err(error) => (Rejection::object(object, error), previous.last_good(&key, cluster_domain)),
-                    },
-                },
+                    }
+                }
                 Candidate::Undecodable(rejection) => (rejection.clone(), previous.last_good(&key, cluster_domain)),
             };
             if let Some((raw, accepted)) = outcome {

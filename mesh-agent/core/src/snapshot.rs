@@ -357,14 +357,18 @@ fn compile_parts(model: &Model, cluster_domain: &str) -> Result<(Snapshot, Vec<W
             // A table per family with addresses. One that does not fit in
             // what is left of the Maglev map costs this service its
             // consistent hashing, not the configuration its compile.
-            let families = [false, true].iter().filter(|v6| service.cluster_ips.iter().any(|ip| ip.is_ipv6() == **v6));
-            let wanted = maglev_size as usize * families.count();
-            if algorithm == lb::MAGLEV_SOURCE_IP && snapshot.maglev.len() + wanted > capacity::MAGLEV as usize {
+            let wanted = || {
+                let families =
+                    [false, true].iter().filter(|v6| service.cluster_ips.iter().any(|ip| ip.is_ipv6() == **v6));
+                maglev_size as usize * families.count()
+            };
+            if algorithm == lb::MAGLEV_SOURCE_IP && snapshot.maglev.len() + wanted() > capacity::MAGLEV as usize {
                 let message = format!(
-                    "the Maglev tables in use leave {} of {} entries, and this service port needs {wanted}: \
+                    "the Maglev tables in use leave {} of {} entries, and this service port needs {}: \
                      balanced at random instead (a smaller tableSize fits)",
                     capacity::MAGLEV as usize - snapshot.maglev.len(),
-                    capacity::MAGLEV
+                    capacity::MAGLEV,
+                    wanted(),
                 );
                 if let Some(rule) = rule {
                     snapshot.rejections.push(Rejection {
@@ -518,7 +522,6 @@ fn compile_parts(model: &Model, cluster_domain: &str) -> Result<(Snapshot, Vec<W
     let backends: BTreeSet<&Backend> = snapshot.slots.values().collect();
     check_capacity("backends", backends.len(), capacity::BACKENDS)?;
     check_capacity("backend slots", snapshot.slots.len(), capacity::SLOTS)?;
-    check_capacity("Maglev entries", snapshot.maglev.len(), capacity::MAGLEV)?;
     Ok((snapshot, without_http_proxy))
 }
 

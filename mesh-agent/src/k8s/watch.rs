@@ -261,9 +261,7 @@ impl KubeStore {
         // No longer referenced, or referenced again with a newer watch.
         let Some(s) = store.secrets.get_mut(key).filter(|s| s.epoch == epoch) else { return };
         let changed = apply_event(&SECRET, s, event);
-        store.dirty |= changed;
-        self.events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.changed.notify_all();
+        self.applied(&mut store, changed);
     }
 
     fn secret_error(&self, key: &(String, String), epoch: u64, error: String) {
@@ -323,9 +321,7 @@ impl KubeStore {
         let (kind, s) = &mut store.kinds[index];
         let is_rule = NAMES_SECRETS.contains(&kind.kind);
         let changed = apply_event(&kind.clone(), s, event);
-        store.dirty |= changed;
-        self.events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.changed.notify_all();
+        self.applied(&mut store, changed);
         if changed && is_rule && Self::track_secrets(&mut store) {
             self.secrets_changed.notify_one();
         }
@@ -343,9 +339,7 @@ impl KubeStore {
         if !s.synced || !s.objects.is_empty() {
             s.objects.clear();
             s.synced = true;
-            store.dirty = true;
-            self.events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            self.changed.notify_all();
+            self.applied(&mut store, true);
         }
     }
 
@@ -357,6 +351,14 @@ impl KubeStore {
         }
         s.error = Some(error);
         s.last_event_unix = unix_now();
+    }
+
+    /// After an event was applied to `store` (`changed`: what it serves
+    /// changed): counted, and the reload loop woken.
+    fn applied(&self, store: &mut Store, changed: bool) {
+        store.dirty |= changed;
+        self.events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.changed.notify_all();
     }
 
     /// Waits up to `timeout` until there is a batch to take; true if there is.

@@ -30,6 +30,8 @@ use tokio::time::Instant;
 
 /// Room made in the read buffer before each read.
 const READ_RESERVE: usize = 8 * 1024;
+/// Room made for a response head at once (not grown from nothing).
+const WRITE_RESERVE: usize = 4 * 1024;
 /// A request body up to this size is read here; longer ones go to hyper.
 const MAX_BODY_BYTES: u64 = 64 * 1024;
 /// Response bytes gathered before a write.
@@ -53,6 +55,10 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {
         Poll::Ready(Ok(()))
     }
 
+    /// `poll_readable` really waits: buffers let go while idle are not
+    /// taken again at once. (TLS would take them back for every request.)
+    const WAITS_READABLE: bool = false;
+
     /// While a request is handled: what the client sends (appended to
     /// `read`; 0 when it shut its sending side down), Pending while it
     /// sends nothing.
@@ -60,6 +66,8 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin {
 }
 
 impl ClientIo for TcpStream {
+    const WAITS_READABLE: bool = true;
+
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         self.poll_read_ready(cx)
     }
@@ -190,7 +198,7 @@ where
             return Served::Closed;
         }
         // Nothing more sent yet: the connection goes idle without buffers.
-        if read.is_empty() {
+        if read.is_empty() && IO::WAITS_READABLE {
             read = BytesMut::new();
             write = Vec::new();
         }
@@ -344,6 +352,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     };
 
     write.clear();
+    write.reserve(WRITE_RESERVE);
     write.extend_from_slice(b"HTTP/1.1 ");
     write.extend_from_slice(status.as_str().as_bytes());
     write.push(b' ');
