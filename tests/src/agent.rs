@@ -65,7 +65,8 @@ impl Agent {
         self.child.id()
     }
 
-    fn wait_ready(&mut self, admin: SocketAddr, netns: Option<&Path>) -> Result<()> {
+    /// Waits (20 s) until the admin API at `admin` says ready.
+    pub fn wait_ready(&mut self, admin: SocketAddr, netns: Option<&Path>) -> Result<()> {
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last = anyhow!("no answer yet");
         while Instant::now() < deadline {
@@ -83,32 +84,19 @@ impl Agent {
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
-    pub fn stop(self, grace: Duration) -> Result<ExitStatus> {
+    pub fn stop(mut self, grace: Duration) -> Result<ExitStatus> {
         unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        self.wait_exit(grace).or_else(|mut agent| {
-            eprintln!("mesh-tests: agent ignored SIGTERM for {grace:?}, killing it");
-            agent.child.kill()?;
-            Ok(agent.child.wait()?)
-        })
-    }
-
-    /// Waits up to `timeout` for the agent to exit on its own; the agent
-    /// back if it still runs.
-    fn wait_exit(mut self, timeout: Duration) -> std::result::Result<ExitStatus, Agent> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(Some(status)) => return Ok(status),
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                Err(_) => break,
-            }
+        let mut exited = None;
+        crate::sync::wait_until(grace, || {
+            exited = self.child.try_wait().ok().flatten();
+            exited.is_some()
+        });
+        if let Some(status) = exited {
+            return Ok(status);
         }
-        Err(self)
-    }
-
-    /// Waits (20 s) until the admin API at `admin` says ready.
-    pub fn ready(&mut self, admin: SocketAddr, netns: Option<&Path>) -> Result<()> {
-        self.wait_ready(admin, netns)
+        eprintln!("mesh-tests: agent ignored SIGTERM for {grace:?}, killing it");
+        self.child.kill()?;
+        Ok(self.child.wait()?)
     }
 
     /// SIGKILL and reap: an agent crash, as far as the kernel can tell.

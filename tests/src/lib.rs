@@ -89,9 +89,6 @@ pub struct TestEnv {
     pods: Mutex<Vec<String>>,
     servers: Arc<server::Registry>,
     agent: Mutex<Option<Agent>>,
-    /// An agent was killed: its lock file stays until `uninstall` (at
-    /// teardown) removes it with the pins.
-    agent_killed: std::sync::atomic::AtomicBool,
     admin: Mutex<Option<SocketAddr>>,
     /// Set while the agent runs inside the node namespace.
     agent_netns: Mutex<Option<PathBuf>>,
@@ -124,7 +121,6 @@ impl TestEnv {
             pods: Mutex::new(Vec::new()),
             servers: Arc::default(),
             agent: Mutex::new(None),
-            agent_killed: Default::default(),
             admin: Mutex::new(None),
             agent_netns: Mutex::new(None),
         };
@@ -239,9 +235,7 @@ impl TestEnv {
                 format!("addr replace {NODE_IPV6}/128 dev lo"),
             ],
         )?;
-        let mut args: Vec<&str> = vec!["--node-ip", NODE_IPV4, "--node-ip", NODE_IPV6];
-        args.extend_from_slice(extra_args);
-        self.start_agent_in(Some(node), &args)
+        self.start_agent_in(Some(node), &on_node(extra_args))
     }
 
     /// An upgrade on the node, as the DaemonSet's surge pod makes it: starts
@@ -254,8 +248,8 @@ impl TestEnv {
         let old = lock(&self.agent).take().ok_or_else(|| anyhow!("no agent to upgrade"))?;
         let admin = self.admin_addr();
         let node = self.node_netns_path();
-        let mut args: Vec<&str> = vec!["--take-over", "--node-ip", NODE_IPV4, "--node-ip", NODE_IPV6];
-        args.extend_from_slice(extra_args);
+        let mut args = vec!["--take-over"];
+        args.extend(on_node(extra_args));
         let done = "handed over and drained";
         let before = self.agent_log().matches(done).count();
         // Its readiness is asked once the old one has handed over: until
@@ -267,7 +261,7 @@ impl TestEnv {
             new.kill();
             bail!("the old agent did not hand over and drain\n{}", self.agent_log());
         }
-        new.ready(admin, Some(&node))?;
+        new.wait_ready(admin, Some(&node))?;
         *lock(&self.agent) = Some(new);
         old.stop(AGENT_STOP_GRACE)
     }
@@ -330,7 +324,6 @@ impl TestEnv {
     pub fn kill_agent(&self) -> Result<()> {
         let mut agent = lock(&self.agent).take().ok_or_else(|| anyhow!("agent not running"))?;
         agent.kill();
-        self.agent_killed.store(true, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
@@ -437,9 +430,10 @@ impl TestEnv {
         for netns in pods.iter().rev().chain([&self.node_netns]) {
             errors.extend(system::netns_del(netns).err());
         }
-        if self.agent_killed.load(std::sync::atomic::Ordering::Relaxed) {
-            // As an operator would: `uninstall` removes the pins and the
-            // killed agent's lock file.
+        if self.pin_dir.exists() {
+            // As an operator would: `uninstall` removes the pins, and what
+            // an agent killed (by `kill_agent`, or past its stop grace)
+            // left in /run/mesh-agent.
             let uninstalled = Command::new(agent_bin()).arg("uninstall").arg("--bpffs").arg(&self.pin_dir).output();
             if let Err(error) = uninstalled.as_ref().map_err(ToString::to_string).and_then(|out| {
                 out.status.success().then_some(()).ok_or_else(|| String::from_utf8_lossy(&out.stderr).into_owned())
@@ -522,6 +516,13 @@ fn probe_command(cgroup: &Path, pod: &Pod, args: &[&str]) -> Command {
     let mut command = Command::new(probe_bin());
     command.arg("--cgroup").arg(cgroup).arg("--netns").arg(pod.netns_path()).args(args);
     command
+}
+
+/// The arguments of an agent on the node: its proxy on the node addresses.
+fn on_node<'a>(extra_args: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["--node-ip", NODE_IPV4, "--node-ip", NODE_IPV6];
+    args.extend_from_slice(extra_args);
+    args
 }
 
 /// A TCP port on 127.0.0.1 that was free a moment ago.

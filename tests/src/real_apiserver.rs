@@ -40,6 +40,8 @@ pub struct RealApiServer {
     apiserver: Mutex<Option<Child>>,
     runtime: tokio::runtime::Runtime,
     admin: kube::Client,
+    /// Each kind as the server serves it, once looked up.
+    kinds: Mutex<std::collections::HashMap<(String, String), (ApiResource, Scope)>>,
 }
 
 fn binary(var: &str) -> Result<PathBuf> {
@@ -101,6 +103,7 @@ impl RealApiServer {
             apiserver: Mutex::new(None),
             runtime,
             admin,
+            kinds: Mutex::default(),
         };
         server.start_apiserver()?;
         Ok(server)
@@ -173,8 +176,7 @@ impl RealApiServer {
     /// Server-side apply of `object` with strict field validation (an
     /// unknown field is an error, as `kubectl apply --server-side` makes it).
     pub fn apply(&self, object: &Value) -> Result<Value> {
-        let name = object["metadata"]["name"].as_str().context("object without metadata.name")?;
-        let api = self.api(object)?;
+        let (api, name) = self.api(object)?;
         let params = PatchParams::apply(MANAGER).force().validation_strict();
         let applied = self.runtime.block_on(api.patch(name, &params, &Patch::Apply(object)))?;
         Ok(serde_json::to_value(applied)?)
@@ -182,15 +184,15 @@ impl RealApiServer {
 
     /// The object as the server has it now, None when it does not exist.
     pub fn get(&self, object: &Value) -> Result<Option<Value>> {
-        let name = object["metadata"]["name"].as_str().context("object without metadata.name")?;
-        let found = self.runtime.block_on(self.api(object)?.get_opt(name))?;
+        let (api, name) = self.api(object)?;
+        let found = self.runtime.block_on(api.get_opt(name))?;
         Ok(found.map(serde_json::to_value).transpose()?)
     }
 
     /// Deletes the object `object` names (its apiVersion, kind, namespace, name).
     pub fn delete(&self, object: &Value) -> Result<()> {
-        let name = object["metadata"]["name"].as_str().context("object without metadata.name")?;
-        self.runtime.block_on(self.api(object)?.delete(name, &DeleteParams::default()))?;
+        let (api, name) = self.api(object)?;
+        self.runtime.block_on(api.delete(name, &DeleteParams::default()))?;
         Ok(())
     }
 
@@ -198,8 +200,7 @@ impl RealApiServer {
     /// `object` as another controller would: read, change, write back with
     /// the resourceVersion read, again on a conflict.
     pub fn put_condition(&self, object: &Value, condition: &Value) -> Result<Value> {
-        let name = object["metadata"]["name"].as_str().context("object without metadata.name")?;
-        let api = self.api(object)?;
+        let (api, name) = self.api(object)?;
         for _ in 0..5 {
             let mut current = serde_json::to_value(self.runtime.block_on(api.get_status(name))?)?;
             let conditions = current["status"]["conditions"].as_array().cloned().unwrap_or_default();
@@ -224,18 +225,31 @@ impl RealApiServer {
         wait_until(timeout, || self.runtime.block_on(pinned_kind(&self.admin, &gvk)).is_ok())
     }
 
-    fn api(&self, object: &Value) -> Result<Api<DynamicObject>> {
+    /// The API of `object`'s kind (its namespace's, for a namespaced
+    /// kind), and its name. A kind is looked up once: the tests poll.
+    fn api<'o>(&self, object: &'o Value) -> Result<(Api<DynamicObject>, &'o str)> {
+        let name = object["metadata"]["name"].as_str().context("object without metadata.name")?;
         let api_version = object["apiVersion"].as_str().context("object without apiVersion")?;
         let kind = object["kind"].as_str().context("object without kind")?;
-        let (resource, capabilities): (ApiResource, _) =
-            self.runtime.block_on(pinned_kind(&self.admin, &gvk(api_version, kind)))?;
-        Ok(match capabilities.scope {
+        let known = lock(&self.kinds).get(&(api_version.to_owned(), kind.to_owned())).cloned();
+        let (resource, scope) = match known {
+            Some(known) => known,
+            None => {
+                let (resource, capabilities) =
+                    self.runtime.block_on(pinned_kind(&self.admin, &gvk(api_version, kind)))?;
+                let found = (resource, capabilities.scope);
+                lock(&self.kinds).insert((api_version.to_owned(), kind.to_owned()), found.clone());
+                found
+            }
+        };
+        let api = match scope {
             Scope::Namespaced => {
                 let namespace = object["metadata"]["namespace"].as_str().unwrap_or("default");
                 Api::namespaced_with(self.admin.clone(), namespace, &resource)
             }
             Scope::Cluster => Api::all_with(self.admin.clone(), &resource),
-        })
+        };
+        Ok((api, name))
     }
 }
 

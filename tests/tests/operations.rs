@@ -129,6 +129,7 @@ fn a_restarted_agent_serves_the_last_good_version_it_kept() {
 struct Traffic {
     curl: Child,
     outcomes: Arc<Mutex<Vec<String>>>,
+    reader: std::thread::JoinHandle<()>,
 }
 
 impl Traffic {
@@ -145,12 +146,12 @@ impl Traffic {
         let mut curl = env.spawn_probe(client, &args);
         let outcomes = Arc::new(Mutex::new(Vec::new()));
         let (stdout, seen) = (curl.stdout.take().unwrap(), outcomes.clone());
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 seen.lock().unwrap().push(line);
             }
         });
-        Traffic { curl, outcomes }
+        Traffic { curl, outcomes, reader }
     }
 
     fn outcomes(&self) -> Vec<String> {
@@ -173,9 +174,14 @@ impl Traffic {
     fn finish(mut self) -> Vec<String> {
         self.curl.wait().unwrap();
         // The reader has the last lines once curl's stdout closed.
-        assert!(wait_until(Duration::from_secs(5), || Arc::strong_count(&self.outcomes) == 1), "reader");
-        self.outcomes()
+        self.reader.join().unwrap();
+        std::mem::take(&mut *self.outcomes.lock().unwrap())
     }
+}
+
+/// The requests that did not get a 200.
+fn failures(outcomes: &[String]) -> Vec<&String> {
+    outcomes.iter().filter(|o| !o.starts_with("0 200")).collect()
 }
 
 #[test]
@@ -194,7 +200,7 @@ fn continuous_http_loses_nothing_through_an_upgrade_a_sigterm_and_a_dead_agent()
     assert!(old.success(), "the old agent exited with {old}\n{}", env.agent_log());
     traffic.wait_via_proxy();
     let outcomes = traffic.finish();
-    let failed: Vec<&String> = outcomes.iter().filter(|o| !o.starts_with("0 200")).collect();
+    let failed = failures(&outcomes);
     assert!(failed.is_empty(), "{} of {} failed through the upgrade: {failed:?}", failed.len(), outcomes.len());
     assert_eq!(proxy_down(), before, "a connect found no proxy listening during the upgrade");
     eprintln!("upgrade: {} requests, none failed", outcomes.len());
@@ -216,7 +222,7 @@ fn continuous_http_loses_nothing_through_an_upgrade_a_sigterm_and_a_dead_agent()
     assert!(wait_until(Duration::from_secs(5), || via_proxy(&new_connection())), "{}", env.agent_log());
     traffic.wait_for(100);
     let outcomes = traffic.finish();
-    let failed: Vec<&String> = outcomes.iter().filter(|o| !o.starts_with("0 200")).collect();
+    let failed = failures(&outcomes);
     assert!(
         failed.is_empty(),
         "{} of {} failed through a SIGTERM and a restart: {failed:?}",
@@ -240,7 +246,7 @@ fn continuous_http_loses_nothing_through_an_upgrade_a_sigterm_and_a_dead_agent()
     // Only the one connection the kill may catch in flight can fail: its
     // connect was sent to the proxy's socket, or its request was read by
     // the proxy, the instant before the socket went.
-    let failed: Vec<&String> = outcomes.iter().filter(|o| !o.starts_with("0 200")).collect();
+    let failed = failures(&outcomes);
     assert!(failed.len() <= 1, "{} connections failed around a kill -9: {failed:?}", failed.len());
     eprintln!("kill -9 and 10 s dead: {} connections, {} failed: {failed:?}", outcomes.len(), failed.len());
 }

@@ -20,6 +20,12 @@ fn tcp_in(env: &TestEnv, cgroup: &std::path::Path, pod: &Pod, target: &str) -> V
         .unwrap_or_else(|e| panic!("{e:#}\n{}", env.agent_log()))
 }
 
+/// A DNS server in a resolver pod at 10.244.5.2, and a resolv.conf naming it.
+fn dns_resolver(env: &TestEnv) -> (mesh_tests::dns::DnsServer, std::path::PathBuf) {
+    let dns = env.add_pod("dns", "10.244.5.2", "fd00:244::5:2").serve_dns(53);
+    (dns, resolv_conf(env))
+}
+
 /// A resolv.conf naming the resolver pod the tests start at 10.244.5.2.
 fn resolv_conf(env: &TestEnv) -> std::path::PathBuf {
     let path = env.scratch("resolv.conf");
@@ -134,13 +140,11 @@ fn a_dns_service_entry_follows_its_answers_and_keeps_the_last_one_while_lookups_
     let b1 = env.add_pod("b1", "10.244.1.2", "fd00:244::1:2");
     let b2 = env.add_pod("b2", "10.244.2.2", "fd00:244::2:2");
     let _servers = [b1.serve_tcp(8080), b2.serve_tcp(8080)];
-    let resolver_pod = env.add_pod("dns", "10.244.5.2", "fd00:244::5:2");
-    let dns = resolver_pod.serve_dns(53);
+    let (dns, resolv_conf) = dns_resolver(&env);
     dns.set_ttl(1);
     let (b1_ip, b2_ip) = ("10.244.1.2".parse().unwrap(), "10.244.2.2".parse().unwrap());
     dns.set("api.example.test", &[b1_ip]);
     dns.set("origin.example.test", &[b1_ip]);
-    let resolv_conf = resolv_conf(&env);
     let config = [
         // No address: the answers are what applications dial.
         entry(
@@ -477,10 +481,8 @@ fn an_http_dns_entry_whose_answers_are_its_own_addresses_is_proxied_without_a_lo
     let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
     let web = env.add_pod("web", "10.244.1.2", "fd00:244::1:2");
     let _server = web.serve_http(8080);
-    let resolver = env.add_pod("dns", "10.244.5.2", "fd00:244::5:2");
-    let dns = resolver.serve_dns(53);
+    let (dns, resolv_conf) = dns_resolver(&env);
     dns.set("web.example.test", &["10.244.1.2".parse().unwrap()]);
-    let resolv_conf = resolv_conf(&env);
     // The answer is the address applications dial and the endpoint the
     // proxy dials: the proxy's own connect must not come back to it.
     let config = [

@@ -139,11 +139,7 @@ fn reloads(env: &TestEnv) -> (u64, f64, f64) {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib: f64 = (status.lines().find_map(|l| l.strip_prefix("VmRSS:")))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0.0);
-    kib / 1024.0
+    crate::bench_l7::rss_kib(&[pid]) as f64 / 1024.0
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -276,11 +272,12 @@ fn measure(size: u32, changes: u32) -> Result<Row> {
         .then(|| started.elapsed().saturating_sub(ready));
 
     let (mut latencies, mut durations, mut writes) = (Vec::new(), Vec::new(), Vec::new());
+    // The last reload's time (ms).
+    let mut last = first_reload;
     for c in 0..changes {
         // Each change alone: the agent idles after a reload for as long as
         // it took (under churn, reloads take at most half a core), so the
         // next change waits until then.
-        let (_, last, _) = reloads(&env);
         std::thread::sleep(Duration::from_secs_f64(last * 2.0 / 1000.0).max(Duration::from_millis(20)));
         // Service c/2 gains an endpoint, then loses it again.
         let i = (c / 2 * 7919) % size;
@@ -300,6 +297,7 @@ fn measure(size: u32, changes: u32) -> Result<Row> {
         };
         latencies.push(sent.elapsed().as_secs_f64() * 1000.0);
         durations.push(took);
+        last = took;
         writes.push(written);
     }
     // A burst: slices changed back to back, as fast as the API server

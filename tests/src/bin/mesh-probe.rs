@@ -305,9 +305,6 @@ fn hold(opts: &Opts) -> Result<()> {
     Ok(())
 }
 
-/// `count` HTTP/1.1 requests over keep-alive connections (a new one when
-/// the server closes). `--headers "a: b, c: d"`. Reports statuses, the
-/// backend (`x-backend`) of each 2xx, and the whole first response.
 /// `count` HTTP/1.1 keep-alive connections, each left idle after one
 /// request and its response; held until stdin closes. Prints
 /// `{"held": N, "errors": {..}}` once they are all open.
@@ -352,6 +349,9 @@ fn raise_open_files_limit() {
     }
 }
 
+/// `count` HTTP/1.1 requests over keep-alive connections (a new one when
+/// the server closes). `--headers "a: b, c: d"`. Reports statuses, the
+/// backend (`x-backend`) of each 2xx, and the whole first response.
 fn http(opts: &Opts) -> Result<()> {
     let (target, count) = (opts.target()?, opts.number("--count", 1)?);
     let path = opts.values.get("--path").cloned().unwrap_or_else(|| "/".into());

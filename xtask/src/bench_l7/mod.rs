@@ -49,6 +49,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 pub use plan::{Options, PathKind};
+pub(crate) use procs::rss_kib;
 
 use peers::{get_from, mesh_config, START_TIMEOUT};
 use plan::{BACKEND_IP, BACKEND_PORT, BODY_BYTES, CLIENT_CPU, CLIENT_IP, MESHED_BACKEND_IP, PROXY_CPU};

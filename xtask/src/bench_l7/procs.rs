@@ -193,7 +193,7 @@ pub(super) fn cpu_times() -> Vec<Vec<u64>> {
 }
 
 /// VmRSS of the processes, in KiB.
-pub(super) fn rss_kib(pids: &[u32]) -> u64 {
+pub(crate) fn rss_kib(pids: &[u32]) -> u64 {
     pids.iter()
         .filter_map(|pid| {
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
