@@ -312,7 +312,8 @@ fn config_dump(shared: &Shared) -> serde_json::Value {
         "kernel_maps": {
             "frontends": snapshot.frontends.len(),
             "backend_slots": snapshot.slots.len(),
-            "maglev_entries": snapshot.maglev.len(),
+            "maglev_tables": snapshot.maglev.len(),
+            "sizes": snapshot.model.node.map_sizes,
         },
         "services": snapshot.services,
         "rejected": snapshot.rejections.iter().map(|r| serde_json::json!({

@@ -78,6 +78,17 @@ fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
     Ok((ip, prefix))
 }
 
+fn parse_map_entries(text: &str) -> Result<(dataplane::SizedMap, u32), String> {
+    let (name, entries) = text.split_once('=').ok_or_else(|| format!("{text:?} is not MAP=ENTRIES"))?;
+    let map = dataplane::SizedMap::by_flag(name)
+        .ok_or_else(|| format!("no map {name:?}: one of {}", dataplane::SizedMap::flag_names().join(", ")))?;
+    let entries: u32 = entries.parse().map_err(|_| format!("{entries:?} is not a number of entries"))?;
+    if entries == 0 {
+        return Err(format!("{name} needs at least one entry"));
+    }
+    Ok((map, entries))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum SourceKind {
     /// A directory of YAML (`--config-dir`).
@@ -200,6 +211,13 @@ struct RunArgs {
     /// DaemonSet mounts a hostPath there).
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// The size of a kernel map, `MAP=ENTRIES` (repeatable): MAP is one of
+    /// service-addresses, service-ips, backend-slots, backends, clusters,
+    /// maglev-tables. Applies to maps this agent creates (pinned maps keep
+    /// their size until `mesh-agent uninstall`); what does not fit is
+    /// rejected per object.
+    #[arg(long = "map-entries", value_parser = parse_map_entries)]
+    map_entries: Vec<(dataplane::SizedMap, u32)>,
 }
 
 #[derive(clap::Args)]
@@ -286,7 +304,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     };
     let _stats_guard = if args.program_stats { Some(dataplane::enable_program_stats()?) } else { None };
-    let options = DataplaneOptions { cgroup, bpffs: args.bpffs.clone() };
+    let options = DataplaneOptions { cgroup, bpffs: args.bpffs.clone(), map_entries: args.map_entries.clone() };
     // An agent running on this instance (an upgrade, a restart) hands its
     // listeners over and lets the instance lock go before we take it.
     let handover_path = handover::socket_path(&args.bpffs);
@@ -297,7 +315,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     if inherited.is_some() {
         tracing::info!("took the listeners over from the running agent");
     }
-    let dataplane::Loaded { writer, mut ebpf, maps_taken_over, lock } =
+    let dataplane::Loaded { writer, mut ebpf, maps_taken_over, lock, map_sizes } =
         dataplane::load(&options).context("loading the kernel maps")?;
     let counters = CounterReader::open(&args.bpffs).context("opening the counter maps")?;
     // One thread for the proxy, the admin API and the watches: a
@@ -364,6 +382,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
         resolvers: std::fs::read_to_string(&common.resolv_conf).map(|t| workloads::nameservers(&t)).unwrap_or_default(),
         l7_fail_open: args.l7_fail_open,
         exempt_namespaces: vec!["kube-system".into(), args.lease_namespace.clone()],
+        map_sizes,
         agent_cgroup: workloads::own_cgroup_id(
             &std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default(),
             &mountinfo,

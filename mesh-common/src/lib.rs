@@ -12,7 +12,7 @@
 /// Version of this ABI. Maps are pinned under `maps/v<N>`: an agent whose
 /// map layout differs starts on fresh maps instead of misreading old ones.
 /// Bump it with any change to a map's type, key, value or size.
-pub const MAP_ABI_VERSION: u32 = 5;
+pub const MAP_ABI_VERSION: u32 = 6;
 
 /// Names of the maps, as the kernel object declares them and as they are
 /// pinned under the agent's bpffs directory.
@@ -55,12 +55,15 @@ pub mod prog_names {
     pub const SK_MSG: &str = "mesh_sk_msg";
 }
 
-/// Map capacities. The agent refuses a snapshot that does not fit.
+/// Default map capacities: the agent's `--map-entries` sets others for
+/// maps it creates, and the compiler fits each snapshot into the sizes of
+/// the maps in use (what does not fit is rejected per object).
 pub mod capacity {
     pub const FRONTENDS: u32 = 65_536;
     pub const SERVICE_IPS: u32 = 65_536;
     pub const SLOTS: u32 = 1 << 20;
-    pub const MAGLEV: u32 = 1 << 21;
+    /// Maglev tables, one per consistent-hash service port and family.
+    pub const MAGLEV_TABLES: u32 = 1 << 14;
     pub const BACKENDS: u32 = 1 << 18;
     pub const CLUSTERS: u32 = 65_536;
     pub const SOCKETS: u32 = 1 << 18;
@@ -164,8 +167,7 @@ pub struct Frontend {
 pub const FRONTEND_CAPTURE: u8 = 1;
 const _: () = assert!(core::mem::size_of::<Frontend>() == 32);
 
-/// Index into a backend group: slot `n` of the list, or entry `n` of the
-/// Maglev table.
+/// Index into a backend group: slot `n` of the list.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SlotKey {
@@ -174,6 +176,28 @@ pub struct SlotKey {
     pub _pad: u32,
 }
 const _: () = assert!(core::mem::size_of::<SlotKey>() == 16);
+
+/// A Maglev table is an array map of its own (inner map of
+/// [`map_names::MAGLEV`], keyed by group id) holding the slot index of each
+/// table entry as 16 bits, four to a cell: the kernel keeps array values in
+/// 8-byte cells, so a 65,537-entry table costs 128 KiB, not 512.
+pub mod maglev_cells {
+    /// Table entries per 8-byte cell.
+    pub const ENTRIES_PER_CELL: u32 = 4;
+    /// `BPF_F_MMAPABLE | BPF_F_INNER_MAP`: the agent fills a new table
+    /// through mmap and swaps it in whole; tables differ in size.
+    pub const FLAGS: u32 = (1 << 10) | (1 << 12);
+
+    /// Cells of a table of `entries`.
+    pub const fn count(entries: u32) -> u32 {
+        entries.div_ceil(ENTRIES_PER_CELL)
+    }
+
+    /// The cell holding entry `index`, and the shift of its 16 bits.
+    pub const fn position(index: u32) -> (u32, u32) {
+        (index / ENTRIES_PER_CELL, (index % ENTRIES_PER_CELL) * 16)
+    }
+}
 
 /// A backend endpoint: `podIP:targetPort`. Doubles as the key of the
 /// live-connection counters, so no id has to survive an agent restart.

@@ -75,8 +75,8 @@ pub(crate) fn pick_backend(ctx: &SockAddrContext, fe: &Frontend, family: u8) -> 
                 return None;
             }
             let hash = mix64(unsafe { source_identity(ctx, family) });
-            let key = SlotKey { group_id: fe.group_id, index: (hash % fe.maglev_size as u64) as u32, _pad: 0 };
-            unsafe { MAGLEV.get(&key) }.copied()
+            let index = MAGLEV.slot_index(fe.group_id, (hash % fe.maglev_size as u64) as u32)?;
+            slot(fe.group_id, index)
         }
         _ => {
             // LEAST_REQUEST: power of two choices over live connections.

@@ -2,12 +2,14 @@
 //! these names (`mesh_common::map_names`), and any program may use any of them.
 
 use aya_ebpf::{
-    bindings::BPF_F_NO_PREALLOC,
+    bindings::{bpf_map_type::BPF_MAP_TYPE_HASH_OF_MAPS, BPF_F_NO_PREALLOC},
+    btf_maps,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash, SockMap},
 };
+use aya_ebpf::helpers::generated::bpf_map_lookup_elem;
 use mesh_common::{
-    capacity, global_stat, Backend, ClusterLive, ClusterStats, ConnKey, Frontend, FrontendKey, HandshakeKey,
+    capacity, global_stat, maglev_cells, Backend, ClusterLive, ClusterStats, ConnKey, Frontend, FrontendKey, HandshakeKey,
     OriginalDst, PolicyConfig, ProxyTarget, RegistryPrefix, ScopeClusterKey, ServiceIpKey, SlotKey, SockKey,
     SocketEntry, UdpReverseKey, UdpReverseValue, WorkloadPolicy, WorkloadStats,
 };
@@ -18,8 +20,10 @@ pub(crate) static FRONTENDS: HashMap<FrontendKey, Frontend> = HashMap::pinned(ca
 pub(crate) static SERVICE_IPS: HashMap<ServiceIpKey, u32> = HashMap::pinned(capacity::SERVICE_IPS, BPF_F_NO_PREALLOC);
 #[map(name = "MESH_SLOTS")]
 pub(crate) static SLOTS: HashMap<SlotKey, Backend> = HashMap::pinned(capacity::SLOTS, BPF_F_NO_PREALLOC);
-#[map(name = "MESH_MAGLEV")]
-pub(crate) static MAGLEV: HashMap<SlotKey, Backend> = HashMap::pinned(capacity::MAGLEV, BPF_F_NO_PREALLOC);
+/// The Maglev tables by group id (see `mesh_common::maglev_cells`).
+#[link_section = ".maps"]
+#[export_name = "MESH_MAGLEV"]
+pub(crate) static MAGLEV: MaglevTables = MaglevTables::new();
 #[map(name = "MESH_BACKEND_LIVE")]
 pub(crate) static BACKEND_LIVE: HashMap<Backend, u64> = HashMap::pinned(capacity::BACKENDS, BPF_F_NO_PREALLOC);
 #[map(name = "MESH_CLUSTER_LIVE")]
@@ -68,3 +72,61 @@ pub(crate) static SCOPE_CLUSTERS: HashMap<ScopeClusterKey, u32> =
 /// the kernel drops each when it closes.
 #[map(name = "MESH_PROXY_LISTENERS")]
 pub(crate) static PROXY_LISTENERS: SockMap = SockMap::pinned(2, 0);
+
+/// One Maglev table: the template of the inner maps (any size, as
+/// `BPF_F_INNER_MAP` allows).
+type MaglevTable = btf_maps::Array<u64, 1, { maglev_cells::FLAGS as usize }>;
+
+/// A pinned hash of maps, declared in BTF as libbpf reads it: aya-ebpf's
+/// `HashOfMaps` has no `pinning` field, and the agent's restart and
+/// handover need the tables pinned with the other maps.
+#[repr(C)]
+pub(crate) struct MaglevTables {
+    r#type: *const [i32; BPF_MAP_TYPE_HASH_OF_MAPS as usize],
+    key: *const u64,
+    value: *const u32,
+    max_entries: *const [i32; capacity::MAGLEV_TABLES as usize],
+    map_flags: *const [i32; 0],
+    /// LIBBPF_PIN_BY_NAME.
+    pinning: *const [i32; 1],
+    values: [*const MaglevTable; 0],
+}
+
+// SAFETY: the fields are placeholders the loader reads from BTF; nothing
+// dereferences them.
+unsafe impl Sync for MaglevTables {}
+
+impl MaglevTables {
+    const fn new() -> Self {
+        use core::ptr::null;
+        Self {
+            r#type: null(),
+            key: null(),
+            value: null(),
+            max_entries: null(),
+            map_flags: null(),
+            pinning: null(),
+            values: [],
+        }
+    }
+
+    /// The slot index at `index` of group `group_id`'s table.
+    #[inline(always)]
+    pub(crate) fn slot_index(&self, group_id: u64, index: u32) -> Option<u32> {
+        let (cell, shift) = maglev_cells::position(index);
+        let outer = self as *const Self as *mut core::ffi::c_void;
+        // SAFETY: both lookups go through the helper; a non-null inner
+        // result points at an 8-byte cell of an array map.
+        unsafe {
+            let table = bpf_map_lookup_elem(outer, &group_id as *const u64 as *const core::ffi::c_void);
+            if table.is_null() {
+                return None;
+            }
+            let cell = bpf_map_lookup_elem(table, &cell as *const u32 as *const core::ffi::c_void) as *const u64;
+            if cell.is_null() {
+                return None;
+            }
+            Some(((*cell >> shift) & 0xffff) as u32)
+        }
+    }
+}

@@ -279,6 +279,50 @@ fn maglev_keeps_sources_on_one_backend_and_moves_about_one_nth() {
 }
 
 #[test]
+fn a_thousand_maglev_services_each_get_a_table_of_the_default_size_that_a_restart_reads_back() {
+    let world = World::new("maglev_many", 2);
+    let sources: Vec<String> = (0..20).map(|i| format!("10.244.100.{}", i + 1)).collect();
+    let source_refs: Vec<&str> = sources.iter().map(String::as_str).collect();
+    world.client.add_addresses(&source_refs).unwrap();
+    let (b1, b2) = (world.v4(0), world.v4(1));
+    let config: String = (0..1000)
+        .map(|i| {
+            let name = format!("s{i}");
+            format!(
+                "{}{}{}",
+                service(&name, &[&format!("10.96.{}.{}", 10 + i / 250, 1 + i % 250)], 80, "TCP"),
+                slice(&name, &name, false, 8080, "TCP", &[&b1, &b2]),
+                rule(&name, "    loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 65537}}}\n")
+            )
+        })
+        .collect();
+    world.env.write_config("many.yaml", &config).unwrap();
+    world.env.start_agent(&[]).unwrap();
+    let dump = world.env.admin_json("/config_dump");
+    assert_eq!(dump["kernel_maps"]["maglev_tables"], 1000, "{}", dump["kernel_maps"]);
+    assert_eq!(dump["rejected"], serde_json::json!([]));
+    let sources_arg = sources.join(",");
+    let assignment = |target: &str| -> BTreeMap<String, String> {
+        let report = world.probe(&["tcp", "--target", target, "--count", "40", "--sources", &sources_arg]);
+        assert_eq!(report["ok"], 40, "{target}: {report}");
+        serde_json::from_value(report["per_source"].clone()).unwrap()
+    };
+    for target in ["10.96.10.1:80", "10.96.13.250:80"] {
+        let first = assignment(target);
+        assert_eq!(first.len(), 20);
+        assert_eq!(assignment(target), first, "{target}: every source stays on its backend");
+        let used: std::collections::BTreeSet<&String> = first.values().collect();
+        assert_eq!(used.len(), 2, "{target}: 20 sources over both backends: {first:?}");
+    }
+    // A restarted agent reads the 1,000 tables back and finds them right.
+    world.env.stop_agent().unwrap();
+    world.env.start_agent(&[]).unwrap();
+    let status = world.env.admin_json("/status");
+    assert_eq!(status["dataplane"]["maps_taken_over"], true);
+    assert_eq!(status["config"]["last_reload"]["map_upserts"], 0, "{}", status["config"]["last_reload"]);
+}
+
+#[test]
 fn max_connections_refuses_the_extra_connect_and_admits_after_a_close() {
     let world = World::new("max_connections", 2);
     let limit = rule("web", "    connectionPool: {tcp: {maxConnections: 3}}\n");

@@ -29,6 +29,39 @@ pub struct NodeContext {
     /// The agent's own cgroup id (0: unknown): its proxy's connects are not
     /// captured.
     pub agent_cgroup: u64,
+    /// The sizes of the kernel maps in use: what does not fit is rejected
+    /// per object.
+    pub map_sizes: MapSizes,
+}
+
+/// Entries each configuration map of the kernel holds (the maps' own
+/// `max_entries`, read back after loading: a pinned map keeps the size it
+/// was made with).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MapSizes {
+    /// Service addresses (cluster IP, port, protocol).
+    pub frontends: u32,
+    pub service_ips: u32,
+    pub slots: u32,
+    /// Distinct backend addresses (their live-connection counters).
+    pub backends: u32,
+    /// Clusters and backend groups (their live state).
+    pub clusters: u32,
+    pub maglev_tables: u32,
+}
+
+impl Default for MapSizes {
+    fn default() -> Self {
+        use mesh_common::capacity;
+        Self {
+            frontends: capacity::FRONTENDS,
+            service_ips: capacity::SERVICE_IPS,
+            slots: capacity::SLOTS,
+            backends: capacity::BACKENDS,
+            clusters: capacity::CLUSTERS,
+            maglev_tables: capacity::MAGLEV_TABLES,
+        }
+    }
 }
 
 /// A pod's cgroup: its id (the cgroup directory's inode) and its depth in

@@ -6,18 +6,19 @@ use crate::host::labels_match;
 use crate::locality::{placements, Locality, Placement, Setting};
 use crate::maglev;
 use crate::model::{EndpointSliceModel, Model, PortModel, Protocol, ServiceModel, TargetPort};
+use crate::node::MapSizes;
 use crate::object::{ObjectKey, Rejection, Warning, WarningReason};
 use crate::outbound::{Outbound, ServicePortRef};
 use crate::route::RouteTable;
 use crate::service_entry::{EntryEndpoint, ServiceEntryModel};
 use crate::warnings::{proxy_only_fields, selector_on_kernel_port, PortPath};
 use mesh_common::{
-    capacity, lb, Backend, Frontend, FrontendKey, ServiceIpKey, SlotKey, FAMILY_V4, FAMILY_V6, FRONTEND_CAPTURE,
-    PROTO_TCP, PROTO_UDP,
+    capacity, lb, maglev_cells, Backend, Frontend, FrontendKey, ServiceIpKey, SlotKey, FAMILY_V4, FAMILY_V6,
+    FRONTEND_CAPTURE, PROTO_TCP, PROTO_UDP,
 };
 use serde::Serialize;
-use std::collections::HashMap;
 use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -34,7 +35,8 @@ pub struct Snapshot {
     /// Every cluster IP, with its number of ports.
     pub service_ips: BTreeMap<ServiceIpKey, u32>,
     pub slots: BTreeMap<SlotKey, Backend>,
-    pub maglev: BTreeMap<SlotKey, Backend>,
+    /// The Maglev tables by group id: the slot index of each entry.
+    pub maglev: BTreeMap<u64, Arc<[u16]>>,
     pub services: Vec<ServicePortView>,
     pub rejections: Vec<Rejection>,
     /// Index into `services` by service address, for the proxy.
@@ -177,9 +179,12 @@ fn algorithm_name(algorithm: u8) -> &'static str {
 /// EndpointSlices by the `(namespace, service)` they belong to.
 type SliceIndex<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a EndpointSliceModel>>;
 
-fn index_slices<'a>(model: &'a Model, entries: &'a [(ServiceModel, Vec<EndpointSliceModel>)]) -> SliceIndex<'a> {
+fn index_slices<'a>(
+    model: &'a Model,
+    entries: &'a [(ServiceModel, Vec<EndpointSliceModel>, ObjectKey)],
+) -> SliceIndex<'a> {
     let mut index = SliceIndex::new();
-    for slice in model.endpoint_slices.values().chain(entries.iter().flat_map(|(_, slices)| slices)) {
+    for slice in model.endpoint_slices.values().chain(entries.iter().flat_map(|(_, slices, _)| slices)) {
         index.entry((slice.namespace.as_str(), slice.service.as_str())).or_default().push(slice);
     }
     index
@@ -188,7 +193,10 @@ fn index_slices<'a>(model: &'a Model, entries: &'a [(ServiceModel, Vec<EndpointS
 /// The services ServiceEntries add (see `service_entry::services_of`),
 /// less a host that a Service of its namespace already names (that
 /// Service serves; the entry is warned).
-fn entry_services(model: &Model, warnings: &mut Vec<Warning>) -> Vec<(ServiceModel, Vec<EndpointSliceModel>)> {
+fn entry_services(
+    model: &Model,
+    warnings: &mut Vec<Warning>,
+) -> Vec<(ServiceModel, Vec<EndpointSliceModel>, ObjectKey)> {
     let mut services = Vec::new();
     for entry in model.service_entries.values() {
         let object = model.served_object(&ObjectKey::new("ServiceEntry", &entry.namespace, &entry.name));
@@ -236,7 +244,7 @@ fn entry_services(model: &Model, warnings: &mut Vec<Warning>) -> Vec<(ServiceMod
                 }
                 continue;
             }
-            services.push((service, slices));
+            services.push((service, slices, ObjectKey::new("ServiceEntry", &entry.namespace, &entry.name)));
         }
     }
     services
@@ -334,7 +342,12 @@ fn compile_parts(model: &Model, cluster_domain: &str) -> Result<(Snapshot, Vec<W
     let entries = entry_services(model, &mut without_http_proxy);
     let slices = index_slices(model, &entries);
     let pod_labels = PodLabels::new(model);
-    for service in model.services.values().chain(entries.iter().map(|(service, _)| service)) {
+    let sizes = model.node.map_sizes;
+    let mut kernel = KernelUse::default();
+    let services =
+        model.services.values().map(|service| (service, ObjectKey::new("Service", &service.namespace, &service.name)));
+    for (service, origin) in services.chain(entries.iter().map(|(service, _, origin)| (service, origin.clone()))) {
+        let origin = &origin;
         let fqdn = service.fqdn(cluster_domain);
         let rule = model.rule_for_host(&fqdn, &service.namespace);
         // Rules for some clients only (workloadSelector): the proxy applies
@@ -354,21 +367,16 @@ fn compile_parts(model: &Model, cluster_domain: &str) -> Result<(Snapshot, Vec<W
                 port.protocol == Protocol::Tcp && routes.has_l4_routes(&fqdn)
             };
             let (mut algorithm, mut maglev_size, mut note) = kernel_algorithm(&policy.load_balancer);
-            // A table per family with addresses. One that does not fit in
-            // what is left of the Maglev map costs this service its
-            // consistent hashing, not the configuration its compile.
-            let wanted = || {
-                let families =
-                    [false, true].iter().filter(|v6| service.cluster_ips.iter().any(|ip| ip.is_ipv6() == **v6));
-                maglev_size as usize * families.count()
-            };
-            if algorithm == lb::MAGLEV_SOURCE_IP && snapshot.maglev.len() + wanted() > capacity::MAGLEV as usize {
+            // A table per family with addresses; one more than the Maglev
+            // map holds costs this service its consistent hashing, not the
+            // configuration its compile.
+            let families = [false, true].iter().filter(|v6| service.cluster_ips.iter().any(|ip| ip.is_ipv6() == **v6));
+            let tables = families.count();
+            if algorithm == lb::MAGLEV_SOURCE_IP && snapshot.maglev.len() + tables > sizes.maglev_tables as usize {
                 let message = format!(
-                    "the Maglev tables in use leave {} of {} entries, and this service port needs {}: \
-                     balanced at random instead (a smaller tableSize fits)",
-                    capacity::MAGLEV as usize - snapshot.maglev.len(),
-                    capacity::MAGLEV,
-                    wanted(),
+                    "the kernel's {} Maglev tables are in use (--map-entries maglev-tables=N holds more): \
+                     balanced at random instead",
+                    sizes.maglev_tables,
                 );
                 if let Some(rule) = rule {
                     snapshot.rejections.push(Rejection {
@@ -388,61 +396,78 @@ fn compile_parts(model: &Model, cluster_domain: &str) -> Result<(Snapshot, Vec<W
                 Protocol::Udp => PROTO_UDP,
             };
             let mut view_backends = Vec::new();
+            // What this port puts in the kernel, per family with addresses:
+            // all of it, or (a map is full) none of it.
+            let mut groups = Vec::new();
             for ipv6 in [false, true] {
                 let family = if ipv6 { FAMILY_V6 } else { FAMILY_V4 };
                 let ips: Vec<IpAddr> = service.cluster_ips.iter().copied().filter(|ip| ip.is_ipv6() == ipv6).collect();
+                let backends = backends_of(&slices, &pod_labels, service, port, ipv6);
                 if ips.is_empty() {
                     if service.cluster_ips.is_empty() {
                         // Headless: its endpoints for the proxies, nothing in the kernel.
-                        view_backends.extend(backends_of(&slices, &pod_labels, service, port, ipv6));
+                        view_backends.extend(backends);
                     }
                     continue;
                 }
-                let backends = backends_of(&slices, &pod_labels, service, port, ipv6);
-                let group = group_id(cluster, family);
                 // Locality: the best priority's endpoints, each in as many
                 // slots as its weight asks.
                 let setting = locality_setting(&policy, service.prefer_close);
                 let placed = placements_of(setting, model.node.locality.as_ref(), backends.iter());
                 let counts = slot_counts(placed.as_deref(), backends.len());
-                let keys: Vec<Backend> = (backends.iter().zip(&counts))
-                    .flat_map(|(b, count)| std::iter::repeat_n(backend_key(b.address), *count))
-                    .collect();
-                for (index, backend) in keys.iter().enumerate() {
-                    snapshot.slots.insert(SlotKey { group_id: group, index: index as u32, _pad: 0 }, *backend);
-                }
-                if algorithm == lb::MAGLEV_SOURCE_IP && !keys.is_empty() {
-                    // The table spreads over the backends that have slots
-                    // (each once: Maglev weighs them equally).
-                    let chosen: Vec<&BackendView> =
-                        (backends.iter().zip(&counts)).filter(|(_, count)| **count > 0).map(|(b, _)| b).collect();
-                    let names: Vec<String> = chosen.iter().map(|b| b.address.to_string()).collect();
-                    for (index, owner) in maglev::build_table(&names, maglev_size).into_iter().enumerate() {
-                        let backend = backend_key(chosen[owner as usize].address);
-                        snapshot.maglev.insert(SlotKey { group_id: group, index: index as u32, _pad: 0 }, backend);
+                let group = GroupPlan { family, group: group_id(cluster, family), ips, backends, counts };
+                groups.push(group);
+            }
+            let full = kernel.full_for(&groups, cluster, proto, port.port, &snapshot, sizes);
+            if let Some((what, size)) = full {
+                let message = format!(
+                    "the kernel's {what} map is full ({size} entries; --map-entries sets more): \
+                     port {} is not translated",
+                    port.port
+                );
+                let index = service.ports.iter().position(|p| p.port == port.port).unwrap_or_default();
+                snapshot.rejections.push(Rejection {
+                    file: model.served_object(origin).map(|object| object.file.clone()).filter(|file| !file.is_empty()),
+                    kind: origin.kind.clone(),
+                    namespace: origin.namespace.clone(),
+                    name: origin.name.clone(),
+                    field: format!("spec.ports[{index}]"),
+                    message,
+                });
+            }
+            for GroupPlan { family, group, ips, backends, counts } in groups {
+                if full.is_none() {
+                    let keys = slot_keys(&backends, &counts);
+                    for (index, backend) in keys.iter().enumerate() {
+                        snapshot.slots.insert(SlotKey { group_id: group, index: index as u32, _pad: 0 }, *backend);
                     }
-                }
-                let frontend = Frontend {
-                    group_id: group,
-                    cluster_id: cluster,
-                    backend_count: keys.len().min(capacity::MAX_BACKENDS_PER_GROUP as usize) as u32,
-                    max_connections: policy.tcp.max_connections,
-                    maglev_size: if algorithm == lb::MAGLEV_SOURCE_IP { maglev_size } else { 0 },
-                    algorithm,
-                    flags: if captured { FRONTEND_CAPTURE } else { 0 },
-                    _pad: [0; 2],
-                };
-                for ip in ips {
-                    let key = FrontendKey { addr: ip_words(ip), port: port.port.to_be(), proto, family };
-                    // Services come first: an entry's VIP on a Service's
-                    // address and port is the Service's (and warned).
-                    if snapshot.frontends.contains_key(&key) {
-                        without_http_proxy.extend(address_taken(model, service, SocketAddr::new(ip, port.port)));
-                        continue;
+                    if algorithm == lb::MAGLEV_SOURCE_IP && !keys.is_empty() {
+                        snapshot.maglev.insert(group, maglev_table(&backends, &counts, maglev_size));
                     }
-                    snapshot.frontends.insert(key, frontend);
-                    *snapshot.service_ips.entry(ServiceIpKey { addr: key.addr, family, _pad: [0; 3] }).or_default() +=
-                        1;
+                    let frontend = Frontend {
+                        group_id: group,
+                        cluster_id: cluster,
+                        backend_count: keys.len().min(capacity::MAX_BACKENDS_PER_GROUP as usize) as u32,
+                        max_connections: policy.tcp.max_connections,
+                        maglev_size: if algorithm == lb::MAGLEV_SOURCE_IP { maglev_size } else { 0 },
+                        algorithm,
+                        flags: if captured { FRONTEND_CAPTURE } else { 0 },
+                        _pad: [0; 2],
+                    };
+                    kernel.backends.extend(keys.iter().copied());
+                    kernel.clusters.extend([cluster, group]);
+                    for ip in ips {
+                        let key = FrontendKey { addr: ip_words(ip), port: port.port.to_be(), proto, family };
+                        // Services come first: an entry's VIP on a Service's
+                        // address and port is the Service's (and warned).
+                        if snapshot.frontends.contains_key(&key) {
+                            without_http_proxy.extend(address_taken(model, service, SocketAddr::new(ip, port.port)));
+                            continue;
+                        }
+                        snapshot.frontends.insert(key, frontend);
+                        let ip_key = ServiceIpKey { addr: key.addr, family, _pad: [0; 3] };
+                        *snapshot.service_ips.entry(ip_key).or_default() += 1;
+                    }
                 }
                 view_backends.extend(backends);
             }
@@ -515,14 +540,98 @@ fn compile_parts(model: &Model, cluster_domain: &str) -> Result<(Snapshot, Vec<W
     snapshot.pods_by_ip =
         model.pods.iter().flat_map(|(id, pod)| pod.ips.iter().map(move |ip| (*ip, id.clone()))).collect();
     snapshot.routes = routes;
-    check_capacity("service addresses", snapshot.frontends.len(), capacity::FRONTENDS)?;
-    check_capacity("service IPs", snapshot.service_ips.len(), capacity::SERVICE_IPS)?;
-    let states: BTreeSet<u64> = snapshot.frontends.values().flat_map(|f| [f.cluster_id, f.group_id]).collect();
-    check_capacity("cluster states", states.len(), capacity::CLUSTERS)?;
-    let backends: BTreeSet<&Backend> = snapshot.slots.values().collect();
-    check_capacity("backends", backends.len(), capacity::BACKENDS)?;
-    check_capacity("backend slots", snapshot.slots.len(), capacity::SLOTS)?;
     Ok((snapshot, without_http_proxy))
+}
+
+/// One address family of a service port, before it goes in the kernel.
+struct GroupPlan {
+    family: u8,
+    group: u64,
+    ips: Vec<IpAddr>,
+    backends: Vec<BackendView>,
+    /// Slots per backend (see [`slot_counts`]).
+    counts: Vec<usize>,
+}
+
+/// What the kernel maps hold so far in a compile, beyond the snapshot's
+/// own maps: the distinct backends and cluster states.
+#[derive(Default)]
+struct KernelUse {
+    backends: HashSet<Backend>,
+    clusters: HashSet<u64>,
+}
+
+impl KernelUse {
+    /// The first map that `groups` would overflow, with its size.
+    fn full_for(
+        &self,
+        groups: &[GroupPlan],
+        cluster: u64,
+        proto: u8,
+        port: u16,
+        snapshot: &Snapshot,
+        sizes: MapSizes,
+    ) -> Option<(&'static str, u32)> {
+        let over = |used: usize, adding: usize, size: u32| used + adding > size as usize;
+        let keys = || {
+            groups.iter().flat_map(|g| {
+                g.ips.iter().map(move |ip| {
+                    (FrontendKey { addr: ip_words(*ip), port: port.to_be(), proto, family: g.family }, g.family)
+                })
+            })
+        };
+        let frontends = keys().filter(|(key, _)| !snapshot.frontends.contains_key(key)).count();
+        let ips: HashSet<ServiceIpKey> = keys()
+            .map(|(key, family)| ServiceIpKey { addr: key.addr, family, _pad: [0; 3] })
+            .filter(|key| !snapshot.service_ips.contains_key(key))
+            .collect();
+        let slots: usize = groups.iter().map(|g| g.counts.iter().sum::<usize>()).sum();
+        let backends: HashSet<Backend> = (groups.iter())
+            .flat_map(|g| {
+                g.backends.iter().zip(&g.counts).filter(|(_, n)| **n > 0).map(|(b, _)| backend_key(b.address))
+            })
+            .filter(|b| !self.backends.contains(b))
+            .collect();
+        let clusters: HashSet<u64> =
+            groups.iter().flat_map(|g| [cluster, g.group]).filter(|id| !self.clusters.contains(id)).collect();
+        [
+            ("service address", over(snapshot.frontends.len(), frontends, sizes.frontends), sizes.frontends),
+            ("service IP", over(snapshot.service_ips.len(), ips.len(), sizes.service_ips), sizes.service_ips),
+            ("backend slot", over(snapshot.slots.len(), slots, sizes.slots), sizes.slots),
+            ("backend", over(self.backends.len(), backends.len(), sizes.backends), sizes.backends),
+            ("cluster state", over(self.clusters.len(), clusters.len(), sizes.clusters), sizes.clusters),
+        ]
+        .into_iter()
+        .find(|(_, full, _)| *full)
+        .map(|(what, _, size)| (what, size))
+    }
+}
+
+/// The slots of a group: each backend as many times as its count.
+fn slot_keys(backends: &[BackendView], counts: &[usize]) -> Vec<Backend> {
+    (backends.iter().zip(counts)).flat_map(|(b, count)| std::iter::repeat_n(backend_key(b.address), *count)).collect()
+}
+
+/// A group's Maglev table: each entry the first slot of the backend that
+/// owns it, over the backends with slots (each once: Maglev weighs them
+/// equally), padded with zeros to whole cells (see
+/// [`mesh_common::maglev_cells`]).
+fn maglev_table(backends: &[BackendView], counts: &[usize], size: u32) -> Arc<[u16]> {
+    let mut chosen: Vec<(String, u16)> = Vec::new();
+    let mut first = 0;
+    for (backend, count) in backends.iter().zip(counts) {
+        // A slot past what 16 bits index is never picked by the kernel
+        // either (`MAX_BACKENDS_PER_GROUP`).
+        if *count > 0 && first < capacity::MAX_BACKENDS_PER_GROUP as usize {
+            chosen.push((backend.address.to_string(), first as u16));
+        }
+        first += count;
+    }
+    let names: Vec<String> = chosen.iter().map(|(name, _)| name.clone()).collect();
+    let mut table: Vec<u16> =
+        maglev::build_table(&names, size).into_iter().map(|owner| chosen[owner as usize].1).collect();
+    table.resize((maglev_cells::count(size) * maglev_cells::ENTRIES_PER_CELL) as usize, 0);
+    table.into()
 }
 
 /// [`locality::placements`] for `backends`, whose unknown region (an
@@ -757,10 +866,30 @@ mod tests {
     use crate::decode::parse_file;
 
     fn compile_yaml(text: &str) -> Snapshot {
+        compile_sized(text, MapSizes::default())
+    }
+
+    /// [`compile_yaml`] into kernel maps of `sizes`.
+    fn compile_sized(text: &str, sizes: MapSizes) -> Snapshot {
         let objects = parse_file("t.yaml", text).unwrap();
-        let model = Model::build(&objects, vec![], &Model::default(), "cluster.local");
+        let mut model = Model::build(&objects, vec![], &Model::default(), "cluster.local");
         assert!(model.rejections.is_empty(), "{:?}", model.rejections);
+        model.node = Arc::new(crate::node::NodeContext { map_sizes: sizes, ..Default::default() });
         compile(&model, "cluster.local").unwrap()
+    }
+
+    /// `n` services `s<i>` of one port each, with one endpoint, and `extra`
+    /// YAML per service.
+    fn services(n: usize, extra: impl Fn(usize) -> String) -> String {
+        (0..n)
+            .map(|i| {
+                format!(
+                    "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: shop}}\nspec: {{clusterIP: 10.96.1.{i}, ports: [{{port: 80}}]}}\n\
+                     ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{i}, namespace: shop, labels: {{kubernetes.io/service-name: s{i}}}}}\naddressType: IPv4\nports: [{{port: 80}}]\nendpoints: [{{addresses: [10.244.1.{i}]}}]\n{}",
+                    extra(i)
+                )
+            })
+            .collect()
     }
 
     const BASE: &str = concat!(
@@ -800,29 +929,48 @@ mod tests {
         let snap = compile_yaml(&format!("{BASE}{rule}"));
         let fe = snap.frontends.values().find(|f| f.backend_count == 2).unwrap();
         assert_eq!((fe.algorithm, fe.maglev_size, fe.max_connections), (lb::MAGLEV_SOURCE_IP, 251, 7));
-        assert_eq!(snap.maglev.len(), 251 + 251, "one table per family");
+        assert_eq!(snap.maglev.len(), 2, "one table per family");
+        let table = &snap.maglev[&fe.group_id];
+        assert_eq!(table.len(), 252, "251 entries padded to whole cells");
+        assert!(table[..251].iter().all(|slot| *slot < 2), "each entry a slot of the group");
+        assert!(table[..251].contains(&0) && table[..251].contains(&1));
         assert_eq!(snap.services[0].destination_rule.as_deref(), Some("shop/web"));
     }
 
     #[test]
     fn a_maglev_table_that_does_not_fit_costs_its_service_its_hashing_not_the_compile() {
-        // Tables of 65,521 entries: 32 fit in the map, the 33rd and 34th do not.
-        let services: String = (0..34)
-            .map(|i| {
-                format!(
-                    "---\napiVersion: v1\nkind: Service\nmetadata: {{name: s{i}, namespace: shop}}\nspec: {{clusterIP: 10.96.1.{i}, ports: [{{port: 80}}]}}\n\
-                     ---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{i}, namespace: shop, labels: {{kubernetes.io/service-name: s{i}}}}}\naddressType: IPv4\nports: [{{port: 80}}]\nendpoints: [{{addresses: [10.244.1.2]}}]\n\
-                     ---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: s{i}, namespace: shop}}\nspec: {{host: s{i}, trafficPolicy: {{loadBalancer: {{consistentHash: {{useSourceIp: true, maglev: {{tableSize: 65521}}}}}}}}}}\n"
-                )
-            })
-            .collect();
-        let snap = compile_yaml(&services);
+        // A map of 32 tables: the 33rd and 34th service do not fit.
+        let rule = |i| {
+            format!("---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: s{i}, namespace: shop}}\nspec: {{host: s{i}, trafficPolicy: {{loadBalancer: {{consistentHash: {{useSourceIp: true, maglev: {{tableSize: 65521}}}}}}}}}}\n")
+        };
+        let sizes = MapSizes { maglev_tables: 32, ..MapSizes::default() };
+        let snap = compile_sized(&services(34, rule), sizes);
         let maglev = snap.frontends.values().filter(|f| f.algorithm == lb::MAGLEV_SOURCE_IP).count();
         assert_eq!(maglev, 32);
         assert_eq!(snap.frontends.values().filter(|f| f.algorithm == lb::RANDOM).count(), 2);
         let rejected: Vec<&str> = snap.rejections.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(rejected.len(), 2, "{rejected:?}");
         assert!(snap.rejections[0].message.contains("balanced at random instead"), "{}", snap.rejections[0]);
+    }
+
+    #[test]
+    fn a_port_that_does_not_fit_a_kernel_map_is_rejected_alone() {
+        let full = |sizes: MapSizes| {
+            let snap = compile_sized(&services(5, |_| String::new()), sizes);
+            let rejected: Vec<String> =
+                snap.rejections.iter().map(|r| format!("{}/{} {}", r.kind, r.name, r.field)).collect();
+            (snap.frontends.len(), snap.slots.len(), rejected, snap.rejections.first().map(|r| r.message.clone()))
+        };
+        let (frontends, slots, rejected, message) = full(MapSizes { frontends: 3, ..MapSizes::default() });
+        assert_eq!((frontends, slots), (3, 3));
+        assert_eq!(rejected, ["Service/s3 spec.ports[0]", "Service/s4 spec.ports[0]"]);
+        let message = message.unwrap();
+        assert!(message.contains("service address map is full (3 entries"), "{message}");
+        assert_eq!(full(MapSizes { slots: 4, ..MapSizes::default() }).1, 4);
+        assert_eq!(full(MapSizes { backends: 2, ..MapSizes::default() }).0, 2);
+        // A cluster takes two states (the cluster and its group).
+        assert_eq!(full(MapSizes { clusters: 6, ..MapSizes::default() }).0, 3);
+        assert_eq!(full(MapSizes { service_ips: 1, ..MapSizes::default() }).2.len(), 4);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use super::bpffs::{ensure_bpffs, maps_dir, pin_link};
 use super::error::DataplaneError;
 use super::instance_lock::{lock_instance, InstanceLock};
+use super::maglev_tables::MaglevMap;
 use super::sockmap_link;
 use super::writer::{KernelMap, MapWriter, WriterMaps};
 use aya::maps::lpm_trie::LpmTrie;
@@ -14,6 +15,7 @@ use aya::programs::links::FdLink;
 use aya::programs::{CgroupAttachMode, CgroupSock, CgroupSockAddr, ProgramError, SkMsg, SockOps};
 use aya::{Ebpf, EbpfLoader, Pod};
 use mesh_common::{map_names, prog_names, ClusterStats, PolicyConfig, RegistryPrefix, SockKey, WorkloadStats};
+use mesh_core::node::MapSizes;
 use serde::Serialize;
 use std::fs::File;
 use std::os::fd::AsFd;
@@ -27,6 +29,89 @@ pub struct DataplaneOptions {
     pub cgroup: PathBuf,
     /// Per-instance directory under a bpffs mount; maps in `maps/`, links in `links/`.
     pub bpffs: PathBuf,
+    /// Sizes for the maps this agent creates, in place of the defaults.
+    pub map_entries: Vec<(SizedMap, u32)>,
+}
+
+/// The configuration maps whose size is a flag (`--map-entries`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SizedMap {
+    ServiceAddresses,
+    ServiceIps,
+    BackendSlots,
+    Backends,
+    Clusters,
+    MaglevTables,
+}
+
+impl SizedMap {
+    const ALL: [SizedMap; 6] = [
+        SizedMap::ServiceAddresses,
+        SizedMap::ServiceIps,
+        SizedMap::BackendSlots,
+        SizedMap::Backends,
+        SizedMap::Clusters,
+        SizedMap::MaglevTables,
+    ];
+
+    /// The name `--map-entries` knows it by.
+    pub fn flag_name(self) -> &'static str {
+        match self {
+            SizedMap::ServiceAddresses => "service-addresses",
+            SizedMap::ServiceIps => "service-ips",
+            SizedMap::BackendSlots => "backend-slots",
+            SizedMap::Backends => "backends",
+            SizedMap::Clusters => "clusters",
+            SizedMap::MaglevTables => "maglev-tables",
+        }
+    }
+
+    pub fn by_flag(name: &str) -> Option<SizedMap> {
+        Self::ALL.into_iter().find(|map| map.flag_name() == name)
+    }
+
+    pub fn flag_names() -> Vec<&'static str> {
+        Self::ALL.into_iter().map(SizedMap::flag_name).collect()
+    }
+
+    /// The kernel maps it sizes: the first one's size is read back.
+    fn maps(self) -> &'static [&'static str] {
+        match self {
+            SizedMap::ServiceAddresses => &[map_names::FRONTENDS],
+            SizedMap::ServiceIps => &[map_names::SERVICE_IPS],
+            SizedMap::BackendSlots => &[map_names::SLOTS],
+            SizedMap::Backends => &[map_names::BACKEND_LIVE],
+            SizedMap::Clusters => &[map_names::CLUSTER_LIVE, map_names::CLUSTER_STATS],
+            SizedMap::MaglevTables => &[map_names::MAGLEV],
+        }
+    }
+
+    fn size(self, sizes: &MapSizes) -> u32 {
+        *self.size_in(&mut sizes.clone())
+    }
+
+    fn size_in(self, sizes: &mut MapSizes) -> &mut u32 {
+        match self {
+            SizedMap::ServiceAddresses => &mut sizes.frontends,
+            SizedMap::ServiceIps => &mut sizes.service_ips,
+            SizedMap::BackendSlots => &mut sizes.slots,
+            SizedMap::Backends => &mut sizes.backends,
+            SizedMap::Clusters => &mut sizes.clusters,
+            SizedMap::MaglevTables => &mut sizes.maglev_tables,
+        }
+    }
+}
+
+/// The sizes of the maps in the pin directory, as the kernel made them.
+fn sizes_in_use(maps_dir: &Path) -> Result<MapSizes, DataplaneError> {
+    let mut sizes = MapSizes::default();
+    for map in SizedMap::ALL {
+        let name = map.maps()[0];
+        let error = |source| DataplaneError::Map { name, source };
+        let data = MapData::from_pin(maps_dir.join(name)).map_err(error)?;
+        *map.size_in(&mut sizes) = data.info().map_err(error)?.max_entries();
+    }
+    Ok(sizes)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -77,6 +162,8 @@ pub struct Loaded {
     pub maps_taken_over: bool,
     /// Held while the agent runs: one agent per pin directory.
     pub lock: InstanceLock,
+    /// The sizes of the maps in use, for the compiler.
+    pub map_sizes: MapSizes,
 }
 
 pub fn load(options: &DataplaneOptions) -> Result<Loaded, DataplaneError> {
@@ -85,14 +172,33 @@ pub fn load(options: &DataplaneOptions) -> Result<Loaded, DataplaneError> {
     let maps_dir = maps_dir(&options.bpffs);
     let maps_taken_over = maps_dir.join(map_names::FRONTENDS).exists();
     std::fs::create_dir_all(&maps_dir).map_err(|source| DataplaneError::Bpffs { path: maps_dir.clone(), source })?;
-    let mut ebpf = EbpfLoader::new().default_map_pin_directory(&maps_dir).load(EBPF_OBJECT)?;
+    let mut loader = EbpfLoader::new();
+    loader.default_map_pin_directory(&maps_dir);
+    for (map, entries) in &options.map_entries {
+        for name in map.maps() {
+            loader.map_max_entries(name, *entries);
+        }
+    }
+    let mut ebpf = loader.load(EBPF_OBJECT)?;
+    let map_sizes = sizes_in_use(&maps_dir)?;
+    for (map, entries) in &options.map_entries {
+        let in_use = map.size(&map_sizes);
+        if in_use != *entries {
+            tracing::warn!(
+                map = map.flag_name(),
+                asked = entries,
+                in_use,
+                "a pinned map keeps the size it was made with (`mesh-agent uninstall` removes the pins)"
+            );
+        }
+    }
     // Take over what a previous agent left: the first apply then writes only
     // what changed while it was away.
     let writer = MapWriter::take_over(WriterMaps {
         frontends: take_hash_map(&mut ebpf, map_names::FRONTENDS)?,
         service_ips: take_hash_map(&mut ebpf, map_names::SERVICE_IPS)?,
         slots: take_hash_map(&mut ebpf, map_names::SLOTS)?,
-        maglev: take_hash_map(&mut ebpf, map_names::MAGLEV)?,
+        maglev: Box::new(take_map::<MaglevMap>(&mut ebpf, map_names::MAGLEV)?),
         backend_live: take_hash_map(&mut ebpf, map_names::BACKEND_LIVE)?,
         cluster_live: take_hash_map(&mut ebpf, map_names::CLUSTER_LIVE)?,
         cluster_stats: Box::new(take_map::<PerCpuHashMap<MapData, u64, ClusterStats>>(
@@ -114,7 +220,7 @@ pub fn load(options: &DataplaneOptions) -> Result<Loaded, DataplaneError> {
         frontends = writer.held().frontends.len(),
         "kernel maps loaded"
     );
-    Ok(Loaded { writer, ebpf, maps_taken_over, lock })
+    Ok(Loaded { writer, ebpf, maps_taken_over, lock, map_sizes })
 }
 
 /// Loads the programs and attaches them to the cgroup with pinned links,

@@ -18,6 +18,7 @@ use mesh_core::outbound::RegistryKey;
 use mesh_core::snapshot::Snapshot;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 /// A map's keys as the kernel yields them: one it could not read is an
 /// error in its place.
@@ -125,7 +126,8 @@ pub(super) struct WriterMaps {
     pub(super) frontends: Held<FrontendKey, Frontend>,
     pub(super) service_ips: Held<ServiceIpKey, u32>,
     pub(super) slots: Held<SlotKey, Backend>,
-    pub(super) maglev: Held<SlotKey, Backend>,
+    /// Maglev tables by group id.
+    pub(super) maglev: Held<u64, Arc<[u16]>>,
     pub(super) backend_live: Held<Backend, u64>,
     pub(super) cluster_live: Held<u64, ClusterLive>,
     /// Per-CPU [`mesh_common::ClusterStats`] by cluster id: only pruned.
@@ -392,7 +394,7 @@ mod tests {
         MapError::SyscallError(SyscallError { call, io_error: std::io::Error::from_raw_os_error(errno) })
     }
 
-    impl<K: Ord + Copy + Debug, V: Copy> MemMap<K, V> {
+    impl<K: Ord + Copy + Debug, V: Clone> MemMap<K, V> {
         fn new(name: &'static str, log: &Arc<Mutex<Vec<Write>>>) -> Self {
             Self { name, entries: Arc::default(), fail_writes: Arc::default(), log: log.clone() }
         }
@@ -420,7 +422,7 @@ mod tests {
         }
     }
 
-    impl<K: Ord + Copy + Debug + 'static, V: Copy> KernelKeys<K> for MemMap<K, V> {
+    impl<K: Ord + Copy + Debug + 'static, V: Clone> KernelKeys<K> for MemMap<K, V> {
         fn keys(&self) -> Keys<'_, K> {
             Box::new(self.contents().into_keys().map(Ok))
         }
@@ -434,14 +436,14 @@ mod tests {
         }
     }
 
-    impl<K: Ord + Copy + Debug + 'static, V: Copy + 'static> KernelMap<K, V> for MemMap<K, V> {
+    impl<K: Ord + Copy + Debug + 'static, V: Clone + 'static> KernelMap<K, V> for MemMap<K, V> {
         fn entries(&self) -> Entries<'_, K, V> {
             Box::new(self.contents().into_iter().map(Ok))
         }
 
         fn upsert(&mut self, key: &K, value: &V) -> Result<(), MapError> {
             self.written("upsert", key, "bpf_map_update_elem")?;
-            self.entries.lock().unwrap().insert(*key, *value);
+            self.entries.lock().unwrap().insert(*key, value.clone());
             Ok(())
         }
     }
@@ -451,7 +453,7 @@ mod tests {
         frontends: MemMap<FrontendKey, Frontend>,
         service_ips: MemMap<ServiceIpKey, u32>,
         slots: MemMap<SlotKey, Backend>,
-        maglev: MemMap<SlotKey, Backend>,
+        maglev: MemMap<u64, Arc<[u16]>>,
         backend_live: MemMap<Backend, u64>,
         cluster_live: MemMap<u64, ClusterLive>,
         cluster_stats: MemMap<u64, ClusterStats>,
@@ -546,8 +548,8 @@ mod tests {
     }
 
     /// A snapshot with one frontend per `(service, port, cluster, backends)`:
-    /// cluster `c` uses group `c`, its backends in slots and one Maglev entry
-    /// per backend.
+    /// cluster `c` uses group `c`, its backends in slots and a Maglev table
+    /// with one entry per slot.
     fn snapshot(services: &[(u32, u16, u64, &[u8])]) -> Snapshot {
         let mut s = Snapshot::default();
         for &(service, port, cluster, backends) in services {
@@ -562,8 +564,8 @@ mod tests {
             *s.service_ips.entry(service_ip(service)).or_insert(0) += 1;
             for (index, &b) in backends.iter().enumerate() {
                 s.slots.insert(slot(cluster, index as u32), backend(b));
-                s.maglev.insert(slot(cluster, index as u32), backend(b));
             }
+            s.maglev.insert(cluster, (0..backends.len() as u16).collect());
         }
         s
     }
@@ -590,7 +592,8 @@ mod tests {
         let mut writer = kernel.writer();
         assert!(kernel.take_log().is_empty(), "taking over reads, it writes nothing");
 
-        // Service 1's second backend changes; service 2 gets a second port.
+        // Service 1's second backend changes (its Maglev table of slots
+        // does not); service 1 gets a third; service 2 a second port.
         let after = snapshot(&[(1, 80, 1, &[1, 4]), (2, 80, 2, &[3]), (2, 443, 2, &[3])]);
         let stats = writer.apply(&after).unwrap();
 
@@ -598,12 +601,26 @@ mod tests {
             kernel.take_log(),
             vec![
                 upsert(map_names::SLOTS, slot(1, 1)),
-                upsert(map_names::MAGLEV, slot(1, 1)),
                 upsert(map_names::SERVICE_IPS, service_ip(2)),
                 upsert(map_names::FRONTENDS, frontend_key(2, 443)),
             ]
         );
-        assert_eq!(stats, ApplyStats { upserts: 4, deletes: 0 });
+        assert_eq!(stats, ApplyStats { upserts: 3, deletes: 0 });
+        kernel.assert_holds(&after);
+
+        let more = snapshot(&[(1, 80, 1, &[1, 4, 5]), (2, 80, 2, &[3]), (2, 443, 2, &[3])]);
+        writer.apply(&more).unwrap();
+        assert_eq!(
+            kernel.take_log(),
+            vec![
+                upsert(map_names::SLOTS, slot(1, 2)),
+                upsert(map_names::MAGLEV, 1u64),
+                upsert(map_names::FRONTENDS, frontend_key(1, 80))
+            ]
+        );
+        let stats = writer.apply(&after).unwrap();
+        assert_eq!(stats, ApplyStats { upserts: 2, deletes: 1 });
+        kernel.take_log();
         kernel.assert_holds(&after);
 
         assert_eq!(writer.apply(&after).unwrap(), ApplyStats::default());
@@ -637,7 +654,7 @@ mod tests {
                 (map_names::SLOTS, "remove"),
             ]
         );
-        assert_eq!(stats, ApplyStats { upserts: 0, deletes: 6 });
+        assert_eq!(stats, ApplyStats { upserts: 0, deletes: 5 });
         kernel.assert_holds(&Snapshot::default());
     }
 
@@ -689,10 +706,7 @@ mod tests {
 
         kernel.maglev.fail_writes(false);
         assert_eq!(writer.apply(&after).unwrap(), ApplyStats { upserts: 0, deletes: 2 });
-        assert_eq!(
-            kernel.take_log(),
-            vec![remove(map_names::MAGLEV, slot(2, 0)), remove(map_names::SLOTS, slot(2, 0))]
-        );
+        assert_eq!(kernel.take_log(), vec![remove(map_names::MAGLEV, 2u64), remove(map_names::SLOTS, slot(2, 0))]);
         kernel.assert_holds(&after);
     }
 
@@ -708,8 +722,8 @@ mod tests {
 
         let log = kernel.take_log();
         assert!(log.iter().all(|(_, kind, _)| *kind == "upsert"), "{log:?}");
-        assert_eq!(log, vec![upsert(map_names::SLOTS, slot(1, 1)), upsert(map_names::MAGLEV, slot(1, 1))]);
-        assert_eq!(stats, ApplyStats { upserts: 2, deletes: 0 });
+        assert_eq!(log, vec![upsert(map_names::SLOTS, slot(1, 1))]);
+        assert_eq!(stats, ApplyStats { upserts: 1, deletes: 0 });
         let mut expected = before.clone();
         expected.slots.extend(partial.slots.clone());
         expected.maglev.extend(partial.maglev.clone());
