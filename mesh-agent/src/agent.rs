@@ -62,6 +62,9 @@ pub struct ReloadLoop {
     /// The model that serves (the published snapshot's own): the previous
     /// one of the next build.
     model: Arc<Model>,
+    /// The snapshot compiled from `model` (shares its maps with the one
+    /// written): the next compile starts from it when only endpoints changed.
+    compiled: Option<Snapshot>,
     published: watch::Sender<Arc<Published>>,
     /// A snapshot that compiled but could not be written yet: retried with
     /// backoff until it goes in or a newer configuration replaces it.
@@ -86,6 +89,10 @@ pub struct ReloadLoop {
     /// The configuration being applied came whole (not an incomplete first
     /// load): only such a one is kept in `state`.
     complete: bool,
+    /// `model` was built from the source's latest batch, so the next
+    /// batch's changes are relative to it (see `SourceBatch::changed`);
+    /// after a batch that did not compile, the next is built whole.
+    model_follows_source: bool,
 }
 
 /// What each object's warnings were when they were last logged (a hash of
@@ -174,6 +181,7 @@ impl ReloadLoop {
             writer,
             cluster_domain,
             model: Arc::default(),
+            compiled: None,
             published,
             retry: None,
             taken_over: maps_taken_over,
@@ -185,6 +193,7 @@ impl ReloadLoop {
             pods: None,
             state: None,
             complete: false,
+            model_follows_source: false,
         };
         (this, receiver)
     }
@@ -275,7 +284,7 @@ impl ReloadLoop {
 
     fn tick(&mut self) {
         let started = Instant::now();
-        let batch = match self.source.poll() {
+        let mut batch = match self.source.poll() {
             Ok(Some(batch)) => batch,
             Ok(None) => {
                 // Only once a configuration was loaded: before that, the
@@ -313,6 +322,9 @@ impl ReloadLoop {
         self.retry = None;
         let incomplete = batch.objects.is_empty() || batch.rejections.iter().any(|r| r.kind.is_empty());
         let read = started.elapsed();
+        if !std::mem::take(&mut self.model_follows_source) {
+            batch.changed = None;
+        }
         let mut model = Model::from_batch(&batch, &self.model, &self.cluster_domain);
         if let Some(dns) = &self.dns {
             model.resolved = dns.current();
@@ -336,15 +348,16 @@ impl ReloadLoop {
             validate_micros = (validated - read).as_micros() as u64,
             "configuration validated"
         );
-        self.compile_and_apply(model, started, incomplete);
+        self.model_follows_source = self.compile_and_apply(model, started, incomplete);
     }
 
     /// Compiles `model` and writes the snapshot; a model that does not fit
-    /// leaves the last good configuration serving.
-    fn compile_and_apply(&mut self, model: Model, started: Instant, incomplete: bool) {
+    /// leaves the last good configuration serving. True when `model` now
+    /// serves (compiled; written or waiting to be).
+    fn compile_and_apply(&mut self, model: Model, started: Instant, incomplete: bool) -> bool {
         self.complete = !incomplete;
         let compiling = Instant::now();
-        let compiled = compile_owned(model, &self.cluster_domain);
+        let compiled = compile_owned(model, self.compiled.as_ref(), &self.cluster_domain);
         tracing::debug!(compile_micros = compiling.elapsed().as_micros() as u64, "configuration compiled");
         match compiled {
             Ok(snapshot) => {
@@ -353,6 +366,7 @@ impl ReloadLoop {
                     dns.want(snapshot.model.dns_names());
                 }
                 self.model = snapshot.model.clone();
+                self.compiled = Some(snapshot.clone());
                 if self.taken_over && incomplete {
                     // No last good version is known after a restart: keep
                     // what the kernel serves rather than delete it on a
@@ -362,10 +376,12 @@ impl ReloadLoop {
                 } else {
                     self.apply(snapshot, started, Duration::ZERO);
                 }
+                true
             }
             Err(error) => {
                 tracing::error!(%error, "configuration does not fit the kernel maps; the last good configuration keeps serving");
                 self.publish_failure(error.to_string(), started);
+                false
             }
         }
     }

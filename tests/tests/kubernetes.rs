@@ -98,7 +98,7 @@ fn model_when(source: &mut dyn ConfigSource, wanted: impl Fn(&Model) -> bool) ->
         done
     });
     let model = last.expect("no batch from the source within 10 s");
-    assert!(found, "no such model within 10 s; the last: {:?}", model.services.keys());
+    assert!(found, "no such model within 10 s; the last: {:?}", model.services.keys().collect::<Vec<_>>());
     model
 }
 
@@ -223,9 +223,8 @@ fn the_file_source_and_the_api_source_build_the_same_model() {
     assert_eq!(from_files.endpoint_slices, from_api.endpoint_slices);
     // The API server gives each pod a UID; the files have none.
     let without_uid = |model: &Model| {
-        let mut pods = model.pods.clone();
-        pods.values_mut().for_each(|pod| pod.uid = None);
-        pods
+        let pods = model.pods.values().cloned();
+        pods.map(|pod| mesh_core::model::PodModel { uid: None, ..pod }).collect::<Vec<_>>()
     };
     assert_eq!(without_uid(&from_files), without_uid(&from_api));
     assert_eq!(from_files.destination_rules, from_api.destination_rules);

@@ -20,6 +20,7 @@ use crate::service_entry::{
 };
 use crate::sidecar::{validate_sidecar, SidecarModel};
 use crate::warnings::GatewayPresence;
+use imbl::OrdMap;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -135,39 +136,44 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 type NsName = (String, String);
 
+/// The TLS credentials of the model, by `(namespace, name)`.
+pub type Secrets = OrdMap<NsName, SecretModel>;
+
 /// An EndpointSlice port entry with no number: (name, protocol).
 type UnnumberedPort = (String, Protocol);
 
-/// Everything accepted, by kind and `namespace/name`.
+/// Everything accepted, by kind and `namespace/name`. Persistent maps: a
+/// model is cloned in O(1), and a build from a previous model changes only
+/// what changed.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
-    pub services: BTreeMap<NsName, ServiceModel>,
-    pub endpoint_slices: BTreeMap<NsName, EndpointSliceModel>,
-    pub pods: BTreeMap<NsName, PodModel>,
-    pub destination_rules: BTreeMap<NsName, DestinationRuleModel>,
-    pub virtual_services: BTreeMap<NsName, VirtualServiceModel>,
+    pub services: OrdMap<NsName, ServiceModel>,
+    pub endpoint_slices: OrdMap<NsName, EndpointSliceModel>,
+    pub pods: OrdMap<NsName, PodModel>,
+    pub destination_rules: OrdMap<NsName, DestinationRuleModel>,
+    pub virtual_services: OrdMap<NsName, VirtualServiceModel>,
     /// Istio Gateways, for the gateway processes (their selectors say which).
     /// Istio ServiceEntries: hosts (and addresses) outside the Services.
-    pub service_entries: BTreeMap<NsName, ServiceEntryModel>,
-    pub gateways: BTreeMap<NsName, GatewayModel>,
+    pub service_entries: OrdMap<NsName, ServiceEntryModel>,
+    pub gateways: OrdMap<NsName, GatewayModel>,
     /// TLS credentials for DestinationRule `credentialName`.
-    pub secrets: BTreeMap<NsName, SecretModel>,
+    pub secrets: Secrets,
     pub rejections: Vec<Rejection>,
     /// The fields set but not honoured of every object that serves (the
     /// version that serves: a last good one brings its own).
     pub warnings: Vec<Warning>,
     /// Istio WorkloadEntries: workloads outside Kubernetes, for the
     /// ServiceEntries that select them.
-    pub workload_entries: BTreeMap<NsName, WorkloadEntryModel>,
+    pub workload_entries: OrdMap<NsName, WorkloadEntryModel>,
     /// Istio Sidecars: which workloads reach what.
-    pub sidecars: BTreeMap<NsName, SidecarModel>,
+    pub sidecars: OrdMap<NsName, SidecarModel>,
     /// What the agent knows of its node (policy default, pod cgroups).
     pub node: Arc<NodeContext>,
     /// What the agent's resolver answered for the names of `DNS`
     /// ServiceEntries ([`Model::dns_names`]); empty until it does.
     pub resolved: Arc<Resolved>,
     /// The raw objects accepted, kept as the "last good" versions.
-    accepted: BTreeMap<ObjectKey, SourcedObject>,
+    accepted: OrdMap<ObjectKey, SourcedObject>,
     /// `destination_rules` by host, once they are final in a build.
     rule_hosts: RuleHosts,
     /// How many of `warnings` the build found: the compiler appends its
@@ -175,8 +181,25 @@ pub struct Model {
     pub(crate) built_warnings: usize,
     /// Slice ports waiting for their Service's target port (during a build;
     /// kept after it: those slices were filled in from their Service).
-    unnumbered: BTreeMap<NsName, Vec<UnnumberedPort>>,
+    unnumbered: OrdMap<NsName, Vec<UnnumberedPort>>,
+    /// The warnings of each serving object's own fields, by object (only
+    /// objects that have some).
+    object_warnings: OrdMap<ObjectKey, Vec<Warning>>,
+    /// Warnings about Gateways and the VirtualServices bound to them (they
+    /// depend on the pods), then about delegations.
+    gateway_warnings: Vec<Warning>,
+    delegation_warnings: Vec<Warning>,
+    /// The source's own problems in the batch this was built from, and
+    /// whether it had undecodable objects: a build of changed objects only
+    /// needs both as they were.
+    source_problems: Vec<Rejection>,
+    source_undecodable: bool,
 }
+
+/// The kinds no other object's validation or checks look at: a batch that
+/// changed only these is built from the previous model, object by object.
+/// They are also the kinds that change all the time in a running cluster.
+const CHANGED_ALONE: [&str; 2] = ["EndpointSlice", "Pod"];
 
 /// The DestinationRules by the host they name, so that a service (at
 /// compile time, and a request in the proxy) finds its rules without a scan
@@ -191,7 +214,7 @@ struct RuleHosts {
 }
 
 impl RuleHosts {
-    fn of(rules: &BTreeMap<NsName, DestinationRuleModel>) -> Self {
+    fn of(rules: &OrdMap<NsName, DestinationRuleModel>) -> Self {
         let mut hosts = RuleHosts { count: rules.len(), ..RuleHosts::default() };
         for (id, rule) in rules {
             if rule.host.starts_with('*') {
@@ -208,7 +231,7 @@ impl RuleHosts {
     /// [`host_specificity`]), or None when the index does not cover `rules`.
     fn candidates<'a>(
         &'a self,
-        rules: &'a BTreeMap<NsName, DestinationRuleModel>,
+        rules: &'a OrdMap<NsName, DestinationRuleModel>,
         fqdn: &str,
     ) -> Option<impl Iterator<Item = &'a DestinationRuleModel> + 'a> {
         if self.count != rules.len() {
@@ -270,7 +293,125 @@ impl Model {
     /// [`Model::build`] for one load of a source, whose objects that did not
     /// decode fall back to their last accepted version too.
     pub fn from_batch(batch: &SourceBatch, previous: &Model, cluster_domain: &str) -> Model {
-        Self::build_all(&batch.objects, &batch.undecodable, batch.rejections.clone(), previous, cluster_domain)
+        if let Some(model) = Self::build_changed(batch, previous, cluster_domain) {
+            return model;
+        }
+        let mut model =
+            Self::build_all(&batch.objects, &batch.undecodable, batch.rejections.clone(), previous, cluster_domain);
+        model.source_problems = batch.rejections.clone();
+        model.source_undecodable = !batch.undecodable.is_empty();
+        model
+    }
+
+    /// `previous` with the objects `batch` says changed validated again and
+    /// the rest shared: a change costs what changed, not the cluster. Only
+    /// when every change is of a kind in [`CHANGED_ALONE`] and the source's
+    /// problems are the ones `previous` was built with; None otherwise.
+    fn build_changed(batch: &SourceBatch, previous: &Model, cluster_domain: &str) -> Option<Model> {
+        let changed = batch.changed.as_ref()?;
+        let alone = changed.iter().all(|key| CHANGED_ALONE.contains(&key.kind.as_str()));
+        let same_problems = batch.rejections == previous.source_problems;
+        if previous.accepted.is_empty() || !alone || !same_problems || previous.source_undecodable {
+            return None;
+        }
+        if !batch.undecodable.is_empty() {
+            return None;
+        }
+        // The changed objects as the batch has them (absent: gone).
+        let wanted: std::collections::HashSet<(&str, &str, &str)> =
+            changed.iter().map(|k| (k.kind.as_str(), k.namespace.as_str(), k.name.as_str())).collect();
+        let mut current: BTreeMap<ObjectKey, &SourcedObject> = BTreeMap::new();
+        for object in batch.objects.iter().filter(|o| CHANGED_ALONE.contains(&o.resource.kind())) {
+            let meta = object.resource.metadata();
+            let key = (object.resource.kind(), meta.namespace_or_default(), meta.name.as_str());
+            // Two copies: the whole build reports them.
+            if wanted.contains(&key) && current.insert(ObjectKey::of(&object.resource), object).is_some() {
+                return None;
+            }
+        }
+        let mut model = previous.clone();
+        model.rejections.retain(|r| !wanted.contains(&(r.kind.as_str(), r.namespace.as_str(), r.name.as_str())));
+        for key in changed {
+            model.remove(key);
+            let Some(object) = current.get(key) else { continue };
+            match validate(object, cluster_domain) {
+                // Its ports come from its Service: the whole build fills them.
+                Ok(Accepted::Slice(_, unnumbered)) if !unnumbered.is_empty() => return None,
+                Ok(accepted) => model.insert(key.clone(), (*object).clone(), accepted),
+                Err(error) => {
+                    let mut rejection = Rejection::object(object, error);
+                    if let Some((raw, accepted)) = previous.last_good(key, cluster_domain) {
+                        rejection.message.push_str(LAST_GOOD_SERVES);
+                        model.insert(key.clone(), raw, accepted);
+                    }
+                    model.rejections.push(rejection);
+                }
+            }
+            if let Some(object) = model.accepted.get(key) {
+                let warnings = crate::warnings::of_object(object);
+                if !warnings.is_empty() {
+                    model.object_warnings.insert(key.clone(), warnings);
+                }
+            }
+        }
+        if changed.iter().any(|key| key.kind == "Pod") && !model.gateways.is_empty() {
+            model.gateway_warnings = model.gateway_reference_warnings();
+        }
+        model.assemble_warnings();
+        Some(model)
+    }
+
+    /// The objects that differ from `previous`, when they are all of the
+    /// kinds in [`CHANGED_ALONE`] and every other kind's objects are
+    /// `previous`'s very own (shared, as [`Model::build_changed`] leaves
+    /// them); None otherwise. Costs what changed: the maps share the rest.
+    pub fn changed_since(&self, previous: &Model) -> Option<BTreeSet<ObjectKey>> {
+        let shared = self.services.ptr_eq(&previous.services)
+            && self.destination_rules.ptr_eq(&previous.destination_rules)
+            && self.virtual_services.ptr_eq(&previous.virtual_services)
+            && self.service_entries.ptr_eq(&previous.service_entries)
+            && self.gateways.ptr_eq(&previous.gateways)
+            && self.secrets.ptr_eq(&previous.secrets)
+            && self.workload_entries.ptr_eq(&previous.workload_entries)
+            && self.sidecars.ptr_eq(&previous.sidecars);
+        if !shared {
+            return None;
+        }
+        let mut keys = BTreeSet::new();
+        for item in previous.accepted.diff(&self.accepted) {
+            let key = match item {
+                imbl::ordmap::DiffItem::Add(key, _) | imbl::ordmap::DiffItem::Remove(key, _) => key,
+                imbl::ordmap::DiffItem::Update { new: (key, _), .. } => key,
+            };
+            if !CHANGED_ALONE.contains(&key.kind.as_str()) {
+                return None;
+            }
+            keys.insert(key.clone());
+        }
+        Some(keys)
+    }
+
+    /// Takes `key` out of the model (it is in [`CHANGED_ALONE`]).
+    fn remove(&mut self, key: &ObjectKey) {
+        let id = (key.namespace.clone(), key.name.clone());
+        match key.kind.as_str() {
+            "EndpointSlice" => drop(self.endpoint_slices.remove(&id)),
+            "Pod" => drop(self.pods.remove(&id)),
+            _ => {}
+        }
+        self.unnumbered.remove(&id);
+        self.accepted.remove(key);
+        self.object_warnings.remove(key);
+    }
+
+    /// `warnings` from the parts they are kept in.
+    fn assemble_warnings(&mut self) {
+        self.warnings = (self.object_warnings.values().flatten())
+            .chain(&self.gateway_warnings)
+            .chain(&self.delegation_warnings)
+            .cloned()
+            .collect();
+        self.built_warnings = self.warnings.len();
     }
 
     fn build_all(
@@ -342,12 +483,19 @@ impl Model {
         model.report_shadowed_hosts(&mut rejections);
         model.fill_unnumbered_slice_ports();
         model.rejections = rejections;
-        model.warnings = model.accepted.values().flat_map(crate::warnings::of_object).collect();
-        let (missing, unserved) = model.gateway_reference_warnings();
-        model.warnings.extend(unserved);
-        model.warnings.extend(missing);
-        model.warnings.extend(delegation_warnings);
-        model.built_warnings = model.warnings.len();
+        // An object handed over unchanged keeps its warnings.
+        let warnings_of = |(key, object): (&ObjectKey, &SourcedObject)| {
+            let last = previous.accepted.get(key).filter(|last| Arc::ptr_eq(&last.resource, &object.resource));
+            let warnings = match last {
+                Some(_) => previous.object_warnings.get(key).cloned().unwrap_or_default(),
+                None => crate::warnings::of_object(object),
+            };
+            (!warnings.is_empty()).then(|| (key.clone(), warnings))
+        };
+        model.object_warnings = model.accepted.iter().filter_map(warnings_of).collect();
+        model.gateway_warnings = model.gateway_reference_warnings();
+        model.delegation_warnings = delegation_warnings;
+        model.assemble_warnings();
         model
     }
 
@@ -355,7 +503,7 @@ impl Model {
     /// or that no gateway workload serves, and for those Gateways. Whether
     /// a gateway workload exists is judged only when the source lists pods
     /// (the API server always does; a directory when it holds Pods).
-    fn gateway_reference_warnings(&self) -> (Vec<Warning>, Vec<Warning>) {
+    fn gateway_reference_warnings(&self) -> Vec<Warning> {
         let pods_known = !self.pods.is_empty();
         let unserved =
             |gateway: &GatewayModel| pods_known && !self.pods.values().any(|pod| gateway.selects(&pod.labels));
@@ -367,17 +515,15 @@ impl Model {
                 Some(_) => GatewayPresence::Served,
             }
         };
-        let references =
+        let references: Vec<Warning> =
             (self.accepted.values()).flat_map(|object| crate::warnings::gateway_references(object, &lookup)).collect();
-        let gateways = (self.gateways.values())
-            .filter(|gateway| unserved(gateway))
-            .filter_map(|gateway| {
-                let key = ObjectKey::new("Gateway", &gateway.namespace, &gateway.name);
-                let object = self.accepted.get(&key)?;
-                Some(crate::warnings::gateway_unserved(object, &gateway.selector_text()))
-            })
-            .collect();
-        (references, gateways)
+        let gateways = (self.gateways.values()).filter(|gateway| unserved(gateway)).filter_map(|gateway| {
+            let key = ObjectKey::new("Gateway", &gateway.namespace, &gateway.name);
+            let object = self.accepted.get(&key)?;
+            Some(crate::warnings::gateway_unserved(object, &gateway.selector_text()))
+        });
+        // The Gateways no workload serves, then the references.
+        gateways.chain(references).collect()
     }
 
     /// The names the agent resolves for `DNS` ServiceEntries: their hosts
@@ -1077,7 +1223,12 @@ mod tests {
 
     fn batch(file: &str, text: &str) -> SourceBatch {
         let parsed = parse_documents(file, text).unwrap();
-        SourceBatch { objects: parsed.objects, undecodable: parsed.undecodable, rejections: parsed.problems }
+        SourceBatch {
+            objects: parsed.objects,
+            undecodable: parsed.undecodable,
+            rejections: parsed.problems,
+            changed: None,
+        }
     }
 
     #[test]
@@ -1100,6 +1251,64 @@ mod tests {
         let next = Model::from_batch(&changed, &again, DOMAIN);
         assert_eq!(dns_port(&next), 5454);
         assert_eq!(next.endpoint_slices[&id("shop", "web-a")], first.endpoint_slices[&id("shop", "web-a")]);
+    }
+
+    #[test]
+    fn a_batch_of_changed_slices_and_pods_builds_from_the_previous_model_as_a_whole_build_would() {
+        let slice = |name: &str, ip: &str| {
+            format!("---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: shop, labels: {{kubernetes.io/service-name: web}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [{ip}]}}]\n")
+        };
+        let pod = |name: &str, ip: &str| {
+            format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: web}}}}\nstatus: {{podIPs: [{{ip: {ip}}}]}}\n")
+        };
+        let first_batch = batch(
+            "web.yaml",
+            &format!("{SERVICE}{}{}{}", slice("a", "10.244.1.2"), slice("b", "10.244.1.3"), pod("p", "10.244.1.2")),
+        );
+        let first = Model::from_batch(&first_batch, &Model::default(), DOMAIN);
+        // Slice a changes, b goes, c comes, a pod comes; one slice is broken.
+        let text = format!(
+            "{SERVICE}{}{}{}{}{}",
+            slice("a", "10.244.1.9"),
+            slice("c", "10.244.1.4"),
+            pod("p", "10.244.1.2"),
+            pod("q", "10.244.1.9"),
+            slice("d", "not-an-ip")
+        );
+        let mut next_batch = batch("web.yaml", &text);
+        // Unchanged objects are the very decoded copies, as a source hands them.
+        next_batch.objects[0] = first_batch.objects[0].clone();
+        next_batch.objects[3] = first_batch.objects[3].clone();
+        let keys = [
+            ("EndpointSlice", "a"),
+            ("EndpointSlice", "b"),
+            ("EndpointSlice", "c"),
+            ("Pod", "q"),
+            ("EndpointSlice", "d"),
+        ];
+        next_batch.changed = Some(keys.iter().map(|(kind, name)| ObjectKey::new(kind, "shop", name)).collect());
+        let changed = Model::build_changed(&next_batch, &first, DOMAIN).expect("built from the previous model");
+        next_batch.changed = None;
+        let whole = Model::from_batch(&next_batch, &first, DOMAIN);
+        assert_eq!(changed.endpoint_slices, whole.endpoint_slices);
+        assert_eq!(changed.pods, whole.pods);
+        assert_eq!(changed.services, whole.services);
+        assert_eq!(changed.accepted, whole.accepted);
+        let sorted = |mut texts: Vec<String>| {
+            texts.sort();
+            texts
+        };
+        let texts = |model: &Model| {
+            (
+                sorted(model.rejections.iter().map(ToString::to_string).collect()),
+                sorted(model.warnings.iter().map(ToString::to_string).collect()),
+            )
+        };
+        assert_eq!(texts(&changed), texts(&whole));
+        assert_eq!(changed.rejections.len(), 1, "{:?}", changed.rejections);
+        // A change of another kind is a whole build.
+        next_batch.changed = Some([ObjectKey::new("Service", "shop", "web")].into());
+        assert!(Model::build_changed(&next_batch, &first, DOMAIN).is_none());
     }
 
     #[test]

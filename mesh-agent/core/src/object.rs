@@ -8,6 +8,7 @@
 use crate::api::Resource;
 use crate::field::FieldError;
 use serde::Serialize;
+use std::collections::BTreeSet;
 use std::fmt;
 
 /// An object together with the file (or source) it came from.
@@ -166,4 +167,8 @@ pub struct SourceBatch {
     /// Problems that belong to no servable object (a file whose YAML does
     /// not parse, a document without kind or name).
     pub rejections: Vec<Rejection>,
+    /// The objects that changed since the source's previous batch (added,
+    /// changed or gone), when the source knows (the API server's watches);
+    /// None: any may have.
+    pub changed: Option<BTreeSet<ObjectKey>>,
 }

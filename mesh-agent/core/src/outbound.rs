@@ -117,7 +117,7 @@ pub fn compile<'a>(model: &Model, services: impl Iterator<Item = ServicePortRef<
         if node.exempt_namespaces.iter().any(|exempt| exempt == namespace) {
             continue;
         }
-        let sidecar = sidecar_for(model.sidecars.values(), namespace, labels);
+        let sidecar = sidecar_for(|| model.sidecars.values(), namespace, labels);
         let policy = sidecar.and_then(|s| s.outbound).unwrap_or(node.default_policy);
         let flags = if policy == OutboundPolicy::RegistryOnly { POLICY_REGISTRY_ONLY } else { 0 };
         let scope = sidecar.and_then(|s| scopes.get(&s.id()).copied()).unwrap_or(0);

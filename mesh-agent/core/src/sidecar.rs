@@ -148,15 +148,16 @@ pub fn validate_sidecar(object: &Sidecar) -> Result<SidecarModel, FieldError> {
 
 /// The Sidecar that applies to a workload in `namespace` with `labels`
 /// (`sidecars` in name order, as the model keeps them).
-pub fn sidecar_for<'a>(
-    sidecars: impl Iterator<Item = &'a SidecarModel> + Clone,
+/// `sidecars` gives them afresh for each pass.
+pub fn sidecar_for<'a, I: Iterator<Item = &'a SidecarModel>>(
+    sidecars: impl Fn() -> I,
     namespace: &str,
     labels: &BTreeMap<String, String>,
 ) -> Option<&'a SidecarModel> {
-    let in_namespace = sidecars.clone().filter(|s| s.namespace == namespace);
-    (in_namespace.clone().find(|s| s.selects(labels)))
-        .or_else(|| in_namespace.clone().find(|s| s.selector.is_none()))
-        .or_else(|| sidecars.clone().find(|s| s.namespace == ROOT_NAMESPACE && s.selector.is_none()))
+    let in_namespace = || sidecars().filter(|s| s.namespace == namespace);
+    (in_namespace().find(|s| s.selects(labels)))
+        .or_else(|| in_namespace().find(|s| s.selector.is_none()))
+        .or_else(|| sidecars().find(|s| s.namespace == ROOT_NAMESPACE && s.selector.is_none()))
 }
 
 #[cfg(test)]
@@ -206,11 +207,11 @@ mod tests {
             .unwrap(),
         ];
         let labels = |app: &str| BTreeMap::from([("app".to_owned(), app.to_owned())]);
-        let name = |namespace: &str, app: &str| sidecar_for(all.iter(), namespace, &labels(app)).map(|s| s.id());
+        let name = |namespace: &str, app: &str| sidecar_for(|| all.iter(), namespace, &labels(app)).map(|s| s.id());
         assert_eq!(name("shop", "web").as_deref(), Some("shop/web"));
         assert_eq!(name("shop", "db").as_deref(), Some("shop/default"));
         assert_eq!(name("other", "web").as_deref(), Some("istio-system/default"));
-        assert_eq!(sidecar_for(all[1..].iter(), "other", &labels("web")), None);
+        assert_eq!(sidecar_for(|| all[1..].iter(), "other", &labels("web")), None);
     }
 
     #[test]

@@ -5,13 +5,14 @@ use crate::destination_rule::{DestinationRuleModel, EffectivePolicy, HashKey, Ha
 use crate::host::labels_match;
 use crate::locality::{placements, Locality, Placement, Setting};
 use crate::maglev;
-use crate::model::{EndpointSliceModel, Model, PortModel, Protocol, ServiceModel, TargetPort};
+use crate::model::{EndpointModel, EndpointSliceModel, Model, PortModel, Protocol, ServiceModel, TargetPort};
 use crate::node::MapSizes;
 use crate::object::{ObjectKey, Rejection, Warning, WarningReason};
 use crate::outbound::{Outbound, ServicePortRef};
 use crate::route::RouteTable;
 use crate::service_entry::{EntryEndpoint, ServiceEntryModel};
 use crate::warnings::{proxy_only_fields, selector_on_kernel_port, PortPath};
+use imbl::OrdMap;
 use mesh_common::{
     capacity, lb, maglev_cells, Backend, Frontend, FrontendKey, ServiceIpKey, SlotKey, FAMILY_V4, FAMILY_V6,
     FRONTEND_CAPTURE, PROTO_TCP, PROTO_UDP,
@@ -28,21 +29,24 @@ pub enum CompileError {
     Capacity { what: &'static str, needed: usize, capacity: u32 },
 }
 
-/// Everything the kernel should hold, and how it came about.
+/// Everything the kernel should hold, and how it came about. Cheap to
+/// clone: the kernel maps are persistent maps (a snapshot compiled from
+/// another shares what did not change, and the two diff in proportion to
+/// the change), the rest is shared.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    pub frontends: BTreeMap<FrontendKey, Frontend>,
+    pub frontends: OrdMap<FrontendKey, Frontend>,
     /// Every cluster IP, with its number of ports.
-    pub service_ips: BTreeMap<ServiceIpKey, u32>,
-    pub slots: BTreeMap<SlotKey, Backend>,
+    pub service_ips: OrdMap<ServiceIpKey, u32>,
+    pub slots: OrdMap<SlotKey, Backend>,
     /// The Maglev tables by group id: the slot index of each entry.
-    pub maglev: BTreeMap<u64, Arc<[u16]>>,
-    pub services: Vec<ServicePortView>,
+    pub maglev: OrdMap<u64, Arc<[u16]>>,
+    pub services: Vec<Arc<ServicePortView>>,
     pub rejections: Vec<Rejection>,
     /// Index into `services` by service address, for the proxy.
-    pub by_frontend: HashMap<SocketAddr, usize>,
+    pub by_frontend: Arc<HashMap<SocketAddr, usize>>,
     /// Indexes into `services` by FQDN, for route destinations.
-    pub by_host: HashMap<String, Vec<usize>>,
+    pub by_host: Arc<HashMap<String, Vec<usize>>>,
     /// The model this was compiled from: the proxy asks it for subsets and
     /// DestinationRule policy per request.
     pub model: Arc<Model>,
@@ -51,10 +55,17 @@ pub struct Snapshot {
     /// Which published snapshot this is (increasing; 0 before publishing).
     pub serial: u64,
     /// The source pod of a captured connection, by address.
-    pub pods_by_ip: HashMap<IpAddr, (String, String)>,
+    pub pods_by_ip: Arc<HashMap<IpAddr, (String, String)>>,
     /// Each workload's outbound policy, and the registry REGISTRY_ONLY
     /// workloads reach.
     pub outbound: Outbound,
+    /// How many distinct backends the slots hold, and the cluster states:
+    /// what a compile from this snapshot counts on.
+    kernel_use: KernelCounts,
+    /// `services` starts with this many views of Services, in the order of
+    /// their (namespace, name), each Service's ports together; the views of
+    /// ServiceEntries follow.
+    service_views: usize,
 }
 
 /// One service port as the dataplane serves it (an Envoy "cluster").
@@ -317,13 +328,25 @@ fn backends_of(
 }
 
 pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileError> {
-    compile_owned(model.clone(), cluster_domain)
+    compile_owned(model.clone(), None, cluster_domain)
 }
 
 /// [`compile`], moving `model` into the snapshot instead of copying it (a
 /// large cluster's model is much of the agent's memory and reload time).
-pub fn compile_owned(mut model: Model, cluster_domain: &str) -> Result<Snapshot, CompileError> {
-    let (mut snapshot, without_http_proxy) = compile_parts(&model, cluster_domain)?;
+///
+/// `previous`: the snapshot compiled from the model `model` was built from,
+/// if the caller has it: when only endpoints changed between the two, the
+/// services they belong to are compiled again and the rest is shared.
+pub fn compile_owned(
+    mut model: Model,
+    previous: Option<&Snapshot>,
+    cluster_domain: &str,
+) -> Result<Snapshot, CompileError> {
+    let changed = previous.and_then(|previous| compile_changed(&model, previous, cluster_domain));
+    let (mut snapshot, without_http_proxy) = match changed {
+        Some(parts) => parts,
+        None => compile_parts(&model, cluster_domain)?,
+    };
     // A model compiled before (again on new DNS answers) holds the
     // compiler's warnings of that time: they are found again.
     model.warnings.truncate(model.built_warnings);
@@ -340,207 +363,392 @@ fn compile_parts(model: &Model, cluster_domain: &str) -> Result<(Snapshot, Vec<W
     // Rule fields only the HTTP proxy acts on, on ports it does not serve.
     let mut without_http_proxy = Vec::new();
     let entries = entry_services(model, &mut without_http_proxy);
-    let slices = index_slices(model, &entries);
-    let pod_labels = PodLabels::new(model);
-    let sizes = model.node.map_sizes;
+    let inputs = Inputs {
+        model,
+        cluster_domain,
+        routes: &routes,
+        slices: index_slices(model, &entries),
+        pod_labels: PodLabels::new(model),
+    };
     let mut kernel = KernelUse::default();
     let services =
         model.services.values().map(|service| (service, ObjectKey::new("Service", &service.namespace, &service.name)));
     for (service, origin) in services.chain(entries.iter().map(|(service, _, origin)| (service, origin.clone()))) {
-        let origin = &origin;
-        let fqdn = service.fqdn(cluster_domain);
-        let rule = model.rule_for_host(&fqdn, &service.namespace);
-        // Rules for some clients only (workloadSelector): the proxy applies
-        // them per client.
-        let selector_rules: Vec<&DestinationRuleModel> = model.selector_rules(&fqdn).collect();
-        for port in &service.ports {
-            let policy = rule.map(|r| r.effective(None, port.port)).unwrap_or_default();
-            let (http, http2) = http_protocol(port);
-            // HTTP ports with L7 rules, and plain TCP ports with `tcp` routes.
-            let captured = if http {
-                routes.has_http_routes(&fqdn)
-                    || rule.is_some_and(|r| needs_l7(r, port.port))
-                    || !selector_rules.is_empty()
-            } else {
-                // Every condition of a `tcp`/`tls` match (source labels,
-                // subnets, SNI) is checked by the proxy, never in the kernel.
-                port.protocol == Protocol::Tcp && routes.has_l4_routes(&fqdn)
-            };
-            let (mut algorithm, mut maglev_size, mut note) = kernel_algorithm(&policy.load_balancer);
-            // A table per family with addresses; one more than the Maglev
-            // map holds costs this service its consistent hashing, not the
-            // configuration its compile.
-            let families = [false, true].iter().filter(|v6| service.cluster_ips.iter().any(|ip| ip.is_ipv6() == **v6));
-            let tables = families.count();
-            if algorithm == lb::MAGLEV_SOURCE_IP && snapshot.maglev.len() + tables > sizes.maglev_tables as usize {
-                let message = format!(
-                    "the kernel's {} Maglev tables are in use (--map-entries maglev-tables=N holds more): \
-                     balanced at random instead",
-                    sizes.maglev_tables,
-                );
-                if let Some(rule) = rule {
-                    snapshot.rejections.push(Rejection {
-                        file: None,
-                        kind: "DestinationRule".into(),
-                        namespace: rule.namespace.clone(),
-                        name: rule.name.clone(),
-                        field: "spec.trafficPolicy.loadBalancer.consistentHash".into(),
-                        message: format!("{} port {}: {message}", service.name, port.port),
-                    });
-                }
-                (algorithm, maglev_size, note) = (lb::RANDOM, 0, Some(message));
-            }
-            let cluster = cluster_id(service, port);
-            let proto = match port.protocol {
-                Protocol::Tcp => PROTO_TCP,
-                Protocol::Udp => PROTO_UDP,
-            };
-            let mut view_backends = Vec::new();
-            // What this port puts in the kernel, per family with addresses:
-            // all of it, or (a map is full) none of it.
-            let mut groups = Vec::new();
-            for ipv6 in [false, true] {
-                let family = if ipv6 { FAMILY_V6 } else { FAMILY_V4 };
-                let ips: Vec<IpAddr> = service.cluster_ips.iter().copied().filter(|ip| ip.is_ipv6() == ipv6).collect();
-                let backends = backends_of(&slices, &pod_labels, service, port, ipv6);
-                if ips.is_empty() {
-                    if service.cluster_ips.is_empty() {
-                        // Headless: its endpoints for the proxies, nothing in the kernel.
-                        view_backends.extend(backends);
-                    }
-                    continue;
-                }
-                // Locality: the best priority's endpoints, each in as many
-                // slots as its weight asks.
-                let setting = locality_setting(&policy, service.prefer_close);
-                let placed = placements_of(setting, model.node.locality.as_ref(), backends.iter());
-                let counts = slot_counts(placed.as_deref(), backends.len());
-                let group = GroupPlan { family, group: group_id(cluster, family), ips, backends, counts };
-                groups.push(group);
-            }
-            let full = kernel.full_for(&groups, cluster, proto, port.port, &snapshot, sizes);
-            if let Some((what, size)) = full {
-                let message = format!(
-                    "the kernel's {what} map is full ({size} entries; --map-entries sets more): \
-                     port {} is not translated",
-                    port.port
-                );
-                let index = service.ports.iter().position(|p| p.port == port.port).unwrap_or_default();
-                snapshot.rejections.push(Rejection {
-                    file: model.served_object(origin).map(|object| object.file.clone()).filter(|file| !file.is_empty()),
-                    kind: origin.kind.clone(),
-                    namespace: origin.namespace.clone(),
-                    name: origin.name.clone(),
-                    field: format!("spec.ports[{index}]"),
-                    message,
-                });
-            }
-            for GroupPlan { family, group, ips, backends, counts } in groups {
-                if full.is_none() {
-                    let keys = slot_keys(&backends, &counts);
-                    for (index, backend) in keys.iter().enumerate() {
-                        snapshot.slots.insert(SlotKey { group_id: group, index: index as u32, _pad: 0 }, *backend);
-                    }
-                    if algorithm == lb::MAGLEV_SOURCE_IP && !keys.is_empty() {
-                        snapshot.maglev.insert(group, maglev_table(&backends, &counts, maglev_size));
-                    }
-                    let frontend = Frontend {
-                        group_id: group,
-                        cluster_id: cluster,
-                        backend_count: keys.len().min(capacity::MAX_BACKENDS_PER_GROUP as usize) as u32,
-                        max_connections: policy.tcp.max_connections,
-                        maglev_size: if algorithm == lb::MAGLEV_SOURCE_IP { maglev_size } else { 0 },
-                        algorithm,
-                        flags: if captured { FRONTEND_CAPTURE } else { 0 },
-                        _pad: [0; 2],
-                    };
-                    kernel.backends.extend(keys.iter().copied());
-                    kernel.clusters.extend([cluster, group]);
-                    for ip in ips {
-                        let key = FrontendKey { addr: ip_words(ip), port: port.port.to_be(), proto, family };
-                        // Services come first: an entry's VIP on a Service's
-                        // address and port is the Service's (and warned).
-                        if snapshot.frontends.contains_key(&key) {
-                            without_http_proxy.extend(address_taken(model, service, SocketAddr::new(ip, port.port)));
-                            continue;
-                        }
-                        snapshot.frontends.insert(key, frontend);
-                        let ip_key = ServiceIpKey { addr: key.addr, family, _pad: [0; 3] };
-                        *snapshot.service_ips.entry(ip_key).or_default() += 1;
-                    }
-                }
-                view_backends.extend(backends);
-            }
-            // A headless service has nothing for the kernel to translate,
-            // and no port its rules could miss; the proxies (a gateway, a
-            // route's destination) still reach it by name.
-            let path = match (captured, http) {
-                _ if service.cluster_ips.is_empty() => None,
-                (false, _) => Some(PortPath::Kernel),
-                (true, false) => Some(PortPath::TcpProxy),
-                (true, true) => None,
-            };
-            if let (Some(rule), Some(path), Protocol::Tcp) = (rule, path, port.protocol) {
-                let key = ObjectKey::new("DestinationRule", &rule.namespace, &rule.name);
-                if let Some(object) = model.served_object(&key) {
-                    let name = format!("{}/{}", service.namespace, service.name);
-                    without_http_proxy.extend(proxy_only_fields(rule, object, &name, port.port, path));
-                }
-            }
-            if path == Some(PortPath::Kernel) && port.protocol == Protocol::Tcp {
-                for selector_rule in &selector_rules {
-                    let key = ObjectKey::new("DestinationRule", &selector_rule.namespace, &selector_rule.name);
-                    if let Some(object) = model.served_object(&key) {
-                        let name = format!("{}/{}", service.namespace, service.name);
-                        without_http_proxy.push(selector_on_kernel_port(object, &name, port.port));
-                    }
-                }
-            }
-            snapshot.services.push(ServicePortView {
-                prefer_close: service.prefer_close,
-                namespace: service.namespace.clone(),
-                name: service.name.clone(),
-                port_name: port.name.clone(),
-                port: port.port,
-                protocol: port.protocol,
-                cluster_id: cluster,
-                frontends: service.cluster_ips.iter().map(|ip| SocketAddr::new(*ip, port.port)).collect(),
-                load_balancer: algorithm_name(algorithm).to_owned(),
-                load_balancer_note: note,
-                maglev_table_size: (algorithm == lb::MAGLEV_SOURCE_IP).then_some(maglev_size),
-                max_connections: policy.tcp.max_connections,
-                destination_rule: rule.map(|r| format!("{}/{}", r.namespace, r.name)),
-                backends: view_backends,
-                fqdn: fqdn.clone(),
-                http,
-                http2,
-                captured,
-            });
+        let views = compile_service(&inputs, &mut snapshot, &mut kernel, service, &origin, &mut without_http_proxy);
+        snapshot.services.extend(views.into_iter().map(Arc::new));
+        if origin.kind == "Service" {
+            snapshot.service_views = snapshot.services.len();
         }
     }
+    snapshot.kernel_use = kernel.counts();
+    let mut by_frontend = HashMap::new();
+    let mut by_host: HashMap<String, Vec<usize>> = HashMap::new();
     for (index, service) in snapshot.services.iter().enumerate() {
         for frontend in &service.frontends {
             // The first service at an address serves it (Services before
             // ServiceEntries, as the kernel's frontends).
-            snapshot.by_frontend.entry(*frontend).or_insert(index);
+            by_frontend.entry(*frontend).or_insert(index);
         }
-        snapshot.by_host.entry(service.fqdn.clone()).or_default().push(index);
+        by_host.entry(service.fqdn.clone()).or_default().push(index);
     }
-    let service_ports = snapshot.services.iter().map(|s| ServicePortRef {
+    (snapshot.by_frontend, snapshot.by_host) = (Arc::new(by_frontend), Arc::new(by_host));
+    snapshot.outbound = outbound_of(model, &snapshot.services)?;
+    without_http_proxy.extend(crate::outbound::unenforced(model));
+    snapshot.pods_by_ip = pods_by_ip(model);
+    snapshot.routes = routes;
+    Ok((snapshot, without_http_proxy))
+}
+
+/// `previous` with the services whose endpoints changed compiled again, for
+/// a model built from `previous.model` by changes of EndpointSlices and Pods
+/// alone (`Model::build_changed`): what a whole compile would give, at the
+/// cost of the change. None when that cannot be told so cheaply (a kernel
+/// map filled up, a ServiceEntry selecting pods, ...): compile whole then.
+fn compile_changed(model: &Model, previous: &Snapshot, cluster_domain: &str) -> Option<(Snapshot, Vec<Warning>)> {
+    let changed = model.changed_since(&previous.model)?;
+    let same_context =
+        Arc::ptr_eq(&model.node, &previous.model.node) && Arc::ptr_eq(&model.resolved, &previous.model.resolved);
+    // The rejections a whole compile adds depend on every service's order.
+    let compiler_rejected = previous.rejections.len() != previous.model.rejections.len();
+    if !same_context || compiler_rejected {
+        return None;
+    }
+    let id = |key: &ObjectKey| (key.namespace.clone(), key.name.clone());
+    let mut affected = BTreeSet::new();
+    for key in changed.iter().filter(|key| key.kind == "EndpointSlice") {
+        for slices in [&previous.model.endpoint_slices, &model.endpoint_slices] {
+            affected.extend(slices.get(&id(key)).map(|slice| (slice.namespace.clone(), slice.service.clone())));
+        }
+    }
+    let pods: Vec<&ObjectKey> = changed.iter().filter(|key| key.kind == "Pod").collect();
+    if !pods.is_empty() {
+        // A ServiceEntry's endpoints may be the pods it selects.
+        if model.service_entries.values().any(|entry| entry.workload_selector.is_some()) {
+            return None;
+        }
+        // The services with an endpoint at a changed pod (its labels are
+        // the endpoint's).
+        let mut ips = HashSet::new();
+        let mut targets = HashSet::new();
+        for key in pods {
+            for all in [&previous.model.pods, &model.pods] {
+                ips.extend(all.get(&id(key)).into_iter().flat_map(|pod| pod.ips.iter().copied()));
+            }
+            targets.insert((key.namespace.as_str(), key.name.as_str()));
+        }
+        for slice in model.endpoint_slices.values() {
+            let at_pod = |e: &EndpointModel| {
+                e.addresses.iter().any(|ip| ips.contains(ip))
+                    || e.target
+                        .as_deref()
+                        .and_then(|t| t.strip_prefix("Pod/"))
+                        .is_some_and(|name| targets.contains(&(slice.namespace.as_str(), name)))
+            };
+            if slice.endpoints.iter().any(at_pod) {
+                affected.insert((slice.namespace.clone(), slice.service.clone()));
+            }
+        }
+    }
+    let mut snapshot = Snapshot { rejections: model.rejections.clone(), model: Arc::default(), ..previous.clone() };
+    let mut slices = SliceIndex::new();
+    let wanted: HashSet<(&str, &str)> = affected.iter().map(|(ns, name)| (ns.as_str(), name.as_str())).collect();
+    for slice in model.endpoint_slices.values() {
+        if wanted.contains(&(slice.namespace.as_str(), slice.service.as_str())) {
+            slices.entry((slice.namespace.as_str(), slice.service.as_str())).or_default().push(slice);
+        }
+    }
+    let inputs = Inputs { model, cluster_domain, routes: &previous.routes, slices, pod_labels: PodLabels::new(model) };
+    let mut kernel = KernelUse::patching(&previous.kernel_use);
+    // The services' warnings did not change with their endpoints: the
+    // previous compile's stand.
+    let mut again = Vec::new();
+    for (namespace, name) in affected {
+        let Some(service) = model.services.get(&(namespace.clone(), name.clone())) else { continue };
+        let views = &snapshot.services[..snapshot.service_views];
+        let first = views.partition_point(|view| (view.namespace.as_str(), view.name.as_str()) < (&namespace, &name));
+        let count = views[first..].iter().take_while(|view| view.namespace == namespace && view.name == name).count();
+        let ports: Vec<usize> = (first..first + count).collect();
+        if ports.len() != service.ports.len() {
+            return None;
+        }
+        for index in &ports {
+            let view = snapshot.services[*index].clone();
+            snapshot.take_out(&mut kernel, &view);
+        }
+        let origin = ObjectKey::new("Service", &namespace, &name);
+        let views = compile_service(&inputs, &mut snapshot, &mut kernel, service, &origin, &mut again);
+        if snapshot.rejections.len() != model.rejections.len() {
+            return None;
+        }
+        for (index, view) in ports.into_iter().zip(views) {
+            snapshot.services[index] = Arc::new(view);
+        }
+    }
+    snapshot.kernel_use = kernel.counts();
+    // The services' addresses and names are the same: so are the indexes
+    // by address and host, and the routes. The registry holds endpoints,
+    // workloads are pods.
+    if !changed.iter().all(|key| key.kind == "EndpointSlice") || previous.outbound.config.any_restricted != 0 {
+        snapshot.outbound = outbound_of(model, &snapshot.services).ok()?;
+    }
+    if changed.iter().any(|key| key.kind == "Pod") {
+        snapshot.pods_by_ip = pods_by_ip(model);
+    }
+    let warnings = previous.model.warnings[previous.model.built_warnings..].to_vec();
+    Some((snapshot, warnings))
+}
+
+fn outbound_of(model: &Model, services: &[Arc<ServicePortView>]) -> Result<Outbound, CompileError> {
+    let service_ports = services.iter().map(|s| ServicePortRef {
         namespace: &s.namespace,
         host: &s.fqdn,
         port: s.port,
         cluster_id: s.cluster_id,
     });
-    snapshot.outbound = crate::outbound::compile(model, service_ports);
-    check_capacity("egress scope entries", snapshot.outbound.scope_clusters.len(), capacity::SCOPE_CLUSTERS)?;
-    without_http_proxy.extend(crate::outbound::unenforced(model));
-    check_capacity("workloads", snapshot.outbound.workloads.len(), capacity::WORKLOADS)?;
-    check_capacity("registry addresses", snapshot.outbound.registry.len(), capacity::REGISTRY)?;
-    snapshot.pods_by_ip =
-        model.pods.iter().flat_map(|(id, pod)| pod.ips.iter().map(move |ip| (*ip, id.clone()))).collect();
-    snapshot.routes = routes;
-    Ok((snapshot, without_http_proxy))
+    let outbound = crate::outbound::compile(model, service_ports);
+    check_capacity("egress scope entries", outbound.scope_clusters.len(), capacity::SCOPE_CLUSTERS)?;
+    check_capacity("workloads", outbound.workloads.len(), capacity::WORKLOADS)?;
+    check_capacity("registry addresses", outbound.registry.len(), capacity::REGISTRY)?;
+    Ok(outbound)
+}
+
+fn pods_by_ip(model: &Model) -> Arc<HashMap<IpAddr, (String, String)>> {
+    Arc::new(model.pods.iter().flat_map(|(id, pod)| pod.ips.iter().map(move |ip| (*ip, id.clone()))).collect())
+}
+
+/// What every service's compile reads.
+struct Inputs<'a> {
+    model: &'a Model,
+    cluster_domain: &'a str,
+    routes: &'a RouteTable,
+    slices: SliceIndex<'a>,
+    pod_labels: PodLabels<'a>,
+}
+
+/// Compiles the ports of `service` (from object `origin`) into the kernel
+/// maps of `snapshot`, and returns their views; warnings of rule fields the
+/// kernel cannot act on go to `warnings`.
+fn compile_service(
+    inputs: &Inputs<'_>,
+    snapshot: &mut Snapshot,
+    kernel: &mut KernelUse,
+    service: &ServiceModel,
+    origin: &ObjectKey,
+    warnings: &mut Vec<Warning>,
+) -> Vec<ServicePortView> {
+    let (model, cluster_domain) = (inputs.model, inputs.cluster_domain);
+    let sizes = model.node.map_sizes;
+    let mut views = Vec::new();
+    let fqdn = service.fqdn(cluster_domain);
+    let rule = model.rule_for_host(&fqdn, &service.namespace);
+    // Rules for some clients only (workloadSelector): the proxy applies
+    // them per client.
+    let selector_rules: Vec<&DestinationRuleModel> = model.selector_rules(&fqdn).collect();
+    for port in &service.ports {
+        let policy = rule.map(|r| r.effective(None, port.port)).unwrap_or_default();
+        let (http, http2) = http_protocol(port);
+        // HTTP ports with L7 rules, and plain TCP ports with `tcp` routes.
+        let captured = if http {
+            inputs.routes.has_http_routes(&fqdn)
+                || rule.is_some_and(|r| needs_l7(r, port.port))
+                || !selector_rules.is_empty()
+        } else {
+            // Every condition of a `tcp`/`tls` match (source labels,
+            // subnets, SNI) is checked by the proxy, never in the kernel.
+            port.protocol == Protocol::Tcp && inputs.routes.has_l4_routes(&fqdn)
+        };
+        let (mut algorithm, mut maglev_size, mut note) = kernel_algorithm(&policy.load_balancer);
+        // A table per family with addresses; one more than the Maglev
+        // map holds costs this service its consistent hashing, not the
+        // configuration its compile.
+        let families = [false, true].iter().filter(|v6| service.cluster_ips.iter().any(|ip| ip.is_ipv6() == **v6));
+        let tables = families.count();
+        if algorithm == lb::MAGLEV_SOURCE_IP && snapshot.maglev.len() + tables > sizes.maglev_tables as usize {
+            let message = format!(
+                "the kernel's {} Maglev tables are in use (--map-entries maglev-tables=N holds more): \
+                 balanced at random instead",
+                sizes.maglev_tables,
+            );
+            if let Some(rule) = rule {
+                snapshot.rejections.push(Rejection {
+                    file: None,
+                    kind: "DestinationRule".into(),
+                    namespace: rule.namespace.clone(),
+                    name: rule.name.clone(),
+                    field: "spec.trafficPolicy.loadBalancer.consistentHash".into(),
+                    message: format!("{} port {}: {message}", service.name, port.port),
+                });
+            }
+            (algorithm, maglev_size, note) = (lb::RANDOM, 0, Some(message));
+        }
+        let cluster = cluster_id(service, port);
+        let proto = match port.protocol {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        };
+        let mut view_backends = Vec::new();
+        // What this port puts in the kernel, per family with addresses:
+        // all of it, or (a map is full) none of it.
+        let mut groups = Vec::new();
+        for ipv6 in [false, true] {
+            let family = if ipv6 { FAMILY_V6 } else { FAMILY_V4 };
+            let ips: Vec<IpAddr> = service.cluster_ips.iter().copied().filter(|ip| ip.is_ipv6() == ipv6).collect();
+            let backends = backends_of(&inputs.slices, &inputs.pod_labels, service, port, ipv6);
+            if ips.is_empty() {
+                if service.cluster_ips.is_empty() {
+                    // Headless: its endpoints for the proxies, nothing in the kernel.
+                    view_backends.extend(backends);
+                }
+                continue;
+            }
+            // Locality: the best priority's endpoints, each in as many
+            // slots as its weight asks.
+            let setting = locality_setting(&policy, service.prefer_close);
+            let placed = placements_of(setting, model.node.locality.as_ref(), backends.iter());
+            let counts = slot_counts(placed.as_deref(), backends.len());
+            let group = GroupPlan { family, group: group_id(cluster, family), ips, backends, counts };
+            groups.push(group);
+        }
+        let full = kernel.full_for(&groups, cluster, proto, port.port, snapshot, sizes);
+        if let Some((what, size)) = full {
+            let message = format!(
+                "the kernel's {what} map is full ({size} entries; --map-entries sets more): \
+                 port {} is not translated",
+                port.port
+            );
+            let index = service.ports.iter().position(|p| p.port == port.port).unwrap_or_default();
+            snapshot.rejections.push(Rejection {
+                file: model.served_object(origin).map(|object| object.file.clone()).filter(|file| !file.is_empty()),
+                kind: origin.kind.clone(),
+                namespace: origin.namespace.clone(),
+                name: origin.name.clone(),
+                field: format!("spec.ports[{index}]"),
+                message,
+            });
+        }
+        for GroupPlan { family, group, ips, backends, counts } in groups {
+            if full.is_none() {
+                let keys = slot_keys(&backends, &counts);
+                for (index, backend) in keys.iter().enumerate() {
+                    snapshot.slots.insert(SlotKey { group_id: group, index: index as u32, _pad: 0 }, *backend);
+                }
+                if algorithm == lb::MAGLEV_SOURCE_IP && !keys.is_empty() {
+                    snapshot.maglev.insert(group, maglev_table(&backends, &counts, maglev_size));
+                }
+                let frontend = Frontend {
+                    group_id: group,
+                    cluster_id: cluster,
+                    backend_count: keys.len().min(capacity::MAX_BACKENDS_PER_GROUP as usize) as u32,
+                    max_connections: policy.tcp.max_connections,
+                    maglev_size: if algorithm == lb::MAGLEV_SOURCE_IP { maglev_size } else { 0 },
+                    algorithm,
+                    flags: if captured { FRONTEND_CAPTURE } else { 0 },
+                    _pad: [0; 2],
+                };
+                kernel.record(&keys, [cluster, group]);
+                for ip in ips {
+                    let key = FrontendKey { addr: ip_words(ip), port: port.port.to_be(), proto, family };
+                    // Services come first: an entry's VIP on a Service's
+                    // address and port is the Service's (and warned).
+                    if snapshot.frontends.contains_key(&key) {
+                        warnings.extend(address_taken(model, service, SocketAddr::new(ip, port.port)));
+                        continue;
+                    }
+                    snapshot.frontends.insert(key, frontend);
+                    let ip_key = ServiceIpKey { addr: key.addr, family, _pad: [0; 3] };
+                    *snapshot.service_ips.entry(ip_key).or_default() += 1;
+                }
+            }
+            view_backends.extend(backends);
+        }
+        // A headless service has nothing for the kernel to translate,
+        // and no port its rules could miss; the proxies (a gateway, a
+        // route's destination) still reach it by name.
+        let path = match (captured, http) {
+            _ if service.cluster_ips.is_empty() => None,
+            (false, _) => Some(PortPath::Kernel),
+            (true, false) => Some(PortPath::TcpProxy),
+            (true, true) => None,
+        };
+        if let (Some(rule), Some(path), Protocol::Tcp) = (rule, path, port.protocol) {
+            let key = ObjectKey::new("DestinationRule", &rule.namespace, &rule.name);
+            if let Some(object) = model.served_object(&key) {
+                let name = format!("{}/{}", service.namespace, service.name);
+                warnings.extend(proxy_only_fields(rule, object, &name, port.port, path));
+            }
+        }
+        if path == Some(PortPath::Kernel) && port.protocol == Protocol::Tcp {
+            for selector_rule in &selector_rules {
+                let key = ObjectKey::new("DestinationRule", &selector_rule.namespace, &selector_rule.name);
+                if let Some(object) = model.served_object(&key) {
+                    let name = format!("{}/{}", service.namespace, service.name);
+                    warnings.push(selector_on_kernel_port(object, &name, port.port));
+                }
+            }
+        }
+        views.push(ServicePortView {
+            prefer_close: service.prefer_close,
+            namespace: service.namespace.clone(),
+            name: service.name.clone(),
+            port_name: port.name.clone(),
+            port: port.port,
+            protocol: port.protocol,
+            cluster_id: cluster,
+            frontends: service.cluster_ips.iter().map(|ip| SocketAddr::new(*ip, port.port)).collect(),
+            load_balancer: algorithm_name(algorithm).to_owned(),
+            load_balancer_note: note,
+            maglev_table_size: (algorithm == lb::MAGLEV_SOURCE_IP).then_some(maglev_size),
+            max_connections: policy.tcp.max_connections,
+            destination_rule: rule.map(|r| format!("{}/{}", r.namespace, r.name)),
+            backends: view_backends,
+            fqdn: fqdn.clone(),
+            http,
+            http2,
+            captured,
+        });
+    }
+    views
+}
+
+impl Snapshot {
+    /// Some slot holds `backend`.
+    pub fn holds_backend(&self, backend: &Backend) -> bool {
+        match self.kernel_use.counted {
+            true => self.kernel_use.backend_refs.contains_key(backend),
+            // Not compiled (made by hand): looked for.
+            false => self.slots.values().any(|b| b == backend),
+        }
+    }
+
+    /// Takes what service port `view` put in the kernel maps out of them.
+    fn take_out(&mut self, kernel: &mut KernelUse, view: &ServicePortView) {
+        let proto = match view.protocol {
+            Protocol::Tcp => PROTO_TCP,
+            Protocol::Udp => PROTO_UDP,
+        };
+        for address in &view.frontends {
+            let family = family_of(address.ip());
+            let key = FrontendKey { addr: ip_words(address.ip()), port: address.port().to_be(), proto, family };
+            // An address another service holds (see `address_taken`) stays.
+            let Some(frontend) = self.frontends.get(&key).copied().filter(|f| f.cluster_id == view.cluster_id) else {
+                continue;
+            };
+            self.frontends.remove(&key);
+            let ip_key = ServiceIpKey { addr: key.addr, family, _pad: [0; 3] };
+            match self.service_ips.get(&ip_key).copied() {
+                Some(ports) if ports > 1 => drop(self.service_ips.insert(ip_key, ports - 1)),
+                _ => drop(self.service_ips.remove(&ip_key)),
+            }
+            // A group's slots run from 0; both addresses of a family share them.
+            let group = frontend.group_id;
+            let mut index = 0;
+            while let Some(backend) = self.slots.remove(&SlotKey { group_id: group, index, _pad: 0 }) {
+                kernel.forget(backend);
+                index += 1;
+            }
+            self.maglev.remove(&group);
+        }
+    }
 }
 
 /// One address family of a service port, before it goes in the kernel.
@@ -553,15 +761,57 @@ struct GroupPlan {
     counts: Vec<usize>,
 }
 
-/// What the kernel maps hold so far in a compile, beyond the snapshot's
-/// own maps: the distinct backends and cluster states.
+/// What the kernel maps hold beyond the snapshot's own maps, as a compile
+/// from a snapshot needs it: slots per distinct backend, cluster states.
+#[derive(Clone, Debug, Default)]
+struct KernelCounts {
+    backend_refs: Arc<HashMap<Backend, u32>>,
+    clusters: usize,
+    /// Counted by a compile.
+    counted: bool,
+}
+
+/// [`KernelCounts`] while a compile fills the maps.
 #[derive(Default)]
 struct KernelUse {
-    backends: HashSet<Backend>,
+    backend_refs: HashMap<Backend, u32>,
     clusters: HashSet<u64>,
+    /// Changing some services of a compiled snapshot: their cluster states
+    /// are there already (and stay: their ports did not change).
+    patching: Option<usize>,
 }
 
 impl KernelUse {
+    fn patching(counts: &KernelCounts) -> Self {
+        let backend_refs = (*counts.backend_refs).clone();
+        KernelUse { backend_refs, clusters: HashSet::new(), patching: Some(counts.clusters) }
+    }
+
+    fn counts(self) -> KernelCounts {
+        let clusters = self.patching.unwrap_or(self.clusters.len());
+        KernelCounts { backend_refs: Arc::new(self.backend_refs), clusters, counted: true }
+    }
+
+    /// A group's slots and states went in.
+    fn record(&mut self, slots: &[Backend], states: [u64; 2]) {
+        for backend in slots {
+            *self.backend_refs.entry(*backend).or_default() += 1;
+        }
+        if self.patching.is_none() {
+            self.clusters.extend(states);
+        }
+    }
+
+    /// A slot of `backend` went.
+    fn forget(&mut self, backend: Backend) {
+        if let Some(refs) = self.backend_refs.get_mut(&backend) {
+            *refs -= 1;
+            if *refs == 0 {
+                self.backend_refs.remove(&backend);
+            }
+        }
+    }
+
     /// The first map that `groups` would overflow, with its size.
     fn full_for(
         &self,
@@ -590,15 +840,17 @@ impl KernelUse {
             .flat_map(|g| {
                 g.backends.iter().zip(&g.counts).filter(|(_, n)| **n > 0).map(|(b, _)| backend_key(b.address))
             })
-            .filter(|b| !self.backends.contains(b))
+            .filter(|b| !self.backend_refs.contains_key(b))
             .collect();
-        let clusters: HashSet<u64> =
-            groups.iter().flat_map(|g| [cluster, g.group]).filter(|id| !self.clusters.contains(id)).collect();
+        let clusters: HashSet<u64> = match self.patching {
+            Some(_) => HashSet::new(),
+            None => groups.iter().flat_map(|g| [cluster, g.group]).filter(|id| !self.clusters.contains(id)).collect(),
+        };
         [
             ("service address", over(snapshot.frontends.len(), frontends, sizes.frontends), sizes.frontends),
             ("service IP", over(snapshot.service_ips.len(), ips.len(), sizes.service_ips), sizes.service_ips),
             ("backend slot", over(snapshot.slots.len(), slots, sizes.slots), sizes.slots),
-            ("backend", over(self.backends.len(), backends.len(), sizes.backends), sizes.backends),
+            ("backend", over(self.backend_refs.len(), backends.len(), sizes.backends), sizes.backends),
             ("cluster state", over(self.clusters.len(), clusters.len(), sizes.clusters), sizes.clusters),
         ]
         .into_iter()
@@ -776,7 +1028,7 @@ fn needs_l7(rule: &DestinationRuleModel, port: u16) -> bool {
 impl Snapshot {
     /// The service port a captured connection was dialled at.
     pub fn service_at(&self, address: SocketAddr) -> Option<&ServicePortView> {
-        self.service_index_at(address).map(|i| &self.services[i])
+        self.service_index_at(address).map(|i| &*self.services[i])
     }
 
     /// The index in `services` of the service port at a service address.
@@ -842,7 +1094,7 @@ impl Snapshot {
     /// or lists no egress hosts at all.
     pub fn visible_to(&self, client: Option<(&BTreeMap<String, String>, &str)>, service: &ServicePortView) -> bool {
         let Some((labels, namespace)) = client else { return true };
-        crate::sidecar::sidecar_for(self.model.sidecars.values(), namespace, labels)
+        crate::sidecar::sidecar_for(|| self.model.sidecars.values(), namespace, labels)
             .is_none_or(|sidecar| sidecar.sees(&service.namespace, &service.fqdn, service.port))
     }
 
@@ -864,6 +1116,7 @@ fn check_capacity(what: &'static str, needed: usize, capacity: u32) -> Result<()
 mod tests {
     use super::*;
     use crate::decode::parse_file;
+    use crate::object::SourceBatch;
 
     fn compile_yaml(text: &str) -> Snapshot {
         compile_sized(text, MapSizes::default())
@@ -951,6 +1204,97 @@ mod tests {
         let rejected: Vec<&str> = snap.rejections.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(rejected.len(), 2, "{rejected:?}");
         assert!(snap.rejections[0].message.contains("balanced at random instead"), "{}", snap.rejections[0]);
+    }
+
+    /// A cluster of three services (one with Maglev, one with two ports and
+    /// both families), their slices and pods, with `slice_b` and `pod_q` as
+    /// the parts that change.
+    fn cluster(slice_b: &str, pod_q: &str) -> String {
+        let service = |name: &str, ips: &str, ports: &str| {
+            format!("---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: shop}}\nspec: {{clusterIPs: [{ips}], ports: [{ports}]}}\n")
+        };
+        let slice = |name: &str, service: &str, family: &str, ports: &str, endpoints: &str| {
+            format!("---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: shop, labels: {{kubernetes.io/service-name: {service}}}}}\naddressType: {family}\nports: [{ports}]\nendpoints: [{endpoints}]\n")
+        };
+        let pod = |name: &str, ip: &str, version: &str| {
+            format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: shop, labels: {{app: x, version: '{version}'}}}}\nstatus: {{podIPs: [{{ip: {ip}}}]}}\n")
+        };
+        [
+            service("a", "10.96.0.1", "{port: 80}"),
+            slice("a", "a", "IPv4", "{port: 80}", "{addresses: [10.244.0.1], targetRef: {kind: Pod, name: p}}, {addresses: [10.244.0.2]}"),
+            service("b", "10.96.0.2, 'fd00::2'", "{name: http, port: 80}, {name: grpc, port: 81}"),
+            slice("b4", "b", "IPv4", "{name: http, port: 8080}, {name: grpc, port: 8081}", slice_b),
+            slice("b6", "b", "IPv6", "{name: http, port: 8080}", "{addresses: ['fd00:244::9']}"),
+            service("c", "10.96.0.3", "{port: 53, protocol: UDP}"),
+            slice("c", "c", "IPv4", "{port: 5353, protocol: UDP}", "{addresses: [10.244.0.7]}, {addresses: [10.244.0.8]}"),
+            "---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: c, namespace: shop}\nspec: {host: c, trafficPolicy: {loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 251}}}}}\n".to_owned(),
+            pod("p", "10.244.0.1", "1"),
+            pod_q.to_owned(),
+        ]
+        .concat()
+    }
+
+    #[test]
+    fn a_compile_from_the_previous_snapshot_gives_what_a_whole_compile_gives() {
+        let pod_q = |ip: &str, version: &str| {
+            format!("---\napiVersion: v1\nkind: Pod\nmetadata: {{name: q, namespace: shop, labels: {{app: x, version: '{version}'}}}}\nstatus: {{podIPs: [{{ip: {ip}}}]}}\n")
+        };
+        let steps = [
+            cluster("{addresses: [10.244.0.3]}", &pod_q("10.244.0.3", "1")),
+            // b gains an endpoint; q's labels change (b's view shows them).
+            cluster("{addresses: [10.244.0.3]}, {addresses: [10.244.0.4]}", &pod_q("10.244.0.3", "2")),
+            // b loses every endpoint; q goes.
+            cluster("", ""),
+            // Back, with an endpoint not ready.
+            cluster(
+                "{addresses: [10.244.0.5], conditions: {ready: false}}, {addresses: [10.244.0.6]}",
+                &pod_q("10.244.0.6", "3"),
+            ),
+        ];
+        let build = |text: &str, previous: &Model| {
+            let mut batch = SourceBatch { objects: parse_file("t.yaml", text).unwrap(), ..SourceBatch::default() };
+            // Objects unchanged since `previous` come as the same copies,
+            // and the batch names what changed, as the API source does.
+            let mut changed = BTreeSet::new();
+            for object in &mut batch.objects {
+                let key = ObjectKey::of(&object.resource);
+                match previous.served_object(&key) {
+                    Some(last) if last.resource == object.resource => *object = last.clone(),
+                    _ => drop(changed.insert(key)),
+                }
+            }
+            changed.extend(
+                previous
+                    .served_objects()
+                    .map(|o| ObjectKey::of(&o.resource))
+                    .filter(|key| !batch.objects.iter().any(|o| ObjectKey::of(&o.resource) == *key)),
+            );
+            batch.changed = Some(changed);
+            Model::from_batch(&batch, previous, "cluster.local")
+        };
+        let mut model = build(&steps[0], &Model::default());
+        let mut previous = compile_owned(model.clone(), None, "cluster.local").unwrap();
+        for step in &steps[1..] {
+            model = build(step, &previous.model);
+            assert!(compile_changed(&model, &previous, "cluster.local").is_some(), "the patch applies");
+            let patched = compile_owned(model.clone(), Some(&previous), "cluster.local").unwrap();
+            let whole = compile_owned(model.clone(), None, "cluster.local").unwrap();
+            assert_eq!(patched.frontends, whole.frontends);
+            assert_eq!(patched.service_ips, whole.service_ips);
+            assert_eq!(patched.slots, whole.slots);
+            assert_eq!(patched.maglev, whole.maglev);
+            assert_eq!(patched.services, whole.services);
+            assert_eq!(patched.rejections, whole.rejections);
+            assert_eq!(patched.model.warnings, whole.model.warnings);
+            assert_eq!(patched.outbound, whole.outbound);
+            assert_eq!(patched.pods_by_ip, whole.pods_by_ip);
+            assert_eq!(patched.by_frontend, whole.by_frontend);
+            assert_eq!(*patched.kernel_use.backend_refs, *whole.kernel_use.backend_refs);
+            assert_eq!(patched.kernel_use.clusters, whole.kernel_use.clusters);
+            previous = patched;
+        }
+        let b = previous.services.iter().find(|s| s.name == "b" && s.port == 80).unwrap();
+        assert_eq!(b.backends.iter().filter(|b| b.address.is_ipv4()).count(), 1, "{:?}", b.backends);
     }
 
     #[test]

@@ -9,15 +9,16 @@ use super::error::DataplaneError;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, MapData, MapError, PerCpuHashMap};
 use aya::Pod;
+use imbl::OrdMap;
 use mesh_common::{
     map_names, Backend, ClusterLive, Frontend, FrontendKey, PolicyConfig, RegistryPrefix, ScopeClusterKey,
     ServiceIpKey, SlotKey, WorkloadPolicy,
 };
-use mesh_core::diff::diff;
+use mesh_core::diff::{diff, diff_shared};
 use mesh_core::outbound::RegistryKey;
 use mesh_core::snapshot::Snapshot;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 
 /// A map's keys as the kernel yields them: one it could not read is an
@@ -38,6 +39,21 @@ pub(super) trait KernelKeys<K> {
 pub(super) trait KernelMap<K, V>: KernelKeys<K> {
     fn entries(&self) -> Entries<'_, K, V>;
     fn upsert(&mut self, key: &K, value: &V) -> Result<(), MapError>;
+
+    /// One entry; the maps whose entries are looked up one by one (live
+    /// state) have it in one call.
+    fn lookup(&self, key: &K) -> Result<Option<V>, MapError>
+    where
+        K: PartialEq,
+    {
+        for entry in self.entries() {
+            let (k, v) = entry?;
+            if k == *key {
+                return Ok(Some(v));
+            }
+        }
+        Ok(None)
+    }
 }
 
 impl<K: Pod, V: Pod> KernelKeys<K> for HashMap<MapData, K, V> {
@@ -53,6 +69,14 @@ impl<K: Pod, V: Pod> KernelKeys<K> for HashMap<MapData, K, V> {
 impl<K: Pod, V: Pod> KernelMap<K, V> for HashMap<MapData, K, V> {
     fn entries(&self) -> Entries<'_, K, V> {
         Box::new(self.iter())
+    }
+
+    fn lookup(&self, key: &K) -> Result<Option<V>, MapError> {
+        match self.get(key, 0) {
+            Ok(value) => Ok(Some(value)),
+            Err(error) if is_missing(&error) => Ok(None),
+            Err(error) => Err(error),
+        }
     }
 
     fn upsert(&mut self, key: &K, value: &V) -> Result<(), MapError> {
@@ -145,10 +169,18 @@ pub struct MapWriter {
     maps: WriterMaps,
     /// What the kernel holds, as last read or written.
     current: Snapshot,
-    /// Live-state entries found idle and unreferenced by the last apply:
-    /// removed only if they still are at the next one, so a connect that
-    /// raced the first look cannot lose its count.
+    /// Live-state entries the snapshot no longer references, looked up at
+    /// each apply until they go: their clusters and backends left the
+    /// snapshot (a diff says which), or an earlier agent left them (the
+    /// first apply sweeps the maps). Each apply costs the change, not the
+    /// maps' size.
+    orphans: BTreeSet<IdleEntry>,
+    /// Orphans found idle by the last apply: removed only if they still are
+    /// at the next one, so a connect that raced the first look cannot lose
+    /// its count.
     idle_last_apply: BTreeSet<IdleEntry>,
+    /// The next apply sweeps every live-state and counter map.
+    sweep: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -168,7 +200,13 @@ impl MapWriter {
     /// A writer of `maps` that starts from what they hold: after a restart
     /// the first apply writes only what changed while no agent was there.
     pub(super) fn take_over(maps: WriterMaps) -> Result<Self, DataplaneError> {
-        let mut writer = Self { maps, current: Snapshot::default(), idle_last_apply: BTreeSet::new() };
+        let mut writer = Self {
+            maps,
+            current: Snapshot::default(),
+            orphans: BTreeSet::new(),
+            idle_last_apply: BTreeSet::new(),
+            sweep: true,
+        };
         writer.resync()?;
         Ok(writer)
     }
@@ -198,10 +236,10 @@ impl MapWriter {
     /// restart, when no last good version is known.
     pub fn apply_additive(&mut self, desired: &Snapshot) -> Result<ApplyStats, DataplaneError> {
         let mut merged = desired.clone();
-        merge_missing(&mut merged.frontends, &self.current.frontends);
-        merge_missing(&mut merged.service_ips, &self.current.service_ips);
-        merge_missing(&mut merged.slots, &self.current.slots);
-        merge_missing(&mut merged.maglev, &self.current.maglev);
+        merge_missing_shared(&mut merged.frontends, &self.current.frontends);
+        merge_missing_shared(&mut merged.service_ips, &self.current.service_ips);
+        merge_missing_shared(&mut merged.slots, &self.current.slots);
+        merge_missing_shared(&mut merged.maglev, &self.current.maglev);
         merge_missing(&mut merged.outbound.registry, &self.current.outbound.registry);
         merge_missing(&mut merged.outbound.workloads, &self.current.outbound.workloads);
         merge_missing(&mut merged.outbound.scope_clusters, &self.current.outbound.scope_clusters);
@@ -209,10 +247,10 @@ impl MapWriter {
     }
 
     fn write_diff(&mut self, desired: &Snapshot) -> Result<ApplyStats, DataplaneError> {
-        let slots = diff(&self.current.slots, &desired.slots);
-        let maglev = diff(&self.current.maglev, &desired.maglev);
-        let frontends = diff(&self.current.frontends, &desired.frontends);
-        let service_ips = diff(&self.current.service_ips, &desired.service_ips);
+        let slots = diff_shared(&self.current.slots, &desired.slots);
+        let maglev = diff_shared(&self.current.maglev, &desired.maglev);
+        let frontends = diff_shared(&self.current.frontends, &desired.frontends);
+        let service_ips = diff_shared(&self.current.service_ips, &desired.service_ips);
         let registry = diff(&self.current.outbound.registry, &desired.outbound.registry);
         let workloads = diff(&self.current.outbound.workloads, &desired.outbound.workloads);
         let scopes = diff(&self.current.outbound.scope_clusters, &desired.outbound.scope_clusters);
@@ -257,6 +295,17 @@ impl MapWriter {
         remove(&mut *maps.workloads, map_names::WORKLOADS, &workloads.deletes)?;
         remove(&mut *maps.scope_clusters, map_names::SCOPE_CLUSTERS, &scopes.deletes)?;
         remove(&mut *maps.registry, map_names::REGISTRY, &registry.deletes)?;
+        // What the snapshot held and no longer does: its live state may go.
+        let frontends_gone = (frontends.deletes.iter())
+            .chain(frontends.upserts.iter().map(|(key, _)| key))
+            .filter_map(|key| self.current.frontends.get(key))
+            .flat_map(|f| [IdleEntry::Cluster(f.cluster_id), IdleEntry::Cluster(f.group_id)]);
+        let slots_gone = (slots.deletes.iter())
+            .chain(slots.upserts.iter().map(|(key, _)| key))
+            .filter_map(|key| self.current.slots.get(key))
+            .map(|backend| IdleEntry::Backend(*backend));
+        let gone: Vec<IdleEntry> = frontends_gone.chain(slots_gone).collect();
+        remove(&mut *self.maps.workload_stats, map_names::WORKLOAD_STATS, &workloads.deletes)?;
         self.current.outbound.registry = desired.outbound.registry.clone();
         self.current.outbound.scope_clusters = desired.outbound.scope_clusters.clone();
         self.current.outbound.workloads = desired.outbound.workloads.clone();
@@ -265,7 +314,7 @@ impl MapWriter {
         self.current.service_ips = desired.service_ips.clone();
         self.current.slots = desired.slots.clone();
         self.current.maglev = desired.maglev.clone();
-        self.forget_idle_state(desired)?;
+        self.forget_idle_state(desired, gone)?;
         Ok(stats)
     }
 
@@ -278,7 +327,7 @@ impl MapWriter {
         self.current.outbound.registry = read_all(&*self.maps.registry, map_names::REGISTRY)?;
         self.current.outbound.workloads = read_all(&*self.maps.workloads, map_names::WORKLOADS)?;
         self.current.outbound.scope_clusters = read_all(&*self.maps.scope_clusters, map_names::SCOPE_CLUSTERS)?;
-        let policy = read_all(&*self.maps.policy, map_names::POLICY)?;
+        let policy: BTreeMap<u32, PolicyConfig> = read_all(&*self.maps.policy, map_names::POLICY)?;
         self.current.outbound.config = policy.get(&0).copied().unwrap_or_default();
         Ok(())
     }
@@ -286,36 +335,71 @@ impl MapWriter {
     /// Drops live-state and counter entries of clusters and backends the
     /// snapshot no longer has, once no connection holds them and they were
     /// already idle at the previous apply.
-    fn forget_idle_state(&mut self, desired: &Snapshot) -> Result<(), DataplaneError> {
-        let ids: BTreeSet<u64> = desired.frontends.values().flat_map(|f| [f.cluster_id, f.group_id]).collect();
-        let backends: BTreeSet<Backend> = desired.slots.values().copied().collect();
+    /// `gone`: what this apply took out of the maps.
+    fn forget_idle_state(&mut self, desired: &Snapshot, gone: Vec<IdleEntry>) -> Result<(), DataplaneError> {
+        if std::mem::take(&mut self.sweep) {
+            self.sweep_orphans(desired)?;
+        }
+        if self.orphans.is_empty() && gone.is_empty() {
+            return Ok(());
+        }
+        let ids: HashSet<u64> = desired.frontends.values().flat_map(|f| [f.cluster_id, f.group_id]).collect();
         let maps = &mut self.maps;
-        let idle_now: BTreeSet<IdleEntry> = maps
-            .cluster_live
-            .entries()
-            .filter_map(Result::ok)
-            .filter(|(id, live)| !ids.contains(id) && live.connections == 0)
-            .map(|(id, _)| IdleEntry::Cluster(id))
-            .chain(
-                maps.backend_live
-                    .entries()
-                    .filter_map(Result::ok)
-                    .filter(|(b, live)| !backends.contains(b) && *live == 0)
-                    .map(|(b, _)| IdleEntry::Backend(b)),
-            )
-            .collect();
-        for entry in idle_now.intersection(&self.idle_last_apply) {
-            match entry {
-                IdleEntry::Cluster(id) => remove(&mut *maps.cluster_live, map_names::CLUSTER_LIVE, &[*id])?,
-                IdleEntry::Backend(b) => remove(&mut *maps.backend_live, map_names::BACKEND_LIVE, &[*b])?,
+        for entry in gone {
+            // Per-CPU statistics of clusters that are gone: nothing counts on them.
+            if let IdleEntry::Cluster(id) = entry {
+                if !ids.contains(&id) {
+                    remove(&mut *maps.cluster_stats, map_names::CLUSTER_STATS, &[id])?;
+                }
+            }
+            self.orphans.insert(entry);
+        }
+        let mut idle_now = BTreeSet::new();
+        let mut settled = Vec::new();
+        for entry in &self.orphans {
+            let (back, live) = match entry {
+                IdleEntry::Cluster(id) => {
+                    (ids.contains(id), lookup(&*maps.cluster_live, map_names::CLUSTER_LIVE, id)?.map(|l| l.connections))
+                }
+                IdleEntry::Backend(b) => {
+                    (desired.holds_backend(b), lookup(&*maps.backend_live, map_names::BACKEND_LIVE, b)?)
+                }
+            };
+            match (back, live) {
+                // Referenced again, or no state left: nothing to forget.
+                (true, _) | (false, None) => settled.push(*entry),
+                (false, Some(0)) if self.idle_last_apply.contains(entry) => {
+                    match entry {
+                        IdleEntry::Cluster(id) => remove(&mut *maps.cluster_live, map_names::CLUSTER_LIVE, &[*id])?,
+                        IdleEntry::Backend(b) => remove(&mut *maps.backend_live, map_names::BACKEND_LIVE, &[*b])?,
+                    }
+                    settled.push(*entry);
+                }
+                (false, Some(0)) => drop(idle_now.insert(*entry)),
+                (false, Some(_)) => {}
             }
         }
+        for entry in settled {
+            self.orphans.remove(&entry);
+        }
         self.idle_last_apply = idle_now;
-        // Per-CPU statistics of clusters that are gone: nothing counts on them.
+        Ok(())
+    }
+
+    /// Makes orphans of every live-state entry the snapshot does not
+    /// reference, and drops the counters of clusters and workloads it does
+    /// not have: what an earlier agent left behind.
+    fn sweep_orphans(&mut self, desired: &Snapshot) -> Result<(), DataplaneError> {
+        let ids: HashSet<u64> = desired.frontends.values().flat_map(|f| [f.cluster_id, f.group_id]).collect();
+        let maps = &mut self.maps;
+        let clusters = maps.cluster_live.keys().filter_map(Result::ok).filter(|id| !ids.contains(id));
+        let backends = maps.backend_live.keys().filter_map(Result::ok).filter(|b| !desired.holds_backend(b));
+        let orphans: Vec<IdleEntry> =
+            clusters.map(IdleEntry::Cluster).chain(backends.map(IdleEntry::Backend)).collect();
+        self.orphans.extend(orphans);
         let gone_stats: Vec<u64> =
             maps.cluster_stats.keys().filter_map(Result::ok).filter(|id| !ids.contains(id)).collect();
         remove(&mut *maps.cluster_stats, map_names::CLUSTER_STATS, &gone_stats)?;
-        // Likewise the counters of workloads that left the node.
         let gone_workloads: Vec<u64> = (maps.workload_stats.keys().filter_map(Result::ok))
             .filter(|id| !desired.outbound.workloads.contains_key(id))
             .collect();
@@ -323,8 +407,16 @@ impl MapWriter {
     }
 }
 
-fn read_all<K: Ord, V>(map: &dyn KernelMap<K, V>, name: &'static str) -> Result<BTreeMap<K, V>, DataplaneError> {
+fn read_all<K, V, C: FromIterator<(K, V)>>(map: &dyn KernelMap<K, V>, name: &'static str) -> Result<C, DataplaneError> {
     map.entries().map(|entry| entry.map_err(|source| DataplaneError::Map { name, source })).collect()
+}
+
+fn lookup<K: PartialEq, V>(
+    map: &dyn KernelMap<K, V>,
+    name: &'static str,
+    key: &K,
+) -> Result<Option<V>, DataplaneError> {
+    map.lookup(key).map_err(|source| DataplaneError::Map { name, source })
 }
 
 fn write<K, V>(map: &mut dyn KernelMap<K, V>, name: &'static str, upserts: &[(K, V)]) -> Result<(), DataplaneError> {
@@ -349,6 +441,14 @@ fn remove<K>(map: &mut dyn KernelKeys<K>, name: &'static str, keys: &[K]) -> Res
 fn is_missing(error: &MapError) -> bool {
     matches!(error, MapError::KeyNotFound)
         || matches!(error, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT))
+}
+
+fn merge_missing_shared<K: Ord + Clone, V: Clone>(into: &mut OrdMap<K, V>, from: &OrdMap<K, V>) {
+    for (key, value) in from {
+        if !into.contains_key(key) {
+            into.insert(key.clone(), value.clone());
+        }
+    }
 }
 
 fn merge_missing<K: Ord + Clone, V: Clone>(into: &mut BTreeMap<K, V>, from: &BTreeMap<K, V>) {
@@ -488,10 +588,10 @@ mod tests {
         /// A kernel whose maps already hold `snapshot` (an earlier agent's).
         fn holding(snapshot: &Snapshot) -> Self {
             let kernel = Self::new();
-            *kernel.frontends.entries.lock().unwrap() = snapshot.frontends.clone();
-            *kernel.service_ips.entries.lock().unwrap() = snapshot.service_ips.clone();
-            *kernel.slots.entries.lock().unwrap() = snapshot.slots.clone();
-            *kernel.maglev.entries.lock().unwrap() = snapshot.maglev.clone();
+            *kernel.frontends.entries.lock().unwrap() = snapshot.frontends.clone().into_iter().collect();
+            *kernel.service_ips.entries.lock().unwrap() = snapshot.service_ips.clone().into_iter().collect();
+            *kernel.slots.entries.lock().unwrap() = snapshot.slots.clone().into_iter().collect();
+            *kernel.maglev.entries.lock().unwrap() = snapshot.maglev.clone().into_iter().collect();
             kernel
         }
 
@@ -520,10 +620,10 @@ mod tests {
 
         /// Asserts that the written maps hold `snapshot`'s four maps.
         fn assert_holds(&self, snapshot: &Snapshot) {
-            assert_eq!(self.frontends.contents(), snapshot.frontends, "frontends");
-            assert_eq!(self.service_ips.contents(), snapshot.service_ips, "service IPs");
-            assert_eq!(self.slots.contents(), snapshot.slots, "slots");
-            assert_eq!(self.maglev.contents(), snapshot.maglev, "maglev");
+            assert_eq!(self.frontends.contents(), snapshot.frontends.clone().into_iter().collect(), "frontends");
+            assert_eq!(self.service_ips.contents(), snapshot.service_ips.clone().into_iter().collect(), "service IPs");
+            assert_eq!(self.slots.contents(), snapshot.slots.clone().into_iter().collect(), "slots");
+            assert_eq!(self.maglev.contents(), snapshot.maglev.clone().into_iter().collect(), "maglev");
         }
     }
 
@@ -652,6 +752,8 @@ mod tests {
                 (map_names::SERVICE_IPS, "remove"),
                 (map_names::MAGLEV, "remove"),
                 (map_names::SLOTS, "remove"),
+                // The gone cluster's counters, last.
+                (map_names::CLUSTER_STATS, "remove"),
             ]
         );
         assert_eq!(stats, ApplyStats { upserts: 0, deletes: 5 });
@@ -668,7 +770,8 @@ mod tests {
         kernel.frontends.fail_writes(true);
         let error = writer.apply(&desired).unwrap_err();
         assert!(matches!(error, DataplaneError::Map { name: map_names::FRONTENDS, .. }), "{error}");
-        let partial = Snapshot { frontends: BTreeMap::new(), ..desired.clone() };
+        let mut partial = desired.clone();
+        partial.frontends = OrdMap::new();
         kernel.assert_holds(&partial);
         assert_eq!(writer.held().frontends, partial.frontends, "the writer read the maps back");
         assert_eq!(writer.held().slots, partial.slots);

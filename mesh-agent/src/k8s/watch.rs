@@ -13,7 +13,7 @@ use kube::runtime::WatchStreamExt;
 use mesh_core::decode::{decode_object, ParsedFile};
 use mesh_core::object::{ObjectKey, SourceBatch};
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -153,6 +153,10 @@ struct Store {
     secrets: BTreeMap<(String, String), KindStore>,
     /// Something changed since the last poll.
     dirty: bool,
+    /// What changed since the last poll, object by object; None when that
+    /// is unknown (a relist, Secrets coming and going, before the first
+    /// batch): the model is built whole then.
+    changed: Option<BTreeSet<ObjectKey>>,
     /// Hands out [`KindStore::epoch`]s.
     next_epoch: u64,
     /// A gateway process's namespace: the Gateways' `credentialName`
@@ -199,6 +203,7 @@ impl KubeStore {
             kinds: kinds.iter().map(|k| (k.clone(), KindStore::default())).collect(),
             secrets: BTreeMap::new(),
             dirty: false,
+            changed: None,
             next_epoch: 1,
             gateway_namespace: None,
         };
@@ -252,7 +257,10 @@ impl KubeStore {
                 added = true;
             }
         }
-        store.dirty |= removed;
+        if removed {
+            store.dirty = true;
+            store.changed = None;
+        }
         removed || added
     }
 
@@ -261,7 +269,7 @@ impl KubeStore {
         // No longer referenced, or referenced again with a newer watch.
         let Some(s) = store.secrets.get_mut(key).filter(|s| s.epoch == epoch) else { return };
         let changed = apply_event(&SECRET, s, event);
-        self.applied(&mut store, changed);
+        self.applied(&mut store, &SECRET, changed);
     }
 
     fn secret_error(&self, key: &(String, String), epoch: u64, error: String) {
@@ -320,9 +328,10 @@ impl KubeStore {
         let mut store = self.lock();
         let (kind, s) = &mut store.kinds[index];
         let is_rule = NAMES_SECRETS.contains(&kind.kind);
-        let changed = apply_event(&kind.clone(), s, event);
-        self.applied(&mut store, changed);
-        if changed && is_rule && Self::track_secrets(&mut store) {
+        let kind = kind.clone();
+        let changed = apply_event(&kind, s, event);
+        self.applied(&mut store, &kind, changed.clone());
+        if changed != Changed::Nothing && is_rule && Self::track_secrets(&mut store) {
             self.secrets_changed.notify_one();
         }
     }
@@ -339,7 +348,8 @@ impl KubeStore {
         if !s.synced || !s.objects.is_empty() {
             s.objects.clear();
             s.synced = true;
-            self.applied(&mut store, true);
+            let kind = kind.clone();
+            self.applied(&mut store, &kind, Changed::Whole);
         }
     }
 
@@ -353,10 +363,22 @@ impl KubeStore {
         s.last_event_unix = unix_now();
     }
 
-    /// After an event was applied to `store` (`changed`: what it serves
-    /// changed): counted, and the reload loop woken.
-    fn applied(&self, store: &mut Store, changed: bool) {
-        store.dirty |= changed;
+    /// After an event of `kind` was applied to `store` (`changed`: what
+    /// it serves changed): counted, and the reload loop woken.
+    fn applied(&self, store: &mut Store, kind: &WatchedKind, changed: Changed) {
+        match changed {
+            Changed::Nothing => {}
+            Changed::Object((namespace, name)) => {
+                store.dirty = true;
+                if let Some(keys) = &mut store.changed {
+                    keys.insert(ObjectKey::new(kind.kind, &namespace, &name));
+                }
+            }
+            Changed::Whole => {
+                store.dirty = true;
+                store.changed = None;
+            }
+        }
         self.events.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.changed.notify_all();
     }
@@ -376,6 +398,7 @@ impl KubeStore {
             return None;
         }
         store.dirty = false;
+        let changed = store.changed.replace(BTreeSet::new());
         // This node's pods (with addresses) stand for their labels-only copies.
         let local_pods: std::collections::BTreeSet<(String, String)> = store
             .kinds
@@ -395,25 +418,38 @@ impl KubeStore {
                 batch.rejections.extend(object.parsed.problems.iter().cloned());
             }
         }
+        batch.changed = changed;
         Some(batch)
     }
 }
 
-/// Applies a watcher event to one kind's store; true when what it serves
-/// changed. A list (and a relist after 410) replaces the objects whole.
-fn apply_event(kind: &WatchedKind, s: &mut KindStore, event: Event<serde_json::Value>) -> bool {
+/// What an event changed in what a kind's store serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Changed {
+    Nothing,
+    /// One object, by namespace and name.
+    Object((String, String)),
+    /// Possibly any (a list replaced the objects).
+    Whole,
+}
+
+/// Applies a watcher event to one kind's store. A list (and a relist after
+/// 410) replaces the objects whole.
+fn apply_event(kind: &WatchedKind, s: &mut KindStore, event: Event<serde_json::Value>) -> Changed {
     s.last_event_unix = unix_now();
     s.error = None;
     s.not_served = false;
+    let changed_if =
+        |changed: bool, key: (String, String)| if changed { Changed::Object(key) } else { Changed::Nothing };
     match event {
         Event::Init => {
             s.relist = Some(BTreeMap::new());
-            false
+            Changed::Nothing
         }
         Event::InitApply(object) => {
             let (key, stored) = decode(kind, object);
             s.relist.get_or_insert_with(BTreeMap::new).insert(key, stored);
-            false
+            Changed::Nothing
         }
         Event::InitDone => {
             let listed = s.relist.take().unwrap_or_default();
@@ -422,17 +458,24 @@ fn apply_event(kind: &WatchedKind, s: &mut KindStore, event: Event<serde_json::V
             s.objects = listed;
             let first = !s.synced;
             s.synced = true;
-            first || !same
+            if first || !same {
+                Changed::Whole
+            } else {
+                Changed::Nothing
+            }
         }
         Event::Apply(object) => {
             // Most updates change nothing the agent keeps (a pod's status,
             // managedFields): no new configuration for those.
             let (key, stored) = decode(kind, object);
             let unchanged = s.objects.get(&key).is_some_and(|old| old.parsed == stored.parsed);
-            s.objects.insert(key, stored);
-            !unchanged
+            s.objects.insert(key.clone(), stored);
+            changed_if(!unchanged, key)
         }
-        Event::Delete(object) => s.objects.remove(&object_key(&object)).is_some(),
+        Event::Delete(object) => {
+            let key = object_key(&object);
+            changed_if(s.objects.remove(&key).is_some(), key)
+        }
     }
 }
 

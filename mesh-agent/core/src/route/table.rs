@@ -10,6 +10,7 @@
 use super::l4::{TcpRoute, TlsRoute};
 use super::rule::HttpRoute;
 use super::validate::VirtualServiceModel;
+use imbl::OrdMap;
 use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use std::collections::BTreeMap;
@@ -64,7 +65,7 @@ impl RouteTable {
     /// keeping only the match blocks for the mesh (a rule whose blocks are
     /// all for gateways is left out). Hosts were resolved when the
     /// VirtualServices were validated.
-    pub fn build(virtual_services: &BTreeMap<NsName, VirtualServiceModel>) -> RouteTable {
+    pub fn build(virtual_services: &OrdMap<NsName, VirtualServiceModel>) -> RouteTable {
         let mut table = RouteTable::default();
         let mut wildcards: BTreeMap<&str, Vec<HostRoutes>> = BTreeMap::new();
         for (host, virtual_services) in routing_hosts(virtual_services) {
@@ -221,9 +222,7 @@ type NsName = (String, String);
 /// Each mesh host with the VirtualServices that route it, by
 /// namespace/name; one exported everywhere ends the list, as nothing after
 /// it is ever chosen.
-fn routing_hosts(
-    virtual_services: &BTreeMap<NsName, VirtualServiceModel>,
-) -> BTreeMap<&str, Vec<&VirtualServiceModel>> {
+fn routing_hosts(virtual_services: &OrdMap<NsName, VirtualServiceModel>) -> BTreeMap<&str, Vec<&VirtualServiceModel>> {
     let mut routing: BTreeMap<&str, Vec<&VirtualServiceModel>> = BTreeMap::new();
     for virtual_service in virtual_services.values().filter(|vs| vs.applies_to_mesh()) {
         for host in &virtual_service.hosts {
@@ -253,7 +252,7 @@ pub struct ShadowedHost {
     pub routed_by: String,
 }
 
-pub fn shadowed_hosts(virtual_services: &BTreeMap<NsName, VirtualServiceModel>) -> Vec<ShadowedHost> {
+pub fn shadowed_hosts(virtual_services: &OrdMap<NsName, VirtualServiceModel>) -> Vec<ShadowedHost> {
     let routing = routing_hosts(virtual_services);
     let mut shadowed = Vec::new();
     for (id, virtual_service) in virtual_services.iter().filter(|(_, vs)| vs.applies_to_mesh()) {

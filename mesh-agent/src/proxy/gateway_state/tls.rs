@@ -10,12 +10,11 @@
 use super::certificate::CertificateSummary;
 use crate::proxy::upstream::tls::{file_material, secret_material, TlsError, TlsMaterial};
 use mesh_core::gateway::{cipher_names, ServerCertificate, ServerTls, ServerTlsMode, TlsVersion};
-use mesh_core::model::SecretModel;
+use mesh_core::model::Secrets;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig, SupportedProtocolVersion};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// A TLS-terminating server's configuration, and what status says of its
@@ -28,11 +27,7 @@ pub struct ServingTls {
 
 /// The server configuration for `tls`, whose `credentialName` Secret is
 /// read in `namespace` (the gateway workload's, as Istio reads it).
-pub fn server_config(
-    tls: &ServerTls,
-    namespace: &str,
-    secrets: &BTreeMap<(String, String), SecretModel>,
-) -> Result<ServingTls, TlsError> {
+pub fn server_config(tls: &ServerTls, namespace: &str, secrets: &Secrets) -> Result<ServingTls, TlsError> {
     let material = match &tls.certificate {
         Some(ServerCertificate::Secret { name, .. }) => secret_material(namespace, name, secrets)?,
         Some(ServerCertificate::Files { cert, key, ca }) => file_material(ca.as_deref(), Some(cert), Some(key))?,

@@ -5,12 +5,11 @@
 //! (or the destination's host), or any of `subjectAltNames` when given.
 
 use mesh_core::destination_rule::{ClientTls, TlsMode};
-use mesh_core::model::SecretModel;
+use mesh_core::model::Secrets;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -36,11 +35,7 @@ pub struct TlsMaterial {
 /// The material of `tls`: from the Secret `credentialName` names (in the
 /// DestinationRule's namespace; keys `cert`/`key`/`cacert`, or
 /// `tls.crt`/`tls.key`/`ca.crt`), else from the files.
-pub fn material(
-    tls: &ClientTls,
-    namespace: &str,
-    secrets: &BTreeMap<(String, String), SecretModel>,
-) -> Result<TlsMaterial, TlsError> {
+pub fn material(tls: &ClientTls, namespace: &str, secrets: &Secrets) -> Result<TlsMaterial, TlsError> {
     match &tls.credential_name {
         Some(name) => secret_material(namespace, name, secrets),
         None => {
@@ -51,11 +46,7 @@ pub fn material(
 
 /// The material in Secret `namespace/name`: keys `cert`/`key`/`cacert`, or
 /// `tls.crt`/`tls.key`/`ca.crt` (a Kubernetes TLS Secret).
-pub fn secret_material(
-    namespace: &str,
-    name: &str,
-    secrets: &BTreeMap<(String, String), SecretModel>,
-) -> Result<TlsMaterial, TlsError> {
+pub fn secret_material(namespace: &str, name: &str, secrets: &Secrets) -> Result<TlsMaterial, TlsError> {
     let origin = format!("secret {namespace}/{name} (credentialName)");
     let secret = secrets
         .get(&(namespace.to_owned(), name.to_owned()))
