@@ -1,17 +1,17 @@
 //! Every map of the object, in one place: the agent opens and pins them by
 //! these names (`mesh_common::map_names`), and any program may use any of them.
 
+use aya_ebpf::helpers::generated::bpf_map_lookup_elem;
 use aya_ebpf::{
     bindings::{bpf_map_type::BPF_MAP_TYPE_HASH_OF_MAPS, BPF_F_NO_PREALLOC},
     btf_maps,
     macros::map,
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, PerCpuHashMap, SockHash, SockMap},
 };
-use aya_ebpf::helpers::generated::bpf_map_lookup_elem;
 use mesh_common::{
-    capacity, global_stat, maglev_cells, Backend, ClusterLive, ClusterStats, ConnKey, Frontend, FrontendKey, HandshakeKey,
-    OriginalDst, PolicyConfig, ProxyTarget, RegistryPrefix, ScopeClusterKey, ServiceIpKey, SlotKey, SockKey,
-    SocketEntry, UdpReverseKey, UdpReverseValue, WorkloadPolicy, WorkloadStats,
+    capacity, global_stat, maglev_cells, Backend, ClusterLive, ClusterStats, ConnKey, Frontend, FrontendKey,
+    HandshakeKey, OriginalDst, PolicyConfig, ProxyTarget, RegistryPrefix, ScopeClusterKey, ServiceIpKey, SlotKey,
+    SockKey, SocketEntry, UdpReverseKey, UdpReverseValue, WorkloadPolicy, WorkloadStats,
 };
 
 #[map(name = "MESH_FRONTENDS")]
