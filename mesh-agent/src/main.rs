@@ -78,6 +78,26 @@ fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
     Ok((ip, prefix))
 }
 
+/// Every client and upstream connection of the proxy is a file: the
+/// limit goes as high as the process may set it (as root 1,048,576; else
+/// the hard limit), not the soft default (often 1,024) that would cap the
+/// connections a node holds.
+fn raise_open_files_limit() {
+    let wide = libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: valid pointers to rlimit structs.
+    let raised = unsafe {
+        libc::setrlimit(libc::RLIMIT_NOFILE, &wide) == 0
+            || (libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+                limit.rlim_cur = limit.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
+            })
+    };
+    if !raised {
+        tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open files limit");
+    }
+}
+
 fn parse_map_entries(text: &str) -> Result<(dataplane::SizedMap, u32), String> {
     let (name, entries) = text.split_once('=').ok_or_else(|| format!("{text:?} is not MAP=ENTRIES"))?;
     let map = dataplane::SizedMap::by_flag(name)
@@ -254,6 +274,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    raise_open_files_limit();
     match Cli::parse().command {
         Command::Run(args) => run(*args),
         Command::Gateway(args) => gateway(*args),

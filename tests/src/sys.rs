@@ -145,6 +145,14 @@ pub fn tcp_connect(target: SocketAddr, source: Option<SocketAddr>, timeout: Dura
     let fd = cvt(unsafe { libc::socket(family(&target), flags, 0) })?;
     let stream = unsafe { TcpStream::from_raw_fd(fd) };
     if let Some(source) = source {
+        if source.port() == 0 {
+            // The port is picked at connect, for this destination: a bind
+            // alone would need a port no other socket of the address holds.
+            let on: libc::c_int = 1;
+            let size = mem::size_of::<libc::c_int>() as libc::socklen_t;
+            let option = &on as *const libc::c_int as *const libc::c_void;
+            cvt(unsafe { libc::setsockopt(fd, libc::SOL_IP, libc::IP_BIND_ADDRESS_NO_PORT, option, size) })?;
+        }
         bind(fd, &source)?;
     }
     let (ss, len) = sockaddr_from(&target);

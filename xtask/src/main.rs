@@ -101,7 +101,7 @@ enum BenchKind {
     },
     /// What an idle keep-alive client connection costs the proxy, and nginx.
     Idle {
-        /// Connections held (nginx serves 4096 at most, as configured).
+        /// Connections held by each proxy (100000: the figure).
         #[arg(long, default_value_t = 3000)]
         connections: u32,
     },

@@ -240,8 +240,10 @@ impl Proxy {
         };
         let _ = stream.set_nodelay(true);
         let snapshot = self.published.borrow().snapshot.clone();
+        // Boxed, as what follows: an idle connection's task holds only the
+        // future it is waiting in (see `a_connection_task_is_small`).
         if snapshot.service_at(original).is_some_and(|service| !service.http) {
-            self.relay_tcp(stream, peer, original, &snapshot).await;
+            Box::pin(self.relay_tcp(stream, peer, original, &snapshot)).await;
             return;
         }
         let pod = source_pod(&snapshot, peer);
@@ -259,7 +261,7 @@ impl Proxy {
             server::serve(io, self.header_timeout, &mut held, |request| self.handle(&connection, request)).await;
         match served {
             Served::Closed => {}
-            Served::HandOff(rewind) => self.serve_with_hyper(connection, rewind, held).await,
+            Served::HandOff(rewind) => Box::pin(self.serve_with_hyper(connection, rewind, held)).await,
         }
     }
 
@@ -301,5 +303,25 @@ impl Proxy {
         if let Err(error) = ended {
             tracing::debug!(%peer, %error, "client connection ended with an error");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An idle keep-alive connection holds its task, sized by the
+    /// connection's future: what a request or hyper needs is boxed while
+    /// it runs, not carried by every connection.
+    #[tokio::test]
+    async fn a_connection_task_is_small() {
+        let (_sender, published) = watch::channel(Arc::new(Published::default()));
+        let proxy = Arc::new(Proxy::with(published, None, None, false, Duration::from_secs(1)));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stream = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let peer = stream.local_addr().unwrap();
+        let serving = proxy.clone().serve_connection(stream, peer, proxy.drain.hold());
+        let size = std::mem::size_of_val(&serving);
+        assert!(size <= 2048, "the connection future takes {size} bytes");
     }
 }

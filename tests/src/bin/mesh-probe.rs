@@ -312,15 +312,19 @@ fn http_hold(opts: &Opts) -> Result<()> {
     let (target, count) = (opts.target()?, opts.number("--count", 1)?);
     raise_open_files_limit();
     let request = format!("GET / HTTP/1.1\r\nHost: {target}\r\n\r\n");
+    let sources = opts.sources()?;
     let mut tally = Tally::default();
     let mut held = Vec::new();
-    for _ in 0..count {
-        let opened = sys::tcp_connect(target, None, CONNECT_TIMEOUT).and_then(|stream| {
+    for i in 0..count {
+        // Round the sources (`--sources`): each holds a port range's worth.
+        let source = (!sources.is_empty()).then(|| SocketAddr::new(sources[i as usize % sources.len()], 0));
+        let opened = sys::tcp_connect(target, source, CONNECT_TIMEOUT).and_then(|stream| {
             stream.set_read_timeout(Some(TCP_READ_TIMEOUT))?;
             let mut reader = BufReader::new(stream);
             reader.get_mut().write_all(request.as_bytes())?;
             let response = read_http_response(&mut reader)?;
-            Ok((response.status, reader))
+            // The stream alone: the reader's buffer is not held per connection.
+            Ok((response.status, reader.into_inner()))
         });
         match opened {
             Ok((status, reader)) => {
@@ -337,12 +341,14 @@ fn http_hold(opts: &Opts) -> Result<()> {
     Ok(())
 }
 
-/// As many open files as the hard limit allows (one per held connection).
+/// As many open files as root may have (else the hard limit): one per
+/// held connection.
 fn raise_open_files_limit() {
+    let wide = libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: a valid out-pointer; then the limit read, with cur raised.
+    // SAFETY: valid pointers; the limit raised, else read and cur raised.
     unsafe {
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wide) != 0 && libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
             limit.rlim_cur = limit.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }

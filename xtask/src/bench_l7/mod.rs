@@ -183,12 +183,17 @@ impl World {
 pub fn idle(connections: u32) -> Result<()> {
     let tools = ensure_tools();
     let world = World::new("bench-idle")?;
+    // One client address holds at most a port range of connections to one
+    // address: enough addresses for them all.
+    let sources: Vec<String> = (0..connections.div_ceil(25_000)).map(|i| format!("10.244.200.{}", i + 1)).collect();
+    world.client.add_addresses(&sources.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let sources = sources.join(",");
     let mut rows = Vec::new();
     for kind in [PathKind::Mesh, PathKind::Nginx] {
         let peer = match kind {
             PathKind::Mesh => None,
             _ => Some(
-                peers::start_peer(kind, &tools, &world.env, &world.cgroups, &world.peers_dir)
+                peers::start_peer(kind, &tools, &world.env, &world.cgroups, &world.peers_dir, connections)
                     .map_err(|why| anyhow::anyhow!("{}: {why}", kind.name()))?,
             ),
         };
@@ -199,9 +204,10 @@ pub fn idle(connections: u32) -> Result<()> {
         procs::wait_quiet();
         let before = procs::rss_kib(&pids);
         let target = kind.target();
-        let mut holder = world
-            .env
-            .spawn_probe(&world.client, &["http-hold", "--target", &target, "--count", &connections.to_string()]);
+        let mut holder = world.env.spawn_probe(
+            &world.client,
+            &["http-hold", "--target", &target, "--count", &connections.to_string(), "--sources", &sources],
+        );
         let report = mesh_tests::read_json_line(&mut holder)?;
         let held = report["held"].as_u64().unwrap_or(0);
         if held < u64::from(connections) {

@@ -38,11 +38,15 @@ pub(super) fn mesh_config() -> String {
         .join("---\n")
 }
 
-fn nginx_config(dir: &Path) -> String {
+/// `connections`: client connections nginx must hold at once (it
+/// preallocates a slot per worker connection, before the RSS "before").
+fn nginx_config(dir: &Path, connections: u32) -> String {
     let d = dir.display();
+    // Each client connection may take an upstream one too.
+    let workers = (connections + 1024).max(4096);
     format!(
         "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
-         events {{ worker_connections 4096; }}\n\
+         worker_rlimit_nofile {files};\nevents {{ worker_connections {workers}; }}\n\
          http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
            fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
            keepalive_timeout 300s;\n  keepalive_requests 100000000;\n\
@@ -50,12 +54,24 @@ fn nginx_config(dir: &Path) -> String {
            server {{\n    listen {target} backlog=4096;\n    location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n    }}\n  }}\n}}\n",
         backend = BACKEND_IP.0,
         target = PathKind::Nginx.target(),
+        files = (workers * 2).min(open_files_hard_limit()),
     )
 }
 
+/// What nginx may raise its workers' open files to (without
+/// CAP_SYS_RESOURCE, not past the hard limit).
+fn open_files_hard_limit() -> u32 {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid out-pointer.
+    match unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } {
+        0 => limit.rlim_max.min(u64::from(u32::MAX)) as u32,
+        _ => 4096,
+    }
+}
+
 /// nginx terminating TLS with the bench's certificate, otherwise as above.
-fn nginx_tls_config(dir: &Path, pki: &Pki) -> String {
-    nginx_config(dir).replace(
+fn nginx_tls_config(dir: &Path, pki: &Pki, connections: u32) -> String {
+    nginx_config(dir, connections).replace(
         &format!("    listen {} backlog=4096;\n", PathKind::Nginx.target()),
         &format!(
             "    listen {} ssl backlog=4096;\n    ssl_certificate {};\n    ssl_certificate_key {};\n",
@@ -159,6 +175,7 @@ pub(super) fn start_peer(
     env: &TestEnv,
     cgroups: &Cgroups,
     dir: &Path,
+    connections: u32,
 ) -> Result<Peer, String> {
     let dir = dir.join(kind.name());
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
@@ -171,7 +188,7 @@ pub(super) fn start_peer(
     let mut cmd = match kind {
         PathKind::Nginx => {
             let nginx = tools.nginx.clone()?;
-            std::fs::write(dir.join("nginx.conf"), nginx_config(&dir)).map_err(|e| e.to_string())?;
+            std::fs::write(dir.join("nginx.conf"), nginx_config(&dir, connections)).map_err(|e| e.to_string())?;
             let mut cmd = Command::new(nginx);
             cmd.arg("-p").arg(&dir).arg("-c").arg(dir.join("nginx.conf")).args(["-e", "stderr"]);
             cmd
@@ -200,7 +217,8 @@ pub(super) fn start_peer(
         PathKind::NginxTls => {
             let nginx = tools.nginx.clone()?;
             let pki = pki.as_ref().ok_or("no certificate")?;
-            std::fs::write(dir.join("nginx.conf"), nginx_tls_config(&dir, pki)).map_err(|e| e.to_string())?;
+            std::fs::write(dir.join("nginx.conf"), nginx_tls_config(&dir, pki, connections))
+                .map_err(|e| e.to_string())?;
             let mut cmd = Command::new(nginx);
             cmd.arg("-p").arg(&dir).arg("-c").arg(dir.join("nginx.conf")).args(["-e", "stderr"]);
             cmd

@@ -290,7 +290,7 @@ impl Bench<'_> {
         match kind {
             PathKind::Direct | PathKind::DirectBpf => Ok(self.path(kind, &[])),
             _ if kind.is_mesh() => Ok(self.path(kind, &[agent_pid])),
-            _ => match start_peer(kind, tools, env, cgroups, peers_dir) {
+            _ => match start_peer(kind, tools, env, cgroups, peers_dir, 0) {
                 Ok(peer) => {
                     let pids = cgroup_pids(&peer.cgroup);
                     let runs = self.path(kind, &pids);

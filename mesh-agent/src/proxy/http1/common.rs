@@ -154,18 +154,14 @@ pub fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
 }
 
 /// Where each parsed field's name and value sit in a head, as offsets
-/// from its start: kept on the stack (no allocation per message) while
-/// the head leaves its read buffer, so the values can be slices of it.
+/// from its start, while the head leaves its read buffer, so the values
+/// can be slices of it. Sized to the fields a message has (reused by the
+/// next message of the connection): an inline array of the most a head
+/// may have would weigh on every connection's task, idle ones too.
+#[derive(Default)]
 pub struct FieldSpans {
     /// Name start and length, value start and length.
-    spans: [[u32; 4]; MAX_FIELDS],
-    len: usize,
-}
-
-impl Default for FieldSpans {
-    fn default() -> Self {
-        FieldSpans { spans: [[0; 4]; MAX_FIELDS], len: 0 }
-    }
+    spans: Vec<[u32; 4]>,
 }
 
 impl FieldSpans {
@@ -176,12 +172,12 @@ impl FieldSpans {
     /// The fields httparse found in the buffer that starts at `base`
     /// (heads are far below 4 GiB).
     pub fn record(&mut self, fields: &[httparse::Header<'_>], base: usize) {
-        self.len = fields.len().min(MAX_FIELDS);
-        for (slot, field) in self.spans.iter_mut().zip(fields) {
+        self.spans.clear();
+        self.spans.extend(fields.iter().take(MAX_FIELDS).map(|field| {
             let name = field.name.as_ptr() as usize - base;
             let value = field.value.as_ptr() as usize - base;
-            *slot = [name as u32, field.name.len() as u32, value as u32, field.value.len() as u32];
-        }
+            [name as u32, field.name.len() as u32, value as u32, field.value.len() as u32]
+        }));
     }
 
     /// The header map of `head` (the bytes the spans were recorded in,
@@ -189,8 +185,8 @@ impl FieldSpans {
     pub fn header_map(&self, head: &Bytes) -> Result<HeaderMap, http::Error> {
         // Room for the few fields the proxy may add (the request id, Host
         // or Set-Cookie), so the map does not grow and rehash for them.
-        let mut headers = HeaderMap::with_capacity(self.len + 2);
-        for &[name, name_length, value, value_length] in &self.spans[..self.len] {
+        let mut headers = HeaderMap::with_capacity(self.spans.len() + 2);
+        for &[name, name_length, value, value_length] in &self.spans {
             let name = HeaderName::from_bytes(&head[name as usize..(name + name_length) as usize])?;
             let value = head.slice(value as usize..(value + value_length) as usize);
             headers.append(name, HeaderValue::from_maybe_shared(value)?);

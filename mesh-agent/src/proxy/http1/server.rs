@@ -177,12 +177,12 @@ where
             return Served::Closed;
         };
         let head_only = request.method() == Method::HEAD;
-        // Pinned where it is made: the handler's future is large, and is
-        // never moved.
-        let handling = std::pin::pin!(handle(request));
+        // Boxed: the handler's future is large, and held only while the
+        // request is; an idle connection's future stays small.
+        let mut handling = Box::pin(handle(request));
         let mut half_closed = false;
         let response = match read.is_empty() {
-            true => match until_client_leaves(&mut io, &mut read, &mut half_closed, handling).await {
+            true => match until_client_leaves(&mut io, &mut read, &mut half_closed, handling.as_mut()).await {
                 Some(response) => response,
                 // The client is gone: the request is dropped, with its
                 // upstream exchange and its admission, as hyper does.
@@ -201,6 +201,7 @@ where
         if read.is_empty() && IO::WAITS_READABLE {
             read = BytesMut::new();
             write = Vec::new();
+            fields = FieldSpans::new();
         }
     }
 }
