@@ -227,7 +227,7 @@ pub fn status_report(shared: &Shared) -> StatusReport {
                 endpoint: p.endpoint.to_string(),
                 in_flight: p.in_flight,
                 http1_idle: p.http1_idle,
-                http2_open: p.http2_open,
+                http2_connections: p.http2_connections,
             })
             .collect(),
         ejected_hosts: shared

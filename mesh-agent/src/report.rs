@@ -90,7 +90,9 @@ pub struct UpstreamPoolStatus {
     /// Idle pooled HTTP/1.1 connections.
     #[serde(default)]
     pub http1_idle: usize,
-    pub http2_open: bool,
+    /// Open HTTP/2 connections.
+    #[serde(default)]
+    pub http2_connections: usize,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -203,7 +205,10 @@ impl StatusReport {
                         p.endpoint,
                         p.in_flight,
                         p.http1_idle,
-                        if p.http2_open { ", h2" } else { "" }
+                        match p.http2_connections {
+                            0 => String::new(),
+                            n => format!(", {n} h2"),
+                        }
                     )
                 })
                 .collect();

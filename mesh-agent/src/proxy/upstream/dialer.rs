@@ -5,7 +5,7 @@
 
 use super::connect::Tls;
 use super::error::UpstreamError;
-use super::http2::Http2Connections;
+use super::http2::{Http2Connections, Stream};
 use super::hyper_http1::Http1Pool;
 use super::pool::ConnectionLimits;
 use crate::proxy::body::{full, BoxError, ProxyBody};
@@ -74,6 +74,12 @@ impl Payload {
 pub enum UpstreamBody {
     Direct(DirectBody),
     Hyper(Incoming),
+    /// An HTTP/2 response, holding its stream's place on the connection
+    /// until it is done with.
+    Http2 {
+        body: Incoming,
+        _stream: Stream,
+    },
 }
 
 impl Body for UpstreamBody {
@@ -83,21 +89,23 @@ impl Body for UpstreamBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpstreamBody::Direct(body) => Pin::new(body).poll_frame(cx),
-            UpstreamBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
+            UpstreamBody::Hyper(body) | UpstreamBody::Http2 { body, .. } => {
+                Pin::new(body).poll_frame(cx).map_err(|e| Box::new(e) as BoxError)
+            }
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Direct(body) => body.is_end_stream(),
-            UpstreamBody::Hyper(body) => body.is_end_stream(),
+            UpstreamBody::Hyper(body) | UpstreamBody::Http2 { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Direct(body) => body.size_hint(),
-            UpstreamBody::Hyper(body) => body.size_hint(),
+            UpstreamBody::Hyper(body) | UpstreamBody::Http2 { body, .. } => body.size_hint(),
         }
     }
 }
@@ -108,7 +116,7 @@ pub struct UpstreamPool {
     pub endpoint: SocketAddr,
     pub in_flight: usize,
     pub http1_idle: usize,
-    pub http2_open: bool,
+    pub http2_connections: usize,
 }
 
 impl Dialer {
@@ -148,10 +156,10 @@ impl Dialer {
         if !http2 {
             return Ok(self.http1.send(endpoint, tls.cloned(), limits, request).await?.map(UpstreamBody::Hyper));
         }
-        let mut sender = Box::pin(self.h2.sender(endpoint, tls.cloned(), limits)).await?;
+        let (mut sender, stream) = Box::pin(self.h2.sender(endpoint, tls.cloned(), limits)).await?;
         sender.ready().await.map_err(UpstreamError::from_hyper)?;
         let response = sender.send_request(request).await.map_err(UpstreamError::from_hyper)?;
-        Ok(response.map(UpstreamBody::Hyper))
+        Ok(response.map(|body| UpstreamBody::Http2 { body, _stream: stream }))
     }
 }
 
@@ -188,7 +196,7 @@ fn upstream_request<B>(mut request: http::Request<B>, endpoint: SocketAddr, http
 
 impl Dialer {
     /// Upstream endpoints the proxy has talked to, given their requests in
-    /// flight: and whether a multiplexed HTTP/2 connection to each is open.
+    /// flight: and how many multiplexed HTTP/2 connections to each are open.
     pub fn pools(&self, in_flight: Vec<(SocketAddr, usize)>) -> Vec<UpstreamPool> {
         let mut idle = HashMap::new();
         self.http1.count_idle(&mut idle);
@@ -199,7 +207,7 @@ impl Dialer {
                 endpoint,
                 in_flight,
                 http1_idle: idle.get(&endpoint).copied().unwrap_or(0),
-                http2_open: self.h2.is_open(endpoint),
+                http2_connections: self.h2.open_to(endpoint),
             })
             .collect();
         pools.sort_by_key(|p| p.endpoint);

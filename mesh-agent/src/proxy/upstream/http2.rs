@@ -1,9 +1,14 @@
-//! HTTP/2 to upstreams: one multiplexed connection per endpoint (and TLS
-//! identity), as Envoy keeps. Ours rather than a pooled client's, so that
+//! HTTP/2 to upstreams: multiplexed connections per endpoint (and TLS
+//! identity), each carrying at most [`STREAMS_PER_CONNECTION`] requests at
+//! once; when every one is that busy, another is opened (one connect at a
+//! time per endpoint), as Envoy's pool opens one past the peer's
+//! `MAX_CONCURRENT_STREAMS`. A connection that has carried
+//! `maxRequestsPerConnection` requests, or is older than
+//! `maxConnectionDuration`, takes no new stream (the next request opens
+//! another); once its last sender is dropped, hyper closes it when its
+//! streams are done. Ours rather than a pooled client's, so that
 //! `:authority` can be the service's name while the connection goes to the
-//! endpoint. Past `maxConnectionDuration` a connection takes no new
-//! streams (the next request opens another); once the last sender is
-//! dropped, hyper closes it when its streams are done.
+//! endpoint.
 
 use super::connect::{tcp_connect, tls_connect, Tls};
 use super::error::UpstreamError;
@@ -16,82 +21,228 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// Requests one connection carries at once before another is opened: what
+/// most servers announce as their `MAX_CONCURRENT_STREAMS` (100), which
+/// hyper's client does not expose (it would queue the rest on the one
+/// connection instead).
+pub const STREAMS_PER_CONNECTION: u32 = 100;
+
 /// The open HTTP/2 connections, by endpoint and TLS identity.
 #[derive(Clone, Default)]
-pub struct Http2Connections(Arc<Mutex<HashMap<Key, Open>>>);
+pub struct Http2Connections {
+    open: Arc<Mutex<HashMap<Key, Vec<Arc<Open>>>>>,
+    /// Held while a connection to the endpoint is being made: requests
+    /// that need one wait for it, then look for room again.
+    connecting: Arc<Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>>,
+}
 
-/// One connection's sender, and when it was opened.
+/// One connection's sender and what it carries.
 struct Open {
     sender: http2::SendRequest<ProxyBody>,
     opened: Instant,
+    /// Requests under way (their responses not done with).
+    streams: AtomicU32,
+    /// Requests it has been given.
+    served: AtomicU32,
 }
 
 impl Open {
-    fn usable(&self, max_duration: Option<Duration>, now: Instant) -> bool {
-        !self.sender.is_closed() && max_duration.is_none_or(|max| now.duration_since(self.opened) < max)
+    /// It may take a new stream under `limits` (room aside).
+    fn usable(&self, limits: &ConnectionLimits, now: Instant) -> bool {
+        !self.sender.is_closed()
+            && limits.max_duration.is_none_or(|max| now.duration_since(self.opened) < max)
+            && limits.max_requests.is_none_or(|max| self.served.load(Ordering::Relaxed) < max)
+    }
+}
+
+/// A request's stream on its connection: counted until the response is
+/// done with (this dropped).
+pub struct Stream(Arc<Open>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.streams.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 impl Http2Connections {
-    /// A sender on the endpoint's connection, made when there is none, the
-    /// last one closed, or it is older than `limits.max_duration`.
+    /// A sender on a connection to the endpoint with room for the request,
+    /// and the request's stream on it; a connection is opened when none has
+    /// room under `limits`.
     pub async fn sender(
         &self,
         endpoint: SocketAddr,
         tls: Option<Tls>,
         limits: ConnectionLimits,
-    ) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
+    ) -> Result<(http2::SendRequest<ProxyBody>, Stream), UpstreamError> {
         let key = Tls::key(endpoint, tls.as_ref());
-        let connect_timeout = limits.connect_timeout;
-        if let Some(open) = lock(&self.0).get(&key).filter(|open| open.usable(limits.max_duration, Instant::now())) {
-            return Ok(open.sender.clone());
+        if let Some(claimed) = self.claim(key, &limits) {
+            return Ok(claimed);
         }
-        type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
-        let (sender, connection): (_, Driver) = match &tls {
-            Some(tls) => {
-                let stream = tls_connect(endpoint, tls, connect_timeout).await?;
-                let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                    .await
-                    .map_err(UpstreamError::Handshake)?;
-                (sender, Box::pin(connection))
-            }
-            None => {
-                let stream = tcp_connect(endpoint, connect_timeout).await?;
-                let (sender, connection) = http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-                    .await
-                    .map_err(UpstreamError::Handshake)?;
-                (sender, Box::pin(connection))
-            }
-        };
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%endpoint, %error, "HTTP/2 upstream connection ended");
-            }
-        });
-        let opened = Instant::now();
-        lock(&self.0).insert(key, Open { sender: sender.clone(), opened });
+        let gate = lock(&self.connecting).entry(key).or_default().clone();
+        let _connecting = gate.lock().await;
+        // The connection another request just made may have room.
+        if let Some(claimed) = self.claim(key, &limits) {
+            return Ok(claimed);
+        }
+        let sender = connect(endpoint, tls.as_ref(), limits.connect_timeout).await?;
+        let open =
+            Arc::new(Open { sender, opened: Instant::now(), streams: AtomicU32::new(1), served: AtomicU32::new(1) });
+        lock(&self.open).entry(key).or_default().push(open.clone());
         if let Some(max) = limits.max_duration {
             // An idle connection is let go at its maximum age too, not only
             // when a request finds it too old.
-            let connections = Arc::downgrade(&self.0);
+            let connections = Arc::downgrade(&self.open);
+            let aged = Arc::downgrade(&open);
             tokio::spawn(async move {
                 tokio::time::sleep(max).await;
-                if let Some(connections) = connections.upgrade() {
-                    let mut connections = lock(&connections);
-                    if connections.get(&key).is_some_and(|open| open.opened == opened) {
-                        connections.remove(&key);
+                if let (Some(connections), Some(aged)) = (connections.upgrade(), aged.upgrade()) {
+                    if let Some(list) = lock(&connections).get_mut(&key) {
+                        list.retain(|open| !Arc::ptr_eq(open, &aged));
                     }
                 }
             });
         }
-        Ok(sender)
+        Ok((open.sender.clone(), Stream(open)))
     }
 
-    /// Whether a connection to `endpoint` (any TLS identity) is open.
-    pub fn is_open(&self, endpoint: SocketAddr) -> bool {
-        lock(&self.0).iter().any(|((e, _), open)| *e == endpoint && !open.sender.is_closed())
+    /// A stream on the least busy usable connection with room; the
+    /// connections that may take no new stream leave the set.
+    fn claim(&self, key: Key, limits: &ConnectionLimits) -> Option<(http2::SendRequest<ProxyBody>, Stream)> {
+        let now = Instant::now();
+        let mut open = lock(&self.open);
+        let list = open.get_mut(&key)?;
+        list.retain(|open| open.usable(limits, now));
+        let best = (list.iter())
+            .filter(|open| open.streams.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION)
+            .min_by_key(|open| open.streams.load(Ordering::Relaxed))?;
+        best.streams.fetch_add(1, Ordering::Relaxed);
+        best.served.fetch_add(1, Ordering::Relaxed);
+        Some((best.sender.clone(), Stream(best.clone())))
+    }
+
+    /// How many connections to `endpoint` (any TLS identity) are open.
+    pub fn open_to(&self, endpoint: SocketAddr) -> usize {
+        let open = lock(&self.open);
+        let lists = open.iter().filter(|((e, _), _)| *e == endpoint);
+        lists.map(|(_, list)| list.iter().filter(|open| !open.sender.is_closed()).count()).sum()
+    }
+}
+
+/// Opens a connection and its HTTP/2 session; the session runs on a task
+/// of its own.
+async fn connect(
+    endpoint: SocketAddr,
+    tls: Option<&Tls>,
+    connect_timeout: Duration,
+) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
+    type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
+    let (sender, connection): (_, Driver) = match tls {
+        Some(tls) => {
+            let stream = tls_connect(endpoint, tls, connect_timeout).await?;
+            let (sender, connection) =
+                http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
+            (sender, Box::pin(connection))
+        }
+        None => {
+            let stream = tcp_connect(endpoint, connect_timeout).await?;
+            let (sender, connection) =
+                http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
+            (sender, Box::pin(connection))
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::debug!(%endpoint, %error, "HTTP/2 upstream connection ended");
+        }
+    });
+    Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::proxy::body::full;
+    use bytes::Bytes;
+    use http_body_util::Full;
+    use std::sync::atomic::AtomicUsize;
+
+    /// An HTTP/2 server that counts its connections and answers each
+    /// request once `release` has a permit for it.
+    async fn server(release: Arc<tokio::sync::Semaphore>) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                let release = release.clone();
+                let service = hyper::service::service_fn(move |_| {
+                    let release = release.clone();
+                    async move {
+                        release.acquire().await.unwrap().forget();
+                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        (address, accepted)
+    }
+
+    fn request(address: SocketAddr) -> http::Request<ProxyBody> {
+        let mut request = http::Request::new(full(Bytes::new()));
+        *request.uri_mut() = format!("http://{address}/").parse().unwrap();
+        *request.version_mut() = http::Version::HTTP_2;
+        request
+    }
+
+    #[tokio::test]
+    async fn a_busy_connection_gets_a_second_and_a_spent_one_a_successor() {
+        let release = Arc::new(tokio::sync::Semaphore::new(0));
+        let (address, accepted) = server(release.clone()).await;
+        let connections = Http2Connections::default();
+        let limits = ConnectionLimits::default();
+        // More requests at once than one connection carries.
+        let mut waiting = Vec::new();
+        for _ in 0..STREAMS_PER_CONNECTION + 20 {
+            let (mut sender, stream) = connections.sender(address, None, limits).await.unwrap();
+            sender.ready().await.unwrap();
+            waiting.push(tokio::spawn(async move {
+                let response = sender.send_request(request(address)).await.unwrap();
+                drop(response);
+                drop(stream);
+            }));
+        }
+        assert_eq!(connections.open_to(address), 2, "a second connection for the 101st stream");
+        release.add_permits(1_000);
+        for task in waiting {
+            task.await.unwrap();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+        // Streams done: the next request goes on an open connection.
+        let (_sender, stream) = connections.sender(address, None, limits).await.unwrap();
+        drop(stream);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+        // maxRequestsPerConnection: 3 requests, then a fresh connection.
+        let spent = Http2Connections::default();
+        let limits = ConnectionLimits { max_requests: Some(3), ..ConnectionLimits::default() };
+        for _ in 0..4 {
+            let (mut sender, _stream) = spent.sender(address, None, limits).await.unwrap();
+            sender.ready().await.unwrap();
+            sender.send_request(request(address)).await.unwrap();
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 4, "the fourth request on a new connection");
+        assert_eq!(spent.open_to(address), 1, "the spent connection left the set");
     }
 }
