@@ -40,6 +40,27 @@ pub(super) fn mesh_config() -> String {
 
 /// `connections`: client connections nginx must hold at once (it
 /// preallocates a slot per worker connection, before the RSS "before").
+/// `count` more HTTP services, each with an endpoint and a VirtualService,
+/// on addresses of their own (10.100.0.0/16).
+pub(super) fn filler_config(count: u32) -> String {
+    (0..count)
+        .map(|i| {
+            let (name, ip) = (format!("filler-{i}"), format!("10.100.{}.{}", i / 250, i % 250 + 1));
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: bench}}\n\
+                 spec: {{clusterIP: {ip}, ports: [{{name: http, port: {SERVICE_PORT}, targetPort: {BACKEND_PORT}}}]}}\n---\n\
+                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                 metadata: {{name: {name}, namespace: bench, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+                 addressType: IPv4\nports: [{{name: http, port: {BACKEND_PORT}}}]\nendpoints: [{{addresses: [{backend}]}}]\n---\n\
+                 apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: bench}}\n\
+                 spec:\n  hosts: [{name}]\n  http:\n  - route:\n    - destination: {{host: {name}}}\n",
+                backend = MESHED_BACKEND_IP.0,
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("---\n")
+}
+
 fn nginx_config(dir: &Path, connections: u32) -> String {
     let d = dir.display();
     // Each client connection may take an upstream one too.
@@ -233,7 +254,7 @@ pub(super) fn start_peer(
             cmd.args(["--labels", "istio=ingressgateway", "--listen-ip", NODE_IPV4, "--admin", "127.0.0.1:18999"]);
             cmd
         }
-        PathKind::Direct | PathKind::DirectBpf | PathKind::Mesh | PathKind::MeshRemote => {
+        PathKind::Direct | PathKind::DirectBpf | PathKind::Mesh | PathKind::MeshManyServices | PathKind::MeshRemote => {
             return Err("not a peer".into())
         }
     };

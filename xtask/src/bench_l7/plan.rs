@@ -24,6 +24,9 @@ pub enum PathKind {
     Direct,
     DirectBpf,
     Mesh,
+    /// The mesh path with [`FILLER_SERVICES`] more services configured,
+    /// each with a VirtualService: routing must not cost more per request.
+    MeshManyServices,
     MeshRemote,
     Nginx,
     Haproxy,
@@ -35,10 +38,11 @@ pub enum PathKind {
 }
 
 impl PathKind {
-    pub const ALL: [PathKind; 9] = [
+    pub const ALL: [PathKind; 10] = [
         PathKind::Direct,
         PathKind::DirectBpf,
         PathKind::Mesh,
+        PathKind::MeshManyServices,
         PathKind::MeshRemote,
         PathKind::Nginx,
         PathKind::Haproxy,
@@ -52,6 +56,7 @@ impl PathKind {
             PathKind::Direct => "direct",
             PathKind::DirectBpf => "direct+bpf",
             PathKind::Mesh => "mesh",
+            PathKind::MeshManyServices => "mesh-10k-services",
             PathKind::MeshRemote => "mesh-remote",
             PathKind::Nginx => "nginx",
             PathKind::Haproxy => "haproxy",
@@ -79,14 +84,14 @@ impl PathKind {
 
     /// Whether the agent's proxy serves this path.
     pub(super) fn is_mesh(self) -> bool {
-        matches!(self, PathKind::Mesh | PathKind::MeshRemote)
+        matches!(self, PathKind::Mesh | PathKind::MeshManyServices | PathKind::MeshRemote)
     }
 
     /// Where the client sends its requests.
     pub(super) fn target(self) -> String {
         match self {
             PathKind::Direct | PathKind::DirectBpf => format!("{}:{BACKEND_PORT}", BACKEND_IP.0),
-            PathKind::Mesh => format!("{SERVICE_IP}:{SERVICE_PORT}"),
+            PathKind::Mesh | PathKind::MeshManyServices => format!("{SERVICE_IP}:{SERVICE_PORT}"),
             PathKind::MeshRemote => format!("{REMOTE_SERVICE_IP}:{SERVICE_PORT}"),
             PathKind::Nginx => format!("{NODE_IPV4}:18080"),
             PathKind::Haproxy => format!("{NODE_IPV4}:18081"),
@@ -96,6 +101,9 @@ impl PathKind {
         }
     }
 }
+
+/// The services `mesh-10k-services` adds to the mesh's configuration.
+pub(super) const FILLER_SERVICES: u32 = 10_000;
 
 /// The load a run applies.
 #[derive(Clone, Copy)]

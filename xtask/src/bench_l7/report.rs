@@ -64,7 +64,7 @@ pub(super) fn render_rounds(opts: &Options, rounds: &[Vec<(PathKind, PathResult)
                     _ => "failed".into(),
                 })
                 .collect();
-            let _ = writeln!(out, "  {:<9} {:<10} {}", load_name(*load), kind.name(), figures.join("  |  "));
+            let _ = writeln!(out, "  {:<9} {:<17} {}", load_name(*load), kind.name(), figures.join("  |  "));
         }
     }
     out
@@ -140,6 +140,7 @@ pub(super) fn render(opts: &Options, tools: &Tools, results: &Results) -> String
         "direct: client -> backend pod, no proxy (the limit). direct+bpf: the same from inside the mesh's cgroup.",
         "mesh: client -> service address, sent by the kernel to the agent's proxy on the node -> meshed backend pod",
         "  on this node; both hops are the kernel's same-node short-circuit (sk_msg), not TCP.",
+        "mesh-10k-services: mesh with 10,000 more services configured, each with a VirtualService.",
         "mesh-remote: the same to the backend pod outside the mesh: proxy -> backend is TCP, as to another node.",
         "nginx, haproxy, envoy: client -> that proxy on the node -> backend pod.",
         "gateway, nginx-tls: HTTPS (keep-alive, TLS terminated) -> mesh-agent gateway or nginx -> backend pod.",
@@ -151,7 +152,7 @@ pub(super) fn render(opts: &Options, tools: &Tools, results: &Results) -> String
     }
     let _ = writeln!(
         out,
-        "{:<9} {:<10} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>6}",
+        "{:<9} {:<17} {:>8} {:>6} {:>8} {:>8} {:>8} {:>6} {:>7} {:>6} {:>6}",
         "load", "path", "rps", "x dir", "p50 ms", "p90 ms", "p99 ms", "x dir", "µs/req", "RSS MB", "errors"
     );
     let mut noisy = false;
@@ -189,7 +190,7 @@ pub(super) fn render(opts: &Options, tools: &Tools, results: &Results) -> String
                     }
                 },
             };
-            let _ = writeln!(out, "{label:<9} {:<10} {line}", kind.name());
+            let _ = writeln!(out, "{label:<9} {:<17} {line}", kind.name());
         }
     }
     if let Some(runs) = direct {

@@ -4,13 +4,13 @@
 //! the machine disturbs them.
 
 use anyhow::{anyhow, bail, Context, Result};
-use mesh_tests::{Pod, TestEnv};
+use mesh_tests::{wait_until, Pod, TestEnv};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::peers::start_peer;
-use super::plan::{load_name, Load, Options, PathKind, CLIENT_CPU, PROXY_CPU};
+use super::peers::{filler_config, start_peer};
+use super::plan::{load_name, Load, Options, PathKind, CLIENT_CPU, FILLER_SERVICES, PROXY_CPU};
 use super::procs::{
     cgroup_pids, children_cpu_micros, clock_ticks, cpu_micros, cpu_times, place, process_times, rss_kib, wait_quiet,
     Cgroups, CPU_BUSY, CPU_PROCESS, CPU_STEAL,
@@ -111,7 +111,8 @@ impl Bench<'_> {
             _ => &self.plain_cgroup,
         };
         place(&mut cmd, cgroup, &self.client.netns_path(), CLIENT_CPU)?;
-        let backend_cgroup = if kind == PathKind::Mesh { &self.meshed_backend_cgroup } else { &self.backend_cgroup };
+        let meshed = matches!(kind, PathKind::Mesh | PathKind::MeshManyServices);
+        let backend_cgroup = if meshed { &self.meshed_backend_cgroup } else { &self.backend_cgroup };
         let backend_pids = cgroup_pids(backend_cgroup);
         // Asked before the CPU counts start: the admin API runs on the proxy's CPU.
         let counters_before = if verbose() { self.kernel_counters() } else { Default::default() };
@@ -289,6 +290,17 @@ impl Bench<'_> {
         let (env, tools) = (self.env, self.tools);
         match kind {
             PathKind::Direct | PathKind::DirectBpf => Ok(self.path(kind, &[])),
+            PathKind::MeshManyServices => {
+                let services =
+                    |env: &TestEnv| env.admin_json("/config_dump")["services"].as_array().map_or(0, Vec::len);
+                let base = services(env);
+                let added = env.write_config("filler.yaml", &filler_config(FILLER_SERVICES)).is_ok()
+                    && wait_until(Duration::from_secs(60), || services(env) >= base + FILLER_SERVICES as usize);
+                let runs = added.then(|| self.path(kind, &[agent_pid]));
+                let _ = env.remove_config("filler.yaml");
+                let _ = wait_until(Duration::from_secs(60), || services(env) == base);
+                runs.ok_or_else(|| format!("the {FILLER_SERVICES} services did not load"))
+            }
             _ if kind.is_mesh() => Ok(self.path(kind, &[agent_pid])),
             _ => match start_peer(kind, tools, env, cgroups, peers_dir, 0) {
                 Ok(peer) => {
