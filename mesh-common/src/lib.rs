@@ -492,7 +492,11 @@ pub mod global_stat {
     /// (fail open), or refused.
     pub const CONNECT_PROXY_DOWN_L4: u32 = 26;
     pub const CONNECT_PROXY_DOWN_REFUSED: u32 = 27;
-    pub const COUNT: u32 = 28;
+    /// An unconnected UDP socket sent to a second service through a backend
+    /// it already reached for another: a reply from that backend carries
+    /// nothing to tell the two apart, and shows the latest one's address.
+    pub const UDP_REVERSE_AMBIGUOUS: u32 = 28;
+    pub const COUNT: u32 = 29;
 
     /// Label values for each index, in order.
     pub const NAMES: [&str; COUNT as usize] = [
@@ -524,6 +528,7 @@ pub mod global_stat {
         "sendmsg_refused_scope",
         "connect_proxy_down_l4",
         "connect_proxy_down_refused",
+        "udp_reverse_ambiguous",
     ];
 }
 

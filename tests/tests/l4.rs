@@ -162,6 +162,32 @@ fn udp_is_translated_and_replies_come_from_the_service() {
 }
 
 #[test]
+fn one_udp_socket_reaching_a_backend_through_two_services_is_counted_ambiguous() {
+    let world = World::new("udp_ambiguous", 1);
+    let config = format!(
+        "{}{}{}{}",
+        service("dns", &["10.96.0.53"], 53, "UDP"),
+        slice("dns", "dns", false, 8080, "UDP", &[&world.v4(0)]),
+        service("dns-b", &["10.96.0.54"], 53, "UDP"),
+        slice("dns-b", "dns-b", false, 8080, "UDP", &[&world.v4(0)]),
+    );
+    world.env.write_config("dns.yaml", &config).unwrap();
+    world.env.start_agent(&[]).unwrap();
+    let ambiguous =
+        || world.env.admin_json("/status")["kernel_counters"]["udp_reverse_ambiguous"].as_u64().unwrap_or(0);
+    let before = ambiguous();
+    // One service, then the other, from one socket: the same backend answers.
+    let report = world.probe(&["udp", "--target", "10.96.0.53:53", "--count", "3", "--then", "10.96.0.54:53"]);
+    assert_eq!(report["ok"], 3, "{report}");
+    assert_eq!(report["reply_from"], "10.96.0.53:53", "{report}");
+    assert_eq!(report["then_reply_from"], "10.96.0.54:53", "the latest service shows: {report}");
+    assert_eq!(ambiguous(), before + 1, "{report}");
+    // Separate sockets are never ambiguous.
+    world.probe(&["udp", "--target", "10.96.0.54:53", "--count", "3"]);
+    assert_eq!(ambiguous(), before + 1);
+}
+
+#[test]
 fn round_robin_is_exact_and_random_spreads_within_tolerance() {
     let world = World::new("rr_random", 3);
     let rr = rule("web", "    loadBalancer: {simple: ROUND_ROBIN}\n");

@@ -776,7 +776,22 @@ fn udp(opts: &Opts) -> Result<()> {
             Err(e) => tally.error(&e),
         }
     }
-    emit_udp(&tally, reply_from)
+    // `--then TARGET`: one more exchange from the same socket, to another
+    // address; where its reply seemed to come from is `then_reply_from`.
+    let then = match opts.values.get("--then") {
+        Some(then) => {
+            let then: SocketAddr = then.parse().with_context(|| format!("bad --then {then:?}"))?;
+            exchange(&socket, then, false, &mut buf).ok().map(|(_, from)| from.to_string())
+        }
+        None => None,
+    };
+    emit(&json!({
+        "ok": tally.ok,
+        "errors": tally.errors,
+        "backends": tally.backends,
+        "reply_from": reply_from.map(|a| a.to_string()),
+        "then_reply_from": then,
+    }))
 }
 
 /// One datagram out, one back: (reply length, address the reply came from
