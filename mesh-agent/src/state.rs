@@ -9,7 +9,6 @@
 use mesh_core::decode::{decode_object, ParsedFile, NOT_KEPT};
 use mesh_core::model::Model;
 use mesh_core::object::SourcedObject;
-use std::borrow::Cow;
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 
@@ -36,12 +35,19 @@ pub struct StateDir {
     saved: Vec<SourcedObject>,
 }
 
-/// One saved object: borrowed from the model when saving, owned when read.
-#[derive(serde::Serialize, serde::Deserialize)]
+/// One saved object, as written: borrowed from the model.
+#[derive(serde::Serialize)]
 struct Saved<'a> {
     /// The file it came from (empty: the API server).
-    file: Cow<'a, str>,
-    object: Cow<'a, serde_json::Value>,
+    file: &'a str,
+    object: &'a serde_json::value::RawValue,
+}
+
+/// One saved object, as read back.
+#[derive(serde::Deserialize)]
+struct Read {
+    file: String,
+    object: serde_json::Value,
 }
 
 impl StateDir {
@@ -61,11 +67,11 @@ impl StateDir {
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
             Err(source) => return Err(StateError::Read { path, source }),
         };
-        let saved: Vec<Saved> =
+        let saved: Vec<Read> =
             serde_json::from_slice(&text).map_err(|source| StateError::Parse { path: path.clone(), source })?;
         let mut parsed = ParsedFile::default();
         for entry in saved {
-            decode_object(&entry.file, entry.object.into_owned(), &mut parsed);
+            decode_object(&entry.file, entry.object, &mut parsed);
         }
         Ok(parsed.objects)
     }
@@ -80,9 +86,7 @@ impl StateDir {
         if kept.len() == self.saved.len() && kept.iter().zip(&self.saved).all(same) {
             return Ok(());
         }
-        let saved: Vec<Saved> = (kept.iter())
-            .map(|object| Saved { file: Cow::Borrowed(&object.file), object: Cow::Borrowed(&*object.raw) })
-            .collect();
+        let saved: Vec<Saved> = (kept.iter()).map(|object| Saved { file: &object.file, object: &object.raw }).collect();
         let text = serde_json::to_vec(&saved).map_err(|source| StateError::Parse { path: self.path(), source })?;
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         text.hash(&mut hasher);

@@ -308,6 +308,8 @@ pub fn decode_object(origin: &str, mut value: Value, parsed: &mut ParsedFile) {
             metadata.remove("managedFields");
         }
     }
+    // A value tree always serializes.
+    let raw = serde_json::value::to_raw_value(&raw).expect("a JSON value serializes");
     let decoded = match served_kind {
         "Service" => decode(value).map(Resource::Service),
         "Pod" => decode(value).map(Resource::Pod),
@@ -329,7 +331,7 @@ pub fn decode_object(origin: &str, mut value: Value, parsed: &mut ParsedFile) {
             file: origin.to_owned(),
             resource: Arc::new(resource),
             unknown_fields,
-            raw: Arc::new(raw),
+            raw: Arc::from(raw),
         }),
         Err((field, message)) => undecodable(&field, message),
     }

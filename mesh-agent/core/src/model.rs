@@ -1037,9 +1037,10 @@ fn validate_slice(slice: &api::EndpointSlice) -> Result<(EndpointSliceModel, Vec
             )
         })?
         .clone();
-    let mut endpoints = Vec::new();
+    // Sized exactly: a cluster holds many of these for as long as they serve.
+    let mut endpoints = Vec::with_capacity(slice.endpoints.len());
     for (i, endpoint) in slice.endpoints.iter().enumerate() {
-        let mut addresses = Vec::new();
+        let mut addresses = Vec::with_capacity(endpoint.addresses.len());
         for (j, address) in endpoint.addresses.iter().enumerate() {
             let field = format!("endpoints[{i}].addresses[{j}]");
             let ip = parse_ip(&field, address)?;

@@ -12,7 +12,7 @@ use std::collections::BTreeSet;
 use std::fmt;
 
 /// An object together with the file (or source) it came from.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct SourcedObject {
     /// Empty for objects from the API server.
     pub file: String,
@@ -24,8 +24,18 @@ pub struct SourcedObject {
     /// Kept with the object so that a last good version keeps its own.
     pub unknown_fields: Vec<String>,
     /// The object as it came (less its `status` and `managedFields`), so
-    /// that a last good version can be kept across restarts.
-    pub raw: std::sync::Arc<serde_json::Value>,
+    /// that a last good version can be kept across restarts: as JSON text,
+    /// a fraction of the memory of a value tree.
+    pub raw: std::sync::Arc<serde_json::value::RawValue>,
+}
+
+impl PartialEq for SourcedObject {
+    fn eq(&self, other: &Self) -> bool {
+        self.file == other.file
+            && self.resource == other.resource
+            && self.unknown_fields == other.unknown_fields
+            && self.raw.get() == other.raw.get()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]

@@ -686,6 +686,8 @@ fn compile_service(
                 }
             }
         }
+        // Sized exactly: views live as long as their snapshot.
+        view_backends.shrink_to_fit();
         views.push(ServicePortView {
             prefer_close: service.prefer_close,
             namespace: service.namespace.clone(),
