@@ -83,15 +83,18 @@ fn parse_cidr(text: &str) -> Result<(IpAddr, u8), String> {
 /// the hard limit), not the soft default (often 1,024) that would cap the
 /// connections a node holds.
 fn raise_open_files_limit() {
-    let wide = libc::rlimit { rlim_cur: 1 << 20, rlim_max: 1 << 20 };
     let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     // SAFETY: valid pointers to rlimit structs.
     let raised = unsafe {
-        libc::setrlimit(libc::RLIMIT_NOFILE, &wide) == 0
-            || (libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && {
+            // Never lowered: only raised, to 1,048,576 where allowed.
+            let wide = limit.rlim_max.max(1 << 20);
+            let wanted = libc::rlimit { rlim_cur: wide, rlim_max: wide };
+            libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) == 0 || {
                 limit.rlim_cur = limit.rlim_max;
                 libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0
-            })
+            }
+        }
     };
     if !raised {
         tracing::warn!(error = %std::io::Error::last_os_error(), "cannot raise the open files limit");
@@ -233,9 +236,10 @@ struct RunArgs {
     state_dir: Option<PathBuf>,
     /// The size of a kernel map, `MAP=ENTRIES` (repeatable): MAP is one of
     /// service-addresses, service-ips, backend-slots, backends, clusters,
-    /// maglev-tables. Applies to maps this agent creates (pinned maps keep
-    /// their size until `mesh-agent uninstall`); what does not fit is
-    /// rejected per object.
+    /// maglev-tables, or maglev-entries (all tables' entries together, 2
+    /// bytes each of kernel memory). Applies to maps this agent creates
+    /// (pinned maps keep their size until `mesh-agent uninstall`); what
+    /// does not fit is rejected per object.
     #[arg(long = "map-entries", value_parser = parse_map_entries)]
     map_entries: Vec<(dataplane::SizedMap, u32)>,
 }

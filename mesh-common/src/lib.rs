@@ -64,6 +64,9 @@ pub mod capacity {
     pub const SLOTS: u32 = 1 << 20;
     /// Maglev tables, one per consistent-hash service port and family.
     pub const MAGLEV_TABLES: u32 = 1 << 14;
+    /// Entries of all Maglev tables together (256 MiB of kernel memory):
+    /// 2,048 tables of the default 65,537 entries.
+    pub const MAGLEV_ENTRIES: u32 = 1 << 27;
     pub const BACKENDS: u32 = 1 << 18;
     pub const CLUSTERS: u32 = 65_536;
     pub const SOCKETS: u32 = 1 << 18;

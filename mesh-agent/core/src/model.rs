@@ -340,9 +340,14 @@ impl Model {
                 Ok(accepted) => model.insert(key.clone(), (*object).clone(), accepted),
                 Err(error) => {
                     let mut rejection = Rejection::object(object, error);
-                    if let Some((raw, accepted)) = previous.last_good(key, cluster_domain) {
-                        rejection.message.push_str(LAST_GOOD_SERVES);
-                        model.insert(key.clone(), raw, accepted);
+                    match previous.last_good(key, cluster_domain) {
+                        // As above: a whole build fills that one's ports.
+                        Some((_, Accepted::Slice(_, unnumbered))) if !unnumbered.is_empty() => return None,
+                        Some((raw, accepted)) => {
+                            rejection.message.push_str(LAST_GOOD_SERVES);
+                            model.insert(key.clone(), raw, accepted);
+                        }
+                        None => {}
                     }
                     model.rejections.push(rejection);
                 }
@@ -395,11 +400,13 @@ impl Model {
     fn remove(&mut self, key: &ObjectKey) {
         let id = (key.namespace.clone(), key.name.clone());
         match key.kind.as_str() {
-            "EndpointSlice" => drop(self.endpoint_slices.remove(&id)),
+            "EndpointSlice" => {
+                self.endpoint_slices.remove(&id);
+                self.unnumbered.remove(&id);
+            }
             "Pod" => drop(self.pods.remove(&id)),
             _ => {}
         }
-        self.unnumbered.remove(&id);
         self.accepted.remove(key);
         self.object_warnings.remove(key);
     }

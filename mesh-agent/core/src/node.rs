@@ -48,6 +48,9 @@ pub struct MapSizes {
     /// Clusters and backend groups (their live state).
     pub clusters: u32,
     pub maglev_tables: u32,
+    /// The entries of all Maglev tables together: the kernel memory they
+    /// take (2 bytes an entry) is the agent's to bound.
+    pub maglev_entries: u32,
 }
 
 impl Default for MapSizes {
@@ -60,6 +63,7 @@ impl Default for MapSizes {
             backends: capacity::BACKENDS,
             clusters: capacity::CLUSTERS,
             maglev_tables: capacity::MAGLEV_TABLES,
+            maglev_entries: capacity::MAGLEV_ENTRIES,
         }
     }
 }

@@ -563,12 +563,22 @@ fn compile_service(
         // configuration its compile.
         let families = [false, true].iter().filter(|v6| service.cluster_ips.iter().any(|ip| ip.is_ipv6() == **v6));
         let tables = families.count();
-        if algorithm == lb::MAGLEV_SOURCE_IP && snapshot.maglev.len() + tables > sizes.maglev_tables as usize {
-            let message = format!(
-                "the kernel's {} Maglev tables are in use (--map-entries maglev-tables=N holds more): \
-                 balanced at random instead",
-                sizes.maglev_tables,
-            );
+        let entries = tables * maglev_cells::count(maglev_size) as usize * maglev_cells::ENTRIES_PER_CELL as usize;
+        let over_tables = snapshot.maglev.len() + tables > sizes.maglev_tables as usize;
+        let over_entries = kernel.maglev_entries + entries > sizes.maglev_entries as usize;
+        if algorithm == lb::MAGLEV_SOURCE_IP && (over_tables || over_entries) {
+            let message = match over_tables {
+                true => format!(
+                    "the kernel's {} Maglev tables are in use (--map-entries maglev-tables=N holds more): \
+                     balanced at random instead",
+                    sizes.maglev_tables,
+                ),
+                false => format!(
+                    "the Maglev tables in use hold {} of {} entries and this port needs {entries} \
+                     (--map-entries maglev-entries=N allows more): balanced at random instead",
+                    kernel.maglev_entries, sizes.maglev_entries,
+                ),
+            };
             if let Some(rule) = rule {
                 snapshot.rejections.push(Rejection {
                     file: None,
@@ -633,7 +643,9 @@ fn compile_service(
                     snapshot.slots.insert(SlotKey { group_id: group, index: index as u32, _pad: 0 }, *backend);
                 }
                 if algorithm == lb::MAGLEV_SOURCE_IP && !keys.is_empty() {
-                    snapshot.maglev.insert(group, maglev_table(&backends, &counts, maglev_size));
+                    let table = maglev_table(&backends, &counts, maglev_size);
+                    kernel.maglev_entries += table.len();
+                    snapshot.maglev.insert(group, table);
                 }
                 let frontend = Frontend {
                     group_id: group,
@@ -748,7 +760,9 @@ impl Snapshot {
                 kernel.forget(backend);
                 index += 1;
             }
-            self.maglev.remove(&group);
+            if let Some(table) = self.maglev.remove(&group) {
+                kernel.maglev_entries -= table.len();
+            }
         }
     }
 }
@@ -769,6 +783,8 @@ struct GroupPlan {
 struct KernelCounts {
     backend_refs: Arc<HashMap<Backend, u32>>,
     clusters: usize,
+    /// Entries of all Maglev tables (padded to whole cells).
+    maglev_entries: usize,
     /// Counted by a compile.
     counted: bool,
 }
@@ -781,17 +797,20 @@ struct KernelUse {
     /// Changing some services of a compiled snapshot: their cluster states
     /// are there already (and stay: their ports did not change).
     patching: Option<usize>,
+    maglev_entries: usize,
 }
 
 impl KernelUse {
     fn patching(counts: &KernelCounts) -> Self {
         let backend_refs = (*counts.backend_refs).clone();
-        KernelUse { backend_refs, clusters: HashSet::new(), patching: Some(counts.clusters) }
+        let maglev_entries = counts.maglev_entries;
+        KernelUse { backend_refs, clusters: HashSet::new(), patching: Some(counts.clusters), maglev_entries }
     }
 
     fn counts(self) -> KernelCounts {
         let clusters = self.patching.unwrap_or(self.clusters.len());
-        KernelCounts { backend_refs: Arc::new(self.backend_refs), clusters, counted: true }
+        let maglev_entries = self.maglev_entries;
+        KernelCounts { backend_refs: Arc::new(self.backend_refs), clusters, maglev_entries, counted: true }
     }
 
     /// A group's slots and states went in.
@@ -1200,6 +1219,11 @@ mod tests {
         };
         let sizes = MapSizes { maglev_tables: 32, ..MapSizes::default() };
         let snap = compile_sized(&services(34, rule), sizes);
+        // The entries' budget likewise: 10 tables of 65,524 (padded) fit.
+        let by_entries = MapSizes { maglev_entries: 10 * 65_524 + 1, ..MapSizes::default() };
+        let limited = compile_sized(&services(34, rule), by_entries);
+        assert_eq!(limited.frontends.values().filter(|f| f.algorithm == lb::MAGLEV_SOURCE_IP).count(), 10);
+        assert!(limited.rejections[0].message.contains("maglev-entries"), "{}", limited.rejections[0]);
         let maglev = snap.frontends.values().filter(|f| f.algorithm == lb::MAGLEV_SOURCE_IP).count();
         assert_eq!(maglev, 32);
         assert_eq!(snap.frontends.values().filter(|f| f.algorithm == lb::RANDOM).count(), 2);
@@ -1293,6 +1317,7 @@ mod tests {
             assert_eq!(patched.by_frontend, whole.by_frontend);
             assert_eq!(*patched.kernel_use.backend_refs, *whole.kernel_use.backend_refs);
             assert_eq!(patched.kernel_use.clusters, whole.kernel_use.clusters);
+            assert_eq!(patched.kernel_use.maglev_entries, whole.kernel_use.maglev_entries);
             previous = patched;
         }
         let b = previous.services.iter().find(|s| s.name == "b" && s.port == 80).unwrap();

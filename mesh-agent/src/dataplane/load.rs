@@ -42,16 +42,20 @@ pub enum SizedMap {
     Backends,
     Clusters,
     MaglevTables,
+    /// Not a map of its own: the entries of all Maglev tables together
+    /// (each a kernel array; 2 bytes an entry).
+    MaglevEntries,
 }
 
 impl SizedMap {
-    const ALL: [SizedMap; 6] = [
+    const ALL: [SizedMap; 7] = [
         SizedMap::ServiceAddresses,
         SizedMap::ServiceIps,
         SizedMap::BackendSlots,
         SizedMap::Backends,
         SizedMap::Clusters,
         SizedMap::MaglevTables,
+        SizedMap::MaglevEntries,
     ];
 
     /// The name `--map-entries` knows it by.
@@ -63,6 +67,7 @@ impl SizedMap {
             SizedMap::Backends => "backends",
             SizedMap::Clusters => "clusters",
             SizedMap::MaglevTables => "maglev-tables",
+            SizedMap::MaglevEntries => "maglev-entries",
         }
     }
 
@@ -74,7 +79,8 @@ impl SizedMap {
         Self::ALL.into_iter().map(SizedMap::flag_name).collect()
     }
 
-    /// The kernel maps it sizes: the first one's size is read back.
+    /// The kernel maps it sizes: the first one's size is read back (none:
+    /// a budget of the agent's, as the flag sets it).
     fn maps(self) -> &'static [&'static str] {
         match self {
             SizedMap::ServiceAddresses => &[map_names::FRONTENDS],
@@ -83,6 +89,7 @@ impl SizedMap {
             SizedMap::Backends => &[map_names::BACKEND_LIVE],
             SizedMap::Clusters => &[map_names::CLUSTER_LIVE, map_names::CLUSTER_STATS],
             SizedMap::MaglevTables => &[map_names::MAGLEV],
+            SizedMap::MaglevEntries => &[],
         }
     }
 
@@ -98,15 +105,22 @@ impl SizedMap {
             SizedMap::Backends => &mut sizes.backends,
             SizedMap::Clusters => &mut sizes.clusters,
             SizedMap::MaglevTables => &mut sizes.maglev_tables,
+            SizedMap::MaglevEntries => &mut sizes.maglev_entries,
         }
     }
 }
 
-/// The sizes of the maps in the pin directory, as the kernel made them.
-fn sizes_in_use(maps_dir: &Path) -> Result<MapSizes, DataplaneError> {
+/// The sizes of the maps in the pin directory, as the kernel made them,
+/// and the budgets `asked` sets.
+fn sizes_in_use(maps_dir: &Path, asked: &[(SizedMap, u32)]) -> Result<MapSizes, DataplaneError> {
     let mut sizes = MapSizes::default();
     for map in SizedMap::ALL {
-        let name = map.maps()[0];
+        let Some(&name) = map.maps().first() else {
+            if let Some((_, entries)) = asked.iter().rfind(|(asked, _)| *asked == map) {
+                *map.size_in(&mut sizes) = *entries;
+            }
+            continue;
+        };
         let error = |source| DataplaneError::Map { name, source };
         let data = MapData::from_pin(maps_dir.join(name)).map_err(error)?;
         *map.size_in(&mut sizes) = data.info().map_err(error)?.max_entries();
@@ -180,7 +194,7 @@ pub fn load(options: &DataplaneOptions) -> Result<Loaded, DataplaneError> {
         }
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
-    let map_sizes = sizes_in_use(&maps_dir)?;
+    let map_sizes = sizes_in_use(&maps_dir, &options.map_entries)?;
     for (map, entries) in &options.map_entries {
         let in_use = map.size(&map_sizes);
         if in_use != *entries {

@@ -223,6 +223,9 @@ impl MapWriter {
     pub fn apply(&mut self, desired: &Snapshot) -> Result<ApplyStats, DataplaneError> {
         let result = self.write_diff(desired);
         if result.is_err() {
+            // What the failed write took out never reaches a diff: the next
+            // apply looks at every live-state entry.
+            self.sweep = true;
             if let Err(error) = self.resync() {
                 tracing::error!(%error, "could not read the kernel maps back after a failed write");
             }
@@ -337,8 +340,9 @@ impl MapWriter {
     /// already idle at the previous apply.
     /// `gone`: what this apply took out of the maps.
     fn forget_idle_state(&mut self, desired: &Snapshot, gone: Vec<IdleEntry>) -> Result<(), DataplaneError> {
-        if std::mem::take(&mut self.sweep) {
+        if self.sweep {
             self.sweep_orphans(desired)?;
+            self.sweep = false;
         }
         if self.orphans.is_empty() && gone.is_empty() {
             return Ok(());

@@ -24,43 +24,38 @@ pub(super) const START_TIMEOUT: Duration = Duration::from_secs(15);
 /// front of the one outside the mesh.
 pub(super) fn mesh_config() -> String {
     [("web", SERVICE_IP, MESHED_BACKEND_IP.0), ("web-remote", REMOTE_SERVICE_IP, BACKEND_IP.0)]
-        .map(|(name, cluster_ip, backend)| {
-            format!(
-                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: bench}}\n\
-                 spec: {{clusterIP: {cluster_ip}, ports: [{{name: http, port: {SERVICE_PORT}, targetPort: {BACKEND_PORT}}}]}}\n---\n\
-                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-                 metadata: {{name: {name}, namespace: bench, labels: {{kubernetes.io/service-name: {name}}}}}\n\
-                 addressType: IPv4\nports: [{{name: http, port: {BACKEND_PORT}}}]\nendpoints: [{{addresses: [{backend}]}}]\n---\n\
-                 apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: bench}}\n\
-                 spec:\n  hosts: [{name}]\n  http:\n  - route:\n    - destination: {{host: {name}}}\n"
-            )
-        })
+        .map(|(name, cluster_ip, backend)| http_service(name, cluster_ip, backend))
         .join("---\n")
 }
 
-/// `connections`: client connections nginx must hold at once (it
-/// preallocates a slot per worker connection, before the RSS "before").
 /// `count` more HTTP services, each with an endpoint and a VirtualService,
 /// on addresses of their own (10.100.0.0/16).
 pub(super) fn filler_config(count: u32) -> String {
     (0..count)
         .map(|i| {
-            let (name, ip) = (format!("filler-{i}"), format!("10.100.{}.{}", i / 250, i % 250 + 1));
-            format!(
-                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: bench}}\n\
-                 spec: {{clusterIP: {ip}, ports: [{{name: http, port: {SERVICE_PORT}, targetPort: {BACKEND_PORT}}}]}}\n---\n\
-                 apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
-                 metadata: {{name: {name}, namespace: bench, labels: {{kubernetes.io/service-name: {name}}}}}\n\
-                 addressType: IPv4\nports: [{{name: http, port: {BACKEND_PORT}}}]\nendpoints: [{{addresses: [{backend}]}}]\n---\n\
-                 apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: bench}}\n\
-                 spec:\n  hosts: [{name}]\n  http:\n  - route:\n    - destination: {{host: {name}}}\n",
-                backend = MESHED_BACKEND_IP.0,
-            )
+            let ip = format!("10.100.{}.{}", i / 250, i % 250 + 1);
+            http_service(&format!("filler-{i}"), &ip, MESHED_BACKEND_IP.0)
         })
         .collect::<Vec<_>>()
         .join("---\n")
 }
 
+/// An HTTP service at `cluster_ip` with `backend` as its endpoint and a
+/// VirtualService (so the kernel sends it to the proxy).
+fn http_service(name: &str, cluster_ip: &str, backend: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: bench}}\n\
+         spec: {{clusterIP: {cluster_ip}, ports: [{{name: http, port: {SERVICE_PORT}, targetPort: {BACKEND_PORT}}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {name}, namespace: bench, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nports: [{{name: http, port: {BACKEND_PORT}}}]\nendpoints: [{{addresses: [{backend}]}}]\n---\n\
+         apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: bench}}\n\
+         spec:\n  hosts: [{name}]\n  http:\n  - route:\n    - destination: {{host: {name}}}\n"
+    )
+}
+
+/// `connections`: client connections nginx must hold at once (it
+/// preallocates a slot per worker connection, before the RSS "before").
 fn nginx_config(dir: &Path, connections: u32) -> String {
     let d = dir.display();
     // Each client connection may take an upstream one too.

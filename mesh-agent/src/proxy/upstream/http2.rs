@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -48,13 +48,20 @@ struct Open {
     streams: AtomicU32,
     /// Requests it has been given.
     served: AtomicU32,
+    /// When its last stream ended, in milliseconds from `opened`.
+    last_done: AtomicU64,
 }
 
 impl Open {
-    /// It may take a new stream under `limits` (room aside).
+    /// It may take a new stream under `limits` (room aside); an idle one
+    /// past `idleTimeout` may not (the extra connections of a burst go).
     fn usable(&self, limits: &ConnectionLimits, now: Instant) -> bool {
+        let age = now.duration_since(self.opened);
+        let idle = self.streams.load(Ordering::Relaxed) == 0
+            && age.saturating_sub(Duration::from_millis(self.last_done.load(Ordering::Relaxed))) >= limits.idle_timeout;
         !self.sender.is_closed()
-            && limits.max_duration.is_none_or(|max| now.duration_since(self.opened) < max)
+            && !idle
+            && limits.max_duration.is_none_or(|max| age < max)
             && limits.max_requests.is_none_or(|max| self.served.load(Ordering::Relaxed) < max)
     }
 }
@@ -65,6 +72,8 @@ pub struct Stream(Arc<Open>);
 
 impl Drop for Stream {
     fn drop(&mut self) {
+        let done = self.0.opened.elapsed().as_millis() as u64;
+        self.0.last_done.store(done, Ordering::Relaxed);
         self.0.streams.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -84,14 +93,32 @@ impl Http2Connections {
             return Ok(claimed);
         }
         let gate = lock(&self.connecting).entry(key).or_default().clone();
-        let _connecting = gate.lock().await;
-        // The connection another request just made may have room.
-        if let Some(claimed) = self.claim(key, &limits) {
-            return Ok(claimed);
+        let connected = {
+            let _connecting = gate.lock().await;
+            // The connection another request just made may have room.
+            match self.claim(key, &limits) {
+                Some(claimed) => Ok(claimed),
+                None => Err(connect(endpoint, tls.as_ref(), limits.connect_timeout).await),
+            }
+        };
+        {
+            // The last one through lets the gate go.
+            let mut connecting = lock(&self.connecting);
+            if Arc::strong_count(&gate) == 2 {
+                connecting.remove(&key);
+            }
         }
-        let sender = connect(endpoint, tls.as_ref(), limits.connect_timeout).await?;
-        let open =
-            Arc::new(Open { sender, opened: Instant::now(), streams: AtomicU32::new(1), served: AtomicU32::new(1) });
+        let sender = match connected {
+            Ok(claimed) => return Ok(claimed),
+            Err(connected) => connected?,
+        };
+        let open = Arc::new(Open {
+            sender,
+            opened: Instant::now(),
+            streams: AtomicU32::new(1),
+            served: AtomicU32::new(1),
+            last_done: AtomicU64::new(0),
+        });
         lock(&self.open).entry(key).or_default().push(open.clone());
         if let Some(max) = limits.max_duration {
             // An idle connection is let go at its maximum age too, not only
@@ -117,6 +144,10 @@ impl Http2Connections {
         let mut open = lock(&self.open);
         let list = open.get_mut(&key)?;
         list.retain(|open| open.usable(limits, now));
+        if list.is_empty() {
+            open.remove(&key);
+            return None;
+        }
         let best = (list.iter())
             .filter(|open| open.streams.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION)
             .min_by_key(|open| open.streams.load(Ordering::Relaxed))?;
