@@ -311,10 +311,8 @@ impl Model {
         let changed = batch.changed.as_ref()?;
         let alone = changed.iter().all(|key| CHANGED_ALONE.contains(&key.kind.as_str()));
         let same_problems = batch.rejections == previous.source_problems;
-        if previous.accepted.is_empty() || !alone || !same_problems || previous.source_undecodable {
-            return None;
-        }
-        if !batch.undecodable.is_empty() {
+        let undecodable = previous.source_undecodable || !batch.undecodable.is_empty();
+        if previous.accepted.is_empty() || !alone || !same_problems || undecodable {
             return None;
         }
         // The changed objects as the batch has them (absent: gone).
@@ -353,7 +351,7 @@ impl Model {
                 }
             }
             if let Some(object) = model.accepted.get(key) {
-                let warnings = crate::warnings::of_object(object);
+                let warnings = own_warnings(previous, key, object);
                 if !warnings.is_empty() {
                     model.object_warnings.insert(key.clone(), warnings);
                 }
@@ -490,16 +488,11 @@ impl Model {
         model.report_shadowed_hosts(&mut rejections);
         model.fill_unnumbered_slice_ports();
         model.rejections = rejections;
-        // An object handed over unchanged keeps its warnings.
-        let warnings_of = |(key, object): (&ObjectKey, &SourcedObject)| {
-            let last = previous.accepted.get(key).filter(|last| Arc::ptr_eq(&last.resource, &object.resource));
-            let warnings = match last {
-                Some(_) => previous.object_warnings.get(key).cloned().unwrap_or_default(),
-                None => crate::warnings::of_object(object),
-            };
-            (!warnings.is_empty()).then(|| (key.clone(), warnings))
-        };
-        model.object_warnings = model.accepted.iter().filter_map(warnings_of).collect();
+        model.object_warnings = (model.accepted.iter())
+            .map(|(key, object)| (key, own_warnings(previous, key, object)))
+            .filter(|(_, warnings)| !warnings.is_empty())
+            .map(|(key, warnings)| (key.clone(), warnings))
+            .collect();
         model.gateway_warnings = model.gateway_reference_warnings();
         model.delegation_warnings = delegation_warnings;
         model.assemble_warnings();
@@ -915,6 +908,16 @@ impl Model {
 const LAST_GOOD_SERVES: &str = " (the last good version keeps serving)";
 
 /// Reports each of `errors` of `object`, saying what serves `instead`.
+/// The warnings of `object`'s own fields: those `previous` found, when it
+/// served the very same object (a last good version, or one the source
+/// handed over unchanged).
+fn own_warnings(previous: &Model, key: &ObjectKey, object: &SourcedObject) -> Vec<Warning> {
+    match previous.accepted.get(key).filter(|last| Arc::ptr_eq(&last.resource, &object.resource)) {
+        Some(_) => previous.object_warnings.get(key).cloned().unwrap_or_default(),
+        None => crate::warnings::of_object(object),
+    }
+}
+
 fn report(object: &SourcedObject, errors: Vec<FieldError>, instead: &str, rejections: &mut Vec<Rejection>) {
     for error in errors {
         let mut rejection = Rejection::object(object, error);

@@ -139,6 +139,21 @@ fn family_of(ip: IpAddr) -> u8 {
     }
 }
 
+/// A service address as the kernel's frontends key it.
+fn frontend_key(address: SocketAddr, protocol: Protocol) -> FrontendKey {
+    let proto = match protocol {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    };
+    let ip = address.ip();
+    FrontendKey { addr: ip_words(ip), port: address.port().to_be(), proto, family: family_of(ip) }
+}
+
+/// The cluster IP a frontend is on.
+fn service_ip_key(frontend: &FrontendKey) -> ServiceIpKey {
+    ServiceIpKey { addr: frontend.addr, family: frontend.family, _pad: [0; 3] }
+}
+
 /// The cluster (service port, both families) and group (its backends of
 /// one family) ids: hashes of names, so a restarted agent derives the same
 /// ids and finds its own counters in the pinned maps.
@@ -467,12 +482,12 @@ fn compile_changed(model: &Model, previous: &Snapshot, cluster_domain: &str) -> 
         let views = &snapshot.services[..snapshot.service_views];
         let first = views.partition_point(|view| (view.namespace.as_str(), view.name.as_str()) < (&namespace, &name));
         let count = views[first..].iter().take_while(|view| view.namespace == namespace && view.name == name).count();
-        let ports: Vec<usize> = (first..first + count).collect();
+        let ports = first..first + count;
         if ports.len() != service.ports.len() {
             return None;
         }
-        for index in &ports {
-            let view = snapshot.services[*index].clone();
+        for index in ports.clone() {
+            let view = snapshot.services[index].clone();
             snapshot.take_out(&mut kernel, &view);
         }
         let origin = ObjectKey::new("Service", &namespace, &name);
@@ -480,7 +495,7 @@ fn compile_changed(model: &Model, previous: &Snapshot, cluster_domain: &str) -> 
         if snapshot.rejections.len() != model.rejections.len() {
             return None;
         }
-        for (index, view) in ports.into_iter().zip(views) {
+        for (index, view) in ports.zip(views) {
             snapshot.services[index] = Arc::new(view);
         }
     }
@@ -544,7 +559,7 @@ fn compile_service(
     // Rules for some clients only (workloadSelector): the proxy applies
     // them per client.
     let selector_rules: Vec<&DestinationRuleModel> = model.selector_rules(&fqdn).collect();
-    for port in &service.ports {
+    for (index, port) in service.ports.iter().enumerate() {
         let policy = rule.map(|r| r.effective(None, port.port)).unwrap_or_default();
         let (http, http2) = http_protocol(port);
         // HTTP ports with L7 rules, and plain TCP ports with `tcp` routes.
@@ -592,10 +607,6 @@ fn compile_service(
             (algorithm, maglev_size, note) = (lb::RANDOM, 0, Some(message));
         }
         let cluster = cluster_id(service, port);
-        let proto = match port.protocol {
-            Protocol::Tcp => PROTO_TCP,
-            Protocol::Udp => PROTO_UDP,
-        };
         let mut view_backends = Vec::new();
         // What this port puts in the kernel, per family with addresses:
         // all of it, or (a map is full) none of it.
@@ -616,17 +627,16 @@ fn compile_service(
             let setting = locality_setting(&policy, service.prefer_close);
             let placed = placements_of(setting, model.node.locality.as_ref(), backends.iter());
             let counts = slot_counts(placed.as_deref(), backends.len());
-            let group = GroupPlan { family, group: group_id(cluster, family), ips, backends, counts };
+            let group = GroupPlan { group: group_id(cluster, family), ips, backends, counts };
             groups.push(group);
         }
-        let full = kernel.full_for(&groups, cluster, proto, port.port, snapshot, sizes);
+        let full = kernel.full_for(&groups, cluster, port, snapshot, sizes);
         if let Some((what, size)) = full {
             let message = format!(
                 "the kernel's {what} map is full ({size} entries; --map-entries sets more): \
                  port {} is not translated",
                 port.port
             );
-            let index = service.ports.iter().position(|p| p.port == port.port).unwrap_or_default();
             snapshot.rejections.push(Rejection {
                 file: model.served_object(origin).map(|object| object.file.clone()).filter(|file| !file.is_empty()),
                 kind: origin.kind.clone(),
@@ -636,7 +646,7 @@ fn compile_service(
                 message,
             });
         }
-        for GroupPlan { family, group, ips, backends, counts } in groups {
+        for GroupPlan { group, ips, backends, counts } in groups {
             if full.is_none() {
                 let keys = slot_keys(&backends, &counts);
                 for (index, backend) in keys.iter().enumerate() {
@@ -659,7 +669,7 @@ fn compile_service(
                 };
                 kernel.record(&keys, [cluster, group]);
                 for ip in ips {
-                    let key = FrontendKey { addr: ip_words(ip), port: port.port.to_be(), proto, family };
+                    let key = frontend_key(SocketAddr::new(ip, port.port), port.protocol);
                     // Services come first: an entry's VIP on a Service's
                     // address and port is the Service's (and warned).
                     if snapshot.frontends.contains_key(&key) {
@@ -667,8 +677,7 @@ fn compile_service(
                         continue;
                     }
                     snapshot.frontends.insert(key, frontend);
-                    let ip_key = ServiceIpKey { addr: key.addr, family, _pad: [0; 3] };
-                    *snapshot.service_ips.entry(ip_key).or_default() += 1;
+                    *snapshot.service_ips.entry(service_ip_key(&key)).or_default() += 1;
                 }
             }
             view_backends.extend(backends);
@@ -736,19 +745,14 @@ impl Snapshot {
 
     /// Takes what service port `view` put in the kernel maps out of them.
     fn take_out(&mut self, kernel: &mut KernelUse, view: &ServicePortView) {
-        let proto = match view.protocol {
-            Protocol::Tcp => PROTO_TCP,
-            Protocol::Udp => PROTO_UDP,
-        };
         for address in &view.frontends {
-            let family = family_of(address.ip());
-            let key = FrontendKey { addr: ip_words(address.ip()), port: address.port().to_be(), proto, family };
+            let key = frontend_key(*address, view.protocol);
             // An address another service holds (see `address_taken`) stays.
             let Some(frontend) = self.frontends.get(&key).copied().filter(|f| f.cluster_id == view.cluster_id) else {
                 continue;
             };
             self.frontends.remove(&key);
-            let ip_key = ServiceIpKey { addr: key.addr, family, _pad: [0; 3] };
+            let ip_key = service_ip_key(&key);
             match self.service_ips.get(&ip_key).copied() {
                 Some(ports) if ports > 1 => drop(self.service_ips.insert(ip_key, ports - 1)),
                 _ => drop(self.service_ips.remove(&ip_key)),
@@ -769,7 +773,6 @@ impl Snapshot {
 
 /// One address family of a service port, before it goes in the kernel.
 struct GroupPlan {
-    family: u8,
     group: u64,
     ips: Vec<IpAddr>,
     backends: Vec<BackendView>,
@@ -838,24 +841,18 @@ impl KernelUse {
         &self,
         groups: &[GroupPlan],
         cluster: u64,
-        proto: u8,
-        port: u16,
+        port: &PortModel,
         snapshot: &Snapshot,
         sizes: MapSizes,
     ) -> Option<(&'static str, u32)> {
         let over = |used: usize, adding: usize, size: u32| used + adding > size as usize;
         let keys = || {
-            groups.iter().flat_map(|g| {
-                g.ips.iter().map(move |ip| {
-                    (FrontendKey { addr: ip_words(*ip), port: port.to_be(), proto, family: g.family }, g.family)
-                })
-            })
+            let ips = groups.iter().flat_map(|g| &g.ips);
+            ips.map(|ip| frontend_key(SocketAddr::new(*ip, port.port), port.protocol))
         };
-        let frontends = keys().filter(|(key, _)| !snapshot.frontends.contains_key(key)).count();
-        let ips: HashSet<ServiceIpKey> = keys()
-            .map(|(key, family)| ServiceIpKey { addr: key.addr, family, _pad: [0; 3] })
-            .filter(|key| !snapshot.service_ips.contains_key(key))
-            .collect();
+        let frontends = keys().filter(|key| !snapshot.frontends.contains_key(key)).count();
+        let ips: HashSet<ServiceIpKey> =
+            keys().map(|key| service_ip_key(&key)).filter(|key| !snapshot.service_ips.contains_key(key)).collect();
         let slots: usize = groups.iter().map(|g| g.counts.iter().sum::<usize>()).sum();
         let backends: HashSet<Backend> = (groups.iter())
             .flat_map(|g| {
@@ -890,19 +887,20 @@ fn slot_keys(backends: &[BackendView], counts: &[usize]) -> Vec<Backend> {
 /// equally), padded with zeros to whole cells (see
 /// [`mesh_common::maglev_cells`]).
 fn maglev_table(backends: &[BackendView], counts: &[usize], size: u32) -> Arc<[u16]> {
-    let mut chosen: Vec<(String, u16)> = Vec::new();
+    // The chosen backends' names, and the first slot of each.
+    let (mut names, mut firsts) = (Vec::new(), Vec::new());
     let mut first = 0;
     for (backend, count) in backends.iter().zip(counts) {
         // A slot past what 16 bits index is never picked by the kernel
         // either (`MAX_BACKENDS_PER_GROUP`).
         if *count > 0 && first < capacity::MAX_BACKENDS_PER_GROUP as usize {
-            chosen.push((backend.address.to_string(), first as u16));
+            names.push(backend.address.to_string());
+            firsts.push(first as u16);
         }
         first += count;
     }
-    let names: Vec<String> = chosen.iter().map(|(name, _)| name.clone()).collect();
     let mut table: Vec<u16> =
-        maglev::build_table(&names, size).into_iter().map(|owner| chosen[owner as usize].1).collect();
+        maglev::build_table(&names, size).into_iter().map(|owner| firsts[owner as usize]).collect();
     table.resize((maglev_cells::count(size) * maglev_cells::ENTRIES_PER_CELL) as usize, 0);
     table.into()
 }

@@ -93,10 +93,6 @@ impl SizedMap {
         }
     }
 
-    fn size(self, sizes: &MapSizes) -> u32 {
-        *self.size_in(&mut sizes.clone())
-    }
-
     fn size_in(self, sizes: &mut MapSizes) -> &mut u32 {
         match self {
             SizedMap::ServiceAddresses => &mut sizes.frontends,
@@ -194,9 +190,9 @@ pub fn load(options: &DataplaneOptions) -> Result<Loaded, DataplaneError> {
         }
     }
     let mut ebpf = loader.load(EBPF_OBJECT)?;
-    let map_sizes = sizes_in_use(&maps_dir, &options.map_entries)?;
+    let mut map_sizes = sizes_in_use(&maps_dir, &options.map_entries)?;
     for (map, entries) in &options.map_entries {
-        let in_use = map.size(&map_sizes);
+        let in_use = *map.size_in(&mut map_sizes);
         if in_use != *entries {
             tracing::warn!(
                 map = map.flag_name(),

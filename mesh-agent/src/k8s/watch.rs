@@ -269,7 +269,7 @@ impl KubeStore {
         // No longer referenced, or referenced again with a newer watch.
         let Some(s) = store.secrets.get_mut(key).filter(|s| s.epoch == epoch) else { return };
         let changed = apply_event(&SECRET, s, event);
-        self.applied(&mut store, &SECRET, changed);
+        self.applied(&mut store, SECRET.kind, changed);
     }
 
     fn secret_error(&self, key: &(String, String), epoch: u64, error: String) {
@@ -328,10 +328,10 @@ impl KubeStore {
         let mut store = self.lock();
         let (kind, s) = &mut store.kinds[index];
         let is_rule = NAMES_SECRETS.contains(&kind.kind);
-        let kind = kind.clone();
-        let changed = apply_event(&kind, s, event);
-        self.applied(&mut store, &kind, changed.clone());
-        if changed != Changed::Nothing && is_rule && Self::track_secrets(&mut store) {
+        let (name, changed) = (kind.kind, apply_event(&kind.clone(), s, event));
+        let touched = changed != Changed::Nothing;
+        self.applied(&mut store, name, changed);
+        if touched && is_rule && Self::track_secrets(&mut store) {
             self.secrets_changed.notify_one();
         }
     }
@@ -348,8 +348,8 @@ impl KubeStore {
         if !s.synced || !s.objects.is_empty() {
             s.objects.clear();
             s.synced = true;
-            let kind = kind.clone();
-            self.applied(&mut store, &kind, Changed::Whole);
+            let kind = kind.kind;
+            self.applied(&mut store, kind, Changed::Whole);
         }
     }
 
@@ -365,13 +365,13 @@ impl KubeStore {
 
     /// After an event of `kind` was applied to `store` (`changed`: what
     /// it serves changed): counted, and the reload loop woken.
-    fn applied(&self, store: &mut Store, kind: &WatchedKind, changed: Changed) {
+    fn applied(&self, store: &mut Store, kind: &'static str, changed: Changed) {
         match changed {
             Changed::Nothing => {}
             Changed::Object((namespace, name)) => {
                 store.dirty = true;
                 if let Some(keys) = &mut store.changed {
-                    keys.insert(ObjectKey::new(kind.kind, &namespace, &name));
+                    keys.insert(ObjectKey::new(kind, &namespace, &name));
                 }
             }
             Changed::Whole => {

@@ -37,7 +37,7 @@ pub struct Http2Connections {
     open: Arc<Mutex<HashMap<Key, Vec<Arc<Open>>>>>,
     /// Held while a connection to the endpoint is being made: requests
     /// that need one wait for it, then look for room again.
-    connecting: Arc<Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>>,
+    connecting: Gates,
 }
 
 /// One connection's sender and what it carries.
@@ -92,26 +92,12 @@ impl Http2Connections {
         if let Some(claimed) = self.claim(key, &limits) {
             return Ok(claimed);
         }
-        let gate = lock(&self.connecting).entry(key).or_default().clone();
-        let connected = {
-            let _connecting = gate.lock().await;
-            // The connection another request just made may have room.
-            match self.claim(key, &limits) {
-                Some(claimed) => Ok(claimed),
-                None => Err(connect(endpoint, tls.as_ref(), limits.connect_timeout).await),
-            }
-        };
-        {
-            // The last one through lets the gate go.
-            let mut connecting = lock(&self.connecting);
-            if Arc::strong_count(&gate) == 2 {
-                connecting.remove(&key);
-            }
+        let _connecting = ConnectGate::enter(&self.connecting, key).await;
+        // The connection another request just made may have room.
+        if let Some(claimed) = self.claim(key, &limits) {
+            return Ok(claimed);
         }
-        let sender = match connected {
-            Ok(claimed) => return Ok(claimed),
-            Err(connected) => connected?,
-        };
+        let sender = connect(endpoint, tls.as_ref(), limits.connect_timeout).await?;
         let open = Arc::new(Open {
             sender,
             opened: Instant::now(),
@@ -161,6 +147,34 @@ impl Http2Connections {
         let open = lock(&self.open);
         let lists = open.iter().filter(|((e, _), _)| *e == endpoint);
         lists.map(|(_, list)| list.iter().filter(|open| !open.sender.is_closed()).count()).sum()
+    }
+}
+
+type Gates = Arc<Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>>;
+
+/// Held while a connection to an endpoint is being made; the last holder
+/// lets the endpoint's gate go.
+struct ConnectGate {
+    gates: Gates,
+    key: Key,
+    held: Option<tokio::sync::OwnedMutexGuard<()>>,
+}
+
+impl ConnectGate {
+    async fn enter(gates: &Gates, key: Key) -> Self {
+        let gate = lock(gates).entry(key).or_default().clone();
+        ConnectGate { gates: gates.clone(), key, held: Some(gate.lock_owned().await) }
+    }
+}
+
+impl Drop for ConnectGate {
+    fn drop(&mut self) {
+        let mut gates = lock(&self.gates);
+        drop(self.held.take());
+        // Only the map holds the gate now: no request waits on it.
+        if gates.get(&self.key).is_some_and(|gate| Arc::strong_count(gate) == 1) {
+            gates.remove(&self.key);
+        }
     }
 }
 
@@ -255,6 +269,7 @@ mod tests {
             }));
         }
         assert_eq!(connections.open_to(address), 2, "a second connection for the 101st stream");
+        assert!(lock(&connections.connecting).is_empty(), "no connect under way: no gate kept");
         release.add_permits(1_000);
         for task in waiting {
             task.await.unwrap();
