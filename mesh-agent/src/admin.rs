@@ -179,7 +179,7 @@ fn service_status(service: &ServicePortView, counters: &Counters, proxy_on: bool
             .iter()
             .map(|b| BackendStatus {
                 address: b.address.to_string(),
-                target: b.target.clone(),
+                target: b.target.as_deref().map(str::to_owned),
                 live_connections: counters.backend_live.get(&backend_key(b.address)).copied().unwrap_or(0),
             })
             .collect(),

@@ -9,7 +9,7 @@
 //! Layers, each importing only from itself and the ones below (checked by
 //! `cargo xtask layers`, part of `cargo xtask test`):
 //!
-//! 0. `mesh-core` (its own crate), and [`sync`];
+//! 0. `mesh-core` (its own crate), [`sync`] and [`memory`];
 //! 1. [`source`], [`k8s`], [`dns`] (the resolver of DNS ServiceEntries),
 //!    [`workloads`] (pod cgroups), [`state`] (the last good configuration
 //!    kept on the node), [`dataplane`], [`proxy`];
@@ -22,6 +22,7 @@ pub mod dataplane;
 pub mod dns;
 pub mod handover;
 pub mod k8s;
+pub mod memory;
 pub mod proxy;
 pub mod report;
 pub mod source;

@@ -346,7 +346,7 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     // One thread for the proxy, the admin API and the watches: a
     // single-threaded scheduler has no cross-thread hand-offs per request.
     // (Map writes run on the reload thread.)
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = runtime()?;
 
     // The proxy listens before any connect can be captured to it.
     let node_v4 = args.node_ips.iter().find_map(|ip| match ip {
@@ -500,7 +500,7 @@ fn gateway(args: GatewayArgs) -> anyhow::Result<()> {
     }
     let common = &args.common;
     let config_dir = config_dir(common)?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let runtime = runtime()?;
     let (source, source_name, watches): (Box<dyn ConfigSource>, String, Option<k8s::KubeStore>) = match config_dir {
         Some(dir) => (Box::new(FileSource::new(dir)), format!("directory {}", dir.display()), None),
         None => {
@@ -561,6 +561,13 @@ fn config_dir(common: &CommonArgs) -> anyhow::Result<Option<&std::path::Path>> {
 /// `reload` with the resolver of DNS ServiceEntries. Without a readable
 /// resolver configuration the agent runs on, and those entries say they
 /// have no answer.
+/// The agent's runtime: one thread, which gives back what it freed when it
+/// goes idle (the watches decode whole relists on it).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let collector = Arc::new(mesh_agent::memory::IdleCollector::default());
+    tokio::runtime::Builder::new_current_thread().enable_all().on_thread_park(move || collector.parked()).build()
+}
+
 fn with_resolver(reload: ReloadLoop, runtime: &tokio::runtime::Runtime, resolv_conf: &std::path::Path) -> ReloadLoop {
     match dns::start(runtime.handle(), resolv_conf) {
         Ok(link) => reload.with_dns(link),

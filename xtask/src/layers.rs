@@ -33,6 +33,7 @@ const CRATE_ROOTS: &[&str] = &[
 pub const AGENT_LAYERS: &[(&str, u8)] = &[
     // Helpers every room may use.
     ("sync", 0),
+    ("memory", 0),
     // Where configuration comes from, the kernel side, and the L7 proxy.
     ("source", 1),
     ("dns", 1),

@@ -89,8 +89,25 @@ enum BenchKind {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
     },
+    /// HTTP/2 clients (h2load) through the L7 proxy to an HTTP/1.1 and an
+    /// HTTP/2 upstream on the same backend, vs direct.
+    H2 {
+        /// Client connections of h2load.
+        #[arg(long, default_value_t = 16)]
+        connections: u32,
+        /// Requests under way at once on each client connection (h2load -m).
+        #[arg(long, default_value_t = 10)]
+        streams: u32,
+        /// Length of each run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Rounds, each running every row in turn; the table shows each
+        /// figure's median over them.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+    },
     /// A large cluster: first load, one endpoint changed (latency, map
-    /// writes), RSS, against kube-proxy's iptables-restore.
+    /// writes), RSS, against kube-proxy's iptables-restore and nft.
     Scale {
         /// Service counts to measure (10 endpoints each).
         #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
@@ -110,6 +127,9 @@ enum BenchKind {
     L7Backend {
         #[arg(long)]
         port: u16,
+        /// HTTP/2 with prior knowledge instead of HTTP/1.1.
+        #[arg(long)]
+        http2: bool,
     },
 }
 
@@ -149,6 +169,10 @@ fn main() -> Result<()> {
             setup()?;
             bench_l7::l7(&bench_l7::Options { paths, rates, connections, seconds, rounds })
         }
+        Cmd::Bench { which: BenchKind::H2 { connections, streams, seconds, rounds } } => {
+            setup()?;
+            bench_l7::h2(&bench_l7::H2Options { connections, streams, seconds, rounds })
+        }
         Cmd::Bench { which: BenchKind::Scale { services, changes } } => {
             setup()?;
             let bins = build_binaries(true)?;
@@ -158,7 +182,7 @@ fn main() -> Result<()> {
             setup()?;
             bench_l7::idle(connections)
         }
-        Cmd::Bench { which: BenchKind::L7Backend { port } } => bench_l7::backend(port),
+        Cmd::Bench { which: BenchKind::L7Backend { port, http2 } } => bench_l7::backend(port, http2),
     }
 }
 

@@ -15,9 +15,45 @@ use std::collections::BTreeMap;
 pub struct ObjectMeta {
     pub name: String,
     pub namespace: Option<String>,
-    pub labels: BTreeMap<String, String>,
+    pub labels: LabelList,
     pub generation: Option<i64>,
     pub uid: Option<String>,
+}
+
+/// `metadata.labels` as read: the pairs sorted by key in one allocation. A
+/// `BTreeMap` takes a 544-byte node even for the one label of an
+/// EndpointSlice, and a large cluster keeps tens of thousands of objects.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LabelList(Box<[(String, String)]>);
+
+impl LabelList {
+    pub fn get(&self, key: &str) -> Option<&String> {
+        let at = self.0.binary_search_by(|(k, _)| k.as_str().cmp(key)).ok()?;
+        Some(&self.0[at].1)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter().map(|(k, v)| (k, v))
+    }
+
+    pub fn to_map(&self) -> BTreeMap<String, String> {
+        self.0.iter().cloned().collect()
+    }
+}
+
+impl std::ops::Index<&str> for LabelList {
+    type Output = String;
+
+    fn index(&self, key: &str) -> &String {
+        self.get(key).unwrap_or_else(|| panic!("no label {key:?}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for LabelList {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let map = BTreeMap::<String, String>::deserialize(deserializer)?;
+        Ok(LabelList(map.into_iter().collect()))
+    }
 }
 
 impl ObjectMeta {
@@ -27,19 +63,20 @@ impl ObjectMeta {
 }
 
 /// An object of a kind the agent understands, tagged by `kind`.
-// Built once per reload and moved rarely: boxing would buy nothing.
-#[allow(clippy::large_enum_variant)]
+// Every object is kept (in an `Arc`) while it serves, at the size of the
+// largest variant: the kinds larger than a Service are boxed, or each of a
+// large cluster's EndpointSlices would take a DestinationRule's 1.4 KB.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Resource {
     Service(Service),
     EndpointSlice(EndpointSlice),
     Pod(Pod),
-    DestinationRule(DestinationRule),
-    VirtualService(VirtualService),
+    DestinationRule(Box<DestinationRule>),
+    VirtualService(Box<VirtualService>),
     Gateway(Gateway),
-    ServiceEntry(ServiceEntry),
-    Sidecar(Sidecar),
-    WorkloadEntry(WorkloadEntry),
+    ServiceEntry(Box<ServiceEntry>),
+    Sidecar(Box<Sidecar>),
+    WorkloadEntry(Box<WorkloadEntry>),
     Secret(Secret),
 }
 
@@ -129,15 +166,18 @@ pub struct EndpointSlice {
     pub ports: Vec<EndpointPort>,
 }
 
+/// Only the fields the model reads, compactly: a large cluster keeps
+/// hundreds of thousands of these (`nodeName`, `hints` and the rest are
+/// dropped as they are read).
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, rename_all = "camelCase")]
 pub struct Endpoint {
-    pub addresses: Vec<String>,
+    /// Almost always one: kept inline.
+    pub addresses: smallvec::SmallVec<[Box<str>; 1]>,
     pub conditions: EndpointConditions,
-    pub target_ref: Option<ObjectReference>,
-    pub node_name: Option<String>,
+    pub target_ref: Option<Box<ObjectReference>>,
     /// `topology.kubernetes.io/zone` of its node.
-    pub zone: Option<String>,
+    pub zone: Option<Box<str>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]

@@ -234,6 +234,10 @@ pub fn validate_export_to(export_to: &[String], namespace: &str, none: ExportToN
     Ok(())
 }
 
+/// A set of labels shared by the objects that carry it (a pod's, by each
+/// backend it stands behind).
+pub type Labels = std::sync::Arc<BTreeMap<String, String>>;
+
 /// Whether `labels` carry every key of `selector` with its value (an
 /// empty selector: any labels), as a `matchLabels` selector picks.
 pub fn labels_match(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {

@@ -104,12 +104,12 @@ pub fn compile<'a>(model: &Model, services: impl Iterator<Item = ServicePortRef<
         // known yet is skipped until it is).
         let (namespace, name, labels) = match &cgroup.uid {
             Some(uid) => match by_uid.get(uid.as_str()) {
-                Some(pod) => (pod.namespace.as_str(), pod.name.as_str(), &pod.labels),
+                Some(pod) => (pod.namespace.as_str(), pod.name.as_str(), &*pod.labels),
                 None => continue,
             },
             None => {
                 let pod = model.pods.get(&(cgroup.namespace.clone(), cgroup.name.clone()));
-                (cgroup.namespace.as_str(), cgroup.name.as_str(), pod.map(|p| &p.labels).unwrap_or(&no_labels))
+                (cgroup.namespace.as_str(), cgroup.name.as_str(), pod.map_or(&no_labels, |p| &*p.labels))
             }
         };
         // The system's own pods (the agent's namespace, kube-system) are

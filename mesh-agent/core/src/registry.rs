@@ -4,11 +4,13 @@
 //! to, so VIP translation in the kernel, routes, DestinationRules and
 //! status need nothing of their own.
 
+use crate::host::Labels;
 use crate::locality::Locality;
 use crate::model::{EndpointModel, EndpointSliceModel, PortModel, Protocol, ServiceModel, SlicePort, TargetPort};
 use crate::service_entry::{EntryEndpoint, EntryPort, Resolution, Resolved, ServiceEntryModel};
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 /// The service port the rest of the mesh sees: UDP for `UDP`, else TCP;
 /// HTTP ports by their application protocol, as a Service's.
@@ -53,7 +55,7 @@ pub fn services_of(entry: &ServiceEntryModel, resolved: &Resolved) -> Vec<(Servi
                 Resolution::Dns | Resolution::DnsRoundRobin if entry.endpoints.is_empty() => {
                     let found = answers(host);
                     let vips = if single.is_empty() { found.clone() } else { single.clone() };
-                    (vips, found.into_iter().map(|ip| (ip, &HOST_ENDPOINT)).collect())
+                    (vips, found.into_iter().map(|ip| (ip, &*HOST_ENDPOINT)).collect())
                 }
                 Resolution::Dns | Resolution::DnsRoundRobin => {
                     let endpoints = (entry.endpoints.iter())
@@ -93,8 +95,12 @@ pub fn services_of(entry: &ServiceEntryModel, resolved: &Resolved) -> Vec<(Servi
 
 /// The endpoint a `DNS` entry without endpoints has for each answer: no
 /// ports of its own, no labels.
-static HOST_ENDPOINT: EntryEndpoint =
-    EntryEndpoint { address: String::new(), ports: BTreeMap::new(), labels: BTreeMap::new(), locality: None };
+static HOST_ENDPOINT: std::sync::LazyLock<EntryEndpoint> = std::sync::LazyLock::new(|| EntryEndpoint {
+    address: String::new(),
+    ports: BTreeMap::new(),
+    labels: Labels::default(),
+    locality: None,
+});
 
 /// One slice per distinct port mapping, so that each endpoint keeps its own
 /// port for each named entry port (`ports`, the service's).
@@ -118,11 +124,11 @@ fn slices_of(
             })
             .collect();
         by_ports.entry(slice_ports).or_default().push(EndpointModel {
-            addresses: vec![*ip],
+            addresses: [*ip].into(),
             ready: true,
             target: None,
             labels: Some(endpoint.labels.clone()),
-            locality: endpoint.locality.as_deref().map(Locality::parse).unwrap_or_default(),
+            locality: Arc::new(endpoint.locality.as_deref().map(Locality::parse).unwrap_or_default()),
         });
     }
     (by_ports.into_iter().enumerate())
@@ -175,7 +181,7 @@ mod tests {
             ],
             "an endpoint's own port, else the targetPort, else the number"
         );
-        assert_eq!(slices[1].endpoints[0].labels, Some([("v".to_owned(), "a".to_owned())].into()));
+        assert_eq!(slices[1].endpoints[0].labels, Some(Labels::new([("v".to_owned(), "a".to_owned())].into())));
         let none = validate(&format!("  hosts: [a.com]\n  addresses: [10.97.0.11]\n{HTTP}")).unwrap();
         let none = services_of(&none, &Resolved::new());
         assert!(none[0].0.cluster_ips.is_empty() && none[0].1.is_empty());

@@ -5,7 +5,7 @@
 use crate::api::{IstioPort, ServiceEntry, WorkloadEntry, WorkloadEntrySpec};
 use crate::field::{parse_port, FieldError, Path};
 use crate::host::{
-    is_dns1123_label, validate_export_to, validate_fqdn, validate_host_name, validate_labels, ExportToNone,
+    is_dns1123_label, validate_export_to, validate_fqdn, validate_host_name, validate_labels, ExportToNone, Labels,
 };
 use crate::route::Subnet;
 use serde::Serialize;
@@ -62,7 +62,7 @@ pub struct EntryEndpoint {
     pub address: String,
     /// Port name of the entry → this endpoint's port.
     pub ports: BTreeMap<String, u16>,
-    pub labels: BTreeMap<String, String>,
+    pub labels: Labels,
     /// `region/zone/subzone`.
     pub locality: Option<String>,
 }
@@ -215,7 +215,7 @@ fn validate_endpoint(
     Ok(EntryEndpoint {
         address: address.to_owned(),
         ports,
-        labels: endpoint.labels.clone(),
+        labels: Labels::new(endpoint.labels.clone()),
         locality: endpoint.locality.clone().filter(|l| !l.is_empty()),
     })
 }

@@ -3,6 +3,7 @@
 
 use crate::destination_rule::{DestinationRuleModel, EffectivePolicy, HashKey, HashTable, LoadBalancer};
 use crate::host::labels_match;
+use crate::host::Labels;
 use crate::locality::{placements, Locality, Placement, Setting};
 use crate::maglev;
 use crate::model::{EndpointModel, EndpointSliceModel, Model, PortModel, Protocol, ServiceModel, TargetPort};
@@ -102,11 +103,12 @@ pub struct ServicePortView {
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
 pub struct BackendView {
     pub address: SocketAddr,
-    pub target: Option<String>,
-    /// The labels of the pod behind the address, for subsets.
-    pub labels: BTreeMap<String, String>,
+    pub target: Option<Arc<str>>,
+    /// The labels of the pod behind the address, for subsets (shared with
+    /// the pod: a pod stands behind as many backends as its ports).
+    pub labels: Labels,
     /// Where it runs (parts unknown are empty).
-    pub locality: Locality,
+    pub locality: Arc<Locality>,
 }
 
 pub use mesh_common::ip_words;
@@ -276,13 +278,14 @@ fn entry_services(
     services
 }
 
-/// The ready endpoints of one service port in one family.
 /// Pod labels by address, and by `namespace/Pod/name` for endpoints whose
 /// pod is known by its metadata only (the API source watches remote pods'
 /// labels, not their addresses).
 struct PodLabels<'a> {
-    by_ip: HashMap<IpAddr, &'a BTreeMap<String, String>>,
-    by_target: HashMap<String, &'a BTreeMap<String, String>>,
+    by_ip: HashMap<IpAddr, &'a Labels>,
+    by_target: HashMap<String, &'a Labels>,
+    /// What a backend without a known pod gets: one empty set for all.
+    none: Labels,
 }
 
 impl<'a> PodLabels<'a> {
@@ -291,15 +294,17 @@ impl<'a> PodLabels<'a> {
         Self {
             by_ip: pods().flat_map(|pod| pod.ips.iter().map(move |ip| (*ip, &pod.labels))).collect(),
             by_target: pods().map(|pod| (format!("{}/Pod/{}", pod.namespace, pod.name), &pod.labels)).collect(),
+            none: Labels::default(),
         }
     }
 
-    fn of(&self, address: &IpAddr, namespace: &str, target: Option<&str>) -> BTreeMap<String, String> {
+    fn of(&self, address: &IpAddr, namespace: &str, target: Option<&str>) -> Labels {
         let by_target = || self.by_target.get(&format!("{namespace}/{}", target?)).copied();
-        self.by_ip.get(address).copied().or_else(by_target).cloned().unwrap_or_default()
+        self.by_ip.get(address).copied().or_else(by_target).unwrap_or(&self.none).clone()
     }
 }
 
+/// The ready endpoints of one service port in one family.
 fn backends_of(
     slices: &SliceIndex<'_>,
     pod_labels: &PodLabels<'_>,
@@ -915,8 +920,8 @@ fn placements_of<'a>(
     let own = own?;
     let localities: Vec<Locality> = backends
         .map(|b| match b.locality.region.is_empty() {
-            true => Locality { region: own.region.clone(), ..b.locality.clone() },
-            false => b.locality.clone(),
+            true => Locality { region: own.region.clone(), ..(*b.locality).clone() },
+            false => (*b.locality).clone(),
         })
         .collect();
     placements(setting, Some(own), &localities)

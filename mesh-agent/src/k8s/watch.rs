@@ -490,6 +490,9 @@ fn decode(kind: &WatchedKind, mut object: serde_json::Value) -> ((String, String
     }
     let mut parsed = ParsedFile::default();
     decode_object("", object, &mut parsed);
+    // Kept for as long as the object lives: one entry, not a Vec's first
+    // four (a large cluster holds tens of thousands).
+    parsed.objects.shrink_to_fit();
     (key, StoredObject { parsed, generation })
 }
 

@@ -21,7 +21,6 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use mesh_core::model::PodModel;
 use mesh_core::published::Published;
 use mesh_core::snapshot::Snapshot;
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -201,7 +200,7 @@ pub struct Connection {
     pub source_namespace: String,
     /// The client pod's labels and namespace, for `sourceLabels` and
     /// `sourceNamespace` matches (None: not a known pod).
-    pub source: Option<(BTreeMap<String, String>, String)>,
+    pub source: Option<(mesh_core::host::Labels, String)>,
     /// `http`, or `https` for TLS terminated here.
     pub scheme: &'static str,
     /// How the connection came: captured on its way to a service, or to
@@ -215,7 +214,7 @@ impl Connection {
     /// The client pod's labels and namespace, as routes and cluster plans
     /// take them.
     pub fn client(&self) -> Option<super::cluster::Client<'_>> {
-        self.source.as_ref().map(|(labels, namespace)| (labels, namespace.as_str()))
+        self.source.as_ref().map(|(labels, namespace)| (&**labels, namespace.as_str()))
     }
 }
 

@@ -96,7 +96,7 @@ impl Proxy {
             port: original.port(),
             destination: original.ip(),
             source: peer.ip(),
-            source_labels: pod.map(|pod| &pod.labels),
+            source_labels: pod.map(|pod| &*pod.labels),
             source_namespace: namespace,
         };
         let tls_routes = snapshot.routes.tls_routes_for(&service.fqdn, namespace);
@@ -120,7 +120,7 @@ impl Proxy {
             tracing::debug!(%peer, %original, "tcp route to an unknown host; closing");
             return;
         };
-        let source = pod.map(|pod| (&pod.labels, pod.namespace.as_str()));
+        let source = pod.map(|pod| (&*pod.labels, pod.namespace.as_str()));
         let subset = destination.and_then(|d| d.subset.as_deref());
         let to = Relay { snapshot, target, subset, client: source, ipv6: original.is_ipv6() };
         self.relay_to(client, peer, hello, to).await;

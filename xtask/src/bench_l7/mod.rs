@@ -30,64 +30,32 @@
 //! The files, each using only those listed before it: `plan` (the paths,
 //! loads, options, addresses and CPUs), `tools` (installing the load
 //! generators and peers), `procs` (cgroups, placing processes, CPU and memory
-//! accounting), `peers` (the proxies' configurations and start-up), `run`
-//! (one measured run, a path's runs) and `report` (rounds, medians, the
-//! table).
+//! accounting), `peers` (the proxies' configurations and start-up), `world`
+//! (the pods, their backend servers and the agent), `run` (one measured
+//! run, a path's runs) and `report` (rounds, medians, the table). `h2` is
+//! `cargo xtask bench h2`, HTTP/2 clients in the same world.
 
+mod h2;
 mod peers;
 mod plan;
 mod procs;
 mod report;
 mod run;
 mod tools;
+mod world;
 
-use crate::workspace::{build_release_with_xtask, Binaries};
-use anyhow::{bail, Context, Result};
-use mesh_tests::{Pod, TestEnv};
-use std::net::SocketAddr;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use anyhow::{bail, Result};
 
+pub use h2::{h2, H2Options};
 pub use plan::{Options, PathKind};
 pub(crate) use procs::rss_kib;
+pub(crate) use tools::{apt_install, sbin_which};
+pub use world::backend;
 
-use peers::{get_from, mesh_config, START_TIMEOUT};
-use plan::{BACKEND_IP, BACKEND_PORT, BODY_BYTES, CLIENT_CPU, CLIENT_IP, MESHED_BACKEND_IP, PROXY_CPU};
-use procs::{pin_process, place, Cgroups};
 use report::{median_of_rounds, render, render_rounds};
 use run::{Bench, PathResult};
 use tools::ensure_tools;
-
-/// The tiny backend every path ends at: one thread, tokio + hyper, HTTP/1.1
-/// keep-alive, 1 KiB of `x` per response. Runs until killed (`cargo xtask
-/// bench l7-backend`, started by the bench in the backend pod).
-pub fn backend(port: u16) -> Result<()> {
-    use bytes::Bytes;
-    use http_body_util::Full;
-    use hyper::header::{HeaderValue, CONTENT_TYPE};
-    use hyper::Response;
-
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_io().build()?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], port))).await?;
-        let body = Bytes::from(vec![b'x'; BODY_BYTES]);
-        loop {
-            let (stream, _) = listener.accept().await?;
-            let _ = stream.set_nodelay(true);
-            let body = body.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |_request| {
-                    let mut response = Response::new(Full::new(body.clone()));
-                    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
-                    async move { Ok::<_, std::convert::Infallible>(response) }
-                });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    })
-}
+use world::World;
 
 pub fn l7(opts: &Options) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
@@ -128,53 +96,6 @@ pub fn l7(opts: &Options) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// What every L7 bench runs in: a client pod, the backend pods with their
-/// servers (one outside the mesh, one meshed), and the agent on the node
-/// serving [`mesh_config`], pinned to the proxy CPU and checked to answer.
-struct World {
-    // Dropped in this order: the processes before the namespaces they run in.
-    _backends: Vec<Backend>,
-    cgroups: Cgroups,
-    backend_cgroup: std::path::PathBuf,
-    client: Pod,
-    peers_dir: std::path::PathBuf,
-    agent_pid: u32,
-    env: TestEnv,
-}
-
-impl World {
-    fn new(name: &str) -> Result<World> {
-        let built = build_release_with_xtask()?;
-        std::env::set_var("MESH_AGENT_BIN", &built.agent);
-        std::env::set_var("MESH_PROBE_BIN", &built.probe);
-        // This process (and what it starts, unless placed elsewhere) stays
-        // off the proxy's CPU.
-        pin_process(std::process::id(), CLIENT_CPU).context("pinning the bench to CPU 0")?;
-        let env = TestEnv::new(name)?;
-        let cgroups = Cgroups::create(env.cgroup_path())?;
-        let client = env.add_pod("client", CLIENT_IP.0, CLIENT_IP.1);
-        let backend_pod = env.add_pod("backend", BACKEND_IP.0, BACKEND_IP.1);
-        let meshed_backend_pod = env.add_pod("meshed", MESHED_BACKEND_IP.0, MESHED_BACKEND_IP.1);
-        let peers_dir = env.config_dir().parent().context("config dir has a parent")?.join("peers");
-        std::fs::create_dir_all(&peers_dir)?;
-        let backend_cgroup = cgroups.child("backend")?;
-        let backends = [(&backend_pod, &backend_cgroup), (&meshed_backend_pod, &cgroups.meshed_backend)]
-            .map(|(pod, cgroup)| start_backend(&built, &client, pod, cgroup));
-        let backends = backends.into_iter().collect::<Result<Vec<Backend>>>()?;
-        env.write_config("web.yaml", &mesh_config())?;
-        env.start_agent_on_node(&[])?;
-        let agent_pid = env.agent_pid().context("agent pid")?;
-        pin_process(agent_pid, PROXY_CPU)?;
-        for kind in [PathKind::Mesh, PathKind::MeshRemote] {
-            let probe = env.probe(&client, &["http", "--target", &kind.target(), "--count", "20"])?;
-            if probe["ok"] != 20 {
-                bail!("requests to {} through the agent failed: {probe}\n{}", kind.target(), env.agent_log());
-            }
-        }
-        Ok(World { _backends: backends, cgroups, backend_cgroup, client, peers_dir, agent_pid, env })
-    }
 }
 
 /// `cargo xtask bench idle`: what an idle keep-alive client connection
@@ -237,28 +158,4 @@ pub fn idle(connections: u32) -> Result<()> {
         "\nRSS: the proxy's processes (the agent; nginx's master and worker). Kernel socket buffers are not in it."
     );
     Ok(())
-}
-
-/// A backend server process; dropping it kills it.
-struct Backend(Child);
-
-impl Drop for Backend {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The backend server (this xtask's release build, one thread) in `pod`
-/// and `cgroup`, answering the client pod.
-fn start_backend(built: &Binaries, client: &Pod, pod: &Pod, cgroup: &Path) -> Result<Backend> {
-    let mut cmd = Command::new(&built.xtask);
-    cmd.args(["bench", "l7-backend", "--port", &BACKEND_PORT.to_string()]);
-    place(&mut cmd, cgroup, &pod.netns_path(), CLIENT_CPU)?;
-    let backend = Backend(cmd.stdin(Stdio::null()).spawn().context("starting the backend")?);
-    let addr = SocketAddr::from((pod.ipv4(), BACKEND_PORT));
-    if !mesh_tests::wait_until(START_TIMEOUT, || get_from(&client.netns_path(), addr).is_ok_and(|s| s == 200)) {
-        bail!("the backend at {addr} did not answer within {START_TIMEOUT:?}");
-    }
-    Ok(backend)
 }

@@ -11,7 +11,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::plan::{
-    PathKind, BACKEND_IP, BACKEND_PORT, MESHED_BACKEND_IP, PROXY_CPU, REMOTE_SERVICE_IP, SERVICE_IP, SERVICE_PORT,
+    PathKind, BACKEND_IP, BACKEND_PORT, H2_BACKEND_PORT, H2_SERVICE_IP, MESHED_BACKEND_IP, PROXY_CPU,
+    REMOTE_SERVICE_IP, SERVICE_IP, SERVICE_PORT,
 };
 use super::procs::{kill_cgroup, place, Cgroups};
 use super::tools::Tools;
@@ -40,15 +41,35 @@ pub(super) fn filler_config(count: u32) -> String {
         .join("---\n")
 }
 
+/// `web-h2`: the meshed backend pod's HTTP/2 server behind a service whose
+/// port says HTTP/2 (`appProtocol: kubernetes.io/h2c`, and the name), so the
+/// proxy speaks HTTP/2 to it; with a VirtualService, as `web`.
+pub(super) fn h2_config() -> String {
+    service_yaml("web-h2", H2_SERVICE_IP, MESHED_BACKEND_IP.0, ("http2", Some("kubernetes.io/h2c")), H2_BACKEND_PORT)
+}
+
 /// An HTTP service at `cluster_ip` with `backend` as its endpoint and a
 /// VirtualService (so the kernel sends it to the proxy).
 fn http_service(name: &str, cluster_ip: &str, backend: &str) -> String {
+    service_yaml(name, cluster_ip, backend, ("http", None), BACKEND_PORT)
+}
+
+/// A service at `cluster_ip` whose port has `port`'s name and appProtocol,
+/// with `backend:backend_port` as its endpoint and a VirtualService.
+fn service_yaml(
+    name: &str,
+    cluster_ip: &str,
+    backend: &str,
+    (port_name, app_protocol): (&str, Option<&str>),
+    backend_port: u16,
+) -> String {
+    let app_protocol = app_protocol.map(|p| format!(", appProtocol: {p}")).unwrap_or_default();
     format!(
         "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: bench}}\n\
-         spec: {{clusterIP: {cluster_ip}, ports: [{{name: http, port: {SERVICE_PORT}, targetPort: {BACKEND_PORT}}}]}}\n---\n\
+         spec: {{clusterIP: {cluster_ip}, ports: [{{name: {port_name}{app_protocol}, port: {SERVICE_PORT}, targetPort: {backend_port}}}]}}\n---\n\
          apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
          metadata: {{name: {name}, namespace: bench, labels: {{kubernetes.io/service-name: {name}}}}}\n\
-         addressType: IPv4\nports: [{{name: http, port: {BACKEND_PORT}}}]\nendpoints: [{{addresses: [{backend}]}}]\n---\n\
+         addressType: IPv4\nports: [{{name: {port_name}, port: {backend_port}}}]\nendpoints: [{{addresses: [{backend}]}}]\n---\n\
          apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: {name}, namespace: bench}}\n\
          spec:\n  hosts: [{name}]\n  http:\n  - route:\n    - destination: {{host: {name}}}\n"
     )

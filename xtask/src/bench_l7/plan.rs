@@ -9,11 +9,15 @@ pub(super) const BODY_BYTES: usize = 1024;
 pub(super) const SERVICE_IP: &str = "10.96.0.20";
 /// The service in front of the backend pod outside the mesh (`mesh-remote`).
 pub(super) const REMOTE_SERVICE_IP: &str = "10.96.0.21";
+/// The service whose port speaks HTTP/2 to the meshed backend pod (`bench h2`).
+pub(super) const H2_SERVICE_IP: &str = "10.96.0.22";
 pub(super) const SERVICE_PORT: u16 = 80;
 pub(super) const CLIENT_IP: (&str, &str) = ("10.244.0.2", "fd00:244::2");
 pub(super) const BACKEND_IP: (&str, &str) = ("10.244.1.2", "fd00:244::1:2");
 pub(super) const MESHED_BACKEND_IP: (&str, &str) = ("10.244.2.2", "fd00:244::2:2");
 pub(super) const BACKEND_PORT: u16 = 8080;
+/// The meshed backend pod's HTTP/2 (prior knowledge) server (`bench h2`).
+pub(super) const H2_BACKEND_PORT: u16 = 8081;
 /// CPU of the load generator and the backend; the proxy gets the other.
 pub(super) const CLIENT_CPU: usize = 0;
 pub(super) const PROXY_CPU: usize = 1;

@@ -192,6 +192,17 @@ pub(super) fn cpu_times() -> Vec<Vec<u64>> {
         .collect()
 }
 
+/// The time (µs) CPU `cpu` spent in the /proc/stat `fields` between two
+/// [`cpu_times`] readings.
+pub(super) fn cpu_delta_micros(before: &[Vec<u64>], after: &[Vec<u64>], cpu: usize, fields: &[usize]) -> u64 {
+    let (Some(before), Some(after)) = (before.get(cpu), after.get(cpu)) else { return 0 };
+    let ticks: u64 = fields
+        .iter()
+        .map(|&f| after.get(f).copied().unwrap_or(0).saturating_sub(before.get(f).copied().unwrap_or(0)))
+        .sum();
+    ticks * 1_000_000 / clock_ticks()
+}
+
 /// VmRSS of the processes, in KiB.
 pub(crate) fn rss_kib(pids: &[u32]) -> u64 {
     pids.iter()

@@ -71,7 +71,7 @@ pub(super) fn render_rounds(opts: &Options, rounds: &[Vec<(PathKind, PathResult)
 }
 
 /// The middle of the values (the mean of the middle two for an even count).
-fn median(values: impl Iterator<Item = f64>) -> f64 {
+pub(super) fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut values: Vec<f64> = values.collect();
     values.sort_by(f64::total_cmp);
     match values.len() {

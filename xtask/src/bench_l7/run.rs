@@ -12,8 +12,8 @@ use std::time::Duration;
 use super::peers::{filler_config, start_peer};
 use super::plan::{load_name, Load, Options, PathKind, CLIENT_CPU, FILLER_SERVICES, PROXY_CPU};
 use super::procs::{
-    cgroup_pids, children_cpu_micros, clock_ticks, cpu_micros, cpu_times, place, process_times, rss_kib, wait_quiet,
-    Cgroups, CPU_BUSY, CPU_PROCESS, CPU_STEAL,
+    cgroup_pids, children_cpu_micros, cpu_delta_micros, cpu_micros, cpu_times, place, process_times, rss_kib,
+    wait_quiet, Cgroups, CPU_BUSY, CPU_PROCESS, CPU_STEAL,
 };
 use super::tools::Tools;
 
@@ -56,12 +56,59 @@ pub(super) struct Run {
     pub(super) rss_kib: Option<u64>,
 }
 
-impl Run {
-    /// The larger of the two things that skew a run: other processes'
-    /// CPU time and the hypervisor's steal.
+/// A measured run that other processes or the hypervisor may have skewed.
+pub(super) trait Disturbed {
+    /// Other processes' CPU time during the run, and the hypervisor's steal.
+    fn foreign_and_steal_micros(&self) -> (u64, u64);
+    /// Marks it as disturbed in every attempt.
+    fn mark_noisy(&mut self);
+
+    /// The larger of the two things that skew a run.
     fn disturbance_micros(&self) -> u64 {
-        self.foreign_micros.max(self.steal_micros)
+        let (foreign, steal) = self.foreign_and_steal_micros();
+        foreign.max(steal)
     }
+}
+
+impl Disturbed for Run {
+    fn foreign_and_steal_micros(&self) -> (u64, u64) {
+        (self.foreign_micros, self.steal_micros)
+    }
+
+    fn mark_noisy(&mut self) {
+        self.noisy = true;
+    }
+}
+
+/// Runs `measure` (once the machine is quiet) until a run is disturbed by
+/// at most `limit` µs, at most [`ATTEMPTS`] times; else the least disturbed
+/// run, marked. `what` names the run in the messages.
+pub(super) fn least_disturbed<R: Disturbed>(
+    what: &str,
+    limit: u64,
+    mut measure: impl FnMut() -> Result<R>,
+) -> Result<R> {
+    let mut calmest: Option<R> = None;
+    for attempt in 1..=ATTEMPTS {
+        wait_quiet();
+        let run = measure()?;
+        if run.disturbance_micros() <= limit {
+            return Ok(run);
+        }
+        let (foreign, steal) = run.foreign_and_steal_micros();
+        eprintln!(
+            "bench: {what}: other processes used {} ms of CPU and the hypervisor took {} ms (steal) during the run{}",
+            foreign / 1000,
+            steal / 1000,
+            if attempt < ATTEMPTS { "; again" } else { "; keeping the least disturbed attempt, marked" }
+        );
+        if calmest.as_ref().is_none_or(|c| run.disturbance_micros() < c.disturbance_micros()) {
+            calmest = Some(run);
+        }
+    }
+    let mut run = calmest.expect("at least one attempt");
+    run.mark_noisy();
+    Ok(run)
 }
 
 /// What every run needs: the world, the tools and the options.
@@ -136,14 +183,7 @@ impl Bench<'_> {
         if run.ok == 0 {
             bail!("no successful request: {stdout}");
         }
-        let cpu_delta = |cpu: usize, fields: &[usize]| -> u64 {
-            let (Some(before), Some(after)) = (cpus_before.get(cpu), cpus_after.get(cpu)) else { return 0 };
-            let ticks: u64 = fields
-                .iter()
-                .map(|&f| after.get(f).copied().unwrap_or(0).saturating_sub(before.get(f).copied().unwrap_or(0)))
-                .sum();
-            ticks * 1_000_000 / clock_ticks()
-        };
+        let cpu_delta = |cpu: usize, fields: &[usize]| cpu_delta_micros(&cpus_before, &cpus_after, cpu, fields);
         let proxy_micros = proxy_after - proxy_before;
         let backend_micros = backend_after - backend_before;
         if !proxy_pids.is_empty() {
@@ -245,35 +285,14 @@ impl Bench<'_> {
         loads
             .into_iter()
             .map(|load| {
-                // The least disturbed of the attempts when all of them were.
-                let mut calmest: Option<Run> = None;
-                for attempt in 1..=ATTEMPTS {
-                    wait_quiet();
-                    let run = match self.measure(kind, proxy_pids, load, self.opts.seconds) {
-                        Ok(run) => run,
-                        Err(e) => {
-                            eprintln!("bench: {} at {}: {e:#}", kind.name(), load_name(load));
-                            return (load, Err(e));
-                        }
-                    };
-                    if run.disturbance_micros() <= self.noise_limit_micros() {
-                        return (load, Ok(run));
-                    }
-                    eprintln!(
-                        "bench: {} at {}: other processes used {} ms of CPU and the hypervisor took {} ms (steal) during the run{}",
-                        kind.name(),
-                        load_name(load),
-                        run.foreign_micros / 1000,
-                        run.steal_micros / 1000,
-                        if attempt < ATTEMPTS { "; again" } else { "; keeping the least disturbed attempt, marked" }
-                    );
-                    if calmest.as_ref().is_none_or(|c| run.disturbance_micros() < c.disturbance_micros()) {
-                        calmest = Some(run);
-                    }
+                let what = format!("{} at {}", kind.name(), load_name(load));
+                let run = least_disturbed(&what, self.noise_limit_micros(), || {
+                    self.measure(kind, proxy_pids, load, self.opts.seconds)
+                });
+                if let Err(e) = &run {
+                    eprintln!("bench: {what}: {e:#}");
                 }
-                let mut run = calmest.expect("at least one attempt");
-                run.noisy = true;
-                (load, Ok(run))
+                (load, run)
             })
             .collect()
     }

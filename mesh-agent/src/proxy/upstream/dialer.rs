@@ -168,18 +168,20 @@ impl Dialer {
 /// name. HTTP/2: `:authority` is the service's name (from Host, which h2
 /// must not also carry).
 fn upstream_request<B>(mut request: http::Request<B>, endpoint: SocketAddr, http2: bool) -> http::Request<B> {
+    use http::uri::{Authority, Parts, PathAndQuery, Scheme};
     use http::Uri;
     if http2 {
-        let path = request.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
-        let authority = request
-            .headers_mut()
-            .remove(HOST)
-            .and_then(|h| h.to_str().ok().map(str::to_owned))
-            .unwrap_or(endpoint.to_string());
-        *request.uri_mut() = format!("http://{authority}{path}")
-            .parse()
-            .or_else(|_| format!("http://{endpoint}{path}").parse())
-            .unwrap_or_else(|_| Uri::from_static("/"));
+        // From its parts: per request, no formatting and parsing again.
+        let mut parts = Parts::default();
+        parts.scheme = Some(Scheme::HTTP);
+        parts.path_and_query =
+            Some(request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
+        let host = request.headers_mut().remove(HOST);
+        parts.authority = host.and_then(|h| Authority::try_from(h.as_bytes()).ok()).or_else(|| {
+            // No Host, or one that is no authority: the endpoint's address.
+            Authority::try_from(endpoint.to_string()).ok()
+        });
+        *request.uri_mut() = Uri::from_parts(parts).unwrap_or_else(|_| Uri::from_static("/"));
         *request.version_mut() = http::Version::HTTP_2;
     } else {
         if request.uri().scheme().is_some() || request.uri().path_and_query().is_none() {
@@ -220,6 +222,23 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
     use std::time::Duration;
+
+    #[test]
+    fn an_http2_request_carries_host_as_authority_or_else_the_endpoint() {
+        let endpoint: SocketAddr = "10.244.1.2:8080".parse().unwrap();
+        let request = |host: Option<&str>, uri: &str| {
+            let mut builder = http::Request::builder().uri(uri);
+            if let Some(host) = host {
+                builder = builder.header(HOST, host);
+            }
+            let sent = upstream_request(builder.body(()).unwrap(), endpoint, true);
+            (sent.uri().to_string(), sent.headers().contains_key(HOST), sent.version())
+        };
+        let h2 = http::Version::HTTP_2;
+        assert_eq!(request(Some("web.shop:80"), "/a?b=1"), ("http://web.shop:80/a?b=1".into(), false, h2));
+        assert_eq!(request(None, "/"), ("http://10.244.1.2:8080/".into(), false, h2));
+        assert_eq!(request(Some("bad host"), "/x"), ("http://10.244.1.2:8080/x".into(), false, h2));
+    }
 
     #[tokio::test]
     async fn a_streamed_get_body_goes_out_chunked() {
