@@ -236,10 +236,12 @@ struct RunArgs {
     state_dir: Option<PathBuf>,
     /// The size of a kernel map, `MAP=ENTRIES` (repeatable): MAP is one of
     /// service-addresses, service-ips, backend-slots, backends, clusters,
-    /// maglev-tables, or maglev-entries (all tables' entries together, 2
-    /// bytes each of kernel memory). Applies to maps this agent creates
-    /// (pinned maps keep their size until `mesh-agent uninstall`); what
-    /// does not fit is rejected per object.
+    /// maglev-tables, maglev-entries (all tables' entries together, 2
+    /// bytes each of kernel memory), workloads, registry or egress-scopes
+    /// (outbound policy). Applies to maps this agent creates (pinned maps
+    /// keep their size until `mesh-agent uninstall`); what does not fit in
+    /// the service maps is rejected per object, a policy that outgrows its
+    /// map keeps the last good configuration serving.
     #[arg(long = "map-entries", value_parser = parse_map_entries)]
     map_entries: Vec<(dataplane::SizedMap, u32)>,
 }

@@ -305,6 +305,41 @@ fn maglev_keeps_sources_on_one_backend_and_moves_about_one_nth() {
 }
 
 #[test]
+fn map_entries_size_the_kernel_maps_and_a_full_map_rejects_only_the_port_that_does_not_fit() {
+    let world = World::new("map_sizes", 2);
+    let (b1, b2) = (world.v4(0), world.v4(1));
+    let config: String = (0..3)
+        .map(|i| {
+            let name = format!("s{i}");
+            format!(
+                "{}{}",
+                service(&name, &[&format!("10.96.20.{}", i + 1)], 80, "TCP"),
+                slice(&name, &name, false, 8080, "TCP", &[&b1, &b2])
+            )
+        })
+        .collect();
+    world.env.write_config("sized.yaml", &config).unwrap();
+    let sizes = ["service-addresses=2", "workloads=64", "registry=1000", "egress-scopes=100"];
+    let args: Vec<&str> = sizes.iter().flat_map(|size| ["--map-entries", size]).collect();
+    world.env.start_agent(&args).unwrap();
+    let dump = world.env.admin_json("/config_dump");
+    let in_use = &dump["kernel_maps"]["sizes"];
+    let read_back = ["frontends", "workloads", "registry", "egress_scopes"].map(|map| in_use[map].as_u64());
+    assert_eq!(read_back, [Some(2), Some(64), Some(1000), Some(100)], "{in_use}");
+    let rejected: Vec<String> = dump["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| format!("{}/{} {}", r["kind"].as_str().unwrap(), r["name"].as_str().unwrap(), r["field"]))
+        .collect();
+    assert_eq!(rejected, ["Service/s2 \"spec.ports[0]\""], "{}", dump["rejected"]);
+    for target in ["10.96.20.1:80", "10.96.20.2:80"] {
+        let report = world.probe(&["tcp", "--target", target, "--count", "4"]);
+        assert_eq!(report["ok"], 4, "{target}: {report}");
+    }
+}
+
+#[test]
 fn a_thousand_maglev_services_each_get_a_table_of_the_default_size_that_a_restart_reads_back() {
     let world = World::new("maglev_many", 2);
     let sources: Vec<String> = (0..20).map(|i| format!("10.244.100.{}", i + 1)).collect();

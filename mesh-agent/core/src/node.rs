@@ -51,6 +51,13 @@ pub struct MapSizes {
     /// The entries of all Maglev tables together: the kernel memory they
     /// take (2 bytes an entry) is the agent's to bound.
     pub maglev_entries: u32,
+    /// Outbound policy: this node's workloads with a policy, the addresses
+    /// outside the Services that REGISTRY_ONLY workloads reach, and the
+    /// service ports each Sidecar egress scope sees. A configuration that
+    /// outgrows one of these does not compile (the last good one serves).
+    pub workloads: u32,
+    pub registry: u32,
+    pub egress_scopes: u32,
 }
 
 impl Default for MapSizes {
@@ -64,6 +71,9 @@ impl Default for MapSizes {
             clusters: capacity::CLUSTERS,
             maglev_tables: capacity::MAGLEV_TABLES,
             maglev_entries: capacity::MAGLEV_ENTRIES,
+            workloads: capacity::WORKLOADS,
+            registry: capacity::REGISTRY,
+            egress_scopes: capacity::SCOPE_CLUSTERS,
         }
     }
 }

@@ -26,8 +26,8 @@ use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CompileError {
-    #[error("{what} needs {needed} entries but the kernel map holds {capacity}")]
-    Capacity { what: &'static str, needed: usize, capacity: u32 },
+    #[error("{what} needs {needed} entries but the kernel map holds {capacity} (--map-entries {flag}=N sizes it)")]
+    Capacity { what: &'static str, flag: &'static str, needed: usize, capacity: u32 },
 }
 
 /// Everything the kernel should hold, and how it came about. Cheap to
@@ -526,9 +526,10 @@ fn outbound_of(model: &Model, services: &[Arc<ServicePortView>]) -> Result<Outbo
         cluster_id: s.cluster_id,
     });
     let outbound = crate::outbound::compile(model, service_ports);
-    check_capacity("egress scope entries", outbound.scope_clusters.len(), capacity::SCOPE_CLUSTERS)?;
-    check_capacity("workloads", outbound.workloads.len(), capacity::WORKLOADS)?;
-    check_capacity("registry addresses", outbound.registry.len(), capacity::REGISTRY)?;
+    let sizes = &model.node.map_sizes;
+    check_capacity("egress scope entries", "egress-scopes", outbound.scope_clusters.len(), sizes.egress_scopes)?;
+    check_capacity("workloads", "workloads", outbound.workloads.len(), sizes.workloads)?;
+    check_capacity("registry addresses", "registry", outbound.registry.len(), sizes.registry)?;
     Ok(outbound)
 }
 
@@ -1129,9 +1130,9 @@ impl Snapshot {
     }
 }
 
-fn check_capacity(what: &'static str, needed: usize, capacity: u32) -> Result<(), CompileError> {
+fn check_capacity(what: &'static str, flag: &'static str, needed: usize, capacity: u32) -> Result<(), CompileError> {
     if needed > capacity as usize {
-        return Err(CompileError::Capacity { what, needed, capacity });
+        return Err(CompileError::Capacity { what, flag, needed, capacity });
     }
     Ok(())
 }
@@ -1325,6 +1326,33 @@ mod tests {
         }
         let b = previous.services.iter().find(|s| s.name == "b" && s.port == 80).unwrap();
         assert_eq!(b.backends.iter().filter(|b| b.address.is_ipv4()).count(), 1, "{:?}", b.backends);
+    }
+
+    #[test]
+    fn an_outbound_policy_past_its_maps_size_names_the_flag_that_sizes_it() {
+        let text = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: locked}\n\
+                    spec: {outboundTrafficPolicy: {mode: REGISTRY_ONLY}}\n";
+        let objects = parse_file("t.yaml", text).unwrap();
+        let pod = |name: &str, id| crate::node::PodCgroup {
+            namespace: "locked".into(),
+            name: name.into(),
+            uid: None,
+            id,
+            level: 3,
+        };
+        let compiled = |sizes: MapSizes| {
+            let mut model = Model::build(&objects, vec![], &Model::default(), "cluster.local");
+            let pod_cgroups = vec![pod("a", 11), pod("b", 12)];
+            model.node = Arc::new(crate::node::NodeContext { map_sizes: sizes, pod_cgroups, ..Default::default() });
+            compile(&model, "cluster.local").map(|snapshot| snapshot.outbound.registry.len())
+        };
+        let registry = compiled(MapSizes::default()).unwrap();
+        assert!(registry > 1, "loopback at least: {registry}");
+        let error = compiled(MapSizes { workloads: 1, ..MapSizes::default() }).unwrap_err().to_string();
+        assert!(error.contains("workloads needs 2 entries") && error.contains("--map-entries workloads=N"), "{error}");
+        let error = compiled(MapSizes { registry: registry as u32 - 1, ..MapSizes::default() }).unwrap_err();
+        assert!(error.to_string().contains("--map-entries registry=N"), "{error}");
+        assert_eq!(compiled(MapSizes { registry: registry as u32, ..MapSizes::default() }), Ok(registry));
     }
 
     #[test]

@@ -45,10 +45,13 @@ pub enum SizedMap {
     /// Not a map of its own: the entries of all Maglev tables together
     /// (each a kernel array; 2 bytes an entry).
     MaglevEntries,
+    Workloads,
+    Registry,
+    EgressScopes,
 }
 
 impl SizedMap {
-    const ALL: [SizedMap; 7] = [
+    const ALL: [SizedMap; 10] = [
         SizedMap::ServiceAddresses,
         SizedMap::ServiceIps,
         SizedMap::BackendSlots,
@@ -56,6 +59,9 @@ impl SizedMap {
         SizedMap::Clusters,
         SizedMap::MaglevTables,
         SizedMap::MaglevEntries,
+        SizedMap::Workloads,
+        SizedMap::Registry,
+        SizedMap::EgressScopes,
     ];
 
     /// The name `--map-entries` knows it by.
@@ -68,6 +74,9 @@ impl SizedMap {
             SizedMap::Clusters => "clusters",
             SizedMap::MaglevTables => "maglev-tables",
             SizedMap::MaglevEntries => "maglev-entries",
+            SizedMap::Workloads => "workloads",
+            SizedMap::Registry => "registry",
+            SizedMap::EgressScopes => "egress-scopes",
         }
     }
 
@@ -90,6 +99,9 @@ impl SizedMap {
             SizedMap::Clusters => &[map_names::CLUSTER_LIVE, map_names::CLUSTER_STATS],
             SizedMap::MaglevTables => &[map_names::MAGLEV],
             SizedMap::MaglevEntries => &[],
+            SizedMap::Workloads => &[map_names::WORKLOADS, map_names::WORKLOAD_STATS],
+            SizedMap::Registry => &[map_names::REGISTRY],
+            SizedMap::EgressScopes => &[map_names::SCOPE_CLUSTERS],
         }
     }
 
@@ -102,6 +114,9 @@ impl SizedMap {
             SizedMap::Clusters => &mut sizes.clusters,
             SizedMap::MaglevTables => &mut sizes.maglev_tables,
             SizedMap::MaglevEntries => &mut sizes.maglev_entries,
+            SizedMap::Workloads => &mut sizes.workloads,
+            SizedMap::Registry => &mut sizes.registry,
+            SizedMap::EgressScopes => &mut sizes.egress_scopes,
         }
     }
 }
