@@ -782,7 +782,7 @@ impl Model {
         }
         for (id, http) in expanded {
             if let Some(root) = self.virtual_services.get_mut(&id) {
-                root.http = http;
+                root.http = http.into();
             }
         }
         let unused = (self.virtual_services.iter()).filter(|(id, vs)| vs.hosts.is_empty() && !used.contains(*id));

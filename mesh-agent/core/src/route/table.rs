@@ -26,7 +26,7 @@ pub struct HostRoutes {
     pub export_to: Vec<String>,
     #[serde(skip)]
     namespace: String,
-    pub http: Vec<HttpRoute>,
+    pub http: std::sync::Arc<[HttpRoute]>,
     pub tcp: Vec<TcpRoute>,
     pub tls: Vec<TlsRoute>,
 }
@@ -195,7 +195,13 @@ pub(crate) fn rules_where<R: Clone, M>(
 
 impl HostRoutes {
     fn for_mesh(virtual_service: &VirtualServiceModel) -> HostRoutes {
-        let http = rules_where(&virtual_service.http, |r| &mut r.matches, |m| m.applies_to_mesh());
+        // Shared with the VirtualService (and its other hosts) unless some
+        // match is only for gateways: a large mesh's routes are not copied.
+        let all_mesh = virtual_service.http.iter().all(|r| r.matches.iter().all(|m| m.applies_to_mesh()));
+        let http = match all_mesh {
+            true => virtual_service.http.clone(),
+            false => rules_where(&virtual_service.http, |r| &mut r.matches, |m| m.applies_to_mesh()).into(),
+        };
         let tcp = rules_where(&virtual_service.tcp, |r| &mut r.matches, |m| m.applies_to_mesh());
         let tls = virtual_service
             .tls
@@ -308,6 +314,10 @@ mod tests {
         assert!(table.has_http_routes("web.shop.svc.cluster.local"));
         assert!(!table.has_http_routes("db.shop.svc.cluster.local"));
         assert!(table.tcp_routes("web.shop.svc.cluster.local").is_empty());
+        let web = &model(&text).virtual_services;
+        let shared = RouteTable::build(web);
+        let owner = &web[&("shop".to_owned(), "web".to_owned())].http;
+        assert!(std::sync::Arc::ptr_eq(&shared.routes("web.shop.svc.cluster.local").unwrap().http, owner));
         let shown = serde_json::to_value(&table).unwrap();
         assert_eq!(shown["*.api.example.com"]["virtualService"], "shop/api");
         assert_eq!(shown["web.shop.svc.cluster.local"]["http"][0]["name"], "web");

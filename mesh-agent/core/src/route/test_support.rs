@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 /// list at column 0.
 pub fn vs_routes(http: &str) -> Vec<HttpRoute> {
     let indented: String = http.lines().map(|line| format!("  {line}\n")).collect();
-    vs(&format!("  hosts: [web]\n  http:\n{indented}")).unwrap().http
+    vs(&format!("  hosts: [web]\n  http:\n{indented}")).unwrap().http.to_vec()
 }
 
 /// An owned request to build a [`RequestView`] from.

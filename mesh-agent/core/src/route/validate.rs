@@ -50,7 +50,7 @@ pub struct VirtualServiceModel {
     /// the delegates stand where the delegating rules are (see
     /// [`crate::route::Delegation`]); as validated alone, those rules are
     /// left out.
-    pub http: Vec<HttpRoute>,
+    pub http: std::sync::Arc<[HttpRoute]>,
     /// The rules with `delegate`, in spec order.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub delegations: Vec<Delegation>,
@@ -204,7 +204,7 @@ pub fn validate_virtual_service(
         hosts,
         gateways: spec.gateways.clone(),
         export_to: spec.export_to.clone(),
-        http,
+        http: http.into(),
         delegations,
         tcp,
         tls,

@@ -12,7 +12,7 @@ pub fn routes(http: &str) -> Vec<HttpRoute> {
     let text = format!("apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: reviews, namespace: shop}}\nspec:\n  hosts: [reviews]\n  http:\n{indented}");
     let objects = parse_file("vs.yaml", &text).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
     let Resource::VirtualService(object) = &*objects[0].resource else { unreachable!() };
-    validate_virtual_service(object, "cluster.local").unwrap().http
+    validate_virtual_service(object, "cluster.local").unwrap().http.to_vec()
 }
 
 /// Two services in `shop`, `reviews` and `ratings` (port 9080, `http`),
