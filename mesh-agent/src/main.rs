@@ -566,7 +566,7 @@ fn config_dir(common: &CommonArgs) -> anyhow::Result<Option<&std::path::Path>> {
 /// The agent's runtime: one thread, which gives back what it freed when it
 /// goes idle (the watches decode whole relists on it).
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    let collector = Arc::new(mesh_agent::memory::IdleCollector::default());
+    let collector = mesh_agent::memory::IdleCollector::default();
     tokio::runtime::Builder::new_current_thread().enable_all().on_thread_park(move || collector.parked()).build()
 }
 

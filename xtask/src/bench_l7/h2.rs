@@ -35,9 +35,9 @@ use super::procs::{
     cgroup_pids, children_cpu_micros, cpu_delta_micros, cpu_micros, cpu_times, place, rss_kib, CPU_PROCESS, CPU_STEAL,
 };
 use super::report::median;
-use super::run::{least_disturbed, Disturbed, ATTEMPTS};
+use super::run::{duration_millis, least_disturbed, Disturbed, ATTEMPTS};
 use super::tools::ensure_h2load;
-use super::world::World;
+use super::world::{print_agent_errors, require_root, World};
 
 /// Warm-up before each row's measured run: the proxy's upstream
 /// connections open, caches warm. Not counted: h2load's own warm-up would
@@ -103,8 +103,8 @@ struct H2loadReport {
     /// "Application protocol:", which must be h2c.
     protocol: String,
     rps: f64,
-    /// The mean of "time for request", in microseconds.
-    mean_micros: f64,
+    /// The mean of "time for request", in milliseconds.
+    mean_ms: f64,
     succeeded: u64,
     /// h2load's "failed": non-2xx answers, stream and connection errors
     /// and timeouts.
@@ -139,7 +139,7 @@ fn parse_h2load(text: &str) -> Result<H2loadReport> {
             requests = true;
         } else if let Some(rest) = line.strip_prefix("time for request:") {
             let mean = rest.split_whitespace().nth(2).with_context(|| format!("no mean in {line:?}"))?;
-            report.mean_micros = duration_micros(mean)?;
+            report.mean_ms = duration_millis(mean)?;
             latency = true;
         }
     }
@@ -147,19 +147,6 @@ fn parse_h2load(text: &str) -> Result<H2loadReport> {
         bail!("h2load's output lacks its summary: {text}");
     }
     Ok(report)
-}
-
-/// An h2load duration ("850.12us", "1.23ms", "2.00s") in microseconds.
-fn duration_micros(value: &str) -> Result<f64> {
-    let split = value.find(|c: char| c.is_ascii_alphabetic()).with_context(|| format!("no unit: {value}"))?;
-    let (number, unit) = value.split_at(split);
-    let number: f64 = number.parse().with_context(|| format!("bad duration {value:?}"))?;
-    Ok(match unit {
-        "us" => number,
-        "ms" => number * 1e3,
-        "s" => number * 1e6,
-        other => bail!("unknown unit {other} in {value}"),
-    })
 }
 
 /// What one row measured in one run.
@@ -267,7 +254,7 @@ impl Bench<'_> {
             cpus.clone().map(|cpu| cpu_delta_micros(&cpus_before, &cpus_after, cpu, &CPU_PROCESS)).sum();
         let mut run = Measured {
             rps: report.rps,
-            mean_ms: report.mean_micros / 1e3,
+            mean_ms: report.mean_ms,
             failed: report.failed,
             // The agent runs during every row; only the rest is someone else's.
             foreign_micros: process_time.saturating_sub(client_micros + agent_micros + backend_micros),
@@ -298,10 +285,7 @@ impl Bench<'_> {
         if let Err(e) = self.h2load(row, Load::Seconds(WARMUP_SECONDS)) {
             eprintln!("bench: warm-up of {} failed: {e:#}", row.name());
         }
-        // Other processes may use 5% of one CPU during a run, and the
-        // hypervisor may steal as much.
-        let limit = u64::from(self.opts.seconds) * 50_000;
-        least_disturbed(row.name(), limit, || self.measure(row))
+        least_disturbed(row.name(), self.opts.seconds, || self.measure(row))
     }
 }
 
@@ -314,9 +298,7 @@ enum Load {
 }
 
 pub fn h2(opts: &H2Options) -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmark installs packages, loads BPF programs and makes namespaces: run as root");
-    }
+    require_root()?;
     if opts.seconds == 0 || opts.connections == 0 || opts.streams == 0 || opts.rounds == 0 {
         bail!("--seconds, --connections, --streams and --rounds must be positive");
     }
@@ -354,12 +336,7 @@ pub fn h2(opts: &H2Options) -> Result<()> {
     drop(world);
 
     print!("{}", render(opts, &h2load_version, &rounds));
-    if agent_log.contains(" ERROR ") {
-        eprintln!(
-            "bench: the agent logged errors:\n{}",
-            agent_log.lines().filter(|l| l.contains(" ERROR ")).take(10).collect::<Vec<_>>().join("\n")
-        );
-    }
+    print_agent_errors(&agent_log);
     Ok(())
 }
 
@@ -507,11 +484,11 @@ req/s           :    2500.12     2700.34     2577.16       50.12    68.75%
         let report = parse_h2load(SAMPLE).unwrap();
         assert_eq!(
             report,
-            H2loadReport { protocol: "h2c".into(), rps: 41234.56, mean_micros: 3870.0, succeeded: 206170, failed: 3 }
+            H2loadReport { protocol: "h2c".into(), rps: 41234.56, mean_ms: 3.87, succeeded: 206170, failed: 3 }
         );
-        assert_eq!(duration_micros("850.12us").unwrap(), 850.12);
-        assert_eq!(duration_micros("2.00s").unwrap(), 2e6);
-        assert!(duration_micros("5min").is_err());
+        assert_eq!(duration_millis("850.12us").unwrap(), 0.85012);
+        assert_eq!(duration_millis("2.00s").unwrap(), 2e3);
+        assert!(duration_millis("5min").is_err());
         // A run that never got to its summary (say, nothing to connect to).
         assert!(parse_h2load("starting benchmark...\nclient could not connect to host\n").is_err());
     }

@@ -55,12 +55,10 @@ pub use world::backend;
 use report::{median_of_rounds, render, render_rounds};
 use run::{Bench, PathResult};
 use tools::ensure_tools;
-use world::World;
+use world::{print_agent_errors, require_root, World};
 
 pub fn l7(opts: &Options) -> Result<()> {
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("the benchmark installs packages, loads BPF programs and makes namespaces: run as root");
-    }
+    require_root()?;
     if opts.seconds == 0 || opts.connections == 0 || opts.rounds == 0 {
         bail!("--seconds, --connections and --rounds must be positive");
     }
@@ -89,12 +87,7 @@ pub fn l7(opts: &Options) -> Result<()> {
 
     print!("{}", render(opts, &tools, &median_of_rounds(&rounds)));
     print!("{}", render_rounds(opts, &rounds));
-    if agent_log.contains(" ERROR ") {
-        eprintln!(
-            "bench: the agent logged errors:\n{}",
-            agent_log.lines().filter(|l| l.contains(" ERROR ")).take(10).collect::<Vec<_>>().join("\n")
-        );
-    }
+    print_agent_errors(&agent_log);
     Ok(())
 }
 

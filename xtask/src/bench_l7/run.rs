@@ -80,14 +80,16 @@ impl Disturbed for Run {
     }
 }
 
-/// Runs `measure` (once the machine is quiet) until a run is disturbed by
-/// at most `limit` µs, at most [`ATTEMPTS`] times; else the least disturbed
-/// run, marked. `what` names the run in the messages.
+/// Runs `measure` (once the machine is quiet) until a run of `seconds` is
+/// disturbed by at most 5% of one CPU (other processes' CPU time, or the
+/// hypervisor's steal), at most [`ATTEMPTS`] times; else the least
+/// disturbed run, marked. `what` names the run in the messages.
 pub(super) fn least_disturbed<R: Disturbed>(
     what: &str,
-    limit: u64,
+    seconds: u32,
     mut measure: impl FnMut() -> Result<R>,
 ) -> Result<R> {
+    let limit = u64::from(seconds) * 50_000;
     let mut calmest: Option<R> = None;
     for attempt in 1..=ATTEMPTS {
         wait_quiet();
@@ -263,12 +265,6 @@ impl Bench<'_> {
             .unwrap_or_default()
     }
 
-    /// Other processes may use this much CPU during a run (5% of one CPU),
-    /// and the hypervisor may steal as much.
-    fn noise_limit_micros(&self) -> u64 {
-        u64::from(self.opts.seconds) * 50_000
-    }
-
     /// Everything for one path: warm-up, each rate, then the maximum.
     fn path(&self, kind: PathKind, proxy_pids: &[u32]) -> Vec<(Load, Result<Run>)> {
         let warmup = if self.tools.wrk.is_ok() { Load::Max } else { Load::Rate(2000) };
@@ -286,7 +282,7 @@ impl Bench<'_> {
             .into_iter()
             .map(|load| {
                 let what = format!("{} at {}", kind.name(), load_name(load));
-                let run = least_disturbed(&what, self.noise_limit_micros(), || {
+                let run = least_disturbed(&what, self.opts.seconds, || {
                     self.measure(kind, proxy_pids, load, self.opts.seconds)
                 });
                 if let Err(e) = &run {
@@ -373,9 +369,9 @@ fn parse_wrk(stdout: &str) -> Result<Run> {
     for line in stdout.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["50%", value] => run.p50 = wrk_millis(value)?,
-            ["90%", value] => run.p90 = wrk_millis(value)?,
-            ["99%", value] => run.p99 = wrk_millis(value)?,
+            ["50%", value] => run.p50 = duration_millis(value)?,
+            ["90%", value] => run.p90 = duration_millis(value)?,
+            ["99%", value] => run.p99 = duration_millis(value)?,
             ["Requests/sec:", value] => run.rps = value.parse()?,
             [count, "requests", "in", ..] => total = Some(count.parse::<u64>()?),
             ["Non-2xx", "or", "3xx", "responses:", count] => run.errors += count.parse::<u64>()?,
@@ -390,7 +386,9 @@ fn parse_wrk(stdout: &str) -> Result<Run> {
     Ok(run)
 }
 
-fn wrk_millis(value: &str) -> Result<f64> {
+/// A load generator's duration ("850.12us", "1.23ms", "2.00s", "1.5m": wrk's
+/// and h2load's) in milliseconds.
+pub(super) fn duration_millis(value: &str) -> Result<f64> {
     let split = value.find(|c: char| c.is_ascii_alphabetic()).with_context(|| format!("no unit: {value}"))?;
     let (number, unit) = value.split_at(split);
     let number: f64 = number.parse()?;

@@ -54,6 +54,22 @@ pub fn backend(port: u16, http2: bool) -> Result<()> {
     })
 }
 
+/// The benches install packages, load BPF programs and make namespaces.
+pub(super) fn require_root() -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the benchmark installs packages, loads BPF programs and makes namespaces: run as root");
+    }
+    Ok(())
+}
+
+/// The first of the errors the agent logged during a bench, if any.
+pub(super) fn print_agent_errors(agent_log: &str) {
+    let errors: Vec<&str> = agent_log.lines().filter(|l| l.contains(" ERROR ")).take(10).collect();
+    if !errors.is_empty() {
+        eprintln!("bench: the agent logged errors:\n{}", errors.join("\n"));
+    }
+}
+
 /// What every L7 bench runs in: a client pod, the backend pods with their
 /// servers (one outside the mesh, one meshed), and the agent on the node
 /// serving [`mesh_config`], pinned to the proxy CPU and checked to answer.
