@@ -275,7 +275,10 @@ impl Proxy {
         let service = hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {
             let (proxy, connection) = (self.clone(), connection.clone());
             let request = request.map(ClientBody::Hyper);
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(&connection, request).await) }
+            // Boxed: hyper spawns a task per HTTP/2 stream and moves the
+            // future in and out of it; a pointer moves cheaper than the
+            // request's whole state (a few KiB).
+            async move { Ok::<_, std::convert::Infallible>(Box::pin(proxy.handle(&connection, request)).await) }
         });
         let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         builder

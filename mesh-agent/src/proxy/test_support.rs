@@ -10,5 +10,5 @@ pub fn snapshot_of(text: &str) -> Snapshot {
     let objects = parse_file("t.yaml", text).unwrap_or_else(|e| panic!("{text}\n{e:?}"));
     let model = Model::build(&objects, vec![], &Model::default(), "cluster.local");
     assert!(model.rejections.is_empty(), "{:?}", model.rejections);
-    compile(&model, "cluster.local").unwrap()
+    compile(&model, "cluster.local")
 }

@@ -6,6 +6,7 @@
 use super::connect::Tls;
 use super::error::UpstreamError;
 use super::http2::{Http2Connections, Stream};
+use super::http2_exchange::{exchange, open, Http2Body, Opened};
 use super::hyper_http1::Http1Pool;
 use super::pool::ConnectionLimits;
 use crate::proxy::body::{full, BoxError, ProxyBody};
@@ -77,7 +78,7 @@ pub enum UpstreamBody {
     /// An HTTP/2 response, holding its stream's place on the connection
     /// until it is done with.
     Http2 {
-        body: Incoming,
+        body: Http2Body,
         _stream: Stream,
     },
 }
@@ -89,23 +90,24 @@ impl Body for UpstreamBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
             UpstreamBody::Direct(body) => Pin::new(body).poll_frame(cx),
-            UpstreamBody::Hyper(body) | UpstreamBody::Http2 { body, .. } => {
-                Pin::new(body).poll_frame(cx).map_err(|e| Box::new(e) as BoxError)
-            }
+            UpstreamBody::Hyper(body) => Pin::new(body).poll_frame(cx).map_err(|e| Box::new(e) as BoxError),
+            UpstreamBody::Http2 { body, .. } => Pin::new(body).poll_frame(cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
             UpstreamBody::Direct(body) => body.is_end_stream(),
-            UpstreamBody::Hyper(body) | UpstreamBody::Http2 { body, .. } => body.is_end_stream(),
+            UpstreamBody::Hyper(body) => body.is_end_stream(),
+            UpstreamBody::Http2 { body, .. } => body.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             UpstreamBody::Direct(body) => body.size_hint(),
-            UpstreamBody::Hyper(body) | UpstreamBody::Http2 { body, .. } => body.size_hint(),
+            UpstreamBody::Hyper(body) => body.size_hint(),
+            UpstreamBody::Http2 { body, .. } => body.size_hint(),
         }
     }
 }
@@ -134,33 +136,59 @@ impl Dialer {
                 Ok(response.map(UpstreamBody::Direct))
             }
             // Boxed: the common path's future stays small.
-            payload => Box::pin(self.send_with_hyper(to, payload)).await,
+            payload => Box::pin(self.send_framed(to, payload)).await,
         }
     }
 
-    async fn send_with_hyper(
-        &self,
-        to: Try<'_>,
-        payload: Payload,
-    ) -> Result<http::Response<UpstreamBody>, UpstreamError> {
-        let Try { endpoint, http2, tls, limits, head, attempt } = to;
-        let mut request = http::Request::from_parts(head.clone(), payload.into_body());
-        if http2 {
-            // HTTP/2 frames bodies itself and has no transfer codings.
-            request.headers_mut().remove(TRANSFER_ENCODING);
-        }
-        if let Some(attempt) = attempt {
-            request.headers_mut().insert(ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
-        }
-        let request = upstream_request(request, endpoint, http2);
+    /// Sends a try the direct client does not: on the endpoint's HTTP/2
+    /// connection, or through hyper's HTTP/1.1 client.
+    async fn send_framed(&self, to: Try<'_>, payload: Payload) -> Result<http::Response<UpstreamBody>, UpstreamError> {
+        let Try { endpoint, http2, tls, limits, .. } = to;
+        let body = payload.into_body();
         if !http2 {
+            let request = http::Request::from_parts(upstream_head(&to), body);
             return Ok(self.http1.send(endpoint, tls.cloned(), limits, request).await?.map(UpstreamBody::Hyper));
         }
-        let (mut sender, stream) = Box::pin(self.h2.sender(endpoint, tls.cloned(), limits)).await?;
-        sender.ready().await.map_err(UpstreamError::from_hyper)?;
-        let response = sender.send_request(request).await.map_err(UpstreamError::from_hyper)?;
-        Ok(response.map(|body| UpstreamBody::Http2 { body, _stream: stream }))
+        let (opened, stream) = self.open_http2(to, &body).await?;
+        match exchange(opened, body).await {
+            Ok(response) => Ok(response.map(|body| UpstreamBody::Http2 { body, _stream: stream })),
+            Err(error) => {
+                if error.is_go_away() {
+                    stream.retire();
+                }
+                Err(error)
+            }
+        }
     }
+
+    /// Opens the try's stream on a connection to its endpoint. One the
+    /// upstream has sent away (GOAWAY) took nothing of the request: it is
+    /// retired, and the stream opened on another.
+    async fn open_http2(&self, to: Try<'_>, body: &ProxyBody) -> Result<(Opened, Stream), UpstreamError> {
+        let Try { endpoint, tls, limits, .. } = to;
+        let mut retired = false;
+        loop {
+            let (sender, stream) = self.h2.sender(endpoint, tls.cloned(), limits).await?;
+            match open(sender, upstream_head(&to), body).await {
+                Ok(opened) => return Ok((opened, stream)),
+                Err(error) if error.is_go_away() && !retired => {
+                    stream.retire();
+                    retired = true;
+                }
+                Err(error) => return Err(UpstreamError::from_h2(error)),
+            }
+        }
+    }
+}
+
+/// A try's request head: a copy of the request's, with its attempt count,
+/// as the upstream gets it.
+fn upstream_head(to: &Try<'_>) -> http::request::Parts {
+    let mut request = http::Request::from_parts(to.head.clone(), ());
+    if let Some(attempt) = to.attempt {
+        request.headers_mut().insert(ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
+    }
+    upstream_request(request, to.endpoint, to.http2).into_parts().0
 }
 
 /// The request as the upstream gets it, on a connection that is already
@@ -278,5 +306,62 @@ mod tests {
         let seen = upstream.await.unwrap();
         assert!(seen.to_ascii_lowercase().contains("transfer-encoding: chunked\r\n"), "{seen}");
         assert!(seen.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{seen}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_sent_away_takes_no_new_request() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counted = accepted.clone();
+        // An upstream that, on its first connection, holds the first request
+        // and sends GOAWAY, keeping the connection for that one stream; on
+        // the next, answers everything.
+        tokio::spawn(async move {
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
+                tokio::spawn(async move {
+                    let mut connection = h2::server::handshake(stream).await.unwrap();
+                    let mut held = Vec::new();
+                    while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                        if first {
+                            held.push(respond);
+                            connection.graceful_shutdown();
+                        } else {
+                            let response = http::Response::new(());
+                            respond.send_response(response, true).unwrap();
+                        }
+                    }
+                });
+            }
+        });
+        let dialer = Dialer::default();
+        let (head, ()) = http::Request::get("/").header("host", "web").body(()).unwrap().into_parts();
+        let to = Try {
+            endpoint: address,
+            http2: true,
+            tls: None,
+            limits: ConnectionLimits::default(),
+            head: &head,
+            attempt: None,
+        };
+        let (held, _held_stream) = dialer.open_http2(to, &full(Bytes::new())).await.unwrap();
+        // Until the client has read the GOAWAY, the connection looks usable.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let (sender, _stream) = dialer.h2.sender(address, None, to.limits).await.unwrap();
+            match open(sender, upstream_head(&to), &full(Bytes::new())).await {
+                Err(error) if error.is_go_away() => break,
+                _ => assert!(std::time::Instant::now() < deadline, "no GOAWAY seen"),
+            }
+            tokio::task::yield_now().await;
+        }
+        let sent = dialer.send(to, Payload::Complete(Bytes::new()));
+        let response = tokio::time::timeout(Duration::from_secs(5), sent).await.expect("answered").unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2, "the request went on a new connection");
+        drop(held);
     }
 }

@@ -16,7 +16,7 @@ pub enum UpstreamError {
     #[error("TLS handshake with the upstream: {0}")]
     TlsHandshake(#[source] std::io::Error),
     #[error("HTTP handshake with the upstream: {0}")]
-    Handshake(#[source] hyper::Error),
+    Handshake(#[source] BoxError),
     /// Reset or closed before a response (503, as Envoy).
     #[error("upstream exchange failed: {0}")]
     Failed(#[source] BoxError),
@@ -25,11 +25,11 @@ pub enum UpstreamError {
     Protocol(#[source] BoxError),
     /// HTTP/2 REFUSED_STREAM: the upstream did not process the request.
     #[error("upstream refused the stream: {0}")]
-    RefusedStream(#[source] hyper::Error),
+    RefusedStream(#[source] BoxError),
     /// The client's request body failed while it was being sent (a broken
     /// chunked body, a client gone): the client's fault, not the upstream's.
     #[error("the request body failed: {0}")]
-    RequestBody(#[source] hyper::Error),
+    RequestBody(#[source] BoxError),
 }
 
 impl UpstreamError {
@@ -47,15 +47,34 @@ impl UpstreamError {
     /// A failed exchange through hyper's clients, sorted.
     pub fn from_hyper(error: hyper::Error) -> Self {
         if is_refused_stream(&error) {
-            UpstreamError::RefusedStream(error)
+            UpstreamError::RefusedStream(Box::new(error))
         } else if error.is_user() && std::error::Error::source(&error).is_some() {
             // A user error with a cause: the one our request body gave.
-            UpstreamError::RequestBody(error)
+            UpstreamError::RequestBody(Box::new(error))
         } else if error.is_parse() || error.is_parse_status() {
             UpstreamError::Protocol(Box::new(error))
         } else {
             UpstreamError::Failed(Box::new(error))
         }
+    }
+}
+
+impl UpstreamError {
+    /// A failed exchange on one of our HTTP/2 connections, sorted.
+    pub fn from_h2(error: h2::Error) -> Self {
+        if is_refused_stream(&error) {
+            UpstreamError::RefusedStream(Box::new(error))
+        } else {
+            UpstreamError::Failed(Box::new(error))
+        }
+    }
+}
+
+impl UpstreamError {
+    /// The upstream's GOAWAY cut the exchange off: its connection is closing.
+    pub fn is_go_away(&self) -> bool {
+        let source = std::error::Error::source(self);
+        source.and_then(|e| e.downcast_ref::<h2::Error>()).is_some_and(h2::Error::is_go_away)
     }
 }
 

@@ -1,34 +1,33 @@
 //! HTTP/2 to upstreams: multiplexed connections per endpoint (and TLS
-//! identity), each carrying at most [`STREAMS_PER_CONNECTION`] requests at
-//! once; when every one is that busy, another is opened (one connect at a
-//! time per endpoint), as Envoy's pool opens one past the peer's
-//! `MAX_CONCURRENT_STREAMS`. A connection that has carried
+//! identity), each carrying at once at most the requests the server's
+//! `MAX_CONCURRENT_STREAMS` allows, and at most [`STREAMS_PER_CONNECTION`];
+//! when every one is that busy, another is opened (one connect at a time
+//! per endpoint), as Envoy's pool opens one past the peer's limit. A connection that has carried
 //! `maxRequestsPerConnection` requests, or is older than
 //! `maxConnectionDuration`, takes no new stream (the next request opens
 //! another); once its last sender is dropped, hyper closes it when its
 //! streams are done. Ours rather than a pooled client's, so that
 //! `:authority` can be the service's name while the connection goes to the
-//! endpoint.
+//! endpoint; the sessions are `h2`'s ([`super::http2_exchange`] says why
+//! not hyper's).
 
 use super::connect::{tcp_connect, tls_connect, Tls};
 use super::error::UpstreamError;
 use super::pool::{ConnectionLimits, Key};
-use crate::proxy::body::ProxyBody;
 use crate::sync::lock;
-use hyper::client::conn::http2;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use bytes::Bytes;
+use h2::client::SendRequest;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Requests one connection carries at once before another is opened: what
-/// most servers announce as their `MAX_CONCURRENT_STREAMS` (100), which
-/// hyper's client does not expose (it would queue the rest on the one
-/// connection instead).
+/// Requests one connection carries at once before another is opened,
+/// however many more the server allows: what most servers announce as
+/// their `MAX_CONCURRENT_STREAMS` (100), and a second connection spreads a
+/// busy endpoint's frames over a second task.
 pub const STREAMS_PER_CONNECTION: u32 = 100;
 
 /// The open HTTP/2 connections, by endpoint and TLS identity.
@@ -42,7 +41,9 @@ pub struct Http2Connections {
 
 /// One connection's sender and what it carries.
 struct Open {
-    sender: http2::SendRequest<ProxyBody>,
+    sender: SendRequest<Bytes>,
+    /// Its session has ended.
+    closed: Arc<AtomicBool>,
     opened: Instant,
     /// Requests under way (their responses not done with).
     streams: AtomicU32,
@@ -59,16 +60,30 @@ impl Open {
         let age = now.duration_since(self.opened);
         let idle = self.streams.load(Ordering::Relaxed) == 0
             && age.saturating_sub(Duration::from_millis(self.last_done.load(Ordering::Relaxed))) >= limits.idle_timeout;
-        !self.sender.is_closed()
+        !self.closed.load(Ordering::Relaxed)
             && !idle
             && limits.max_duration.is_none_or(|max| age < max)
             && limits.max_requests.is_none_or(|max| self.served.load(Ordering::Relaxed) < max)
+    }
+
+    /// How many streams it may carry at once.
+    fn room(&self) -> u32 {
+        let allowed = u32::try_from(self.sender.current_max_send_streams()).unwrap_or(u32::MAX);
+        allowed.min(STREAMS_PER_CONNECTION)
     }
 }
 
 /// A request's stream on its connection: counted until the response is
 /// done with (this dropped).
 pub struct Stream(Arc<Open>);
+
+impl Stream {
+    /// Its connection takes no new stream: the upstream is closing it
+    /// (GOAWAY), which its session tells no sooner than it ends.
+    pub fn retire(&self) {
+        self.0.closed.store(true, Ordering::Relaxed);
+    }
+}
 
 impl Drop for Stream {
     fn drop(&mut self) {
@@ -87,7 +102,7 @@ impl Http2Connections {
         endpoint: SocketAddr,
         tls: Option<Tls>,
         limits: ConnectionLimits,
-    ) -> Result<(http2::SendRequest<ProxyBody>, Stream), UpstreamError> {
+    ) -> Result<(SendRequest<Bytes>, Stream), UpstreamError> {
         let key = Tls::key(endpoint, tls.as_ref());
         if let Some(claimed) = self.claim(key, &limits) {
             return Ok(claimed);
@@ -97,9 +112,10 @@ impl Http2Connections {
         if let Some(claimed) = self.claim(key, &limits) {
             return Ok(claimed);
         }
-        let sender = connect(endpoint, tls.as_ref(), limits.connect_timeout).await?;
+        let (sender, closed) = connect(endpoint, tls.as_ref(), limits.connect_timeout).await?;
         let open = Arc::new(Open {
             sender,
+            closed,
             opened: Instant::now(),
             streams: AtomicU32::new(1),
             served: AtomicU32::new(1),
@@ -125,7 +141,7 @@ impl Http2Connections {
 
     /// A stream on the least busy usable connection with room; the
     /// connections that may take no new stream leave the set.
-    fn claim(&self, key: Key, limits: &ConnectionLimits) -> Option<(http2::SendRequest<ProxyBody>, Stream)> {
+    fn claim(&self, key: Key, limits: &ConnectionLimits) -> Option<(SendRequest<Bytes>, Stream)> {
         let now = Instant::now();
         let mut open = lock(&self.open);
         let list = open.get_mut(&key)?;
@@ -135,7 +151,7 @@ impl Http2Connections {
             return None;
         }
         let best = (list.iter())
-            .filter(|open| open.streams.load(Ordering::Relaxed) < STREAMS_PER_CONNECTION)
+            .filter(|open| open.streams.load(Ordering::Relaxed) < open.room())
             .min_by_key(|open| open.streams.load(Ordering::Relaxed))?;
         best.streams.fetch_add(1, Ordering::Relaxed);
         best.served.fetch_add(1, Ordering::Relaxed);
@@ -146,7 +162,7 @@ impl Http2Connections {
     pub fn open_to(&self, endpoint: SocketAddr) -> usize {
         let open = lock(&self.open);
         let lists = open.iter().filter(|((e, _), _)| *e == endpoint);
-        lists.map(|(_, list)| list.iter().filter(|open| !open.sender.is_closed()).count()).sum()
+        lists.map(|(_, list)| list.iter().filter(|open| !open.closed.load(Ordering::Relaxed)).count()).sum()
     }
 }
 
@@ -179,41 +195,65 @@ impl Drop for ConnectGate {
 }
 
 /// Opens a connection and its HTTP/2 session; the session runs on a task
-/// of its own.
+/// of its own, which marks the connection closed when it ends.
 async fn connect(
     endpoint: SocketAddr,
     tls: Option<&Tls>,
     connect_timeout: Duration,
-) -> Result<http2::SendRequest<ProxyBody>, UpstreamError> {
-    type Driver = Pin<Box<dyn Future<Output = hyper::Result<()>> + Send>>;
-    let (sender, connection): (_, Driver) = match tls {
+) -> Result<(SendRequest<Bytes>, Arc<AtomicBool>), UpstreamError> {
+    let closed = Arc::new(AtomicBool::new(false));
+    let marked = closed.clone();
+    let sender = match tls {
         Some(tls) => {
             let stream = tls_connect(endpoint, tls, connect_timeout).await?;
-            let (sender, connection) =
-                http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
-            (sender, Box::pin(connection))
+            let (sender, connection) = builder().handshake(stream).await.map_err(handshake)?;
+            tokio::spawn(drive(endpoint, connection, marked));
+            sender
         }
         None => {
             let stream = tcp_connect(endpoint, connect_timeout).await?;
-            let (sender, connection) =
-                http2::handshake(TokioExecutor::new(), TokioIo::new(stream)).await.map_err(UpstreamError::Handshake)?;
-            (sender, Box::pin(connection))
+            let (sender, connection) = builder().handshake(stream).await.map_err(handshake)?;
+            tokio::spawn(drive(endpoint, connection, marked));
+            sender
         }
     };
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::debug!(%endpoint, %error, "HTTP/2 upstream connection ended");
-        }
-    });
-    Ok(sender)
+    Ok((sender, closed))
+}
+
+fn handshake(error: h2::Error) -> UpstreamError {
+    UpstreamError::Handshake(Box::new(error))
+}
+
+/// hyper's client settings: windows larger than the protocol's 64 KiB
+/// (a fast upstream is not held to one round trip per 64 KiB), 16 KiB
+/// header lists, no server push.
+fn builder() -> h2::client::Builder {
+    let mut builder = h2::client::Builder::new();
+    builder
+        .initial_max_send_streams(STREAMS_PER_CONNECTION as usize)
+        .initial_window_size(2 * 1024 * 1024)
+        .initial_connection_window_size(5 * 1024 * 1024)
+        .max_header_list_size(16 * 1024)
+        .max_send_buffer_size(1024 * 1024)
+        .enable_push(false);
+    builder
+}
+
+async fn drive(endpoint: SocketAddr, connection: impl Future<Output = Result<(), h2::Error>>, closed: Arc<AtomicBool>) {
+    if let Err(error) = connection.await {
+        tracing::debug!(%endpoint, %error, "HTTP/2 upstream connection ended");
+    }
+    closed.store(true, Ordering::Relaxed);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::body::full;
+    use crate::proxy::body::{full, ProxyBody};
+    use crate::proxy::upstream::http2_exchange::{exchange, open};
     use bytes::Bytes;
     use http_body_util::Full;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
     use std::sync::atomic::AtomicUsize;
 
     /// An HTTP/2 server that counts its connections and answers each
@@ -260,10 +300,11 @@ mod tests {
         // More requests at once than one connection carries.
         let mut waiting = Vec::new();
         for _ in 0..STREAMS_PER_CONNECTION + 20 {
-            let (mut sender, stream) = connections.sender(address, None, limits).await.unwrap();
-            sender.ready().await.unwrap();
+            let (sender, stream) = connections.sender(address, None, limits).await.unwrap();
+            let (head, body) = request(address).into_parts();
+            let opened = open(sender, head, &body).await.unwrap();
             waiting.push(tokio::spawn(async move {
-                let response = sender.send_request(request(address)).await.unwrap();
+                let response = exchange(opened, body).await.unwrap();
                 drop(response);
                 drop(stream);
             }));
@@ -284,9 +325,9 @@ mod tests {
         let spent = Http2Connections::default();
         let limits = ConnectionLimits { max_requests: Some(3), ..ConnectionLimits::default() };
         for _ in 0..4 {
-            let (mut sender, _stream) = spent.sender(address, None, limits).await.unwrap();
-            sender.ready().await.unwrap();
-            sender.send_request(request(address)).await.unwrap();
+            let (sender, _stream) = spent.sender(address, None, limits).await.unwrap();
+            let (head, body) = request(address).into_parts();
+            exchange(open(sender, head, &body).await.unwrap(), body).await.unwrap();
         }
         assert_eq!(accepted.load(Ordering::SeqCst), 4, "the fourth request on a new connection");
         assert_eq!(spent.open_to(address), 1, "the spent connection left the set");

@@ -97,7 +97,7 @@ async fn connect(
     tls: Option<&Tls>,
     timeout: Duration,
 ) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
-    let handshake = UpstreamError::Handshake;
+    let handshake = |error: hyper::Error| UpstreamError::Handshake(Box::new(error));
     let sender = match tls {
         Some(tls) => {
             let stream = tls_connect(endpoint, tls, timeout).await?;
