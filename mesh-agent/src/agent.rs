@@ -91,7 +91,7 @@ pub struct ReloadLoop {
     complete: bool,
     /// `model` was built from the source's latest batch, so the next
     /// batch's changes are relative to it (see `SourceBatch::changed`);
-    /// after a batch that did not compile, the next is built whole.
+    /// before the first batch, the next is built whole.
     model_follows_source: bool,
     /// A whole build ran since memory was last handed back (see `run`).
     built_whole: bool,
@@ -360,41 +360,30 @@ impl ReloadLoop {
             validate_micros = (validated - read).as_micros() as u64,
             "configuration validated"
         );
-        self.model_follows_source = self.compile_and_apply(model, started, incomplete);
+        self.compile_and_apply(model, started, incomplete);
+        self.model_follows_source = true;
     }
 
-    /// Compiles `model` and writes the snapshot; a model that does not fit
-    /// leaves the last good configuration serving. True when `model` now
-    /// serves (compiled; written or waiting to be).
-    fn compile_and_apply(&mut self, model: Model, started: Instant, incomplete: bool) -> bool {
+    /// Compiles `model` and writes the snapshot (what does not fit a kernel
+    /// map is rejected object by object in it).
+    fn compile_and_apply(&mut self, model: Model, started: Instant, incomplete: bool) {
         self.complete = !incomplete;
         let compiling = Instant::now();
-        let compiled = compile_owned(model, self.compiled.as_ref(), &self.cluster_domain);
+        let snapshot = compile_owned(model, self.compiled.as_ref(), &self.cluster_domain);
         tracing::debug!(compile_micros = compiling.elapsed().as_micros() as u64, "configuration compiled");
-        match compiled {
-            Ok(snapshot) => {
-                self.warned.log(&snapshot.model.warnings);
-                if let Some(dns) = &self.dns {
-                    dns.want(snapshot.model.dns_names());
-                }
-                self.model = snapshot.model.clone();
-                self.compiled = Some(snapshot.clone());
-                if self.taken_over && incomplete {
-                    // No last good version is known after a restart: keep
-                    // what the kernel serves rather than delete it on a
-                    // half-read directory.
-                    tracing::warn!("first load after takeover is incomplete; adding only, removing nothing");
-                    self.apply_additive(snapshot, started);
-                } else {
-                    self.apply(snapshot, started, Duration::ZERO);
-                }
-                true
-            }
-            Err(error) => {
-                tracing::error!(%error, "configuration does not fit the kernel maps; the last good configuration keeps serving");
-                self.publish_failure(error.to_string(), started);
-                false
-            }
+        self.warned.log(&snapshot.model.warnings);
+        if let Some(dns) = &self.dns {
+            dns.want(snapshot.model.dns_names());
+        }
+        self.model = snapshot.model.clone();
+        self.compiled = Some(snapshot.clone());
+        if self.taken_over && incomplete {
+            // No last good version is known after a restart: keep what the
+            // kernel serves rather than delete it on a half-read directory.
+            tracing::warn!("first load after takeover is incomplete; adding only, removing nothing");
+            self.apply_additive(snapshot, started);
+        } else {
+            self.apply(snapshot, started, Duration::ZERO);
         }
     }
 

@@ -239,9 +239,9 @@ struct RunArgs {
     /// maglev-tables, maglev-entries (all tables' entries together, 2
     /// bytes each of kernel memory), workloads, registry or egress-scopes
     /// (outbound policy). Applies to maps this agent creates (pinned maps
-    /// keep their size until `mesh-agent uninstall`); what does not fit in
-    /// the service maps is rejected per object, a policy that outgrows its
-    /// map keeps the last good configuration serving.
+    /// keep their size until `mesh-agent uninstall`); what does not fit is
+    /// rejected per object (a service port, a Sidecar's egress scope, a
+    /// workload, a source of registry addresses), named in the status.
     #[arg(long = "map-entries", value_parser = parse_map_entries)]
     map_entries: Vec<(dataplane::SizedMap, u32)>,
 }

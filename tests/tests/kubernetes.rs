@@ -135,7 +135,7 @@ fn objects_appear_change_and_vanish_and_remote_pods_are_known_by_their_labels() 
     assert_eq!(local.ips.len(), 1);
     assert!(remote.ips.is_empty(), "only labels are watched for other nodes' pods");
     assert_eq!(remote.labels["version"], "v2");
-    let snapshot = compile(&model, DOMAIN).unwrap();
+    let snapshot = compile(&model, DOMAIN);
     let versions: Vec<&str> =
         snapshot.services[0].backends.iter().map(|b| b.labels.get("version").map_or("", |v| v.as_str())).collect();
     assert_eq!(versions, ["v1", "v2"]);
@@ -149,7 +149,7 @@ fn objects_appear_change_and_vanish_and_remote_pods_are_known_by_their_labels() 
     assert!(server.delete("networking.istio.io/v1", "VirtualService", Some("shop"), "web"));
     assert!(server.delete("v1", "Service", Some("shop"), "web"));
     let model = model_when(&mut source, |m| m.services.is_empty() && m.virtual_services.is_empty());
-    let snapshot = compile(&model, DOMAIN).unwrap();
+    let snapshot = compile(&model, DOMAIN);
     assert!(snapshot.frontends.is_empty() && snapshot.slots.is_empty(), "nothing stale stays");
     assert_eq!(source.poll().unwrap().map(|b| b.objects.len()), None, "no batch without a change");
 }
@@ -235,7 +235,7 @@ fn the_file_source_and_the_api_source_build_the_same_model() {
     assert_eq!(without_file(&from_files), without_file(&from_api));
     assert_eq!(from_files.rejections.len(), 1);
     assert_eq!(from_files.services.len(), 1);
-    assert_eq!(compile(&from_files, DOMAIN).unwrap().services, compile(&from_api, DOMAIN).unwrap().services);
+    assert_eq!(compile(&from_files, DOMAIN).services, compile(&from_api, DOMAIN).services);
 }
 
 /// The condition a status patch carried.
@@ -262,7 +262,7 @@ fn status_is_written_by_the_lease_holder_only_and_taken_over_when_it_dies() {
                         "spec": {"host": "db", "trafficPolicy": {"tls": {"mode": "ISTIO_MUTUAL"}}}}));
     let mut source = KubeSource::start(server.client("watch"), watched_kinds(Some("node-a")), runtime.handle());
     let model = model_of(&next_batch(&mut source));
-    let snapshot = compile(&model, DOMAIN).unwrap();
+    let snapshot = compile(&model, DOMAIN);
     let published = Arc::new(Published { snapshot: Arc::new(snapshot), ready: true, reloads: 1, last_reload: None });
     let (_publisher, receiver) = tokio::sync::watch::channel(published);
     let timing = LeaseTiming { duration: Duration::from_secs(1), renew_every: Duration::from_millis(200) };

@@ -294,6 +294,35 @@ fn registry_only_refuses_unknown_addresses_in_the_kernel_per_workload() {
 }
 
 #[test]
+fn a_full_workloads_map_leaves_out_the_workload_without_a_policy_and_enforces_the_rest() {
+    let env = TestEnv::new("registry_full").expect("test env");
+    let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");
+    let stranger = env.add_pod("stranger", "10.244.8.2", "fd00:244::8:2");
+    let _server = stranger.serve_tcp(9000);
+    let config = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: locked}\n\
+                  spec: {outboundTrafficPolicy: {mode: REGISTRY_ONLY}}\n";
+    env.write_config("mesh.yaml", config).unwrap();
+    // Two workloads in one network namespace, room in the kernel for one.
+    let open = env.container_cgroup("shop", "client");
+    let locked = env.container_cgroup("locked", "client");
+    let pods = env.pod_cgroups_dir();
+    env.start_agent(&["--pod-cgroups", pods.to_str().unwrap(), "--map-entries", "workloads=1"]).unwrap();
+    let dump = env.admin_json("/config_dump");
+    assert_eq!(dump["kernel_maps"]["workloads"], 1, "{}", dump["kernel_maps"]);
+    let rejected = dump["rejected"].as_array().unwrap();
+    assert_eq!(rejected.len(), 1, "{}", dump["rejected"]);
+    let error = rejected[0]["error"].as_str().unwrap();
+    assert!(error.starts_with("Pod shop/client: the kernel's workloads map is full (1 entries;"), "{error}");
+    assert!(error.contains("--map-entries workloads=N") && error.contains("not counted per workload"), "{error}");
+    // The workload with a policy took the room: it is enforced; the other
+    // dials as it would with no entry (allowed).
+    let locked_report = tcp_in(&env, &locked, &client, "10.244.8.2:9000");
+    assert_eq!(locked_report["errors"]["ECONNREFUSED"], 1, "{locked_report}\n{}", env.agent_log());
+    let open_report = tcp_in(&env, &open, &client, "10.244.8.2:9000");
+    assert_eq!(open_report["ok"], 1, "{open_report}");
+}
+
+#[test]
 fn locality_distribute_weights_hold_in_the_kernel_over_a_thousand_connects() {
     let env = TestEnv::new("locality_distribute").expect("test env");
     let client = env.add_pod("client", "10.244.0.2", "fd00:244::2");

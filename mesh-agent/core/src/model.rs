@@ -1416,7 +1416,7 @@ mod tests {
             model.endpoint_slices[&id("shop", "web-1")].ports.iter().map(|p| (p.name.as_str(), p.port)).collect();
         assert_eq!(ports, [("http", 8080), ("metrics", 9090)]);
         // The backends follow.
-        let snapshot = crate::snapshot::compile(&model, DOMAIN).unwrap();
+        let snapshot = crate::snapshot::compile(&model, DOMAIN);
         let http = snapshot.services.iter().find(|s| s.port == 80).unwrap();
         assert_eq!(http.backends[0].address, "10.244.0.2:8080".parse().unwrap());
     }
@@ -1640,7 +1640,7 @@ mod tests {
         assert!(model.rejections.is_empty(), "{:?}", model.rejections);
         let vs = &model.virtual_services[&id("shop", "reviews")];
         assert_eq!(vs.hosts, ["reviews.shop.svc.cluster.local"]);
-        let snapshot = crate::snapshot::compile(&model, DOMAIN).unwrap();
+        let snapshot = crate::snapshot::compile(&model, DOMAIN);
         assert!(snapshot.routes.has_http_routes("reviews.shop.svc.cluster.local"));
         // A structural error rejects the object by field, as for any kind.
         let broken = reviews_vs("v2").replace("weight: 10", "weight: -10");
@@ -1709,7 +1709,7 @@ mod tests {
         );
         let model = Model::build(&objects(&format!("{SERVICE}---\n{rule}")), vec![], &Model::default(), DOMAIN);
         assert!(model.rejections.is_empty(), "{:?}", model.rejections);
-        let snapshot = crate::snapshot::compile(&model, DOMAIN).unwrap();
+        let snapshot = crate::snapshot::compile(&model, DOMAIN);
         let http = snapshot.services.iter().find(|s| s.port == 80).unwrap();
         assert_eq!(http.load_balancer, "RANDOM");
         assert_eq!(http.destination_rule.as_deref(), Some("shop/web"));

@@ -53,8 +53,8 @@ pub struct MapSizes {
     pub maglev_entries: u32,
     /// Outbound policy: this node's workloads with a policy, the addresses
     /// outside the Services that REGISTRY_ONLY workloads reach, and the
-    /// service ports each Sidecar egress scope sees. A configuration that
-    /// outgrows one of these does not compile (the last good one serves).
+    /// service ports each Sidecar egress scope sees. What outgrows one of
+    /// these is rejected per object (see `outbound::compile`).
     pub workloads: u32,
     pub registry: u32,
     pub egress_scopes: u32,

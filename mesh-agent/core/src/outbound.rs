@@ -10,7 +10,7 @@
 //! their product: the registry is one table every workload shares.
 
 use crate::model::{Model, PodModel};
-use crate::object::{ObjectKey, Warning, WarningReason};
+use crate::object::{ObjectKey, Rejection, Warning, WarningReason};
 use crate::service_entry::Resolution;
 use crate::sidecar::{sidecar_for, OutboundPolicy};
 use mesh_common::{
@@ -85,10 +85,18 @@ pub struct Outbound {
     /// The service ports each Sidecar egress scope sees.
     pub scope_clusters: BTreeMap<ScopeClusterKey, u32>,
     pub views: Vec<WorkloadView>,
+    /// What did not fit its kernel map.
+    pub rejections: Vec<Rejection>,
 }
 
+/// The outbound state of `model` for its node. What outgrows a kernel map
+/// is left out per object, each with a rejection that names the flag: a
+/// Sidecar's egress scope (its workloads then see every service), a
+/// workload (its policy is not enforced), a source of registry addresses
+/// (REGISTRY_ONLY workloads cannot reach them). The rest is enforced.
 pub fn compile<'a>(model: &Model, services: impl Iterator<Item = ServicePortRef<'a>> + Clone) -> Outbound {
     let node = &model.node;
+    let sizes = &node.map_sizes;
     let no_labels = BTreeMap::new();
     let mut out = Outbound::default();
     let scopes = scope_ids(model);
@@ -99,6 +107,7 @@ pub fn compile<'a>(model: &Model, services: impl Iterator<Item = ServicePortRef<
     } else {
         HashMap::new()
     };
+    let mut workloads = Vec::new();
     for cgroup in &node.pod_cgroups {
         // A cgroup named by UID is the model's pod of that UID (one not
         // known yet is skipped until it is).
@@ -121,35 +130,96 @@ pub fn compile<'a>(model: &Model, services: impl Iterator<Item = ServicePortRef<
         let policy = sidecar.and_then(|s| s.outbound).unwrap_or(node.default_policy);
         let flags = if policy == OutboundPolicy::RegistryOnly { POLICY_REGISTRY_ONLY } else { 0 };
         let scope = sidecar.and_then(|s| scopes.get(&s.id()).copied()).unwrap_or(0);
-        out.workloads.insert(cgroup.id, WorkloadPolicy { flags, scope });
-        out.views.push(WorkloadView {
+        let view = WorkloadView {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             cgroup_id: cgroup.id,
             policy,
             sidecar: sidecar.map(|s| s.id()),
-        });
+        };
+        workloads.push((WorkloadPolicy { flags, scope }, view));
     }
     let levels: BTreeSet<u32> = node.pod_cgroups.iter().map(|p| p.level).collect();
     for (slot, level) in levels.iter().take(capacity::POD_LEVELS).enumerate() {
         out.config.pod_levels[slot] = *level;
     }
     out.config.level_count = levels.len().min(capacity::POD_LEVELS) as u32;
-    out.config.any_restricted = out.workloads.values().any(|w| w.flags & POLICY_REGISTRY_ONLY != 0) as u32;
     out.config.l7_fail_open = node.l7_fail_open as u32;
     out.config.agent_cgroup = node.agent_cgroup;
-    if out.config.any_restricted != 0 {
-        out.registry = registry(model);
-    }
-    let used: BTreeSet<u32> = out.workloads.values().map(|w| w.scope).filter(|s| *s != 0).collect();
-    out.config.any_scoped = !used.is_empty() as u32;
+
+    // Egress scopes first: a workload whose scope does not fit is unscoped.
+    let used: BTreeSet<u32> = workloads.iter().map(|(w, _)| w.scope).filter(|s| *s != 0).collect();
+    let mut left_out = BTreeSet::new();
     for sidecar in model.sidecars.values() {
         let Some(scope) = scopes.get(&sidecar.id()).copied().filter(|s| used.contains(s)) else { continue };
         // DNS is never scoped away (the resolvers' Services), as in Istio.
         let seen = services.clone().filter(|s| s.port == 53 || sidecar.sees(s.namespace, s.host, s.port));
-        out.scope_clusters.extend(seen.map(|s| (ScopeClusterKey { scope, _pad: 0, cluster_id: s.cluster_id }, 1)));
+        let keys: Vec<ScopeClusterKey> =
+            seen.map(|s| ScopeClusterKey { scope, _pad: 0, cluster_id: s.cluster_id }).collect();
+        if out.scope_clusters.len() + keys.len() > sizes.egress_scopes as usize {
+            left_out.insert(scope);
+            let message = format!(
+                "its egress scope ({} service ports) does not fit the kernel's egress-scopes map ({} entries, {} in use; \
+                 --map-entries egress-scopes=N sets more): its workloads on this node see every service",
+                keys.len(),
+                sizes.egress_scopes,
+                out.scope_clusters.len(),
+            );
+            out.rejections.push(rejection(
+                model,
+                ObjectKey::new("Sidecar", &sidecar.namespace, &sidecar.name),
+                "spec.egress",
+                message,
+            ));
+            continue;
+        }
+        out.scope_clusters.extend(keys.into_iter().map(|key| (key, 1)));
+    }
+    // Then the workloads: room for the restricted ones first, then for
+    // those that only count their connections.
+    for (workload, _) in &mut workloads {
+        if left_out.contains(&workload.scope) {
+            workload.scope = 0;
+        }
+    }
+    let restricted = |w: &WorkloadPolicy| w.flags != 0 || w.scope != 0;
+    let mut room = sizes.workloads as usize;
+    let mut fits = vec![false; workloads.len()];
+    for first in [true, false] {
+        for (fit, (workload, _)) in fits.iter_mut().zip(&workloads) {
+            if restricted(workload) == first && room > 0 {
+                (*fit, room) = (true, room - 1);
+            }
+        }
+    }
+    for ((workload, view), fit) in workloads.into_iter().zip(fits) {
+        if !fit {
+            let what = match restricted(&workload) {
+                true => "its outbound policy is not enforced",
+                false => "its connections are not counted per workload",
+            };
+            let message = format!(
+                "the kernel's workloads map is full ({} entries; --map-entries workloads=N sets more): {what}",
+                sizes.workloads
+            );
+            out.rejections.push(rejection(model, ObjectKey::new("Pod", &view.namespace, &view.name), "", message));
+            continue;
+        }
+        out.workloads.insert(view.cgroup_id, workload);
+        out.views.push(view);
+    }
+    out.config.any_restricted = out.workloads.values().any(|w| w.flags & POLICY_REGISTRY_ONLY != 0) as u32;
+    out.config.any_scoped = out.workloads.values().any(|w| w.scope != 0) as u32;
+    if out.config.any_restricted != 0 {
+        registry(model, &mut out);
     }
     out
+}
+
+/// A rejection of the object `key` as the compile for the kernel meets it.
+fn rejection(model: &Model, key: ObjectKey, field: &str, message: String) -> Rejection {
+    let file = model.served_object(&key).map(|object| object.file.clone()).filter(|file| !file.is_empty());
+    Rejection { file, kind: key.kind, namespace: key.namespace, name: key.name, field: field.into(), message }
 }
 
 /// A scope id per Sidecar with `egress`: a hash of its name, so a Sidecar
@@ -190,22 +260,22 @@ pub fn unenforced(model: &Model) -> Vec<Warning> {
     warnings
 }
 
-/// Every address outside the Services that the mesh knows.
-fn registry(model: &Model) -> BTreeMap<RegistryKey, u32> {
+/// Every address outside the Services that the mesh knows, into the
+/// registry: the node's own first, then ServiceEntries, EndpointSlices and
+/// pods, each source whole or (the map is full) not at all.
+fn registry(model: &Model, out: &mut Outbound) {
     let node = &model.node;
-    let mut keys = BTreeSet::new();
     // A pod's own loopback is always its own.
-    keys.insert(RegistryKey::new(Ipv4Addr::LOCALHOST.into(), 8, 0));
-    keys.insert(RegistryKey::new(Ipv6Addr::LOCALHOST.into(), 128, 0));
-    keys.extend(node.node_ips.iter().map(|ip| RegistryKey::new(*ip, 128, 0)));
-    keys.extend(node.mesh_cidrs.iter().map(|(ip, prefix)| RegistryKey::new(*ip, *prefix, 0)));
-    keys.extend(node.resolvers.iter().map(|ip| RegistryKey::new(*ip, 128, 53)));
-    keys.extend(model.pods.values().flat_map(|pod| pod.ips.iter().map(|ip| RegistryKey::new(*ip, 128, 0))));
-    let endpoints =
-        (model.endpoint_slices.values()).flat_map(|slice| slice.endpoints.iter()).flat_map(|e| &e.addresses);
-    keys.extend(endpoints.map(|ip| RegistryKey::new(*ip, 128, 0)));
+    let mut own = vec![RegistryKey::new(Ipv4Addr::LOCALHOST.into(), 8, 0)];
+    own.push(RegistryKey::new(Ipv6Addr::LOCALHOST.into(), 128, 0));
+    own.extend(node.node_ips.iter().map(|ip| RegistryKey::new(*ip, 128, 0)));
+    own.extend(node.mesh_cidrs.iter().map(|(ip, prefix)| RegistryKey::new(*ip, *prefix, 0)));
+    own.extend(node.resolvers.iter().map(|ip| RegistryKey::new(*ip, 128, 53)));
+    // The node's own addresses come first and are few: they always fit.
+    out.registry.extend(own.into_iter().map(|key| (key, 1)));
     for entry in model.service_entries.values() {
         let ports: Vec<u16> = entry.ports.iter().map(|p| p.number).collect();
+        let mut keys = Vec::new();
         // A VIP of a STATIC or DNS entry is a frontend already; what NONE
         // names, and every block, passes through on the entry's ports.
         let passes = |single: bool| !single || entry.resolution == Resolution::None;
@@ -217,8 +287,41 @@ fn registry(model: &Model) -> BTreeMap<RegistryKey, u32> {
         for ip in endpoint_ips {
             keys.extend(ports.iter().map(|port| RegistryKey::new(ip, 128, *port)));
         }
+        let source = || (ObjectKey::new("ServiceEntry", &entry.namespace, &entry.name), "spec.addresses");
+        register(model, out, keys, source);
     }
-    keys.into_iter().map(|key| (key, 1)).collect()
+    for slice in model.endpoint_slices.values() {
+        let addresses = slice.endpoints.iter().flat_map(|e| &e.addresses);
+        let keys = addresses.map(|ip| RegistryKey::new(*ip, 128, 0)).collect();
+        register(model, out, keys, || (ObjectKey::new("EndpointSlice", &slice.namespace, &slice.name), "endpoints"));
+    }
+    for pod in model.pods.values() {
+        let keys = pod.ips.iter().map(|ip| RegistryKey::new(*ip, 128, 0)).collect();
+        register(model, out, keys, || (ObjectKey::new("Pod", &pod.namespace, &pod.name), "status.podIPs"));
+    }
+}
+
+/// Puts one source's addresses in the registry: all, or (the map would
+/// overflow) none, with a rejection of the source.
+fn register(
+    model: &Model,
+    out: &mut Outbound,
+    keys: Vec<RegistryKey>,
+    source: impl FnOnce() -> (ObjectKey, &'static str),
+) {
+    let capacity = model.node.map_sizes.registry as usize;
+    let new = keys.iter().filter(|k| !out.registry.contains_key(k)).collect::<BTreeSet<_>>().len();
+    if out.registry.len() + new <= capacity {
+        out.registry.extend(keys.into_iter().map(|key| (key, 1)));
+        return;
+    }
+    let message = format!(
+        "its {new} addresses do not fit the kernel's registry ({capacity} entries, {} in use; \
+         --map-entries registry=N sets more): REGISTRY_ONLY workloads cannot reach them",
+        out.registry.len()
+    );
+    let (key, field) = source();
+    out.rejections.push(rejection(model, key, field, message));
 }
 
 #[cfg(test)]

@@ -24,12 +24,6 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum CompileError {
-    #[error("{what} needs {needed} entries but the kernel map holds {capacity} (--map-entries {flag}=N sizes it)")]
-    Capacity { what: &'static str, flag: &'static str, needed: usize, capacity: u32 },
-}
-
 /// Everything the kernel should hold, and how it came about. Cheap to
 /// clone: the kernel maps are persistent maps (a snapshot compiled from
 /// another shares what did not change, and the two diff in proportion to
@@ -347,7 +341,9 @@ fn backends_of(
     backends.into_iter().collect()
 }
 
-pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileError> {
+/// The snapshot of `model`. It always compiles: what does not fit a kernel
+/// map is left out object by object, each with a rejection that says so.
+pub fn compile(model: &Model, cluster_domain: &str) -> Snapshot {
     compile_owned(model.clone(), None, cluster_domain)
 }
 
@@ -357,27 +353,23 @@ pub fn compile(model: &Model, cluster_domain: &str) -> Result<Snapshot, CompileE
 /// `previous`: the snapshot compiled from the model `model` was built from,
 /// if the caller has it: when only endpoints changed between the two, the
 /// services they belong to are compiled again and the rest is shared.
-pub fn compile_owned(
-    mut model: Model,
-    previous: Option<&Snapshot>,
-    cluster_domain: &str,
-) -> Result<Snapshot, CompileError> {
+pub fn compile_owned(mut model: Model, previous: Option<&Snapshot>, cluster_domain: &str) -> Snapshot {
     let changed = previous.and_then(|previous| compile_changed(&model, previous, cluster_domain));
     let (mut snapshot, without_http_proxy) = match changed {
         Some(parts) => parts,
-        None => compile_parts(&model, cluster_domain)?,
+        None => compile_parts(&model, cluster_domain),
     };
     // A model compiled before (again on new DNS answers) holds the
     // compiler's warnings of that time: they are found again.
     model.warnings.truncate(model.built_warnings);
     model.warnings.extend(without_http_proxy);
     snapshot.model = Arc::new(model);
-    Ok(snapshot)
+    snapshot
 }
 
 /// The snapshot of `model` but its model, and the warnings of rule fields
 /// only the HTTP proxy acts on, set on ports it does not serve.
-fn compile_parts(model: &Model, cluster_domain: &str) -> Result<(Snapshot, Vec<Warning>), CompileError> {
+fn compile_parts(model: &Model, cluster_domain: &str) -> (Snapshot, Vec<Warning>) {
     let routes = Arc::new(RouteTable::build(&model.virtual_services));
     let mut snapshot = Snapshot { rejections: model.rejections.clone(), ..Default::default() };
     // Rule fields only the HTTP proxy acts on, on ports it does not serve.
@@ -412,11 +404,12 @@ fn compile_parts(model: &Model, cluster_domain: &str) -> Result<(Snapshot, Vec<W
         by_host.entry(service.fqdn.clone()).or_default().push(index);
     }
     (snapshot.by_frontend, snapshot.by_host) = (Arc::new(by_frontend), Arc::new(by_host));
-    snapshot.outbound = outbound_of(model, &snapshot.services)?;
+    snapshot.outbound = outbound_of(model, &snapshot.services);
+    snapshot.rejections.extend(snapshot.outbound.rejections.iter().cloned());
     without_http_proxy.extend(crate::outbound::unenforced(model));
     snapshot.pods_by_ip = pods_by_ip(model);
     snapshot.routes = routes;
-    Ok((snapshot, without_http_proxy))
+    (snapshot, without_http_proxy)
 }
 
 /// `previous` with the services whose endpoints changed compiled again, for
@@ -509,7 +502,11 @@ fn compile_changed(model: &Model, previous: &Snapshot, cluster_domain: &str) -> 
     // by address and host, and the routes. The registry holds endpoints,
     // workloads are pods.
     if !changed.iter().all(|key| key.kind == "EndpointSlice") || previous.outbound.config.any_restricted != 0 {
-        snapshot.outbound = outbound_of(model, &snapshot.services).ok()?;
+        snapshot.outbound = outbound_of(model, &snapshot.services);
+        if !snapshot.outbound.rejections.is_empty() {
+            // Rejections of its own: compile whole.
+            return None;
+        }
     }
     if changed.iter().any(|key| key.kind == "Pod") {
         snapshot.pods_by_ip = pods_by_ip(model);
@@ -518,19 +515,14 @@ fn compile_changed(model: &Model, previous: &Snapshot, cluster_domain: &str) -> 
     Some((snapshot, warnings))
 }
 
-fn outbound_of(model: &Model, services: &[Arc<ServicePortView>]) -> Result<Outbound, CompileError> {
+fn outbound_of(model: &Model, services: &[Arc<ServicePortView>]) -> Outbound {
     let service_ports = services.iter().map(|s| ServicePortRef {
         namespace: &s.namespace,
         host: &s.fqdn,
         port: s.port,
         cluster_id: s.cluster_id,
     });
-    let outbound = crate::outbound::compile(model, service_ports);
-    let sizes = &model.node.map_sizes;
-    check_capacity("egress scope entries", "egress-scopes", outbound.scope_clusters.len(), sizes.egress_scopes)?;
-    check_capacity("workloads", "workloads", outbound.workloads.len(), sizes.workloads)?;
-    check_capacity("registry addresses", "registry", outbound.registry.len(), sizes.registry)?;
-    Ok(outbound)
+    crate::outbound::compile(model, service_ports)
 }
 
 fn pods_by_ip(model: &Model) -> Arc<HashMap<IpAddr, (String, String)>> {
@@ -1130,13 +1122,6 @@ impl Snapshot {
     }
 }
 
-fn check_capacity(what: &'static str, flag: &'static str, needed: usize, capacity: u32) -> Result<(), CompileError> {
-    if needed > capacity as usize {
-        return Err(CompileError::Capacity { what, flag, needed, capacity });
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1153,7 +1138,7 @@ mod tests {
         let mut model = Model::build(&objects, vec![], &Model::default(), "cluster.local");
         assert!(model.rejections.is_empty(), "{:?}", model.rejections);
         model.node = Arc::new(crate::node::NodeContext { map_sizes: sizes, ..Default::default() });
-        compile(&model, "cluster.local").unwrap()
+        compile(&model, "cluster.local")
     }
 
     /// `n` services `s<i>` of one port each, with one endpoint, and `extra`
@@ -1303,12 +1288,12 @@ mod tests {
             Model::from_batch(&batch, previous, "cluster.local")
         };
         let mut model = build(&steps[0], &Model::default());
-        let mut previous = compile_owned(model.clone(), None, "cluster.local").unwrap();
+        let mut previous = compile_owned(model.clone(), None, "cluster.local");
         for step in &steps[1..] {
             model = build(step, &previous.model);
             assert!(compile_changed(&model, &previous, "cluster.local").is_some(), "the patch applies");
-            let patched = compile_owned(model.clone(), Some(&previous), "cluster.local").unwrap();
-            let whole = compile_owned(model.clone(), None, "cluster.local").unwrap();
+            let patched = compile_owned(model.clone(), Some(&previous), "cluster.local");
+            let whole = compile_owned(model.clone(), None, "cluster.local");
             assert_eq!(patched.frontends, whole.frontends);
             assert_eq!(patched.service_ips, whole.service_ips);
             assert_eq!(patched.slots, whole.slots);
@@ -1329,12 +1314,20 @@ mod tests {
     }
 
     #[test]
-    fn an_outbound_policy_past_its_maps_size_names_the_flag_that_sizes_it() {
-        let text = "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: locked}\n\
-                    spec: {outboundTrafficPolicy: {mode: REGISTRY_ONLY}}\n";
+    fn what_outgrows_an_outbound_map_is_rejected_object_by_object() {
+        let text = concat!(
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: locked}\n",
+            "spec: {outboundTrafficPolicy: {mode: REGISTRY_ONLY}}\n---\n",
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: default, namespace: scoped}\n",
+            "spec: {egress: [{hosts: ['./*']}]}\n---\n",
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: scoped}\n",
+            "spec: {clusterIP: 10.96.0.9, ports: [{name: http, port: 80}]}\n---\n",
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: legacy, namespace: shop}\n",
+            "spec: {hosts: [legacy.example.com], addresses: [192.0.2.0/24], ports: [{number: 5432, name: tcp, protocol: TCP}]}\n",
+        );
         let objects = parse_file("t.yaml", text).unwrap();
-        let pod = |name: &str, id| crate::node::PodCgroup {
-            namespace: "locked".into(),
+        let pod = |namespace: &str, name: &str, id| crate::node::PodCgroup {
+            namespace: namespace.into(),
             name: name.into(),
             uid: None,
             id,
@@ -1342,17 +1335,46 @@ mod tests {
         };
         let compiled = |sizes: MapSizes| {
             let mut model = Model::build(&objects, vec![], &Model::default(), "cluster.local");
-            let pod_cgroups = vec![pod("a", 11), pod("b", 12)];
+            let pod_cgroups =
+                vec![pod("open", "c", 10), pod("locked", "a", 11), pod("locked", "b", 12), pod("scoped", "d", 13)];
             model.node = Arc::new(crate::node::NodeContext { map_sizes: sizes, pod_cgroups, ..Default::default() });
-            compile(&model, "cluster.local").map(|snapshot| snapshot.outbound.registry.len())
+            let snapshot = compile(&model, "cluster.local");
+            let rejected: Vec<String> = (snapshot.rejections.iter())
+                .map(|r| format!("{} {}/{} {}: {}", r.kind, r.namespace, r.name, r.field, r.message))
+                .collect();
+            (snapshot.outbound, rejected)
         };
-        let registry = compiled(MapSizes::default()).unwrap();
-        assert!(registry > 1, "loopback at least: {registry}");
-        let error = compiled(MapSizes { workloads: 1, ..MapSizes::default() }).unwrap_err().to_string();
-        assert!(error.contains("workloads needs 2 entries") && error.contains("--map-entries workloads=N"), "{error}");
-        let error = compiled(MapSizes { registry: registry as u32 - 1, ..MapSizes::default() }).unwrap_err();
-        assert!(error.to_string().contains("--map-entries registry=N"), "{error}");
-        assert_eq!(compiled(MapSizes { registry: registry as u32, ..MapSizes::default() }), Ok(registry));
+        let (whole, rejected) = compiled(MapSizes::default());
+        assert!(rejected.is_empty(), "{rejected:?}");
+        assert_eq!(whole.workloads.len(), 4);
+        assert!(whole.workloads[&13].scope != 0, "d is scoped");
+        let registry = whole.registry.len();
+        assert!(registry >= 3, "loopback and the ServiceEntry's block: {registry}");
+
+        // Room for three workloads: the restricted ones go first.
+        let (out, rejected) = compiled(MapSizes { workloads: 3, ..MapSizes::default() });
+        assert_eq!(out.workloads.keys().copied().collect::<Vec<_>>(), [11, 12, 13]);
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert!(rejected[0].starts_with("Pod open/c :") && rejected[0].contains("not counted per workload"));
+        assert!(rejected[0].contains("--map-entries workloads=N"), "{}", rejected[0]);
+        let (out, rejected) = compiled(MapSizes { workloads: 1, ..MapSizes::default() });
+        assert_eq!(out.workloads.keys().copied().collect::<Vec<_>>(), [11]);
+        assert!(rejected.iter().any(|r| r.starts_with("Pod locked/b :") && r.contains("policy is not enforced")));
+        assert_eq!(out.views.len(), 1, "status shows what the kernel holds");
+
+        // The registry: the ServiceEntry's block does not fit, the rest serves.
+        let (out, rejected) = compiled(MapSizes { registry: registry as u32 - 1, ..MapSizes::default() });
+        assert_eq!((out.registry.len(), out.workloads.len()), (registry - 1, 4));
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert!(rejected[0].starts_with("ServiceEntry shop/legacy spec.addresses:"), "{}", rejected[0]);
+        assert!(rejected[0].contains("--map-entries registry=N"), "{}", rejected[0]);
+
+        // An egress scope that does not fit: its workloads see every service.
+        let (out, rejected) = compiled(MapSizes { egress_scopes: 0, ..MapSizes::default() });
+        assert_eq!((out.scope_clusters.len(), out.workloads[&13].scope, out.config.any_scoped), (0, 0, 0));
+        assert_eq!(rejected.len(), 1, "{rejected:?}");
+        assert!(rejected[0].starts_with("Sidecar scoped/default spec.egress:"), "{}", rejected[0]);
+        assert!(rejected[0].contains("--map-entries egress-scopes=N"), "{}", rejected[0]);
     }
 
     #[test]
@@ -1563,7 +1585,7 @@ mod tests {
             assert!(model.rejections.is_empty(), "{:?}", model.rejections);
             model.node =
                 Arc::new(crate::node::NodeContext { locality: locality.map(Locality::parse), ..Default::default() });
-            let snapshot = compile(&model, "cluster.local").unwrap();
+            let snapshot = compile(&model, "cluster.local");
             let mut backends: Vec<String> = (snapshot.slots.values())
                 .map(|b| std::net::Ipv4Addr::from(u32::from_be(b.addr[0]).to_be_bytes()).to_string())
                 .collect();

@@ -401,7 +401,7 @@ fn a_subset_without_labels_selects_every_endpoint_and_serves_its_routes() {
     let model = Model::build(&objects, vec![], &Model::default(), DOMAIN);
     assert!(model.rejections.is_empty(), "{:?}", model.rejections);
     assert_eq!(model.virtual_services.len(), 1, "not cascaded: the VirtualService serves");
-    let snapshot = mesh_core::snapshot::compile(&model, DOMAIN).unwrap();
+    let snapshot = mesh_core::snapshot::compile(&model, DOMAIN);
     let service = snapshot.services.iter().find(|s| s.port == 80).unwrap();
     let mut all = snapshot.endpoints_any_family(service, Some("all"));
     all.sort();
@@ -418,7 +418,7 @@ fn istio_mutual_is_served_without_tls_origination() {
     let objects = parse_file("case.yaml", &format!("{SERVICE}---\n{rule}")).unwrap();
     let model = Model::build(&objects, vec![], &Model::default(), DOMAIN);
     assert!(model.rejections.is_empty(), "{:?}", model.rejections);
-    let snapshot = mesh_core::snapshot::compile(&model, DOMAIN).unwrap();
+    let snapshot = mesh_core::snapshot::compile(&model, DOMAIN);
     let service = snapshot.services.iter().find(|s| s.port == 80).unwrap();
     let policy = snapshot.policy_for(service, None);
     assert_eq!(policy.tls, None);

@@ -405,12 +405,7 @@ mod tests {
     fn published(text: &str) -> Published {
         let objects = parse_file("", text).unwrap();
         let model = Model::build(&objects, vec![], &Model::default(), "cluster.local");
-        Published {
-            snapshot: Arc::new(compile(&model, "cluster.local").unwrap()),
-            ready: true,
-            reloads: 1,
-            last_reload: None,
-        }
+        Published { snapshot: Arc::new(compile(&model, "cluster.local")), ready: true, reloads: 1, last_reload: None }
     }
 
     fn key(kind: &str, name: &str) -> ObjectKey {
