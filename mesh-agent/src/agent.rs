@@ -95,6 +95,9 @@ pub struct ReloadLoop {
     model_follows_source: bool,
     /// A whole build ran since memory was last handed back (see `run`).
     built_whole: bool,
+    /// A reload applied a configuration since memory was last handed back
+    /// (see `run`).
+    uncollected: bool,
 }
 
 /// What each object's warnings were when they were last logged (a hash of
@@ -197,6 +200,7 @@ impl ReloadLoop {
             complete: false,
             model_follows_source: false,
             built_whole: false,
+            uncollected: false,
         };
         (this, receiver)
     }
@@ -270,9 +274,16 @@ impl ReloadLoop {
             // services: a change's reload took 6 -> 12 ms).
             if std::mem::take(&mut self.built_whole) {
                 crate::memory::return_freed();
+                self.uncollected = false;
             }
             let took = began.elapsed();
-            if self.source.wait(POLL_INTERVAL) {
+            let changed = self.source.wait(POLL_INTERVAL);
+            if !changed && std::mem::take(&mut self.uncollected) {
+                // The changes stopped (a poll interval without one): what
+                // their reloads freed goes back once, not after each.
+                crate::memory::return_freed();
+            }
+            if changed {
                 // A change waits COALESCE for its neighbours; while more
                 // keep coming (a rollout, a relist), longer, doubling up to
                 // POLL_INTERVAL: a burst costs a handful of reloads.
@@ -368,6 +379,7 @@ impl ReloadLoop {
     /// map is rejected object by object in it).
     fn compile_and_apply(&mut self, model: Model, started: Instant, incomplete: bool) {
         self.complete = !incomplete;
+        self.uncollected = true;
         let compiling = Instant::now();
         let snapshot = compile_owned(model, self.compiled.as_ref(), &self.cluster_domain);
         tracing::debug!(compile_micros = compiling.elapsed().as_micros() as u64, "configuration compiled");

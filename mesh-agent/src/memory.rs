@@ -8,8 +8,8 @@
 //! for a long time with tens of megabytes freed but still counted in the
 //! RSS (10,000 services: 172 MB after the first load instead of 155).
 //! So the reload thread hands back what it freed after a whole build, and
-//! the runtime's thread when it goes idle, at most once an
-//! [`IDLE_COLLECT_INTERVAL`].
+//! once changes stop (a poll interval without one); the runtime's thread
+//! when it goes idle, at most once an [`IDLE_COLLECT_INTERVAL`].
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
