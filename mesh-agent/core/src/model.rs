@@ -552,6 +552,13 @@ impl Model {
         self.accepted.get(key)
     }
 
+    /// A rejection of the served object `key` met after validation (by the
+    /// compile for the kernel: what does not fit a map), with its file.
+    pub fn rejection(&self, key: ObjectKey, field: &str, message: String) -> Rejection {
+        let file = self.served_object(&key).map(|object| object.file.clone()).filter(|file| !file.is_empty());
+        Rejection { file, kind: key.kind, namespace: key.namespace, name: key.name, field: field.into(), message }
+    }
+
     /// The accepted version of `key`, validated again.
     fn last_good(&self, key: &ObjectKey, cluster_domain: &str) -> Option<(SourcedObject, Accepted)> {
         let last = self.accepted.get(key)?;

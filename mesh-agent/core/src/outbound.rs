@@ -165,8 +165,7 @@ pub fn compile<'a>(model: &Model, services: impl Iterator<Item = ServicePortRef<
                 sizes.egress_scopes,
                 out.scope_clusters.len(),
             );
-            out.rejections.push(rejection(
-                model,
+            out.rejections.push(model.rejection(
                 ObjectKey::new("Sidecar", &sidecar.namespace, &sidecar.name),
                 "spec.egress",
                 message,
@@ -202,7 +201,7 @@ pub fn compile<'a>(model: &Model, services: impl Iterator<Item = ServicePortRef<
                 "the kernel's workloads map is full ({} entries; --map-entries workloads=N sets more): {what}",
                 sizes.workloads
             );
-            out.rejections.push(rejection(model, ObjectKey::new("Pod", &view.namespace, &view.name), "", message));
+            out.rejections.push(model.rejection(ObjectKey::new("Pod", &view.namespace, &view.name), "", message));
             continue;
         }
         out.workloads.insert(view.cgroup_id, workload);
@@ -214,12 +213,6 @@ pub fn compile<'a>(model: &Model, services: impl Iterator<Item = ServicePortRef<
         registry(model, &mut out);
     }
     out
-}
-
-/// A rejection of the object `key` as the compile for the kernel meets it.
-fn rejection(model: &Model, key: ObjectKey, field: &str, message: String) -> Rejection {
-    let file = model.served_object(&key).map(|object| object.file.clone()).filter(|file| !file.is_empty());
-    Rejection { file, kind: key.kind, namespace: key.namespace, name: key.name, field: field.into(), message }
 }
 
 /// A scope id per Sidecar with `egress`: a hash of its name, so a Sidecar
@@ -321,7 +314,7 @@ fn register(
         out.registry.len()
     );
     let (key, field) = source();
-    out.rejections.push(rejection(model, key, field, message));
+    out.rejections.push(model.rejection(key, field, message));
 }
 
 #[cfg(test)]

@@ -635,14 +635,7 @@ fn compile_service(
                  port {} is not translated",
                 port.port
             );
-            snapshot.rejections.push(Rejection {
-                file: model.served_object(origin).map(|object| object.file.clone()).filter(|file| !file.is_empty()),
-                kind: origin.kind.clone(),
-                namespace: origin.namespace.clone(),
-                name: origin.name.clone(),
-                field: format!("spec.ports[{index}]"),
-                message,
-            });
+            snapshot.rejections.push(model.rejection(origin.clone(), &format!("spec.ports[{index}]"), message));
         }
         for GroupPlan { group, ips, backends, counts } in groups {
             if full.is_none() {

@@ -224,7 +224,6 @@ impl Proxy {
 
     /// The stages of a request that goes upstream.
     #[allow(clippy::too_many_arguments)]
-    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         snapshot: &Arc<Snapshot>,
