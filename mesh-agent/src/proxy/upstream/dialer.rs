@@ -310,33 +310,23 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_the_upstream_sent_away_takes_no_new_request() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counted = accepted.clone();
+        use std::sync::atomic::Ordering;
         // An upstream that, on its first connection, holds the first request
         // and sends GOAWAY, keeping the connection for that one stream; on
         // the next, answers everything.
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let first = counted.fetch_add(1, Ordering::SeqCst) == 0;
-                tokio::spawn(async move {
-                    let mut connection = h2::server::handshake(stream).await.unwrap();
-                    let mut held = Vec::new();
-                    while let Some(Ok((_request, mut respond))) = connection.accept().await {
-                        if first {
-                            held.push(respond);
-                            connection.graceful_shutdown();
-                        } else {
-                            let response = http::Response::new(());
-                            respond.send_response(response, true).unwrap();
-                        }
-                    }
-                });
+        let (address, accepted) = super::super::http2::counting_upstream(|stream, number| async move {
+            let mut connection = h2::server::handshake(stream).await.unwrap();
+            let mut held = Vec::new();
+            while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                if number == 0 {
+                    held.push(respond);
+                    connection.graceful_shutdown();
+                } else {
+                    respond.send_response(http::Response::new(()), true).unwrap();
+                }
             }
-        });
+        })
+        .await;
         let dialer = Dialer::default();
         let (head, ()) = http::Request::get("/").header("host", "web").body(()).unwrap().into_parts();
         let to = Try {

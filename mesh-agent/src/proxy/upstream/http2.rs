@@ -246,6 +246,27 @@ async fn drive(endpoint: SocketAddr, connection: impl Future<Output = Result<(),
     closed.store(true, Ordering::Relaxed);
 }
 
+/// A local upstream for tests: each connection it accepts goes to `serve`
+/// with its number (from 0), on a task of its own; the count is returned.
+#[cfg(test)]
+pub(crate) async fn counting_upstream<F, Fut>(serve: F) -> (SocketAddr, Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn(tokio::net::TcpStream, usize) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            tokio::spawn(serve(stream, counted.fetch_add(1, Ordering::SeqCst)));
+        }
+    });
+    (address, accepted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -259,29 +280,22 @@ mod tests {
     /// An HTTP/2 server that counts its connections and answers each
     /// request once `release` has a permit for it.
     async fn server(release: Arc<tokio::sync::Semaphore>) -> (SocketAddr, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let counted = accepted.clone();
-        tokio::spawn(async move {
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                counted.fetch_add(1, Ordering::SeqCst);
+        counting_upstream(move |stream, _| {
+            let release = release.clone();
+            let service = hyper::service::service_fn(move |_| {
                 let release = release.clone();
-                let service = hyper::service::service_fn(move |_| {
-                    let release = release.clone();
-                    async move {
-                        release.acquire().await.unwrap().forget();
-                        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
-                    }
-                });
-                tokio::spawn(
-                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service),
-                );
+                async move {
+                    release.acquire().await.unwrap().forget();
+                    Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(b"ok"))))
+                }
+            });
+            async move {
+                let serving = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                let _ = serving.await;
             }
-        });
-        (address, accepted)
+        })
+        .await
     }
 
     fn request(address: SocketAddr) -> http::Request<ProxyBody> {
