@@ -560,9 +560,6 @@ fn config_dir(common: &CommonArgs) -> anyhow::Result<Option<&std::path::Path>> {
     }
 }
 
-/// `reload` with the resolver of DNS ServiceEntries. Without a readable
-/// resolver configuration the agent runs on, and those entries say they
-/// have no answer.
 /// The agent's runtime: one thread, which gives back what it freed when it
 /// goes idle (the watches decode whole relists on it).
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -570,6 +567,9 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().on_thread_park(move || collector.parked()).build()
 }
 
+/// `reload` with the resolver of DNS ServiceEntries. Without a readable
+/// resolver configuration the agent runs on, and those entries say they
+/// have no answer.
 fn with_resolver(reload: ReloadLoop, runtime: &tokio::runtime::Runtime, resolv_conf: &std::path::Path) -> ReloadLoop {
     match dns::start(runtime.handle(), resolv_conf) {
         Ok(link) => reload.with_dns(link),
