@@ -25,7 +25,7 @@
 //!   the table says why.
 
 use crate::bench::service_ip;
-use crate::bench_l7::{apt_install, sbin_which};
+use crate::bench_l7::ensure_from_debian;
 use crate::workspace::Binaries;
 use anyhow::{bail, Context, Result};
 use mesh_tests::apiserver::FakeApiServer;
@@ -122,22 +122,46 @@ fn iptables_rules(range: std::ops::Range<u32>, extra: Option<u32>, table_header:
     rules
 }
 
-/// Runs `iptables-restore args` in network namespace `netns` with `input`;
-/// how long it took.
-fn iptables_restore(netns: &str, args: &[&str], input: &str) -> Result<Duration> {
+/// Runs `program args` in network namespace `netns` with `input` on its
+/// stdin; how long it took, or why it failed (with its complaint).
+fn timed_in_netns(netns: &str, program: &Path, args: &[&str], input: &str) -> Result<Duration> {
     let started = Instant::now();
     let mut child = Command::new("ip")
-        .args(["netns", "exec", netns, "iptables-restore"])
+        .args(["netns", "exec", netns])
+        .arg(program)
         .args(args)
         .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
-        .context("iptables-restore")?;
-    child.stdin.take().context("stdin")?.write_all(input.as_bytes())?;
-    let status = child.wait()?;
-    if !status.success() {
-        bail!("iptables-restore {args:?} failed: {status}");
+        .with_context(|| format!("starting {}", program.display()))?;
+    let written = child.stdin.take().context("stdin")?.write_all(input.as_bytes());
+    let out = child.wait_with_output()?;
+    let took = started.elapsed();
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let complaint = stderr.lines().take(3).collect::<Vec<_>>().join(" ");
+        bail!("{} {args:?} failed ({}): {complaint}", program.display(), out.status);
     }
-    Ok(started.elapsed())
+    written.with_context(|| format!("writing to {}", program.display()))?;
+    Ok(took)
+}
+
+/// A network namespace of its own for a layout, created anew (one an
+/// earlier run left goes first); removed when dropped.
+struct Netns(String);
+
+impl Netns {
+    fn fresh(name: String) -> Result<Netns> {
+        let _ = Command::new("ip").args(["netns", "del", &name]).stderr(Stdio::null()).status();
+        crate::workspace::run(Command::new("ip").args(["netns", "add", &name]))?;
+        Ok(Netns(name))
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
 }
 
 /// The service and pod CIDRs of the layouts (service_ip and endpoint_ip).
@@ -268,47 +292,12 @@ fn nft_rules(range: std::ops::Range<u32>, extra: Option<u32>, full: bool) -> Str
 /// nft, installed from Debian's `nftables` when missing, and its version;
 /// or why there is none.
 fn ensure_nft() -> Result<(PathBuf, String), String> {
-    if sbin_which("nft").is_none() {
-        eprintln!("bench: installing nftables for nft (apt-get)");
-        apt_install(&["nftables"]).map_err(|e| format!("nft is missing and apt-get install nftables failed: {e:#}"))?;
-    }
-    let nft = sbin_which("nft").ok_or("nft not found after apt-get install nftables")?;
+    let nft = ensure_from_debian("nft", "nftables").map_err(|e| format!("{e:#}"))?;
     let version = Command::new(&nft).arg("--version").output().map_err(|e| format!("nft does not run: {e}"))?;
     // "nftables v1.0.6 (Lester Gooch #5)"
     Ok((nft, String::from_utf8_lossy(&version.stdout).trim().to_owned()))
 }
 
-/// Runs `nft -f -` in network namespace `netns` with `input`; how long it
-/// took, or nft's complaint.
-fn nft_apply(nft: &Path, netns: &str, input: &str) -> Result<Duration, String> {
-    let started = Instant::now();
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", netns])
-        .arg(nft)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("starting nft: {e}"))?;
-    let written = child.stdin.take().map(|mut stdin| stdin.write_all(input.as_bytes()));
-    let out = child.wait_with_output().map_err(|e| format!("nft: {e}"))?;
-    let took = started.elapsed();
-    if !out.status.success() {
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        return Err(format!(
-            "nft -f failed ({}): {}",
-            out.status,
-            stderr.lines().take(3).collect::<Vec<_>>().join(" ")
-        ));
-    }
-    if let Some(Err(e)) = written {
-        return Err(format!("writing to nft: {e}"));
-    }
-    Ok(took)
-}
-
-/// The agent's reload count, and the last reload's time (ms) and map writes
-/// (`/reloads`: cheap, unlike `/metrics` at ten thousand services).
 fn reloads(env: &TestEnv) -> (u64, f64, f64) {
     let reloads = env.admin_json("/reloads");
     let last = &reloads["last_reload"];
@@ -544,25 +533,25 @@ fn measure(size: u32, changes: u32, nft: Result<&Path, String>) -> Result<Row> {
         list.sort_by(f64::total_cmp);
     }
 
-    let netns = format!("mesh-bench-ipt-{size}");
-    let _ = Command::new("ip").args(["netns", "del", &netns]).stderr(Stdio::null()).status();
-    crate::workspace::run(Command::new("ip").args(["netns", "add", &netns]))?;
-    let full = iptables_restore(&netns, &[], &iptables_rules(0..size, None, true));
-    let one = iptables_restore(&netns, &["--noflush"], &iptables_rules(0..1, Some(0), false));
-    let _ = Command::new("ip").args(["netns", "del", &netns]).status();
+    let (full, one) = {
+        let netns = Netns::fresh(format!("mesh-bench-ipt-{size}"))?;
+        let restore = |args: &[&str], input: &str| timed_in_netns(&netns.0, Path::new("iptables-restore"), args, input);
+        (
+            restore(&[], &iptables_rules(0..size, None, true)),
+            restore(&["--noflush"], &iptables_rules(0..1, Some(0), false)),
+        )
+    };
     // A namespace of its own: iptables-restore here is iptables-nft, whose
     // tables would share nftables with kube-proxy's.
     let (nft_full, nft_one) = match nft {
         Ok(nft) => {
-            let netns = format!("mesh-bench-nft-{size}");
-            let _ = Command::new("ip").args(["netns", "del", &netns]).stderr(Stdio::null()).status();
-            crate::workspace::run(Command::new("ip").args(["netns", "add", &netns]))?;
-            let full = nft_apply(nft, &netns, &nft_rules(0..size, None, true));
+            let netns = Netns::fresh(format!("mesh-bench-nft-{size}"))?;
+            let apply = |input: &str| timed_in_netns(&netns.0, nft, &["-f", "-"], input).map_err(|e| format!("{e:#}"));
+            let full = apply(&nft_rules(0..size, None, true));
             let one = match &full {
-                Ok(_) => nft_apply(nft, &netns, &nft_rules(0..1, Some(0), false)),
+                Ok(_) => apply(&nft_rules(0..1, Some(0), false)),
                 Err(_) => Err("the full ruleset failed".to_owned()),
             };
-            let _ = Command::new("ip").args(["netns", "del", &netns]).status();
             (full, one)
         }
         Err(why) => (Err(why.clone()), Err(why)),

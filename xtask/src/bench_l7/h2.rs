@@ -34,7 +34,7 @@ use super::plan::{
 use super::procs::{
     cgroup_pids, children_cpu_micros, cpu_delta_micros, cpu_micros, cpu_times, place, rss_kib, CPU_PROCESS, CPU_STEAL,
 };
-use super::report::median;
+use super::report::{median, median_if_all};
 use super::run::{duration_millis, least_disturbed, Disturbed, ATTEMPTS};
 use super::tools::ensure_h2load;
 use super::world::{print_agent_errors, require_root, World};
@@ -343,10 +343,7 @@ pub fn h2(opts: &H2Options) -> Result<()> {
 /// Each figure the median of the runs' (counts summed; memory and
 /// connections the largest; noisy only when every run was).
 fn median_of(runs: &[&Measured]) -> Measured {
-    let optional = |figure: fn(&Measured) -> Option<f64>| -> Option<f64> {
-        let values: Option<Vec<f64>> = runs.iter().map(|run| figure(run)).collect();
-        values.map(|values| median(values.into_iter()))
-    };
+    let optional = |figure: fn(&Measured) -> Option<f64>| median_if_all(runs, figure);
     Measured {
         rps: median(runs.iter().map(|r| r.rps)),
         mean_ms: median(runs.iter().map(|r| r.mean_ms)),

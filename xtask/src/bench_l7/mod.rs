@@ -49,7 +49,7 @@ use anyhow::{bail, Result};
 pub use h2::{h2, H2Options};
 pub use plan::{Options, PathKind};
 pub(crate) use procs::rss_kib;
-pub(crate) use tools::{apt_install, sbin_which};
+pub(crate) use tools::ensure_from_debian;
 pub use world::backend;
 
 use report::{median_of_rounds, render, render_rounds};

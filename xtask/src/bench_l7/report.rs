@@ -70,6 +70,12 @@ pub(super) fn render_rounds(opts: &Options, rounds: &[Vec<(PathKind, PathResult)
     out
 }
 
+/// The median of an optional figure of `runs`, when every run has it.
+pub(super) fn median_if_all<R>(runs: &[&R], figure: fn(&R) -> Option<f64>) -> Option<f64> {
+    let values: Option<Vec<f64>> = runs.iter().map(|run| figure(run)).collect();
+    values.map(|values| median(values.into_iter()))
+}
+
 /// The middle of the values (the mean of the middle two for an even count).
 pub(super) fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut values: Vec<f64> = values.collect();
@@ -85,10 +91,7 @@ impl Run {
     /// Each figure the median of the runs'; counts summed, disturbances
     /// and memory the largest, noisy only when every run was.
     fn median_of(runs: &[&Run]) -> Run {
-        let optional = |figure: fn(&Run) -> Option<f64>| -> Option<f64> {
-            let values: Option<Vec<f64>> = runs.iter().map(|run| figure(run)).collect();
-            values.map(|values| median(values.into_iter()))
-        };
+        let optional = |figure: fn(&Run) -> Option<f64>| median_if_all(runs, figure);
         Run {
             rps: median(runs.iter().map(|r| r.rps)),
             p50: median(runs.iter().map(|r| r.p50)),

@@ -153,28 +153,36 @@ pub(super) fn ensure_tools() -> Tools {
 /// h2load (Debian's `nghttp2-client`, installed when missing) and its
 /// version ("nghttp2/1.52.0").
 pub(super) fn ensure_h2load() -> Result<(PathBuf, String)> {
-    if which("h2load").is_none() {
-        eprintln!("bench: installing nghttp2-client for h2load (apt-get)");
-        if let Err(e) = apt_install(&["nghttp2-client"]) {
-            bail!("h2load is missing and installing nghttp2-client failed: {e:#}");
-        }
-    }
-    let Some(h2load) = which("h2load") else { bail!("h2load not found after installing nghttp2-client") };
+    let h2load = ensure_from_debian("h2load", "nghttp2-client")?;
     // "h2load nghttp2/1.52.0"
     let line = first_line(Command::new(&h2load).arg("--version"));
     let version = line.split_whitespace().nth(1).unwrap_or(&line).to_owned();
     Ok((h2load, version))
 }
 
+/// `tool`, installed from Debian's `package` when missing.
+pub(crate) fn ensure_from_debian(tool: &str, package: &str) -> Result<PathBuf> {
+    if sbin_which(tool).is_none() {
+        eprintln!("bench: installing {package} for {tool} (apt-get)");
+        if let Err(e) = apt_install(&[package]) {
+            bail!("{tool} is missing and installing {package} failed: {e:#}");
+        }
+    }
+    match sbin_which(tool) {
+        Some(path) => Ok(path),
+        None => bail!("{tool} not found after installing {package}"),
+    }
+}
+
 /// `command -v`, also looking in the sbin directories (nginx lives in
 /// /usr/sbin, which a non-login root shell may not have on its PATH).
-pub(crate) fn sbin_which(tool: &str) -> Option<PathBuf> {
+fn sbin_which(tool: &str) -> Option<PathBuf> {
     which(tool).or_else(|| {
         ["/usr/sbin", "/usr/local/sbin", "/sbin"].iter().map(|d| Path::new(d).join(tool)).find(|p| p.is_file())
     })
 }
 
-pub(crate) fn apt_install(packages: &[&str]) -> Result<()> {
+fn apt_install(packages: &[&str]) -> Result<()> {
     crate::workspace::run(Command::new("apt-get").args(["update", "-q"]).stdout(std::io::stderr()))?;
     // Debian's nginx and haproxy start their service on install unless a
     // policy forbids it; the bench wants no daemon on the host, so a
