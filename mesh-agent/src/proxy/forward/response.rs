@@ -6,10 +6,10 @@
 
 use super::attempts::TryResult;
 use super::flags::ResponseFlag;
-use super::headers::strip_hop_by_hop;
 use super::outcome::local_reply;
 use crate::proxy::body::{GuardedBody, ProxyBody};
 use crate::proxy::cluster::InFlight;
+use crate::proxy::http1::common::strip_hop_by_hop;
 use crate::proxy::upstream::error::UpstreamError;
 use crate::proxy::upstream::hyper_http1::CheckinSlot;
 use http::{Response, StatusCode};

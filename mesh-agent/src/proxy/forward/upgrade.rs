@@ -2,8 +2,8 @@
 //! `Connection: upgrade` and `Upgrade` fields and goes to the upstream over
 //! HTTP/1.1, once; after a 101 on both sides the proxy relays bytes.
 
-use super::headers::strip_hop_by_hop;
 use crate::proxy::http1::common::has_token;
+use crate::proxy::http1::common::strip_hop_by_hop;
 use http::header::{HeaderMap, HeaderValue, CONNECTION, UPGRADE};
 use http::request::Parts;
 use hyper_util::rt::TokioIo;

@@ -8,13 +8,12 @@
 
 use super::error::UpstreamError;
 use crate::proxy::body::{BoxError, ProxyBody};
-use crate::proxy::header_names::{KEEP_ALIVE, PROXY_CONNECTION};
+use crate::proxy::http1::common::strip_hop_by_hop;
 use bytes::Bytes;
 use h2::client::SendRequest;
 use h2::{RecvStream, SendStream};
-use http::header::{HeaderValue, CONNECTION, CONTENT_LENGTH, TE, TRANSFER_ENCODING, UPGRADE};
+use http::header::{HeaderValue, CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::request::Parts;
-use http::HeaderMap;
 use hyper::body::{Body, Frame, SizeHint};
 use std::future::{poll_fn, Future};
 use std::pin::Pin;
@@ -32,7 +31,12 @@ pub struct Opened {
 /// becomes `:authority`) with `body` to follow. An error means nothing of
 /// the request went out: the connection is going away or gone.
 pub async fn open(sender: SendRequest<Bytes>, mut head: Parts, body: &ProxyBody) -> Result<Opened, h2::Error> {
-    strip_connection_fields(&mut head.headers);
+    // HTTP/2 has no connection-scoped fields (RFC 9113 §8.2.2): a peer
+    // rejects a message with any. The forward path strips them already,
+    // but for an upgrade's, which an HTTP/2 upstream cannot take up; and
+    // it frames bodies itself, with no transfer coding at all.
+    strip_hop_by_hop(&mut head.headers);
+    head.headers.remove(TRANSFER_ENCODING);
     if let Some(length) = body.size_hint().exact() {
         if length != 0 && !head.headers.contains_key(CONTENT_LENGTH) {
             head.headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
@@ -78,25 +82,6 @@ pub async fn exchange(opened: Opened, body: ProxyBody) -> Result<http::Response<
     }
     let remaining = response.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse().ok());
     Ok(response.map(|recv| Http2Body { recv, remaining, data_done: false }))
-}
-
-/// HTTP/2 has no connection-scoped fields (RFC 9113 §8.2.2): a peer
-/// rejects a message with any. The forward path strips them already, but
-/// for an upgrade's, which an HTTP/2 upstream cannot take up.
-fn strip_connection_fields(headers: &mut HeaderMap) {
-    use http::header::HeaderName;
-    if let Some(connection) = headers.remove(CONNECTION) {
-        let named = connection.to_str().unwrap_or_default().split(',');
-        for name in named.filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok()) {
-            headers.remove(name);
-        }
-    }
-    for name in [&UPGRADE, &TRANSFER_ENCODING, &KEEP_ALIVE, &PROXY_CONNECTION] {
-        headers.remove(name);
-    }
-    if headers.get(TE).is_some_and(|te| te != "trailers") {
-        headers.remove(TE);
-    }
 }
 
 /// Sends the client's body on the stream as it arrives, as far as the
