@@ -346,18 +346,23 @@ fn a_thousand_maglev_services_each_get_a_table_of_the_default_size_that_a_restar
     let source_refs: Vec<&str> = sources.iter().map(String::as_str).collect();
     world.client.add_addresses(&source_refs).unwrap();
     let (b1, b2) = (world.v4(0), world.v4(1));
-    let config: String = (0..1000)
-        .map(|i| {
-            let name = format!("s{i}");
-            format!(
-                "{}{}{}",
-                service(&name, &[&format!("10.96.{}.{}", 10 + i / 250, 1 + i % 250)], 80, "TCP"),
-                slice(&name, &name, false, 8080, "TCP", &[&b1, &b2]),
-                rule(&name, "    loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 65537}}}\n")
-            )
-        })
-        .collect();
-    world.env.write_config("many.yaml", &config).unwrap();
+    let config = |services: usize| -> String {
+        (0..services)
+            .map(|i| {
+                let name = format!("s{i}");
+                format!(
+                    "{}{}{}",
+                    service(&name, &[&format!("10.96.{}.{}", 10 + i / 250, 1 + i % 250)], 80, "TCP"),
+                    slice(&name, &name, false, 8080, "TCP", &[&b1, &b2]),
+                    rule(
+                        &name,
+                        "    loadBalancer: {consistentHash: {useSourceIp: true, maglev: {tableSize: 65537}}}\n"
+                    )
+                )
+            })
+            .collect()
+    };
+    world.env.write_config("many.yaml", &config(1000)).unwrap();
     world.env.start_agent(&[]).unwrap();
     let dump = world.env.admin_json("/config_dump");
     assert_eq!(dump["kernel_maps"]["maglev_tables"], 1000, "{}", dump["kernel_maps"]);
@@ -381,6 +386,20 @@ fn a_thousand_maglev_services_each_get_a_table_of_the_default_size_that_a_restar
     let status = world.env.admin_json("/status");
     assert_eq!(status["dataplane"]["maps_taken_over"], true);
     assert_eq!(status["config"]["last_reload"]["map_upserts"], 0, "{}", status["config"]["last_reload"]);
+
+    // 700 tables taken out (in batches: one RCU wait each, not one per
+    // table); a restart then finds exactly the 300 left in the kernel.
+    world.env.write_config("many.yaml", &config(300)).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || world.env.admin_json("/config_dump")["kernel_maps"]["maglev_tables"]
+            == 300),
+        "the agent took the 700 services out"
+    );
+    assert_eq!(assignment("10.96.10.1:80").len(), 20, "a service left keeps its table");
+    world.env.stop_agent().unwrap();
+    world.env.start_agent(&[]).unwrap();
+    let reload = &world.env.admin_json("/status")["config"]["last_reload"];
+    assert_eq!((&reload["map_upserts"], &reload["map_deletes"]), (&0.into(), &0.into()), "{reload}");
 }
 
 #[test]

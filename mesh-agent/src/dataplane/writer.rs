@@ -33,12 +33,30 @@ pub(super) trait KernelKeys<K> {
     /// Removing a key the map does not hold is an error (ENOENT), as in
     /// the kernel.
     fn remove(&mut self, key: &K) -> Result<(), MapError>;
+
+    /// Removes `keys`; one already gone is no error (removing it was the
+    /// point). A map whose removals are costly one by one does them at once.
+    fn remove_all(&mut self, keys: &[K]) -> Result<(), MapError> {
+        for key in keys {
+            match self.remove(key) {
+                Err(error) if !is_missing(&error) => return Err(error),
+                _ => {}
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A kernel map the writer also reads and fills.
 pub(super) trait KernelMap<K, V>: KernelKeys<K> {
     fn entries(&self) -> Entries<'_, K, V>;
     fn upsert(&mut self, key: &K, value: &V) -> Result<(), MapError>;
+
+    /// Writes `entries` in order; a map whose writes are costly one by one
+    /// does them at once.
+    fn upsert_all(&mut self, entries: &[(K, V)]) -> Result<(), MapError> {
+        entries.iter().try_for_each(|(key, value)| self.upsert(key, value))
+    }
 
     /// One entry; the maps whose entries are looked up one by one (live
     /// state) have it in one call.
@@ -424,25 +442,16 @@ fn lookup<K: PartialEq, V>(
 }
 
 fn write<K, V>(map: &mut dyn KernelMap<K, V>, name: &'static str, upserts: &[(K, V)]) -> Result<(), DataplaneError> {
-    for (key, value) in upserts {
-        map.upsert(key, value).map_err(|source| DataplaneError::Map { name, source })?;
-    }
-    Ok(())
+    map.upsert_all(upserts).map_err(|source| DataplaneError::Map { name, source })
 }
 
-/// Removes `keys`; one already gone (aya reports ENOENT from the syscall)
-/// is no error: removing it was the point.
+/// Removes `keys` ([`KernelKeys::remove_all`]: one already gone is no error).
 fn remove<K>(map: &mut dyn KernelKeys<K>, name: &'static str, keys: &[K]) -> Result<(), DataplaneError> {
-    for key in keys {
-        match map.remove(key) {
-            Err(source) if !is_missing(&source) => return Err(DataplaneError::Map { name, source }),
-            _ => {}
-        }
-    }
-    Ok(())
+    map.remove_all(keys).map_err(|source| DataplaneError::Map { name, source })
 }
 
-fn is_missing(error: &MapError) -> bool {
+/// A key the map does not hold (aya reports ENOENT from the syscall).
+pub(super) fn is_missing(error: &MapError) -> bool {
     matches!(error, MapError::KeyNotFound)
         || matches!(error, MapError::SyscallError(e) if e.io_error.raw_os_error() == Some(libc::ENOENT))
 }
