@@ -9,7 +9,6 @@ use crate::source::{ConfigSource, SourceError};
 use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::watcher::{self, watcher, Event};
-use kube::runtime::WatchStreamExt;
 use mesh_core::decode::{decode_object, ParsedFile};
 use mesh_core::object::{ObjectKey, SourceBatch};
 use serde::Serialize;
@@ -565,50 +564,71 @@ impl ConfigSource for KubeSource {
 
 /// One kind's watch loop. kube-rs's watcher lists, watches from the list's
 /// resourceVersion, resumes a broken stream where it stopped, and relists
-/// on `410 Gone`; errors come through as items and the backoff spaces the
-/// retries.
+/// on `410 Gone`; errors come through as items ([`follow`] spaces the
+/// retries).
 async fn watch(client: kube::Client, kind: WatchedKind, index: usize, store: KubeStore) {
     let resource = kind.api_resource();
     let mut config = watcher::Config::default();
     if let Some(selector) = &kind.field_selector {
         config = config.fields(selector);
     }
-    let mut events = if kind.metadata_only {
+    let events = if kind.metadata_only {
         let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &resource);
         watcher(api, config)
-            .backoff(CappedBackoff::default())
             .map(|event| event.map(|e| map_event(e, |meta| serde_json::json!({ "metadata": meta.metadata }))))
             .boxed()
     } else {
         object_events(Api::all_with(client, &resource), config)
     };
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(event) => store.event(index, event),
-            // 410 Gone: the history moved on; the watcher relists next.
-            // That is the protocol at work, not a failure.
-            Err(watcher::Error::WatchError(status)) if status.code == 410 => {
-                tracing::debug!(kind = kind.name, "watch expired (410); relisting");
+    follow(events, |event| match event {
+        Ok(event) => store.event(index, event),
+        Err(error) if is_gone(&error) => tracing::debug!(kind = kind.name, "watch expired (410); relisting"),
+        Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) if status.code == 404 => {
+            // The API server does not serve the kind (CRDs not installed,
+            // or an Istio without v1): as good as empty, and said so.
+            store.not_served(index);
+        }
+        Err(error) => store.error(index, error.to_string()),
+    })
+    .await;
+}
+
+type Events = futures::stream::BoxStream<'static, Result<Event<serde_json::Value>, watcher::Error>>;
+
+/// Whole objects of one watch, as JSON.
+fn object_events(api: Api<DynamicObject>, config: watcher::Config) -> Events {
+    watcher(api, config)
+        .map(|event| event.map(|e| map_event(e, |object| serde_json::to_value(object).unwrap_or_default())))
+        .boxed()
+}
+
+/// Hands every item of `events` to `handle`, and after a failure waits
+/// ([`CappedBackoff`]) before the watcher tries again. Not after `410
+/// Gone`: the history moved on (an API server that came back has a new
+/// one) and the watcher relists at once; a wait there only put off the
+/// recovery of a watch that had already waited out the outage.
+async fn follow(mut events: Events, mut handle: impl FnMut(Result<Event<serde_json::Value>, watcher::Error>)) {
+    let mut backoff = CappedBackoff::default();
+    while let Some(item) = events.next().await {
+        let wait = match &item {
+            Ok(_) => {
+                backoff.reset();
+                None
             }
-            Err(watcher::Error::InitialListFailed(kube::Error::Api(status))) if status.code == 404 => {
-                // The API server does not serve the kind (CRDs not installed,
-                // or an Istio without v1): as good as empty, and said so.
-                store.not_served(index);
-            }
-            Err(error) => store.error(index, error.to_string()),
+            Err(error) if is_gone(error) => None,
+            Err(_) => backoff.next(),
+        };
+        handle(item);
+        if let Some(wait) = wait {
+            tokio::time::sleep(wait).await;
         }
     }
 }
 
-/// Whole objects of one watch, as JSON, retried with backoff.
-fn object_events(
-    api: Api<DynamicObject>,
-    config: watcher::Config,
-) -> futures::stream::BoxStream<'static, Result<Event<serde_json::Value>, watcher::Error>> {
-    watcher(api, config)
-        .backoff(CappedBackoff::default())
-        .map(|event| event.map(|e| map_event(e, |object| serde_json::to_value(object).unwrap_or_default())))
-        .boxed()
+/// `410 Gone`: the resourceVersion a watch resumes from is too old. That is
+/// the protocol at work, not a failure.
+fn is_gone(error: &watcher::Error) -> bool {
+    matches!(error, watcher::Error::WatchError(status) if status.code == 410)
 }
 
 /// The retry delays of a failing watch: from 0.5 s, doubling, at most
@@ -633,7 +653,7 @@ impl Iterator for CappedBackoff {
     }
 }
 
-impl kube::runtime::utils::Backoff for CappedBackoff {
+impl CappedBackoff {
     fn reset(&mut self) {
         self.failures = 0;
     }
@@ -687,14 +707,12 @@ impl Drop for AbortAll<'_> {
 async fn watch_secret(client: kube::Client, key: (String, String), epoch: u64, store: KubeStore) {
     let api = Api::namespaced_with(client, &key.0, &SECRET.api_resource());
     let config = watcher::Config::default().fields(&format!("metadata.name={}", key.1));
-    let mut events = object_events(api, config);
-    while let Some(event) = events.next().await {
-        match event {
-            Ok(event) => store.secret_event(&key, epoch, event),
-            Err(watcher::Error::WatchError(status)) if status.code == 410 => {}
-            Err(error) => store.secret_error(&key, epoch, error.to_string()),
-        }
-    }
+    follow(object_events(api, config), |event| match event {
+        Ok(event) => store.secret_event(&key, epoch, event),
+        Err(error) if is_gone(&error) => {}
+        Err(error) => store.secret_error(&key, epoch, error.to_string()),
+    })
+    .await;
 }
 
 #[cfg(test)]
@@ -707,7 +725,7 @@ mod tests {
         let delays: Vec<Duration> = (0..10).map(|_| backoff.next().unwrap()).collect();
         assert!(delays[0] >= BACKOFF_FIRST && delays[0] <= BACKOFF_FIRST.mul_f64(1.25), "{delays:?}");
         assert!(delays.iter().all(|d| *d <= BACKOFF_MAX.mul_f64(1.25)), "{delays:?}");
-        kube::runtime::utils::Backoff::reset(&mut backoff);
+        backoff.reset();
         assert!(backoff.next().unwrap() <= BACKOFF_FIRST.mul_f64(1.25), "back to the start");
     }
 
