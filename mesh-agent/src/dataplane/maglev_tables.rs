@@ -61,7 +61,7 @@ impl KernelKeys<u64> for MaglevMap {
             let (done, result) = self.batch(bpf_cmd::BPF_MAP_DELETE_BATCH, chunk, None);
             match result {
                 // The batch stops at a key already gone: step over it.
-                Err(error) if is_missing(&error) => rest = &rest[done + 1..],
+                Err(error) if is_missing(&error) => rest = &rest[(done + 1).min(rest.len())..],
                 Err(error) => return Err(error),
                 Ok(()) => rest = &rest[chunk.len()..],
             }
