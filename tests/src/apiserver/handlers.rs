@@ -2,6 +2,7 @@
 //! server takes (the watch itself is in `watch`).
 
 use std::fmt::Display;
+use std::ops::Bound;
 use std::sync::Arc;
 
 use http_body_util::BodyExt;
@@ -78,12 +79,19 @@ impl Shared {
         let filter = Filter::new(route, &call.query)?;
         let exact = call.query.get("resourceVersionMatch") == Some("Exact");
         let requested = call.query.resource_version()?;
+        let page = Page::of(&call.query)?;
         let store = self.store();
-        // Exact asks for the state at that revision; anything else ("",
-        // "0", NotOlderThan) is served from the current state.
+        // Exact asks for the state at that revision, and a continued list
+        // for its first page's; anything else ("", "0", NotOlderThan) is
+        // served from the current state.
+        let wanted = match (&page.after, requested) {
+            (Some((rv, _)), _) => Some(*rv),
+            (None, Some(wanted)) if exact => Some(wanted),
+            (None, _) => None,
+        };
         let (rv, at_rv);
-        let objects = match requested {
-            Some(wanted) if exact && wanted != store.rv => {
+        let objects = match wanted {
+            Some(wanted) if wanted != store.rv => {
                 if wanted < store.compacted {
                     return Err(store.too_old(wanted));
                 }
@@ -105,23 +113,33 @@ impl Shared {
         };
         let kind = &KINDS[route.kind];
         let metadata_only = call.metadata_only();
-        let items: Vec<Value> = objects
-            .iter()
-            .filter(|(key, object)| filter.matches(key, object))
-            .map(|(_, object)| if metadata_only { partial(object) } else { strip_type(object) })
-            .collect();
+        let from = match &page.after {
+            Some((_, (namespace, name))) => Bound::Excluded((route.kind, namespace.clone(), name.clone())),
+            None => Bound::Unbounded,
+        };
+        let mut matching = objects.range((from, Bound::Unbounded)).filter(|(key, object)| filter.matches(key, object));
+        let mut items = Vec::new();
+        let mut last = None;
+        for (key, object) in matching.by_ref().take(page.limit) {
+            items.push(if metadata_only { partial(object) } else { strip_type(object) });
+            last = Some(key);
+        }
+        let mut metadata = json!({"resourceVersion": rv.to_string()});
+        if let (Some((_, namespace, name)), Some(_)) = (last, matching.next()) {
+            metadata["continue"] = format!("{rv}/{namespace}/{name}").into();
+        }
         let list = if metadata_only {
             json!({
                 "apiVersion": "meta.k8s.io/v1",
                 "kind": "PartialObjectMetadataList",
-                "metadata": {"resourceVersion": rv.to_string()},
+                "metadata": metadata,
                 "items": items,
             })
         } else {
             json!({
                 "apiVersion": kind.api_version(),
                 "kind": format!("{}List", kind.kind),
-                "metadata": {"resourceVersion": rv.to_string()},
+                "metadata": metadata,
                 "items": items,
             })
         };
@@ -287,5 +305,38 @@ fn keep_status(route: &Route, new: Value, current: &Value) -> Value {
         with_status_of(new, current)
     } else {
         new
+    }
+}
+
+/// A list's page: at most `limit` objects (`limit`; all without one),
+/// after the key a `continue` token names, at the revision of the list's
+/// first page, as the API server pages its lists (kube-rs's `watcher()`
+/// asks for 500 at a time).
+struct Page {
+    limit: usize,
+    /// The first page's revision, and the namespace and name of the last
+    /// object sent.
+    after: Option<(u64, (String, String))>,
+}
+
+impl Page {
+    fn of(query: &Query) -> Result<Page, ApiError> {
+        let bad = |what: &str| ApiError::new(StatusCode::BAD_REQUEST, "BadRequest", what.to_owned());
+        let limit = match query.get("limit").filter(|l| !l.is_empty()) {
+            Some(limit) => limit.parse::<usize>().map_err(|_| bad("limit must be a number"))?,
+            None => 0,
+        };
+        let after = match query.get("continue").filter(|c| !c.is_empty()) {
+            Some(token) => {
+                let mut parts = token.splitn(3, '/');
+                let (rv, namespace, name) = (parts.next(), parts.next(), parts.next());
+                match (rv.and_then(|rv| rv.parse::<u64>().ok()), namespace, name) {
+                    (Some(rv), Some(namespace), Some(name)) => Some((rv, (namespace.to_owned(), name.to_owned()))),
+                    _ => return Err(bad("invalid continue token")),
+                }
+            }
+            None => None,
+        };
+        Ok(Page { limit: if limit == 0 { usize::MAX } else { limit }, after })
     }
 }

@@ -31,8 +31,11 @@
 //!   [`FakeApiServer::set_unavailable`] is on, an HTTP client's request keeps
 //!   retrying for a while instead of failing at once.
 //!
-//! Simplifications: no pagination (`limit`/`continue` ignored), no
-//! admission or validation beyond names, strategic-merge and apply patches
+//! - Lists are paged as the API server pages them: `limit` objects, and a
+//!   `continue` token while more remain; the next pages are of the first
+//!   page's revision.
+//!
+//! Simplifications: no admission or validation beyond names, strategic-merge and apply patches
 //! are treated as JSON merge patches (RFC 7386), `dryRun` is ignored, and a
 //! watch filters each event by the object it carries (an object that stops
 //! matching a selector sends no DELETED).

@@ -162,6 +162,44 @@ async fn list_get_create_replace_delete() {
 }
 
 #[tokio::test]
+async fn lists_are_paged_at_their_first_pages_revision() {
+    let server = FakeApiServer::new();
+    for name in ["a", "b", "c", "d", "e"] {
+        server.apply(service(name, "default", 80));
+    }
+    let api = Api::<DynamicObject>::all_with(server.client("test"), &services());
+    let names = |list: &kube::core::ObjectList<DynamicObject>| -> Vec<String> {
+        list.items.iter().map(|o| o.metadata.name.clone().unwrap()).collect()
+    };
+    let first = api.list(&ListParams::default().limit(2)).await.unwrap();
+    assert_eq!(names(&first), ["a", "b"]);
+    let token = first.metadata.continue_.clone().expect("more to come");
+    // A change after the first page is not in the next ones: they are of
+    // the first page's revision, as the API server's are.
+    server.apply(service("bb", "default", 80));
+    let second = api.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap();
+    assert_eq!(names(&second), ["c", "d"]);
+    assert_eq!(second.metadata.resource_version, first.metadata.resource_version);
+    let token = second.metadata.continue_.clone().expect("one more");
+    let third = api.list(&ListParams::default().limit(2).continue_token(&token)).await.unwrap();
+    assert_eq!(names(&third), ["e"]);
+    assert!(third.metadata.continue_.is_none(), "the last page");
+
+    // kube-rs's watcher lists page by page and sees every object.
+    let config = watcher::Config::default().page_size(2);
+    let mut events = watcher::watcher(api, config).boxed();
+    let mut listed = Vec::new();
+    loop {
+        match next(&mut events).await.unwrap() {
+            Event::InitApply(object) => listed.push(object.metadata.name.unwrap()),
+            Event::InitDone => break,
+            _ => {}
+        }
+    }
+    assert_eq!(listed, ["a", "b", "bb", "c", "d", "e"]);
+}
+
+#[tokio::test]
 async fn status_patches_touch_status_only() {
     let server = FakeApiServer::new();
     let vs = resource("networking.istio.io", "v1", "VirtualService", "virtualservices");
