@@ -751,4 +751,26 @@ mod tests {
         event.join().unwrap();
         assert!(store.take_batch().is_some_and(|batch| batch.objects.len() == 1));
     }
+
+    #[test]
+    fn the_agents_own_status_write_coming_back_is_no_change() {
+        let kinds = watched_kinds(None);
+        let store = KubeStore::new(&kinds);
+        for index in 0..kinds.len() {
+            store.event(index, Event::Init);
+            store.event(index, Event::InitDone);
+        }
+        store.take_batch();
+        let rule = |rv: &str, status: serde_json::Value| {
+            serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": "web", "namespace": "shop", "generation": 1, "resourceVersion": rv},
+                "spec": {"host": "web"}, "status": status})
+        };
+        let index = kinds.iter().position(|k| k.kind == "DestinationRule").unwrap();
+        store.event(index, Event::Apply(rule("10", serde_json::json!({}))));
+        assert!(store.take_batch().is_some(), "a new rule");
+        let written = serde_json::json!({"observedGeneration": 1, "conditions": [{"type": "Reconciled"}]});
+        store.event(index, Event::Apply(rule("11", written)));
+        assert!(!store.wait_for_batch(Duration::from_millis(10)), "its status written: nothing to rebuild");
+    }
 }
