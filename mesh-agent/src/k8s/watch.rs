@@ -729,8 +729,8 @@ mod tests {
         assert!(backoff.next().unwrap() <= BACKOFF_FIRST.mul_f64(1.25), "back to the start");
     }
 
-    #[test]
-    fn the_reload_loop_is_woken_by_an_event_not_by_its_tick() {
+    /// A store of every kind, each listed (empty), its first batch taken.
+    fn synced_store() -> (Vec<WatchedKind>, KubeStore) {
         let kinds = watched_kinds(None);
         let store = KubeStore::new(&kinds);
         for index in 0..kinds.len() {
@@ -738,6 +738,12 @@ mod tests {
             store.event(index, Event::InitDone);
         }
         assert!(store.take_batch().is_some(), "the first complete sync");
+        (kinds, store)
+    }
+
+    #[test]
+    fn the_reload_loop_is_woken_by_an_event_not_by_its_tick() {
+        let (kinds, store) = synced_store();
         assert!(!store.wait_for_batch(Duration::from_millis(10)), "nothing new");
         let service = serde_json::json!({"apiVersion": "v1", "kind": "Service",
             "metadata": {"name": "web", "namespace": "shop"}, "spec": {"clusterIP": "10.96.0.1"}});
@@ -754,13 +760,7 @@ mod tests {
 
     #[test]
     fn the_agents_own_status_write_coming_back_is_no_change() {
-        let kinds = watched_kinds(None);
-        let store = KubeStore::new(&kinds);
-        for index in 0..kinds.len() {
-            store.event(index, Event::Init);
-            store.event(index, Event::InitDone);
-        }
-        store.take_batch();
+        let (kinds, store) = synced_store();
         let rule = |rv: &str, status: serde_json::Value| {
             serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
                 "metadata": {"name": "web", "namespace": "shop", "generation": 1, "resourceVersion": rv},
