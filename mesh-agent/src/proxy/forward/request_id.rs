@@ -6,6 +6,7 @@ use http::header::{HeaderMap, HeaderValue};
 
 /// Keeps the client's request id, or makes one (122 random bits, the UUID
 /// form Envoy uses).
+///
 /// The id is marked sensitive, which only HPACK heeds: a value no other
 /// request shares is not worth a place in an HTTP/2 peer's dynamic table,
 /// where each one evicts a useful entry and makes every later lookup of

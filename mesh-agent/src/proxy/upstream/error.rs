@@ -57,9 +57,7 @@ impl UpstreamError {
             UpstreamError::Failed(Box::new(error))
         }
     }
-}
 
-impl UpstreamError {
     /// A failed exchange on one of our HTTP/2 connections, sorted.
     pub fn from_h2(error: h2::Error) -> Self {
         if is_refused_stream(&error) {
@@ -68,9 +66,7 @@ impl UpstreamError {
             UpstreamError::Failed(Box::new(error))
         }
     }
-}
 
-impl UpstreamError {
     /// The upstream's GOAWAY cut the exchange off: its connection is closing.
     pub fn is_go_away(&self) -> bool {
         let source = std::error::Error::source(self);

@@ -2,11 +2,11 @@
 //! identity), each carrying at once at most the requests the server's
 //! `MAX_CONCURRENT_STREAMS` allows, and at most [`STREAMS_PER_CONNECTION`];
 //! when every one is that busy, another is opened (one connect at a time
-//! per endpoint), as Envoy's pool opens one past the peer's limit. A connection that has carried
-//! `maxRequestsPerConnection` requests, or is older than
-//! `maxConnectionDuration`, takes no new stream (the next request opens
-//! another); once its last sender is dropped, hyper closes it when its
-//! streams are done. Ours rather than a pooled client's, so that
+//! per endpoint), as Envoy's pool opens one past the peer's limit. A
+//! connection that has carried `maxRequestsPerConnection` requests, or is
+//! older than `maxConnectionDuration`, takes no new stream (the next
+//! request opens another); once its last sender is dropped, h2 closes it
+//! when its streams are done. Ours rather than a pooled client's, so that
 //! `:authority` can be the service's name while the connection goes to the
 //! endpoint; the sessions are `h2`'s ([`super::http2_exchange`] says why
 //! not hyper's).
@@ -201,27 +201,22 @@ async fn connect(
     tls: Option<&Tls>,
     connect_timeout: Duration,
 ) -> Result<(SendRequest<Bytes>, Arc<AtomicBool>), UpstreamError> {
-    let closed = Arc::new(AtomicBool::new(false));
-    let marked = closed.clone();
-    let sender = match tls {
-        Some(tls) => {
-            let stream = tls_connect(endpoint, tls, connect_timeout).await?;
-            let (sender, connection) = builder().handshake(stream).await.map_err(handshake)?;
-            tokio::spawn(drive(endpoint, connection, marked));
-            sender
-        }
-        None => {
-            let stream = tcp_connect(endpoint, connect_timeout).await?;
-            let (sender, connection) = builder().handshake(stream).await.map_err(handshake)?;
-            tokio::spawn(drive(endpoint, connection, marked));
-            sender
-        }
-    };
-    Ok((sender, closed))
+    match tls {
+        Some(tls) => session(endpoint, tls_connect(endpoint, tls, connect_timeout).await?).await,
+        None => session(endpoint, tcp_connect(endpoint, connect_timeout).await?).await,
+    }
 }
 
-fn handshake(error: h2::Error) -> UpstreamError {
-    UpstreamError::Handshake(Box::new(error))
+/// The HTTP/2 session on a connected `stream`, its driver spawned.
+async fn session<S>(endpoint: SocketAddr, stream: S) -> Result<(SendRequest<Bytes>, Arc<AtomicBool>), UpstreamError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, connection) =
+        builder().handshake(stream).await.map_err(|error| UpstreamError::Handshake(Box::new(error)))?;
+    let closed = Arc::new(AtomicBool::new(false));
+    tokio::spawn(drive(endpoint, connection, closed.clone()));
+    Ok((sender, closed))
 }
 
 /// hyper's client settings: windows larger than the protocol's 64 KiB
