@@ -24,6 +24,7 @@ pub mod model;
 pub mod node;
 pub mod object;
 pub mod outbound;
+pub mod packed;
 pub mod published;
 pub mod registry;
 pub mod route;

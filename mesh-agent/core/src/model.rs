@@ -501,7 +501,27 @@ impl Model {
         model.gateway_warnings = model.gateway_reference_warnings();
         model.delegation_warnings = delegation_warnings;
         model.assemble_warnings();
+        model.repack();
         model
+    }
+
+    /// Fills the nodes of the maps a whole build made (see [`crate::packed`]):
+    /// builds of changes then copy full nodes too.
+    fn repack(&mut self) {
+        use crate::packed::repack;
+        repack(&mut self.services);
+        repack(&mut self.endpoint_slices);
+        repack(&mut self.pods);
+        repack(&mut self.destination_rules);
+        repack(&mut self.virtual_services);
+        repack(&mut self.service_entries);
+        repack(&mut self.gateways);
+        repack(&mut self.secrets);
+        repack(&mut self.workload_entries);
+        repack(&mut self.sidecars);
+        repack(&mut self.accepted);
+        repack(&mut self.unnumbered);
+        repack(&mut self.object_warnings);
     }
 
     /// Warnings for VirtualServices bound to a Gateway that does not exist

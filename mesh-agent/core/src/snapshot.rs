@@ -409,6 +409,11 @@ fn compile_parts(model: &Model, cluster_domain: &str) -> (Snapshot, Vec<Warning>
     without_http_proxy.extend(crate::outbound::unenforced(model));
     snapshot.pods_by_ip = pods_by_ip(model);
     snapshot.routes = routes;
+    // Filled in order: their nodes half empty (see crate::packed).
+    crate::packed::repack(&mut snapshot.frontends);
+    crate::packed::repack(&mut snapshot.service_ips);
+    crate::packed::repack(&mut snapshot.slots);
+    crate::packed::repack(&mut snapshot.maglev);
     (snapshot, without_http_proxy)
 }
 
