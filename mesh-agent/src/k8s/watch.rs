@@ -10,7 +10,7 @@ use futures::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject, PartialObjectMeta};
 use kube::runtime::watcher::{self, watcher, Event};
 use mesh_core::decode::{decode_object, ParsedFile};
-use mesh_core::object::{ObjectKey, SourceBatch};
+use mesh_core::object::{ObjectKey, Rejection, SourceBatch, SourcedObject};
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -122,8 +122,53 @@ pub struct KindState {
 /// An object as decoded, with its generation (for status conditions).
 #[derive(Clone, Debug)]
 pub struct StoredObject {
-    pub parsed: ParsedFile,
+    decoded: Decoded,
     pub generation: Option<i64>,
+}
+
+/// What an object decoded to: almost always the object alone, kept as one
+/// entry rather than a [`ParsedFile`]'s four `Vec`s (a large cluster holds
+/// tens of thousands).
+#[derive(Clone, Debug, PartialEq)]
+enum Decoded {
+    Object(SourcedObject),
+    /// Not decodable, or decoded with problems.
+    Other(Box<ParsedFile>),
+}
+
+impl StoredObject {
+    fn new(mut parsed: ParsedFile, generation: Option<i64>) -> Self {
+        let alone = parsed.undecodable.is_empty() && parsed.problems.is_empty() && parsed.objects.len() == 1;
+        let decoded = match parsed.objects.pop() {
+            Some(object) if alone => Decoded::Object(object),
+            popped => {
+                parsed.objects.extend(popped);
+                Decoded::Other(Box::new(parsed))
+            }
+        };
+        StoredObject { decoded, generation }
+    }
+
+    pub fn objects(&self) -> &[SourcedObject] {
+        match &self.decoded {
+            Decoded::Object(object) => std::slice::from_ref(object),
+            Decoded::Other(parsed) => &parsed.objects,
+        }
+    }
+
+    fn undecodable(&self) -> &[(ObjectKey, Rejection)] {
+        match &self.decoded {
+            Decoded::Object(_) => &[],
+            Decoded::Other(parsed) => &parsed.undecodable,
+        }
+    }
+
+    fn problems(&self) -> &[Rejection] {
+        match &self.decoded {
+            Decoded::Object(_) => &[],
+            Decoded::Other(parsed) => &parsed.problems,
+        }
+    }
 }
 
 #[derive(Default)]
@@ -135,8 +180,9 @@ struct KindStore {
     objects: BTreeMap<(String, String), StoredObject>,
     /// A list (or relist) under way: what it has brought so far. It
     /// replaces `objects` whole when done, so objects deleted while the
-    /// watch was down go too.
-    relist: Option<BTreeMap<(String, String), StoredObject>>,
+    /// watch was down go too. A list, not a map: a map built from it at
+    /// once has full nodes, one filled in key order half-empty ones.
+    relist: Option<Vec<((String, String), StoredObject)>>,
     synced: bool,
     error: Option<String>,
     /// The API server answered 404 for the kind: empty, not failing.
@@ -230,7 +276,7 @@ impl KubeStore {
             if !NAMES_SECRETS.contains(&kind.kind) {
                 continue;
             }
-            for object in s.objects.values().flat_map(|o| &o.parsed.objects) {
+            for object in s.objects.values().flat_map(StoredObject::objects) {
                 let (namespace, names) = match &*object.resource {
                     mesh_core::api::Resource::DestinationRule(rule) => {
                         (rule.metadata.namespace_or_default(), rule.credential_names())
@@ -316,7 +362,7 @@ impl KubeStore {
             .iter()
             .map(|((namespace, name), o)| {
                 let key = ObjectKey::new(kind, namespace, name);
-                let uid = o.parsed.objects.first().and_then(|object| object.resource.metadata().uid.clone());
+                let uid = o.objects().first().and_then(|object| object.resource.metadata().uid.clone());
                 (key, o.generation, uid)
             })
             .collect()
@@ -412,9 +458,9 @@ impl KubeStore {
                 if kind.kind == "Pod" && kind.metadata_only && local_pods.contains(key) {
                     continue;
                 }
-                batch.objects.extend(object.parsed.objects.iter().cloned());
-                batch.undecodable.extend(object.parsed.undecodable.iter().cloned());
-                batch.rejections.extend(object.parsed.problems.iter().cloned());
+                batch.objects.extend(object.objects().iter().cloned());
+                batch.undecodable.extend(object.undecodable().iter().cloned());
+                batch.rejections.extend(object.problems().iter().cloned());
             }
         }
         batch.changed = changed;
@@ -442,18 +488,19 @@ fn apply_event(kind: &WatchedKind, s: &mut KindStore, event: Event<serde_json::V
         |changed: bool, key: (String, String)| if changed { Changed::Object(key) } else { Changed::Nothing };
     match event {
         Event::Init => {
-            s.relist = Some(BTreeMap::new());
+            s.relist = Some(Vec::new());
             Changed::Nothing
         }
         Event::InitApply(object) => {
             let (key, stored) = decode(kind, object);
-            s.relist.get_or_insert_with(BTreeMap::new).insert(key, stored);
+            s.relist.get_or_insert_with(Vec::new).push((key, stored));
             Changed::Nothing
         }
         Event::InitDone => {
-            let listed = s.relist.take().unwrap_or_default();
+            // A key listed twice keeps its last object, as inserting did.
+            let listed: BTreeMap<_, _> = s.relist.take().unwrap_or_default().into_iter().collect();
             let same = listed.len() == s.objects.len()
-                && listed.iter().zip(&s.objects).all(|((k1, a), (k2, b))| k1 == k2 && a.parsed == b.parsed);
+                && listed.iter().zip(&s.objects).all(|((k1, a), (k2, b))| k1 == k2 && a.decoded == b.decoded);
             s.objects = listed;
             let first = !s.synced;
             s.synced = true;
@@ -467,7 +514,7 @@ fn apply_event(kind: &WatchedKind, s: &mut KindStore, event: Event<serde_json::V
             // Most updates change nothing the agent keeps (a pod's status,
             // managedFields): no new configuration for those.
             let (key, stored) = decode(kind, object);
-            let unchanged = s.objects.get(&key).is_some_and(|old| old.parsed == stored.parsed);
+            let unchanged = s.objects.get(&key).is_some_and(|old| old.decoded == stored.decoded);
             s.objects.insert(key.clone(), stored);
             changed_if(!unchanged, key)
         }
@@ -489,10 +536,7 @@ fn decode(kind: &WatchedKind, mut object: serde_json::Value) -> ((String, String
     }
     let mut parsed = ParsedFile::default();
     decode_object("", object, &mut parsed);
-    // Kept for as long as the object lives: one entry, not a Vec's first
-    // four (a large cluster holds tens of thousands).
-    parsed.objects.shrink_to_fit();
-    (key, StoredObject { parsed, generation })
+    (key, StoredObject::new(parsed, generation))
 }
 
 /// The store key of an event's object: its namespace and name.
@@ -772,5 +816,48 @@ mod tests {
         let written = serde_json::json!({"observedGeneration": 1, "conditions": [{"type": "Reconciled"}]});
         store.event(index, Event::Apply(rule("11", written)));
         assert!(!store.wait_for_batch(Duration::from_millis(10)), "its status written: nothing to rebuild");
+    }
+
+    #[test]
+    fn an_object_that_does_not_decode_goes_in_the_batch_as_undecodable_until_fixed() {
+        let (kinds, store) = synced_store();
+        let index = kinds.iter().position(|k| k.kind == "DestinationRule").unwrap();
+        let rule = |host: serde_json::Value| {
+            serde_json::json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+                "metadata": {"name": "web", "namespace": "shop"}, "spec": {"host": host}})
+        };
+        store.event(index, Event::Apply(rule(serde_json::json!(5))));
+        let batch = store.take_batch().expect("a new rule");
+        assert!(batch.objects.is_empty());
+        assert_eq!(batch.undecodable.len(), 1, "{:?}", batch.undecodable);
+        assert!(batch.undecodable[0].1.field.contains("spec.host"), "{:?}", batch.undecodable);
+        store.event(index, Event::Apply(rule(serde_json::json!("web"))));
+        let batch = store.take_batch().expect("the rule fixed");
+        assert_eq!((batch.objects.len(), batch.undecodable.len()), (1, 0));
+    }
+
+    #[test]
+    fn a_relist_replaces_the_objects_and_an_object_listed_twice_keeps_its_last_version() {
+        let (kinds, store) = synced_store();
+        let index = kinds.iter().position(|k| k.kind == "Service").unwrap();
+        let service = |name: &str, ip: &str| {
+            serde_json::json!({"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "shop"}, "spec": {"clusterIP": ip}})
+        };
+        store.event(index, Event::Apply(service("gone", "10.96.0.9")));
+        store.take_batch();
+        store.event(index, Event::Init);
+        for (name, ip) in [("web", "10.96.0.1"), ("api", "10.96.0.2"), ("web", "10.96.0.3")] {
+            store.event(index, Event::InitApply(service(name, ip)));
+        }
+        store.event(index, Event::InitDone);
+        let batch = store.take_batch().expect("the relist changed the services");
+        let ips: Vec<(String, String)> = (batch.objects.iter())
+            .filter_map(|object| match &*object.resource {
+                mesh_core::api::Resource::Service(s) => Some((s.metadata.name.clone(), s.spec.cluster_ip.clone()?)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ips, [("api".to_owned(), "10.96.0.2".to_owned()), ("web".to_owned(), "10.96.0.3".to_owned())]);
     }
 }
