@@ -71,7 +71,7 @@ fn service(i: u32) -> Vec<Value> {
                "spec": {"clusterIP": ip, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
         slice(i, false),
     ];
-    if i % 10 == 0 {
+    if i.is_multiple_of(10) {
         objects.push(json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
             "metadata": {"name": name, "namespace": "bench"},
             "spec": {"host": name, "trafficPolicy": {"loadBalancer": {"simple": "LEAST_REQUEST"},
