@@ -549,6 +549,8 @@ pub struct VirtualServiceSpec {
     pub tls: Vec<TlsRoute>,
 }
 
+/// The blocks most rules leave out are boxed: inline, each rule took 1.1 KB
+/// whatever it set.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(default, rename_all = "camelCase")]
 pub struct HttpRoute {
@@ -556,22 +558,22 @@ pub struct HttpRoute {
     #[serde(rename = "match")]
     pub matches: Vec<HttpMatchRequest>,
     pub route: Vec<HttpRouteDestination>,
-    pub redirect: Option<HttpRedirect>,
-    pub direct_response: Option<HttpDirectResponse>,
-    pub rewrite: Option<HttpRewrite>,
+    pub redirect: Option<Box<HttpRedirect>>,
+    pub direct_response: Option<Box<HttpDirectResponse>>,
+    pub rewrite: Option<Box<HttpRewrite>>,
     pub timeout: Option<String>,
-    pub retries: Option<HttpRetry>,
-    pub fault: Option<HttpFaultInjection>,
-    pub mirror: Option<Destination>,
+    pub retries: Option<Box<HttpRetry>>,
+    pub fault: Option<Box<HttpFaultInjection>>,
+    pub mirror: Option<Box<Destination>>,
     pub mirror_percentage: Option<Percent>,
     /// Deprecated integer form of `mirrorPercentage`.
     pub mirror_percent: Option<i64>,
     pub mirrors: Vec<HttpMirrorPolicy>,
-    pub cors_policy: Option<CorsPolicy>,
-    pub headers: Option<Headers>,
+    pub cors_policy: Option<Box<CorsPolicy>>,
+    pub headers: Option<Box<Headers>>,
     /// The VirtualService (one without hosts) whose rules this rule
     /// stands for, merged with this rule's matches.
-    pub delegate: Option<Delegate>,
+    pub delegate: Option<Box<Delegate>>,
 }
 
 /// `http[].delegate`: a VirtualService by name; `namespace` defaults to

@@ -97,7 +97,7 @@ pub(crate) fn expand<'a>(
             let mut root_rule = spec.http[delegation.rule].clone();
             // The root's own destinations keep meaning what they mean in its namespace.
             let mirrors = root_rule.mirrors.iter_mut().filter_map(|m| m.destination.as_mut());
-            for destination in root_rule.mirror.iter_mut().chain(mirrors) {
+            for destination in root_rule.mirror.as_deref_mut().into_iter().chain(mirrors) {
                 destination.host = resolve_host(&destination.host, &root.namespace, cluster_domain);
             }
             for (k, child_rule) in child_spec.http.iter().enumerate() {
@@ -165,7 +165,7 @@ pub(crate) fn merge_rule(root: &api::HttpRoute, child: &api::HttpRoute) -> Optio
         }
     }
     if out.mirror.is_some() && !out.mirrors.is_empty() {
-        let destination = out.mirror.take();
+        let destination = out.mirror.take().map(|d| *d);
         let percentage =
             out.mirror_percentage.take().or(out.mirror_percent.take().map(|p| Percent { value: p as f64 }));
         out.mirror_percent = None;

@@ -314,7 +314,7 @@ fn compile_http_route(at: &Path, spec: &api::HttpRoute, context: &mut Context<'_
         Some(text) => Some(parse_istio_duration(&at.field("timeout"), text)?),
         None => None,
     };
-    let headers = compile_headers(&at.child("headers"), spec.headers.as_ref())?;
+    let headers = compile_headers(&at.child("headers"), spec.headers.as_deref())?;
     let authority_headers = [&headers.request.set, &headers.request.add]
         .into_iter()
         .flatten()
@@ -328,7 +328,7 @@ fn compile_http_route(at: &Path, spec: &api::HttpRoute, context: &mut Context<'_
         matches,
         action,
         timeout,
-        retries: compile_retries(&at.child("retries"), spec.retries.as_ref())?,
+        retries: compile_retries(&at.child("retries"), spec.retries.as_deref())?,
         fault: spec.fault.as_ref().map(|f| compile_fault(&at.child("fault"), f)).transpose()?,
         mirrors: compile_mirrors(at, spec, context)?,
         rewrite,
