@@ -188,20 +188,26 @@ fn upstream_head(to: &Try<'_>) -> http::request::Parts {
     if let Some(attempt) = to.attempt {
         request.headers_mut().insert(ATTEMPT_COUNT.clone(), HeaderValue::from(attempt));
     }
-    upstream_request(request, to.endpoint, to.http2).into_parts().0
+    upstream_request(request, to.endpoint, to.http2, to.tls.is_some()).into_parts().0
 }
 
 /// The request as the upstream gets it, on a connection that is already
 /// the endpoint's. HTTP/1.1: the origin form, and Host keeps the service's
 /// name. HTTP/2: `:authority` is the service's name (from Host, which h2
-/// must not also carry).
-fn upstream_request<B>(mut request: http::Request<B>, endpoint: SocketAddr, http2: bool) -> http::Request<B> {
+/// must not also carry), and `:scheme` says whether the connection is TLS
+/// (as Envoy sets it from its upstream transport), whatever the client's.
+fn upstream_request<B>(
+    mut request: http::Request<B>,
+    endpoint: SocketAddr,
+    http2: bool,
+    tls: bool,
+) -> http::Request<B> {
     use http::uri::{Authority, Parts, PathAndQuery, Scheme};
     use http::Uri;
     if http2 {
         // From its parts: per request, no formatting and parsing again.
         let mut parts = Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
+        parts.scheme = Some(if tls { Scheme::HTTPS } else { Scheme::HTTP });
         parts.path_and_query =
             Some(request.uri().path_and_query().cloned().unwrap_or_else(|| PathAndQuery::from_static("/")));
         let host = request.headers_mut().remove(HOST);
@@ -254,18 +260,21 @@ mod tests {
     #[test]
     fn an_http2_request_carries_host_as_authority_or_else_the_endpoint() {
         let endpoint: SocketAddr = "10.244.1.2:8080".parse().unwrap();
-        let request = |host: Option<&str>, uri: &str| {
+        let sent = |host: Option<&str>, uri: &str, tls: bool| {
             let mut builder = http::Request::builder().uri(uri);
             if let Some(host) = host {
                 builder = builder.header(HOST, host);
             }
-            let sent = upstream_request(builder.body(()).unwrap(), endpoint, true);
+            let sent = upstream_request(builder.body(()).unwrap(), endpoint, true, tls);
             (sent.uri().to_string(), sent.headers().contains_key(HOST), sent.version())
         };
+        let request = |host: Option<&str>, uri: &str| sent(host, uri, false);
         let h2 = http::Version::HTTP_2;
         assert_eq!(request(Some("web.shop:80"), "/a?b=1"), ("http://web.shop:80/a?b=1".into(), false, h2));
         assert_eq!(request(None, "/"), ("http://10.244.1.2:8080/".into(), false, h2));
         assert_eq!(request(Some("bad host"), "/x"), ("http://10.244.1.2:8080/x".into(), false, h2));
+        // Over TLS, whatever the client's scheme (an absolute-form http URI here).
+        assert_eq!(sent(Some("web.shop"), "http://web.shop/a", true), ("https://web.shop/a".into(), false, h2));
     }
 
     #[tokio::test]
