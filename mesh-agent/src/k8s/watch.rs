@@ -139,17 +139,11 @@ enum Decoded {
 impl StoredObject {
     fn new(mut parsed: ParsedFile, generation: Option<i64>) -> Self {
         let alone = parsed.undecodable.is_empty() && parsed.problems.is_empty() && parsed.objects.len() == 1;
-        let decoded = match parsed.objects.pop() {
-            Some(object) if alone => Decoded::Object(object),
-            popped => {
-                parsed.objects.extend(popped);
-                Decoded::Other(Box::new(parsed))
-            }
-        };
+        let decoded = if alone { Decoded::Object(parsed.objects.remove(0)) } else { Decoded::Other(Box::new(parsed)) };
         StoredObject { decoded, generation }
     }
 
-    pub fn objects(&self) -> &[SourcedObject] {
+    fn objects(&self) -> &[SourcedObject] {
         match &self.decoded {
             Decoded::Object(object) => std::slice::from_ref(object),
             Decoded::Other(parsed) => &parsed.objects,
